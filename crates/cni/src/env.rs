@@ -1,0 +1,204 @@
+//! The `CNI_*` environment a runtime sets, validated per command as the spec requires.
+
+use std::path::PathBuf;
+
+use crate::error::{Code, Error};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Gc,
+    Status,
+    Version,
+}
+
+impl Command {
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        Ok(match s {
+            "ADD" => Command::Add,
+            "DEL" => Command::Del,
+            "CHECK" => Command::Check,
+            "GC" => Command::Gc,
+            "STATUS" => Command::Status,
+            "VERSION" => Command::Version,
+            other => {
+                return Err(Error::new(
+                    Code::InvalidEnv,
+                    format!("unknown CNI_COMMAND: {other}"),
+                ))
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Gc => "GC",
+            Command::Status => "STATUS",
+            Command::Version => "VERSION",
+        }
+    }
+
+    /// Whether this command acts on one attachment (container ID + ifname).
+    fn per_attachment(self) -> bool {
+        matches!(self, Command::Add | Command::Del | Command::Check)
+    }
+}
+
+/// A validated CNI environment.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub command: Command,
+    /// Empty for GC, STATUS and VERSION.
+    pub container_id: String,
+    /// `None` when unset or empty (allowed for DEL).
+    pub netns: Option<PathBuf>,
+    /// Empty for GC, STATUS and VERSION.
+    pub ifname: String,
+    pub args: String,
+    pub path: Vec<PathBuf>,
+}
+
+impl Env {
+    /// Reads the process environment.
+    pub fn from_process() -> Result<Self, Error> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Validates the variables `get` returns, naming every missing or bad one.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let var = |k: &str| get(k).unwrap_or_default();
+        let command = match get("CNI_COMMAND") {
+            Some(c) if !c.is_empty() => Command::parse(&c)?,
+            _ => {
+                return Err(Error::new(
+                    Code::InvalidEnv,
+                    "required env variables [CNI_COMMAND] missing",
+                ))
+            }
+        };
+        let container_id = var("CNI_CONTAINERID").trim().to_string();
+        let ifname = var("CNI_IFNAME");
+        let netns = Some(var("CNI_NETNS"))
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        let path = var("CNI_PATH")
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect();
+
+        if command.per_attachment() {
+            let mut missing = Vec::new();
+            if container_id.is_empty() {
+                missing.push("CNI_CONTAINERID");
+            }
+            if netns.is_none() && command != Command::Del {
+                missing.push("CNI_NETNS");
+            }
+            if ifname.is_empty() {
+                missing.push("CNI_IFNAME");
+            }
+            if !missing.is_empty() {
+                return Err(Error::new(
+                    Code::InvalidEnv,
+                    format!("required env variables [{}] missing", missing.join(",")),
+                ));
+            }
+            validate_container_id(&container_id)?;
+            validate_ifname(&ifname)?;
+        }
+        Ok(Env {
+            command,
+            container_id,
+            netns,
+            ifname,
+            args: var("CNI_ARGS"),
+            path,
+        })
+    }
+}
+
+/// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, as the spec requires.
+pub fn validate_container_id(id: &str) -> Result<(), Error> {
+    let mut chars = id.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(Code::InvalidEnv, "invalid characters in CNI_CONTAINERID").with_details(id))
+    }
+}
+
+/// A Linux interface name: 1 to 15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
+pub fn validate_ifname(name: &str) -> Result<(), Error> {
+    let bad = |why: &str| {
+        Err(Error::new(Code::InvalidEnv, format!("invalid CNI_IFNAME {name:?}: {why}")))
+    };
+    if name.is_empty() || name.len() > 15 {
+        return bad("must be 1 to 15 bytes");
+    }
+    if name == "." || name == ".." {
+        return bad("must not be . or ..");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return bad("must not contain '/', ':' or whitespace");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<Env, Error> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn add_needs_netns_del_does_not() {
+        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")])
+            .unwrap_err();
+        assert_eq!(e.code, 4);
+        assert!(e.msg.contains("CNI_NETNS"), "{}", e.msg);
+        let d = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")])
+            .unwrap();
+        assert!(d.netns.is_none());
+    }
+
+    #[test]
+    fn names_all_missing_variables() {
+        let e = env(&[("CNI_COMMAND", "ADD")]).unwrap_err();
+        assert_eq!(e.msg, "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME] missing");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert_eq!(env(&[("CNI_COMMAND", "FOO")]).unwrap_err().code, 4);
+        assert!(validate_container_id("-x").is_err());
+        assert!(validate_container_id("abc_1.2-3").is_ok());
+        assert!(validate_ifname("eth0").is_ok());
+        assert!(validate_ifname("a-name-too-long-").is_err());
+        assert!(validate_ifname("a/b").is_err());
+        assert!(validate_ifname("..").is_err());
+    }
+
+    #[test]
+    fn gc_needs_no_attachment() {
+        let g = env(&[("CNI_COMMAND", "GC"), ("CNI_CONTAINERID", ""), ("CNI_PATH", "/a:/b")]).unwrap();
+        assert_eq!(g.path.len(), 2);
+    }
+}

@@ -1,0 +1,14 @@
+//! The CNI protocol (spec 1.1.0, answering configs of 0.3.0 and later) shared by the
+//! `ferry` plugin and the `ferry-ipam` IPAM plugin.
+
+pub mod conf;
+pub mod delegate;
+pub mod env;
+pub mod error;
+pub mod result;
+pub mod version;
+
+pub use conf::NetConf;
+pub use env::{Command, Env};
+pub use error::{Code, Error};
+pub use result::{CniResult, Dns, Interface, IpConfig, Route};

@@ -1,0 +1,304 @@
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+use crate::error::{Context, Error, Result};
+use crate::netns;
+
+/// What ferry reads of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Vec<u8>,
+    pub mtu: u32,
+    pub up: bool,
+    pub controller: Option<u32>,
+    pub kind: Option<String>,
+    pub alias: Option<String>,
+}
+
+impl From<LinkMessage> for Link {
+    fn from(m: LinkMessage) -> Self {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: Vec::new(),
+            mtu: 0,
+            up: m.header.flags.contains(LinkFlags::Up),
+            controller: None,
+            kind: None,
+            alias: None,
+        };
+        for a in m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n,
+                LinkAttribute::Address(mac) => l.mac = mac,
+                LinkAttribute::Mtu(mtu) => l.mtu = mtu,
+                LinkAttribute::Controller(c) => l.controller = Some(c),
+                LinkAttribute::IfAlias(a) => l.alias = Some(a),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+/// An IPv4 route as ferry reads it (main table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteV4 {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+}
+
+/// A veth pair whose peer is created directly in the pod's namespace: one message, no
+/// move, no rename (the host end never exists under a temporary name).
+pub struct VethSpec<'a> {
+    pub host_name: &'a str,
+    pub host_mac: [u8; 6],
+    pub peer_name: &'a str,
+    pub peer_mac: [u8; 6],
+    pub peer_netns: &'a File,
+    pub mtu: u32,
+    pub controller: u32,
+    /// Stored as the host end's alias, so that ownership is visible to `ip link` and GC.
+    pub alias: &'a str,
+}
+
+/// A netlink connection bound to one network namespace.
+pub struct Netlink {
+    handle: Handle,
+    /// Where this connection works, for error messages.
+    place: String,
+}
+
+impl Netlink {
+    /// Connects in the current thread's network namespace. Needs a tokio runtime.
+    pub fn open() -> Result<Self> {
+        Self::connect("host network namespace".into())
+    }
+
+    /// Connects inside the namespace `ns` (opened from `path`).
+    pub fn open_in(ns: &File, path: &Path) -> Result<Self> {
+        netns::run_in(ns, path, || {
+            Self::connect(format!("network namespace {}", path.display()))
+        })?
+    }
+
+    fn connect(place: String) -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| Error::Io {
+            what: format!("open a netlink socket in {place}"),
+            source,
+        })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle, place })
+    }
+
+    /// The link called `name`, or `None`.
+    pub async fn get_link(&self, name: &str) -> Result<Option<Link>> {
+        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        match req.try_next().await {
+            Ok(m) => Ok(m.map(Link::from)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
+                Ok(None)
+            }
+            Err(source) => Err(Error::Netlink {
+                what: format!("get link {name} in {}", self.place),
+                source,
+            }),
+        }
+    }
+
+    pub async fn list_links(&self) -> Result<Vec<Link>> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .context(|| format!("list links in {}", self.place))?;
+        Ok(links.into_iter().map(Link::from).collect())
+    }
+
+    /// Creates a bridge with a fixed MAC (so it never follows its ports' addresses), up.
+    /// Another creator winning the race is not an error.
+    pub async fn create_bridge(&self, name: &str, mac: [u8; 6]) -> Result<()> {
+        let msg = LinkBridge::new(name).address(mac.to_vec()).up().build();
+        match self.handle.link().add(msg).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            r => r.context(|| format!("create bridge {name} in {}", self.place)),
+        }
+    }
+
+    pub async fn set_up(&self, index: u32, name: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .context(|| format!("set link {name} up in {}", self.place))
+    }
+
+    /// IPv4 addresses (address, prefix length) on a link.
+    pub async fn addrs_v4(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .context(|| format!("list addresses of link {index} in {}", self.place))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if m.header.family != AddressFamily::Inet || m.header.index != index {
+                continue;
+            }
+            for a in &m.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) = a {
+                    out.push((*ip, m.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds an address; one already there is not an error.
+    pub async fn add_addr(&self, index: u32, name: &str, ip: IpAddr, prefix: u8) -> Result<()> {
+        match self.handle.address().add(index, ip, prefix).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            r => r.context(|| format!("add address {ip}/{prefix} to {name} in {}", self.place)),
+        }
+    }
+
+    pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<()> {
+        let peer = LinkUnspec::new_with_name(spec.peer_name)
+            .address(spec.peer_mac.to_vec())
+            .mtu(spec.mtu)
+            .setns_by_fd(spec.peer_netns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(spec.host_name, spec.peer_name)
+            .set_info_data(netlink_packet_route::link::InfoData::Veth(
+                netlink_packet_route::link::InfoVeth::Peer(peer),
+            ))
+            .address(spec.host_mac.to_vec())
+            .mtu(spec.mtu)
+            .controller(spec.controller)
+            .append_extra_attribute(LinkAttribute::IfAlias(spec.alias.to_string()))
+            .up()
+            .build();
+        self.handle.link().add(msg).execute().await.context(|| {
+            format!(
+                "create veth {} (peer {} in the pod) in {}",
+                spec.host_name, spec.peer_name, self.place
+            )
+        })
+    }
+
+    pub async fn set_hairpin(&self, index: u32, name: &str, on: bool) -> Result<()> {
+        let msg = LinkBridgePort::new(index).hairpin(on).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .context(|| format!("set hairpin {on} on bridge port {name} in {}", self.place))
+    }
+
+    /// Deletes a link by name; returns false when it was not there.
+    pub async fn del_link(&self, name: &str) -> Result<bool> {
+        let Some(link) = self.get_link(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if matches!(e.raw_code().abs(), libc::ENODEV | libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(source) => Err(Error::Netlink {
+                what: format!("delete link {name} in {}", self.place),
+                source,
+            }),
+        }
+    }
+
+    /// Adds an IPv4 route in the main table out of `oif`.
+    pub async fn add_route_v4(
+        &self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        gateway: Option<Ipv4Addr>,
+        oif: u32,
+    ) -> Result<()> {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .output_interface(oif);
+        if let Some(gw) = gateway {
+            b = b.gateway(gw);
+        }
+        match self.handle.route().add(b.build()).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            r => r.context(|| {
+                let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+                format!("add route {dst}/{prefix}{via} in {}", self.place)
+            }),
+        }
+    }
+
+    /// IPv4 routes of the main table.
+    pub async fn routes_v4(&self) -> Result<Vec<RouteV4>> {
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .context(|| format!("list routes in {}", self.place))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.table == 254 || m.attributes.contains(&RouteAttribute::Table(254)))
+            .map(|m| {
+                let mut r = RouteV4 {
+                    dst: Ipv4Addr::UNSPECIFIED,
+                    prefix: m.header.destination_prefix_length,
+                    gateway: None,
+                    oif: None,
+                };
+                for a in m.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = d,
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(g),
+                        RouteAttribute::Oif(o) => r.oif = Some(o),
+                        _ => {}
+                    }
+                }
+                r
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,60 @@
+//! `<stateDir>/node.json`: what `ferry-overlayd` tells the plugin about this node.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::IpamError;
+
+pub const FILE_NAME: &str = "node.json";
+pub const DEFAULT_STATE_DIR: &str = "/run/ferry";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeState {
+    pub node_name: String,
+    pub pod_cidr: String,
+    pub cluster_cidr: String,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE_NAME)
+}
+
+/// Reads the node state; `Ok(None)` when the file is not there (yet).
+pub fn read(state_dir: &Path) -> Result<Option<NodeState>, IpamError> {
+    let path = path(state_dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(IpamError::NodeStateInvalid {
+                path,
+                detail: e.to_string(),
+            })
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| IpamError::NodeStateInvalid {
+            path,
+            detail: e.to_string(),
+        })
+}
+
+/// Reads the node state, which must be there.
+pub fn require(state_dir: &Path) -> Result<NodeState, IpamError> {
+    read(state_dir)?.ok_or_else(|| IpamError::NodeStateMissing {
+        path: path(state_dir),
+    })
+}
+
+/// Replaces the node state atomically.
+pub fn write(state_dir: &Path, state: &NodeState) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    crate::durable::write_atomic(&path(state_dir), &bytes)
+}

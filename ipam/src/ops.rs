@@ -1,0 +1,263 @@
+//! The IPAM operations behind the CNI verbs, used in-process by `ferry` and by the
+//! `ferry-ipam` plugin binary alike.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cni::{CniResult, IpConfig, NetConf};
+
+use crate::allocator;
+use crate::config::{IpamConf, Pool};
+use crate::error::IpamError;
+use crate::node_state::DEFAULT_STATE_DIR;
+use crate::store::{Allocation, PoolRecord, Store};
+
+/// What the IPAM operations read from a network configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub ipam: IpamConf,
+    /// The plugin-level `stateDir`, where the node state is.
+    pub state_dir: PathBuf,
+}
+
+impl Config {
+    pub fn from_netconf(conf: &NetConf) -> Result<Self, cni::Error> {
+        let ipam: IpamConf = conf.parse_key("ipam")?;
+        #[derive(serde::Deserialize, Default)]
+        #[serde(rename_all = "camelCase")]
+        struct Top {
+            state_dir: Option<PathBuf>,
+        }
+        let top: Top = conf.parse_as()?;
+        Ok(Config {
+            ipam,
+            state_dir: top
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        })
+    }
+
+    pub fn store(&self) -> Store {
+        Store::new(self.ipam.data_dir())
+    }
+
+    pub fn pool(&self) -> Result<Pool, IpamError> {
+        Pool::resolve(&self.ipam, &self.state_dir)
+    }
+}
+
+/// Who asks for an address.
+#[derive(Debug, Clone, Copy)]
+pub struct Attachment<'a> {
+    pub network: &'a str,
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub netns: Option<&'a Path>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Allocates an address for `att`; an attachment that already holds one is an error.
+pub fn allocate(cfg: &Config, att: Attachment<'_>) -> Result<(Ipv4Addr, Pool), IpamError> {
+    let pool = cfg.pool()?;
+    let ip = cfg.store().update(|data| {
+        if let Some(ip) = data.find(att.container_id, att.ifname) {
+            return Err(IpamError::AlreadyAllocated {
+                container_id: att.container_id.into(),
+                ifname: att.ifname.into(),
+                ip,
+            });
+        }
+        let ip = allocator::next_free(&pool, data.last_reserved, |ip| {
+            data.allocations.contains_key(&ip)
+        })
+        .ok_or_else(|| IpamError::Exhausted {
+            range: pool.range(),
+            capacity: pool.capacity(),
+        })?;
+        data.allocations.insert(
+            ip,
+            Allocation {
+                container_id: att.container_id.into(),
+                ifname: att.ifname.into(),
+                network: att.network.into(),
+                netns: att.netns.map(|p| p.display().to_string()),
+                since: now(),
+            },
+        );
+        data.last_reserved = Some(ip);
+        data.pool = Some(PoolRecord {
+            subnet: pool.subnet.to_string(),
+            gateway: pool.gateway,
+            range_start: pool.start,
+            range_end: pool.end,
+        });
+        Ok((ip, true))
+    })?;
+    Ok((ip, pool))
+}
+
+/// The IPAM result for an allocated address.
+pub fn result(ip: Ipv4Addr, pool: &Pool) -> CniResult {
+    CniResult {
+        interfaces: Vec::new(),
+        ips: vec![IpConfig {
+            address: format!("{ip}/{}", pool.subnet.prefix()),
+            gateway: Some(IpAddr::V4(pool.gateway)),
+            interface: None,
+        }],
+        routes: pool.routes.clone(),
+        dns: Default::default(),
+    }
+}
+
+/// Frees what (container ID, ifname) holds; freeing nothing is not an error.
+pub fn release(cfg: &Config, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
+    cfg.store().update(|data| {
+        let ip = data.find(container_id, ifname);
+        if let Some(ip) = ip {
+            data.allocations.remove(&ip);
+        }
+        Ok((ip, ip.is_some()))
+    })
+}
+
+/// Succeeds when (container ID, ifname) holds `expect` (or any address when `None`).
+pub fn check(
+    cfg: &Config,
+    container_id: &str,
+    ifname: &str,
+    expect: Option<Ipv4Addr>,
+) -> Result<Ipv4Addr, IpamError> {
+    let data = cfg.store().snapshot()?;
+    match data.find(container_id, ifname) {
+        Some(ip) if expect.is_none_or(|e| e == ip) => Ok(ip),
+        _ => Err(IpamError::NotFound {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }),
+    }
+}
+
+/// Frees every allocation of `network` whose attachment is not in `valid`; returns them.
+pub fn gc(
+    cfg: &Config,
+    network: &str,
+    valid: &HashSet<(String, String)>,
+) -> Result<Vec<(Ipv4Addr, Allocation)>, IpamError> {
+    cfg.store().update(|data| {
+        let stale: Vec<Ipv4Addr> = data
+            .allocations
+            .iter()
+            .filter(|(_, a)| {
+                a.network == network
+                    && !valid.contains(&(a.container_id.clone(), a.ifname.clone()))
+            })
+            .map(|(ip, _)| *ip)
+            .collect();
+        let freed: Vec<_> = stale
+            .iter()
+            .filter_map(|ip| data.allocations.remove(ip).map(|a| (*ip, a)))
+            .collect();
+        let changed = !freed.is_empty();
+        Ok((freed, changed))
+    })
+}
+
+/// Succeeds when an ADD could get an address now.
+pub fn status(cfg: &Config) -> Result<(), IpamError> {
+    let pool = cfg.pool()?;
+    let data = cfg.store().snapshot()?;
+    let used = data
+        .allocations
+        .keys()
+        .filter(|ip| pool.contains(**ip) && **ip != pool.gateway)
+        .count() as u32;
+    if used >= pool.capacity() {
+        return Err(IpamError::Exhausted {
+            range: pool.range(),
+            capacity: pool.capacity(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path, subnet: &str) -> Config {
+        Config {
+            ipam: IpamConf {
+                data_dir: Some(dir.to_path_buf()),
+                subnet: Some(subnet.into()),
+                ..Default::default()
+            },
+            state_dir: dir.join("state"),
+        }
+    }
+
+    fn att<'a>(cid: &'a str) -> Attachment<'a> {
+        Attachment {
+            network: "net",
+            container_id: cid,
+            ifname: "eth0",
+            netns: None,
+        }
+    }
+
+    #[test]
+    fn allocate_release_and_duplicates() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path(), "10.9.0.0/29");
+        let (a, _) = allocate(&c, att("c1")).unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 9, 0, 2));
+        let e = allocate(&c, att("c1")).unwrap_err();
+        assert_eq!(e.code(), cni::Code::AlreadyAllocated);
+        assert_eq!(release(&c, "c1", "eth0").unwrap(), Some(a));
+        assert_eq!(release(&c, "c1", "eth0").unwrap(), None);
+        // Round-robin: the freed .2 is not handed out next.
+        assert_eq!(allocate(&c, att("c2")).unwrap().0, Ipv4Addr::new(10, 9, 0, 3));
+    }
+
+    #[test]
+    fn exhaustion_and_status() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path(), "10.9.0.0/29");
+        for i in 0..5 {
+            allocate(&c, att(&format!("c{i}"))).unwrap();
+        }
+        assert_eq!(status(&c).unwrap_err().code(), cni::Code::PoolExhausted);
+        let e = allocate(&c, att("c9")).unwrap_err();
+        assert_eq!(e.code(), cni::Code::PoolExhausted);
+    }
+
+    #[test]
+    fn gc_keeps_valid_and_other_networks() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cfg(d.path(), "10.9.0.0/24");
+        allocate(&c, att("keep")).unwrap();
+        allocate(&c, att("drop")).unwrap();
+        allocate(
+            &c,
+            Attachment {
+                network: "other",
+                ..att("elsewhere")
+            },
+        )
+        .unwrap();
+        let valid: HashSet<_> = [("keep".to_string(), "eth0".to_string())].into();
+        let freed = gc(&c, "net", &valid).unwrap();
+        assert_eq!(freed.len(), 1);
+        assert_eq!(freed[0].1.container_id, "drop");
+        let data = c.store().snapshot().unwrap();
+        assert_eq!(data.allocations.len(), 2);
+    }
+}

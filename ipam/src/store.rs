@@ -1,0 +1,214 @@
+//! The allocation store: one JSON document, `<dataDir>/allocations.json`.
+//!
+//! Writers (ADD, DEL, GC, `release`) hold an exclusive `flock` on `<dataDir>/lock` for the
+//! read-modify-write and replace the document atomically (`durable::write_atomic`).
+//! Readers (`show`, `check`) read the document without the lock: a rename is atomic, so
+//! they always see one whole version and never slow an ADD down.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::error::IpamError;
+
+pub const FILE_NAME: &str = "allocations.json";
+const LOCK_NAME: &str = "lock";
+const FORMAT_VERSION: u32 = 1;
+
+/// One address held by one attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocation {
+    pub container_id: String,
+    pub ifname: String,
+    /// The CNI network name (GC works per network).
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// Unix seconds of the ADD.
+    pub since: u64,
+}
+
+/// The pool last used to allocate, so that `ferry-ipam show` can describe the store
+/// without being told the subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolRecord {
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    pub range_start: Ipv4Addr,
+    pub range_end: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreData {
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reserved: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub allocations: BTreeMap<Ipv4Addr, Allocation>,
+}
+
+impl Default for StoreData {
+    fn default() -> Self {
+        StoreData {
+            version: FORMAT_VERSION,
+            pool: None,
+            last_reserved: None,
+            allocations: BTreeMap::new(),
+        }
+    }
+}
+
+impl StoreData {
+    /// The address held by (container ID, ifname), if any.
+    pub fn find(&self, container_id: &str, ifname: &str) -> Option<Ipv4Addr> {
+        self.allocations
+            .iter()
+            .find(|(_, a)| a.container_id == container_id && a.ifname == ifname)
+            .map(|(ip, _)| *ip)
+    }
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Store { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    fn io(&self, path: PathBuf) -> impl FnOnce(std::io::Error) -> IpamError {
+        move |source| IpamError::StoreIo { path, source }
+    }
+
+    /// The current document, read without the lock. A store never written is empty.
+    pub fn snapshot(&self) -> Result<StoreData, IpamError> {
+        let path = self.path();
+        match fs::read(&path) {
+            Ok(bytes) => parse(&path, &bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StoreData::default()),
+            Err(e) => Err(self.io(path)(e)),
+        }
+    }
+
+    /// Runs `f` on the document under the exclusive lock; when `f` reports a change,
+    /// the new document is written durably before the lock is released.
+    pub fn update<T>(
+        &self,
+        f: impl FnOnce(&mut StoreData) -> Result<(T, bool), IpamError>,
+    ) -> Result<T, IpamError> {
+        fs::create_dir_all(&self.dir).map_err(self.io(self.dir.clone()))?;
+        let lock_path = self.dir.join(LOCK_NAME);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(self.io(lock_path.clone()))?;
+        let _lock: Flock<File> = Flock::lock(lock_file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| self.io(lock_path)(errno.into()))?;
+        let mut data = self.snapshot()?;
+        let (out, changed) = f(&mut data)?;
+        if changed {
+            let bytes = serde_json::to_vec_pretty(&data).map_err(std::io::Error::other);
+            let path = self.path();
+            bytes
+                .and_then(|b| crate::durable::write_atomic(&path, &b))
+                .map_err(self.io(path))?;
+        }
+        Ok(out)
+    }
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<StoreData, IpamError> {
+    let data: StoreData =
+        serde_json::from_slice(bytes).map_err(|e| IpamError::StoreCorrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    if data.version != FORMAT_VERSION {
+        return Err(IpamError::StoreCorrupt {
+            path: path.to_path_buf(),
+            detail: format!(
+                "format version {} (this ferry-ipam reads {FORMAT_VERSION})",
+                data.version
+            ),
+        });
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(cid: &str) -> Allocation {
+        Allocation {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            network: "n".into(),
+            netns: None,
+            since: 0,
+        }
+    }
+
+    #[test]
+    fn update_persists_and_snapshot_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(dir.path().join("sub"));
+        assert!(s.snapshot().unwrap().allocations.is_empty());
+        s.update(|d| {
+            d.allocations.insert(Ipv4Addr::new(10, 0, 0, 2), alloc("a"));
+            Ok(((), true))
+        })
+        .unwrap();
+        let d = s.snapshot().unwrap();
+        assert_eq!(d.find("a", "eth0"), Some(Ipv4Addr::new(10, 0, 0, 2)));
+        // Nothing left behind but the document and the lock.
+        let mut names: Vec<_> = fs::read_dir(s.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["allocations.json", "lock"]);
+    }
+
+    #[test]
+    fn failed_update_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(dir.path());
+        let r: Result<(), _> = s.update(|d| {
+            d.allocations.insert(Ipv4Addr::new(10, 0, 0, 2), alloc("a"));
+            Err(IpamError::Config("boom".into()))
+        });
+        assert!(r.is_err());
+        assert!(s.snapshot().unwrap().allocations.is_empty());
+    }
+
+    #[test]
+    fn corrupt_document_is_reported_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(dir.path());
+        fs::write(s.path(), b"{half").unwrap();
+        let e = s.update(|_| Ok(((), true))).unwrap_err();
+        assert!(matches!(e, IpamError::StoreCorrupt { .. }), "{e}");
+        assert_eq!(fs::read(s.path()).unwrap(), b"{half");
+    }
+}
