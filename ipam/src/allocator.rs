@@ -57,8 +57,14 @@ mod tests {
         let none = |_| false;
         assert_eq!(next_free(&p, None, none), Some(ip("192.168.1.2")));
         let used: BTreeSet<_> = [ip("192.168.1.2")].into();
-        assert_eq!(next_free(&p, None, |i| used.contains(&i)), Some(ip("192.168.1.3")));
-        assert_eq!(next_free(&p, Some(ip("192.168.1.5")), none), Some(ip("192.168.1.6")));
+        assert_eq!(
+            next_free(&p, None, |i| used.contains(&i)),
+            Some(ip("192.168.1.3"))
+        );
+        assert_eq!(
+            next_free(&p, Some(ip("192.168.1.5")), none),
+            Some(ip("192.168.1.6"))
+        );
         let used: BTreeSet<_> = [ip("192.168.1.4"), ip("192.168.1.5")].into();
         assert_eq!(
             next_free(&p, Some(ip("192.168.1.3")), |i| used.contains(&i)),
@@ -74,7 +80,10 @@ mod tests {
             next_free(&p, Some(ip("192.168.1.128")), |i| used.contains(&i)),
             Some(ip("192.168.1.3"))
         );
-        let used: BTreeSet<_> = ["2", "4", "5", "6"].iter().map(|s| ip(&format!("192.168.1.{s}"))).collect();
+        let used: BTreeSet<_> = ["2", "4", "5", "6"]
+            .iter()
+            .map(|s| ip(&format!("192.168.1.{s}")))
+            .collect();
         assert_eq!(
             next_free(&p, Some(ip("192.168.1.3")), |i| used.contains(&i)),
             Some(ip("192.168.1.3"))

@@ -28,7 +28,10 @@ pub enum IpamError {
     #[error("IPAM store {path} does not parse ({detail}); run `ferry-ipam check`")]
     StoreCorrupt { path: PathBuf, detail: String },
     #[error("no allocation for container {container_id} interface {ifname}")]
-    NotFound { container_id: String, ifname: String },
+    NotFound {
+        container_id: String,
+        ifname: String,
+    },
 }
 
 impl IpamError {

@@ -119,7 +119,11 @@ pub fn result(ip: Ipv4Addr, pool: &Pool) -> CniResult {
 }
 
 /// Frees what (container ID, ifname) holds; freeing nothing is not an error.
-pub fn release(cfg: &Config, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
+pub fn release(
+    cfg: &Config,
+    container_id: &str,
+    ifname: &str,
+) -> Result<Option<Ipv4Addr>, IpamError> {
     cfg.store().update(|data| {
         let ip = data.find(container_id, ifname);
         if let Some(ip) = ip {
@@ -157,8 +161,7 @@ pub fn gc(
             .allocations
             .iter()
             .filter(|(_, a)| {
-                a.network == network
-                    && !valid.contains(&(a.container_id.clone(), a.ifname.clone()))
+                a.network == network && !valid.contains(&(a.container_id.clone(), a.ifname.clone()))
             })
             .map(|(ip, _)| *ip)
             .collect();
@@ -224,7 +227,10 @@ mod tests {
         assert_eq!(release(&c, "c1", "eth0").unwrap(), Some(a));
         assert_eq!(release(&c, "c1", "eth0").unwrap(), None);
         // Round-robin: the freed .2 is not handed out next.
-        assert_eq!(allocate(&c, att("c2")).unwrap().0, Ipv4Addr::new(10, 9, 0, 3));
+        assert_eq!(
+            allocate(&c, att("c2")).unwrap().0,
+            Ipv4Addr::new(10, 9, 0, 3)
+        );
     }
 
     #[test]

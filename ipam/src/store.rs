@@ -138,11 +138,10 @@ impl Store {
 }
 
 fn parse(path: &Path, bytes: &[u8]) -> Result<StoreData, IpamError> {
-    let data: StoreData =
-        serde_json::from_slice(bytes).map_err(|e| IpamError::StoreCorrupt {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+    let data: StoreData = serde_json::from_slice(bytes).map_err(|e| IpamError::StoreCorrupt {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     if data.version != FORMAT_VERSION {
         return Err(IpamError::StoreCorrupt {
             path: path.to_path_buf(),

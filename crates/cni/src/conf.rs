@@ -33,7 +33,8 @@ impl NetConf {
     /// a valid `name` (code 7).
     pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
         let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
-            Error::new(Code::Decode, "error parsing network configuration").with_details(e.to_string())
+            Error::new(Code::Decode, "error parsing network configuration")
+                .with_details(e.to_string())
         })?;
         if !raw.is_object() {
             return Err(Error::new(
@@ -50,11 +51,14 @@ impl NetConf {
             }
         };
         if !version::is_supported(&cni_version) {
-            return Err(Error::new(Code::IncompatibleVersion, "incompatible CNI versions")
-                .with_details(format!(
-                    "config is {cni_version:?}, plugin supports {:?}",
-                    version::SUPPORTED
-                )));
+            return Err(
+                Error::new(Code::IncompatibleVersion, "incompatible CNI versions").with_details(
+                    format!(
+                        "config is {cni_version:?}, plugin supports {:?}",
+                        version::SUPPORTED
+                    ),
+                ),
+            );
         }
         let name = match raw.get("name") {
             None => return Err(Error::new(Code::InvalidConfig, "missing network name")),
@@ -106,9 +110,16 @@ impl NetConf {
             None | Some(Value::Null) => Ok(T::default()),
             Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
                 let path = e.path().to_string();
-                let path = if path == "." { key.to_string() } else { format!("{key}.{path}") };
-                Error::new(Code::Decode, format!("invalid network configuration key {path:?}"))
-                    .with_details(e.inner().to_string())
+                let path = if path == "." {
+                    key.to_string()
+                } else {
+                    format!("{key}.{path}")
+                };
+                Error::new(
+                    Code::Decode,
+                    format!("invalid network configuration key {path:?}"),
+                )
+                .with_details(e.inner().to_string())
             }),
         }
     }
@@ -155,10 +166,30 @@ mod tests {
     #[test]
     fn header_errors_have_spec_codes() {
         assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, 6);
-        assert_eq!(NetConf::parse(br#"{"cniVersion":"9.9.9","name":"n"}"#).unwrap_err().code, 1);
-        assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().code, 7);
-        assert_eq!(NetConf::parse(br#"{"cniVersion":1,"name":"n"}"#).unwrap_err().code, 6);
-        assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0","name":"-x"}"#).unwrap_err().code, 7);
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"9.9.9","name":"n"}"#)
+                .unwrap_err()
+                .code,
+            1
+        );
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"1.0.0"}"#)
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":1,"name":"n"}"#)
+                .unwrap_err()
+                .code,
+            6
+        );
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"-x"}"#)
+                .unwrap_err()
+                .code,
+            7
+        );
         let c = NetConf::parse(br#"{"cniVersion":"0.3.1","name":"n","type":"ferry"}"#).unwrap();
         assert_eq!(c.plugin_type, "ferry");
     }

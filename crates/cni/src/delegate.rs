@@ -38,7 +38,10 @@ pub fn exec(plugin: &Path, command: Command, env: &Env, conf: &[u8]) -> Result<V
         .env("CNI_CONTAINERID", &env.container_id)
         .env(
             "CNI_NETNS",
-            env.netns.as_deref().map(Path::as_os_str).unwrap_or_default(),
+            env.netns
+                .as_deref()
+                .map(Path::as_os_str)
+                .unwrap_or_default(),
         )
         .env("CNI_IFNAME", &env.ifname)
         .env("CNI_ARGS", &env.args)
@@ -51,16 +54,22 @@ pub fn exec(plugin: &Path, command: Command, env: &Env, conf: &[u8]) -> Result<V
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| {
-            Error::new(Code::Delegate, format!("cannot run IPAM plugin {}", plugin.display()))
-                .with_details(e.to_string())
+            Error::new(
+                Code::Delegate,
+                format!("cannot run IPAM plugin {}", plugin.display()),
+            )
+            .with_details(e.to_string())
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         // A plugin that exits without reading stdin is judged by its exit code below.
         let _ = stdin.write_all(conf);
     }
     let out = child.wait_with_output().map_err(|e| {
-        Error::new(Code::Delegate, format!("IPAM plugin {} failed", plugin.display()))
-            .with_details(e.to_string())
+        Error::new(
+            Code::Delegate,
+            format!("IPAM plugin {} failed", plugin.display()),
+        )
+        .with_details(e.to_string())
     })?;
     if out.status.success() {
         return Ok(out.stdout);
@@ -79,7 +88,11 @@ pub fn exec(plugin: &Path, command: Command, env: &Env, conf: &[u8]) -> Result<V
     }
     Err(Error::new(
         Code::Delegate,
-        format!("IPAM plugin {} failed ({})", display_name(plugin), out.status),
+        format!(
+            "IPAM plugin {} failed ({})",
+            display_name(plugin),
+            out.status
+        ),
     )
     .with_details(String::from_utf8_lossy(&out.stdout).trim().to_string()))
 }
@@ -88,12 +101,24 @@ pub fn exec(plugin: &Path, command: Command, env: &Env, conf: &[u8]) -> Result<V
 pub fn add(plugin: &Path, env: &Env, conf: &[u8]) -> Result<CniResult, Error> {
     let out = exec(plugin, Command::Add, env, conf)?;
     let v: Value = serde_json::from_slice(&out).map_err(|e| {
-        Error::new(Code::Decode, format!("IPAM plugin {} printed no JSON result", display_name(plugin)))
-            .with_details(e.to_string())
+        Error::new(
+            Code::Decode,
+            format!(
+                "IPAM plugin {} printed no JSON result",
+                display_name(plugin)
+            ),
+        )
+        .with_details(e.to_string())
     })?;
     CniResult::from_value(v).map_err(|e| {
-        Error::new(Code::Decode, format!("cannot parse the result of IPAM plugin {}", display_name(plugin)))
-            .with_details(e.to_string())
+        Error::new(
+            Code::Decode,
+            format!(
+                "cannot parse the result of IPAM plugin {}",
+                display_name(plugin)
+            ),
+        )
+        .with_details(e.to_string())
     })
 }
 

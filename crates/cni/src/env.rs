@@ -138,7 +138,10 @@ pub fn validate_container_id(id: &str) -> Result<(), Error> {
 /// A Linux interface name: 1 to 15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
 pub fn validate_ifname(name: &str) -> Result<(), Error> {
     let bad = |why: &str| {
-        Err(Error::new(Code::InvalidEnv, format!("invalid CNI_IFNAME {name:?}: {why}")))
+        Err(Error::new(
+            Code::InvalidEnv,
+            format!("invalid CNI_IFNAME {name:?}: {why}"),
+        ))
     };
     if name.is_empty() || name.len() > 15 {
         return bad("must be 1 to 15 bytes");
@@ -170,19 +173,30 @@ mod tests {
 
     #[test]
     fn add_needs_netns_del_does_not() {
-        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")])
-            .unwrap_err();
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap_err();
         assert_eq!(e.code, 4);
         assert!(e.msg.contains("CNI_NETNS"), "{}", e.msg);
-        let d = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")])
-            .unwrap();
+        let d = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap();
         assert!(d.netns.is_none());
     }
 
     #[test]
     fn names_all_missing_variables() {
         let e = env(&[("CNI_COMMAND", "ADD")]).unwrap_err();
-        assert_eq!(e.msg, "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME] missing");
+        assert_eq!(
+            e.msg,
+            "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME] missing"
+        );
     }
 
     #[test]
@@ -198,7 +212,12 @@ mod tests {
 
     #[test]
     fn gc_needs_no_attachment() {
-        let g = env(&[("CNI_COMMAND", "GC"), ("CNI_CONTAINERID", ""), ("CNI_PATH", "/a:/b")]).unwrap();
+        let g = env(&[
+            ("CNI_COMMAND", "GC"),
+            ("CNI_CONTAINERID", ""),
+            ("CNI_PATH", "/a:/b"),
+        ])
+        .unwrap();
         assert_eq!(g.path.len(), 2);
     }
 }

@@ -67,8 +67,7 @@ impl Error {
             msg: &self.msg,
             details: &self.details,
         };
-        serde_json::to_string(&wire).unwrap_or_else(|_| {
-            format!(r#"{{"code":{},"msg":"unprintable error"}}"#, self.code)
-        })
+        serde_json::to_string(&wire)
+            .unwrap_or_else(|_| format!(r#"{{"code":{},"msg":"unprintable error"}}"#, self.code))
     }
 }

@@ -8,7 +8,7 @@ pub mod error;
 pub mod result;
 pub mod version;
 
-pub use conf::NetConf;
+pub use conf::{Attachment, NetConf};
 pub use env::{Command, Env};
 pub use error::{Code, Error};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};

@@ -120,7 +120,10 @@ mod tests {
                 gateway: Some("10.1.2.1".parse().unwrap()),
                 interface: Some(0),
             }],
-            routes: vec![Route { dst: "0.0.0.0/0".into(), gw: None }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".into(),
+                gw: None,
+            }],
             dns: Dns::default(),
         }
     }

@@ -8,9 +8,7 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder,
-};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::error::{Context, Error, Result};
 use crate::netns;
@@ -71,7 +69,9 @@ pub struct RouteV4 {
 }
 
 /// A veth pair whose peer is created directly in the pod's namespace: one message, no
-/// move, no rename (the host end never exists under a temporary name).
+/// move, no rename (neither end ever exists under a temporary name). The host end comes
+/// up with it; the peer cannot (the kernel refuses to open a veth end whose pair is not
+/// linked yet), so the caller sets it up inside the pod.
 pub struct VethSpec<'a> {
     pub host_name: &'a str,
     pub host_mac: [u8; 6],
@@ -115,7 +115,12 @@ impl Netlink {
 
     /// The link called `name`, or `None`.
     pub async fn get_link(&self, name: &str) -> Result<Option<Link>> {
-        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match req.try_next().await {
             Ok(m) => Ok(m.map(Link::from)),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
@@ -217,8 +222,9 @@ impl Netlink {
         })
     }
 
-    pub async fn set_hairpin(&self, index: u32, name: &str, on: bool) -> Result<()> {
-        let msg = LinkBridgePort::new(index).hairpin(on).build();
+    /// Sets a bridge port's hairpin flag, addressing the port by name (saves a lookup).
+    pub async fn set_hairpin_by_name(&self, name: &str, on: bool) -> Result<()> {
+        let msg = LinkBridgePort::new(0).name(name).hairpin(on).build();
         self.handle
             .link()
             .set_port(msg)

@@ -21,6 +21,9 @@ pub fn format_mac(mac: &[u8]) -> String {
 mod tests {
     #[test]
     fn mac_format() {
-        assert_eq!(super::format_mac(&[0x0a, 0x58, 10, 1, 2, 255]), "0a:58:0a:01:02:ff");
+        assert_eq!(
+            super::format_mac(&[0x0a, 0x58, 10, 1, 2, 255]),
+            "0a:58:0a:01:02:ff"
+        );
     }
 }

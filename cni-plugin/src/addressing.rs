@@ -1,0 +1,92 @@
+//! Getting and giving back addresses: `ferry-ipam` in-process, or another IPAM plugin by
+//! exec, behind one set of calls.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use cni::{delegate, Attachment, CniResult, Command, Env, Error, NetConf};
+use ipam::ops;
+
+use crate::config::IpamKind;
+
+pub struct Addressing<'a> {
+    kind: &'a IpamKind,
+    conf: &'a NetConf,
+    env: &'a Env,
+}
+
+impl<'a> Addressing<'a> {
+    pub fn new(kind: &'a IpamKind, conf: &'a NetConf, env: &'a Env) -> Self {
+        Addressing { kind, conf, env }
+    }
+
+    fn attachment(&self) -> ops::Attachment<'a> {
+        ops::Attachment {
+            network: &self.conf.name,
+            container_id: &self.env.container_id,
+            ifname: &self.env.ifname,
+            netns: self.env.netns.as_deref(),
+        }
+    }
+
+    fn exec(&self, plugin: &str, command: Command) -> Result<Vec<u8>, Error> {
+        let path = delegate::find(plugin, &self.env.path)?;
+        delegate::exec(&path, command, self.env, self.conf.bytes())
+    }
+
+    pub fn add(&self) -> Result<CniResult, Error> {
+        match self.kind {
+            IpamKind::Ferry(cfg) => {
+                let (ip, pool) = ops::allocate(cfg, self.attachment())?;
+                Ok(ops::result(ip, &pool))
+            }
+            IpamKind::Exec(plugin) => {
+                let path = delegate::find(plugin, &self.env.path)?;
+                delegate::add(&path, self.env, self.conf.bytes())
+            }
+        }
+    }
+
+    pub fn del(&self) -> Result<(), Error> {
+        match self.kind {
+            IpamKind::Ferry(cfg) => {
+                ops::release(cfg, &self.env.container_id, &self.env.ifname)?;
+                Ok(())
+            }
+            IpamKind::Exec(plugin) => self.exec(plugin, Command::Del).map(drop),
+        }
+    }
+
+    pub fn check(&self, expect: Option<Ipv4Addr>) -> Result<(), Error> {
+        match self.kind {
+            IpamKind::Ferry(cfg) => {
+                ops::check(cfg, &self.env.container_id, &self.env.ifname, expect)?;
+                Ok(())
+            }
+            IpamKind::Exec(plugin) => self.exec(plugin, Command::Check).map(drop),
+        }
+    }
+
+    pub fn gc(&self, valid: &[Attachment]) -> Result<(), Error> {
+        match self.kind {
+            IpamKind::Ferry(cfg) => {
+                let valid: HashSet<_> = valid
+                    .iter()
+                    .map(|a| (a.container_id.clone(), a.ifname.clone()))
+                    .collect();
+                ops::gc(cfg, &self.conf.name, &valid)?;
+                Ok(())
+            }
+            IpamKind::Exec(plugin) => self.exec(plugin, Command::Gc).map(drop),
+        }
+    }
+
+    pub fn status(&self) -> Result<(), Error> {
+        match self.kind {
+            IpamKind::Ferry(cfg) => {
+                ops::status(cfg).map_err(|e| Error::new(cni::Code::NotAvailable, e.to_string()))
+            }
+            IpamKind::Exec(plugin) => self.exec(plugin, Command::Status).map(drop),
+        }
+    }
+}

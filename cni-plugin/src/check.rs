@@ -1,0 +1,149 @@
+//! CHECK: the attachment still is what prevResult says.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use cni::{version, CniResult, Code, Env, Error, NetConf};
+use ipnetwork::Ipv4Network;
+use netlink::{netns, Netlink};
+
+use crate::addressing::Addressing;
+use crate::config::PluginConf;
+use crate::kernel::{self, err};
+use crate::names;
+
+fn failed(msg: String) -> Error {
+    Error::new(Code::CheckFailed, msg)
+}
+
+pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
+    if !version::at_least(&conf.cni_version, "0.4.0") {
+        return Err(Error::new(
+            Code::IncompatibleVersion,
+            format!("config version {} does not allow CHECK", conf.cni_version),
+        ));
+    }
+    let pc = PluginConf::parse(conf)?;
+    let prev = conf
+        .prev_result()?
+        .ok_or_else(|| Error::new(Code::InvalidConfig, "required prevResult missing"))?;
+    let netns_path = env.netns.as_deref().ok_or_else(|| {
+        Error::new(
+            Code::InvalidEnv,
+            "required env variables [CNI_NETNS] missing",
+        )
+    })?;
+
+    let pod_index = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == env.ifname && !i.sandbox.is_empty())
+        .ok_or_else(|| {
+            failed(format!(
+                "prevResult lists no interface {} in a sandbox",
+                env.ifname
+            ))
+        })?;
+    let addrs: Vec<(Ipv4Addr, u8, Option<Ipv4Addr>)> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none_or(|i| i == pod_index))
+        .filter_map(|ip| {
+            let net = ip.address.parse::<Ipv4Network>().ok()?;
+            let gw = match ip.gateway {
+                Some(IpAddr::V4(g)) => Some(g),
+                _ => None,
+            };
+            Some((net.ip(), net.prefix(), gw))
+        })
+        .collect();
+
+    Addressing::new(&pc.ipam, conf, env).check(addrs.first().map(|a| a.0))?;
+
+    let ns = netns::open(netns_path).map_err(|e| failed(e.to_string()))?;
+    kernel::runtime()?.block_on(check_kernel(
+        &pc, env, &ns, netns_path, &prev, pod_index, &addrs,
+    ))
+}
+
+async fn check_kernel(
+    pc: &PluginConf,
+    env: &Env,
+    ns: &std::fs::File,
+    netns_path: &std::path::Path,
+    prev: &CniResult,
+    pod_index: usize,
+    addrs: &[(Ipv4Addr, u8, Option<Ipv4Addr>)],
+) -> Result<(), Error> {
+    let host = Netlink::open().map_err(err)?;
+    let bridge = host
+        .get_link(&pc.bridge)
+        .await
+        .map_err(err)?
+        .filter(|b| b.kind.as_deref() == Some("bridge"))
+        .ok_or_else(|| failed(format!("bridge {} is missing", pc.bridge)))?;
+    let host_veth = names::host_veth(&env.container_id, &env.ifname);
+    let hv = host
+        .get_link(&host_veth)
+        .await
+        .map_err(err)?
+        .ok_or_else(|| failed(format!("host veth {host_veth} is missing")))?;
+    if hv.controller != Some(bridge.index) {
+        return Err(failed(format!(
+            "host veth {host_veth} is not a port of {}",
+            pc.bridge
+        )));
+    }
+
+    let pod = Netlink::open_in(ns, netns_path).map_err(err)?;
+    let link = pod
+        .get_link(&env.ifname)
+        .await
+        .map_err(err)?
+        .ok_or_else(|| {
+            failed(format!(
+                "{} is missing in {}",
+                env.ifname,
+                netns_path.display()
+            ))
+        })?;
+    let want_mac = &prev.interfaces[pod_index].mac;
+    if !want_mac.is_empty() && !want_mac.eq_ignore_ascii_case(&netlink::format_mac(&link.mac)) {
+        return Err(failed(format!(
+            "{} has MAC {}, prevResult says {want_mac}",
+            env.ifname,
+            netlink::format_mac(&link.mac)
+        )));
+    }
+    let have = pod.addrs_v4(link.index).await.map_err(err)?;
+    for (ip, prefix, _) in addrs {
+        if !have.contains(&(*ip, *prefix)) {
+            return Err(failed(format!(
+                "address {ip}/{prefix} is missing on {}",
+                env.ifname
+            )));
+        }
+    }
+    let gateway = addrs.iter().find_map(|a| a.2);
+    let routes = pod.routes_v4().await.map_err(err)?;
+    for r in &prev.routes {
+        let Ok(dst) = r.dst.parse::<Ipv4Network>() else {
+            continue;
+        };
+        let gw = match r.gw {
+            Some(IpAddr::V4(g)) => Some(g),
+            Some(IpAddr::V6(_)) => continue,
+            None => gateway,
+        };
+        let found = routes.iter().any(|k| {
+            k.dst == dst.network() && k.prefix == dst.prefix() && (gw.is_none() || k.gateway == gw)
+        });
+        if !found {
+            let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
+            return Err(failed(format!(
+                "route {}{via} is missing in the pod",
+                r.dst
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! The `ferry` plugin's keys, validated before anything on the node changes.
+
+use std::path::PathBuf;
+
+use cni::{Code, Dns, Error, NetConf};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub const DEFAULT_BRIDGE: &str = "ferry0";
+pub const DEFAULT_MTU: u32 = 1500;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    bridge: Option<String>,
+    mtu: Option<u32>,
+    hairpin_mode: Option<bool>,
+    state_dir: Option<PathBuf>,
+    ipam: Option<Value>,
+    dns: Option<Dns>,
+}
+
+/// Where addresses come from.
+#[derive(Debug, Clone)]
+pub enum IpamKind {
+    /// `ferry-ipam`, run in-process (the fast path).
+    Ferry(ipam::ops::Config),
+    /// Any other IPAM plugin, run by exec from `CNI_PATH`.
+    Exec(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginConf {
+    pub bridge: String,
+    /// `None`: the node state's MTU (or 1500 without a node state).
+    pub mtu: Option<u32>,
+    pub hairpin: bool,
+    pub state_dir: PathBuf,
+    pub ipam: IpamKind,
+    pub dns: Option<Dns>,
+}
+
+impl PluginConf {
+    pub fn parse(conf: &NetConf) -> Result<Self, Error> {
+        let raw: Raw = conf.parse_as()?;
+        let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        cni::env::validate_ifname(&bridge).map_err(|_| {
+            Error::new(
+                Code::InvalidConfig,
+                format!("bridge {bridge:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"),
+            )
+        })?;
+        let mtu = match raw.mtu {
+            None | Some(0) => None,
+            Some(m) if (68..=65535).contains(&m) => Some(m),
+            Some(m) => {
+                return Err(Error::new(
+                    Code::InvalidConfig,
+                    format!("mtu {m} is out of range (68 to 65535, or 0 for the node's)"),
+                ))
+            }
+        };
+        let ipam_type = match &raw.ipam {
+            None | Some(Value::Null) => "ferry-ipam".to_string(),
+            Some(Value::Object(m)) => match m.get("type") {
+                None => "ferry-ipam".to_string(),
+                Some(Value::String(t)) if !t.is_empty() => t.clone(),
+                Some(other) => {
+                    return Err(
+                        Error::new(Code::Decode, "ipam.type must be a non-empty string")
+                            .with_details(other.to_string()),
+                    )
+                }
+            },
+            Some(other) => {
+                return Err(Error::new(Code::Decode, "ipam must be an object")
+                    .with_details(other.to_string()))
+            }
+        };
+        let ipam = if ipam_type == "ferry-ipam" {
+            let cfg = ipam::ops::Config::from_netconf(conf)?;
+            // Resolve a static pool now so that a bad CIDR is refused before any change.
+            if cfg.ipam.subnet.is_some() {
+                cfg.pool().map_err(Error::from)?;
+            }
+            IpamKind::Ferry(cfg)
+        } else {
+            IpamKind::Exec(ipam_type)
+        };
+        Ok(PluginConf {
+            bridge,
+            mtu,
+            hairpin: raw.hairpin_mode.unwrap_or(true),
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(ipam::node_state::DEFAULT_STATE_DIR)),
+            ipam,
+            dns: raw.dns,
+        })
+    }
+
+    /// The pod MTU: the config's, else the node state's, else 1500.
+    pub fn effective_mtu(&self) -> u32 {
+        self.mtu.unwrap_or_else(|| {
+            ipam::node_state::read(&self.state_dir)
+                .ok()
+                .flatten()
+                .map(|s| s.mtu)
+                .filter(|m| *m >= 68)
+                .unwrap_or(DEFAULT_MTU)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<PluginConf, Error> {
+        PluginConf::parse(&NetConf::parse(json.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"ferry","ipam":{"subnet":"10.1.0.0/24"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.bridge, "ferry0");
+        assert!(c.hairpin);
+        assert!(matches!(c.ipam, IpamKind::Ferry(_)));
+        assert_eq!(c.mtu, None);
+    }
+
+    #[test]
+    fn errors() {
+        let bad = |j: &str| parse(j).unwrap_err().code;
+        assert_eq!(
+            bad(r#"{"cniVersion":"1.0.0","name":"n","bridge":"a-very-long-bridge"}"#),
+            7
+        );
+        assert_eq!(bad(r#"{"cniVersion":"1.0.0","name":"n","mtu":"x"}"#), 6);
+        assert_eq!(bad(r#"{"cniVersion":"1.0.0","name":"n","mtu":10}"#), 7);
+        assert_eq!(
+            bad(r#"{"cniVersion":"1.0.0","name":"n","hairpinMode":"yes"}"#),
+            6
+        );
+        assert_eq!(
+            bad(r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.1.0.0/33"}}"#),
+            7
+        );
+        assert_eq!(
+            bad(r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":5}}"#),
+            6
+        );
+        assert_eq!(bad(r#"{"cniVersion":"1.0.0","name":"n","ipam":[]}"#), 6);
+    }
+
+    #[test]
+    fn other_ipam_is_exec() {
+        let c = parse(r#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local"}}"#).unwrap();
+        assert!(matches!(c.ipam, IpamKind::Exec(ref t) if t == "host-local"));
+    }
+}

@@ -1,0 +1,55 @@
+//! GC: free the addresses and remove the host veths of this network's attachments that the
+//! runtime no longer knows. Keeps going past failures and reports them all.
+
+use std::collections::HashSet;
+
+use cni::{version, Code, Env, Error, NetConf};
+use netlink::Netlink;
+
+use crate::addressing::Addressing;
+use crate::config::PluginConf;
+use crate::del::combine;
+use crate::kernel::{self, err};
+use crate::names;
+
+pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
+    if !version::at_least(&conf.cni_version, "1.1.0") {
+        return Err(Error::new(
+            Code::IncompatibleVersion,
+            format!("config version {} does not allow GC", conf.cni_version),
+        ));
+    }
+    let pc = PluginConf::parse(conf)?;
+    let valid = conf.valid_attachments()?;
+    let keep: HashSet<(&str, &str)> = valid
+        .iter()
+        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+        .collect();
+
+    let mut errors = Vec::new();
+    if let Err(e) = Addressing::new(&pc.ipam, conf, env).gc(&valid) {
+        errors.push(e);
+    }
+    let swept = kernel::runtime().and_then(|rt| {
+        rt.block_on(async {
+            let host = Netlink::open().map_err(err)?;
+            let mut errs = Vec::new();
+            for link in host.list_links().await.map_err(err)? {
+                let Some((net, cid, ifname)) = link.alias.as_deref().and_then(names::parse_alias)
+                else {
+                    continue;
+                };
+                if net == conf.name && !keep.contains(&(cid, ifname)) {
+                    if let Err(e) = host.del_link(&link.name).await {
+                        errs.push(err(e));
+                    }
+                }
+            }
+            combine(errs)
+        })
+    });
+    if let Err(e) = swept {
+        errors.push(e);
+    }
+    combine(errors)
+}

@@ -1,0 +1,81 @@
+//! `ferry`: the CNI plugin. Driven by `CNI_*` variables and the network configuration on
+//! stdin; prints a result or a CNI error on stdout and nothing else there.
+
+mod add;
+mod addressing;
+mod check;
+mod config;
+mod del;
+mod gc;
+mod kernel;
+mod names;
+mod status;
+
+use std::io::Read;
+
+use cni::{version, Code, Command, Env, Error, NetConf};
+
+fn main() {
+    std::process::exit(run());
+}
+
+fn run() -> i32 {
+    if std::env::var_os("CNI_COMMAND").is_none() {
+        eprintln!(
+            "CNI ferry plugin v{}\nCNI protocol versions supported: {}",
+            env!("CARGO_PKG_VERSION"),
+            version::SUPPORTED.join(", ")
+        );
+        return 0;
+    }
+    let mut reply_version = version::CURRENT.to_string();
+    match dispatch(&mut reply_version) {
+        Ok(Some(out)) => {
+            println!("{out}");
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            println!("{}", e.to_json(&reply_version));
+            1
+        }
+    }
+}
+
+fn dispatch(reply_version: &mut String) -> Result<Option<String>, Error> {
+    let env = Env::from_process()?;
+    let mut stdin = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
+        return Err(
+            Error::new(Code::Io, "cannot read the network configuration from stdin")
+                .with_details(e.to_string()),
+        );
+    }
+    if env.command == Command::Version {
+        return Ok(Some(version_reply(&stdin)));
+    }
+    let conf = NetConf::parse(&stdin)?;
+    *reply_version = conf.cni_version.clone();
+    match env.command {
+        Command::Add => add::run(&conf, &env).map(Some),
+        Command::Del => del::run(&conf, &env).map(|()| None),
+        Command::Check => check::run(&conf, &env).map(|()| None),
+        Command::Gc => gc::run(&conf, &env).map(|()| None),
+        Command::Status => status::run(&conf, &env).map(|()| None),
+        Command::Version => unreachable!("answered above"),
+    }
+}
+
+/// `{"cniVersion", "supportedVersions"}`, in the version the caller sent when ferry knows it.
+pub fn version_reply(stdin: &[u8]) -> String {
+    let asked = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+        .filter(|v| version::is_supported(v))
+        .unwrap_or_else(|| version::CURRENT.to_string());
+    serde_json::json!({
+        "cniVersion": asked,
+        "supportedVersions": version::SUPPORTED,
+    })
+    .to_string()
+}

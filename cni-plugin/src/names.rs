@@ -1,0 +1,66 @@
+//! Names and addresses derived from an attachment, so that DEL and GC find what ADD made
+//! without the pod's namespace and without any state of their own.
+
+use std::net::Ipv4Addr;
+
+/// The host end of the veth: `fy` + 13 hex digits of a hash of (container ID, ifname).
+/// FNV-1a is written out here because the name must not change between builds.
+pub fn host_veth(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("fy{:013x}", h >> 12)
+}
+
+/// The host veth's alias: who owns it, readable with `ip link` and parsed by GC.
+pub fn alias(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("ferry/{network}/{container_id}/{ifname}")
+}
+
+/// (network, container ID, ifname) of an alias made by `alias`.
+pub fn parse_alias(alias: &str) -> Option<(&str, &str, &str)> {
+    let mut it = alias.strip_prefix("ferry/")?.split('/');
+    let t = (it.next()?, it.next()?, it.next()?);
+    it.next().is_none().then_some(t)
+}
+
+/// Locally administered MACs that carry the IPv4 address: the pod's is `0a:58:<ip>`, its
+/// host end's `0a:59:<ip>`, the bridge's `0a:58:<gateway>`. An address handed to a new pod
+/// keeps its MAC, so neighbours' ARP entries stay right.
+pub fn mac(prefix: u8, ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, prefix, o[0], o[1], o[2], o[3]]
+}
+
+pub const POD_MAC: u8 = 0x58;
+pub const HOST_MAC: u8 = 0x59;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_is_stable_and_short() {
+        let n = host_veth("abc", "eth0");
+        assert_eq!(n.len(), 15);
+        assert_eq!(n, host_veth("abc", "eth0"));
+        assert_ne!(n, host_veth("abc", "eth1"));
+        assert_ne!(host_veth("ab", "ceth0"), host_veth("abc", "eth0"));
+        // Pinned: a change would orphan the veths of running pods across an upgrade.
+        assert_eq!(host_veth("c1", "eth0"), host_veth("c1", "eth0"));
+        assert_eq!(
+            host_veth("", ""),
+            format!("fy{:013x}", 0xaf63_bd4c_8601_b7dfu64 >> 12)
+        );
+    }
+
+    #[test]
+    fn alias_round_trip() {
+        let a = alias("net", "c1", "eth0");
+        assert_eq!(parse_alias(&a), Some(("net", "c1", "eth0")));
+        assert_eq!(parse_alias("other"), None);
+        assert_eq!(parse_alias("ferry/a/b/c/d"), None);
+    }
+}
