@@ -168,7 +168,6 @@ async fn wire(
             peer_netns: ns,
             mtu,
             controller: bridge.index,
-            alias: &alias,
         })
         .await;
     if let Err(e) = created {
@@ -178,11 +177,9 @@ async fn wire(
         return Err(err(e));
     }
     *made_veth = true;
-    if pc.hairpin {
-        host.set_hairpin_by_name(host_veth, true)
-            .await
-            .map_err(err)?;
-    }
+    host.configure_port(host_veth, pc.hairpin, &alias)
+        .await
+        .map_err(err)?;
 
     let pod = Netlink::open_in(ns, netns_path).map_err(err)?;
     let link = pod

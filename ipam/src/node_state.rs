@@ -14,7 +14,9 @@ pub const DEFAULT_STATE_DIR: &str = "/run/ferry";
 #[serde(rename_all = "camelCase")]
 pub struct NodeState {
     pub node_name: String,
+    #[serde(rename = "podCIDR")]
     pub pod_cidr: String,
+    #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: String,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
@@ -53,6 +55,30 @@ pub fn require(state_dir: &Path) -> Result<NodeState, IpamError> {
 }
 
 /// Replaces the node state atomically.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_the_contracts() {
+        let d = tempfile::tempdir().unwrap();
+        let st = NodeState {
+            node_name: "n".into(),
+            pod_cidr: "10.1.2.0/24".into(),
+            cluster_cidr: "10.1.0.0/16".into(),
+            gateway: Ipv4Addr::new(10, 1, 2, 1),
+            mtu: 1450,
+        };
+        write(d.path(), &st).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path(d.path())).unwrap()).unwrap();
+        for k in ["nodeName", "podCIDR", "clusterCIDR", "gateway", "mtu"] {
+            assert!(v.get(k).is_some(), "{k} missing in {v}");
+        }
+        assert_eq!(read(d.path()).unwrap(), Some(st));
+    }
+}
+
 pub fn write(state_dir: &Path, state: &NodeState) -> std::io::Result<()> {
     std::fs::create_dir_all(state_dir)?;
     let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;

@@ -80,8 +80,6 @@ pub struct VethSpec<'a> {
     pub peer_netns: &'a File,
     pub mtu: u32,
     pub controller: u32,
-    /// Stored as the host end's alias, so that ownership is visible to `ip link` and GC.
-    pub alias: &'a str,
 }
 
 /// A netlink connection bound to one network namespace.
@@ -211,7 +209,6 @@ impl Netlink {
             .address(spec.host_mac.to_vec())
             .mtu(spec.mtu)
             .controller(spec.controller)
-            .append_extra_attribute(LinkAttribute::IfAlias(spec.alias.to_string()))
             .up()
             .build();
         self.handle.link().add(msg).execute().await.context(|| {
@@ -222,15 +219,26 @@ impl Netlink {
         })
     }
 
-    /// Sets a bridge port's hairpin flag, addressing the port by name (saves a lookup).
-    pub async fn set_hairpin_by_name(&self, name: &str, on: bool) -> Result<()> {
-        let msg = LinkBridgePort::new(0).name(name).hairpin(on).build();
+    /// Sets a bridge port's hairpin flag and the link's alias in one request, addressing
+    /// the port by name (no lookup). The alias goes here because the kernel ignores
+    /// IFLA_IFALIAS when it creates a link.
+    pub async fn configure_port(&self, name: &str, hairpin: bool, alias: &str) -> Result<()> {
+        let msg = LinkBridgePort::new(0)
+            .name(name)
+            .hairpin(hairpin)
+            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
+            .build();
         self.handle
             .link()
             .set_port(msg)
             .execute()
             .await
-            .context(|| format!("set hairpin {on} on bridge port {name} in {}", self.place))
+            .context(|| {
+                format!(
+                    "set hairpin {hairpin} and alias on bridge port {name} in {}",
+                    self.place
+                )
+            })
     }
 
     /// Deletes a link by name; returns false when it was not there.

@@ -1,0 +1,79 @@
+//! The CNI IPAM plugin: the same operations `ferry` runs in-process.
+
+use std::collections::HashSet;
+use std::io::Read;
+
+use cni::{version, Code, Command, Env, Error, NetConf};
+use ipam::ops::{self, Attachment, Config};
+
+pub fn run() -> i32 {
+    let mut reply_version = version::CURRENT.to_string();
+    match dispatch(&mut reply_version) {
+        Ok(Some(out)) => {
+            println!("{out}");
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            println!("{}", e.to_json(&reply_version));
+            1
+        }
+    }
+}
+
+fn dispatch(reply_version: &mut String) -> Result<Option<String>, Error> {
+    let env = Env::from_process()?;
+    let mut stdin = Vec::new();
+    std::io::stdin().read_to_end(&mut stdin).map_err(|e| {
+        Error::new(Code::Io, "cannot read the network configuration from stdin")
+            .with_details(e.to_string())
+    })?;
+    if env.command == Command::Version {
+        return Ok(Some(
+            serde_json::json!({
+                "cniVersion": version::CURRENT,
+                "supportedVersions": version::SUPPORTED,
+            })
+            .to_string(),
+        ));
+    }
+    let conf = NetConf::parse(&stdin)?;
+    *reply_version = conf.cni_version.clone();
+    let cfg = Config::from_netconf(&conf)?;
+    match env.command {
+        Command::Add => {
+            let (ip, pool) = ops::allocate(
+                &cfg,
+                Attachment {
+                    network: &conf.name,
+                    container_id: &env.container_id,
+                    ifname: &env.ifname,
+                    netns: env.netns.as_deref(),
+                },
+            )?;
+            Ok(Some(ops::result(ip, &pool).to_json(&conf.cni_version)))
+        }
+        Command::Del => {
+            ops::release(&cfg, &env.container_id, &env.ifname)?;
+            Ok(None)
+        }
+        Command::Check => {
+            ops::check(&cfg, &env.container_id, &env.ifname, None)?;
+            Ok(None)
+        }
+        Command::Gc => {
+            let valid: HashSet<_> = conf
+                .valid_attachments()?
+                .into_iter()
+                .map(|a| (a.container_id, a.ifname))
+                .collect();
+            ops::gc(&cfg, &conf.name, &valid)?;
+            Ok(None)
+        }
+        Command::Status => {
+            ops::status(&cfg).map_err(|e| Error::new(Code::NotAvailable, e.to_string()))?;
+            Ok(None)
+        }
+        Command::Version => unreachable!("answered above"),
+    }
+}

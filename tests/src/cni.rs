@@ -1,0 +1,220 @@
+//! Running CNI plugins as a runtime does: `CNI_*` variables, config on stdin, inside the
+//! host's namespace.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::netns::Netns;
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// The result of a successful call (panics with the whole reply otherwise).
+    pub fn ok(&self) -> Value {
+        assert_eq!(self.status, 0, "plugin failed: {self:?}");
+        assert!(
+            !self.stderr.contains("panicked"),
+            "plugin panicked: {self:?}"
+        );
+        if self.stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+
+    /// The CNI error code of a failed call; checks the error's shape on the way.
+    pub fn err_code(&self) -> u64 {
+        assert_ne!(self.status, 0, "plugin should have failed: {self:?}");
+        assert!(
+            !self.stderr.contains("panicked"),
+            "plugin panicked: {self:?}"
+        );
+        let v = self.json();
+        assert!(
+            v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "no msg: {v}"
+        );
+        v["code"].as_u64().unwrap_or_else(|| panic!("no code: {v}"))
+    }
+
+    pub fn msg(&self) -> String {
+        self.json()["msg"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// One invocation.
+pub struct Call<'a> {
+    pub host: &'a Netns,
+    pub plugin: PathBuf,
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub netns: Option<PathBuf>,
+    pub ifname: &'a str,
+    pub cni_path: String,
+}
+
+impl Call<'_> {
+    pub fn run(&self, conf: &str) -> Reply {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host.name])
+            .arg(&self.plugin)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_CONTAINERID", self.container_id)
+            .env("CNI_IFNAME", self.ifname)
+            .env("CNI_PATH", &self.cni_path)
+            .env(
+                "CNI_NETNS",
+                self.netns
+                    .as_deref()
+                    .map(Path::as_os_str)
+                    .unwrap_or_default(),
+            );
+        exec(cmd, conf)
+    }
+}
+
+pub fn exec(mut cmd: Command, stdin: &str) -> Reply {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait plugin");
+    Reply {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The search path: ferry's binaries first, then the reference plugins.
+pub fn cni_path() -> String {
+    format!(
+        "{}:{}",
+        crate::bin_dir().display(),
+        crate::REFERENCE_PLUGINS
+    )
+}
+
+/// A ferry network config: `ipam` keys merged into ferry-ipam's, `extra` into the top.
+pub fn ferry_conf(version: &str, data_dir: &Path, ipam: Value, extra: Value) -> String {
+    let mut ipam_obj = json!({"type": "ferry-ipam", "dataDir": data_dir});
+    merge(&mut ipam_obj, ipam);
+    let mut conf = json!({
+        "cniVersion": version,
+        "name": "ferrytest",
+        "type": "ferry",
+        "ipam": ipam_obj,
+    });
+    merge(&mut conf, extra);
+    conf.to_string()
+}
+
+/// Shallow merge of `b`'s keys into `a` (a `null` removes the key).
+pub fn merge(a: &mut Value, b: Value) {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        for (k, v) in b {
+            if v.is_null() {
+                a.remove(&k);
+            } else {
+                a.insert(k, v);
+            }
+        }
+    }
+}
+
+/// One node: its host namespace and IPAM data directory, with a helper per verb.
+pub struct Node {
+    pub host: Netns,
+    pub data: tempfile::TempDir,
+    pub conf: String,
+}
+
+impl Node {
+    pub fn new(subnet: &str) -> Node {
+        Self::with(|data| ferry_conf("1.1.0", data, json!({"subnet": subnet}), json!({})))
+    }
+
+    pub fn with(conf: impl FnOnce(&Path) -> String) -> Node {
+        let host = Netns::new("fyh");
+        let data = tempfile::tempdir().expect("tempdir");
+        let conf = conf(data.path());
+        Node { host, data, conf }
+    }
+
+    pub fn call<'a>(&'a self, command: &'a str, cid: &'a str, pod: Option<&Netns>) -> Call<'a> {
+        Call {
+            host: &self.host,
+            plugin: crate::bin("ferry"),
+            command,
+            container_id: cid,
+            netns: pod.map(Netns::path),
+            ifname: "eth0",
+            cni_path: cni_path(),
+        }
+    }
+
+    pub fn add(&self, cid: &str, pod: &Netns) -> Reply {
+        self.call("ADD", cid, Some(pod)).run(&self.conf)
+    }
+
+    pub fn del(&self, cid: &str, pod: Option<&Netns>) -> Reply {
+        self.call("DEL", cid, pod).run(&self.conf)
+    }
+
+    /// The allocations in the store, as `ferry-ipam show -o json` reports them.
+    pub fn allocations(&self) -> Vec<Value> {
+        let out = Command::new(crate::bin("ferry-ipam"))
+            .args(["show", "-o", "json", "--data-dir"])
+            .arg(self.data.path())
+            .env_remove("CNI_COMMAND")
+            .output()
+            .expect("ferry-ipam show");
+        assert!(out.status.success(), "show failed: {out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("show json");
+        v["allocations"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Links on the host named like ferry's host veths.
+    pub fn host_veths(&self) -> Vec<String> {
+        self.host
+            .links()
+            .into_iter()
+            .filter(|l| l.starts_with("fy"))
+            .collect()
+    }
+}
+
+/// The pod's IPv4 address (without prefix) from an ADD result.
+pub fn pod_ip(result: &Value) -> String {
+    let a = result["ips"][0]["address"]
+        .as_str()
+        .expect("ips[0].address");
+    a.split('/').next().unwrap_or(a).to_string()
+}

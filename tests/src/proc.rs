@@ -1,0 +1,87 @@
+//! Processes a test starts, ended by PID when dropped (and only those).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::netns::Netns;
+
+pub struct Bg {
+    child: Child,
+}
+
+impl Bg {
+    /// Starts `cmd` (a shell command) inside `ns` in the background.
+    pub fn spawn(ns: &Netns, cmd: &str) -> Bg {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "sh",
+                "-c",
+                &format!("exec {cmd}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn background process");
+        Bg { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// A one-line TCP server: answers each connection with the peer's address and closes.
+/// Python from the base system keeps the tests free of extra tools.
+pub fn echo_peer_server(ns: &Netns, port: u16) -> Bg {
+    let script = format!(
+        "import socket\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0',{port})); s.listen(64)\n\
+         while True:\n    c,a=s.accept(); c.sendall((a[0]+'\\n').encode()); c.close()\n"
+    );
+    let bg = Bg::spawn(ns, &format!("python3 -c \"{script}\""));
+    let ok = wait_until(Duration::from_secs(5), || {
+        ns.try_sh(&format!("ss -ltn 'sport = :{port}' | grep -q LISTEN"))
+            .status
+            .success()
+    });
+    assert!(ok, "server on port {port} in {} did not start", ns.name);
+    bg
+}
+
+/// Connects from `ns` to `addr:port` and returns what the echo server said (the source
+/// address it saw), or None.
+pub fn connect(ns: &Netns, addr: &str, port: u16) -> Option<String> {
+    let script = format!(
+        "import socket\n\
+         s=socket.create_connection(('{addr}',{port}),timeout=3)\n\
+         print(s.recv(100).decode().strip())\n"
+    );
+    let out = ns.try_sh(&format!("python3 -c \"{script}\""));
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

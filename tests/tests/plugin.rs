@@ -1,0 +1,566 @@
+//! Black-box tests of the `ferry` plugin on one node: each test makes its own host and pod
+//! namespaces and runs the built binary exactly as a runtime does.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ferry_tests::cni::{cni_path, ferry_conf, pod_ip, Call, Node};
+use ferry_tests::netns::Netns;
+use ferry_tests::{bin, root_or_skip};
+use serde_json::{json, Value};
+
+macro_rules! needs_root {
+    () => {
+        if !root_or_skip(module_path!()) {
+            return;
+        }
+    };
+}
+
+fn pod() -> Netns {
+    Netns::new("fyp")
+}
+
+#[test]
+fn version_lists_every_supported_version() {
+    needs_root!();
+    let host = Netns::new("fyh");
+    for stdin in ["", r#"{"cniVersion":"0.4.0"}"#] {
+        let r = Call {
+            host: &host,
+            plugin: bin("ferry"),
+            command: "VERSION",
+            container_id: "",
+            netns: None,
+            ifname: "",
+            cni_path: cni_path(),
+        }
+        .run(stdin)
+        .ok();
+        let v: Vec<&str> = r["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(v, ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
+    }
+}
+
+#[test]
+fn result_shape_in_every_version() {
+    needs_root!();
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let node =
+            Node::with(|d| ferry_conf(version, d, json!({"subnet": "10.31.0.0/24"}), json!({})));
+        let p = pod();
+        let r = node.add("shape", &p).ok();
+        assert_eq!(r["cniVersion"], version);
+        let ifs = r["interfaces"].as_array().unwrap();
+        assert_eq!(ifs.len(), 3, "{r}");
+        assert_eq!(ifs[0]["name"], "ferry0");
+        assert_eq!(ifs[2]["name"], "eth0");
+        assert_eq!(ifs[2]["sandbox"], p.path().display().to_string());
+        for i in ifs {
+            let mac = i["mac"].as_str().unwrap();
+            assert_eq!(mac.len(), 17, "{mac}");
+            assert_eq!(mac, mac.to_lowercase());
+        }
+        let ip = &r["ips"][0];
+        assert_eq!(ip["address"], "10.31.0.2/24");
+        assert_eq!(ip["gateway"], "10.31.0.1");
+        assert_eq!(ip["interface"], 2);
+        assert_eq!(
+            ip.get("version").is_some(),
+            version < "1.0.0",
+            "{version}: {ip}"
+        );
+        assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+        // The pod's real MAC is the one reported.
+        let live = p.sh("cat /sys/class/net/eth0/address");
+        assert_eq!(live.trim(), ifs[2]["mac"].as_str().unwrap());
+        node.del("shape", Some(&p)).ok();
+    }
+}
+
+#[test]
+fn kernel_state_after_add() {
+    needs_root!();
+    let node = Node::with(|d| {
+        ferry_conf(
+            "1.0.0",
+            d,
+            json!({"subnet": "10.32.0.0/24"}),
+            json!({"mtu": 1400}),
+        )
+    });
+    let p = pod();
+    let r = node.add("k1", &p).ok();
+    let veth = r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    // Host: bridge up with gateway/prefix, veth on it, up, hairpin on, forwarding on.
+    let br = node.host.sh("ip -o -4 addr show dev ferry0");
+    assert!(br.contains("10.32.0.1/24"), "{br}");
+    assert!(node.host.sh("ip -o link show dev ferry0").contains(",UP"));
+    let v = node.host.sh(&format!("ip -d link show dev {veth}"));
+    assert!(
+        v.contains("master ferry0") && v.contains("hairpin on"),
+        "{v}"
+    );
+    assert!(v.contains("mtu 1400"), "{v}");
+    assert!(v.contains("alias ferry/ferrytest/k1/eth0"), "{v}");
+    assert_eq!(
+        node.host.sh("cat /proc/sys/net/ipv4/ip_forward").trim(),
+        "1"
+    );
+    // Pod: address, MTU, default route via the gateway, lo up.
+    let a = p.sh("ip -o -4 addr show dev eth0");
+    assert!(a.contains("10.32.0.2/24"), "{a}");
+    assert!(p.sh("ip -o link show dev eth0").contains("mtu 1400"));
+    let routes = p.sh("ip route");
+    assert!(
+        routes.contains("default via 10.32.0.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(p.sh("ip -o link show dev lo").contains("UP"));
+    // Exactly: lo, the bridge and the one veth on the host.
+    let mut links = node.host.links();
+    links.sort();
+    let mut want = vec!["ferry0".to_string(), "lo".to_string(), veth.clone()];
+    want.sort();
+    assert_eq!(links, want);
+    node.del("k1", Some(&p)).ok();
+    assert!(!node.host.has_link(&veth));
+    assert!(!p.has_link("eth0"));
+}
+
+#[test]
+fn pods_reach_the_gateway_and_each_other() {
+    needs_root!();
+    let node = Node::new("10.33.0.0/24");
+    let (a, b) = (pod(), pod());
+    let ra = node.add("pa", &a).ok();
+    let rb = node.add("pb", &b).ok();
+    a.sh("ping -c1 -W2 10.33.0.1");
+    a.sh(&format!("ping -c1 -W2 {}", pod_ip(&rb)));
+    b.sh(&format!("ping -c1 -W2 {}", pod_ip(&ra)));
+    // The receiver sees the sender's own address.
+    let _srv = ferry_tests::proc::echo_peer_server(&b, 7001);
+    let seen = ferry_tests::proc::connect(&a, &pod_ip(&rb), 7001);
+    assert_eq!(seen.as_deref(), Some(pod_ip(&ra).as_str()));
+    // localhost inside a pod.
+    let _lo = ferry_tests::proc::echo_peer_server(&a, 7002);
+    assert_eq!(
+        ferry_tests::proc::connect(&a, "127.0.0.1", 7002).as_deref(),
+        Some("127.0.0.1")
+    );
+    node.del("pa", Some(&a)).ok();
+    node.del("pb", Some(&b)).ok();
+}
+
+#[test]
+fn del_is_idempotent_and_needs_no_netns() {
+    needs_root!();
+    let node = Node::new("10.34.0.0/24");
+    // Never added.
+    node.del("never", None).ok();
+    node.del("never", Some(&pod())).ok();
+    // Twice.
+    let p = pod();
+    node.add("twice", &p).ok();
+    node.del("twice", Some(&p)).ok();
+    node.del("twice", Some(&p)).ok();
+    // With CNI_NETNS empty: the address and the host veth still go.
+    let p2 = pod();
+    node.add("nonetns", &p2).ok();
+    node.del("nonetns", None).ok();
+    assert!(!p2.has_link("eth0"));
+    // After the netns is gone.
+    let p3 = pod();
+    let path = p3.path();
+    node.add("gone", &p3).ok();
+    drop(p3);
+    node.call("DEL", "gone", None).run(&node.conf).ok();
+    let mut c = node.call("DEL", "gone", None);
+    c.netns = Some(path);
+    c.run(&node.conf).ok();
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+}
+
+#[test]
+fn failed_add_leaves_nothing() {
+    needs_root!();
+    // The pod already has an eth0: refused before any change to the host.
+    let node = Node::new("10.35.0.0/24");
+    let p = pod();
+    p.sh("ip link add eth0 type bridge");
+    let r = node.add("dup-if", &p);
+    r.err_code();
+    assert!(r.msg().contains("eth0 already exists"), "{r:?}");
+    assert!(node.allocations().is_empty());
+    assert!(node.host_veths().is_empty());
+    assert!(p.has_link("eth0"), "the pod's own eth0 must be left alone");
+
+    // A route that cannot be installed fails after the veth exists: both are undone.
+    let node = Node::with(|d| {
+        ferry_conf(
+            "1.0.0",
+            d,
+            json!({"subnet": "10.35.1.0/24", "routes": [{"dst": "10.200.0.0/16", "gw": "192.0.2.77"}]}),
+            json!({}),
+        )
+    });
+    let p = pod();
+    let r = node.add("bad-route", &p);
+    assert_eq!(r.err_code(), 103, "{r:?}");
+    assert!(r.msg().contains("10.200.0.0/16"), "{r:?}");
+    assert!(node.allocations().is_empty());
+    assert!(node.host_veths().is_empty());
+    assert!(!p.has_link("eth0"));
+}
+
+#[test]
+fn every_error_code_of_the_contract() {
+    needs_root!();
+    let node = Node::new("10.36.0.0/24");
+    let p = pod();
+    let run_env = |cmd: &str, cid: &str, netns: Option<&Netns>, ifname: &str, conf: &str| {
+        Call {
+            host: &node.host,
+            plugin: bin("ferry"),
+            command: cmd,
+            container_id: cid,
+            netns: netns.map(Netns::path),
+            ifname,
+            cni_path: cni_path(),
+        }
+        .run(conf)
+    };
+    let conf = node.conf.clone();
+    let with = |v: Value| {
+        let mut c: Value = serde_json::from_str(&conf).unwrap();
+        ferry_tests::cni::merge(&mut c, v);
+        c.to_string()
+    };
+    // 4: missing or invalid CNI_* variables.
+    let r = run_env("ADD", "", Some(&p), "eth0", &conf);
+    assert_eq!(r.err_code(), 4);
+    assert!(r.msg().contains("CNI_CONTAINERID"));
+    assert_eq!(run_env("ADD", "c", None, "eth0", &conf).err_code(), 4);
+    assert_eq!(run_env("ADD", "c", Some(&p), "", &conf).err_code(), 4);
+    assert_eq!(
+        run_env("ADD", "bad/id", Some(&p), "eth0", &conf).err_code(),
+        4
+    );
+    assert_eq!(
+        run_env("ADD", "c", Some(&p), "a-too-long-ifname", &conf).err_code(),
+        4
+    );
+    assert_eq!(run_env("FROB", "c", Some(&p), "eth0", &conf).err_code(), 4);
+    let mut missing = node.call("ADD", "c", None);
+    missing.netns = Some("/run/netns/does-not-exist".into());
+    assert_eq!(missing.run(&conf).err_code(), 4);
+    // 6: not JSON, or a field of the wrong type.
+    assert_eq!(run_env("ADD", "c", Some(&p), "eth0", "{nope").err_code(), 6);
+    assert_eq!(
+        run_env("ADD", "c", Some(&p), "eth0", &with(json!({"mtu": "big"}))).err_code(),
+        6
+    );
+    let r = run_env(
+        "ADD",
+        "c",
+        Some(&p),
+        "eth0",
+        &with(json!({"hairpinMode": 1})),
+    );
+    assert_eq!(r.err_code(), 6);
+    assert!(r.msg().contains("hairpinMode"), "{r:?}");
+    // 7: invalid configuration.
+    let bad_cidr = with(json!({"ipam": {"type": "ferry-ipam", "subnet": "10.36.0.0/40"}}));
+    assert_eq!(
+        run_env("ADD", "c", Some(&p), "eth0", &bad_cidr).err_code(),
+        7
+    );
+    let host_bits = with(json!({"ipam": {"type": "ferry-ipam", "subnet": "10.36.0.9/24"}}));
+    assert_eq!(
+        run_env("ADD", "c", Some(&p), "eth0", &host_bits).err_code(),
+        7
+    );
+    assert_eq!(
+        run_env("ADD", "c", Some(&p), "eth0", &with(json!({"name": null}))).err_code(),
+        7
+    );
+    assert_eq!(
+        run_env(
+            "ADD",
+            "c",
+            Some(&p),
+            "eth0",
+            &with(json!({"bridge": "way-too-long-name"}))
+        )
+        .err_code(),
+        7
+    );
+    // 1: unsupported version.
+    let r = run_env(
+        "ADD",
+        "c",
+        Some(&p),
+        "eth0",
+        &with(json!({"cniVersion": "0.2.0"})),
+    );
+    assert_eq!(r.err_code(), 1);
+    // 11: no static subnet and no node state yet.
+    let state = tempfile::tempdir().unwrap();
+    let no_state = with(json!({
+        "stateDir": state.path(),
+        "ipam": {"type": "ferry-ipam", "dataDir": node.data.path()}
+    }));
+    let r = run_env("ADD", "c", Some(&p), "eth0", &no_state);
+    assert_eq!(r.err_code(), 11);
+    assert!(r.msg().contains("ferry-overlayd"), "{r:?}");
+    // 101: the attachment already holds an address.
+    node.add("dup", &p).ok();
+    let r = node.add("dup", &p);
+    assert_eq!(r.err_code(), 101);
+    // None of the failures changed anything.
+    assert_eq!(node.allocations().len(), 1);
+    assert_eq!(node.host_veths().len(), 1);
+    node.del("dup", Some(&p)).ok();
+}
+
+#[test]
+fn pool_exhaustion_is_code_100_and_round_robin() {
+    needs_root!();
+    let node = Node::new("10.37.0.0/29");
+    let pods: Vec<Netns> = (0..6).map(|_| pod()).collect();
+    let mut ips = Vec::new();
+    for (i, p) in pods.iter().take(5).enumerate() {
+        ips.push(pod_ip(&node.add(&format!("x{i}"), p).ok()));
+    }
+    assert_eq!(
+        ips,
+        [
+            "10.37.0.2",
+            "10.37.0.3",
+            "10.37.0.4",
+            "10.37.0.5",
+            "10.37.0.6"
+        ]
+    );
+    let r = node.add("x5", &pods[5]);
+    assert_eq!(r.err_code(), 100);
+    assert!(!pods[5].has_link("eth0"));
+    // STATUS says the node cannot take a pod now.
+    assert_eq!(node.call("STATUS", "", None).run(&node.conf).err_code(), 50);
+    // A freed address is handed out again only when the pool has come round.
+    node.del("x1", Some(&pods[1])).ok();
+    assert_eq!(pod_ip(&node.add("x5", &pods[5]).ok()), "10.37.0.3");
+    for i in [0, 2, 3, 4, 5] {
+        node.del(&format!("x{i}"), Some(&pods[i])).ok();
+    }
+}
+
+#[test]
+fn status_reports_readiness() {
+    needs_root!();
+    let node = Node::new("10.38.0.0/24");
+    node.call("STATUS", "", None).run(&node.conf).ok();
+    let state = tempfile::tempdir().unwrap();
+    let conf = ferry_conf(
+        "1.1.0",
+        node.data.path(),
+        json!({"subnet": null}),
+        json!({"stateDir": state.path()}),
+    );
+    let r = node.call("STATUS", "", None).run(&conf);
+    assert_eq!(r.err_code(), 50);
+    assert!(r.msg().contains("node.json"), "{r:?}");
+    // Once ferry-overlayd has written the node state, the node is ready and ADD uses it.
+    std::fs::write(
+        state.path().join("node.json"),
+        r#"{"nodeName":"n1","podCIDR":"10.38.5.0/24","clusterCIDR":"10.38.0.0/16","gateway":"10.38.5.1","mtu":1450}"#,
+    )
+    .unwrap();
+    node.call("STATUS", "", None).run(&conf).ok();
+    let p = pod();
+    let r = node.call("ADD", "ns1", Some(&p)).run(&conf).ok();
+    assert_eq!(r["ips"][0]["address"], "10.38.5.2/24");
+    assert_eq!(r["interfaces"][2]["mtu"], 1450);
+    assert!(p.sh("ip -o link show dev eth0").contains("mtu 1450"));
+    node.call("DEL", "ns1", Some(&p)).run(&conf).ok();
+}
+
+#[test]
+fn gc_frees_what_is_not_valid() {
+    needs_root!();
+    let node = Node::new("10.39.0.0/24");
+    let pods: Vec<Netns> = (0..3).map(|_| pod()).collect();
+    for (i, p) in pods.iter().enumerate() {
+        node.add(&format!("g{i}"), p).ok();
+    }
+    let mut c: Value = serde_json::from_str(&node.conf).unwrap();
+    c["cni.dev/valid-attachments"] = json!([{"containerID": "g1", "ifname": "eth0"}]);
+    node.call("GC", "", None).run(&c.to_string()).ok();
+    let left: Vec<_> = node
+        .allocations()
+        .iter()
+        .map(|a| a["containerId"].clone())
+        .collect();
+    assert_eq!(left, [json!("g1")]);
+    assert_eq!(node.host_veths().len(), 1);
+    assert!(pods[1].has_link("eth0"));
+    assert!(!pods[0].has_link("eth0") && !pods[2].has_link("eth0"));
+    node.del("g1", Some(&pods[1])).ok();
+}
+
+#[test]
+fn check_detects_tampering() {
+    needs_root!();
+    let node = Node::new("10.40.0.0/24");
+    let check = |prev: &Value, p: &Netns| {
+        let mut c: Value = serde_json::from_str(&node.conf).unwrap();
+        c["prevResult"] = prev.clone();
+        node.call("CHECK", "chk", Some(p)).run(&c.to_string())
+    };
+    // Address removed.
+    let p = pod();
+    let prev = node.add("chk", &p).ok();
+    check(&prev, &p).ok();
+    p.sh("ip addr flush dev eth0");
+    assert_eq!(check(&prev, &p).err_code(), 104);
+    node.del("chk", Some(&p)).ok();
+    // Default route removed.
+    let p = pod();
+    let prev = node.add("chk", &p).ok();
+    p.sh("ip route del default");
+    let r = check(&prev, &p);
+    assert_eq!(r.err_code(), 104);
+    assert!(r.msg().contains("route"), "{r:?}");
+    node.del("chk", Some(&p)).ok();
+    // Host veth removed.
+    let p = pod();
+    let prev = node.add("chk", &p).ok();
+    node.host.sh(&format!(
+        "ip link del {}",
+        prev["interfaces"][1]["name"].as_str().unwrap()
+    ));
+    assert!(check(&prev, &p).err_code() >= 100);
+    node.del("chk", Some(&p)).ok();
+    // No prevResult; an old version.
+    let p = pod();
+    node.add("chk", &p).ok();
+    assert_eq!(
+        node.call("CHECK", "chk", Some(&p))
+            .run(&node.conf)
+            .err_code(),
+        7
+    );
+    let old = node.conf.replace("\"1.1.0\"", "\"0.3.1\"");
+    assert_eq!(node.call("CHECK", "chk", Some(&p)).run(&old).err_code(), 1);
+    node.del("chk", Some(&p)).ok();
+}
+
+#[test]
+fn concurrent_adds_never_share_an_address() {
+    needs_root!();
+    const PODS: usize = 120;
+    const AT_ONCE: usize = 16;
+    let node = Arc::new(Node::new("10.41.0.0/24"));
+    let pods: Arc<Vec<Netns>> = Arc::new((0..PODS).map(|_| pod()).collect());
+    let ips = Arc::new(Mutex::new(Vec::new()));
+    let next = Arc::new(Mutex::new(0usize));
+    let workers: Vec<_> = (0..AT_ONCE)
+        .map(|_| {
+            let (node, pods, ips, next) = (node.clone(), pods.clone(), ips.clone(), next.clone());
+            std::thread::spawn(move || loop {
+                let i = {
+                    let mut n = next.lock().unwrap();
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                if i >= PODS {
+                    break;
+                }
+                let r = node.add(&format!("cc{i}"), &pods[i]).ok();
+                ips.lock().unwrap().push(pod_ip(&r));
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let ips = ips.lock().unwrap();
+    let unique: HashSet<_> = ips.iter().collect();
+    assert_eq!(unique.len(), PODS, "duplicate addresses handed out");
+    assert_eq!(node.allocations().len(), PODS);
+    assert_eq!(node.host_veths().len(), PODS);
+    // Every pod really holds its address.
+    for p in pods.iter() {
+        assert!(p.sh("ip -o -4 addr show dev eth0").contains("10.41.0."));
+    }
+    let workers: Vec<_> = (0..AT_ONCE)
+        .map(|w| {
+            let (node, pods) = (node.clone(), pods.clone());
+            std::thread::spawn(move || {
+                for i in (w..PODS).step_by(AT_ONCE) {
+                    node.del(&format!("cc{i}"), Some(&pods[i])).ok();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    assert!(node.allocations().is_empty());
+    assert!(node.host_veths().is_empty());
+}
+
+#[test]
+fn other_ipam_plugins_by_exec() {
+    needs_root!();
+    // ferry with the reference host-local.
+    let data = tempfile::tempdir().unwrap();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "hl", "type": "ferry",
+        "ipam": {"type": "host-local", "dataDir": data.path(), "ranges": [[{"subnet": "10.42.0.0/24"}]],
+                 "routes": [{"dst": "0.0.0.0/0"}]}
+    })
+    .to_string();
+    let node = Node::with(|_| conf.clone());
+    let p = pod();
+    let r = node.add("hl1", &p).ok();
+    assert_eq!(r["ips"][0]["address"], "10.42.0.2/24");
+    p.sh("ping -c1 -W2 10.42.0.1");
+    assert!(data.path().join("hl/10.42.0.2").exists());
+    node.del("hl1", Some(&p)).ok();
+    assert!(!data.path().join("hl/10.42.0.2").exists());
+    // An IPAM plugin that is not there: a clear error and nothing changed.
+    let missing = conf.replace("host-local", "no-such-ipam");
+    let r = node.call("ADD", "hl2", Some(&p)).run(&missing);
+    assert_eq!(r.err_code(), 7);
+    assert!(r.msg().contains("no-such-ipam"), "{r:?}");
+
+    // ferry-ipam as the IPAM plugin of the reference bridge.
+    let node = Node::with(|d| {
+        json!({
+            "cniVersion": "1.0.0", "name": "br", "type": "bridge", "bridge": "cnib0",
+            "isGateway": true,
+            "ipam": {"type": "ferry-ipam", "dataDir": d, "subnet": "10.43.0.0/24"}
+        })
+        .to_string()
+    });
+    let p = pod();
+    let mut add = node.call("ADD", "br1", Some(&p));
+    add.plugin = Path::new(ferry_tests::REFERENCE_PLUGINS).join("bridge");
+    let r = add.run(&node.conf).ok();
+    assert_eq!(r["ips"][0]["address"], "10.43.0.2/24");
+    p.sh("ping -c1 -W2 10.43.0.1");
+    assert_eq!(node.allocations().len(), 1);
+    let mut del = node.call("DEL", "br1", Some(&p));
+    del.plugin = Path::new(ferry_tests::REFERENCE_PLUGINS).join("bridge");
+    del.run(&node.conf).ok();
+    assert!(node.allocations().is_empty());
+}
