@@ -29,6 +29,17 @@ impl Bg {
         Bg { child }
     }
 
+    /// Starts a prepared command in the background.
+    pub fn spawn_cmd(mut cmd: Command) -> Bg {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        Bg { child }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -564,3 +564,52 @@ fn other_ipam_plugins_by_exec() {
     del.run(&node.conf).ok();
     assert!(node.allocations().is_empty());
 }
+
+#[test]
+fn portmap_chained_after_ferry_serves_a_host_port() {
+    needs_root!();
+    let node = Node::with(|d| {
+        ferry_conf(
+            "1.0.0",
+            d,
+            json!({"subnet": "10.46.0.0/24"}),
+            json!({"name": "pm"}),
+        )
+    });
+    // A client outside the node, on an underlay of documentation addresses.
+    let outside = Netns::new("fyo");
+    ferry_tests::netns::link(
+        &node.host,
+        "up0",
+        "192.0.2.1/24",
+        &outside,
+        "up0",
+        "192.0.2.2/24",
+    );
+    let p = pod();
+    let prev = node.add("pm1", &p).ok();
+    let portmap = |cmd: &str, prev: &Value| {
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "pm", "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 7000, "protocol": "tcp"}]},
+            "prevResult": prev,
+        });
+        let mut c = node.call(cmd, "pm1", Some(&p));
+        c.plugin = Path::new(ferry_tests::REFERENCE_PLUGINS).join("portmap");
+        c.run(&conf.to_string())
+    };
+    let out = portmap("ADD", &prev).ok();
+    // portmap passes ferry's result through.
+    assert_eq!(out["ips"], prev["ips"]);
+    let _srv = ferry_tests::proc::echo_peer_server(&p, 7000);
+    let seen = ferry_tests::proc::connect(&outside, "192.0.2.1", 8080);
+    assert_eq!(
+        seen.as_deref(),
+        Some("192.0.2.2"),
+        "hostPort did not reach the pod"
+    );
+    portmap("DEL", &prev).ok();
+    node.del("pm1", Some(&p)).ok();
+    assert!(ferry_tests::proc::connect(&outside, "192.0.2.1", 8080).is_none());
+}
