@@ -1,4 +1,5 @@
-//! DEL: remove the host veth (its pod end goes with it) and free the address. Keeps
+//! DEL: take the host veth off the network (its pod end goes with it), free the address,
+//! and leave the kernel's slow unregistration to a background reaper (see `reap`). Keeps
 //! going past a failure and reports them all; nothing there is success.
 
 use cni::{Env, Error, NetConf};
@@ -8,6 +9,7 @@ use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::kernel::{self, err};
 use crate::names;
+use crate::reap;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     let pc = PluginConf::parse(conf)?;
@@ -16,7 +18,11 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     let removed = kernel::runtime().and_then(|rt| {
         rt.block_on(async {
             let host = Netlink::open()?;
-            host.del_link(&host_veth).await
+            let tomb = reap::tombstone(&host_veth);
+            if host.detach_link(&host_veth, &tomb).await? && !reap::spawn(&tomb) {
+                host.del_link(&tomb).await?;
+            }
+            Ok(())
         })
         .map_err(err)
     });

@@ -11,6 +11,7 @@ use crate::config::PluginConf;
 use crate::del::combine;
 use crate::kernel::{self, err};
 use crate::names;
+use crate::reap;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     if !version::at_least(&conf.cni_version, "1.1.0") {
@@ -39,7 +40,9 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
                 else {
                     continue;
                 };
-                if net == conf.name && !keep.contains(&(cid, ifname)) {
+                // A tombstone is always garbage: its reaper died before deleting it.
+                let tombstone = link.name.starts_with(reap::TOMBSTONE_PREFIX);
+                if net == conf.name && (tombstone || !keep.contains(&(cid, ifname))) {
                     if let Err(e) = host.del_link(&link.name).await {
                         errs.push(err(e));
                     }

@@ -6,12 +6,18 @@ use std::net::Ipv4Addr;
 /// The host end of the veth: `fy` + 13 hex digits of a hash of (container ID, ifname).
 /// FNV-1a is written out here because the name must not change between builds.
 pub fn host_veth(container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("fy{:013x}", h >> 12)
+    let mut key = Vec::with_capacity(container_id.len() + ifname.len() + 1);
+    key.extend_from_slice(container_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(ifname.as_bytes());
+    format!("fy{:013x}", fnv1a(&key) >> 12)
+}
+
+/// 64-bit FNV-1a.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The host veth's alias: who owns it, readable with `ip link` and parsed by GC.

@@ -201,6 +201,15 @@ impl Node {
         v["allocations"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits until DEL's background reaper has removed every detached veth (`fz…`) and
+    /// `pod` (if given) has no `eth0`; false on timeout.
+    pub fn reaped(&self, pod: Option<&Netns>) -> bool {
+        crate::proc::wait_until(std::time::Duration::from_secs(5), || {
+            !self.host.links().iter().any(|l| l.starts_with("fz"))
+                && pod.is_none_or(|p| !p.has_link("eth0"))
+        })
+    }
+
     /// Links on the host named like ferry's host veths.
     pub fn host_veths(&self) -> Vec<String> {
         self.host

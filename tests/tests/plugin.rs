@@ -130,8 +130,13 @@ fn kernel_state_after_add() {
     want.sort();
     assert_eq!(links, want);
     node.del("k1", Some(&p)).ok();
+    // The pod is off the bridge at once; the kernel's unregistration follows.
     assert!(!node.host.has_link(&veth));
-    assert!(!p.has_link("eth0"));
+    assert!(
+        node.reaped(Some(&p)),
+        "veth not removed: {:?}",
+        node.host.links()
+    );
 }
 
 #[test]
@@ -174,7 +179,7 @@ fn del_is_idempotent_and_needs_no_netns() {
     let p2 = pod();
     node.add("nonetns", &p2).ok();
     node.del("nonetns", None).ok();
-    assert!(!p2.has_link("eth0"));
+    assert!(node.reaped(Some(&p2)));
     // After the netns is gone.
     let p3 = pod();
     let path = p3.path();
@@ -186,6 +191,46 @@ fn del_is_idempotent_and_needs_no_netns() {
     c.run(&node.conf).ok();
     assert!(node.allocations().is_empty(), "{:?}", node.allocations());
     assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    assert!(
+        node.reaped(None),
+        "tombstones left: {:?}",
+        node.host.links()
+    );
+}
+
+#[test]
+fn del_detaches_at_once_and_gc_sweeps_tombstones() {
+    needs_root!();
+    let node = Node::new("10.47.0.0/24");
+    let (a, b) = (pod(), pod());
+    let ra = node.add("da", &a).ok();
+    node.add("db", &b).ok();
+    b.sh(&format!("ping -c1 -W2 {}", pod_ip(&ra)));
+    node.del("da", Some(&a)).ok();
+    // Right after DEL the pod is unreachable, even if its veth still exists.
+    assert!(!b
+        .try_sh(&format!("ping -c1 -W1 {}", pod_ip(&ra)))
+        .status
+        .success());
+    assert!(node.reaped(Some(&a)));
+    // The same attachment can be added again at once.
+    let a2 = pod();
+    node.add("da", &a2).ok();
+    node.del("da", Some(&a2)).ok();
+    // A tombstone left by a reaper that died is swept by GC.
+    let rb = node.add("dc", &a).ok();
+    let live = rb["interfaces"][1]["name"].as_str().unwrap().to_string();
+    node.host.sh(&format!(
+        "ip link set {live} down nomaster name fz0000000000001"
+    ));
+    let mut c: Value = serde_json::from_str(&node.conf).unwrap();
+    c["cni.dev/valid-attachments"] =
+        json!([{"containerID": "db", "ifname": "eth0"}, {"containerID": "dc", "ifname": "eth0"}]);
+    node.call("GC", "", None).run(&c.to_string()).ok();
+    assert!(!node.host.has_link("fz0000000000001"));
+    assert!(b.has_link("eth0"));
+    node.del("db", Some(&b)).ok();
+    node.del("dc", Some(&a)).ok();
 }
 
 #[test]

@@ -260,6 +260,32 @@ impl Netlink {
         }
     }
 
+    /// Takes a link off the network at once: down, out of its bridge, renamed to
+    /// `new_name` (freeing its name). Returns false when it was not there. Cheap, unlike a
+    /// delete, which waits for RCU grace periods in the kernel.
+    pub async fn detach_link(&self, name: &str, new_name: &str) -> Result<bool> {
+        let Some(link) = self.get_link(name).await? else {
+            return Ok(false);
+        };
+        let msg = LinkUnspec::new_with_index(link.index)
+            .down()
+            .nocontroller()
+            .name(new_name)
+            .build();
+        match self.handle.link().set(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if matches!(e.raw_code().abs(), libc::ENODEV | libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(source) => Err(Error::Netlink {
+                what: format!("detach link {name} (as {new_name}) in {}", self.place),
+                source,
+            }),
+        }
+    }
+
     /// Adds an IPv4 route in the main table out of `oif`.
     pub async fn add_route_v4(
         &self,

@@ -1,1 +1,224 @@
-fn main() {}
+//! `ferry-bench-cni`: per-pod ADD and DEL latency of `ferry` (with ferry-ipam in-process)
+//! against the reference `bridge` + `host-local` (Debian's containernetworking-plugins),
+//! both giving the same result (gateway on the bridge, hairpin, no masquerade), run
+//! alternately in one process so that both see the same machine.
+//!
+//! Each call is a real exec of the plugin, entered into its host namespace by `setns` in
+//! the child (no `ip netns exec`, whose mount work would dilute the comparison).
+//!
+//! Usage (root): `cargo build --release --workspace && target/release/ferry-bench-cni [PODS]`
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferry_tests::cni::{exec, Reply};
+use ferry_tests::netns::Netns;
+use serde_json::json;
+
+struct Side {
+    label: &'static str,
+    plugin: PathBuf,
+    _host: Netns,
+    host_fd: File,
+    conf: String,
+    cni_path: String,
+    _data: tempfile::TempDir,
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+    /// ferry only: from DEL's start until the background reaper has removed the veth.
+    gone: Vec<Duration>,
+    version: Vec<Duration>,
+}
+
+impl Side {
+    fn call(&self, command: &str, cid: &str, pod: &Netns) -> (Duration, Reply) {
+        let mut cmd = Command::new(&self.plugin);
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &self.cni_path);
+        let fd = self.host_fd.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the child only enters the host namespace.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let t = Instant::now();
+        let r = exec(cmd, &self.conf);
+        (t.elapsed(), r)
+    }
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn p90(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[(v.len() * 9 / 10).min(v.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn side(
+    label: &'static str,
+    plugin: PathBuf,
+    cni_path: String,
+    conf: impl Fn(&Path) -> String,
+) -> Side {
+    let host = Netns::new("fyb");
+    let host_fd = File::open(host.path()).expect("open host netns");
+    let data = tempfile::tempdir().expect("tempdir");
+    Side {
+        label,
+        plugin,
+        _host: host,
+        host_fd,
+        conf: conf(data.path()),
+        cni_path,
+        _data: data,
+        add: Vec::new(),
+        del: Vec::new(),
+        gone: Vec::new(),
+        version: Vec::new(),
+    }
+}
+
+fn main() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("ferry-bench-cni needs root (it makes network namespaces)");
+        std::process::exit(2);
+    }
+    let pods: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(60);
+    let own_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .expect("own directory");
+    let ferry = own_dir.join("ferry");
+    assert!(
+        ferry.is_file(),
+        "{} missing: cargo build --release --workspace",
+        ferry.display()
+    );
+    let reference = Path::new(ferry_tests::REFERENCE_PLUGINS);
+    assert!(
+        reference.join("bridge").is_file(),
+        "reference plugins missing: apt-get install containernetworking-plugins"
+    );
+
+    let mut sides = [
+        side("ferry", ferry, own_dir.display().to_string(), |d| {
+            json!({"cniVersion": "1.0.0", "name": "bench", "type": "ferry",
+                   "ipam": {"type": "ferry-ipam", "subnet": "10.50.0.0/24", "dataDir": d}})
+            .to_string()
+        }),
+        side(
+            "bridge+host-local",
+            reference.join("bridge"),
+            reference.display().to_string(),
+            |d| {
+                json!({"cniVersion": "1.0.0", "name": "benchref", "type": "bridge", "bridge": "cni0",
+                   "isGateway": true, "hairpinMode": true,
+                   "ipam": {"type": "host-local", "dataDir": d,
+                            "ranges": [[{"subnet": "10.51.0.0/24"}]],
+                            "routes": [{"dst": "0.0.0.0/0"}]}})
+            .to_string()
+            },
+        ),
+    ];
+    let pod_ns: Vec<[Netns; 2]> = (0..pods)
+        .map(|_| [Netns::new("fyq"), Netns::new("fyq")])
+        .collect();
+
+    // One warm-up pair each (page cache, bridge creation), not counted.
+    for (s, side) in sides.iter_mut().enumerate() {
+        let (_, r) = side.call("ADD", "warm", &pod_ns[0][s]);
+        r.ok();
+        side.call("DEL", "warm", &pod_ns[0][s]).1.ok();
+    }
+    for i in 0..pods {
+        for (s, side) in sides.iter_mut().enumerate() {
+            let (d, r) = side.call("ADD", &format!("b{i}"), &pod_ns[i][s]);
+            r.ok();
+            side.add.push(d);
+        }
+    }
+    for i in 0..pods {
+        for (s, side) in sides.iter_mut().enumerate() {
+            let start = Instant::now();
+            let (d, r) = side.call("DEL", &format!("b{i}"), &pod_ns[i][s]);
+            r.ok();
+            side.del.push(d);
+            // ferry's reaper finishes before anything else is timed: its unregistration
+            // holds the kernel's RTNL lock and would slow the next plugin down.
+            if s == 0 {
+                let gone = ferry_tests::proc::wait_until(Duration::from_secs(5), || {
+                    !pod_ns[i][s].has_link("eth0")
+                });
+                assert!(gone, "ferry's reaper did not remove pod {i}'s veth");
+                side.gone.push(start.elapsed());
+            }
+        }
+    }
+    // The floor: exec and answer VERSION, no kernel work.
+    for _ in 0..pods {
+        for (s, side) in sides.iter_mut().enumerate() {
+            let (d, r) = side.call("VERSION", "v", &pod_ns[0][s]);
+            r.ok();
+            side.version.push(d);
+        }
+    }
+
+    println!("CNI ADD/DEL, {pods} pods sequentially per plugin, alternating, one process\n");
+    println!(
+        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>14} {:>13}",
+        "plugin", "ADD p50", "ADD p90", "DEL p50", "DEL p90", "veth gone p50", "VERSION p50"
+    );
+    let mut med = Vec::new();
+    for s in sides.iter_mut() {
+        let (a50, a90, d50, d90) = (
+            median(&mut s.add),
+            p90(&mut s.add),
+            median(&mut s.del),
+            p90(&mut s.del),
+        );
+        let gone = if s.gone.is_empty() {
+            "(in DEL)".to_string()
+        } else {
+            ms(median(&mut s.gone))
+        };
+        println!(
+            "{:<20} {:>10} {:>10} {:>10} {:>10} {:>14} {:>13}",
+            s.label,
+            ms(a50),
+            ms(a90),
+            ms(d50),
+            ms(d90),
+            gone,
+            ms(median(&mut s.version))
+        );
+        med.push((a50, d50));
+    }
+    println!(
+        "\nferry is {:.1}x faster on ADD and {:.1}x faster on DEL (median against median)",
+        med[1].0.as_secs_f64() / med[0].0.as_secs_f64(),
+        med[1].1.as_secs_f64() / med[0].1.as_secs_f64()
+    );
+}
