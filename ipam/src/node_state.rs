@@ -55,6 +55,12 @@ pub fn require(state_dir: &Path) -> Result<NodeState, IpamError> {
 }
 
 /// Replaces the node state atomically.
+pub fn write(state_dir: &Path, state: &NodeState) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    crate::durable::write_atomic(&path(state_dir), &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,10 +83,4 @@ mod tests {
         }
         assert_eq!(read(d.path()).unwrap(), Some(st));
     }
-}
-
-pub fn write(state_dir: &Path, state: &NodeState) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
-    let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    crate::durable::write_atomic(&path(state_dir), &bytes)
 }

@@ -153,24 +153,24 @@ fn main() {
         r.ok();
         side.call("DEL", "warm", &pod_ns[0][s]).1.ok();
     }
-    for i in 0..pods {
+    for (i, pair) in pod_ns.iter().enumerate() {
         for (s, side) in sides.iter_mut().enumerate() {
-            let (d, r) = side.call("ADD", &format!("b{i}"), &pod_ns[i][s]);
+            let (d, r) = side.call("ADD", &format!("b{i}"), &pair[s]);
             r.ok();
             side.add.push(d);
         }
     }
-    for i in 0..pods {
+    for (i, pair) in pod_ns.iter().enumerate() {
         for (s, side) in sides.iter_mut().enumerate() {
             let start = Instant::now();
-            let (d, r) = side.call("DEL", &format!("b{i}"), &pod_ns[i][s]);
+            let (d, r) = side.call("DEL", &format!("b{i}"), &pair[s]);
             r.ok();
             side.del.push(d);
             // ferry's reaper finishes before anything else is timed: its unregistration
             // holds the kernel's RTNL lock and would slow the next plugin down.
             if s == 0 {
                 let gone = ferry_tests::proc::wait_until(Duration::from_secs(5), || {
-                    !pod_ns[i][s].has_link("eth0")
+                    !pair[s].has_link("eth0")
                 });
                 assert!(gone, "ferry's reaper did not remove pod {i}'s veth");
                 side.gone.push(start.elapsed());

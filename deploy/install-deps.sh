@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building and testing ferry needs on Debian (as root). Idempotent: asks apt
+# only for what is missing.
+set -euo pipefail
+
+packages=(
+  iproute2 iptables nftables iputils-ping procps util-linux kmod python3
+  containernetworking-plugins   # reference bridge/host-local/portmap (tests, benchmark)
+  containerd runc busybox-static  # the real-runtime test (ctr run --cni)
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install a Rust toolchain (rustup, Rust 1.85 or newer)" >&2
+  exit 1
+fi
