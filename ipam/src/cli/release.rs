@@ -1,6 +1,8 @@
 use std::net::Ipv4Addr;
 
-use super::DataDir;
+use serde::Serialize;
+
+use super::{DataDir, Output};
 
 #[derive(clap::Args)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["ip", "container"]))]
@@ -15,6 +17,17 @@ pub struct Args {
     ifname: Option<String>,
     #[command(flatten)]
     data: DataDir,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Freed {
+    ip: Ipv4Addr,
+    container_id: String,
+    ifname: String,
+    network: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -48,11 +61,27 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         };
         anyhow::bail!("no allocation for {what} in {}", store.path().display());
     }
-    for (ip, a) in freed {
-        println!(
-            "released {ip} (container {} interface {})",
-            a.container_id, a.ifname
-        );
+    match args.output {
+        Output::Table => {
+            for (ip, a) in freed {
+                println!(
+                    "released {ip} (container {} interface {})",
+                    a.container_id, a.ifname
+                );
+            }
+        }
+        Output::Json => {
+            let released: Vec<Freed> = freed
+                .into_iter()
+                .map(|(ip, a)| Freed {
+                    ip,
+                    container_id: a.container_id,
+                    ifname: a.ifname,
+                    network: a.network,
+                })
+                .collect();
+            println!("{}", serde_json::json!({ "released": released }));
+        }
     }
     Ok(0)
 }
