@@ -7,6 +7,9 @@ packages=(
   iproute2 iptables nftables iputils-ping procps util-linux kmod python3
   containernetworking-plugins   # reference bridge/host-local/portmap (tests, benchmark)
   containerd runc busybox-static  # the real-runtime test (ctr run --cni)
+  etcd-server etcd-client         # ferry-overlayd's datastore in the cluster tests
+  protobuf-compiler               # the etcd client crate compiles etcd's protos
+  iperf3                          # throughput benchmark
 )
 
 missing=()

@@ -112,52 +112,23 @@ async fn wire(
     let host = Netlink::open().map_err(err)?;
 
     // The node bridge: created once per node, then only looked at.
-    let bridge = match host.get_link(&pc.bridge).await.map_err(err)? {
-        Some(b) => b,
-        None => {
-            host.create_bridge(&pc.bridge, names::mac(names::POD_MAC, gateway))
-                .await
-                .map_err(err)?;
-            host.get_link(&pc.bridge)
-                .await
-                .map_err(err)?
-                .ok_or_else(|| {
-                    Error::new(
-                        Code::Kernel,
-                        format!("bridge {} vanished after creation", pc.bridge),
-                    )
-                })?
-        }
-    };
-    if bridge.kind.as_deref() != Some("bridge") {
-        return Err(Error::new(
-            Code::InvalidConfig,
-            format!(
-                "{} already exists and is not a bridge (it is {})",
-                pc.bridge,
-                bridge.kind.as_deref().unwrap_or("of no kind")
-            ),
-        ));
-    }
-    let addrs = host.addrs_v4(bridge.index).await.map_err(err)?;
-    if !addrs.contains(&(gateway, subnet.prefix())) {
-        host.add_addr(
-            bridge.index,
+    let bridge = host
+        .ensure_bridge(
             &pc.bridge,
-            IpAddr::V4(gateway),
+            netlink::bridge_mac(gateway),
+            gateway,
             subnet.prefix(),
         )
         .await
-        .map_err(err)?;
-    }
-    if !bridge.up {
-        host.set_up(bridge.index, &pc.bridge).await.map_err(err)?;
-    }
+        .map_err(|e| match e {
+            netlink::Error::NotABridge { .. } => Error::new(Code::InvalidConfig, e.to_string()),
+            e => err(e),
+        })?;
     // Pods reach beyond the bridge only through the host's forwarding.
     netlink::sysctl::ensure("net/ipv4/ip_forward", "1").map_err(err)?;
 
-    let pod_mac = names::mac(names::POD_MAC, ip);
-    let host_mac = names::mac(names::HOST_MAC, ip);
+    let pod_mac = netlink::ip_mac(netlink::POD_MAC_TAG, ip);
+    let host_mac = netlink::ip_mac(netlink::HOST_MAC_TAG, ip);
     let alias = names::alias(&conf.name, &env.container_id, &env.ifname);
     let created = host
         .create_veth(&VethSpec {

@@ -1,8 +1,6 @@
 //! Names and addresses derived from an attachment, so that DEL and GC find what ADD made
 //! without the pod's namespace and without any state of their own.
 
-use std::net::Ipv4Addr;
-
 /// The host end of the veth: `fy` + 13 hex digits of a hash of (container ID, ifname).
 /// FNV-1a is written out here because the name must not change between builds.
 pub fn host_veth(container_id: &str, ifname: &str) -> String {
@@ -31,17 +29,6 @@ pub fn parse_alias(alias: &str) -> Option<(&str, &str, &str)> {
     let t = (it.next()?, it.next()?, it.next()?);
     it.next().is_none().then_some(t)
 }
-
-/// Locally administered MACs that carry the IPv4 address: the pod's is `0a:58:<ip>`, its
-/// host end's `0a:59:<ip>`, the bridge's `0a:58:<gateway>`. An address handed to a new pod
-/// keeps its MAC, so neighbours' ARP entries stay right.
-pub fn mac(prefix: u8, ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0x0a, prefix, o[0], o[1], o[2], o[3]]
-}
-
-pub const POD_MAC: u8 = 0x58;
-pub const HOST_MAC: u8 = 0x59;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@ pub mod allocator;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod lease;
 pub mod node_state;
 pub mod ops;
 pub mod store;

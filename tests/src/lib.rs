@@ -4,6 +4,7 @@
 //! Kernel-touching tests need root. Without root they fail, unless `FERRY_SKIP_ROOT_TESTS=1`
 //! (never set in CI) says to skip them.
 
+pub mod cluster;
 pub mod cni;
 pub mod netns;
 pub mod proc;

@@ -40,8 +40,53 @@ impl Bg {
         Bg { child }
     }
 
+    /// Starts `cmd` inside `ns`, its output appended to `log`.
+    pub fn spawn_logged(ns: &Netns, cmd: &str, log: &std::path::Path) -> Bg {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open log");
+        let err = out.try_clone().expect("clone log");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "sh",
+                "-c",
+                &format!("exec {cmd}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn background process");
+        Bg { child }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `sig` and waits up to `timeout` for the exit; the exit code, if it exited.
+    pub fn stop(mut self, sig: i32, timeout: Duration) -> Option<i32> {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The exit code if the process has ended.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().and_then(|s| s.code())
     }
 }
 

@@ -15,6 +15,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{name} already exists and is not a bridge (it is {kind})")]
+    NotABridge { name: String, kind: String },
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -17,6 +17,8 @@ use crate::netns;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub index: u32,
+    /// Set for VXLAN devices.
+    pub vxlan: Option<crate::overlay::VxlanInfo>,
     pub name: String,
     pub mac: Vec<u8>,
     pub mtu: u32,
@@ -29,6 +31,7 @@ pub struct Link {
 impl From<LinkMessage> for Link {
     fn from(m: LinkMessage) -> Self {
         let mut l = Link {
+            vxlan: crate::overlay::VxlanInfo::from_link_message(&m),
             index: m.header.index,
             name: String::new(),
             mac: Vec::new(),
@@ -84,9 +87,9 @@ pub struct VethSpec<'a> {
 
 /// A netlink connection bound to one network namespace.
 pub struct Netlink {
-    handle: Handle,
+    pub(crate) handle: Handle,
     /// Where this connection works, for error messages.
-    place: String,
+    pub(crate) place: String,
 }
 
 impl Netlink {
@@ -151,6 +154,55 @@ impl Netlink {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
             r => r.context(|| format!("create bridge {name} in {}", self.place)),
         }
+    }
+
+    /// The bridge `name`, created if missing (MAC fixed), up, holding `gateway/prefix`.
+    /// Another link of that name that is not a bridge is an error.
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+        gateway: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<Link> {
+        let bridge = match self.get_link(name).await? {
+            Some(b) => b,
+            None => {
+                self.create_bridge(name, mac).await?;
+                self.get_link(name).await?.ok_or_else(|| Error::Io {
+                    what: format!("bridge {name} vanished after creation in {}", self.place),
+                    source: std::io::ErrorKind::NotFound.into(),
+                })?
+            }
+        };
+        if bridge.kind.as_deref() != Some("bridge") {
+            return Err(Error::NotABridge {
+                name: name.to_string(),
+                kind: bridge.kind.clone().unwrap_or_else(|| "of no kind".into()),
+            });
+        }
+        if !self
+            .addrs_v4(bridge.index)
+            .await?
+            .contains(&(gateway, prefix))
+        {
+            self.add_addr(bridge.index, name, IpAddr::V4(gateway), prefix)
+                .await?;
+        }
+        if !bridge.up {
+            self.set_up(bridge.index, name).await?;
+        }
+        Ok(bridge)
+    }
+
+    pub async fn set_mtu(&self, index: u32, name: &str, mtu: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .context(|| format!("set MTU {mtu} on {name} in {}", self.place))
     }
 
     pub async fn set_up(&self, index: u32, name: &str) -> Result<()> {

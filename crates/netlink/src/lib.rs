@@ -4,10 +4,30 @@
 mod error;
 mod handle;
 pub mod netns;
+pub mod overlay;
 pub mod sysctl;
 
 pub use error::{Error, Result};
 pub use handle::{Link, Netlink, RouteV4, VethSpec};
+pub use overlay::{FdbEntry, NeighV4, VxlanInfo, VxlanSpec};
+
+/// A locally administered MAC that carries an IPv4 address: `0a:<tag>:<ip>`. ferry gives
+/// pods `0a:58:<ip>`, their host ends `0a:59:<ip>` and the bridge `0a:58:<gateway>`, so an
+/// address handed to a new pod keeps its MAC (neighbours' ARP entries stay right) and a
+/// MAC in a capture names its pod.
+pub fn ip_mac(tag: u8, ip: std::net::Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, tag, o[0], o[1], o[2], o[3]]
+}
+
+pub const POD_MAC_TAG: u8 = 0x58;
+pub const HOST_MAC_TAG: u8 = 0x59;
+
+/// The node bridge's MAC: fixed at creation so it never follows its ports' addresses, and
+/// the same whether the plugin or the daemon creates the bridge.
+pub fn bridge_mac(gateway: std::net::Ipv4Addr) -> [u8; 6] {
+    ip_mac(POD_MAC_TAG, gateway)
+}
 
 /// Formats a MAC address the way CNI results and `ip link` show it.
 pub fn format_mac(mac: &[u8]) -> String {

@@ -1,0 +1,308 @@
+//! What the VXLAN overlay programs: the device, and per remote node one neighbour entry,
+//! one FDB entry and one route (flannel's layout).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures_util::TryStreamExt;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::RouteType;
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{LinkVxlan, RouteMessageBuilder};
+
+use crate::error::{Context, Error, Result};
+use crate::handle::Netlink;
+
+/// The attributes of a VXLAN device that must match for it to be kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<Ipv4Addr>,
+    pub dev: Option<u32>,
+    pub learning: bool,
+}
+
+impl VxlanInfo {
+    pub(crate) fn from_link_message(m: &LinkMessage) -> Option<Self> {
+        use netlink_packet_route::link::LinkAttribute;
+        let infos = m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(i) => Some(i),
+            _ => None,
+        })?;
+        let is_vxlan = infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan)));
+        if !is_vxlan {
+            return None;
+        }
+        let mut v = VxlanInfo {
+            vni: 0,
+            port: 0,
+            local: None,
+            dev: None,
+            learning: true,
+        };
+        for i in infos {
+            if let LinkInfo::Data(InfoData::Vxlan(attrs)) = i {
+                for a in attrs {
+                    match a {
+                        InfoVxlan::Id(id) => v.vni = *id,
+                        InfoVxlan::Port(p) => v.port = *p,
+                        InfoVxlan::Local(l) => v.local = Some(*l),
+                        InfoVxlan::Link(d) => v.dev = Some(*d),
+                        InfoVxlan::Learning(l) => v.learning = *l,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Some(v)
+    }
+}
+
+/// A VXLAN device to create.
+#[derive(Debug, Clone)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Ipv4Addr,
+    pub dev: u32,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+}
+
+impl VxlanSpec {
+    /// Whether an existing device can be kept as it is.
+    pub fn matches(&self, info: &VxlanInfo) -> bool {
+        info.vni == self.vni
+            && info.port == self.port
+            && info.local == Some(self.local)
+            && info.dev == Some(self.dev)
+            && !info.learning
+    }
+}
+
+/// A permanent IPv4 neighbour entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NeighV4 {
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+/// A forwarding entry of a VXLAN device: frames for `mac` go to the VTEP at `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FdbEntry {
+    pub mac: [u8; 6],
+    pub dst: Ipv4Addr,
+}
+
+fn mac6(v: &[u8]) -> Option<[u8; 6]> {
+    v.try_into().ok()
+}
+
+impl Netlink {
+    /// Creates a VXLAN device (learning off, UDP checksums on), up.
+    pub async fn create_vxlan(&self, s: &VxlanSpec) -> Result<()> {
+        let msg = LinkVxlan::new(&s.name, s.vni)
+            .dev(s.dev)
+            .local(s.local)
+            .port(s.port)
+            .learning(false)
+            .udp_csum(true)
+            .mtu(s.mtu)
+            .address(s.mac.to_vec())
+            .up()
+            .build();
+        self.handle.link().add(msg).execute().await.context(|| {
+            format!(
+                "create VXLAN device {} (VNI {}) in {}",
+                s.name, s.vni, self.place
+            )
+        })
+    }
+
+    /// The permanent IPv4 neighbour entries on a link.
+    pub async fn neighs_v4(&self, index: u32) -> Result<Vec<NeighV4>> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await
+            .context(|| format!("list neighbours in {}", self.place))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
+            .filter_map(|m| {
+                let mut ip = None;
+                let mut mac = None;
+                for a in m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(i),
+                        NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(&l),
+                        _ => {}
+                    }
+                }
+                Some(NeighV4 { ip: ip?, mac: mac? })
+            })
+            .collect())
+    }
+
+    /// Adds or replaces a permanent neighbour entry.
+    pub async fn set_neigh(&self, index: u32, n: NeighV4) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(n.ip))
+            .link_layer_address(&n.mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .context(|| format!("set neighbour {} on link {index} in {}", n.ip, self.place))
+    }
+
+    pub async fn del_neigh(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = index;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        tolerate_missing(self.handle.neighbours().del(m).execute().await)
+            .context(|| format!("delete neighbour {ip} on link {index} in {}", self.place))
+    }
+
+    /// The FDB entries with a remote destination on a (VXLAN) link.
+    pub async fn fdb(&self, index: u32) -> Result<Vec<FdbEntry>> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .context(|| format!("list FDB entries in {}", self.place))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter_map(|m| {
+                let mut dst = None;
+                let mut mac = None;
+                for a in m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => dst = Some(i),
+                        NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(&l),
+                        _ => {}
+                    }
+                }
+                Some(FdbEntry {
+                    mac: mac?,
+                    dst: dst?,
+                })
+            })
+            .collect())
+    }
+
+    /// `bridge fdb replace <mac> dev <link> dst <dst> self permanent`.
+    pub async fn set_fdb(&self, index: u32, e: FdbEntry) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(index, &e.mac)
+            .destination(IpAddr::V4(e.dst))
+            .flags(NeighbourFlags::Own)
+            .replace()
+            .execute()
+            .await
+            .context(|| {
+                format!(
+                    "set FDB entry {} dst {} on link {index} in {}",
+                    crate::format_mac(&e.mac),
+                    e.dst,
+                    self.place
+                )
+            })
+    }
+
+    pub async fn del_fdb(&self, index: u32, e: FdbEntry) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.flags = NeighbourFlags::Own;
+        m.header.state = NeighbourState::Permanent;
+        m.header.kind = RouteType::Unspec;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                e.dst,
+            )));
+        tolerate_missing(self.handle.neighbours().del(m).execute().await).context(|| {
+            format!(
+                "delete FDB entry {} dst {} on link {index} in {}",
+                crate::format_mac(&e.mac),
+                e.dst,
+                self.place
+            )
+        })
+    }
+
+    /// `ip route replace <dst>/<prefix> via <gw> dev <oif> onlink`.
+    pub async fn replace_route_onlink(
+        &self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        gw: Ipv4Addr,
+        oif: u32,
+    ) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .gateway(gw)
+            .output_interface(oif)
+            .onlink()
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .context(|| format!("replace route {dst}/{prefix} via {gw} in {}", self.place))
+    }
+
+    pub async fn del_route_v4(&self, dst: Ipv4Addr, prefix: u8, oif: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .output_interface(oif)
+            .build();
+        tolerate_missing(self.handle.route().del(msg).execute().await)
+            .context(|| format!("delete route {dst}/{prefix} in {}", self.place))
+    }
+}
+
+/// Deleting what is already gone is success.
+fn tolerate_missing(
+    r: std::result::Result<(), rtnetlink::Error>,
+) -> std::result::Result<(), rtnetlink::Error> {
+    match r {
+        Err(rtnetlink::Error::NetlinkError(e))
+            if matches!(
+                e.raw_code().abs(),
+                libc::ENOENT | libc::ENODEV | libc::ESRCH
+            ) =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// Errors of this module keep their errno for callers that match on it.
+pub fn is_missing(e: &Error) -> bool {
+    matches!(e.errno(), Some(libc::ENOENT | libc::ENODEV | libc::ESRCH))
+}

@@ -1,0 +1,13 @@
+//! Node subnet leases and the cluster config in etcd.
+//!
+//! Layout (`layout`) and the decisions that need no etcd (`model`) are separate from the
+//! etcd client (`registry`), so that they are tested without one.
+
+pub mod layout;
+pub mod model;
+mod registry;
+
+pub use etcd_client::{WatchResponse, WatchStream};
+pub use layout::Layout;
+pub use model::{ClusterConfig, ConfigFlags, LeaseRecord};
+pub use registry::{Acquired, EtcdOptions, LeaseError, LeaseEvent, Registry};

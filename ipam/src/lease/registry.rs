@@ -1,0 +1,507 @@
+//! The etcd side of leases: connect, cluster config, acquire, keep alive, list, watch.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, Event, EventType, GetOptions,
+    Identity, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use ipnetwork::Ipv4Network;
+
+use super::layout::Layout;
+use super::model::{pick_free, ClusterConfig, ConfigFlags, LeaseRecord};
+
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Per request, and for connecting.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("etcd at {endpoints} is unreachable: {detail}")]
+    Unreachable { endpoints: String, detail: String },
+    #[error("etcd {what}: {source}")]
+    Etcd {
+        what: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd TLS file {path}: {source}")]
+    TlsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no cluster config at {key} in etcd: pass --cluster-cidr (and optionally --subnet-len, --vni, --port) to create it")]
+    NoConfig { key: String },
+    #[error("cluster config at {key} is invalid: {detail}")]
+    BadConfig { key: String, detail: String },
+    #[error("flags contradict the cluster config stored at {key}: {detail}; drop the flags or fix the stored config with etcdctl")]
+    Conflict { key: String, detail: String },
+    #[error(
+        "cluster CIDR {cidr} has no free /{len} node subnet left ({count} subnets, all leased)"
+    )]
+    Exhausted {
+        cidr: Ipv4Network,
+        len: u8,
+        count: u32,
+    },
+    #[error(
+        "could not lease a subnet after {0} attempts: too many nodes racing for the same subnets"
+    )]
+    Contention(u32),
+    #[error("etcd lease {0:x} has expired")]
+    Expired(i64),
+}
+
+type Result<T> = std::result::Result<T, LeaseError>;
+
+/// The outcome of `acquire`.
+#[derive(Debug, Clone)]
+pub struct Acquired {
+    pub record: LeaseRecord,
+    /// The etcd lease that keeps the subnet (TTL: the grace period).
+    pub grace_lease: i64,
+    /// True when the node got its earlier subnet back.
+    pub reused: bool,
+}
+
+/// A change of some node's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    Put(LeaseRecord),
+    Delete(Ipv4Network),
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+    layout: Layout,
+    endpoints: String,
+}
+
+fn etcd(what: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> LeaseError {
+    let what = what.into();
+    move |source| LeaseError::Etcd { what, source }
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| LeaseError::TlsFile {
+        path: path.clone(),
+        source,
+    })
+}
+
+impl Registry {
+    /// Connects and makes one request, so that an unreachable etcd is reported here,
+    /// naming the endpoints, within `opts.timeout`.
+    pub async fn connect(opts: &EtcdOptions, prefix: &str) -> Result<Registry> {
+        let endpoints = opts.endpoints.join(",");
+        let mut co = ConnectOptions::new()
+            .with_connect_timeout(opts.timeout)
+            .with_timeout(opts.timeout)
+            .with_keep_alive(Duration::from_secs(10), opts.timeout);
+        if opts.cacert.is_some() || opts.cert.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &opts.cacert {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            match (&opts.cert, &opts.key) {
+                (Some(c), Some(k)) => tls = tls.identity(Identity::from_pem(read(c)?, read(k)?)),
+                (None, None) => {}
+                _ => {
+                    return Err(LeaseError::Unreachable {
+                        endpoints,
+                        detail: "--etcd-cert and --etcd-key go together".into(),
+                    })
+                }
+            }
+            co = co.with_tls(tls);
+        }
+        let unreachable = |detail: String| LeaseError::Unreachable {
+            endpoints: endpoints.clone(),
+            detail,
+        };
+        let client = tokio::time::timeout(opts.timeout, Client::connect(&opts.endpoints, Some(co)))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {:?}", opts.timeout)))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut r = Registry {
+            client,
+            layout: Layout::new(prefix),
+            endpoints: endpoints.clone(),
+        };
+        let probe = r.layout.config();
+        tokio::time::timeout(opts.timeout, r.client.get(probe, None))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {:?}", opts.timeout)))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(r)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// The stored cluster config, created from the flags when there is none. Flags that
+    /// contradict a stored config are an error, never an overwrite.
+    pub async fn cluster_config(&mut self, flags: &ConfigFlags) -> Result<ClusterConfig> {
+        let key = self.layout.config();
+        for _ in 0..5 {
+            let resp = self
+                .client
+                .get(key.clone(), None)
+                .await
+                .map_err(etcd("read cluster config"))?;
+            if let Some(kv) = resp.kvs().first() {
+                let cfg: ClusterConfig =
+                    serde_json::from_slice(kv.value()).map_err(|e| LeaseError::BadConfig {
+                        key: key.clone(),
+                        detail: e.to_string(),
+                    })?;
+                cfg.validate().map_err(|detail| LeaseError::BadConfig {
+                    key: key.clone(),
+                    detail,
+                })?;
+                cfg.check_flags(flags)
+                    .map_err(|detail| LeaseError::Conflict {
+                        key: key.clone(),
+                        detail,
+                    })?;
+                return Ok(cfg);
+            }
+            let cfg = ClusterConfig::from_flags(flags)
+                .ok_or_else(|| LeaseError::NoConfig { key: key.clone() })?;
+            cfg.validate().map_err(|detail| LeaseError::BadConfig {
+                key: format!("{key} (from the flags)"),
+                detail,
+            })?;
+            let value = serde_json::to_vec(&cfg).expect("config serializes");
+            let txn = Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), value, None)]);
+            if self
+                .client
+                .txn(txn)
+                .await
+                .map_err(etcd("create cluster config"))?
+                .succeeded()
+            {
+                return Ok(cfg);
+            }
+            // Another node created it first: read theirs and compare.
+        }
+        Err(LeaseError::Contention(5))
+    }
+
+    /// The lease `node` holds now, if any.
+    pub async fn lease_of(&mut self, node: &str) -> Result<Option<LeaseRecord>> {
+        Ok(self.own_lease(node).await?.map(|(rec, _, _)| rec))
+    }
+
+    /// This node's current lease: record, etcd lease ID, the key's mod revision.
+    async fn own_lease(&mut self, node: &str) -> Result<Option<(LeaseRecord, i64, i64)>> {
+        let nk = self.layout.node(node);
+        let resp = self
+            .client
+            .get(nk, None)
+            .await
+            .map_err(etcd("read node index"))?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let lease_key = String::from_utf8_lossy(kv.value()).into_owned();
+        let resp = self
+            .client
+            .get(lease_key, None)
+            .await
+            .map_err(etcd("read own lease"))?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<LeaseRecord>(kv.value()) {
+            Ok(rec) if rec.node == node => Ok(Some((rec, kv.lease(), kv.mod_revision()))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Leases a subnet for `node`: its current one when it has one (updating the public IP
+    /// and VTEP MAC if they changed), else `prefer` (the subnet it had, when still free),
+    /// else a free one; by a transaction that only succeeds when neither the subnet nor the
+    /// node already has a lease, so two nodes never hold one subnet.
+    pub async fn acquire(
+        &mut self,
+        cfg: &ClusterConfig,
+        node: &str,
+        public_ip: Ipv4Addr,
+        vtep_mac: &str,
+        grace: Duration,
+        prefer: Option<Ipv4Network>,
+    ) -> Result<Acquired> {
+        const ATTEMPTS: u32 = 30;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        node.hash(&mut h);
+        let seed = h.finish();
+        for attempt in 0..ATTEMPTS {
+            if let Some((rec, lease_id, rev)) = self.own_lease(node).await? {
+                if cfg.holds(rec.subnet) {
+                    let ttl = self
+                        .client
+                        .lease_time_to_live(lease_id, None)
+                        .await
+                        .map_err(etcd("read lease TTL"))?
+                        .ttl();
+                    if ttl > 0 {
+                        let want = LeaseRecord {
+                            public_ip,
+                            vtep_mac: vtep_mac.to_string(),
+                            ..rec.clone()
+                        };
+                        if want != rec {
+                            let key = self.layout.lease(rec.subnet);
+                            let txn = Txn::new()
+                                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                                .and_then([TxnOp::put(
+                                    key,
+                                    serde_json::to_vec(&want).expect("lease serializes"),
+                                    Some(PutOptions::new().with_lease(lease_id)),
+                                )]);
+                            if !self
+                                .client
+                                .txn(txn)
+                                .await
+                                .map_err(etcd("update own lease"))?
+                                .succeeded()
+                            {
+                                continue;
+                            }
+                        }
+                        return Ok(Acquired {
+                            record: want,
+                            grace_lease: lease_id,
+                            reused: true,
+                        });
+                    }
+                }
+            }
+            // A node index left without its lease would block the create below.
+            let nk = self.layout.node(node);
+            let idx = self
+                .client
+                .get(nk.clone(), None)
+                .await
+                .map_err(etcd("read node index"))?;
+            if let Some(kv) = idx.kvs().first() {
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        nk.clone(),
+                        CompareOp::Equal,
+                        kv.mod_revision(),
+                    )])
+                    .and_then([TxnOp::delete(nk.clone(), None)]);
+                self.client
+                    .txn(txn)
+                    .await
+                    .map_err(etcd("remove stale node index"))?;
+            }
+
+            let taken = self.taken().await?;
+            let preferred = prefer.filter(|p| attempt == 0 && cfg.holds(*p) && !taken.contains(p));
+            let subnet = match preferred {
+                Some(p) => p,
+                None => pick_free(
+                    cfg,
+                    &taken,
+                    seed.wrapping_add(u64::from(attempt) * 0x9e37_79b9),
+                )
+                .ok_or(LeaseError::Exhausted {
+                    cidr: cfg.cluster_cidr,
+                    len: cfg.subnet_len,
+                    count: cfg.subnet_count(),
+                })?,
+            };
+            let ttl = i64::try_from(grace.as_secs().max(10)).unwrap_or(i64::MAX);
+            let lease_id = self
+                .client
+                .lease_grant(ttl, None)
+                .await
+                .map_err(etcd("grant subnet lease"))?
+                .id();
+            let rec = LeaseRecord {
+                node: node.to_string(),
+                subnet,
+                public_ip,
+                vtep_mac: vtep_mac.to_string(),
+            };
+            let lk = self.layout.lease(subnet);
+            let put = || Some(PutOptions::new().with_lease(lease_id));
+            let txn = Txn::new()
+                .when([
+                    Compare::version(lk.clone(), CompareOp::Equal, 0),
+                    Compare::version(nk.clone(), CompareOp::Equal, 0),
+                ])
+                .and_then([
+                    TxnOp::put(
+                        lk.clone(),
+                        serde_json::to_vec(&rec).expect("lease serializes"),
+                        put(),
+                    ),
+                    TxnOp::put(nk, lk, put()),
+                ]);
+            if self
+                .client
+                .txn(txn)
+                .await
+                .map_err(etcd("create lease"))?
+                .succeeded()
+            {
+                return Ok(Acquired {
+                    record: rec,
+                    grace_lease: lease_id,
+                    reused: false,
+                });
+            }
+            let _ = self.client.lease_revoke(lease_id).await;
+        }
+        Err(LeaseError::Contention(ATTEMPTS))
+    }
+
+    async fn taken(&mut self) -> Result<HashSet<Ipv4Network>> {
+        let resp = self
+            .client
+            .get(
+                self.layout.leases(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(etcd("list leases"))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.layout.subnet_of(&String::from_utf8_lossy(kv.key())))
+            .collect())
+    }
+
+    /// Every lease, and the revision they were read at (to watch from).
+    pub async fn list(&mut self) -> Result<(Vec<LeaseRecord>, i64)> {
+        let resp = self
+            .client
+            .get(self.layout.leases(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd("list leases"))?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let leases = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<LeaseRecord>(kv.value()).ok())
+            .collect();
+        Ok((leases, rev))
+    }
+
+    /// Watches every lease from `revision` on.
+    pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
+        self.client
+            .watch(
+                self.layout.leases(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision),
+                ),
+            )
+            .await
+            .map_err(etcd("watch leases"))
+    }
+
+    /// What a watch event means for the leases.
+    pub fn event(&self, ev: &Event) -> Option<LeaseEvent> {
+        let kv = ev.kv()?;
+        let subnet = self.layout.subnet_of(&String::from_utf8_lossy(kv.key()))?;
+        match ev.event_type() {
+            EventType::Put => serde_json::from_slice(kv.value()).ok().map(LeaseEvent::Put),
+            EventType::Delete => Some(LeaseEvent::Delete(subnet)),
+        }
+    }
+
+    /// Refreshes an etcd lease once; an expired lease is an error.
+    pub async fn keep_alive(&mut self, id: i64) -> Result<i64> {
+        let (mut keeper, mut stream) = self
+            .client
+            .lease_keep_alive(id)
+            .await
+            .map_err(etcd("keep lease alive"))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(etcd("keep lease alive"))?;
+        let ttl = stream
+            .message()
+            .await
+            .map_err(etcd("keep lease alive"))?
+            .map(|r| r.ttl())
+            .unwrap_or(0);
+        if ttl <= 0 {
+            return Err(LeaseError::Expired(id));
+        }
+        Ok(ttl)
+    }
+
+    /// Publishes that `node` is alive, on a lease of `ttl`; returns the lease to keep alive.
+    pub async fn set_alive(&mut self, node: &str, ttl: Duration) -> Result<i64> {
+        let ttl = i64::try_from(ttl.as_secs().max(2)).unwrap_or(60);
+        let id = self
+            .client
+            .lease_grant(ttl, None)
+            .await
+            .map_err(etcd("grant liveness lease"))?
+            .id();
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.client
+            .put(
+                self.layout.alive(node),
+                serde_json::json!({ "since": since }).to_string(),
+                Some(PutOptions::new().with_lease(id)),
+            )
+            .await
+            .map_err(etcd("publish liveness"))?;
+        Ok(id)
+    }
+
+    /// Names of the nodes whose liveness key exists.
+    pub async fn alive_nodes(&mut self) -> Result<HashSet<String>> {
+        let prefix = self.layout.alive_prefix();
+        let resp = self
+            .client
+            .get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(etcd("list liveness"))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                String::from_utf8_lossy(kv.key())
+                    .strip_prefix(&prefix)
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+}

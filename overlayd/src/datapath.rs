@@ -1,0 +1,133 @@
+//! Setting up and reading the node's data path: the VXLAN device, the bridge, and the
+//! per-peer entries.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, Result};
+use futures_util::stream::{self, StreamExt};
+use ipnetwork::Ipv4Network;
+use netlink::{Link, Netlink, VxlanSpec};
+
+use crate::reconcile::{Entries, Op};
+
+/// VXLAN header overhead on an IPv4 underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) +
+/// inner Ethernet (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// How many netlink requests run at once while applying: enough to hide round trips on a
+/// cold start with thousands of peers, few enough to keep the socket's buffers calm.
+const IN_FLIGHT: usize = 64;
+
+/// The VXLAN device as `spec` says: kept when compatible (a restart must not drop
+/// packets), recreated when not (another VNI, port, underlay or address).
+pub async fn ensure_vxlan(nl: &Netlink, spec: &VxlanSpec) -> Result<Link> {
+    if let Some(l) = nl.get_link(&spec.name).await? {
+        match l.vxlan {
+            Some(info) if spec.matches(&info) => {
+                if l.mtu != spec.mtu {
+                    nl.set_mtu(l.index, &spec.name, spec.mtu).await?;
+                }
+                if !l.up {
+                    nl.set_up(l.index, &spec.name).await?;
+                }
+                return nl
+                    .get_link(&spec.name)
+                    .await?
+                    .with_context(|| format!("{} vanished", spec.name));
+            }
+            _ => {
+                tracing::warn!(device = %spec.name, "existing device is not the VXLAN device wanted; recreating it");
+                nl.del_link(&spec.name).await?;
+            }
+        }
+    }
+    nl.create_vxlan(spec).await?;
+    nl.get_link(&spec.name)
+        .await?
+        .with_context(|| format!("{} vanished after creation", spec.name))
+}
+
+/// The node subnet's network address as /32 on the VXLAN device: the source address of
+/// host-to-remote-pod traffic, without creating broadcast routes (flannel's choice).
+pub async fn ensure_vtep_addr(nl: &Netlink, vx: &Link, subnet: Ipv4Network) -> Result<()> {
+    let want = (subnet.network(), 32);
+    let have = nl.addrs_v4(vx.index).await?;
+    if !have.contains(&want) {
+        nl.add_addr(vx.index, &vx.name, IpAddr::V4(want.0), 32)
+            .await?;
+    }
+    Ok(())
+}
+
+/// What the kernel holds on the VXLAN device.
+pub async fn read(nl: &Netlink, vx_index: u32) -> Result<Entries> {
+    let mut e = Entries::default();
+    for n in nl.neighs_v4(vx_index).await? {
+        e.neighs.insert(n.ip, n.mac);
+    }
+    for f in nl.fdb(vx_index).await? {
+        if f.mac != [0; 6] {
+            e.fdb.insert(f);
+        }
+    }
+    for r in nl.routes_v4().await? {
+        if r.oif == Some(vx_index) {
+            if let (Some(gw), Ok(net)) = (r.gateway, Ipv4Network::new(r.dst, r.prefix)) {
+                e.routes.insert(net, gw);
+            }
+        }
+    }
+    Ok(e)
+}
+
+/// Applies `ops` phase by phase, each phase's requests concurrently; returns how many
+/// failed (the next full reconcile retries them) after logging each.
+pub async fn apply(nl: &Netlink, vx_index: u32, ops: &[Op]) -> usize {
+    let mut failed = 0;
+    for phase in 0..4u8 {
+        let this: Vec<&Op> = ops.iter().filter(|o| o.phase() == phase).collect();
+        let results: Vec<Result<()>> = stream::iter(this)
+            .map(|op| async move { apply_one(nl, vx_index, op).await })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for r in results {
+            if let Err(e) = r {
+                tracing::warn!("reconcile: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    failed
+}
+
+async fn apply_one(nl: &Netlink, vx: u32, op: &Op) -> Result<()> {
+    match *op {
+        Op::DelRoute(net) => nl.del_route_v4(net.network(), net.prefix(), vx).await?,
+        Op::DelNeigh(ip) => nl.del_neigh(vx, ip).await?,
+        Op::DelFdb(e) => nl.del_fdb(vx, e).await?,
+        Op::SetNeigh(n) => nl.set_neigh(vx, n).await?,
+        Op::SetFdb(e) => nl.set_fdb(vx, e).await?,
+        Op::SetRoute(net, gw) => {
+            nl.replace_route_onlink(net.network(), net.prefix(), gw, vx)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// The gateway of a node subnet: its first host address.
+pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// A random locally administered unicast MAC, for a VTEP that has none yet.
+pub fn random_mac() -> Result<[u8; 6]> {
+    use std::io::Read;
+    let mut mac = [0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut mac))
+        .context("read /dev/urandom for a VTEP MAC")?;
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
+}

@@ -1,0 +1,388 @@
+//! A cluster on one machine: an underlay switch (a bridge in its own namespace), a host
+//! running a real etcd, nodes running `ferry-overlayd` with pods added through `ferry`, and
+//! a host outside the cluster. Every cluster has its own switch namespace, so parallel
+//! tests reuse the 192.0.2.0/24 addresses without meeting.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::cni::{cni_path, pod_ip, Call, Reply};
+use crate::netns::{run_ok, Netns};
+use crate::proc::{wait_until, Bg};
+
+pub const UNDERLAY_GW: &str = "192.0.2.254";
+pub const ETCD_IP: &str = "192.0.2.2";
+pub const OUTSIDE_IP: &str = "192.0.2.200";
+
+/// The underlay L2 segment.
+pub struct Switch {
+    pub ns: Netns,
+}
+
+impl Switch {
+    pub fn new() -> Switch {
+        let ns = Netns::new("fys");
+        ns.sh("ip link add sw0 type bridge && ip link set sw0 up");
+        Switch { ns }
+    }
+
+    /// Plugs `host` in as `eth0` with `ip`/24 and a default route (to nowhere: only the
+    /// test's own namespaces are ever reached).
+    pub fn plug(&self, host: &Netns, ip: &str) {
+        let port = crate::unique("sp");
+        run_ok(Command::new("ip").args([
+            "-n",
+            &self.ns.name,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &host.name,
+        ]));
+        self.ns.sh(&format!("ip link set {port} master sw0 up"));
+        host.sh(&format!(
+            "ip addr add {ip}/24 dev eth0 && ip link set eth0 up && ip route add default via {UNDERLAY_GW}"
+        ));
+    }
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A single-member etcd in its own namespace.
+pub struct Etcd {
+    pub host: Netns,
+    pub dir: tempfile::TempDir,
+    proc: Option<Bg>,
+}
+
+impl Etcd {
+    pub fn start(switch: &Switch) -> Etcd {
+        let host = Netns::new("fye");
+        switch.plug(&host, ETCD_IP);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut e = Etcd {
+            host,
+            dir,
+            proc: None,
+        };
+        e.resume();
+        e
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{ETCD_IP}:2379")
+    }
+
+    /// Starts (again) on the same data directory.
+    pub fn resume(&mut self) {
+        let d = self.dir.path().display();
+        let cmd = format!(
+            "etcd --name t --data-dir {d}/data --listen-client-urls http://{ETCD_IP}:2379 \
+             --advertise-client-urls http://{ETCD_IP}:2379 --listen-peer-urls http://127.0.0.1:2380 \
+             --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster t=http://127.0.0.1:2380"
+        );
+        self.proc = Some(Bg::spawn_logged(
+            &self.host,
+            &cmd,
+            &self.dir.path().join("etcd.log"),
+        ));
+        let up = wait_until(Duration::from_secs(20), || {
+            self.host
+                .try_sh(&format!(
+                    "etcdctl --endpoints {} endpoint health",
+                    self.endpoint()
+                ))
+                .status
+                .success()
+        });
+        assert!(up, "etcd did not start: {}", self.log());
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.stop(libc::SIGTERM, Duration::from_secs(10));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Runs etcdctl against this etcd.
+    pub fn ctl(&self, args: &str) -> String {
+        self.host.sh(&format!(
+            "ETCDCTL_API=3 etcdctl --endpoints {} {args}",
+            self.endpoint()
+        ))
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Pod {
+    pub ns: Netns,
+    pub id: String,
+    pub ip: String,
+    pub result: Value,
+}
+
+/// One node: a host namespace on the switch, its state and IPAM directories, its daemon.
+pub struct Node {
+    pub name: String,
+    pub host: Netns,
+    pub ip: String,
+    pub dir: tempfile::TempDir,
+    pub daemon: Option<Bg>,
+    pub daemon_args: String,
+}
+
+impl Node {
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("overlayd.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn start_daemon(&mut self) {
+        let cmd = format!(
+            "env FERRY_LOG=info {} {}",
+            crate::bin("ferry-overlayd").display(),
+            self.daemon_args
+        );
+        self.daemon = Some(Bg::spawn_logged(&self.host, &cmd, &self.log_path()));
+    }
+
+    /// Waits until the daemon has written node.json.
+    pub fn wait_ready(&mut self) {
+        let path = self.state_dir().join("node.json");
+        let ok = wait_until(Duration::from_secs(30), || {
+            path.exists() || self.daemon.as_mut().is_some_and(|d| d.exited().is_some())
+        });
+        assert!(
+            ok && path.exists(),
+            "{} not ready:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// SIGTERM; the exit code.
+    pub fn stop_daemon(&mut self) -> Option<i32> {
+        self.daemon
+            .take()
+            .and_then(|d| d.stop(libc::SIGTERM, Duration::from_secs(10)))
+    }
+
+    pub fn node_state(&self) -> Value {
+        serde_json::from_slice(
+            &std::fs::read(self.state_dir().join("node.json")).expect("node.json"),
+        )
+        .expect("node.json parses")
+    }
+
+    pub fn subnet(&self) -> String {
+        self.node_state()["podCIDR"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn conf(&self) -> String {
+        json!({
+            "cniVersion": "1.1.0", "name": "ferry", "type": "ferry",
+            "stateDir": self.state_dir(),
+            "ipam": {"type": "ferry-ipam", "dataDir": self.dir.path().join("ipam")}
+        })
+        .to_string()
+    }
+
+    pub fn cni(&self, command: &str, id: &str, pod: Option<&Netns>) -> Reply {
+        Call {
+            host: &self.host,
+            plugin: crate::bin("ferry"),
+            command,
+            container_id: id,
+            netns: pod.map(Netns::path),
+            ifname: "eth0",
+            cni_path: cni_path(),
+        }
+        .run(&self.conf())
+    }
+
+    pub fn add_pod(&self, id: &str) -> Pod {
+        let ns = Netns::new("fyp");
+        let result = self.cni("ADD", id, Some(&ns)).ok();
+        let ip = pod_ip(&result);
+        Pod {
+            ns,
+            id: id.to_string(),
+            ip,
+            result,
+        }
+    }
+
+    /// The routes of the VXLAN device, as `ip route` prints them.
+    pub fn overlay_routes(&self) -> String {
+        self.host
+            .sh("ip route show dev ferry.1 2>/dev/null || true")
+    }
+
+    pub fn vtep_mac(&self) -> String {
+        self.host
+            .sh("cat /sys/class/net/ferry.1/address")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.stop(libc::SIGKILL, Duration::from_secs(5));
+        }
+    }
+}
+
+pub struct Cluster {
+    pub switch: Switch,
+    pub etcd: Etcd,
+    pub nodes: Vec<Node>,
+    pub outside: Netns,
+    pub cidr: String,
+    pub prefix: String,
+    pub extra_args: String,
+}
+
+impl Cluster {
+    /// `n` nodes, each ready (lease taken, data path up, node.json written).
+    pub fn new(n: usize, cidr: &str) -> Cluster {
+        Self::with_args(n, cidr, "")
+    }
+
+    pub fn with_args(n: usize, cidr: &str, extra: &str) -> Cluster {
+        let switch = Switch::new();
+        let etcd = Etcd::start(&switch);
+        let outside = Netns::new("fyo");
+        switch.plug(&outside, OUTSIDE_IP);
+        let mut c = Cluster {
+            switch,
+            etcd,
+            nodes: Vec::new(),
+            outside,
+            cidr: cidr.to_string(),
+            prefix: format!("/ferry-{}", crate::unique("t")),
+            extra_args: extra.to_string(),
+        };
+        for _ in 0..n {
+            c.add_node();
+        }
+        for node in &mut c.nodes {
+            node.wait_ready();
+        }
+        c.wait_converged();
+        c
+    }
+
+    /// A new node with its daemon started (not waited for).
+    pub fn add_node(&mut self) -> &mut Node {
+        let i = self.nodes.len();
+        let name = format!("node{i}");
+        let host = Netns::new("fyn");
+        let ip = format!("192.0.2.{}", 11 + i);
+        self.switch.plug(&host, &ip);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemon_args = format!(
+            "--etcd-endpoints {} --etcd-prefix {} --node-name {name} --state-dir {} \
+             --cluster-cidr {} --health-addr 127.0.0.1:9797 --resync-interval 2s {}",
+            self.etcd.endpoint(),
+            self.prefix,
+            dir.path().join("run").display(),
+            self.cidr,
+            self.extra_args
+        );
+        let mut node = Node {
+            name,
+            host,
+            ip,
+            dir,
+            daemon: None,
+            daemon_args,
+        };
+        node.start_daemon();
+        self.nodes.push(node);
+        self.nodes.last_mut().expect("just pushed")
+    }
+
+    /// Waits until every running node routes to every other node's subnet.
+    pub fn wait_converged(&self) {
+        let subnets: Vec<String> = self.nodes.iter().map(Node::subnet).collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.daemon.is_none() {
+                continue;
+            }
+            let ok = wait_until(Duration::from_secs(20), || {
+                let routes = node.overlay_routes();
+                subnets
+                    .iter()
+                    .enumerate()
+                    .all(|(j, s)| i == j || routes.contains(s.as_str()))
+            });
+            assert!(
+                ok,
+                "{} did not converge: {}\n{}",
+                node.name,
+                node.overlay_routes(),
+                node.log()
+            );
+        }
+    }
+
+    /// The metrics a node serves, fetched from inside its namespace.
+    pub fn metrics(&self, node: usize) -> String {
+        http_get(&self.nodes[node].host, "127.0.0.1:9797", "/metrics").1
+    }
+}
+
+/// A GET from inside `ns`: (status, body). Python keeps the tests free of curl.
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
+    let (host, port) = addr.split_once(':').expect("host:port");
+    let script = format!(
+        "import http.client\n\
+         c=http.client.HTTPConnection('{host}',{port},timeout=3)\n\
+         c.request('GET','{path}')\n\
+         r=c.getresponse()\n\
+         print(r.status)\n\
+         print(r.read().decode())\n"
+    );
+    let out = ns.try_sh(&format!("python3 -c \"{script}\""));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, body) = text.split_once('\n').unwrap_or(("0", ""));
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Whether `path` exists (helper for readability in tests).
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
