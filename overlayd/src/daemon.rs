@@ -87,6 +87,30 @@ pub async fn run(args: Args) -> Result<()> {
         (_, Some(p)) => p.vtep_mac_bytes().unwrap_or(datapath::random_mac()?),
         _ => datapath::random_mac()?,
     };
+    let vx_spec = VxlanSpec {
+        name: vx_name,
+        vni: cfg.vni,
+        port: cfg.port,
+        local: underlay.ip,
+        dev: underlay.link.index,
+        mtu: underlay.link.mtu - VXLAN_OVERHEAD,
+        mac,
+    };
+    // The device and the routes to every other node come first, the lease second: when
+    // this node's address changed, the others switch to it only once it can answer there.
+    let vx = datapath::ensure_vxlan(&nl, &vx_spec).await?;
+    let (leases, _) = reg.list().await?;
+    let others: Vec<Peer> = leases
+        .iter()
+        .filter(|l| l.node != name)
+        .filter_map(peer)
+        .collect();
+    let early = diff(
+        &Entries::desired(&others),
+        &datapath::read(&nl, vx.index).await?,
+    );
+    datapath::apply(&nl, vx.index, &early).await;
+
     let prefer = ipam::node_state::read(&args.state_dir)
         .ok()
         .flatten()
@@ -106,16 +130,6 @@ pub async fn run(args: Args) -> Result<()> {
         vtep_mac = %acquired.record.vtep_mac, reused = acquired.reused, "subnet leased"
     );
 
-    let vx_spec = VxlanSpec {
-        name: vx_name,
-        vni: cfg.vni,
-        port: cfg.port,
-        local: underlay.ip,
-        dev: underlay.link.index,
-        mtu: underlay.link.mtu - VXLAN_OVERHEAD,
-        mac,
-    };
-    let vx = datapath::ensure_vxlan(&nl, &vx_spec).await?;
     let mut node = Node {
         args: args.clone(),
         name,
@@ -360,7 +374,8 @@ impl Node {
         let ops = diff(&want, &have);
         if !ops.is_empty() && self.metrics.ready.load(Relaxed) {
             self.metrics.repairs.fetch_add(1, Relaxed);
-            tracing::warn!(ops = ops.len(), "kernel differed from the leases; mending");
+            let shown: Vec<String> = ops.iter().take(5).map(|o| format!("{o:?}")).collect();
+            tracing::warn!(ops = ops.len(), first = %shown.join(", "), "kernel differed from the leases; mending");
         }
         let failed = datapath::apply(&self.nl, self.vx.index, &ops).await;
         self.metrics

@@ -16,6 +16,8 @@ use crate::proc::{wait_until, Bg};
 pub const UNDERLAY_GW: &str = "192.0.2.254";
 pub const ETCD_IP: &str = "192.0.2.2";
 pub const OUTSIDE_IP: &str = "192.0.2.200";
+/// Where each node's daemon serves health and metrics, inside the node's namespace.
+pub const HEALTH_ADDR: &str = "127.0.0.1:9797";
 
 /// The underlay L2 segment.
 pub struct Switch {
@@ -315,7 +317,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let daemon_args = format!(
             "--etcd-endpoints {} --etcd-prefix {} --node-name {name} --state-dir {} \
-             --cluster-cidr {} --health-addr 127.0.0.1:9797 --resync-interval 2s {}",
+             --cluster-cidr {} --health-addr {HEALTH_ADDR} --resync-interval 2s {}",
             self.etcd.endpoint(),
             self.prefix,
             dir.path().join("run").display(),
@@ -361,7 +363,7 @@ impl Cluster {
 
     /// The metrics a node serves, fetched from inside its namespace.
     pub fn metrics(&self, node: usize) -> String {
-        http_get(&self.nodes[node].host, "127.0.0.1:9797", "/metrics").1
+        http_get(&self.nodes[node].host, HEALTH_ADDR, "/metrics").1
     }
 }
 

@@ -99,3 +99,334 @@ fn pods_reach_each_other_across_nodes_keeping_their_addresses() {
     }
     assert!(wait_until(Duration::from_secs(1), || true));
 }
+
+/// kube-proxy's iptables mode in miniature: ClusterIP 10.96.0.10:80 and NodePort 30080 to
+/// one endpoint, with kube-proxy's masquerade mark for hairpin and NodePort traffic.
+fn kube_proxy_rules(node: &ferry_tests::cluster::Node, endpoint: &str) {
+    node.host.sh(&format!(
+        "set -e
+iptables -t nat -N KUBE-SERVICES
+iptables -t nat -N KUBE-NODEPORTS
+iptables -t nat -N KUBE-SEP
+iptables -t nat -N KUBE-POSTROUTING
+iptables -t nat -A PREROUTING -j KUBE-SERVICES
+iptables -t nat -A OUTPUT -j KUBE-SERVICES
+iptables -t nat -A POSTROUTING -j KUBE-POSTROUTING
+iptables -t nat -A KUBE-SERVICES -d 10.96.0.10/32 -p tcp --dport 80 -j KUBE-SEP
+iptables -t nat -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+iptables -t nat -A KUBE-NODEPORTS -p tcp --dport 30080 -j MARK --set-xmark 0x4000/0x4000
+iptables -t nat -A KUBE-NODEPORTS -p tcp --dport 30080 -j KUBE-SEP
+iptables -t nat -A KUBE-SEP -s {endpoint}/32 -j MARK --set-xmark 0x4000/0x4000
+iptables -t nat -A KUBE-SEP -p tcp -j DNAT --to-destination {endpoint}:7000
+iptables -t nat -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+iptables -t nat -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+iptables -t nat -A KUBE-POSTROUTING -j MASQUERADE --random-fully
+"
+    ));
+}
+
+#[test]
+fn services_through_kube_proxy_rules() {
+    needs_root!();
+    let c = Cluster::new(2, "10.61.0.0/16");
+    let endpoint = c.nodes[0].add_pod("ep");
+    let same_node = c.nodes[0].add_pod("near");
+    let other_node = c.nodes[1].add_pod("far");
+    let _srv = echo_peer_server(&endpoint.ns, 7000);
+    for n in &c.nodes {
+        kube_proxy_rules(n, &endpoint.ip);
+    }
+    // ClusterIP from a pod on another node: no NAT of the source between pods.
+    assert_eq!(
+        connect(&other_node.ns, "10.96.0.10", 80).as_deref(),
+        Some(other_node.ip.as_str())
+    );
+    // From a pod on the endpoint's own node: the reply crosses the bridge, and only
+    // bridge-nf-call-iptables lets conntrack undo the DNAT.
+    assert_eq!(
+        connect(&same_node.ns, "10.96.0.10", 80).as_deref(),
+        Some(same_node.ip.as_str())
+    );
+    // Hairpin: the endpoint reaches itself through its Service (kube-proxy masquerades it).
+    assert!(
+        connect(&endpoint.ns, "10.96.0.10", 80).is_some(),
+        "hairpin through the Service failed"
+    );
+    // NodePort from outside, on the node without the endpoint and on the one with it.
+    for n in &c.nodes {
+        assert!(
+            connect(&c.outside, &n.ip, 30080).is_some(),
+            "NodePort on {} failed",
+            n.name
+        );
+    }
+    for (n, p) in [(0, &endpoint), (0, &same_node), (1, &other_node)] {
+        c.nodes[n].cni("DEL", &p.id, Some(&p.ns)).ok();
+    }
+}
+
+#[test]
+fn overlayd_restart_drops_no_packet_and_keeps_subnet_and_mac() {
+    needs_root!();
+    let mut c = Cluster::new(2, "10.62.0.0/16");
+    let a = c.nodes[0].add_pod("ra");
+    let b = c.nodes[1].add_pod("rb");
+    let before: Vec<_> = c.nodes.iter().map(|n| (n.subnet(), n.vtep_mac())).collect();
+    // 150 pings, 20 ms apart, while both daemons restart.
+    let ping = std::thread::spawn({
+        let ns = a.ns.name.clone();
+        let ip = b.ip.clone();
+        move || {
+            std::process::Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, "ping", "-q", "-i", "0.02", "-c", "150", "-W", "1", &ip,
+                ])
+                .output()
+                .expect("ping")
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for n in &mut c.nodes {
+        assert_eq!(
+            n.stop_daemon(),
+            Some(0),
+            "SIGTERM must exit 0:\n{}",
+            n.log()
+        );
+        n.start_daemon();
+        n.wait_ready();
+    }
+    let out = ping.join().expect("ping thread");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains(" 0% packet loss"),
+        "packets lost across the restart: {summary}"
+    );
+    let after: Vec<_> = c.nodes.iter().map(|n| (n.subnet(), n.vtep_mac())).collect();
+    assert_eq!(before, after, "subnet or VTEP MAC moved across a restart");
+    for n in &c.nodes {
+        assert!(n.log().contains("reused=true"), "{}", n.log());
+    }
+    c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
+    c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+}
+
+#[test]
+fn etcd_outage_keeps_traffic_and_pods_starting() {
+    needs_root!();
+    let mut c = Cluster::new(2, "10.63.0.0/16");
+    let a = c.nodes[0].add_pod("ea");
+    let b = c.nodes[1].add_pod("eb");
+    c.etcd.stop();
+    a.ns.sh(&format!("ping -c3 -i 0.2 -W2 {}", b.ip));
+    // A new pod starts without etcd: the plugin needs only node.json.
+    let late = c.nodes[1].add_pod("ec");
+    a.ns.sh(&format!("ping -c1 -W2 {}", late.ip));
+    // The daemon notices, keeps serving, and resyncs when etcd is back.
+    assert!(wait_until(Duration::from_secs(30), || c
+        .metrics(0)
+        .contains("ferry_etcd_connected 0")));
+    let (status, _) = ferry_tests::cluster::http_get(
+        &c.nodes[0].host,
+        ferry_tests::cluster::HEALTH_ADDR,
+        "/healthz",
+    );
+    assert_eq!(status, 200);
+    c.etcd.resume();
+    assert!(
+        wait_until(Duration::from_secs(30), || c
+            .metrics(0)
+            .contains("ferry_etcd_connected 1")),
+        "{}",
+        c.nodes[0].log()
+    );
+    // A node joining now is reached by everyone.
+    c.add_node().wait_ready();
+    c.wait_converged();
+    let d = c.nodes[2].add_pod("ed");
+    a.ns.sh(&format!("ping -c1 -W2 {}", d.ip));
+    d.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
+}
+
+#[test]
+fn a_node_joining_later_is_reached_by_all() {
+    needs_root!();
+    let mut c = Cluster::new(2, "10.64.0.0/16");
+    let early: Vec<_> = (0..2)
+        .map(|i| c.nodes[i].add_pod(&format!("j{i}")))
+        .collect();
+    c.add_node().wait_ready();
+    c.wait_converged();
+    let late = c.nodes[2].add_pod("j2");
+    for p in &early {
+        p.ns.sh(&format!("ping -c1 -W2 {}", late.ip));
+        late.ns.sh(&format!("ping -c1 -W2 {}", p.ip));
+    }
+}
+
+#[test]
+fn hand_deleted_state_comes_back() {
+    needs_root!();
+    let c = Cluster::new(2, "10.65.0.0/16");
+    let a = c.nodes[0].add_pod("ha");
+    let b = c.nodes[1].add_pod("hb");
+    let n0 = &c.nodes[0];
+    let remote = c.nodes[1].subnet();
+    // A route, an FDB entry, a neighbour entry, then the whole device.
+    n0.host.sh(&format!("ip route del {remote} dev ferry.1"));
+    assert!(
+        wait_until(Duration::from_secs(10), || n0
+            .overlay_routes()
+            .contains(&remote)),
+        "route not mended"
+    );
+    n0.host.sh(&format!(
+        "bridge fdb del {} dev ferry.1 dst {}",
+        c.nodes[1].vtep_mac(),
+        c.nodes[1].ip
+    ));
+    n0.host.sh(&format!(
+        "ip neigh del {} dev ferry.1",
+        remote.split('/').next().unwrap()
+    ));
+    assert!(wait_until(Duration::from_secs(10), || {
+        n0.host
+            .sh("bridge fdb show dev ferry.1")
+            .contains(&c.nodes[1].ip)
+            && n0
+                .host
+                .sh("ip neigh show dev ferry.1")
+                .contains("PERMANENT")
+    }));
+    // A stale entry for a node that does not exist goes.
+    n0.host
+        .sh("ip route add 10.65.250.0/24 via 10.65.250.0 dev ferry.1 onlink");
+    assert!(wait_until(Duration::from_secs(10), || !n0
+        .overlay_routes()
+        .contains("10.65.250.0")));
+    n0.host.sh("ip link del ferry.1");
+    assert!(
+        wait_until(Duration::from_secs(10), || n0
+            .overlay_routes()
+            .contains(&remote)),
+        "device not recreated:\n{}",
+        n0.log()
+    );
+    a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
+    assert!(
+        c.metrics(0).contains("ferry_repairs_total"),
+        "{}",
+        c.metrics(0)
+    );
+}
+
+#[test]
+fn a_silent_node_keeps_its_subnet_for_the_grace_period() {
+    needs_root!();
+    let mut c = Cluster::with_args(2, "10.66.0.0/16", "--lease-grace 10s");
+    let gone = c.nodes[1].subnet();
+    let silent = c.nodes[1].daemon.take().expect("daemon");
+    assert_eq!(silent.stop(libc::SIGKILL, Duration::from_secs(5)), None);
+    // Its routes stay for now...
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(c.nodes[0].overlay_routes().contains(&gone));
+    // ...and go when the grace period has passed.
+    assert!(
+        wait_until(Duration::from_secs(30), || !c.nodes[0]
+            .overlay_routes()
+            .contains(&gone)),
+        "{}",
+        c.nodes[0].log()
+    );
+}
+
+#[test]
+fn a_new_public_ip_is_followed_by_every_node() {
+    needs_root!();
+    let mut c = Cluster::new(2, "10.67.0.0/16");
+    let a = c.nodes[0].add_pod("ma");
+    let b = c.nodes[1].add_pod("mb");
+    let n1 = &mut c.nodes[1];
+    n1.stop_daemon();
+    n1.host.sh("ip addr flush dev eth0 && ip addr add 192.0.2.77/24 dev eth0 && ip route add default via 192.0.2.254");
+    n1.ip = "192.0.2.77".into();
+    n1.start_daemon();
+    n1.wait_ready();
+    assert!(
+        wait_until(Duration::from_secs(10), || c.nodes[0]
+            .host
+            .sh("bridge fdb show dev ferry.1")
+            .contains("192.0.2.77")),
+        "{}",
+        c.nodes[0].log()
+    );
+    let ok =
+        a.ns.try_sh(&format!("ping -c1 -W2 {}", b.ip))
+            .status
+            .success();
+    if !ok {
+        for n in &c.nodes {
+            eprintln!(
+                "== {}\n{}\n{}\n{}\n{}\n{}",
+                n.name,
+                n.host.sh("ip -d link show ferry.1; ip addr show ferry.1"),
+                n.host
+                    .sh("bridge fdb show dev ferry.1; ip neigh show dev ferry.1; ip route"),
+                n.host.sh("ip neigh show dev eth0"),
+                n.host.sh("iptables -t nat -S; iptables -S"),
+                n.log()
+            );
+        }
+    }
+    assert!(
+        ok,
+        "pods do not reach each other after the public IP change"
+    );
+}
+
+#[test]
+fn startup_errors_name_the_problem() {
+    needs_root!();
+    let c = Cluster::new(1, "10.68.0.0/16");
+    let n = &c.nodes[0];
+    let bin = ferry_tests::bin("ferry-overlayd");
+    let run = |args: &str| {
+        let out = n.host.try_sh(&format!(
+            "timeout 30 {} --node-name probe --state-dir /tmp/ferry-never {args}",
+            bin.display(),
+        ));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let prefix = format!("--etcd-prefix {}", c.prefix);
+    let (code, err) = run("--etcd-endpoints http://192.0.2.99:2379 --etcd-timeout 2s");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("http://192.0.2.99:2379") && err.contains("unreachable"),
+        "{err}"
+    );
+    let ep = c.etcd.endpoint();
+    let (code, err) = run(&format!(
+        "--etcd-endpoints {ep} {prefix} --cluster-cidr 10.69.0.0/16"
+    ));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--cluster-cidr 10.69.0.0/16 (stored 10.68.0.0/16)"),
+        "{err}"
+    );
+    let (code, err) = run(&format!("--etcd-endpoints {ep} {prefix} --iface nope0"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("underlay interface nope0 does not exist"),
+        "{err}"
+    );
+    let (code, err) = run(&format!(
+        "--etcd-endpoints {ep} --etcd-prefix /ferry-empty-{}",
+        std::process::id()
+    ));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no cluster config"), "{err}");
+    assert!(!err.contains("panicked"));
+}

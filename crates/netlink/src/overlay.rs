@@ -8,7 +8,7 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkInfo, LinkMe
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::RouteType;
+use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkVxlan, RouteMessageBuilder};
 
@@ -196,7 +196,12 @@ impl Netlink {
                 let mut mac = None;
                 for a in m.attributes {
                     match a {
+                        // In an AF_BRIDGE message the parser cannot tell the destination's
+                        // family, so an IPv4 VTEP arrives as four raw bytes.
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => dst = Some(i),
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                            dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                        }
                         NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(&l),
                         _ => {}
                     }
@@ -275,10 +280,14 @@ impl Netlink {
             .context(|| format!("replace route {dst}/{prefix} via {gw} in {}", self.place))
     }
 
+    /// Deletes the route to `dst/prefix` out of `oif`, whoever added it (protocol and
+    /// scope are wildcards, or a route added by hand would not match).
     pub async fn del_route_v4(&self, dst: Ipv4Addr, prefix: u8, oif: u32) -> Result<()> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, prefix)
             .output_interface(oif)
+            .protocol(RouteProtocol::Unspec)
+            .scope(RouteScope::NoWhere)
             .build();
         tolerate_missing(self.handle.route().del(msg).execute().await)
             .context(|| format!("delete route {dst}/{prefix} in {}", self.place))
