@@ -66,17 +66,29 @@ impl Default for Switch {
 pub struct Etcd {
     pub host: Netns,
     pub dir: tempfile::TempDir,
+    /// Whether clients must speak TLS and present a certificate of the test CA.
+    pub tls: bool,
     proc: Option<Bg>,
 }
 
 impl Etcd {
     pub fn start(switch: &Switch) -> Etcd {
+        Self::start_with(switch, false)
+    }
+
+    /// With `tls`: a throwaway CA, a server certificate for the etcd host's address and a
+    /// client certificate; etcd requires client certificates.
+    pub fn start_with(switch: &Switch, tls: bool) -> Etcd {
         let host = Netns::new("fye");
         switch.plug(&host, ETCD_IP);
         let dir = tempfile::tempdir().expect("tempdir");
+        if tls {
+            make_certs(dir.path());
+        }
         let mut e = Etcd {
             host,
             dir,
+            tls,
             proc: None,
         };
         e.resume();
@@ -84,16 +96,39 @@ impl Etcd {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{ETCD_IP}:2379")
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{ETCD_IP}:2379")
+    }
+
+    /// The daemon's flags for reaching this etcd.
+    pub fn client_flags(&self) -> String {
+        let d = self.dir.path().display();
+        let mut f = format!("--etcd-endpoints {}", self.endpoint());
+        if self.tls {
+            f += &format!(
+                " --etcd-cacert {d}/ca.pem --etcd-cert {d}/client.pem --etcd-key {d}/client.key"
+            );
+        }
+        f
     }
 
     /// Starts (again) on the same data directory.
     pub fn resume(&mut self) {
         let d = self.dir.path().display();
+        let ep = self.endpoint();
+        let tls = if self.tls {
+            format!(
+                " --cert-file {d}/server.pem --key-file {d}/server.key --client-cert-auth \
+                 --trusted-ca-file {d}/ca.pem"
+            )
+        } else {
+            String::new()
+        };
         let cmd = format!(
-            "etcd --name t --data-dir {d}/data --listen-client-urls http://{ETCD_IP}:2379 \
-             --advertise-client-urls http://{ETCD_IP}:2379 --listen-peer-urls http://127.0.0.1:2380 \
-             --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster t=http://127.0.0.1:2380"
+            "etcd --name t --data-dir {d}/data --listen-client-urls {ep} \
+             --advertise-client-urls {ep} --listen-peer-urls http://127.0.0.1:2380 \
+             --initial-advertise-peer-urls http://127.0.0.1:2380 \
+             --initial-cluster t=http://127.0.0.1:2380{tls}"
         );
         self.proc = Some(Bg::spawn_logged(
             &self.host,
@@ -103,8 +138,8 @@ impl Etcd {
         let up = wait_until(Duration::from_secs(20), || {
             self.host
                 .try_sh(&format!(
-                    "etcdctl --endpoints {} endpoint health",
-                    self.endpoint()
+                    "ETCDCTL_API=3 etcdctl {} endpoint health",
+                    self.ctl_flags()
                 ))
                 .status
                 .success()
@@ -122,11 +157,20 @@ impl Etcd {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
+    fn ctl_flags(&self) -> String {
+        let d = self.dir.path().display();
+        let mut f = format!("--endpoints {}", self.endpoint());
+        if self.tls {
+            f += &format!(" --cacert {d}/ca.pem --cert {d}/client.pem --key {d}/client.key");
+        }
+        f
+    }
+
     /// Runs etcdctl against this etcd.
     pub fn ctl(&self, args: &str) -> String {
         self.host.sh(&format!(
-            "ETCDCTL_API=3 etcdctl --endpoints {} {args}",
-            self.endpoint()
+            "ETCDCTL_API=3 etcdctl {} {args}",
+            self.ctl_flags()
         ))
     }
 }
@@ -135,6 +179,22 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A CA, a server certificate for the etcd host and a client certificate, in `dir`.
+fn make_certs(dir: &Path) {
+    let d = dir.display();
+    let script = format!(
+        "set -e; cd {d}
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=ferry-test-ca 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=etcd 2>/dev/null
+printf 'subjectAltName=IP:{ETCD_IP}\\nextendedKeyUsage=serverAuth,clientAuth\\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=ferry 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\\n' > client.ext
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext 2>/dev/null"
+    );
+    run_ok(Command::new("sh").args(["-c", &script]));
 }
 
 pub struct Pod {
@@ -284,8 +344,13 @@ impl Cluster {
     }
 
     pub fn with_args(n: usize, cidr: &str, extra: &str) -> Cluster {
+        Self::build(n, cidr, extra, false)
+    }
+
+    /// `tls`: etcd speaks only TLS and requires client certificates.
+    pub fn build(n: usize, cidr: &str, extra: &str, tls: bool) -> Cluster {
         let switch = Switch::new();
-        let etcd = Etcd::start(&switch);
+        let etcd = Etcd::start_with(&switch, tls);
         let outside = Netns::new("fyo");
         switch.plug(&outside, OUTSIDE_IP);
         let mut c = Cluster {
@@ -316,9 +381,9 @@ impl Cluster {
         self.switch.plug(&host, &ip);
         let dir = tempfile::tempdir().expect("tempdir");
         let daemon_args = format!(
-            "--etcd-endpoints {} --etcd-prefix {} --node-name {name} --state-dir {} \
+            "{} --etcd-prefix {} --node-name {name} --state-dir {} \
              --cluster-cidr {} --health-addr {HEALTH_ADDR} --resync-interval 2s {}",
-            self.etcd.endpoint(),
+            self.etcd.client_flags(),
             self.prefix,
             dir.path().join("run").display(),
             self.cidr,

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod inside;
 pub mod netns;
 pub mod proc;
 

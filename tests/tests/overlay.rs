@@ -430,3 +430,23 @@ fn startup_errors_name_the_problem() {
     assert!(err.contains("no cluster config"), "{err}");
     assert!(!err.contains("panicked"));
 }
+
+#[test]
+fn etcd_with_tls_and_client_certificates() {
+    needs_root!();
+    let c = ferry_tests::cluster::Cluster::build(2, "10.72.0.0/16", "", true);
+    let a = c.nodes[0].add_pod("ta");
+    let b = c.nodes[1].add_pod("tb");
+    a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
+    // Without a client certificate etcd refuses, and the daemon says so.
+    let d = c.etcd.dir.path().display();
+    let out = c.nodes[0].host.try_sh(&format!(
+        "timeout 30 {} --node-name x --state-dir /tmp/ferry-never --etcd-timeout 3s \
+         --etcd-endpoints {} --etcd-cacert {d}/ca.pem",
+        ferry_tests::bin("ferry-overlayd").display(),
+        c.etcd.endpoint()
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("https://192.0.2.2:2379"), "{err}");
+}
