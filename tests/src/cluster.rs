@@ -426,6 +426,24 @@ impl Cluster {
         }
     }
 
+    /// The names of every namespace of this cluster (pods not included).
+    pub fn all_namespaces(&self) -> Vec<String> {
+        let mut v = vec![
+            self.switch.ns.name.clone(),
+            self.etcd.host.name.clone(),
+            self.outside.name.clone(),
+        ];
+        v.extend(self.nodes.iter().map(|n| n.host.name.clone()));
+        v
+    }
+
+    /// The temporary directories of this cluster.
+    pub fn all_dirs(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.etcd.dir.path().to_path_buf()];
+        v.extend(self.nodes.iter().map(|n| n.dir.path().to_path_buf()));
+        v
+    }
+
     /// The metrics a node serves, fetched from inside its namespace.
     pub fn metrics(&self, node: usize) -> String {
         http_get(&self.nodes[node].host, HEALTH_ADDR, "/metrics").1

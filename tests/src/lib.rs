@@ -37,10 +37,16 @@ pub fn root_or_skip(test: &str) -> bool {
     panic!("{test} needs root (set FERRY_SKIP_ROOT_TESTS=1 to skip kernel tests explicitly)");
 }
 
-/// Where the built binaries are: `FERRY_BIN_DIR`, or the workspace's `target/debug`.
+/// Where the built binaries are: `FERRY_BIN_DIR`, else beside the running program (the
+/// demo and benchmarks in `target/release`), else the workspace's `target/debug`.
 pub fn bin_dir() -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .filter(|d| d.join("ferry").is_file());
     let dir = std::env::var_os("FERRY_BIN_DIR")
         .map(PathBuf::from)
+        .or(beside)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("..")
