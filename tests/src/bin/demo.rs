@@ -21,8 +21,8 @@ fn main() {
     println!("Building a 3-node cluster: an underlay switch, etcd, ferry-overlayd on each node...");
     let c = Cluster::new(3, CIDR);
     println!(
-        "\n{:<7} {:<12} {:<16} {:<19} {}",
-        "NODE", "UNDERLAY", "POD SUBNET", "VTEP MAC", "NAMESPACE"
+        "\n{:<7} {:<12} {:<16} {:<19} NAMESPACE",
+        "NODE", "UNDERLAY", "POD SUBNET", "VTEP MAC"
     );
     for n in &c.nodes {
         println!(
