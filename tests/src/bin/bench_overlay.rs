@@ -1,0 +1,387 @@
+//! `ferry-bench-overlay [throughput|join|scale]...` (all three without arguments), as root.
+//!
+//! - throughput: single-stream TCP (iperf3) across two nodes, side by side in one run
+//!   with the same nodes' underlay and with flannel's VXLAN data path built by hand on two
+//!   more nodes of the same switch (same MTU, same kind of iptables rules, br_netfilter
+//!   on, as a flannel node has).
+//! - join: from a new node's lease written to etcd until every node of a 3-node cluster
+//!   routes to its subnet, p50 and p99 over repeated joins.
+//! - scale: 1,000 and 5,000 simulated nodes' leases in etcd, then one daemon from a cold
+//!   start: time until it is ready with every entry programmed, and its peak RSS.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ferry_tests::cluster::{http_get, Cluster, Etcd, Node, Switch, HEALTH_ADDR};
+use ferry_tests::netns::Netns;
+use ferry_tests::proc::{wait_until, Bg};
+use ipnetwork::Ipv4Network;
+
+fn main() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("ferry-bench-overlay needs root (it makes network namespaces)");
+        std::process::exit(2);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let all = args.is_empty();
+    let want = |s: &str| all || args.iter().any(|a| a == s);
+    if want("throughput") {
+        throughput();
+    }
+    if want("join") {
+        join();
+    }
+    if want("scale") {
+        for n in [1000, 5000] {
+            scale(n);
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+/// Gbit/s of one iperf3 run from `client` to `server_ip` (server in `server`).
+fn iperf(client: &Netns, server: &Netns, server_ip: &str, secs: u32) -> f64 {
+    let _srv = Bg::spawn(server, "iperf3 -s -1");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = client.sh(&format!("iperf3 -c {server_ip} -t {secs} -J"));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+        / 1e9
+}
+
+/// flannel's VXLAN backend and bridge CNI by hand, on a node of the switch: flannel.1
+/// (VNI 1, port 8472, learning off, MTU - 50), the subnet's .0/32 on it, cni0 with the
+/// gateway, one pod on a veth, iptables rules of flannel's shape, br_netfilter on.
+struct HandNode {
+    host: Netns,
+    pod: Netns,
+    ip: String,
+    subnet: u8,
+}
+
+fn hand_node(switch: &Switch, ip: &str, subnet: u8) -> HandNode {
+    let host = Netns::new("fyf");
+    switch.plug(&host, ip);
+    let pod = Netns::new("fyq");
+    host.sh(&format!(
+        "set -e
+sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
+ip link add flannel.1 type vxlan id 1 dstport 8472 local {ip} dev eth0 nolearning
+ip link set flannel.1 mtu 1450 up
+ip addr add 10.81.{subnet}.0/32 dev flannel.1
+ip link add cni0 type bridge && ip addr add 10.81.{subnet}.1/24 dev cni0 && ip link set cni0 up
+ip link add vethh mtu 1450 type veth peer name eth0 mtu 1450 netns {pod}
+ip link set vethh master cni0 up
+iptables -N FLANNEL-FWD && iptables -A FORWARD -j FLANNEL-FWD
+iptables -A FLANNEL-FWD -s 10.81.0.0/16 -j ACCEPT && iptables -A FLANNEL-FWD -d 10.81.0.0/16 -j ACCEPT
+iptables -t nat -N FLANNEL-POSTRTG && iptables -t nat -A POSTROUTING -j FLANNEL-POSTRTG
+iptables -t nat -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -j RETURN
+iptables -t nat -A FLANNEL-POSTRTG -s 10.81.0.0/16 -d 10.81.0.0/16 -j RETURN
+iptables -t nat -A FLANNEL-POSTRTG -s 10.81.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE --random-fully",
+        pod = pod.name
+    ));
+    pod.sh(&format!(
+        "ip addr add 10.81.{subnet}.2/24 dev eth0 && ip link set eth0 up && ip route add default via 10.81.{subnet}.1"
+    ));
+    HandNode {
+        host,
+        pod,
+        ip: ip.to_string(),
+        subnet,
+    }
+}
+
+/// flannel's per-peer entries: neighbour, FDB, route (in that order).
+fn hand_peer(a: &HandNode, b: &HandNode) {
+    let mac = b.host.sh("cat /sys/class/net/flannel.1/address");
+    let mac = mac.trim();
+    let s = b.subnet;
+    a.host.sh(&format!(
+        "ip neigh replace 10.81.{s}.0 lladdr {mac} dev flannel.1 nud permanent
+bridge fdb replace {mac} dev flannel.1 dst {} self permanent
+ip route replace 10.81.{s}.0/24 via 10.81.{s}.0 dev flannel.1 onlink",
+        b.ip
+    ));
+}
+
+fn throughput() {
+    const ROUNDS: usize = 3;
+    const SECS: u32 = 5;
+    println!(
+        "== throughput: single-stream TCP (iperf3, {SECS} s per run, {ROUNDS} rounds, median)"
+    );
+    let c = Cluster::new(2, "10.80.0.0/16");
+    let a = c.nodes[0].add_pod("tpa");
+    let b = c.nodes[1].add_pod("tpb");
+    let f0 = hand_node(&c.switch, "192.0.2.31", 1);
+    let f1 = hand_node(&c.switch, "192.0.2.32", 2);
+    hand_peer(&f0, &f1);
+    hand_peer(&f1, &f0);
+    f0.pod.sh("ping -c1 -W2 10.81.2.2");
+    a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
+    let (mut under, mut ferry, mut flannel) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        under.push(iperf(
+            &c.nodes[0].host,
+            &c.nodes[1].host,
+            &c.nodes[1].ip,
+            SECS,
+        ));
+        ferry.push(iperf(&a.ns, &b.ns, &b.ip, SECS));
+        flannel.push(iperf(&f0.pod, &f1.pod, "10.81.2.2", SECS));
+    }
+    let (u, fe, fl) = (median(&mut under), median(&mut ferry), median(&mut flannel));
+    println!("{:<40} {:>10}", "path", "Gbit/s");
+    println!("{:<40} {:>10.2}", "underlay (node to node)", u);
+    println!(
+        "{:<40} {:>10.2}",
+        "flannel-style VXLAN, by hand (pod to pod)", fl
+    );
+    println!("{:<40} {:>10.2}", "ferry (pod to pod)", fe);
+    println!(
+        "ferry / underlay = {:.2}, ferry / hand-built flannel path = {:.2}",
+        fe / u,
+        fe / fl
+    );
+    println!("runs: underlay {under:.2?}, flannel {flannel:.2?}, ferry {ferry:.2?}\n");
+}
+
+/// Waits, inside `ns`, until a route to `subnet` exists; the time it took from `start`.
+fn route_appears(
+    ns: &Netns,
+    subnet: Ipv4Network,
+    start: Instant,
+) -> std::thread::JoinHandle<Duration> {
+    let name = ns.name.clone();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(format!("/run/netns/{name}")).expect("netns");
+        // SAFETY: this thread only.
+        unsafe {
+            libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let nl = netlink::Netlink::open().expect("netlink");
+            loop {
+                let routes = nl.routes_v4().await.expect("routes");
+                if routes
+                    .iter()
+                    .any(|r| r.dst == subnet.network() && r.prefix == subnet.prefix())
+                {
+                    return start.elapsed();
+                }
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        })
+    })
+}
+
+fn join() {
+    const JOINS: usize = 40;
+    println!("== join propagation: lease written to etcd -> route on every node (3 nodes, {JOINS} joins)");
+    let c = Cluster::new(3, "10.82.0.0/16");
+    let client = Netns::new("fyc");
+    c.switch.plug(&client, "192.0.2.3");
+    let ep = c.etcd.endpoint();
+    let prefix = c.prefix.clone();
+    let mut times = Vec::new();
+    for k in 0..JOINS {
+        let subnet: Ipv4Network = format!("10.82.{}.0/24", 200 + k).parse().unwrap();
+        let start = Instant::now();
+        let watchers: Vec<_> = c
+            .nodes
+            .iter()
+            .map(|n| route_appears(&n.host, subnet, start))
+            .collect();
+        let (ep, prefix) = (ep.clone(), prefix.clone());
+        let written = ferry_tests::inside::block_on(&client, move || async move {
+            let mut reg = ipam::lease::Registry::connect(&etcd_opts(&ep), &prefix)
+                .await
+                .expect("etcd");
+            let cfg = reg
+                .cluster_config(&Default::default())
+                .await
+                .expect("config");
+            let t = Instant::now();
+            reg.acquire(
+                &cfg,
+                &format!("sim{k}"),
+                Ipv4Addr::new(192, 0, 2, 240),
+                "0e:00:00:00:01:01",
+                Duration::from_secs(3600),
+                Some(subnet),
+            )
+            .await
+            .expect("lease");
+            t
+        });
+        let done = watchers
+            .into_iter()
+            .map(|w| w.join().expect("watcher"))
+            .max()
+            .unwrap_or_default();
+        // From the commit of the lease (the end of `acquire`) to the last node's route.
+        let written_at = written.duration_since(start);
+        times.push((done.saturating_sub(written_at)).as_secs_f64() * 1000.0);
+    }
+    let (p50, p99, max) = (
+        percentile(&mut times, 0.5),
+        percentile(&mut times, 0.99),
+        percentile(&mut times, 1.0),
+    );
+    println!("p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target: under 100 ms)\n");
+}
+
+fn etcd_opts(ep: &str) -> ipam::lease::EtcdOptions {
+    ipam::lease::EtcdOptions {
+        endpoints: vec![ep.to_string()],
+        cacert: None,
+        cert: None,
+        key: None,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// Writes `n` simulated nodes' leases (no etcd lease: they never expire) in batches.
+fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
+    let (ep, prefix, cidr) = (ep.to_string(), prefix.to_string(), cidr.to_string());
+    ferry_tests::inside::block_on(client, move || async move {
+        use etcd_client::{Client, Txn, TxnOp};
+        let mut cl = Client::connect([ep.as_str()], None).await.expect("etcd");
+        let layout = ipam::lease::Layout::new(&prefix);
+        let cfg = serde_json::json!({"clusterCIDR": cidr, "subnetLen": 24, "vni": 1, "port": 4789});
+        cl.put(layout.config(), cfg.to_string(), None)
+            .await
+            .expect("config");
+        let base = u32::from(cidr.parse::<Ipv4Network>().expect("cidr").network());
+        let ops: Vec<TxnOp> = (0..n)
+            .flat_map(|i| {
+                let subnet = Ipv4Network::new(Ipv4Addr::from(base + ((i as u32 + 1) << 8)), 24)
+                    .expect("subnet");
+                let rec = ipam::lease::LeaseRecord {
+                    node: format!("sim{i}"),
+                    subnet,
+                    public_ip: Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8),
+                    vtep_mac: format!(
+                        "0e:00:00:{:02x}:{:02x}:{:02x}",
+                        i >> 16 & 0xff,
+                        i >> 8 & 0xff,
+                        i & 0xff
+                    ),
+                };
+                let key = layout.lease(subnet);
+                [
+                    TxnOp::put(key.clone(), serde_json::to_vec(&rec).expect("json"), None),
+                    TxnOp::put(layout.node(&rec.node), key, None),
+                ]
+            })
+            .collect();
+        for chunk in ops.chunks(100) {
+            cl.txn(Txn::new().and_then(chunk.to_vec()))
+                .await
+                .expect("txn");
+        }
+    });
+}
+
+fn scale(n: usize) {
+    println!("== scale: {n} simulated nodes' leases in etcd, one daemon from a cold start");
+    let switch = Switch::new();
+    let etcd = Etcd::start(&switch);
+    let client = Netns::new("fyc");
+    switch.plug(&client, "192.0.2.3");
+    let prefix = format!("/ferry-scale-{n}");
+    let cidr = "10.0.0.0/8";
+    write_leases(&client, &etcd.endpoint(), &prefix, cidr, n);
+    let host = Netns::new("fyn");
+    switch.plug(&host, "192.0.2.11");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = Node {
+        name: "cold".into(),
+        host,
+        ip: "192.0.2.11".into(),
+        daemon: None,
+        daemon_args: format!(
+            "--etcd-endpoints {} --etcd-prefix {prefix} --node-name cold --state-dir {} --health-addr {HEALTH_ADDR}",
+            etcd.endpoint(),
+            dir.path().join("run").display()
+        ),
+        dir,
+    };
+    let start = Instant::now();
+    node.start_daemon();
+    let pid = node.daemon.as_ref().expect("daemon").pid();
+    let ready = wait_until(Duration::from_secs(120), || {
+        http_get(&node.host, HEALTH_ADDR, "/readyz").0 == 200
+    });
+    let elapsed = start.elapsed();
+    assert!(ready, "daemon not ready:\n{}", node.log());
+    let routes = node
+        .host
+        .sh("ip route show dev ferry.1 | wc -l")
+        .trim()
+        .parse::<usize>()
+        .unwrap_or(0);
+    let fdb = node
+        .host
+        .sh("bridge fdb show dev ferry.1 | wc -l")
+        .trim()
+        .parse::<usize>()
+        .unwrap_or(0);
+    let neigh = node
+        .host
+        .sh("ip neigh show dev ferry.1 nud permanent | wc -l")
+        .trim()
+        .parse::<usize>()
+        .unwrap_or(0);
+    // Steady state after a few resyncs, too.
+    std::thread::sleep(Duration::from_secs(12));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    let m = http_get(&node.host, HEALTH_ADDR, "/metrics").1;
+    let last = m
+        .lines()
+        .find(|l| l.starts_with("ferry_reconcile_last_duration_seconds "))
+        .unwrap_or("")
+        .to_string();
+    println!(
+        "ready (all entries programmed) after {:.2} s; entries: {routes} routes, {fdb} FDB, {neigh} neighbours",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "peak RSS {:.1} MiB (VmHWM), RSS now {:.1} MiB; steady-state full resync: {}\n",
+        field("VmHWM:") as f64 / 1024.0,
+        field("VmRSS:") as f64 / 1024.0,
+        last.trim_start_matches("ferry_reconcile_last_duration_seconds ")
+            .to_string()
+            + " s"
+    );
+    drop(node);
+}
