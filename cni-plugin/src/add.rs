@@ -11,7 +11,7 @@ use netlink::{netns, Netlink, VethSpec};
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::kernel::{self, err};
-use crate::names;
+use ipam::attachment;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<String, Error> {
     let pc = PluginConf::parse(conf)?;
@@ -31,7 +31,7 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<String, Error> {
     let addressing = Addressing::new(&pc.ipam, conf, env);
     let ipam_result = addressing.add()?;
 
-    let host_veth = names::host_veth(&env.container_id, &env.ifname);
+    let host_veth = attachment::host_veth(&env.container_id, &env.ifname);
     let mut made_veth = false;
     let wired = kernel::runtime().and_then(|rt| {
         rt.block_on(wire(
@@ -129,7 +129,7 @@ async fn wire(
 
     let pod_mac = netlink::ip_mac(netlink::POD_MAC_TAG, ip);
     let host_mac = netlink::ip_mac(netlink::HOST_MAC_TAG, ip);
-    let alias = names::alias(&conf.name, &env.container_id, &env.ifname);
+    let alias = attachment::alias(&conf.name, &env.container_id, &env.ifname);
     let created = host
         .create_veth(&VethSpec {
             host_name: host_veth,

@@ -9,7 +9,7 @@ use netlink::{netns, Netlink};
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::kernel::{self, err};
-use crate::names;
+use ipam::attachment;
 
 fn failed(msg: String) -> Error {
     Error::new(Code::CheckFailed, msg)
@@ -81,7 +81,7 @@ async fn check_kernel(
         .map_err(err)?
         .filter(|b| b.kind.as_deref() == Some("bridge"))
         .ok_or_else(|| failed(format!("bridge {} is missing", pc.bridge)))?;
-    let host_veth = names::host_veth(&env.container_id, &env.ifname);
+    let host_veth = attachment::host_veth(&env.container_id, &env.ifname);
     let hv = host
         .get_link(&host_veth)
         .await

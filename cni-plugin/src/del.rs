@@ -8,12 +8,12 @@ use netlink::Netlink;
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::kernel::{self, err};
-use crate::names;
 use crate::reap;
+use ipam::attachment;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     let pc = PluginConf::parse(conf)?;
-    let host_veth = names::host_veth(&env.container_id, &env.ifname);
+    let host_veth = attachment::host_veth(&env.container_id, &env.ifname);
     let mut errors = Vec::new();
     let removed = kernel::runtime().and_then(|rt| {
         rt.block_on(async {

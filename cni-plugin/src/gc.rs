@@ -10,8 +10,8 @@ use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::del::combine;
 use crate::kernel::{self, err};
-use crate::names;
 use crate::reap;
+use ipam::attachment;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     if !version::at_least(&conf.cni_version, "1.1.0") {
@@ -36,7 +36,8 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
             let host = Netlink::open().map_err(err)?;
             let mut errs = Vec::new();
             for link in host.list_links().await.map_err(err)? {
-                let Some((net, cid, ifname)) = link.alias.as_deref().and_then(names::parse_alias)
+                let Some((net, cid, ifname)) =
+                    link.alias.as_deref().and_then(attachment::parse_alias)
                 else {
                     continue;
                 };

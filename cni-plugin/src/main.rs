@@ -8,7 +8,6 @@ mod config;
 mod del;
 mod gc;
 mod kernel;
-mod names;
 mod reap;
 mod status;
 

@@ -6,6 +6,7 @@
 //! the old or the new document and no address is ever handed out twice.
 
 pub mod allocator;
+pub mod attachment;
 pub mod config;
 pub mod durable;
 pub mod error;

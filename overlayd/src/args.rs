@@ -71,6 +71,13 @@ pub struct Args {
     /// VXLAN UDP port (with --cluster-cidr; default 4789).
     #[arg(long, env = "FERRY_PORT")]
     pub port: Option<u16>,
+    /// The CNI config's IPAM `dataDir`: how many addresses are used is published to etcd.
+    #[arg(
+        long,
+        env = "FERRY_IPAM_DATA_DIR",
+        default_value = "/var/lib/ferry/ipam"
+    )]
+    pub ipam_data_dir: PathBuf,
     /// The node bridge; the CNI config's `bridge` must name the same.
     #[arg(long, env = "FERRY_BRIDGE", default_value = "ferry0")]
     pub bridge: String,

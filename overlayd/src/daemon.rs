@@ -1,13 +1,13 @@
 //! The daemon: set the node up once, then keep it true.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ipam::lease::{
-    ClusterConfig, ConfigFlags, EtcdOptions, LeaseError, LeaseEvent, LeaseRecord, Registry,
+    ClusterConfig, ConfigFlags, EtcdOptions, LeaseError, LeaseEvent, LeaseRecord, Registry, Usage,
     WatchResponse, WatchStream,
 };
 use ipam::NodeState;
@@ -154,18 +154,62 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(listener) = health {
         tokio::spawn(health::serve(listener, metrics.clone()));
     }
+    let usage = UsageSource {
+        store: ipam::Store::new(&args.ipam_data_dir),
+        capacity: capacity(node.me.subnet),
+    };
+    let alive_lease = Arc::new(AtomicI64::new(0));
     tokio::spawn(keep_alive(
         reg.clone(),
         node.name.clone(),
         acquired.grace_lease,
+        usage,
         metrics.clone(),
+        alive_lease.clone(),
     ));
-    node.follow(reg, rev).await
+    let result = node.follow(reg.clone(), rev).await;
+    // Stopping on purpose: say so at once rather than when the liveness key times out.
+    let id = alive_lease.load(Relaxed);
+    if id != 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(1), reg.revoke(id)).await;
+    }
+    result
 }
 
-/// Refreshes the subnet lease and the liveness key for as long as the daemon runs.
-async fn keep_alive(mut reg: Registry, node: String, grace: i64, metrics: Arc<Metrics>) {
+/// Where the node's address usage comes from: the IPAM store's snapshot (no lock taken).
+struct UsageSource {
+    store: ipam::Store,
+    capacity: u32,
+}
+
+impl UsageSource {
+    fn read(&self) -> Option<Usage> {
+        let data = self.store.snapshot().ok()?;
+        Some(Usage {
+            used: data.allocations.len() as u32,
+            capacity: self.capacity,
+        })
+    }
+}
+
+/// Host addresses of a node subnet but the gateway.
+fn capacity(subnet: Ipv4Network) -> u32 {
+    (1u32 << (32 - u32::from(subnet.prefix()))).saturating_sub(3)
+}
+
+/// Refreshes the subnet lease and the liveness key for as long as the daemon runs, and
+/// publishes the node's address usage when it changed (at most once per refresh: cheap
+/// for etcd however fast pods come and go).
+async fn keep_alive(
+    mut reg: Registry,
+    node: String,
+    grace: i64,
+    usage: UsageSource,
+    metrics: Arc<Metrics>,
+    alive_lease: Arc<AtomicI64>,
+) {
     let mut alive: Option<i64> = None;
+    let mut published: Option<Usage> = None;
     let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
     loop {
         tick.tick().await;
@@ -189,12 +233,27 @@ async fn keep_alive(mut reg: Registry, node: String, grace: i64, metrics: Arc<Me
             None => Err(LeaseError::Expired(0)),
         };
         if refreshed.is_err() {
+            published = None;
             match reg.set_alive(&node, ALIVE_TTL).await {
-                Ok(id) => alive = Some(id),
+                Ok(id) => {
+                    alive = Some(id);
+                    alive_lease.store(id, Relaxed);
+                }
                 Err(e) => {
                     alive = None;
                     metrics.etcd_errors.fetch_add(1, Relaxed);
                     tracing::warn!("publish liveness: {e}");
+                }
+            }
+        }
+        if let (Some(id), Some(now)) = (alive, usage.read()) {
+            if published != Some(now) {
+                match reg.set_usage(&node, now, id).await {
+                    Ok(()) => published = Some(now),
+                    Err(e) => {
+                        metrics.etcd_errors.fetch_add(1, Relaxed);
+                        tracing::warn!("publish usage: {e}");
+                    }
                 }
             }
         }

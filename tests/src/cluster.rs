@@ -382,10 +382,11 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let daemon_args = format!(
             "{} --etcd-prefix {} --node-name {name} --state-dir {} \
-             --cluster-cidr {} --health-addr {HEALTH_ADDR} --resync-interval 2s {}",
+             --ipam-data-dir {} --cluster-cidr {} --health-addr {HEALTH_ADDR} --resync-interval 2s {}",
             self.etcd.client_flags(),
             self.prefix,
             dir.path().join("run").display(),
+            dir.path().join("ipam").display(),
             self.cidr,
             self.extra_args
         );

@@ -74,8 +74,16 @@ fn show_and_release_over_a_real_store() {
         assert!(first.get(k).is_some(), "{k} missing: {first}");
     }
 
-    // By IP, JSON out.
-    let (rc, out, _) = cli(&["release", &pod_ip(&rb), "--data-dir", &dir, "-o", "json"]);
+    // By IP, JSON out (the pods are alive: --force).
+    let (rc, out, _) = cli(&[
+        "release",
+        &pod_ip(&rb),
+        "--data-dir",
+        &dir,
+        "-o",
+        "json",
+        "--force",
+    ]);
     assert_eq!(rc, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["released"][0]["containerId"], "cli-b");
@@ -88,6 +96,7 @@ fn show_and_release_over_a_real_store() {
         "eth0",
         "--data-dir",
         &dir,
+        "--force",
     ]);
     assert_eq!(rc, 0);
     assert!(out.starts_with("released 10.48.0."), "{out}");
@@ -111,4 +120,246 @@ fn show_and_release_over_a_real_store() {
     node.del("cli-a", Some(&a)).ok();
     node.del("cli-b", Some(&b)).ok();
     node.del("cli-c", Some(&c)).ok();
+}
+
+/// `ferry-ipam` run inside `ns` (where the host veths are), with its exit code and output.
+fn cli_in(ns: &Netns, args: &str) -> (i32, String, String) {
+    let out = ns.try_sh(&format!("{} {args}", bin("ferry-ipam").display()));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_lost_del_is_found_by_check_and_fixed_by_release() {
+    if !root_or_skip("a_lost_del_is_found_by_check_and_fixed_by_release") {
+        return;
+    }
+    let node = Node::new("10.49.0.0/24");
+    let (a, b) = (Netns::new("fyp"), Netns::new("fyp"));
+    let ra = node.add("live", &a).ok();
+    let lost_pod = Netns::new("fyp");
+    let rl = node.add("lost", &lost_pod).ok();
+    node.add("b", &b).ok();
+    let dir = node.data.path().display().to_string();
+    let common = format!("--data-dir {dir} --subnet 10.49.0.0/24");
+    let (rc, out, _) = cli_in(&node.host, &format!("check {common}"));
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(out.trim(), "no problems found");
+
+    // The runtime removes the pod's namespace and never calls DEL.
+    drop(lost_pod);
+    let (rc, table, _) = cli_in(&node.host, &format!("check {common}"));
+    assert_eq!(rc, 1, "{table}");
+    assert!(
+        table.starts_with("KIND               DETAIL\nleaked-allocation  "),
+        "{table}"
+    );
+    assert!(table.trim_end().ends_with("1 problem"), "{table}");
+    let (rc, json, _) = cli_in(&node.host, &format!("check {common} -o json"));
+    assert_eq!(rc, 1);
+    let report: Value = serde_json::from_str(&json).unwrap();
+    let p = &report["problems"][0];
+    assert_eq!(p["kind"], "leaked-allocation");
+    assert_eq!(p["ip"], pod_ip(&rl).as_str());
+    assert_eq!(p["containerId"], "lost");
+    assert_eq!(report["problems"].as_array().unwrap().len(), 1);
+    let report_file = node.data.path().join("report.json");
+    std::fs::write(&report_file, &json).unwrap();
+
+    // A live pod's address is refused without --force, and then nothing is freed at all.
+    let (rc, _, err) = cli_in(
+        &node.host,
+        &format!("release --data-dir {dir} --container live"),
+    );
+    assert_eq!(rc, 2);
+    assert!(
+        err.contains("refusing to free") && err.contains("network namespace"),
+        "{err}"
+    );
+    assert_eq!(node.allocations().len(), 3);
+
+    let (rc, out, err) = cli_in(
+        &node.host,
+        &format!(
+            "release --data-dir {dir} --from-report {}",
+            report_file.display()
+        ),
+    );
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("released {} (container lost interface eth0)", pod_ip(&rl))
+    );
+    let (rc, out, _) = cli_in(&node.host, &format!("check {common}"));
+    assert_eq!((rc, out.trim()), (0, "no problems found"));
+    // Acting on the same report again frees nothing and says so.
+    let (rc, out, _) = cli_in(
+        &node.host,
+        &format!(
+            "release --data-dir {dir} --from-report {}",
+            report_file.display()
+        ),
+    );
+    assert_eq!(rc, 0);
+    assert!(out.contains("nothing to free"), "{out}");
+
+    // --force frees a live one.
+    let (rc, _, err) = cli_in(
+        &node.host,
+        &format!("release --data-dir {dir} {} --force -o json", pod_ip(&ra)),
+    );
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(node.allocations().len(), 1);
+    node.del("live", Some(&a)).ok();
+    node.del("b", Some(&b)).ok();
+}
+
+#[test]
+fn leases_and_check_against_a_cluster() {
+    if !root_or_skip("leases_and_check_against_a_cluster") {
+        return;
+    }
+    let mut c = ferry_tests::cluster::Cluster::new(2, "10.73.0.0/16");
+    let pods: Vec<_> = (0..3)
+        .map(|i| c.nodes[0].add_pod(&format!("u{i}")))
+        .collect();
+    let flags = format!("{} --etcd-prefix {}", c.etcd.client_flags(), c.prefix);
+    let host = Netns::new("fyx");
+    c.switch.plug(&host, "192.0.2.9");
+    // Usage is published on change, within a keepalive period.
+    let leases = || {
+        let (rc, out, err) = cli_in(&host, &format!("leases {flags} -o json"));
+        assert_eq!(rc, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let ok = ferry_tests::proc::wait_until(std::time::Duration::from_secs(15), || {
+        leases()["leases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["node"] == "node0" && l["used"] == 3)
+    });
+    assert!(ok, "{}", leases());
+    let n0 = &c.nodes[0];
+    let v = leases();
+    assert_eq!(v["clusterCIDR"], "10.73.0.0/16");
+    assert_eq!(v["leased"], 2);
+    assert_eq!(v["subnets"], 256);
+    for l in v["leases"].as_array().unwrap() {
+        for k in ["node", "subnet", "publicIp", "vtepMac", "alive"] {
+            assert!(l.get(k).is_some(), "{k} missing in {l}");
+        }
+        assert_eq!(l["alive"], true);
+        assert_eq!(l["capacity"], 253);
+    }
+    let (rc, table, _) = cli_in(&n0.host, &format!("leases {flags}"));
+    assert_eq!(rc, 0);
+    assert!(
+        table.starts_with(
+            "cluster 10.73.0.0/16: 2 of 256 /24 node subnets leased (0.8%)\n\nNODE   SUBNET"
+        ),
+        "{table}"
+    );
+    assert!(table.contains("3/253 (1%)"), "{table}");
+
+    // A node stopped on purpose is not alive, its subnet kept; check says so.
+    assert_eq!(c.nodes[1].stop_daemon(), Some(0));
+    let n0 = &c.nodes[0];
+    let v = leases();
+    let node1 = v["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["node"] == "node1")
+        .unwrap()
+        .clone();
+    assert_eq!(node1["alive"], false);
+    assert!(node1["expiresIn"].as_i64().unwrap() > 3600, "{node1}");
+    let dir = n0.dir.path().join("ipam");
+    let local = format!(
+        "--data-dir {} --state-dir {}",
+        dir.display(),
+        n0.state_dir().display()
+    );
+    let (rc, json, err) = cli_in(&n0.host, &format!("check {local} {flags} -o json"));
+    assert_eq!(rc, 1, "{err}");
+    let kinds: Vec<String> = serde_json::from_str::<Value>(&json).unwrap()["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["node-not-alive"], "{json}");
+
+    // Leases written by hand: overlapping, outside the cluster, never expiring.
+    c.etcd.ctl(&format!(
+        "put {}/v1/leases/10.73.0.0-20 '{{\"node\":\"rogue\",\"subnet\":\"10.73.0.0/20\",\"publicIp\":\"192.0.2.99\",\"vtepMac\":\"0e:00:00:00:00:99\"}}'",
+        c.prefix
+    ));
+    c.etcd
+        .ctl(&format!("put {}/v1/leases/garbage not-json", c.prefix));
+    let n0 = &c.nodes[0];
+    let (rc, table, _) = cli_in(&n0.host, &format!("check {local} {flags}"));
+    assert_eq!(rc, 1);
+    for kind in [
+        "lease-unreadable",
+        "lease-outside-cluster",
+        "node-not-alive",
+    ] {
+        assert!(table.contains(kind), "{kind} missing:\n{table}");
+    }
+    assert!(table.contains("never expires"), "{table}");
+    // node.json disagreeing with the node's lease.
+    let fake = tempfile::tempdir().unwrap();
+    let mut st: Value =
+        serde_json::from_slice(&std::fs::read(n0.state_dir().join("node.json")).unwrap()).unwrap();
+    st["podCIDR"] = "10.73.250.0/24".into();
+    std::fs::write(fake.path().join("node.json"), st.to_string()).unwrap();
+    let (_, table, _) = cli_in(
+        &n0.host,
+        &format!(
+            "check --data-dir {} --state-dir {} {flags}",
+            dir.display(),
+            fake.path().display()
+        ),
+    );
+    assert!(table.contains("node-state-mismatch"), "{table}");
+
+    // etcd unreachable: named, within 10 s, exit 2.
+    let t = std::time::Instant::now();
+    let (rc, _, err) = cli_in(&n0.host, "leases --etcd-endpoints http://192.0.2.99:2379");
+    assert_eq!(rc, 2, "{err}");
+    assert!(
+        err.contains("http://192.0.2.99:2379") && err.contains("unreachable"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(12),
+        "{:?}",
+        t.elapsed()
+    );
+    for (i, p) in pods.iter().enumerate() {
+        n0.cni("DEL", &format!("u{i}"), Some(&p.ns)).ok();
+    }
+}
+
+#[test]
+fn completions_are_printed() {
+    let (rc, out, _) = {
+        let o = Command::new(bin("ferry-ipam"))
+            .args(["completions", "bash"])
+            .env_remove("CNI_COMMAND")
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            (),
+        )
+    };
+    assert_eq!(rc, 0);
+    assert!(out.contains("ferry-ipam") && out.contains("leases") && out.contains("--from-report"));
 }

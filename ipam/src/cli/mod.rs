@@ -1,7 +1,12 @@
-//! The operator's commands. Exit status: 0 done, 2 an error (named on stderr).
+//! The operator's commands. Exit status: 0 done, 1 `check` found problems, 2 an error
+//! (named on stderr).
 
+mod check;
+mod etcd;
+mod leases;
 mod release;
 mod show;
+mod table;
 
 use std::path::PathBuf;
 
@@ -32,8 +37,17 @@ pub enum Output {
 enum Cmd {
     /// The node's pool and every allocation in it.
     Show(show::Args),
-    /// Free an address by IP, or every address of a container.
+    /// Every node's subnet lease in etcd: alive or not, addresses used.
+    Leases(leases::Args),
+    /// Find leaked or inconsistent allocations and leases; exit 1 when there are any.
+    Check(check::Args),
+    /// Free addresses: by IP, by container, or every leak of a `check -o json` report.
     Release(release::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// The store location shared by the commands: the network config's `dataDir`.
@@ -62,7 +76,14 @@ pub fn run() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Show(a) => show::run(a),
+        Cmd::Leases(a) => leases::run(a),
+        Cmd::Check(a) => check::run(a),
         Cmd::Release(a) => release::run(a),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "ferry-ipam", &mut std::io::stdout());
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => code,

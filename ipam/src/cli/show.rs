@@ -8,6 +8,7 @@ use ipam::node_state;
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
+use super::table::Table;
 use super::{DataDir, Output};
 
 #[derive(clap::Args)]
@@ -153,38 +154,17 @@ fn print_table(r: &Report) {
         println!("\nno allocations");
         return;
     }
-    let rows: Vec<[String; 6]> = r
-        .allocations
-        .iter()
-        .map(|a| {
-            [
-                a.ip.to_string(),
-                a.container_id.clone(),
-                a.ifname.clone(),
-                a.network.clone(),
-                a.netns.clone().unwrap_or_else(|| "-".into()),
-                a.since.clone(),
-            ]
-        })
-        .collect();
-    let head = ["IP", "CONTAINER", "IFNAME", "NETWORK", "NETNS", "SINCE"];
-    let mut w = head.map(str::len);
-    for row in &rows {
-        for (i, c) in row.iter().enumerate() {
-            w[i] = w[i].max(c.len());
-        }
+    let mut t = Table::new(["IP", "CONTAINER", "IFNAME", "NETWORK", "NETNS", "SINCE"]);
+    for a in &r.allocations {
+        t.row([
+            a.ip.to_string(),
+            a.container_id.clone(),
+            a.ifname.clone(),
+            a.network.clone(),
+            a.netns.clone().unwrap_or_else(|| "-".into()),
+            a.since.clone(),
+        ]);
     }
     println!();
-    let line = |cells: &[&str]| {
-        let s: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
-            .collect();
-        println!("{}", s.join("  ").trim_end());
-    };
-    line(&head);
-    for row in &rows {
-        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
-    }
+    t.print();
 }

@@ -6,6 +6,7 @@
 //! <prefix>/v1/leases/<a.b.c.d>-<len>     one node's subnet lease (JSON), on its grace lease
 //! <prefix>/v1/nodes/<node>               the node's subnet key, on the same grace lease
 //! <prefix>/v1/alive/<node>               heartbeat, on a short lease
+//! <prefix>/v1/usage/<node>               addresses used on the node, on the same lease
 //! ```
 
 use ipnetwork::Ipv4Network;
@@ -54,6 +55,14 @@ impl Layout {
 
     pub fn alive(&self, name: &str) -> String {
         format!("{}{name}", self.alive_prefix())
+    }
+
+    pub fn usage_prefix(&self) -> String {
+        format!("{}/usage/", self.base)
+    }
+
+    pub fn usage(&self, name: &str) -> String {
+        format!("{}{name}", self.usage_prefix())
     }
 }
 

@@ -9,5 +9,5 @@ mod registry;
 
 pub use etcd_client::{WatchResponse, WatchStream};
 pub use layout::Layout;
-pub use model::{ClusterConfig, ConfigFlags, LeaseRecord};
-pub use registry::{Acquired, EtcdOptions, LeaseError, LeaseEvent, Registry};
+pub use model::{ClusterConfig, ConfigFlags, LeaseRecord, Usage};
+pub use registry::{Acquired, EtcdOptions, LeaseEntry, LeaseError, LeaseEvent, Registry};

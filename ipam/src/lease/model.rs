@@ -40,6 +40,13 @@ pub struct LeaseRecord {
     pub vtep_mac: String,
 }
 
+/// How many pod addresses a node uses, as its daemon publishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub used: u32,
+    pub capacity: u32,
+}
+
 impl LeaseRecord {
     pub fn vtep_mac_bytes(&self) -> Option<[u8; 6]> {
         parse_mac(&self.vtep_mac)

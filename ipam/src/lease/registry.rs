@@ -13,7 +13,7 @@ use etcd_client::{
 use ipnetwork::Ipv4Network;
 
 use super::layout::Layout;
-use super::model::{pick_free, ClusterConfig, ConfigFlags, LeaseRecord};
+use super::model::{pick_free, ClusterConfig, ConfigFlags, LeaseRecord, Usage};
 
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -73,6 +73,15 @@ pub struct Acquired {
     pub grace_lease: i64,
     /// True when the node got its earlier subnet back.
     pub reused: bool,
+}
+
+/// A lease as stored: its key, its record (or why it does not parse), its etcd lease.
+#[derive(Debug, Clone)]
+pub struct LeaseEntry {
+    pub key: String,
+    pub record: std::result::Result<LeaseRecord, String>,
+    /// 0: the key never expires (a reservation, or written by hand).
+    pub lease_id: i64,
 }
 
 /// A change of some node's lease.
@@ -411,6 +420,89 @@ impl Registry {
         Ok((leases, rev))
     }
 
+    /// Every lease key, parsed or not, with its etcd lease.
+    pub async fn entries(&mut self) -> Result<Vec<LeaseEntry>> {
+        let resp = self
+            .client
+            .get(self.layout.leases(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd("list leases"))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| LeaseEntry {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                record: serde_json::from_slice(kv.value()).map_err(|e| e.to_string()),
+                lease_id: kv.lease(),
+            })
+            .collect())
+    }
+
+    /// The stored cluster config, if there is one (never creates it).
+    pub async fn read_config(&mut self) -> Result<Option<ClusterConfig>> {
+        let key = self.layout.config();
+        let resp = self
+            .client
+            .get(key.clone(), None)
+            .await
+            .map_err(etcd("read cluster config"))?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => {
+                serde_json::from_slice(kv.value())
+                    .map(Some)
+                    .map_err(|e| LeaseError::BadConfig {
+                        key,
+                        detail: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Seconds an etcd lease has left; `None` when it has expired or does not exist.
+    pub async fn ttl(&mut self, lease_id: i64) -> Result<Option<i64>> {
+        let ttl = self
+            .client
+            .lease_time_to_live(lease_id, None)
+            .await
+            .map_err(etcd("read lease TTL"))?
+            .ttl();
+        Ok((ttl > 0).then_some(ttl))
+    }
+
+    /// Publishes how many addresses `node` uses, on its liveness lease (gone with it).
+    pub async fn set_usage(&mut self, node: &str, usage: Usage, lease: i64) -> Result<()> {
+        self.client
+            .put(
+                self.layout.usage(node),
+                serde_json::to_vec(&usage).expect("usage serializes"),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(etcd("publish usage"))?;
+        Ok(())
+    }
+
+    /// What every node publishes of its usage.
+    pub async fn usage(&mut self) -> Result<std::collections::HashMap<String, Usage>> {
+        let prefix = self.layout.usage_prefix();
+        let resp = self
+            .client
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd("list usage"))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let node = String::from_utf8_lossy(kv.key())
+                    .strip_prefix(&prefix)?
+                    .to_string();
+                Some((node, serde_json::from_slice(kv.value()).ok()?))
+            })
+            .collect())
+    }
+
     /// Watches every lease from `revision` on.
     pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
         self.client
@@ -481,6 +573,15 @@ impl Registry {
             .await
             .map_err(etcd("publish liveness"))?;
         Ok(id)
+    }
+
+    /// Ends an etcd lease (and with it the keys on it).
+    pub async fn revoke(&mut self, id: i64) -> Result<()> {
+        self.client
+            .lease_revoke(id)
+            .await
+            .map_err(etcd("revoke lease"))?;
+        Ok(())
     }
 
     /// Names of the nodes whose liveness key exists.

@@ -1,5 +1,6 @@
-//! Names and addresses derived from an attachment, so that DEL and GC find what ADD made
-//! without the pod's namespace and without any state of their own.
+//! The names ferry derives from an attachment (container ID, ifname), so that DEL, GC and
+//! the operator's `check` and `release` find what ADD made without the pod's namespace and
+//! without any state of their own.
 
 /// The host end of the veth: `fy` + 13 hex digits of a hash of (container ID, ifname).
 /// FNV-1a is written out here because the name must not change between builds.
@@ -30,6 +31,26 @@ pub fn parse_alias(alias: &str) -> Option<(&str, &str, &str)> {
     it.next().is_none().then_some(t)
 }
 
+/// Whether a link of this name exists in the caller's network namespace (sysfs shows the
+/// namespace sysfs was mounted in: the host's, for the plugin and the CLI).
+pub fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Why the attachment holding `a` is still there (its pod's namespace, or ferry's host
+/// veth for it), or `None` when both are gone: an address a runtime leaked by losing a DEL.
+pub fn alive(a: &crate::Allocation) -> Option<String> {
+    if let Some(ns) = a
+        .netns
+        .as_deref()
+        .filter(|p| std::path::Path::new(p).exists())
+    {
+        return Some(format!("its network namespace {ns} exists"));
+    }
+    let veth = host_veth(&a.container_id, &a.ifname);
+    link_exists(&veth).then(|| format!("its host veth {veth} exists"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,11 +63,11 @@ mod tests {
         assert_ne!(n, host_veth("abc", "eth1"));
         assert_ne!(host_veth("ab", "ceth0"), host_veth("abc", "eth0"));
         // Pinned: a change would orphan the veths of running pods across an upgrade.
-        assert_eq!(host_veth("c1", "eth0"), host_veth("c1", "eth0"));
         assert_eq!(
             host_veth("", ""),
             format!("fy{:013x}", 0xaf63_bd4c_8601_b7dfu64 >> 12)
         );
+        assert_eq!(host_veth("c1", "eth0"), "fyf53f02b3bfe94");
     }
 
     #[test]

@@ -1,0 +1,137 @@
+//! `ferry-ipam leases`: every node's subnet lease, whether the node is alive, how many
+//! addresses it uses, and how full the cluster CIDR is.
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use ipnetwork::Ipv4Network;
+use serde::Serialize;
+
+use super::etcd::{block_on, EtcdArgs};
+use super::table::Table;
+use super::Output;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Row {
+    node: String,
+    subnet: Ipv4Network,
+    public_ip: Ipv4Addr,
+    vtep_mac: String,
+    alive: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    used: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity: Option<u32>,
+    /// Seconds until a silent node's subnet can be leased again; absent when it never expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<i64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    #[serde(rename = "clusterCIDR", skip_serializing_if = "Option::is_none")]
+    cluster_cidr: Option<Ipv4Network>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subnet_len: Option<u8>,
+    /// Node subnets the cluster CIDR holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subnets: Option<u32>,
+    leased: usize,
+    leases: Vec<Row>,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let report = block_on(async {
+        let mut reg = args.etcd.connect().await?;
+        let cfg = reg.read_config().await?;
+        let entries = reg.entries().await?;
+        let alive = reg.alive_nodes().await?;
+        let usage = reg.usage().await?;
+        let mut leases = Vec::new();
+        for e in entries {
+            let Ok(rec) = e.record else { continue };
+            let is_alive = alive.contains(&rec.node);
+            let expires_in = if e.lease_id == 0 {
+                None
+            } else {
+                reg.ttl(e.lease_id).await?
+            };
+            let u = usage.get(&rec.node);
+            leases.push(Row {
+                alive: is_alive,
+                used: u.map(|u| u.used),
+                capacity: u.map(|u| u.capacity),
+                expires_in,
+                node: rec.node,
+                subnet: rec.subnet,
+                public_ip: rec.public_ip,
+                vtep_mac: rec.vtep_mac,
+            });
+        }
+        leases.sort_by_key(|r| (r.subnet.network(), r.subnet.prefix()));
+        Ok(Report {
+            cluster_cidr: cfg.as_ref().map(|c| c.cluster_cidr),
+            subnet_len: cfg.as_ref().map(|c| c.subnet_len),
+            subnets: cfg.as_ref().map(|c| c.subnet_count()),
+            leased: leases.len(),
+            leases,
+        })
+    })?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => print_table(&report),
+    }
+    Ok(0)
+}
+
+fn print_table(r: &Report) {
+    match (r.cluster_cidr, r.subnet_len, r.subnets) {
+        (Some(c), Some(len), Some(n)) => println!(
+            "cluster {c}: {} of {n} /{len} node subnets leased ({:.1}%)",
+            r.leased,
+            r.leased as f64 * 100.0 / f64::from(n)
+        ),
+        _ => println!("no cluster config in etcd; {} leases", r.leased),
+    }
+    if r.leases.is_empty() {
+        println!("\nno leases");
+        return;
+    }
+    let mut t = Table::new(["NODE", "SUBNET", "PUBLIC IP", "VTEP MAC", "ALIVE", "USED"]);
+    for l in &r.leases {
+        let alive = match (l.alive, l.expires_in) {
+            (true, _) => "yes".to_string(),
+            (false, Some(s)) => format!(
+                "no (kept {})",
+                humantime::format_duration(std::time::Duration::from_secs(s as u64))
+            ),
+            (false, None) => "no (never expires)".to_string(),
+        };
+        let used = match (l.used, l.capacity) {
+            (Some(u), Some(c)) if c > 0 => {
+                format!("{u}/{c} ({:.0}%)", f64::from(u) * 100.0 / f64::from(c))
+            }
+            _ => "-".to_string(),
+        };
+        t.row([
+            l.node.clone(),
+            l.subnet.to_string(),
+            l.public_ip.to_string(),
+            l.vtep_mac.clone(),
+            alive,
+            used,
+        ]);
+    }
+    println!();
+    t.print();
+}
