@@ -10,6 +10,7 @@ packages=(
   etcd-server etcd-client         # ferry-overlayd's datastore in the cluster tests
   protobuf-compiler               # the etcd client crate compiles etcd's protos
   iperf3                          # throughput benchmark
+  shellcheck python3-venv         # deploy checks: scripts, and a venv for kubernetes-validate
 )
 
 missing=()
@@ -21,6 +22,14 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Kubernetes schema validator, in a venv under target/ (nothing installed system-wide).
+venv="$(cd "$(dirname "$0")/.." && pwd)/target/ci-venv"
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  echo "installing kubernetes-validate into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q kubernetes-validate
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
