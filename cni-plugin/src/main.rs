@@ -11,9 +11,7 @@ mod kernel;
 mod reap;
 mod status;
 
-use std::io::Read;
-
-use cni::{version, Code, Command, Env, Error, NetConf};
+use cni::{version, Command, Env, Error, NetConf};
 
 fn main() {
     std::process::exit(run());
@@ -31,29 +29,12 @@ fn run() -> i32 {
         );
         return 0;
     }
-    let mut reply_version = version::CURRENT.to_string();
-    match dispatch(&mut reply_version) {
-        Ok(Some(out)) => {
-            println!("{out}");
-            0
-        }
-        Ok(None) => 0,
-        Err(e) => {
-            println!("{}", e.to_json(&reply_version));
-            1
-        }
-    }
+    cni::reply::run(dispatch)
 }
 
 fn dispatch(reply_version: &mut String) -> Result<Option<String>, Error> {
     let env = Env::from_process()?;
-    let mut stdin = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-        return Err(
-            Error::new(Code::Io, "cannot read the network configuration from stdin")
-                .with_details(e.to_string()),
-        );
-    }
+    let stdin = cni::reply::read_stdin()?;
     if env.command == Command::Version {
         return Ok(Some(version_reply(&stdin)));
     }

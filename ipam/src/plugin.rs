@@ -1,33 +1,17 @@
 //! The CNI IPAM plugin: the same operations `ferry` runs in-process.
 
 use std::collections::HashSet;
-use std::io::Read;
 
 use cni::{version, Code, Command, Env, Error, NetConf};
 use ipam::ops::{self, Attachment, Config};
 
 pub fn run() -> i32 {
-    let mut reply_version = version::CURRENT.to_string();
-    match dispatch(&mut reply_version) {
-        Ok(Some(out)) => {
-            println!("{out}");
-            0
-        }
-        Ok(None) => 0,
-        Err(e) => {
-            println!("{}", e.to_json(&reply_version));
-            1
-        }
-    }
+    cni::reply::run(dispatch)
 }
 
 fn dispatch(reply_version: &mut String) -> Result<Option<String>, Error> {
     let env = Env::from_process()?;
-    let mut stdin = Vec::new();
-    std::io::stdin().read_to_end(&mut stdin).map_err(|e| {
-        Error::new(Code::Io, "cannot read the network configuration from stdin")
-            .with_details(e.to_string())
-    })?;
+    let stdin = cni::reply::read_stdin()?;
     if env.command == Command::Version {
         return Ok(Some(
             serde_json::json!({

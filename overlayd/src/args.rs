@@ -14,36 +14,8 @@ use ipnetwork::Ipv4Network;
     about = "ferry's per-node daemon: leases the node's pod subnet in etcd, builds the VXLAN overlay to every other node and keeps it true, writes the node state the CNI plugin reads"
 )]
 pub struct Args {
-    /// etcd client URLs, comma-separated (https:// with the TLS flags).
-    #[arg(
-        long,
-        env = "FERRY_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub etcd_endpoints: Vec<String>,
-    /// Key prefix of ferry's data in etcd.
-    #[arg(long, env = "FERRY_ETCD_PREFIX", default_value = "/ferry")]
-    pub etcd_prefix: String,
-    /// CA certificate (PEM) to verify etcd's certificate.
-    #[arg(long, env = "FERRY_ETCD_CACERT", value_name = "FILE")]
-    pub etcd_cacert: Option<PathBuf>,
-    /// Client certificate (PEM) for etcd; goes with --etcd-key.
-    #[arg(
-        long,
-        env = "FERRY_ETCD_CERT",
-        value_name = "FILE",
-        requires = "etcd_key"
-    )]
-    pub etcd_cert: Option<PathBuf>,
-    /// Client key (PEM) for etcd; goes with --etcd-cert.
-    #[arg(
-        long,
-        env = "FERRY_ETCD_KEY",
-        value_name = "FILE",
-        requires = "etcd_cert"
-    )]
-    pub etcd_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: ipam::lease::EtcdArgs,
     /// This node's name (default: the hostname).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -87,7 +59,4 @@ pub struct Args {
     /// How often the whole data path is checked against the leases and mended.
     #[arg(long, env = "FERRY_RESYNC_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
-    /// Timeout of each etcd request.
-    #[arg(long, env = "FERRY_ETCD_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub etcd_timeout: Duration,
 }

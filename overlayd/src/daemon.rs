@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ipam::lease::{
-    ClusterConfig, ConfigFlags, EtcdOptions, LeaseError, LeaseEvent, LeaseRecord, Registry, Usage,
+    ClusterConfig, ConfigFlags, LeaseError, LeaseEvent, LeaseRecord, Registry, Usage,
     WatchResponse, WatchStream,
 };
 use ipam::NodeState;
@@ -62,14 +62,11 @@ pub async fn run(args: Args) -> Result<()> {
 
     let nl = Netlink::open().context("netlink")?;
     let underlay = underlay::find(&nl, args.iface.as_deref(), args.public_ip).await?;
-    let opts = EtcdOptions {
-        endpoints: args.etcd_endpoints.clone(),
-        cacert: args.etcd_cacert.clone(),
-        cert: args.etcd_cert.clone(),
-        key: args.etcd_key.clone(),
-        timeout: args.etcd_timeout,
-    };
-    let mut reg = Registry::connect(&opts, &args.etcd_prefix).await?;
+    anyhow::ensure!(
+        args.etcd.given(),
+        "--etcd-endpoints (or FERRY_ETCD_ENDPOINTS) is required"
+    );
+    let mut reg = args.etcd.connect().await?;
     let flags = ConfigFlags {
         cluster_cidr: args.cluster_cidr,
         subnet_len: args.subnet_len,

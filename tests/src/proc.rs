@@ -12,32 +12,7 @@ pub struct Bg {
 impl Bg {
     /// Starts `cmd` (a shell command) inside `ns` in the background.
     pub fn spawn(ns: &Netns, cmd: &str) -> Bg {
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                "sh",
-                "-c",
-                &format!("exec {cmd}"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn background process");
-        Bg { child }
-    }
-
-    /// Starts a prepared command in the background.
-    pub fn spawn_cmd(mut cmd: Command) -> Bg {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        Bg { child }
+        Self::spawn_in(ns, cmd, Stdio::null(), Stdio::null())
     }
 
     /// Starts `cmd` inside `ns`, its output appended to `log`.
@@ -48,20 +23,35 @@ impl Bg {
             .open(log)
             .expect("open log");
         let err = out.try_clone().expect("clone log");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                "sh",
-                "-c",
-                &format!("exec {cmd}"),
-            ])
+        Self::spawn_in(ns, cmd, out.into(), err.into())
+    }
+
+    fn spawn_in(ns: &Netns, cmd: &str, out: Stdio, err: Stdio) -> Bg {
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &ns.name,
+            "sh",
+            "-c",
+            &format!("exec {cmd}"),
+        ])
+        .stdout(out)
+        .stderr(err);
+        Self::spawn_cmd_with(c)
+    }
+
+    /// Starts a prepared command in the background, its output dropped.
+    pub fn spawn_cmd(mut cmd: Command) -> Bg {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        Self::spawn_cmd_with(cmd)
+    }
+
+    fn spawn_cmd_with(mut cmd: Command) -> Bg {
+        let child = cmd
             .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
             .spawn()
-            .expect("spawn background process");
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         Bg { child }
     }
 

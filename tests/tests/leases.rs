@@ -26,15 +26,21 @@ fn flags(cidr: &str, len: u8) -> ConfigFlags {
     }
 }
 
+/// An etcd on a switch, and a client host to reach it from.
+fn etcd_and_client() -> (Switch, Etcd, Netns) {
+    let switch = Switch::new();
+    let etcd = Etcd::start(&switch);
+    let client = Netns::new("fyc");
+    switch.plug(&client, "192.0.2.3");
+    (switch, etcd, client)
+}
+
 #[test]
 fn fifty_nodes_starting_at_once_never_share_a_subnet() {
     if !root_or_skip("fifty_nodes_starting_at_once_never_share_a_subnet") {
         return;
     }
-    let switch = Switch::new();
-    let etcd = Etcd::start(&switch);
-    let client = Netns::new("fyc");
-    switch.plug(&client, "192.0.2.3");
+    let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
     let run = |ep: String| {
         ferry_tests::inside::block_on(&client, move || async move {
@@ -97,10 +103,7 @@ fn a_full_cluster_cidr_is_a_clear_error() {
     if !root_or_skip("a_full_cluster_cidr_is_a_clear_error") {
         return;
     }
-    let switch = Switch::new();
-    let etcd = Etcd::start(&switch);
-    let client = Netns::new("fyc");
-    switch.plug(&client, "192.0.2.3");
+    let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
     let err = ferry_tests::inside::block_on(&client, move || async move {
         let mut reg = Registry::connect(&opts(&ep), "/ferry").await.unwrap();

@@ -5,6 +5,7 @@ pub mod conf;
 pub mod delegate;
 pub mod env;
 pub mod error;
+pub mod reply;
 pub mod result;
 pub mod version;
 

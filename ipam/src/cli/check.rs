@@ -15,18 +15,12 @@ use serde::{Deserialize, Serialize};
 
 use super::etcd::{block_on, EtcdArgs};
 use super::table::Table;
-use super::{DataDir, Output};
+use super::{NodeArgs, Output};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    data: DataDir,
-    /// Where node.json is (default /run/ferry when it exists there).
-    #[arg(long, value_name = "DIR", conflicts_with = "subnet")]
-    state_dir: Option<PathBuf>,
-    /// The node's subnet, when it is static.
-    #[arg(long, value_name = "CIDR")]
-    subnet: Option<String>,
+    node: NodeArgs,
     /// With etcd: also check the cluster's leases and this node's lease.
     #[command(flatten)]
     etcd: EtcdArgs,
@@ -68,7 +62,7 @@ fn problem(kind: &str, detail: String) -> Problem {
 
 pub fn run(args: Args) -> Result<i32> {
     let mut problems = Vec::new();
-    let state_dir = args.state_dir.clone().or_else(|| {
+    let state_dir = args.node.state_dir.clone().or_else(|| {
         let d = PathBuf::from(node_state::DEFAULT_STATE_DIR);
         node_state::path(&d).exists().then_some(d)
     });
@@ -115,7 +109,7 @@ fn check_store(
     state: Option<&node_state::NodeState>,
     out: &mut Vec<Problem>,
 ) -> Result<()> {
-    let store = args.data.store()?;
+    let store = args.node.data.store()?;
     let data = match store.snapshot() {
         Ok(d) => d,
         Err(e) => {
@@ -123,7 +117,7 @@ fn check_store(
             return Ok(());
         }
     };
-    let subnet: Option<Ipv4Network> = match (&args.subnet, state, &data.pool) {
+    let subnet: Option<Ipv4Network> = match (&args.node.subnet, state, &data.pool) {
         (Some(s), _, _) => Some(parse_subnet("--subnet", s)?),
         (None, Some(st), _) => st.pod_cidr.parse().ok(),
         (None, None, Some(p)) => p.subnet.parse().ok(),

@@ -72,6 +72,20 @@ impl DataDir {
     }
 }
 
+/// Where this node's addresses are and what its subnet is, for `show` and `check`.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    /// Read the node's subnet from this directory's node.json (default /run/ferry, when
+    /// node.json is there).
+    #[arg(long, value_name = "DIR", conflicts_with = "subnet")]
+    pub state_dir: Option<PathBuf>,
+    /// The node's subnet, when it is static.
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Option<String>,
+}
+
 pub fn run() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -1,5 +1,4 @@
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -9,18 +8,12 @@ use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
 use super::table::Table;
-use super::{DataDir, Output};
+use super::{NodeArgs, Output};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    data: DataDir,
-    /// Read the node's subnet from this directory's node.json.
-    #[arg(long, value_name = "DIR", conflicts_with = "subnet")]
-    state_dir: Option<PathBuf>,
-    /// The node's subnet, when it is static.
-    #[arg(long, value_name = "CIDR")]
-    subnet: Option<String>,
+    node: NodeArgs,
     /// Only this CNI network's allocations.
     #[arg(long)]
     network: Option<String>,
@@ -60,14 +53,14 @@ fn pool(
         let last = Ipv4Addr::from(u32::from(net.broadcast()) - 1);
         (net, gw, first, last)
     };
-    if let Some(s) = &args.subnet {
+    if let Some(s) = &args.node.subnet {
         let net = parse_subnet("--subnet", s)?;
         return Ok(Some(bounds(
             net,
             Ipv4Addr::from(u32::from(net.network()) + 1),
         )));
     }
-    let state_dir = args.state_dir.clone();
+    let state_dir = args.node.state_dir.clone();
     if let Some(dir) = &state_dir {
         let st = node_state::require(dir)?;
         let net = parse_subnet("podCIDR", &st.pod_cidr)?;
@@ -85,7 +78,7 @@ fn pool(
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let store = args.data.store()?;
+    let store = args.node.data.store()?;
     let data = store
         .snapshot()
         .with_context(|| format!("reading {}", store.path().display()))?;
