@@ -467,8 +467,3 @@ pub fn http_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
     let (status, body) = text.split_once('\n').unwrap_or(("0", ""));
     (status.trim().parse().unwrap_or(0), body.to_string())
 }
-
-/// Whether `path` exists (helper for readability in tests).
-pub fn exists(path: &Path) -> bool {
-    path.exists()
-}

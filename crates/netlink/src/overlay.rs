@@ -12,7 +12,7 @@ use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkVxlan, RouteMessageBuilder};
 
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Result};
 use crate::handle::Netlink;
 
 /// The attributes of a VXLAN device that must match for it to be kept.
@@ -309,9 +309,4 @@ fn tolerate_missing(
         }
         r => r,
     }
-}
-
-/// Errors of this module keep their errno for callers that match on it.
-pub fn is_missing(e: &Error) -> bool {
-    matches!(e.errno(), Some(libc::ENOENT | libc::ENODEV | libc::ESRCH))
 }

@@ -95,7 +95,6 @@ pub enum LeaseEvent {
 pub struct Registry {
     client: Client,
     layout: Layout,
-    endpoints: String,
 }
 
 fn etcd(what: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> LeaseError {
@@ -147,7 +146,6 @@ impl Registry {
         let mut r = Registry {
             client,
             layout: Layout::new(prefix),
-            endpoints: endpoints.clone(),
         };
         let probe = r.layout.config();
         tokio::time::timeout(opts.timeout, r.client.get(probe, None))
@@ -159,10 +157,6 @@ impl Registry {
 
     pub fn layout(&self) -> &Layout {
         &self.layout
-    }
-
-    pub fn endpoints(&self) -> &str {
-        &self.endpoints
     }
 
     /// The stored cluster config, created from the flags when there is none. Flags that
