@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, Event, EventType, GetOptions,
-    Identity, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Identity, KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use ipnetwork::Ipv4Network;
 
@@ -164,17 +164,7 @@ impl Registry {
     pub async fn cluster_config(&mut self, flags: &ConfigFlags) -> Result<ClusterConfig> {
         let key = self.layout.config();
         for _ in 0..5 {
-            let resp = self
-                .client
-                .get(key.clone(), None)
-                .await
-                .map_err(etcd("read cluster config"))?;
-            if let Some(kv) = resp.kvs().first() {
-                let cfg: ClusterConfig =
-                    serde_json::from_slice(kv.value()).map_err(|e| LeaseError::BadConfig {
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    })?;
+            if let Some(cfg) = self.read_config().await? {
                 cfg.validate().map_err(|detail| LeaseError::BadConfig {
                     key: key.clone(),
                     detail,
@@ -217,22 +207,14 @@ impl Registry {
 
     /// This node's current lease: record, etcd lease ID, the key's mod revision.
     async fn own_lease(&mut self, node: &str) -> Result<Option<(LeaseRecord, i64, i64)>> {
-        let nk = self.layout.node(node);
-        let resp = self
-            .client
-            .get(nk, None)
-            .await
-            .map_err(etcd("read node index"))?;
-        let Some(kv) = resp.kvs().first() else {
+        let Some(idx) = self
+            .get_one(self.layout.node(node), "read node index")
+            .await?
+        else {
             return Ok(None);
         };
-        let lease_key = String::from_utf8_lossy(kv.value()).into_owned();
-        let resp = self
-            .client
-            .get(lease_key, None)
-            .await
-            .map_err(etcd("read own lease"))?;
-        let Some(kv) = resp.kvs().first() else {
+        let lease_key = String::from_utf8_lossy(idx.value()).into_owned();
+        let Some(kv) = self.get_one(lease_key, "read own lease").await? else {
             return Ok(None);
         };
         match serde_json::from_slice::<LeaseRecord>(kv.value()) {
@@ -302,12 +284,7 @@ impl Registry {
             }
             // A node index left without its lease would block the create below.
             let nk = self.layout.node(node);
-            let idx = self
-                .client
-                .get(nk.clone(), None)
-                .await
-                .map_err(etcd("read node index"))?;
-            if let Some(kv) = idx.kvs().first() {
+            if let Some(kv) = self.get_one(nk.clone(), "read node index").await? {
                 let txn = Txn::new()
                     .when([Compare::mod_revision(
                         nk.clone(),
@@ -432,15 +409,16 @@ impl Registry {
             .collect())
     }
 
+    /// The value at `key`, if any.
+    async fn get_one(&mut self, key: String, what: &str) -> Result<Option<KeyValue>> {
+        let mut resp = self.client.get(key, None).await.map_err(etcd(what))?;
+        Ok(resp.take_kvs().into_iter().next())
+    }
+
     /// The stored cluster config, if there is one (never creates it).
     pub async fn read_config(&mut self) -> Result<Option<ClusterConfig>> {
         let key = self.layout.config();
-        let resp = self
-            .client
-            .get(key.clone(), None)
-            .await
-            .map_err(etcd("read cluster config"))?;
-        match resp.kvs().first() {
+        match self.get_one(key.clone(), "read cluster config").await? {
             None => Ok(None),
             Some(kv) => {
                 serde_json::from_slice(kv.value())
