@@ -328,6 +328,19 @@ fn leases_and_check_against_a_cluster() {
     );
     assert!(table.contains("node-state-mismatch"), "{table}");
 
+    // A cluster config made invalid by hand: an error naming the key, never a panic.
+    c.etcd.ctl(&format!(
+        "put {}/v1/config '{{\"clusterCIDR\":\"10.73.0.0/16\",\"subnetLen\":8,\"vni\":1,\"port\":4789}}'",
+        c.prefix
+    ));
+    let n0 = &c.nodes[0];
+    let (rc, _, err) = cli_in(&n0.host, &format!("leases {flags}"));
+    assert_eq!(rc, 2, "{err}");
+    assert!(
+        err.contains("/v1/config is invalid") && !err.contains("panicked"),
+        "{err}"
+    );
+
     // etcd unreachable: named, within 10 s, exit 2.
     let t = std::time::Instant::now();
     let (rc, _, err) = cli_in(&n0.host, "leases --etcd-endpoints http://192.0.2.99:2379");

@@ -165,10 +165,6 @@ impl Registry {
         let key = self.layout.config();
         for _ in 0..5 {
             if let Some(cfg) = self.read_config().await? {
-                cfg.validate().map_err(|detail| LeaseError::BadConfig {
-                    key: key.clone(),
-                    detail,
-                })?;
                 cfg.check_flags(flags)
                     .map_err(|detail| LeaseError::Conflict {
                         key: key.clone(),
@@ -415,20 +411,21 @@ impl Registry {
         Ok(resp.take_kvs().into_iter().next())
     }
 
-    /// The stored cluster config, if there is one (never creates it).
+    /// The stored cluster config, if there is one (never creates it); one that does not
+    /// parse or is not valid is an error naming the key.
     pub async fn read_config(&mut self) -> Result<Option<ClusterConfig>> {
         let key = self.layout.config();
-        match self.get_one(key.clone(), "read cluster config").await? {
-            None => Ok(None),
-            Some(kv) => {
-                serde_json::from_slice(kv.value())
-                    .map(Some)
-                    .map_err(|e| LeaseError::BadConfig {
-                        key,
-                        detail: e.to_string(),
-                    })
-            }
-        }
+        let Some(kv) = self.get_one(key.clone(), "read cluster config").await? else {
+            return Ok(None);
+        };
+        let bad = |detail: String| LeaseError::BadConfig {
+            key: key.clone(),
+            detail,
+        };
+        let cfg: ClusterConfig =
+            serde_json::from_slice(kv.value()).map_err(|e| bad(e.to_string()))?;
+        cfg.validate().map_err(bad)?;
+        Ok(Some(cfg))
     }
 
     /// Seconds an etcd lease has left; `None` when it has expired or does not exist.
