@@ -356,16 +356,10 @@ impl Registry {
     }
 
     async fn taken(&mut self) -> Result<HashSet<Ipv4Network>> {
-        let resp = self
-            .client
-            .get(
-                self.layout.leases(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await
-            .map_err(etcd("list leases"))?;
-        Ok(resp
-            .kvs()
+        let (kvs, _) = self
+            .get_prefix(self.layout.leases(), true, "list leases")
+            .await?;
+        Ok(kvs
             .iter()
             .filter_map(|kv| self.layout.subnet_of(&String::from_utf8_lossy(kv.key())))
             .collect())
@@ -373,14 +367,10 @@ impl Registry {
 
     /// Every lease, and the revision they were read at (to watch from).
     pub async fn list(&mut self) -> Result<(Vec<LeaseRecord>, i64)> {
-        let resp = self
-            .client
-            .get(self.layout.leases(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(etcd("list leases"))?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let leases = resp
-            .kvs()
+        let (kvs, rev) = self
+            .get_prefix(self.layout.leases(), false, "list leases")
+            .await?;
+        let leases = kvs
             .iter()
             .filter_map(|kv| serde_json::from_slice::<LeaseRecord>(kv.value()).ok())
             .collect();
@@ -389,13 +379,10 @@ impl Registry {
 
     /// Every lease key, parsed or not, with its etcd lease.
     pub async fn entries(&mut self) -> Result<Vec<LeaseEntry>> {
-        let resp = self
-            .client
-            .get(self.layout.leases(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(etcd("list leases"))?;
-        Ok(resp
-            .kvs()
+        let (kvs, _) = self
+            .get_prefix(self.layout.leases(), false, "list leases")
+            .await?;
+        Ok(kvs
             .iter()
             .map(|kv| LeaseEntry {
                 key: String::from_utf8_lossy(kv.key()).into_owned(),
@@ -403,6 +390,26 @@ impl Registry {
                 lease_id: kv.lease(),
             })
             .collect())
+    }
+
+    /// Every key under `prefix` (with values unless `keys_only`), and the revision read at.
+    async fn get_prefix(
+        &mut self,
+        prefix: String,
+        keys_only: bool,
+        what: &str,
+    ) -> Result<(Vec<KeyValue>, i64)> {
+        let mut opts = GetOptions::new().with_prefix();
+        if keys_only {
+            opts = opts.with_keys_only();
+        }
+        let mut resp = self
+            .client
+            .get(prefix, Some(opts))
+            .await
+            .map_err(etcd(what))?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok((resp.take_kvs(), rev))
     }
 
     /// The value at `key`, if any.
@@ -455,13 +462,8 @@ impl Registry {
     /// What every node publishes of its usage.
     pub async fn usage(&mut self) -> Result<std::collections::HashMap<String, Usage>> {
         let prefix = self.layout.usage_prefix();
-        let resp = self
-            .client
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(etcd("list usage"))?;
-        Ok(resp
-            .kvs()
+        let (kvs, _) = self.get_prefix(prefix.clone(), false, "list usage").await?;
+        Ok(kvs
             .iter()
             .filter_map(|kv| {
                 let node = String::from_utf8_lossy(kv.key())
@@ -556,16 +558,10 @@ impl Registry {
     /// Names of the nodes whose liveness key exists.
     pub async fn alive_nodes(&mut self) -> Result<HashSet<String>> {
         let prefix = self.layout.alive_prefix();
-        let resp = self
-            .client
-            .get(
-                prefix.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await
-            .map_err(etcd("list liveness"))?;
-        Ok(resp
-            .kvs()
+        let (kvs, _) = self
+            .get_prefix(prefix.clone(), true, "list liveness")
+            .await?;
+        Ok(kvs
             .iter()
             .filter_map(|kv| {
                 String::from_utf8_lossy(kv.key())
