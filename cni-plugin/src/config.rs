@@ -77,8 +77,12 @@ impl PluginConf {
                     .with_details(other.to_string()))
             }
         };
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(ipam::node_state::DEFAULT_STATE_DIR));
         let ipam = if ipam_type == "ferry-ipam" {
-            let cfg = ipam::ops::Config::from_netconf(conf)?;
+            // stateDir is read once, above; the IPAM operations take it from here.
+            let cfg = ipam::ops::Config::with_state_dir(conf, state_dir.clone())?;
             // Resolve a static pool now so that a bad CIDR is refused before any change.
             if cfg.ipam.subnet.is_some() {
                 cfg.pool().map_err(Error::from)?;
@@ -91,9 +95,7 @@ impl PluginConf {
             bridge,
             mtu,
             hairpin: raw.hairpin_mode.unwrap_or(true),
-            state_dir: raw
-                .state_dir
-                .unwrap_or_else(|| PathBuf::from(ipam::node_state::DEFAULT_STATE_DIR)),
+            state_dir,
             ipam,
             dns: raw.dns,
         })

@@ -23,20 +23,25 @@ pub struct Config {
 }
 
 impl Config {
+    /// The `ipam` section with a `stateDir` the caller has already read.
+    pub fn with_state_dir(conf: &NetConf, state_dir: PathBuf) -> Result<Self, cni::Error> {
+        Ok(Config {
+            ipam: conf.parse_key("ipam")?,
+            state_dir,
+        })
+    }
+
     pub fn from_netconf(conf: &NetConf) -> Result<Self, cni::Error> {
-        let ipam: IpamConf = conf.parse_key("ipam")?;
         #[derive(serde::Deserialize, Default)]
         #[serde(rename_all = "camelCase")]
         struct Top {
             state_dir: Option<PathBuf>,
         }
         let top: Top = conf.parse_as()?;
-        Ok(Config {
-            ipam,
-            state_dir: top
-                .state_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
-        })
+        let state_dir = top
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        Self::with_state_dir(conf, state_dir)
     }
 
     pub fn store(&self) -> Store {

@@ -182,13 +182,7 @@ impl Registry {
             let txn = Txn::new()
                 .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key.clone(), value, None)]);
-            if self
-                .client
-                .txn(txn)
-                .await
-                .map_err(etcd("create cluster config"))?
-                .succeeded()
-            {
+            if self.commit(txn, "create cluster config").await? {
                 return Ok(cfg);
             }
             // Another node created it first: read theirs and compare.
@@ -260,13 +254,7 @@ impl Registry {
                                     serde_json::to_vec(&want).expect("lease serializes"),
                                     Some(PutOptions::new().with_lease(lease_id)),
                                 )]);
-                            if !self
-                                .client
-                                .txn(txn)
-                                .await
-                                .map_err(etcd("update own lease"))?
-                                .succeeded()
-                            {
+                            if !self.commit(txn, "update own lease").await? {
                                 continue;
                             }
                         }
@@ -288,10 +276,7 @@ impl Registry {
                         kv.mod_revision(),
                     )])
                     .and_then([TxnOp::delete(nk.clone(), None)]);
-                self.client
-                    .txn(txn)
-                    .await
-                    .map_err(etcd("remove stale node index"))?;
+                self.commit(txn, "remove stale node index").await?;
             }
 
             let taken = self.taken().await?;
@@ -337,13 +322,7 @@ impl Registry {
                     ),
                     TxnOp::put(nk, lk, put()),
                 ]);
-            if self
-                .client
-                .txn(txn)
-                .await
-                .map_err(etcd("create lease"))?
-                .succeeded()
-            {
+            if self.commit(txn, "create lease").await? {
                 return Ok(Acquired {
                     record: rec,
                     grace_lease: lease_id,
@@ -390,6 +369,11 @@ impl Registry {
                 lease_id: kv.lease(),
             })
             .collect())
+    }
+
+    /// Runs a transaction; whether its conditions held.
+    async fn commit(&mut self, txn: Txn, what: &str) -> Result<bool> {
+        Ok(self.client.txn(txn).await.map_err(etcd(what))?.succeeded())
     }
 
     /// Every key under `prefix` (with values unless `keys_only`), and the revision read at.
