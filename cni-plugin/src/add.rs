@@ -11,7 +11,7 @@ use netlink::{netns, Netlink, VethSpec};
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::kernel::{self, err};
-use ipam::attachment;
+use node_ipam::attachment;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<String, Error> {
     let pc = PluginConf::parse(conf)?;

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use cni::{delegate, Attachment, CniResult, Command, Env, Error, NetConf};
-use ipam::ops;
+use node_ipam::ops;
 
 use crate::config::IpamKind;
 

@@ -9,7 +9,7 @@ use netlink::{netns, Netlink};
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::kernel::{self, err};
-use ipam::attachment;
+use node_ipam::attachment;
 
 fn failed(msg: String) -> Error {
     Error::new(Code::CheckFailed, msg)

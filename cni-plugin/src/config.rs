@@ -24,7 +24,7 @@ struct Raw {
 #[derive(Debug, Clone)]
 pub enum IpamKind {
     /// `ferry-ipam`, run in-process (the fast path).
-    Ferry(ipam::ops::Config),
+    Ferry(node_ipam::ops::Config),
     /// Any other IPAM plugin, run by exec from `CNI_PATH`.
     Exec(String),
 }
@@ -79,10 +79,10 @@ impl PluginConf {
         };
         let state_dir = raw
             .state_dir
-            .unwrap_or_else(|| PathBuf::from(ipam::node_state::DEFAULT_STATE_DIR));
+            .unwrap_or_else(|| PathBuf::from(node_ipam::node_state::DEFAULT_STATE_DIR));
         let ipam = if ipam_type == "ferry-ipam" {
             // stateDir is read once, above; the IPAM operations take it from here.
-            let cfg = ipam::ops::Config::with_state_dir(conf, state_dir.clone())?;
+            let cfg = node_ipam::ops::Config::with_state_dir(conf, state_dir.clone())?;
             // Resolve a static pool now so that a bad CIDR is refused before any change.
             if cfg.ipam.subnet.is_some() {
                 cfg.pool().map_err(Error::from)?;
@@ -104,7 +104,7 @@ impl PluginConf {
     /// The pod MTU: the config's, else the node state's, else 1500.
     pub fn effective_mtu(&self) -> u32 {
         self.mtu.unwrap_or_else(|| {
-            ipam::node_state::read(&self.state_dir)
+            node_ipam::node_state::read(&self.state_dir)
                 .ok()
                 .flatten()
                 .map(|s| s.mtu)

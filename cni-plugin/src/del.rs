@@ -9,7 +9,7 @@ use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::kernel::{self, err};
 use crate::reap;
-use ipam::attachment;
+use node_ipam::attachment;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     let pc = PluginConf::parse(conf)?;

@@ -11,7 +11,7 @@ use crate::config::PluginConf;
 use crate::del::combine;
 use crate::kernel::{self, err};
 use crate::reap;
-use ipam::attachment;
+use node_ipam::attachment;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     if !version::at_least(&conf.cni_version, "1.1.0") {

@@ -23,7 +23,7 @@ pub fn tombstone(host_veth: &str) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let salt = u64::from(nanos) ^ (u64::from(std::process::id()) << 32);
-    let mut h = ipam::attachment::fnv1a(host_veth.as_bytes()) ^ salt;
+    let mut h = node_ipam::attachment::fnv1a(host_veth.as_bytes()) ^ salt;
     h = h.wrapping_mul(0x0000_0100_0000_01b3);
     format!("{TOMBSTONE_PREFIX}{:013x}", h >> 12)
 }

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use cni::{version, Code, Command, Env, Error, NetConf};
-use ipam::ops::{self, Attachment, Config};
+use node_ipam::ops::{self, Attachment, Config};
 
 pub fn run() -> i32 {
     cni::reply::run(dispatch)

@@ -15,7 +15,7 @@ use ipnetwork::Ipv4Network;
 )]
 pub struct Args {
     #[command(flatten)]
-    pub etcd: ipam::lease::EtcdArgs,
+    pub etcd: registry::EtcdArgs,
     /// This node's name (default: the hostname).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,

@@ -6,19 +6,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ipam::lease::{
+use ipnetwork::Ipv4Network;
+use netlink::{Link, Netlink, VxlanSpec};
+use node_ipam::NodeState;
+use registry::{
     ClusterConfig, ConfigFlags, LeaseError, LeaseEvent, LeaseRecord, Registry, Usage,
     WatchResponse, WatchStream,
 };
-use ipam::NodeState;
-use ipnetwork::Ipv4Network;
-use netlink::{Link, Netlink, VxlanSpec};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::Args;
 use crate::datapath::{self, VXLAN_OVERHEAD};
 use crate::metrics::Metrics;
-use crate::reconcile::{diff, Entries, Peer};
+use crate::peers::{diff, Entries, Peer};
 use crate::underlay::{self, Underlay};
 use crate::{health, rules};
 
@@ -108,7 +108,7 @@ pub async fn run(args: Args) -> Result<()> {
     );
     datapath::apply(&nl, vx.index, &early).await;
 
-    let prefer = ipam::node_state::read(&args.state_dir)
+    let prefer = node_ipam::node_state::read(&args.state_dir)
         .ok()
         .flatten()
         .and_then(|s| s.pod_cidr.parse().ok());
@@ -152,7 +152,7 @@ pub async fn run(args: Args) -> Result<()> {
         tokio::spawn(health::serve(listener, metrics.clone()));
     }
     let usage = UsageSource {
-        store: ipam::Store::new(&args.ipam_data_dir),
+        store: node_ipam::Store::new(&args.ipam_data_dir),
         capacity: capacity(node.me.subnet),
     };
     let alive_lease = Arc::new(AtomicI64::new(0));
@@ -175,7 +175,7 @@ pub async fn run(args: Args) -> Result<()> {
 
 /// Where the node's address usage comes from: the IPAM store's snapshot (no lock taken).
 struct UsageSource {
-    store: ipam::Store,
+    store: node_ipam::Store,
     capacity: u32,
 }
 
@@ -454,16 +454,16 @@ impl Node {
             gateway: datapath::gateway(self.me.subnet),
             mtu: self.underlay.link.mtu - VXLAN_OVERHEAD,
         };
-        if ipam::node_state::read(&self.args.state_dir)
+        if node_ipam::node_state::read(&self.args.state_dir)
             .ok()
             .flatten()
             .as_ref()
             != Some(&st)
         {
-            ipam::node_state::write(&self.args.state_dir, &st).with_context(|| {
+            node_ipam::node_state::write(&self.args.state_dir, &st).with_context(|| {
                 format!(
                     "write {}",
-                    ipam::node_state::path(&self.args.state_dir).display()
+                    node_ipam::node_state::path(&self.args.state_dir).display()
                 )
             })?;
         }

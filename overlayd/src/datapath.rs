@@ -8,7 +8,7 @@ use futures_util::stream::{self, StreamExt};
 use ipnetwork::Ipv4Network;
 use netlink::{Link, Netlink, VxlanSpec};
 
-use crate::reconcile::{Entries, Op};
+use crate::peers::{Entries, Op};
 
 /// VXLAN header overhead on an IPv4 underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) +
 /// inner Ethernet (14).

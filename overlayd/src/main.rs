@@ -5,7 +5,7 @@ mod daemon;
 mod datapath;
 mod health;
 mod metrics;
-mod reconcile;
+mod peers;
 mod rules;
 mod underlay;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ferry_tests::cluster::{Etcd, Switch};
 use ferry_tests::netns::Netns;
 use ferry_tests::root_or_skip;
-use ipam::lease::{ConfigFlags, EtcdOptions, LeaseError, Registry};
+use registry::{ConfigFlags, EtcdOptions, LeaseError, Registry};
 
 fn opts(endpoint: &str) -> EtcdOptions {
     EtcdOptions {

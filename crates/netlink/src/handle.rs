@@ -5,62 +5,14 @@ use std::path::Path;
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::error::{Context, Error, Result};
+use crate::link::Link;
 use crate::netns;
-
-/// What ferry reads of a link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    pub index: u32,
-    /// Set for VXLAN devices.
-    pub vxlan: Option<crate::overlay::VxlanInfo>,
-    pub name: String,
-    pub mac: Vec<u8>,
-    pub mtu: u32,
-    pub up: bool,
-    pub controller: Option<u32>,
-    pub kind: Option<String>,
-    pub alias: Option<String>,
-}
-
-impl From<LinkMessage> for Link {
-    fn from(m: LinkMessage) -> Self {
-        let mut l = Link {
-            vxlan: crate::overlay::VxlanInfo::from_link_message(&m),
-            index: m.header.index,
-            name: String::new(),
-            mac: Vec::new(),
-            mtu: 0,
-            up: m.header.flags.contains(LinkFlags::Up),
-            controller: None,
-            kind: None,
-            alias: None,
-        };
-        for a in m.attributes {
-            match a {
-                LinkAttribute::IfName(n) => l.name = n,
-                LinkAttribute::Address(mac) => l.mac = mac,
-                LinkAttribute::Mtu(mtu) => l.mtu = mtu,
-                LinkAttribute::Controller(c) => l.controller = Some(c),
-                LinkAttribute::IfAlias(a) => l.alias = Some(a),
-                LinkAttribute::LinkInfo(infos) => {
-                    for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            l.kind = Some(k.to_string());
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        l
-    }
-}
 
 /// An IPv4 route as ferry reads it (main table).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,13 +3,15 @@
 
 mod error;
 mod handle;
+mod link;
 pub mod netns;
 pub mod overlay;
 pub mod sysctl;
 
 pub use error::{Error, Result};
-pub use handle::{Link, Netlink, RouteV4, VethSpec};
-pub use overlay::{FdbEntry, NeighV4, VxlanInfo, VxlanSpec};
+pub use handle::{Netlink, RouteV4, VethSpec};
+pub use link::{Link, VxlanInfo};
+pub use overlay::{FdbEntry, NeighV4, VxlanSpec};
 
 /// A locally administered MAC that carries an IPv4 address: `0a:<tag>:<ip>`. ferry gives
 /// pods `0a:58:<ip>`, their host ends `0a:59:<ip>` and the bridge `0a:58:<gateway>`, so an

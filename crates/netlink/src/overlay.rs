@@ -4,7 +4,6 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures_util::TryStreamExt;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -14,54 +13,7 @@ use rtnetlink::{LinkVxlan, RouteMessageBuilder};
 
 use crate::error::{Context, Result};
 use crate::handle::Netlink;
-
-/// The attributes of a VXLAN device that must match for it to be kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VxlanInfo {
-    pub vni: u32,
-    pub port: u16,
-    pub local: Option<Ipv4Addr>,
-    pub dev: Option<u32>,
-    pub learning: bool,
-}
-
-impl VxlanInfo {
-    pub(crate) fn from_link_message(m: &LinkMessage) -> Option<Self> {
-        use netlink_packet_route::link::LinkAttribute;
-        let infos = m.attributes.iter().find_map(|a| match a {
-            LinkAttribute::LinkInfo(i) => Some(i),
-            _ => None,
-        })?;
-        let is_vxlan = infos
-            .iter()
-            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan)));
-        if !is_vxlan {
-            return None;
-        }
-        let mut v = VxlanInfo {
-            vni: 0,
-            port: 0,
-            local: None,
-            dev: None,
-            learning: true,
-        };
-        for i in infos {
-            if let LinkInfo::Data(InfoData::Vxlan(attrs)) = i {
-                for a in attrs {
-                    match a {
-                        InfoVxlan::Id(id) => v.vni = *id,
-                        InfoVxlan::Port(p) => v.port = *p,
-                        InfoVxlan::Local(l) => v.local = Some(*l),
-                        InfoVxlan::Link(d) => v.dev = Some(*d),
-                        InfoVxlan::Learning(l) => v.learning = *l,
-                        _ => {}
-                    }
-                }
-            }
-        }
-        Some(v)
-    }
-}
+use crate::link::VxlanInfo;
 
 /// A VXLAN device to create.
 #[derive(Debug, Clone)]

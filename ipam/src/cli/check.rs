@@ -7,10 +7,10 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ipam::attachment;
-use ipam::config::parse_subnet;
-use ipam::node_state;
 use ipnetwork::Ipv4Network;
+use node_ipam::attachment;
+use node_ipam::config::parse_subnet;
+use node_ipam::node_state;
 use serde::{Deserialize, Serialize};
 
 use super::etcd::{block_on, EtcdArgs};

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use ipam::attachment;
+use node_ipam::attachment;
 use serde::Serialize;
 
 use super::check::{Report, LEAKED};
@@ -95,7 +95,7 @@ pub fn run(args: Args) -> Result<i32> {
                 })
                 .collect();
             if !refused.is_empty() {
-                return Err(ipam::IpamError::Config(format!(
+                return Err(node_ipam::IpamError::Config(format!(
                     "refusing to free addresses still in use (nothing was freed; pass --force to free them anyway): {}",
                     refused.join("; ")
                 )));
@@ -110,7 +110,7 @@ pub fn run(args: Args) -> Result<i32> {
     });
     let freed = match freed {
         Ok(f) => f,
-        Err(ipam::IpamError::Config(msg)) => bail!(msg),
+        Err(node_ipam::IpamError::Config(msg)) => bail!(msg),
         Err(e) => return Err(e.into()),
     };
     if freed.is_empty() && from_report.is_none() {

@@ -2,9 +2,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
-use ipam::config::parse_subnet;
-use ipam::node_state;
 use ipnetwork::Ipv4Network;
+use node_ipam::config::parse_subnet;
+use node_ipam::node_state;
 use serde::Serialize;
 
 use super::table::Table;
@@ -46,7 +46,7 @@ struct Report {
 /// The pool to describe: the flag, the node state, the store's own record, in that order.
 fn pool(
     args: &Args,
-    data: &ipam::StoreData,
+    data: &node_ipam::StoreData,
 ) -> anyhow::Result<Option<(Ipv4Network, Ipv4Addr, Ipv4Addr, Ipv4Addr)>> {
     let bounds = |net: Ipv4Network, gw: Ipv4Addr| {
         let first = Ipv4Addr::from(u32::from(net.network()) + 1);

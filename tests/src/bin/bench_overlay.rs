@@ -210,7 +210,7 @@ fn join() {
             .collect();
         let (ep, prefix) = (ep.clone(), prefix.clone());
         let written = ferry_tests::inside::block_on(&client, move || async move {
-            let mut reg = ipam::lease::Registry::connect(&etcd_opts(&ep), &prefix)
+            let mut reg = registry::Registry::connect(&etcd_opts(&ep), &prefix)
                 .await
                 .expect("etcd");
             let cfg = reg
@@ -247,8 +247,8 @@ fn join() {
     println!("p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target: under 100 ms)\n");
 }
 
-fn etcd_opts(ep: &str) -> ipam::lease::EtcdOptions {
-    ipam::lease::EtcdOptions {
+fn etcd_opts(ep: &str) -> registry::EtcdOptions {
+    registry::EtcdOptions {
         endpoints: vec![ep.to_string()],
         cacert: None,
         cert: None,
@@ -263,7 +263,7 @@ fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
     ferry_tests::inside::block_on(client, move || async move {
         use etcd_client::{Client, Txn, TxnOp};
         let mut cl = Client::connect([ep.as_str()], None).await.expect("etcd");
-        let layout = ipam::lease::Layout::new(&prefix);
+        let layout = registry::Layout::new(&prefix);
         let cfg = serde_json::json!({"clusterCIDR": cidr, "subnetLen": 24, "vni": 1, "port": 4789});
         cl.put(layout.config(), cfg.to_string(), None)
             .await
@@ -273,7 +273,7 @@ fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
             .flat_map(|i| {
                 let subnet = Ipv4Network::new(Ipv4Addr::from(base + ((i as u32 + 1) << 8)), 24)
                     .expect("subnet");
-                let rec = ipam::lease::LeaseRecord {
+                let rec = registry::LeaseRecord {
                     node: format!("sim{i}"),
                     subnet,
                     public_ip: Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8),

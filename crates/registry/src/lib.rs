@@ -1,4 +1,5 @@
-//! Node subnet leases and the cluster config in etcd.
+//! ferry's cluster registry in etcd: the cluster config, node subnet leases, liveness and
+//! usage, linked by `ferry-overlayd` and the `ferry-ipam` CLI, never by the CNI plugin.
 //!
 //! Layout (`layout`) and the decisions that need no etcd (`model`) are separate from the
 //! etcd client (`registry`), so that they are tested without one.

@@ -10,7 +10,6 @@ pub mod attachment;
 pub mod config;
 pub mod durable;
 pub mod error;
-pub mod lease;
 pub mod node_state;
 pub mod ops;
 pub mod store;

@@ -1,5 +1,6 @@
-//! The overlay's kernel entries as data: what the leases want, what the kernel has, and
-//! the operations that turn one into the other. No kernel needed to test any of it.
+//! Every remote node's route, neighbour and FDB entry as data: what the leases want, what
+//! the kernel has, and the operations that turn one into the other. No kernel needed to
+//! test any of it.
 //!
 //! Per remote node (flannel's layout): a permanent neighbour entry for the node subnet's
 //! network address with the node's VTEP MAC, an FDB entry sending that MAC to the node's
