@@ -6,7 +6,7 @@ use std::path::Path;
 
 use cni::{CniResult, Code, Env, Error, Interface, NetConf};
 use ipnetwork::Ipv4Network;
-use netlink::{netns, Netlink, VethSpec};
+use netlink::{netns, Netlink, SourceGuard, VethSpec};
 
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
@@ -151,6 +151,26 @@ async fn wire(
     host.configure_port(host_veth, pc.hairpin, &alias)
         .await
         .map_err(err)?;
+    // The pod may send only from its own MAC and addresses; the host end comes up only
+    // once that holds, so not one frame passes unguarded.
+    let host_link = host
+        .get_link(host_veth)
+        .await
+        .map_err(err)?
+        .ok_or_else(|| {
+            Error::new(
+                Code::Kernel,
+                format!("{host_veth} is missing right after creation"),
+            )
+        })?;
+    let guard = SourceGuard {
+        mac: pod_mac,
+        ipv4: vec![ip],
+    };
+    host.guard_source(host_link.index, host_veth, &guard)
+        .await
+        .map_err(err)?;
+    host.set_up(host_link.index, host_veth).await.map_err(err)?;
 
     let pod = Netlink::open_in(ns, netns_path).map_err(err)?;
     let link = pod

@@ -93,6 +93,11 @@ async fn check_kernel(
             pc.bridge
         )));
     }
+    if !host.has_source_guard(hv.index).await.map_err(err)? {
+        return Err(failed(format!(
+            "host veth {host_veth} has lost its source guard (the pod could send from any address): re-create the pod"
+        )));
+    }
 
     let pod = Netlink::open_in(ns, netns_path).map_err(err)?;
     let link = pod

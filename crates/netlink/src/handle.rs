@@ -24,9 +24,9 @@ pub struct RouteV4 {
 }
 
 /// A veth pair whose peer is created directly in the pod's namespace: one message, no
-/// move, no rename (neither end ever exists under a temporary name). The host end comes
-/// up with it; the peer cannot (the kernel refuses to open a veth end whose pair is not
-/// linked yet), so the caller sets it up inside the pod.
+/// move, no rename (neither end ever exists under a temporary name). Both ends start
+/// down: the caller guards the host end (`guard_source`) before any frame can pass, then
+/// sets each end up.
 pub struct VethSpec<'a> {
     pub host_name: &'a str,
     pub host_mac: [u8; 6],
@@ -213,7 +213,6 @@ impl Netlink {
             .address(spec.host_mac.to_vec())
             .mtu(spec.mtu)
             .controller(spec.controller)
-            .up()
             .build();
         self.handle.link().add(msg).execute().await.context(|| {
             format!(

@@ -2,6 +2,7 @@
 //! the link and network namespace it concerns.
 
 mod error;
+mod guard;
 mod handle;
 mod link;
 pub mod netns;
@@ -9,6 +10,7 @@ pub mod overlay;
 pub mod sysctl;
 
 pub use error::{Error, Result};
+pub use guard::SourceGuard;
 pub use handle::{Netlink, RouteV4, VethSpec};
 pub use link::{Link, VxlanInfo};
 pub use overlay::{FdbEntry, NeighV4, VxlanSpec};

@@ -1,0 +1,388 @@
+//! The source guard: a pod may send only from its own MAC and addresses.
+//!
+//! Every frame a pod sends enters the host through the ingress of its host-side veth, so
+//! that is where the guard sits: a small eBPF program in direct-action mode (`cls_bpf`
+//! under an `ingress` qdisc), built per pod with the pod's MAC and addresses as constants.
+//! It passes IPv4 frames whose Ethernet and IP sources are the pod's and ARP whose sender
+//! hardware and protocol addresses are the pod's, and drops everything else: other
+//! ethertypes, VLAN tags, another pod's address or MAC, gratuitous ARP for the gateway.
+//!
+//! Why eBPF and not nftables or flower: the guard is made on every ADD, and an exec of
+//! `nft` costs more than the whole ADD; `cls_flower` and `act_gact` are optional kernel
+//! modules (absent on the kernels we test on), while `cls_bpf` with direct action needs
+//! neither. The program dies with the veth, so DEL has nothing to undo.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use futures_util::StreamExt;
+use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+use netlink_packet_route::tc::{
+    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use crate::error::{Context, Error, Result};
+use crate::handle::Netlink;
+
+/// What a pod may send from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceGuard {
+    pub mac: [u8; 6],
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
+/// One eBPF instruction, as the kernel takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Insn {
+    code: u8,
+    /// dst register in the low nibble, src register in the high one.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+// Opcodes (linux/bpf_common.h, linux/bpf.h).
+const LDX_W: u8 = 0x61; // dst = *(u32 *)(src + off)
+const LDX_H: u8 = 0x69; // dst = *(u16 *)(src + off)
+const MOV64_X: u8 = 0xbf; // dst = src
+const MOV64_K: u8 = 0xb7; // dst = imm
+const ADD64_K: u8 = 0x07; // dst += imm
+const JGT_X: u8 = 0x2d; // if dst > src goto off
+const JA: u8 = 0x05; // goto off
+const JEQ32_K: u8 = 0x16; // if (u32)dst == imm goto off
+const JNE32_K: u8 = 0x56; // if (u32)dst != imm goto off
+const EXIT: u8 = 0x95;
+
+// Offsets in `struct __sk_buff`.
+const SKB_VLAN_PRESENT: i16 = 20;
+const SKB_DATA: i16 = 76;
+const SKB_DATA_END: i16 = 80;
+
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+
+/// Where a jump goes, resolved when the program is finished.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Label {
+    Ipv4,
+    Arp,
+    Pass,
+    Drop,
+}
+
+struct Asm {
+    insns: Vec<Insn>,
+    /// (instruction index, target) of every jump still to resolve.
+    jumps: Vec<(usize, Label)>,
+    labels: Vec<(Label, usize)>,
+}
+
+impl Asm {
+    fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+        self.insns.push(Insn {
+            code,
+            regs: dst | (src << 4),
+            off,
+            imm,
+        });
+    }
+    fn jump(&mut self, code: u8, dst: u8, src: u8, imm: i32, to: Label) {
+        self.jumps.push((self.insns.len(), to));
+        self.op(code, dst, src, 0, imm);
+    }
+    fn label(&mut self, l: Label) {
+        self.labels.push((l, self.insns.len()));
+    }
+    /// `r4 = data + len; if r4 > data_end goto drop`: proves to the verifier (and to us)
+    /// that `len` bytes of the frame are there.
+    fn need(&mut self, len: i32) {
+        self.op(MOV64_X, 4, 2, 0, 0);
+        self.op(ADD64_K, 4, 0, 0, len);
+        self.jump(JGT_X, 4, 3, 0, Label::Drop);
+    }
+    /// Drops unless the 6 bytes at `off` of the frame are `mac`.
+    fn expect_mac(&mut self, off: i16, mac: [u8; 6]) {
+        let (hi, lo) = (
+            u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]),
+            u16::from_ne_bytes([mac[4], mac[5]]),
+        );
+        self.op(LDX_W, 4, 2, off, 0);
+        self.jump(JNE32_K, 4, 0, hi as i32, Label::Drop);
+        self.op(LDX_H, 4, 2, off + 4, 0);
+        self.jump(JNE32_K, 4, 0, i32::from(lo), Label::Drop);
+    }
+    /// Passes when the 4 bytes at `off` are one of `ips`, drops otherwise.
+    fn expect_ipv4(&mut self, off: i16, ips: &[Ipv4Addr]) {
+        self.op(LDX_W, 4, 2, off, 0);
+        for ip in ips {
+            self.jump(
+                JEQ32_K,
+                4,
+                0,
+                u32::from_ne_bytes(ip.octets()) as i32,
+                Label::Pass,
+            );
+        }
+        self.jump(JA, 0, 0, 0, Label::Drop);
+    }
+    fn finish(mut self) -> Vec<Insn> {
+        for (at, to) in std::mem::take(&mut self.jumps) {
+            let target = self
+                .labels
+                .iter()
+                .find(|(l, _)| *l == to)
+                .map(|(_, i)| *i)
+                .unwrap_or(at + 1);
+            // Programs are a few dozen instructions: the offset always fits.
+            self.insns[at].off = (target as i64 - at as i64 - 1) as i16;
+        }
+        self.insns
+    }
+}
+
+impl SourceGuard {
+    /// The program: r1 is the `__sk_buff`, r2/r3 the frame's start and end, r4 scratch.
+    pub fn program(&self) -> Vec<Insn> {
+        let mut a = Asm {
+            insns: Vec::new(),
+            jumps: Vec::new(),
+            labels: Vec::new(),
+        };
+        // A tag was already taken off into the skb: the frame below it is not what the
+        // pod's address rules speak of.
+        a.op(LDX_W, 4, 1, SKB_VLAN_PRESENT, 0);
+        a.jump(JNE32_K, 4, 0, 0, Label::Drop);
+        a.op(LDX_W, 2, 1, SKB_DATA, 0);
+        a.op(LDX_W, 3, 1, SKB_DATA_END, 0);
+        a.need(14);
+        a.expect_mac(6, self.mac);
+        a.op(LDX_H, 4, 2, 12, 0);
+        a.jump(
+            JEQ32_K,
+            4,
+            0,
+            i32::from(u16::from_ne_bytes([0x08, 0x00])),
+            Label::Ipv4,
+        );
+        a.jump(
+            JEQ32_K,
+            4,
+            0,
+            i32::from(u16::from_ne_bytes([0x08, 0x06])),
+            Label::Arp,
+        );
+        a.jump(JA, 0, 0, 0, Label::Drop);
+
+        a.label(Label::Ipv4);
+        a.need(14 + 20);
+        a.expect_ipv4(14 + 12, &self.ipv4);
+
+        a.label(Label::Arp);
+        a.need(14 + 28);
+        a.expect_mac(14 + 8, self.mac);
+        a.expect_ipv4(14 + 14, &self.ipv4);
+
+        a.label(Label::Pass);
+        a.op(MOV64_K, 0, 0, 0, TC_ACT_OK);
+        a.op(EXIT, 0, 0, 0, 0);
+        a.label(Label::Drop);
+        a.op(MOV64_K, 0, 0, 0, TC_ACT_SHOT);
+        a.op(EXIT, 0, 0, 0, 0);
+        a.finish()
+    }
+}
+
+/// The head of `union bpf_attr` for BPF_PROG_LOAD, up to the fields ferry sets; the kernel
+/// takes a shorter attr and zeroes the rest.
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const PROG_NAME: &str = "ferry_guard";
+
+/// Loads `insns` as a tc classifier; on failure, loads again with the verifier's log so
+/// the error says why.
+fn load(insns: &[Insn]) -> std::io::Result<OwnedFd> {
+    let license = c"Apache-2.0";
+    let mut log = vec![0u8; 0];
+    for attempt in 0..2 {
+        if attempt == 1 {
+            log = vec![0u8; 64 * 1024];
+        }
+        let mut name = [0u8; 16];
+        name[..PROG_NAME.len()].copy_from_slice(PROG_NAME.as_bytes());
+        let attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_SCHED_CLS,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: u32::from(attempt == 1),
+            log_size: log.len() as u32,
+            log_buf: if log.is_empty() {
+                0
+            } else {
+                log.as_mut_ptr() as u64
+            },
+            kern_version: 0,
+            prog_flags: 0,
+            prog_name: name,
+        };
+        // SAFETY: `attr` points at live memory (the instructions, the license string and the
+        // log buffer outlive the call) and its size is passed with it.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const ProgLoadAttr,
+                std::mem::size_of::<ProgLoadAttr>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel returned a new descriptor that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        }
+        let e = std::io::Error::last_os_error();
+        if attempt == 1 || e.raw_os_error() == Some(libc::EPERM) {
+            let text = String::from_utf8_lossy(&log);
+            let verifier = text.trim_end_matches('\0').trim();
+            return Err(if verifier.is_empty() {
+                e
+            } else {
+                std::io::Error::new(e.kind(), format!("{e}; verifier: {verifier}"))
+            });
+        }
+    }
+    Err(std::io::Error::other("unreachable: two attempts made"))
+}
+
+/// `ETH_P_ALL` in network byte order, as the filter's protocol.
+const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
+
+impl Netlink {
+    /// Installs `guard` on the ingress of the link `index` (a pod's host-side veth, which
+    /// must still be down so that no frame passes before the guard is there).
+    pub async fn guard_source(&self, index: u32, name: &str, guard: &SourceGuard) -> Result<()> {
+        let what = || format!("source guard on {name} in {}", self.place);
+        self.handle
+            .qdisc()
+            .add(index as i32)
+            .ingress()
+            .execute()
+            .await
+            .context(|| format!("add ingress qdisc: {}", what()))?;
+        let prog = load(&guard.program()).map_err(|source| Error::Io {
+            what: format!("load the eBPF program of the {}", what()),
+            source,
+        })?;
+        let mut msg = TcMessage::with_index(index as i32);
+        msg.header.parent = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        msg.header.info = (1u32 << 16) | u32::from(ETH_P_ALL_BE);
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        msg.attributes.push(TcAttribute::Options(vec![
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(PROG_NAME.into())),
+            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+        ]));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewTrafficFilter(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+        let mut handle = self.handle.clone();
+        let mut replies = handle
+            .request(req)
+            .context(|| format!("add filter: {}", what()))?;
+        while let Some(m) = replies.next().await {
+            if let netlink_packet_core::NetlinkPayload::Error(e) = m.payload {
+                if e.code.is_some() {
+                    return Err(rtnetlink::Error::NetlinkError(e))
+                        .context(|| format!("add filter: {}", what()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the link `index` carries ferry's source guard.
+    pub async fn has_source_guard(&self, index: u32) -> Result<bool> {
+        use futures_util::TryStreamExt;
+        let filters: Vec<TcMessage> = self
+            .handle
+            .traffic_filter(index as i32)
+            .get()
+            .ingress()
+            .execute()
+            .try_collect()
+            .await
+            .context(|| format!("list ingress filters of link {index} in {}", self.place))?;
+        Ok(filters.iter().any(|f| {
+            f.attributes.iter().any(|a| {
+                matches!(a, TcAttribute::Options(o) if o.iter().any(|o| matches!(o,
+                    TcOption::Bpf(TcFilterBpfOption::ProgName(n)) if n.starts_with(PROG_NAME))))
+            })
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard() -> SourceGuard {
+        SourceGuard {
+            mac: [0x0a, 0x58, 10, 1, 2, 3],
+            ipv4: vec![Ipv4Addr::new(10, 1, 2, 3)],
+        }
+    }
+
+    #[test]
+    fn every_jump_lands_inside_the_program() {
+        let p = guard().program();
+        for (i, insn) in p.iter().enumerate() {
+            let is_jump = insn.code & 0x07 == 0x05 || insn.code & 0x07 == 0x06;
+            if is_jump && insn.code != EXIT {
+                let to = i as i64 + 1 + i64::from(insn.off);
+                assert!(
+                    to > i as i64 && (to as usize) < p.len(),
+                    "insn {i}: {insn:?}"
+                );
+            }
+        }
+        assert_eq!(p.last().map(|i| i.code), Some(EXIT));
+    }
+
+    #[test]
+    fn each_address_is_one_comparison() {
+        let one = guard().program().len();
+        let mut two = guard();
+        two.ipv4.push(Ipv4Addr::new(10, 1, 2, 4));
+        // Compared once for IPv4 sources and once for ARP senders.
+        assert_eq!(two.program().len(), one + 2);
+    }
+
+    #[test]
+    fn constants_are_the_frame_bytes() {
+        let p = guard().program();
+        let ip = u32::from_ne_bytes([10, 1, 2, 3]) as i32;
+        assert_eq!(
+            p.iter()
+                .filter(|i| i.code == JEQ32_K && i.imm == ip)
+                .count(),
+            2
+        );
+    }
+}
