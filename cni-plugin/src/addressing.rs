@@ -21,12 +21,7 @@ impl<'a> Addressing<'a> {
     }
 
     fn attachment(&self) -> ops::Attachment<'a> {
-        ops::Attachment {
-            network: &self.conf.name,
-            container_id: &self.env.container_id,
-            ifname: &self.env.ifname,
-            netns: self.env.netns.as_deref(),
-        }
+        ops::Attachment::of(self.conf, self.env)
     }
 
     fn exec(&self, plugin: &str, command: Command) -> Result<Vec<u8>, Error> {

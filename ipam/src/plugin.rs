@@ -26,15 +26,7 @@ fn dispatch(reply_version: &mut String) -> Result<Option<String>, Error> {
     let cfg = Config::from_netconf(&conf)?;
     match env.command {
         Command::Add => {
-            let (ip, pool) = ops::allocate(
-                &cfg,
-                Attachment {
-                    network: &conf.name,
-                    container_id: &env.container_id,
-                    ifname: &env.ifname,
-                    netns: env.netns.as_deref(),
-                },
-            )?;
+            let (ip, pool) = ops::allocate(&cfg, Attachment::of(&conf, &env))?;
             Ok(Some(ops::result(ip, &pool).to_json(&conf.cni_version)))
         }
         Command::Del => {

@@ -6,7 +6,9 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod cri;
 pub mod inside;
+pub mod manifest;
 pub mod netns;
 pub mod proc;
 

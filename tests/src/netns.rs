@@ -16,6 +16,14 @@ impl Netns {
         ns
     }
 
+    /// A name for the network namespace of process `pid` (one a runtime made), so the
+    /// same helpers reach it; dropping it removes only the name.
+    pub fn attach(prefix: &str, pid: u32) -> Netns {
+        let name = crate::unique(prefix);
+        run_ok(Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]));
+        Netns { name }
+    }
+
     pub fn path(&self) -> PathBuf {
         PathBuf::from(format!("/run/netns/{}", self.name))
     }

@@ -17,13 +17,8 @@ impl Bg {
 
     /// Starts `cmd` inside `ns`, its output appended to `log`.
     pub fn spawn_logged(ns: &Netns, cmd: &str, log: &std::path::Path) -> Bg {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open log");
-        let err = out.try_clone().expect("clone log");
-        Self::spawn_in(ns, cmd, out.into(), err.into())
+        let (out, err) = log_pair(log);
+        Self::spawn_in(ns, cmd, out, err)
     }
 
     fn spawn_in(ns: &Netns, cmd: &str, out: Stdio, err: Stdio) -> Bg {
@@ -39,6 +34,13 @@ impl Bg {
         .stdout(out)
         .stderr(err);
         Self::spawn_cmd_with(c)
+    }
+
+    /// Starts a prepared command in the background, its output appended to `log`.
+    pub fn spawn_cmd_logged(mut cmd: Command, log: &std::path::Path) -> Bg {
+        let (out, err) = log_pair(log);
+        cmd.stdout(out).stderr(err);
+        Self::spawn_cmd_with(cmd)
     }
 
     /// Starts a prepared command in the background, its output dropped.
@@ -85,6 +87,17 @@ impl Drop for Bg {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// stdout and stderr both appended to `log`.
+fn log_pair(log: &std::path::Path) -> (Stdio, Stdio) {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let err = out.try_clone().expect("clone log");
+    (out.into(), err.into())
 }
 
 /// Polls `f` until it is true or `timeout` passes.

@@ -48,7 +48,15 @@ fn show_and_release_over_a_real_store() {
         .expect("header");
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>(),
-        ["IP", "CONTAINER", "IFNAME", "NETWORK", "NETNS", "SINCE"]
+        [
+            "IP",
+            "POD",
+            "CONTAINER",
+            "IFNAME",
+            "NETWORK",
+            "NETNS",
+            "SINCE"
+        ]
     );
     assert!(
         table.contains(&pod_ip(&ra)) && table.contains("cli-b"),

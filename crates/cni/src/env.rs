@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Code, Error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +62,79 @@ pub struct Env {
     /// Empty for GC, STATUS and VERSION.
     pub ifname: String,
     pub args: String,
+    /// The pod that `CNI_ARGS` names (Kubernetes runtimes set it), validated.
+    pub k8s_pod: Option<K8sPod>,
     pub path: Vec<PathBuf>,
+}
+
+/// The Kubernetes pod a runtime names in `CNI_ARGS` (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`,
+/// `K8S_POD_UID`), as containerd and CRI-O pass it. Recorded with the pod's address, so an
+/// operator finds an address by the pod's name and policy can map addresses to pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct K8sPod {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+}
+
+impl K8sPod {
+    /// Reads the pod from `CNI_ARGS` (`K=V;K=V`, other keys ignored). Names that Kubernetes
+    /// could not have made are refused: the identity is trusted later (policy), so a lie
+    /// here must not be stored.
+    pub fn from_cni_args(args: &str) -> Result<Option<K8sPod>, Error> {
+        let get = |key: &str| {
+            args.split(';')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim())
+        };
+        let (Some(namespace), Some(name)) = (get("K8S_POD_NAMESPACE"), get("K8S_POD_NAME")) else {
+            return Ok(None);
+        };
+        let uid = get("K8S_POD_UID").unwrap_or_default();
+        let bad = |key: &str, v: &str, rule: &str| {
+            Err(Error::new(
+                Code::InvalidEnv,
+                format!("CNI_ARGS {key} is not a Kubernetes {rule}"),
+            )
+            .with_details(v.chars().take(300).collect::<String>()))
+        };
+        if !is_dns_name(namespace, 63, false) {
+            return bad("K8S_POD_NAMESPACE", namespace, "namespace name");
+        }
+        if !is_dns_name(name, 253, true) {
+            return bad("K8S_POD_NAME", name, "pod name");
+        }
+        if uid.len() > 64 || !uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return bad("K8S_POD_UID", uid, "UID");
+        }
+        Ok(Some(K8sPod {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }))
+    }
+}
+
+/// A DNS label (RFC 1123: lower-case alphanumerics and `-`, alphanumeric at both ends), or
+/// with `dots` a subdomain of such labels, at most `max` bytes.
+fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !s.is_empty()
+        && s.len() <= max
+        && if dots {
+            s.split('.').all(label)
+        } else {
+            label(s)
+        }
 }
 
 impl Env {
@@ -117,6 +191,7 @@ impl Env {
             container_id,
             netns,
             ifname,
+            k8s_pod: K8sPod::from_cni_args(&var("CNI_ARGS"))?,
             args: var("CNI_ARGS"),
             path,
         })
@@ -208,6 +283,32 @@ mod tests {
         assert!(validate_ifname("a-name-too-long-").is_err());
         assert!(validate_ifname("a/b").is_err());
         assert!(validate_ifname("..").is_err());
+    }
+
+    #[test]
+    fn reads_the_pod_from_cni_args() {
+        let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0.a;K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID=1f-2a";
+        assert_eq!(
+            K8sPod::from_cni_args(args).unwrap(),
+            Some(K8sPod {
+                namespace: "shop".into(),
+                name: "web-0.a".into(),
+                uid: "1f-2a".into()
+            })
+        );
+        assert_eq!(K8sPod::from_cni_args("").unwrap(), None);
+        assert_eq!(K8sPod::from_cni_args("K8S_POD_NAME=x").unwrap(), None);
+        for bad in [
+            "K8S_POD_NAMESPACE=Shop;K8S_POD_NAME=web",
+            "K8S_POD_NAMESPACE=a.b;K8S_POD_NAME=web",
+            "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=we/b",
+            "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=-web",
+            "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;K8S_POD_UID=a b",
+        ] {
+            assert_eq!(K8sPod::from_cni_args(bad).unwrap_err().code, 4, "{bad}");
+        }
+        let long = format!("K8S_POD_NAMESPACE=shop;K8S_POD_NAME={}", "a".repeat(70_000));
+        assert_eq!(K8sPod::from_cni_args(&long).unwrap_err().code, 4);
     }
 
     #[test]

@@ -10,6 +10,6 @@ pub mod result;
 pub mod version;
 
 pub use conf::{Attachment, NetConf};
-pub use env::{Command, Env};
+pub use env::{Command, Env, K8sPod};
 pub use error::{Code, Error};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};

@@ -60,6 +60,20 @@ pub struct Attachment<'a> {
     pub container_id: &'a str,
     pub ifname: &'a str,
     pub netns: Option<&'a Path>,
+    pub pod: Option<&'a cni::K8sPod>,
+}
+
+impl<'a> Attachment<'a> {
+    /// The attachment a runtime's call is about.
+    pub fn of(conf: &'a NetConf, env: &'a cni::Env) -> Self {
+        Attachment {
+            network: &conf.name,
+            container_id: &env.container_id,
+            ifname: &env.ifname,
+            netns: env.netns.as_deref(),
+            pod: env.k8s_pod.as_ref(),
+        }
+    }
 }
 
 fn now() -> u64 {
@@ -94,6 +108,7 @@ pub fn allocate(cfg: &Config, att: Attachment<'_>) -> Result<(Ipv4Addr, Pool), I
                 ifname: att.ifname.into(),
                 network: att.network.into(),
                 netns: att.netns.map(|p| p.display().to_string()),
+                pod: att.pod.cloned(),
                 since: now(),
             },
         );
@@ -218,6 +233,7 @@ mod tests {
             container_id: cid,
             ifname: "eth0",
             netns: None,
+            pod: None,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct Allocation {
     pub network: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// The Kubernetes pod the runtime named in `CNI_ARGS`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<cni::K8sPod>,
     /// Unix seconds of the ADD.
     pub since: u64,
 }
@@ -164,6 +167,7 @@ mod tests {
             ifname: "eth0".into(),
             network: "n".into(),
             netns: None,
+            pod: None,
             since: 0,
         }
     }

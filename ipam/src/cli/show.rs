@@ -17,6 +17,10 @@ pub struct Args {
     /// Only this CNI network's allocations.
     #[arg(long)]
     network: Option<String>,
+    /// Only the allocations of this Kubernetes pod (NAMESPACE/NAME), as the runtime named
+    /// it in CNI_ARGS.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pod: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
 }
@@ -29,6 +33,8 @@ struct Row {
     ifname: String,
     network: String,
     netns: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<cni::K8sPod>,
     since: String,
 }
 
@@ -93,12 +99,20 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .allocations
         .iter()
         .filter(|(_, a)| args.network.as_ref().is_none_or(|n| *n == a.network))
+        .filter(|(_, a)| {
+            args.pod.as_ref().is_none_or(|want| {
+                a.pod
+                    .as_ref()
+                    .is_some_and(|p| *want == format!("{}/{}", p.namespace, p.name))
+            })
+        })
         .map(|(ip, a)| Row {
             ip: *ip,
             container_id: a.container_id.clone(),
             ifname: a.ifname.clone(),
             network: a.network.clone(),
             netns: a.netns.clone(),
+            pod: a.pod.clone(),
             since: humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(a.since))
                 .to_string(),
         })
@@ -147,10 +161,22 @@ fn print_table(r: &Report) {
         println!("\nno allocations");
         return;
     }
-    let mut t = Table::new(["IP", "CONTAINER", "IFNAME", "NETWORK", "NETNS", "SINCE"]);
+    let mut t = Table::new([
+        "IP",
+        "POD",
+        "CONTAINER",
+        "IFNAME",
+        "NETWORK",
+        "NETNS",
+        "SINCE",
+    ]);
     for a in &r.allocations {
         t.row([
             a.ip.to_string(),
+            a.pod
+                .as_ref()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .unwrap_or_else(|| "-".into()),
             a.container_id.clone(),
             a.ifname.clone(),
             a.network.clone(),

@@ -1,0 +1,8 @@
+//! Kubelet's path to ferry: containerd's CRI on nodes made of namespaces.
+
+pub mod client;
+pub mod image;
+pub mod node;
+
+pub use client::{Cri, PodSpec};
+pub use node::{CriNode, CriPod};

@@ -1,0 +1,411 @@
+//! A node the way kubelet sees one: a network namespace on the cluster's switch, with its
+//! own private containerd serving the CRI, and ferry installed on it exactly as the
+//! DaemonSet installs it (the real `deploy/install-cni.sh` with the ConfigMap's conflist,
+//! `ferry-overlayd` with the DaemonSet's args and env).
+//!
+//! The node has a mount namespace of its own, held by a sleeping process: tmpfs over `/run`
+//! and `/var/lib` (containerd's shim sockets, libcni's cache, `/run/ferry`,
+//! `/var/lib/ferry` are all at fixed paths) and overlays over `/etc` and `/opt` (the CNI
+//! config and binaries), so the host's directories stay untouched. containerd and
+//! `ferry-overlayd` run inside it, entered with `nsenter` (not `ip netns exec`, which
+//! remounts /sys and hides the cgroup mounts runc needs). Every process started in it is
+//! ended on drop: they are found by that mount namespace, which only this node's
+//! processes are in.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+use crate::cri::client::{Cri, PodSpec};
+use crate::cri::image;
+use crate::netns::Netns;
+use crate::proc::{wait_until, Bg};
+
+pub struct CriNode {
+    pub name: String,
+    pub host: Netns,
+    pub ip: String,
+    pub dir: tempfile::TempDir,
+    holder: Option<Bg>,
+    containerd: Option<Bg>,
+    overlayd: Option<Bg>,
+    pub cri: Cri,
+    /// `FERRY_ETCD_ENDPOINTS`: the one value of the ConfigMap the test replaces (its etcd).
+    etcd_endpoints: String,
+}
+
+/// A pod made through the CRI, with a name for its network namespace.
+pub struct CriPod {
+    pub id: String,
+    pub spec: PodSpec,
+    pub ip: String,
+    pub ns: Netns,
+}
+
+impl CriNode {
+    /// Node `i` of `cluster`: namespace, mount namespace, containerd with the pause image,
+    /// serving the CRI. ferry is not installed yet (`install_ferry`).
+    pub fn start(cluster: &Cluster, i: usize) -> CriNode {
+        let name = format!("cri{i}");
+        let host = Netns::new("fyk");
+        let ip = format!("192.0.2.{}", 31 + i);
+        cluster.switch.plug(&host, &ip);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().to_path_buf();
+        let d = d.as_path();
+        for sub in ["eu", "ew", "ou", "ow", "root", "state", "runc"] {
+            std::fs::create_dir_all(d.join(sub)).expect("node dir");
+        }
+        let dd = d.display();
+        let script = format!(
+            "set -e
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/lib
+mkdir -p /run/ferry /run/containerd /var/lib/cni /var/lib/ferry
+mount -t overlay overlay -o lowerdir=/etc,upperdir={dd}/eu,workdir={dd}/ew /etc
+mount -t overlay overlay -o lowerdir=/opt,upperdir={dd}/ou,workdir={dd}/ow /opt
+mkdir -p /opt/cni/bin /etc/cni/net.d
+touch {dd}/mounted
+exec sleep infinity"
+        );
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", host.path().display())).args([
+            "unshare",
+            "--mount",
+            "--propagation",
+            "slave",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        let holder = Bg::spawn_cmd_logged(cmd, &d.join("holder.log"));
+        let sock = d.join("containerd.sock");
+        let mut node = CriNode {
+            name,
+            host,
+            ip,
+            cri: Cri::connect(&sock),
+            holder: Some(holder),
+            containerd: None,
+            overlayd: None,
+            etcd_endpoints: cluster.etcd.endpoint(),
+            dir,
+        };
+        let mounted = wait_until(Duration::from_secs(10), || {
+            node.dir.path().join("mounted").exists()
+        });
+        assert!(
+            mounted,
+            "{}: mount namespace not set up: {}",
+            node.name,
+            std::fs::read_to_string(node.dir.path().join("holder.log")).unwrap_or_default()
+        );
+        std::fs::write(d.join("config.toml"), containerd_config(d)).expect("config.toml");
+        // What a kind node image ships beside the CNI config: the reference plugins the
+        // runtime execs itself (loopback) and the conflist chains (portmap).
+        node.sh("cp /usr/lib/cni/loopback /usr/lib/cni/portmap /usr/lib/cni/bridge /usr/lib/cni/host-local /opt/cni/bin/");
+        node.start_containerd();
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&sock)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(image::pause_tar())
+            .output()
+            .expect("ctr");
+        assert!(
+            out.status.success(),
+            "import the pause image: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        node
+    }
+
+    fn holder_pid(&self) -> u32 {
+        self.holder.as_ref().map(Bg::pid).expect("holder running")
+    }
+
+    /// A command inside the node (its network and mount namespaces).
+    pub fn enter(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--target={}", self.holder_pid()))
+            .args(["--mount", "--net"]);
+        c
+    }
+
+    /// Runs a shell command inside the node; panics with its output when it fails.
+    pub fn sh(&self, cmd: &str) -> String {
+        let out = self
+            .enter()
+            .args(["sh", "-c", cmd])
+            .output()
+            .expect("nsenter");
+        assert!(
+            out.status.success(),
+            "in {}: `{cmd}` failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A path of the node's own file system, as the host reaches it.
+    pub fn path(&self, p: &str) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{}/root{}",
+            self.holder_pid(),
+            p.trim_end_matches('/')
+        ))
+    }
+
+    pub fn log(&self, what: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{what}.log"))).unwrap_or_default()
+    }
+
+    pub fn start_containerd(&mut self) {
+        let mut c = self.enter();
+        c.arg("containerd")
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"));
+        self.containerd = Some(Bg::spawn_cmd_logged(
+            c,
+            &self.dir.path().join("containerd.log"),
+        ));
+        let up = wait_until(Duration::from_secs(20), || self.cri.network_ready().is_ok());
+        assert!(
+            up,
+            "{}: containerd's CRI did not answer:\n{}",
+            self.name,
+            self.log("containerd")
+        );
+    }
+
+    /// SIGTERM to containerd (its shims and pods keep running, as on a real node).
+    pub fn stop_containerd(&mut self) {
+        if let Some(c) = self.containerd.take() {
+            c.stop(libc::SIGTERM, Duration::from_secs(10));
+        }
+    }
+
+    /// What the DaemonSet's init container does: `install-cni.sh` with the ConfigMap's
+    /// conflist (the node's /opt/cni/bin and /etc/cni/net.d are its `/host/...`).
+    pub fn install_ferry(&self) {
+        let conflist = self.dir.path().join("10-ferry.conflist");
+        std::fs::write(&conflist, crate::manifest::shipped_conflist().to_string())
+            .expect("conflist");
+        let out = self
+            .enter()
+            .env("FERRY_BIN_SRC", crate::bin_dir())
+            .env("FERRY_CONFLIST_SRC", &conflist)
+            .arg(crate::manifest::repo().join("deploy/install-cni.sh"))
+            .arg("/")
+            .output()
+            .expect("install-cni.sh");
+        assert!(
+            out.status.success(),
+            "install-cni.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `ferry-overlayd` as the DaemonSet runs it: its args, its env (the ConfigMap's values,
+    /// the node's name), the etcd endpoint replaced by the test's.
+    pub fn start_overlayd(&mut self) {
+        let spec = crate::manifest::overlayd(&self.name);
+        let mut c = self.enter();
+        c.arg("env")
+            .arg("-i")
+            .arg("PATH=/usr/sbin:/usr/bin:/sbin:/bin");
+        for (k, v) in &spec.env {
+            let v = if k == "FERRY_ETCD_ENDPOINTS" {
+                &self.etcd_endpoints
+            } else {
+                v
+            };
+            c.arg(format!("{k}={v}"));
+        }
+        c.arg(crate::bin("ferry-overlayd")).args(&spec.args);
+        self.overlayd = Some(Bg::spawn_cmd_logged(
+            c,
+            &self.dir.path().join("overlayd.log"),
+        ));
+        let state = self.path("/run/ferry/node.json");
+        let ready = wait_until(Duration::from_secs(30), || state.exists());
+        assert!(
+            ready,
+            "{}: ferry-overlayd not ready:\n{}",
+            self.name,
+            self.log("overlayd")
+        );
+    }
+
+    pub fn stop_overlayd(&mut self) -> Option<i32> {
+        self.overlayd
+            .take()
+            .and_then(|d| d.stop(libc::SIGTERM, Duration::from_secs(10)))
+    }
+
+    /// The node's pod subnet, from the node state ferry-overlayd wrote.
+    pub fn subnet(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.path("/run/ferry/node.json")).expect("node.json"),
+        )
+        .expect("node.json parses");
+        v["podCIDR"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits until the runtime reports `NetworkReady` as `want`; the last condition seen.
+    pub fn wait_network_ready(&self, want: bool, timeout: Duration) -> (bool, String) {
+        let mut last = (false, String::new());
+        wait_until(timeout, || {
+            if let Ok(c) = self.cri.network_ready() {
+                last = c;
+            }
+            last.0 == want
+        });
+        last
+    }
+
+    /// RunPodSandbox, then a name for the pod's network namespace.
+    pub fn run_pod(&self, spec: PodSpec) -> Result<CriPod, tonic::Status> {
+        let id = self.cri.run_pod(&spec)?;
+        let (ip, pid) = self.cri.pod_status(&id)?;
+        assert!(pid > 0, "no pid for sandbox {id}");
+        Ok(CriPod {
+            id,
+            spec,
+            ip,
+            ns: Netns::attach("fyq", pid),
+        })
+    }
+
+    /// `ferry-ipam show -o json` on the node's store.
+    pub fn ipam_show(&self) -> serde_json::Value {
+        let out = self
+            .enter()
+            .arg(crate::bin("ferry-ipam"))
+            .args(["show", "-o", "json"])
+            .output()
+            .expect("ferry-ipam show");
+        assert!(
+            out.status.success(),
+            "ferry-ipam show: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("show json")
+    }
+
+    /// Links of the node named like ferry's host veths (`fy…`) or tombstones (`fz…`).
+    pub fn ferry_links(&self) -> Vec<String> {
+        self.host
+            .links()
+            .into_iter()
+            .filter(|l| l.starts_with("fy") || l.starts_with("fz"))
+            .collect()
+    }
+
+    /// The PIDs of every process this node started: those in its mount namespace (but the
+    /// holder), and their descendants (the pods' processes, in mount namespaces of their
+    /// own, whose parents are the runtime's shims).
+    fn processes(&self) -> Vec<i32> {
+        let Some(holder) = self.holder.as_ref().map(Bg::pid) else {
+            return Vec::new();
+        };
+        let Ok(mine) = std::fs::read_link(format!("/proc/{holder}/ns/mnt")) else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let all: Vec<(i32, i32)> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| Some((pid, parent(pid)?)))
+            .collect();
+        let mut found: Vec<i32> = all
+            .iter()
+            .map(|&(pid, _)| pid)
+            .filter(|&pid| pid as u32 != holder)
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|l| l == mine)
+            })
+            .collect();
+        loop {
+            let more: Vec<i32> = all
+                .iter()
+                .filter(|(pid, ppid)| found.contains(ppid) && !found.contains(pid))
+                .map(|&(pid, _)| pid)
+                .collect();
+            if more.is_empty() {
+                return found;
+            }
+            found.extend(more);
+        }
+    }
+}
+
+/// The parent PID, from /proc/PID/stat (the field after the parenthesised name).
+fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+impl Drop for CriNode {
+    fn drop(&mut self) {
+        // The daemon first; then every process of the node at once (containerd, its shims
+        // and the pods they hold) so that no shim is left to restart a pod.
+        self.overlayd.take();
+        for _ in 0..50 {
+            let left = self.processes();
+            if left.is_empty() {
+                break;
+            }
+            for pid in left {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.containerd.take();
+        self.holder.take();
+    }
+}
+
+fn containerd_config(d: &Path) -> String {
+    let d = d.display();
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{image}"
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "{d}/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
+    max_conf_num = 1
+"#,
+        image = image::IMAGE
+    )
+}
