@@ -9,6 +9,7 @@ pub mod cni;
 pub mod inside;
 pub mod netns;
 pub mod proc;
+pub mod services;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
