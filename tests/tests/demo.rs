@@ -35,7 +35,7 @@ fn assert_every_section(out: &Output, text: &str) {
         "overlay converged",
         "adding 6 pods through ferry",
         "1. Containers of one pod, over localhost",
-        "ok   pod-00: client -> server on 127.0.0.1:8080: server saw 127.0.0.1",
+        "ok   pod-00: client -> server on 127.0.0.1:8080: server saw 127.0.0.1\n",
         "2. Pod to pod, on one node and across nodes",
         "ok   30 of 30 pairs: 6 on one node, 24 across nodes",
         "3. Pod to Service: ClusterIP 10.96.0.10:80",

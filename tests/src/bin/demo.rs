@@ -342,7 +342,8 @@ impl Names {
             .map(|(_, p)| (p.ip.clone(), p.id.clone()))
             .collect();
         for n in &c.nodes {
-            for (dev, ip) in addresses(n) {
+            // Every node has 127.0.0.1: it names nobody.
+            for (dev, ip) in addresses(n).into_iter().filter(|(dev, _)| dev != "lo") {
                 let what = if dev == "eth0" {
                     n.name.clone()
                 } else {
