@@ -541,7 +541,13 @@ fn operator(r: &mut Report, c: &Cluster) {
 /// How to look around a kept cluster, and the script that removes it.
 fn print_keep_hints(c: &Cluster, pods: &[(usize, Pod)]) {
     let path = std::env::temp_dir().join(format!("ferry-demo-cleanup-{}.sh", std::process::id()));
-    let _ = std::fs::write(&path, cleanup_script(c, pods));
+    let script = cleanup_script(c, pods);
+    if let Err(e) = std::fs::write(&path, &script) {
+        println!(
+            "\nCould not write {}: {e}. It would run:\n{script}",
+            path.display()
+        );
+    }
     let n0 = &c.nodes[0];
     let (_, p0) = &pods[0];
     let ipam = ferry_tests::bin("ferry-ipam");
