@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -327,6 +327,16 @@ impl Drop for Node {
     }
 }
 
+/// A step of `Cluster::build_reporting` just done, and how long it took.
+pub enum Progress<'a> {
+    /// etcd answers.
+    Etcd(&'a Etcd, Duration),
+    /// The node's daemon wrote node.json (the time since the daemons were started).
+    NodeReady(&'a Node, Duration),
+    /// Every node routes to every other node's subnet.
+    Converged(Duration),
+}
+
 pub struct Cluster {
     pub switch: Switch,
     pub etcd: Etcd,
@@ -349,8 +359,22 @@ impl Cluster {
 
     /// `tls`: etcd speaks only TLS and requires client certificates.
     pub fn build(n: usize, cidr: &str, extra: &str, tls: bool) -> Cluster {
+        Self::build_reporting(n, cidr, extra, tls, &mut |_| {})
+    }
+
+    /// As `build`, telling `report` each step as it is done (the demo shows them, so that
+    /// a slow start never looks like a hang).
+    pub fn build_reporting(
+        n: usize,
+        cidr: &str,
+        extra: &str,
+        tls: bool,
+        report: &mut dyn FnMut(Progress),
+    ) -> Cluster {
+        let t = Instant::now();
         let switch = Switch::new();
         let etcd = Etcd::start_with(&switch, tls);
+        report(Progress::Etcd(&etcd, t.elapsed()));
         let outside = Netns::new("fyo");
         switch.plug(&outside, OUTSIDE_IP);
         let mut c = Cluster {
@@ -362,13 +386,17 @@ impl Cluster {
             prefix: format!("/ferry-{}", crate::unique("t")),
             extra_args: extra.to_string(),
         };
+        let t = Instant::now();
         for _ in 0..n {
             c.add_node();
         }
         for node in &mut c.nodes {
             node.wait_ready();
+            report(Progress::NodeReady(node, t.elapsed()));
         }
+        let t = Instant::now();
         c.wait_converged();
+        report(Progress::Converged(t.elapsed()));
         c
     }
 

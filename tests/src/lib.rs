@@ -11,6 +11,7 @@ pub mod inside;
 pub mod manifest;
 pub mod netns;
 pub mod proc;
+pub mod services;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -115,10 +115,16 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// A one-line TCP server: answers each connection with the peer's address and closes.
 /// Python from the base system keeps the tests free of extra tools.
 pub fn echo_peer_server(ns: &Netns, port: u16) -> Bg {
+    echo_peer_server_on(ns, "0.0.0.0", port)
+}
+
+/// `echo_peer_server` bound to one address only (`127.0.0.1`: reachable from the
+/// namespace's own processes and nothing else).
+pub fn echo_peer_server_on(ns: &Netns, addr: &str, port: u16) -> Bg {
     let script = format!(
         "import socket\n\
          s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         s.bind(('0.0.0.0',{port})); s.listen(64)\n\
+         s.bind(('{addr}',{port})); s.listen(64)\n\
          while True:\n    c,a=s.accept(); c.sendall((a[0]+'\\n').encode()); c.close()\n"
     );
     let bg = Bg::spawn(ns, &format!("python3 -c \"{script}\""));

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ferry_tests::cluster::{Cluster, OUTSIDE_IP};
 use ferry_tests::proc::{connect, echo_peer_server, wait_until};
 use ferry_tests::root_or_skip;
+use ferry_tests::services::Service;
 
 macro_rules! needs_root {
     () => {
@@ -100,31 +101,6 @@ fn pods_reach_each_other_across_nodes_keeping_their_addresses() {
     assert!(wait_until(Duration::from_secs(1), || true));
 }
 
-/// kube-proxy's iptables mode in miniature: ClusterIP 10.96.0.10:80 and NodePort 30080 to
-/// one endpoint, with kube-proxy's masquerade mark for hairpin and NodePort traffic.
-fn kube_proxy_rules(node: &ferry_tests::cluster::Node, endpoint: &str) {
-    node.host.sh(&format!(
-        "set -e
-iptables -t nat -N KUBE-SERVICES
-iptables -t nat -N KUBE-NODEPORTS
-iptables -t nat -N KUBE-SEP
-iptables -t nat -N KUBE-POSTROUTING
-iptables -t nat -A PREROUTING -j KUBE-SERVICES
-iptables -t nat -A OUTPUT -j KUBE-SERVICES
-iptables -t nat -A POSTROUTING -j KUBE-POSTROUTING
-iptables -t nat -A KUBE-SERVICES -d 10.96.0.10/32 -p tcp --dport 80 -j KUBE-SEP
-iptables -t nat -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
-iptables -t nat -A KUBE-NODEPORTS -p tcp --dport 30080 -j MARK --set-xmark 0x4000/0x4000
-iptables -t nat -A KUBE-NODEPORTS -p tcp --dport 30080 -j KUBE-SEP
-iptables -t nat -A KUBE-SEP -s {endpoint}/32 -j MARK --set-xmark 0x4000/0x4000
-iptables -t nat -A KUBE-SEP -p tcp -j DNAT --to-destination {endpoint}:7000
-iptables -t nat -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
-iptables -t nat -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
-iptables -t nat -A KUBE-POSTROUTING -j MASQUERADE --random-fully
-"
-    ));
-}
-
 #[test]
 fn services_through_kube_proxy_rules() {
     needs_root!();
@@ -133,8 +109,16 @@ fn services_through_kube_proxy_rules() {
     let same_node = c.nodes[0].add_pod("near");
     let other_node = c.nodes[1].add_pod("far");
     let _srv = echo_peer_server(&endpoint.ns, 7000);
+    // ClusterIP 10.96.0.10:80 and NodePort 30080 to the one endpoint.
+    let svc = Service {
+        cluster_ip: "10.96.0.10".into(),
+        port: 80,
+        node_port: 30080,
+        endpoint_ip: endpoint.ip.clone(),
+        endpoint_port: 7000,
+    };
     for n in &c.nodes {
-        kube_proxy_rules(n, &endpoint.ip);
+        svc.install(n);
     }
     // ClusterIP from a pod on another node: no NAT of the source between pods.
     assert_eq!(

@@ -1,0 +1,79 @@
+//! kube-proxy's iptables mode in miniature: a Service (ClusterIP and NodePort) with one
+//! endpoint, as the rules kube-proxy would put on each node. ferry does not make these;
+//! the tests and the demo make them to prove ferry's data path lets them work (bridged
+//! traffic seen by iptables, hairpin, NodePort replies coming back through the node).
+
+use crate::cluster::Node;
+
+/// One Service and its one endpoint.
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub cluster_ip: String,
+    pub port: u16,
+    pub node_port: u16,
+    /// The endpoint pod's address and the port its server listens on.
+    pub endpoint_ip: String,
+    pub endpoint_port: u16,
+}
+
+impl Service {
+    /// The shell commands kube-proxy's rules amount to on a node: DNAT of the ClusterIP and
+    /// of the NodePort to the endpoint, and kube-proxy's masquerade mark (0x4000) for
+    /// NodePort traffic and for an endpoint reaching itself (hairpin), so those replies come
+    /// back through the node that translated them.
+    pub fn rules(&self) -> String {
+        let Service {
+            cluster_ip,
+            port,
+            node_port,
+            endpoint_ip,
+            endpoint_port,
+        } = self;
+        format!(
+            "set -e
+iptables -t nat -N KUBE-SERVICES
+iptables -t nat -N KUBE-NODEPORTS
+iptables -t nat -N KUBE-SEP
+iptables -t nat -N KUBE-POSTROUTING
+iptables -t nat -A PREROUTING -j KUBE-SERVICES
+iptables -t nat -A OUTPUT -j KUBE-SERVICES
+iptables -t nat -A POSTROUTING -j KUBE-POSTROUTING
+iptables -t nat -A KUBE-SERVICES -d {cluster_ip}/32 -p tcp --dport {port} -j KUBE-SEP
+iptables -t nat -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+iptables -t nat -A KUBE-NODEPORTS -p tcp --dport {node_port} -j MARK --set-xmark 0x4000/0x4000
+iptables -t nat -A KUBE-NODEPORTS -p tcp --dport {node_port} -j KUBE-SEP
+iptables -t nat -A KUBE-SEP -s {endpoint_ip}/32 -j MARK --set-xmark 0x4000/0x4000
+iptables -t nat -A KUBE-SEP -p tcp -j DNAT --to-destination {endpoint_ip}:{endpoint_port}
+iptables -t nat -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+iptables -t nat -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+iptables -t nat -A KUBE-POSTROUTING -j MASQUERADE --random-fully
+"
+        )
+    }
+
+    /// Puts the rules on `node` (once per node: the chains must not exist yet).
+    pub fn install(&self, node: &Node) {
+        node.host.sh(&self.rules());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_translate_both_ports_to_the_endpoint() {
+        let s = Service {
+            cluster_ip: "10.96.0.10".into(),
+            port: 80,
+            node_port: 30080,
+            endpoint_ip: "10.244.1.2".into(),
+            endpoint_port: 7000,
+        };
+        let r = s.rules();
+        assert!(r.contains("-d 10.96.0.10/32 -p tcp --dport 80 -j KUBE-SEP"));
+        assert!(r.contains("--dport 30080 -j KUBE-SEP"));
+        assert!(r.contains("-s 10.244.1.2/32 -j MARK"));
+        assert!(r.contains("DNAT --to-destination 10.244.1.2:7000"));
+    }
+}
