@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod netns;
 pub mod proc;
 pub mod services;
+pub mod stats;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -80,6 +80,24 @@ impl Cri {
         Ok((cond.status, format!("{}: {}", cond.reason, cond.message)))
     }
 
+    /// The name of the CNI network the runtime has loaded (containerd's verbose status),
+    /// to know which of several configs it will use.
+    pub fn cni_network(&self) -> Option<String> {
+        let mut c = self.client.clone();
+        let r = self
+            .rt
+            .block_on(c.status(StatusRequest { verbose: true }))
+            .ok()?
+            .into_inner();
+        let conf: serde_json::Value = serde_json::from_str(r.info.get("cniconfig")?).ok()?;
+        conf["Networks"]
+            .as_array()?
+            .iter()
+            .filter_map(|n| n["Config"]["Name"].as_str())
+            .find(|n| *n != "cni-loopback")
+            .map(str::to_string)
+    }
+
     pub fn config(spec: &PodSpec) -> PodSandboxConfig {
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
