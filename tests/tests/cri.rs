@@ -250,3 +250,54 @@ fn restarts_of_containerd_and_of_the_daemon_keep_pods_connected() {
         );
     }
 }
+
+/// The conflist versions containerd's CRI is run with here: the shipped one (1.0.0) and the
+/// same chain in the versions around it. A 1.1.0 conflist does not work with containerd 1.6
+/// and Debian's reference plugins 1.1.1: the runtime refuses ferry's 1.1.0 result, then
+/// portmap (which reads configs up to 1.0.0) fails the cleanup DEL, so ferry's DEL is never
+/// run and the sandbox is left "unknown". Back on the shipped conflist, the runtime's own
+/// garbage collection (stop and remove every sandbox, as kubelet does) cleans it up.
+#[test]
+fn every_conflist_version_works_under_containerd() {
+    needs_root!();
+    let (_c, nodes) = cri_cluster(1);
+    let node = &nodes[0];
+    let shipped = ferry_tests::manifest::shipped_conflist();
+    let old_runtime = node.log("containerd").contains("1.6.");
+    for version in ["0.4.0", "1.1.0", "1.0.0"] {
+        let mut conf = shipped.clone();
+        conf["cniVersion"] = version.into();
+        std::fs::write(
+            node.path("/etc/cni/net.d/10-ferry.conflist"),
+            conf.to_string(),
+        )
+        .expect("write conflist");
+        let loaded = wait_until(Duration::from_secs(20), || {
+            node.cri.cni_network().is_some_and(|(_, v)| v == version)
+        });
+        assert!(loaded, "containerd did not load the {version} conflist");
+        let ran = node.run_pod(PodSpec::new(
+            "default",
+            &format!("v{}", version.replace('.', "")),
+        ));
+        if version == "1.1.0" && old_runtime {
+            let e = ran
+                .err()
+                .expect("containerd 1.6 cannot read a 1.1.0 result");
+            assert!(
+                e.message().contains("unsupported CNI result version"),
+                "{e:?}"
+            );
+            continue;
+        }
+        let pod = ran.unwrap_or_else(|e| panic!("RunPodSandbox with a {version} conflist: {e:?}"));
+        assert!(in_subnet(&pod.ip, &node.subnet()), "{version}: {}", pod.ip);
+    }
+    for id in node.cri.list_pods().expect("ListPodSandbox") {
+        node.cri.stop_pod(&id).expect("StopPodSandbox");
+        node.cri.remove_pod(&id).expect("RemovePodSandbox");
+    }
+    let clean = wait_until(Duration::from_secs(5), || node.ferry_links().is_empty());
+    assert!(clean, "{:?}", node.ferry_links());
+    assert_eq!(node.ipam_show()["allocations"], serde_json::json!([]));
+}

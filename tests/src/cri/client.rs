@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    PortMapping, Protocol, RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest,
-    StopPodSandboxRequest,
+    LinuxPodSandboxConfig, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StatusRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -80,9 +80,9 @@ impl Cri {
         Ok((cond.status, format!("{}: {}", cond.reason, cond.message)))
     }
 
-    /// The name of the CNI network the runtime has loaded (containerd's verbose status),
-    /// to know which of several configs it will use.
-    pub fn cni_network(&self) -> Option<String> {
+    /// The CNI network the runtime has loaded, (name, cniVersion), from containerd's
+    /// verbose status: which of several configs it will use, and when a change took.
+    pub fn cni_network(&self) -> Option<(String, String)> {
         let mut c = self.client.clone();
         let r = self
             .rt
@@ -93,9 +93,12 @@ impl Cri {
         conf["Networks"]
             .as_array()?
             .iter()
-            .filter_map(|n| n["Config"]["Name"].as_str())
-            .find(|n| *n != "cni-loopback")
-            .map(str::to_string)
+            .map(|n| &n["Config"])
+            .find(|c| c["Name"] != "cni-loopback")
+            .map(|c| {
+                let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                (s("Name"), s("CNIVersion"))
+            })
     }
 
     pub fn config(spec: &PodSpec) -> PodSandboxConfig {
@@ -149,6 +152,16 @@ impl Cri {
                 pod_sandbox_id: id.into(),
             }))?;
         Ok(())
+    }
+
+    /// Every sandbox the runtime knows, in any state (what kubelet's garbage collection
+    /// walks).
+    pub fn list_pods(&self) -> Result<Vec<String>, tonic::Status> {
+        let mut c = self.client.clone();
+        let r = self
+            .rt
+            .block_on(c.list_pod_sandbox(ListPodSandboxRequest { filter: None }))?;
+        Ok(r.into_inner().items.into_iter().map(|p| p.id).collect())
     }
 
     /// The sandbox's IP as the runtime reports it, and the PID of its first process
