@@ -373,6 +373,9 @@ impl Node {
         for r in refused.difference(&self.refused) {
             tracing::warn!(key = %r.key, "lease record refused: {}", r.reason);
         }
+        self.metrics
+            .leases_refused
+            .store(refused.len() as u64, Relaxed);
         self.refused = refused;
         self.metrics
             .leases_known

@@ -130,6 +130,9 @@ fn a_lease_claiming_a_live_nodes_subnet_is_refused() {
         "the losing keys are named:\n{}",
         c.nodes[0].log()
     );
+    let m = c.metrics(2);
+    assert!(m.contains("ferry_leases_refused 2"), "{m}");
+    assert!(m.contains("ferry_leases_known 3"), "{m}");
     // A restarting node applies the same rule.
     c.nodes[0].restart_daemon();
     std::thread::sleep(SETTLE);
