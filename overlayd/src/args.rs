@@ -4,8 +4,16 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::{ensure, Result};
 use clap::Parser;
 use ipnetwork::Ipv4Network;
+
+/// Bounds of the durations: a resync in a tight loop would starve the daemon (and 0
+/// panics a timer); a grace period shorter than the liveness TTL would end leases of
+/// nodes that are merely restarting; an etcd request needs some time.
+pub const MIN_RESYNC: Duration = Duration::from_secs(1);
+pub const MIN_GRACE: Duration = Duration::from_secs(10);
+pub const MIN_ETCD_TIMEOUT: Duration = Duration::from_millis(100);
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -59,4 +67,84 @@ pub struct Args {
     /// How often the whole data path is checked against the leases and mended.
     #[arg(long, env = "FERRY_RESYNC_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
+}
+
+impl Args {
+    /// Every check a flag needs on its own, before anything is read from or written to
+    /// etcd or the kernel.
+    pub fn validate(&self) -> Result<()> {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        ensure!(
+            self.resync_interval >= MIN_RESYNC,
+            "--resync-interval {} is too short: at least {}",
+            show(self.resync_interval),
+            show(MIN_RESYNC)
+        );
+        ensure!(
+            self.lease_grace >= MIN_GRACE,
+            "--lease-grace {} is too short: at least {}",
+            show(self.lease_grace),
+            show(MIN_GRACE)
+        );
+        ensure!(
+            self.etcd.etcd_timeout >= MIN_ETCD_TIMEOUT,
+            "--etcd-timeout {} is too short: at least {}",
+            show(self.etcd.etcd_timeout),
+            show(MIN_ETCD_TIMEOUT)
+        );
+        if let Some(name) = &self.node_name {
+            ensure!(
+                !name.is_empty() && !name.contains('/') && name.len() <= 253,
+                "--node-name {name:?} is not a node name (non-empty, no '/', at most 253 bytes)"
+            );
+        }
+        ensure!(
+            !self.bridge.is_empty() && self.bridge.len() <= 15 && !self.bridge.contains('/'),
+            "--bridge {:?} is not an interface name (1 to 15 bytes, no '/')",
+            self.bridge
+        );
+        if let Some(c) = self.cluster_cidr {
+            let cfg = registry::ClusterConfig {
+                cluster_cidr: c,
+                subnet_len: self
+                    .subnet_len
+                    .unwrap_or(registry::model::DEFAULT_SUBNET_LEN),
+                vni: self.vni.unwrap_or(registry::model::DEFAULT_VNI),
+                port: self.port.unwrap_or(registry::model::DEFAULT_PORT),
+            };
+            cfg.validate()
+                .map_err(|e| anyhow::anyhow!("--cluster-cidr and its flags: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Args {
+        let mut argv = vec!["ferry-overlayd", "--etcd-endpoints", "http://e:2379"];
+        argv.extend(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn flags_are_checked_before_anything_runs() {
+        assert!(parse(&[]).validate().is_ok());
+        for (flags, named) in [
+            (&["--resync-interval", "0s"][..], "--resync-interval"),
+            (&["--resync-interval", "10ms"], "--resync-interval"),
+            (&["--lease-grace", "1s"], "--lease-grace"),
+            (&["--etcd-timeout", "0s"], "--etcd-timeout"),
+            (&["--node-name", "a/b"], "--node-name"),
+            (&["--bridge", "a-very-long-bridge-name"], "--bridge"),
+            (&["--cluster-cidr", "0.0.0.0/0"], "too short"),
+            (&["--cluster-cidr", "127.0.0.0/16"], "loopback"),
+            (&["--cluster-cidr", "10.0.0.0/16", "--vni", "0"], "VNI"),
+        ] {
+            let e = parse(flags).validate().unwrap_err().to_string();
+            assert!(e.contains(named), "{flags:?}: {e}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The daemon: set the node up once, then keep it true.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,8 +10,9 @@ use anyhow::{Context, Result};
 use ipnetwork::Ipv4Network;
 use netlink::{Link, Netlink, VxlanSpec};
 use node_ipam::NodeState;
+use registry::model::{overlap, resolve};
 use registry::{
-    ClusterConfig, ConfigFlags, LeaseError, LeaseEvent, LeaseRecord, Registry, Usage,
+    ClusterConfig, ConfigFlags, LeaseError, LeaseRecord, Refused, Registry, StoredLease, Usage,
     WatchResponse, WatchStream,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -20,7 +22,7 @@ use crate::datapath::{self, VXLAN_OVERHEAD};
 use crate::metrics::Metrics;
 use crate::peers::{diff, Entries, Peer};
 use crate::underlay::{self, Underlay};
-use crate::{health, rules};
+use crate::{health, rules, underlay_filter};
 
 /// How often etcd leases are refreshed, and the liveness key's lifetime.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
@@ -36,8 +38,19 @@ struct Node {
     me: LeaseRecord,
     vx_spec: VxlanSpec,
     vx: Link,
+    /// The etcd lease that keeps this node's subnet.
+    grace_lease: i64,
     peers: BTreeMap<Ipv4Network, Peer>,
+    /// Subnets whose lease cannot be read now and whose node was not known before: what
+    /// the kernel has for them is kept.
+    held: BTreeSet<Ipv4Network>,
+    /// Records refused at the last listing (each logged once, when first refused).
+    refused: BTreeSet<Refused>,
+    /// Routes not made because a route ferry did not make is there (logged once).
+    spared: BTreeSet<Ipv4Network>,
     programmed: Entries,
+    /// The underlay addresses VXLAN is accepted from, as last applied.
+    vxlan_from: Option<BTreeSet<Ipv4Addr>>,
     metrics: Arc<Metrics>,
 }
 
@@ -48,6 +61,7 @@ fn hostname() -> String {
 }
 
 pub async fn run(args: Args) -> Result<()> {
+    args.validate()?;
     let name = args.node_name.clone().unwrap_or_else(hostname);
     anyhow::ensure!(
         !name.is_empty() && !name.contains('/'),
@@ -61,7 +75,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
 
     let nl = Netlink::open().context("netlink")?;
-    let underlay = underlay::find(&nl, args.iface.as_deref(), args.public_ip).await?;
+    let underlay = underlay::find(&nl, args.iface.as_deref(), args.public_ip, &args.bridge).await?;
     anyhow::ensure!(
         args.etcd.given(),
         "--etcd-endpoints (or FERRY_ETCD_ENDPOINTS) is required"
@@ -73,104 +87,163 @@ pub async fn run(args: Args) -> Result<()> {
         vni: args.vni,
         port: args.port,
     };
-    let cfg = reg.cluster_config(&flags).await?;
+    let cfg = reg.cluster_config(&flags, &underlay.networks).await?;
+    // Before anything of this node is written: no second daemon under one name.
+    let instance = instance_id()?;
+    let alive_id = claim_name(&mut reg, &name, &instance).await?;
+    let alive_lease = Arc::new(AtomicI64::new(alive_id));
+    // Everything after the name is claimed runs in here, so that the key is given up on
+    // every way out.
+    let result: Result<()> = async {
+        // The VTEP MAC survives restarts: the device's own, else the one in our lease.
+        let vx_name = format!("ferry.{}", cfg.vni);
+        let existing = nl.get_link(&vx_name).await?.filter(|l| l.vxlan.is_some());
+        let previous = reg.lease_of(&name).await?;
+        let mac = match (&existing, &previous) {
+            (Some(l), _) if l.mac.len() == 6 => l.mac.as_slice().try_into().expect("6 bytes"),
+            (_, Some(p)) => p.vtep_mac_bytes().unwrap_or(datapath::random_mac()?),
+            _ => datapath::random_mac()?,
+        };
+        let vx_spec = VxlanSpec {
+            name: vx_name,
+            vni: cfg.vni,
+            port: cfg.port,
+            local: underlay.ip,
+            dev: underlay.link.index,
+            mtu: underlay.link.mtu - VXLAN_OVERHEAD,
+            mac,
+        };
+        // The device and the routes to every other node come first, the lease second: when
+        // this node's address changed, the others switch to it only once it can answer there.
+        let vx = datapath::ensure_vxlan(&nl, &vx_spec).await?;
+        let (stored, _) = reg.list().await?;
+        let view = resolve(&cfg, &underlay.networks, &stored);
+        let others: Vec<Peer> = view
+            .accepted
+            .iter()
+            .filter(|l| l.node != name)
+            .filter_map(peer)
+            .collect();
+        let held: BTreeSet<Ipv4Network> = view.unreadable.iter().copied().collect();
+        let have = datapath::read(&nl, vx.index).await?;
+        let early = diff(&Entries::desired(&others).keeping(&held, &have), &have);
+        datapath::apply_guarded(&nl, vx.index, &early).await;
 
-    // The VTEP MAC survives restarts: the device's own, else the one in our lease.
-    let vx_name = format!("ferry.{}", cfg.vni);
-    let existing = nl.get_link(&vx_name).await?.filter(|l| l.vxlan.is_some());
-    let previous = reg.lease_of(&name).await?;
-    let mac = match (&existing, &previous) {
-        (Some(l), _) if l.mac.len() == 6 => l.mac.as_slice().try_into().expect("6 bytes"),
-        (_, Some(p)) => p.vtep_mac_bytes().unwrap_or(datapath::random_mac()?),
-        _ => datapath::random_mac()?,
-    };
-    let vx_spec = VxlanSpec {
-        name: vx_name,
-        vni: cfg.vni,
-        port: cfg.port,
-        local: underlay.ip,
-        dev: underlay.link.index,
-        mtu: underlay.link.mtu - VXLAN_OVERHEAD,
-        mac,
-    };
-    // The device and the routes to every other node come first, the lease second: when
-    // this node's address changed, the others switch to it only once it can answer there.
-    let vx = datapath::ensure_vxlan(&nl, &vx_spec).await?;
-    let (leases, _) = reg.list().await?;
-    let others: Vec<Peer> = leases
-        .iter()
-        .filter(|l| l.node != name)
-        .filter_map(peer)
-        .collect();
-    let early = diff(
-        &Entries::desired(&others),
-        &datapath::read(&nl, vx.index).await?,
-    );
-    datapath::apply(&nl, vx.index, &early).await;
+        // The subnet this node had, so that its pods keep their addresses: node.json's, else
+        // the one its lease names.
+        let prefer = node_ipam::node_state::read(&args.state_dir)
+            .ok()
+            .flatten()
+            .and_then(|s| s.pod_cidr.parse().ok())
+            .or(previous.as_ref().map(|p| p.subnet));
+        let acquired = reg
+            .acquire(
+                &cfg,
+                &name,
+                underlay.ip,
+                &netlink::format_mac(&mac),
+                args.lease_grace,
+                prefer,
+            )
+            .await?;
+        tracing::info!(
+            node = %name, subnet = %acquired.record.subnet, public_ip = %underlay.ip,
+            vtep_mac = %acquired.record.vtep_mac, reused = acquired.reused, "subnet leased"
+        );
 
-    let prefer = node_ipam::node_state::read(&args.state_dir)
-        .ok()
-        .flatten()
-        .and_then(|s| s.pod_cidr.parse().ok());
-    let acquired = reg
-        .acquire(
-            &cfg,
-            &name,
-            underlay.ip,
-            &netlink::format_mac(&mac),
-            args.lease_grace,
-            prefer,
-        )
-        .await?;
-    tracing::info!(
-        node = %name, subnet = %acquired.record.subnet, public_ip = %underlay.ip,
-        vtep_mac = %acquired.record.vtep_mac, reused = acquired.reused, "subnet leased"
-    );
+        let mut node = Node {
+            args: args.clone(),
+            name,
+            nl,
+            cfg,
+            underlay,
+            me: acquired.record,
+            vx_spec,
+            vx,
+            grace_lease: acquired.grace_lease,
+            peers: BTreeMap::new(),
+            held: BTreeSet::new(),
+            refused: BTreeSet::new(),
+            spared: BTreeSet::new(),
+            programmed: Entries::default(),
+            vxlan_from: None,
+            metrics: metrics.clone(),
+        };
+        let rev = node.refresh(&mut reg).await?;
+        node.full_reconcile().await?;
+        node.write_state()?;
+        metrics.ready.store(true, Relaxed);
+        metrics.etcd_connected.store(true, Relaxed);
+        tracing::info!(peers = node.peers.len(), "ready");
 
-    let mut node = Node {
-        args: args.clone(),
-        name,
-        nl,
-        cfg,
-        underlay,
-        me: acquired.record,
-        vx_spec,
-        vx,
-        peers: BTreeMap::new(),
-        programmed: Entries::default(),
-        metrics: metrics.clone(),
-    };
-    let (leases, rev) = reg.list().await?;
-    node.set_peers(leases);
-    node.full_reconcile().await?;
-    node.write_state()?;
-    metrics.ready.store(true, Relaxed);
-    metrics.etcd_connected.store(true, Relaxed);
-    tracing::info!(peers = node.peers.len(), "ready");
-
-    if let Some(listener) = health {
-        tokio::spawn(health::serve(listener, metrics.clone()));
+        if let Some(listener) = health {
+            tokio::spawn(health::serve(listener, metrics.clone()));
+        }
+        let usage = UsageSource {
+            store: node_ipam::Store::new(&args.ipam_data_dir),
+            capacity: capacity(node.me.subnet),
+        };
+        tokio::spawn(keep_alive(
+            reg.clone(),
+            Identity {
+                node: node.name.clone(),
+                instance,
+            },
+            acquired.grace_lease,
+            usage,
+            metrics.clone(),
+            alive_lease.clone(),
+        ));
+        node.follow(reg.clone(), rev).await
     }
-    let usage = UsageSource {
-        store: node_ipam::Store::new(&args.ipam_data_dir),
-        capacity: capacity(node.me.subnet),
-    };
-    let alive_lease = Arc::new(AtomicI64::new(0));
-    tokio::spawn(keep_alive(
-        reg.clone(),
-        node.name.clone(),
-        acquired.grace_lease,
-        usage,
-        metrics.clone(),
-        alive_lease.clone(),
-    ));
-    let result = node.follow(reg.clone(), rev).await;
-    // Stopping on purpose: say so at once rather than when the liveness key times out.
+    .await;
+    // Stopping, on purpose or failing: say so at once rather than when the liveness key
+    // times out (a restart would otherwise wait for it).
     let id = alive_lease.load(Relaxed);
     if id != 0 {
         let _ = tokio::time::timeout(Duration::from_secs(1), reg.revoke(id)).await;
     }
     result
+}
+
+/// A random ID of this process, held in the node's liveness key: a second daemon started
+/// with the same node name finds another ID there and is refused.
+fn instance_id() -> Result<String> {
+    let b: [u8; 8] = datapath::random_bytes("an instance ID")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Takes the node's liveness key for this process. A key held by another instance may be
+/// that of a daemon that was killed: it expires within `ALIVE_TTL`, so this waits that
+/// long (and a little) before refusing.
+async fn claim_name(reg: &mut Registry, node: &str, instance: &str) -> Result<i64> {
+    let until = Instant::now() + ALIVE_TTL + Duration::from_secs(5);
+    let mut said = false;
+    loop {
+        match reg.set_alive(node, instance, ALIVE_TTL).await {
+            Ok(id) => return Ok(id),
+            Err(e @ LeaseError::NameInUse { .. }) if Instant::now() >= until => {
+                return Err(e.into())
+            }
+            Err(LeaseError::NameInUse { key, other, .. }) => {
+                if !said {
+                    tracing::warn!(
+                        key = %key, other = %other,
+                        "another instance holds this node's name; waiting up to {}s for its key to expire",
+                        (ALIVE_TTL + Duration::from_secs(5)).as_secs()
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+struct Identity {
+    node: String,
+    instance: String,
 }
 
 /// Where the node's address usage comes from: the IPAM store's snapshot (no lock taken).
@@ -199,13 +272,14 @@ fn capacity(subnet: Ipv4Network) -> u32 {
 /// for etcd however fast pods come and go).
 async fn keep_alive(
     mut reg: Registry,
-    node: String,
+    me: Identity,
     grace: i64,
     usage: UsageSource,
     metrics: Arc<Metrics>,
     alive_lease: Arc<AtomicI64>,
 ) {
-    let mut alive: Option<i64> = None;
+    let node = me.node;
+    let mut alive = Some(alive_lease.load(Relaxed)).filter(|id| *id != 0);
     let mut published: Option<Usage> = None;
     let mut tick = tokio::time::interval(KEEPALIVE_EVERY);
     loop {
@@ -231,10 +305,16 @@ async fn keep_alive(
         };
         if refreshed.is_err() {
             published = None;
-            match reg.set_alive(&node, ALIVE_TTL).await {
+            match reg.set_alive(&node, &me.instance, ALIVE_TTL).await {
                 Ok(id) => {
                     alive = Some(id);
                     alive_lease.store(id, Relaxed);
+                }
+                Err(e @ LeaseError::NameInUse { .. }) => {
+                    // This daemon was silent long enough for another to take its name:
+                    // two must never run as one node, and the other one is alive.
+                    tracing::error!("{e}; exiting");
+                    std::process::exit(1);
                 }
                 Err(e) => {
                     alive = None;
@@ -265,16 +345,76 @@ async fn next(watch: &mut Option<WatchStream>) -> Result<Option<WatchResponse>, 
 }
 
 impl Node {
-    fn set_peers(&mut self, leases: Vec<LeaseRecord>) {
+    /// Lists the leases, makes them this node's view, and defends its own lease; the
+    /// revision read at.
+    async fn refresh(&mut self, reg: &mut Registry) -> Result<i64> {
+        let (stored, rev) = reg.list().await?;
+        self.set_view(&stored);
+        self.defend(reg).await?;
+        Ok(rev)
+    }
+
+    /// Writes this node's lease back when it was deleted or damaged.
+    async fn defend(&mut self, reg: &mut Registry) -> Result<()> {
+        if reg.restore_own(&self.me, self.grace_lease).await? {
+            tracing::warn!(
+                key = %reg.layout().lease(self.me.subnet),
+                "this node's lease was deleted or changed in etcd; written back"
+            );
+        }
+        Ok(())
+    }
+
+    /// The peers from every stored record, checked and with conflicts settled (the same
+    /// on every node), this node's own subnet left out.
+    fn set_view(&mut self, stored: &[StoredLease]) {
+        let view = resolve(&self.cfg, &self.underlay.networks, stored);
+        let refused: BTreeSet<Refused> = view.refused.into_iter().collect();
+        for r in refused.difference(&self.refused) {
+            tracing::warn!(key = %r.key, "lease record refused: {}", r.reason);
+        }
+        self.metrics
+            .leases_refused
+            .store(refused.len() as u64, Relaxed);
+        self.refused = refused;
         self.metrics
             .leases_known
-            .store(leases.len() as u64, Relaxed);
-        self.peers = leases
-            .into_iter()
-            .filter(|l| l.node != self.name && l.subnet != self.me.subnet)
-            .filter_map(|l| peer(&l))
+            .store(view.accepted.len() as u64, Relaxed);
+        let mine = self.me.subnet;
+        let mut peers: BTreeMap<Ipv4Network, Peer> = view
+            .accepted
+            .iter()
+            .filter(|l| l.node != self.name && !overlap(l.subnet, mine))
+            .filter_map(peer)
             .map(|p| (p.subnet, p))
             .collect();
+        let mut held = BTreeSet::new();
+        for s in view.unreadable.into_iter().filter(|s| *s != mine) {
+            // The last valid view of that node stays in force.
+            match self.peers.get(&s) {
+                Some(p) => {
+                    peers.insert(s, *p);
+                }
+                None => {
+                    held.insert(s);
+                }
+            }
+        }
+        for (s, p) in &peers {
+            if !self.peers.contains_key(s) {
+                tracing::info!(subnet = %s, public_ip = %p.public_ip, leases = peers.len() + 1, "node joined");
+            }
+        }
+        for s in self.peers.keys().filter(|s| !peers.contains_key(s)) {
+            tracing::info!(subnet = %s, "node lease gone");
+        }
+        self.peers = peers;
+        self.held = held;
+    }
+
+    /// What the kernel should hold, given what it holds (for held subnets).
+    fn desired(&self, have: &Entries) -> Entries {
+        Entries::desired(self.peers.values()).keeping(&self.held, have)
     }
 
     /// Follows the leases until SIGTERM or SIGINT: watch events are applied as they come,
@@ -294,12 +434,19 @@ impl Node {
                 _ = int.recv() => return self.stop("SIGINT"),
                 msg = next(&mut watch) => match msg {
                     Ok(Some(resp)) if !resp.canceled() => {
-                        let mut changed = false;
-                        for ev in resp.events() {
-                            changed |= self.on_event(reg.event(ev));
-                        }
-                        if changed {
-                            self.apply_changes().await;
+                        // Any change is read whole: one record is only judged against
+                        // all the others.
+                        if !resp.events().is_empty() {
+                            match self.refresh(&mut reg).await {
+                                Ok(_) => self.apply_changes().await,
+                                Err(e) => {
+                                    tracing::warn!("etcd: {e:#}; keeping the data path as it is and retrying");
+                                    self.metrics.etcd_errors.fetch_add(1, Relaxed);
+                                    self.metrics.etcd_connected.store(false, Relaxed);
+                                    watch = None;
+                                    retry_at = tokio::time::Instant::now() + backoff;
+                                }
+                            }
                         }
                     }
                     other => {
@@ -332,6 +479,12 @@ impl Node {
                     }
                 }
                 _ = resync.tick() => {
+                    if watch.is_some() {
+                        if let Err(e) = self.defend(&mut reg).await {
+                            self.metrics.etcd_errors.fetch_add(1, Relaxed);
+                            tracing::warn!("resync: {e:#}");
+                        }
+                    }
                     if let Err(e) = self.full_reconcile().await {
                         tracing::warn!("resync: {e:#}");
                     }
@@ -346,52 +499,59 @@ impl Node {
     }
 
     async fn relist(&mut self, reg: &mut Registry) -> Result<WatchStream> {
-        let (leases, rev) = reg.list().await?;
-        self.set_peers(leases);
+        let rev = self.refresh(reg).await?;
         self.full_reconcile().await?;
         Ok(reg.watch(rev + 1).await?)
     }
 
-    /// Records one lease change; true when the peers changed.
-    fn on_event(&mut self, ev: Option<LeaseEvent>) -> bool {
-        match ev {
-            Some(LeaseEvent::Put(rec)) if rec.node != self.name && rec.subnet != self.me.subnet => {
-                let Some(p) = peer(&rec) else {
-                    tracing::warn!(node = %rec.node, "lease with an unreadable VTEP MAC {:?}; ignored", rec.vtep_mac);
-                    return false;
-                };
-                let old = self.peers.insert(p.subnet, p);
-                if old.is_none() {
-                    let n = self.metrics.leases_known.fetch_add(1, Relaxed) + 1;
-                    tracing::info!(node = %rec.node, subnet = %rec.subnet, leases = n, "node joined");
-                }
-                old != Some(p)
-            }
-            Some(LeaseEvent::Delete(subnet)) if subnet == self.me.subnet => {
-                tracing::error!(subnet = %subnet, "this node's lease was deleted in etcd; the next restart leases again");
-                false
-            }
-            Some(LeaseEvent::Delete(subnet)) => {
-                let gone = self.peers.remove(&subnet).is_some();
-                if gone {
-                    self.metrics.leases_known.fetch_sub(1, Relaxed);
-                    tracing::info!(subnet = %subnet, "node lease gone");
-                }
-                gone
-            }
-            _ => false,
-        }
-    }
-
     /// Applies the difference between the peers and what was last programmed.
     async fn apply_changes(&mut self) {
-        let want = Entries::desired(self.peers.values());
+        let want = self.desired(&self.programmed);
         let ops = diff(&want, &self.programmed);
-        let failed = datapath::apply(&self.nl, self.vx.index, &ops).await;
+        self.apply(&ops, false).await;
+        if let Err(e) = self.filter_vxlan(&want, false) {
+            self.metrics.reconcile_errors.fetch_add(1, Relaxed);
+            tracing::warn!("VXLAN filter: {e:#}");
+        }
+        self.set_programmed(want);
+    }
+
+    /// Applies `ops`, sparing the routes ferry did not make.
+    /// Applies `ops`, sparing the routes ferry did not make; `whole`: `ops` cover every
+    /// peer (a full reconcile), so the spared routes are exactly these.
+    async fn apply(&mut self, ops: &[crate::peers::Op], whole: bool) {
+        let (failed, spared) = datapath::apply_guarded(&self.nl, self.vx.index, ops).await;
         self.metrics
             .reconcile_errors
             .fetch_add(failed as u64, Relaxed);
-        self.set_programmed(want);
+        for net in spared.difference(&self.spared) {
+            tracing::warn!(subnet = %net, "a lease wants a route where this host has one ferry did not make; left alone");
+        }
+        if whole {
+            self.spared = spared;
+        } else {
+            self.spared.extend(spared);
+        }
+    }
+
+    /// Accepts VXLAN only from the peers of `want`: the set changed as a diff from what
+    /// was last applied, or from the kernel's on a full check (`whole`).
+    fn filter_vxlan(&mut self, want: &Entries, whole: bool) -> Result<()> {
+        let nodes = want.nodes();
+        match (&self.vxlan_from, whole) {
+            (Some(have), false) => {
+                if let Some(script) = underlay_filter::update_script(&nodes, have) {
+                    underlay_filter::run(&script)?;
+                }
+            }
+            _ => {
+                if underlay_filter::ensure(self.cfg.port, &nodes)? && self.vxlan_from.is_none() {
+                    tracing::info!(table = underlay_filter::TABLE, "VXLAN filter installed");
+                }
+            }
+        }
+        self.vxlan_from = Some(nodes);
+        Ok(())
     }
 
     fn set_programmed(&mut self, e: Entries) {
@@ -426,17 +586,15 @@ impl Node {
             tracing::info!("iptables rules installed");
         }
         let have = datapath::read(&self.nl, self.vx.index).await?;
-        let want = Entries::desired(self.peers.values());
+        let want = self.desired(&have);
+        self.filter_vxlan(&want, true)?;
         let ops = diff(&want, &have);
         if !ops.is_empty() && self.metrics.ready.load(Relaxed) {
             self.metrics.repairs.fetch_add(1, Relaxed);
             let shown: Vec<String> = ops.iter().take(5).map(|o| format!("{o:?}")).collect();
             tracing::warn!(ops = ops.len(), first = %shown.join(", "), "kernel differed from the leases; mending");
         }
-        let failed = datapath::apply(&self.nl, self.vx.index, &ops).await;
-        self.metrics
-            .reconcile_errors
-            .fetch_add(failed as u64, Relaxed);
+        self.apply(&ops, true).await;
         self.set_programmed(want);
         let micros = start.elapsed().as_micros() as u64;
         self.metrics.reconciles.fetch_add(1, Relaxed);

@@ -1,6 +1,7 @@
 //! Setting up and reading the node's data path: the VXLAN device, the bridge, and the
 //! per-peer entries.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result};
@@ -8,7 +9,7 @@ use futures_util::stream::{self, StreamExt};
 use ipnetwork::Ipv4Network;
 use netlink::{Link, Netlink, VxlanSpec};
 
-use crate::peers::{Entries, Op};
+use crate::peers::{foreign_routes, spare_foreign, Entries, Op};
 
 /// VXLAN header overhead on an IPv4 underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) +
 /// inner Ethernet (14).
@@ -101,6 +102,34 @@ pub async fn apply(nl: &Netlink, vx_index: u32, ops: &[Op]) -> usize {
     failed
 }
 
+/// `apply`, but never over a route ferry did not make (a lease may name any subnet of
+/// the cluster CIDR, where the host may have a route of its own): the failures, and the
+/// destinations spared.
+pub async fn apply_guarded(
+    nl: &Netlink,
+    vx_index: u32,
+    ops: &[Op],
+) -> (usize, BTreeSet<Ipv4Network>) {
+    let mut ops = ops.to_vec();
+    let mut spared = Vec::new();
+    if ops.iter().any(|o| matches!(o, Op::SetRoute(..))) {
+        match nl.routes_v4().await {
+            Ok(routes) => {
+                (ops, spared) = spare_foreign(ops, &foreign_routes(&routes, vx_index));
+            }
+            Err(e) => {
+                // Unknown ground: make no route this time, the next resync tries again.
+                tracing::warn!("reconcile: {e:#}");
+                ops.retain(|o| !matches!(o, Op::SetRoute(..)));
+            }
+        }
+    }
+    (
+        apply(nl, vx_index, &ops).await,
+        spared.into_iter().collect(),
+    )
+}
+
 async fn apply_one(nl: &Netlink, vx: u32, op: &Op) -> Result<()> {
     match *op {
         Op::DelRoute(net) => nl.del_route_v4(net.network(), net.prefix(), vx).await?,
@@ -123,11 +152,17 @@ pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
 
 /// A random locally administered unicast MAC, for a VTEP that has none yet.
 pub fn random_mac() -> Result<[u8; 6]> {
-    use std::io::Read;
-    let mut mac = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut mac))
-        .context("read /dev/urandom for a VTEP MAC")?;
+    let mut mac: [u8; 6] = random_bytes("a VTEP MAC")?;
     mac[0] = (mac[0] & 0xfe) | 0x02;
     Ok(mac)
+}
+
+/// `N` bytes from the kernel's random source, for `what`.
+pub fn random_bytes<const N: usize>(what: &str) -> Result<[u8; N]> {
+    use std::io::Read;
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .with_context(|| format!("read /dev/urandom for {what}"))?;
+    Ok(b)
 }

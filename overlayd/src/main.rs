@@ -8,6 +8,7 @@ mod metrics;
 mod peers;
 mod rules;
 mod underlay;
+mod underlay_filter;
 
 use std::process::ExitCode;
 

@@ -8,6 +8,7 @@ pub struct Metrics {
     pub ready: AtomicBool,
     pub etcd_connected: AtomicBool,
     pub leases_known: AtomicU64,
+    pub leases_refused: AtomicU64,
     pub neighs: AtomicU64,
     pub fdb: AtomicU64,
     pub routes: AtomicU64,
@@ -45,6 +46,13 @@ impl Metrics {
             "Subnet leases known, this node's included",
             "gauge",
             self.leases_known.load(Relaxed).to_string(),
+        );
+        g(
+            &mut s,
+            "ferry_leases_refused",
+            "Lease records refused: invalid, or the loser of a conflict (each logged once, naming its key)",
+            "gauge",
+            self.leases_refused.load(Relaxed).to_string(),
         );
         let _ = writeln!(
             s,

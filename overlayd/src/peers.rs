@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use netlink::{FdbEntry, NeighV4};
+use netlink::{FdbEntry, NeighV4, RouteV4};
 
 /// A remote node as the overlay needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,58 @@ impl Entries {
     pub fn len(&self) -> (usize, usize, usize) {
         (self.neighs.len(), self.fdb.len(), self.routes.len())
     }
+
+    /// Adds, for each of `held` (subnets whose lease cannot be read now), what `have`
+    /// holds for it: its route, its VTEP's neighbour and the FDB entries of that MAC. An
+    /// unreadable record is no reason to cut its node off, nor to point it elsewhere.
+    pub fn keeping(mut self, held: &BTreeSet<Ipv4Network>, have: &Entries) -> Entries {
+        for net in held {
+            if self.routes.contains_key(net) {
+                continue;
+            }
+            let Some(gw) = have.routes.get(net) else {
+                continue;
+            };
+            self.routes.insert(*net, *gw);
+            if let Some(mac) = have.neighs.get(gw) {
+                self.neighs.insert(*gw, *mac);
+                self.fdb
+                    .extend(have.fdb.iter().filter(|f| f.mac == *mac).copied());
+            }
+        }
+        self
+    }
+
+    /// The underlay addresses VXLAN may come from: every peer's.
+    pub fn nodes(&self) -> BTreeSet<Ipv4Addr> {
+        self.fdb.iter().map(|f| f.dst).collect()
+    }
+}
+
+/// Main-table destinations whose route ferry did not make (not on the VXLAN device, not
+/// tagged with ferry's protocol): ferry never replaces them, whatever a lease says.
+pub fn foreign_routes(routes: &[RouteV4], vx_index: u32) -> BTreeSet<Ipv4Network> {
+    routes
+        .iter()
+        .filter(|r| r.oif != Some(vx_index) && r.protocol != netlink::ROUTE_PROTO_FERRY)
+        .filter_map(|r| Ipv4Network::new(r.dst, r.prefix).ok())
+        .collect()
+}
+
+/// `ops` without the routes that would replace a foreign one; the refused destinations.
+pub fn spare_foreign(ops: Vec<Op>, foreign: &BTreeSet<Ipv4Network>) -> (Vec<Op>, Vec<Ipv4Network>) {
+    let mut refused = Vec::new();
+    let kept = ops
+        .into_iter()
+        .filter(|op| match op {
+            Op::SetRoute(net, _) if foreign.contains(net) => {
+                refused.push(*net);
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    (kept, refused)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +217,64 @@ mod tests {
         assert!(!ops
             .iter()
             .any(|o| matches!(o, Op::SetRoute(..) | Op::DelRoute(_))));
+    }
+
+    #[test]
+    fn an_unreadable_peer_keeps_what_the_kernel_has() {
+        let have = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2)]);
+        let held: BTreeSet<Ipv4Network> = [
+            "10.244.2.0/24".parse().unwrap(),
+            "10.244.9.0/24".parse().unwrap(),
+        ]
+        .into();
+        let want = Entries::desired(&[peer(1, 11, 1)]).keeping(&held, &have);
+        assert_eq!(want, have);
+        assert_eq!(diff(&want, &have), vec![]);
+        assert_eq!(
+            want.nodes(),
+            [Ipv4Addr::new(192, 0, 2, 11), Ipv4Addr::new(192, 0, 2, 12)].into()
+        );
+        // Nothing there to keep: nothing is made up.
+        let none = Entries::desired(&[peer(1, 11, 1)]).keeping(&held, &Entries::default());
+        assert_eq!(none, Entries::desired(&[peer(1, 11, 1)]));
+    }
+
+    #[test]
+    fn a_route_ferry_did_not_make_is_never_replaced() {
+        let route = |dst: [u8; 4], prefix, oif, protocol| RouteV4 {
+            dst: dst.into(),
+            prefix,
+            gateway: None,
+            oif: Some(oif),
+            protocol,
+        };
+        let routes = [
+            // The underlay's connected route, a static route, ferry's own, one on ferry.1.
+            route([192, 0, 2, 0], 24, 2, 2),
+            route([10, 244, 1, 0], 24, 2, 4),
+            route([10, 244, 2, 0], 24, 2, netlink::ROUTE_PROTO_FERRY),
+            route([10, 244, 3, 0], 24, 7, 3),
+        ];
+        let foreign = foreign_routes(&routes, 7);
+        assert_eq!(
+            foreign,
+            [
+                "192.0.2.0/24".parse().unwrap(),
+                "10.244.1.0/24".parse().unwrap()
+            ]
+            .into()
+        );
+        let want = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2), peer(3, 13, 3)]);
+        let (ops, refused) = spare_foreign(diff(&want, &Entries::default()), &foreign);
+        assert_eq!(
+            refused,
+            vec!["10.244.1.0/24".parse::<Ipv4Network>().unwrap()]
+        );
+        let routes: Vec<_> = ops
+            .iter()
+            .filter(|o| matches!(o, Op::SetRoute(..)))
+            .collect();
+        assert_eq!(routes.len(), 2);
     }
 
     #[test]

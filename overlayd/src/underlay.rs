@@ -3,20 +3,53 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{bail, Context, Result};
+use ipnetwork::Ipv4Network;
 use netlink::{Link, Netlink};
 
 #[derive(Debug, Clone)]
 pub struct Underlay {
     pub link: Link,
     pub ip: Ipv4Addr,
+    /// The host's own networks (its addresses with their prefixes, but loopback and
+    /// ferry's devices): no node subnet may overlap one.
+    pub networks: Vec<Ipv4Network>,
 }
 
-/// `--iface`, else the interface holding `--public-ip`, else the default route's.
+/// Every IPv4 address of the host with its link, but ferry's own devices (`skip`).
+async fn host_addrs(nl: &Netlink, skip: &[&str]) -> Result<Vec<(String, Ipv4Addr, u8)>> {
+    let mut all = Vec::new();
+    for l in nl.list_links().await? {
+        if skip.contains(&l.name.as_str()) || l.vxlan.is_some() {
+            continue;
+        }
+        for (ip, prefix) in nl.addrs_v4(l.index).await? {
+            all.push((l.name.clone(), ip, prefix));
+        }
+    }
+    Ok(all)
+}
+
+fn shown(addrs: &[(String, Ipv4Addr, u8)]) -> String {
+    if addrs.is_empty() {
+        return "none".into();
+    }
+    addrs
+        .iter()
+        .map(|(l, ip, p)| format!("{ip}/{p} on {l}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `--iface`, else the interface holding `--public-ip`, else the default route's. A
+/// `--public-ip` must be an address of that interface: other nodes would otherwise send
+/// this node's VXLAN traffic to whoever holds it.
 pub async fn find(
     nl: &Netlink,
     iface: Option<&str>,
     public_ip: Option<Ipv4Addr>,
+    bridge: &str,
 ) -> Result<Underlay> {
+    let addrs = host_addrs(nl, &[bridge]).await?;
     let link = match (iface, public_ip) {
         (Some(name), _) => nl
             .get_link(name)
@@ -30,7 +63,12 @@ pub async fn find(
                     break;
                 }
             }
-            found.with_context(|| format!("no interface holds --public-ip {ip}"))?
+            found.with_context(|| {
+                format!(
+                    "--public-ip {ip} is not an address of this host (its addresses: {})",
+                    shown(&addrs)
+                )
+            })?
         }
         (None, None) => {
             let routes = nl.routes_v4().await?;
@@ -47,7 +85,12 @@ pub async fn find(
         }
     };
     let ip = match public_ip {
-        Some(ip) => ip,
+        Some(ip) if addrs.iter().any(|(l, a, _)| *a == ip && *l == link.name) => ip,
+        Some(ip) => bail!(
+            "--public-ip {ip} is not an address of the underlay interface {} (this host's addresses: {})",
+            link.name,
+            shown(&addrs)
+        ),
         None => match nl.addrs_v4(link.index).await?.first() {
             Some((ip, _)) => *ip,
             None => bail!("underlay interface {} has no IPv4 address", link.name),
@@ -60,5 +103,11 @@ pub async fn find(
             link.mtu
         );
     }
-    Ok(Underlay { link, ip })
+    let networks = addrs
+        .iter()
+        .filter(|(_, ip, _)| !ip.is_loopback())
+        .filter_map(|(_, ip, p)| Ipv4Network::new(*ip, *p).ok())
+        .map(|n| Ipv4Network::new(n.network(), n.prefix()).unwrap_or(n))
+        .collect();
+    Ok(Underlay { link, ip, networks })
 }

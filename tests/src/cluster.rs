@@ -228,12 +228,52 @@ impl Node {
     }
 
     pub fn start_daemon(&mut self) {
+        self.start_daemon_under("");
+    }
+
+    /// Starts the daemon through `wrapper` (a command prefix such as `prlimit
+    /// --nofile=1024:1024`), as a container runtime would with its own limits.
+    pub fn start_daemon_under(&mut self, wrapper: &str) {
         let cmd = format!(
-            "env FERRY_LOG=info {} {}",
+            "{wrapper} env FERRY_LOG=info {} {}",
             crate::bin("ferry-overlayd").display(),
             self.daemon_args
         );
         self.daemon = Some(Bg::spawn_logged(&self.host, &cmd, &self.log_path()));
+    }
+
+    /// Stops the daemon and starts it again, waiting until it answers `/readyz`.
+    pub fn restart_daemon(&mut self) {
+        self.stop_daemon();
+        self.start_daemon();
+        self.wait_answering();
+    }
+
+    /// Waits until the daemon answers `/readyz` with 200 (node.json may be an earlier
+    /// daemon's).
+    pub fn wait_answering(&mut self) {
+        let ok = wait_until(Duration::from_secs(40), || {
+            http_get(&self.host, HEALTH_ADDR, "/readyz").0 == 200
+                || self.daemon.as_mut().is_some_and(|d| d.exited().is_some())
+        });
+        assert!(
+            ok && http_get(&self.host, HEALTH_ADDR, "/readyz").0 == 200,
+            "{} not ready:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// The VXLAN device's FDB, as `bridge fdb` prints it.
+    pub fn overlay_fdb(&self) -> String {
+        self.host
+            .sh("bridge fdb show dev ferry.1 2>/dev/null || true")
+    }
+
+    /// The VXLAN device's neighbours, as `ip neigh` prints them.
+    pub fn overlay_neighs(&self) -> String {
+        self.host
+            .sh("ip neigh show dev ferry.1 2>/dev/null || true")
     }
 
     /// Waits until the daemon has written node.json.
@@ -473,6 +513,28 @@ impl Cluster {
         v
     }
 
+    /// The etcd key of the lease of `subnet` (`a.b.c.d/len`).
+    pub fn lease_key(&self, subnet: &str) -> String {
+        format!("{}/v1/leases/{}", self.prefix, subnet.replace('/', "-"))
+    }
+
+    /// Writes `value` at `key` with etcdctl, as an operator (or an intruder) would.
+    pub fn etcd_put(&self, key: &str, value: &str) {
+        self.etcd.ctl(&format!("put {key} '{value}'"));
+    }
+
+    /// The value at `key` (empty when there is none).
+    pub fn etcd_get(&self, key: &str) -> String {
+        self.etcd.ctl(&format!("get --print-value-only {key}"))
+    }
+
+    /// A host on the underlay that is not a node.
+    pub fn stranger(&self, ip: &str) -> Netns {
+        let ns = Netns::new("fyx");
+        self.switch.plug(&ns, ip);
+        ns
+    }
+
     /// The metrics a node serves, fetched from inside its namespace.
     pub fn metrics(&self, node: usize) -> String {
         http_get(&self.nodes[node].host, HEALTH_ADDR, "/metrics").1
@@ -494,4 +556,17 @@ pub fn http_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (status, body) = text.split_once('\n').unwrap_or(("0", ""));
     (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Runs `ferry-overlayd ARGS` in the foreground inside `ns`, killed after `secs`
+/// (`timeout`'s code 124 then): its exit code and stderr.
+pub fn run_overlayd(ns: &Netns, args: &str, secs: u32) -> (Option<i32>, String) {
+    let out = ns.try_sh(&format!(
+        "timeout {secs} {} {args}",
+        crate::bin("ferry-overlayd").display()
+    ));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -48,7 +48,7 @@ fn fifty_nodes_starting_at_once_never_share_a_subnet() {
                 let ep = ep.clone();
                 async move {
                     let mut reg = Registry::connect(&opts(&ep), "/ferry").await?;
-                    let cfg = reg.cluster_config(&flags("10.70.0.0/16", 24)).await?;
+                    let cfg = reg.cluster_config(&flags("10.70.0.0/16", 24), &[]).await?;
                     let mac = format!("0e:00:00:00:00:{i:02x}");
                     reg.acquire(
                         &cfg,
@@ -108,7 +108,7 @@ fn a_full_cluster_cidr_is_a_clear_error() {
     let err = ferry_tests::inside::block_on(&client, move || async move {
         let mut reg = Registry::connect(&opts(&ep), "/ferry").await.unwrap();
         let cfg = reg
-            .cluster_config(&flags("10.71.0.0/28", 30))
+            .cluster_config(&flags("10.71.0.0/28", 30), &[])
             .await
             .unwrap();
         for i in 0..4 {

@@ -21,6 +21,8 @@ pub struct RouteV4 {
     pub prefix: u8,
     pub gateway: Option<Ipv4Addr>,
     pub oif: Option<u32>,
+    /// Who made it (`RTPROT_*`; `ROUTE_PROTO_FERRY` for ferry's).
+    pub protocol: u8,
 }
 
 /// A veth pair whose peer is created directly in the pod's namespace: one message, no
@@ -331,6 +333,7 @@ impl Netlink {
                     prefix: m.header.destination_prefix_length,
                     gateway: None,
                     oif: None,
+                    protocol: u8::from(m.header.protocol),
                 };
                 for a in m.attributes {
                     match a {

@@ -24,6 +24,9 @@ pub fn ip_mac(tag: u8, ip: std::net::Ipv4Addr) -> [u8; 6] {
     [0x0a, tag, o[0], o[1], o[2], o[3]]
 }
 
+/// The protocol number of the routes ferry makes (`ip route` shows `proto 102`).
+pub const ROUTE_PROTO_FERRY: u8 = 102;
+
 pub const POD_MAC_TAG: u8 = 0x58;
 pub const HOST_MAC_TAG: u8 = 0x59;
 

@@ -209,7 +209,8 @@ impl Netlink {
         })
     }
 
-    /// `ip route replace <dst>/<prefix> via <gw> dev <oif> onlink`.
+    /// `ip route replace <dst>/<prefix> via <gw> dev <oif> onlink proto 102`: tagged, so
+    /// that a route ferry made is told from one it did not.
     pub async fn replace_route_onlink(
         &self,
         dst: Ipv4Addr,
@@ -222,6 +223,7 @@ impl Netlink {
             .gateway(gw)
             .output_interface(oif)
             .onlink()
+            .protocol(RouteProtocol::Other(crate::ROUTE_PROTO_FERRY))
             .build();
         self.handle
             .route()

@@ -12,5 +12,5 @@ mod registry;
 pub use args::EtcdArgs;
 pub use etcd_client::{WatchResponse, WatchStream};
 pub use layout::Layout;
-pub use model::{ClusterConfig, ConfigFlags, LeaseRecord, Usage};
-pub use registry::{Acquired, EtcdOptions, LeaseEntry, LeaseError, LeaseEvent, Registry};
+pub use model::{ClusterConfig, ConfigFlags, LeaseRecord, LeaseView, Refused, StoredLease, Usage};
+pub use registry::{Acquired, EtcdOptions, LeaseEntry, LeaseError, Registry};

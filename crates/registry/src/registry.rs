@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, Event, EventType, GetOptions,
-    Identity, KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use ipnetwork::Ipv4Network;
 
 use super::layout::Layout;
-use super::model::{pick_free, ClusterConfig, ConfigFlags, LeaseRecord, Usage};
+use super::model::{pick_free, ClusterConfig, ConfigFlags, LeaseRecord, StoredLease, Usage};
 
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -61,6 +61,18 @@ pub enum LeaseError {
     Contention(u32),
     #[error("etcd lease {0:x} has expired")]
     Expired(i64),
+    #[error(
+        "another ferry-overlayd is alive as node {node} (its key {key} holds instance {other}, \
+         not this one's): refusing to run a second daemon under one name. If that daemon is \
+         gone, its key expires within {ttl}s and a restart succeeds; to end it at once: \
+         etcdctl del {key}. A new node needs its own --node-name"
+    )]
+    NameInUse {
+        node: String,
+        key: String,
+        other: String,
+        ttl: u64,
+    },
 }
 
 type Result<T> = std::result::Result<T, LeaseError>;
@@ -82,13 +94,6 @@ pub struct LeaseEntry {
     pub record: std::result::Result<LeaseRecord, String>,
     /// 0: the key never expires (a reservation, or written by hand).
     pub lease_id: i64,
-}
-
-/// A change of some node's lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseEvent {
-    Put(LeaseRecord),
-    Delete(Ipv4Network),
 }
 
 #[derive(Clone)]
@@ -160,11 +165,21 @@ impl Registry {
     }
 
     /// The stored cluster config, created from the flags when there is none. Flags that
-    /// contradict a stored config are an error, never an overwrite.
-    pub async fn cluster_config(&mut self, flags: &ConfigFlags) -> Result<ClusterConfig> {
+    /// contradict a stored config are an error, never an overwrite; so is a config, stored
+    /// or from the flags, that overlaps `underlay` (this node's own networks).
+    pub async fn cluster_config(
+        &mut self,
+        flags: &ConfigFlags,
+        underlay: &[Ipv4Network],
+    ) -> Result<ClusterConfig> {
         let key = self.layout.config();
         for _ in 0..5 {
             if let Some(cfg) = self.read_config().await? {
+                cfg.check_underlay(underlay)
+                    .map_err(|detail| LeaseError::BadConfig {
+                        key: key.clone(),
+                        detail,
+                    })?;
                 cfg.check_flags(flags)
                     .map_err(|detail| LeaseError::Conflict {
                         key: key.clone(),
@@ -174,10 +189,12 @@ impl Registry {
             }
             let cfg = ClusterConfig::from_flags(flags)
                 .ok_or_else(|| LeaseError::NoConfig { key: key.clone() })?;
-            cfg.validate().map_err(|detail| LeaseError::BadConfig {
-                key: format!("{key} (from the flags)"),
-                detail,
-            })?;
+            cfg.validate()
+                .and_then(|()| cfg.check_underlay(underlay))
+                .map_err(|detail| LeaseError::BadConfig {
+                    key: format!("{key} (from the flags)"),
+                    detail,
+                })?;
             let value = serde_json::to_vec(&cfg).expect("config serializes");
             let txn = Txn::new()
                 .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
@@ -227,6 +244,15 @@ impl Registry {
         prefer: Option<Ipv4Network>,
     ) -> Result<Acquired> {
         const ATTEMPTS: u32 = 30;
+        // Without a subnet from the caller, the one the node index names (its record may
+        // be damaged, the index still says which subnet was this node's).
+        let prefer = match prefer {
+            Some(p) => Some(p),
+            None => self
+                .get_one(self.layout.node(node), "read node index")
+                .await?
+                .and_then(|kv| self.layout.subnet_of(&String::from_utf8_lossy(kv.value()))),
+        };
         let mut h = std::collections::hash_map::DefaultHasher::new();
         node.hash(&mut h);
         let seed = h.finish();
@@ -280,7 +306,28 @@ impl Registry {
             }
 
             let taken = self.taken().await?;
-            let preferred = prefer.filter(|p| attempt == 0 && cfg.holds(*p) && !taken.contains(p));
+            // The subnet this node had: free, or held by a record that is not another
+            // node's (damaged, or ours): the node's pods keep their addresses.
+            let mut reclaim = None;
+            let preferred = match prefer.filter(|p| attempt == 0 && cfg.holds(*p)) {
+                Some(p) if !taken.contains(&p) => Some(p),
+                Some(p) => {
+                    let kv = self
+                        .get_one(self.layout.lease(p), "read own old lease")
+                        .await?;
+                    match kv {
+                        Some(kv)
+                            if serde_json::from_slice::<LeaseRecord>(kv.value())
+                                .map_or(true, |r| r.node == node) =>
+                        {
+                            reclaim = Some(kv.mod_revision());
+                            Some(p)
+                        }
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
             let subnet = match preferred {
                 Some(p) => p,
                 None => pick_free(
@@ -309,11 +356,12 @@ impl Registry {
             };
             let lk = self.layout.lease(subnet);
             let put = || Some(PutOptions::new().with_lease(lease_id));
+            let free = match reclaim {
+                Some(rev) => Compare::mod_revision(lk.clone(), CompareOp::Equal, rev),
+                None => Compare::version(lk.clone(), CompareOp::Equal, 0),
+            };
             let txn = Txn::new()
-                .when([
-                    Compare::version(lk.clone(), CompareOp::Equal, 0),
-                    Compare::version(nk.clone(), CompareOp::Equal, 0),
-                ])
+                .when([free, Compare::version(nk.clone(), CompareOp::Equal, 0)])
                 .and_then([
                     TxnOp::put(
                         lk.clone(),
@@ -344,16 +392,53 @@ impl Registry {
             .collect())
     }
 
-    /// Every lease, and the revision they were read at (to watch from).
-    pub async fn list(&mut self) -> Result<(Vec<LeaseRecord>, i64)> {
+    /// Every lease key as stored, parsed or not (`model::resolve` decides what to use),
+    /// and the revision they were read at (to watch from).
+    pub async fn list(&mut self) -> Result<(Vec<StoredLease>, i64)> {
         let (kvs, rev) = self
             .get_prefix(self.layout.leases(), false, "list leases")
             .await?;
         let leases = kvs
             .iter()
-            .filter_map(|kv| serde_json::from_slice::<LeaseRecord>(kv.value()).ok())
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                StoredLease {
+                    key_subnet: self.layout.subnet_of(&key),
+                    key,
+                    record: serde_json::from_slice(kv.value()).map_err(|e| e.to_string()),
+                    create_revision: kv.create_revision(),
+                }
+            })
             .collect();
         Ok((leases, rev))
+    }
+
+    /// Writes this node's lease back when its key is gone or holds anything but `me`
+    /// (deleted or damaged by hand): true when it did. The key stays on `grace_lease`.
+    pub async fn restore_own(&mut self, me: &LeaseRecord, grace_lease: i64) -> Result<bool> {
+        let key = self.layout.lease(me.subnet);
+        let kv = self.get_one(key.clone(), "read own lease").await?;
+        let intact = kv
+            .as_ref()
+            .and_then(|kv| serde_json::from_slice::<LeaseRecord>(kv.value()).ok())
+            .is_some_and(|r| &r == me);
+        if intact {
+            return Ok(false);
+        }
+        let put = || Some(PutOptions::new().with_lease(grace_lease));
+        let txn = Txn::new().and_then([
+            TxnOp::put(
+                key.clone(),
+                serde_json::to_vec(me).expect("lease serializes"),
+                put(),
+            ),
+            TxnOp::put(self.layout.node(&me.node), key, put()),
+        ]);
+        self.client
+            .txn(txn)
+            .await
+            .map_err(etcd("restore own lease"))?;
+        Ok(true)
     }
 
     /// Every lease key, parsed or not, with its etcd lease.
@@ -473,16 +558,6 @@ impl Registry {
             .map_err(etcd("watch leases"))
     }
 
-    /// What a watch event means for the leases.
-    pub fn event(&self, ev: &Event) -> Option<LeaseEvent> {
-        let kv = ev.kv()?;
-        let subnet = self.layout.subnet_of(&String::from_utf8_lossy(kv.key()))?;
-        match ev.event_type() {
-            EventType::Put => serde_json::from_slice(kv.value()).ok().map(LeaseEvent::Put),
-            EventType::Delete => Some(LeaseEvent::Delete(subnet)),
-        }
-    }
-
     /// Refreshes an etcd lease once; an expired lease is an error.
     pub async fn keep_alive(&mut self, id: i64) -> Result<i64> {
         let (mut keeper, mut stream) = self
@@ -506,12 +581,16 @@ impl Registry {
         Ok(ttl)
     }
 
-    /// Publishes that `node` is alive, on a lease of `ttl`; returns the lease to keep alive.
-    pub async fn set_alive(&mut self, node: &str, ttl: Duration) -> Result<i64> {
-        let ttl = i64::try_from(ttl.as_secs().max(2)).unwrap_or(60);
+    /// Publishes that `node` is alive as `instance` (one per process), on a lease of
+    /// `ttl`; returns the lease to keep alive. The key is this process's only while it
+    /// is absent or already holds `instance`: a second daemon under the same name gets
+    /// `NameInUse` instead, naming the key.
+    pub async fn set_alive(&mut self, node: &str, instance: &str, ttl: Duration) -> Result<i64> {
+        let secs = ttl.as_secs().max(2);
+        let key = self.layout.alive(node);
         let id = self
             .client
-            .lease_grant(ttl, None)
+            .lease_grant(i64::try_from(secs).unwrap_or(60), None)
             .await
             .map_err(etcd("grant liveness lease"))?
             .id();
@@ -519,15 +598,52 @@ impl Registry {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.client
-            .put(
-                self.layout.alive(node),
-                serde_json::json!({ "since": since }).to_string(),
+        let value = serde_json::json!({ "instance": instance, "since": since }).to_string();
+        let put = || {
+            TxnOp::put(
+                key.clone(),
+                value.clone(),
                 Some(PutOptions::new().with_lease(id)),
             )
+        };
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([put()])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = self
+            .client
+            .txn(txn)
             .await
             .map_err(etcd("publish liveness"))?;
-        Ok(id)
+        if resp.succeeded() {
+            return Ok(id);
+        }
+        let holder = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+                _ => None,
+            })
+            .and_then(|kv| serde_json::from_slice::<serde_json::Value>(kv.value()).ok())
+            .and_then(|v| v.get("instance")?.as_str().map(str::to_string))
+            .unwrap_or_else(|| "unknown".into());
+        if holder == instance {
+            // Our own key on an older lease (etcd was away): move it to the new one.
+            let txn = Txn::new().and_then([put()]);
+            self.client
+                .txn(txn)
+                .await
+                .map_err(etcd("publish liveness"))?;
+            return Ok(id);
+        }
+        let _ = self.client.lease_revoke(id).await;
+        Err(LeaseError::NameInUse {
+            node: node.to_string(),
+            key,
+            other: holder,
+            ttl: secs,
+        })
     }
 
     /// Ends an etcd lease (and with it the keys on it).

@@ -214,7 +214,7 @@ fn join() {
                 .await
                 .expect("etcd");
             let cfg = reg
-                .cluster_config(&Default::default())
+                .cluster_config(&Default::default(), &[])
                 .await
                 .expect("config");
             let t = Instant::now();
@@ -222,7 +222,8 @@ fn join() {
                 &cfg,
                 &format!("sim{k}"),
                 Ipv4Addr::new(192, 0, 2, 240),
-                "0e:00:00:00:01:01",
+                // Each its own: ferry refuses a second lease with a MAC already leased.
+                &format!("0e:00:00:00:01:{k:02x}"),
                 Duration::from_secs(3600),
                 Some(subnet),
             )

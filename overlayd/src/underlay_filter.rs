@@ -1,0 +1,235 @@
+//! VXLAN only from nodes: the VNI, the port and the VTEP MACs are no secret, so a host on
+//! the underlay that is not a node could otherwise reach any pod with any inner source
+//! address. ferry's own nftables table (`table ip ferry`) drops VXLAN to this host from
+//! any address but the leases' public IPs, before conntrack sees it, counting the drops.
+//!
+//! A table of our own works here (unlike for the forward rules, see `rules`): a drop in
+//! any table is final. The set of nodes changes by adding and removing elements, one small
+//! `nft -f -` transaction per change; the rule itself is only written when the table is
+//! missing or differs.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+pub const TABLE: &str = "ferry";
+pub const SET: &str = "nodes";
+pub const CHAIN: &str = "vxlan-in";
+
+/// The rule, as `nft` takes it.
+fn rule(port: u16) -> String {
+    format!(
+        "udp dport {port} fib daddr type local ip saddr != @{SET} counter drop comment \"VXLAN only from ferry nodes\""
+    )
+}
+
+/// The rule's expressions as `nft -j` prints them, counters left out.
+fn rule_json(port: u16) -> Value {
+    json!([
+        {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": port}},
+        {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}},
+        {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": format!("@{SET}")}},
+        {"drop": null}
+    ])
+}
+
+fn elements(ips: &BTreeSet<Ipv4Addr>) -> String {
+    ips.iter()
+        .map(Ipv4Addr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The whole table, replacing whatever is there, in one transaction.
+pub fn create_script(port: u16, nodes: &BTreeSet<Ipv4Addr>) -> String {
+    let elems = if nodes.is_empty() {
+        String::new()
+    } else {
+        format!(" elements = {{ {} }};", elements(nodes))
+    };
+    format!(
+        "table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n\
+         \tset {SET} {{ type ipv4_addr;{elems} }}\n\
+         \tchain {CHAIN} {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\t{}\n\t}}\n}}\n",
+        rule(port)
+    )
+}
+
+/// The set changes that make `have` into `want`, as one `nft` script; `None` when there
+/// is nothing to do.
+pub fn update_script(want: &BTreeSet<Ipv4Addr>, have: &BTreeSet<Ipv4Addr>) -> Option<String> {
+    let add: BTreeSet<Ipv4Addr> = want.difference(have).copied().collect();
+    let del: BTreeSet<Ipv4Addr> = have.difference(want).copied().collect();
+    let mut s = String::new();
+    if !add.is_empty() {
+        s += &format!("add element ip {TABLE} {SET} {{ {} }}\n", elements(&add));
+    }
+    if !del.is_empty() {
+        s += &format!("delete element ip {TABLE} {SET} {{ {} }}\n", elements(&del));
+    }
+    (!s.is_empty()).then_some(s)
+}
+
+/// What the table holds, from `nft -j list table`: `None` when it is missing or its chain
+/// is not exactly ferry's rule, else the set's elements.
+pub fn parse(listing: &Value, port: u16) -> Option<BTreeSet<Ipv4Addr>> {
+    let items = listing.get("nftables")?.as_array()?;
+    let mut nodes = None;
+    let mut rules = Vec::new();
+    let mut hooked = false;
+    for item in items {
+        if let Some(set) = item.get("set").filter(|s| s["name"] == SET) {
+            let elems = set.get("elem").and_then(Value::as_array);
+            nodes = Some(
+                elems
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.as_str()?.parse().ok())
+                    .collect::<BTreeSet<Ipv4Addr>>(),
+            );
+        }
+        if let Some(chain) = item.get("chain").filter(|c| c["name"] == CHAIN) {
+            hooked = chain["hook"] == "prerouting" && chain["policy"] == "accept";
+        }
+        if let Some(rule) = item.get("rule").filter(|r| r["chain"] == CHAIN) {
+            let expr: Vec<Value> = rule["expr"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e.get("counter").is_none())
+                .cloned()
+                .collect();
+            rules.push(Value::Array(expr));
+        }
+    }
+    (hooked && rules == [rule_json(port)]).then_some(nodes?)
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run nft (is nftables installed?)")?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).context("write to nft")?;
+    }
+    let out = child.wait_with_output().context("wait for nft")?;
+    if !out.status.success() {
+        bail!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The set as the kernel holds it; `None` when the table is missing or not ferry's rule.
+pub fn read(port: u16) -> Result<Option<BTreeSet<Ipv4Addr>>> {
+    match nft(&["-j", "list", "table", "ip", TABLE], None) {
+        Ok(text) => {
+            let v: Value = serde_json::from_str(&text).context("parse `nft -j` output")?;
+            Ok(parse(&v, port))
+        }
+        // A missing table is an error to nft, and simply "nothing yet" to us.
+        Err(e) if e.to_string().contains("No such file or directory") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn run(script: &str) -> Result<()> {
+    nft(&["-f", "-"], Some(script)).map(drop)
+}
+
+/// Makes the kernel's table hold `want`: the set changed as a diff when the table is
+/// ferry's, the whole table written when not. Returns whether anything changed.
+pub fn ensure(port: u16, want: &BTreeSet<Ipv4Addr>) -> Result<bool> {
+    match read(port)? {
+        Some(have) => match update_script(want, &have) {
+            Some(s) => run(&s).map(|()| true),
+            None => Ok(false),
+        },
+        None => run(&create_script(port, want)).map(|()| true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(last: &[u8]) -> BTreeSet<Ipv4Addr> {
+        last.iter().map(|l| Ipv4Addr::new(192, 0, 2, *l)).collect()
+    }
+
+    #[test]
+    fn set_changes_are_a_diff() {
+        assert_eq!(update_script(&ips(&[1, 2]), &ips(&[1, 2])), None);
+        assert_eq!(
+            update_script(&ips(&[1, 3, 4]), &ips(&[1, 2])).unwrap(),
+            "add element ip ferry nodes { 192.0.2.3, 192.0.2.4 }\n\
+             delete element ip ferry nodes { 192.0.2.2 }\n"
+        );
+        assert_eq!(
+            update_script(&ips(&[]), &ips(&[9])).unwrap(),
+            "delete element ip ferry nodes { 192.0.2.9 }\n"
+        );
+    }
+
+    #[test]
+    fn the_table_is_made_whole_in_one_go() {
+        let s = create_script(4789, &ips(&[12, 13]));
+        assert!(
+            s.starts_with("table ip ferry {}\ndelete table ip ferry\n"),
+            "{s}"
+        );
+        assert!(s.contains("elements = { 192.0.2.12, 192.0.2.13 }"), "{s}");
+        assert!(s.contains("hook prerouting priority raw"), "{s}");
+        assert!(
+            s.contains("udp dport 4789 fib daddr type local ip saddr != @nodes counter drop"),
+            "{s}"
+        );
+        // An empty set has no elements clause (nft refuses an empty one).
+        assert!(!create_script(4789, &ips(&[])).contains("elements"));
+    }
+
+    fn listing(port: u16, elems: &[&str]) -> Value {
+        let mut expr = rule_json(port).as_array().unwrap().clone();
+        expr.insert(3, json!({"counter": {"packets": 5, "bytes": 400}}));
+        json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "ferry", "handle": 1}},
+            {"set": {"family": "ip", "name": "nodes", "table": "ferry", "type": "ipv4_addr", "elem": elems}},
+            {"chain": {"family": "ip", "table": "ferry", "name": "vxlan-in", "type": "filter",
+                       "hook": "prerouting", "prio": -300, "policy": "accept"}},
+            {"rule": {"family": "ip", "table": "ferry", "chain": "vxlan-in", "expr": expr}}
+        ]})
+    }
+
+    #[test]
+    fn a_listing_is_ours_only_with_exactly_our_rule() {
+        assert_eq!(
+            parse(&listing(4789, &["192.0.2.12", "192.0.2.13"]), 4789),
+            Some(ips(&[12, 13]))
+        );
+        // Another port, or a rule taken out, means the table is written again.
+        assert_eq!(parse(&listing(4789, &[]), 8472), None);
+        let mut v = listing(4789, &[]);
+        v["nftables"].as_array_mut().unwrap().pop();
+        assert_eq!(parse(&v, 4789), None);
+        let mut v = listing(4789, &[]);
+        let extra = v["nftables"][4].clone();
+        v["nftables"].as_array_mut().unwrap().push(extra);
+        assert_eq!(parse(&v, 4789), None);
+    }
+}
