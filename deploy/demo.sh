@@ -7,6 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (it makes network namespaces)" >&2; exit 1; }
-deploy/install-deps.sh
+deploy/install-deps.sh demo
 cargo build --release --workspace -q
 exec target/release/ferry-demo "$@"
