@@ -9,6 +9,7 @@ mod del;
 mod gc;
 mod kernel;
 mod reap;
+mod sandbox;
 mod status;
 
 use cni::{version, Command, Env, Error, NetConf};
@@ -18,9 +19,6 @@ fn main() {
 }
 
 fn run() -> i32 {
-    if let Some(code) = reap::run_if_reaper() {
-        return code;
-    }
     if std::env::var_os("CNI_COMMAND").is_none() {
         eprintln!(
             "CNI ferry plugin v{}\nCNI protocol versions supported: {}",

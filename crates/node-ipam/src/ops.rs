@@ -25,10 +25,19 @@ pub struct Config {
 impl Config {
     /// The `ipam` section with a `stateDir` the caller has already read.
     pub fn with_state_dir(conf: &NetConf, state_dir: PathBuf) -> Result<Self, cni::Error> {
-        Ok(Config {
-            ipam: conf.parse_key("ipam")?,
-            state_dir,
-        })
+        let ipam: IpamConf = conf.parse_key("ipam")?;
+        // A relative directory would be resolved against whatever directory the runtime
+        // happened to start the plugin in: a different store on each call.
+        for (key, dir) in [("ipam.dataDir", ipam.data_dir()), ("stateDir", &state_dir)] {
+            if !dir.is_absolute() {
+                return Err(IpamError::Config(format!(
+                    "{key} {} must be an absolute path",
+                    dir.display()
+                ))
+                .into());
+            }
+        }
+        Ok(Config { ipam, state_dir })
     }
 
     pub fn from_netconf(conf: &NetConf) -> Result<Self, cni::Error> {

@@ -4,20 +4,29 @@
 //! read-modify-write and replace the document atomically (`durable::write_atomic`).
 //! Readers (`show`, `check`) read the document without the lock: a rename is atomic, so
 //! they always see one whole version and never slow an ADD down.
+//!
+//! The directory is 0700 and the files 0600 whatever the umask, none is opened through a
+//! symbolic link, and a writer waits at most `LOCK_WAIT` for the lock: a holder that
+//! never lets go (a stuck process) costs one clear error, never a stalled runtime.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::IpamError;
 
 pub const FILE_NAME: &str = "allocations.json";
-const LOCK_NAME: &str = "lock";
+pub const LOCK_NAME: &str = "lock";
 const FORMAT_VERSION: u32 = 1;
+/// How long a writer waits for the store's lock before it gives up with code 11.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// One address held by one attachment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,10 +110,37 @@ impl Store {
     /// The current document, read without the lock. A store never written is empty.
     pub fn snapshot(&self) -> Result<StoreData, IpamError> {
         let path = self.path();
-        match fs::read(&path) {
-            Ok(bytes) => parse(&path, &bytes),
+        let mut bytes = Vec::new();
+        match crate::durable::open_nofollow(&path).and_then(|mut f| f.read_to_end(&mut bytes)) {
+            Ok(_) => parse(&path, &bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StoreData::default()),
             Err(e) => Err(self.io(path)(e)),
+        }
+    }
+
+    /// Takes the exclusive lock, polling so that the wait is bounded.
+    fn lock(&self) -> Result<Flock<File>, IpamError> {
+        let lock_path = self.dir.join(LOCK_NAME);
+        let mut file =
+            crate::durable::open_lock_file(&lock_path).map_err(self.io(lock_path.clone()))?;
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((f, Errno::EWOULDBLOCK)) if start.elapsed() < LOCK_WAIT => {
+                    file = f;
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+                Err((_, Errno::EWOULDBLOCK)) => {
+                    return Err(IpamError::LockTimeout {
+                        path: lock_path,
+                        waited: LOCK_WAIT,
+                    })
+                }
+                Err((_, errno)) => return Err(self.io(lock_path)(errno.into())),
+            }
         }
     }
 
@@ -114,21 +150,15 @@ impl Store {
         &self,
         f: impl FnOnce(&mut StoreData) -> Result<(T, bool), IpamError>,
     ) -> Result<T, IpamError> {
-        fs::create_dir_all(&self.dir).map_err(self.io(self.dir.clone()))?;
-        let lock_path = self.dir.join(LOCK_NAME);
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(self.io(lock_path.clone()))?;
-        let _lock: Flock<File> = Flock::lock(lock_file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| self.io(lock_path)(errno.into()))?;
+        crate::durable::ensure_private_dir(&self.dir).map_err(self.io(self.dir.clone()))?;
+        let _lock = self.lock()?;
+        let path = self.path();
+        // Under the lock no other writer exists: any temporary is a dead writer's.
+        crate::durable::remove_stale_temps(&path);
         let mut data = self.snapshot()?;
         let (out, changed) = f(&mut data)?;
         if changed {
             let bytes = serde_json::to_vec_pretty(&data).map_err(std::io::Error::other);
-            let path = self.path();
             bytes
                 .and_then(|b| crate::durable::write_atomic(&path, &b))
                 .map_err(self.io(path))?;
@@ -157,6 +187,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<StoreData, IpamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn alloc(cid: &str) -> Allocation {
         Allocation {
