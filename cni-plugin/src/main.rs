@@ -6,6 +6,8 @@ mod addressing;
 mod check;
 mod config;
 mod del;
+#[cfg(test)]
+mod fuzz;
 mod gc;
 mod kernel;
 mod reap;

@@ -167,7 +167,8 @@ impl Store {
     }
 }
 
-fn parse(path: &Path, bytes: &[u8]) -> Result<StoreData, IpamError> {
+/// Reads a store document; anything but a well-formed one of this format is `StoreCorrupt`.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<StoreData, IpamError> {
     let data: StoreData = serde_json::from_slice(bytes).map_err(|e| IpamError::StoreCorrupt {
         path: path.to_path_buf(),
         detail: e.to_string(),
