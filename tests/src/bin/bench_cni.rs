@@ -11,14 +11,11 @@
 //! (default 120 pods, 16 at a time) for a burst of ADDs then DELs, end to end.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_tests::cni::{exec, Reply};
+use ferry_tests::cni::{exec, in_host, Reply};
 use ferry_tests::netns::Netns;
 use serde_json::json;
 
@@ -39,24 +36,12 @@ struct Side {
 
 impl Side {
     fn call(&self, command: &str, cid: &str, pod: &Netns) -> (Duration, Reply) {
-        let mut cmd = Command::new(&self.plugin);
-        cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", command)
+        let mut cmd = in_host(&self.host_fd, &self.plugin);
+        cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", cid)
             .env("CNI_NETNS", pod.path())
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", &self.cni_path);
-        let fd = self.host_fd.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; the child only enters the host namespace.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let t = Instant::now();
         let r = exec(cmd, &self.conf);
         (t.elapsed(), r)
