@@ -34,6 +34,9 @@ struct Log {
     calls: usize,
 }
 
+/// When an address was live for one attachment: (ADD reported, DEL started, container).
+type Span<'a> = (Instant, Option<Instant>, &'a str);
+
 struct Rng(u64);
 
 impl Rng {
@@ -121,7 +124,7 @@ fn churn_with_sigkill_then_gc_leaves_exactly_the_valid_attachments() {
         for w in 0..WORKERS {
             let (node, host, log, lost, valid) = (&node, &host, &log, &lost, &valid);
             s.spawn(move || {
-                let mut rng = Rng(0x5eed ^ (w as u64 + 1) * 0x9e37_79b9);
+                let mut rng = Rng(0x5eed ^ ((w as u64 + 1) * 0x9e37_79b9));
                 let mut pod = Netns::new("fyc");
                 let mut i = w;
                 while i < total {
@@ -171,7 +174,7 @@ fn churn_with_sigkill_then_gc_leaves_exactly_the_valid_attachments() {
 
     // No address was live on two attachments at once (as the runtime saw them).
     let log = log.into_inner().unwrap();
-    let mut by_ip: BTreeMap<&str, Vec<(Instant, Option<Instant>, &str)>> = BTreeMap::new();
+    let mut by_ip: BTreeMap<&str, Vec<Span<'_>>> = BTreeMap::new();
     for (ip, cid, from, to) in &log.live {
         by_ip
             .entry(ip.as_str())
