@@ -3,7 +3,7 @@
 //! cannot happen any more. Everything runs the built binaries as a runtime does.
 
 use std::fs;
-use std::os::unix::fs::{symlink, MetadataExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,16 +11,8 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::cni::{exec, ferry_conf, ipam_conf, ipam_plugin, Node, Reply};
 use ferry_tests::netns::Netns;
-use ferry_tests::{bin, root_or_skip};
+use ferry_tests::{bin, needs_root};
 use serde_json::{json, Value};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 fn pod() -> Netns {
     Netns::new("fyt")
@@ -58,16 +50,9 @@ fn store_files_are_private_whatever_the_umask() {
     ipam_add_umask0(&conf, "c2").ok();
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("lock")), 0o600);
-    // Nothing else is left beside the store.
-    let mut names: Vec<_> = fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["allocations.json", "lock"]);
+    // Nothing else (no temporary) is left beside the store and its lock.
+    assert_eq!(fs::read_dir(&data).unwrap().count(), 2);
 }
-
-use std::os::unix::fs::PermissionsExt;
 
 #[test]
 fn planted_symlinks_are_never_followed() {
@@ -84,23 +69,18 @@ fn planted_symlinks_are_never_followed() {
     ipam_add_umask0(&conf, "t1").ok();
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
 
-    // The store itself a link: refused, naming it; the target untouched.
-    let other = d.path().join("ipam2");
-    fs::create_dir(&other).unwrap();
-    symlink(&victim, other.join("allocations.json")).unwrap();
-    let r = ipam_add_umask0(&ipam_conf(&other, "10.61.1.0/24"), "t2");
-    assert_eq!(r.err_code(), 102, "{r:?}");
-    assert!(r.msg().contains("symbolic link"), "{r:?}");
-    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
-
-    // The lock a link: refused.
-    let third = d.path().join("ipam3");
-    fs::create_dir(&third).unwrap();
-    symlink(&victim, third.join("lock")).unwrap();
-    let r = ipam_add_umask0(&ipam_conf(&third, "10.61.2.0/24"), "t3");
-    assert_eq!(r.err_code(), 102, "{r:?}");
-    assert!(r.msg().contains("lock"), "{r:?}");
-    assert_eq!(mode(&victim), 0o644, "the link's target keeps its mode");
+    // The store or its lock a link: refused, naming it; the target untouched.
+    for (i, planted) in ["allocations.json", "lock"].into_iter().enumerate() {
+        let dir = d.path().join(format!("ipam-{planted}"));
+        fs::create_dir(&dir).unwrap();
+        symlink(&victim, dir.join(planted)).unwrap();
+        let r = ipam_add_umask0(&ipam_conf(&dir, &format!("10.61.{}.0/24", i + 1)), "t2");
+        assert_eq!(r.err_code(), 102, "{r:?}");
+        assert!(r.msg().contains(planted), "{r:?}");
+        assert!(r.msg().contains("symbolic link"), "{r:?}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(mode(&victim), 0o644, "the link's target keeps its mode");
+    }
 
     // The data directory a link to somewhere else: refused, nothing written there.
     let elsewhere = d.path().join("elsewhere");

@@ -160,20 +160,7 @@ impl NetConf {
 pub const MAX_NETWORK_NAME: usize = 100;
 
 fn validate_network_name(name: &str) -> Result<(), Error> {
-    if name.len() > MAX_NETWORK_NAME {
-        return Err(Error::new(
-            Code::InvalidConfig,
-            format!(
-                "network name is {} bytes, longer than the {MAX_NETWORK_NAME} ferry accepts",
-                name.len()
-            ),
-        ));
-    }
-    if crate::env::is_spec_name(name) {
-        Ok(())
-    } else {
-        Err(Error::new(Code::InvalidConfig, "invalid network name").with_details(name))
-    }
+    crate::env::validate_spec_name("network name", name, MAX_NETWORK_NAME, Code::InvalidConfig)
 }
 
 #[cfg(test)]

@@ -127,29 +127,31 @@ impl Env {
 /// bound, and the ID goes into the host veth's alias (see `conf::MAX_NETWORK_NAME`).
 pub const MAX_CONTAINER_ID: usize = 128;
 
-/// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`: the spec's rule for container IDs and network names.
-pub fn is_spec_name(s: &str) -> bool {
+/// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, the spec's rule for container IDs and network
+/// names, at most `max` bytes; `what` names the input in the error.
+pub fn validate_spec_name(what: &str, s: &str, max: usize, code: Code) -> Result<(), Error> {
+    if s.len() > max {
+        return Err(Error::new(
+            code,
+            format!(
+                "{what} is {} bytes, longer than the {max} ferry accepts",
+                s.len()
+            ),
+        ));
+    }
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(code, format!("invalid characters in {what}")).with_details(s))
+    }
 }
 
 /// The spec's characters, at most `MAX_CONTAINER_ID` bytes.
 pub fn validate_container_id(id: &str) -> Result<(), Error> {
-    if id.len() > MAX_CONTAINER_ID {
-        return Err(Error::new(
-            Code::InvalidEnv,
-            format!(
-                "CNI_CONTAINERID is {} bytes, longer than the {MAX_CONTAINER_ID} ferry accepts",
-                id.len()
-            ),
-        ));
-    }
-    if is_spec_name(id) {
-        Ok(())
-    } else {
-        Err(Error::new(Code::InvalidEnv, "invalid characters in CNI_CONTAINERID").with_details(id))
-    }
+    validate_spec_name("CNI_CONTAINERID", id, MAX_CONTAINER_ID, Code::InvalidEnv)
 }
 
 /// A Linux interface name: 1 to 15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
