@@ -51,7 +51,6 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     if let Err(e) = Addressing::new(&pc.ipam, conf, env).del() {
         errors.push(e);
     }
-    // After the store's lock is released: the reaper is a fork of this process.
     if detached {
         reap::ensure();
     }

@@ -21,6 +21,9 @@ fn main() {
 }
 
 fn run() -> i32 {
+    if let Some(code) = reap::run_if_reaper() {
+        return code;
+    }
     if std::env::var_os("CNI_COMMAND").is_none() {
         eprintln!(
             "CNI ferry plugin v{}\nCNI protocol versions supported: {}",

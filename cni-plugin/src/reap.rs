@@ -8,8 +8,8 @@
 //! So DEL takes the veth off the network itself, in one request (down, off the bridge,
 //! renamed to a tombstone so the attachment's name is free again, moved into link group
 //! `TOMBSTONE_GROUP`), and makes sure that one reaper is running in the host's network
-//! namespace. The reaper deletes the group until it is empty; DELs that come meanwhile
-//! only add their veths to the group. A tombstone whose reaper died is finished by the
+//! namespace (this binary, started with `FERRY_REAPER=1`). The reaper deletes the group
+//! until it is empty; DELs that come meanwhile only add their veths to the group. A tombstone whose reaper died is finished by the
 //! next DEL of its attachment (found by its alias) or swept by GC.
 
 use std::os::linux::net::SocketAddrExt;
@@ -28,6 +28,9 @@ pub const TOMBSTONE_GROUP: u32 = 65143;
 /// namespace (one reaper per host namespace, as the group is per namespace), and the
 /// name is free again the instant its holder dies, so a killed reaper never blocks one.
 const LOCK_NAME: &[u8] = b"ferry-reaper-65143";
+
+/// Set in the environment of a reaper this binary starts.
+const REAPER_ENV: &str = "FERRY_REAPER";
 
 /// A tombstone name for `host_veth`, unique enough that a quick re-ADD and re-DEL of the
 /// same attachment does not collide with a tombstone still being reaped.
@@ -54,28 +57,16 @@ fn try_lock() -> Option<UnixDatagram> {
 }
 
 /// Makes sure a reaper will delete what is in the group now. Called after the caller's
-/// tombstone is in the group: either this call takes the lock and starts a reaper, or a
+/// tombstone is in the group: either no reaper holds the lock and one is started, or a
 /// reaper holds it and, since it looks at the group again after letting go, finds it.
-///
-/// The reaper is this process forked (no exec: a fork of this small single-threaded
-/// process costs a fraction of a millisecond, an exec a millisecond or more). Call it
-/// with no lock of the store held and no runtime alive, as the child inherits the fds.
 pub fn ensure() {
-    let Some(lock) = try_lock() else {
+    if try_lock().is_none() {
         return;
-    };
-    // SAFETY: the plugin is single-threaded here (the current-thread runtime is gone),
-    // so the child may run any code; it leaves by `_exit`, never returning into main.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
-            detach_from_runtime();
-            let code = i32::from(reap(lock).is_err());
-            // SAFETY: ends the child without running the parent's exit handlers.
-            unsafe { libc::_exit(code) }
-        }
-        Ok(nix::unistd::ForkResult::Parent { .. }) => drop(lock),
+    }
+    // The reaper takes the lock itself; of two started at once, one gives way.
+    if !spawn_reaper() {
         // No reaper: do its work here, slower but complete.
-        Err(_) => {
+        if let Some(lock) = try_lock() {
             if let Err(e) = reap(lock) {
                 eprintln!("ferry: deleting link group {TOMBSTONE_GROUP}: {e}");
             }
@@ -83,21 +74,71 @@ pub fn ensure() {
     }
 }
 
-/// The runtime reads the plugin's stdout to its end and may signal its process group:
-/// the reaper keeps neither.
-fn detach_from_runtime() {
-    let _ = nix::unistd::setsid();
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        use std::os::fd::AsRawFd;
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors, which this process owns.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+/// Starts this binary as a reaper with `posix_spawn`: in a session of its own (a signal
+/// to the runtime's process group does not reach it), its stdio on /dev/null (a runtime
+/// reads the plugin's stdout to its end and must not wait for the reaper). DEL waits
+/// only for the spawn itself, not for the reaper to load or run.
+fn spawn_reaper() -> bool {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let Some(exe) = std::env::current_exe()
+        .ok()
+        .and_then(|p| CString::new(p.as_os_str().as_bytes()).ok())
+    else {
+        return false;
+    };
+    let Ok(reaper_env) = CString::new(format!("{REAPER_ENV}=1")) else {
+        return false;
+    };
+    let argv = [exe.as_ptr().cast_mut(), std::ptr::null_mut()];
+    let envp = [reaper_env.as_ptr().cast_mut(), std::ptr::null_mut()];
+    // SAFETY: the attribute and file-action objects are initialised before use and
+    // destroyed after; every pointer passed lives until posix_spawn returns.
+    unsafe {
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        if libc::posix_spawnattr_init(&mut attr) != 0 {
+            return false;
         }
+        if libc::posix_spawn_file_actions_init(&mut actions) != 0 {
+            libc::posix_spawnattr_destroy(&mut attr);
+            return false;
+        }
+        let ok = libc::posix_spawnattr_setflags(&mut attr, libc::POSIX_SPAWN_SETSID as _) == 0
+            && libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                0,
+                c"/dev/null".as_ptr(),
+                libc::O_RDWR,
+                0,
+            ) == 0
+            && libc::posix_spawn_file_actions_adddup2(&mut actions, 0, 1) == 0
+            && libc::posix_spawn_file_actions_adddup2(&mut actions, 0, 2) == 0
+            && {
+                let mut pid = 0;
+                libc::posix_spawn(
+                    &mut pid,
+                    exe.as_ptr(),
+                    &actions,
+                    &attr,
+                    argv.as_ptr(),
+                    envp.as_ptr(),
+                ) == 0
+            };
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        libc::posix_spawnattr_destroy(&mut attr);
+        ok
     }
+}
+
+/// When this process was started as a reaper: takes the lock (or leaves the work to
+/// the reaper that holds it) and reaps; returns the exit code.
+pub fn run_if_reaper() -> Option<i32> {
+    std::env::var_os(REAPER_ENV)?;
+    let Some(lock) = try_lock() else {
+        return Some(0);
+    };
+    Some(i32::from(reap(lock).is_err()))
 }
 
 /// Deletes the group until it is empty, lets go of the lock, and looks once more so that

@@ -66,7 +66,7 @@ pub fn write(state_dir: &Path, state: &NodeState) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
     let path = path(state_dir);
     crate::durable::remove_stale_temps(&path);
-    crate::durable::write_atomic(&path, &bytes)
+    crate::durable::write_atomic(&path, &bytes, crate::durable::Durability::Synced)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use cni::{CniResult, IpConfig, NetConf};
 
 use crate::allocator;
 use crate::config::{IpamConf, Pool};
+use crate::durable::Durability;
 use crate::error::IpamError;
 use crate::node_state::DEFAULT_STATE_DIR;
 use crate::store::{Allocation, PoolRecord, Store};
@@ -132,13 +133,15 @@ pub fn result(ip: Ipv4Addr, pool: &Pool) -> CniResult {
     }
 }
 
-/// Frees what (container ID, ifname) holds; freeing nothing is not an error.
+/// Frees what (container ID, ifname) holds; freeing nothing is not an error. Not synced
+/// to disk: a release a power loss undoes belongs to a pod the power loss ended anyway,
+/// and GC frees it (see `durable::Durability`); DEL saves a journal commit.
 pub fn release(
     cfg: &Config,
     container_id: &str,
     ifname: &str,
 ) -> Result<Option<Ipv4Addr>, IpamError> {
-    cfg.store().update(|data| {
+    cfg.store().update_with(Durability::Unsynced, |data| {
         let ip = data.find(container_id, ifname);
         if let Some(ip) = ip {
             data.allocations.remove(&ip);
