@@ -9,8 +9,9 @@
 //! renamed to a tombstone so the attachment's name is free again, moved into link group
 //! `TOMBSTONE_GROUP`), and makes sure that one reaper is running in the host's network
 //! namespace (this binary, started with `FERRY_REAPER=1`). The reaper deletes the group
-//! until it is empty; DELs that come meanwhile only add their veths to the group. A tombstone whose reaper died is finished by the
-//! next DEL of its attachment (found by its alias) or swept by GC.
+//! until it is empty; DELs that come meanwhile only add their veths to the group. A
+//! tombstone whose reaper died is finished by the next DEL of its attachment (found by
+//! its alias) or swept by GC.
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
