@@ -6,7 +6,7 @@ use std::path::Path;
 
 use cni::{CniResult, Code, Env, Error, Interface, NetConf};
 use ipnetwork::Ipv4Network;
-use netlink::{netns, Netlink, SourceGuard, VethSpec};
+use netlink::{Netlink, SourceGuard, VethSpec};
 
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
@@ -21,13 +21,7 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<String, Error> {
             "required env variables [CNI_NETNS] missing",
         )
     })?;
-    let ns = netns::open(netns_path).map_err(|e| {
-        Error::new(
-            Code::InvalidEnv,
-            format!("CNI_NETNS {} cannot be opened", netns_path.display()),
-        )
-        .with_details(e.to_string())
-    })?;
+    let ns = crate::sandbox::open(netns_path)?;
     let addressing = Addressing::new(&pc.ipam, conf, env);
     let ipam_result = addressing.add()?;
 

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use cni::{version, CniResult, Code, Env, Error, NetConf};
 use ipnetwork::Ipv4Network;
-use netlink::{netns, Netlink};
+use netlink::Netlink;
 
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
@@ -59,7 +59,7 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
 
     Addressing::new(&pc.ipam, conf, env).check(addrs.first().map(|a| a.0))?;
 
-    let ns = netns::open(netns_path).map_err(|e| failed(e.to_string()))?;
+    let ns = crate::sandbox::open(netns_path)?;
     kernel::runtime()?.block_on(check_kernel(
         &pc, env, &ns, netns_path, &prev, pod_index, &addrs,
     ))

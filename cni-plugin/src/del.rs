@@ -1,6 +1,9 @@
 //! DEL: take the host veth off the network (its pod end goes with it), free the address,
-//! and leave the kernel's slow unregistration to a background reaper (see `reap`). Keeps
+//! and leave the kernel's slow unregistration to the batch reaper (see `reap`). Keeps
 //! going past a failure and reports them all; nothing there is success.
+//!
+//! A DEL killed half-way leaves the veth detached but not deleted; the retried DEL finds
+//! that tombstone by the attachment's alias and finishes the job.
 
 use cni::{Env, Error, NetConf};
 use netlink::Netlink;
@@ -14,23 +17,42 @@ use node_ipam::attachment;
 pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     let pc = PluginConf::parse(conf)?;
     let host_veth = attachment::host_veth(&env.container_id, &env.ifname);
+    let alias = attachment::alias(&conf.name, &env.container_id, &env.ifname);
     let mut errors = Vec::new();
-    let removed = kernel::runtime().and_then(|rt| {
+    let detached = kernel::runtime().and_then(|rt| {
         rt.block_on(async {
             let host = Netlink::open()?;
-            let tomb = reap::tombstone(&host_veth);
-            if host.detach_link(&host_veth, &tomb).await? && !reap::spawn(&tomb) {
-                host.del_link(&tomb).await?;
+            if let Some(link) = host.get_link(&host_veth).await? {
+                let tomb = reap::tombstone(&host_veth);
+                return host
+                    .detach_index(link.index, &host_veth, &tomb, reap::TOMBSTONE_GROUP)
+                    .await;
             }
-            Ok(())
+            // No live veth: a DEL of this attachment may have died after detaching it.
+            let mut found = false;
+            for link in host.list_links().await? {
+                if reap::is_tombstone_of(&link, &alias) {
+                    found |= host
+                        .detach_index(link.index, &link.name, &link.name, reap::TOMBSTONE_GROUP)
+                        .await?;
+                }
+            }
+            Ok(found)
         })
         .map_err(err)
     });
-    if let Err(e) = removed {
-        errors.push(e);
-    }
+    let detached = match detached {
+        Ok(d) => d,
+        Err(e) => {
+            errors.push(e);
+            false
+        }
+    };
     if let Err(e) = Addressing::new(&pc.ipam, conf, env).del() {
         errors.push(e);
+    }
+    if detached {
+        reap::ensure();
     }
     combine(errors)
 }

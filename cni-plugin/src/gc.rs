@@ -44,10 +44,22 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
                 // A tombstone is always garbage: its reaper died before deleting it.
                 let tombstone = link.name.starts_with(reap::TOMBSTONE_PREFIX);
                 if net == conf.name && (tombstone || !keep.contains(&(cid, ifname))) {
-                    if let Err(e) = host.del_link(&link.name).await {
+                    let name = if tombstone {
+                        link.name.clone()
+                    } else {
+                        reap::tombstone(&link.name)
+                    };
+                    if let Err(e) = host
+                        .detach_index(link.index, &link.name, &name, reap::TOMBSTONE_GROUP)
+                        .await
+                    {
                         errs.push(err(e));
                     }
                 }
+            }
+            // One batch for all of them, done before GC returns.
+            if let Err(e) = reap::reap_now(&host).await {
+                errs.push(err(e));
             }
             combine(errs)
         })

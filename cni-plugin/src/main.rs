@@ -6,9 +6,12 @@ mod addressing;
 mod check;
 mod config;
 mod del;
+#[cfg(test)]
+mod fuzz;
 mod gc;
 mod kernel;
 mod reap;
+mod sandbox;
 mod status;
 
 use cni::{version, Command, Env, Error, NetConf};

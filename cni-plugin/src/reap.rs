@@ -1,19 +1,37 @@
-//! Deleting a detached host veth in the background.
+//! Deleting detached host veths in the background, in batches.
 //!
 //! Unregistering a network device waits for RCU grace periods: 15-20 ms per veth on the
-//! kernels we measured, more than everything else DEL does together. DEL therefore takes
-//! the veth off the network itself (down, off the bridge, renamed to a tombstone so the
-//! attachment's name is free again) and leaves the unregistration to a detached copy of
-//! this binary. A tombstone whose reaper died is swept by GC.
+//! kernels we measured, more than everything else DEL does together, and deleting veths
+//! one by one serialises those waits. The kernel deletes a whole link group in one request
+//! with the waits shared (60 veths: about 1.1 s one by one, 35-45 ms as one group).
+//!
+//! So DEL takes the veth off the network itself, in one request (down, off the bridge,
+//! renamed to a tombstone so the attachment's name is free again, moved into link group
+//! `TOMBSTONE_GROUP`), and makes sure that one reaper is running in the host's network
+//! namespace (this binary, started with `FERRY_REAPER=1`). The reaper deletes the group
+//! until it is empty; DELs that come meanwhile only add their veths to the group. A
+//! tombstone whose reaper died is finished by the next DEL of its attachment (found by
+//! its alias) or swept by GC.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 
-use netlink::Netlink;
+use netlink::{Link, Netlink};
 
 /// Names of detached veths: `fz` + 13 hex digits, never a live attachment's `fy` name.
 pub const TOMBSTONE_PREFIX: &str = "fz";
-const ENV: &str = "FERRY_REAP_LINK";
+
+/// The link group detached veths wait in for their deletion (0xfe77). ferry deletes
+/// every link of this group in the host's network namespace: nothing else may use it.
+pub const TOMBSTONE_GROUP: u32 = 65143;
+
+/// The reaper's lock: an abstract socket name. Abstract names belong to a network
+/// namespace (one reaper per host namespace, as the group is per namespace), and the
+/// name is free again the instant its holder dies, so a killed reaper never blocks one.
+const LOCK_NAME: &[u8] = b"ferry-reaper-65143";
+
+/// Set in the environment of a reaper this binary starts.
+const REAPER_ENV: &str = "FERRY_REAPER";
 
 /// A tombstone name for `host_veth`, unique enough that a quick re-ADD and re-DEL of the
 /// same attachment does not collide with a tombstone still being reaped.
@@ -28,40 +46,128 @@ pub fn tombstone(host_veth: &str) -> String {
     format!("{TOMBSTONE_PREFIX}{:013x}", h >> 12)
 }
 
-/// Starts a detached reaper for `name`; false when it could not be started.
-pub fn spawn(name: &str) -> bool {
-    let Ok(exe) = std::env::current_exe() else {
-        return false;
-    };
-    let mut cmd = Command::new(exe);
-    cmd.env_clear()
-        .env(ENV, name)
-        // Closed stdio: a runtime reads the plugin's stdout to EOF and must not wait
-        // for the reaper.
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; it detaches the reaper from the runtime's
-    // process group so that a signal to the plugin's group does not stop it.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    cmd.spawn().is_ok()
+/// Whether `link` is a tombstone of the attachment whose alias is `alias`.
+pub fn is_tombstone_of(link: &Link, alias: &str) -> bool {
+    link.name.starts_with(TOMBSTONE_PREFIX) && link.alias.as_deref() == Some(alias)
 }
 
-/// When this process is a reaper, deletes its tombstone and returns the exit code.
-pub fn run_if_reaper() -> Option<i32> {
-    let name = std::env::var(ENV).ok()?;
-    if !name.starts_with(TOMBSTONE_PREFIX) {
-        return Some(2);
+/// Takes the reaper's lock; `None` when a reaper holds it.
+fn try_lock() -> Option<UnixDatagram> {
+    let addr = SocketAddr::from_abstract_name(LOCK_NAME).ok()?;
+    UnixDatagram::bind_addr(&addr).ok()
+}
+
+/// Makes sure a reaper will delete what is in the group now. Called after the caller's
+/// tombstone is in the group: either no reaper holds the lock and one is started, or a
+/// reaper holds it and, since it looks at the group again after letting go, finds it.
+pub fn ensure() {
+    if try_lock().is_none() {
+        return;
     }
-    let deleted = crate::kernel::runtime()
-        .ok()?
-        .block_on(async { Netlink::open()?.del_link(&name).await });
-    Some(i32::from(deleted.is_err()))
+    // The reaper takes the lock itself; of two started at once, one gives way.
+    if !spawn_reaper() {
+        // No reaper: do its work here, slower but complete.
+        if let Some(lock) = try_lock() {
+            if let Err(e) = reap(lock) {
+                eprintln!("ferry: deleting link group {TOMBSTONE_GROUP}: {e}");
+            }
+        }
+    }
+}
+
+/// Starts this binary as a reaper with `posix_spawn`: in a session of its own (a signal
+/// to the runtime's process group does not reach it), its stdio on /dev/null (a runtime
+/// reads the plugin's stdout to its end and must not wait for the reaper). DEL waits
+/// only for the spawn itself, not for the reaper to load or run.
+fn spawn_reaper() -> bool {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let Some(exe) = std::env::current_exe()
+        .ok()
+        .and_then(|p| CString::new(p.as_os_str().as_bytes()).ok())
+    else {
+        return false;
+    };
+    let Ok(reaper_env) = CString::new(format!("{REAPER_ENV}=1")) else {
+        return false;
+    };
+    let argv = [exe.as_ptr().cast_mut(), std::ptr::null_mut()];
+    let envp = [reaper_env.as_ptr().cast_mut(), std::ptr::null_mut()];
+    // SAFETY: the attribute and file-action objects are initialised before use and
+    // destroyed after; every pointer passed lives until posix_spawn returns.
+    unsafe {
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        if libc::posix_spawnattr_init(&mut attr) != 0 {
+            return false;
+        }
+        if libc::posix_spawn_file_actions_init(&mut actions) != 0 {
+            libc::posix_spawnattr_destroy(&mut attr);
+            return false;
+        }
+        let ok = libc::posix_spawnattr_setflags(&mut attr, libc::POSIX_SPAWN_SETSID as _) == 0
+            && libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                0,
+                c"/dev/null".as_ptr(),
+                libc::O_RDWR,
+                0,
+            ) == 0
+            && libc::posix_spawn_file_actions_adddup2(&mut actions, 0, 1) == 0
+            && libc::posix_spawn_file_actions_adddup2(&mut actions, 0, 2) == 0
+            && {
+                let mut pid = 0;
+                libc::posix_spawn(
+                    &mut pid,
+                    exe.as_ptr(),
+                    &actions,
+                    &attr,
+                    argv.as_ptr(),
+                    envp.as_ptr(),
+                ) == 0
+            };
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        libc::posix_spawnattr_destroy(&mut attr);
+        ok
+    }
+}
+
+/// When this process was started as a reaper: takes the lock (or leaves the work to
+/// the reaper that holds it) and reaps; returns the exit code.
+pub fn run_if_reaper() -> Option<i32> {
+    std::env::var_os(REAPER_ENV)?;
+    let Some(lock) = try_lock() else {
+        return Some(0);
+    };
+    Some(i32::from(reap(lock).is_err()))
+}
+
+/// Deletes the group until it is empty, lets go of the lock, and looks once more so that
+/// a tombstone added by a DEL that saw the lock held is never left behind.
+fn reap(lock: UnixDatagram) -> Result<(), cni::Error> {
+    let rt = crate::kernel::runtime()?;
+    rt.block_on(async {
+        let host = Netlink::open()?;
+        let mut lock = Some(lock);
+        loop {
+            while host.del_group(TOMBSTONE_GROUP).await? {}
+            drop(lock.take());
+            if !host.del_group(TOMBSTONE_GROUP).await? {
+                return Ok(());
+            }
+            lock = try_lock();
+            if lock.is_none() {
+                return Ok(()); // another reaper took over
+            }
+        }
+    })
+    .map_err(crate::kernel::err)
+}
+
+/// Deletes the group now, in this process (GC: it reports what it removed).
+pub async fn reap_now(host: &Netlink) -> netlink::Result<()> {
+    while host.del_group(TOMBSTONE_GROUP).await? {}
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! Running CNI plugins as a runtime does: `CNI_*` variables, config on stdin, inside the
 //! host's namespace.
 
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -99,12 +102,12 @@ pub fn exec(mut cmd: Command, stdin: &str) -> Reply {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn plugin");
-    child
+    // A plugin that refuses an oversized config stops reading: judged by its reply.
+    let _ = child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
+        .write_all(stdin.as_bytes());
     let out = child.wait_with_output().expect("wait plugin");
     Reply {
         status: out.status.code().unwrap_or(-1),
@@ -226,4 +229,43 @@ pub fn pod_ip(result: &Value) -> String {
         .as_str()
         .expect("ips[0].address");
     a.split('/').next().unwrap_or(a).to_string()
+}
+
+/// `ferry-ipam` run as a runtime runs an IPAM plugin: `CNI_*` variables and nothing else
+/// in its environment. Needs no root: the store is just a directory.
+pub fn ipam_plugin(command: &str, cid: &str) -> Command {
+    let mut cmd = Command::new(crate::bin("ferry-ipam"));
+    cmd.env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", "/run/netns/none")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/nonexistent");
+    cmd
+}
+
+/// A `ferry-ipam` network config for the store in `data_dir`.
+pub fn ipam_conf(data_dir: &Path, subnet: &str) -> String {
+    json!({"cniVersion": "1.1.0", "name": "ipamtest", "type": "ferry",
+           "ipam": {"type": "ferry-ipam", "subnet": subnet, "dataDir": data_dir}})
+    .to_string()
+}
+
+/// `plugin` run inside the host namespace `host` (opened by the caller) by `setns` in the
+/// child: no `ip netns exec` and its mount work, for the benchmarks and the churn test
+/// where thousands of calls are made. The caller adds the `CNI_*` variables.
+pub fn in_host(host: &File, plugin: &Path) -> Command {
+    let mut cmd = Command::new(plugin);
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let fd = host.as_raw_fd();
+    // SAFETY: setns is async-signal-safe; the child only enters the host namespace.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }

@@ -73,3 +73,13 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The reference plugins from Debian's containernetworking-plugins.
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
+
+/// Returns from the calling test unless it may touch the kernel (see `root_or_skip`).
+#[macro_export]
+macro_rules! needs_root {
+    () => {
+        if !$crate::root_or_skip(module_path!()) {
+            return;
+        }
+    };
+}

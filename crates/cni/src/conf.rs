@@ -135,28 +135,32 @@ impl NetConf {
     }
 
     /// The attachments a GC must keep. Spec 1.1.0 named the key `cni.dev/attachments`;
-    /// later text and libcni use `cni.dev/valid-attachments`, so both are read.
+    /// later text and libcni use `cni.dev/valid-attachments`, so both are read. A GC
+    /// without the list is an error (code 7), never "keep nothing": freeing every live
+    /// pod's address because a caller forgot the key is the worst reading of it.
     pub fn valid_attachments(&self) -> Result<Vec<Attachment>, Error> {
         for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
             if let Some(v) = self.raw.get(key) {
                 return serde_json::from_value(v.clone()).map_err(|e| {
-                    Error::new(Code::Decode, format!("invalid {key}")).with_details(e.to_string())
+                    Error::new(Code::Decode, format!("invalid {key}: nothing was freed"))
+                        .with_details(e.to_string())
                 });
             }
         }
-        Ok(Vec::new())
+        Err(Error::new(
+            Code::InvalidConfig,
+            "GC needs cni.dev/valid-attachments (an empty list means none is valid): nothing was freed",
+        ))
     }
 }
 
+/// The longest network name ferry accepts. The spec sets no bound; ferry writes
+/// `ferry/<network>/<container ID>/<ifname>` into the host veth's alias, which the kernel
+/// caps at 255 bytes: 6 + 100 + 1 + 128 (`env::MAX_CONTAINER_ID`) + 1 + 15 = 251.
+pub const MAX_NETWORK_NAME: usize = 100;
+
 fn validate_network_name(name: &str) -> Result<(), Error> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(Code::InvalidConfig, "invalid network name").with_details(name))
-    }
+    crate::env::validate_spec_name("network name", name, MAX_NETWORK_NAME, Code::InvalidConfig)
 }
 
 #[cfg(test)]
@@ -214,5 +218,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.valid_attachments().unwrap().len(), 1);
+        let none = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"n"}"#).unwrap();
+        assert_eq!(none.valid_attachments().unwrap_err().code, 7);
+        let bad =
+            NetConf::parse(br#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":{}}"#)
+                .unwrap();
+        assert_eq!(bad.valid_attachments().unwrap_err().code, 6);
+    }
+
+    #[test]
+    fn network_name_is_bounded() {
+        let long = format!(r#"{{"cniVersion":"1.0.0","name":"{}"}}"#, "n".repeat(101));
+        assert_eq!(NetConf::parse(long.as_bytes()).unwrap_err().code, 7);
+        let ok = format!(r#"{{"cniVersion":"1.0.0","name":"{}"}}"#, "n".repeat(100));
+        assert!(NetConf::parse(ok.as_bytes()).is_ok());
     }
 }

@@ -198,29 +198,54 @@ impl Env {
     }
 }
 
-/// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, as the spec requires.
-pub fn validate_container_id(id: &str) -> Result<(), Error> {
-    let mut chars = id.chars();
+/// The longest container ID ferry accepts. Runtimes use 64 hex digits; the spec sets no
+/// bound, and the ID goes into the host veth's alias (see `conf::MAX_NETWORK_NAME`).
+pub const MAX_CONTAINER_ID: usize = 128;
+
+/// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, the spec's rule for container IDs and network
+/// names, at most `max` bytes; `what` names the input in the error.
+pub fn validate_spec_name(what: &str, s: &str, max: usize, code: Code) -> Result<(), Error> {
+    if s.len() > max {
+        return Err(Error::new(
+            code,
+            format!(
+                "{what} is {} bytes, longer than the {max} ferry accepts",
+                s.len()
+            ),
+        ));
+    }
+    let mut chars = s.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
     } else {
-        Err(Error::new(Code::InvalidEnv, "invalid characters in CNI_CONTAINERID").with_details(id))
+        Err(Error::new(code, format!("invalid characters in {what}")).with_details(s))
     }
+}
+
+/// The spec's characters, at most `MAX_CONTAINER_ID` bytes.
+pub fn validate_container_id(id: &str) -> Result<(), Error> {
+    validate_spec_name("CNI_CONTAINERID", id, MAX_CONTAINER_ID, Code::InvalidEnv)
 }
 
 /// A Linux interface name: 1 to 15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
 pub fn validate_ifname(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(Error::new(
+            Code::InvalidEnv,
+            format!(
+                "invalid CNI_IFNAME ({} bytes): must be 1 to 15 bytes",
+                name.len()
+            ),
+        ));
+    }
     let bad = |why: &str| {
         Err(Error::new(
             Code::InvalidEnv,
             format!("invalid CNI_IFNAME {name:?}: {why}"),
         ))
     };
-    if name.is_empty() || name.len() > 15 {
-        return bad("must be 1 to 15 bytes");
-    }
     if name == "." || name == ".." {
         return bad("must not be . or ..");
     }
@@ -279,6 +304,14 @@ mod tests {
         assert_eq!(env(&[("CNI_COMMAND", "FOO")]).unwrap_err().code, 4);
         assert!(validate_container_id("-x").is_err());
         assert!(validate_container_id("abc_1.2-3").is_ok());
+        assert!(validate_container_id(&"a".repeat(128)).is_ok());
+        assert_eq!(validate_container_id(&"a".repeat(129)).unwrap_err().code, 4);
+        assert_eq!(
+            validate_container_id(&"a".repeat(70_000))
+                .unwrap_err()
+                .details,
+            ""
+        );
         assert!(validate_ifname("eth0").is_ok());
         assert!(validate_ifname("a-name-too-long-").is_err());
         assert!(validate_ifname("a/b").is_err());

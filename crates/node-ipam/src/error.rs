@@ -25,6 +25,11 @@ pub enum IpamError {
         #[source]
         source: std::io::Error,
     },
+    #[error("IPAM store lock {path} is held by another process: gave up after {}s (a stuck ferry, ferry-ipam, or someone else holding it; find it with `fuser {}`)", waited.as_secs(), path.display())]
+    LockTimeout {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
     #[error("IPAM store {path} does not parse ({detail}); run `ferry-ipam check`")]
     StoreCorrupt { path: PathBuf, detail: String },
     #[error("no allocation for container {container_id} interface {ifname}")]
@@ -41,6 +46,7 @@ impl IpamError {
             IpamError::NodeStateMissing { .. } | IpamError::NodeStateInvalid { .. } => {
                 Code::TryAgainLater
             }
+            IpamError::LockTimeout { .. } => Code::TryAgainLater,
             IpamError::Exhausted { .. } => Code::PoolExhausted,
             IpamError::AlreadyAllocated { .. } => Code::AlreadyAllocated,
             IpamError::StoreIo { .. } | IpamError::StoreCorrupt { .. } => Code::Store,

@@ -54,11 +54,19 @@ pub fn require(state_dir: &Path) -> Result<NodeState, IpamError> {
     })
 }
 
-/// Replaces the node state atomically.
+/// Replaces the node state atomically, in a private directory (see `durable`). The daemon
+/// is the only writer, so a temporary left by a killed one is swept here.
 pub fn write(state_dir: &Path, state: &NodeState) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
+    crate::durable::ensure_private_dir(state_dir).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("state directory {}: {e}", state_dir.display()),
+        )
+    })?;
     let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    crate::durable::write_atomic(&path(state_dir), &bytes)
+    let path = path(state_dir);
+    crate::durable::remove_stale_temps(&path);
+    crate::durable::write_atomic(&path, &bytes, crate::durable::Durability::Synced)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use cni::{CniResult, IpConfig, NetConf};
 
 use crate::allocator;
 use crate::config::{IpamConf, Pool};
+use crate::durable::Durability;
 use crate::error::IpamError;
 use crate::node_state::DEFAULT_STATE_DIR;
 use crate::store::{Allocation, PoolRecord, Store};
@@ -25,10 +26,19 @@ pub struct Config {
 impl Config {
     /// The `ipam` section with a `stateDir` the caller has already read.
     pub fn with_state_dir(conf: &NetConf, state_dir: PathBuf) -> Result<Self, cni::Error> {
-        Ok(Config {
-            ipam: conf.parse_key("ipam")?,
-            state_dir,
-        })
+        let ipam: IpamConf = conf.parse_key("ipam")?;
+        // A relative directory would be resolved against whatever directory the runtime
+        // happened to start the plugin in: a different store on each call.
+        for (key, dir) in [("ipam.dataDir", ipam.data_dir()), ("stateDir", &state_dir)] {
+            if !dir.is_absolute() {
+                return Err(IpamError::Config(format!(
+                    "{key} {} must be an absolute path",
+                    dir.display()
+                ))
+                .into());
+            }
+        }
+        Ok(Config { ipam, state_dir })
     }
 
     pub fn from_netconf(conf: &NetConf) -> Result<Self, cni::Error> {
@@ -138,13 +148,15 @@ pub fn result(ip: Ipv4Addr, pool: &Pool) -> CniResult {
     }
 }
 
-/// Frees what (container ID, ifname) holds; freeing nothing is not an error.
+/// Frees what (container ID, ifname) holds; freeing nothing is not an error. Not synced
+/// to disk: a release a power loss undoes belongs to a pod the power loss ended anyway,
+/// and GC frees it (see `durable::Durability`); DEL saves a journal commit.
 pub fn release(
     cfg: &Config,
     container_id: &str,
     ifname: &str,
 ) -> Result<Option<Ipv4Addr>, IpamError> {
-    cfg.store().update(|data| {
+    cfg.store().update_with(Durability::Unsynced, |data| {
         let ip = data.find(container_id, ifname);
         if let Some(ip) = ip {
             data.allocations.remove(&ip);

@@ -89,10 +89,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .snapshot()
         .with_context(|| format!("reading {}", store.path().display()))?;
     let pool = pool(&args, &data)?;
+    // The pool may come from the store's own record, which is input like the rest: a
+    // reversed range counts as empty rather than underflowing.
     let capacity = pool
-        .map(|(_, gw, start, end)| {
-            let n = u32::from(end) - u32::from(start) + 1;
-            n - u32::from(start <= gw && gw <= end)
+        .and_then(|(_, gw, start, end)| {
+            let n = u32::from(end)
+                .checked_sub(u32::from(start))?
+                .checked_add(1)?;
+            Some(n.saturating_sub(u32::from(start <= gw && gw <= end)))
         })
         .unwrap_or(0);
     let allocations: Vec<Row> = data
@@ -113,11 +117,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             network: a.network.clone(),
             netns: a.netns.clone(),
             pod: a.pod.clone(),
-            since: humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(a.since))
-                .to_string(),
+            since: since(a.since),
         })
         .collect();
-    let used = allocations.len() as u32;
+    let used = u32::try_from(allocations.len()).unwrap_or(u32::MAX);
     let report = Report {
         subnet: pool.map(|p| p.0.to_string()),
         gateway: pool.map(|p| p.1),
@@ -131,6 +134,30 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Output::Table => print_table(&report),
     }
     Ok(0)
+}
+
+/// RFC 3339, or the raw number when it is past what a date can show.
+fn since(secs: u64) -> String {
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .filter(|t| *t < UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| format!("@{secs}"))
+}
+
+/// The widest a table cell gets: a store is input, and one absurd value must not make
+/// the table unreadable (`-o json` shows every value whole).
+const MAX_CELL: usize = 64;
+
+/// A cell: control characters escaped, at most `MAX_CELL` characters.
+fn cell(s: &str) -> String {
+    let escaped: String = s.chars().flat_map(char::escape_debug).collect();
+    if escaped.chars().count() <= MAX_CELL {
+        return escaped;
+    }
+    let mut out: String = escaped.chars().take(MAX_CELL - 1).collect();
+    out.push('…');
+    out
 }
 
 fn pct(n: u32, of: u32) -> String {
@@ -175,15 +202,29 @@ fn print_table(r: &Report) {
             a.ip.to_string(),
             a.pod
                 .as_ref()
-                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .map(|p| cell(&format!("{}/{}", p.namespace, p.name)))
                 .unwrap_or_else(|| "-".into()),
-            a.container_id.clone(),
-            a.ifname.clone(),
-            a.network.clone(),
-            a.netns.clone().unwrap_or_else(|| "-".into()),
+            cell(&a.container_id),
+            cell(&a.ifname),
+            cell(&a.network),
+            a.netns.as_deref().map(cell).unwrap_or_else(|| "-".into()),
             a.since.clone(),
         ]);
     }
     println!();
     t.print();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_and_dates_are_bounded() {
+        assert_eq!(cell("abc"), "abc");
+        assert_eq!(cell(&"x".repeat(70_000)).chars().count(), MAX_CELL);
+        assert_eq!(cell("a\nb"), "a\\nb");
+        assert_eq!(since(u64::MAX), format!("@{}", u64::MAX));
+        assert_eq!(since(0), "1970-01-01T00:00:00Z");
+    }
 }

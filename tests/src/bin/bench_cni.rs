@@ -7,22 +7,22 @@
 //! the child (no `ip netns exec`, whose mount work would dilute the comparison).
 //!
 //! Usage (root): `cargo build --release --workspace && target/release/ferry-bench-cni [PODS]`
+//! for per-call latency over sequential pods, or `ferry-bench-cni burst [PODS [PARALLEL]]`
+//! (default 120 pods, 16 at a time) for a burst of ADDs then DELs, end to end.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_tests::cni::{exec, Reply};
+use ferry_tests::cni::{exec, in_host, Reply};
 use ferry_tests::netns::Netns;
 use serde_json::json;
 
 struct Side {
     label: &'static str,
     plugin: PathBuf,
-    _host: Netns,
+    host: Netns,
     host_fd: File,
     conf: String,
     cni_path: String,
@@ -36,24 +36,12 @@ struct Side {
 
 impl Side {
     fn call(&self, command: &str, cid: &str, pod: &Netns) -> (Duration, Reply) {
-        let mut cmd = Command::new(&self.plugin);
-        cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", command)
+        let mut cmd = in_host(&self.host_fd, &self.plugin);
+        cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", cid)
             .env("CNI_NETNS", pod.path())
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", &self.cni_path);
-        let fd = self.host_fd.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; the child only enters the host namespace.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let t = Instant::now();
         let r = exec(cmd, &self.conf);
         (t.elapsed(), r)
@@ -86,7 +74,7 @@ fn side(
     Side {
         label,
         plugin,
-        _host: host,
+        host,
         host_fd,
         conf: conf(data.path()),
         cni_path,
@@ -103,10 +91,19 @@ fn main() {
         eprintln!("ferry-bench-cni needs root (it makes network namespaces)");
         std::process::exit(2);
     }
-    let pods: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(60);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num =
+        |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let mut sides = sides();
+    if args.first().map(String::as_str) == Some("burst") {
+        burst(&sides, num(1, 120), num(2, 16));
+    } else {
+        sequential(&mut sides, num(0, 60));
+    }
+}
+
+/// ferry and the reference, each in its own host namespace.
+fn sides() -> [Side; 2] {
     let own_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -122,8 +119,7 @@ fn main() {
         reference.join("bridge").is_file(),
         "reference plugins missing: apt-get install containernetworking-plugins"
     );
-
-    let mut sides = [
+    [
         side("ferry", ferry, own_dir.display().to_string(), |d| {
             json!({"cniVersion": "1.0.0", "name": "bench", "type": "ferry",
                    "ipam": {"type": "ferry-ipam", "subnet": "10.50.0.0/24", "dataDir": d}})
@@ -142,7 +138,87 @@ fn main() {
             .to_string()
             },
         ),
-    ];
+    ]
+}
+
+/// How many detached veths (`fz…`) ferry's host namespace still holds.
+fn tombstones(side: &Side) -> usize {
+    side.host
+        .links()
+        .iter()
+        .filter(|l| l.starts_with("fz"))
+        .count()
+}
+
+/// Runs `command` for every pod, `parallel` calls at a time; the wall time.
+fn phase(side: &Side, command: &str, pods: &[&Netns], parallel: usize) -> Duration {
+    let next = AtomicUsize::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(pod) = pods.get(i) else { break };
+                side.call(command, &format!("u{i}"), pod).1.ok();
+            });
+        }
+    });
+    start.elapsed()
+}
+
+/// A burst: every pod ADDed, then every pod DELed, `parallel` calls at a time, the two
+/// plugins in turn (ferry's reaper done before the reference starts), three rounds.
+fn burst(sides: &[Side; 2], pods: usize, parallel: usize) {
+    let pod_ns: Vec<[Netns; 2]> = (0..pods)
+        .map(|_| [Netns::new("fyq"), Netns::new("fyq")])
+        .collect();
+    println!("CNI burst: {pods} pods ADDed, then DELed, {parallel} calls at a time\n");
+    println!(
+        "{:<6} {:<20} {:>11} {:>11} {:>11} {:>16}",
+        "round", "plugin", "ADDs", "DELs", "total", "tombstones gone"
+    );
+    let mut totals = [Vec::new(), Vec::new()];
+    for round in 1..=3 {
+        for (s, side) in sides.iter().enumerate() {
+            let mine: Vec<&Netns> = pod_ns.iter().map(|p| &p[s]).collect();
+            let add = phase(side, "ADD", &mine, parallel);
+            let del = phase(side, "DEL", &mine, parallel);
+            let after_del = Instant::now();
+            let gone = if s == 0 {
+                let ok =
+                    ferry_tests::proc::wait_until(Duration::from_secs(2), || tombstones(side) == 0);
+                assert!(
+                    ok,
+                    "{} tombstones left 2 s after the last DEL",
+                    tombstones(side)
+                );
+                ms(after_del.elapsed())
+            } else {
+                "(in DEL)".to_string()
+            };
+            println!(
+                "{:<6} {:<20} {:>11} {:>11} {:>11} {:>16}",
+                round,
+                side.label,
+                ms(add),
+                ms(del),
+                ms(add + del),
+                gone
+            );
+            totals[s].push(add + del);
+        }
+    }
+    let ferry = median(&mut totals[0]);
+    let reference = median(&mut totals[1]);
+    println!(
+        "\nferry is {:.1}x faster end to end (median of the rounds: {} against {})",
+        reference.as_secs_f64() / ferry.as_secs_f64(),
+        ms(ferry),
+        ms(reference)
+    );
+}
+
+fn sequential(sides: &mut [Side; 2], pods: usize) {
     let pod_ns: Vec<[Netns; 2]> = (0..pods)
         .map(|_| [Netns::new("fyq"), Netns::new("fyq")])
         .collect();
