@@ -40,7 +40,9 @@ fn switch(node: &CriNode, network: &str) {
         let _ = std::fs::remove_file(&path);
     }
     let loaded = wait_until(Duration::from_secs(20), || {
-        node.cri.cni_network().as_deref() == Some(network)
+        node.cri
+            .cni_network()
+            .is_some_and(|(name, _)| name == network)
     });
     assert!(loaded, "containerd did not load {network}");
 }
