@@ -1,7 +1,7 @@
 //! `ferry-demo` end to end, as a newcomer runs it: it must pass every check, print every
 //! section, and leave nothing behind (itself, or through the script `--keep` names).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use ferry_tests::root_or_skip;
@@ -25,31 +25,39 @@ fn demo(args: &[&str]) -> (Output, String) {
 
 /// Every part the demo promises, in order, and a clean result.
 fn assert_every_section(out: &Output, text: &str) {
+    assert_in_order(
+        out,
+        text,
+        &[
+            "starting an underlay switch and etcd",
+            "node0 192.0.2.11: ferry-overlayd ready, lease 10.244.",
+            "node1 192.0.2.12: ferry-overlayd ready, lease 10.244.",
+            "node2 192.0.2.13: ferry-overlayd ready, lease 10.244.",
+            "overlay converged",
+            "adding 6 pods through ferry",
+            "1. Containers of one pod, over localhost",
+            "ok   pod-00: client -> server on 127.0.0.1:8080: server saw 127.0.0.1\n",
+            "2. Pod to pod, on one node and across nodes",
+            "ok   30 of 30 pairs: 6 on one node, 24 across nodes",
+            "3. Pod to Service: ClusterIP 10.96.0.10:80",
+            "-> itself (hairpin): server saw",
+            "4. Outside (192.0.2.200) to NodePort 30080; pod to outside",
+            "ok   outside -> node0:30080: server saw",
+            "ok   pod-00 -> outside: server saw 192.0.2.11 (node0)",
+            "5. What an operator types next (on node0)",
+            "$ ferry-ipam leases --etcd-endpoints http://192.0.2.2:2379",
+            "NODE   SUBNET",
+            "$ ferry-ipam show --data-dir",
+            "capacity 253  used 2",
+            "All 41 checks passed",
+        ],
+    );
+}
+
+/// A clean exit, each of `expected` in order, and no failed check.
+fn assert_in_order(out: &Output, text: &str, expected: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}\n{stderr}");
-    let expected = [
-        "starting an underlay switch and etcd",
-        "node0 192.0.2.11: ferry-overlayd ready, lease 10.244.",
-        "node1 192.0.2.12: ferry-overlayd ready, lease 10.244.",
-        "node2 192.0.2.13: ferry-overlayd ready, lease 10.244.",
-        "overlay converged",
-        "adding 6 pods through ferry",
-        "1. Containers of one pod, over localhost",
-        "ok   pod-00: client -> server on 127.0.0.1:8080: server saw 127.0.0.1\n",
-        "2. Pod to pod, on one node and across nodes",
-        "ok   30 of 30 pairs: 6 on one node, 24 across nodes",
-        "3. Pod to Service: ClusterIP 10.96.0.10:80",
-        "-> itself (hairpin): server saw",
-        "4. Outside (192.0.2.200) to NodePort 30080; pod to outside",
-        "ok   outside -> node0:30080: server saw",
-        "ok   pod-00 -> outside: server saw 192.0.2.11 (node0)",
-        "5. What an operator types next (on node0)",
-        "$ ferry-ipam leases --etcd-endpoints http://192.0.2.2:2379",
-        "NODE   SUBNET",
-        "$ ferry-ipam show --data-dir",
-        "capacity 253  used 2",
-        "All 41 checks passed",
-    ];
     let mut from = 0;
     for e in expected {
         let at = text[from..]
@@ -142,4 +150,98 @@ fn the_demo_kept_is_removed_by_the_script_it_names() {
         );
     }
     assert!(!Path::new(&script).exists(), "the script removes itself");
+}
+
+/// The processes whose cgroup or command line holds one of `marks` (a sandbox's ID, a
+/// CRI node's directory): what a CRI node left running.
+fn processes_holding(marks: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let dir = PathBuf::from("/proc").join(&pid);
+        let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+        let cmdline = std::fs::read(dir.join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if marks
+            .iter()
+            .any(|m| cgroup.contains(m) || cmdline.contains(m))
+        {
+            found.push(format!("{pid} {cmdline}"));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_demo_through_the_cri_passes_every_check_and_leaves_nothing() {
+    needs_root!();
+    let (refused, _) = demo(&["--cri", "--keep"]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--keep is not supported with --cri"),
+        "{refused:?}"
+    );
+
+    let (out, text) = demo(&["--cri"]);
+    assert_in_order(
+        &out,
+        &text,
+        &[
+            "pods made through containerd's CRI",
+            "starting an underlay switch and etcd",
+            "starting containerd on 3 nodes",
+            "importing the pause image into each containerd",
+            "installing ferry: install-cni.sh",
+            "starting ferry-overlayd on 3 nodes (the DaemonSet's args and env)",
+            "cri0 192.0.2.31: ferry-overlayd ready, lease 10.244.",
+            "cri1 192.0.2.32: ferry-overlayd ready, lease 10.244.",
+            "cri2 192.0.2.33: ferry-overlayd ready, lease 10.244.",
+            "overlay converged",
+            "containerd's NetworkReady on every node",
+            "adding 6 pods through containerd's CRI (RunPodSandbox)",
+            "1. Containers of one pod, over localhost",
+            "ok   pod-00: client -> server on 127.0.0.1:8080: server saw 127.0.0.1\n",
+            "2. Pod to pod, on one node and across nodes",
+            "ok   30 of 30 pairs: 6 on one node, 24 across nodes",
+            "3. Pod to Service: ClusterIP 10.96.0.10:80, backend pod-21 on cri2",
+            "-> itself (hairpin): server saw",
+            "4. Outside (192.0.2.200) to NodePort 30080; pod to outside",
+            "ok   outside -> cri0:30080: server saw",
+            "ok   pod-00 -> outside: server saw 192.0.2.31 (cri0)",
+            "5. What an operator types next (inside cri0",
+            "$ ferry-ipam leases --etcd-endpoints http://192.0.2.2:2379\n",
+            "192.0.2.31",
+            "$ ferry-ipam show\n",
+            "capacity 253  used 2",
+            "POD",
+            "demo/pod-00",
+            "demo/pod-01",
+            "The runtime's view",
+            "ok   Status: NetworkReady=true",
+            "ok   PodSandboxStatus of demo/pod-00: ip 10.244.",
+            "All 43 checks passed",
+        ],
+    );
+
+    // cri0's sandboxes and directory, as `ferry-ipam show` names them (its CONTAINER and
+    // NETNS columns): no process is left in them, and the directory is gone.
+    let sandboxes: Vec<&str> = text
+        .split_whitespace()
+        .filter(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    assert_eq!(sandboxes.len(), 2, "{text}");
+    let node_dir = text
+        .split_whitespace()
+        .find_map(|w| w.split_once("/state/io.containerd.grpc.v1.cri/"))
+        .map(|(dir, _)| dir)
+        .unwrap_or_else(|| panic!("no sandbox netns under a node directory in:\n{text}"));
+    let mut marks = sandboxes.clone();
+    marks.push(node_dir);
+    let left = processes_holding(&marks);
+    assert!(left.is_empty(), "left running: {left:?}");
+    assert!(!Path::new(node_dir).exists(), "{node_dir} left behind");
 }

@@ -47,6 +47,14 @@ impl CriNode {
     /// Node `i` of `cluster`: namespace, mount namespace, containerd with the pause image,
     /// serving the CRI. ferry is not installed yet (`install_ferry`).
     pub fn start(cluster: &Cluster, i: usize) -> CriNode {
+        let node = Self::boot(cluster, i);
+        node.import_pause();
+        node
+    }
+
+    /// `start` without the pause image (`import_pause`): the two steps the demo times
+    /// apart.
+    pub fn boot(cluster: &Cluster, i: usize) -> CriNode {
         let name = format!("cri{i}");
         let host = Netns::new("fyk");
         let ip = format!("192.0.2.{}", 31 + i);
@@ -106,19 +114,25 @@ exec sleep infinity"
         // runtime execs itself (loopback) and the conflist chains (portmap).
         node.sh("cp /usr/lib/cni/loopback /usr/lib/cni/portmap /usr/lib/cni/bridge /usr/lib/cni/host-local /opt/cni/bin/");
         node.start_containerd();
+        node
+    }
+
+    /// Imports the pause image into the node's containerd (`ctr images import`), as a
+    /// node image ships it: no sandbox starts without it.
+    pub fn import_pause(&self) {
         let out = Command::new("ctr")
             .arg("--address")
-            .arg(&sock)
+            .arg(self.dir.path().join("containerd.sock"))
             .args(["-n", "k8s.io", "images", "import"])
             .arg(image::pause_tar())
             .output()
             .expect("ctr");
         assert!(
             out.status.success(),
-            "import the pause image: {}",
+            "{}: import the pause image: {}",
+            self.name,
             String::from_utf8_lossy(&out.stderr)
         );
-        node
     }
 
     fn holder_pid(&self) -> u32 {
@@ -341,6 +355,21 @@ exec sleep infinity"
             }
             found.extend(more);
         }
+    }
+}
+
+/// Waits until every node routes to every other node's subnet over the overlay; panics
+/// with the log of the first that does not.
+pub fn wait_converged(nodes: &[CriNode]) {
+    for n in nodes {
+        let ok = wait_until(Duration::from_secs(20), || {
+            let routes = n.host.sh("ip route show dev ferry.1 2>/dev/null || true");
+            nodes
+                .iter()
+                .filter(|o| o.name != n.name)
+                .all(|o| routes.contains(&o.subnet()))
+        });
+        assert!(ok, "{} did not converge:\n{}", n.name, n.log("overlayd"));
     }
 }
 
