@@ -244,4 +244,16 @@ fn the_demo_through_the_cri_passes_every_check_and_leaves_nothing() {
     let left = processes_holding(&marks);
     assert!(left.is_empty(), "left running: {left:?}");
     assert!(!Path::new(node_dir).exists(), "{node_dir} left behind");
+    // Nor their cgroups, in any hierarchy (cgroup v2's one, or v1's per controller).
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+        .expect("/sys/fs/cgroup")
+        .flatten()
+        .map(|e| e.path())
+        .chain([PathBuf::from("/sys/fs/cgroup")]);
+    for h in hierarchies {
+        for id in &sandboxes {
+            let c = h.join("k8s.io").join(id);
+            assert!(!c.exists(), "{} left behind", c.display());
+        }
+    }
 }

@@ -389,6 +389,7 @@ impl Drop for CriNode {
         // The daemon first; then every process of the node at once (containerd, its shims
         // and the pods they hold) so that no shim is left to restart a pod.
         self.overlayd.take();
+        let cgroups = sandbox_cgroups(&self.processes());
         for _ in 0..50 {
             let left = self.processes();
             if left.is_empty() {
@@ -403,6 +404,44 @@ impl Drop for CriNode {
         }
         self.containerd.take();
         self.holder.take();
+        // Killed, runc never removes the sandboxes' cgroups: empty now, they go here.
+        remove_cgroups(&cgroups);
+    }
+}
+
+/// The cgroups (`/k8s.io/<sandbox ID>`, as containerd's runc names them) the given
+/// processes are in.
+fn sandbox_cgroups(pids: &[i32]) -> Vec<String> {
+    let mut found: Vec<String> = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .filter(|path| {
+            path.strip_prefix("/k8s.io/")
+                .is_some_and(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Removes each (empty) cgroup in every hierarchy that has it: cgroup v2's single one,
+/// v1's per controller.
+fn remove_cgroups(cgroups: &[String]) {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut hierarchies = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        hierarchies.extend(entries.flatten().map(|e| e.path()));
+    }
+    for h in &hierarchies {
+        for c in cgroups {
+            let _ = std::fs::remove_dir(h.join(c.trim_start_matches('/')));
+        }
     }
 }
 
