@@ -211,48 +211,36 @@ enum Pods {
 
 impl Pods {
     fn nodes<'a>(&'a self, c: &'a Cluster) -> Vec<NodeView<'a>> {
-        match self {
+        let parts: Vec<(&str, &str, &Netns)> = match self {
             Pods::Plugin(_) => c
                 .nodes
                 .iter()
-                .map(|n| NodeView {
-                    name: &n.name,
-                    ip: &n.ip,
-                    host: &n.host,
-                })
+                .map(|n| (&*n.name, &*n.ip, &n.host))
                 .collect(),
-            Pods::Cri(nodes, _) => nodes
-                .iter()
-                .map(|n| NodeView {
-                    name: &n.name,
-                    ip: &n.ip,
-                    host: &n.host,
-                })
-                .collect(),
-        }
+            Pods::Cri(nodes, _) => nodes.iter().map(|n| (&*n.name, &*n.ip, &n.host)).collect(),
+        };
+        parts
+            .into_iter()
+            .map(|(name, ip, host)| NodeView { name, ip, host })
+            .collect()
     }
 
     fn pods(&self) -> Vec<PodView<'_>> {
-        match self {
+        let parts: Vec<(usize, &str, &str, &Netns)> = match self {
             Pods::Plugin(pods) => pods
                 .iter()
-                .map(|(i, p)| PodView {
-                    name: &p.id,
-                    node: *i,
-                    ip: &p.ip,
-                    ns: &p.ns,
-                })
+                .map(|(i, p)| (*i, &*p.id, &*p.ip, &p.ns))
                 .collect(),
+            // The pod's name, as kubelet knows it; its ID is the runtime's sandbox ID.
             Pods::Cri(_, pods) => pods
                 .iter()
-                .map(|(i, p)| PodView {
-                    name: &p.spec.name,
-                    node: *i,
-                    ip: &p.ip,
-                    ns: &p.ns,
-                })
+                .map(|(i, p)| (*i, &*p.spec.name, &*p.ip, &p.ns))
                 .collect(),
-        }
+        };
+        parts
+            .into_iter()
+            .map(|(node, name, ip, ns)| PodView { name, node, ip, ns })
+            .collect()
     }
 }
 
