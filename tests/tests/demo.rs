@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
+use ferry_tests::proc::wait_until;
 use ferry_tests::root_or_skip;
 
 macro_rules! needs_root {
@@ -241,6 +243,10 @@ fn the_demo_through_the_cri_passes_every_check_and_leaves_nothing() {
         .unwrap_or_else(|| panic!("no sandbox netns under a node directory in:\n{text}"));
     let mut marks = sandboxes.clone();
     marks.push(node_dir);
+    // Killed pods' processes are reaped by init, not by the demo: a moment for that.
+    wait_until(Duration::from_secs(5), || {
+        processes_holding(&marks).is_empty()
+    });
     let left = processes_holding(&marks);
     assert!(left.is_empty(), "left running: {left:?}");
     assert!(!Path::new(node_dir).exists(), "{node_dir} left behind");

@@ -386,8 +386,17 @@ fn run(keep: bool, cri: bool, start: Instant) -> usize {
             "removing the cluster (--keep leaves it running)",
             move || {
                 // The servers first (they run in the pods), then the pods and nodes,
-                // then the switch and etcd they hang on.
-                drop((servers, made, c));
+                // then the switch and etcd they hang on. CRI nodes at once: each waits
+                // for init to reap its killed pods.
+                drop(servers);
+                match made {
+                    Pods::Plugin(pods) => drop(pods),
+                    Pods::Cri(nodes, pods) => {
+                        drop(pods);
+                        on_each(nodes, drop);
+                    }
+                }
+                drop(c);
             },
         );
     }

@@ -390,6 +390,7 @@ impl Drop for CriNode {
         // and the pods they hold) so that no shim is left to restart a pod.
         self.overlayd.take();
         let cgroups = sandbox_cgroups(&self.processes());
+        let mut killed: Vec<i32> = Vec::new();
         for _ in 0..50 {
             let left = self.processes();
             if left.is_empty() {
@@ -399,11 +400,22 @@ impl Drop for CriNode {
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }
+                killed.push(pid);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         self.containerd.take();
         self.holder.take();
+        // The pods' processes, orphaned by their shims, are reaped by init: until then
+        // they are zombies still in their cgroups. A short wait, so that the node is gone
+        // when its drop returns.
+        killed.sort_unstable();
+        killed.dedup();
+        wait_until(Duration::from_secs(3), || {
+            killed
+                .iter()
+                .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        });
         // Killed, runc never removes the sandboxes' cgroups: empty now, they go here.
         remove_cgroups(&cgroups);
     }
