@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_tests::cluster::{Cluster, Pod, Progress, ETCD_IP, HEALTH_ADDR, OUTSIDE_IP};
-use ferry_tests::cri::{wait_converged, CriNode, CriPod, PodSpec};
+use ferry_tests::cri::{wait_converged, CriNode, CriPod, Leftovers, PodSpec};
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server_on};
 use ferry_tests::services::Service;
@@ -64,7 +64,7 @@ const CRI_TOOLS: [(&str, &str); 7] = [
 /// The Kubernetes namespace of the pods `--cri` makes.
 const POD_NAMESPACE: &str = "demo";
 
-const USAGE: &str = "usage: ferry-demo [--keep | --cri]   (as root)
+const USAGE: &str = "usage: ferry-demo [--keep] [--cri]   (as root)
   --keep  leave the cluster running and print what to try by hand
   --cri   make the pods through containerd's CRI, as kubelet does (a containerd per node)";
 
@@ -91,13 +91,6 @@ fn main() {
                 std::process::exit(2);
             }
         }
-    }
-    if keep && cri {
-        eprintln!(
-            "ferry-demo: --keep is not supported with --cri yet (the CRI nodes' containerd \
-             and pods would need their own cleanup); run `ferry-demo --keep` to look around"
-        );
-        std::process::exit(2);
     }
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("ferry-demo needs root (it makes network namespaces)");
@@ -376,7 +369,7 @@ fn run(keep: bool, cri: bool, start: Instant) -> usize {
         );
     }
     if keep {
-        print_keep_hints(&c, &pods);
+        print_keep_hints(&c, &made, &nodes, &pods);
         // Everything stays: the cleanup script the hints name removes it.
         std::mem::forget(servers);
         std::mem::forget(made);
@@ -807,65 +800,122 @@ fn operator_cri(r: &mut Report, c: &Cluster, nodes: &[CriNode], pods: &[(usize, 
 }
 
 /// How to look around a kept cluster, and the script that removes it.
-fn print_keep_hints(c: &Cluster, pods: &[PodView]) {
+fn print_keep_hints(c: &Cluster, made: &Pods, nodes: &[NodeView], pods: &[PodView]) {
     let path = std::env::temp_dir().join(format!("ferry-demo-cleanup-{}.sh", std::process::id()));
-    let script = cleanup_script(c, pods);
+    let kept: Vec<Leftovers> = match made {
+        Pods::Plugin(_) => Vec::new(),
+        Pods::Cri(cri_nodes, _) => cri_nodes.iter().map(CriNode::leftovers).collect(),
+    };
+    let script = cleanup_script(c, nodes, pods, &kept);
     if let Err(e) = std::fs::write(&path, &script) {
         println!(
             "\nCould not write {}: {e}. It would run:\n{script}",
             path.display()
         );
     }
-    let n0 = &c.nodes[0];
+    let n0 = &nodes[0];
     let p0 = &pods[0];
     let ipam = ferry_tests::bin("ferry-ipam");
     let h = format!("ip netns exec {}", n0.host.name);
+    let ep = c.etcd.endpoint();
+    // Where ferry-ipam finds the store and the leases: the harness's flags, or (--cri) the
+    // DaemonSet's defaults inside the node, whose own /opt holds the installed binary.
+    let (prefix, operator) = match made {
+        Pods::Plugin(_) => (
+            c.prefix.clone(),
+            format!(
+                "\x20 {h} {ipam} leases \\\n\
+                 \x20     --etcd-endpoints {ep} --etcd-prefix {prefix}\n\
+                 \x20 {h} {ipam} show \\\n\
+                 \x20     --data-dir {data}\n",
+                ipam = ipam.display(),
+                prefix = c.prefix,
+                data = c.nodes[0].dir.path().join("ipam").display(),
+            ),
+        ),
+        Pods::Cri(cri_nodes, _) => (
+            "/ferry".to_string(),
+            format!(
+                "\x20 nsenter -t {holder} -m -n /opt/cni/bin/ferry-ipam show   # inside {name}\n\
+                 \x20 nsenter -t {holder} -m -n cat /etc/cni/net.d/10-ferry.conflist\n\
+                 \x20 {h} {ipam} leases --etcd-endpoints {ep}\n\
+                 \x20 ctr --address {sock} -n k8s.io containers ls   # the pods' sandboxes\n",
+                holder = cri_nodes[0].holder(),
+                name = cri_nodes[0].name,
+                ipam = ipam.display(),
+                sock = cri_nodes[0].dir.path().join("containerd.sock").display(),
+            ),
+        ),
+    };
     println!(
-        "\nKept running. Try by hand (node0 is namespace {n}, pod-00 {p}):\n\
+        "\nKept running. Try by hand ({node} is namespace {n}, pod-00 {p}):\n\
          \x20 {h} ip route            # a route per other node\n\
          \x20 {h} bridge fdb show dev ferry.1   # their VTEPs\n\
          \x20 {h} iptables -t nat -S  # ferry's and kube-proxy's NAT\n\
          \x20 ip netns exec {p} bash -c 'cat </dev/tcp/{CLUSTER_IP}/{SERVICE_PORT}'\n\
          \x20 ip netns exec {o} bash -c 'cat </dev/tcp/{n0ip}/{NODE_PORT}'\n\
          \x20 {h} curl -s {HEALTH_ADDR}/metrics | grep ^ferry_\n\
-         \x20 {h} {ipam} leases \\\n\
-         \x20     --etcd-endpoints {ep} --etcd-prefix {prefix}\n\
-         \x20 {h} {ipam} show \\\n\
-         \x20     --data-dir {data}\n\
+         {operator}\
          \x20 ETCDCTL_API=3 ip netns exec {e} etcdctl \\\n\
          \x20     --endpoints {ep} get {prefix}/ --prefix --keys-only\n\
          (each `cat </dev/tcp/...` prints the address the server saw)\n\
          Remove it all: sh {cleanup}",
+        node = n0.name,
         n = n0.host.name,
         p = p0.ns.name,
         o = c.outside.name,
         n0ip = n0.ip,
-        ipam = ipam.display(),
-        data = n0.dir.path().join("ipam").display(),
         e = c.etcd.host.name,
-        ep = c.etcd.endpoint(),
-        prefix = c.prefix,
         cleanup = path.display(),
     );
 }
 
 /// Everything `--keep` leaves: the processes and namespaces of this demo only, its
-/// directories, and the script itself.
-fn cleanup_script(c: &Cluster, pods: &[PodView]) -> String {
+/// directories, and the script itself. A CRI node's processes (containerd, its shims,
+/// the pods) are killed by the PID list written now, each only if its start time is still
+/// the one written (a PID reused since is left alone); then their cgroups go.
+fn cleanup_script(c: &Cluster, nodes: &[NodeView], pods: &[PodView], kept: &[Leftovers]) -> String {
     let namespaces: Vec<&Netns> = [&c.switch.ns, &c.etcd.host, &c.outside]
         .into_iter()
-        .chain(c.nodes.iter().map(|n| &n.host))
+        .chain(nodes.iter().map(|n| n.host))
         .chain(pods.iter().map(|p| p.ns))
         .collect();
     let mut s = String::from("#!/bin/sh\n# Removes what ferry-demo --keep left running.\n");
+    for k in kept {
+        let list: Vec<String> = k
+            .processes
+            .iter()
+            .map(|(p, t)| format!("{p}:{t}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "for pt in {}; do p=${{pt%:*}}; t=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f20); [ \"$t\" = \"${{pt#*:}}\" ] && kill -9 $p; done",
+            list.join(" ")
+        );
+    }
     for ns in &namespaces {
         let _ = writeln!(s, "for p in $(ip netns pids {}); do kill $p; done", ns.name);
     }
-    s.push_str("sleep 1\n");
+    // Init reaps the killed pods in a second or two; their cgroups are empty only then.
+    s.push_str(if kept.is_empty() {
+        "sleep 1\n"
+    } else {
+        "sleep 3\n"
+    });
     for ns in &namespaces {
         let _ = writeln!(s, "ip netns del {}", ns.name);
     }
-    for d in c.all_dirs() {
+    for cg in kept.iter().flat_map(|k| &k.cgroups) {
+        let _ = writeln!(
+            s,
+            "for h in /sys/fs/cgroup /sys/fs/cgroup/*; do rmdir \"$h{cg}\" 2>/dev/null; done"
+        );
+    }
+    let dirs = c
+        .all_dirs()
+        .into_iter()
+        .chain(kept.iter().map(|k| k.dir.clone()));
+    for d in dirs {
         let _ = writeln!(s, "rm -rf {}", d.display());
     }
     s.push_str("rm -f \"$0\"\necho \"ferry demo removed\"\n");

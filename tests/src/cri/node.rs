@@ -319,6 +319,28 @@ exec sleep infinity"
             .collect()
     }
 
+    /// What the node leaves running when it is not dropped (the demo's `--keep`), for a
+    /// cleanup done later by another program.
+    pub fn leftovers(&self) -> Leftovers {
+        let mut pids = self.processes();
+        pids.push(self.holder_pid() as i32);
+        Leftovers {
+            netns: self.host.name.clone(),
+            dir: self.dir.path().to_path_buf(),
+            cgroups: sandbox_cgroups(&pids),
+            processes: pids
+                .into_iter()
+                .filter_map(|pid| Some((pid, start_time(pid)?)))
+                .collect(),
+        }
+    }
+
+    /// The PID of the process holding the node's mount namespace: `nsenter --target` it to
+    /// be inside the node.
+    pub fn holder(&self) -> u32 {
+        self.holder_pid()
+    }
+
     /// The PIDs of every process this node started: those in its mount namespace (but the
     /// holder), and their descendants (the pods' processes, in mount namespaces of their
     /// own, whose parents are the runtime's shims).
@@ -358,6 +380,24 @@ exec sleep infinity"
     }
 }
 
+/// What a kept node leaves: its namespace, its directory, its processes and its
+/// sandboxes' cgroups.
+pub struct Leftovers {
+    pub netns: String,
+    pub dir: PathBuf,
+    /// Each process with its start time (in clock ticks after boot, field 22 of
+    /// /proc/PID/stat): a later kill checks it, so as not to hit a process that reused
+    /// the PID.
+    pub processes: Vec<(i32, u64)>,
+    /// `/k8s.io/<sandbox ID>`, under each cgroup hierarchy.
+    pub cgroups: Vec<String>,
+}
+
+/// A process's start time, field 22 of /proc/PID/stat.
+fn start_time(pid: i32) -> Option<u64> {
+    stat_field(pid, 22)
+}
+
 /// Waits until every node routes to every other node's subnet over the overlay; panics
 /// with the log of the first that does not.
 pub fn wait_converged(nodes: &[CriNode]) {
@@ -373,13 +413,19 @@ pub fn wait_converged(nodes: &[CriNode]) {
     }
 }
 
-/// The parent PID, from /proc/PID/stat (the field after the parenthesised name).
+/// The parent PID, field 4 of /proc/PID/stat.
 fn parent(pid: i32) -> Option<i32> {
+    stat_field(pid, 4)
+}
+
+/// Field `n` (from 1, as proc(5) counts) of /proc/PID/stat, counted after the
+/// parenthesised name (which may hold spaces).
+fn stat_field<T: std::str::FromStr>(pid: i32, n: usize) -> Option<T> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?
         .1
         .split_whitespace()
-        .nth(1)?
+        .nth(n.checked_sub(3)?)?
         .parse()
         .ok()
 }
