@@ -12,6 +12,7 @@
 //! ended on drop: they are found by that mount namespace, which only this node's
 //! processes are in.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -87,6 +88,9 @@ exec sleep infinity"
             "-c",
             &script,
         ]);
+        // Its own process group: a terminal's Ctrl-C goes to the demo's group, and the
+        // holder must outlive it, since the node's processes are found by its mounts.
+        cmd.process_group(0);
         let holder = Bg::spawn_cmd_logged(cmd, &d.join("holder.log"));
         let sock = d.join("containerd.sock");
         let mut node = CriNode {
