@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{Cluster, OUTSIDE_IP};
-use ferry_tests::cri::{CriNode, CriPod, PodSpec};
+use ferry_tests::cri::{wait_converged, CriNode, CriPod, PodSpec};
 use ferry_tests::proc::{connect, echo_peer_server, wait_until, Bg};
 use ferry_tests::root_or_skip;
 
@@ -34,16 +34,7 @@ fn cri_cluster(n: usize) -> (Cluster, Vec<CriNode>) {
             node
         })
         .collect();
-    for n in &nodes {
-        let ok = wait_until(Duration::from_secs(20), || {
-            let routes = n.host.sh("ip route show dev ferry.1 2>/dev/null || true");
-            nodes
-                .iter()
-                .filter(|o| o.name != n.name)
-                .all(|o| routes.contains(&o.subnet()))
-        });
-        assert!(ok, "{} did not converge:\n{}", n.name, n.log("overlayd"));
-    }
+    wait_converged(&nodes);
     (c, nodes)
 }
 

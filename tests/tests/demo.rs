@@ -1,9 +1,11 @@
 //! `ferry-demo` end to end, as a newcomer runs it: it must pass every check, print every
 //! section, and leave nothing behind (itself, or through the script `--keep` names).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
+use ferry_tests::proc::wait_until;
 use ferry_tests::root_or_skip;
 
 macro_rules! needs_root {
@@ -25,31 +27,39 @@ fn demo(args: &[&str]) -> (Output, String) {
 
 /// Every part the demo promises, in order, and a clean result.
 fn assert_every_section(out: &Output, text: &str) {
+    assert_in_order(
+        out,
+        text,
+        &[
+            "starting an underlay switch and etcd",
+            "node0 192.0.2.11: ferry-overlayd ready, lease 10.244.",
+            "node1 192.0.2.12: ferry-overlayd ready, lease 10.244.",
+            "node2 192.0.2.13: ferry-overlayd ready, lease 10.244.",
+            "overlay converged",
+            "adding 6 pods through ferry",
+            "1. Containers of one pod, over localhost",
+            "ok   pod-00: client -> server on 127.0.0.1:8080: server saw 127.0.0.1\n",
+            "2. Pod to pod, on one node and across nodes",
+            "ok   30 of 30 pairs: 6 on one node, 24 across nodes",
+            "3. Pod to Service: ClusterIP 10.96.0.10:80",
+            "-> itself (hairpin): server saw",
+            "4. Outside (192.0.2.200) to NodePort 30080; pod to outside",
+            "ok   outside -> node0:30080: server saw",
+            "ok   pod-00 -> outside: server saw 192.0.2.11 (node0)",
+            "5. What an operator types next (on node0)",
+            "$ ferry-ipam leases --etcd-endpoints http://192.0.2.2:2379",
+            "NODE   SUBNET",
+            "$ ferry-ipam show --data-dir",
+            "capacity 253  used 2",
+            "All 41 checks passed",
+        ],
+    );
+}
+
+/// A clean exit, each of `expected` in order, and no failed check.
+fn assert_in_order(out: &Output, text: &str, expected: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}\n{stderr}");
-    let expected = [
-        "starting an underlay switch and etcd",
-        "node0 192.0.2.11: ferry-overlayd ready, lease 10.244.",
-        "node1 192.0.2.12: ferry-overlayd ready, lease 10.244.",
-        "node2 192.0.2.13: ferry-overlayd ready, lease 10.244.",
-        "overlay converged",
-        "adding 6 pods through ferry",
-        "1. Containers of one pod, over localhost",
-        "ok   pod-00: client -> server on 127.0.0.1:8080: server saw 127.0.0.1\n",
-        "2. Pod to pod, on one node and across nodes",
-        "ok   30 of 30 pairs: 6 on one node, 24 across nodes",
-        "3. Pod to Service: ClusterIP 10.96.0.10:80",
-        "-> itself (hairpin): server saw",
-        "4. Outside (192.0.2.200) to NodePort 30080; pod to outside",
-        "ok   outside -> node0:30080: server saw",
-        "ok   pod-00 -> outside: server saw 192.0.2.11 (node0)",
-        "5. What an operator types next (on node0)",
-        "$ ferry-ipam leases --etcd-endpoints http://192.0.2.2:2379",
-        "NODE   SUBNET",
-        "$ ferry-ipam show --data-dir",
-        "capacity 253  used 2",
-        "All 41 checks passed",
-    ];
     let mut from = 0;
     for e in expected {
         let at = text[from..]
@@ -91,28 +101,64 @@ fn the_demo_passes_every_check_and_removes_its_cluster() {
     }
 }
 
-#[test]
-fn the_demo_kept_is_removed_by_the_script_it_names() {
-    needs_root!();
-    let (out, text) = demo(&["--keep"]);
-    assert_every_section(&out, &text);
+/// The cleanup script `--keep` names, and the namespaces it deletes; the guard runs it
+/// if the test stops first.
+fn kept_script(text: &str) -> (String, Vec<String>, RunOnDrop) {
     let script = text
         .lines()
         .find_map(|l| l.strip_prefix("Remove it all: sh "))
         .unwrap_or_else(|| panic!("no cleanup script named:\n{text}"))
         .to_string();
-    let _guard = RunOnDrop(script.clone());
+    let guard = RunOnDrop(script.clone());
     let body = std::fs::read_to_string(&script).expect("cleanup script");
-    let namespaces: Vec<&str> = body
+    let namespaces: Vec<String> = body
         .lines()
         .filter_map(|l| l.strip_prefix("ip netns del "))
+        .map(str::to_string)
         .collect();
-    // The switch, etcd, outside host, 3 nodes and 6 pods, and etcd still running.
+    // The switch, etcd, outside host, 3 nodes and 6 pods.
     assert_eq!(namespaces.len(), 12, "{body}");
     for ns in &namespaces {
         assert!(Path::new("/run/netns").join(ns).exists(), "{ns} not kept");
     }
-    // The script names the switch first, then etcd's host.
+    (script, namespaces, guard)
+}
+
+/// Runs the hint line of `text` holding `hint` (without its comment) as a user would
+/// paste it; what it printed.
+fn run_hint(text: &str, hint: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| l.contains(hint))
+        .unwrap_or_else(|| panic!("no hint `{hint}`:\n{text}"));
+    let command = line.split('#').next().unwrap_or(line).trim();
+    let by_hand = Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .expect("run the hint");
+    String::from_utf8_lossy(&by_hand.stdout).into_owned()
+}
+
+/// Runs the cleanup script: it succeeds, deletes every namespace and itself.
+fn run_cleanup(script: &str, namespaces: &[String]) {
+    let cleaned = Command::new("sh").arg(script).output().expect("cleanup");
+    assert!(cleaned.status.success(), "{cleaned:?}");
+    for ns in namespaces {
+        assert!(
+            !Path::new("/run/netns").join(ns).exists(),
+            "{ns} left by the cleanup script"
+        );
+    }
+    assert!(!Path::new(script).exists(), "the script removes itself");
+}
+
+#[test]
+fn the_demo_kept_is_removed_by_the_script_it_names() {
+    needs_root!();
+    let (out, text) = demo(&["--keep"]);
+    assert_every_section(&out, &text);
+    let (script, namespaces, _guard) = kept_script(&text);
+    // The script names the switch first, then etcd's host: etcd still running.
     let etcd = &namespaces[1];
     let pids = Command::new("ip")
         .args(["netns", "pids", etcd])
@@ -120,26 +166,138 @@ fn the_demo_kept_is_removed_by_the_script_it_names() {
         .expect("ip netns pids");
     assert!(!pids.stdout.is_empty(), "etcd not kept running in {etcd}");
     // The kept cluster still answers: a hint run by hand (pod-00 to the Service).
-    let hint = text
-        .lines()
-        .find(|l| l.contains("cat </dev/tcp/10.96.0.10/80"))
-        .unwrap_or_else(|| panic!("no Service hint:\n{text}"));
-    let by_hand = Command::new("sh")
-        .args(["-c", hint.trim()])
-        .output()
-        .expect("run the hint");
-    assert!(
-        String::from_utf8_lossy(&by_hand.stdout).starts_with("10.244."),
-        "{hint}: {by_hand:?}"
-    );
+    let seen = run_hint(&text, "cat </dev/tcp/10.96.0.10/80");
+    assert!(seen.starts_with("10.244."), "{seen}");
+    run_cleanup(&script, &namespaces);
+}
 
-    let cleaned = Command::new("sh").arg(&script).output().expect("cleanup");
-    assert!(cleaned.status.success(), "{cleaned:?}");
-    for ns in &namespaces {
-        assert!(
-            !Path::new("/run/netns").join(ns).exists(),
-            "{ns} left by the cleanup script"
-        );
+/// The processes whose cgroup or command line holds one of `marks` (a sandbox's ID, a
+/// CRI node's directory): what a CRI node left running.
+fn processes_holding(marks: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let dir = PathBuf::from("/proc").join(&pid);
+        let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+        let cmdline = std::fs::read(dir.join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if marks
+            .iter()
+            .any(|m| cgroup.contains(m) || cmdline.contains(m))
+        {
+            found.push(format!("{pid} {cmdline}"));
+        }
     }
-    assert!(!Path::new(&script).exists(), "the script removes itself");
+    found
+}
+
+/// Every part `--cri` promises, in order.
+const CRI_SECTIONS: [&str; 33] = [
+    "pods made through containerd's CRI",
+    "starting an underlay switch and etcd",
+    "starting containerd on 3 nodes",
+    "importing the pause image into each containerd",
+    "installing ferry: install-cni.sh",
+    "starting ferry-overlayd on 3 nodes (the DaemonSet's args and env)",
+    "cri0 192.0.2.31: ferry-overlayd ready, lease 10.244.",
+    "cri1 192.0.2.32: ferry-overlayd ready, lease 10.244.",
+    "cri2 192.0.2.33: ferry-overlayd ready, lease 10.244.",
+    "overlay converged",
+    "containerd's NetworkReady on every node",
+    "adding 6 pods through containerd's CRI (RunPodSandbox)",
+    "1. Containers of one pod, over localhost",
+    "ok   pod-00: client -> server on 127.0.0.1:8080: server saw 127.0.0.1\n",
+    "2. Pod to pod, on one node and across nodes",
+    "ok   30 of 30 pairs: 6 on one node, 24 across nodes",
+    "3. Pod to Service: ClusterIP 10.96.0.10:80, backend pod-21 on cri2",
+    "-> itself (hairpin): server saw",
+    "4. Outside (192.0.2.200) to NodePort 30080; pod to outside",
+    "ok   outside -> cri0:30080: server saw",
+    "ok   pod-00 -> outside: server saw 192.0.2.31 (cri0)",
+    "5. What an operator types next (inside cri0",
+    "$ ferry-ipam leases --etcd-endpoints http://192.0.2.2:2379\n",
+    "192.0.2.31",
+    "$ ferry-ipam show\n",
+    "capacity 253  used 2",
+    "POD",
+    "demo/pod-00",
+    "demo/pod-01",
+    "The runtime's view",
+    "ok   Status: NetworkReady=true",
+    "ok   PodSandboxStatus of demo/pod-00: ip 10.244.",
+    "All 43 checks passed",
+];
+
+/// cri0's sandboxes and directory, as `ferry-ipam show` names them in `text` (its
+/// CONTAINER and NETNS columns).
+fn cri0_sandboxes_and_dir(text: &str) -> (Vec<&str>, &str) {
+    let sandboxes: Vec<&str> = text
+        .split_whitespace()
+        .filter(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    assert_eq!(sandboxes.len(), 2, "{text}");
+    let node_dir = text
+        .split_whitespace()
+        .find_map(|w| w.split_once("/state/io.containerd.grpc.v1.cri/"))
+        .map(|(dir, _)| dir)
+        .unwrap_or_else(|| panic!("no sandbox netns under a node directory in:\n{text}"));
+    (sandboxes, node_dir)
+}
+
+/// No process left in the sandboxes or naming the node's directory, the directory gone,
+/// and the sandboxes' cgroups gone from every hierarchy (cgroup v2's one, or v1's per
+/// controller).
+fn assert_cri_node_gone(sandboxes: &[&str], node_dir: &str) {
+    let mut marks = sandboxes.to_vec();
+    marks.push(node_dir);
+    // Killed pods' processes are reaped by init, not by the demo: a moment for that.
+    wait_until(Duration::from_secs(5), || {
+        processes_holding(&marks).is_empty()
+    });
+    let left = processes_holding(&marks);
+    assert!(left.is_empty(), "left running: {left:?}");
+    assert!(!Path::new(node_dir).exists(), "{node_dir} left behind");
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+        .expect("/sys/fs/cgroup")
+        .flatten()
+        .map(|e| e.path())
+        .chain([PathBuf::from("/sys/fs/cgroup")]);
+    for h in hierarchies {
+        for id in sandboxes {
+            let c = h.join("k8s.io").join(id);
+            assert!(!c.exists(), "{} left behind", c.display());
+        }
+    }
+}
+
+#[test]
+fn the_demo_through_the_cri_passes_every_check_and_leaves_nothing() {
+    needs_root!();
+    let (out, text) = demo(&["--cri"]);
+    assert_in_order(&out, &text, &CRI_SECTIONS);
+    let (sandboxes, node_dir) = cri0_sandboxes_and_dir(&text);
+    assert_cri_node_gone(&sandboxes, node_dir);
+}
+
+#[test]
+fn the_demo_through_the_cri_kept_is_removed_by_the_script_it_names() {
+    needs_root!();
+    let (out, text) = demo(&["--cri", "--keep"]);
+    assert_in_order(&out, &text, &CRI_SECTIONS);
+    let (script, namespaces, _guard) = kept_script(&text);
+    // The kept cluster still answers, and cri0 still holds its pods: hints by hand.
+    let seen = run_hint(&text, "cat </dev/tcp/10.96.0.10/80");
+    assert!(seen.starts_with("10.244."), "{seen}");
+    let show = run_hint(&text, "/opt/cni/bin/ferry-ipam show");
+    assert!(
+        show.starts_with("subnet 10.244.") && show.contains("demo/pod-00"),
+        "{show}"
+    );
+    let (sandboxes, node_dir) = cri0_sandboxes_and_dir(&text);
+    run_cleanup(&script, &namespaces);
+    assert_cri_node_gone(&sandboxes, node_dir);
 }

@@ -5,4 +5,4 @@ pub mod image;
 pub mod node;
 
 pub use client::{Cri, PodSpec};
-pub use node::{CriNode, CriPod};
+pub use node::{wait_converged, CriNode, CriPod, Leftovers};

@@ -12,6 +12,7 @@
 //! ended on drop: they are found by that mount namespace, which only this node's
 //! processes are in.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -47,6 +48,14 @@ impl CriNode {
     /// Node `i` of `cluster`: namespace, mount namespace, containerd with the pause image,
     /// serving the CRI. ferry is not installed yet (`install_ferry`).
     pub fn start(cluster: &Cluster, i: usize) -> CriNode {
+        let node = Self::boot(cluster, i);
+        node.import_pause();
+        node
+    }
+
+    /// `start` without the pause image (`import_pause`): the two steps the demo times
+    /// apart.
+    pub fn boot(cluster: &Cluster, i: usize) -> CriNode {
         let name = format!("cri{i}");
         let host = Netns::new("fyk");
         let ip = format!("192.0.2.{}", 31 + i);
@@ -79,6 +88,9 @@ exec sleep infinity"
             "-c",
             &script,
         ]);
+        // Its own process group: a terminal's Ctrl-C goes to the demo's group, and the
+        // holder must outlive it, since the node's processes are found by its mounts.
+        cmd.process_group(0);
         let holder = Bg::spawn_cmd_logged(cmd, &d.join("holder.log"));
         let sock = d.join("containerd.sock");
         let mut node = CriNode {
@@ -106,19 +118,25 @@ exec sleep infinity"
         // runtime execs itself (loopback) and the conflist chains (portmap).
         node.sh("cp /usr/lib/cni/loopback /usr/lib/cni/portmap /usr/lib/cni/bridge /usr/lib/cni/host-local /opt/cni/bin/");
         node.start_containerd();
+        node
+    }
+
+    /// Imports the pause image into the node's containerd (`ctr images import`), as a
+    /// node image ships it: no sandbox starts without it.
+    pub fn import_pause(&self) {
         let out = Command::new("ctr")
             .arg("--address")
-            .arg(&sock)
+            .arg(self.dir.path().join("containerd.sock"))
             .args(["-n", "k8s.io", "images", "import"])
             .arg(image::pause_tar())
             .output()
             .expect("ctr");
         assert!(
             out.status.success(),
-            "import the pause image: {}",
+            "{}: import the pause image: {}",
+            self.name,
             String::from_utf8_lossy(&out.stderr)
         );
-        node
     }
 
     fn holder_pid(&self) -> u32 {
@@ -305,6 +323,28 @@ exec sleep infinity"
             .collect()
     }
 
+    /// What the node leaves running when it is not dropped (the demo's `--keep`), for a
+    /// cleanup done later by another program.
+    pub fn leftovers(&self) -> Leftovers {
+        let mut pids = self.processes();
+        pids.push(self.holder_pid() as i32);
+        Leftovers {
+            netns: self.host.name.clone(),
+            dir: self.dir.path().to_path_buf(),
+            cgroups: sandbox_cgroups(&pids),
+            processes: pids
+                .into_iter()
+                .filter_map(|pid| Some((pid, start_time(pid)?)))
+                .collect(),
+        }
+    }
+
+    /// The PID of the process holding the node's mount namespace: `nsenter --target` it to
+    /// be inside the node.
+    pub fn holder(&self) -> u32 {
+        self.holder_pid()
+    }
+
     /// The PIDs of every process this node started: those in its mount namespace (but the
     /// holder), and their descendants (the pods' processes, in mount namespaces of their
     /// own, whose parents are the runtime's shims).
@@ -344,13 +384,52 @@ exec sleep infinity"
     }
 }
 
-/// The parent PID, from /proc/PID/stat (the field after the parenthesised name).
+/// What a kept node leaves: its namespace, its directory, its processes and its
+/// sandboxes' cgroups.
+pub struct Leftovers {
+    pub netns: String,
+    pub dir: PathBuf,
+    /// Each process with its start time (in clock ticks after boot, field 22 of
+    /// /proc/PID/stat): a later kill checks it, so as not to hit a process that reused
+    /// the PID.
+    pub processes: Vec<(i32, u64)>,
+    /// `/k8s.io/<sandbox ID>`, under each cgroup hierarchy.
+    pub cgroups: Vec<String>,
+}
+
+/// A process's start time, field 22 of /proc/PID/stat.
+fn start_time(pid: i32) -> Option<u64> {
+    stat_field(pid, 22)
+}
+
+/// Waits until every node routes to every other node's subnet over the overlay; panics
+/// with the log of the first that does not.
+pub fn wait_converged(nodes: &[CriNode]) {
+    for n in nodes {
+        let ok = wait_until(Duration::from_secs(20), || {
+            let routes = n.host.sh("ip route show dev ferry.1 2>/dev/null || true");
+            nodes
+                .iter()
+                .filter(|o| o.name != n.name)
+                .all(|o| routes.contains(&o.subnet()))
+        });
+        assert!(ok, "{} did not converge:\n{}", n.name, n.log("overlayd"));
+    }
+}
+
+/// The parent PID, field 4 of /proc/PID/stat.
 fn parent(pid: i32) -> Option<i32> {
+    stat_field(pid, 4)
+}
+
+/// Field `n` (from 1, as proc(5) counts) of /proc/PID/stat, counted after the
+/// parenthesised name (which may hold spaces).
+fn stat_field<T: std::str::FromStr>(pid: i32, n: usize) -> Option<T> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?
         .1
         .split_whitespace()
-        .nth(1)?
+        .nth(n.checked_sub(3)?)?
         .parse()
         .ok()
 }
@@ -360,6 +439,8 @@ impl Drop for CriNode {
         // The daemon first; then every process of the node at once (containerd, its shims
         // and the pods they hold) so that no shim is left to restart a pod.
         self.overlayd.take();
+        let cgroups = sandbox_cgroups(&self.processes());
+        let mut killed: Vec<i32> = Vec::new();
         for _ in 0..50 {
             let left = self.processes();
             if left.is_empty() {
@@ -369,11 +450,60 @@ impl Drop for CriNode {
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }
+                killed.push(pid);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         self.containerd.take();
         self.holder.take();
+        // The pods' processes, orphaned by their shims, are reaped by init: until then
+        // they are zombies still in their cgroups. A short wait, so that the node is gone
+        // when its drop returns.
+        killed.sort_unstable();
+        killed.dedup();
+        wait_until(Duration::from_secs(3), || {
+            killed
+                .iter()
+                .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        });
+        // Killed, runc never removes the sandboxes' cgroups: empty now, they go here.
+        remove_cgroups(&cgroups);
+    }
+}
+
+/// The cgroups (`/k8s.io/<sandbox ID>`, as containerd's runc names them) the given
+/// processes are in.
+fn sandbox_cgroups(pids: &[i32]) -> Vec<String> {
+    let mut found: Vec<String> = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .filter(|path| {
+            path.strip_prefix("/k8s.io/")
+                .is_some_and(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Removes each (empty) cgroup in every hierarchy that has it: cgroup v2's single one,
+/// v1's per controller.
+fn remove_cgroups(cgroups: &[String]) {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut hierarchies = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        hierarchies.extend(entries.flatten().map(|e| e.path()));
+    }
+    for h in &hierarchies {
+        for c in cgroups {
+            let _ = std::fs::remove_dir(h.join(c.trim_start_matches('/')));
+        }
     }
 }
 
