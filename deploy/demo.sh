@@ -8,5 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (it makes network namespaces)" >&2; exit 1; }
 deploy/install-deps.sh demo
-cargo build --release --workspace -q
-exec target/release/ferry-demo "$@"
+echo "building ferry (cargo build --profile demo; the first build takes several minutes)"
+cargo build --profile demo -p ferry-tests -p cni-plugin -p ferry-ipam -p overlayd
+exec target/demo/ferry-demo "$@"
