@@ -77,13 +77,13 @@ impl Pool {
             Some(s) => (parse_subnet("subnet", s)?, None),
             None => {
                 let st: NodeState = node_state::require(state_dir)?;
-                let net = parse_subnet("podCIDR", &st.pod_cidr).map_err(|e| {
-                    IpamError::NodeStateInvalid {
-                        path: node_state::path(state_dir),
-                        detail: e.to_string(),
-                    }
-                })?;
-                (net, Some(st.gateway))
+                let invalid = |detail: String| IpamError::NodeStateInvalid {
+                    path: node_state::path(state_dir),
+                    detail,
+                };
+                let (cidr, gateway) = st.ipv4().ok_or_else(|| invalid("no IPv4 podCIDR".into()))?;
+                let net = parse_subnet("podCIDR", cidr).map_err(|e| invalid(e.to_string()))?;
+                (net, gateway)
             }
         };
         Self::from_parts(conf, subnet, node_gateway)

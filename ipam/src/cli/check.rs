@@ -119,7 +119,7 @@ fn check_store(
     };
     let subnet: Option<Ipv4Network> = match (&args.node.subnet, state, &data.pool) {
         (Some(s), _, _) => Some(parse_subnet("--subnet", s)?),
-        (None, Some(st), _) => st.pod_cidr.parse().ok(),
+        (None, Some(st), _) => st.pod_cidr.as_deref().and_then(|c| c.parse().ok()),
         (None, None, Some(p)) => p.subnet.parse().ok(),
         _ => None,
     };
@@ -237,20 +237,20 @@ async fn check_cluster(
             ));
         }
     }
-    if let Some(st) = state {
+    if let Some((st, pod_cidr)) = state.and_then(|st| Some((st, st.pod_cidr.as_deref()?))) {
         match leases.iter().find(|(r, _)| r.node == st.node_name) {
             None => out.push(problem(
                 "node-state-without-lease",
                 format!(
                     "node.json says node {} has {}, but etcd has no lease for it",
-                    st.node_name, st.pod_cidr
+                    st.node_name, pod_cidr
                 ),
             )),
-            Some((r, _)) if r.subnet.to_string() != st.pod_cidr => out.push(problem(
+            Some((r, _)) if r.subnet.to_string() != pod_cidr => out.push(problem(
                 "node-state-mismatch",
                 format!(
                     "node.json says node {} has {}, its etcd lease says {}",
-                    st.node_name, st.pod_cidr, r.subnet
+                    st.node_name, pod_cidr, r.subnet
                 ),
             )),
             Some(_) => {}

@@ -67,18 +67,23 @@ fn pool(
         )));
     }
     let state_dir = args.node.state_dir.clone();
+    let from_state = |st: &node_state::NodeState| -> anyhow::Result<Option<_>> {
+        let Some((cidr, gw)) = st.ipv4() else {
+            return Ok(None);
+        };
+        let net = parse_subnet("podCIDR", cidr)?;
+        let gw = gw.unwrap_or_else(|| Ipv4Addr::from(u32::from(net.network()) + 1));
+        Ok(Some(bounds(net, gw)))
+    };
     if let Some(dir) = &state_dir {
-        let st = node_state::require(dir)?;
-        let net = parse_subnet("podCIDR", &st.pod_cidr)?;
-        return Ok(Some(bounds(net, st.gateway)));
+        return from_state(&node_state::require(dir)?);
     }
     if let Some(p) = &data.pool {
         let net = parse_subnet("the store's subnet", &p.subnet)?;
         return Ok(Some((net, p.gateway, p.range_start, p.range_end)));
     }
     if let Ok(Some(st)) = node_state::read(std::path::Path::new(node_state::DEFAULT_STATE_DIR)) {
-        let net = parse_subnet("podCIDR", &st.pod_cidr)?;
-        return Ok(Some(bounds(net, st.gateway)));
+        return from_state(&st);
     }
     Ok(None)
 }
