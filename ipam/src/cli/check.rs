@@ -3,13 +3,13 @@
 //! `release --from-report` acts on.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use node_ipam::attachment;
-use node_ipam::config::parse_subnet;
+use node_ipam::config::parse_network;
 use node_ipam::node_state;
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +35,7 @@ pub struct Problem {
     pub kind: String,
     pub detail: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,11 +117,19 @@ fn check_store(
             return Ok(());
         }
     };
-    let subnet: Option<Ipv4Network> = match (&args.node.subnet, state, &data.pool) {
-        (Some(s), _, _) => Some(parse_subnet("--subnet", s)?),
-        (None, Some(st), _) => st.pod_cidr.as_deref().and_then(|c| c.parse().ok()),
-        (None, None, Some(p)) => p.subnet.parse().ok(),
-        _ => None,
+    // The node's subnets, one per family it has.
+    let subnets: Vec<IpNetwork> = match (&args.node.subnet, state) {
+        (Some(s), _) => vec![parse_network("--subnet", s)?],
+        (None, Some(st)) => [&st.pod_cidr, &st.pod_cidr_v6]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.parse().ok())
+            .collect(),
+        (None, None) => [&data.pool, &data.pool_v6]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.subnet.parse().ok())
+            .collect(),
     };
     for (ip, a) in &data.allocations {
         let with_ip = |kind: &str, detail: String| Problem {
@@ -131,7 +139,8 @@ fn check_store(
             container_id: Some(a.container_id.clone()),
             ifname: Some(a.ifname.clone()),
         };
-        if let Some(s) = subnet.filter(|s| !s.contains(*ip)) {
+        let same_family = subnets.iter().find(|s| s.is_ipv4() == ip.is_ipv4());
+        if let Some(s) = same_family.filter(|s| !s.contains(*ip)) {
             out.push(with_ip(
                 "outside-subnet",
                 format!(
