@@ -281,3 +281,60 @@ fn ipv6_is_dropped_from_an_ipv4_only_pod() {
         "IPv6 passed the guard of an IPv4-only pod"
     );
 }
+
+/// An unsolicited neighbour advertisement from `ns`'s own IPv6 address `src` claiming
+/// `target` for `ns`'s MAC (override flag set), to all nodes.
+fn unsolicited_na(ns: &Netns, src: &str, target: &str) {
+    let script = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)\n\
+         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)\n\
+         s.bind(('{src}',0))\n\
+         mac=bytes.fromhex(open('/sys/class/net/eth0/address').read().strip().replace(':',''))\n\
+         na=bytes([136,0,0,0,0x20,0,0,0])+socket.inet_pton(socket.AF_INET6,'{target}')+bytes([2,1])+mac\n\
+         [s.sendto(na, ('ff02::1',0,0,socket.if_nametoindex('eth0'))) for _ in range(3)]\n"
+    );
+    ns.sh(&format!("python3 -c \"{script}\""));
+}
+
+#[test]
+fn a_neighbour_advertisement_cannot_take_over_the_ipv6_gateway() {
+    needs_root!();
+    let node = Node::with(|d| {
+        ferry_conf(
+            "1.1.0",
+            d,
+            serde_json::json!({"subnet": "fd00:41::/64"}),
+            serde_json::json!({}),
+        )
+    });
+    let (a, c) = (Netns::new("fys"), Netns::new("fys"));
+    let ra = node.add("na", &a).ok();
+    node.add("nc", &c).ok();
+    let a_ip = pod_ip(&ra);
+    let gw = "fd00:41::1";
+    c.sh(&format!("ping -6 -c1 -W2 {gw}"));
+    let a_mac = a.sh("cat /sys/class/net/eth0/address").trim().to_string();
+    std::thread::sleep(Duration::from_millis(1200));
+    unsolicited_na(&a, &a_ip, gw);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = c.sh(&format!("ip -6 neigh show {gw}"));
+    assert!(
+        !after.contains(&a_mac),
+        "C's gateway entry now points at A: {after}"
+    );
+    // The same advertisement without the guard does take the gateway over: what the
+    // guard dropped was a working attack.
+    let veth = ra["interfaces"][1]["name"].as_str().unwrap();
+    node.host.sh(&format!("tc qdisc del dev {veth} ingress"));
+    unsolicited_na(&a, &a_ip, gw);
+    let taken = wait_until(Duration::from_secs(3), || {
+        c.sh(&format!("ip -6 neigh show {gw}")).contains(&a_mac)
+    });
+    assert!(
+        taken,
+        "the advertisement is not a working attack: the test proves nothing"
+    );
+    node.del("na", Some(&a)).ok();
+    node.del("nc", Some(&c)).ok();
+}
