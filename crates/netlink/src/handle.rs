@@ -387,13 +387,8 @@ impl Netlink {
         if let Some(gw) = gateway {
             b = b.gateway(gw);
         }
-        match self.handle.route().add(b.build()).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
-            r => r.context(|| {
-                let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-                format!("add route {dst}/{prefix}{via} in {}", self.place)
-            }),
-        }
+        let (dst, gateway) = (IpAddr::V4(dst), gateway.map(IpAddr::V4));
+        self.add_route(b.build(), dst, prefix, gateway).await
     }
 
     /// Adds an IPv6 route in the main table out of `oif`.
@@ -410,7 +405,19 @@ impl Netlink {
         if let Some(gw) = gateway {
             b = b.gateway(gw);
         }
-        match self.handle.route().add(b.build()).execute().await {
+        let (dst, gateway) = (IpAddr::V6(dst), gateway.map(IpAddr::V6));
+        self.add_route(b.build(), dst, prefix, gateway).await
+    }
+
+    /// Sends a built route; one already there is not an error.
+    async fn add_route(
+        &self,
+        msg: RouteMessage,
+        dst: IpAddr,
+        prefix: u8,
+        gateway: Option<IpAddr>,
+    ) -> Result<()> {
+        match self.handle.route().add(msg).execute().await {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
             r => r.context(|| {
                 let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
