@@ -1,11 +1,11 @@
 //! ADD: an address, the node bridge, a veth pair into the pod, the pod's address and
 //! routes. Whatever fails after the address is taken is undone before the error returns.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use cni::{CniResult, Code, Env, Error, Interface, NetConf};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use netlink::{Netlink, SourceGuard, VethSpec};
 
 use crate::addressing::Addressing;
@@ -68,26 +68,42 @@ fn undo(addressing: &Addressing<'_>, made_veth: Option<&str>) {
     }
 }
 
-/// The first IPv4 address of an IPAM result, its subnet and gateway.
-fn pod_address(r: &CniResult) -> Result<(Ipv4Addr, Ipv4Network, Ipv4Addr), Error> {
+/// One address of the pod: the address, its subnet's prefix length and gateway.
+#[derive(Debug, Clone, Copy)]
+struct PodAddr {
+    ip: IpAddr,
+    prefix: u8,
+    gateway: IpAddr,
+}
+
+/// The pod's addresses in an IPAM result: the first of each family, IPv4 first.
+fn pod_addresses(r: &CniResult) -> Result<Vec<PodAddr>, Error> {
+    let mut out: Vec<PodAddr> = Vec::new();
     for ip in &r.ips {
-        let Ok(net) = ip.address.parse::<Ipv4Network>() else {
-            continue;
-        };
-        let subnet = Ipv4Network::new(net.network(), net.prefix()).map_err(|e| {
+        let net = ip.address.parse::<IpNetwork>().map_err(|e| {
             Error::new(Code::InvalidConfig, format!("IPAM returned {}", ip.address))
                 .with_details(e.to_string())
         })?;
-        let gateway = match ip.gateway {
-            Some(IpAddr::V4(g)) => g,
-            _ => Ipv4Addr::from(u32::from(subnet.network()) + 1),
+        if out.iter().any(|a| a.ip.is_ipv4() == net.is_ipv4()) {
+            continue;
+        }
+        let gateway = match (ip.gateway, net) {
+            (Some(g), _) if g.is_ipv4() == net.is_ipv4() => g,
+            (_, IpNetwork::V4(n)) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + 1)),
+            (_, IpNetwork::V6(n)) => IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) + 1)),
         };
-        return Ok((net.ip(), subnet, gateway));
+        out.push(PodAddr {
+            ip: net.ip(),
+            prefix: net.prefix(),
+            gateway,
+        });
     }
-    Err(
-        Error::new(Code::InvalidConfig, "IPAM returned no IPv4 address")
-            .with_details(format!("{:?}", r.ips)),
-    )
+    out.sort_by_key(|a| a.ip.is_ipv6());
+    if out.is_empty() {
+        return Err(Error::new(Code::InvalidConfig, "IPAM returned no address")
+            .with_details(format!("{:?}", r.ips)));
+    }
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -101,28 +117,48 @@ async fn wire(
     ipam_result: &CniResult,
     made_veth: &mut bool,
 ) -> Result<CniResult, Error> {
-    let (ip, subnet, gateway) = pod_address(ipam_result)?;
+    let addrs = pod_addresses(ipam_result)?;
+    // IPv4 first: the MACs follow the IPv4 address whenever the pod has one.
+    let primary = addrs[0];
     let mtu = pc.effective_mtu();
     let host = Netlink::open().map_err(err)?;
 
     // The node bridge: created once per node, then only looked at.
     let bridge = host
-        .ensure_bridge(
-            &pc.bridge,
-            netlink::bridge_mac(gateway),
-            gateway,
-            subnet.prefix(),
-        )
+        .ensure_bridge_link(&pc.bridge, netlink::bridge_mac_of(primary.gateway))
         .await
         .map_err(|e| match e {
             netlink::Error::NotABridge { .. } => Error::new(Code::InvalidConfig, e.to_string()),
             e => err(e),
         })?;
+    let on_bridge = host.addrs(bridge.index).await.map_err(err)?;
+    for a in &addrs {
+        if on_bridge.contains(&(a.gateway, a.prefix)) {
+            continue;
+        }
+        match a.gateway {
+            IpAddr::V4(_) => {
+                host.add_addr(bridge.index, &pc.bridge, a.gateway, a.prefix)
+                    .await
+            }
+            IpAddr::V6(g) => {
+                host.add_addr_nodad(bridge.index, &pc.bridge, g, a.prefix)
+                    .await
+            }
+        }
+        .map_err(err)?;
+    }
     // Pods reach beyond the bridge only through the host's forwarding.
-    netlink::sysctl::ensure("net/ipv4/ip_forward", "1").map_err(err)?;
+    for a in &addrs {
+        let key = match a.ip {
+            IpAddr::V4(_) => "net/ipv4/ip_forward",
+            IpAddr::V6(_) => "net/ipv6/conf/all/forwarding",
+        };
+        netlink::sysctl::ensure(key, "1").map_err(err)?;
+    }
 
-    let pod_mac = netlink::ip_mac(netlink::POD_MAC_TAG, ip);
-    let host_mac = netlink::ip_mac(netlink::HOST_MAC_TAG, ip);
+    let pod_mac = netlink::addr_mac(netlink::POD_MAC_TAG, primary.ip);
+    let host_mac = netlink::addr_mac(netlink::HOST_MAC_TAG, primary.ip);
     let alias = attachment::alias(&conf.name, &env.container_id, &env.ifname);
     let created = host
         .create_veth(&VethSpec {
@@ -157,10 +193,18 @@ async fn wire(
                 format!("{host_veth} is missing right after creation"),
             )
         })?;
-    let guard = SourceGuard {
+    let mut guard = SourceGuard {
         mac: pod_mac,
-        ipv4: vec![ip],
+        ipv4: Vec::new(),
+        ipv6: Vec::new(),
     };
+    for a in &addrs {
+        match a.ip {
+            IpAddr::V4(ip) => guard.ipv4.push(ip),
+            // The kernel gives the pod this link-local address (EUI-64 of its MAC).
+            IpAddr::V6(ip) => guard.ipv6.extend([ip, netlink::link_local(pod_mac)]),
+        }
+    }
     host.guard_source(host_link.index, host_veth, &guard)
         .await
         .map_err(err)?;
@@ -181,24 +225,48 @@ async fn wire(
                 ),
             )
         })?;
-    pod.add_addr(link.index, &env.ifname, IpAddr::V4(ip), subnet.prefix())
-        .await
+    for a in &addrs {
+        match a.ip {
+            IpAddr::V4(_) => pod.add_addr(link.index, &env.ifname, a.ip, a.prefix).await,
+            IpAddr::V6(ip) => {
+                pod.add_addr_nodad(link.index, &env.ifname, ip, a.prefix)
+                    .await
+            }
+        }
         .map_err(err)?;
+    }
     pod.set_up(link.index, &env.ifname).await.map_err(err)?;
     // The loopback device is index 1 in every network namespace.
     pod.set_up(1, "lo").await.map_err(err)?;
     for r in &ipam_result.routes {
-        let Ok(dst) = r.dst.parse::<Ipv4Network>() else {
-            continue; // IPv6 routes: ferry configures IPv4 only
+        let dst = r.dst.parse::<IpNetwork>().map_err(|e| {
+            Error::new(
+                Code::InvalidConfig,
+                format!("route dst {:?} is not a CIDR", r.dst),
+            )
+            .with_details(e.to_string())
+        })?;
+        // A route of a family the pod has no address of cannot work: skipped.
+        let Some(own) = addrs.iter().find(|a| a.ip.is_ipv4() == dst.is_ipv4()) else {
+            continue;
         };
         let gw = match r.gw {
-            Some(IpAddr::V4(g)) => Some(g),
-            Some(IpAddr::V6(_)) => continue,
-            None => Some(gateway),
+            Some(g) if g.is_ipv4() == dst.is_ipv4() => g,
+            Some(_) => continue,
+            None => own.gateway,
         };
-        pod.add_route_v4(dst.network(), dst.prefix(), gw, link.index)
-            .await
-            .map_err(err)?;
+        match (dst, gw) {
+            (IpNetwork::V4(d), IpAddr::V4(g)) => {
+                pod.add_route_v4(d.network(), d.prefix(), Some(g), link.index)
+                    .await
+            }
+            (IpNetwork::V6(d), IpAddr::V6(g)) => {
+                pod.add_route_v6(d.network(), d.prefix(), Some(g), link.index)
+                    .await
+            }
+            _ => continue,
+        }
+        .map_err(err)?;
     }
 
     let mut result = ipam_result.clone();

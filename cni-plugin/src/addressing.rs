@@ -2,7 +2,7 @@
 //! exec, behind one set of calls.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use cni::{delegate, Attachment, CniResult, Command, Env, Error, NetConf};
 use node_ipam::ops;
@@ -32,8 +32,8 @@ impl<'a> Addressing<'a> {
     pub fn add(&self) -> Result<CniResult, Error> {
         match self.kind {
             IpamKind::Ferry(cfg) => {
-                let (ip, pool) = ops::allocate(cfg, self.attachment())?;
-                Ok(ops::result(ip, &pool))
+                let (ips, pools) = ops::allocate(cfg, self.attachment())?;
+                Ok(ops::result(&ips, &pools))
             }
             IpamKind::Exec(plugin) => {
                 let path = delegate::find(plugin, &self.env.path)?;
@@ -52,7 +52,7 @@ impl<'a> Addressing<'a> {
         }
     }
 
-    pub fn check(&self, expect: Option<Ipv4Addr>) -> Result<(), Error> {
+    pub fn check(&self, expect: &[IpAddr]) -> Result<(), Error> {
         match self.kind {
             IpamKind::Ferry(cfg) => {
                 ops::check(cfg, &self.env.container_id, &self.env.ifname, expect)?;

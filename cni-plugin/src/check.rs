@@ -1,9 +1,9 @@
 //! CHECK: the attachment still is what prevResult says.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use cni::{version, CniResult, Code, Env, Error, NetConf};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use netlink::Netlink;
 
 use crate::addressing::Addressing;
@@ -43,21 +43,19 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
                 env.ifname
             ))
         })?;
-    let addrs: Vec<(Ipv4Addr, u8, Option<Ipv4Addr>)> = prev
+    let addrs: Vec<(IpAddr, u8, Option<IpAddr>)> = prev
         .ips
         .iter()
         .filter(|ip| ip.interface.is_none_or(|i| i == pod_index))
         .filter_map(|ip| {
-            let net = ip.address.parse::<Ipv4Network>().ok()?;
-            let gw = match ip.gateway {
-                Some(IpAddr::V4(g)) => Some(g),
-                _ => None,
-            };
+            let net = ip.address.parse::<IpNetwork>().ok()?;
+            let gw = ip.gateway.filter(|g| g.is_ipv4() == net.is_ipv4());
             Some((net.ip(), net.prefix(), gw))
         })
         .collect();
+    let ips: Vec<IpAddr> = addrs.iter().map(|a| a.0).collect();
 
-    Addressing::new(&pc.ipam, conf, env).check(addrs.first().map(|a| a.0))?;
+    Addressing::new(&pc.ipam, conf, env).check(&ips)?;
 
     let ns = crate::sandbox::open(netns_path)?;
     kernel::runtime()?.block_on(check_kernel(
@@ -72,7 +70,7 @@ async fn check_kernel(
     netns_path: &std::path::Path,
     prev: &CniResult,
     pod_index: usize,
-    addrs: &[(Ipv4Addr, u8, Option<Ipv4Addr>)],
+    addrs: &[(IpAddr, u8, Option<IpAddr>)],
 ) -> Result<(), Error> {
     let host = Netlink::open().map_err(err)?;
     let bridge = host
@@ -119,7 +117,7 @@ async fn check_kernel(
             netlink::format_mac(&link.mac)
         )));
     }
-    let have = pod.addrs_v4(link.index).await.map_err(err)?;
+    let have = pod.addrs(link.index).await.map_err(err)?;
     for (ip, prefix, _) in addrs {
         if !have.contains(&(*ip, *prefix)) {
             return Err(failed(format!(
@@ -128,20 +126,45 @@ async fn check_kernel(
             )));
         }
     }
-    let gateway = addrs.iter().find_map(|a| a.2);
-    let routes = pod.routes_v4().await.map_err(err)?;
+    let gateway = |v4: bool| {
+        addrs
+            .iter()
+            .filter(|a| a.0.is_ipv4() == v4)
+            .find_map(|a| a.2)
+    };
+    let mut routes_v4 = None;
+    let mut routes_v6 = None;
     for r in &prev.routes {
-        let Ok(dst) = r.dst.parse::<Ipv4Network>() else {
+        let Ok(dst) = r.dst.parse::<IpNetwork>() else {
             continue;
         };
         let gw = match r.gw {
-            Some(IpAddr::V4(g)) => Some(g),
-            Some(IpAddr::V6(_)) => continue,
-            None => gateway,
+            Some(g) if g.is_ipv4() == dst.is_ipv4() => Some(g),
+            Some(_) => continue,
+            None => gateway(dst.is_ipv4()),
         };
-        let found = routes.iter().any(|k| {
-            k.dst == dst.network() && k.prefix == dst.prefix() && (gw.is_none() || k.gateway == gw)
-        });
+        let found = match dst {
+            IpNetwork::V4(d) => {
+                if routes_v4.is_none() {
+                    routes_v4 = Some(pod.routes_v4().await.map_err(err)?);
+                }
+                routes_v4.iter().flatten().any(|k| {
+                    k.dst == d.network()
+                        && k.prefix == d.prefix()
+                        && (gw.is_none() || k.gateway.map(IpAddr::V4) == gw)
+                })
+            }
+            IpNetwork::V6(d) => {
+                if routes_v6.is_none() {
+                    routes_v6 = Some(pod.routes_v6().await.map_err(err)?);
+                }
+                routes_v6.iter().flatten().any(|(kd, kp, kg)| {
+                    *kd == d.network()
+                        && *kp == d.prefix()
+                        && (gw.is_none() || kg.map(IpAddr::V6) == gw)
+                })
+            }
+        };
         if !found {
             let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
             return Err(failed(format!(

@@ -84,8 +84,8 @@ impl PluginConf {
             // stateDir is read once, above; the IPAM operations take it from here.
             let cfg = node_ipam::ops::Config::with_state_dir(conf, state_dir.clone())?;
             // Resolve a static pool now so that a bad CIDR is refused before any change.
-            if cfg.ipam.subnet.is_some() {
-                cfg.pool().map_err(Error::from)?;
+            if cfg.ipam.is_static() {
+                cfg.pools().map_err(Error::from)?;
             }
             IpamKind::Ferry(cfg)
         } else {

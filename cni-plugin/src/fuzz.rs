@@ -392,15 +392,17 @@ fn fuzz_network_configuration() {
             Err(e) => check_error(&e),
             // Only a static subnet: without one the pool comes from a file the
             // config names, which a fuzzer must not make the test read.
-            Ok(cfg) if cfg.ipam.subnet.is_some() => match cfg.pool() {
+            Ok(cfg) if cfg.ipam.is_static() => match cfg.pools() {
                 Err(e) => check_error(&cni::Error::from(e)),
-                Ok(pool) => {
-                    assert!(pool.start <= pool.end);
-                    assert!(pool.capacity() >= 1);
-                    assert!(pool.subnet.contains(pool.start) && pool.subnet.contains(pool.end));
-                    let ip = node_ipam::allocator::next_free(&pool, None, |_| false)
-                        .expect("a pool with capacity has a free address");
-                    assert!(pool.contains(ip) && ip != pool.gateway);
+                Ok(pools) => {
+                    for pool in pools.iter() {
+                        assert!(pool.start <= pool.end);
+                        assert!(pool.capacity() >= 1);
+                        assert!(pool.subnet.contains(pool.start) && pool.subnet.contains(pool.end));
+                        let ip = node_ipam::allocator::next_free(pool, None, 0, |_| false)
+                            .expect("a pool with capacity has a free address");
+                        assert!(pool.contains(ip) && ip != pool.gateway);
+                    }
                 }
             },
             Ok(_) => {}
@@ -445,7 +447,7 @@ fn fuzz_store_document() {
             Err(e) => check_error(&cni::Error::from(e)),
             Ok(data) => {
                 for (ip, a) in &data.allocations {
-                    assert!(data.find(&a.container_id, &a.ifname).is_some(), "{ip}");
+                    assert!(data.find(&a.container_id, &a.ifname).contains(ip), "{ip}");
                 }
                 // What is written back reads back the same.
                 let again = serde_json::to_vec(&data).unwrap();

@@ -26,15 +26,15 @@ fn dispatch(reply_version: &mut String) -> Result<Option<String>, Error> {
     let cfg = Config::from_netconf(&conf)?;
     match env.command {
         Command::Add => {
-            let (ip, pool) = ops::allocate(&cfg, Attachment::of(&conf, &env))?;
-            Ok(Some(ops::result(ip, &pool).to_json(&conf.cni_version)))
+            let (ips, pools) = ops::allocate(&cfg, Attachment::of(&conf, &env))?;
+            Ok(Some(ops::result(&ips, &pools).to_json(&conf.cni_version)))
         }
         Command::Del => {
             ops::release(&cfg, &env.container_id, &env.ifname)?;
             Ok(None)
         }
         Command::Check => {
-            ops::check(&cfg, &env.container_id, &env.ifname, None)?;
+            ops::check(&cfg, &env.container_id, &env.ifname, &[])?;
             Ok(None)
         }
         Command::Gc => {

@@ -134,7 +134,7 @@ pub async fn run(args: Args) -> Result<()> {
         let prefer = node_ipam::node_state::read(&args.state_dir)
             .ok()
             .flatten()
-            .and_then(|s| s.pod_cidr.parse().ok())
+            .and_then(|s| s.pod_cidr?.parse().ok())
             .or(previous.as_ref().map(|p| p.subnet));
         let acquired = reg
             .acquire(
@@ -607,9 +607,12 @@ impl Node {
     fn write_state(&self) -> Result<()> {
         let st = NodeState {
             node_name: self.name.clone(),
-            pod_cidr: self.me.subnet.to_string(),
-            cluster_cidr: self.cfg.cluster_cidr.to_string(),
-            gateway: datapath::gateway(self.me.subnet),
+            pod_cidr: Some(self.me.subnet.to_string()),
+            cluster_cidr: Some(self.cfg.cluster_cidr.to_string()),
+            gateway: Some(datapath::gateway(self.me.subnet)),
+            pod_cidr_v6: None,
+            cluster_cidr_v6: None,
+            gateway_v6: None,
             mtu: self.underlay.link.mtu - VXLAN_OVERHEAD,
         };
         if node_ipam::node_state::read(&self.args.state_dir)

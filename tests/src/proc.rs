@@ -119,11 +119,17 @@ pub fn echo_peer_server(ns: &Netns, port: u16) -> Bg {
 }
 
 /// `echo_peer_server` bound to one address only (`127.0.0.1`: reachable from the
-/// namespace's own processes and nothing else).
+/// namespace's own processes and nothing else). An IPv6 `addr` (`::` for any) makes it
+/// an IPv6 server.
 pub fn echo_peer_server_on(ns: &Netns, addr: &str, port: u16) -> Bg {
+    let family = if addr.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
     let script = format!(
         "import socket\n\
-         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s=socket.socket(socket.{family}); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
          s.bind(('{addr}',{port})); s.listen(64)\n\
          while True:\n    c,a=s.accept(); c.sendall((a[0]+'\\n').encode()); c.close()\n"
     );
@@ -137,7 +143,7 @@ pub fn echo_peer_server_on(ns: &Netns, addr: &str, port: u16) -> Bg {
     bg
 }
 
-/// Connects from `ns` to `addr:port` and returns what the echo server said (the source
+/// Connects from `ns` to `addr:port` (either family) and returns what the echo server said (the source
 /// address it saw), or None.
 pub fn connect(ns: &Netns, addr: &str, port: u16) -> Option<String> {
     let script = format!(

@@ -384,3 +384,77 @@ fn completions_are_printed() {
     assert_eq!(rc, 0);
     assert!(out.contains("ferry-ipam") && out.contains("leases") && out.contains("--from-report"));
 }
+
+#[test]
+fn show_check_and_release_handle_both_families() {
+    if !root_or_skip("show_check_and_release_handle_both_families") {
+        return;
+    }
+    let node = Node::with(|d| {
+        ferry_tests::cni::ferry_conf(
+            "1.1.0",
+            d,
+            serde_json::json!({"ranges": [[{"subnet": "10.47.0.0/24"}], [{"subnet": "fd00:47::/64"}]]}),
+            serde_json::json!({}),
+        )
+    });
+    let live = Netns::new("fyp");
+    let lost = Netns::new("fyp");
+    node.add("live", &live).ok();
+    node.add("lost", &lost).ok();
+    let dir = node.data.path().display().to_string();
+
+    let (rc, table, _) = cli_in(&node.host, &format!("show --data-dir {dir}"));
+    assert_eq!(rc, 0);
+    for want in [
+        "subnet 10.47.0.0/24  gateway 10.47.0.1",
+        "capacity 253  used 2",
+        "subnet fd00:47::/64  gateway fd00:47::1",
+        "capacity ~2^64  used 2",
+        "fd00:47::2",
+        "fd00:47::3",
+        "10.47.0.3",
+    ] {
+        assert!(table.contains(want), "{want} missing in\n{table}");
+    }
+    let (_, json, _) = cli_in(&node.host, &format!("show --data-dir {dir} -o json"));
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["pools"].as_array().unwrap().len(), 2);
+    assert_eq!(v["pools"][1]["capacity"], u64::MAX - 1); // 2^64 - 1 but the gateway
+
+    // A lost DEL leaks one address per family; check finds both.
+    drop(lost);
+    // The kernel removes the namespace's veth (and so its host end) in the background.
+    let mut json = String::new();
+    let found = ferry_tests::proc::wait_until(std::time::Duration::from_secs(5), || {
+        let (rc, out, _) = cli_in(&node.host, &format!("check --data-dir {dir} -o json"));
+        json = out;
+        rc == 1
+    });
+    assert!(found, "{json}");
+    let report: Value = serde_json::from_str(&json).unwrap();
+    let mut leaked: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "leaked-allocation")
+        .map(|p| p["ip"].as_str().unwrap())
+        .collect();
+    leaked.sort();
+    assert_eq!(leaked, ["10.47.0.3", "fd00:47::3"]);
+
+    // Release by IPv6 address frees that one only.
+    let (rc, out, err) = cli_in(&node.host, &format!("release --data-dir {dir} fd00:47::3"));
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "released fd00:47::3 (container lost interface eth0)"
+    );
+    let left: Vec<Value> = node.allocations();
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().any(|a| a["ip"] == "10.47.0.3"));
+    let (rc, _, err) = cli_in(&node.host, &format!("release --data-dir {dir} fd00:47::2"));
+    assert_eq!(rc, 2, "a live pod's IPv6 address was freed");
+    assert!(err.contains("refusing to free"), "{err}");
+    node.del("live", Some(&live)).ok();
+}

@@ -4,15 +4,23 @@
 //! that is where the guard sits: a small eBPF program in direct-action mode (`cls_bpf`
 //! under an `ingress` qdisc), built per pod with the pod's MAC and addresses as constants.
 //! It passes IPv4 frames whose Ethernet and IP sources are the pod's and ARP whose sender
-//! hardware and protocol addresses are the pod's, and drops everything else: other
-//! ethertypes, VLAN tags, another pod's address or MAC, gratuitous ARP for the gateway.
+//! hardware and protocol addresses are the pod's, IPv6 frames whose source is the pod's
+//! IPv6 address or its link-local address, and drops everything else: other ethertypes,
+//! VLAN tags, another pod's address or MAC, gratuitous ARP for the gateway.
+//!
+//! IPv6 neighbour discovery passes (it is ICMPv6 from those sources), but a neighbour
+//! advertisement must be for one of the pod's own addresses (the IPv6 form of gratuitous
+//! ARP for the gateway), and router advertisements and redirects are dropped: a pod is no
+//! router. IPv6 with a hop-by-hop, routing or destination-options header is dropped, so
+//! that no ICMPv6 hides behind one (this drops the pod's MLD reports, which ferry's
+//! bridge does not need: unknown multicast is flooded). A pod without IPv6 sends no IPv6.
 //!
 //! Why eBPF and not nftables or flower: the guard is made on every ADD, and an exec of
 //! `nft` costs more than the whole ADD; `cls_flower` and `act_gact` are optional kernel
 //! modules (absent on the kernels we test on), while `cls_bpf` with direct action needs
 //! neither. The program dies with the veth, so DEL has nothing to undo.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use futures_util::StreamExt;
@@ -30,6 +38,8 @@ use crate::handle::Netlink;
 pub struct SourceGuard {
     pub mac: [u8; 6],
     pub ipv4: Vec<Ipv4Addr>,
+    /// The pod's IPv6 addresses, its link-local one included; empty: no IPv6 passes.
+    pub ipv6: Vec<Ipv6Addr>,
 }
 
 /// One eBPF instruction, as the kernel takes it.
@@ -49,6 +59,7 @@ const LDX_H: u8 = 0x69; // dst = *(u16 *)(src + off)
 const MOV64_X: u8 = 0xbf; // dst = src
 const MOV64_K: u8 = 0xb7; // dst = imm
 const ADD64_K: u8 = 0x07; // dst += imm
+const LDX_B: u8 = 0x71; // dst = *(u8 *)(src + off)
 const JGT_X: u8 = 0x2d; // if dst > src goto off
 const JA: u8 = 0x05; // goto off
 const JEQ32_K: u8 = 0x16; // if (u32)dst == imm goto off
@@ -68,6 +79,9 @@ const TC_ACT_SHOT: i32 = 2;
 enum Label {
     Ipv4,
     Arp,
+    Ipv6,
+    Ipv6Source,
+    Icmpv6,
     Pass,
     Drop,
 }
@@ -127,6 +141,21 @@ impl Asm {
         }
         self.jump(JA, 0, 0, 0, Label::Drop);
     }
+    /// Goes to `to` when the 16 bytes at `off` are one of `ips`, drops otherwise.
+    fn expect_ipv6(&mut self, off: i16, ips: &[Ipv6Addr], to: Label) {
+        for ip in ips {
+            let o = ip.octets();
+            // Four word comparisons; a mismatch skips the rest of this address's block
+            // (2 instructions a word left, then the final jump).
+            for w in 0..4 {
+                let word = u32::from_ne_bytes([o[w * 4], o[w * 4 + 1], o[w * 4 + 2], o[w * 4 + 3]]);
+                self.op(LDX_W, 4, 2, off + 4 * w as i16, 0);
+                self.op(JNE32_K, 4, 0, 7 - 2 * w as i16, word as i32);
+            }
+            self.jump(JA, 0, 0, 0, to);
+        }
+        self.jump(JA, 0, 0, 0, Label::Drop);
+    }
     fn finish(mut self) -> Vec<Insn> {
         for (at, to) in std::mem::take(&mut self.jumps) {
             let target = self
@@ -173,6 +202,15 @@ impl SourceGuard {
             i32::from(u16::from_ne_bytes([0x08, 0x06])),
             Label::Arp,
         );
+        if !self.ipv6.is_empty() {
+            a.jump(
+                JEQ32_K,
+                4,
+                0,
+                i32::from(u16::from_ne_bytes([0x86, 0xdd])),
+                Label::Ipv6,
+            );
+        }
         a.jump(JA, 0, 0, 0, Label::Drop);
 
         a.label(Label::Ipv4);
@@ -183,6 +221,28 @@ impl SourceGuard {
         a.need(14 + 28);
         a.expect_mac(14 + 8, self.mac);
         a.expect_ipv4(14 + 14, &self.ipv4);
+
+        if !self.ipv6.is_empty() {
+            a.label(Label::Ipv6);
+            a.need(14 + 40);
+            a.expect_ipv6(14 + 8, &self.ipv6, Label::Ipv6Source);
+            a.label(Label::Ipv6Source);
+            a.op(LDX_B, 4, 2, 14 + 6, 0);
+            a.jump(JEQ32_K, 4, 0, 58, Label::Icmpv6);
+            for hidden in [0, 43, 60] {
+                a.jump(JEQ32_K, 4, 0, hidden, Label::Drop);
+            }
+            a.jump(JA, 0, 0, 0, Label::Pass);
+            a.label(Label::Icmpv6);
+            a.need(14 + 40 + 4);
+            a.op(LDX_B, 4, 2, 14 + 40, 0);
+            a.jump(JEQ32_K, 4, 0, 134, Label::Drop); // router advertisement
+            a.jump(JEQ32_K, 4, 0, 137, Label::Drop); // redirect
+            a.jump(JNE32_K, 4, 0, 136, Label::Pass);
+            // A neighbour advertisement: only for the pod's own addresses.
+            a.need(14 + 40 + 24);
+            a.expect_ipv6(14 + 40 + 8, &self.ipv6, Label::Pass);
+        }
 
         a.label(Label::Pass);
         a.op(MOV64_K, 0, 0, 0, TC_ACT_OK);
@@ -346,12 +406,12 @@ mod tests {
         SourceGuard {
             mac: [0x0a, 0x58, 10, 1, 2, 3],
             ipv4: vec![Ipv4Addr::new(10, 1, 2, 3)],
+            ipv6: Vec::new(),
         }
     }
 
-    #[test]
-    fn every_jump_lands_inside_the_program() {
-        let p = guard().program();
+    /// Every jump goes forward and lands inside the program.
+    fn assert_jumps_inside(p: &[Insn]) {
         for (i, insn) in p.iter().enumerate() {
             let is_jump = insn.code & 0x07 == 0x05 || insn.code & 0x07 == 0x06;
             if is_jump && insn.code != EXIT {
@@ -362,6 +422,12 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_jump_lands_inside_the_program() {
+        let p = guard().program();
+        assert_jumps_inside(&p);
         assert_eq!(p.last().map(|i| i.code), Some(EXIT));
     }
 
@@ -384,5 +450,31 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn ipv6_only_when_given() {
+        let v4 = guard().program();
+        let ipv6_ethertype = i32::from(u16::from_ne_bytes([0x86, 0xdd]));
+        assert!(!v4
+            .iter()
+            .any(|i| i.code == JEQ32_K && i.imm == ipv6_ethertype));
+        let mut g = guard();
+        g.ipv6 = vec![
+            "fd00::3".parse().unwrap(),
+            "fe80::858:aff:fe01:203".parse().unwrap(),
+        ];
+        let p = g.program();
+        assert!(p
+            .iter()
+            .any(|i| i.code == JEQ32_K && i.imm == ipv6_ethertype));
+        // The hand-counted skips of the address blocks included.
+        assert_jumps_inside(&p);
+        // A skip out of an address block lands on the next block's first load.
+        let first = p
+            .iter()
+            .position(|i| i.code == JNE32_K && i.off == 7)
+            .unwrap();
+        assert_eq!(p[first + 8].code, LDX_W);
     }
 }

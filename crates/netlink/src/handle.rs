@@ -1,10 +1,10 @@
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures_util::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
@@ -100,6 +100,31 @@ impl Netlink {
         Ok(links.into_iter().map(Link::from).collect())
     }
 
+    /// The bridge `name`, created if missing (MAC fixed) and up, without touching its
+    /// addresses. Another link of that name that is not a bridge is an error.
+    pub async fn ensure_bridge_link(&self, name: &str, mac: [u8; 6]) -> Result<Link> {
+        let bridge = match self.get_link(name).await? {
+            Some(b) => b,
+            None => {
+                self.create_bridge(name, mac).await?;
+                self.get_link(name).await?.ok_or_else(|| Error::Io {
+                    what: format!("bridge {name} vanished after creation in {}", self.place),
+                    source: std::io::ErrorKind::NotFound.into(),
+                })?
+            }
+        };
+        if bridge.kind.as_deref() != Some("bridge") {
+            return Err(Error::NotABridge {
+                name: name.to_string(),
+                kind: bridge.kind.clone().unwrap_or_else(|| "of no kind".into()),
+            });
+        }
+        if !bridge.up {
+            self.set_up(bridge.index, name).await?;
+        }
+        Ok(bridge)
+    }
+
     /// Creates a bridge with a fixed MAC (so it never follows its ports' addresses), up.
     /// Another creator winning the race is not an error.
     pub async fn create_bridge(&self, name: &str, mac: [u8; 6]) -> Result<()> {
@@ -119,22 +144,7 @@ impl Netlink {
         gateway: Ipv4Addr,
         prefix: u8,
     ) -> Result<Link> {
-        let bridge = match self.get_link(name).await? {
-            Some(b) => b,
-            None => {
-                self.create_bridge(name, mac).await?;
-                self.get_link(name).await?.ok_or_else(|| Error::Io {
-                    what: format!("bridge {name} vanished after creation in {}", self.place),
-                    source: std::io::ErrorKind::NotFound.into(),
-                })?
-            }
-        };
-        if bridge.kind.as_deref() != Some("bridge") {
-            return Err(Error::NotABridge {
-                name: name.to_string(),
-                kind: bridge.kind.clone().unwrap_or_else(|| "of no kind".into()),
-            });
-        }
+        let bridge = self.ensure_bridge_link(name, mac).await?;
         if !self
             .addrs_v4(bridge.index)
             .await?
@@ -142,9 +152,6 @@ impl Netlink {
         {
             self.add_addr(bridge.index, name, IpAddr::V4(gateway), prefix)
                 .await?;
-        }
-        if !bridge.up {
-            self.set_up(bridge.index, name).await?;
         }
         Ok(bridge)
     }
@@ -171,6 +178,19 @@ impl Netlink {
 
     /// IPv4 addresses (address, prefix length) on a link.
     pub async fn addrs_v4(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        Ok(self
+            .addrs(index)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, p)| match ip {
+                IpAddr::V4(a) => Some((a, p)),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// The addresses (address, prefix length) of both families on a link.
+    pub async fn addrs(&self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
         let msgs: Vec<_> = self
             .handle
             .address()
@@ -182,13 +202,21 @@ impl Netlink {
             .context(|| format!("list addresses of link {index} in {}", self.place))?;
         let mut out = Vec::new();
         for m in msgs {
-            if m.header.family != AddressFamily::Inet || m.header.index != index {
+            let family_ok = matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6);
+            if !family_ok || m.header.index != index {
                 continue;
             }
-            for a in &m.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(ip)) = a {
-                    out.push((*ip, m.header.prefix_len));
-                }
+            // IPv4 reports its address as Local; IPv6 as Address only.
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let addr = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = local.or(addr) {
+                out.push((ip, m.header.prefix_len));
             }
         }
         Ok(out)
@@ -197,6 +225,27 @@ impl Netlink {
     /// Adds an address; one already there is not an error.
     pub async fn add_addr(&self, index: u32, name: &str, ip: IpAddr, prefix: u8) -> Result<()> {
         match self.handle.address().add(index, ip, prefix).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            r => r.context(|| format!("add address {ip}/{prefix} to {name} in {}", self.place)),
+        }
+    }
+
+    /// Adds an IPv6 address usable at once: IFA_F_NODAD skips duplicate address
+    /// detection, which would hold it "tentative" (unusable) for a second or more. ferry
+    /// hands each address to one attachment only, so there is no duplicate to detect.
+    /// One already there is not an error.
+    pub async fn add_addr_nodad(
+        &self,
+        index: u32,
+        name: &str,
+        ip: Ipv6Addr,
+        prefix: u8,
+    ) -> Result<()> {
+        let mut req = self.handle.address().add(index, IpAddr::V6(ip), prefix);
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match req.execute().await {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
             r => r.context(|| format!("add address {ip}/{prefix} to {name} in {}", self.place)),
         }
@@ -338,13 +387,74 @@ impl Netlink {
         if let Some(gw) = gateway {
             b = b.gateway(gw);
         }
-        match self.handle.route().add(b.build()).execute().await {
+        let (dst, gateway) = (IpAddr::V4(dst), gateway.map(IpAddr::V4));
+        self.add_route(b.build(), dst, prefix, gateway).await
+    }
+
+    /// Adds an IPv6 route in the main table out of `oif`.
+    pub async fn add_route_v6(
+        &self,
+        dst: Ipv6Addr,
+        prefix: u8,
+        gateway: Option<Ipv6Addr>,
+        oif: u32,
+    ) -> Result<()> {
+        let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst, prefix)
+            .output_interface(oif);
+        if let Some(gw) = gateway {
+            b = b.gateway(gw);
+        }
+        let (dst, gateway) = (IpAddr::V6(dst), gateway.map(IpAddr::V6));
+        self.add_route(b.build(), dst, prefix, gateway).await
+    }
+
+    /// Sends a built route; one already there is not an error.
+    async fn add_route(
+        &self,
+        msg: RouteMessage,
+        dst: IpAddr,
+        prefix: u8,
+        gateway: Option<IpAddr>,
+    ) -> Result<()> {
+        match self.handle.route().add(msg).execute().await {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
             r => r.context(|| {
                 let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
                 format!("add route {dst}/{prefix}{via} in {}", self.place)
             }),
         }
+    }
+
+    /// IPv6 routes of the main table: (destination, prefix length, gateway).
+    pub async fn routes_v6(&self) -> Result<Vec<(Ipv6Addr, u8, Option<Ipv6Addr>)>> {
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .context(|| format!("list IPv6 routes in {}", self.place))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.table == 254 || m.attributes.contains(&RouteAttribute::Table(254)))
+            .map(|m| {
+                let mut r = (
+                    Ipv6Addr::UNSPECIFIED,
+                    m.header.destination_prefix_length,
+                    None,
+                );
+                for a in m.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.0 = d,
+                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.2 = Some(g),
+                        _ => {}
+                    }
+                }
+                r
+            })
+            .collect())
     }
 
     /// IPv4 routes of the main table.

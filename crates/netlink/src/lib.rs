@@ -24,6 +24,35 @@ pub fn ip_mac(tag: u8, ip: std::net::Ipv4Addr) -> [u8; 6] {
     [0x0a, tag, o[0], o[1], o[2], o[3]]
 }
 
+/// `ip_mac` for a pod of either family: its IPv4 address when it has one, else the last
+/// 4 bytes of its IPv6 address (a pod's MAC must not change with the family its address
+/// was taken from, so the IPv4 one wins whenever there is one).
+pub fn addr_mac(tag: u8, ip: std::net::IpAddr) -> [u8; 6] {
+    match ip {
+        std::net::IpAddr::V4(a) => ip_mac(tag, a),
+        std::net::IpAddr::V6(a) => {
+            let o = a.octets();
+            ip_mac(tag, std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+        }
+    }
+}
+
+/// The link-local address the kernel derives from `mac` by modified EUI-64 (its default
+/// `addr_gen_mode`): `fe80::` + the MAC with `ff:fe` in the middle and the
+/// universal/local bit flipped. ferry adds it itself (without DAD), so it is this one.
+pub fn link_local(mac: [u8; 6]) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([mac[0] ^ 0x02, mac[1]]),
+        u16::from_be_bytes([mac[2], 0xff]),
+        u16::from_be_bytes([0xfe, mac[3]]),
+        u16::from_be_bytes([mac[4], mac[5]]),
+    )
+}
+
 /// The protocol number of the routes ferry makes (`ip route` shows `proto 102`).
 pub const ROUTE_PROTO_FERRY: u8 = 102;
 
@@ -34,6 +63,12 @@ pub const HOST_MAC_TAG: u8 = 0x59;
 /// the same whether the plugin or the daemon creates the bridge.
 pub fn bridge_mac(gateway: std::net::Ipv4Addr) -> [u8; 6] {
     ip_mac(POD_MAC_TAG, gateway)
+}
+
+/// `bridge_mac` of a node with either family's gateway (an IPv6-only node's from its IPv6
+/// gateway, as `addr_mac`).
+pub fn bridge_mac_of(gateway: std::net::IpAddr) -> [u8; 6] {
+    addr_mac(POD_MAC_TAG, gateway)
 }
 
 /// Formats a MAC address the way CNI results and `ip link` show it.
@@ -52,5 +87,14 @@ mod tests {
             super::format_mac(&[0x0a, 0x58, 10, 1, 2, 255]),
             "0a:58:0a:01:02:ff"
         );
+    }
+
+    #[test]
+    fn ipv6_mac_and_link_local() {
+        let ip: std::net::IpAddr = "fd00:1::a:b0c:d0e".parse().unwrap();
+        let mac = super::addr_mac(super::POD_MAC_TAG, ip);
+        assert_eq!(mac, [0x0a, 0x58, 0x0b, 0x0c, 0x0d, 0x0e]);
+        // What `ip -6 addr` shows for that MAC under addr_gen_mode eui64.
+        assert_eq!(super::link_local(mac).to_string(), "fe80::858:bff:fe0c:d0e");
     }
 }

@@ -1,16 +1,27 @@
-//! The `ipam` section of a network configuration, resolved into a concrete pool.
+//! The `ipam` section of a network configuration, resolved into concrete pools: one per
+//! address family the pod gets (IPv4, IPv6 or both).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use cni::Route;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Deserialize;
 
 use crate::error::IpamError;
 use crate::node_state::{self, NodeState};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ferry/ipam";
+
+/// One range of host-local's `ranges` format.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RangeConf {
+    pub subnet: String,
+    pub range_start: Option<String>,
+    pub range_end: Option<String>,
+    pub gateway: Option<String>,
+}
 
 /// The keys `ferry-ipam` reads from `ipam`. Addresses stay strings here so that a
 /// malformed one is an invalid configuration (code 7) that names the key.
@@ -24,6 +35,8 @@ pub struct IpamConf {
     pub range_start: Option<String>,
     pub range_end: Option<String>,
     pub gateway: Option<String>,
+    /// host-local's format: one range set per address family.
+    pub ranges: Option<Vec<Vec<RangeConf>>>,
     pub routes: Option<Vec<Route>>,
 }
 
@@ -33,28 +46,68 @@ impl IpamConf {
             .as_deref()
             .unwrap_or(Path::new(DEFAULT_DATA_DIR))
     }
+
+    /// Whether the pools are given here rather than by the node state.
+    pub fn is_static(&self) -> bool {
+        self.subnet.is_some() || self.ranges.is_some()
+    }
 }
 
-/// A resolved address pool: the addresses from `start` to `end`, but `gateway`.
+/// A resolved address pool of one family: the addresses from `start` to `end`, but
+/// `gateway`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
-    pub subnet: Ipv4Network,
-    pub start: Ipv4Addr,
-    pub end: Ipv4Addr,
-    pub gateway: Ipv4Addr,
+    pub subnet: IpNetwork,
+    pub start: IpAddr,
+    pub end: IpAddr,
+    pub gateway: IpAddr,
+}
+
+/// The pools of an attachment (at least one) and the routes its pod gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pools {
+    pub v4: Option<Pool>,
+    pub v6: Option<Pool>,
     pub routes: Vec<Route>,
 }
 
-fn parse_ip(key: &str, s: &str) -> Result<Ipv4Addr, IpamError> {
+/// An address as a number, so that both families share the arithmetic.
+pub fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The address `n` of the family of `like` (`n` fits: it comes from that family's range).
+pub fn from_u128(like: IpAddr, n: u128) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(n as u32)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
+    }
+}
+
+fn parse_ip(key: &str, s: &str) -> Result<IpAddr, IpamError> {
     s.parse()
-        .map_err(|_| IpamError::Config(format!("{key} {s:?} is not an IPv4 address")))
+        .map_err(|_| IpamError::Config(format!("{key} {s:?} is not an IP address")))
 }
 
 /// Parses `a.b.c.d/n`, refusing host bits and subnets too small to hold a pod.
 pub fn parse_subnet(key: &str, s: &str) -> Result<Ipv4Network, IpamError> {
-    let net: Ipv4Network = s
+    match parse_network(key, s)? {
+        IpNetwork::V4(n) => Ok(n),
+        IpNetwork::V6(_) => Err(IpamError::Config(format!(
+            "{key} {s:?} is not an IPv4 CIDR"
+        ))),
+    }
+}
+
+/// Parses a CIDR of either family, refusing host bits and subnets too small to hold a
+/// gateway and a pod (IPv4 at most /30, IPv6 at most /126).
+pub fn parse_network(key: &str, s: &str) -> Result<IpNetwork, IpamError> {
+    let net: IpNetwork = s
         .parse()
-        .map_err(|_| IpamError::Config(format!("{key} {s:?} is not an IPv4 CIDR")))?;
+        .map_err(|_| IpamError::Config(format!("{key} {s:?} is not a CIDR")))?;
     if net.network() != net.ip() {
         return Err(IpamError::Config(format!(
             "{key} {s} has host bits set; the network address is {}/{}",
@@ -62,87 +115,256 @@ pub fn parse_subnet(key: &str, s: &str) -> Result<Ipv4Network, IpamError> {
             net.prefix()
         )));
     }
-    if net.prefix() > 30 {
+    let max = if net.is_ipv4() { 30 } else { 126 };
+    if net.prefix() > max {
         return Err(IpamError::Config(format!(
-            "{key} {s} is too small to allocate from (at most /30)"
+            "{key} {s} is too small to allocate from (at most /{max})"
         )));
     }
     Ok(net)
 }
 
-impl Pool {
-    /// Resolves the pool from the config, falling back to the node state for the subnet.
-    pub fn resolve(conf: &IpamConf, state_dir: &Path) -> Result<Pool, IpamError> {
-        let (subnet, node_gateway) = match &conf.subnet {
-            Some(s) => (parse_subnet("subnet", s)?, None),
+/// The first and last host addresses of `net`: not the network address, and for IPv4
+/// not the broadcast (IPv6 has none).
+pub fn host_bounds(net: IpNetwork) -> (IpAddr, IpAddr) {
+    let first = to_u128(net.network()) + 1;
+    let last = match net {
+        IpNetwork::V4(n) => u128::from(u32::from(n.broadcast())) - 1,
+        IpNetwork::V6(n) => u128::from(n.network()) | (u128::MAX >> n.prefix()),
+    };
+    (from_u128(net.ip(), first), from_u128(net.ip(), last))
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+impl Pools {
+    /// Resolves the pools from the config, falling back to the node state.
+    pub fn resolve(conf: &IpamConf, state_dir: &Path) -> Result<Pools, IpamError> {
+        let legacy = conf.subnet.is_some()
+            || conf.range_start.is_some()
+            || conf.range_end.is_some()
+            || conf.gateway.is_some();
+        let mut pools = Vec::new();
+        if let Some(sets) = &conf.ranges {
+            if legacy {
+                return Err(IpamError::Config(
+                    "ranges and subnet/rangeStart/rangeEnd/gateway are exclusive: use one form"
+                        .into(),
+                ));
+            }
+            if sets.is_empty() {
+                return Err(IpamError::Config("ranges is empty".into()));
+            }
+            for (i, set) in sets.iter().enumerate() {
+                let [r] = set.as_slice() else {
+                    return Err(IpamError::Config(format!(
+                        "ranges[{i}] holds {} ranges; ferry takes exactly one per address family",
+                        set.len()
+                    )));
+                };
+                let key = format!("ranges[{i}][0]");
+                let subnet = parse_network(&format!("{key}.subnet"), &r.subnet)?;
+                pools.push(Pool::from_parts(
+                    &key,
+                    subnet,
+                    r.range_start.as_deref(),
+                    r.range_end.as_deref(),
+                    r.gateway.as_deref(),
+                    None,
+                )?);
+            }
+        } else if let Some(s) = &conf.subnet {
+            pools.push(Pool::from_parts(
+                "",
+                parse_network("subnet", s)?,
+                conf.range_start.as_deref(),
+                conf.range_end.as_deref(),
+                conf.gateway.as_deref(),
+                None,
+            )?);
+        } else {
+            let st: NodeState = node_state::require(state_dir)?;
+            let invalid = |detail: String| IpamError::NodeStateInvalid {
+                path: node_state::path(state_dir),
+                detail,
+            };
+            let families = [
+                (
+                    "podCIDR",
+                    st.pod_cidr.as_deref(),
+                    st.gateway.map(IpAddr::V4),
+                ),
+                (
+                    "podCIDRv6",
+                    st.pod_cidr_v6.as_deref(),
+                    st.gateway_v6.map(IpAddr::V6),
+                ),
+            ];
+            for (key, cidr, gw) in families {
+                let Some(cidr) = cidr else { continue };
+                let net = parse_network(key, cidr).map_err(|e| invalid(e.to_string()))?;
+                let want_v4 = key == "podCIDR";
+                if net.is_ipv4() != want_v4 {
+                    return Err(invalid(format!("{key} {cidr} is of the wrong family")));
+                }
+                pools.push(
+                    Pool::from_parts(key, net, None, None, None, gw)
+                        .map_err(|e| invalid(e.to_string()))?,
+                );
+            }
+            if pools.is_empty() {
+                return Err(invalid(
+                    "neither podCIDR nor podCIDRv6 is set: the node has no pod subnet".into(),
+                ));
+            }
+        }
+        let mut out = Pools {
+            v4: None,
+            v6: None,
+            routes: Vec::new(),
+        };
+        for p in pools {
+            let slot = if p.subnet.is_ipv4() {
+                &mut out.v4
+            } else {
+                &mut out.v6
+            };
+            if slot.is_some() {
+                return Err(IpamError::Config(format!(
+                    "two {} pools ({} and {}): ferry takes one per address family",
+                    family(p.gateway),
+                    slot.as_ref()
+                        .map(|s| s.subnet.to_string())
+                        .unwrap_or_default(),
+                    p.subnet
+                )));
+            }
+            *slot = Some(p);
+        }
+        out.routes = match &conf.routes {
+            Some(r) => r.clone(),
             None => {
-                let st: NodeState = node_state::require(state_dir)?;
-                let net = parse_subnet("podCIDR", &st.pod_cidr).map_err(|e| {
-                    IpamError::NodeStateInvalid {
-                        path: node_state::path(state_dir),
-                        detail: e.to_string(),
-                    }
-                })?;
-                (net, Some(st.gateway))
+                let mut r = Vec::new();
+                if out.v4.is_some() {
+                    r.push(Route {
+                        dst: "0.0.0.0/0".into(),
+                        gw: None,
+                    });
+                }
+                if out.v6.is_some() {
+                    r.push(Route {
+                        dst: "::/0".into(),
+                        gw: None,
+                    });
+                }
+                r
             }
         };
-        Self::from_parts(conf, subnet, node_gateway)
+        for r in &out.routes {
+            let dst = r
+                .dst
+                .parse::<IpNetwork>()
+                .map_err(|_| IpamError::Config(format!("route dst {:?} is not a CIDR", r.dst)))?;
+            let has_family = if dst.is_ipv4() {
+                out.v4.is_some()
+            } else {
+                out.v6.is_some()
+            };
+            if !has_family {
+                return Err(IpamError::Config(format!(
+                    "route {} is {} but no {} pool is configured",
+                    r.dst,
+                    family(dst.ip()),
+                    family(dst.ip())
+                )));
+            }
+            if let Some(gw) = r.gw {
+                if gw.is_ipv4() != dst.is_ipv4() {
+                    return Err(IpamError::Config(format!(
+                        "route {} has a gateway {gw} of the other family",
+                        r.dst
+                    )));
+                }
+            }
+        }
+        Ok(out)
     }
 
+    /// The pools, IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = &Pool> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+
+    /// The pool `ip` belongs to.
+    pub fn of(&self, ip: IpAddr) -> Option<&Pool> {
+        if ip.is_ipv4() {
+            self.v4.as_ref()
+        } else {
+            self.v6.as_ref()
+        }
+    }
+}
+
+impl Pool {
+    /// A pool of `subnet`; `key` prefixes the keys errors name (`ranges[1][0]`).
     fn from_parts(
-        conf: &IpamConf,
-        subnet: Ipv4Network,
-        node_gateway: Option<Ipv4Addr>,
+        key: &str,
+        subnet: IpNetwork,
+        range_start: Option<&str>,
+        range_end: Option<&str>,
+        gateway: Option<&str>,
+        node_gateway: Option<IpAddr>,
     ) -> Result<Pool, IpamError> {
-        let first = u32::from(subnet.network()) + 1;
-        let last = u32::from(subnet.broadcast()) - 1;
-        let inside = |key: &str, ip: Ipv4Addr| {
-            if subnet.contains(ip) && ip != subnet.network() && ip != subnet.broadcast() {
+        let name = |k: &str| {
+            if key.is_empty() || key.starts_with("podCIDR") {
+                k.to_string()
+            } else {
+                format!("{key}.{k}")
+            }
+        };
+        let (first, last) = host_bounds(subnet);
+        let inside = |k: &str, ip: IpAddr| {
+            if subnet.contains(ip) && first <= ip && ip <= last {
                 Ok(ip)
             } else {
                 Err(IpamError::Config(format!(
-                    "{key} {ip} is not a host address of subnet {subnet}"
+                    "{} {ip} is not a host address of subnet {subnet}",
+                    name(k)
                 )))
             }
         };
-        let gateway = match (&conf.gateway, node_gateway) {
-            (Some(g), _) => inside("gateway", parse_ip("gateway", g)?)?,
+        let parse = |k: &str, s: &str| inside(k, parse_ip(&name(k), s)?);
+        let gateway = match (gateway, node_gateway) {
+            (Some(g), _) => parse("gateway", g)?,
             (None, Some(g)) => inside("gateway", g)?,
-            (None, None) => Ipv4Addr::from(first),
+            (None, None) => first,
         };
-        let start = match &conf.range_start {
-            Some(s) => inside("rangeStart", parse_ip("rangeStart", s)?)?,
-            None => Ipv4Addr::from(first),
+        let start = match range_start {
+            Some(s) => parse("rangeStart", s)?,
+            None => first,
         };
-        let end = match &conf.range_end {
-            Some(s) => inside("rangeEnd", parse_ip("rangeEnd", s)?)?,
-            None => Ipv4Addr::from(last),
+        let end = match range_end {
+            Some(s) => parse("rangeEnd", s)?,
+            None => last,
         };
         if start > end {
             return Err(IpamError::Config(format!(
-                "rangeStart {start} is after rangeEnd {end}"
+                "{} {start} is after {} {end}",
+                name("rangeStart"),
+                name("rangeEnd")
             )));
-        }
-        let routes = conf.routes.clone().unwrap_or_else(|| {
-            vec![Route {
-                dst: "0.0.0.0/0".into(),
-                gw: None,
-            }]
-        });
-        for r in &routes {
-            if r.dst.parse::<ipnetwork::IpNetwork>().is_err() {
-                return Err(IpamError::Config(format!(
-                    "route dst {:?} is not a CIDR",
-                    r.dst
-                )));
-            }
         }
         let pool = Pool {
             subnet,
             start,
             end,
             gateway,
-            routes,
         };
         if pool.capacity() == 0 {
             return Err(IpamError::Config(format!(
@@ -153,19 +375,32 @@ impl Pool {
         Ok(pool)
     }
 
-    /// How many addresses can be handed out.
-    pub fn capacity(&self) -> u32 {
-        let n = u32::from(self.end) - u32::from(self.start) + 1;
-        n - u32::from(self.contains(self.gateway))
+    /// How many addresses can be handed out (an IPv6 /64 holds 2^64 - 1: a u128).
+    pub fn capacity(&self) -> u128 {
+        let n = to_u128(self.end) - to_u128(self.start) + 1;
+        n - u128::from(self.contains(self.gateway))
     }
 
     /// Whether `ip` is within `start..=end` (the gateway included).
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        self.start <= ip && ip <= self.end
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.start.is_ipv4() && self.start <= ip && ip <= self.end
     }
 
     pub fn range(&self) -> String {
         format!("{}-{}", self.start, self.end)
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.subnet.prefix()
+    }
+}
+
+/// A capacity as people read it: exact up to a billion, else a power of two.
+pub fn show_capacity(n: u128) -> String {
+    if n < 1_000_000_000 {
+        n.to_string()
+    } else {
+        format!("~2^{}", 128 - n.leading_zeros())
     }
 }
 
@@ -180,23 +415,36 @@ mod tests {
         }
     }
 
-    fn resolve(c: &IpamConf) -> Result<Pool, IpamError> {
-        Pool::resolve(c, Path::new("/nonexistent"))
+    fn resolve(c: &IpamConf) -> Result<Pools, IpamError> {
+        Pools::resolve(c, Path::new("/nonexistent"))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]
     fn defaults_of_a_slash_24() {
-        let p = resolve(&conf("10.1.2.0/24")).unwrap();
-        assert_eq!(p.gateway, Ipv4Addr::new(10, 1, 2, 1));
-        assert_eq!(p.start, Ipv4Addr::new(10, 1, 2, 1));
-        assert_eq!(p.end, Ipv4Addr::new(10, 1, 2, 254));
+        let ps = resolve(&conf("10.1.2.0/24")).unwrap();
+        let p = ps.v4.unwrap();
+        assert!(ps.v6.is_none());
+        assert_eq!(p.gateway, ip("10.1.2.1"));
+        assert_eq!(p.start, ip("10.1.2.1"));
+        assert_eq!(p.end, ip("10.1.2.254"));
         assert_eq!(p.capacity(), 253);
-        assert_eq!(p.routes[0].dst, "0.0.0.0/0");
+        assert_eq!(ps.routes[0].dst, "0.0.0.0/0");
     }
 
     #[test]
     fn rejects_bad_subnets_and_ranges() {
-        for bad in ["10.1.2.0/31", "10.1.2.5/24", "nope", "10.1.2.0/33"] {
+        for bad in [
+            "10.1.2.0/31",
+            "10.1.2.5/24",
+            "nope",
+            "10.1.2.0/33",
+            "fd00::/127",
+            "fd00::1/64",
+        ] {
             let e = resolve(&conf(bad)).unwrap_err();
             assert_eq!(e.code(), cni::Code::InvalidConfig, "{bad}");
         }
@@ -220,7 +468,86 @@ mod tests {
 
     #[test]
     fn a_slash_30_holds_one_pod() {
-        let p = resolve(&conf("10.9.0.0/30")).unwrap();
+        let p = resolve(&conf("10.9.0.0/30")).unwrap().v4.unwrap();
         assert_eq!(p.capacity(), 1);
+    }
+
+    fn ranges(json: &str) -> Result<Pools, IpamError> {
+        let c: IpamConf = serde_json::from_str(json).unwrap();
+        resolve(&c)
+    }
+
+    #[test]
+    fn ranges_give_one_pool_per_family() {
+        let ps = ranges(
+            r#"{"ranges": [[{"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.10", "rangeEnd": "10.1.0.20", "gateway": "10.1.0.1"}], [{"subnet": "fd00:1::/64"}]]}"#,
+        )
+        .unwrap();
+        let v4 = ps.v4.unwrap();
+        assert_eq!((v4.start, v4.end), (ip("10.1.0.10"), ip("10.1.0.20")));
+        let v6 = ps.v6.unwrap();
+        assert_eq!(v6.gateway, ip("fd00:1::1"));
+        assert_eq!(v6.end, ip("fd00:1::ffff:ffff:ffff:ffff"));
+        assert_eq!(v6.capacity(), u128::from(u64::MAX) - 1);
+        assert_eq!(show_capacity(v6.capacity()), "~2^64");
+        let dsts: Vec<_> = ps.routes.iter().map(|r| r.dst.as_str()).collect();
+        assert_eq!(dsts, ["0.0.0.0/0", "::/0"]);
+    }
+
+    #[test]
+    fn an_ipv6_subnet_alone() {
+        let ps = resolve(&conf("fd00:9::/124")).unwrap();
+        assert!(ps.v4.is_none());
+        assert_eq!(ps.v6.unwrap().capacity(), 14);
+        assert_eq!(ps.routes.len(), 1);
+    }
+
+    #[test]
+    fn hostile_ranges_are_invalid_config() {
+        for bad in [
+            r#"{"ranges": [[{"subnet": "fd00:1::/64", "rangeStart": "fd00:2::5"}]]}"#,
+            r#"{"ranges": [[{"subnet": "fd00:1::/64", "gateway": "fd00:2::1"}]]}"#,
+            r#"{"ranges": [[{"subnet": "fd00:1::/64"}], [{"subnet": "fd00:2::/64"}]]}"#,
+            r#"{"ranges": [[{"subnet": "fd00:1::/64"}, {"subnet": "fd00:2::/64"}]]}"#,
+            r#"{"ranges": []}"#,
+            r#"{"ranges": [[]]}"#,
+            r#"{"subnet": "10.0.0.0/24", "ranges": [[{"subnet": "fd00:1::/64"}]]}"#,
+            r#"{"ranges": [[{"subnet": "fd00:1::/64", "rangeStart": "10.0.0.1"}]]}"#,
+            r#"{"subnet": "10.0.0.0/24", "routes": [{"dst": "::/0"}]}"#,
+        ] {
+            let e = ranges(bad).unwrap_err();
+            assert_eq!(e.code(), cni::Code::InvalidConfig, "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn node_state_gives_either_family() {
+        let d = tempfile::tempdir().unwrap();
+        let mut st = NodeState {
+            node_name: "n".into(),
+            pod_cidr: None,
+            cluster_cidr: None,
+            gateway: None,
+            pod_cidr_v6: Some("fd00:5::/64".into()),
+            cluster_cidr_v6: None,
+            gateway_v6: Some("fd00:5::1".parse().unwrap()),
+            mtu: 1450,
+        };
+        node_state::write(d.path(), &st).unwrap();
+        let ps = Pools::resolve(&IpamConf::default(), d.path()).unwrap();
+        assert!(ps.v4.is_none());
+        assert_eq!(ps.v6.unwrap().gateway, ip("fd00:5::1"));
+        st.pod_cidr = Some("10.5.0.0/24".into());
+        node_state::write(d.path(), &st).unwrap();
+        let ps = Pools::resolve(&IpamConf::default(), d.path()).unwrap();
+        assert!(ps.v4.is_some() && ps.v6.is_some());
+        st.pod_cidr = None;
+        st.pod_cidr_v6 = None;
+        node_state::write(d.path(), &st).unwrap();
+        let e = Pools::resolve(&IpamConf::default(), d.path()).unwrap_err();
+        assert!(
+            e.to_string().contains("neither podCIDR nor podCIDRv6"),
+            "{e}"
+        );
     }
 }

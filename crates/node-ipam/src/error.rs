@@ -1,4 +1,4 @@
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use cni::Code;
@@ -11,13 +11,13 @@ pub enum IpamError {
     NodeStateMissing { path: PathBuf },
     #[error("node state {path} is unreadable: {detail}")]
     NodeStateInvalid { path: PathBuf, detail: String },
-    #[error("no free address in {range} ({capacity} addresses, all allocated)")]
-    Exhausted { range: String, capacity: u32 },
+    #[error("no free address in {range} ({} addresses, all allocated)", crate::config::show_capacity(*capacity))]
+    Exhausted { range: String, capacity: u128 },
     #[error("container {container_id} interface {ifname} already holds {ip}")]
     AlreadyAllocated {
         container_id: String,
         ifname: String,
-        ip: Ipv4Addr,
+        ip: IpAddr,
     },
     #[error("IPAM store {path}: {source}")]
     StoreIo {

@@ -14,7 +14,7 @@ pub mod node_state;
 pub mod ops;
 pub mod store;
 
-pub use config::{IpamConf, Pool};
+pub use config::{IpamConf, Pool, Pools};
 pub use error::IpamError;
 pub use node_state::NodeState;
 pub use store::{Allocation, Store, StoreData};

@@ -1,6 +1,6 @@
 //! `<stateDir>/node.json`: what `ferry-overlayd` tells the plugin about this node.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -14,12 +14,36 @@ pub const DEFAULT_STATE_DIR: &str = "/run/ferry";
 #[serde(rename_all = "camelCase")]
 pub struct NodeState {
     pub node_name: String,
-    #[serde(rename = "podCIDR")]
-    pub pod_cidr: String,
-    #[serde(rename = "clusterCIDR")]
-    pub cluster_cidr: String,
-    pub gateway: Ipv4Addr,
+    /// The node's IPv4 pod subnet; absent in an IPv6-only cluster.
+    #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    #[serde(
+        rename = "clusterCIDR",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// The node's IPv6 pod subnet; absent in an IPv4-only cluster.
+    #[serde(rename = "podCIDRv6", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<String>,
+    #[serde(
+        rename = "clusterCIDRv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_cidr_v6: Option<String>,
+    #[serde(rename = "gatewayV6", default, skip_serializing_if = "Option::is_none")]
+    pub gateway_v6: Option<Ipv6Addr>,
     pub mtu: u32,
+}
+
+impl NodeState {
+    /// The node's IPv4 pod subnet and gateway, when the cluster has IPv4.
+    pub fn ipv4(&self) -> Option<(&str, Option<Ipv4Addr>)> {
+        self.pod_cidr.as_deref().map(|c| (c, self.gateway))
+    }
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -78,9 +102,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let st = NodeState {
             node_name: "n".into(),
-            pod_cidr: "10.1.2.0/24".into(),
-            cluster_cidr: "10.1.0.0/16".into(),
-            gateway: Ipv4Addr::new(10, 1, 2, 1),
+            pod_cidr: Some("10.1.2.0/24".into()),
+            cluster_cidr: Some("10.1.0.0/16".into()),
+            gateway: Some(Ipv4Addr::new(10, 1, 2, 1)),
+            pod_cidr_v6: None,
+            cluster_cidr_v6: None,
+            gateway_v6: None,
             mtu: 1450,
         };
         write(d.path(), &st).unwrap();

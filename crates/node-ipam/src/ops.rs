@@ -2,14 +2,14 @@
 //! `ferry-ipam` plugin binary alike.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cni::{CniResult, IpConfig, NetConf};
 
 use crate::allocator;
-use crate::config::{IpamConf, Pool};
+use crate::config::{IpamConf, Pool, Pools};
 use crate::durable::Durability;
 use crate::error::IpamError;
 use crate::node_state::DEFAULT_STATE_DIR;
@@ -58,8 +58,8 @@ impl Config {
         Store::new(self.ipam.data_dir())
     }
 
-    pub fn pool(&self) -> Result<Pool, IpamError> {
-        Pool::resolve(&self.ipam, &self.state_dir)
+    pub fn pools(&self) -> Result<Pools, IpamError> {
+        Pools::resolve(&self.ipam, &self.state_dir)
     }
 }
 
@@ -93,57 +93,78 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Allocates an address for `att`; an attachment that already holds one is an error.
-pub fn allocate(cfg: &Config, att: Attachment<'_>) -> Result<(Ipv4Addr, Pool), IpamError> {
-    let pool = cfg.pool()?;
-    let ip = cfg.store().update(|data| {
-        if let Some(ip) = data.find(att.container_id, att.ifname) {
+fn record(pool: &Pool) -> PoolRecord {
+    PoolRecord {
+        subnet: pool.subnet.to_string(),
+        gateway: pool.gateway,
+        range_start: pool.start,
+        range_end: pool.end,
+    }
+}
+
+/// Allocates one address per pool (IPv4 first) for `att`, all or none; an attachment
+/// that already holds one is an error.
+pub fn allocate(cfg: &Config, att: Attachment<'_>) -> Result<(Vec<IpAddr>, Pools), IpamError> {
+    let pools = cfg.pools()?;
+    let ips = cfg.store().update(|data| {
+        if let Some(ip) = data.find(att.container_id, att.ifname).first() {
             return Err(IpamError::AlreadyAllocated {
                 container_id: att.container_id.into(),
                 ifname: att.ifname.into(),
-                ip,
+                ip: *ip,
             });
         }
-        let ip = allocator::next_free(&pool, data.last_reserved, |ip| {
-            data.allocations.contains_key(&ip)
-        })
-        .ok_or_else(|| IpamError::Exhausted {
-            range: pool.range(),
-            capacity: pool.capacity(),
-        })?;
-        data.allocations.insert(
-            ip,
-            Allocation {
-                container_id: att.container_id.into(),
-                ifname: att.ifname.into(),
-                network: att.network.into(),
-                netns: att.netns.map(|p| p.display().to_string()),
-                pod: att.pod.cloned(),
-                since: now(),
-            },
-        );
-        data.last_reserved = Some(ip);
-        data.pool = Some(PoolRecord {
-            subnet: pool.subnet.to_string(),
-            gateway: pool.gateway,
-            range_start: pool.start,
-            range_end: pool.end,
-        });
-        Ok((ip, true))
+        let mut ips = Vec::new();
+        for pool in pools.iter() {
+            let v6 = pool.subnet.is_ipv6();
+            let used = data.allocations.len();
+            let ip = allocator::next_free(pool, data.last_reserved(v6), used, |ip| {
+                data.allocations.contains_key(&ip)
+            })
+            .ok_or_else(|| IpamError::Exhausted {
+                range: pool.range(),
+                capacity: pool.capacity(),
+            })?;
+            data.allocations.insert(
+                ip,
+                Allocation {
+                    container_id: att.container_id.into(),
+                    ifname: att.ifname.into(),
+                    network: att.network.into(),
+                    netns: att.netns.map(|p| p.display().to_string()),
+                    pod: att.pod.cloned(),
+                    since: now(),
+                },
+            );
+            data.set_last_reserved(ip);
+            if v6 {
+                data.pool_v6 = Some(record(pool));
+            } else {
+                data.pool = Some(record(pool));
+            }
+            ips.push(ip);
+        }
+        Ok((ips, true))
     })?;
-    Ok((ip, pool))
+    Ok((ips, pools))
 }
 
-/// The IPAM result for an allocated address.
-pub fn result(ip: Ipv4Addr, pool: &Pool) -> CniResult {
+/// The IPAM result for allocated addresses.
+pub fn result(ips: &[IpAddr], pools: &Pools) -> CniResult {
     CniResult {
         interfaces: Vec::new(),
-        ips: vec![IpConfig {
-            address: format!("{ip}/{}", pool.subnet.prefix()),
-            gateway: Some(IpAddr::V4(pool.gateway)),
-            interface: None,
-        }],
-        routes: pool.routes.clone(),
+        ips: ips
+            .iter()
+            .filter_map(|ip| {
+                let pool = pools.of(*ip)?;
+                Some(IpConfig {
+                    address: format!("{ip}/{}", pool.prefix()),
+                    gateway: Some(pool.gateway),
+                    interface: None,
+                })
+            })
+            .collect(),
+        routes: pools.routes.clone(),
         dns: Default::default(),
     }
 }
@@ -151,35 +172,33 @@ pub fn result(ip: Ipv4Addr, pool: &Pool) -> CniResult {
 /// Frees what (container ID, ifname) holds; freeing nothing is not an error. Not synced
 /// to disk: a release a power loss undoes belongs to a pod the power loss ended anyway,
 /// and GC frees it (see `durable::Durability`); DEL saves a journal commit.
-pub fn release(
-    cfg: &Config,
-    container_id: &str,
-    ifname: &str,
-) -> Result<Option<Ipv4Addr>, IpamError> {
+pub fn release(cfg: &Config, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
     cfg.store().update_with(Durability::Unsynced, |data| {
-        let ip = data.find(container_id, ifname);
-        if let Some(ip) = ip {
-            data.allocations.remove(&ip);
+        let ips = data.find(container_id, ifname);
+        for ip in &ips {
+            data.allocations.remove(ip);
         }
-        Ok((ip, ip.is_some()))
+        let changed = !ips.is_empty();
+        Ok((ips, changed))
     })
 }
 
-/// Succeeds when (container ID, ifname) holds `expect` (or any address when `None`).
+/// Succeeds when (container ID, ifname) holds an address, and every one of `expect`.
 pub fn check(
     cfg: &Config,
     container_id: &str,
     ifname: &str,
-    expect: Option<Ipv4Addr>,
-) -> Result<Ipv4Addr, IpamError> {
+    expect: &[IpAddr],
+) -> Result<Vec<IpAddr>, IpamError> {
     let data = cfg.store().snapshot()?;
-    match data.find(container_id, ifname) {
-        Some(ip) if expect.is_none_or(|e| e == ip) => Ok(ip),
-        _ => Err(IpamError::NotFound {
+    let held = data.find(container_id, ifname);
+    if held.is_empty() || expect.iter().any(|e| !held.contains(e)) {
+        return Err(IpamError::NotFound {
             container_id: container_id.into(),
             ifname: ifname.into(),
-        }),
+        });
     }
+    Ok(held)
 }
 
 /// Frees every allocation of `network` whose attachment is not in `valid`; returns them.
@@ -187,9 +206,9 @@ pub fn gc(
     cfg: &Config,
     network: &str,
     valid: &HashSet<(String, String)>,
-) -> Result<Vec<(Ipv4Addr, Allocation)>, IpamError> {
+) -> Result<Vec<(IpAddr, Allocation)>, IpamError> {
     cfg.store().update(|data| {
-        let stale: Vec<Ipv4Addr> = data
+        let stale: Vec<IpAddr> = data
             .allocations
             .iter()
             .filter(|(_, a)| {
@@ -206,20 +225,22 @@ pub fn gc(
     })
 }
 
-/// Succeeds when an ADD could get an address now.
+/// Succeeds when an ADD could get an address now (in every family).
 pub fn status(cfg: &Config) -> Result<(), IpamError> {
-    let pool = cfg.pool()?;
+    let pools = cfg.pools()?;
     let data = cfg.store().snapshot()?;
-    let used = data
-        .allocations
-        .keys()
-        .filter(|ip| pool.contains(**ip) && **ip != pool.gateway)
-        .count() as u32;
-    if used >= pool.capacity() {
-        return Err(IpamError::Exhausted {
-            range: pool.range(),
-            capacity: pool.capacity(),
-        });
+    for pool in pools.iter() {
+        let used = data
+            .allocations
+            .keys()
+            .filter(|ip| pool.contains(**ip) && **ip != pool.gateway)
+            .count() as u128;
+        if used >= pool.capacity() {
+            return Err(IpamError::Exhausted {
+                range: pool.range(),
+                capacity: pool.capacity(),
+            });
+        }
     }
     Ok(())
 }
@@ -254,16 +275,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = cfg(d.path(), "10.9.0.0/29");
         let (a, _) = allocate(&c, att("c1")).unwrap();
-        assert_eq!(a, Ipv4Addr::new(10, 9, 0, 2));
+        assert_eq!(a, [ip("10.9.0.2")]);
         let e = allocate(&c, att("c1")).unwrap_err();
         assert_eq!(e.code(), cni::Code::AlreadyAllocated);
-        assert_eq!(release(&c, "c1", "eth0").unwrap(), Some(a));
-        assert_eq!(release(&c, "c1", "eth0").unwrap(), None);
+        assert_eq!(release(&c, "c1", "eth0").unwrap(), a);
+        assert!(release(&c, "c1", "eth0").unwrap().is_empty());
         // Round-robin: the freed .2 is not handed out next.
-        assert_eq!(
-            allocate(&c, att("c2")).unwrap().0,
-            Ipv4Addr::new(10, 9, 0, 3)
-        );
+        assert_eq!(allocate(&c, att("c2")).unwrap().0, [ip("10.9.0.3")]);
     }
 
     #[test]
@@ -298,5 +316,45 @@ mod tests {
         assert_eq!(freed[0].1.container_id, "drop");
         let data = c.store().snapshot().unwrap();
         assert_eq!(data.allocations.len(), 2);
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn dual(dir: &Path, v6: &str) -> Config {
+        let ipam: IpamConf = serde_json::from_value(serde_json::json!({
+            "dataDir": dir,
+            "ranges": [[{"subnet": "10.9.0.0/24"}], [{"subnet": v6}]],
+        }))
+        .unwrap();
+        Config {
+            ipam,
+            state_dir: dir.join("state"),
+        }
+    }
+
+    #[test]
+    fn one_address_per_family_all_or_none() {
+        let d = tempfile::tempdir().unwrap();
+        let c = dual(d.path(), "fd00:9::/126");
+        let (a, pools) = allocate(&c, att("c1")).unwrap();
+        assert_eq!(a, [ip("10.9.0.2"), ip("fd00:9::2")]);
+        let r = result(&a, &pools);
+        assert_eq!(r.ips[1].address, "fd00:9::2/126");
+        assert_eq!(r.ips[1].gateway, Some(ip("fd00:9::1")));
+        assert_eq!(check(&c, "c1", "eth0", &a).unwrap(), a);
+        assert!(check(&c, "c1", "eth0", &[ip("fd00:9::3")]).is_err());
+        allocate(&c, att("c2")).unwrap();
+        // The IPv6 range is full: the IPv4 address is not taken either.
+        let before = c.store().snapshot().unwrap();
+        let e = allocate(&c, att("c3")).unwrap_err();
+        assert_eq!(e.code(), cni::Code::PoolExhausted);
+        assert_eq!(c.store().snapshot().unwrap(), before);
+        assert!(status(&c).is_err());
+        assert_eq!(release(&c, "c1", "eth0").unwrap(), a);
+        let freed = gc(&c, "net", &HashSet::new()).unwrap();
+        assert_eq!(freed.len(), 2);
+        assert!(c.store().snapshot().unwrap().allocations.is_empty());
     }
 }

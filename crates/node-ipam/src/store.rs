@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,11 +25,16 @@ use crate::error::IpamError;
 
 pub const FILE_NAME: &str = "allocations.json";
 pub const LOCK_NAME: &str = "lock";
-const FORMAT_VERSION: u32 = 1;
+/// Version 1: IPv4 only. Version 2: may hold IPv6 allocations (`lastReservedV6`,
+/// `poolV6`). A document is written as version 1 while it holds no IPv6, so that a node
+/// that never used IPv6 can still go back to an older ferry; an older ferry refuses a
+/// version 2 document with a clear error instead of misreading it.
+const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION_V4: u32 = 1;
 /// How long a writer waits for the store's lock before it gives up with code 11.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// One address held by one attachment.
+/// One address held by one attachment (an attachment holds one per address family).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Allocation {
@@ -52,9 +57,9 @@ pub struct Allocation {
 #[serde(rename_all = "camelCase")]
 pub struct PoolRecord {
     pub subnet: String,
-    pub gateway: Ipv4Addr,
-    pub range_start: Ipv4Addr,
-    pub range_end: Ipv4Addr,
+    pub gateway: IpAddr,
+    pub range_start: IpAddr,
+    pub range_end: IpAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,30 +68,61 @@ pub struct StoreData {
     pub version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolRecord>,
+    /// The IPv6 pool last used to allocate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_reserved: Option<Ipv4Addr>,
+    pub pool_v6: Option<PoolRecord>,
+    /// The IPv4 address last handed out (the key predates IPv6, hence no suffix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reserved: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reserved_v6: Option<Ipv6Addr>,
     #[serde(default)]
-    pub allocations: BTreeMap<Ipv4Addr, Allocation>,
+    pub allocations: BTreeMap<IpAddr, Allocation>,
 }
 
 impl Default for StoreData {
     fn default() -> Self {
         StoreData {
-            version: FORMAT_VERSION,
+            version: FORMAT_VERSION_V4,
             pool: None,
+            pool_v6: None,
             last_reserved: None,
+            last_reserved_v6: None,
             allocations: BTreeMap::new(),
         }
     }
 }
 
 impl StoreData {
-    /// The address held by (container ID, ifname), if any.
-    pub fn find(&self, container_id: &str, ifname: &str) -> Option<Ipv4Addr> {
+    /// The addresses held by (container ID, ifname), IPv4 first.
+    pub fn find(&self, container_id: &str, ifname: &str) -> Vec<IpAddr> {
         self.allocations
             .iter()
-            .find(|(_, a)| a.container_id == container_id && a.ifname == ifname)
+            .filter(|(_, a)| a.container_id == container_id && a.ifname == ifname)
             .map(|(ip, _)| *ip)
+            .collect()
+    }
+
+    /// The last address handed out in `v6`'s family.
+    pub fn last_reserved(&self, v6: bool) -> Option<IpAddr> {
+        if v6 {
+            self.last_reserved_v6.map(IpAddr::V6)
+        } else {
+            self.last_reserved
+        }
+    }
+
+    pub fn set_last_reserved(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(_) => self.last_reserved = Some(ip),
+            IpAddr::V6(a) => self.last_reserved_v6 = Some(a),
+        }
+    }
+
+    fn holds_ipv6(&self) -> bool {
+        self.pool_v6.is_some()
+            || self.last_reserved_v6.is_some()
+            || self.allocations.keys().any(IpAddr::is_ipv6)
     }
 }
 
@@ -171,6 +207,11 @@ impl Store {
         let mut data = self.snapshot()?;
         let (out, changed) = f(&mut data)?;
         if changed {
+            data.version = if data.holds_ipv6() {
+                FORMAT_VERSION
+            } else {
+                FORMAT_VERSION_V4
+            };
             let bytes = serde_json::to_vec_pretty(&data).map_err(std::io::Error::other);
             bytes
                 .and_then(|b| crate::durable::write_atomic(&path, &b, durability))
@@ -191,11 +232,11 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<StoreData, IpamError> {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
-    if data.version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_V4..=FORMAT_VERSION).contains(&data.version) {
         return Err(IpamError::StoreCorrupt {
             path: path.to_path_buf(),
             detail: format!(
-                "format version {} (this ferry-ipam reads {FORMAT_VERSION})",
+                "format version {} (this ferry-ipam reads {FORMAT_VERSION_V4} to {FORMAT_VERSION})",
                 data.version
             ),
         });
@@ -225,12 +266,13 @@ mod tests {
         let s = Store::new(dir.path().join("sub"));
         assert!(s.snapshot().unwrap().allocations.is_empty());
         s.update(|d| {
-            d.allocations.insert(Ipv4Addr::new(10, 0, 0, 2), alloc("a"));
+            d.allocations
+                .insert("10.0.0.2".parse().unwrap(), alloc("a"));
             Ok(((), true))
         })
         .unwrap();
         let d = s.snapshot().unwrap();
-        assert_eq!(d.find("a", "eth0"), Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(d.find("a", "eth0"), ["10.0.0.2".parse::<IpAddr>().unwrap()]);
         // Nothing left behind but the document and the lock.
         let mut names: Vec<_> = fs::read_dir(s.dir())
             .unwrap()
@@ -245,7 +287,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::new(dir.path());
         let r: Result<(), _> = s.update(|d| {
-            d.allocations.insert(Ipv4Addr::new(10, 0, 0, 2), alloc("a"));
+            d.allocations
+                .insert("10.0.0.2".parse().unwrap(), alloc("a"));
             Err(IpamError::Config("boom".into()))
         });
         assert!(r.is_err());
@@ -268,5 +311,36 @@ mod tests {
         let e = s.update(|_| Ok(((), true))).unwrap_err();
         assert!(matches!(e, IpamError::StoreCorrupt { .. }), "{e}");
         assert_eq!(fs::read(s.path()).unwrap(), b"{half");
+    }
+
+    #[test]
+    fn reads_a_version_1_document_and_writes_2_only_with_ipv6() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(dir.path());
+        // Today's format, as an IPv4-only ferry wrote it.
+        let v1 = r#"{"version": 1, "pool": {"subnet": "10.0.0.0/24", "gateway": "10.0.0.1",
+            "rangeStart": "10.0.0.1", "rangeEnd": "10.0.0.254"}, "lastReserved": "10.0.0.2",
+            "allocations": {"10.0.0.2": {"containerId": "a", "ifname": "eth0",
+            "network": "n", "since": 1}}}"#;
+        fs::write(s.path(), v1).unwrap();
+        let d = s.snapshot().unwrap();
+        assert_eq!(d.find("a", "eth0"), ["10.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(d.last_reserved(false), Some("10.0.0.2".parse().unwrap()));
+        s.update(|_| Ok(((), true))).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(s.path()).unwrap()).unwrap();
+        assert_eq!(v["version"], 1);
+        s.update(|d| {
+            let ip: IpAddr = "fd00::2".parse().unwrap();
+            d.allocations.insert(ip, alloc("a"));
+            d.set_last_reserved(ip);
+            Ok(((), true))
+        })
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(s.path()).unwrap()).unwrap();
+        assert_eq!(v["version"], 2);
+        assert_eq!(v["lastReservedV6"], "fd00::2");
+        assert_eq!(s.snapshot().unwrap().find("a", "eth0").len(), 2);
+        let e = parse(Path::new("/x"), br#"{"version": 3}"#).unwrap_err();
+        assert!(e.to_string().contains("format version 3"), "{e}");
     }
 }

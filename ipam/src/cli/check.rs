@@ -3,13 +3,13 @@
 //! `release --from-report` acts on.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use node_ipam::attachment;
-use node_ipam::config::parse_subnet;
+use node_ipam::config::parse_network;
 use node_ipam::node_state;
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +35,7 @@ pub struct Problem {
     pub kind: String,
     pub detail: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,11 +117,19 @@ fn check_store(
             return Ok(());
         }
     };
-    let subnet: Option<Ipv4Network> = match (&args.node.subnet, state, &data.pool) {
-        (Some(s), _, _) => Some(parse_subnet("--subnet", s)?),
-        (None, Some(st), _) => st.pod_cidr.parse().ok(),
-        (None, None, Some(p)) => p.subnet.parse().ok(),
-        _ => None,
+    // The node's subnets, one per family it has.
+    let subnets: Vec<IpNetwork> = match (&args.node.subnet, state) {
+        (Some(s), _) => vec![parse_network("--subnet", s)?],
+        (None, Some(st)) => [&st.pod_cidr, &st.pod_cidr_v6]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.parse().ok())
+            .collect(),
+        (None, None) => [&data.pool, &data.pool_v6]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.subnet.parse().ok())
+            .collect(),
     };
     for (ip, a) in &data.allocations {
         let with_ip = |kind: &str, detail: String| Problem {
@@ -131,7 +139,8 @@ fn check_store(
             container_id: Some(a.container_id.clone()),
             ifname: Some(a.ifname.clone()),
         };
-        if let Some(s) = subnet.filter(|s| !s.contains(*ip)) {
+        let same_family = subnets.iter().find(|s| s.is_ipv4() == ip.is_ipv4());
+        if let Some(s) = same_family.filter(|s| !s.contains(*ip)) {
             out.push(with_ip(
                 "outside-subnet",
                 format!(
@@ -237,20 +246,20 @@ async fn check_cluster(
             ));
         }
     }
-    if let Some(st) = state {
+    if let Some((st, pod_cidr)) = state.and_then(|st| Some((st, st.pod_cidr.as_deref()?))) {
         match leases.iter().find(|(r, _)| r.node == st.node_name) {
             None => out.push(problem(
                 "node-state-without-lease",
                 format!(
                     "node.json says node {} has {}, but etcd has no lease for it",
-                    st.node_name, st.pod_cidr
+                    st.node_name, pod_cidr
                 ),
             )),
-            Some((r, _)) if r.subnet.to_string() != st.pod_cidr => out.push(problem(
+            Some((r, _)) if r.subnet.to_string() != pod_cidr => out.push(problem(
                 "node-state-mismatch",
                 format!(
                     "node.json says node {} has {}, its etcd lease says {}",
-                    st.node_name, st.pod_cidr, r.subnet
+                    st.node_name, pod_cidr, r.subnet
                 ),
             )),
             Some(_) => {}

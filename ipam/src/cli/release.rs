@@ -1,7 +1,7 @@
 //! `ferry-ipam release`: free addresses, under the same lock ADD takes. Refuses (and then
 //! frees nothing) when an address's attachment is still there, unless `--force`.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -14,8 +14,8 @@ use super::{DataDir, Output};
 #[derive(clap::Args)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["ip", "container", "from_report"]))]
 pub struct Args {
-    /// The address to free.
-    ip: Option<Ipv4Addr>,
+    /// The address to free (IPv4 or IPv6).
+    ip: Option<IpAddr>,
     /// Free the addresses of this container ID.
     #[arg(long, value_name = "ID")]
     container: Option<String>,
@@ -37,13 +37,13 @@ pub struct Args {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Freed {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     container_id: String,
     ifname: String,
     network: String,
 }
 
-fn report_ips(path: &PathBuf) -> Result<Vec<(Ipv4Addr, String, String)>> {
+fn report_ips(path: &PathBuf) -> Result<Vec<(IpAddr, String, String)>> {
     let text = if path.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("read the report from stdin")?
     } else {
@@ -70,7 +70,7 @@ pub fn run(args: Args) -> Result<i32> {
         None => None,
     };
     let freed = store.update(|data| {
-        let hit: Vec<Ipv4Addr> = data
+        let hit: Vec<IpAddr> = data
             .allocations
             .iter()
             .filter(|(ip, a)| match (&args.ip, &args.container, &from_report) {

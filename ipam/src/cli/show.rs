@@ -1,9 +1,9 @@
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
-use ipnetwork::Ipv4Network;
-use node_ipam::config::parse_subnet;
+use ipnetwork::IpNetwork;
+use node_ipam::config::{host_bounds, parse_network, show_capacity, to_u128};
 use node_ipam::node_state;
 use serde::Serialize;
 
@@ -28,7 +28,7 @@ pub struct Args {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Row {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     container_id: String,
     ifname: String,
     network: String,
@@ -38,49 +38,75 @@ struct Row {
     since: String,
 }
 
+/// One address family's pool and its use.
+#[derive(Serialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct PoolUse {
+    subnet: String,
+    gateway: IpAddr,
+    /// Saturates at 2^64 - 1: an IPv6 /64 holds that many.
+    capacity: u64,
+    used: u64,
+    free: u64,
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Report {
+    /// The first pool (IPv4 when the node has it), as before IPv6.
     subnet: Option<String>,
-    gateway: Option<Ipv4Addr>,
-    capacity: u32,
-    used: u32,
-    free: u32,
+    gateway: Option<IpAddr>,
+    capacity: u64,
+    used: u64,
+    free: u64,
+    /// Every family's pool, IPv4 first.
+    pools: Vec<PoolUse>,
     allocations: Vec<Row>,
 }
 
-/// The pool to describe: the flag, the node state, the store's own record, in that order.
-fn pool(
-    args: &Args,
-    data: &node_ipam::StoreData,
-) -> anyhow::Result<Option<(Ipv4Network, Ipv4Addr, Ipv4Addr, Ipv4Addr)>> {
-    let bounds = |net: Ipv4Network, gw: Ipv4Addr| {
-        let first = Ipv4Addr::from(u32::from(net.network()) + 1);
-        let last = Ipv4Addr::from(u32::from(net.broadcast()) - 1);
-        (net, gw, first, last)
+/// (subnet, gateway, range start, range end) of one family.
+type Bounds = (IpNetwork, IpAddr, IpAddr, IpAddr);
+
+/// The pools to describe: the flag, the node state, the store's own record, in that order.
+fn pools(args: &Args, data: &node_ipam::StoreData) -> anyhow::Result<Vec<Bounds>> {
+    let bounds = |net: IpNetwork, gw: Option<IpAddr>| {
+        let (first, last) = host_bounds(net);
+        (net, gw.unwrap_or(first), first, last)
     };
     if let Some(s) = &args.node.subnet {
-        let net = parse_subnet("--subnet", s)?;
-        return Ok(Some(bounds(
-            net,
-            Ipv4Addr::from(u32::from(net.network()) + 1),
-        )));
+        return Ok(vec![bounds(parse_network("--subnet", s)?, None)]);
     }
-    let state_dir = args.node.state_dir.clone();
-    if let Some(dir) = &state_dir {
-        let st = node_state::require(dir)?;
-        let net = parse_subnet("podCIDR", &st.pod_cidr)?;
-        return Ok(Some(bounds(net, st.gateway)));
+    let from_state = |st: &node_state::NodeState| -> anyhow::Result<Vec<Bounds>> {
+        let mut out = Vec::new();
+        if let Some(c) = &st.pod_cidr {
+            out.push(bounds(
+                parse_network("podCIDR", c)?,
+                st.gateway.map(IpAddr::V4),
+            ));
+        }
+        if let Some(c) = &st.pod_cidr_v6 {
+            out.push(bounds(
+                parse_network("podCIDRv6", c)?,
+                st.gateway_v6.map(IpAddr::V6),
+            ));
+        }
+        Ok(out)
+    };
+    if let Some(dir) = &args.node.state_dir {
+        return from_state(&node_state::require(dir)?);
     }
-    if let Some(p) = &data.pool {
-        let net = parse_subnet("the store's subnet", &p.subnet)?;
-        return Ok(Some((net, p.gateway, p.range_start, p.range_end)));
+    let mut out = Vec::new();
+    for p in [&data.pool, &data.pool_v6].into_iter().flatten() {
+        let net = parse_network("the store's subnet", &p.subnet)?;
+        out.push((net, p.gateway, p.range_start, p.range_end));
+    }
+    if !out.is_empty() {
+        return Ok(out);
     }
     if let Ok(Some(st)) = node_state::read(std::path::Path::new(node_state::DEFAULT_STATE_DIR)) {
-        let net = parse_subnet("podCIDR", &st.pod_cidr)?;
-        return Ok(Some(bounds(net, st.gateway)));
+        return from_state(&st);
     }
-    Ok(None)
+    Ok(out)
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -88,17 +114,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let data = store
         .snapshot()
         .with_context(|| format!("reading {}", store.path().display()))?;
-    let pool = pool(&args, &data)?;
-    // The pool may come from the store's own record, which is input like the rest: a
-    // reversed range counts as empty rather than underflowing.
-    let capacity = pool
-        .and_then(|(_, gw, start, end)| {
-            let n = u32::from(end)
-                .checked_sub(u32::from(start))?
-                .checked_add(1)?;
-            Some(n.saturating_sub(u32::from(start <= gw && gw <= end)))
-        })
-        .unwrap_or(0);
     let allocations: Vec<Row> = data
         .allocations
         .iter()
@@ -120,13 +135,38 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             since: since(a.since),
         })
         .collect();
-    let used = u32::try_from(allocations.len()).unwrap_or(u32::MAX);
+    let pools: Vec<PoolUse> = pools(&args, &data)?
+        .into_iter()
+        .map(|(net, gw, start, end)| {
+            // The pool may come from the store's own record, which is input like the
+            // rest: a reversed range counts as empty rather than underflowing.
+            let capacity = to_u128(end)
+                .checked_sub(to_u128(start))
+                .and_then(|n| n.checked_add(1))
+                .map(|n| n.saturating_sub(u128::from(start <= gw && gw <= end)))
+                .unwrap_or(0);
+            let capacity = u64::try_from(capacity).unwrap_or(u64::MAX);
+            let used = allocations
+                .iter()
+                .filter(|a| a.ip.is_ipv4() == net.is_ipv4())
+                .count() as u64;
+            PoolUse {
+                subnet: net.to_string(),
+                gateway: gw,
+                capacity,
+                used,
+                free: capacity.saturating_sub(used),
+            }
+        })
+        .collect();
+    let first = pools.first().cloned();
     let report = Report {
-        subnet: pool.map(|p| p.0.to_string()),
-        gateway: pool.map(|p| p.1),
-        capacity,
-        used,
-        free: capacity.saturating_sub(used),
+        subnet: first.as_ref().map(|p| p.subnet.clone()),
+        gateway: first.as_ref().map(|p| p.gateway),
+        capacity: first.as_ref().map_or(0, |p| p.capacity),
+        used: first.as_ref().map_or(allocations.len() as u64, |p| p.used),
+        free: first.as_ref().map_or(0, |p| p.free),
+        pools,
         allocations,
     };
     match args.output {
@@ -160,30 +200,30 @@ fn cell(s: &str) -> String {
     out
 }
 
-fn pct(n: u32, of: u32) -> String {
+fn pct(n: u64, of: u64) -> String {
     if of == 0 {
         "-".into()
     } else {
-        format!("{:.1}%", f64::from(n) * 100.0 / f64::from(of))
+        format!("{:.1}%", n as f64 * 100.0 / of as f64)
     }
 }
 
 fn print_table(r: &Report) {
-    println!(
-        "subnet {}  gateway {}",
-        r.subnet.as_deref().unwrap_or("unknown"),
-        r.gateway
-            .map(|g| g.to_string())
-            .unwrap_or_else(|| "unknown".into())
-    );
-    println!(
-        "capacity {}  used {} ({})  free {} ({})",
-        r.capacity,
-        r.used,
-        pct(r.used, r.capacity),
-        r.free,
-        pct(r.free, r.capacity)
-    );
+    if r.pools.is_empty() {
+        println!("subnet unknown  gateway unknown");
+        println!("capacity 0  used {} (-)  free 0 (-)", r.used);
+    }
+    for p in &r.pools {
+        println!("subnet {}  gateway {}", p.subnet, p.gateway);
+        println!(
+            "capacity {}  used {} ({})  free {} ({})",
+            show_capacity(u128::from(p.capacity)),
+            p.used,
+            pct(p.used, p.capacity),
+            show_capacity(u128::from(p.free)),
+            pct(p.free, p.capacity)
+        );
+    }
     if r.allocations.is_empty() {
         println!("\nno allocations");
         return;

@@ -8,7 +8,9 @@
 //!
 //! Usage (root): `cargo build --release --workspace && target/release/ferry-bench-cni [PODS]`
 //! for per-call latency over sequential pods, or `ferry-bench-cni burst [PODS [PARALLEL]]`
-//! (default 120 pods, 16 at a time) for a burst of ADDs then DELs, end to end.
+//! (default 120 pods, 16 at a time) for a burst of ADDs then DELs, end to end, or
+//! `ferry-bench-cni dual [PODS]` for ferry's dual-stack ADD (IPv4 + IPv6) against its
+//! IPv4-only ADD, sequential and alternating like the first.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -94,16 +96,15 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num =
         |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
-    let mut sides = sides();
-    if args.first().map(String::as_str) == Some("burst") {
-        burst(&sides, num(1, 120), num(2, 16));
-    } else {
-        sequential(&mut sides, num(0, 60));
+    match args.first().map(String::as_str) {
+        Some("burst") => burst(&sides(), num(1, 120), num(2, 16)),
+        Some("dual") => sequential(&mut dual_sides(), num(1, 60)),
+        _ => sequential(&mut sides(), num(0, 60)),
     }
 }
 
-/// ferry and the reference, each in its own host namespace.
-fn sides() -> [Side; 2] {
+/// The directory of this binary and the `ferry` beside it.
+fn own_ferry() -> (PathBuf, PathBuf) {
     let own_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -114,6 +115,38 @@ fn sides() -> [Side; 2] {
         "{} missing: cargo build --release --workspace",
         ferry.display()
     );
+    (own_dir, ferry)
+}
+
+/// ferry IPv4-only and ferry dual-stack, each in its own host namespace.
+fn dual_sides() -> [Side; 2] {
+    let (own_dir, ferry) = own_ferry();
+    let conf = |ranges: serde_json::Value| {
+        move |d: &Path| {
+            json!({"cniVersion": "1.0.0", "name": "bench", "type": "ferry",
+                   "ipam": {"type": "ferry-ipam", "ranges": ranges, "dataDir": d}})
+            .to_string()
+        }
+    };
+    [
+        side(
+            "ferry IPv4",
+            ferry.clone(),
+            own_dir.display().to_string(),
+            conf(json!([[{"subnet": "10.52.0.0/24"}]])),
+        ),
+        side(
+            "ferry dual-stack",
+            ferry,
+            own_dir.display().to_string(),
+            conf(json!([[{"subnet": "10.53.0.0/24"}], [{"subnet": "fd00:53::/64"}]])),
+        ),
+    ]
+}
+
+/// ferry and the reference, each in its own host namespace.
+fn sides() -> [Side; 2] {
+    let (own_dir, ferry) = own_ferry();
     let reference = Path::new(ferry_tests::REFERENCE_PLUGINS);
     assert!(
         reference.join("bridge").is_file(),
@@ -244,7 +277,7 @@ fn sequential(sides: &mut [Side; 2], pods: usize) {
             side.del.push(d);
             // ferry's reaper finishes before anything else is timed: its unregistration
             // holds the kernel's RTNL lock and would slow the next plugin down.
-            if s == 0 {
+            if side.label.starts_with("ferry") {
                 let gone = ferry_tests::proc::wait_until(Duration::from_secs(5), || {
                     !pair[s].has_link("eth0")
                 });
@@ -291,6 +324,14 @@ fn sequential(sides: &mut [Side; 2], pods: usize) {
             ms(median(&mut s.version))
         );
         med.push((a50, d50));
+    }
+    if sides[1].label.starts_with("ferry") {
+        println!(
+            "\ndual-stack ADD takes {:.2}x the IPv4-only ADD, DEL {:.2}x (median against median)",
+            med[1].0.as_secs_f64() / med[0].0.as_secs_f64(),
+            med[1].1.as_secs_f64() / med[0].1.as_secs_f64()
+        );
+        return;
     }
     println!(
         "\nferry is {:.1}x faster on ADD and {:.1}x faster on DEL (median against median)",

@@ -1,0 +1,193 @@
+//! Dual-stack and IPv6-only pods on one node: the results in every CNI version, the
+//! kernel state ADD leaves (addresses usable at once, routes), traffic over IPv6, DEL,
+//! GC, CHECK against tampering, exhaustion, and hostile configs.
+
+use ferry_tests::cni::{ferry_conf, Node};
+use ferry_tests::netns::Netns;
+use ferry_tests::proc::{connect, echo_peer_server_on};
+use ferry_tests::root_or_skip;
+use serde_json::{json, Value};
+
+macro_rules! needs_root {
+    () => {
+        if !root_or_skip(module_path!()) {
+            return;
+        }
+    };
+}
+
+fn node(version: &str, ipam: Value) -> Node {
+    Node::with(|d| ferry_conf(version, d, ipam, json!({})))
+}
+
+fn dual(v4: &str, v6: &str) -> Value {
+    json!({"ranges": [[{"subnet": v4}], [{"subnet": v6}]]})
+}
+
+/// The result's addresses, without prefix lengths.
+fn addresses(r: &Value) -> Vec<String> {
+    r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            i["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn dual_stack_in_every_version_with_usable_addresses() {
+    needs_root!();
+    // Every version ferry answers: all of them carry several `ips`.
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
+        let j = i + 1; // an IPv6 group of 0 would print compressed
+        let n = node(
+            version,
+            dual(&format!("10.60.{i}.0/24"), &format!("fd00:60:{j}::/64")),
+        );
+        let pod = Netns::new("fyd");
+        let r = n.add("d1", &pod).ok();
+        assert_eq!(r["cniVersion"], *version);
+        let ips = r["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2, "{version}: {r}");
+        assert_eq!(ips[0]["address"], format!("10.60.{i}.2/24"));
+        assert_eq!(ips[1]["address"], format!("fd00:60:{j}::2/64"));
+        assert_eq!(ips[1]["gateway"], format!("fd00:60:{j}::1"));
+        if version.starts_with("0.") {
+            assert_eq!(ips[1]["version"], "6", "{version}: {r}");
+        }
+        // Usable at once: not "tentative" (no duplicate address detection).
+        let a6 = pod.sh("ip -6 addr show dev eth0 scope global");
+        assert!(a6.contains(&format!("fd00:60:{j}::2/64")), "{a6}");
+        assert!(!a6.contains("tentative"), "{a6}");
+        let br = n.host.sh("ip -6 addr show dev ferry0 scope global");
+        assert!(
+            br.contains(&format!("fd00:60:{j}::1/64")) && !br.contains("tentative"),
+            "{br}"
+        );
+        let routes = pod.sh("ip -6 route show default");
+        assert!(routes.contains(&format!("via fd00:60:{j}::1")), "{routes}");
+        assert_eq!(
+            n.host.sh("sysctl -n net.ipv6.conf.all.forwarding").trim(),
+            "1"
+        );
+        // The MAC still follows the IPv4 address.
+        let mac = pod.sh("cat /sys/class/net/eth0/address");
+        assert_eq!(mac.trim(), format!("0a:58:0a:3c:{i:02x}:02"));
+        assert_eq!(n.allocations().len(), 2);
+        n.del("d1", Some(&pod)).ok();
+        assert!(n.allocations().is_empty(), "DEL left {:?}", n.allocations());
+    }
+}
+
+#[test]
+fn ipv6_only_pods_talk_over_ipv6_with_their_addresses() {
+    needs_root!();
+    let n = node("1.0.0", json!({"subnet": "fd00:61::/64"}));
+    let (pa, pb) = (Netns::new("fyd"), Netns::new("fyd"));
+    let ra = n.add("a", &pa).ok();
+    let rb = n.add("b", &pb).ok();
+    assert_eq!(addresses(&ra), ["fd00:61::2"]);
+    assert_eq!(addresses(&rb), ["fd00:61::3"]);
+    // No IPv4: the MAC comes from the IPv6 address's last 4 bytes.
+    assert_eq!(
+        pa.sh("cat /sys/class/net/eth0/address").trim(),
+        "0a:58:00:00:00:02"
+    );
+    assert!(pa.sh("ip -4 addr show dev eth0").trim().is_empty());
+    let _srv = echo_peer_server_on(&pa, "::", 7200);
+    assert_eq!(
+        connect(&pb, "fd00:61::2", 7200).as_deref(),
+        Some("fd00:61::3")
+    );
+    pa.sh("ping -6 -c1 -W2 fd00:61::1");
+    n.del("a", Some(&pa)).ok();
+    n.del("b", Some(&pb)).ok();
+    assert!(n.allocations().is_empty());
+}
+
+#[test]
+fn check_sees_a_removed_ipv6_address_or_route() {
+    needs_root!();
+    let n = node("1.1.0", dual("10.62.0.0/24", "fd00:62::/64"));
+    let pod = Netns::new("fyd");
+    let prev = n.add("c", &pod).ok();
+    let check = || {
+        let mut c: Value = serde_json::from_str(&n.conf).unwrap();
+        c["prevResult"] = prev.clone();
+        n.call("CHECK", "c", Some(&pod)).run(&c.to_string())
+    };
+    check().ok();
+    pod.sh("ip -6 route del default");
+    let r = check();
+    assert_eq!(r.err_code(), 104, "{r:?}");
+    assert!(r.msg().contains("::/0"), "{r:?}");
+    pod.sh("ip -6 route add default via fd00:62::1 dev eth0");
+    check().ok();
+    pod.sh("ip -6 addr del fd00:62::2/64 dev eth0");
+    let r = check();
+    assert_eq!(r.err_code(), 104, "{r:?}");
+    assert!(r.msg().contains("fd00:62::2/64"), "{r:?}");
+    n.del("c", Some(&pod)).ok();
+}
+
+#[test]
+fn a_small_ipv6_range_runs_out_and_takes_no_ipv4() {
+    needs_root!();
+    let n = node(
+        "1.1.0",
+        json!({"ranges": [[{"subnet": "10.63.0.0/24"}], [{"subnet": "fd00:63::/124"}]]}),
+    );
+    let pods: Vec<Netns> = (0..15).map(|_| Netns::new("fyd")).collect();
+    for (i, p) in pods.iter().take(14).enumerate() {
+        n.add(&format!("x{i}"), p).ok();
+    }
+    let before = n.allocations();
+    assert_eq!(before.len(), 28);
+    let r = n.add("x14", &pods[14]);
+    assert_eq!(r.err_code(), 100, "{r:?}");
+    assert_eq!(n.allocations(), before, "a failed ADD changed the store");
+    assert!(!pods[14].has_link("eth0"));
+    // GC keeps the valid attachments and frees both addresses of the others.
+    let mut gc: Value = serde_json::from_str(&n.conf).unwrap();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "x0", "ifname": "eth0"}]);
+    n.call("GC", "", None).run(&gc.to_string()).ok();
+    let left = n.allocations();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|a| a["containerId"] == "x0"));
+    for (i, p) in pods.iter().take(14).enumerate() {
+        n.del(&format!("x{i}"), Some(p)).ok();
+    }
+}
+
+#[test]
+fn hostile_ipv6_configs_are_refused_and_change_nothing() {
+    needs_root!();
+    for ipam in [
+        json!({"ranges": [[{"subnet": "fd00:64::/64", "rangeStart": "fd00:65::5"}]]}),
+        json!({"ranges": [[{"subnet": "fd00:64::/64", "gateway": "fd00:65::1"}]]}),
+        json!({"ranges": [[{"subnet": "fd00:64::/64"}], [{"subnet": "fd00:66::/64"}]]}),
+        json!({"ranges": [[{"subnet": "fd00:64::5/64"}]]}),
+        json!({"subnet": "fd00:64::/127"}),
+        json!({"subnet": "10.64.0.0/24", "routes": [{"dst": "::/0"}]}),
+    ] {
+        let n = node("1.1.0", ipam.clone());
+        let pod = Netns::new("fyd");
+        let r = n.add("h", &pod);
+        assert_eq!(r.err_code(), 7, "{ipam}: {r:?}");
+        assert!(n.allocations().is_empty(), "{ipam}");
+        assert!(n.host_veths().is_empty(), "{ipam}");
+        assert!(!n.host.has_link("ferry0"), "{ipam}: the bridge was made");
+        assert!(!pod.has_link("eth0"), "{ipam}");
+    }
+}
