@@ -2,11 +2,11 @@
 //! per-peer entries.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use futures_util::stream::{self, StreamExt};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use netlink::{Link, Netlink, VxlanSpec};
 
 use crate::peers::{foreign_routes, spare_foreign, Entries, Op};
@@ -150,6 +150,11 @@ pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)
 }
 
+/// The IPv6 gateway of a node subnet: its first host address, as for IPv4.
+pub fn gateway_v6(subnet: Ipv6Network) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()) + 1)
+}
+
 /// A random locally administered unicast MAC, for a VTEP that has none yet.
 pub fn random_mac() -> Result<[u8; 6]> {
     let mut mac: [u8; 6] = random_bytes("a VTEP MAC")?;
@@ -165,4 +170,19 @@ pub fn random_bytes<const N: usize>(what: &str) -> Result<[u8; N]> {
         .and_then(|mut f| f.read_exact(&mut b))
         .with_context(|| format!("read /dev/urandom for {what}"))?;
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateways_are_the_first_hosts() {
+        assert_eq!(
+            gateway("10.1.2.0/24".parse().unwrap()),
+            Ipv4Addr::new(10, 1, 2, 1)
+        );
+        let g = gateway_v6("fd00:10:0:3::/64".parse().unwrap());
+        assert_eq!(g, "fd00:10:0:3::1".parse::<Ipv6Addr>().unwrap());
+    }
 }

@@ -171,6 +171,31 @@ impl Netlink {
 
     /// IPv4 addresses (address, prefix length) on a link.
     pub async fn addrs_v4(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        Ok(self
+            .addrs(index, AddressFamily::Inet)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, p)| match ip {
+                IpAddr::V4(ip) => Some((ip, p)),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// IPv6 addresses (address, prefix length) on a link, link-local ones included.
+    pub async fn addrs_v6(&self, index: u32) -> Result<Vec<(std::net::Ipv6Addr, u8)>> {
+        Ok(self
+            .addrs(index, AddressFamily::Inet6)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, p)| match ip {
+                IpAddr::V6(ip) => Some((ip, p)),
+                IpAddr::V4(_) => None,
+            })
+            .collect())
+    }
+
+    async fn addrs(&self, index: u32, family: AddressFamily) -> Result<Vec<(IpAddr, u8)>> {
         let msgs: Vec<_> = self
             .handle
             .address()
@@ -182,12 +207,17 @@ impl Netlink {
             .context(|| format!("list addresses of link {index} in {}", self.place))?;
         let mut out = Vec::new();
         for m in msgs {
-            if m.header.family != AddressFamily::Inet || m.header.index != index {
+            if m.header.family != family || m.header.index != index {
                 continue;
             }
             for a in &m.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(ip)) = a {
-                    out.push((*ip, m.header.prefix_len));
+                // IPv6 addresses carry no IFA_LOCAL, only IFA_ADDRESS.
+                match a {
+                    AddressAttribute::Local(ip) => out.push((*ip, m.header.prefix_len)),
+                    AddressAttribute::Address(ip @ IpAddr::V6(_)) => {
+                        out.push((*ip, m.header.prefix_len))
+                    }
+                    _ => {}
                 }
             }
         }

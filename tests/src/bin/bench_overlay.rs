@@ -226,6 +226,7 @@ fn join() {
                 &format!("0e:00:00:00:01:{k:02x}"),
                 Duration::from_secs(3600),
                 Some(subnet),
+                None,
             )
             .await
             .expect("lease");
@@ -284,6 +285,7 @@ fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
                         i >> 8 & 0xff,
                         i & 0xff
                     ),
+                    subnet_v6: None,
                 };
                 let key = layout.lease(subnet);
                 [
