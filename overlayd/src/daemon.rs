@@ -589,9 +589,17 @@ impl Node {
                 self.me.subnet.prefix(),
             )
             .await?;
-        rules::ensure_sysctls()?;
-        if rules::ensure_iptables(self.cfg.cluster_cidr)? {
+        if let Some(s6) = self.me.subnet_v6 {
+            datapath::ensure_v6_addrs(&self.nl, &self.vx, &self.args.bridge, s6).await?;
+        }
+        rules::ensure_sysctls(self.cfg.ipv6.is_some())?;
+        if rules::ensure_iptables(self.cfg.cluster_cidr.into())? {
             tracing::info!("iptables rules installed");
+        }
+        if let Some(v6) = self.cfg.ipv6 {
+            if rules::ensure_iptables(v6.cluster_cidr.into())? {
+                tracing::info!("ip6tables rules installed");
+            }
         }
         let have = datapath::read(&self.nl, self.vx.index).await?;
         let want = self.desired(&have);
@@ -645,5 +653,6 @@ fn peer(l: &LeaseRecord) -> Option<Peer> {
         subnet: l.subnet,
         public_ip: l.public_ip,
         mac: l.vtep_mac_bytes()?,
+        subnet_v6: l.subnet_v6,
     })
 }

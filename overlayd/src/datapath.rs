@@ -60,6 +60,31 @@ pub async fn ensure_vtep_addr(nl: &Netlink, vx: &Link, subnet: Ipv4Network) -> R
     Ok(())
 }
 
+/// The IPv6 node subnet's network address as /128 on the VXLAN device (the source of
+/// host-to-remote-pod IPv6 traffic), and its gateway as /len on the bridge (the pods'
+/// default route), both without DAD.
+pub async fn ensure_v6_addrs(
+    nl: &Netlink,
+    vx: &Link,
+    bridge: &str,
+    subnet: Ipv6Network,
+) -> Result<()> {
+    let vtep = (subnet.network(), 128);
+    if !nl.addrs_v6(vx.index).await?.contains(&vtep) {
+        nl.add_addr_v6_nodad(vx.index, &vx.name, vtep.0, 128)
+            .await?;
+    }
+    let br = nl
+        .get_link(bridge)
+        .await?
+        .with_context(|| format!("bridge {bridge} vanished"))?;
+    let gw = (gateway_v6(subnet), subnet.prefix());
+    if !nl.addrs_v6(br.index).await?.contains(&gw) {
+        nl.add_addr_v6_nodad(br.index, bridge, gw.0, gw.1).await?;
+    }
+    Ok(())
+}
+
 /// What the kernel holds on the VXLAN device.
 pub async fn read(nl: &Netlink, vx_index: u32) -> Result<Entries> {
     let mut e = Entries::default();
@@ -75,6 +100,16 @@ pub async fn read(nl: &Netlink, vx_index: u32) -> Result<Entries> {
         if r.oif == Some(vx_index) {
             if let (Some(gw), Ok(net)) = (r.gateway, Ipv4Network::new(r.dst, r.prefix)) {
                 e.routes.insert(net, gw);
+            }
+        }
+    }
+    for (ip, mac) in nl.neighs_v6(vx_index).await? {
+        e.neighs6.insert(ip, mac);
+    }
+    for r in nl.routes_v6().await? {
+        if r.oif == Some(vx_index) {
+            if let (Some(gw), Ok(net)) = (r.gateway, Ipv6Network::new(r.dst, r.prefix)) {
+                e.routes6.insert(net, gw);
             }
         }
     }
@@ -139,6 +174,13 @@ async fn apply_one(nl: &Netlink, vx: u32, op: &Op) -> Result<()> {
         Op::SetFdb(e) => nl.set_fdb(vx, e).await?,
         Op::SetRoute(net, gw) => {
             nl.replace_route_onlink(net.network(), net.prefix(), gw, vx)
+                .await?
+        }
+        Op::DelRoute6(net) => nl.del_route_v6(net.network(), net.prefix(), vx).await?,
+        Op::DelNeigh6(ip) => nl.del_neigh_v6(vx, ip).await?,
+        Op::SetNeigh6(ip, mac) => nl.set_neigh_v6(vx, ip, mac).await?,
+        Op::SetRoute6(net, gw) => {
+            nl.replace_route_onlink_v6(net.network(), net.prefix(), gw, vx)
                 .await?
         }
     }

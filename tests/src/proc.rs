@@ -121,9 +121,14 @@ pub fn echo_peer_server(ns: &Netns, port: u16) -> Bg {
 /// `echo_peer_server` bound to one address only (`127.0.0.1`: reachable from the
 /// namespace's own processes and nothing else).
 pub fn echo_peer_server_on(ns: &Netns, addr: &str, port: u16) -> Bg {
+    let family = if addr.contains(':') {
+        "socket.AF_INET6"
+    } else {
+        "socket.AF_INET"
+    };
     let script = format!(
         "import socket\n\
-         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s=socket.socket({family}); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
          s.bind(('{addr}',{port})); s.listen(64)\n\
          while True:\n    c,a=s.accept(); c.sendall((a[0]+'\\n').encode()); c.close()\n"
     );
