@@ -155,3 +155,61 @@ fn a_daemon_restart_loses_no_ipv6_packet() {
         "{out}"
     );
 }
+
+#[test]
+fn ipv6_leases_for_the_underlay_or_a_live_nodes_subnet_are_refused() {
+    needs_root!();
+    let c = Cluster::with_args(2, "10.64.0.0/16", "--cluster-cidr-v6 fd00:64::/56");
+    c.add_underlay_v6();
+    wait_converged_v6(&c);
+    let (a, _) = c.nodes[0].add_pod_v6_by_hand(1);
+    let (_b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
+    wait_reachable(&c, &a, &b_ip);
+    let s1 = c.nodes[1].node_state()["podCIDRv6"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mac1 = c.nodes[1].vtep_mac();
+    let lie = |node: &str, subnet: &str, s6: &str, ip: &str, mac: &str| {
+        let key = c.lease_key(subnet);
+        c.etcd_put(
+            &key,
+            &format!(
+                r#"{{"node":"{node}","subnet":"{subnet}","subnetV6":"{s6}","publicIp":"{ip}","vtepMac":"{mac}"}}"#
+            ),
+        );
+        key
+    };
+    let underlay = lie(
+        "x",
+        "10.64.200.0/24",
+        "2001:db8::/64",
+        "192.0.2.99",
+        "0e:00:00:00:00:99",
+    );
+    let steal = lie(
+        "y",
+        "10.64.201.0/24",
+        &s1,
+        "192.0.2.98",
+        "0e:00:00:00:00:98",
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let n0 = &c.nodes[0];
+    let r = n0.host.sh("ip -6 route get 2001:db8::100");
+    assert!(r.contains("dev eth0"), "{r}");
+    n0.host.sh(&format!("ping -6 -c1 -W2 {OUTSIDE_IP_V6}"));
+    let neigh = n0.host.sh("ip -6 neigh show dev ferry.1");
+    let vtep1 = s1.trim_end_matches("/64");
+    assert!(neigh.contains(&format!("{vtep1} lladdr {mac1}")), "{neigh}");
+    let fdb = n0.overlay_fdb();
+    assert!(
+        !fdb.contains("192.0.2.99") && !fdb.contains("192.0.2.98"),
+        "{fdb}"
+    );
+    a.sh(&format!("ping -6 -c1 -W2 {b_ip}"));
+    let log = n0.log();
+    assert!(log.contains(&underlay) && log.contains(&steal), "{log}");
+    assert!(log.contains("its IPv6 subnet overlaps"), "{log}");
+    assert!(c.metrics(0).contains("ferry_leases_refused 2"));
+}
