@@ -7,9 +7,7 @@ use futures_util::TryStreamExt;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
+use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkVxlan, RouteMessageBuilder};
 
@@ -81,11 +79,24 @@ impl Netlink {
 
     /// The permanent IPv4 neighbour entries on a link.
     pub async fn neighs_v4(&self, index: u32) -> Result<Vec<NeighV4>> {
+        Ok(self
+            .neighs(index, AddressFamily::Inet)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, mac)| match ip {
+                IpAddr::V4(ip) => Some(NeighV4 { ip, mac }),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// The permanent neighbour entries of one family on a link.
+    async fn neighs(&self, index: u32, family: AddressFamily) -> Result<Vec<(IpAddr, [u8; 6])>> {
         let msgs: Vec<NeighbourMessage> = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Inet)
+            .set_address_family(family)
             .execute()
             .try_collect()
             .await
@@ -98,35 +109,51 @@ impl Netlink {
                 let mut mac = None;
                 for a in m.attributes {
                     match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(i),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => {
+                            ip = Some(IpAddr::V4(i))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(i)) => {
+                            ip = Some(IpAddr::V6(i))
+                        }
                         NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(&l),
                         _ => {}
                     }
                 }
-                Some(NeighV4 { ip: ip?, mac: mac? })
+                Some((ip?, mac?))
             })
             .collect())
     }
 
     /// Adds or replaces a permanent neighbour entry.
     pub async fn set_neigh(&self, index: u32, n: NeighV4) -> Result<()> {
+        self.set_neigh_ip(index, IpAddr::V4(n.ip), n.mac).await
+    }
+
+    async fn set_neigh_ip(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(n.ip))
-            .link_layer_address(&n.mac)
+            .add(index, ip)
+            .link_layer_address(&mac)
             .state(NeighbourState::Permanent)
             .replace()
             .execute()
             .await
-            .context(|| format!("set neighbour {} on link {index} in {}", n.ip, self.place))
+            .context(|| format!("set neighbour {ip} on link {index} in {}", self.place))
     }
 
     pub async fn del_neigh(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        self.del_neigh_ip(index, IpAddr::V4(ip)).await
+    }
+
+    async fn del_neigh_ip(&self, index: u32, ip: IpAddr) -> Result<()> {
         let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Inet;
+        let (family, addr) = match ip {
+            IpAddr::V4(i) => (AddressFamily::Inet, NeighbourAddress::Inet(i)),
+            IpAddr::V6(i) => (AddressFamily::Inet6, NeighbourAddress::Inet6(i)),
+        };
+        m.header.family = family;
         m.header.ifindex = index;
-        m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        m.attributes.push(NeighbourAttribute::Destination(addr));
         tolerate_missing(self.handle.neighbours().del(m).execute().await)
             .context(|| format!("delete neighbour {ip} on link {index} in {}", self.place))
     }
@@ -266,54 +293,24 @@ pub struct RouteV6 {
 impl Netlink {
     /// The permanent IPv6 neighbour entries on a link.
     pub async fn neighs_v6(&self, index: u32) -> Result<Vec<(Ipv6Addr, [u8; 6])>> {
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet6)
-            .execute()
-            .try_collect()
-            .await
-            .context(|| format!("list IPv6 neighbours in {}", self.place))?;
-        Ok(msgs
+        Ok(self
+            .neighs(index, AddressFamily::Inet6)
+            .await?
             .into_iter()
-            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
-            .filter_map(|m| {
-                let mut ip = None;
-                let mut mac = None;
-                for a in m.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(i)) => ip = Some(i),
-                        NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(&l),
-                        _ => {}
-                    }
-                }
-                Some((ip?, mac?))
+            .filter_map(|(ip, mac)| match ip {
+                IpAddr::V6(ip) => Some((ip, mac)),
+                IpAddr::V4(_) => None,
             })
             .collect())
     }
 
     /// Adds or replaces a permanent IPv6 neighbour entry.
     pub async fn set_neigh_v6(&self, index: u32, ip: Ipv6Addr, mac: [u8; 6]) -> Result<()> {
-        self.handle
-            .neighbours()
-            .add(index, IpAddr::V6(ip))
-            .link_layer_address(&mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .context(|| format!("set neighbour {ip} on link {index} in {}", self.place))
+        self.set_neigh_ip(index, IpAddr::V6(ip), mac).await
     }
 
     pub async fn del_neigh_v6(&self, index: u32, ip: Ipv6Addr) -> Result<()> {
-        let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Inet6;
-        m.header.ifindex = index;
-        m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)));
-        tolerate_missing(self.handle.neighbours().del(m).execute().await)
-            .context(|| format!("delete neighbour {ip} on link {index} in {}", self.place))
+        self.del_neigh_ip(index, IpAddr::V6(ip)).await
     }
 
     /// `ip -6 route replace <dst>/<prefix> via <gw> dev <oif> onlink proto 102`.
@@ -364,24 +361,19 @@ impl Netlink {
             .context(|| format!("list IPv6 routes in {}", self.place))?;
         Ok(msgs
             .into_iter()
-            .filter(|m| m.header.table == 254 || m.attributes.contains(&RouteAttribute::Table(254)))
-            .map(|m| {
-                let mut r = RouteV6 {
-                    dst: Ipv6Addr::UNSPECIFIED,
-                    prefix: m.header.destination_prefix_length,
-                    gateway: None,
-                    oif: None,
-                    protocol: u8::from(m.header.protocol),
-                };
-                for a in m.attributes {
-                    match a {
-                        RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.dst = d,
-                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gateway = Some(g),
-                        RouteAttribute::Oif(o) => r.oif = Some(o),
-                        _ => {}
-                    }
-                }
-                r
+            .filter_map(crate::handle::main_route)
+            .map(|r| RouteV6 {
+                dst: match r.dst {
+                    Some(IpAddr::V6(d)) => d,
+                    _ => Ipv6Addr::UNSPECIFIED,
+                },
+                prefix: r.prefix,
+                gateway: match r.gateway {
+                    Some(IpAddr::V6(g)) => Some(g),
+                    _ => None,
+                },
+                oif: r.oif,
+                protocol: r.protocol,
             })
             .collect())
     }
