@@ -75,6 +75,22 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
         assert_eq!(st["mtu"], 1450);
     }
     wait_converged_v6(&c);
+    // The operator's view shows both families.
+    let out = c.nodes[0].host.sh(&format!(
+        "{} leases {} --etcd-prefix {} -o json",
+        ferry_tests::bin("ferry-ipam").display(),
+        c.etcd.client_flags(),
+        c.prefix
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["clusterCIDRv6"], "fd00:62::/56", "{v}");
+    assert_eq!(v["subnetsV6"], 256, "{v}");
+    for l in v["leases"].as_array().unwrap() {
+        assert!(
+            l["subnetV6"].as_str().unwrap().starts_with("fd00:62:"),
+            "{l}"
+        );
+    }
     let (a, a_ip) = c.nodes[0].add_pod_v6_by_hand(1);
     let (b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
     wait_reachable(&c, &a, &b_ip);
