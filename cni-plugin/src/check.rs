@@ -158,10 +158,10 @@ async fn check_kernel(
                 if routes_v6.is_none() {
                     routes_v6 = Some(pod.routes_v6().await.map_err(err)?);
                 }
-                routes_v6.iter().flatten().any(|(kd, kp, kg)| {
-                    *kd == d.network()
-                        && *kp == d.prefix()
-                        && (gw.is_none() || kg.map(IpAddr::V6) == gw)
+                routes_v6.iter().flatten().any(|k| {
+                    k.dst == d.network()
+                        && k.prefix == d.prefix()
+                        && (gw.is_none() || k.gateway.map(IpAddr::V6) == gw)
                 })
             }
         };

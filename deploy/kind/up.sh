@@ -3,17 +3,25 @@
 # nodes, applies the manifests, and waits until every node is Ready and ferry is ready
 # everywhere. Needs docker, kind and kubectl.
 #
-#   deploy/kind/up.sh              FERRY_KIND_CLUSTER (default ferry), FERRY_IMAGE (default ferry:dev)
+#   deploy/kind/up.sh              FERRY_KIND_CLUSTER (default ferry), FERRY_IMAGE (default ferry:dev),
+#                                  FERRY_KIND_FAMILY (ipv4, the default, or dual)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cluster=${FERRY_KIND_CLUSTER:-ferry}
 image=${FERRY_IMAGE:-ferry:dev}
+family=${FERRY_KIND_FAMILY:-ipv4}
+case "$family" in
+  ipv4) kind_config=deploy/kind/kind-config.yaml; v6_cidr= ;;
+  # Must equal the IPv6 half of podSubnet in kind-config-dual.yaml.
+  dual) kind_config=deploy/kind/kind-config-dual.yaml; v6_cidr=fd00:10:244::/56 ;;
+  *) echo "up.sh: FERRY_KIND_FAMILY is ipv4 or dual (IPv6-only is not supported yet)" >&2; exit 1 ;;
+esac
 for tool in docker kind kubectl; do
   command -v "$tool" >/dev/null || { echo "up.sh: $tool is needed" >&2; exit 1; }
 done
 
 kind get clusters 2>/dev/null | grep -qx "$cluster" ||
-  kind create cluster --name "$cluster" --config deploy/kind/kind-config.yaml
+  kind create cluster --name "$cluster" --config "$kind_config"
 kubectl config use-context "kind-$cluster" >/dev/null
 
 docker build -f deploy/Dockerfile -t "$image" .
@@ -26,6 +34,16 @@ echo "ferry's etcd uses $etcd_image"
 
 kubectl kustomize deploy/kubernetes |
   sed -e "s|image: ferry:dev|image: $image|" -e "s|image: registry.k8s.io/etcd:.*|image: $etcd_image|" |
+  # Dual-stack: the ConfigMap's data gets cluster-cidr-v6 before anything starts (the first
+  # daemon writes the cluster config to etcd).
+  V6_CIDR="$v6_cidr" python3 -c '
+import os, sys
+v6 = os.environ["V6_CIDR"]
+for doc in sys.stdin.read().split("\n---\n"):
+    if v6 and "kind: ConfigMap" in doc and "name: ferry-config" in doc:
+        doc = doc.replace("\ndata:\n", "\ndata:\n  cluster-cidr-v6: \"%s\"\n" % v6, 1)
+    print(doc, end="\n---\n")
+' |
   kubectl apply -f -
 
 kubectl -n kube-system rollout status deployment/ferry-etcd --timeout=180s

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use clap::Parser;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 /// Bounds of the durations: a resync in a tight loop would starve the daemon (and 0
 /// panics a timer); a grace period shorter than the liveness TTL would end leases of
@@ -45,6 +45,12 @@ pub struct Args {
     /// Prefix length of node subnets (with --cluster-cidr; default 24).
     #[arg(long, env = "FERRY_SUBNET_LEN")]
     pub subnet_len: Option<u8>,
+    /// The cluster's IPv6 pod CIDR, for a dual-stack cluster (with --cluster-cidr).
+    #[arg(long, env = "FERRY_CLUSTER_CIDR_V6")]
+    pub cluster_cidr_v6: Option<Ipv6Network>,
+    /// Prefix length of IPv6 node subnets (with --cluster-cidr-v6; default 64).
+    #[arg(long, env = "FERRY_SUBNET_LEN_V6")]
+    pub subnet_len_v6: Option<u8>,
     /// VXLAN network identifier (with --cluster-cidr; default 1).
     #[arg(long, env = "FERRY_VNI")]
     pub vni: Option<u32>,
@@ -111,9 +117,20 @@ impl Args {
                     .unwrap_or(registry::model::DEFAULT_SUBNET_LEN),
                 vni: self.vni.unwrap_or(registry::model::DEFAULT_VNI),
                 port: self.port.unwrap_or(registry::model::DEFAULT_PORT),
+                ipv6: None,
             };
             cfg.validate()
                 .map_err(|e| anyhow::anyhow!("--cluster-cidr and its flags: {e}"))?;
+        }
+        if let Some(c) = self.cluster_cidr_v6 {
+            let v6 = registry::ClusterV6 {
+                cluster_cidr: c,
+                subnet_len: self
+                    .subnet_len_v6
+                    .unwrap_or(registry::model::DEFAULT_SUBNET_LEN_V6),
+            };
+            v6.validate()
+                .map_err(|e| anyhow::anyhow!("--cluster-cidr-v6 and its flags: {e}"))?;
         }
         Ok(())
     }
@@ -142,6 +159,12 @@ mod tests {
             (&["--cluster-cidr", "0.0.0.0/0"], "too short"),
             (&["--cluster-cidr", "127.0.0.0/16"], "loopback"),
             (&["--cluster-cidr", "10.0.0.0/16", "--vni", "0"], "VNI"),
+            (&["--cluster-cidr-v6", "fe80::/16"], "link-local"),
+            (&["--cluster-cidr-v6", "::/0"], "too short"),
+            (
+                &["--cluster-cidr-v6", "fd00::/56", "--subnet-len-v6", "48"],
+                "longer",
+            ),
         ] {
             let e = parse(flags).validate().unwrap_err().to_string();
             assert!(e.contains(named), "{flags:?}: {e}");

@@ -84,6 +84,8 @@ pub async fn run(args: Args) -> Result<()> {
     let flags = ConfigFlags {
         cluster_cidr: args.cluster_cidr,
         subnet_len: args.subnet_len,
+        cluster_cidr_v6: args.cluster_cidr_v6,
+        subnet_len_v6: args.subnet_len_v6,
         vni: args.vni,
         port: args.port,
     };
@@ -131,11 +133,15 @@ pub async fn run(args: Args) -> Result<()> {
 
         // The subnet this node had, so that its pods keep their addresses: node.json's, else
         // the one its lease names.
-        let prefer = node_ipam::node_state::read(&args.state_dir)
-            .ok()
-            .flatten()
-            .and_then(|s| s.pod_cidr?.parse().ok())
+        let state = node_ipam::node_state::read(&args.state_dir).ok().flatten();
+        let prefer = state
+            .as_ref()
+            .and_then(|s| s.pod_cidr.as_ref()?.parse().ok())
             .or(previous.as_ref().map(|p| p.subnet));
+        let prefer_v6 = state
+            .as_ref()
+            .and_then(|s| s.pod_cidr_v6.as_ref()?.parse().ok())
+            .or(previous.as_ref().and_then(|p| p.subnet_v6));
         let acquired = reg
             .acquire(
                 &cfg,
@@ -144,10 +150,12 @@ pub async fn run(args: Args) -> Result<()> {
                 &netlink::format_mac(&mac),
                 args.lease_grace,
                 prefer,
+                prefer_v6,
             )
             .await?;
         tracing::info!(
-            node = %name, subnet = %acquired.record.subnet, public_ip = %underlay.ip,
+            node = %name, subnet = %acquired.record.subnet,
+            subnet_v6 = ?acquired.record.subnet_v6, public_ip = %underlay.ip,
             vtep_mac = %acquired.record.vtep_mac, reused = acquired.reused, "subnet leased"
         );
 
@@ -581,9 +589,17 @@ impl Node {
                 self.me.subnet.prefix(),
             )
             .await?;
-        rules::ensure_sysctls()?;
-        if rules::ensure_iptables(self.cfg.cluster_cidr)? {
+        if let Some(s6) = self.me.subnet_v6 {
+            datapath::ensure_v6_addrs(&self.nl, &self.vx, &self.args.bridge, s6).await?;
+        }
+        rules::ensure_sysctls(self.cfg.ipv6.is_some())?;
+        if rules::ensure_iptables(self.cfg.cluster_cidr.into())? {
             tracing::info!("iptables rules installed");
+        }
+        if let Some(v6) = self.cfg.ipv6 {
+            if rules::ensure_iptables(v6.cluster_cidr.into())? {
+                tracing::info!("ip6tables rules installed");
+            }
         }
         let have = datapath::read(&self.nl, self.vx.index).await?;
         let want = self.desired(&have);
@@ -610,9 +626,9 @@ impl Node {
             pod_cidr: Some(self.me.subnet.to_string()),
             cluster_cidr: Some(self.cfg.cluster_cidr.to_string()),
             gateway: Some(datapath::gateway(self.me.subnet)),
-            pod_cidr_v6: None,
-            cluster_cidr_v6: None,
-            gateway_v6: None,
+            pod_cidr_v6: self.me.subnet_v6.map(|s| s.to_string()),
+            cluster_cidr_v6: self.cfg.ipv6.map(|v| v.cluster_cidr.to_string()),
+            gateway_v6: self.me.subnet_v6.map(datapath::gateway_v6),
             mtu: self.underlay.link.mtu - VXLAN_OVERHEAD,
         };
         if node_ipam::node_state::read(&self.args.state_dir)
@@ -637,5 +653,6 @@ fn peer(l: &LeaseRecord) -> Option<Peer> {
         subnet: l.subnet,
         public_ip: l.public_ip,
         mac: l.vtep_mac_bytes()?,
+        subnet_v6: l.subnet_v6,
     })
 }

@@ -2,11 +2,11 @@
 //! per-peer entries.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use futures_util::stream::{self, StreamExt};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use netlink::{Link, Netlink, VxlanSpec};
 
 use crate::peers::{foreign_routes, spare_foreign, Entries, Op};
@@ -60,6 +60,31 @@ pub async fn ensure_vtep_addr(nl: &Netlink, vx: &Link, subnet: Ipv4Network) -> R
     Ok(())
 }
 
+/// The IPv6 node subnet's network address as /128 on the VXLAN device (the source of
+/// host-to-remote-pod IPv6 traffic), and its gateway as /len on the bridge (the pods'
+/// default route), both without DAD.
+pub async fn ensure_v6_addrs(
+    nl: &Netlink,
+    vx: &Link,
+    bridge: &str,
+    subnet: Ipv6Network,
+) -> Result<()> {
+    let vtep = (subnet.network(), 128);
+    if !nl.addrs_v6(vx.index).await?.contains(&vtep) {
+        nl.add_addr_v6_nodad(vx.index, &vx.name, vtep.0, 128)
+            .await?;
+    }
+    let br = nl
+        .get_link(bridge)
+        .await?
+        .with_context(|| format!("bridge {bridge} vanished"))?;
+    let gw = (gateway_v6(subnet), subnet.prefix());
+    if !nl.addrs_v6(br.index).await?.contains(&gw) {
+        nl.add_addr_v6_nodad(br.index, bridge, gw.0, gw.1).await?;
+    }
+    Ok(())
+}
+
 /// What the kernel holds on the VXLAN device.
 pub async fn read(nl: &Netlink, vx_index: u32) -> Result<Entries> {
     let mut e = Entries::default();
@@ -75,6 +100,16 @@ pub async fn read(nl: &Netlink, vx_index: u32) -> Result<Entries> {
         if r.oif == Some(vx_index) {
             if let (Some(gw), Ok(net)) = (r.gateway, Ipv4Network::new(r.dst, r.prefix)) {
                 e.routes.insert(net, gw);
+            }
+        }
+    }
+    for (ip, mac) in nl.neighs_v6(vx_index).await? {
+        e.neighs6.insert(ip, mac);
+    }
+    for r in nl.routes_v6().await? {
+        if r.oif == Some(vx_index) {
+            if let (Some(gw), Ok(net)) = (r.gateway, Ipv6Network::new(r.dst, r.prefix)) {
+                e.routes6.insert(net, gw);
             }
         }
     }
@@ -141,6 +176,13 @@ async fn apply_one(nl: &Netlink, vx: u32, op: &Op) -> Result<()> {
             nl.replace_route_onlink(net.network(), net.prefix(), gw, vx)
                 .await?
         }
+        Op::DelRoute6(net) => nl.del_route_v6(net.network(), net.prefix(), vx).await?,
+        Op::DelNeigh6(ip) => nl.del_neigh_v6(vx, ip).await?,
+        Op::SetNeigh6(ip, mac) => nl.set_neigh_v6(vx, ip, mac).await?,
+        Op::SetRoute6(net, gw) => {
+            nl.replace_route_onlink_v6(net.network(), net.prefix(), gw, vx)
+                .await?
+        }
     }
     Ok(())
 }
@@ -148,6 +190,11 @@ async fn apply_one(nl: &Netlink, vx: u32, op: &Op) -> Result<()> {
 /// The gateway of a node subnet: its first host address.
 pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// The IPv6 gateway of a node subnet: its first host address, as for IPv4.
+pub fn gateway_v6(subnet: Ipv6Network) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()) + 1)
 }
 
 /// A random locally administered unicast MAC, for a VTEP that has none yet.
@@ -165,4 +212,19 @@ pub fn random_bytes<const N: usize>(what: &str) -> Result<[u8; N]> {
         .and_then(|mut f| f.read_exact(&mut b))
         .with_context(|| format!("read /dev/urandom for {what}"))?;
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateways_are_the_first_hosts() {
+        assert_eq!(
+            gateway("10.1.2.0/24".parse().unwrap()),
+            Ipv4Addr::new(10, 1, 2, 1)
+        );
+        let g = gateway_v6("fd00:10:0:3::/64".parse().unwrap());
+        assert_eq!(g, "fd00:10:0:3::1".parse::<Ipv6Addr>().unwrap());
+    }
 }

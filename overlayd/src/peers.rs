@@ -4,12 +4,14 @@
 //!
 //! Per remote node (flannel's layout): a permanent neighbour entry for the node subnet's
 //! network address with the node's VTEP MAC, an FDB entry sending that MAC to the node's
-//! public IP, and a route to the subnet via that address, onlink.
+//! public IP, and a route to the subnet via that address, onlink. A dual-stack node also
+//! gets an IPv6 neighbour entry for its IPv6 subnet's network address with the same MAC
+//! and an IPv6 route via it: the device is L2, so the FDB entry serves both families.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use netlink::{FdbEntry, NeighV4, RouteV4};
 
 /// A remote node as the overlay needs it.
@@ -18,6 +20,7 @@ pub struct Peer {
     pub subnet: Ipv4Network,
     pub public_ip: Ipv4Addr,
     pub mac: [u8; 6],
+    pub subnet_v6: Option<Ipv6Network>,
 }
 
 /// The overlay's entries on the VXLAN device.
@@ -26,6 +29,8 @@ pub struct Entries {
     pub neighs: BTreeMap<Ipv4Addr, [u8; 6]>,
     pub fdb: BTreeSet<FdbEntry>,
     pub routes: BTreeMap<Ipv4Network, Ipv4Addr>,
+    pub neighs6: BTreeMap<Ipv6Addr, [u8; 6]>,
+    pub routes6: BTreeMap<Ipv6Network, Ipv6Addr>,
 }
 
 impl Entries {
@@ -39,12 +44,21 @@ impl Entries {
                 dst: p.public_ip,
             });
             e.routes.insert(p.subnet, vtep);
+            if let Some(s6) = p.subnet_v6 {
+                e.neighs6.insert(s6.network(), p.mac);
+                e.routes6.insert(s6, s6.network());
+            }
         }
         e
     }
 
+    /// Neighbour entries, FDB entries, routes, of both families.
     pub fn len(&self) -> (usize, usize, usize) {
-        (self.neighs.len(), self.fdb.len(), self.routes.len())
+        (
+            self.neighs.len() + self.neighs6.len(),
+            self.fdb.len(),
+            self.routes.len() + self.routes6.len(),
+        )
     }
 
     /// Adds, for each of `held` (subnets whose lease cannot be read now), what `have`
@@ -108,6 +122,10 @@ pub enum Op {
     SetNeigh(NeighV4),
     SetFdb(FdbEntry),
     SetRoute(Ipv4Network, Ipv4Addr),
+    DelRoute6(Ipv6Network),
+    DelNeigh6(Ipv6Addr),
+    SetNeigh6(Ipv6Addr, [u8; 6]),
+    SetRoute6(Ipv6Network, Ipv6Addr),
 }
 
 impl Op {
@@ -116,10 +134,10 @@ impl Op {
     /// gateway, and traffic would go to a stale VTEP).
     pub fn phase(&self) -> u8 {
         match self {
-            Op::DelRoute(_) => 0,
-            Op::DelNeigh(_) | Op::DelFdb(_) => 1,
-            Op::SetNeigh(_) | Op::SetFdb(_) => 2,
-            Op::SetRoute(..) => 3,
+            Op::DelRoute(_) | Op::DelRoute6(_) => 0,
+            Op::DelNeigh(_) | Op::DelNeigh6(_) | Op::DelFdb(_) => 1,
+            Op::SetNeigh(_) | Op::SetNeigh6(..) | Op::SetFdb(_) => 2,
+            Op::SetRoute(..) | Op::SetRoute6(..) => 3,
         }
     }
 }
@@ -153,6 +171,26 @@ pub fn diff(want: &Entries, have: &Entries) -> Vec<Op> {
             ops.push(Op::SetRoute(*net, *gw));
         }
     }
+    for net in have.routes6.keys() {
+        if !want.routes6.contains_key(net) {
+            ops.push(Op::DelRoute6(*net));
+        }
+    }
+    for ip in have.neighs6.keys() {
+        if !want.neighs6.contains_key(ip) {
+            ops.push(Op::DelNeigh6(*ip));
+        }
+    }
+    for (ip, mac) in &want.neighs6 {
+        if have.neighs6.get(ip) != Some(mac) {
+            ops.push(Op::SetNeigh6(*ip, *mac));
+        }
+    }
+    for (net, gw) in &want.routes6 {
+        if have.routes6.get(net) != Some(gw) {
+            ops.push(Op::SetRoute6(*net, *gw));
+        }
+    }
     ops.sort_by_key(Op::phase);
     ops
 }
@@ -166,7 +204,45 @@ mod tests {
             subnet: format!("10.244.{n}.0/24").parse().unwrap(),
             public_ip: Ipv4Addr::new(192, 0, 2, ip),
             mac: [0x0e, 0, 0, 0, 0, mac],
+            subnet_v6: None,
         }
+    }
+
+    fn peer6(n: u8, ip: u8, mac: u8) -> Peer {
+        Peer {
+            subnet_v6: Some(format!("fd00:10:0:{n}::/64").parse().unwrap()),
+            ..peer(n, ip, mac)
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_peer_adds_an_ipv6_neighbour_and_route_on_the_same_mac() {
+        let want = Entries::desired(&[peer6(1, 11, 1), peer(2, 12, 2)]);
+        assert_eq!(want.len(), (3, 2, 3));
+        let gw: Ipv6Addr = "fd00:10:0:1::".parse().unwrap();
+        assert_eq!(want.neighs6.get(&gw), Some(&[0x0e, 0, 0, 0, 0, 1]));
+        let ops = diff(&want, &Entries::default());
+        assert_eq!(ops.len(), 8);
+        // Routes of both families last, after the neighbours they use.
+        assert!(ops[6..]
+            .iter()
+            .all(|o| matches!(o, Op::SetRoute(..) | Op::SetRoute6(..))));
+        // A hand-deleted IPv6 route and neighbour are all that is put back.
+        let mut have = want.clone();
+        have.routes6.clear();
+        have.neighs6.clear();
+        assert_eq!(
+            diff(&want, &have),
+            vec![
+                Op::SetNeigh6(gw, [0x0e, 0, 0, 0, 0, 1]),
+                Op::SetRoute6("fd00:10:0:1::/64".parse().unwrap(), gw),
+            ]
+        );
+        // The node gone: its IPv6 route goes first, then its neighbour.
+        let ops = diff(&Entries::desired(&[peer(2, 12, 2)]), &want);
+        assert_eq!(ops[0], Op::DelRoute("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(ops[1], Op::DelRoute6("fd00:10:0:1::/64".parse().unwrap()));
+        assert!(ops.contains(&Op::DelNeigh6(gw)));
     }
 
     #[test]

@@ -3,13 +3,14 @@
 //! iptables, not a table of our own in nftables: where another table's FORWARD policy is
 //! DROP (Docker sets it), an accept in a separate nftables table cannot override it, and
 //! kube-proxy's iptables mode lives in these same tables (through Debian's iptables-nft).
-//! Chains are replaced atomically with `iptables-restore --noflush`.
+//! Chains are replaced atomically with `iptables-restore --noflush`. An IPv6 cluster CIDR
+//! gets the same chains, by the same names, in ip6tables.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 const MASQ_CHAIN: &str = "FERRY-POSTRTG";
 const FWD_CHAIN: &str = "FERRY-FWD";
@@ -17,12 +18,24 @@ const FWD_CHAIN: &str = "FERRY-FWD";
 /// kube-proxy marks packets it will masquerade itself with this bit.
 const KUBE_MARK_MASQ: &str = "0x4000/0x4000";
 
-/// The chains' rules, as `iptables -S` prints them.
-pub fn chain_rules(cluster: Ipv4Network) -> (Vec<String>, Vec<String>) {
+/// `iptables` or `ip6tables`, for a cluster CIDR's family.
+fn tool(cluster: IpNetwork) -> &'static str {
+    match cluster {
+        IpNetwork::V4(_) => "iptables",
+        IpNetwork::V6(_) => "ip6tables",
+    }
+}
+
+/// The chains' rules, as `iptables -S` (or `ip6tables -S`) prints them.
+pub fn chain_rules(cluster: IpNetwork) -> (Vec<String>, Vec<String>) {
+    let multicast = match cluster {
+        IpNetwork::V4(_) => "224.0.0.0/4",
+        IpNetwork::V6(_) => "ff00::/8",
+    };
     let masq = vec![
         format!("-A {MASQ_CHAIN} -m mark --mark {KUBE_MARK_MASQ} -m comment --comment \"kube-proxy masquerades these\" -j RETURN"),
         format!("-A {MASQ_CHAIN} -s {cluster} -d {cluster} -m comment --comment \"pod to pod keeps its source\" -j RETURN"),
-        format!("-A {MASQ_CHAIN} -s {cluster} -d 224.0.0.0/4 -j RETURN"),
+        format!("-A {MASQ_CHAIN} -s {cluster} -d {multicast} -j RETURN"),
         format!("-A {MASQ_CHAIN} -s {cluster} -m comment --comment \"pod to outside\" -j MASQUERADE --random-fully"),
     ];
     let fwd = vec![
@@ -32,7 +45,7 @@ pub fn chain_rules(cluster: Ipv4Network) -> (Vec<String>, Vec<String>) {
     (masq, fwd)
 }
 
-fn restore_input(cluster: Ipv4Network) -> String {
+fn restore_input(cluster: IpNetwork) -> String {
     let (masq, fwd) = chain_rules(cluster);
     format!(
         "*nat\n:{MASQ_CHAIN} - [0:0]\n{}\nCOMMIT\n*filter\n:{FWD_CHAIN} - [0:0]\n{}\nCOMMIT\n",
@@ -41,16 +54,16 @@ fn restore_input(cluster: Ipv4Network) -> String {
     )
 }
 
-fn iptables(args: &[&str]) -> Result<std::process::Output> {
-    Command::new("iptables")
+fn iptables(tool: &str, args: &[&str]) -> Result<std::process::Output> {
+    Command::new(tool)
         .arg("-w")
         .args(args)
         .output()
-        .context("run iptables (is it installed?)")
+        .with_context(|| format!("run {tool} (is it installed?)"))
 }
 
-fn chain_is(table: &str, chain: &str, want: &[String]) -> bool {
-    let Ok(out) = iptables(&["-t", table, "-S", chain]) else {
+fn chain_is(tool: &str, table: &str, chain: &str, want: &[String]) -> bool {
+    let Ok(out) = iptables(tool, &["-t", table, "-S", chain]) else {
         return false;
     };
     let text = String::from_utf8_lossy(&out.stdout);
@@ -58,19 +71,19 @@ fn chain_is(table: &str, chain: &str, want: &[String]) -> bool {
     out.status.success() && have == want.iter().map(String::as_str).collect::<Vec<_>>()
 }
 
-fn ensure_jump(table: &str, from: &str, to: &str, comment: &str) -> Result<()> {
+fn ensure_jump(tool: &str, table: &str, from: &str, to: &str, comment: &str) -> Result<()> {
     let rule = ["-m", "comment", "--comment", comment, "-j", to];
     let mut check = vec!["-t", table, "-C", from];
     check.extend(rule);
-    if iptables(&check)?.status.success() {
+    if iptables(tool, &check)?.status.success() {
         return Ok(());
     }
     let mut insert = vec!["-t", table, "-I", from, "1"];
     insert.extend(rule);
-    let out = iptables(&insert)?;
+    let out = iptables(tool, &insert)?;
     if !out.status.success() {
         bail!(
-            "iptables -t {table} -I {from} ... -j {to}: {}",
+            "{tool} -t {table} -I {from} ... -j {to}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -79,39 +92,40 @@ fn ensure_jump(table: &str, from: &str, to: &str, comment: &str) -> Result<()> {
 
 /// Installs (or repairs) the masquerade and forward rules; returns whether it changed
 /// anything.
-pub fn ensure_iptables(cluster: Ipv4Network) -> Result<bool> {
+pub fn ensure_iptables(cluster: IpNetwork) -> Result<bool> {
+    let tool = tool(cluster);
     let (masq, fwd) = chain_rules(cluster);
     let mut changed = false;
-    if !chain_is("nat", MASQ_CHAIN, &masq) || !chain_is("filter", FWD_CHAIN, &fwd) {
-        let mut child = Command::new("iptables-restore")
+    if !chain_is(tool, "nat", MASQ_CHAIN, &masq) || !chain_is(tool, "filter", FWD_CHAIN, &fwd) {
+        let mut child = Command::new(format!("{tool}-restore"))
             .args(["-w", "--noflush"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .context("run iptables-restore (is iptables installed?)")?;
+            .with_context(|| format!("run {tool}-restore (is {tool} installed?)"))?;
         child
             .stdin
             .take()
-            .context("iptables-restore stdin")?
+            .with_context(|| format!("{tool}-restore stdin"))?
             .write_all(restore_input(cluster).as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
-                "iptables-restore: {}",
+                "{tool}-restore: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
         changed = true;
     }
-    ensure_jump("nat", "POSTROUTING", MASQ_CHAIN, "ferry masquerade")?;
-    ensure_jump("filter", "FORWARD", FWD_CHAIN, "ferry forward")?;
+    ensure_jump(tool, "nat", "POSTROUTING", MASQ_CHAIN, "ferry masquerade")?;
+    ensure_jump(tool, "filter", "FORWARD", FWD_CHAIN, "ferry forward")?;
     Ok(changed)
 }
 
 /// Forwarding, and bridged pod traffic through iptables (kube-proxy's Service rules must
 /// see traffic between pods of one bridge, or a reply would skip the reverse NAT).
-pub fn ensure_sysctls() -> Result<()> {
+pub fn ensure_sysctls(ipv6: bool) -> Result<()> {
     netlink::sysctl::ensure("net/ipv4/ip_forward", "1")?;
     let key = "net/bridge/bridge-nf-call-iptables";
     if netlink::sysctl::read(key).is_err() {
@@ -120,6 +134,11 @@ pub fn ensure_sysctls() -> Result<()> {
     }
     netlink::sysctl::ensure(key, "1")
         .context("enable bridge-nf-call-iptables (is the br_netfilter module available?)")?;
+    if ipv6 {
+        netlink::sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
+        netlink::sysctl::ensure("net/bridge/bridge-nf-call-ip6tables", "1")
+            .context("enable bridge-nf-call-ip6tables")?;
+    }
     Ok(())
 }
 
@@ -134,5 +153,9 @@ mod tests {
         assert!(t.contains("-A FERRY-POSTRTG -s 10.244.0.0/16 -m comment --comment \"pod to outside\" -j MASQUERADE --random-fully"));
         assert!(t.contains("*filter\n:FERRY-FWD - [0:0]\n-A FERRY-FWD -s 10.244.0.0/16 -j ACCEPT"));
         assert_eq!(t.matches("COMMIT").count(), 2);
+        let t6 = restore_input("fd00:10::/56".parse().unwrap());
+        assert!(t6.contains("-A FERRY-POSTRTG -s fd00:10::/56 -d fd00:10::/56 -m comment --comment \"pod to pod keeps its source\" -j RETURN"));
+        assert!(t6.contains("-s fd00:10::/56 -d ff00::/8 -j RETURN"));
+        assert!(t6.contains("-A FERRY-FWD -d fd00:10::/56 -j ACCEPT"));
     }
 }

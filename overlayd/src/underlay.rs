@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{bail, Context, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use netlink::{Link, Netlink};
 
 #[derive(Debug, Clone)]
@@ -12,7 +12,7 @@ pub struct Underlay {
     pub ip: Ipv4Addr,
     /// The host's own networks (its addresses with their prefixes, but loopback and
     /// ferry's devices): no node subnet may overlap one.
-    pub networks: Vec<Ipv4Network>,
+    pub networks: Vec<IpNetwork>,
 }
 
 /// Every IPv4 address of the host with its link, but ferry's own devices (`skip`).
@@ -103,11 +103,33 @@ pub async fn find(
             link.mtu
         );
     }
-    let networks = addrs
+    let mut networks: Vec<IpNetwork> = addrs
         .iter()
         .filter(|(_, ip, _)| !ip.is_loopback())
         .filter_map(|(_, ip, p)| Ipv4Network::new(*ip, *p).ok())
-        .map(|n| Ipv4Network::new(n.network(), n.prefix()).unwrap_or(n))
+        .map(|n| IpNetwork::V4(Ipv4Network::new(n.network(), n.prefix()).unwrap_or(n)))
         .collect();
+    networks.extend(host_networks_v6(nl, &[bridge]).await?);
     Ok(Underlay { link, ip, networks })
+}
+
+/// The host's global IPv6 networks (not loopback, not link-local: every link has
+/// fe80::/64, which no cluster CIDR may take anyway), but ferry's own devices.
+async fn host_networks_v6(nl: &Netlink, skip: &[&str]) -> Result<Vec<IpNetwork>> {
+    let mut out = Vec::new();
+    for l in nl.list_links().await? {
+        if skip.contains(&l.name.as_str()) || l.vxlan.is_some() {
+            continue;
+        }
+        for (ip, prefix) in nl.addrs_v6(l.index).await? {
+            if ip.is_loopback() || (ip.segments()[0] & 0xffc0) == 0xfe80 {
+                continue;
+            }
+            if let Ok(n) = Ipv6Network::new(ip, prefix) {
+                let net = Ipv6Network::new(n.network(), prefix).unwrap_or(n);
+                out.push(IpNetwork::V6(net));
+            }
+        }
+    }
+    Ok(out)
 }

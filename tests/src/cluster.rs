@@ -17,6 +17,8 @@ pub const UNDERLAY_GW: &str = "192.0.2.254";
 pub const ETCD_IP: &str = "192.0.2.2";
 pub const OUTSIDE_IP: &str = "192.0.2.200";
 /// Where each node's daemon serves health and metrics, inside the node's namespace.
+/// The outside host's IPv6 address, with `Cluster::add_underlay_v6`.
+pub const OUTSIDE_IP_V6: &str = "2001:db8::100";
 pub const HEALTH_ADDR: &str = "127.0.0.1:9797";
 
 /// The underlay L2 segment.
@@ -345,6 +347,34 @@ impl Node {
         }
     }
 
+    /// An IPv6 pod made by hand on the node's bridge: address `k` of its `podCIDRv6`,
+    /// default route via `gatewayV6`, the node's MTU; returns the pod and its address.
+    /// Only until the plugin configures IPv6 from node.json: then `add_pod` replaces it.
+    pub fn add_pod_v6_by_hand(&self, k: u16) -> (Netns, String) {
+        let st = self.node_state();
+        let net: ipnetwork::Ipv6Network = st["podCIDRv6"]
+            .as_str()
+            .expect("podCIDRv6 in node.json")
+            .parse()
+            .expect("podCIDRv6 parses");
+        let ip = std::net::Ipv6Addr::from(u128::from(net.network()) + 0x100 + u128::from(k));
+        let gw = st["gatewayV6"].as_str().expect("gatewayV6 in node.json");
+        let mtu = st["mtu"].as_u64().expect("mtu");
+        let pod = Netns::new("fy6");
+        let port = crate::unique("v6");
+        self.host.sh(&format!(
+            "ip link add {port} mtu {mtu} type veth peer name eth0 netns {} && \
+             ip link set {port} master ferry0 up",
+            pod.name
+        ));
+        pod.sh(&format!(
+            "ip link set lo up && ip link set eth0 mtu {mtu} up && \
+             ip -6 addr add {ip}/{} dev eth0 nodad && ip -6 route add default via {gw}",
+            net.prefix()
+        ));
+        (pod, ip.to_string())
+    }
+
     /// The routes of the VXLAN device, as `ip route` prints them.
     pub fn overlay_routes(&self) -> String {
         self.host
@@ -526,6 +556,19 @@ impl Cluster {
     /// The value at `key` (empty when there is none).
     pub fn etcd_get(&self, key: &str) -> String {
         self.etcd.ctl(&format!("get --print-value-only {key}"))
+    }
+
+    /// Gives every node and the outside host an IPv6 address on the switch too
+    /// (`2001:db8::11`, … and `OUTSIDE_IP_V6`), for a dual-stack underlay.
+    pub fn add_underlay_v6(&self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            n.host.sh(&format!(
+                "ip -6 addr add 2001:db8::{:x}/64 dev eth0 nodad",
+                0x11 + i
+            ));
+        }
+        self.outside
+            .sh(&format!("ip -6 addr add {OUTSIDE_IP_V6}/64 dev eth0 nodad"));
     }
 
     /// A host on the underlay that is not a node.

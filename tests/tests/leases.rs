@@ -35,6 +35,91 @@ fn etcd_and_client() -> (Switch, Etcd, Netns) {
     (switch, etcd, client)
 }
 
+/// Fifty nodes leasing at once from `client`, each its own daemon's registry.
+fn race(
+    client: &Netns,
+    ep: String,
+    flags: ConfigFlags,
+) -> Vec<Result<registry::Acquired, LeaseError>> {
+    ferry_tests::inside::block_on(client, move || async move {
+        let tasks = (0..50).map(|i| {
+            let ep = ep.clone();
+            let flags = flags.clone();
+            async move {
+                let mut reg = Registry::connect(&opts(&ep), "/ferry").await?;
+                let cfg = reg.cluster_config(&flags, &[]).await?;
+                let mac = format!("0e:00:00:00:00:{i:02x}");
+                reg.acquire(
+                    &cfg,
+                    &format!("n{i}"),
+                    format!("192.0.2.{}", 20 + i).parse().unwrap(),
+                    &mac,
+                    Duration::from_secs(3600),
+                    None,
+                    None,
+                )
+                .await
+            }
+        });
+        futures_util::future::join_all(tasks).await
+    })
+}
+
+#[test]
+fn fifty_dual_stack_nodes_never_share_either_subnet() {
+    if !root_or_skip("fifty_dual_stack_nodes_never_share_either_subnet") {
+        return;
+    }
+    let (_switch, etcd, client) = etcd_and_client();
+    // The cluster starts IPv4-only: a node leased then gets its IPv6 subnet later, on
+    // the lease it has, once the config has IPv6.
+    let early = race(&client, etcd.endpoint(), flags("10.72.0.0/16", 24));
+    let early = early.into_iter().next().unwrap().expect("acquire");
+    assert_eq!(early.record.subnet_v6, None);
+    etcd.ctl(
+        r#"put /ferry/v1/config '{"clusterCIDR":"10.72.0.0/16","subnetLen":24,"vni":1,"port":4789,"ipv6":{"clusterCIDR":"fd00:72::/56","subnetLen":64}}'"#,
+    );
+    let dual = ConfigFlags {
+        cluster_cidr_v6: Some("fd00:72::/56".parse().unwrap()),
+        ..flags("10.72.0.0/16", 24)
+    };
+    let first: Vec<_> = race(&client, etcd.endpoint(), dual.clone())
+        .into_iter()
+        .map(|r| r.expect("acquire"))
+        .collect();
+    let v6: HashSet<_> = first.iter().filter_map(|a| a.record.subnet_v6).collect();
+    assert_eq!(v6.len(), 50, "two nodes got one IPv6 subnet");
+    assert_eq!(first[0].record.subnet, early.record.subnet);
+    assert_eq!(first[0].grace_lease, early.grace_lease);
+    // Started again, every node gets both subnets back.
+    let second: Vec<_> = race(&client, etcd.endpoint(), dual)
+        .into_iter()
+        .map(|r| r.expect("acquire"))
+        .collect();
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(a.record, b.record);
+        assert!(b.reused);
+    }
+    // One index key per IPv6 subnet, naming its node's lease key.
+    let keys = etcd.ctl("get /ferry/v1/leases-v6/ --prefix");
+    let lines: Vec<&str> = keys.lines().collect();
+    assert_eq!(lines.len(), 100, "{keys}");
+    let s6 = first[7].record.subnet_v6.unwrap();
+    let at = lines
+        .iter()
+        .position(|l| *l == format!("/ferry/v1/leases-v6/{}-64", s6.network()))
+        .expect("index key");
+    let s4 = first[7].record.subnet;
+    assert_eq!(
+        lines[at + 1],
+        format!("/ferry/v1/leases/{}-24", s4.network())
+    );
+    // The IPv6 index goes with the lease: revoking it ends both.
+    etcd.ctl(&format!("lease revoke {:x}", first[7].grace_lease));
+    let left = etcd.ctl("get /ferry/v1/leases-v6/ --prefix --keys-only");
+    assert!(!left.contains(&s6.network().to_string()), "{left}");
+}
+
 #[test]
 fn fifty_nodes_starting_at_once_never_share_a_subnet() {
     if !root_or_skip("fifty_nodes_starting_at_once_never_share_a_subnet") {
@@ -42,28 +127,7 @@ fn fifty_nodes_starting_at_once_never_share_a_subnet() {
     }
     let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
-    let run = |ep: String| {
-        ferry_tests::inside::block_on(&client, move || async move {
-            let tasks = (0..50).map(|i| {
-                let ep = ep.clone();
-                async move {
-                    let mut reg = Registry::connect(&opts(&ep), "/ferry").await?;
-                    let cfg = reg.cluster_config(&flags("10.70.0.0/16", 24), &[]).await?;
-                    let mac = format!("0e:00:00:00:00:{i:02x}");
-                    reg.acquire(
-                        &cfg,
-                        &format!("n{i}"),
-                        format!("192.0.2.{}", 20 + i).parse().unwrap(),
-                        &mac,
-                        Duration::from_secs(3600),
-                        None,
-                    )
-                    .await
-                }
-            });
-            futures_util::future::join_all(tasks).await
-        })
-    };
+    let run = |ep: String| race(&client, ep, flags("10.70.0.0/16", 24));
     let first: Vec<_> = run(ep.clone())
         .into_iter()
         .map(|r| r.expect("acquire"))
@@ -119,6 +183,7 @@ fn a_full_cluster_cidr_is_a_clear_error() {
                 "0e:00:00:00:00:01",
                 Duration::from_secs(60),
                 None,
+                None,
             )
             .await
             .unwrap();
@@ -129,6 +194,7 @@ fn a_full_cluster_cidr_is_a_clear_error() {
             "192.0.2.20".parse().unwrap(),
             "0e:00:00:00:00:01",
             Duration::from_secs(60),
+            None,
             None,
         )
         .await

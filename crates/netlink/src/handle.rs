@@ -189,6 +189,19 @@ impl Netlink {
             .collect())
     }
 
+    /// IPv6 addresses (address, prefix length) on a link, link-local ones included.
+    pub async fn addrs_v6(&self, index: u32) -> Result<Vec<(std::net::Ipv6Addr, u8)>> {
+        Ok(self
+            .addrs(index)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, p)| match ip {
+                IpAddr::V6(ip) => Some((ip, p)),
+                IpAddr::V4(_) => None,
+            })
+            .collect())
+    }
+
     /// The addresses (address, prefix length) of both families on a link.
     pub async fn addrs(&self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
         let msgs: Vec<_> = self
@@ -426,37 +439,6 @@ impl Netlink {
         }
     }
 
-    /// IPv6 routes of the main table: (destination, prefix length, gateway).
-    pub async fn routes_v6(&self) -> Result<Vec<(Ipv6Addr, u8, Option<Ipv6Addr>)>> {
-        let msgs: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .context(|| format!("list IPv6 routes in {}", self.place))?;
-        Ok(msgs
-            .into_iter()
-            .filter(|m| m.header.table == 254 || m.attributes.contains(&RouteAttribute::Table(254)))
-            .map(|m| {
-                let mut r = (
-                    Ipv6Addr::UNSPECIFIED,
-                    m.header.destination_prefix_length,
-                    None,
-                );
-                for a in m.attributes {
-                    match a {
-                        RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.0 = d,
-                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.2 = Some(g),
-                        _ => {}
-                    }
-                }
-                r
-            })
-            .collect())
-    }
-
     /// IPv4 routes of the main table.
     pub async fn routes_v4(&self) -> Result<Vec<RouteV4>> {
         let msgs: Vec<RouteMessage> = self
@@ -469,25 +451,54 @@ impl Netlink {
             .context(|| format!("list routes in {}", self.place))?;
         Ok(msgs
             .into_iter()
-            .filter(|m| m.header.table == 254 || m.attributes.contains(&RouteAttribute::Table(254)))
-            .map(|m| {
-                let mut r = RouteV4 {
-                    dst: Ipv4Addr::UNSPECIFIED,
-                    prefix: m.header.destination_prefix_length,
-                    gateway: None,
-                    oif: None,
-                    protocol: u8::from(m.header.protocol),
-                };
-                for a in m.attributes {
-                    match a {
-                        RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = d,
-                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(g),
-                        RouteAttribute::Oif(o) => r.oif = Some(o),
-                        _ => {}
-                    }
-                }
-                r
+            .filter_map(main_route)
+            .map(|r| RouteV4 {
+                dst: match r.dst {
+                    Some(IpAddr::V4(d)) => d,
+                    _ => Ipv4Addr::UNSPECIFIED,
+                },
+                prefix: r.prefix,
+                gateway: match r.gateway {
+                    Some(IpAddr::V4(g)) => Some(g),
+                    _ => None,
+                },
+                oif: r.oif,
+                protocol: r.protocol,
             })
             .collect())
     }
+}
+
+/// A main-table route's fields, of either family.
+pub(crate) struct MainRoute {
+    pub dst: Option<IpAddr>,
+    pub prefix: u8,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub protocol: u8,
+}
+
+/// The fields of `m` when it is a main-table route.
+pub(crate) fn main_route(m: RouteMessage) -> Option<MainRoute> {
+    if m.header.table != 254 && !m.attributes.contains(&RouteAttribute::Table(254)) {
+        return None;
+    }
+    let mut r = MainRoute {
+        dst: None,
+        prefix: m.header.destination_prefix_length,
+        gateway: None,
+        oif: None,
+        protocol: u8::from(m.header.protocol),
+    };
+    for a in m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = Some(IpAddr::V4(d)),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.dst = Some(IpAddr::V6(d)),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(IpAddr::V4(g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gateway = Some(IpAddr::V6(g)),
+            RouteAttribute::Oif(o) => r.oif = Some(o),
+            _ => {}
+        }
+    }
+    Some(r)
 }

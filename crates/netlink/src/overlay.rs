@@ -1,13 +1,13 @@
 //! What the VXLAN overlay programs: the device, and per remote node one neighbour entry,
 //! one FDB entry and one route (flannel's layout).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkVxlan, RouteMessageBuilder};
 
@@ -79,11 +79,24 @@ impl Netlink {
 
     /// The permanent IPv4 neighbour entries on a link.
     pub async fn neighs_v4(&self, index: u32) -> Result<Vec<NeighV4>> {
+        Ok(self
+            .neighs(index, AddressFamily::Inet)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, mac)| match ip {
+                IpAddr::V4(ip) => Some(NeighV4 { ip, mac }),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// The permanent neighbour entries of one family on a link.
+    async fn neighs(&self, index: u32, family: AddressFamily) -> Result<Vec<(IpAddr, [u8; 6])>> {
         let msgs: Vec<NeighbourMessage> = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Inet)
+            .set_address_family(family)
             .execute()
             .try_collect()
             .await
@@ -96,35 +109,51 @@ impl Netlink {
                 let mut mac = None;
                 for a in m.attributes {
                     match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(i),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => {
+                            ip = Some(IpAddr::V4(i))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(i)) => {
+                            ip = Some(IpAddr::V6(i))
+                        }
                         NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(&l),
                         _ => {}
                     }
                 }
-                Some(NeighV4 { ip: ip?, mac: mac? })
+                Some((ip?, mac?))
             })
             .collect())
     }
 
     /// Adds or replaces a permanent neighbour entry.
     pub async fn set_neigh(&self, index: u32, n: NeighV4) -> Result<()> {
+        self.set_neigh_ip(index, IpAddr::V4(n.ip), n.mac).await
+    }
+
+    async fn set_neigh_ip(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(n.ip))
-            .link_layer_address(&n.mac)
+            .add(index, ip)
+            .link_layer_address(&mac)
             .state(NeighbourState::Permanent)
             .replace()
             .execute()
             .await
-            .context(|| format!("set neighbour {} on link {index} in {}", n.ip, self.place))
+            .context(|| format!("set neighbour {ip} on link {index} in {}", self.place))
     }
 
     pub async fn del_neigh(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        self.del_neigh_ip(index, IpAddr::V4(ip)).await
+    }
+
+    async fn del_neigh_ip(&self, index: u32, ip: IpAddr) -> Result<()> {
         let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Inet;
+        let (family, addr) = match ip {
+            IpAddr::V4(i) => (AddressFamily::Inet, NeighbourAddress::Inet(i)),
+            IpAddr::V6(i) => (AddressFamily::Inet6, NeighbourAddress::Inet6(i)),
+        };
+        m.header.family = family;
         m.header.ifindex = index;
-        m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        m.attributes.push(NeighbourAttribute::Destination(addr));
         tolerate_missing(self.handle.neighbours().del(m).execute().await)
             .context(|| format!("delete neighbour {ip} on link {index} in {}", self.place))
     }
@@ -245,6 +274,129 @@ impl Netlink {
             .build();
         tolerate_missing(self.handle.route().del(msg).execute().await)
             .context(|| format!("delete route {dst}/{prefix} in {}", self.place))
+    }
+}
+
+/// An IPv6 route of the main table, as the overlay reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteV6 {
+    pub dst: Ipv6Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv6Addr>,
+    pub oif: Option<u32>,
+    pub protocol: u8,
+}
+
+/// IPv6 pods over the same VXLAN device: per remote node a permanent neighbour entry for
+/// its IPv6 subnet's network address and an onlink route via it (the FDB entry of the
+/// node's VTEP MAC is the IPv4 one's: the device is L2).
+impl Netlink {
+    /// The permanent IPv6 neighbour entries on a link.
+    pub async fn neighs_v6(&self, index: u32) -> Result<Vec<(Ipv6Addr, [u8; 6])>> {
+        Ok(self
+            .neighs(index, AddressFamily::Inet6)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, mac)| match ip {
+                IpAddr::V6(ip) => Some((ip, mac)),
+                IpAddr::V4(_) => None,
+            })
+            .collect())
+    }
+
+    /// Adds or replaces a permanent IPv6 neighbour entry.
+    pub async fn set_neigh_v6(&self, index: u32, ip: Ipv6Addr, mac: [u8; 6]) -> Result<()> {
+        self.set_neigh_ip(index, IpAddr::V6(ip), mac).await
+    }
+
+    pub async fn del_neigh_v6(&self, index: u32, ip: Ipv6Addr) -> Result<()> {
+        self.del_neigh_ip(index, IpAddr::V6(ip)).await
+    }
+
+    /// `ip -6 route replace <dst>/<prefix> via <gw> dev <oif> onlink proto 102`.
+    pub async fn replace_route_onlink_v6(
+        &self,
+        dst: Ipv6Addr,
+        prefix: u8,
+        gw: Ipv6Addr,
+        oif: u32,
+    ) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst, prefix)
+            .gateway(gw)
+            .output_interface(oif)
+            .onlink()
+            .protocol(RouteProtocol::Other(crate::ROUTE_PROTO_FERRY))
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .context(|| format!("replace route {dst}/{prefix} via {gw} in {}", self.place))
+    }
+
+    /// Deletes the IPv6 route to `dst/prefix` out of `oif`, whoever added it.
+    pub async fn del_route_v6(&self, dst: Ipv6Addr, prefix: u8, oif: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst, prefix)
+            .output_interface(oif)
+            .protocol(RouteProtocol::Unspec)
+            .scope(RouteScope::NoWhere)
+            .build();
+        tolerate_missing(self.handle.route().del(msg).execute().await)
+            .context(|| format!("delete route {dst}/{prefix} in {}", self.place))
+    }
+
+    /// IPv6 routes of the main table.
+    pub async fn routes_v6(&self) -> Result<Vec<RouteV6>> {
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .context(|| format!("list IPv6 routes in {}", self.place))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(crate::handle::main_route)
+            .map(|r| RouteV6 {
+                dst: match r.dst {
+                    Some(IpAddr::V6(d)) => d,
+                    _ => Ipv6Addr::UNSPECIFIED,
+                },
+                prefix: r.prefix,
+                gateway: match r.gateway {
+                    Some(IpAddr::V6(g)) => Some(g),
+                    _ => None,
+                },
+                oif: r.oif,
+                protocol: r.protocol,
+            })
+            .collect())
+    }
+
+    /// Adds an IPv6 address without duplicate address detection (a VTEP or gateway
+    /// address is ferry's by construction; DAD would leave it unusable for a second);
+    /// one already there is not an error.
+    pub async fn add_addr_v6_nodad(
+        &self,
+        index: u32,
+        name: &str,
+        ip: Ipv6Addr,
+        prefix: u8,
+    ) -> Result<()> {
+        use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+        let mut req = self.handle.address().add(index, IpAddr::V6(ip), prefix);
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match req.execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            r => r.context(|| format!("add address {ip}/{prefix} to {name} in {}", self.place)),
+        }
     }
 }
 

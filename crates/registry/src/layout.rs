@@ -4,12 +4,14 @@
 //! ```text
 //! <prefix>/v1/config                     cluster config (JSON)
 //! <prefix>/v1/leases/<a.b.c.d>-<len>     one node's subnet lease (JSON), on its grace lease
+//! <prefix>/v1/leases-v6/<ipv6>-<len>     the lease key holding that IPv6 subnet, on the
+//!                                        same grace lease: one IPv6 subnet, one node
 //! <prefix>/v1/nodes/<node>               the node's subnet key, on the same grace lease
 //! <prefix>/v1/alive/<node>               heartbeat, on a short lease
 //! <prefix>/v1/usage/<node>               addresses used on the node, on the same lease
 //! ```
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 pub const VERSION: &str = "v1";
 pub const DEFAULT_PREFIX: &str = "/ferry";
@@ -45,6 +47,29 @@ impl Layout {
         Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()
     }
 
+    /// The index key of an IPv6 subnet: its value is the lease key that holds it, and its
+    /// existence keeps any other node from leasing it (a key per subnet, as for IPv4, so
+    /// that uniqueness is one etcd compare).
+    pub fn lease_v6(&self, subnet: Ipv6Network) -> String {
+        format!(
+            "{}{}-{}",
+            self.leases_v6(),
+            subnet.network(),
+            subnet.prefix()
+        )
+    }
+
+    pub fn leases_v6(&self) -> String {
+        format!("{}/leases-v6/", self.base)
+    }
+
+    /// The IPv6 subnet of an IPv6 index key, when `key` is one.
+    pub fn subnet_v6_of(&self, key: &str) -> Option<Ipv6Network> {
+        let rest = key.strip_prefix(&self.leases_v6())?;
+        let (ip, len) = rest.rsplit_once('-')?;
+        Ipv6Network::new(ip.parse().ok()?, len.parse().ok()?).ok()
+    }
+
     pub fn node(&self, name: &str) -> String {
         format!("{}/nodes/{name}", self.base)
     }
@@ -78,6 +103,12 @@ mod tests {
         assert_eq!(l.lease(s), "/ferry/v1/leases/10.244.3.0-24");
         assert_eq!(l.subnet_of(&l.lease(s)), Some(s));
         assert_eq!(l.subnet_of("/ferry/v1/nodes/x"), None);
+        let s6: Ipv6Network = "fd00:10:0:3::/64".parse().unwrap();
+        assert_eq!(l.lease_v6(s6), "/ferry/v1/leases-v6/fd00:10:0:3::-64");
+        // Outside the IPv4 leases' prefix: a previous release lists only those.
+        assert!(!l.lease_v6(s6).starts_with(&l.leases()));
+        assert_eq!(l.subnet_v6_of(&l.lease_v6(s6)), Some(s6));
+        assert_eq!(l.subnet_v6_of(&l.lease(s)), None);
         assert_eq!(l.node("n1"), "/ferry/v1/nodes/n1");
         assert_eq!(l.alive("n1"), "/ferry/v1/alive/n1");
     }

@@ -12,5 +12,7 @@ mod registry;
 pub use args::EtcdArgs;
 pub use etcd_client::{WatchResponse, WatchStream};
 pub use layout::Layout;
-pub use model::{ClusterConfig, ConfigFlags, LeaseRecord, LeaseView, Refused, StoredLease, Usage};
+pub use model::{
+    ClusterConfig, ClusterV6, ConfigFlags, LeaseRecord, LeaseView, Refused, StoredLease, Usage,
+};
 pub use registry::{Acquired, EtcdOptions, LeaseEntry, LeaseError, Registry};

@@ -1,12 +1,14 @@
 //! The cluster config and leases as data, and the decisions about them.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_SUBNET_LEN: u8 = 24;
+/// A node's IPv6 subnet, as flannel's: room for SLAAC-sized pools.
+pub const DEFAULT_SUBNET_LEN_V6: u8 = 64;
 pub const DEFAULT_VNI: u32 = 1;
 pub const DEFAULT_PORT: u16 = 4789;
 
@@ -18,6 +20,19 @@ pub struct ClusterConfig {
     pub subnet_len: u8,
     pub vni: u32,
     pub port: u16,
+    /// The IPv6 pod network of a dual-stack cluster; absent (and ignored by a release
+    /// that predates it) in an IPv4-only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<ClusterV6>,
+}
+
+/// A cluster's IPv6 pod network, split into one subnet per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterV6 {
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: Ipv6Network,
+    pub subnet_len: u8,
 }
 
 /// What the daemon's flags say about the cluster config; `None` is "not given".
@@ -25,6 +40,8 @@ pub struct ClusterConfig {
 pub struct ConfigFlags {
     pub cluster_cidr: Option<Ipv4Network>,
     pub subnet_len: Option<u8>,
+    pub cluster_cidr_v6: Option<Ipv6Network>,
+    pub subnet_len_v6: Option<u8>,
     pub vni: Option<u32>,
     pub port: Option<u16>,
 }
@@ -38,6 +55,10 @@ pub struct LeaseRecord {
     pub public_ip: Ipv4Addr,
     /// `aa:bb:cc:dd:ee:ff`
     pub vtep_mac: String,
+    /// The node's IPv6 subnet in a dual-stack cluster, leased in the same transaction
+    /// and on the same etcd lease as `subnet`.
+    #[serde(rename = "subnetV6", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_v6: Option<Ipv6Network>,
 }
 
 /// How many pod addresses a node uses, as its daemon publishes it.
@@ -80,9 +101,97 @@ fn net(s: &str) -> Ipv4Network {
     s.parse().expect("constant network")
 }
 
+/// IPv6 ranges a cluster CIDR may never touch, and why (the first match is named).
+const FORBIDDEN_V6: [(&str, &str); 5] = [
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("::/8", "reserved (unspecified, loopback, IPv4-compatible)"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+/// The shortest IPv6 cluster CIDR accepted, for the same reason as `MIN_CLUSTER_PREFIX`.
+pub const MIN_CLUSTER_PREFIX_V6: u8 = 16;
+/// The longest IPv6 node subnet: a node needs room for its pods.
+pub const MAX_SUBNET_LEN_V6: u8 = 120;
+
+fn net6(s: &str) -> Ipv6Network {
+    s.parse().expect("constant network")
+}
+
 /// Whether two networks share an address.
 pub fn overlap(a: Ipv4Network, b: Ipv4Network) -> bool {
     a.contains(b.network()) || b.contains(a.network())
+}
+
+/// Whether two IPv6 networks share an address.
+pub fn overlap_v6(a: Ipv6Network, b: Ipv6Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// The IPv4 networks of a host's networks.
+fn v4s(nets: &[IpNetwork]) -> impl Iterator<Item = Ipv4Network> + '_ {
+    nets.iter().filter_map(|n| match n {
+        IpNetwork::V4(n) => Some(*n),
+        IpNetwork::V6(_) => None,
+    })
+}
+
+/// The IPv6 networks of a host's networks.
+fn v6s(nets: &[IpNetwork]) -> impl Iterator<Item = Ipv6Network> + '_ {
+    nets.iter().filter_map(|n| match n {
+        IpNetwork::V6(n) => Some(*n),
+        IpNetwork::V4(_) => None,
+    })
+}
+
+impl ClusterV6 {
+    pub fn validate(&self) -> Result<(), String> {
+        let c = self.cluster_cidr;
+        if c.prefix() < MIN_CLUSTER_PREFIX_V6 {
+            return Err(format!(
+                "IPv6 cluster CIDR {c} is too short: /{} (at least /{MIN_CLUSTER_PREFIX_V6})",
+                c.prefix()
+            ));
+        }
+        for (range, why) in FORBIDDEN_V6 {
+            if overlap_v6(c, net6(range)) {
+                return Err(format!("IPv6 cluster CIDR {c} overlaps {range}: {why}"));
+            }
+        }
+        if c.network() != c.ip() {
+            return Err(format!("IPv6 cluster CIDR {c} has host bits set"));
+        }
+        let len = self.subnet_len;
+        if len <= c.prefix() || len > MAX_SUBNET_LEN_V6 {
+            return Err(format!(
+                "IPv6 node subnet length /{len} must be longer than the cluster CIDR's /{} and at most /{MAX_SUBNET_LEN_V6}",
+                c.prefix()
+            ));
+        }
+        if len - c.prefix() > 24 {
+            return Err(format!(
+                "IPv6 cluster CIDR {c} split into /{len} would make more than 2^24 node subnets"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn subnet_count(&self) -> u32 {
+        1u32 << (self.subnet_len - self.cluster_cidr.prefix())
+    }
+
+    /// The `i`th node subnet.
+    pub fn subnet(&self, i: u32) -> Ipv6Network {
+        let size = 1u128 << (128 - u32::from(self.subnet_len));
+        let base = u128::from(self.cluster_cidr.network()) + u128::from(i) * size;
+        Ipv6Network::new(Ipv6Addr::from(base), self.subnet_len).expect("valid prefix")
+    }
+
+    /// Whether `s` is one of this config's node subnets.
+    pub fn holds(&self, s: Ipv6Network) -> bool {
+        s.prefix() == self.subnet_len && self.cluster_cidr.contains(s.network())
+    }
 }
 
 /// An address another node may be sent VXLAN to: unicast, routable, not ours to forge.
@@ -151,16 +260,28 @@ impl ClusterConfig {
         if self.port == 0 {
             return Err("VXLAN port 0 is not a port".into());
         }
+        if let Some(v6) = &self.ipv6 {
+            v6.validate()?;
+        }
         Ok(())
     }
 
     /// The cluster CIDR must not share an address with the node's own networks, or a
     /// node subnet could take the place of the underlay.
-    pub fn check_underlay(&self, underlay: &[Ipv4Network]) -> Result<(), String> {
-        match underlay.iter().find(|u| overlap(self.cluster_cidr, **u)) {
-            Some(u) => Err(format!(
+    pub fn check_underlay(&self, underlay: &[IpNetwork]) -> Result<(), String> {
+        if let Some(u) = v4s(underlay).find(|u| overlap(self.cluster_cidr, *u)) {
+            return Err(format!(
                 "cluster CIDR {} overlaps this node's network {u}",
                 self.cluster_cidr
+            ));
+        }
+        let Some(v6) = self.ipv6 else {
+            return Ok(());
+        };
+        match v6s(underlay).find(|u| overlap_v6(v6.cluster_cidr, *u)) {
+            Some(u) => Err(format!(
+                "IPv6 cluster CIDR {} overlaps this node's network {u}",
+                v6.cluster_cidr
             )),
             None => Ok(()),
         }
@@ -190,6 +311,10 @@ impl ClusterConfig {
             subnet_len: f.subnet_len.unwrap_or(DEFAULT_SUBNET_LEN),
             vni: f.vni.unwrap_or(DEFAULT_VNI),
             port: f.port.unwrap_or(DEFAULT_PORT),
+            ipv6: f.cluster_cidr_v6.map(|c| ClusterV6 {
+                cluster_cidr: c,
+                subnet_len: f.subnet_len_v6.unwrap_or(DEFAULT_SUBNET_LEN_V6),
+            }),
         })
     }
 
@@ -208,6 +333,27 @@ impl ClusterConfig {
         }
         if let Some(p) = f.port.filter(|p| *p != self.port) {
             diffs.push(format!("--port {p} (stored {})", self.port));
+        }
+        let stored_v6 = |show: &dyn Fn(&ClusterV6) -> String| {
+            self.ipv6.as_ref().map_or("none".to_string(), show)
+        };
+        if let Some(c) = f
+            .cluster_cidr_v6
+            .filter(|c| self.ipv6.map(|v| v.cluster_cidr) != Some(*c))
+        {
+            diffs.push(format!(
+                "--cluster-cidr-v6 {c} (stored {})",
+                stored_v6(&|v| v.cluster_cidr.to_string())
+            ));
+        }
+        if let Some(l) = f
+            .subnet_len_v6
+            .filter(|l| self.ipv6.map(|v| v.subnet_len) != Some(*l))
+        {
+            diffs.push(format!(
+                "--subnet-len-v6 {l} (stored {})",
+                stored_v6(&|v| v.subnet_len.to_string())
+            ));
         }
         if diffs.is_empty() {
             Ok(())
@@ -249,7 +395,7 @@ pub struct LeaseView {
 /// The checks of one record that need no other record.
 pub fn check_lease(
     cfg: &ClusterConfig,
-    underlay: &[Ipv4Network],
+    underlay: &[IpNetwork],
     key_subnet: Option<Ipv4Network>,
     rec: &LeaseRecord,
 ) -> Result<(), String> {
@@ -265,8 +411,24 @@ pub fn check_lease(
             cfg.subnet_len, cfg.cluster_cidr
         ));
     }
-    if let Some(u) = underlay.iter().find(|u| overlap(s, **u)) {
+    if let Some(u) = v4s(underlay).find(|u| overlap(s, *u)) {
         return Err(format!("subnet {s} overlaps this node's network {u}"));
+    }
+    if let Some(s6) = rec.subnet_v6 {
+        let Some(v6) = cfg.ipv6 else {
+            return Err(format!(
+                "IPv6 subnet {s6} in a cluster without an IPv6 cluster CIDR"
+            ));
+        };
+        if s6.ip() != s6.network() || !v6.holds(s6) {
+            return Err(format!(
+                "IPv6 subnet {s6} is not a /{} of the IPv6 cluster CIDR {}",
+                v6.subnet_len, v6.cluster_cidr
+            ));
+        }
+        if let Some(u) = v6s(underlay).find(|u| overlap_v6(s6, *u)) {
+            return Err(format!("IPv6 subnet {s6} overlaps this node's network {u}"));
+        }
     }
     if rec.node.is_empty() || rec.node.contains('/') {
         return Err(format!("node name {:?} is not a node name", rec.node));
@@ -288,7 +450,7 @@ pub fn check_lease(
 /// has one FDB entry: a second record with it would take the first node's traffic). Two
 /// records may share a public IP (traffic to a subnet then reaches that host, nothing
 /// else).
-pub fn resolve(cfg: &ClusterConfig, underlay: &[Ipv4Network], stored: &[StoredLease]) -> LeaseView {
+pub fn resolve(cfg: &ClusterConfig, underlay: &[IpNetwork], stored: &[StoredLease]) -> LeaseView {
     let mut view = LeaseView::default();
     let mut order: Vec<&StoredLease> = stored.iter().collect();
     order.sort_by(|a, b| (a.create_revision, &a.key).cmp(&(b.create_revision, &b.key)));
@@ -317,8 +479,14 @@ pub fn resolve(cfg: &ClusterConfig, underlay: &[Ipv4Network], stored: &[StoredLe
             continue;
         }
         let clash = winners.iter().find_map(|(k, w)| {
+            let v6_clash = match (w.subnet_v6, rec.subnet_v6) {
+                (Some(a), Some(b)) => overlap_v6(a, b),
+                _ => false,
+            };
             let what = if overlap(w.subnet, rec.subnet) {
                 "its subnet overlaps"
+            } else if v6_clash {
+                "its IPv6 subnet overlaps"
             } else if w.node == rec.node {
                 "its node name is"
             } else if w.vtep_mac.eq_ignore_ascii_case(&rec.vtep_mac) {
@@ -344,16 +512,32 @@ pub fn pick_free(
     taken: &HashSet<Ipv4Network>,
     seed: u64,
 ) -> Option<Ipv4Network> {
+    pick_among(cfg.subnet_count(), |i| cfg.subnet(i), taken, seed)
+}
+
+/// `pick_free` for the IPv6 subnets.
+pub fn pick_free_v6(
+    v6: &ClusterV6,
+    taken: &HashSet<Ipv6Network>,
+    seed: u64,
+) -> Option<Ipv6Network> {
+    pick_among(v6.subnet_count(), |i| v6.subnet(i), taken, seed)
+}
+
+fn pick_among<N: Copy + Eq + std::hash::Hash>(
+    count: u32,
+    subnet: impl Fn(u32) -> N,
+    taken: &HashSet<N>,
+    seed: u64,
+) -> Option<N> {
     const SPREAD: usize = 64;
-    let free: Vec<Ipv4Network> = (0..cfg.subnet_count())
-        .map(|i| cfg.subnet(i))
+    let free: Vec<N> = (0..count)
+        .map(subnet)
         .filter(|s| !taken.contains(s))
         .take(SPREAD)
         .collect();
-    if free.is_empty() {
-        return None;
-    }
-    Some(free[(seed % free.len() as u64) as usize])
+    free.get((seed % free.len().max(1) as u64) as usize)
+        .copied()
 }
 
 #[cfg(test)]
@@ -367,6 +551,17 @@ mod tests {
             subnet_len: len,
             vni: 1,
             port: 4789,
+            ipv6: None,
+        }
+    }
+
+    fn dual(cidr6: &str, len6: u8) -> ClusterConfig {
+        ClusterConfig {
+            ipv6: Some(ClusterV6 {
+                cluster_cidr: cidr6.parse().unwrap(),
+                subnet_len: len6,
+            }),
+            ..cfg("10.244.0.0/16", 24)
         }
     }
 
@@ -437,9 +632,7 @@ mod tests {
             assert!(e.contains(cidr) && e.contains(why), "{cidr}: {e}");
         }
         let c = cfg("192.0.0.0/16", 24);
-        let e = c
-            .check_underlay(&["192.0.2.0/24".parse().unwrap()])
-            .unwrap_err();
+        let e = c.check_underlay(&underlay()).unwrap_err();
         assert!(e.contains("192.0.2.0/24"), "{e}");
         assert!(c
             .check_underlay(&["198.51.100.0/24".parse().unwrap()])
@@ -452,6 +645,14 @@ mod tests {
             subnet: subnet.parse().unwrap(),
             public_ip: Ipv4Addr::new(192, 0, 2, ip),
             vtep_mac: format!("0e:00:00:00:00:{mac:02x}"),
+            subnet_v6: None,
+        }
+    }
+
+    fn rec6(node: &str, subnet: &str, subnet_v6: &str, ip: u8, mac: u8) -> LeaseRecord {
+        LeaseRecord {
+            subnet_v6: Some(subnet_v6.parse().unwrap()),
+            ..rec(node, subnet, ip, mac)
         }
     }
 
@@ -464,8 +665,11 @@ mod tests {
         }
     }
 
-    fn underlay() -> Vec<Ipv4Network> {
-        vec!["192.0.2.0/24".parse().unwrap()]
+    fn underlay() -> Vec<IpNetwork> {
+        vec![
+            "192.0.2.0/24".parse().unwrap(),
+            "2001:db8::/64".parse().unwrap(),
+        ]
     }
 
     #[test]
@@ -579,6 +783,140 @@ mod tests {
             .refused
             .iter()
             .all(|r| r.key.starts_with("/f/v1/leases/")));
+    }
+
+    #[test]
+    fn ipv6_cluster_cidrs_are_checked_like_ipv4_ones() {
+        assert!(dual("fd00:10::/56", 64).validate().is_ok());
+        for (cidr, len, why) in [
+            ("::/0", 64, "too short"),
+            ("fd00::/12", 64, "too short"),
+            ("::1/128", 128, "loopback"),
+            ("::ffff:0:0/96", 112, "IPv4-mapped"),
+            ("::/16", 64, "loopback"),
+            ("0:1::/32", 64, "reserved"),
+            ("fe80::/16", 64, "link-local"),
+            ("ff02::/16", 64, "multicast"),
+            ("fd00:10::1/56", 64, "host bits"),
+            ("fd00:10::/56", 56, "longer than"),
+            ("fd00:10::/56", 124, "at most /120"),
+            ("fd00::/16", 64, "2^24"),
+        ] {
+            let e = dual(cidr, len).validate().unwrap_err();
+            assert!(e.contains(why), "{cidr}/{len}: {e}");
+        }
+        let over = dual("2001:db8::/48", 64);
+        let e = over.check_underlay(&underlay()).unwrap_err();
+        assert!(e.contains("2001:db8::/64"), "{e}");
+        assert!(dual("fd00:10::/56", 64).check_underlay(&underlay()).is_ok());
+        let v6 = dual("fd00:10::/56", 64).ipv6.unwrap();
+        assert_eq!(v6.subnet_count(), 256);
+        assert_eq!(v6.subnet(3).to_string(), "fd00:10:0:3::/64");
+        assert!(v6.holds("fd00:10:0:ff::/64".parse().unwrap()));
+        assert!(!v6.holds("fd00:11::/64".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_flags_never_overwrite() {
+        let c = dual("fd00:10::/56", 64);
+        let f = ConfigFlags {
+            cluster_cidr: Some(c.cluster_cidr),
+            cluster_cidr_v6: Some("fd00:10::/56".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(ClusterConfig::from_flags(&f), Some(c.clone()));
+        assert!(c.check_flags(&f).is_ok());
+        let v4_only = cfg("10.244.0.0/16", 24);
+        let e = v4_only.check_flags(&f).unwrap_err();
+        assert!(
+            e.contains("--cluster-cidr-v6 fd00:10::/56 (stored none)"),
+            "{e}"
+        );
+        let f = ConfigFlags {
+            subnet_len_v6: Some(80),
+            ..Default::default()
+        };
+        let e = c.check_flags(&f).unwrap_err();
+        assert!(e.contains("--subnet-len-v6 80 (stored 64)"), "{e}");
+    }
+
+    #[test]
+    fn an_ipv4_only_record_and_config_read_as_before() {
+        // What the previous release stored, and what it reads of ours: the IPv6 keys are
+        // additive and optional.
+        let old = r#"{"clusterCIDR":"10.244.0.0/16","subnetLen":24,"vni":1,"port":4789}"#;
+        let c: ClusterConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(c, cfg("10.244.0.0/16", 24));
+        assert_eq!(serde_json::to_string(&c).unwrap(), old);
+        let r = rec("a", "10.244.1.0/24", 11, 1);
+        assert!(!serde_json::to_string(&r).unwrap().contains("V6"));
+        let d = serde_json::to_value(dual("fd00:10::/56", 64)).unwrap();
+        assert_eq!(d["ipv6"]["clusterCIDR"], "fd00:10::/56");
+        assert_eq!(d["ipv6"]["subnetLen"], 64);
+        let r6 = serde_json::to_value(rec6("a", "10.244.1.0/24", "fd00:10:0:1::/64", 11, 1));
+        assert_eq!(r6.unwrap()["subnetV6"], "fd00:10:0:1::/64");
+    }
+
+    #[test]
+    fn ipv6_subnets_are_checked_and_conflicts_settled() {
+        let c = dual("fd00:10::/56", 64);
+        let ok = rec6("a", "10.244.1.0/24", "fd00:10:0:1::/64", 11, 1);
+        assert!(check_lease(&c, &underlay(), Some(ok.subnet), &ok).is_ok());
+        // A node of the previous release, IPv4 only, in a dual-stack cluster.
+        let old = rec("o", "10.244.9.0/24", 19, 9);
+        assert!(check_lease(&c, &underlay(), Some(old.subnet), &old).is_ok());
+        for (s6, why) in [
+            ("fd00:10:0:1::/80", "not a /64"),
+            ("fd00:11::/64", "not a /64 of the IPv6 cluster CIDR"),
+            ("2001:db8::/64", "not a /64"),
+        ] {
+            let r = rec6("a", "10.244.1.0/24", s6, 11, 1);
+            let e = check_lease(&c, &underlay(), Some(r.subnet), &r).unwrap_err();
+            assert!(e.contains(why), "{s6}: {e}");
+        }
+        // The underlay itself, under a cluster CIDR that (wrongly) covers it.
+        let wide = dual("2001:db8::/56", 64);
+        let r = rec6("x", "10.244.1.0/24", "2001:db8::/64", 11, 1);
+        let e = check_lease(&wide, &underlay(), Some(r.subnet), &r).unwrap_err();
+        assert!(
+            e.contains("overlaps this node's network 2001:db8::/64"),
+            "{e}"
+        );
+        // An IPv6 subnet where the cluster has no IPv6.
+        let e =
+            check_lease(&cfg("10.244.0.0/16", 24), &underlay(), Some(ok.subnet), &ok).unwrap_err();
+        assert!(e.contains("without an IPv6 cluster CIDR"), "{e}");
+        // A younger record claiming a live node's IPv6 subnet loses, everywhere.
+        let view = resolve(
+            &c,
+            &underlay(),
+            &[
+                stored("10.244.1.0/24", Ok(ok.clone()), 5),
+                stored(
+                    "10.244.2.0/24",
+                    Ok(rec6("b", "10.244.2.0/24", "fd00:10:0:1::/64", 12, 2)),
+                    7,
+                ),
+                stored(
+                    "10.244.3.0/24",
+                    Ok(rec6("c", "10.244.3.0/24", "fd00:10:0:3::/64", 13, 3)),
+                    8,
+                ),
+            ],
+        );
+        let nodes: Vec<&str> = view.accepted.iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(nodes, ["a", "c"]);
+        assert!(view.refused[0].reason.contains("its IPv6 subnet overlaps"));
+    }
+
+    #[test]
+    fn picks_free_ipv6_subnets() {
+        let v6 = dual("fd00:10::/56", 57).ipv6.unwrap();
+        let mut taken = HashSet::new();
+        for seed in 0..2 {
+            assert!(taken.insert(pick_free_v6(&v6, &taken, seed).unwrap()));
+        }
+        assert_eq!(pick_free_v6(&v6, &taken, 1), None);
     }
 
     #[test]

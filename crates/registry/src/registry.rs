@@ -10,10 +10,12 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
     PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::layout::Layout;
-use super::model::{pick_free, ClusterConfig, ConfigFlags, LeaseRecord, StoredLease, Usage};
+use super::model::{
+    pick_free, pick_free_v6, ClusterConfig, ConfigFlags, LeaseRecord, StoredLease, Usage,
+};
 
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -52,6 +54,14 @@ pub enum LeaseError {
     )]
     Exhausted {
         cidr: Ipv4Network,
+        len: u8,
+        count: u32,
+    },
+    #[error(
+        "IPv6 cluster CIDR {cidr} has no free /{len} node subnet left ({count} subnets, all leased)"
+    )]
+    ExhaustedV6 {
+        cidr: Ipv6Network,
         len: u8,
         count: u32,
     },
@@ -170,7 +180,7 @@ impl Registry {
     pub async fn cluster_config(
         &mut self,
         flags: &ConfigFlags,
-        underlay: &[Ipv4Network],
+        underlay: &[IpNetwork],
     ) -> Result<ClusterConfig> {
         let key = self.layout.config();
         for _ in 0..5 {
@@ -233,7 +243,10 @@ impl Registry {
     /// Leases a subnet for `node`: its current one when it has one (updating the public IP
     /// and VTEP MAC if they changed), else `prefer` (the subnet it had, when still free),
     /// else a free one; by a transaction that only succeeds when neither the subnet nor the
-    /// node already has a lease, so two nodes never hold one subnet.
+    /// node already has a lease, so two nodes never hold one subnet. In a dual-stack
+    /// cluster the IPv6 subnet (`prefer_v6` when free) is leased in the same transaction,
+    /// on the same etcd lease, with its own index key: kept and expired together.
+    #[allow(clippy::too_many_arguments)]
     pub async fn acquire(
         &mut self,
         cfg: &ClusterConfig,
@@ -242,6 +255,7 @@ impl Registry {
         vtep_mac: &str,
         grace: Duration,
         prefer: Option<Ipv4Network>,
+        prefer_v6: Option<Ipv6Network>,
     ) -> Result<Acquired> {
         const ATTEMPTS: u32 = 30;
         // Without a subnet from the caller, the one the node index names (its record may
@@ -266,20 +280,37 @@ impl Registry {
                         .map_err(etcd("read lease TTL"))?
                         .ttl();
                     if ttl > 0 {
+                        let key = self.layout.lease(rec.subnet);
+                        let put = || Some(PutOptions::new().with_lease(lease_id));
+                        let mut when =
+                            vec![Compare::mod_revision(key.clone(), CompareOp::Equal, rev)];
+                        let mut then = Vec::new();
+                        // A node leased before its cluster had IPv6 (or by a previous
+                        // release) gets its IPv6 subnet now, on the lease it has.
+                        let subnet_v6 = match (cfg.ipv6, rec.subnet_v6) {
+                            (None, _) => None,
+                            (Some(v6), Some(s)) if v6.holds(s) => Some(s),
+                            (Some(v6), _) => {
+                                let s = self.free_v6(&v6, prefer_v6, attempt, seed).await?;
+                                let ik = self.layout.lease_v6(s);
+                                when.push(Compare::version(ik.clone(), CompareOp::Equal, 0));
+                                then.push(TxnOp::put(ik, key.clone(), put()));
+                                Some(s)
+                            }
+                        };
                         let want = LeaseRecord {
                             public_ip,
                             vtep_mac: vtep_mac.to_string(),
+                            subnet_v6,
                             ..rec.clone()
                         };
                         if want != rec {
-                            let key = self.layout.lease(rec.subnet);
-                            let txn = Txn::new()
-                                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                                .and_then([TxnOp::put(
-                                    key,
-                                    serde_json::to_vec(&want).expect("lease serializes"),
-                                    Some(PutOptions::new().with_lease(lease_id)),
-                                )]);
+                            then.push(TxnOp::put(
+                                key,
+                                serde_json::to_vec(&want).expect("lease serializes"),
+                                put(),
+                            ));
+                            let txn = Txn::new().when(when).and_then(then);
                             if !self.commit(txn, "update own lease").await? {
                                 continue;
                             }
@@ -341,6 +372,10 @@ impl Registry {
                     count: cfg.subnet_count(),
                 })?,
             };
+            let subnet_v6 = match cfg.ipv6 {
+                Some(v6) => Some(self.free_v6(&v6, prefer_v6, attempt, seed).await?),
+                None => None,
+            };
             let ttl = i64::try_from(grace.as_secs().max(10)).unwrap_or(i64::MAX);
             let lease_id = self
                 .client
@@ -353,6 +388,7 @@ impl Registry {
                 subnet,
                 public_ip,
                 vtep_mac: vtep_mac.to_string(),
+                subnet_v6,
             };
             let lk = self.layout.lease(subnet);
             let put = || Some(PutOptions::new().with_lease(lease_id));
@@ -360,16 +396,21 @@ impl Registry {
                 Some(rev) => Compare::mod_revision(lk.clone(), CompareOp::Equal, rev),
                 None => Compare::version(lk.clone(), CompareOp::Equal, 0),
             };
-            let txn = Txn::new()
-                .when([free, Compare::version(nk.clone(), CompareOp::Equal, 0)])
-                .and_then([
-                    TxnOp::put(
-                        lk.clone(),
-                        serde_json::to_vec(&rec).expect("lease serializes"),
-                        put(),
-                    ),
-                    TxnOp::put(nk, lk, put()),
-                ]);
+            let mut when = vec![free, Compare::version(nk.clone(), CompareOp::Equal, 0)];
+            let mut then = vec![
+                TxnOp::put(
+                    lk.clone(),
+                    serde_json::to_vec(&rec).expect("lease serializes"),
+                    put(),
+                ),
+                TxnOp::put(nk, lk.clone(), put()),
+            ];
+            if let Some(s6) = subnet_v6 {
+                let ik = self.layout.lease_v6(s6);
+                when.push(Compare::version(ik.clone(), CompareOp::Equal, 0));
+                then.push(TxnOp::put(ik, lk, put()));
+            }
+            let txn = Txn::new().when(when).and_then(then);
             if self.commit(txn, "create lease").await? {
                 return Ok(Acquired {
                     record: rec,
@@ -380,6 +421,37 @@ impl Registry {
             let _ = self.client.lease_revoke(lease_id).await;
         }
         Err(LeaseError::Contention(ATTEMPTS))
+    }
+
+    /// An IPv6 subnet whose index key is absent: `prefer` on the first attempt when it is,
+    /// else a free one.
+    async fn free_v6(
+        &mut self,
+        v6: &crate::ClusterV6,
+        prefer: Option<Ipv6Network>,
+        attempt: u32,
+        seed: u64,
+    ) -> Result<Ipv6Network> {
+        let (kvs, _) = self
+            .get_prefix(self.layout.leases_v6(), true, "list IPv6 subnets")
+            .await?;
+        let taken: HashSet<Ipv6Network> = kvs
+            .iter()
+            .filter_map(|kv| self.layout.subnet_v6_of(&String::from_utf8_lossy(kv.key())))
+            .collect();
+        if let Some(p) = prefer.filter(|p| attempt == 0 && v6.holds(*p) && !taken.contains(p)) {
+            return Ok(p);
+        }
+        pick_free_v6(
+            v6,
+            &taken,
+            seed.wrapping_add(u64::from(attempt) * 0x9e37_79b9),
+        )
+        .ok_or(LeaseError::ExhaustedV6 {
+            cidr: v6.cluster_cidr,
+            len: v6.subnet_len,
+            count: v6.subnet_count(),
+        })
     }
 
     async fn taken(&mut self) -> Result<HashSet<Ipv4Network>> {
@@ -426,14 +498,18 @@ impl Registry {
             return Ok(false);
         }
         let put = || Some(PutOptions::new().with_lease(grace_lease));
-        let txn = Txn::new().and_then([
+        let mut then = vec![
             TxnOp::put(
                 key.clone(),
                 serde_json::to_vec(me).expect("lease serializes"),
                 put(),
             ),
-            TxnOp::put(self.layout.node(&me.node), key, put()),
-        ]);
+            TxnOp::put(self.layout.node(&me.node), key.clone(), put()),
+        ];
+        if let Some(s6) = me.subnet_v6 {
+            then.push(TxnOp::put(self.layout.lease_v6(s6), key, put()));
+        }
+        let txn = Txn::new().and_then(then);
         self.client
             .txn(txn)
             .await

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Serialize;
 
 use super::etcd::{block_on, EtcdArgs};
@@ -24,6 +24,8 @@ pub struct Args {
 struct Row {
     node: String,
     subnet: Ipv4Network,
+    #[serde(rename = "subnetV6", skip_serializing_if = "Option::is_none")]
+    subnet_v6: Option<Ipv6Network>,
     public_ip: Ipv4Addr,
     vtep_mac: String,
     alive: bool,
@@ -46,6 +48,13 @@ struct Report {
     /// Node subnets the cluster CIDR holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     subnets: Option<u32>,
+    #[serde(rename = "clusterCIDRv6", skip_serializing_if = "Option::is_none")]
+    cluster_cidr_v6: Option<Ipv6Network>,
+    #[serde(rename = "subnetLenV6", skip_serializing_if = "Option::is_none")]
+    subnet_len_v6: Option<u8>,
+    /// IPv6 node subnets the IPv6 cluster CIDR holds.
+    #[serde(rename = "subnetsV6", skip_serializing_if = "Option::is_none")]
+    subnets_v6: Option<u32>,
     leased: usize,
     leases: Vec<Row>,
 }
@@ -74,15 +83,20 @@ pub fn run(args: Args) -> Result<i32> {
                 expires_in,
                 node: rec.node,
                 subnet: rec.subnet,
+                subnet_v6: rec.subnet_v6,
                 public_ip: rec.public_ip,
                 vtep_mac: rec.vtep_mac,
             });
         }
         leases.sort_by_key(|r| (r.subnet.network(), r.subnet.prefix()));
+        let v6 = cfg.as_ref().and_then(|c| c.ipv6);
         Ok(Report {
             cluster_cidr: cfg.as_ref().map(|c| c.cluster_cidr),
             subnet_len: cfg.as_ref().map(|c| c.subnet_len),
             subnets: cfg.as_ref().map(|c| c.subnet_count()),
+            cluster_cidr_v6: v6.map(|v| v.cluster_cidr),
+            subnet_len_v6: v6.map(|v| v.subnet_len),
+            subnets_v6: v6.map(|v| v.subnet_count()),
             leased: leases.len(),
             leases,
         })
@@ -103,35 +117,67 @@ fn print_table(r: &Report) {
         ),
         _ => println!("no cluster config in etcd; {} leases", r.leased),
     }
+    if let (Some(c), Some(len), Some(n)) = (r.cluster_cidr_v6, r.subnet_len_v6, r.subnets_v6) {
+        let leased = r.leases.iter().filter(|l| l.subnet_v6.is_some()).count();
+        println!(
+            "cluster {c}: {leased} of {n} /{len} IPv6 node subnets leased ({:.1}%)",
+            leased as f64 * 100.0 / f64::from(n)
+        );
+    }
     if r.leases.is_empty() {
         println!("\nno leases");
         return;
     }
+    if r.cluster_cidr_v6.is_some() {
+        // The IPv6 column only where there is IPv6: an IPv4 cluster's table is as it was.
+        let mut t = Table::new([
+            "NODE",
+            "SUBNET",
+            "SUBNET V6",
+            "PUBLIC IP",
+            "VTEP MAC",
+            "ALIVE",
+            "USED",
+        ]);
+        for l in &r.leases {
+            let [node, subnet, ip, mac, alive, used] = cells(l);
+            let v6 = l.subnet_v6.map_or("-".to_string(), |s| s.to_string());
+            t.row([node, subnet, v6, ip, mac, alive, used]);
+        }
+        println!();
+        t.print();
+        return;
+    }
     let mut t = Table::new(["NODE", "SUBNET", "PUBLIC IP", "VTEP MAC", "ALIVE", "USED"]);
     for l in &r.leases {
-        let alive = match (l.alive, l.expires_in) {
-            (true, _) => "yes".to_string(),
-            (false, Some(s)) => format!(
-                "no (kept {})",
-                humantime::format_duration(std::time::Duration::from_secs(s as u64))
-            ),
-            (false, None) => "no (never expires)".to_string(),
-        };
-        let used = match (l.used, l.capacity) {
-            (Some(u), Some(c)) if c > 0 => {
-                format!("{u}/{c} ({:.0}%)", f64::from(u) * 100.0 / f64::from(c))
-            }
-            _ => "-".to_string(),
-        };
-        t.row([
-            l.node.clone(),
-            l.subnet.to_string(),
-            l.public_ip.to_string(),
-            l.vtep_mac.clone(),
-            alive,
-            used,
-        ]);
+        t.row(cells(l));
     }
     println!();
     t.print();
+}
+
+/// A lease's cells but its IPv6 subnet.
+fn cells(l: &Row) -> [String; 6] {
+    let alive = match (l.alive, l.expires_in) {
+        (true, _) => "yes".to_string(),
+        (false, Some(s)) => format!(
+            "no (kept {})",
+            humantime::format_duration(std::time::Duration::from_secs(s as u64))
+        ),
+        (false, None) => "no (never expires)".to_string(),
+    };
+    let used = match (l.used, l.capacity) {
+        (Some(u), Some(c)) if c > 0 => {
+            format!("{u}/{c} ({:.0}%)", f64::from(u) * 100.0 / f64::from(c))
+        }
+        _ => "-".to_string(),
+    };
+    [
+        l.node.clone(),
+        l.subnet.to_string(),
+        l.public_ip.to_string(),
+        l.vtep_mac.clone(),
+        alive,
+        used,
+    ]
 }

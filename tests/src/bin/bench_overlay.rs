@@ -4,6 +4,8 @@
 //!   with the same nodes' underlay and with flannel's VXLAN data path built by hand on two
 //!   more nodes of the same switch (same MTU, same kind of iptables rules, br_netfilter
 //!   on, as a flannel node has).
+//! - throughput6: the same over a dual-stack cluster (IPv4 underlay): the IPv6 pod path
+//!   against the IPv4 pod path and the IPv6 underlay, side by side in one run.
 //! - join: from a new node's lease written to etcd until every node of a 3-node cluster
 //!   routes to its subnet, p50 and p99 over repeated joins.
 //! - scale: 1,000 and 5,000 simulated nodes' leases in etcd, then one daemon from a cold
@@ -27,6 +29,9 @@ fn main() {
     let want = |s: &str| all || args.iter().any(|a| a == s);
     if want("throughput") {
         throughput();
+    }
+    if args.iter().any(|a| a == "throughput6") {
+        throughput6();
     }
     if want("join") {
         join();
@@ -114,6 +119,50 @@ bridge fdb replace {mac} dev flannel.1 dst {} self permanent
 ip route replace 10.81.{s}.0/24 via 10.81.{s}.0 dev flannel.1 onlink",
         b.ip
     ));
+}
+
+/// IPv6 pods across two nodes of a dual-stack cluster, against IPv4 pods of the same nodes
+/// and their IPv6 underlay, interleaved per round.
+fn throughput6() {
+    const ROUNDS: usize = 3;
+    const SECS: u32 = 5;
+    let c = Cluster::with_args(2, "10.82.0.0/16", "--cluster-cidr-v6 fd00:82::/56");
+    c.add_underlay_v6();
+    let (a4, b4) = (c.nodes[0].add_pod("t4a"), c.nodes[1].add_pod("t4b"));
+    let (a6, _) = c.nodes[0].add_pod_v6_by_hand(1);
+    let (b6, b6_ip) = c.nodes[1].add_pod_v6_by_hand(1);
+    let up = wait_until(Duration::from_secs(10), || {
+        a6.try_sh(&format!("ping -6 -c1 -W1 {b6_ip}"))
+            .status
+            .success()
+    });
+    assert!(up, "IPv6 pods unreachable");
+    let (mut v4, mut v6, mut under6) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        v4.push(iperf(&a4.ns, &b4.ns, &b4.ip, SECS));
+        v6.push(iperf(&a6, &b6, &b6_ip, SECS));
+        under6.push(iperf(
+            &c.nodes[0].host,
+            &c.nodes[1].host,
+            "2001:db8::12",
+            SECS,
+        ));
+    }
+    let runs = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (r4, r6, ru) = (runs(&v4), runs(&v6), runs(&under6));
+    let (p4, p6, u6) = (median(&mut v4), median(&mut v6), median(&mut under6));
+    println!(
+        "throughput6 (single-stream TCP, iperf3 -t {SECS}, median of {ROUNDS}):\n  \
+         IPv4 pod to pod {p4:.2} Gbit/s ({r4})\n  \
+         IPv6 pod to pod {p6:.2} Gbit/s ({r6}): {:.2}x the IPv4 pod path (target 0.9x)\n  \
+         IPv6 underlay   {u6:.2} Gbit/s ({ru})\n",
+        p6 / p4
+    );
 }
 
 fn throughput() {
@@ -226,6 +275,7 @@ fn join() {
                 &format!("0e:00:00:00:01:{k:02x}"),
                 Duration::from_secs(3600),
                 Some(subnet),
+                None,
             )
             .await
             .expect("lease");
@@ -284,6 +334,7 @@ fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
                         i >> 8 & 0xff,
                         i & 0xff
                     ),
+                    subnet_v6: None,
                 };
                 let key = layout.lease(subnet);
                 [

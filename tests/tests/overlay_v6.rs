@@ -1,0 +1,231 @@
+//! IPv6 pods across nodes: a dual-stack cluster over an IPv4 underlay, the IPv6 traffic
+//! on the same VXLAN device as the IPv4 one.
+
+use std::time::Duration;
+
+use ferry_tests::cluster::{Cluster, Node, OUTSIDE_IP_V6};
+use ferry_tests::netns::Netns;
+use ferry_tests::proc::{connect, echo_peer_server_on, wait_until};
+use ferry_tests::root_or_skip;
+
+macro_rules! needs_root {
+    () => {
+        if !root_or_skip(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// The IPv6 routes of the VXLAN device, as `ip -6 route` prints them.
+fn routes_v6(n: &Node) -> String {
+    n.host
+        .sh("ip -6 route show dev ferry.1 proto 102 2>/dev/null || true")
+}
+
+/// Waits until every node routes to every other node's IPv6 subnet.
+fn wait_converged_v6(c: &Cluster) {
+    let subnets: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| n.node_state()["podCIDRv6"].as_str().unwrap().to_string())
+        .collect();
+    for (i, n) in c.nodes.iter().enumerate() {
+        let ok = wait_until(Duration::from_secs(20), || {
+            let r = routes_v6(n);
+            subnets
+                .iter()
+                .enumerate()
+                .all(|(j, s)| i == j || r.contains(s.as_str()))
+        });
+        assert!(ok, "{}: {}\n{}", n.name, routes_v6(n), n.log());
+    }
+}
+
+/// Waits until `from` gets an answer from `ip`: the first packets wait for neighbour
+/// discovery in the pods.
+fn wait_reachable(c: &Cluster, from: &Netns, ip: &str) {
+    let up = wait_until(Duration::from_secs(10), || {
+        from.try_sh(&format!("ping -6 -c1 -W1 {ip}"))
+            .status
+            .success()
+    });
+    assert!(
+        up,
+        "{ip} unreachable from {}:\n{}",
+        from.name,
+        c.nodes[0].log()
+    );
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
+    needs_root!();
+    let c = Cluster::with_args(2, "10.62.0.0/16", "--cluster-cidr-v6 fd00:62::/56");
+    c.add_underlay_v6();
+    for n in &c.nodes {
+        let st = n.node_state();
+        assert_eq!(st["clusterCIDRv6"], "fd00:62::/56");
+        let s6 = st["podCIDRv6"].as_str().unwrap();
+        assert!(
+            s6.starts_with("fd00:62:0:") && s6.ends_with("::/64"),
+            "{st}"
+        );
+        let gw = st["gatewayV6"].as_str().unwrap();
+        assert_eq!(gw, s6.replace("::/64", "::1"));
+        assert_eq!(st["mtu"], 1450);
+    }
+    wait_converged_v6(&c);
+    // The operator's view shows both families.
+    let out = c.nodes[0].host.sh(&format!(
+        "{} leases {} --etcd-prefix {} -o json",
+        ferry_tests::bin("ferry-ipam").display(),
+        c.etcd.client_flags(),
+        c.prefix
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["clusterCIDRv6"], "fd00:62::/56", "{v}");
+    assert_eq!(v["subnetsV6"], 256, "{v}");
+    for l in v["leases"].as_array().unwrap() {
+        assert!(
+            l["subnetV6"].as_str().unwrap().starts_with("fd00:62:"),
+            "{l}"
+        );
+    }
+    let (a, a_ip) = c.nodes[0].add_pod_v6_by_hand(1);
+    let (b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
+    wait_reachable(&c, &a, &b_ip);
+    let _srv = echo_peer_server_on(&b, "::", 7000);
+    // Pod to pod across nodes, the client's address preserved.
+    assert_eq!(connect(&a, &b_ip, 7000).as_deref(), Some(a_ip.as_str()));
+    // Node to pod, on its own node and across.
+    for n in &c.nodes {
+        n.host
+            .sh(&format!("ping -6 -c1 -W2 {a_ip} && ping -6 -c1 -W2 {b_ip}"));
+    }
+    // A full-size packet, DF (IPv6 never fragments on the way), at the pod MTU: 1450 - 40
+    // (IPv6) - 8 (ICMPv6).
+    a.sh(&format!("ping -6 -c2 -W2 -M do -s 1402 {b_ip}"));
+    let too_big = a.try_sh(&format!("ping -6 -c1 -W2 -M do -s 1403 {b_ip}"));
+    assert!(!too_big.status.success(), "1403 bytes passed a 1450 MTU");
+    // Pod to outside: masqueraded to its node's IPv6 underlay address.
+    let _out = echo_peer_server_on(&c.outside, "::", 7100);
+    assert_eq!(
+        connect(&a, OUTSIDE_IP_V6, 7100).as_deref(),
+        Some("2001:db8::11")
+    );
+    let rules = c.nodes[0].host.sh("ip6tables -t nat -S FERRY-POSTRTG");
+    assert!(rules.contains("-s fd00:62::/56 -d fd00:62::/56"), "{rules}");
+    // A hand-deleted IPv6 route and neighbour are put back by the next resync.
+    let s1 = c.nodes[1].node_state()["podCIDRv6"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vtep1 = s1.trim_end_matches("/64").to_string();
+    let n0 = &c.nodes[0];
+    n0.host.sh(&format!(
+        "ip -6 route del {s1} dev ferry.1 && ip -6 neigh del {vtep1} dev ferry.1"
+    ));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            routes_v6(n0).contains(&s1)
+                && n0
+                    .host
+                    .sh("ip -6 neigh show dev ferry.1")
+                    .contains(&format!("{vtep1} lladdr"))
+        }),
+        "not mended: {}\n{}",
+        routes_v6(n0),
+        n0.log()
+    );
+    assert_eq!(connect(&a, &b_ip, 7000).as_deref(), Some(a_ip.as_str()));
+}
+
+#[test]
+fn a_daemon_restart_loses_no_ipv6_packet() {
+    needs_root!();
+    let mut c = Cluster::with_args(2, "10.63.0.0/16", "--cluster-cidr-v6 fd00:63::/56");
+    wait_converged_v6(&c);
+    let (a, _) = c.nodes[0].add_pod_v6_by_hand(1);
+    let (_b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
+    wait_reachable(&c, &a, &b_ip);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ping.txt");
+    let pinger = ferry_tests::proc::Bg::spawn_logged(
+        &a,
+        &format!("ping -6 -i 0.02 -c 250 -W1 {b_ip}"),
+        &log,
+    );
+    c.nodes[0].restart_daemon();
+    c.nodes[1].restart_daemon();
+    let done = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("packets transmitted")
+    };
+    let ok = wait_until(Duration::from_secs(20), done);
+    drop(pinger);
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("250 packets transmitted, 250 received"),
+        "{out}"
+    );
+}
+
+#[test]
+fn ipv6_leases_for_the_underlay_or_a_live_nodes_subnet_are_refused() {
+    needs_root!();
+    let c = Cluster::with_args(2, "10.64.0.0/16", "--cluster-cidr-v6 fd00:64::/56");
+    c.add_underlay_v6();
+    wait_converged_v6(&c);
+    let (a, _) = c.nodes[0].add_pod_v6_by_hand(1);
+    let (_b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
+    wait_reachable(&c, &a, &b_ip);
+    let s1 = c.nodes[1].node_state()["podCIDRv6"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mac1 = c.nodes[1].vtep_mac();
+    let lie = |node: &str, subnet: &str, s6: &str, ip: &str, mac: &str| {
+        let key = c.lease_key(subnet);
+        c.etcd_put(
+            &key,
+            &format!(
+                r#"{{"node":"{node}","subnet":"{subnet}","subnetV6":"{s6}","publicIp":"{ip}","vtepMac":"{mac}"}}"#
+            ),
+        );
+        key
+    };
+    let underlay = lie(
+        "x",
+        "10.64.200.0/24",
+        "2001:db8::/64",
+        "192.0.2.99",
+        "0e:00:00:00:00:99",
+    );
+    let steal = lie(
+        "y",
+        "10.64.201.0/24",
+        &s1,
+        "192.0.2.98",
+        "0e:00:00:00:00:98",
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let n0 = &c.nodes[0];
+    let r = n0.host.sh("ip -6 route get 2001:db8::100");
+    assert!(r.contains("dev eth0"), "{r}");
+    n0.host.sh(&format!("ping -6 -c1 -W2 {OUTSIDE_IP_V6}"));
+    let neigh = n0.host.sh("ip -6 neigh show dev ferry.1");
+    let vtep1 = s1.trim_end_matches("/64");
+    assert!(neigh.contains(&format!("{vtep1} lladdr {mac1}")), "{neigh}");
+    let fdb = n0.overlay_fdb();
+    assert!(
+        !fdb.contains("192.0.2.99") && !fdb.contains("192.0.2.98"),
+        "{fdb}"
+    );
+    a.sh(&format!("ping -6 -c1 -W2 {b_ip}"));
+    let log = n0.log();
+    assert!(log.contains(&underlay) && log.contains(&steal), "{log}");
+    assert!(log.contains("its IPv6 subnet overlaps"), "{log}");
+    assert!(c.metrics(0).contains("ferry_leases_refused 2"));
+}
