@@ -84,9 +84,13 @@ pub fn overlayd(node_name: &str) -> Daemon {
                 Some("ferry-config"),
                 "{name} reads another ConfigMap"
             );
-            Some(
-                config_data(key).unwrap_or_else(|| panic!("{name}: no key {key} in the ConfigMap")),
-            )
+            // As the kubelet does: an optional key that is absent leaves the variable unset.
+            let optional = from["configMapKeyRef"]["optional"].as_bool() == Some(true);
+            match config_data(key) {
+                Some(v) => Some(v),
+                None if optional => None,
+                None => panic!("{name}: no key {key} in the ConfigMap"),
+            }
         } else {
             None
         };
