@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proves that ferry sets up from a bare Debian 12 root, the way a new user's machine is:
 # debootstraps a minbase bookworm into a temporary directory, copies this checkout into it
-# (/root/ferry) and, chrooted there, runs `deploy/install-deps.sh build` then
+# (/root/ferry) and, with that root as /, runs `deploy/install-deps.sh build` then
 # `cargo build --release --workspace --locked`. Nothing the host has installed can help:
 # only the host's Rust toolchain is lent (mounted read-only), with an empty CARGO_HOME, so
 # every crate is fetched as a new user's would be. As root, on a host with debootstrap
@@ -20,19 +20,22 @@
 # Environment: FERRY_FRESH_MIRROR (default http://deb.debian.org/debian),
 # FERRY_FRESH_SECURITY (default http://deb.debian.org/debian-security), FERRY_FRESH_SUITE
 # (default bookworm), FERRY_FRESH_TMPDIR (where the root is made; default /var/tmp; it needs
-# about 2 GB, 4 GB with --run tests).
+# about 2 GB, 4 GB with --run tests; /dev/shm works, and is faster, with the RAM to spare).
 #
 # What it does to the host: nothing outside the temporary root and target/fresh-machine/.
 # The checkout is copied, not mounted. Each phase runs in its own mount and PID namespaces:
-# the mounts it makes (proc, sys, dev, a tmpfs /run, the toolchain read-only, /lib/modules
-# read-only) and the processes it starts (and the network namespaces of the demo and tests)
+# the mounts it makes (proc, sys, dev, a tmpfs /dev/shm and /run, the toolchain read-only,
+# /lib/modules read-only) and the processes it starts (and the network namespaces of the demo and tests)
 # end with the phase, on every path, Ctrl-C included. The root is removed only once findmnt
-# shows nothing mounted under it and no process has it as its root.
+# shows nothing mounted under it and the phase's processes are gone.
 #
-# What a chroot shares with the host, and so cannot prove: the kernel. The demo and tests
+# The root becomes / of each phase's mount namespace (pivot_root, not just chroot: tests
+# that nsenter --mount into a namespace made inside would land in the host's / otherwise).
+# What it shares with the host, and so cannot prove: the kernel. The demo and tests
 # make their own network namespaces and need VXLAN, bridges, veths, netfilter and
 # br_netfilter from the host's kernel (loaded, or loadable from the host's /lib/modules);
-# containerd and runc in the runtime test use the host's cgroups (/sys is the host's).
+# containerd and runc in the runtime and CRI tests use the host's cgroups (/sys is the
+# host's).
 # The DNS and the root CA certificates the host trusts beyond Debian's own (a TLS proxy's)
 # are lent too: /etc/resolv.conf is copied, and those CAs go to the root's
 # /usr/local/share/ca-certificates, which the ca-certificates package (install-deps.sh
@@ -47,17 +50,18 @@ self=$(readlink -f "${BASH_SOURCE[0]}")
 # internal modes. When PID 1 exits, or when the phase's unshare is killed, the kernel ends
 # every process left in the namespace and drops every mount made in it.
 #
-# `--in-root ROOT SYSROOT -- CMD...`: mounts what a booted machine has, then runs CMD in
-# the chroot, from /root/ferry, with a clean environment.
+# `--in-root ROOT SYSROOT -- CMD...`: mounts what a booted machine has, makes ROOT the
+# namespace's / (pivot_root), then runs CMD from /root/ferry with a clean environment.
 if [ "${1:-}" = --in-root ]; then
   root=$2 sysroot=$3
   shift 4
   [ "$$" = 1 ] || { echo "--in-root runs only as PID 1 of its own namespace" >&2; exit 2; }
-  # The root a mount point, as / is on a machine (`ip netns exec` remounts / rslave).
-  mount --bind "$root" "$root"
+  mount --bind "$root" "$root"   # a mount point, as / is (pivot_root needs it too)
   mount -t proc proc "$root/proc"
   mount --rbind /sys "$root/sys"
   mount --rbind /dev "$root/dev"
+  umount -R -l "$root/dev/shm" 2>/dev/null || true   # a /dev/shm of its own, as a machine has
+  mount -t tmpfs -o mode=1777,nosuid,nodev shm "$root/dev/shm"
   mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$root/run"
   if [ -d /lib/modules ]; then
     mkdir -p "$root/lib/modules"
@@ -65,12 +69,22 @@ if [ "${1:-}" = --in-root ]; then
   fi
   mkdir -p "$root$sysroot"
   mount --bind -o ro "$sysroot" "$root$sysroot"
+  env=(/usr/bin/env -i HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 TERM=dumb
+    PATH="$sysroot/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    CARGO_HOME=/root/.cargo /bin/bash -c 'cd /root/ferry && exec "$@"' in-root "$@")
   # Not exec: this shell stays PID 1 and reaps whatever the command orphans.
   rc=0
-  chroot "$root" /usr/bin/env -i HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 TERM=dumb \
-    PATH="$sysroot/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-    CARGO_HOME=/root/.cargo \
-    /bin/bash -c 'cd /root/ferry && exec "$@"' in-root "$@" </dev/null || rc=$?
+  cd "$root"
+  if pivot_root . .; then
+    # The host's / now lies on top of the root, at the same place: detach it. (Bash keeps
+    # reading this script through its open descriptor.)
+    umount -l .
+    cd /
+    "${env[@]}" </dev/null || rc=$?
+  else
+    echo "pivot_root failed: chroot instead (nsenter --mount inside would see the host's /)" >&2
+    chroot "$root" "${env[@]}" </dev/null || rc=$?
+  fi
   exit "$rc"
 fi
 # `--fn NAME`: runs one of the host-side functions below (the state comes in the
@@ -120,7 +134,7 @@ dur() { local s=$1; if ((s >= 60)); then printf '%dm%02ds' $((s / 60)) $((s % 60
 
 host_prereqs() {
   local t
-  for t in unshare chroot findmnt tar awk; do
+  for t in unshare pivot_root chroot findmnt tar awk; do
     command -v "$t" >/dev/null || { echo "$t is missing on the host" >&2; return 1; }
   done
   if ! command -v debootstrap >/dev/null; then
@@ -223,37 +237,41 @@ mounts_under() {
   findmnt -rn -o TARGET | awk -v w="$1" '$0 == w || index($0, w "/") == 1' | sort -r
 }
 
-# The processes whose root directory is the chroot (a phase's, still ending).
-procs_in_root() {
+# The processes in the PID namespace $1 (a killed phase's, still ending).
+procs_in_ns() {
   local p
+  [ -n "$1" ] || return 0
   for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/root" 2>/dev/null)" != "$work/root" ] || echo "${p#/proc/}"
+    [ "$(readlink "$p/ns/pid" 2>/dev/null)" != "$1" ] || echo "${p#/proc/}"
   done
 }
 
 cleanup() {
-  local rc=$? m
+  local rc=$? m ns="" init
   set +e
   trap - EXIT INT TERM HUP
   if [ -n "$phase_pid" ]; then
     # The phase's unshare: when it dies, its child (PID 1 of the phase's PID namespace)
     # gets SIGKILL (--kill-child), and with it every process of the phase, and only those.
+    init=$(cat "/proc/$phase_pid/task/$phase_pid/children" 2>/dev/null)
+    init=${init%% *}
+    [ -z "$init" ] || ns=$(readlink "/proc/$init/ns/pid" 2>/dev/null)
     kill -KILL "$phase_pid" 2>/dev/null
     wait "$phase_pid" 2>/dev/null
+    for _ in $(seq 50); do
+      [ -n "$(procs_in_ns "$ns")" ] || break
+      sleep 0.2
+    done
   fi
   if [ -n "$current" ]; then
     summary+=("$current - interrupted")
     ((rc != 0)) || rc=1
   fi
   if [ -n "$work" ] && [ -d "$work" ]; then
-    for _ in $(seq 50); do
-      [ -n "$(procs_in_root)" ] || break
-      sleep 0.2
-    done
     for m in $(mounts_under "$work"); do umount -R -l "$m" 2>/dev/null; done
-    if [ -n "$(procs_in_root)" ] || [ -n "$(mounts_under "$work")" ]; then
-      say "NOT removing $work: processes still run in it or something is mounted there:" >&2
-      procs_in_root >&2
+    if [ -n "$(procs_in_ns "$ns")" ] || [ -n "$(mounts_under "$work")" ]; then
+      say "NOT removing $work: the phase's processes still run, or something is mounted there:" >&2
+      procs_in_ns "$ns" >&2
       mounts_under "$work" >&2
     elif $keep_root; then
       say "root kept (nothing mounted): $work/root  (remove: rm -rf --one-file-system $work)"

@@ -32,18 +32,19 @@ build=(
   ca-certificates                 # cargo fetches crates from https://crates.io
 )
 demo=(
-  iproute2                        # ip, ss, bridge: namespaces, veths, the underlay switch
+  iproute2                        # ip, ss, bridge, tc: namespaces, veths, the underlay switch
   iptables                        # ferry-overlayd's node-wide rules (iptables, iptables-restore)
-  nftables                        # nft, to look at those rules (iptables-nft) with --keep
+  nftables                        # ferry-overlayd's underlay filter (nft)
   kmod                            # ferry-overlayd loads br_netfilter with modprobe
-  python3                         # the pods' TCP echo servers and clients, the metrics GET
+  python3                         # the pods' echo servers and clients, the metrics GET
   etcd-server etcd-client         # ferry-overlayd's datastore; etcdctl waits for it
-  iputils-ping procps util-linux  # ping, sysctl, nsenter/unshare: looking around
+  iputils-ping procps util-linux curl  # ping, sysctl, nsenter: the --keep hints
 )
 test=(
   openssl                         # the etcd-over-TLS tests make a CA and certificates
-  containernetworking-plugins     # reference bridge/host-local/portmap (tests, benchmark)
-  containerd runc busybox-static mount  # the real-runtime test (ctr run --cni, overlay mounts)
+  containernetworking-plugins     # reference bridge/host-local/portmap/loopback
+  containerd runc busybox-static mount  # the runtime and CRI tests (ctr, overlay mounts;
+                                  # their pause image is built with cc -static: libc6-dev)
   iperf3                          # throughput benchmark
   shellcheck python3-venv         # deploy checks: scripts, and a venv for kubernetes-validate
 )

@@ -72,6 +72,7 @@ fn shell_scripts_pass_shellcheck() {
         "deploy/install-cni.sh",
         "deploy/node-cleanup.sh",
         "deploy/install-deps.sh",
+        "deploy/fresh-machine-check.sh",
         "deploy/demo.sh",
         "deploy/kind/up.sh",
         "deploy/kind/check.sh",
