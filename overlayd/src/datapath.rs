@@ -71,8 +71,7 @@ pub async fn ensure_v6_addrs(
 ) -> Result<()> {
     let vtep = (subnet.network(), 128);
     if !nl.addrs_v6(vx.index).await?.contains(&vtep) {
-        nl.add_addr_v6_nodad(vx.index, &vx.name, vtep.0, 128)
-            .await?;
+        nl.add_addr_nodad(vx.index, &vx.name, vtep.0, 128).await?;
     }
     let br = nl
         .get_link(bridge)
@@ -80,7 +79,7 @@ pub async fn ensure_v6_addrs(
         .with_context(|| format!("bridge {bridge} vanished"))?;
     let gw = (gateway_v6(subnet), subnet.prefix());
     if !nl.addrs_v6(br.index).await?.contains(&gw) {
-        nl.add_addr_v6_nodad(br.index, bridge, gw.0, gw.1).await?;
+        nl.add_addr_nodad(br.index, bridge, gw.0, gw.1).await?;
     }
     Ok(())
 }

@@ -377,27 +377,6 @@ impl Netlink {
             })
             .collect())
     }
-
-    /// Adds an IPv6 address without duplicate address detection (a VTEP or gateway
-    /// address is ferry's by construction; DAD would leave it unusable for a second);
-    /// one already there is not an error.
-    pub async fn add_addr_v6_nodad(
-        &self,
-        index: u32,
-        name: &str,
-        ip: Ipv6Addr,
-        prefix: u8,
-    ) -> Result<()> {
-        use netlink_packet_route::address::{AddressAttribute, AddressFlags};
-        let mut req = self.handle.address().add(index, IpAddr::V6(ip), prefix);
-        req.message_mut()
-            .attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        match req.execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
-            r => r.context(|| format!("add address {ip}/{prefix} to {name} in {}", self.place)),
-        }
-    }
 }
 
 /// Deleting what is already gone is success.
