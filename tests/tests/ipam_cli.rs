@@ -157,8 +157,17 @@ fn a_lost_del_is_found_by_check_and_fixed_by_release() {
     assert_eq!(rc, 0, "{out}");
     assert_eq!(out.trim(), "no problems found");
 
-    // The runtime removes the pod's namespace and never calls DEL.
+    // The runtime removes the pod's namespace and never calls DEL. The kernel destroys a
+    // namespace's veths in the background: check looks once they are gone.
     drop(lost_pod);
+    assert!(
+        ferry_tests::proc::wait_until(std::time::Duration::from_secs(10), || node
+            .host_veths()
+            .len()
+            == 2),
+        "the lost pod's host veth outlived its namespace: {:?}",
+        node.host_veths()
+    );
     let (rc, table, _) = cli_in(&node.host, &format!("check {common}"));
     assert_eq!(rc, 1, "{table}");
     assert!(
