@@ -254,13 +254,8 @@ impl Netlink {
             .onlink()
             .protocol(RouteProtocol::Other(crate::ROUTE_PROTO_FERRY))
             .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
+        self.replace_route(msg, || format!("{dst}/{prefix} via {gw}"))
             .await
-            .context(|| format!("replace route {dst}/{prefix} via {gw} in {}", self.place))
     }
 
     /// Deletes the route to `dst/prefix` out of `oif`, whoever added it (protocol and
@@ -272,8 +267,32 @@ impl Netlink {
             .protocol(RouteProtocol::Unspec)
             .scope(RouteScope::NoWhere)
             .build();
+        self.del_route(msg, || format!("{dst}/{prefix}")).await
+    }
+
+    /// Sends a route replace of either family; `what` names the route for the error.
+    async fn replace_route(
+        &self,
+        msg: netlink_packet_route::route::RouteMessage,
+        what: impl FnOnce() -> String,
+    ) -> Result<()> {
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .context(|| format!("replace route {} in {}", what(), self.place))
+    }
+
+    /// Sends a route delete of either family; a route already gone is not an error.
+    async fn del_route(
+        &self,
+        msg: netlink_packet_route::route::RouteMessage,
+        what: impl FnOnce() -> String,
+    ) -> Result<()> {
         tolerate_missing(self.handle.route().del(msg).execute().await)
-            .context(|| format!("delete route {dst}/{prefix} in {}", self.place))
+            .context(|| format!("delete route {} in {}", what(), self.place))
     }
 }
 
@@ -328,13 +347,8 @@ impl Netlink {
             .onlink()
             .protocol(RouteProtocol::Other(crate::ROUTE_PROTO_FERRY))
             .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
+        self.replace_route(msg, || format!("{dst}/{prefix} via {gw}"))
             .await
-            .context(|| format!("replace route {dst}/{prefix} via {gw} in {}", self.place))
     }
 
     /// Deletes the IPv6 route to `dst/prefix` out of `oif`, whoever added it.
@@ -345,8 +359,7 @@ impl Netlink {
             .protocol(RouteProtocol::Unspec)
             .scope(RouteScope::NoWhere)
             .build();
-        tolerate_missing(self.handle.route().del(msg).execute().await)
-            .context(|| format!("delete route {dst}/{prefix} in {}", self.place))
+        self.del_route(msg, || format!("{dst}/{prefix}")).await
     }
 
     /// IPv6 routes of the main table.
