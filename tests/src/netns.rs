@@ -30,15 +30,7 @@ impl Netns {
 
     /// Runs a shell command inside; panics with its output when it fails.
     pub fn sh(&self, cmd: &str) -> String {
-        let out = self.try_sh(cmd);
-        assert!(
-            out.status.success(),
-            "in {}: `{cmd}` failed: {}{}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_ok(self.try_sh(cmd), &self.name, cmd)
     }
 
     pub fn try_sh(&self, cmd: &str) -> Output {
@@ -84,6 +76,17 @@ pub fn link(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: 
     b.sh(&format!(
         "ip addr add {b_addr} dev {b_if} && ip link set {b_if} up"
     ));
+}
+
+/// The stdout of a shell command run in `place`; panics with its output when it failed.
+pub fn stdout_ok(out: Output, place: &str, cmd: &str) -> String {
+    assert!(
+        out.status.success(),
+        "in {place}: `{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn run_ok(cmd: &mut Command) -> String {

@@ -158,14 +158,7 @@ exec sleep infinity"
             .args(["sh", "-c", cmd])
             .output()
             .expect("nsenter");
-        assert!(
-            out.status.success(),
-            "in {}: `{cmd}` failed: {}{}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::netns::stdout_ok(out, &self.name, cmd)
     }
 
     /// A path of the node's own file system, as the host reaches it.
