@@ -11,6 +11,7 @@ use netlink::{Netlink, SourceGuard, VethSpec};
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::kernel::{self, err};
+use crate::reap;
 use node_ipam::attachment;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<String, Error> {
@@ -160,17 +161,21 @@ async fn wire(
     let pod_mac = netlink::addr_mac(netlink::POD_MAC_TAG, primary.ip);
     let host_mac = netlink::addr_mac(netlink::HOST_MAC_TAG, primary.ip);
     let alias = attachment::alias(&conf.name, &env.container_id, &env.ifname);
-    let created = host
-        .create_veth(&VethSpec {
-            host_name: host_veth,
-            host_mac,
-            peer_name: &env.ifname,
-            peer_mac: pod_mac,
-            peer_netns: ns,
-            mtu,
-            controller: bridge.index,
-        })
-        .await;
+    let spec = VethSpec {
+        host_name: host_veth,
+        host_mac,
+        peer_name: &env.ifname,
+        peer_mac: pod_mac,
+        peer_netns: ns,
+        mtu,
+        controller: bridge.index,
+    };
+    let mut created = host.create_veth(&spec).await;
+    if matches!(&created, Err(e) if e.errno() == Some(libc::EEXIST))
+        && rename_tombstone(&host, host_veth).await
+    {
+        created = host.create_veth(&spec).await;
+    }
     if let Err(e) = created {
         if e.errno() == Some(libc::EEXIST) {
             return Err(exists_error(&host, host_veth, env, netns_path).await);
@@ -295,6 +300,24 @@ async fn wire(
         result.dns = dns.clone();
     }
     Ok(result)
+}
+
+/// When the host end's name is held by this attachment's retired veth, not yet reaped
+/// (a DEL and an ADD of the same container and interface in quick succession), renames
+/// it to a tombstone so the name is free. True when it did.
+async fn rename_tombstone(host: &Netlink, host_veth: &str) -> bool {
+    let Ok(Some(link)) = host.get_link(host_veth).await else {
+        return false;
+    };
+    if link.group != reap::TOMBSTONE_GROUP {
+        return false;
+    }
+    let tomb = reap::tombstone(host_veth);
+    matches!(
+        host.detach_index(link.index, host_veth, Some(&tomb), reap::TOMBSTONE_GROUP)
+            .await,
+        Ok(true)
+    )
 }
 
 /// Says which end already existed.

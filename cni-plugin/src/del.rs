@@ -2,8 +2,8 @@
 //! and leave the kernel's slow unregistration to the batch reaper (see `reap`). Keeps
 //! going past a failure and reports them all; nothing there is success.
 //!
-//! A DEL killed half-way leaves the veth detached but not deleted; the retried DEL finds
-//! that tombstone by the attachment's alias and finishes the job.
+//! A DEL killed half-way leaves the veth retired but not deleted; the retried DEL finds
+//! it by its name (or, renamed by a later ADD, by the attachment's alias) and finishes.
 
 use cni::{Env, Error, NetConf};
 use netlink::Netlink;
@@ -22,18 +22,20 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     let detached = kernel::runtime().and_then(|rt| {
         rt.block_on(async {
             let host = Netlink::open()?;
+            // Retired again when a DEL that died after retiring it is retried: the
+            // reaper must still be made sure of.
             if let Some(link) = host.get_link(&host_veth).await? {
-                let tomb = reap::tombstone(&host_veth);
                 return host
-                    .detach_index(link.index, &host_veth, &tomb, reap::TOMBSTONE_GROUP)
+                    .detach_index(link.index, &host_veth, None, reap::TOMBSTONE_GROUP)
                     .await;
             }
-            // No live veth: a DEL of this attachment may have died after detaching it.
+            // No veth by that name: an ADD of the same attachment may have renamed its
+            // unreaped tombstone out of the way.
             let mut found = false;
             for link in host.list_links().await? {
                 if reap::is_tombstone_of(&link, &alias) {
                     found |= host
-                        .detach_index(link.index, &link.name, &link.name, reap::TOMBSTONE_GROUP)
+                        .detach_index(link.index, &link.name, None, reap::TOMBSTONE_GROUP)
                         .await?;
                 }
             }

@@ -42,15 +42,10 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
                     continue;
                 };
                 // A tombstone is always garbage: its reaper died before deleting it.
-                let tombstone = link.name.starts_with(reap::TOMBSTONE_PREFIX);
+                let tombstone = reap::is_tombstone(&link);
                 if net == conf.name && (tombstone || !keep.contains(&(cid, ifname))) {
-                    let name = if tombstone {
-                        link.name.clone()
-                    } else {
-                        reap::tombstone(&link.name)
-                    };
                     if let Err(e) = host
-                        .detach_index(link.index, &link.name, &name, reap::TOMBSTONE_GROUP)
+                        .detach_index(link.index, &link.name, None, reap::TOMBSTONE_GROUP)
                         .await
                     {
                         errs.push(err(e));

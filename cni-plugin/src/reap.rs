@@ -5,23 +5,24 @@
 //! one by one serialises those waits. The kernel deletes a whole link group in one request
 //! with the waits shared (60 veths: about 1.1 s one by one, 35-45 ms as one group).
 //!
-//! So DEL takes the veth off the network itself, in one request (down, off the bridge,
-//! renamed to a tombstone so the attachment's name is free again, moved into link group
-//! `TOMBSTONE_GROUP`), and makes sure that one reaper is running in the host's network
-//! namespace (this binary, started with `FERRY_REAPER=1`). The reaper deletes the group
-//! until it is empty; DELs that come meanwhile only add their veths to the group. A
-//! tombstone whose reaper died is finished by the next DEL of its attachment (found by
-//! its alias) or swept by GC.
+//! So DEL retires the veth itself, in one cheap request (down, which takes it off the
+//! network, and into link group `TOMBSTONE_GROUP`), and makes sure that one reaper is
+//! running in the host's network namespace (this binary, started with `FERRY_REAPER=1`).
+//! The reaper deletes the group until it is empty, then stays a second for more: a DEL
+//! that finds it wakes it with a datagram to its lock's socket instead of starting another
+//! process. A retired veth keeps its name until reaped; an ADD of the same attachment in
+//! that window renames it to a tombstone (`fz…`) to take the name. A tombstone whose
+//! reaper died is finished by the next DEL of its attachment or swept by GC.
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use netlink::{Link, Netlink};
 
-/// Names of detached veths: `fz` + 13 hex digits, never a live attachment's `fy` name.
+/// Names of renamed tombstones: `fz` + 13 hex digits, never a live attachment's `fy` name.
 pub const TOMBSTONE_PREFIX: &str = "fz";
 
-/// The link group detached veths wait in for their deletion (0xfe77). ferry deletes
+/// The link group retired veths wait in for their deletion (0xfe77). ferry deletes
 /// every link of this group in the host's network namespace: nothing else may use it.
 pub const TOMBSTONE_GROUP: u32 = 65143;
 
@@ -29,6 +30,11 @@ pub const TOMBSTONE_GROUP: u32 = 65143;
 /// namespace (one reaper per host namespace, as the group is per namespace), and the
 /// name is free again the instant its holder dies, so a killed reaper never blocks one.
 const LOCK_NAME: &[u8] = b"ferry-reaper-65143";
+
+/// How long a reaper stays for more wakes once the group is empty. DELs a few
+/// milliseconds apart (a node draining, a runtime's GC) then wake one reaper with a
+/// datagram instead of each paying for a process start.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Set in the environment of a reaper this binary starts.
 const REAPER_ENV: &str = "FERRY_REAPER";
@@ -46,9 +52,15 @@ pub fn tombstone(host_veth: &str) -> String {
     format!("{TOMBSTONE_PREFIX}{:013x}", h >> 12)
 }
 
+/// Whether `link` waits for the reaper: retired into the group, or renamed to a
+/// tombstone by an ADD that needed its name.
+pub fn is_tombstone(link: &Link) -> bool {
+    link.group == TOMBSTONE_GROUP || link.name.starts_with(TOMBSTONE_PREFIX)
+}
+
 /// Whether `link` is a tombstone of the attachment whose alias is `alias`.
 pub fn is_tombstone_of(link: &Link, alias: &str) -> bool {
-    link.name.starts_with(TOMBSTONE_PREFIX) && link.alias.as_deref() == Some(alias)
+    is_tombstone(link) && link.alias.as_deref() == Some(alias)
 }
 
 /// Takes the reaper's lock; `None` when a reaper holds it.
@@ -58,10 +70,11 @@ fn try_lock() -> Option<UnixDatagram> {
 }
 
 /// Makes sure a reaper will delete what is in the group now. Called after the caller's
-/// tombstone is in the group: either no reaper holds the lock and one is started, or a
-/// reaper holds it and, since it looks at the group again after letting go, finds it.
+/// tombstone is in the group: either a reaper is bound to the lock and this wakes it (it
+/// deletes the group after every wake, and looks once more after letting go), or none is
+/// and one is started.
 pub fn ensure() {
-    if try_lock().is_none() {
+    if wake() {
         return;
     }
     // The reaper takes the lock itself; of two started at once, one gives way.
@@ -72,6 +85,24 @@ pub fn ensure() {
                 eprintln!("ferry: deleting link group {TOMBSTONE_GROUP}: {e}");
             }
         }
+    }
+}
+
+/// Sends a wake to the reaper bound to the lock; false when there is none. A full queue
+/// counts as woken: the reaper has wakes pending and looks at the group for each.
+fn wake() -> bool {
+    let Ok(addr) = SocketAddr::from_abstract_name(LOCK_NAME) else {
+        return false;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return false;
+    };
+    if sock.set_nonblocking(true).is_err() {
+        return false;
+    }
+    match sock.send_to_addr(&[1], &addr) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
     }
 }
 
@@ -142,8 +173,9 @@ pub fn run_if_reaper() -> Option<i32> {
     Some(i32::from(reap(lock).is_err()))
 }
 
-/// Deletes the group until it is empty, lets go of the lock, and looks once more so that
-/// a tombstone added by a DEL that saw the lock held is never left behind.
+/// Deletes the group until it is empty and again at every wake; after `LINGER` without
+/// one, lets go of the lock and looks once more, so that a tombstone added by a DEL whose
+/// wake came too late is never left behind.
 fn reap(lock: UnixDatagram) -> Result<(), cni::Error> {
     let rt = crate::kernel::runtime()?;
     rt.block_on(async {
@@ -151,6 +183,9 @@ fn reap(lock: UnixDatagram) -> Result<(), cni::Error> {
         let mut lock = Some(lock);
         loop {
             while host.del_group(TOMBSTONE_GROUP).await? {}
+            if lock.as_ref().is_some_and(woken_within_linger) {
+                continue;
+            }
             drop(lock.take());
             if !host.del_group(TOMBSTONE_GROUP).await? {
                 return Ok(());
@@ -162,6 +197,15 @@ fn reap(lock: UnixDatagram) -> Result<(), cni::Error> {
         }
     })
     .map_err(crate::kernel::err)
+}
+
+/// Waits up to `LINGER` for a wake on the lock's socket.
+fn woken_within_linger(lock: &UnixDatagram) -> bool {
+    if lock.set_read_timeout(Some(LINGER)).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    lock.recv(&mut byte).is_ok()
 }
 
 /// Deletes the group now, in this process (GC: it reports what it removed).

@@ -204,12 +204,11 @@ impl Node {
         v["allocations"].as_array().cloned().unwrap_or_default()
     }
 
-    /// Waits until DEL's background reaper has removed every detached veth (`fz…`) and
-    /// `pod` (if given) has no `eth0`; false on timeout.
+    /// Waits until DEL's background reaper has removed every retired veth and `pod` (if
+    /// given) has no `eth0`; false on timeout.
     pub fn reaped(&self, pod: Option<&Netns>) -> bool {
         crate::proc::wait_until(std::time::Duration::from_secs(5), || {
-            !self.host.links().iter().any(|l| l.starts_with("fz"))
-                && pod.is_none_or(|p| !p.has_link("eth0"))
+            tombstones(&self.host).is_empty() && pod.is_none_or(|p| !p.has_link("eth0"))
         })
     }
 
@@ -268,4 +267,17 @@ pub fn in_host(host: &File, plugin: &Path) -> Command {
         });
     }
     cmd
+}
+
+/// The link group DEL retires host veths into until its reaper deletes them.
+pub const TOMBSTONE_GROUP: u32 = 65143;
+
+/// Veths in `host` waiting for DEL's reaper: retired into its group, or renamed to
+/// `fz…` by an ADD that needed the name.
+pub fn tombstones(host: &Netns) -> Vec<String> {
+    let mut t = host.links_in_group(TOMBSTONE_GROUP);
+    t.extend(host.links().into_iter().filter(|l| l.starts_with("fz")));
+    t.sort();
+    t.dedup();
+    t
 }

@@ -49,11 +49,12 @@ impl Netns {
 
     /// Names of the links here.
     pub fn links(&self) -> Vec<String> {
-        self.sh("ip -o link show")
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .collect()
+        link_names(&self.sh("ip -o link show"))
+    }
+
+    /// Names of the links here in link group `group`.
+    pub fn links_in_group(&self, group: u32) -> Vec<String> {
+        link_names(&self.sh(&format!("ip -o link show group {group}")))
     }
 }
 
@@ -97,4 +98,12 @@ pub fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The names in `ip -o link show` output (without `@peer`).
+fn link_names(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
 }

@@ -218,7 +218,7 @@ fn churn_with_sigkill_then_gc_leaves_exactly_the_valid_attachments() {
     assert_eq!(ips.len(), allocs.len());
     // The host holds exactly their veths; no tombstone stays.
     let gone = ferry_tests::proc::wait_until(Duration::from_secs(2), || {
-        !node.host.links().iter().any(|l| l.starts_with("fz"))
+        ferry_tests::cni::tombstones(&node.host).is_empty()
     });
     assert!(gone, "tombstones left: {:?}", node.host.links());
     assert_eq!(

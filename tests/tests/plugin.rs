@@ -199,6 +199,44 @@ fn del_is_idempotent_and_needs_no_netns() {
 }
 
 #[test]
+fn an_add_takes_its_name_back_from_an_unreaped_veth() {
+    needs_root!();
+    let node = Node::new("10.48.0.0/24");
+    // A reaper that hangs: it holds the reaper's lock (an abstract socket of the host's
+    // namespace) and never deletes anything.
+    let stuck = ferry_tests::inside::block_on(&node.host, || async {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"ferry-reaper-65143")
+            .expect("abstract name");
+        std::os::unix::net::UnixDatagram::bind_addr(&addr).expect("bind the reaper's lock")
+    });
+    let a = pod();
+    let r = node.add("again", &a).ok();
+    let live = r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    node.del("again", Some(&a)).ok();
+    let group = ferry_tests::cni::TOMBSTONE_GROUP;
+    assert_eq!(node.host.links_in_group(group), std::slice::from_ref(&live));
+    // The same container and interface again, at once: the name is taken back from
+    // the retired veth, which stays in the reaper's group under a tombstone name.
+    let a2 = pod();
+    let r2 = node.add("again", &a2).ok();
+    assert_eq!(r2["interfaces"][1]["name"].as_str(), Some(live.as_str()));
+    let waiting = node.host.links_in_group(group);
+    assert!(
+        waiting.len() == 1 && waiting[0].starts_with("fz"),
+        "{waiting:?}"
+    );
+    // With the hung reaper gone, the next DEL starts one that deletes both.
+    drop(stuck);
+    node.del("again", Some(&a2)).ok();
+    assert!(
+        node.reaped(Some(&a2)),
+        "left: {:?}",
+        ferry_tests::cni::tombstones(&node.host)
+    );
+}
+
+#[test]
 fn del_detaches_at_once_and_gc_sweeps_tombstones() {
     needs_root!();
     let node = Node::new("10.47.0.0/24");

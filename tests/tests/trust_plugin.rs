@@ -319,8 +319,24 @@ fn a_retried_del_finishes_a_killed_one() {
     let p = pod();
     let r = node.add("half", &p).ok();
     let live = r["interfaces"][1]["name"].as_str().unwrap().to_string();
-    // What a DEL killed right after detaching leaves: the host end down, off the
-    // bridge, renamed to a tombstone; the pod's eth0 still holding its address.
+    // What a DEL killed right after retiring leaves: the host end down in the reaper's
+    // group, the pod's eth0 still holding its address, and no reaper.
+    node.host.sh(&format!(
+        "ip link set {live} down group {}",
+        ferry_tests::cni::TOMBSTONE_GROUP
+    ));
+    node.del("half", Some(&p)).ok();
+    assert!(
+        node.reaped(Some(&p)),
+        "the retried DEL left {:?} on the host, pod eth0 {}",
+        node.host.links(),
+        p.has_link("eth0")
+    );
+    assert!(node.allocations().is_empty());
+    // The same after an ADD of the attachment renamed the retired veth to a tombstone.
+    let p = pod();
+    let r = node.add("half", &p).ok();
+    let live = r["interfaces"][1]["name"].as_str().unwrap().to_string();
     node.host.sh(&format!(
         "ip link set {live} down nomaster name fz00000000000aa"
     ));
@@ -367,7 +383,7 @@ fn a_burst_of_dels_is_reaped_in_batches() {
         }
     });
     let gone = ferry_tests::proc::wait_until(Duration::from_secs(2), || {
-        !node.host.links().iter().any(|l| l.starts_with("fz"))
+        ferry_tests::cni::tombstones(&node.host).is_empty()
     });
     assert!(
         gone,

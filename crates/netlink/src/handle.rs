@@ -327,29 +327,23 @@ impl Netlink {
         }
     }
 
-    /// Takes a link off the network at once, in one request: down, out of its bridge,
-    /// renamed to `new_name` (freeing its name) and moved into link group `group`, where
-    /// `del_group` finds it. Returns false when it was not there. Cheap, unlike a delete,
-    /// which waits for RCU grace periods in the kernel.
-    pub async fn detach_link(&self, name: &str, new_name: &str, group: u32) -> Result<bool> {
-        let Some(link) = self.get_link(name).await? else {
-            return Ok(false);
-        };
-        self.detach_index(link.index, name, new_name, group).await
-    }
-
-    /// `detach_link` for a link already looked up.
+    /// Retires a link at once, in one request: down (off the network: a down bridge port
+    /// neither sends nor receives) and into link group `group`, where `del_group` finds
+    /// it; renamed to `new_name` too when given, to free its name. Returns false when it
+    /// was not there. Cheap, unlike a delete, which waits for RCU grace periods; leaving
+    /// the bridge is left to that delete too, as it costs a grace period of its own.
     pub async fn detach_index(
         &self,
         index: u32,
         name: &str,
-        new_name: &str,
+        new_name: Option<&str>,
         group: u32,
     ) -> Result<bool> {
-        let msg = LinkUnspec::new_with_index(index)
-            .down()
-            .nocontroller()
-            .name(new_name)
+        let mut msg = LinkUnspec::new_with_index(index).down();
+        if let Some(new_name) = new_name {
+            msg = msg.name(new_name);
+        }
+        let msg = msg
             .append_extra_attribute(LinkAttribute::Group(group))
             .build();
         match self.handle.link().set(msg).execute().await {
@@ -360,7 +354,10 @@ impl Netlink {
                 Ok(false)
             }
             Err(source) => Err(Error::Netlink {
-                what: format!("detach link {name} (as {new_name}) in {}", self.place),
+                what: match new_name {
+                    Some(n) => format!("detach link {name} (as {n}) in {}", self.place),
+                    None => format!("detach link {name} in {}", self.place),
+                },
                 source,
             }),
         }

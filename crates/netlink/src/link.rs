@@ -20,6 +20,8 @@ pub struct Link {
     pub controller: Option<u32>,
     pub kind: Option<String>,
     pub alias: Option<String>,
+    /// The link group (0 unless set).
+    pub group: u32,
 }
 
 impl From<LinkMessage> for Link {
@@ -34,6 +36,7 @@ impl From<LinkMessage> for Link {
             controller: None,
             kind: None,
             alias: None,
+            group: 0,
         };
         for a in m.attributes {
             match a {
@@ -42,6 +45,7 @@ impl From<LinkMessage> for Link {
                 LinkAttribute::Mtu(mtu) => l.mtu = mtu,
                 LinkAttribute::Controller(c) => l.controller = Some(c),
                 LinkAttribute::IfAlias(a) => l.alias = Some(a),
+                LinkAttribute::Group(g) => l.group = g,
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {

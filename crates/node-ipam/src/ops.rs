@@ -103,10 +103,13 @@ fn record(pool: &Pool) -> PoolRecord {
 }
 
 /// Allocates one address per pool (IPv4 first) for `att`, all or none; an attachment
-/// that already holds one is an error.
+/// that already holds one is an error. Not synced to disk, as a release is not: an
+/// allocation a power loss undoes belongs to a pod the power loss ended, and the sync
+/// (a journal commit, 4-8 ms on a busy disk) would be taken under the store's lock,
+/// where it serialises every ADD of a burst.
 pub fn allocate(cfg: &Config, att: Attachment<'_>) -> Result<(Vec<IpAddr>, Pools), IpamError> {
     let pools = cfg.pools()?;
-    let ips = cfg.store().update(|data| {
+    let ips = cfg.store().update_with(Durability::Unsynced, |data| {
         if let Some(ip) = data.find(att.container_id, att.ifname).first() {
             return Err(IpamError::AlreadyAllocated {
                 container_id: att.container_id.into(),

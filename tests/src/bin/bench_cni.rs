@@ -174,13 +174,9 @@ fn sides() -> [Side; 2] {
     ]
 }
 
-/// How many detached veths (`fz…`) ferry's host namespace still holds.
+/// How many retired veths ferry's host namespace still holds.
 fn tombstones(side: &Side) -> usize {
-    side.host
-        .links()
-        .iter()
-        .filter(|l| l.starts_with("fz"))
-        .count()
+    ferry_tests::cni::tombstones(&side.host).len()
 }
 
 /// Runs `command` for every pod, `parallel` calls at a time; the wall time.
