@@ -107,6 +107,18 @@ fn cluster_v1() -> netpol::Cluster {
             ],
         }),
     ));
+    // Names at the limits: the longest the API allows, and one that is no DNS name at all
+    // (a lying source) and must reach nft only as a hash.
+    c.policies.push(policy(
+        "x",
+        &"n".repeat(253),
+        json!({"podSelector": {}, "egress": [{"to": [{"podSelector": {}}], "ports": [{"port": 1}]}]}),
+    ));
+    c.policies.push(policy(
+        "x",
+        "evil\" } ; flush ruleset ; #",
+        json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}),
+    ));
     c.policies.push(policy(
         "y",
         "deny-all",
