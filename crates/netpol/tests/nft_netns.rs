@@ -231,3 +231,114 @@ fn full_load_then_plan_reach_the_desired_table() {
     // Nothing to do when nothing changed.
     assert!(plan(&d2, &d2).is_empty());
 }
+
+/// Real packets through a node namespace routing between a client and a server pod
+/// namespace: the forward hook accepts what the policies allow, drops the rest at the
+/// right end, counts denials per local pod address, and a plan applied to the live table
+/// changes the verdict.
+#[test]
+fn forwarded_connections_get_the_policy_verdict() {
+    if !ferry_tests::root_or_skip("forwarded_connections_get_the_policy_verdict") {
+        return;
+    }
+    use ferry_tests::netns::link;
+    use ferry_tests::proc::{connect, echo_peer_server_on};
+
+    let node = Netns::new("npnd");
+    let cli = Netns::new("npcl");
+    let srv = Netns::new("npsv");
+    link(
+        &node,
+        "to-cli",
+        "10.2.0.254/24",
+        &cli,
+        "eth0",
+        "10.2.0.1/24",
+    );
+    link(
+        &node,
+        "to-srv",
+        "10.1.0.254/24",
+        &srv,
+        "eth0",
+        "10.1.0.1/24",
+    );
+    node.sh(
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 && \
+         ip addr add fd00::2:fffe/112 dev to-cli nodad && ip addr add fd00::1:fffe/112 dev to-srv nodad",
+    );
+    cli.sh("ip addr add fd00::2:1/112 dev eth0 nodad && ip route add default via 10.2.0.254 && ip -6 route add default via fd00::2:fffe");
+    srv.sh("ip addr add fd00::1:1/112 dev eth0 nodad && ip route add default via 10.1.0.254 && ip -6 route add default via fd00::1:fffe");
+    let _servers: Vec<_> = [80, 81, 82]
+        .iter()
+        .map(|p| echo_peer_server_on(&srv, "::", *p))
+        .collect();
+
+    let mut c = world(&["x/a", "y/b"], &[80], &[Tcp]);
+    c.pods[0].ips = vec!["10.1.0.1".parse().unwrap(), "fd00::1:1".parse().unwrap()];
+    c.pods[1].ips = vec!["10.2.0.1".parse().unwrap(), "fd00::2:1".parse().unwrap()];
+    for p in &mut c.pods {
+        p.node = Some("n0".into());
+    }
+    c.policies.push(policy(
+        "x",
+        "a-from-b",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{
+            "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}],
+            "ports": [{"port": "serve-80-tcp"}]}]}),
+    ));
+    c.policies.push(policy(
+        "y",
+        "b-out",
+        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 80, "endPort": 81}]}]}),
+    ));
+    let d1 = Ruleset::compute(&c, &LocalPods::on_node(&c, "n0"));
+    nft_apply(&node, &plan(&Ruleset::default(), &d1).render());
+
+    for dst in ["10.1.0.1", "fd00::1:1"] {
+        assert!(
+            connect(&cli, dst, 80).is_some(),
+            "{dst}:80 is allowed both ways"
+        );
+        assert!(
+            connect(&cli, dst, 81).is_none(),
+            "{dst}:81: x/a's ingress denies"
+        );
+        assert!(
+            connect(&cli, dst, 82).is_none(),
+            "{dst}:82: y/b's egress denies"
+        );
+    }
+    // Denials are counted per local pod address and direction.
+    for (set, addr) in [
+        ("denied_ingress4", "10.1.0.1"),
+        ("denied_ingress6", "fd00::1:1"),
+        ("denied_egress4", "10.2.0.1"),
+        ("denied_egress6", "fd00::2:1"),
+    ] {
+        let listed = node.sh(&format!("nft list set inet ferry_policy {set}"));
+        let counted = listed
+            .split(&format!("{addr} counter packets "))
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(
+            counted.is_some_and(|n| n >= 1),
+            "{set} has no count for {addr}:\n{listed}"
+        );
+    }
+
+    // y/b relabelled: a plan on the live table, and port 80 is denied from then on.
+    let mut c2 = c.clone();
+    c2.pods[1].labels = labels(&[("pod", "other")]);
+    let d2 = Ruleset::compute(&c2, &LocalPods::on_node(&c2, "n0"));
+    let step = plan(&d1, &d2);
+    assert!(
+        step.commands.iter().all(|c| c.contains("element")),
+        "{}",
+        step.render()
+    );
+    nft_apply(&node, &step.render());
+    assert!(connect(&cli, "10.1.0.1", 80).is_none());
+    assert!(connect(&cli, "fd00::1:1", 80).is_none());
+}
