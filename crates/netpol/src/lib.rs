@@ -5,7 +5,8 @@
 //! - [`eval`]: the reference semantics, [`verdict`], which also explains itself;
 //! - [`desired`]: the node's nftables state as data, [`Ruleset::compute`];
 //! - [`diff`]: the change from the applied state to the desired one as one atomic
-//!   `nft -f -` transaction, [`plan`].
+//!   `nft -f -` transaction, [`plan`];
+//! - [`listing`]: the applied table read back from `nft -j`, [`Ruleset::parse_json`].
 //!
 //! # The table (one per node)
 //!
@@ -51,13 +52,18 @@
 //!   Every rule of every policy has its sets and rule on every node, whether it selects a
 //!   local pod or not, so pod churn and relabelling change set elements only.
 //!
-//! After a restart the daemon does not know what is applied: it replaces the table in one
-//! transaction ([`Script::replace`]: `delete table` and the full table together), keeps the
-//! applied [`Ruleset`] in memory, and from then on applies [`plan`]s.
+//! After a restart the daemon reads the applied table back with
+//! `nft -j list table inet ferry_policy` and [`Ruleset::parse_json`] (which keeps the
+//! denial counters) and plans from it. When there is no table it plans from the empty
+//! ruleset; when the listing holds anything this crate did not make, or a plan fails, it
+//! replaces the table in one transaction ([`Script::replace`]: `delete table` and the full
+//! table together). It keeps the applied [`Ruleset`] in memory and from then on applies
+//! [`plan`]s.
 
 pub mod desired;
 pub mod diff;
 pub mod eval;
+pub mod listing;
 pub mod model;
 pub mod ranges;
 

@@ -175,7 +175,11 @@ fn full_load_then_plan_reach_the_desired_table() {
         "{src6}"
     );
 
-    // A restart: the table is there but its content unknown; replace it in one go.
+    // A restart reads the table back as exactly what was applied.
+    let read = Ruleset::parse_json(&ns.sh("nft -j list table inet ferry_policy")).unwrap();
+    assert_eq!(read, d1, "parse_json gives back the applied ruleset");
+
+    // A restart that cannot trust the table replaces it in one go.
     nft_apply(&ns, &Script::replace(&d1).render());
     assert_eq!(list(&ns), listed, "replace gives what the first plan gave");
 
@@ -227,6 +231,9 @@ fn full_load_then_plan_reach_the_desired_table() {
     );
     assert!(!after_plan.contains("set in_y_deny-all"), "{after_plan}");
     assert!(after_plan.contains("set in_z_new_0_dst4"), "{after_plan}");
+
+    let read = Ruleset::parse_json(&ns.sh("nft -j list table inet ferry_policy")).unwrap();
+    assert_eq!(read, d2);
 
     // Nothing to do when nothing changed.
     assert!(plan(&d2, &d2).is_empty());
@@ -327,6 +334,11 @@ fn forwarded_connections_get_the_policy_verdict() {
             "{set} has no count for {addr}:\n{listed}"
         );
     }
+
+    // Read back with the kernel's denial elements in it: they are runtime state, not part
+    // of the ruleset.
+    let read = Ruleset::parse_json(&node.sh("nft -j list table inet ferry_policy")).unwrap();
+    assert_eq!(read, d1);
 
     // y/b relabelled: a plan on the live table, and port 80 is denied from then on.
     let mut c2 = c.clone();
