@@ -1,0 +1,759 @@
+//! The node's desired nftables state, as data: [`Ruleset::compute`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Protocol;
+use crate::model::{Cluster, Direction, Pod, PodKey, Policy, PolicyPeer, PolicyRule, PortSel};
+use crate::ranges::{self, AddrRange, Family, PortBox};
+
+/// The table every node's policy state lives in.
+pub const TABLE: &str = "ferry_policy";
+/// The NFLOG group denied connections are logged to (prefix `ferry-deny-ingress ` or
+/// `ferry-deny-egress `); the daemon reads it to log one line per denial.
+pub const DENY_LOG_GROUP: u16 = 1720;
+/// The most denials logged per second and direction on a node; counting is not limited.
+pub const DENY_LOG_RATE: u32 = 20;
+/// Longest nft object name (NFT_NAME_MAXLEN 256 with its NUL, checked on nft 1.0.6).
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest rule comment nft accepts.
+const MAX_COMMENT_LEN: usize = 128;
+
+/// The pods of this node with their addresses. The caller may know a local pod's addresses
+/// before the API does; these win over the API's. Its labels still come from the cluster
+/// snapshot, so a local pod the snapshot does not hold is left out (nothing can select it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalPods {
+    pub pods: BTreeMap<PodKey, Vec<IpAddr>>,
+}
+
+impl LocalPods {
+    /// The pods of `cluster` whose `node` is `node`, with the API's addresses.
+    pub fn on_node(cluster: &Cluster, node: &str) -> LocalPods {
+        LocalPods {
+            pods: cluster
+                .pods
+                .iter()
+                .filter(|p| p.node.as_deref() == Some(node))
+                .map(|p| (p.key(), p.ips.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// How a set is declared; its elements follow from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SetKind {
+    /// Single addresses: `type ipv4_addr`.
+    Addrs(Family),
+    /// Address intervals: `type ipv4_addr; flags interval`.
+    Ranges(Family),
+    /// `type ipv4_addr . inet_proto . inet_service; flags interval`.
+    Ports(Family),
+    /// Filled by the kernel (`update @set`), with a counter per element; its elements are
+    /// runtime state, never part of a plan.
+    Counters(Family),
+}
+
+/// One set element; addresses are kept as integers so that ranges compare and sort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Element {
+    Addr(IpAddr),
+    Range {
+        lo: IpAddr,
+        hi: IpAddr,
+    },
+    Ports {
+        lo: IpAddr,
+        hi: IpAddr,
+        protocol: Protocol,
+        port_lo: u16,
+        port_hi: u16,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Set {
+    pub kind: SetKind,
+    pub elements: BTreeSet<Element>,
+}
+
+/// A packet field a rule matches against a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Field {
+    Saddr(Family),
+    Daddr(Family),
+    /// `ip daddr . meta l4proto . th dport`
+    DaddrPort(Family),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expr {
+    /// `ct state established,related`
+    CtEstablished,
+    /// `ct state invalid`
+    CtInvalid,
+    /// `<field> @set`
+    InSet {
+        field: Field,
+        set: String,
+    },
+    /// `update @set { <field> }`: count per element of a [`SetKind::Counters`] set.
+    Count {
+        field: Field,
+        set: String,
+    },
+    /// `limit rate N/second`: the rest of the rule runs at most N times a second.
+    Limit(u32),
+    /// `log prefix "..." group N`
+    Log {
+        prefix: String,
+        group: u16,
+    },
+    Counter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub exprs: Vec<Expr>,
+    pub verdict: Option<Verdict>,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// `type filter hook forward priority filter; policy accept;` when true.
+    pub forward_hook: bool,
+    pub rules: Vec<Rule>,
+}
+
+/// The whole `inet ferry_policy` table of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ruleset {
+    pub sets: BTreeMap<String, Set>,
+    pub chains: BTreeMap<String, Chain>,
+}
+
+pub fn isolated_set(dir: Direction, family: Family) -> String {
+    format!("{dir}_isolated{}", family.digit())
+}
+
+pub fn denied_set(dir: Direction, family: Family) -> String {
+    format!("denied_{dir}{}", family.digit())
+}
+
+/// The chain deciding `dir` for isolated pods.
+pub fn dir_chain(dir: Direction) -> &'static str {
+    match dir {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+pub const FORWARD_CHAIN: &str = "forward";
+
+/// Which end of the packet a rule set holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Src,
+    Dst,
+}
+
+/// Whether every character keeps the name an nft identifier and unambiguous: Kubernetes
+/// names are DNS labels/subdomains, so `_` never occurs in them and can separate parts.
+fn plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// FNV-1a: a stable name for a policy whose readable name does not fit.
+fn fnv64(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// `in_<ns>_<policy>_<rule>_<src|dst><4|6>` (`eg_` for egress), or with `h<hash>` in place
+/// of `<ns>_<policy>` when that would be too long or hold unexpected characters.
+fn rule_set_name(
+    policy: &Policy,
+    dir: Direction,
+    index: usize,
+    end: End,
+    family: Family,
+) -> String {
+    let d = match dir {
+        Direction::Ingress => "in",
+        Direction::Egress => "eg",
+    };
+    let e = match end {
+        End::Src => "src",
+        End::Dst => "dst",
+    };
+    let tail = format!("{index}_{e}{}", family.digit());
+    let readable = format!("{d}_{}_{}_{tail}", policy.namespace, policy.name);
+    if plain_name(&policy.namespace) && plain_name(&policy.name) && readable.len() <= MAX_NAME_LEN {
+        readable
+    } else {
+        format!("{d}_h{:016x}_{tail}", fnv64(&policy.id()))
+    }
+}
+
+fn rule_comment(policy: &Policy, dir: Direction, index: usize) -> Option<String> {
+    let c = format!("{} {dir}[{index}]", policy.id());
+    (plain_name(&policy.namespace) && plain_name(&policy.name) && c.len() < MAX_COMMENT_LEN)
+        .then_some(c)
+}
+
+/// The cluster's pods with this node's view of local addresses.
+struct View<'a> {
+    cluster: &'a Cluster,
+    pods: Vec<(Pod, bool)>,
+}
+
+impl<'a> View<'a> {
+    fn new(cluster: &'a Cluster, local: &LocalPods) -> View<'a> {
+        let pods = cluster
+            .pods
+            .iter()
+            .map(|p| match local.pods.get(&p.key()) {
+                Some(ips) => {
+                    let mut p = p.clone();
+                    if !ips.is_empty() {
+                        p.ips = ips.clone();
+                    }
+                    (p, true)
+                }
+                None => (p.clone(), false),
+            })
+            .collect();
+        View { cluster, pods }
+    }
+
+    fn local(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.iter().filter(|(_, l)| *l).map(|(p, _)| p)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.iter().map(|(p, _)| p)
+    }
+
+    /// The address ranges of `family` a rule's peers cover (`None`: every address).
+    fn peer_ranges(
+        &self,
+        policy: &Policy,
+        rule: &PolicyRule,
+        family: Family,
+    ) -> Option<Vec<AddrRange>> {
+        if rule.peers.is_empty() {
+            return None;
+        }
+        let mut out = Vec::new();
+        for peer in &rule.peers {
+            match peer {
+                PolicyPeer::IpBlock { cidr, except } => {
+                    let base = AddrRange::of_net(*cidr);
+                    if base.family == family {
+                        let ex: Vec<AddrRange> =
+                            except.iter().map(|e| AddrRange::of_net(*e)).collect();
+                        out.extend(ranges::subtract(base, &ex));
+                    }
+                }
+                PolicyPeer::Pods { .. } => out.extend(
+                    self.all()
+                        .filter(|p| self.cluster.peer_matches_pod(policy, peer, p))
+                        .flat_map(|p| addrs(p, family)),
+                ),
+            }
+        }
+        Some(ranges::merge_overlapping(out))
+    }
+
+    /// The pods a rule's peers hold, by selector or by an ipBlock holding their address:
+    /// the destinations a named port of an egress rule resolves against.
+    fn peer_pods(&self, policy: &Policy, rule: &PolicyRule, family: Family) -> Vec<&Pod> {
+        self.all()
+            .filter(|p| {
+                rule.peers.is_empty()
+                    || rule.peers.iter().any(|peer| {
+                        self.cluster.peer_matches_pod(policy, peer, p)
+                            || p.ips
+                                .iter()
+                                .any(|ip| Family::of(*ip) == family && peer.ip_block_contains(*ip))
+                    })
+            })
+            .collect()
+    }
+}
+
+fn addrs(pod: &Pod, family: Family) -> impl Iterator<Item = AddrRange> + '_ {
+    pod.ips
+        .iter()
+        .filter(move |ip| Family::of(**ip) == family)
+        .map(|ip| AddrRange::single(*ip))
+}
+
+/// The boxes of a rule's port entries over `addrs`, towards the destination pod `dst`.
+/// With `dst` absent only numeric entries count (they hold for any destination); with
+/// `named_only` only named entries, which resolve against `dst`.
+fn port_boxes(
+    rule: &PolicyRule,
+    addrs: &[AddrRange],
+    dst: Option<&Pod>,
+    named_only: bool,
+) -> Vec<PortBox> {
+    let mut out = Vec::new();
+    for pp in &rule.ports {
+        let named = matches!(pp.port, PortSel::Named(_));
+        if (named && dst.is_none()) || (named_only && !named) {
+            continue;
+        }
+        for (lo, hi) in pp.port.resolve(pp.protocol, dst) {
+            out.extend(addrs.iter().map(|a| PortBox {
+                addr: *a,
+                protocol: pp.protocol,
+                lo,
+                hi,
+            }));
+        }
+    }
+    out
+}
+
+fn range_elements(rs: Vec<AddrRange>) -> BTreeSet<Element> {
+    rs.into_iter()
+        .map(|r| Element::Range {
+            lo: r.lo_ip(),
+            hi: r.hi_ip(),
+        })
+        .collect()
+}
+
+fn box_elements(bs: Vec<PortBox>) -> BTreeSet<Element> {
+    ranges::disjoint_boxes(bs)
+        .into_iter()
+        .map(|b| Element::Ports {
+            lo: b.addr.lo_ip(),
+            hi: b.addr.hi_ip(),
+            protocol: b.protocol,
+            port_lo: b.lo,
+            port_hi: b.hi,
+        })
+        .collect()
+}
+
+impl Ruleset {
+    /// The desired table of the node whose pods are `local`.
+    ///
+    /// Every policy rule gets its rule and sets whether or not it selects a local pod, so
+    /// that pods coming, going or being relabelled change set elements only; a policy
+    /// change touches its own sets, and the direction chain only when a rule's shape
+    /// (which sets it matches) changes or rules come and go.
+    pub fn compute(cluster: &Cluster, local: &LocalPods) -> Ruleset {
+        let view = View::new(cluster, local);
+        let mut rs = Ruleset::default();
+        let mut forward = vec![
+            Rule::new(vec![Expr::CtEstablished], Verdict::Accept),
+            Rule::new(vec![Expr::CtInvalid], Verdict::Drop),
+        ];
+        for dir in [Direction::Egress, Direction::Ingress] {
+            let mut chain = Vec::new();
+            for family in Family::ALL {
+                let isolated: Vec<&Pod> = view
+                    .local()
+                    .filter(|p| {
+                        cluster
+                            .policies
+                            .iter()
+                            .any(|pol| pol.rules(dir).is_some() && pol.selects(p))
+                    })
+                    .collect();
+                rs.sets.insert(
+                    isolated_set(dir, family),
+                    Set {
+                        kind: SetKind::Addrs(family),
+                        elements: isolated
+                            .iter()
+                            .flat_map(|p| addrs(p, family))
+                            .map(|a| Element::Addr(a.lo_ip()))
+                            .collect(),
+                    },
+                );
+                let field = match dir {
+                    Direction::Ingress => Field::Daddr(family),
+                    Direction::Egress => Field::Saddr(family),
+                };
+                forward.push(Rule::new(
+                    vec![Expr::InSet {
+                        field,
+                        set: isolated_set(dir, family),
+                    }],
+                    Verdict::Jump(dir_chain(dir).into()),
+                ));
+            }
+            for policy in &cluster.policies {
+                for rule in policy.rules(dir).unwrap_or_default() {
+                    for family in Family::ALL {
+                        chain.push(rs.policy_rule(&view, policy, dir, rule, family));
+                    }
+                }
+            }
+            for family in Family::ALL {
+                let field = match dir {
+                    Direction::Ingress => Field::Daddr(family),
+                    Direction::Egress => Field::Saddr(family),
+                };
+                rs.sets.insert(
+                    denied_set(dir, family),
+                    Set {
+                        kind: SetKind::Counters(family),
+                        elements: BTreeSet::new(),
+                    },
+                );
+                chain.push(Rule {
+                    exprs: vec![
+                        Expr::Count {
+                            field,
+                            set: denied_set(dir, family),
+                        },
+                        Expr::Limit(DENY_LOG_RATE),
+                        Expr::Log {
+                            prefix: format!("ferry-deny-{dir} "),
+                            group: DENY_LOG_GROUP,
+                        },
+                    ],
+                    verdict: None,
+                    comment: None,
+                });
+            }
+            // Its own rule: a limit that is over its rate ends the rule above, and the
+            // packet must be dropped all the same.
+            chain.push(Rule::new(vec![Expr::Counter], Verdict::Drop));
+            rs.chains.insert(
+                dir_chain(dir).into(),
+                Chain {
+                    forward_hook: false,
+                    rules: chain,
+                },
+            );
+        }
+        rs.chains.insert(
+            FORWARD_CHAIN.into(),
+            Chain {
+                forward_hook: true,
+                rules: forward,
+            },
+        );
+        rs
+    }
+
+    /// The sets and the rule of one policy rule in one family. Ingress: the destination
+    /// set holds the selected local pods (with their resolved ports when the rule has
+    /// ports) and the source set the peers. Egress: the source set holds the selected
+    /// local pods and the destination set the peers (with the ports, resolved against each
+    /// destination pod).
+    fn policy_rule(
+        &mut self,
+        view: &View<'_>,
+        policy: &Policy,
+        dir: Direction,
+        rule: &PolicyRule,
+        family: Family,
+    ) -> Rule {
+        let name = |end| rule_set_name(policy, dir, rule.index, end, family);
+        let selected: Vec<&Pod> = view.local().filter(|p| policy.selects(p)).collect();
+        let peers = view.peer_ranges(policy, rule, family);
+        let mut exprs = Vec::new();
+        let (src, dst) = match dir {
+            Direction::Ingress => {
+                let src = peers.map(|ps| Set {
+                    kind: SetKind::Ranges(family),
+                    elements: range_elements(ps),
+                });
+                let dst = if rule.ports.is_empty() {
+                    Set {
+                        kind: SetKind::Addrs(family),
+                        elements: selected
+                            .iter()
+                            .flat_map(|p| addrs(p, family))
+                            .map(|a| Element::Addr(a.lo_ip()))
+                            .collect(),
+                    }
+                } else {
+                    let boxes = selected
+                        .iter()
+                        .flat_map(|p| {
+                            port_boxes(rule, &addrs(p, family).collect::<Vec<_>>(), Some(p), false)
+                        })
+                        .collect();
+                    Set {
+                        kind: SetKind::Ports(family),
+                        elements: box_elements(boxes),
+                    }
+                };
+                (src, Some(dst))
+            }
+            Direction::Egress => {
+                let src = Set {
+                    kind: SetKind::Addrs(family),
+                    elements: selected
+                        .iter()
+                        .flat_map(|p| addrs(p, family))
+                        .map(|a| Element::Addr(a.lo_ip()))
+                        .collect(),
+                };
+                let dst = if rule.ports.is_empty() {
+                    peers.map(|ps| Set {
+                        kind: SetKind::Ranges(family),
+                        elements: range_elements(ps),
+                    })
+                } else {
+                    let everywhere = peers.unwrap_or_else(|| vec![AddrRange::all(family)]);
+                    // Numeric entries hold for every peer address; named ones for the peer
+                    // pods that have the name.
+                    let mut boxes = port_boxes(rule, &everywhere, None, false);
+                    if rule
+                        .ports
+                        .iter()
+                        .any(|pp| matches!(pp.port, PortSel::Named(_)))
+                    {
+                        for p in view.peer_pods(policy, rule, family) {
+                            let own: Vec<AddrRange> = addrs(p, family).collect();
+                            boxes.extend(port_boxes(rule, &own, Some(p), true));
+                        }
+                    }
+                    Some(Set {
+                        kind: SetKind::Ports(family),
+                        elements: box_elements(boxes),
+                    })
+                };
+                (Some(src), dst)
+            }
+        };
+        for (end, set) in [(End::Src, src), (End::Dst, dst)] {
+            let Some(set) = set else { continue };
+            let field = match (end, set.kind) {
+                (End::Src, _) => Field::Saddr(family),
+                (End::Dst, SetKind::Ports(_)) => Field::DaddrPort(family),
+                (End::Dst, _) => Field::Daddr(family),
+            };
+            exprs.push(Expr::InSet {
+                field,
+                set: name(end),
+            });
+            self.sets.insert(name(end), set);
+        }
+        exprs.push(Expr::Counter);
+        Rule {
+            exprs,
+            verdict: Some(match dir {
+                // Back to `forward`, which goes on to the ingress check.
+                Direction::Egress => Verdict::Return,
+                Direction::Ingress => Verdict::Accept,
+            }),
+            comment: rule_comment(policy, dir, rule.index),
+        }
+    }
+}
+
+impl Rule {
+    fn new(exprs: Vec<Expr>, verdict: Verdict) -> Rule {
+        Rule {
+            exprs,
+            verdict: Some(verdict),
+            comment: None,
+        }
+    }
+
+    /// The sets the rule refers to.
+    pub fn sets(&self) -> impl Iterator<Item = &str> {
+        self.exprs.iter().filter_map(|e| match e {
+            Expr::InSet { set, .. } | Expr::Count { set, .. } => Some(set.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The rule in nft syntax (what follows `add rule inet ferry_policy <chain>`).
+    pub fn render(&self) -> String {
+        let mut parts: Vec<String> = self.exprs.iter().map(Expr::render).collect();
+        if let Some(v) = &self.verdict {
+            parts.push(match v {
+                Verdict::Accept => "accept".into(),
+                Verdict::Drop => "drop".into(),
+                Verdict::Return => "return".into(),
+                Verdict::Jump(c) => format!("jump {c}"),
+            });
+        }
+        if let Some(c) = &self.comment {
+            parts.push(format!("comment \"{c}\""));
+        }
+        parts.join(" ")
+    }
+}
+
+impl Field {
+    pub fn render(self) -> &'static str {
+        match self {
+            Field::Saddr(Family::V4) => "ip saddr",
+            Field::Saddr(Family::V6) => "ip6 saddr",
+            Field::Daddr(Family::V4) => "ip daddr",
+            Field::Daddr(Family::V6) => "ip6 daddr",
+            Field::DaddrPort(Family::V4) => "ip daddr . meta l4proto . th dport",
+            Field::DaddrPort(Family::V6) => "ip6 daddr . meta l4proto . th dport",
+        }
+    }
+}
+
+impl Expr {
+    pub fn render(&self) -> String {
+        match self {
+            Expr::CtEstablished => "ct state established,related".into(),
+            Expr::CtInvalid => "ct state invalid".into(),
+            Expr::InSet { field, set } => format!("{} @{set}", field.render()),
+            Expr::Count { field, set } => format!("update @{set} {{ {} }}", field.render()),
+            Expr::Limit(n) => format!("limit rate {n}/second"),
+            Expr::Log { prefix, group } => format!("log prefix \"{prefix}\" group {group}"),
+            Expr::Counter => "counter".into(),
+        }
+    }
+}
+
+fn render_addr_range(lo: IpAddr, hi: IpAddr) -> String {
+    if lo == hi {
+        return lo.to_string();
+    }
+    let r = AddrRange {
+        family: Family::of(lo),
+        lo: ranges::to_int(lo),
+        hi: ranges::to_int(hi),
+    };
+    match r.prefix_len() {
+        Some(len) => format!("{lo}/{len}"),
+        None => format!("{lo}-{hi}"),
+    }
+}
+
+impl Element {
+    pub fn render(&self) -> String {
+        match *self {
+            Element::Addr(ip) => ip.to_string(),
+            Element::Range { lo, hi } => render_addr_range(lo, hi),
+            Element::Ports {
+                lo,
+                hi,
+                protocol,
+                port_lo,
+                port_hi,
+            } => {
+                let ports = if port_lo == port_hi {
+                    port_lo.to_string()
+                } else {
+                    format!("{port_lo}-{port_hi}")
+                };
+                format!(
+                    "{} . {} . {ports}",
+                    render_addr_range(lo, hi),
+                    protocol.nft()
+                )
+            }
+        }
+    }
+}
+
+impl SetKind {
+    /// The body of the set's declaration, between its braces.
+    pub fn render(self) -> String {
+        let addr = |f: Family| match f {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        };
+        match self {
+            SetKind::Addrs(f) => format!("type {};", addr(f)),
+            SetKind::Ranges(f) => format!("type {}; flags interval;", addr(f)),
+            SetKind::Ports(f) => format!(
+                "type {} . inet_proto . inet_service; flags interval;",
+                addr(f)
+            ),
+            // A timeout lets the elements of pods that are gone expire; a denied pod's
+            // element is refreshed by every denial.
+            SetKind::Counters(f) => format!(
+                "type {}; size 65535; flags dynamic,timeout; timeout 1h; counter;",
+                addr(f)
+            ),
+        }
+    }
+}
+
+/// Joins rendered elements into nft's `{ a, b }` lists, a bounded number per line so that
+/// one command never grows past what nft's parser handles well.
+pub(crate) fn element_lists<'a>(elements: impl Iterator<Item = &'a Element>) -> Vec<String> {
+    let all: Vec<String> = elements.map(Element::render).collect();
+    all.chunks(512)
+        .map(|c| format!("{{ {} }}", c.join(", ")))
+        .collect()
+}
+
+impl Ruleset {
+    /// The whole table as one script that replaces whatever table is there, in one
+    /// transaction: `add table` (so that the delete cannot fail), `delete table`, create.
+    pub fn render_replace(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "add table inet {TABLE}");
+        let _ = writeln!(s, "delete table inet {TABLE}");
+        let _ = writeln!(s, "add table inet {TABLE}");
+        for (name, set) in &self.sets {
+            s.push_str(&set.render_add(name));
+        }
+        // Every chain exists before any rule jumps to it.
+        for (name, chain) in &self.chains {
+            s.push_str(&chain.render_add(name));
+        }
+        for (name, chain) in &self.chains {
+            s.push_str(&chain.render_rules(name));
+        }
+        s
+    }
+}
+
+impl Set {
+    pub(crate) fn render_add(&self, name: &str) -> String {
+        let mut s = format!("add set inet {TABLE} {name} {{ {} }}\n", self.kind.render());
+        if !matches!(self.kind, SetKind::Counters(_)) {
+            for list in element_lists(self.elements.iter()) {
+                let _ = writeln!(s, "add element inet {TABLE} {name} {list}");
+            }
+        }
+        s
+    }
+}
+
+impl Chain {
+    pub(crate) fn render_add(&self, name: &str) -> String {
+        if self.forward_hook {
+            format!(
+                "add chain inet {TABLE} {name} {{ type filter hook forward priority filter; policy accept; }}\n"
+            )
+        } else {
+            format!("add chain inet {TABLE} {name}\n")
+        }
+    }
+
+    pub(crate) fn render_rules(&self, name: &str) -> String {
+        self.rules
+            .iter()
+            .map(|r| format!("add rule inet {TABLE} {name} {}\n", r.render()))
+            .collect()
+    }
+}

@@ -1,0 +1,255 @@
+//! The reference semantics of NetworkPolicy: whether one connection is allowed, and why.
+//!
+//! This is what the nftables rules must implement; an operator's "explain" command prints
+//! a [`Verdict`], and tests use it as the oracle.
+//!
+//! - A pod is isolated for a direction iff some policy of its namespace selects it and
+//!   covers that direction. Traffic of an isolated direction is allowed iff some rule of
+//!   some selecting policy matches it (the union); a non-isolated direction allows all.
+//! - A connection is allowed iff egress allows it at the source and ingress allows it at
+//!   the destination. A source that is not a pod (an address outside the pods, or a
+//!   host-network pod) has no egress side.
+//! - A pod talking to itself is always allowed: that traffic never leaves the pod's
+//!   network namespace (nor, through a Service, the node's bridge hairpin path), as upstream.
+//! - ipBlocks match any address, pod addresses included; named ports resolve against the
+//!   destination pod's container ports of the rule's protocol.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::model::{Cluster, Direction, Pod, Policy, PolicyPeer, PolicyRule, Protocol};
+
+/// The other end of a connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer<'a> {
+    Pod(&'a Pod),
+    /// An address that is not a pod's (a node, something outside the cluster).
+    Ip(IpAddr),
+}
+
+/// One end of a connection: a pod (or not) and the address it uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint<'a> {
+    pub pod: Option<&'a Pod>,
+    pub ip: Option<IpAddr>,
+}
+
+/// A rule of a policy, as an explanation names it: `x/allow-web ingress[0]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleRef {
+    pub policy: String,
+    pub direction: Direction,
+    pub index: usize,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}[{}]", self.policy, self.direction, self.index)
+    }
+}
+
+/// The decision of one direction at one end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Side {
+    pub direction: Direction,
+    /// The pod this side is decided for (`ns/name`); `None` when that end is not a pod.
+    pub pod: Option<String>,
+    /// Whether some policy selects the pod for this direction.
+    pub isolated: bool,
+    /// The policies (`ns/name`) that select the pod for this direction.
+    pub selected_by: Vec<String>,
+    /// The rules that match the connection.
+    pub allowed_by: Vec<RuleRef>,
+    pub allowed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// The pod talks to itself: allowed without looking at policies.
+    pub to_self: bool,
+    pub egress: Side,
+    pub ingress: Side,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = if self.allowed { "allowed" } else { "DENIED" };
+        match &self.pod {
+            None => write!(f, "{}: {word}: the endpoint is not a pod", self.direction),
+            Some(pod) if !self.isolated => {
+                write!(
+                    f,
+                    "{} of {pod}: {word}: no policy isolates it",
+                    self.direction
+                )
+            }
+            Some(pod) => {
+                write!(
+                    f,
+                    "{} of {pod}: {word}: isolated by {}; ",
+                    self.direction,
+                    self.selected_by.join(", ")
+                )?;
+                if self.allowed_by.is_empty() {
+                    f.write_str("no rule matches")
+                } else {
+                    let rules: Vec<String> =
+                        self.allowed_by.iter().map(ToString::to_string).collect();
+                    write!(f, "matched by {}", rules.join(", "))
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = if self.allowed { "allowed" } else { "denied" };
+        if self.to_self {
+            return write!(f, "{word}: a pod talking to itself");
+        }
+        write!(f, "{word}\n  {}\n  {}", self.egress, self.ingress)
+    }
+}
+
+/// The verdict for a connection from `from` to the pod `to` on `protocol`/`port`.
+///
+/// The destination address is `to`'s address of the source's family (for a pod source:
+/// the first family both pods have, IPv4 first); use [`verdict_at`] to choose it.
+pub fn verdict(
+    cluster: &Cluster,
+    from: Peer<'_>,
+    to: &Pod,
+    protocol: Protocol,
+    port: u16,
+) -> Verdict {
+    let (src, dst) = match from {
+        Peer::Ip(ip) => (
+            Endpoint {
+                pod: None,
+                ip: Some(ip),
+            },
+            Endpoint {
+                pod: Some(to),
+                ip: to.ip_like(ip),
+            },
+        ),
+        Peer::Pod(p) => {
+            let common = to.ips.iter().copied().find(|t| p.ip_like(*t).is_some());
+            let dst_ip = common.or_else(|| to.ips.first().copied());
+            (
+                Endpoint {
+                    pod: Some(p),
+                    ip: dst_ip.and_then(|d| p.ip_like(d)),
+                },
+                Endpoint {
+                    pod: Some(to),
+                    ip: dst_ip,
+                },
+            )
+        }
+    };
+    verdict_at(cluster, src, dst, protocol, port)
+}
+
+/// The verdict between two explicit endpoints (either may be a pod or a bare address).
+pub fn verdict_at(
+    cluster: &Cluster,
+    src: Endpoint<'_>,
+    dst: Endpoint<'_>,
+    protocol: Protocol,
+    port: u16,
+) -> Verdict {
+    let egress = side(cluster, Direction::Egress, src, src, dst, protocol, port);
+    let ingress = side(cluster, Direction::Ingress, dst, src, dst, protocol, port);
+    let to_self = matches!((src.pod, dst.pod), (Some(a), Some(b)) if a.key() == b.key());
+    Verdict {
+        allowed: to_self || (egress.allowed && ingress.allowed),
+        to_self,
+        egress,
+        ingress,
+    }
+}
+
+fn side(
+    cluster: &Cluster,
+    direction: Direction,
+    at: Endpoint<'_>,
+    src: Endpoint<'_>,
+    dst: Endpoint<'_>,
+    protocol: Protocol,
+    port: u16,
+) -> Side {
+    let Some(pod) = at.pod.filter(|p| !p.host_network) else {
+        return Side {
+            direction,
+            pod: None,
+            isolated: false,
+            selected_by: Vec::new(),
+            allowed_by: Vec::new(),
+            allowed: true,
+        };
+    };
+    let peer = match direction {
+        Direction::Ingress => src,
+        Direction::Egress => dst,
+    };
+    let mut selected_by = Vec::new();
+    let mut allowed_by = Vec::new();
+    for policy in cluster.policies.iter().filter(|p| p.selects(pod)) {
+        let Some(rules) = policy.rules(direction) else {
+            continue;
+        };
+        selected_by.push(policy.id());
+        for rule in rules {
+            if rule_matches(cluster, policy, rule, peer, dst, protocol, port) {
+                allowed_by.push(RuleRef {
+                    policy: policy.id(),
+                    direction,
+                    index: rule.index,
+                });
+            }
+        }
+    }
+    let isolated = !selected_by.is_empty();
+    Side {
+        direction,
+        pod: Some(pod.key().to_string()),
+        isolated,
+        allowed: !isolated || !allowed_by.is_empty(),
+        selected_by,
+        allowed_by,
+    }
+}
+
+/// Whether `rule` of `policy` matches traffic with `peer` at the other end, towards `dst`.
+pub(crate) fn rule_matches(
+    cluster: &Cluster,
+    policy: &Policy,
+    rule: &PolicyRule,
+    peer: Endpoint<'_>,
+    dst: Endpoint<'_>,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
+    let peer_ok = rule.peers.is_empty()
+        || rule.peers.iter().any(|p| match p {
+            PolicyPeer::IpBlock { .. } => peer.ip.is_some_and(|ip| p.ip_block_contains(ip)),
+            PolicyPeer::Pods { .. } => peer
+                .pod
+                .is_some_and(|pod| cluster.peer_matches_pod(policy, p, pod)),
+        });
+    let port_ok = rule.ports.is_empty()
+        || rule.ports.iter().any(|pp| {
+            pp.protocol == protocol
+                && pp
+                    .port
+                    .resolve(protocol, dst.pod)
+                    .iter()
+                    .any(|(lo, hi)| (*lo..=*hi).contains(&port))
+        });
+    peer_ok && port_ok
+}

@@ -1,0 +1,73 @@
+//! Kubernetes NetworkPolicy (networking.k8s.io/v1) for ferry, as pure logic:
+//!
+//! - [`model`]: the normalised form of namespaces, pods and policies, converted from the
+//!   Kubernetes types with the API's defaulting and validated ([`Cluster::from_k8s`]);
+//! - [`eval`]: the reference semantics, [`verdict`], which also explains itself;
+//! - [`desired`]: the node's nftables state as data, [`Ruleset::compute`];
+//! - [`diff`]: the change from the applied state to the desired one as one atomic
+//!   `nft -f -` transaction, [`plan`];
+//! - [`listing`]: the applied table read back from `nft -j`, [`Ruleset::parse_json`].
+//!
+//! # The table (one per node)
+//!
+//! ```text
+//! table inet ferry_policy
+//!   chain forward   hook forward, priority filter, policy accept
+//!     ct state established,related accept
+//!     ct state invalid drop
+//!     ip  saddr @egress_isolated4  jump egress
+//!     ip6 saddr @egress_isolated6  jump egress
+//!     ip  daddr @ingress_isolated4 jump ingress
+//!     ip6 daddr @ingress_isolated6 jump ingress
+//!   chain egress    one rule per (policy egress rule, family), `return` on a match
+//!     ip saddr @eg_<ns>_<policy>_<i>_src4 [ip daddr @eg_..._dst4 | ip daddr . meta l4proto . th dport @eg_..._dst4] counter return
+//!     ...
+//!     update @denied_egress4 { ip saddr } limit rate 20/second log prefix "ferry-deny-egress " group 1720
+//!     update @denied_egress6 { ip6 saddr } ...
+//!     counter drop
+//!   chain ingress   one rule per (policy ingress rule, family), `accept` on a match
+//!     [ip saddr @in_<ns>_<policy>_<i>_src4] ip daddr [. meta l4proto . th dport] @in_..._dst4 counter accept
+//!     ...
+//!     update @denied_ingress4 { ip daddr } ... log prefix "ferry-deny-ingress " group 1720
+//!     counter drop
+//! ```
+//!
+//! - Egress is decided on the source's node and ingress on the destination's node: the
+//!   `*_isolated` sets and the sets of selected pods (`in_*_dst`, `eg_*_src`) hold only this
+//!   node's pods; the peer sets (`in_*_src`, `eg_*_dst`) hold addresses cluster-wide: pod
+//!   addresses and ipBlock ranges (minus `except`, computed here, overlaps merged).
+//! - A rule with ports matches `address . protocol . port` against a concatenated interval
+//!   set: numeric ports and `endPort` ranges are intervals, named ports are resolved per
+//!   destination pod. A rule without peers has no source (ingress) or destination (egress)
+//!   match; without ports, no port match.
+//! - The forward hook runs after kube-proxy's DNAT, so a Service address gets the verdict
+//!   of the pod behind it. Pods of one node reach each other over the bridge, so the node
+//!   needs `net.bridge.bridge-nf-call-iptables` (and `-ip6tables`) set to 1, as kube-proxy
+//!   does, for that traffic to reach the hook.
+//! - `denied_<dir><4|6>` are dynamic sets with a counter per local pod address (elements
+//!   expire after an hour without denials); denials go to NFLOG group [`DENY_LOG_GROUP`]
+//!   at most [`DENY_LOG_RATE`] a second per direction.
+//! - Set names: `<in|eg>_<namespace>_<policy>_<rule index>_<src|dst><4|6>`; when longer than
+//!   255 characters, `<ns>_<policy>` becomes `h` and a 64-bit FNV-1a hash of `ns/policy`.
+//!   Every rule of every policy has its sets and rule on every node, whether it selects a
+//!   local pod or not, so pod churn and relabelling change set elements only.
+//!
+//! After a restart the daemon reads the applied table back with
+//! `nft -j list table inet ferry_policy` and [`Ruleset::parse_json`] (which keeps the
+//! denial counters) and plans from it. When there is no table it plans from the empty
+//! ruleset; when the listing holds anything this crate did not make, or a plan fails, it
+//! replaces the table in one transaction ([`Script::replace`]: `delete table` and the full
+//! table together). It keeps the applied [`Ruleset`] in memory and from then on applies
+//! [`plan`]s.
+
+pub mod desired;
+pub mod diff;
+pub mod eval;
+pub mod listing;
+pub mod model;
+pub mod ranges;
+
+pub use desired::{LocalPods, Ruleset, DENY_LOG_GROUP, DENY_LOG_RATE, TABLE};
+pub use diff::{plan, Script};
+pub use eval::{verdict, verdict_at, Endpoint, Peer, Verdict};
+pub use model::{Cluster, ContainerPort, ModelError, Pod, PodKey, Policy, Protocol};

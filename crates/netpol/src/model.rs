@@ -1,0 +1,745 @@
+//! The normalised form of the objects NetworkPolicy enforcement needs, converted from the
+//! Kubernetes API types with the API's defaulting and validated.
+//!
+//! A policy that fails validation never breaks the others: [`Cluster::from_k8s`] returns the
+//! valid policies and the list of errors. What an invalid policy still does is chosen to
+//! fail closed:
+//! - a broken rule (bad port, protocol, peer, ipBlock, selector inside a peer) is dropped
+//!   from its policy, while the policy still selects its pods and keeps its policy types, so
+//!   the pods stay isolated and that rule allows nothing;
+//! - a broken `podSelector` or `policyTypes` value makes the pods it would select unknowable:
+//!   the whole policy is dropped (the API server rejects such objects, so this is only
+//!   defence against a lying or broken source).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::{Deserialize, Serialize};
+
+/// The label the API server puts on every namespace (since Kubernetes 1.21).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+pub type Labels = BTreeMap<String, String>;
+
+/// A problem in one object, naming the object and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {object}: {field}: {reason}")]
+pub struct ModelError {
+    /// `NetworkPolicy`, `Pod` or `Namespace`.
+    pub kind: &'static str,
+    /// `namespace/name` (or `name` for a namespace).
+    pub object: String,
+    /// The JSON path inside the object, e.g. `spec.ingress[0].ports[1].endPort`.
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses the API's spelling; absent means TCP, as the API defaults it.
+    pub fn parse(s: Option<&str>) -> Result<Protocol, String> {
+        match s {
+            None | Some("TCP") => Ok(Protocol::Tcp),
+            Some("UDP") => Ok(Protocol::Udp),
+            Some("SCTP") => Ok(Protocol::Sctp),
+            Some(other) => Err(format!("protocol {other:?} is not one of TCP, UDP, SCTP")),
+        }
+    }
+
+    /// The name nft uses for the protocol in an `inet_proto` field.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> PodKey {
+        PodKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    /// IPv4 and/or IPv6; empty for a pod without an address yet or in a terminal phase
+    /// (its address may already belong to another pod).
+    pub ips: Vec<IpAddr>,
+    pub node: Option<String>,
+    pub ports: Vec<ContainerPort>,
+    /// Host-network pods carry the node's address: policies neither select them nor match
+    /// them by selector (as upstream); only ipBlocks can match their address.
+    pub host_network: bool,
+}
+
+impl Pod {
+    pub fn key(&self) -> PodKey {
+        PodKey::new(&self.namespace, &self.name)
+    }
+
+    /// The pod's address of the same family as `like`.
+    pub fn ip_like(&self, like: IpAddr) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == like.is_ipv4())
+    }
+}
+
+/// A label selector operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    pub values: BTreeSet<String>,
+}
+
+/// A validated label selector; the empty selector matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selector {
+    pub match_labels: Labels,
+    pub requirements: Vec<Requirement>,
+}
+
+impl Selector {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.requirements.iter().all(|r| {
+                let got = labels.get(&r.key);
+                match r.operator {
+                    Operator::In => got.is_some_and(|v| r.values.contains(v)),
+                    Operator::NotIn => !got.is_some_and(|v| r.values.contains(v)),
+                    Operator::Exists => got.is_some(),
+                    Operator::DoesNotExist => got.is_none(),
+                }
+            })
+    }
+
+    fn from_k8s(sel: &LabelSelector, field: &str) -> Result<Selector, (String, String)> {
+        let mut requirements = Vec::new();
+        for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
+            let f = format!("{field}.matchExpressions[{i}]");
+            if e.key.is_empty() {
+                return Err((format!("{f}.key"), "must not be empty".into()));
+            }
+            let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
+            let operator = match e.operator.as_str() {
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                "DoesNotExist" => Operator::DoesNotExist,
+                other => {
+                    return Err((
+                        format!("{f}.operator"),
+                        format!("{other:?} is not one of In, NotIn, Exists, DoesNotExist"),
+                    ))
+                }
+            };
+            match operator {
+                Operator::In | Operator::NotIn if values.is_empty() => {
+                    return Err((
+                        format!("{f}.values"),
+                        format!("must be non-empty for operator {}", e.operator),
+                    ))
+                }
+                Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
+                    return Err((
+                        format!("{f}.values"),
+                        format!("must be empty for operator {}", e.operator),
+                    ))
+                }
+                _ => {}
+            }
+            requirements.push(Requirement {
+                key: e.key.clone(),
+                operator,
+                values,
+            });
+        }
+        let match_labels = sel.match_labels.clone().unwrap_or_default();
+        if match_labels.keys().any(String::is_empty) {
+            return Err((format!("{field}.matchLabels"), "empty key".into()));
+        }
+        Ok(Selector {
+            match_labels,
+            requirements,
+        })
+    }
+}
+
+/// Which ports of a protocol a policy port entry allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PortSel {
+    /// `port` omitted: every port of the protocol.
+    All,
+    /// A number, or `port`..=`endPort`.
+    Range(u16, u16),
+    /// A container port name, resolved against the destination pod.
+    Named(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyPort {
+    pub protocol: Protocol,
+    pub port: PortSel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PolicyPeer {
+    /// `pods` only: pods of the policy's namespace; `namespaces` only: every pod of the
+    /// matching namespaces; both: pods matching `pods` in namespaces matching `namespaces`.
+    Pods {
+        pods: Option<Selector>,
+        namespaces: Option<Selector>,
+    },
+    /// Addresses inside `cidr` and outside every `except`.
+    IpBlock {
+        cidr: IpNetwork,
+        except: Vec<IpNetwork>,
+    },
+}
+
+/// One ingress or egress rule. An empty `peers` means every peer; an empty `ports` means
+/// every port of every protocol.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRule {
+    /// The rule's position in the object's `ingress` or `egress` list (a broken rule is
+    /// left out, so positions may have gaps); names and explanations use it.
+    pub index: usize,
+    pub peers: Vec<PolicyPeer>,
+    pub ports: Vec<PolicyPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: Selector,
+    /// `None`: the policy does not cover ingress. `Some(rules)`: it isolates the pods it
+    /// selects for ingress and allows what the rules match (nothing when empty).
+    pub ingress: Option<Vec<PolicyRule>>,
+    /// Like `ingress`, for egress.
+    pub egress: Option<Vec<PolicyRule>>,
+}
+
+/// A traffic direction as seen from the pod a policy selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+impl Policy {
+    /// `namespace/name`, as errors and explanations print it.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn rules(&self, dir: Direction) -> Option<&[PolicyRule]> {
+        match dir {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
+
+    /// Whether the policy selects `pod` (same namespace, selector matches).
+    pub fn selects(&self, pod: &Pod) -> bool {
+        !pod.host_network
+            && pod.namespace == self.namespace
+            && self.pod_selector.matches(&pod.labels)
+    }
+
+    /// Converts with the API's defaulting. Returns the policy (absent when it cannot be
+    /// used at all) and every problem found; see the module doc for what a broken rule does.
+    pub fn from_k8s(np: &net::NetworkPolicy) -> (Option<Policy>, Vec<ModelError>) {
+        let namespace = np.metadata.namespace.clone().unwrap_or_default();
+        let name = np.metadata.name.clone().unwrap_or_default();
+        let object = format!("{namespace}/{name}");
+        let err = |field: String, reason: String| ModelError {
+            kind: "NetworkPolicy",
+            object: object.clone(),
+            field,
+            reason,
+        };
+        let mut errors = Vec::new();
+        if namespace.is_empty() || name.is_empty() {
+            errors.push(err(
+                "metadata".into(),
+                "namespace and name are required".into(),
+            ));
+            return (None, errors);
+        }
+        let Some(spec) = np.spec.as_ref() else {
+            errors.push(err("spec".into(), "missing".into()));
+            return (None, errors);
+        };
+        let pod_selector = match Selector::from_k8s(
+            spec.pod_selector
+                .as_ref()
+                .unwrap_or(&LabelSelector::default()),
+            "spec.podSelector",
+        ) {
+            Ok(s) => s,
+            Err((f, r)) => {
+                errors.push(err(f, r));
+                return (None, errors);
+            }
+        };
+        let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+        let (mut ingress_on, mut egress_on) = (true, has_egress);
+        if let Some(types) = spec.policy_types.as_ref().filter(|t| !t.is_empty()) {
+            (ingress_on, egress_on) = (false, false);
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => ingress_on = true,
+                    "Egress" => egress_on = true,
+                    other => {
+                        errors.push(err(
+                            format!("spec.policyTypes[{i}]"),
+                            format!("{other:?} is not one of Ingress, Egress"),
+                        ));
+                        return (None, errors);
+                    }
+                }
+            }
+        }
+        let ingress = ingress_on.then(|| {
+            spec.ingress
+                .iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    let f = format!("spec.ingress[{i}]");
+                    convert_rule(i, r.from.as_deref(), r.ports.as_deref(), &f, "from")
+                        .map_err(|(f, r)| errors.push(err(f, r)))
+                        .ok()
+                })
+                .collect()
+        });
+        let egress = egress_on.then(|| {
+            spec.egress
+                .iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    let f = format!("spec.egress[{i}]");
+                    convert_rule(i, r.to.as_deref(), r.ports.as_deref(), &f, "to")
+                        .map_err(|(f, r)| errors.push(err(f, r)))
+                        .ok()
+                })
+                .collect()
+        });
+        let policy = Policy {
+            namespace,
+            name,
+            pod_selector,
+            ingress,
+            egress,
+        };
+        (Some(policy), errors)
+    }
+}
+
+type FieldError = (String, String);
+
+fn convert_rule(
+    index: usize,
+    peers: Option<&[net::NetworkPolicyPeer]>,
+    ports: Option<&[net::NetworkPolicyPort]>,
+    field: &str,
+    peers_key: &str,
+) -> Result<PolicyRule, FieldError> {
+    let peers = peers
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| convert_peer(p, &format!("{field}.{peers_key}[{i}]")))
+        .collect::<Result<_, _>>()?;
+    let ports = ports
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| convert_port(p, &format!("{field}.ports[{i}]")))
+        .collect::<Result<_, _>>()?;
+    Ok(PolicyRule {
+        index,
+        peers,
+        ports,
+    })
+}
+
+fn convert_peer(p: &net::NetworkPolicyPeer, field: &str) -> Result<PolicyPeer, FieldError> {
+    if let Some(block) = &p.ip_block {
+        if p.pod_selector.is_some() || p.namespace_selector.is_some() {
+            return Err((
+                field.into(),
+                "ipBlock cannot be combined with podSelector or namespaceSelector".into(),
+            ));
+        }
+        let cidr: IpNetwork = block.cidr.parse().map_err(|e| {
+            (
+                format!("{field}.ipBlock.cidr"),
+                format!("{:?} is not a CIDR: {e}", block.cidr),
+            )
+        })?;
+        let mut except = Vec::new();
+        for (i, e) in block.except.iter().flatten().enumerate() {
+            let f = format!("{field}.ipBlock.except[{i}]");
+            let net: IpNetwork = e
+                .parse()
+                .map_err(|err| (f.clone(), format!("{e:?} is not a CIDR: {err}")))?;
+            if net.is_ipv4() != cidr.is_ipv4() {
+                return Err((f, format!("{e} is not of the family of cidr {cidr}")));
+            }
+            if !(net.prefix() >= cidr.prefix() && cidr.contains(net.network())) {
+                return Err((f, format!("{e} is not inside cidr {cidr}")));
+            }
+            except.push(net);
+        }
+        return Ok(PolicyPeer::IpBlock { cidr, except });
+    }
+    if p.pod_selector.is_none() && p.namespace_selector.is_none() {
+        return Err((
+            field.into(),
+            "must set one of podSelector, namespaceSelector, ipBlock".into(),
+        ));
+    }
+    let sel = |s: &Option<LabelSelector>, key: &str| {
+        s.as_ref()
+            .map(|s| Selector::from_k8s(s, &format!("{field}.{key}")))
+            .transpose()
+    };
+    Ok(PolicyPeer::Pods {
+        pods: sel(&p.pod_selector, "podSelector")?,
+        namespaces: sel(&p.namespace_selector, "namespaceSelector")?,
+    })
+}
+
+fn convert_port(p: &net::NetworkPolicyPort, field: &str) -> Result<PolicyPort, FieldError> {
+    let protocol =
+        Protocol::parse(p.protocol.as_deref()).map_err(|r| (format!("{field}.protocol"), r))?;
+    let number = |n: i32, f: &str| {
+        u16::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| (format!("{field}.{f}"), format!("{n} is not in 1..65535")))
+    };
+    let port = match (&p.port, p.end_port) {
+        (None, None) => PortSel::All,
+        (None, Some(_)) => {
+            return Err((format!("{field}.endPort"), "requires a numeric port".into()))
+        }
+        (Some(IntOrString::Int(n)), end) => {
+            let lo = number(*n, "port")?;
+            let hi = match end {
+                None => lo,
+                Some(e) => {
+                    let hi = number(e, "endPort")?;
+                    if hi < lo {
+                        return Err((
+                            format!("{field}.endPort"),
+                            format!("{hi} is below port {lo}"),
+                        ));
+                    }
+                    hi
+                }
+            };
+            PortSel::Range(lo, hi)
+        }
+        (Some(IntOrString::String(s)), end) => {
+            if end.is_some() {
+                return Err((
+                    format!("{field}.endPort"),
+                    "requires a numeric port, not a named one".into(),
+                ));
+            }
+            // The API accepts numbers written as strings in an IntOrString.
+            match s.parse::<i32>() {
+                Ok(n) => {
+                    let n = number(n, "port")?;
+                    PortSel::Range(n, n)
+                }
+                Err(_) if s.is_empty() || s.len() > 15 => {
+                    return Err((
+                        format!("{field}.port"),
+                        format!("{s:?} is not a port name (1 to 15 characters)"),
+                    ))
+                }
+                Err(_) => PortSel::Named(s.clone()),
+            }
+        }
+    };
+    Ok(PolicyPort { protocol, port })
+}
+
+/// A namespace's name and labels, with the `kubernetes.io/metadata.name` label the API
+/// server always sets.
+pub fn namespace_from_k8s(ns: &core::Namespace) -> Result<(String, Labels), ModelError> {
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err(ModelError {
+            kind: "Namespace",
+            object: String::new(),
+            field: "metadata.name".into(),
+            reason: "missing".into(),
+        });
+    }
+    let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+    labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+    Ok((name, labels))
+}
+
+impl Pod {
+    /// Converts a pod: addresses from `status.podIPs` (or `status.podIP`), ports from
+    /// `spec.containers[].ports`. A pod in phase Succeeded or Failed gets no addresses.
+    pub fn from_k8s(pod: &core::Pod) -> Result<Pod, ModelError> {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let err = |field: String, reason: String| ModelError {
+            kind: "Pod",
+            object: format!("{namespace}/{name}"),
+            field,
+            reason,
+        };
+        if namespace.is_empty() || name.is_empty() {
+            return Err(err(
+                "metadata".into(),
+                "namespace and name are required".into(),
+            ));
+        }
+        let status = pod.status.as_ref();
+        let terminal = status
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let mut raw: Vec<(String, &str)> = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, p)| (format!("status.podIPs[{i}].ip"), p.ip.as_str()))
+            .collect();
+        if raw.is_empty() {
+            if let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()) {
+                raw.push(("status.podIP".into(), ip));
+            }
+        }
+        let mut ips = Vec::new();
+        if !terminal {
+            for (field, s) in raw {
+                let ip: IpAddr = s
+                    .parse()
+                    .map_err(|_| err(field, format!("{s:?} is not an IP address")))?;
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+        }
+        let spec = pod.spec.as_ref();
+        let mut ports = Vec::new();
+        for (ci, c) in spec
+            .map(|s| &s.containers[..])
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            for (pi, p) in c.ports.iter().flatten().enumerate() {
+                let field = format!("spec.containers[{ci}].ports[{pi}]");
+                let port = u16::try_from(p.container_port)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        err(
+                            format!("{field}.containerPort"),
+                            format!("{} is not in 1..65535", p.container_port),
+                        )
+                    })?;
+                let protocol = Protocol::parse(p.protocol.as_deref())
+                    .map_err(|r| err(format!("{field}.protocol"), r))?;
+                ports.push(ContainerPort {
+                    name: p.name.clone(),
+                    port,
+                    protocol,
+                });
+            }
+        }
+        Ok(Pod {
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ips,
+            node: spec.and_then(|s| s.node_name.clone()),
+            ports,
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            namespace,
+            name,
+        })
+    }
+}
+
+/// Everything the evaluator and the desired state need, cluster-wide.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub namespaces: BTreeMap<String, Labels>,
+    pub pods: Vec<Pod>,
+    pub policies: Vec<Policy>,
+}
+
+impl Cluster {
+    /// Converts a snapshot. Objects that fail conversion are left out (policies: see the
+    /// module doc) and their problems returned beside the cluster.
+    pub fn from_k8s(
+        namespaces: &[core::Namespace],
+        pods: &[core::Pod],
+        policies: &[net::NetworkPolicy],
+    ) -> (Cluster, Vec<ModelError>) {
+        let mut errors = Vec::new();
+        let mut cluster = Cluster::default();
+        for ns in namespaces {
+            match namespace_from_k8s(ns) {
+                Ok((name, labels)) => {
+                    cluster.namespaces.insert(name, labels);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for pod in pods {
+            match Pod::from_k8s(pod) {
+                Ok(p) => cluster.pods.push(p),
+                Err(e) => errors.push(e),
+            }
+        }
+        for np in policies {
+            let (p, errs) = Policy::from_k8s(np);
+            errors.extend(errs);
+            cluster.policies.extend(p);
+        }
+        (cluster, errors)
+    }
+
+    /// The labels of a namespace; one the snapshot does not hold yet is taken to carry only
+    /// the name label the API server would give it.
+    pub fn namespace_labels(&self, ns: &str) -> Labels {
+        self.namespaces
+            .get(ns)
+            .cloned()
+            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())]))
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// Whether `peer` (of a rule of `policy`) matches the pod `pod`, ignoring addresses.
+    pub(crate) fn peer_matches_pod(&self, policy: &Policy, peer: &PolicyPeer, pod: &Pod) -> bool {
+        match peer {
+            PolicyPeer::Pods { pods, namespaces } => {
+                if pod.host_network {
+                    return false;
+                }
+                let ns_ok = match namespaces {
+                    None => pod.namespace == policy.namespace,
+                    Some(sel) => sel.matches(&self.namespace_labels(&pod.namespace)),
+                };
+                ns_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+            }
+            PolicyPeer::IpBlock { .. } => false,
+        }
+    }
+}
+
+impl PolicyPeer {
+    /// Whether an ipBlock peer holds `ip`; always false for a selector peer.
+    pub fn ip_block_contains(&self, ip: IpAddr) -> bool {
+        match self {
+            PolicyPeer::IpBlock { cidr, except } => {
+                cidr.contains(ip) && !except.iter().any(|e| e.contains(ip))
+            }
+            PolicyPeer::Pods { .. } => false,
+        }
+    }
+}
+
+impl PortSel {
+    /// The port range this entry allows towards `dst` for `protocol`; a named port
+    /// resolves against the destination's container ports of that protocol.
+    pub fn resolve(&self, protocol: Protocol, dst: Option<&Pod>) -> Vec<(u16, u16)> {
+        match self {
+            PortSel::All => vec![(0, u16::MAX)],
+            PortSel::Range(lo, hi) => vec![(*lo, *hi)],
+            PortSel::Named(name) => dst
+                .into_iter()
+                .flat_map(|p| &p.ports)
+                .filter(|c| c.protocol == protocol && c.name.as_deref() == Some(name.as_str()))
+                .map(|c| (c.port, c.port))
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Root test: rendered scripts load into a real nft (1.0.6 here) inside a network namespace
+//! this test makes, and a plan brings the kernel's table to exactly the state a full load
+//! of the new desired ruleset gives. The root namespace's nftables are never touched.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use ferry_tests::netns::Netns;
+use netpol::model::Protocol::{Sctp, Tcp, Udp};
+use netpol::{plan, LocalPods, Ruleset, Script};
+use serde_json::json;
+use support::{labels, policy, world};
+
+/// Feeds `script` to `nft -f -` inside `ns`; panics with nft's message when it fails.
+fn nft_apply(ns: &Netns, script: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nft");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft -f - in {} failed: {}\nscript:\n{script}",
+        ns.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn list(ns: &Netns) -> String {
+    ns.sh("nft list table inet ferry_policy")
+}
+
+fn list_json(ns: &Netns) -> serde_json::Value {
+    serde_json::from_str(&ns.sh("nft -j list table inet ferry_policy")).unwrap()
+}
+
+/// The table's content independent of creation order and handles: sets by name with
+/// sorted elements, chains by name with their rules in order.
+fn normalised(listing: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for item in listing["nftables"].as_array().unwrap() {
+        let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        let mut body = body.clone();
+        if let Some(o) = body.as_object_mut() {
+            o.remove("handle");
+        }
+        match kind.as_str() {
+            "set" => {
+                if let Some(elems) = body.get_mut("elem").and_then(|e| e.as_array_mut()) {
+                    elems.sort_by_key(|e| e.to_string());
+                }
+                out.insert(format!("set {}", body["name"]), body);
+            }
+            "chain" => {
+                out.insert(format!("chain {}", body["name"]), body);
+            }
+            "rule" => {
+                let key = format!("rules of {}", body["chain"]);
+                let rules = out.entry(key).or_insert_with(|| serde_json::json!([]));
+                rules.as_array_mut().unwrap().push(body);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn cluster_v1() -> netpol::Cluster {
+    let mut c = world(
+        &["x/a", "x/b", "x/c", "y/a", "y/b", "z/a"],
+        &[80, 81],
+        &[Tcp, Udp, Sctp],
+    );
+    c.policies.push(policy(
+        "x",
+        "web",
+        json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {"pod": "b"}}},
+                          {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.2.0.0/16", "10.3.0.1/32"]}},
+                          {"ipBlock": {"cidr": "fd00::/64", "except": ["fd00::2:0/112"]}}],
+                 "ports": [{"port": "serve-80-tcp"}, {"port": 8000, "endPort": 8100, "protocol": "UDP"},
+                           {"protocol": "SCTP"}]},
+                {"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]},
+            ],
+            "egress": [
+                {"to": [{"namespaceSelector": {}, "podSelector": {"matchExpressions": [
+                    {"key": "pod", "operator": "In", "values": ["a", "c"]}]}}],
+                 "ports": [{"port": "serve-81-udp", "protocol": "UDP"}, {"port": 53, "protocol": "UDP"}]},
+                {"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]},
+                {"ports": [{"port": 443}]},
+            ],
+        }),
+    ));
+    // Names at the limits: the longest the API allows, and one that is no DNS name at all
+    // (a lying source) and must reach nft only as a hash.
+    c.policies.push(policy(
+        "x",
+        &"n".repeat(253),
+        json!({"podSelector": {}, "egress": [{"to": [{"podSelector": {}}], "ports": [{"port": 1}]}]}),
+    ));
+    c.policies.push(policy(
+        "x",
+        "evil\" } ; flush ruleset ; #",
+        json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}),
+    ));
+    c.policies.push(policy(
+        "y",
+        "deny-all",
+        json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+    ));
+    c
+}
+
+#[test]
+fn full_load_then_plan_reach_the_desired_table() {
+    if !ferry_tests::root_or_skip("full_load_then_plan_reach_the_desired_table") {
+        return;
+    }
+    let ns = Netns::new("npnft");
+    let c1 = cluster_v1();
+    let local = LocalPods::on_node(&c1, "n0");
+    let d1 = Ruleset::compute(&c1, &local);
+
+    // First start: nothing applied yet, so a plan from the empty ruleset.
+    let first = plan(&Ruleset::default(), &d1);
+    nft_apply(&ns, &first.render());
+    let listed = list(&ns);
+    for want in [
+        "chain forward",
+        "type filter hook forward priority filter; policy accept;",
+        "ip saddr @egress_isolated4 jump egress",
+        "ip6 daddr @ingress_isolated6 jump ingress",
+        "set in_x_web_0_dst4",
+        "type ipv4_addr . inet_proto . inet_service",
+        "set denied_ingress4",
+        "flags dynamic,timeout",
+        "log prefix \"ferry-deny-ingress \" group 1720",
+        "comment \"x/web ingress[0]\"",
+    ] {
+        assert!(listed.contains(want), "missing {want:?} in\n{listed}");
+    }
+    // x/a (10.1.0.1, node n0): its named port 80/tcp, UDP 8000-8100, every SCTP port.
+    let dst = ns.sh("nft list set inet ferry_policy in_x_web_0_dst4");
+    for want in [
+        "10.1.0.1 . tcp . 80",
+        "10.1.0.1 . udp . 8000-8100",
+        "10.1.0.1 . sctp . 0-65535",
+    ] {
+        assert!(dst.contains(want), "missing {want:?} in\n{dst}");
+    }
+    // The peers: x/b, and 10/8 minus 10.2/16 and 10.3.0.1, overlaps merged.
+    let src = ns.sh("nft list set inet ferry_policy in_x_web_0_src4");
+    for want in ["10.0.0.0/15", "10.3.0.0", "10.3.0.2-10.255.255.255"] {
+        assert!(src.contains(want), "missing {want:?} in\n{src}");
+    }
+    let src6 = ns.sh("nft list set inet ferry_policy in_x_web_0_src6");
+    assert!(
+        src6.contains("fd00::/111") && src6.contains("fd00::3:0-fd00::ffff:ffff:ffff:ffff"),
+        "{src6}"
+    );
+
+    // A restart reads the table back as exactly what was applied.
+    let read = Ruleset::parse_json(&ns.sh("nft -j list table inet ferry_policy")).unwrap();
+    assert_eq!(read, d1, "parse_json gives back the applied ruleset");
+
+    // A restart that cannot trust the table replaces it in one go.
+    nft_apply(&ns, &Script::replace(&d1).render());
+    assert_eq!(list(&ns), listed, "replace gives what the first plan gave");
+
+    // Churn: x/c relabelled so the egress selector drops it, a new pod y/c on this
+    // node, z/a gone; and a policy change: x/web loses an egress rule, y/deny-all goes,
+    // z/new comes.
+    let mut c2 = c1.clone();
+    c2.pods.retain(|p| !(p.namespace == "z" && p.name == "a"));
+    let xc = c2
+        .pods
+        .iter_mut()
+        .find(|p| p.namespace == "x" && p.name == "c")
+        .unwrap();
+    xc.labels = labels(&[("pod", "cc")]);
+    let mut yc = c2.pods[0].clone();
+    (yc.namespace, yc.name) = ("y".into(), "c".into());
+    yc.labels = labels(&[("pod", "c")]);
+    yc.ips = vec!["10.2.0.3".parse().unwrap(), "fd00::2:3".parse().unwrap()];
+    c2.pods.push(yc);
+    if let Some(eg) = c2.policies[0].egress.as_mut() {
+        eg.remove(1);
+    }
+    c2.policies.retain(|p| p.name != "deny-all");
+    c2.policies.push(policy(
+        "z",
+        "new",
+        json!({"podSelector": {}, "ingress": [{"ports": [{"port": 5432}]}]}),
+    ));
+    let d2 = Ruleset::compute(&c2, &LocalPods::on_node(&c2, "n0"));
+    let step = plan(&d1, &d2);
+    let text = step.render();
+    assert!(!text.contains("delete table"), "{text}");
+    nft_apply(&ns, &text);
+    let after_plan = list(&ns);
+    let after_plan_json = list_json(&ns);
+
+    // The same state as a full load of d2.
+    nft_apply(&ns, &Script::replace(&d2).render());
+    let full = list(&ns);
+    let n = normalised(&after_plan_json);
+    let elems = n["set \"eg_x_web_0_dst4\""]["elem"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(elems, 6, "x/a, y/a, y/c on 53 and 81/udp:\n{full}");
+    assert_eq!(
+        normalised(&after_plan_json),
+        normalised(&list_json(&ns)),
+        "plan and full load differ; plan:\n{text}\nafter it:\n{after_plan}\nfull:\n{full}"
+    );
+    assert!(!after_plan.contains("set in_y_deny-all"), "{after_plan}");
+    assert!(after_plan.contains("set in_z_new_0_dst4"), "{after_plan}");
+
+    let read = Ruleset::parse_json(&ns.sh("nft -j list table inet ferry_policy")).unwrap();
+    assert_eq!(read, d2);
+
+    // Nothing to do when nothing changed.
+    assert!(plan(&d2, &d2).is_empty());
+}
+
+/// Real packets through a node namespace routing between a client and a server pod
+/// namespace: the forward hook accepts what the policies allow, drops the rest at the
+/// right end, counts denials per local pod address, and a plan applied to the live table
+/// changes the verdict.
+#[test]
+fn forwarded_connections_get_the_policy_verdict() {
+    if !ferry_tests::root_or_skip("forwarded_connections_get_the_policy_verdict") {
+        return;
+    }
+    use ferry_tests::netns::link;
+    use ferry_tests::proc::{connect, echo_peer_server_on};
+
+    let node = Netns::new("npnd");
+    let cli = Netns::new("npcl");
+    let srv = Netns::new("npsv");
+    link(
+        &node,
+        "to-cli",
+        "10.2.0.254/24",
+        &cli,
+        "eth0",
+        "10.2.0.1/24",
+    );
+    link(
+        &node,
+        "to-srv",
+        "10.1.0.254/24",
+        &srv,
+        "eth0",
+        "10.1.0.1/24",
+    );
+    node.sh(
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 && \
+         ip addr add fd00::2:fffe/112 dev to-cli nodad && ip addr add fd00::1:fffe/112 dev to-srv nodad",
+    );
+    cli.sh("ip addr add fd00::2:1/112 dev eth0 nodad && ip route add default via 10.2.0.254 && ip -6 route add default via fd00::2:fffe");
+    srv.sh("ip addr add fd00::1:1/112 dev eth0 nodad && ip route add default via 10.1.0.254 && ip -6 route add default via fd00::1:fffe");
+    let _servers: Vec<_> = [80, 81, 82]
+        .iter()
+        .map(|p| echo_peer_server_on(&srv, "::", *p))
+        .collect();
+
+    let mut c = world(&["x/a", "y/b"], &[80], &[Tcp]);
+    c.pods[0].ips = vec!["10.1.0.1".parse().unwrap(), "fd00::1:1".parse().unwrap()];
+    c.pods[1].ips = vec!["10.2.0.1".parse().unwrap(), "fd00::2:1".parse().unwrap()];
+    for p in &mut c.pods {
+        p.node = Some("n0".into());
+    }
+    c.policies.push(policy(
+        "x",
+        "a-from-b",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{
+            "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}],
+            "ports": [{"port": "serve-80-tcp"}]}]}),
+    ));
+    c.policies.push(policy(
+        "y",
+        "b-out",
+        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 80, "endPort": 81}]}]}),
+    ));
+    let d1 = Ruleset::compute(&c, &LocalPods::on_node(&c, "n0"));
+    nft_apply(&node, &plan(&Ruleset::default(), &d1).render());
+
+    for dst in ["10.1.0.1", "fd00::1:1"] {
+        assert!(
+            connect(&cli, dst, 80).is_some(),
+            "{dst}:80 is allowed both ways"
+        );
+        assert!(
+            connect(&cli, dst, 81).is_none(),
+            "{dst}:81: x/a's ingress denies"
+        );
+        assert!(
+            connect(&cli, dst, 82).is_none(),
+            "{dst}:82: y/b's egress denies"
+        );
+    }
+    // Denials are counted per local pod address and direction.
+    for (set, addr) in [
+        ("denied_ingress4", "10.1.0.1"),
+        ("denied_ingress6", "fd00::1:1"),
+        ("denied_egress4", "10.2.0.1"),
+        ("denied_egress6", "fd00::2:1"),
+    ] {
+        let listed = node.sh(&format!("nft list set inet ferry_policy {set}"));
+        let counted = listed
+            .split(&format!("{addr} counter packets "))
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(
+            counted.is_some_and(|n| n >= 1),
+            "{set} has no count for {addr}:\n{listed}"
+        );
+    }
+
+    // Read back with the kernel's denial elements in it: they are runtime state, not part
+    // of the ruleset.
+    let read = Ruleset::parse_json(&node.sh("nft -j list table inet ferry_policy")).unwrap();
+    assert_eq!(read, d1);
+
+    // y/b relabelled: a plan on the live table, and port 80 is denied from then on.
+    let mut c2 = c.clone();
+    c2.pods[1].labels = labels(&[("pod", "other")]);
+    let d2 = Ruleset::compute(&c2, &LocalPods::on_node(&c2, "n0"));
+    let step = plan(&d1, &d2);
+    assert!(
+        step.commands.iter().all(|c| c.contains("element")),
+        "{}",
+        step.render()
+    );
+    nft_apply(&node, &step.render());
+    assert!(connect(&cli, "10.1.0.1", 80).is_none());
+    assert!(connect(&cli, "fd00::1:1", 80).is_none());
+}
