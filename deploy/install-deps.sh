@@ -34,7 +34,8 @@ build=(
 demo=(
   iproute2                        # ip, ss, bridge, tc: namespaces, veths, the underlay switch
   iptables                        # ferry-overlayd's node-wide rules (iptables, iptables-restore)
-  nftables                        # ferry-overlayd's underlay filter (nft)
+  nftables                        # ferry-overlayd's underlay filter and NetworkPolicy table (nft)
+  conntrack                       # ferry-overlayd cuts connections a policy change denies
   kmod                            # ferry-overlayd loads br_netfilter with modprobe
   python3                         # the pods' echo servers and clients, the metrics GET
   etcd-server etcd-client         # ferry-overlayd's datastore; etcdctl waits for it

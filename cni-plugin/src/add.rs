@@ -40,9 +40,23 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<String, Error> {
             &mut made_veth,
         ))
     });
-    match wired {
+    let covered = wired.and_then(|result| {
+        if let Some(hook) = &pc.policy {
+            let ips = result
+                .ips
+                .iter()
+                .filter_map(|c| c.address.split('/').next()?.parse::<IpAddr>().ok())
+                .collect();
+            crate::policy::attach(hook, env, ips)?;
+        }
+        Ok(result)
+    });
+    match covered {
         Ok(result) => Ok(result.to_json(&conf.cni_version)),
         Err(e) => {
+            if let Some(hook) = &pc.policy {
+                crate::policy::detach(hook, env);
+            }
             undo(&addressing, made_veth.then_some(host_veth.as_str()));
             Err(e)
         }

@@ -18,6 +18,8 @@ struct Raw {
     state_dir: Option<PathBuf>,
     ipam: Option<Value>,
     dns: Option<Dns>,
+    network_policy: Option<bool>,
+    network_policy_wait_seconds: Option<u64>,
 }
 
 /// Where addresses come from.
@@ -38,7 +40,21 @@ pub struct PluginConf {
     pub state_dir: PathBuf,
     pub ipam: IpamKind,
     pub dns: Option<Dns>,
+    /// Set when NetworkPolicy is enforced on the node: ADD waits for the daemon.
+    pub policy: Option<PolicyHook>,
 }
+
+/// Where and how long ADD waits for `ferry-overlayd` to cover a new pod with the node's
+/// NetworkPolicy rules.
+#[derive(Debug, Clone)]
+pub struct PolicyHook {
+    pub socket: PathBuf,
+    pub wait: std::time::Duration,
+}
+
+/// How long ADD waits for the daemon by default, and at most.
+pub const DEFAULT_POLICY_WAIT_SECONDS: u64 = 5;
+pub const MAX_POLICY_WAIT_SECONDS: u64 = 60;
 
 impl PluginConf {
     pub fn parse(conf: &NetConf) -> Result<Self, Error> {
@@ -91,6 +107,19 @@ impl PluginConf {
         } else {
             IpamKind::Exec(ipam_type)
         };
+        let wait = raw
+            .network_policy_wait_seconds
+            .unwrap_or(DEFAULT_POLICY_WAIT_SECONDS);
+        if !(1..=MAX_POLICY_WAIT_SECONDS).contains(&wait) {
+            return Err(Error::new(
+                Code::InvalidConfig,
+                format!("networkPolicyWaitSeconds {wait} is out of range (1 to {MAX_POLICY_WAIT_SECONDS})"),
+            ));
+        }
+        let policy = raw.network_policy.unwrap_or(false).then(|| PolicyHook {
+            socket: state_dir.join(policy_notice::SOCKET_NAME),
+            wait: std::time::Duration::from_secs(wait),
+        });
         Ok(PluginConf {
             bridge,
             mtu,
@@ -98,6 +127,7 @@ impl PluginConf {
             state_dir,
             ipam,
             dns: raw.dns,
+            policy,
         })
     }
 

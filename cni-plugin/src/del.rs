@@ -53,6 +53,9 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     if let Err(e) = Addressing::new(&pc.ipam, conf, env).del() {
         errors.push(e);
     }
+    if let Some(hook) = &pc.policy {
+        crate::policy::detach(hook, env);
+    }
     if detached {
         reap::ensure();
     }

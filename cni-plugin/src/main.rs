@@ -10,6 +10,7 @@ mod del;
 mod fuzz;
 mod gc;
 mod kernel;
+mod policy;
 mod reap;
 mod sandbox;
 mod status;

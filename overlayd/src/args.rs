@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use clap::Parser;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
@@ -73,12 +73,22 @@ pub struct Args {
     /// How often the whole data path is checked against the leases and mended.
     #[arg(long, env = "FERRY_RESYNC_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
+    /// Enforce Kubernetes NetworkPolicy on this node (watches the API; the CNI config
+    /// must say `"networkPolicy": true` so that ADD waits for the pod to be covered).
+    #[arg(long, env = "FERRY_NETWORK_POLICY")]
+    pub network_policy: bool,
+    /// The kubeconfig for the API (with --network-policy; default: in-cluster).
+    #[arg(long, env = "FERRY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Args {
     /// Every check a flag needs on its own, before anything is read from or written to
     /// etcd or the kernel.
     pub fn validate(&self) -> Result<()> {
+        if self.kubeconfig.is_some() && !self.network_policy {
+            bail!("--kubeconfig is for --network-policy, which is not given");
+        }
         let show = |d: Duration| humantime::format_duration(d).to_string();
         ensure!(
             self.resync_interval >= MIN_RESYNC,

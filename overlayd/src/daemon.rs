@@ -179,6 +179,19 @@ pub async fn run(args: Args) -> Result<()> {
         };
         let rev = node.refresh(&mut reg).await?;
         node.full_reconcile().await?;
+        // The plugin's notice socket exists before node.json does, so that no pod is
+        // added on this node before NetworkPolicy can cover it.
+        if args.network_policy {
+            crate::policy::start(
+                crate::policy::Settings {
+                    node: node.name.clone(),
+                    state_dir: args.state_dir.clone(),
+                    kubeconfig: args.kubeconfig.clone(),
+                },
+                metrics.clone(),
+            )
+            .await?;
+        }
         node.write_state()?;
         metrics.ready.store(true, Relaxed);
         metrics.etcd_connected.store(true, Relaxed);

@@ -7,7 +7,6 @@
 //! send its request and as long to take the answer, and a failing accept backs off.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,12 +54,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (status, body, ctype) = match path {
                 "/healthz" => ("200 OK", "ok\n".to_string(), "text/plain"),
-                "/readyz" if metrics.ready.load(Relaxed) => {
+                "/readyz" if metrics.is_ready() => {
                     ("200 OK", "ready\n".to_string(), "text/plain")
                 }
                 "/readyz" => (
                     "503 Service Unavailable",
-                    "not ready: the data path or node state is not in place yet\n".to_string(),
+                    "not ready: the data path or node state is not in place yet, or (with --network-policy) the Kubernetes API watches are down\n".to_string(),
                     "text/plain",
                 ),
                 "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),

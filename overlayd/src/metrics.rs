@@ -18,6 +18,38 @@ pub struct Metrics {
     pub reconcile_micros_sum: AtomicU64,
     pub etcd_errors: AtomicU64,
     pub repairs: AtomicU64,
+    pub policy: PolicyMetrics,
+}
+
+/// NetworkPolicy's side (`--network-policy`), rendered only when it is on.
+#[derive(Default)]
+pub struct PolicyMetrics {
+    pub enabled: AtomicBool,
+    /// Every watch listed and up, and the table applied.
+    pub ready: AtomicBool,
+    pub api_errors: AtomicU64,
+    pub applies: AtomicU64,
+    pub apply_errors: AtomicU64,
+    pub invalid_objects: AtomicU64,
+    pub conntrack_cut: AtomicU64,
+    pub denied: std::sync::Mutex<Vec<Denied>>,
+}
+
+/// Packets a local pod's isolation dropped, from the table's per-address counters.
+pub struct Denied {
+    pub namespace: String,
+    pub pod: String,
+    pub ip: std::net::IpAddr,
+    pub direction: &'static str,
+    pub packets: u64,
+}
+
+impl Metrics {
+    /// Ready for `/readyz`: the data path, and the policy state when enforced.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+            && (!self.policy.enabled.load(Relaxed) || self.policy.ready.load(Relaxed))
+    }
 }
 
 impl Metrics {
@@ -100,6 +132,66 @@ impl Metrics {
             "counter",
             self.etcd_errors.load(Relaxed).to_string(),
         );
+        if self.policy.enabled.load(Relaxed) {
+            self.policy.render(&mut s);
+        }
         s
+    }
+}
+
+impl PolicyMetrics {
+    fn render(&self, s: &mut String) {
+        let mut g = |name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        g(
+            "ferry_policy_ready",
+            "1 while the API's NetworkPolicy, Namespace and Pod watches are up and the node's table is applied",
+            "gauge",
+            u64::from(self.ready.load(Relaxed)),
+        );
+        g(
+            "ferry_policy_api_errors_total",
+            "Failed or broken watches of the Kubernetes API",
+            "counter",
+            self.api_errors.load(Relaxed),
+        );
+        g(
+            "ferry_policy_applies_total",
+            "Changes applied to the node's NetworkPolicy table",
+            "counter",
+            self.applies.load(Relaxed),
+        );
+        g(
+            "ferry_policy_apply_errors_total",
+            "Changes to the node's NetworkPolicy table that failed",
+            "counter",
+            self.apply_errors.load(Relaxed),
+        );
+        g(
+            "ferry_policy_invalid_objects",
+            "API objects left out as invalid (each logged once)",
+            "gauge",
+            self.invalid_objects.load(Relaxed),
+        );
+        g(
+            "ferry_policy_connections_cut_total",
+            "Connections deleted from conntrack because a policy change denies them",
+            "counter",
+            self.conntrack_cut.load(Relaxed),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP ferry_policy_denied_packets Packets dropped by NetworkPolicy, per local pod and direction (the first packets of denied connections)\n# TYPE ferry_policy_denied_packets gauge"
+        );
+        if let Ok(d) = self.denied.lock() {
+            for x in d.iter() {
+                let _ = writeln!(
+                    s,
+                    "ferry_policy_denied_packets{{namespace=\"{}\",pod=\"{}\",ip=\"{}\",direction=\"{}\"}} {}",
+                    x.namespace, x.pod, x.ip, x.direction, x.packets
+                );
+            }
+        }
     }
 }
