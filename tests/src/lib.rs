@@ -10,6 +10,7 @@ pub mod cri;
 pub mod inside;
 pub mod manifest;
 pub mod netns;
+pub mod netpol;
 pub mod proc;
 pub mod services;
 pub mod stats;
