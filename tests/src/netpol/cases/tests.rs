@@ -286,150 +286,165 @@ fn garbage_gets_a_clear_error() {
     }
 }
 
+/// Edits of the good case (replace `from` with `to`) and the parts its error must hold.
+fn assert_edit_errors(edits: &[(&str, &str, &[&str])]) {
+    for (from, to, wants) in edits {
+        assert!(GOOD_BODY.contains(from), "{from}");
+        let e = err(&one_case(&GOOD_BODY.replace(from, to)));
+        for want in *wants {
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        }
+    }
+}
+
 #[test]
 fn a_wrong_type_names_the_case_and_key() {
-    let e = err(&one_case(&GOOD_BODY.replace("port: 80", "port: eighty")));
-    assert_eq!(
-        e,
-        "case 1 (\"t\"): at cases[0].steps[0].probes[0].port: invalid type: string \"eighty\", expected u16"
-    );
-    let e = err(&one_case(&GOOD_BODY.replace("allow: false", "allow: 'no'")));
-    assert!(
-        e.contains("cases[0].steps[0].probes[0].expect[0].allow: invalid type"),
-        "{e}"
-    );
-    let e = err(&one_case(&GOOD_BODY.replace("port: 80", "port: 70000")));
-    assert!(e.contains(".port: invalid value: integer `70000`"), "{e}");
-    let e = err(&one_case(
-        &GOOD_BODY.replace("protocol: TCP", "protocol: ICMP"),
-    ));
-    assert!(e.contains("unknown variant `ICMP`"), "{e}");
-    let e = err(&one_case(
-        &GOOD_BODY.replace("  pods", "  note: [1]\n  pods"),
-    ));
-    assert!(
-        e.contains("at cases[0].note: invalid type: sequence"),
-        "{e}"
-    );
+    assert_edit_errors(&[
+        (
+            "port: 80",
+            "port: eighty",
+            &["case 1 (\"t\"): at cases[0].steps[0].probes[0].port: invalid type: string \"eighty\", expected u16"],
+        ),
+        ("allow: false", "allow: 'no'", &["cases[0].steps[0].probes[0].expect[0].allow: invalid type"]),
+        ("port: 80", "port: 70000", &[".port: invalid value: integer `70000`"]),
+        ("protocol: TCP", "protocol: ICMP", &["unknown variant `ICMP`"]),
+        ("  pods", "  note: [1]\n  pods", &["at cases[0].note: invalid type: sequence"]),
+    ]);
 }
 
 #[test]
 fn an_unknown_field_or_action_is_named() {
-    let e = err(&one_case(
-        &GOOD_BODY.replace("  pods", "  flavour: x\n  pods"),
-    ));
-    assert!(
-        e.contains("case 1 (\"t\"): at cases[0]") && e.contains("unknown field `flavour`"),
-        "{e}"
-    );
-    let e = err(&one_case(&GOOD_BODY.replace("- create:", "- destroy:")));
-    assert!(
-        e.contains("cases[0].steps[0].actions[0]") && e.contains("unknown variant `destroy`"),
-        "{e}"
-    );
-    let e = err(&one_case(
-        &GOOD_BODY.replace("allow: false}", "allow: false, via: svc}"),
-    ));
-    assert!(e.contains("unknown field `via`"), "{e}");
-    let e = err(&one_case(
-        &GOOD_BODY.replace("ns: x,", "ns: x, namespace: y,"),
-    ));
-    assert!(e.contains("unknown field `namespace`"), "{e}");
+    assert_edit_errors(&[
+        (
+            "  pods",
+            "  flavour: x\n  pods",
+            &["case 1 (\"t\"): at cases[0]", "unknown field `flavour`"],
+        ),
+        (
+            "- create:",
+            "- destroy:",
+            &["cases[0].steps[0].actions[0]", "unknown variant `destroy`"],
+        ),
+        (
+            "allow: false}",
+            "allow: false, via: svc}",
+            &["unknown field `via`"],
+        ),
+        (
+            "ns: x,",
+            "ns: x, namespace: y,",
+            &["unknown field `namespace`"],
+        ),
+    ]);
 }
 
 #[test]
 fn unknown_pods_and_bad_selectors_are_named() {
-    let e = err(&one_case(&GOOD_BODY.replace("[x/a, x/b]", "[x/a, w/b]")));
-    assert!(
-        e.contains("cases[0].pods[1]") && e.contains("namespace \"w\""),
-        "{e}"
-    );
-    let e = err(&one_case(&GOOD_BODY.replace("[x/a, x/b]", "[x/a, x/d]")));
-    assert!(e.contains("pod \"d\" is not one of"), "{e}");
-    let e = err(&one_case(&GOOD_BODY.replace("[x/a, x/b]", "[x/a, x/a]")));
-    assert_eq!(e, "case 1 (\"t\"): pod x/a is listed twice");
-    // A selector naming a pod the case does not create.
-    let e = err(&one_case(&GOOD_BODY.replace("to: x/a", "to: y/c")));
-    assert_eq!(
-        e,
-        "case 1 (\"t\"), step 1: probe 1: expect selector 'y/c' selects no pod of the case"
-    );
-    let e = err(&one_case(&GOOD_BODY.replace("to: x/a", "to: 'x/'")));
-    assert!(
-        e.contains("expect[0].to") && e.contains("is not '*', 'ns/*' or 'ns/pod'"),
-        "{e}"
-    );
-    let e = err(&one_case(&GOOD_BODY.replace("to: x/a", "to: '*/a'")));
-    assert!(e.contains("expect[0].to"), "{e}");
-    let e = err(&one_case(&GOOD_BODY.replace("to: x/a", "to: 'q/*'")));
-    assert!(e.contains("namespace \"q\""), "{e}");
+    assert_edit_errors(&[
+        (
+            "[x/a, x/b]",
+            "[x/a, w/b]",
+            &["cases[0].pods[1]", "namespace \"w\""],
+        ),
+        ("[x/a, x/b]", "[x/a, x/d]", &["pod \"d\" is not one of"]),
+        (
+            "[x/a, x/b]",
+            "[x/a, x/a]",
+            &["case 1 (\"t\"): pod x/a is listed twice"],
+        ),
+        // A selector naming a pod the case does not create.
+        (
+            "to: x/a",
+            "to: y/c",
+            &["case 1 (\"t\"), step 1: probe 1: expect selector 'y/c' selects no pod of the case"],
+        ),
+        (
+            "to: x/a",
+            "to: 'x/'",
+            &["expect[0].to", "is not '*', 'ns/*' or 'ns/pod'"],
+        ),
+        ("to: x/a", "to: '*/a'", &["expect[0].to"]),
+        ("to: x/a", "to: 'q/*'", &["namespace \"q\""]),
+    ]);
 }
 
 #[test]
 fn steps_are_checked_against_the_case() {
-    let with_action =
-        |a: &str| one_case(&GOOD_BODY.replace("    probes:", &format!("{a}\n    probes:")));
-    let e = err(&with_action("    - label_pod: {pod: y/a, add: {k: v}}"));
-    assert_eq!(
-        e,
-        "case 1 (\"t\"), step 1: action 2: label_pod: the case has no pod y/a"
-    );
-    let e = err(&with_action("    - label_pod: {pod: x/a}"));
-    assert!(e.contains("exactly one of `set` and `add`"), "{e}");
-    let e = err(&with_action(
-        "    - label_pod: {pod: x/a, set: {}, add: {}}",
-    ));
-    assert!(e.contains("exactly one of `set` and `add`"), "{e}");
-    let e = err(&with_action("    - label_namespace: {ns: w, add: {k: v}}"));
-    assert!(e.contains("action 2: namespace \"w\""), "{e}");
-    let e = err(&with_action("    - label_namespace: {ns: y, set: {k: v}}"));
-    assert!(e.contains("unknown field `set`"), "{e}");
-    let e = err(&with_action("    - create: {name: p, ns: x, spec: {}}"));
-    assert!(
-        e.contains("action 2: create: policy x/p exists already"),
-        "{e}"
-    );
-    let e = err(&with_action("    - update: {name: q, ns: x, spec: {}}"));
-    assert!(e.contains("update: there is no policy x/q"), "{e}");
-    let e = err(&with_action(
-        "    - delete_all_policies: {}\n    - update: {name: p, ns: x, spec: {}}",
-    ));
-    assert!(
-        e.contains("action 3: update: there is no policy x/p"),
-        "{e}"
-    );
-    let e = err(&with_action("    - delete_all_policies: {now: true}"));
-    assert!(e.contains("unknown field `now`"), "{e}");
-    let e = err(&with_action(
-        "    - create: {name: Bad_Name, ns: x, spec: {}}",
-    ));
-    assert!(e.contains("not a DNS subdomain name"), "{e}");
-    let e = err(&with_action("    - create: {name: q, ns: x, spec: [1]}"));
-    assert!(e.contains("spec is not a mapping"), "{e}");
-    let e = err(&with_action(
-        "    - create: {name: q, ns: x, spec: {a: '${POD_IP:y/a}/32'}}",
-    ));
-    assert!(
-        e.contains("names pod y/a, which the case does not create"),
-        "{e}"
-    );
-    let e = err(&with_action(
-        "    - create: {name: q, ns: x, spec: {a: '${HOST:x/a}'}}",
-    ));
-    assert!(e.contains("unknown placeholder \"HOST\""), "{e}");
-    let e = err(&one_case(&GOOD_BODY.replace("port: 80", "port: 82")));
-    assert!(
-        e.contains("probe 1: port 82 is not in server_ports [80, 81]"),
-        "{e}"
-    );
-    let e = err(&one_case(
-        &GOOD_BODY.replace("protocol: TCP", "protocol: UDP"),
-    ));
-    assert!(e.contains("protocol UDP is not in server_protocols"), "{e}");
+    // An action added after the good case's create, and what the error must say.
+    let actions = [
+        (
+            "label_pod: {pod: y/a, add: {k: v}}",
+            "case 1 (\"t\"), step 1: action 2: label_pod: the case has no pod y/a",
+        ),
+        ("label_pod: {pod: x/a}", "exactly one of `set` and `add`"),
+        (
+            "label_pod: {pod: x/a, set: {}, add: {}}",
+            "exactly one of `set` and `add`",
+        ),
+        (
+            "label_namespace: {ns: w, add: {k: v}}",
+            "action 2: namespace \"w\"",
+        ),
+        (
+            "label_namespace: {ns: y, set: {k: v}}",
+            "unknown field `set`",
+        ),
+        (
+            "create: {name: p, ns: x, spec: {}}",
+            "action 2: create: policy x/p exists already",
+        ),
+        (
+            "update: {name: q, ns: x, spec: {}}",
+            "update: there is no policy x/q",
+        ),
+        (
+            "delete_all_policies: {}\n    - update: {name: p, ns: x, spec: {}}",
+            "action 3: update: there is no policy x/p",
+        ),
+        ("delete_all_policies: {now: true}", "unknown field `now`"),
+        (
+            "create: {name: Bad_Name, ns: x, spec: {}}",
+            "not a DNS subdomain name",
+        ),
+        (
+            "create: {name: q, ns: x, spec: [1]}",
+            "spec is not a mapping",
+        ),
+        (
+            "create: {name: q, ns: x, spec: {a: '${POD_IP:y/a}/32'}}",
+            "names pod y/a, which the case does not create",
+        ),
+        (
+            "create: {name: q, ns: x, spec: {a: '${HOST:x/a}'}}",
+            "unknown placeholder \"HOST\"",
+        ),
+    ];
+    for (action, want) in actions {
+        let text =
+            one_case(&GOOD_BODY.replace("    probes:", &format!("    - {action}\n    probes:")));
+        let e = err(&text);
+        assert!(e.contains(want), "{action}: {e}");
+    }
+    // The case itself and its probes.
+    assert_edit_errors(&[
+        (
+            "port: 80",
+            "port: 82",
+            &["probe 1: port 82 is not in server_ports [80, 81]"],
+        ),
+        (
+            "protocol: TCP",
+            "protocol: UDP",
+            &["protocol UDP is not in server_protocols"],
+        ),
+        (
+            "  pods",
+            "  server_ports: [0]\n  pods",
+            &["server_ports [0]"],
+        ),
+    ]);
     let e = err(&one_case("  pods: [x/a]\n  steps: []\n"));
     assert!(e.contains("`steps` is empty"), "{e}");
-    let e = err(&one_case(&format!("  server_ports: [0]\n{GOOD_BODY}")));
-    assert!(e.contains("server_ports [0]"), "{e}");
 }
 
 #[test]
