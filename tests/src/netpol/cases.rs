@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
+use k8s_openapi::api::networking::v1::NetworkPolicySpec;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -22,6 +23,8 @@ pub const POD_NAMES: [&str; 3] = ["a", "b", "c"];
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CaseError {
+    #[error("reading {path}: {msg}")]
+    Read { path: String, msg: String },
     #[error("not YAML: {0}")]
     Yaml(String),
     #[error("{0}")]
@@ -256,6 +259,13 @@ pub struct LabelNamespace {
     pub add: BTreeMap<String, String>,
 }
 
+impl LabelNamespace {
+    /// The namespace's labels after this action.
+    pub fn apply(&self, labels: &mut BTreeMap<String, String>) {
+        labels.extend(self.add.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}
+
 /// `{}`: an action that takes no arguments.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -280,6 +290,15 @@ pub struct Expect {
     pub from: PodSelector,
     pub to: PodSelector,
     pub allow: bool,
+}
+
+/// Reads, parses and validates a case file.
+pub fn read(path: &std::path::Path) -> Result<CaseFile, CaseError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CaseError::Read {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    parse(&text)
 }
 
 /// Parses and validates a case file.
@@ -408,12 +427,8 @@ impl Case {
                     Action::Create(p) | Action::Update(p) => {
                         check_namespace(&p.ns).map_err(at)?;
                         check_object_name(&p.name).map_err(at)?;
-                        if !p.spec.is_object() {
-                            return Err(at(format!(
-                                "policy {}/{}: spec is not a mapping",
-                                p.ns, p.name
-                            )));
-                        }
+                        check_spec(&p.spec)
+                            .map_err(|e| at(format!("policy {}/{}: {e}", p.ns, p.name)))?;
                         for pod in placeholders(&p.spec).map_err(|e| at(e.to_string()))? {
                             if !pods.contains(&pod) {
                                 return Err(at(format!(
@@ -495,6 +510,49 @@ impl Case {
             ("kubernetes.io/metadata.name".to_string(), ns.to_string()),
             ("ns".to_string(), ns.to_string()),
         ])
+    }
+}
+
+/// The spec is a NetworkPolicySpec, with no key k8s-openapi does not know (a misspelt key
+/// would otherwise be dropped silently and the policy mean something else).
+fn check_spec(spec: &Value) -> Result<(), String> {
+    if !spec.is_object() {
+        return Err("spec is not a mapping".into());
+    }
+    // Any address will do to check the shape.
+    let ips = NAMESPACES
+        .iter()
+        .flat_map(|ns| {
+            POD_NAMES.iter().map(move |p| PodRef {
+                ns: ns.to_string(),
+                name: p.to_string(),
+            })
+        })
+        .map(|p| (p, Ipv4Addr::new(10, 0, 0, 1)))
+        .collect();
+    let spec = substitute(spec, &ips).map_err(|e| e.to_string())?;
+    let typed: NetworkPolicySpec = serde_json::from_value(spec.clone())
+        .map_err(|e| format!("spec is not a NetworkPolicySpec: {e}"))?;
+    let back = serde_json::to_value(&typed).map_err(|e| format!("spec: {e}"))?;
+    match dropped_key(&spec, &back, "spec") {
+        Some(path) => Err(format!("{path} is not a key of a NetworkPolicySpec")),
+        None => Ok(()),
+    }
+}
+
+/// The path of the first key of `orig` that `back` lost.
+fn dropped_key(orig: &Value, back: &Value, path: &str) -> Option<String> {
+    match (orig, back) {
+        (Value::Object(o), Value::Object(b)) => o.iter().find_map(|(k, v)| match b.get(k) {
+            None => Some(format!("{path}.{k}")),
+            Some(bv) => dropped_key(v, bv, &format!("{path}.{k}")),
+        }),
+        (Value::Array(o), Value::Array(b)) => o
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (ov, bv))| dropped_key(ov, bv, &format!("{path}[{i}]"))),
+        _ => None,
     }
 }
 

@@ -411,11 +411,23 @@ fn steps_are_checked_against_the_case() {
             "spec is not a mapping",
         ),
         (
-            "create: {name: q, ns: x, spec: {a: '${POD_IP:y/a}/32'}}",
+            "create: {name: q, ns: x, spec: {podSelector: {}, ingress: [{form: []}]}}",
+            "policy x/q: spec.ingress[0].form is not a key of a NetworkPolicySpec",
+        ),
+        (
+            "create: {name: q, ns: x, spec: {podSelector: {matchLabel: {pod: a}}}}",
+            "spec.podSelector.matchLabel is not a key",
+        ),
+        (
+            "create: {name: q, ns: x, spec: {podSelector: {}, ingress: [{ports: 80}]}}",
+            "spec is not a NetworkPolicySpec: invalid type: integer `80`",
+        ),
+        (
+            "create: {name: q, ns: x, spec: {egress: [{to: [{ipBlock: {cidr: '${POD_IP:y/a}/32'}}]}]}}",
             "names pod y/a, which the case does not create",
         ),
         (
-            "create: {name: q, ns: x, spec: {a: '${HOST:x/a}'}}",
+            "create: {name: q, ns: x, spec: {egress: [{to: [{ipBlock: {cidr: '${HOST:x/a}'}}]}]}}",
             "unknown placeholder \"HOST\"",
         ),
     ];
@@ -465,4 +477,24 @@ fn label_pod_apply() {
     .apply(&mut l);
     assert_eq!(l, BTreeMap::from([("k".into(), "v".into())]));
     assert_eq!(Protocol::Sctp.port_name(81), "serve-81-sctp");
+    let mut n = Case::initial_namespace_labels("y");
+    LabelNamespace {
+        ns: "y".into(),
+        add: BTreeMap::from([("ns2".into(), "updated".into())]),
+    }
+    .apply(&mut n);
+    assert_eq!(n["ns2"], "updated");
+    assert_eq!(n["kubernetes.io/metadata.name"], "y");
+}
+
+#[test]
+fn read_names_the_file() {
+    let e = read(std::path::Path::new("/nonexistent/cases.yaml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("reading /nonexistent/cases.yaml: "),
+        "{e}"
+    );
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("netpol/ferry.yaml");
+    assert!(!read(&path).unwrap().cases.is_empty());
 }
