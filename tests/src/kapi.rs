@@ -1,0 +1,955 @@
+//! A stand-in for the Kubernetes API server: the list and watch of Namespaces, Pods and
+//! NetworkPolicies, served over HTTP/1.1 from objects the test holds, so the real client
+//! (kube's reflector and watcher) can run against it where no API server can.
+//!
+//! What it serves, as the real server does:
+//! - `GET /api/v1/namespaces`, `/api/v1/pods`, `/api/v1/namespaces/{ns}/pods`,
+//!   `/apis/networking.k8s.io/v1/networkpolicies` and
+//!   `/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies`: a `…List` whose
+//!   `metadata.resourceVersion` is the current one (`limit` is ignored: one page, no
+//!   `continue`; `resourceVersion` of a list is ignored: the list is always current).
+//! - the same with `watch=true|1`: a chunked stream of `{"type","object"}` lines from
+//!   `resourceVersion` on (absent or `0`: ADDED for every object first), `BOOKMARK`s every
+//!   bookmark interval with `allowWatchBookmarks=true`, ending after `timeoutSeconds`. A
+//!   version older than [`KubeApi::expire_before`] gets an `ERROR` event carrying a `Status`
+//!   with code 410, reason `Expired`, as the real server sends for a compacted version.
+//! - `fieldSelector` on `spec.nodeName`, `metadata.name`, `metadata.namespace` (`=`, `==`,
+//!   `!=`), `labelSelector` with `k=v`, `k==v`, `k!=v`, `k`, `!k`; anything else is a 400,
+//!   never silently ignored. A watch with a selector sees an object leave it as DELETED and
+//!   enter it as ADDED, as the real server reports.
+//!
+//! The server assigns `metadata.resourceVersion` from one global counter, `uid` and
+//! `creationTimestamp`, and labels a Namespace `kubernetes.io/metadata.name`. Writes are last
+//! writer wins (no resourceVersion preconditions).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request as HttpRequest, Response, StatusCode};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::{Metadata, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KapiError {
+    #[error("{kind} {key} already exists")]
+    AlreadyExists { kind: &'static str, key: String },
+    #[error("{kind} {key} not found")]
+    NotFound { kind: &'static str, key: String },
+    #[error("invalid {kind}: {msg}")]
+    Invalid { kind: &'static str, msg: String },
+    #[error("{kind} {key}: cannot convert: {source}")]
+    Encoding {
+        kind: &'static str,
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting the server thread: {0}")]
+    Start(std::io::Error),
+}
+
+/// The kinds served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    NetworkPolicy,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => Namespace::KIND,
+            Kind::Pod => Pod::KIND,
+            Kind::NetworkPolicy => NetworkPolicy::KIND,
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::Namespace => Namespace::API_VERSION,
+            Kind::Pod => Pod::API_VERSION,
+            Kind::NetworkPolicy => NetworkPolicy::API_VERSION,
+        }
+    }
+
+    fn namespaced(self) -> bool {
+        self != Kind::Namespace
+    }
+}
+
+/// A type the stand-in serves: `Namespace`, `Pod`, `NetworkPolicy`.
+pub trait Served: Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned {
+    const SERVED: Kind;
+}
+impl Served for Namespace {
+    const SERVED: Kind = Kind::Namespace;
+}
+impl Served for Pod {
+    const SERVED: Kind = Kind::Pod;
+}
+impl Served for NetworkPolicy {
+    const SERVED: Kind = Kind::NetworkPolicy;
+}
+
+/// One request the server received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// The raw query string.
+    pub query: String,
+}
+
+impl Request {
+    /// A query parameter, decoded.
+    pub fn param(&self, key: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    pub fn is_watch(&self) -> bool {
+        matches!(self.param("watch").as_deref(), Some("true" | "1"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+struct Event {
+    rv: u64,
+    kind: Kind,
+    ty: EventType,
+    object: Value,
+    /// The object before a MODIFIED, so a filtered watch can see it leave or enter.
+    previous: Option<Value>,
+}
+
+type Key = (Kind, String, String);
+
+struct State {
+    rv: u64,
+    uids: u64,
+    objects: BTreeMap<Key, Value>,
+    events: Vec<Event>,
+    /// Versions below this are too old to watch from (410 Gone).
+    floor: u64,
+    down: bool,
+    /// Whether the accept loop holds a listening socket (it follows `down`).
+    listening: bool,
+    /// Bumped when an outage starts: connections from before it are cut.
+    outage: u64,
+    shutdown: bool,
+    bookmark_every: Duration,
+    requests: Vec<Request>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Bumped on every change of `state`; watches and the accept loop wait on it.
+    changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind, still consistent enough
+        // for a test server; keep serving rather than poison every later call.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// The running server; dropping it stops the server and joins its thread.
+pub struct KubeApi {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KubeApi {
+    /// Binds `addr` (port 0 for any) in the calling thread's network namespace and serves.
+    pub fn bind(addr: SocketAddr) -> Result<KubeApi, KapiError> {
+        let listener =
+            TcpListener::bind(addr).map_err(|source| KapiError::Bind { addr, source })?;
+        KubeApi::serve(listener)
+    }
+
+    /// Serves on an already bound listener. The server runs on a thread spawned from the
+    /// calling thread, so it is in the calling thread's network namespace: an outage's
+    /// re-bind (see [`KubeApi::set_down`]) happens there too.
+    pub fn serve(listener: TcpListener) -> Result<KubeApi, KapiError> {
+        let addr = listener.local_addr().map_err(KapiError::Start)?;
+        listener.set_nonblocking(true).map_err(KapiError::Start)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                rv: 1,
+                uids: 0,
+                objects: BTreeMap::new(),
+                events: Vec::new(),
+                floor: 0,
+                down: false,
+                listening: true,
+                outage: 0,
+                shutdown: false,
+                bookmark_every: Duration::from_secs(1),
+                requests: Vec::new(),
+            }),
+            changed: watch::channel(0).0,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(KapiError::Start)?;
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("kapi".into())
+            .spawn(move || runtime.block_on(accept_loop(s, listener, addr)))
+            .map_err(KapiError::Start)?;
+        Ok(KubeApi {
+            shared,
+            addr,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`, the cluster URL for a client.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The current (highest assigned) resource version.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock().rv
+    }
+
+    pub fn create<K: Served>(&self, obj: K) -> Result<K, KapiError> {
+        self.write(obj, false)
+    }
+
+    /// Replaces an existing object (keeping its uid and creation time).
+    pub fn update<K: Served>(&self, obj: K) -> Result<K, KapiError> {
+        self.write(obj, true)
+    }
+
+    fn write<K: Served>(&self, obj: K, replace: bool) -> Result<K, KapiError> {
+        let kind = K::SERVED;
+        let (ns, name) = key_of(kind, obj.metadata())?;
+        let key = (kind, ns.clone(), name.clone());
+        let shown = show_key(&ns, &name);
+        let mut value = serde_json::to_value(&obj).map_err(|source| KapiError::Encoding {
+            kind: kind.name(),
+            key: shown.clone(),
+            source,
+        })?;
+        let mut st = self.shared.lock();
+        if kind.namespaced()
+            && !st
+                .objects
+                .contains_key(&(Kind::Namespace, String::new(), ns.clone()))
+        {
+            return Err(KapiError::NotFound {
+                kind: Kind::Namespace.name(),
+                key: ns,
+            });
+        }
+        let previous = st.objects.get(&key).cloned();
+        match (&previous, replace) {
+            (Some(_), false) => {
+                return Err(KapiError::AlreadyExists {
+                    kind: kind.name(),
+                    key: shown,
+                })
+            }
+            (None, true) => {
+                return Err(KapiError::NotFound {
+                    kind: kind.name(),
+                    key: shown,
+                })
+            }
+            _ => {}
+        }
+        st.rv += 1;
+        let rv = st.rv;
+        let (uid, created) = match &previous {
+            Some(p) => (
+                p["metadata"]["uid"].clone(),
+                p["metadata"]["creationTimestamp"].clone(),
+            ),
+            None => {
+                st.uids += 1;
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                let stamp = k8s_openapi::jiff::Timestamp::from_second(secs)
+                    .ok()
+                    .and_then(|t| serde_json::to_value(Time(t)).ok())
+                    .unwrap_or(Value::Null);
+                (
+                    json!(format!("00000000-0000-4000-8000-{:012x}", st.uids)),
+                    stamp,
+                )
+            }
+        };
+        value["apiVersion"] = json!(kind.api_version());
+        value["kind"] = json!(kind.name());
+        let meta = &mut value["metadata"];
+        meta["resourceVersion"] = json!(rv.to_string());
+        meta["uid"] = uid;
+        meta["creationTimestamp"] = created;
+        if kind == Kind::Namespace {
+            meta["labels"]["kubernetes.io/metadata.name"] = json!(name);
+            if value["status"]["phase"].is_null() {
+                value["status"]["phase"] = json!("Active");
+            }
+        }
+        let back: K =
+            serde_json::from_value(value.clone()).map_err(|source| KapiError::Encoding {
+                kind: kind.name(),
+                key: shown,
+                source,
+            })?;
+        st.objects.insert(key, value.clone());
+        let ty = if previous.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        st.events.push(Event {
+            rv,
+            kind,
+            ty,
+            object: value,
+            previous,
+        });
+        drop(st);
+        self.shared.notify();
+        Ok(back)
+    }
+
+    /// Deletes an object; `namespace` is `None` for a Namespace, which takes its pods and
+    /// policies with it (each with its own DELETED event), as namespace deletion does.
+    pub fn delete<K: Served>(&self, namespace: Option<&str>, name: &str) -> Result<K, KapiError> {
+        let kind = K::SERVED;
+        let ns = match (kind.namespaced(), namespace) {
+            (true, Some(ns)) => ns.to_string(),
+            (false, None) => String::new(),
+            (true, None) => return Err(invalid(kind, "a namespaced object needs its namespace")),
+            (false, Some(_)) => {
+                return Err(invalid(kind, "a cluster-scoped object has no namespace"))
+            }
+        };
+        let mut st = self.shared.lock();
+        let key = (kind, ns.clone(), name.to_string());
+        if !st.objects.contains_key(&key) {
+            return Err(KapiError::NotFound {
+                kind: kind.name(),
+                key: show_key(&ns, name),
+            });
+        }
+        if kind == Kind::Namespace {
+            let inside: Vec<Key> = st
+                .objects
+                .keys()
+                .filter(|(k, n, _)| k.namespaced() && n == name)
+                .cloned()
+                .collect();
+            for k in inside {
+                remove(&mut st, &k);
+            }
+        }
+        let gone = remove(&mut st, &key);
+        drop(st);
+        self.shared.notify();
+        serde_json::from_value(gone).map_err(|source| KapiError::Encoding {
+            kind: kind.name(),
+            key: show_key(&ns, name),
+            source,
+        })
+    }
+
+    /// The stored object, as a client would read it.
+    pub fn get<K: Served>(&self, namespace: Option<&str>, name: &str) -> Option<K> {
+        let st = self.shared.lock();
+        let key = (
+            K::SERVED,
+            namespace.unwrap_or("").to_string(),
+            name.to_string(),
+        );
+        st.objects
+            .get(&key)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    /// Makes every version below `rv` too old: a watch from one gets `410 Gone` (an ERROR
+    /// event with reason `Expired`), and so does every open watch that has not yet been sent
+    /// anything at or above `rv`. `expire_before(resource_version() + 1)` forces every
+    /// client to relist.
+    pub fn expire_before(&self, rv: u64) {
+        let mut st = self.shared.lock();
+        st.floor = st.floor.max(rv);
+        let floor = st.floor;
+        st.events.retain(|e| e.rv >= floor);
+        drop(st);
+        self.shared.notify();
+    }
+
+    /// An outage: `true` closes the listening socket (connections are refused) and cuts
+    /// every open connection; `false` listens again on the same address. Returns once the
+    /// socket is closed or listening again, and from `true` on no client sees any change.
+    pub fn set_down(&self, down: bool) {
+        let mut st = self.shared.lock();
+        if down && !st.down {
+            st.outage += 1;
+        }
+        st.down = down;
+        drop(st);
+        self.shared.notify();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.shared.lock().listening == down {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!("kapi: the listener did not follow set_down({down}) within 5 s");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// How often a watch that asked for bookmarks gets one (default 1 s).
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        self.shared.lock().bookmark_every = every;
+        self.shared.notify();
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.shared.lock().requests.clone()
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.notify();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn invalid(kind: Kind, msg: &str) -> KapiError {
+    KapiError::Invalid {
+        kind: kind.name(),
+        msg: msg.to_string(),
+    }
+}
+
+fn show_key(ns: &str, name: &str) -> String {
+    if ns.is_empty() {
+        name.to_string()
+    } else {
+        format!("{ns}/{name}")
+    }
+}
+
+fn key_of(kind: Kind, meta: &ObjectMeta) -> Result<(String, String), KapiError> {
+    let name = meta
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| invalid(kind, "metadata.name is required"))?;
+    let ns = match (kind.namespaced(), &meta.namespace) {
+        (true, Some(ns)) if !ns.is_empty() => ns.clone(),
+        (true, _) => return Err(invalid(kind, "metadata.namespace is required")),
+        (false, None) => String::new(),
+        (false, Some(_)) => return Err(invalid(kind, "a Namespace has no metadata.namespace")),
+    };
+    Ok((ns, name))
+}
+
+/// Removes an object, recording its DELETED event; returns its last state.
+fn remove(st: &mut State, key: &Key) -> Value {
+    let mut last = st.objects.remove(key).unwrap_or(Value::Null);
+    st.rv += 1;
+    last["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+    let rv = st.rv;
+    st.events.push(Event {
+        rv,
+        kind: key.0,
+        ty: EventType::Deleted,
+        object: last.clone(),
+        previous: None,
+    });
+    last
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAddr) {
+    let mut listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|e| tracing::warn!("kapi: serving {addr}: {e}"))
+        .ok();
+    shared.lock().listening = listener.is_some();
+    let mut changes = shared.changed.subscribe();
+    loop {
+        let (down, outage, shutdown) = {
+            let st = shared.lock();
+            (st.down, st.outage, st.shutdown)
+        };
+        if shutdown {
+            return;
+        }
+        if down {
+            listener = None;
+            shared.lock().listening = false;
+        } else if listener.is_none() {
+            // Back from an outage: the same address again. Failing (the port taken meanwhile)
+            // is retried; the test sees connections refused until then.
+            listener = TcpListener::bind(addr)
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(l)
+                })
+                .map_err(|e| tracing::warn!("kapi: re-binding {addr}: {e}"))
+                .ok();
+            shared.lock().listening = listener.is_some();
+        }
+        match &listener {
+            Some(l) => {
+                tokio::select! {
+                    accepted = l.accept() => {
+                        if let Ok((stream, _)) = accepted {
+                            tokio::spawn(serve_connection(shared.clone(), stream, outage));
+                        }
+                    }
+                    _ = changes.changed() => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Serves one connection until it ends, an outage starts or the server stops.
+async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, outage: u64) {
+    let s = shared.clone();
+    let service = hyper::service::service_fn(move |req| handle(s.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut changes = shared.changed.subscribe();
+    let cut = async {
+        loop {
+            {
+                let st = shared.lock();
+                if st.shutdown || st.outage != outage {
+                    return;
+                }
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    // Dropping the connection future closes the socket mid-stream, as a dying server does.
+    tokio::select! {
+        _ = conn => {}
+        _ = cut => {}
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A `Status` failure, as the real server answers errors.
+fn status(code: StatusCode, reason: &str, message: String) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    })
+}
+
+fn fail(code: StatusCode, reason: &str, message: String) -> Response<Body> {
+    full(code, &status(code, reason, message))
+}
+
+/// What a request asks for.
+struct Query {
+    kind: Kind,
+    namespace: Option<String>,
+    fields: Vec<Requirement>,
+    labels: Vec<Requirement>,
+}
+
+/// One term of a selector.
+#[derive(Debug)]
+enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    NotExists(String),
+}
+
+fn route(path: &str) -> Option<(Kind, Option<String>)> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match segs.as_slice() {
+        ["api", "v1", "namespaces"] => Some((Kind::Namespace, None)),
+        ["api", "v1", "pods"] => Some((Kind::Pod, None)),
+        ["api", "v1", "namespaces", ns, "pods"] => Some((Kind::Pod, Some(ns.to_string()))),
+        ["apis", "networking.k8s.io", "v1", "networkpolicies"] => Some((Kind::NetworkPolicy, None)),
+        ["apis", "networking.k8s.io", "v1", "namespaces", ns, "networkpolicies"] => {
+            Some((Kind::NetworkPolicy, Some(ns.to_string())))
+        }
+        _ => None,
+    }
+}
+
+fn parse_selector(text: &str, fields: bool) -> Result<Vec<Requirement>, String> {
+    let mut out = Vec::new();
+    for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if fields {
+            let key = term.split(['=', '!']).next().unwrap_or("").trim();
+            if !["spec.nodeName", "metadata.name", "metadata.namespace"].contains(&key) {
+                return Err(format!("field label not supported: {key}"));
+            }
+        }
+        let req = if let Some((k, v)) = term.split_once("!=") {
+            Requirement::NotEquals(k.trim().into(), v.trim().into())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            Requirement::Equals(k.trim().into(), v.trim().into())
+        } else if fields {
+            return Err(format!("invalid field selector term {term:?}"));
+        } else if let Some(k) = term.strip_prefix('!') {
+            Requirement::NotExists(k.trim().into())
+        } else if term.contains(' ') || term.contains('(') {
+            return Err(format!(
+                "label selector term {term:?}: set-based selectors are not supported by this stand-in"
+            ));
+        } else {
+            Requirement::Exists(term.into())
+        };
+        out.push(req);
+    }
+    Ok(out)
+}
+
+impl Query {
+    fn matches(&self, obj: &Value) -> bool {
+        let meta = &obj["metadata"];
+        if let Some(ns) = &self.namespace {
+            if meta["namespace"].as_str() != Some(ns) {
+                return false;
+            }
+        }
+        let field = |k: &str| -> String {
+            let v = match k {
+                "spec.nodeName" => &obj["spec"]["nodeName"],
+                "metadata.name" => &meta["name"],
+                _ => &meta["namespace"],
+            };
+            v.as_str().unwrap_or("").to_string()
+        };
+        let label = |k: &str| meta["labels"][k].as_str().map(str::to_string);
+        self.fields.iter().all(|r| match r {
+            Requirement::Equals(k, v) => field(k) == *v,
+            Requirement::NotEquals(k, v) => field(k) != *v,
+            _ => true,
+        }) && self.labels.iter().all(|r| match r {
+            Requirement::Equals(k, v) => label(k).as_deref() == Some(v),
+            Requirement::NotEquals(k, v) => label(k).as_deref() != Some(v),
+            Requirement::Exists(k) => label(k).is_some(),
+            Requirement::NotExists(k) => label(k).is_none(),
+        })
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let record = Request {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        query: req.uri().query().unwrap_or("").to_string(),
+    };
+    let down = {
+        let mut st = shared.lock();
+        if !st.down {
+            st.requests.push(record.clone());
+        }
+        st.down
+    };
+    if down {
+        // Accepted just before the outage: never answered; the outage cuts it.
+        return std::future::pending().await;
+    }
+    if req.method() != Method::GET {
+        return Ok(fail(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!(
+                "{} is not served by this stand-in; only list and watch",
+                req.method()
+            ),
+        ));
+    }
+    let Some((kind, namespace)) = route(&record.path) else {
+        return Ok(fail(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "the server could not find the requested resource {}",
+                record.path
+            ),
+        ));
+    };
+    let selectors = parse_selector(&record.param("fieldSelector").unwrap_or_default(), true)
+        .and_then(|f| {
+            parse_selector(&record.param("labelSelector").unwrap_or_default(), false)
+                .map(|l| (f, l))
+        });
+    let (fields, labels) = match selectors {
+        Ok(s) => s,
+        Err(msg) => return Ok(fail(StatusCode::BAD_REQUEST, "BadRequest", msg)),
+    };
+    let query = Query {
+        kind,
+        namespace,
+        fields,
+        labels,
+    };
+    if !record.is_watch() {
+        return Ok(list(&shared, &query));
+    }
+    let from = match record.param("resourceVersion").as_deref() {
+        None | Some("") | Some("0") => None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return Ok(fail(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("invalid resource version {v:?}"),
+                ))
+            }
+        },
+    };
+    let bookmarks = matches!(
+        record.param("allowWatchBookmarks").as_deref(),
+        Some("true" | "1")
+    );
+    let timeout = record
+        .param("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(watch_stream(shared, query, from, bookmarks, timeout, tx));
+    let body = StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    }));
+    let mut r = Response::new(BodyExt::boxed(body));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+fn list(shared: &Shared, q: &Query) -> Response<Body> {
+    let st = shared.lock();
+    let items: Vec<Value> = st
+        .objects
+        .iter()
+        .filter(|((k, _, _), v)| *k == q.kind && q.matches(v))
+        .map(|(_, v)| {
+            // List items carry no kind/apiVersion on the wire; the list does.
+            let mut item = v.clone();
+            if let Some(m) = item.as_object_mut() {
+                m.remove("kind");
+                m.remove("apiVersion");
+            }
+            item
+        })
+        .collect();
+    full(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", q.kind.name()),
+            "apiVersion": q.kind.api_version(),
+            "metadata": {"resourceVersion": st.rv.to_string()},
+            "items": items,
+        }),
+    )
+}
+
+fn line(ty: &str, object: &Value) -> Bytes {
+    let mut s = json!({"type": ty, "object": object}).to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+/// Feeds one watch: events after `from` (all objects as ADDED when `from` is None), then
+/// live ones, bookmarks when asked, until the timeout, an expiry past it, or the client goes.
+async fn watch_stream(
+    shared: Arc<Shared>,
+    q: Query,
+    from: Option<u64>,
+    bookmarks: bool,
+    timeout: Option<Duration>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut changes = shared.changed.subscribe();
+    // `sent`: the version the client knows; `scanned`: events looked at (filtered or not).
+    let mut initial = Vec::new();
+    let (outage, mut sent, mut scanned, mut next_bookmark) = {
+        let st = shared.lock();
+        let next = Instant::now() + st.bookmark_every;
+        match from {
+            Some(rv) => (st.outage, rv, rv, next),
+            None => {
+                initial.extend(
+                    st.objects
+                        .iter()
+                        .filter(|((k, _, _), v)| *k == q.kind && q.matches(v))
+                        .map(|(_, v)| line("ADDED", v)),
+                );
+                (st.outage, st.rv, st.rv, next)
+            }
+        }
+    };
+    for b in initial {
+        if tx.send(b).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let mut out = Vec::new();
+        let mut end = false;
+        // Marked seen before reading the state, so a change after the read wakes us.
+        changes.borrow_and_update();
+        {
+            let st = shared.lock();
+            // From the start of an outage no change may reach a client.
+            if st.shutdown || st.down || st.outage != outage {
+                return;
+            }
+            if sent < st.floor {
+                let gone = status(
+                    StatusCode::GONE,
+                    "Expired",
+                    format!("too old resource version: {sent} ({})", st.floor),
+                );
+                out.push(line("ERROR", &gone));
+                end = true;
+            } else {
+                let after = scanned;
+                for e in st.events.iter().filter(|e| e.rv > after) {
+                    scanned = e.rv;
+                    if e.kind != q.kind {
+                        continue;
+                    }
+                    let now = q.matches(&e.object);
+                    let before = e.previous.as_ref().is_some_and(|p| q.matches(p));
+                    let ty = match (e.ty, before, now) {
+                        (EventType::Modified, true, false) => Some(EventType::Deleted),
+                        (EventType::Modified, false, true) => Some(EventType::Added),
+                        (EventType::Modified, false, false) => None,
+                        (ty, _, true) => Some(ty),
+                        (_, _, false) => None,
+                    };
+                    if let Some(ty) = ty {
+                        out.push(line(ty.as_str(), &e.object));
+                        sent = e.rv;
+                    }
+                }
+                if bookmarks && Instant::now() >= next_bookmark {
+                    let mark = json!({
+                        "kind": q.kind.name(),
+                        "apiVersion": q.kind.api_version(),
+                        "metadata": {"resourceVersion": st.rv.to_string()},
+                    });
+                    out.push(line("BOOKMARK", &mark));
+                    sent = st.rv;
+                    scanned = scanned.max(st.rv);
+                }
+            }
+            if Instant::now() >= next_bookmark {
+                next_bookmark = Instant::now() + st.bookmark_every;
+            }
+            // Only this loop reads `changes`; mark what is seen now as handled.
+        }
+        for b in out {
+            if tx.send(b).await.is_err() {
+                return;
+            }
+        }
+        if end || deadline.is_some_and(|d| Instant::now() >= d) {
+            return;
+        }
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(next_bookmark), if bookmarks => {}
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! NetworkPolicy conformance: the case files and what they expect.
+
+pub mod cases;
