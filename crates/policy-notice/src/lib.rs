@@ -43,14 +43,44 @@ pub enum Notice {
         container_id: String,
         ifname: String,
     },
+    /// An operator asks why a connection is allowed or denied (`ferry-ipam explain`):
+    /// `from` and `to` are `namespace/pod` or an address.
+    Explain {
+        from: String,
+        to: String,
+        protocol: String,
+        port: u16,
+    },
 }
 
-/// The daemon's answer: `ok`, or the reason it could not do what was asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The daemon's answer: `ok`, or the reason it could not do what was asked; an
+/// explanation carries its text and its structured form.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply {
+            ok: true,
+            ..Reply::default()
+        }
+    }
+
+    pub fn refused(error: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            error: error.into(),
+            ..Reply::default()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +106,11 @@ pub enum NoticeError {
 /// Sends `notice` to the daemon listening on `path` and waits at most `wait` for its
 /// answer; an answer other than `ok` is an error carrying the daemon's reason.
 pub fn send(path: &Path, notice: &Notice, wait: Duration) -> Result<(), NoticeError> {
+    ask(path, notice, wait).map(drop)
+}
+
+/// `send`, returning the daemon's whole answer.
+pub fn ask(path: &Path, notice: &Notice, wait: Duration) -> Result<Reply, NoticeError> {
     let shown = path.display().to_string();
     let io = |source: std::io::Error| {
         if matches!(
@@ -107,7 +142,7 @@ pub fn send(path: &Path, notice: &Notice, wait: Duration) -> Result<(), NoticeEr
         other => other,
     })?;
     if reply.ok {
-        Ok(())
+        Ok(reply)
     } else {
         Err(NoticeError::Refused(reply.error))
     }
@@ -134,16 +169,9 @@ pub fn read_line<T: for<'de> Deserialize<'de>>(r: impl Read) -> Result<T, Notice
     serde_json::from_slice(&line).map_err(|e| NoticeError::Malformed(e.to_string()))
 }
 
-/// The reply line for `result`.
-pub fn reply_line(result: Result<(), String>) -> Vec<u8> {
-    let reply = match result {
-        Ok(()) => Reply {
-            ok: true,
-            error: String::new(),
-        },
-        Err(error) => Reply { ok: false, error },
-    };
-    let mut line = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+/// The line carrying `reply`.
+pub fn reply_line(reply: &Reply) -> Vec<u8> {
+    let mut line = serde_json::to_vec(reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
     line.push(b'\n');
     line
 }
@@ -171,7 +199,7 @@ mod tests {
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let n: Notice = read_line(&mut s).unwrap();
-            s.write_all(&reply_line(Ok(()))).unwrap();
+            s.write_all(&reply_line(&Reply::ok())).unwrap();
             n
         });
         send(&path, &attach(), Duration::from_secs(2)).unwrap();
@@ -186,7 +214,7 @@ mod tests {
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let _: Notice = read_line(&mut s).unwrap();
-            s.write_all(&reply_line(Err("no".into()))).unwrap();
+            s.write_all(&reply_line(&Reply::refused("no"))).unwrap();
             // The second one is never answered.
             let (mut s2, _) = listener.accept().unwrap();
             let _: Notice = read_line(&mut s2).unwrap();

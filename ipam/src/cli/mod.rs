@@ -1,8 +1,9 @@
-//! The operator's commands. Exit status: 0 done, 1 `check` found problems, 2 an error
-//! (named on stderr).
+//! The operator's commands. Exit status: 0 done, 1 `check` found problems or `explain`
+//! found the connection denied, 2 an error (named on stderr).
 
 mod check;
 mod etcd;
+mod explain;
 mod leases;
 mod release;
 mod show;
@@ -43,6 +44,9 @@ enum Cmd {
     Check(check::Args),
     /// Free addresses: by IP, by container, or every leak of a `check -o json` report.
     Release(release::Args),
+    /// Whether NetworkPolicy allows a connection, and which policies and rules decide it
+    /// (asks this node's ferry-overlayd, run with --network-policy).
+    Explain(explain::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -93,6 +97,7 @@ pub fn run() -> i32 {
         Cmd::Leases(a) => leases::run(a),
         Cmd::Check(a) => check::run(a),
         Cmd::Release(a) => release::run(a),
+        Cmd::Explain(a) => explain::run(a),
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "ferry-ipam", &mut std::io::stdout());

@@ -18,7 +18,7 @@ use netpol::desired::{denied_set, isolated_set, Element};
 use netpol::model::Direction;
 use netpol::ranges::Family;
 use netpol::{plan, Cluster, LocalPods, PodKey, Ruleset, Script, TABLE};
-use policy_notice::Notice;
+use policy_notice::{Notice, Reply};
 use tokio::sync::{mpsc, oneshot};
 
 use super::notices::Request;
@@ -46,8 +46,10 @@ struct Engine {
     attached: BTreeMap<(String, String), Attached>,
     /// What the kernel holds, as last read or applied; None: unknown (replace it).
     applied: Option<Ruleset>,
-    waiting: Vec<oneshot::Sender<Result<(), String>>>,
+    waiting: Vec<oneshot::Sender<Reply>>,
     logged: BTreeSet<String>,
+    /// The last round's view, for explanations between rounds.
+    last: Option<(Cluster, LocalPods)>,
 }
 
 pub async fn run(
@@ -63,6 +65,7 @@ pub async fn run(
         applied: None,
         waiting: Vec::new(),
         logged: BTreeSet::new(),
+        last: None,
     };
     let mut tick = tokio::time::interval(RESYNC);
     loop {
@@ -127,7 +130,21 @@ impl Engine {
                 ifname,
             } => {
                 self.attached.remove(&(container_id, ifname));
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Reply::ok());
+            }
+            Notice::Explain {
+                from,
+                to,
+                protocol,
+                port,
+            } => {
+                let answer = match &self.last {
+                    Some((cluster, local)) => {
+                        super::explain::explain(cluster, local, &from, &to, &protocol, port)
+                    }
+                    None => Reply::refused("the policy state is not computed yet"),
+                };
+                let _ = reply.send(answer);
             }
         }
     }
@@ -179,7 +196,7 @@ impl Engine {
                 }
                 self.applied = Some(desired);
                 for w in self.waiting.drain(..) {
-                    let _ = w.send(Ok(()));
+                    let _ = w.send(Reply::ok());
                 }
                 if changed {
                     let cut = super::conntrack::cut(&cluster, &local, &self.node_ips(&local));
@@ -191,7 +208,9 @@ impl Engine {
                 self.metrics.policy.apply_errors.fetch_add(1, Relaxed);
                 self.applied = None;
                 for w in self.waiting.drain(..) {
-                    let _ = w.send(Err(format!("the node's NetworkPolicy table: {e:#}")));
+                    let _ = w.send(Reply::refused(format!(
+                        "the node's NetworkPolicy table: {e:#}"
+                    )));
                 }
             }
         }
@@ -202,6 +221,7 @@ impl Engine {
         if resync {
             self.count_denials(&cluster, &local);
         }
+        self.last = Some((cluster, local));
     }
 
     /// This node's pods with their addresses, and the addresses of announced pods that

@@ -11,6 +11,7 @@
 
 mod conntrack;
 mod engine;
+mod explain;
 mod notices;
 mod watch;
 

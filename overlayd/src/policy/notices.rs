@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use policy_notice::{Notice, MAX_LINE, SOCKET_NAME};
+use policy_notice::{Notice, Reply, MAX_LINE, SOCKET_NAME};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -20,7 +20,7 @@ const ENGINE_WAIT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 64;
 
 /// A notice and where its answer goes.
-pub type Request = (Notice, oneshot::Sender<Result<(), String>>);
+pub type Request = (Notice, oneshot::Sender<Reply>);
 
 /// Binds the socket, replacing a stale one (never anything that is not a socket).
 pub fn bind(state_dir: &Path) -> Result<UnixListener> {
@@ -71,25 +71,25 @@ async fn answer(stream: UnixStream, engine: mpsc::Sender<Request>) -> Result<()>
         .await
         .context("no line within 2 s")?
         .context("read")?;
-    let result = match policy_notice::read_line::<Notice>(line.as_slice()) {
+    let reply = match policy_notice::read_line::<Notice>(line.as_slice()) {
         Ok(notice) => {
             let (tx, rx) = oneshot::channel();
             if engine.send((notice, tx)).await.is_err() {
-                Err("the policy engine has stopped".to_string())
+                Reply::refused("the policy engine has stopped")
             } else {
                 match tokio::time::timeout(ENGINE_WAIT, rx).await {
                     Ok(Ok(r)) => r,
-                    Ok(Err(_)) => Err("the policy engine dropped the notice".into()),
-                    Err(_) => Err(format!(
+                    Ok(Err(_)) => Reply::refused("the policy engine dropped the notice"),
+                    Err(_) => Reply::refused(format!(
                         "the node's rules were not updated within {ENGINE_WAIT:?}"
                     )),
                 }
             }
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Reply::refused(e.to_string()),
     };
     write
-        .write_all(&policy_notice::reply_line(result))
+        .write_all(&policy_notice::reply_line(&reply))
         .await
         .context("write the answer")?;
     Ok(())

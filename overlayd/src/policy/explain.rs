@@ -1,0 +1,81 @@
+//! `ferry-ipam explain`: the verdict the node's policy state gives a connection, and why,
+//! from the reference evaluator over the daemon's last view of the cluster.
+
+use std::net::IpAddr;
+
+use netpol::eval::{verdict_at, Endpoint};
+use netpol::{Cluster, LocalPods, Pod, Protocol};
+use policy_notice::Reply;
+
+pub fn explain(
+    cluster: &Cluster,
+    local: &LocalPods,
+    from: &str,
+    to: &str,
+    protocol: &str,
+    port: u16,
+) -> Reply {
+    let protocol = match Protocol::parse(Some(protocol)) {
+        Ok(p) => p,
+        Err(e) => return Reply::refused(e),
+    };
+    let (src, dst) = match (endpoint(cluster, local, from), endpoint(cluster, local, to)) {
+        (Ok(s), Ok(d)) => (s, d),
+        (Err(e), _) | (_, Err(e)) => return Reply::refused(e),
+    };
+    // A pod end without a given address takes the other end's family.
+    let pick = |e: &(Option<&Pod>, Option<IpAddr>), like: Option<IpAddr>| {
+        e.1.or_else(|| {
+            let p = e.0?;
+            like.and_then(|l| p.ip_like(l))
+                .or_else(|| p.ips.first().copied())
+        })
+    };
+    let dst_ip = pick(&dst, src.1);
+    let src_ip = pick(&src, dst_ip);
+    let v = verdict_at(
+        cluster,
+        Endpoint {
+            pod: src.0,
+            ip: src_ip,
+        },
+        Endpoint {
+            pod: dst.0,
+            ip: dst_ip,
+        },
+        protocol,
+        port,
+    );
+    Reply {
+        ok: true,
+        error: String::new(),
+        text: v.to_string(),
+        detail: serde_json::to_value(&v).unwrap_or_default(),
+    }
+}
+
+/// `namespace/pod` (a pod the API shows) or an address (a pod's, or any other).
+fn endpoint<'a>(
+    cluster: &'a Cluster,
+    local: &LocalPods,
+    spec: &str,
+) -> Result<(Option<&'a Pod>, Option<IpAddr>), String> {
+    if let Ok(ip) = spec.parse::<IpAddr>() {
+        let owner = local
+            .pods
+            .iter()
+            .find(|(_, ips)| ips.contains(&ip))
+            .and_then(|(k, _)| cluster.pod(&k.namespace, &k.name))
+            .or_else(|| cluster.pods.iter().find(|p| p.ips.contains(&ip)));
+        return Ok((owner, Some(ip)));
+    }
+    let Some((ns, name)) = spec.split_once('/') else {
+        return Err(format!(
+            "{spec:?} is neither namespace/pod nor an IP address"
+        ));
+    };
+    cluster
+        .pod(ns, name)
+        .map(|p| (Some(p), None))
+        .ok_or_else(|| format!("no pod {ns}/{name} in the API's view of the cluster"))
+}
