@@ -21,6 +21,7 @@ use netpol::{plan, Cluster, LocalPods, PodKey, Ruleset, Script, TABLE};
 use policy_notice::{Notice, Reply};
 use tokio::sync::{mpsc, oneshot};
 
+use super::denylog::View;
 use super::notices::Request;
 use super::watch::Stores;
 use crate::metrics::Metrics;
@@ -48,8 +49,8 @@ struct Engine {
     applied: Option<Ruleset>,
     waiting: Vec<oneshot::Sender<Reply>>,
     logged: BTreeSet<String>,
-    /// The last round's view, for explanations between rounds.
-    last: Option<(Cluster, LocalPods)>,
+    /// The last round's view, for explanations and denial logs between rounds.
+    view: View,
 }
 
 pub async fn run(
@@ -57,6 +58,7 @@ pub async fn run(
     stores: Stores,
     mut notices: mpsc::Receiver<Request>,
     metrics: Arc<Metrics>,
+    view: View,
 ) {
     let mut engine = Engine {
         node,
@@ -65,7 +67,7 @@ pub async fn run(
         applied: None,
         waiting: Vec::new(),
         logged: BTreeSet::new(),
-        last: None,
+        view,
     };
     let mut tick = tokio::time::interval(RESYNC);
     loop {
@@ -138,11 +140,11 @@ impl Engine {
                 protocol,
                 port,
             } => {
-                let answer = match &self.last {
-                    Some((cluster, local)) => {
+                let answer = match self.view.lock().as_deref() {
+                    Ok(Some((cluster, local))) => {
                         super::explain::explain(cluster, local, &from, &to, &protocol, port)
                     }
-                    None => Reply::refused("the policy state is not computed yet"),
+                    _ => Reply::refused("the policy state is not computed yet"),
                 };
                 let _ = reply.send(answer);
             }
@@ -221,7 +223,9 @@ impl Engine {
         if resync {
             self.count_denials(&cluster, &local);
         }
-        self.last = Some((cluster, local));
+        if let Ok(mut v) = self.view.lock() {
+            *v = Some((cluster, local));
+        }
     }
 
     /// This node's pods with their addresses, and the addresses of announced pods that

@@ -10,6 +10,7 @@
 //! with nothing allowed, until its labels are known.
 
 mod conntrack;
+mod denylog;
 mod engine;
 mod explain;
 mod notices;
@@ -48,7 +49,9 @@ pub async fn start(settings: Settings, metrics: Arc<Metrics>) -> Result<()> {
         .enabled
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let stores = watch::start(client, metrics.clone());
+    let view = denylog::View::default();
+    denylog::spawn(view.clone());
     tokio::spawn(notices::serve(listener, notice_tx));
-    tokio::spawn(engine::run(settings.node, stores, notice_rx, metrics));
+    tokio::spawn(engine::run(settings.node, stores, notice_rx, metrics, view));
     Ok(())
 }
