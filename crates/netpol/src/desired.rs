@@ -53,6 +53,8 @@ pub enum SetKind {
     Ranges(Family),
     /// `type ipv4_addr . inet_proto . inet_service; flags interval`.
     Ports(Family),
+    /// `type ipv4_addr . ipv4_addr`.
+    Pairs(Family),
     /// Filled by the kernel (`update @set`), with a counter per element; its elements are
     /// runtime state, never part of a plan.
     Counters(Family),
@@ -73,6 +75,7 @@ pub enum Element {
         port_lo: u16,
         port_hi: u16,
     },
+    Pair(IpAddr, IpAddr),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +91,8 @@ pub enum Field {
     Daddr(Family),
     /// `ip daddr . meta l4proto . th dport`
     DaddrPort(Family),
+    /// `ip saddr . ip daddr`
+    SaddrDaddr(Family),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +101,9 @@ pub enum Expr {
     CtEstablished,
     /// `ct state invalid`
     CtInvalid,
+    /// `icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }`: IPv6 neighbour
+    /// discovery, which conntrack does not track and pods need whatever their policies.
+    NeighbourDiscovery,
     /// `<field> @set`
     InSet {
         field: Field,
@@ -131,10 +139,26 @@ pub struct Rule {
     pub comment: Option<String>,
 }
 
+/// The hook of a base chain: always `type filter ... priority filter; policy accept;`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hook {
+    Forward,
+    Input,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Forward => "forward",
+            Hook::Input => "input",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chain {
-    /// `type filter hook forward priority filter; policy accept;` when true.
-    pub forward_hook: bool,
+    /// `None` for a regular chain (reached by `jump`).
+    pub hook: Option<Hook>,
     pub rules: Vec<Rule>,
 }
 
@@ -162,6 +186,13 @@ pub fn dir_chain(dir: Direction) -> &'static str {
 }
 
 pub const FORWARD_CHAIN: &str = "forward";
+pub const INPUT_CHAIN: &str = "input";
+
+/// `<pod address> . <same address>` of every local pod: a pod reaching itself through a
+/// Service (bridge hairpin) passes the forward hook and is allowed like any self traffic.
+pub fn self_set(family: Family) -> String {
+    format!("self{}", family.digit())
+}
 
 /// Which end of the packet a rule set holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,9 +395,38 @@ impl Ruleset {
     pub fn compute(cluster: &Cluster, local: &LocalPods) -> Ruleset {
         let view = View::new(cluster, local);
         let mut rs = Ruleset::default();
+        // Bridged between pods of the node (br_netfilter) and sent to the node's gateway
+        // address, neighbour discovery passes both hooks; without it no IPv6 packet flows.
         let mut forward = vec![
             Rule::new(vec![Expr::CtEstablished], Verdict::Accept),
             Rule::new(vec![Expr::CtInvalid], Verdict::Drop),
+            Rule::new(vec![Expr::NeighbourDiscovery], Verdict::Accept),
+        ];
+        for family in Family::ALL {
+            rs.sets.insert(
+                self_set(family),
+                Set {
+                    kind: SetKind::Pairs(family),
+                    elements: view
+                        .local()
+                        .flat_map(|p| addrs(p, family))
+                        .map(|a| Element::Pair(a.lo_ip(), a.lo_ip()))
+                        .collect(),
+                },
+            );
+            forward.push(Rule::new(
+                vec![Expr::InSet {
+                    field: Field::SaddrDaddr(family),
+                    set: self_set(family),
+                }],
+                Verdict::Accept,
+            ));
+        }
+        // Traffic from a local pod to this node's own addresses (a host-network endpoint,
+        // a Service DNATed to one) takes the input hook, not forward: same egress check.
+        let mut input = vec![
+            Rule::new(vec![Expr::CtEstablished], Verdict::Accept),
+            Rule::new(vec![Expr::NeighbourDiscovery], Verdict::Accept),
         ];
         for dir in [Direction::Egress, Direction::Ingress] {
             let mut chain = Vec::new();
@@ -395,13 +455,17 @@ impl Ruleset {
                     Direction::Ingress => Field::Daddr(family),
                     Direction::Egress => Field::Saddr(family),
                 };
-                forward.push(Rule::new(
+                let jump = Rule::new(
                     vec![Expr::InSet {
                         field,
                         set: isolated_set(dir, family),
                     }],
                     Verdict::Jump(dir_chain(dir).into()),
-                ));
+                );
+                if dir == Direction::Egress {
+                    input.push(jump.clone());
+                }
+                forward.push(jump);
             }
             for policy in &cluster.policies {
                 for rule in policy.rules(dir).unwrap_or_default() {
@@ -444,7 +508,7 @@ impl Ruleset {
             rs.chains.insert(
                 dir_chain(dir).into(),
                 Chain {
-                    forward_hook: false,
+                    hook: None,
                     rules: chain,
                 },
             );
@@ -452,8 +516,15 @@ impl Ruleset {
         rs.chains.insert(
             FORWARD_CHAIN.into(),
             Chain {
-                forward_hook: true,
+                hook: Some(Hook::Forward),
                 rules: forward,
+            },
+        );
+        rs.chains.insert(
+            INPUT_CHAIN.into(),
+            Chain {
+                hook: Some(Hook::Input),
+                rules: input,
             },
         );
         rs
@@ -612,6 +683,8 @@ impl Field {
             Field::Daddr(Family::V6) => "ip6 daddr",
             Field::DaddrPort(Family::V4) => "ip daddr . meta l4proto . th dport",
             Field::DaddrPort(Family::V6) => "ip6 daddr . meta l4proto . th dport",
+            Field::SaddrDaddr(Family::V4) => "ip saddr . ip daddr",
+            Field::SaddrDaddr(Family::V6) => "ip6 saddr . ip6 daddr",
         }
     }
 }
@@ -621,6 +694,9 @@ impl Expr {
         match self {
             Expr::CtEstablished => "ct state established,related".into(),
             Expr::CtInvalid => "ct state invalid".into(),
+            Expr::NeighbourDiscovery => {
+                "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }".into()
+            }
             Expr::InSet { field, set } => format!("{} @{set}", field.render()),
             Expr::Count { field, set } => format!("update @{set} {{ {} }}", field.render()),
             Expr::Limit(n) => format!("limit rate {n}/second"),
@@ -649,6 +725,7 @@ impl Element {
     pub fn render(&self) -> String {
         match *self {
             Element::Addr(ip) => ip.to_string(),
+            Element::Pair(a, b) => format!("{a} . {b}"),
             Element::Range { lo, hi } => render_addr_range(lo, hi),
             Element::Ports {
                 lo,
@@ -681,6 +758,7 @@ impl SetKind {
         };
         match self {
             SetKind::Addrs(f) => format!("type {};", addr(f)),
+            SetKind::Pairs(f) => format!("type {} . {};", addr(f), addr(f)),
             SetKind::Ranges(f) => format!("type {}; flags interval;", addr(f)),
             SetKind::Ports(f) => format!(
                 "type {} . inet_proto . inet_service; flags interval;",
@@ -741,12 +819,12 @@ impl Set {
 
 impl Chain {
     pub(crate) fn render_add(&self, name: &str) -> String {
-        if self.forward_hook {
-            format!(
-                "add chain inet {TABLE} {name} {{ type filter hook forward priority filter; policy accept; }}\n"
-            )
-        } else {
-            format!("add chain inet {TABLE} {name}\n")
+        match self.hook {
+            Some(h) => format!(
+                "add chain inet {TABLE} {name} {{ type filter hook {} priority filter; policy accept; }}\n",
+                h.name()
+            ),
+            None => format!("add chain inet {TABLE} {name}\n"),
         }
     }
 

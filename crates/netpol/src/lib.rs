@@ -15,10 +15,18 @@
 //!   chain forward   hook forward, priority filter, policy accept
 //!     ct state established,related accept
 //!     ct state invalid drop
+//!     icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
+//!     ip  saddr . ip  daddr @self4 accept       (a local pod to itself, via a Service)
+//!     ip6 saddr . ip6 daddr @self6 accept
 //!     ip  saddr @egress_isolated4  jump egress
 //!     ip6 saddr @egress_isolated6  jump egress
 //!     ip  daddr @ingress_isolated4 jump ingress
 //!     ip6 daddr @ingress_isolated6 jump ingress
+//!   chain input     hook input, priority filter, policy accept
+//!     ct state established,related accept
+//!     icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
+//!     ip  saddr @egress_isolated4  jump egress   (a local pod to this node's addresses)
+//!     ip6 saddr @egress_isolated6  jump egress
 //!   chain egress    one rule per (policy egress rule, family), `return` on a match
 //!     ip saddr @eg_<ns>_<policy>_<i>_src4 [ip daddr @eg_..._dst4 | ip daddr . meta l4proto . th dport @eg_..._dst4] counter return
 //!     ...

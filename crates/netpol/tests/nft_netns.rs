@@ -354,3 +354,86 @@ fn forwarded_connections_get_the_policy_verdict() {
     assert!(connect(&cli, "10.1.0.1", 80).is_none());
     assert!(connect(&cli, "fd00::1:1", 80).is_none());
 }
+
+/// Two pods of one node on a bridge, as ferry wires them, with br_netfilter handing bridged
+/// packets to the inet hooks: same-node traffic gets the policy verdict, IPv6 neighbour
+/// discovery between the pods and with the gateway still works for isolated pods, and a
+/// pod's egress to the node's own address is decided by the `input` chain.
+#[test]
+fn bridged_pods_of_one_node_and_the_node_itself() {
+    if !ferry_tests::root_or_skip("bridged_pods_of_one_node_and_the_node_itself") {
+        return;
+    }
+    use ferry_tests::proc::{connect, echo_peer_server_on};
+
+    let node = Netns::new("npbn");
+    let pa = Netns::new("npba");
+    let pb = Netns::new("npbb");
+    node.sh(
+        "sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 && \
+         ip link add br0 type bridge && ip link set br0 up && \
+         ip addr add 10.1.0.254/24 dev br0 && ip addr add fd00::1:fffe/112 dev br0 nodad",
+    );
+    for (pod, host_if, v4, v6) in [
+        (&pa, "va", "10.1.0.1", "fd00::1:1"),
+        (&pb, "vb", "10.1.0.2", "fd00::1:2"),
+    ] {
+        node.sh(&format!(
+            "ip link add {host_if} type veth peer name eth0 netns {} && ip link set {host_if} master br0 up",
+            pod.name
+        ));
+        pod.sh(&format!(
+            "ip addr add {v4}/24 dev eth0 && ip addr add {v6}/112 dev eth0 nodad && ip link set eth0 up && \
+             ip route add default via 10.1.0.254 && ip -6 route add default via fd00::1:fffe"
+        ));
+    }
+    let _servers: Vec<_> = [80, 81]
+        .iter()
+        .map(|p| echo_peer_server_on(&pa, "::", *p))
+        .chain(
+            [81, 82]
+                .iter()
+                .map(|p| echo_peer_server_on(&node, "::", *p)),
+        )
+        .collect();
+
+    let mut c = world(&["x/a", "y/b"], &[80], &[Tcp]);
+    c.pods[0].ips = vec!["10.1.0.1".parse().unwrap(), "fd00::1:1".parse().unwrap()];
+    c.pods[1].ips = vec!["10.1.0.2".parse().unwrap(), "fd00::1:2".parse().unwrap()];
+    for p in &mut c.pods {
+        p.node = Some("n0".into());
+    }
+    c.policies.push(policy(
+        "x",
+        "a-from-b",
+        json!({"podSelector": {}, "ingress": [{
+            "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}],
+            "ports": [{"port": 80}]}]}),
+    ));
+    c.policies.push(policy(
+        "y",
+        "b-out",
+        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 80, "endPort": 81}]}]}),
+    ));
+    let d = Ruleset::compute(&c, &LocalPods::on_node(&c, "n0"));
+    nft_apply(&node, &plan(&Ruleset::default(), &d).render());
+
+    for (a, gw) in [("10.1.0.1", "10.1.0.254"), ("fd00::1:1", "fd00::1:fffe")] {
+        assert!(
+            connect(&pb, a, 80).is_some(),
+            "b -> a {a}:80 over the bridge"
+        );
+        assert!(
+            connect(&pb, a, 81).is_none(),
+            "b -> a {a}:81: a's ingress denies"
+        );
+        assert!(
+            connect(&pb, gw, 81).is_some(),
+            "b -> node {gw}:81: b's egress allows"
+        );
+        assert!(
+            connect(&pb, gw, 82).is_none(),
+            "b -> node {gw}:82: b's egress denies (input hook)"
+        );
+    }
+}

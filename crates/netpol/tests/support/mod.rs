@@ -174,7 +174,8 @@ pub fn walk(rs: &Ruleset, pkt: &Packet) -> bool {
 fn walk_chain(rs: &Ruleset, chain: &str, pkt: &Packet) -> Option<NftVerdict> {
     for rule in &rs.chains[chain].rules {
         let all = rule.exprs.iter().all(|e| match e {
-            Expr::CtEstablished | Expr::CtInvalid => false,
+            // A connection's first TCP/UDP/SCTP packet: new, not ICMPv6.
+            Expr::CtEstablished | Expr::CtInvalid | Expr::NeighbourDiscovery => false,
             Expr::InSet { field, set } => in_set(rs, *field, set, pkt),
             Expr::Count { field, .. } => family_ok(*field, pkt),
             Expr::Limit(_) | Expr::Log { .. } | Expr::Counter => true,
@@ -196,7 +197,7 @@ fn walk_chain(rs: &Ruleset, chain: &str, pkt: &Packet) -> Option<NftVerdict> {
 
 fn family_ok(field: Field, pkt: &Packet) -> bool {
     let f = match field {
-        Field::Saddr(f) | Field::Daddr(f) | Field::DaddrPort(f) => f,
+        Field::Saddr(f) | Field::Daddr(f) | Field::DaddrPort(f) | Field::SaddrDaddr(f) => f,
     };
     Family::of(pkt.src) == f
 }
@@ -206,12 +207,15 @@ fn in_set(rs: &Ruleset, field: Field, set: &str, pkt: &Packet) -> bool {
         return false;
     }
     let addr = match field {
-        Field::Saddr(_) => pkt.src,
+        Field::Saddr(_) | Field::SaddrDaddr(_) => pkt.src,
         Field::Daddr(_) | Field::DaddrPort(_) => pkt.dst,
     };
     let a = to_int(addr);
     rs.sets[set].elements.iter().any(|e| match *e {
         Element::Addr(ip) => ip == addr,
+        Element::Pair(a, b) => {
+            matches!(field, Field::SaddrDaddr(_)) && a == pkt.src && b == pkt.dst
+        }
         Element::Range { lo, hi } => to_int(lo) <= a && a <= to_int(hi),
         Element::Ports {
             lo,
