@@ -329,6 +329,18 @@ impl<'a> View<'a> {
     }
 }
 
+/// A set of single addresses: the `family` addresses of `pods`.
+fn addr_set<'p>(pods: impl IntoIterator<Item = &'p Pod>, family: Family) -> Set {
+    Set {
+        kind: SetKind::Addrs(family),
+        elements: pods
+            .into_iter()
+            .flat_map(|p| addrs(p, family))
+            .map(|a| Element::Addr(a.lo_ip()))
+            .collect(),
+    }
+}
+
 fn addrs(pod: &Pod, family: Family) -> impl Iterator<Item = AddrRange> + '_ {
     pod.ips
         .iter()
@@ -363,26 +375,34 @@ fn port_boxes(
     out
 }
 
-fn range_elements(rs: Vec<AddrRange>) -> BTreeSet<Element> {
-    rs.into_iter()
-        .map(|r| Element::Range {
-            lo: r.lo_ip(),
-            hi: r.hi_ip(),
-        })
-        .collect()
+fn range_set(rs: Vec<AddrRange>, family: Family) -> Set {
+    Set {
+        kind: SetKind::Ranges(family),
+        elements: rs
+            .into_iter()
+            .map(|r| Element::Range {
+                lo: r.lo_ip(),
+                hi: r.hi_ip(),
+            })
+            .collect(),
+    }
 }
 
-fn box_elements(bs: Vec<PortBox>) -> BTreeSet<Element> {
-    ranges::disjoint_boxes(bs)
-        .into_iter()
-        .map(|b| Element::Ports {
-            lo: b.addr.lo_ip(),
-            hi: b.addr.hi_ip(),
-            protocol: b.protocol,
-            port_lo: b.lo,
-            port_hi: b.hi,
-        })
-        .collect()
+/// A concatenated interval set of the boxes, made disjoint first.
+fn ports_set(bs: Vec<PortBox>, family: Family) -> Set {
+    Set {
+        kind: SetKind::Ports(family),
+        elements: ranges::disjoint_boxes(bs)
+            .into_iter()
+            .map(|b| Element::Ports {
+                lo: b.addr.lo_ip(),
+                hi: b.addr.hi_ip(),
+                protocol: b.protocol,
+                port_lo: b.lo,
+                port_hi: b.hi,
+            })
+            .collect(),
+    }
 }
 
 impl Ruleset {
@@ -440,17 +460,8 @@ impl Ruleset {
                             .any(|pol| pol.rules(dir).is_some() && pol.selects(p))
                     })
                     .collect();
-                rs.sets.insert(
-                    isolated_set(dir, family),
-                    Set {
-                        kind: SetKind::Addrs(family),
-                        elements: isolated
-                            .iter()
-                            .flat_map(|p| addrs(p, family))
-                            .map(|a| Element::Addr(a.lo_ip()))
-                            .collect(),
-                    },
-                );
+                rs.sets
+                    .insert(isolated_set(dir, family), addr_set(isolated, family));
                 let field = match dir {
                     Direction::Ingress => Field::Daddr(family),
                     Direction::Egress => Field::Saddr(family),
@@ -549,19 +560,9 @@ impl Ruleset {
         let mut exprs = Vec::new();
         let (src, dst) = match dir {
             Direction::Ingress => {
-                let src = peers.map(|ps| Set {
-                    kind: SetKind::Ranges(family),
-                    elements: range_elements(ps),
-                });
+                let src = peers.map(|ps| range_set(ps, family));
                 let dst = if rule.ports.is_empty() {
-                    Set {
-                        kind: SetKind::Addrs(family),
-                        elements: selected
-                            .iter()
-                            .flat_map(|p| addrs(p, family))
-                            .map(|a| Element::Addr(a.lo_ip()))
-                            .collect(),
-                    }
+                    addr_set(selected.iter().copied(), family)
                 } else {
                     let boxes = selected
                         .iter()
@@ -569,27 +570,14 @@ impl Ruleset {
                             port_boxes(rule, &addrs(p, family).collect::<Vec<_>>(), Some(p), false)
                         })
                         .collect();
-                    Set {
-                        kind: SetKind::Ports(family),
-                        elements: box_elements(boxes),
-                    }
+                    ports_set(boxes, family)
                 };
                 (src, Some(dst))
             }
             Direction::Egress => {
-                let src = Set {
-                    kind: SetKind::Addrs(family),
-                    elements: selected
-                        .iter()
-                        .flat_map(|p| addrs(p, family))
-                        .map(|a| Element::Addr(a.lo_ip()))
-                        .collect(),
-                };
+                let src = addr_set(selected.iter().copied(), family);
                 let dst = if rule.ports.is_empty() {
-                    peers.map(|ps| Set {
-                        kind: SetKind::Ranges(family),
-                        elements: range_elements(ps),
-                    })
+                    peers.map(|ps| range_set(ps, family))
                 } else {
                     let everywhere = peers.unwrap_or_else(|| vec![AddrRange::all(family)]);
                     // Numeric entries hold for every peer address; named ones for the peer
@@ -605,10 +593,7 @@ impl Ruleset {
                             boxes.extend(port_boxes(rule, &own, Some(p), true));
                         }
                     }
-                    Some(Set {
-                        kind: SetKind::Ports(family),
-                        elements: box_elements(boxes),
-                    })
+                    Some(ports_set(boxes, family))
                 };
                 (Some(src), dst)
             }
@@ -675,6 +660,12 @@ impl Rule {
 }
 
 impl Field {
+    pub fn family(self) -> Family {
+        match self {
+            Field::Saddr(f) | Field::Daddr(f) | Field::DaddrPort(f) | Field::SaddrDaddr(f) => f,
+        }
+    }
+
     pub fn render(self) -> &'static str {
         match self {
             Field::Saddr(Family::V4) => "ip saddr",
@@ -722,6 +713,42 @@ fn render_addr_range(lo: IpAddr, hi: IpAddr) -> String {
 }
 
 impl Element {
+    /// Whether the element holds what `field` takes from a packet (`src`, `dst`, the
+    /// protocol and destination port), as the kernel's lookup does.
+    pub fn matches(
+        &self,
+        field: Field,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> bool {
+        let within = |lo: IpAddr, hi: IpAddr, ip: IpAddr| {
+            lo.is_ipv4() == ip.is_ipv4()
+                && (ranges::to_int(lo)..=ranges::to_int(hi)).contains(&ranges::to_int(ip))
+        };
+        let addr = match field {
+            Field::Saddr(_) | Field::SaddrDaddr(_) => src,
+            Field::Daddr(_) | Field::DaddrPort(_) => dst,
+        };
+        match (*self, field) {
+            (Element::Addr(ip), Field::Saddr(_) | Field::Daddr(_)) => ip == addr,
+            (Element::Range { lo, hi }, Field::Saddr(_) | Field::Daddr(_)) => within(lo, hi, addr),
+            (Element::Pair(a, b), Field::SaddrDaddr(_)) => a == src && b == dst,
+            (
+                Element::Ports {
+                    lo,
+                    hi,
+                    protocol: p,
+                    port_lo,
+                    port_hi,
+                },
+                Field::DaddrPort(_),
+            ) => within(lo, hi, dst) && p == protocol && (port_lo..=port_hi).contains(&port),
+            _ => false,
+        }
+    }
+
     pub fn render(&self) -> String {
         match *self {
             Element::Addr(ip) => ip.to_string(),

@@ -371,32 +371,40 @@ impl Policy {
                 }
             }
         }
-        let ingress = ingress_on.then(|| {
+        // Both directions' rules: (index, peers, ports) with the field names of the API.
+        let mut rules = |on: bool, dir: &str, peers_key: &str, list: Vec<RawRule<'_>>| {
+            on.then(|| {
+                list.into_iter()
+                    .enumerate()
+                    .filter_map(|(i, (peers, ports))| {
+                        let f = format!("spec.{dir}[{i}]");
+                        convert_rule(i, peers, ports, &f, peers_key)
+                            .map_err(|(f, r)| errors.push(err(f, r)))
+                            .ok()
+                    })
+                    .collect()
+            })
+        };
+        let ingress = rules(
+            ingress_on,
+            "ingress",
+            "from",
             spec.ingress
                 .iter()
                 .flatten()
-                .enumerate()
-                .filter_map(|(i, r)| {
-                    let f = format!("spec.ingress[{i}]");
-                    convert_rule(i, r.from.as_deref(), r.ports.as_deref(), &f, "from")
-                        .map_err(|(f, r)| errors.push(err(f, r)))
-                        .ok()
-                })
-                .collect()
-        });
-        let egress = egress_on.then(|| {
+                .map(|r| (r.from.as_deref(), r.ports.as_deref()))
+                .collect(),
+        );
+        let egress = rules(
+            egress_on,
+            "egress",
+            "to",
             spec.egress
                 .iter()
                 .flatten()
-                .enumerate()
-                .filter_map(|(i, r)| {
-                    let f = format!("spec.egress[{i}]");
-                    convert_rule(i, r.to.as_deref(), r.ports.as_deref(), &f, "to")
-                        .map_err(|(f, r)| errors.push(err(f, r)))
-                        .ok()
-                })
-                .collect()
-        });
+                .map(|r| (r.to.as_deref(), r.ports.as_deref()))
+                .collect(),
+        );
         let policy = Policy {
             namespace,
             name,
@@ -409,6 +417,12 @@ impl Policy {
 }
 
 type FieldError = (String, String);
+
+/// A rule's peers and ports as the API object holds them.
+type RawRule<'a> = (
+    Option<&'a [net::NetworkPolicyPeer]>,
+    Option<&'a [net::NetworkPolicyPort]>,
+);
 
 fn convert_rule(
     index: usize,

@@ -239,6 +239,29 @@ fn full_load_then_plan_reach_the_desired_table() {
     assert!(plan(&d2, &d2).is_empty());
 }
 
+/// Server x/a and client y/b on node n0 at the given addresses; x/a takes TCP 80 (by its
+/// port name) from y/b only, y/b may send to TCP 80-81 only.
+fn two_pods_on_n0(a: [&str; 2], b: [&str; 2]) -> netpol::Cluster {
+    let mut c = world(&["x/a", "y/b"], &[80], &[Tcp]);
+    for (p, ips) in c.pods.iter_mut().zip([a, b]) {
+        p.ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        p.node = Some("n0".into());
+    }
+    c.policies.push(policy(
+        "x",
+        "a-from-b",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{
+            "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}],
+            "ports": [{"port": "serve-80-tcp"}]}]}),
+    ));
+    c.policies.push(policy(
+        "y",
+        "b-out",
+        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 80, "endPort": 81}]}]}),
+    ));
+    c
+}
+
 /// Real packets through a node namespace routing between a client and a server pod
 /// namespace: the forward hook accepts what the policies allow, drops the rest at the
 /// right end, counts denials per local pod address, and a plan applied to the live table
@@ -281,24 +304,7 @@ fn forwarded_connections_get_the_policy_verdict() {
         .map(|p| echo_peer_server_on(&srv, "::", *p))
         .collect();
 
-    let mut c = world(&["x/a", "y/b"], &[80], &[Tcp]);
-    c.pods[0].ips = vec!["10.1.0.1".parse().unwrap(), "fd00::1:1".parse().unwrap()];
-    c.pods[1].ips = vec!["10.2.0.1".parse().unwrap(), "fd00::2:1".parse().unwrap()];
-    for p in &mut c.pods {
-        p.node = Some("n0".into());
-    }
-    c.policies.push(policy(
-        "x",
-        "a-from-b",
-        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{
-            "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}],
-            "ports": [{"port": "serve-80-tcp"}]}]}),
-    ));
-    c.policies.push(policy(
-        "y",
-        "b-out",
-        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 80, "endPort": 81}]}]}),
-    ));
+    let c = two_pods_on_n0(["10.1.0.1", "fd00::1:1"], ["10.2.0.1", "fd00::2:1"]);
     let d1 = Ruleset::compute(&c, &LocalPods::on_node(&c, "n0"));
     nft_apply(&node, &plan(&Ruleset::default(), &d1).render());
 
@@ -397,24 +403,7 @@ fn bridged_pods_of_one_node_and_the_node_itself() {
         )
         .collect();
 
-    let mut c = world(&["x/a", "y/b"], &[80], &[Tcp]);
-    c.pods[0].ips = vec!["10.1.0.1".parse().unwrap(), "fd00::1:1".parse().unwrap()];
-    c.pods[1].ips = vec!["10.1.0.2".parse().unwrap(), "fd00::1:2".parse().unwrap()];
-    for p in &mut c.pods {
-        p.node = Some("n0".into());
-    }
-    c.policies.push(policy(
-        "x",
-        "a-from-b",
-        json!({"podSelector": {}, "ingress": [{
-            "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}],
-            "ports": [{"port": 80}]}]}),
-    ));
-    c.policies.push(policy(
-        "y",
-        "b-out",
-        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 80, "endPort": 81}]}]}),
-    ));
+    let c = two_pods_on_n0(["10.1.0.1", "fd00::1:1"], ["10.1.0.2", "fd00::1:2"]);
     let d = Ruleset::compute(&c, &LocalPods::on_node(&c, "n0"));
     nft_apply(&node, &plan(&Ruleset::default(), &d).render());
 
