@@ -239,6 +239,31 @@ fn full_load_then_plan_reach_the_desired_table() {
     assert!(plan(&d2, &d2).is_empty());
 }
 
+/// Prints the prefix of every packet logged to NFLOG group argv[1], after `ready` once
+/// bound: the stand-in for the daemon's reader of denials (Python from the base system).
+const NFLOG_READER: &str = "import socket, struct, sys
+group = int(sys.argv[1])
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+s.bind((0, 0))
+body = struct.pack('BBH', 0, 0, socket.htons(group)) + struct.pack('HHB3x', 5, 1, 1)
+s.send(struct.pack('IHHII', 16 + len(body), (4 << 8) | 1, 5, 1, 0) + body)
+print('ready', flush=True)
+while True:
+    data = s.recv(65535)
+    off = 0
+    while off + 16 <= len(data):
+        ln, ty = struct.unpack_from('IH', data, off)
+        a = off + 20
+        while ty == 4 << 8 and a + 4 <= off + ln:
+            alen, atype = struct.unpack_from('HH', data, a)
+            if alen < 4:
+                break
+            if atype & 0x7fff == 10:
+                print(data[a + 4:a + alen].rstrip(bytes(1)).decode(), flush=True)
+            a += (alen + 3) & ~3
+        off += (ln + 3) & ~3
+";
+
 /// Server x/a and client y/b on node n0 at the given addresses; x/a takes TCP 80 (by its
 /// port name) from y/b only, y/b may send to TCP 80-81 only.
 fn two_pods_on_n0(a: [&str; 2], b: [&str; 2]) -> netpol::Cluster {
@@ -272,7 +297,9 @@ fn forwarded_connections_get_the_policy_verdict() {
         return;
     }
     use ferry_tests::netns::link;
-    use ferry_tests::proc::{connect, echo_peer_server_on};
+    use ferry_tests::proc::{connect, echo_peer_server_on, wait_until, Bg};
+    use netpol::DENY_LOG_GROUP;
+    use std::time::Duration;
 
     let node = Netns::new("npnd");
     let cli = Netns::new("npcl");
@@ -307,6 +334,18 @@ fn forwarded_connections_get_the_policy_verdict() {
     let c = two_pods_on_n0(["10.1.0.1", "fd00::1:1"], ["10.2.0.1", "fd00::2:1"]);
     let d1 = Ruleset::compute(&c, &LocalPods::on_node(&c, "n0"));
     nft_apply(&node, &plan(&Ruleset::default(), &d1).render());
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _reader = Bg::spawn_logged(
+        &node,
+        &format!("python3 -c \"{NFLOG_READER}\" {DENY_LOG_GROUP}"),
+        log.path(),
+    );
+    let logged = || std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(5), || logged().contains("ready")),
+        "NFLOG reader: {}",
+        logged()
+    );
 
     for dst in ["10.1.0.1", "fd00::1:1"] {
         assert!(
@@ -320,6 +359,14 @@ fn forwarded_connections_get_the_policy_verdict() {
         assert!(
             connect(&cli, dst, 82).is_none(),
             "{dst}:82: y/b's egress denies"
+        );
+    }
+    // Denials are logged to the NFLOG group with their direction.
+    for prefix in ["ferry-deny-ingress ", "ferry-deny-egress "] {
+        assert!(
+            wait_until(Duration::from_secs(5), || logged().contains(prefix)),
+            "no {prefix:?} on NFLOG group {DENY_LOG_GROUP}: {}",
+            logged()
         );
     }
     // Denials are counted per local pod address and direction.
