@@ -1,6 +1,6 @@
 //! The node's desired nftables state, as data: [`Ruleset::compute`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -248,10 +248,12 @@ fn rule_comment(policy: &Policy, dir: Direction, index: usize) -> Option<String>
         .then_some(c)
 }
 
-/// The cluster's pods with this node's view of local addresses.
+/// The cluster's pods with this node's view of local addresses, indexed by label so that
+/// a selector with `matchLabels` looks at the pods carrying one of them only.
 struct View<'a> {
     cluster: &'a Cluster,
     pods: Vec<(Pod, bool)>,
+    by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
 }
 
 impl<'a> View<'a> {
@@ -270,7 +272,51 @@ impl<'a> View<'a> {
                 None => (p.clone(), false),
             })
             .collect();
-        View { cluster, pods }
+        let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, p) in cluster.pods.iter().enumerate() {
+            for (k, v) in &p.labels {
+                by_label.entry((k, v)).or_default().push(i);
+            }
+        }
+        View {
+            cluster,
+            pods,
+            by_label,
+        }
+    }
+
+    /// The pods a selector peer of `policy` matches.
+    fn selector_matches(&self, policy: &Policy, peer: &PolicyPeer) -> Vec<&Pod> {
+        let PolicyPeer::Pods { pods, .. } = peer else {
+            return Vec::new();
+        };
+        let candidates: Box<dyn Iterator<Item = &Pod>> =
+            match pods.as_ref().and_then(|s| s.match_labels.iter().next()) {
+                Some((k, v)) => Box::new(
+                    self.by_label
+                        .get(&(k.as_str(), v.as_str()))
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| self.pods.get(*i).map(|(p, _)| p)),
+                ),
+                None => Box::new(self.all()),
+            };
+        candidates
+            .filter(|p| self.cluster.peer_matches_pod(policy, peer, p))
+            .collect()
+    }
+
+    /// The pods every selector peer of a rule matches, once for both families.
+    fn rule_matches(&self, policy: &Policy, rule: &PolicyRule) -> Vec<&Pod> {
+        let mut out: Vec<&Pod> = rule
+            .peers
+            .iter()
+            .flat_map(|peer| self.selector_matches(policy, peer))
+            .collect();
+        // Two peers may match one pod; its addresses count once.
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        out
     }
 
     fn local(&self) -> impl Iterator<Item = &Pod> {
@@ -284,8 +330,8 @@ impl<'a> View<'a> {
     /// The address ranges of `family` a rule's peers cover (`None`: every address).
     fn peer_ranges(
         &self,
-        policy: &Policy,
         rule: &PolicyRule,
+        matched: &[&Pod],
         family: Family,
     ) -> Option<Vec<AddrRange>> {
         if rule.peers.is_empty() {
@@ -302,30 +348,33 @@ impl<'a> View<'a> {
                         out.extend(ranges::subtract(base, &ex));
                     }
                 }
-                PolicyPeer::Pods { .. } => out.extend(
-                    self.all()
-                        .filter(|p| self.cluster.peer_matches_pod(policy, peer, p))
-                        .flat_map(|p| addrs(p, family)),
-                ),
+                PolicyPeer::Pods { .. } => {}
             }
         }
+        out.extend(matched.iter().flat_map(|p| addrs(p, family)));
         Some(ranges::merge_overlapping(out))
     }
 
     /// The pods a rule's peers hold, by selector or by an ipBlock holding their address:
     /// the destinations a named port of an egress rule resolves against.
-    fn peer_pods(&self, policy: &Policy, rule: &PolicyRule, family: Family) -> Vec<&Pod> {
-        self.all()
-            .filter(|p| {
-                rule.peers.is_empty()
-                    || rule.peers.iter().any(|peer| {
-                        self.cluster.peer_matches_pod(policy, peer, p)
-                            || p.ips
-                                .iter()
-                                .any(|ip| Family::of(*ip) == family && peer.ip_block_contains(*ip))
-                    })
+    fn peer_pods<'v>(
+        &'v self,
+        rule: &PolicyRule,
+        matched: &[&'v Pod],
+        family: Family,
+    ) -> Vec<&'v Pod> {
+        if rule.peers.is_empty() {
+            return self.all().collect();
+        }
+        let mut out = matched.to_vec();
+        out.extend(self.all().filter(|p| {
+            rule.peers.iter().any(|peer| {
+                p.ips
+                    .iter()
+                    .any(|ip| Family::of(*ip) == family && peer.ip_block_contains(*ip))
             })
-            .collect()
+        }));
+        out
     }
 }
 
@@ -480,8 +529,9 @@ impl Ruleset {
             }
             for policy in &cluster.policies {
                 for rule in policy.rules(dir).unwrap_or_default() {
+                    let matched = view.rule_matches(policy, rule);
                     for family in Family::ALL {
-                        chain.push(rs.policy_rule(&view, policy, dir, rule, family));
+                        chain.push(rs.policy_rule(&view, policy, dir, rule, &matched, family));
                     }
                 }
             }
@@ -552,11 +602,12 @@ impl Ruleset {
         policy: &Policy,
         dir: Direction,
         rule: &PolicyRule,
+        matched: &[&Pod],
         family: Family,
     ) -> Rule {
         let name = |end| rule_set_name(policy, dir, rule.index, end, family);
         let selected: Vec<&Pod> = view.local().filter(|p| policy.selects(p)).collect();
-        let peers = view.peer_ranges(policy, rule, family);
+        let peers = view.peer_ranges(rule, matched, family);
         let mut exprs = Vec::new();
         let (src, dst) = match dir {
             Direction::Ingress => {
@@ -588,7 +639,7 @@ impl Ruleset {
                         .iter()
                         .any(|pp| matches!(pp.port, PortSel::Named(_)))
                     {
-                        for p in view.peer_pods(policy, rule, family) {
+                        for p in view.peer_pods(rule, matched, family) {
                             let own: Vec<AddrRange> = addrs(p, family).collect();
                             boxes.extend(port_boxes(rule, &own, Some(p), true));
                         }

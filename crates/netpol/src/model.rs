@@ -11,6 +11,7 @@
 //!   the whole policy is dropped (the API server rejects such objects, so this is only
 //!   defence against a lying or broken source).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -698,11 +699,14 @@ impl Cluster {
 
     /// The labels of a namespace; one the snapshot does not hold yet is taken to carry only
     /// the name label the API server would give it.
-    pub fn namespace_labels(&self, ns: &str) -> Labels {
-        self.namespaces
-            .get(ns)
-            .cloned()
-            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())]))
+    pub fn namespace_labels(&self, ns: &str) -> Cow<'_, Labels> {
+        match self.namespaces.get(ns) {
+            Some(l) => Cow::Borrowed(l),
+            None => Cow::Owned(Labels::from([(
+                NAMESPACE_NAME_LABEL.to_string(),
+                ns.to_string(),
+            )])),
+        }
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
