@@ -474,8 +474,9 @@ fn convert_peer(p: &net::NetworkPolicyPeer, field: &str) -> Result<PolicyPeer, F
             if net.is_ipv4() != cidr.is_ipv4() {
                 return Err((f, format!("{e} is not of the family of cidr {cidr}")));
             }
-            if !(net.prefix() >= cidr.prefix() && cidr.contains(net.network())) {
-                return Err((f, format!("{e} is not inside cidr {cidr}")));
+            // As the API: a strict subset of the cidr.
+            if !(net.prefix() > cidr.prefix() && cidr.contains(net.network())) {
+                return Err((f, format!("{e} is not strictly inside cidr {cidr}")));
             }
             except.push(net);
         }

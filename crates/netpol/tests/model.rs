@@ -142,12 +142,17 @@ fn invalid_rules_are_named_and_dropped() {
     broken_rule(
         json!({"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24"]}}]}),
         "spec.ingress[1].from[0].ipBlock.except[0]",
-        "not inside",
+        "strictly inside",
+    );
+    broken_rule(
+        json!({"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.0/16"]}}]}),
+        "spec.ingress[1].from[0].ipBlock.except[0]",
+        "not strictly inside",
     );
     broken_rule(
         json!({"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.0/8"]}}]}),
         "spec.ingress[1].from[0].ipBlock.except[0]",
-        "not inside",
+        "strictly inside",
     );
     broken_rule(
         json!({"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["fd00::/64"]}}]}),
