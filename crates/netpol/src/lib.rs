@@ -55,8 +55,16 @@
 //! - `denied_<dir><4|6>` are dynamic sets with a counter per local pod address (elements
 //!   expire after an hour without denials); denials go to NFLOG group [`DENY_LOG_GROUP`]
 //!   at most [`DENY_LOG_RATE`] a second per direction.
-//! - Set names: `<in|eg>_<namespace>_<policy>_<rule index>_<src|dst><4|6>`; when longer than
-//!   255 characters, `<ns>_<policy>` becomes `h` and a 64-bit FNV-1a hash of `ns/policy`.
+//! - Traffic the node itself sends to a pod (kubelet probes) takes the output hook and is
+//!   never filtered, as Kubernetes requires; replies to it are `established`. A local pod's
+//!   traffic to the node's own addresses takes the input hook and gets the egress check.
+//! - IPv6 neighbour solicitations and advertisements (untracked by conntrack) always pass:
+//!   without them an isolated pod could not resolve its gateway or a neighbour pod.
+//! - `ct state invalid drop` applies to every forwarded packet, policy or not.
+//! - Set names: `<in|eg>_<namespace>_<policy>_<rule index>_<src|dst><4|6>` (nft allows 255
+//!   characters, checked on nft 1.0.6); when longer, or when a name is not a DNS name,
+//!   `<ns>_<policy>` becomes `h` and a 64-bit FNV-1a hash of `ns/policy`. Rule comments
+//!   (`ns/policy ingress[i]`) are left out in that case too.
 //!   Every rule of every policy has its sets and rule on every node, whether it selects a
 //!   local pod or not, so pod churn and relabelling change set elements only.
 //!
