@@ -576,7 +576,11 @@ pub fn namespace_from_k8s(ns: &core::Namespace) -> Result<(String, Labels), Mode
 impl Pod {
     /// Converts a pod: addresses from `status.podIPs` (or `status.podIP`), ports from
     /// `spec.containers[].ports`. A pod in phase Succeeded or Failed gets no addresses.
-    pub fn from_k8s(pod: &core::Pod) -> Result<Pod, ModelError> {
+    ///
+    /// A bad address or container port is reported and left out while the pod stays:
+    /// dropping the pod would leave it unselected, so unisolated (fail open). The pod is
+    /// absent only without a namespace or name.
+    pub fn from_k8s(pod: &core::Pod) -> (Option<Pod>, Vec<ModelError>) {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let err = |field: String, reason: String| ModelError {
@@ -586,11 +590,10 @@ impl Pod {
             reason,
         };
         if namespace.is_empty() || name.is_empty() {
-            return Err(err(
-                "metadata".into(),
-                "namespace and name are required".into(),
-            ));
+            let e = err("metadata".into(), "namespace and name are required".into());
+            return (None, vec![e]);
         }
+        let mut errors = Vec::new();
         let status = pod.status.as_ref();
         let terminal = status
             .and_then(|s| s.phase.as_deref())
@@ -610,11 +613,10 @@ impl Pod {
         let mut ips = Vec::new();
         if !terminal {
             for (field, s) in raw {
-                let ip: IpAddr = s
-                    .parse()
-                    .map_err(|_| err(field, format!("{s:?} is not an IP address")))?;
-                if !ips.contains(&ip) {
-                    ips.push(ip);
+                match s.parse::<IpAddr>() {
+                    Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                    Ok(_) => {}
+                    Err(_) => errors.push(err(field, format!("{s:?} is not an IP address"))),
                 }
             }
         }
@@ -628,25 +630,24 @@ impl Pod {
         {
             for (pi, p) in c.ports.iter().flatten().enumerate() {
                 let field = format!("spec.containers[{ci}].ports[{pi}]");
-                let port = u16::try_from(p.container_port)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        err(
-                            format!("{field}.containerPort"),
-                            format!("{} is not in 1..65535", p.container_port),
-                        )
-                    })?;
-                let protocol = Protocol::parse(p.protocol.as_deref())
-                    .map_err(|r| err(format!("{field}.protocol"), r))?;
-                ports.push(ContainerPort {
-                    name: p.name.clone(),
-                    port,
-                    protocol,
-                });
+                let Some(port) = u16::try_from(p.container_port).ok().filter(|n| *n > 0) else {
+                    errors.push(err(
+                        format!("{field}.containerPort"),
+                        format!("{} is not in 1..65535", p.container_port),
+                    ));
+                    continue;
+                };
+                match Protocol::parse(p.protocol.as_deref()) {
+                    Ok(protocol) => ports.push(ContainerPort {
+                        name: p.name.clone(),
+                        port,
+                        protocol,
+                    }),
+                    Err(r) => errors.push(err(format!("{field}.protocol"), r)),
+                }
             }
         }
-        Ok(Pod {
+        let pod = Pod {
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             ips,
             node: spec.and_then(|s| s.node_name.clone()),
@@ -654,7 +655,8 @@ impl Pod {
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             namespace,
             name,
-        })
+        };
+        (Some(pod), errors)
     }
 }
 
@@ -664,6 +666,15 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<Pod>,
     pub policies: Vec<Policy>,
+}
+
+fn duplicate(kind: &'static str, object: &str) -> ModelError {
+    ModelError {
+        kind,
+        object: object.into(),
+        field: "metadata.name".into(),
+        reason: "a second object of this namespace and name; the first one is used".into(),
+    }
 }
 
 impl Cluster {
@@ -684,16 +695,31 @@ impl Cluster {
                 Err(e) => errors.push(e),
             }
         }
+        let mut seen = BTreeSet::new();
         for pod in pods {
-            match Pod::from_k8s(pod) {
-                Ok(p) => cluster.pods.push(p),
-                Err(e) => errors.push(e),
+            let (p, errs) = Pod::from_k8s(pod);
+            errors.extend(errs);
+            if let Some(p) = p {
+                if seen.insert(p.key()) {
+                    cluster.pods.push(p);
+                } else {
+                    errors.push(duplicate("Pod", &p.key().to_string()));
+                }
             }
         }
+        // Set names and explanations are keyed by `ns/name`: a second object of one key
+        // (never sent by the API server) is reported and left out.
+        let mut seen = BTreeSet::new();
         for np in policies {
             let (p, errs) = Policy::from_k8s(np);
             errors.extend(errs);
-            cluster.policies.extend(p);
+            if let Some(p) = p {
+                if seen.insert(p.id()) {
+                    cluster.policies.push(p);
+                } else {
+                    errors.push(duplicate("NetworkPolicy", &p.id()));
+                }
+            }
         }
         (cluster, errors)
     }
