@@ -58,6 +58,8 @@
 //! - Traffic the node itself sends to a pod (kubelet probes) takes the output hook and is
 //!   never filtered, as Kubernetes requires; replies to it are `established`. A local pod's
 //!   traffic to the node's own addresses takes the input hook and gets the egress check.
+//!   This assumes kube-proxy in iptables or nftables mode (DNAT in prerouting); in IPVS
+//!   mode the input chain would see Service addresses before IPVS rewrites them.
 //! - IPv6 neighbour solicitations and advertisements (untracked by conntrack) always pass:
 //!   without them an isolated pod could not resolve its gateway or a neighbour pod.
 //! - `ct state invalid drop` applies to every forwarded packet, policy or not.
