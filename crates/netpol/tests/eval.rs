@@ -263,3 +263,20 @@ fn ipv6_only_pods_are_handled_like_ipv4_ones() {
     ));
     check_probe(&c, 80, Tcp, &[("*", "x/a", false), ("x/b", "x/a", true)]);
 }
+
+#[test]
+fn endpoints_found_by_address_give_the_pod_verdict() {
+    let mut c = world(&["x/a", "y/a"], &[80], &[Tcp]);
+    c.policies.push(policy(
+        "x",
+        "from-y",
+        json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+    ));
+    let by_ip = |ip: &str| Endpoint::of_ip(&c, ip.parse().unwrap());
+    // y/a (10.2.0.1) -> x/a (10.1.0.1): as pods, allowed; an unknown source is not.
+    assert!(by_ip("10.2.0.1").pod.is_some());
+    assert!(verdict_at(&c, by_ip("10.2.0.1"), by_ip("10.1.0.1"), Tcp, 80).allowed);
+    assert!(verdict_at(&c, by_ip("fd00::2:1"), by_ip("fd00::1:1"), Tcp, 80).allowed);
+    assert!(by_ip("10.9.9.9").pod.is_none());
+    assert!(!verdict_at(&c, by_ip("10.9.9.9"), by_ip("10.1.0.1"), Tcp, 80).allowed);
+}
