@@ -1,6 +1,6 @@
 //! The node's desired nftables state, as data: [`Ruleset::compute`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -53,6 +53,8 @@ pub enum SetKind {
     Ranges(Family),
     /// `type ipv4_addr . inet_proto . inet_service; flags interval`.
     Ports(Family),
+    /// `type ipv4_addr . ipv4_addr`.
+    Pairs(Family),
     /// Filled by the kernel (`update @set`), with a counter per element; its elements are
     /// runtime state, never part of a plan.
     Counters(Family),
@@ -73,6 +75,7 @@ pub enum Element {
         port_lo: u16,
         port_hi: u16,
     },
+    Pair(IpAddr, IpAddr),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +91,8 @@ pub enum Field {
     Daddr(Family),
     /// `ip daddr . meta l4proto . th dport`
     DaddrPort(Family),
+    /// `ip saddr . ip daddr`
+    SaddrDaddr(Family),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +101,9 @@ pub enum Expr {
     CtEstablished,
     /// `ct state invalid`
     CtInvalid,
+    /// `icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }`: IPv6 neighbour
+    /// discovery, which conntrack does not track and pods need whatever their policies.
+    NeighbourDiscovery,
     /// `<field> @set`
     InSet {
         field: Field,
@@ -131,10 +139,26 @@ pub struct Rule {
     pub comment: Option<String>,
 }
 
+/// The hook of a base chain: always `type filter ... priority filter; policy accept;`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hook {
+    Forward,
+    Input,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Forward => "forward",
+            Hook::Input => "input",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chain {
-    /// `type filter hook forward priority filter; policy accept;` when true.
-    pub forward_hook: bool,
+    /// `None` for a regular chain (reached by `jump`).
+    pub hook: Option<Hook>,
     pub rules: Vec<Rule>,
 }
 
@@ -162,6 +186,13 @@ pub fn dir_chain(dir: Direction) -> &'static str {
 }
 
 pub const FORWARD_CHAIN: &str = "forward";
+pub const INPUT_CHAIN: &str = "input";
+
+/// `<pod address> . <same address>` of every local pod: a pod reaching itself through a
+/// Service (bridge hairpin) passes the forward hook and is allowed like any self traffic.
+pub fn self_set(family: Family) -> String {
+    format!("self{}", family.digit())
+}
 
 /// Which end of the packet a rule set holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,10 +248,12 @@ fn rule_comment(policy: &Policy, dir: Direction, index: usize) -> Option<String>
         .then_some(c)
 }
 
-/// The cluster's pods with this node's view of local addresses.
+/// The cluster's pods with this node's view of local addresses, indexed by label so that
+/// a selector with `matchLabels` looks at the pods carrying one of them only.
 struct View<'a> {
     cluster: &'a Cluster,
     pods: Vec<(Pod, bool)>,
+    by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
 }
 
 impl<'a> View<'a> {
@@ -239,7 +272,51 @@ impl<'a> View<'a> {
                 None => (p.clone(), false),
             })
             .collect();
-        View { cluster, pods }
+        let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, p) in cluster.pods.iter().enumerate() {
+            for (k, v) in &p.labels {
+                by_label.entry((k, v)).or_default().push(i);
+            }
+        }
+        View {
+            cluster,
+            pods,
+            by_label,
+        }
+    }
+
+    /// The pods a selector peer of `policy` matches.
+    fn selector_matches(&self, policy: &Policy, peer: &PolicyPeer) -> Vec<&Pod> {
+        let PolicyPeer::Pods { pods, .. } = peer else {
+            return Vec::new();
+        };
+        let candidates: Box<dyn Iterator<Item = &Pod>> =
+            match pods.as_ref().and_then(|s| s.match_labels.iter().next()) {
+                Some((k, v)) => Box::new(
+                    self.by_label
+                        .get(&(k.as_str(), v.as_str()))
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| self.pods.get(*i).map(|(p, _)| p)),
+                ),
+                None => Box::new(self.all()),
+            };
+        candidates
+            .filter(|p| self.cluster.peer_matches_pod(policy, peer, p))
+            .collect()
+    }
+
+    /// The pods every selector peer of a rule matches, once for both families.
+    fn rule_matches(&self, policy: &Policy, rule: &PolicyRule) -> Vec<&Pod> {
+        let mut out: Vec<&Pod> = rule
+            .peers
+            .iter()
+            .flat_map(|peer| self.selector_matches(policy, peer))
+            .collect();
+        // Two peers may match one pod; its addresses count once.
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        out
     }
 
     fn local(&self) -> impl Iterator<Item = &Pod> {
@@ -253,8 +330,8 @@ impl<'a> View<'a> {
     /// The address ranges of `family` a rule's peers cover (`None`: every address).
     fn peer_ranges(
         &self,
-        policy: &Policy,
         rule: &PolicyRule,
+        matched: &[&Pod],
         family: Family,
     ) -> Option<Vec<AddrRange>> {
         if rule.peers.is_empty() {
@@ -271,30 +348,45 @@ impl<'a> View<'a> {
                         out.extend(ranges::subtract(base, &ex));
                     }
                 }
-                PolicyPeer::Pods { .. } => out.extend(
-                    self.all()
-                        .filter(|p| self.cluster.peer_matches_pod(policy, peer, p))
-                        .flat_map(|p| addrs(p, family)),
-                ),
+                PolicyPeer::Pods { .. } => {}
             }
         }
+        out.extend(matched.iter().flat_map(|p| addrs(p, family)));
         Some(ranges::merge_overlapping(out))
     }
 
     /// The pods a rule's peers hold, by selector or by an ipBlock holding their address:
     /// the destinations a named port of an egress rule resolves against.
-    fn peer_pods(&self, policy: &Policy, rule: &PolicyRule, family: Family) -> Vec<&Pod> {
-        self.all()
-            .filter(|p| {
-                rule.peers.is_empty()
-                    || rule.peers.iter().any(|peer| {
-                        self.cluster.peer_matches_pod(policy, peer, p)
-                            || p.ips
-                                .iter()
-                                .any(|ip| Family::of(*ip) == family && peer.ip_block_contains(*ip))
-                    })
+    fn peer_pods<'v>(
+        &'v self,
+        rule: &PolicyRule,
+        matched: &[&'v Pod],
+        family: Family,
+    ) -> Vec<&'v Pod> {
+        if rule.peers.is_empty() {
+            return self.all().collect();
+        }
+        let mut out = matched.to_vec();
+        out.extend(self.all().filter(|p| {
+            rule.peers.iter().any(|peer| {
+                p.ips
+                    .iter()
+                    .any(|ip| Family::of(*ip) == family && peer.ip_block_contains(*ip))
             })
-            .collect()
+        }));
+        out
+    }
+}
+
+/// A set of single addresses: the `family` addresses of `pods`.
+fn addr_set<'p>(pods: impl IntoIterator<Item = &'p Pod>, family: Family) -> Set {
+    Set {
+        kind: SetKind::Addrs(family),
+        elements: pods
+            .into_iter()
+            .flat_map(|p| addrs(p, family))
+            .map(|a| Element::Addr(a.lo_ip()))
+            .collect(),
     }
 }
 
@@ -332,26 +424,34 @@ fn port_boxes(
     out
 }
 
-fn range_elements(rs: Vec<AddrRange>) -> BTreeSet<Element> {
-    rs.into_iter()
-        .map(|r| Element::Range {
-            lo: r.lo_ip(),
-            hi: r.hi_ip(),
-        })
-        .collect()
+fn range_set(rs: Vec<AddrRange>, family: Family) -> Set {
+    Set {
+        kind: SetKind::Ranges(family),
+        elements: rs
+            .into_iter()
+            .map(|r| Element::Range {
+                lo: r.lo_ip(),
+                hi: r.hi_ip(),
+            })
+            .collect(),
+    }
 }
 
-fn box_elements(bs: Vec<PortBox>) -> BTreeSet<Element> {
-    ranges::disjoint_boxes(bs)
-        .into_iter()
-        .map(|b| Element::Ports {
-            lo: b.addr.lo_ip(),
-            hi: b.addr.hi_ip(),
-            protocol: b.protocol,
-            port_lo: b.lo,
-            port_hi: b.hi,
-        })
-        .collect()
+/// A concatenated interval set of the boxes, made disjoint first.
+fn ports_set(bs: Vec<PortBox>, family: Family) -> Set {
+    Set {
+        kind: SetKind::Ports(family),
+        elements: ranges::disjoint_boxes(bs)
+            .into_iter()
+            .map(|b| Element::Ports {
+                lo: b.addr.lo_ip(),
+                hi: b.addr.hi_ip(),
+                protocol: b.protocol,
+                port_lo: b.lo,
+                port_hi: b.hi,
+            })
+            .collect(),
+    }
 }
 
 impl Ruleset {
@@ -364,9 +464,38 @@ impl Ruleset {
     pub fn compute(cluster: &Cluster, local: &LocalPods) -> Ruleset {
         let view = View::new(cluster, local);
         let mut rs = Ruleset::default();
+        // Bridged between pods of the node (br_netfilter) and sent to the node's gateway
+        // address, neighbour discovery passes both hooks; without it no IPv6 packet flows.
         let mut forward = vec![
             Rule::new(vec![Expr::CtEstablished], Verdict::Accept),
             Rule::new(vec![Expr::CtInvalid], Verdict::Drop),
+            Rule::new(vec![Expr::NeighbourDiscovery], Verdict::Accept),
+        ];
+        for family in Family::ALL {
+            rs.sets.insert(
+                self_set(family),
+                Set {
+                    kind: SetKind::Pairs(family),
+                    elements: view
+                        .local()
+                        .flat_map(|p| addrs(p, family))
+                        .map(|a| Element::Pair(a.lo_ip(), a.lo_ip()))
+                        .collect(),
+                },
+            );
+            forward.push(Rule::new(
+                vec![Expr::InSet {
+                    field: Field::SaddrDaddr(family),
+                    set: self_set(family),
+                }],
+                Verdict::Accept,
+            ));
+        }
+        // Traffic from a local pod to this node's own addresses (a host-network endpoint,
+        // a Service DNATed to one) takes the input hook, not forward: same egress check.
+        let mut input = vec![
+            Rule::new(vec![Expr::CtEstablished], Verdict::Accept),
+            Rule::new(vec![Expr::NeighbourDiscovery], Verdict::Accept),
         ];
         for dir in [Direction::Egress, Direction::Ingress] {
             let mut chain = Vec::new();
@@ -380,33 +509,29 @@ impl Ruleset {
                             .any(|pol| pol.rules(dir).is_some() && pol.selects(p))
                     })
                     .collect();
-                rs.sets.insert(
-                    isolated_set(dir, family),
-                    Set {
-                        kind: SetKind::Addrs(family),
-                        elements: isolated
-                            .iter()
-                            .flat_map(|p| addrs(p, family))
-                            .map(|a| Element::Addr(a.lo_ip()))
-                            .collect(),
-                    },
-                );
+                rs.sets
+                    .insert(isolated_set(dir, family), addr_set(isolated, family));
                 let field = match dir {
                     Direction::Ingress => Field::Daddr(family),
                     Direction::Egress => Field::Saddr(family),
                 };
-                forward.push(Rule::new(
+                let jump = Rule::new(
                     vec![Expr::InSet {
                         field,
                         set: isolated_set(dir, family),
                     }],
                     Verdict::Jump(dir_chain(dir).into()),
-                ));
+                );
+                if dir == Direction::Egress {
+                    input.push(jump.clone());
+                }
+                forward.push(jump);
             }
             for policy in &cluster.policies {
                 for rule in policy.rules(dir).unwrap_or_default() {
+                    let matched = view.rule_matches(policy, rule);
                     for family in Family::ALL {
-                        chain.push(rs.policy_rule(&view, policy, dir, rule, family));
+                        chain.push(rs.policy_rule(&view, policy, dir, rule, &matched, family));
                     }
                 }
             }
@@ -444,7 +569,7 @@ impl Ruleset {
             rs.chains.insert(
                 dir_chain(dir).into(),
                 Chain {
-                    forward_hook: false,
+                    hook: None,
                     rules: chain,
                 },
             );
@@ -452,8 +577,15 @@ impl Ruleset {
         rs.chains.insert(
             FORWARD_CHAIN.into(),
             Chain {
-                forward_hook: true,
+                hook: Some(Hook::Forward),
                 rules: forward,
+            },
+        );
+        rs.chains.insert(
+            INPUT_CHAIN.into(),
+            Chain {
+                hook: Some(Hook::Input),
+                rules: input,
             },
         );
         rs
@@ -470,27 +602,18 @@ impl Ruleset {
         policy: &Policy,
         dir: Direction,
         rule: &PolicyRule,
+        matched: &[&Pod],
         family: Family,
     ) -> Rule {
         let name = |end| rule_set_name(policy, dir, rule.index, end, family);
         let selected: Vec<&Pod> = view.local().filter(|p| policy.selects(p)).collect();
-        let peers = view.peer_ranges(policy, rule, family);
+        let peers = view.peer_ranges(rule, matched, family);
         let mut exprs = Vec::new();
         let (src, dst) = match dir {
             Direction::Ingress => {
-                let src = peers.map(|ps| Set {
-                    kind: SetKind::Ranges(family),
-                    elements: range_elements(ps),
-                });
+                let src = peers.map(|ps| range_set(ps, family));
                 let dst = if rule.ports.is_empty() {
-                    Set {
-                        kind: SetKind::Addrs(family),
-                        elements: selected
-                            .iter()
-                            .flat_map(|p| addrs(p, family))
-                            .map(|a| Element::Addr(a.lo_ip()))
-                            .collect(),
-                    }
+                    addr_set(selected.iter().copied(), family)
                 } else {
                     let boxes = selected
                         .iter()
@@ -498,27 +621,14 @@ impl Ruleset {
                             port_boxes(rule, &addrs(p, family).collect::<Vec<_>>(), Some(p), false)
                         })
                         .collect();
-                    Set {
-                        kind: SetKind::Ports(family),
-                        elements: box_elements(boxes),
-                    }
+                    ports_set(boxes, family)
                 };
                 (src, Some(dst))
             }
             Direction::Egress => {
-                let src = Set {
-                    kind: SetKind::Addrs(family),
-                    elements: selected
-                        .iter()
-                        .flat_map(|p| addrs(p, family))
-                        .map(|a| Element::Addr(a.lo_ip()))
-                        .collect(),
-                };
+                let src = addr_set(selected.iter().copied(), family);
                 let dst = if rule.ports.is_empty() {
-                    peers.map(|ps| Set {
-                        kind: SetKind::Ranges(family),
-                        elements: range_elements(ps),
-                    })
+                    peers.map(|ps| range_set(ps, family))
                 } else {
                     let everywhere = peers.unwrap_or_else(|| vec![AddrRange::all(family)]);
                     // Numeric entries hold for every peer address; named ones for the peer
@@ -529,15 +639,12 @@ impl Ruleset {
                         .iter()
                         .any(|pp| matches!(pp.port, PortSel::Named(_)))
                     {
-                        for p in view.peer_pods(policy, rule, family) {
+                        for p in view.peer_pods(rule, matched, family) {
                             let own: Vec<AddrRange> = addrs(p, family).collect();
                             boxes.extend(port_boxes(rule, &own, Some(p), true));
                         }
                     }
-                    Some(Set {
-                        kind: SetKind::Ports(family),
-                        elements: box_elements(boxes),
-                    })
+                    Some(ports_set(boxes, family))
                 };
                 (Some(src), dst)
             }
@@ -604,6 +711,12 @@ impl Rule {
 }
 
 impl Field {
+    pub fn family(self) -> Family {
+        match self {
+            Field::Saddr(f) | Field::Daddr(f) | Field::DaddrPort(f) | Field::SaddrDaddr(f) => f,
+        }
+    }
+
     pub fn render(self) -> &'static str {
         match self {
             Field::Saddr(Family::V4) => "ip saddr",
@@ -612,6 +725,8 @@ impl Field {
             Field::Daddr(Family::V6) => "ip6 daddr",
             Field::DaddrPort(Family::V4) => "ip daddr . meta l4proto . th dport",
             Field::DaddrPort(Family::V6) => "ip6 daddr . meta l4proto . th dport",
+            Field::SaddrDaddr(Family::V4) => "ip saddr . ip daddr",
+            Field::SaddrDaddr(Family::V6) => "ip6 saddr . ip6 daddr",
         }
     }
 }
@@ -621,6 +736,9 @@ impl Expr {
         match self {
             Expr::CtEstablished => "ct state established,related".into(),
             Expr::CtInvalid => "ct state invalid".into(),
+            Expr::NeighbourDiscovery => {
+                "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }".into()
+            }
             Expr::InSet { field, set } => format!("{} @{set}", field.render()),
             Expr::Count { field, set } => format!("update @{set} {{ {} }}", field.render()),
             Expr::Limit(n) => format!("limit rate {n}/second"),
@@ -646,9 +764,46 @@ fn render_addr_range(lo: IpAddr, hi: IpAddr) -> String {
 }
 
 impl Element {
+    /// Whether the element holds what `field` takes from a packet (`src`, `dst`, the
+    /// protocol and destination port), as the kernel's lookup does.
+    pub fn matches(
+        &self,
+        field: Field,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> bool {
+        let within = |lo: IpAddr, hi: IpAddr, ip: IpAddr| {
+            lo.is_ipv4() == ip.is_ipv4()
+                && (ranges::to_int(lo)..=ranges::to_int(hi)).contains(&ranges::to_int(ip))
+        };
+        let addr = match field {
+            Field::Saddr(_) | Field::SaddrDaddr(_) => src,
+            Field::Daddr(_) | Field::DaddrPort(_) => dst,
+        };
+        match (*self, field) {
+            (Element::Addr(ip), Field::Saddr(_) | Field::Daddr(_)) => ip == addr,
+            (Element::Range { lo, hi }, Field::Saddr(_) | Field::Daddr(_)) => within(lo, hi, addr),
+            (Element::Pair(a, b), Field::SaddrDaddr(_)) => a == src && b == dst,
+            (
+                Element::Ports {
+                    lo,
+                    hi,
+                    protocol: p,
+                    port_lo,
+                    port_hi,
+                },
+                Field::DaddrPort(_),
+            ) => within(lo, hi, dst) && p == protocol && (port_lo..=port_hi).contains(&port),
+            _ => false,
+        }
+    }
+
     pub fn render(&self) -> String {
         match *self {
             Element::Addr(ip) => ip.to_string(),
+            Element::Pair(a, b) => format!("{a} . {b}"),
             Element::Range { lo, hi } => render_addr_range(lo, hi),
             Element::Ports {
                 lo,
@@ -681,6 +836,7 @@ impl SetKind {
         };
         match self {
             SetKind::Addrs(f) => format!("type {};", addr(f)),
+            SetKind::Pairs(f) => format!("type {} . {};", addr(f), addr(f)),
             SetKind::Ranges(f) => format!("type {}; flags interval;", addr(f)),
             SetKind::Ports(f) => format!(
                 "type {} . inet_proto . inet_service; flags interval;",
@@ -741,12 +897,12 @@ impl Set {
 
 impl Chain {
     pub(crate) fn render_add(&self, name: &str) -> String {
-        if self.forward_hook {
-            format!(
-                "add chain inet {TABLE} {name} {{ type filter hook forward priority filter; policy accept; }}\n"
-            )
-        } else {
-            format!("add chain inet {TABLE} {name}\n")
+        match self.hook {
+            Some(h) => format!(
+                "add chain inet {TABLE} {name} {{ type filter hook {} priority filter; policy accept; }}\n",
+                h.name()
+            ),
+            None => format!("add chain inet {TABLE} {name}\n"),
         }
     }
 

@@ -68,7 +68,7 @@ pub fn plan(current: &Ruleset, desired: &Ruleset) -> Script {
                 flushed.push(name.as_str());
                 deleted_chains.push(name.as_str());
             }
-            Some(want) if want.forward_hook != cur.forward_hook => {
+            Some(want) if want.hook != cur.hook => {
                 // Made anew below, and filled then.
                 flushed.push(name.as_str());
                 deleted_chains.push(name.as_str());

@@ -36,6 +36,21 @@ pub struct Endpoint<'a> {
     pub ip: Option<IpAddr>,
 }
 
+impl<'a> Endpoint<'a> {
+    /// The end of a connection seen only by its address (a conntrack entry, a log line):
+    /// the pod holding `ip` when there is one (a host-network pod shares its node's
+    /// address, so it is never chosen), or the bare address.
+    pub fn of_ip(cluster: &'a Cluster, ip: IpAddr) -> Endpoint<'a> {
+        Endpoint {
+            pod: cluster
+                .pods
+                .iter()
+                .find(|p| !p.host_network && p.ips.contains(&ip)),
+            ip: Some(ip),
+        }
+    }
+}
+
 /// A rule of a policy, as an explanation names it: `x/allow-web ingress[0]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleRef {

@@ -15,10 +15,18 @@
 //!   chain forward   hook forward, priority filter, policy accept
 //!     ct state established,related accept
 //!     ct state invalid drop
+//!     icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
+//!     ip  saddr . ip  daddr @self4 accept       (a local pod to itself, via a Service)
+//!     ip6 saddr . ip6 daddr @self6 accept
 //!     ip  saddr @egress_isolated4  jump egress
 //!     ip6 saddr @egress_isolated6  jump egress
 //!     ip  daddr @ingress_isolated4 jump ingress
 //!     ip6 daddr @ingress_isolated6 jump ingress
+//!   chain input     hook input, priority filter, policy accept
+//!     ct state established,related accept
+//!     icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
+//!     ip  saddr @egress_isolated4  jump egress   (a local pod to this node's addresses)
+//!     ip6 saddr @egress_isolated6  jump egress
 //!   chain egress    one rule per (policy egress rule, family), `return` on a match
 //!     ip saddr @eg_<ns>_<policy>_<i>_src4 [ip daddr @eg_..._dst4 | ip daddr . meta l4proto . th dport @eg_..._dst4] counter return
 //!     ...
@@ -47,8 +55,18 @@
 //! - `denied_<dir><4|6>` are dynamic sets with a counter per local pod address (elements
 //!   expire after an hour without denials); denials go to NFLOG group [`DENY_LOG_GROUP`]
 //!   at most [`DENY_LOG_RATE`] a second per direction.
-//! - Set names: `<in|eg>_<namespace>_<policy>_<rule index>_<src|dst><4|6>`; when longer than
-//!   255 characters, `<ns>_<policy>` becomes `h` and a 64-bit FNV-1a hash of `ns/policy`.
+//! - Traffic the node itself sends to a pod (kubelet probes) takes the output hook and is
+//!   never filtered, as Kubernetes requires; replies to it are `established`. A local pod's
+//!   traffic to the node's own addresses takes the input hook and gets the egress check.
+//!   This assumes kube-proxy in iptables or nftables mode (DNAT in prerouting); in IPVS
+//!   mode the input chain would see Service addresses before IPVS rewrites them.
+//! - IPv6 neighbour solicitations and advertisements (untracked by conntrack) always pass:
+//!   without them an isolated pod could not resolve its gateway or a neighbour pod.
+//! - `ct state invalid drop` applies to every forwarded packet, policy or not.
+//! - Set names: `<in|eg>_<namespace>_<policy>_<rule index>_<src|dst><4|6>` (nft allows 255
+//!   characters, checked on nft 1.0.6); when longer, or when a name is not a DNS name,
+//!   `<ns>_<policy>` becomes `h` and a 64-bit FNV-1a hash of `ns/policy`. Rule comments
+//!   (`ns/policy ingress[i]`) are left out in that case too.
 //!   Every rule of every policy has its sets and rule on every node, whether it selects a
 //!   local pod or not, so pod churn and relabelling change set elements only.
 //!

@@ -11,7 +11,9 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use crate::desired::{Chain, Element, Expr, Field, Rule, Ruleset, Set, SetKind, Verdict, TABLE};
+use crate::desired::{
+    Chain, Element, Expr, Field, Hook, Rule, Ruleset, Set, SetKind, Verdict, TABLE,
+};
 use crate::model::Protocol;
 use crate::ranges::{AddrRange, Family};
 
@@ -67,21 +69,24 @@ impl Ruleset {
                     rs.sets.insert(name()?, set);
                 }
                 "chain" => {
-                    let forward_hook = match (body.get("hook"), body.get("type")) {
-                        (None, None) => false,
+                    let hook = match (body.get("hook"), body.get("type")) {
+                        (None, None) => None,
                         _ if body["type"] == "filter"
-                            && body["hook"] == "forward"
                             && body["prio"] == 0
                             && body["policy"] == "accept" =>
                         {
-                            true
+                            match body["hook"].as_str() {
+                                Some("forward") => Some(Hook::Forward),
+                                Some("input") => Some(Hook::Input),
+                                _ => return Err(unknown("base chain", body)),
+                            }
                         }
                         _ => return Err(unknown("base chain", body)),
                     };
                     rs.chains.insert(
                         name()?,
                         Chain {
-                            forward_hook,
+                            hook,
                             rules: Vec::new(),
                         },
                     );
@@ -141,6 +146,9 @@ fn parse_set(body: &Value) -> Result<Set, ListingError> {
         match parts.as_slice() {
             [a, p, s] if p == "inet_proto" && s == "inet_service" && flags.contains("interval") => {
                 SetKind::Ports(family_of_type(a).ok_or_else(|| unknown("set type", body))?)
+            }
+            [a, b] if a == b && flags.is_empty() => {
+                SetKind::Pairs(family_of_type(a).ok_or_else(|| unknown("set type", body))?)
             }
             _ => return Err(unknown("set type", body)),
         }
@@ -219,6 +227,13 @@ fn parse_element(kind: SetKind, e: &Value) -> Option<Element> {
                 port_hi,
             })
         }
+        SetKind::Pairs(_) => match e.get("concat")?.as_array()?.as_slice() {
+            [a, b] => Some(Element::Pair(
+                a.as_str()?.parse().ok()?,
+                b.as_str()?.parse().ok()?,
+            )),
+            _ => None,
+        },
         SetKind::Counters(_) => None,
     }
 }
@@ -243,6 +258,10 @@ fn field_of(left: &Value) -> Option<Field> {
         });
     }
     let parts = left.get("concat")?.as_array()?;
+    if let [a, b] = parts.as_slice() {
+        let ((fa, sa), (fb, sb)) = (payload_addr(a)?, payload_addr(b)?);
+        return (fa == fb && sa == "saddr" && sb == "daddr").then_some(Field::SaddrDaddr(fa));
+    }
     let [a, m, t] = parts.as_slice() else {
         return None;
     };
@@ -290,6 +309,19 @@ fn parse_rule(body: &Value) -> Result<Rule, ListingError> {
                         } else {
                             return Err(bad());
                         });
+                } else if left["payload"]["protocol"] == "icmpv6"
+                    && left["payload"]["field"] == "type"
+                {
+                    let types: BTreeSet<&str> = right["set"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    if types != BTreeSet::from(["nd-neighbor-solicit", "nd-neighbor-advert"]) {
+                        return Err(bad());
+                    }
+                    rule.exprs.push(Expr::NeighbourDiscovery);
                 } else if v["op"] == "==" {
                     let field = field_of(left).ok_or_else(bad)?;
                     let set = set_ref(right).ok_or_else(bad)?;

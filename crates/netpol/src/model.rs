@@ -11,6 +11,7 @@
 //!   the whole policy is dropped (the API server rejects such objects, so this is only
 //!   defence against a lying or broken source).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -371,32 +372,40 @@ impl Policy {
                 }
             }
         }
-        let ingress = ingress_on.then(|| {
+        // Both directions' rules: (index, peers, ports) with the field names of the API.
+        let mut rules = |on: bool, dir: &str, peers_key: &str, list: Vec<RawRule<'_>>| {
+            on.then(|| {
+                list.into_iter()
+                    .enumerate()
+                    .filter_map(|(i, (peers, ports))| {
+                        let f = format!("spec.{dir}[{i}]");
+                        convert_rule(i, peers, ports, &f, peers_key)
+                            .map_err(|(f, r)| errors.push(err(f, r)))
+                            .ok()
+                    })
+                    .collect()
+            })
+        };
+        let ingress = rules(
+            ingress_on,
+            "ingress",
+            "from",
             spec.ingress
                 .iter()
                 .flatten()
-                .enumerate()
-                .filter_map(|(i, r)| {
-                    let f = format!("spec.ingress[{i}]");
-                    convert_rule(i, r.from.as_deref(), r.ports.as_deref(), &f, "from")
-                        .map_err(|(f, r)| errors.push(err(f, r)))
-                        .ok()
-                })
-                .collect()
-        });
-        let egress = egress_on.then(|| {
+                .map(|r| (r.from.as_deref(), r.ports.as_deref()))
+                .collect(),
+        );
+        let egress = rules(
+            egress_on,
+            "egress",
+            "to",
             spec.egress
                 .iter()
                 .flatten()
-                .enumerate()
-                .filter_map(|(i, r)| {
-                    let f = format!("spec.egress[{i}]");
-                    convert_rule(i, r.to.as_deref(), r.ports.as_deref(), &f, "to")
-                        .map_err(|(f, r)| errors.push(err(f, r)))
-                        .ok()
-                })
-                .collect()
-        });
+                .map(|r| (r.to.as_deref(), r.ports.as_deref()))
+                .collect(),
+        );
         let policy = Policy {
             namespace,
             name,
@@ -409,6 +418,12 @@ impl Policy {
 }
 
 type FieldError = (String, String);
+
+/// A rule's peers and ports as the API object holds them.
+type RawRule<'a> = (
+    Option<&'a [net::NetworkPolicyPeer]>,
+    Option<&'a [net::NetworkPolicyPort]>,
+);
 
 fn convert_rule(
     index: usize,
@@ -459,8 +474,9 @@ fn convert_peer(p: &net::NetworkPolicyPeer, field: &str) -> Result<PolicyPeer, F
             if net.is_ipv4() != cidr.is_ipv4() {
                 return Err((f, format!("{e} is not of the family of cidr {cidr}")));
             }
-            if !(net.prefix() >= cidr.prefix() && cidr.contains(net.network())) {
-                return Err((f, format!("{e} is not inside cidr {cidr}")));
+            // As the API: a strict subset of the cidr.
+            if !(net.prefix() > cidr.prefix() && cidr.contains(net.network())) {
+                return Err((f, format!("{e} is not strictly inside cidr {cidr}")));
             }
             except.push(net);
         }
@@ -560,7 +576,11 @@ pub fn namespace_from_k8s(ns: &core::Namespace) -> Result<(String, Labels), Mode
 impl Pod {
     /// Converts a pod: addresses from `status.podIPs` (or `status.podIP`), ports from
     /// `spec.containers[].ports`. A pod in phase Succeeded or Failed gets no addresses.
-    pub fn from_k8s(pod: &core::Pod) -> Result<Pod, ModelError> {
+    ///
+    /// A bad address or container port is reported and left out while the pod stays:
+    /// dropping the pod would leave it unselected, so unisolated (fail open). The pod is
+    /// absent only without a namespace or name.
+    pub fn from_k8s(pod: &core::Pod) -> (Option<Pod>, Vec<ModelError>) {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let err = |field: String, reason: String| ModelError {
@@ -570,11 +590,10 @@ impl Pod {
             reason,
         };
         if namespace.is_empty() || name.is_empty() {
-            return Err(err(
-                "metadata".into(),
-                "namespace and name are required".into(),
-            ));
+            let e = err("metadata".into(), "namespace and name are required".into());
+            return (None, vec![e]);
         }
+        let mut errors = Vec::new();
         let status = pod.status.as_ref();
         let terminal = status
             .and_then(|s| s.phase.as_deref())
@@ -594,11 +613,10 @@ impl Pod {
         let mut ips = Vec::new();
         if !terminal {
             for (field, s) in raw {
-                let ip: IpAddr = s
-                    .parse()
-                    .map_err(|_| err(field, format!("{s:?} is not an IP address")))?;
-                if !ips.contains(&ip) {
-                    ips.push(ip);
+                match s.parse::<IpAddr>() {
+                    Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                    Ok(_) => {}
+                    Err(_) => errors.push(err(field, format!("{s:?} is not an IP address"))),
                 }
             }
         }
@@ -612,25 +630,24 @@ impl Pod {
         {
             for (pi, p) in c.ports.iter().flatten().enumerate() {
                 let field = format!("spec.containers[{ci}].ports[{pi}]");
-                let port = u16::try_from(p.container_port)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        err(
-                            format!("{field}.containerPort"),
-                            format!("{} is not in 1..65535", p.container_port),
-                        )
-                    })?;
-                let protocol = Protocol::parse(p.protocol.as_deref())
-                    .map_err(|r| err(format!("{field}.protocol"), r))?;
-                ports.push(ContainerPort {
-                    name: p.name.clone(),
-                    port,
-                    protocol,
-                });
+                let Some(port) = u16::try_from(p.container_port).ok().filter(|n| *n > 0) else {
+                    errors.push(err(
+                        format!("{field}.containerPort"),
+                        format!("{} is not in 1..65535", p.container_port),
+                    ));
+                    continue;
+                };
+                match Protocol::parse(p.protocol.as_deref()) {
+                    Ok(protocol) => ports.push(ContainerPort {
+                        name: p.name.clone(),
+                        port,
+                        protocol,
+                    }),
+                    Err(r) => errors.push(err(format!("{field}.protocol"), r)),
+                }
             }
         }
-        Ok(Pod {
+        let pod = Pod {
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             ips,
             node: spec.and_then(|s| s.node_name.clone()),
@@ -638,7 +655,8 @@ impl Pod {
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             namespace,
             name,
-        })
+        };
+        (Some(pod), errors)
     }
 }
 
@@ -648,6 +666,15 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<Pod>,
     pub policies: Vec<Policy>,
+}
+
+fn duplicate(kind: &'static str, object: &str) -> ModelError {
+    ModelError {
+        kind,
+        object: object.into(),
+        field: "metadata.name".into(),
+        reason: "a second object of this namespace and name; the first one is used".into(),
+    }
 }
 
 impl Cluster {
@@ -668,27 +695,45 @@ impl Cluster {
                 Err(e) => errors.push(e),
             }
         }
+        let mut seen = BTreeSet::new();
         for pod in pods {
-            match Pod::from_k8s(pod) {
-                Ok(p) => cluster.pods.push(p),
-                Err(e) => errors.push(e),
+            let (p, errs) = Pod::from_k8s(pod);
+            errors.extend(errs);
+            if let Some(p) = p {
+                if seen.insert(p.key()) {
+                    cluster.pods.push(p);
+                } else {
+                    errors.push(duplicate("Pod", &p.key().to_string()));
+                }
             }
         }
+        // Set names and explanations are keyed by `ns/name`: a second object of one key
+        // (never sent by the API server) is reported and left out.
+        let mut seen = BTreeSet::new();
         for np in policies {
             let (p, errs) = Policy::from_k8s(np);
             errors.extend(errs);
-            cluster.policies.extend(p);
+            if let Some(p) = p {
+                if seen.insert(p.id()) {
+                    cluster.policies.push(p);
+                } else {
+                    errors.push(duplicate("NetworkPolicy", &p.id()));
+                }
+            }
         }
         (cluster, errors)
     }
 
     /// The labels of a namespace; one the snapshot does not hold yet is taken to carry only
     /// the name label the API server would give it.
-    pub fn namespace_labels(&self, ns: &str) -> Labels {
-        self.namespaces
-            .get(ns)
-            .cloned()
-            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())]))
+    pub fn namespace_labels(&self, ns: &str) -> Cow<'_, Labels> {
+        match self.namespaces.get(ns) {
+            Some(l) => Cow::Borrowed(l),
+            None => Cow::Owned(Labels::from([(
+                NAMESPACE_NAME_LABEL.to_string(),
+                ns.to_string(),
+            )])),
+        }
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {

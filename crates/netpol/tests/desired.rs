@@ -206,7 +206,7 @@ fn isolated_and_selected_sets_hold_only_local_pods_and_peers_are_cluster_wide() 
         ] {
             for e in &d.sets[name].elements {
                 let ip = match e {
-                    Element::Addr(ip) => *ip,
+                    Element::Addr(ip) | Element::Pair(ip, _) => *ip,
                     Element::Ports { lo, .. } => *lo,
                     Element::Range { lo, .. } => *lo,
                 };
@@ -347,11 +347,21 @@ fn scripts_create_before_use_and_never_flush_the_table() {
         .iter()
         .filter(|c| c.starts_with("add rule inet ferry_policy forward"))
         .collect();
-    assert_eq!(fwd.len(), 6);
+    assert_eq!(fwd.len(), 9);
     assert!(fwd[0].ends_with("ct state established,related accept"));
     assert!(fwd[1].ends_with("ct state invalid drop"));
-    assert!(fwd[2].ends_with("ip saddr @egress_isolated4 jump egress"));
-    assert!(fwd[5].ends_with("ip6 daddr @ingress_isolated6 jump ingress"));
+    assert!(fwd[2].ends_with("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept"));
+    assert!(fwd[3].ends_with("ip saddr . ip daddr @self4 accept"));
+    assert!(fwd[5].ends_with("ip saddr @egress_isolated4 jump egress"));
+    assert!(fwd[8].ends_with("ip6 daddr @ingress_isolated6 jump ingress"));
+    let input: Vec<&String> = first
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("add rule inet ferry_policy input"))
+        .collect();
+    assert_eq!(input.len(), 4, "{input:?}");
+    assert!(input[2].ends_with("ip saddr @egress_isolated4 jump egress"));
+    assert!(first.commands.contains(&"add chain inet ferry_policy input { type filter hook input priority filter; policy accept; }".to_string()));
     let replace = Script::replace(&d);
     assert_eq!(
         &replace.commands[..3],

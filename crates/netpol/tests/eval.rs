@@ -55,31 +55,9 @@ fn ip_block_except_and_pod_addresses() {
     assert!(!allowed("10.3.0.1"));
     assert!(allowed("fd00::2:1"));
     assert!(!allowed("fd00::2:2"));
-    let v4 = netpol::Cluster {
-        pods: c
-            .pods
-            .iter()
-            .cloned()
-            .map(|mut p| {
-                p.ips.retain(|ip| ip.is_ipv4());
-                p
-            })
-            .collect(),
-        ..c.clone()
-    };
+    let v4 = support::only_family(&c, true);
     check_probe(&v4, 80, Tcp, &[("*", "x/a", false), ("y/a", "x/a", true)]);
-    let v6 = netpol::Cluster {
-        pods: c
-            .pods
-            .iter()
-            .cloned()
-            .map(|mut p| {
-                p.ips.retain(|ip| ip.is_ipv6());
-                p
-            })
-            .collect(),
-        ..c
-    };
+    let v6 = support::only_family(&c, false);
     check_probe(&v6, 80, Tcp, &[("*", "x/a", false), ("y/a", "x/a", true)]);
 }
 
@@ -276,14 +254,29 @@ fn host_network_pods_are_neither_selected_nor_matched_by_selectors() {
 
 #[test]
 fn ipv6_only_pods_are_handled_like_ipv4_ones() {
-    let mut c = world(&["x/a", "x/b", "y/a"], &[80], &[Tcp]);
-    for p in &mut c.pods {
-        p.ips.retain(|ip| ip.is_ipv6());
-    }
+    let c = world(&["x/a", "x/b", "y/a"], &[80], &[Tcp]);
+    let mut c = support::only_family(&c, false);
     c.policies.push(policy(
         "x",
         "b-only",
         json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
     ));
     check_probe(&c, 80, Tcp, &[("*", "x/a", false), ("x/b", "x/a", true)]);
+}
+
+#[test]
+fn endpoints_found_by_address_give_the_pod_verdict() {
+    let mut c = world(&["x/a", "y/a"], &[80], &[Tcp]);
+    c.policies.push(policy(
+        "x",
+        "from-y",
+        json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+    ));
+    let by_ip = |ip: &str| Endpoint::of_ip(&c, ip.parse().unwrap());
+    // y/a (10.2.0.1) -> x/a (10.1.0.1): as pods, allowed; an unknown source is not.
+    assert!(by_ip("10.2.0.1").pod.is_some());
+    assert!(verdict_at(&c, by_ip("10.2.0.1"), by_ip("10.1.0.1"), Tcp, 80).allowed);
+    assert!(verdict_at(&c, by_ip("fd00::2:1"), by_ip("fd00::1:1"), Tcp, 80).allowed);
+    assert!(by_ip("10.9.9.9").pod.is_none());
+    assert!(!verdict_at(&c, by_ip("10.9.9.9"), by_ip("10.1.0.1"), Tcp, 80).allowed);
 }

@@ -126,31 +126,9 @@ fn egress_ip_block_except() {
     // The policy is IPv4 only: x/a's IPv6 egress is isolated and allowed nowhere, which the
     // IPv4-only upstream case does not probe; check_probe walks both families, so the
     // IPv6 side gets its own expectation below.
-    let v4_only = netpol::Cluster {
-        pods: c
-            .pods
-            .iter()
-            .cloned()
-            .map(|mut p| {
-                p.ips.retain(|ip| ip.is_ipv4());
-                p
-            })
-            .collect(),
-        ..c.clone()
-    };
+    let v4_only = support::only_family(&c, true);
     check_probe(&v4_only, 80, Tcp, &[("x/a", "x/b", false)]);
-    let v6_only = netpol::Cluster {
-        pods: c
-            .pods
-            .iter()
-            .cloned()
-            .map(|mut p| {
-                p.ips.retain(|ip| ip.is_ipv6());
-                p
-            })
-            .collect(),
-        ..c
-    };
+    let v6_only = support::only_family(&c, false);
     check_probe(&v6_only, 80, Tcp, &[("x/a", "*", false)]);
 }
 

@@ -142,12 +142,17 @@ fn invalid_rules_are_named_and_dropped() {
     broken_rule(
         json!({"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24"]}}]}),
         "spec.ingress[1].from[0].ipBlock.except[0]",
-        "not inside",
+        "strictly inside",
+    );
+    broken_rule(
+        json!({"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.0/16"]}}]}),
+        "spec.ingress[1].from[0].ipBlock.except[0]",
+        "not strictly inside",
     );
     broken_rule(
         json!({"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.0/8"]}}]}),
         "spec.ingress[1].from[0].ipBlock.except[0]",
-        "not inside",
+        "strictly inside",
     );
     broken_rule(
         json!({"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["fd00::/64"]}}]}),
@@ -278,7 +283,9 @@ fn pods_take_addresses_from_status_and_ports_from_containers() {
         "status": {"podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}]},
     }))
     .unwrap();
-    let p = Pod::from_k8s(&pod).unwrap();
+    let (p, errors) = Pod::from_k8s(&pod);
+    assert!(errors.is_empty(), "{errors:?}");
+    let p = p.unwrap();
     assert_eq!(
         p.ips,
         vec![
@@ -302,25 +309,37 @@ fn pods_take_addresses_from_status_and_ports_from_containers() {
     let only_ip: K8sPod = serde_json::from_value(json!({
         "metadata": {"namespace": "x", "name": "b"}, "status": {"podIP": "10.0.0.6"}}))
     .unwrap();
-    assert_eq!(Pod::from_k8s(&only_ip).unwrap().ips.len(), 1);
+    assert_eq!(Pod::from_k8s(&only_ip).0.unwrap().ips.len(), 1);
     let done: K8sPod = serde_json::from_value(json!({
         "metadata": {"namespace": "x", "name": "c"},
         "status": {"phase": "Succeeded", "podIP": "10.0.0.7"}}))
     .unwrap();
     assert!(
-        Pod::from_k8s(&done).unwrap().ips.is_empty(),
+        Pod::from_k8s(&done).0.unwrap().ips.is_empty(),
         "its address may be reused"
     );
+    // Lies are reported and left out, the pod stays (dropping it would unisolate it).
     let lie: K8sPod = serde_json::from_value(json!({
-        "metadata": {"namespace": "x", "name": "d"}, "status": {"podIPs": [{"ip": "10.0.0.300"}]}}))
-    .unwrap();
-    let e = Pod::from_k8s(&lie).unwrap_err();
+        "metadata": {"namespace": "x", "name": "d", "labels": {"pod": "d"}},
+        "spec": {"containers": [{"name": "c", "ports": [
+            {"containerPort": 0}, {"containerPort": 80, "protocol": "ICMP"}, {"containerPort": 81, "name": "ok"}]}]},
+        "status": {"podIPs": [{"ip": "10.0.0.300"}, {"ip": "10.0.0.8"}]}})).unwrap();
+    let (p, e) = Pod::from_k8s(&lie);
+    let p = p.unwrap();
+    assert_eq!(p.ips, vec!["10.0.0.8".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(p.ports.len(), 1);
+    let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(
-        (e.object.as_str(), e.field.as_str()),
-        ("x/d", "status.podIPs[0].ip")
+        fields,
+        [
+            "status.podIPs[0].ip",
+            "spec.containers[0].ports[0].containerPort",
+            "spec.containers[0].ports[1].protocol"
+        ]
     );
+    assert!(e.iter().all(|e| e.object == "x/d"));
     let nameless: K8sPod = serde_json::from_value(json!({"metadata": {}})).unwrap();
-    assert!(Pod::from_k8s(&nameless).is_err());
+    assert!(Pod::from_k8s(&nameless).0.is_none());
 }
 
 #[test]
@@ -358,4 +377,18 @@ fn policies_without_names_or_spec_are_reported() {
         serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "n"}})).unwrap();
     let (p, e) = Policy::from_k8s(&no_spec);
     assert!(p.is_none() && e[0].field == "spec");
+}
+
+#[test]
+fn a_second_object_of_one_key_is_reported_and_left_out() {
+    let first = np("same", json!({"podSelector": {}}));
+    let second = np(
+        "same",
+        json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+    );
+    let (c, errors) = Cluster::from_k8s(&[], &[], &[first, second]);
+    assert_eq!(c.policies.len(), 1);
+    assert!(c.policies[0].ingress.is_some(), "the first one is used");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].object, "x/same");
 }

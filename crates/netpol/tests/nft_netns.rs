@@ -79,6 +79,35 @@ fn normalised(listing: &serde_json::Value) -> BTreeMap<String, serde_json::Value
     out
 }
 
+/// Applies the plan from `from` to `to` on the table holding `from`, then checks that the
+/// kernel holds exactly what a full load of `to` gives and what `to` reads back as.
+/// Returns the normalised table after the plan.
+fn plan_then_compare(
+    ns: &Netns,
+    from: &Ruleset,
+    to: &Ruleset,
+) -> BTreeMap<String, serde_json::Value> {
+    let text = plan(from, to).render();
+    assert!(
+        !text.contains("table"),
+        "a plan never touches the table:\n{text}"
+    );
+    nft_apply(ns, &text);
+    let after_plan = list_json(ns);
+    let read = Ruleset::parse_json(&after_plan.to_string()).unwrap();
+    assert!(
+        &read == to,
+        "the plan did not reach the desired ruleset:\n{text}"
+    );
+    nft_apply(ns, &Script::replace(to).render());
+    assert_eq!(
+        normalised(&after_plan),
+        normalised(&list_json(ns)),
+        "plan and full load differ; plan:\n{text}"
+    );
+    normalised(&after_plan)
+}
+
 fn cluster_v1() -> netpol::Cluster {
     let mut c = world(
         &["x/a", "x/b", "x/c", "y/a", "y/b", "z/a"],
@@ -209,34 +238,84 @@ fn full_load_then_plan_reach_the_desired_table() {
         json!({"podSelector": {}, "ingress": [{"ports": [{"port": 5432}]}]}),
     ));
     let d2 = Ruleset::compute(&c2, &LocalPods::on_node(&c2, "n0"));
-    let step = plan(&d1, &d2);
-    let text = step.render();
-    assert!(!text.contains("delete table"), "{text}");
-    nft_apply(&ns, &text);
-    let after_plan = list(&ns);
-    let after_plan_json = list_json(&ns);
-
-    // The same state as a full load of d2.
-    nft_apply(&ns, &Script::replace(&d2).render());
-    let full = list(&ns);
-    let n = normalised(&after_plan_json);
-    let elems = n["set \"eg_x_web_0_dst4\""]["elem"]
+    let after_plan = plan_then_compare(&ns, &d1, &d2);
+    let elems = after_plan["set \"eg_x_web_0_dst4\""]["elem"]
         .as_array()
         .map_or(0, Vec::len);
-    assert_eq!(elems, 6, "x/a, y/a, y/c on 53 and 81/udp:\n{full}");
-    assert_eq!(
-        normalised(&after_plan_json),
-        normalised(&list_json(&ns)),
-        "plan and full load differ; plan:\n{text}\nafter it:\n{after_plan}\nfull:\n{full}"
+    assert_eq!(elems, 6, "x/a, y/a, y/c on 53 and 81/udp");
+    assert!(
+        !after_plan.contains_key("set \"eg_x_web_1_src4\""),
+        "egress rule 1 went"
     );
-    assert!(!after_plan.contains("set in_y_deny-all"), "{after_plan}");
-    assert!(after_plan.contains("set in_z_new_0_dst4"), "{after_plan}");
+    assert!(after_plan.contains_key("set \"in_z_new_0_dst4\""));
 
-    let read = Ruleset::parse_json(&ns.sh("nft -j list table inet ferry_policy")).unwrap();
-    assert_eq!(read, d2);
+    // Peer ranges that grow over single pod addresses and shrink again: interval
+    // elements replaced by overlapping ones inside one transaction.
+    let mut c3 = c2.clone();
+    if let Some(rules) = c3.policies[0].ingress.as_mut() {
+        rules[1].peers.push(netpol::model::PolicyPeer::IpBlock {
+            cidr: "10.2.0.0/24".parse().unwrap(),
+            except: vec![],
+        });
+    }
+    let d3 = Ruleset::compute(&c3, &LocalPods::on_node(&c3, "n0"));
+    let grown = plan_then_compare(&ns, &d2, &d3);
+    assert_eq!(
+        grown["set \"in_x_web_1_src4\""]["elem"],
+        json!([{"prefix": {"addr": "10.2.0.0", "len": 24}}])
+    );
+    plan_then_compare(&ns, &d3, &d2);
 
     // Nothing to do when nothing changed.
     assert!(plan(&d2, &d2).is_empty());
+}
+
+/// Prints the prefix of every packet logged to NFLOG group argv[1], after `ready` once
+/// bound: the stand-in for the daemon's reader of denials (Python from the base system).
+const NFLOG_READER: &str = "import socket, struct, sys
+group = int(sys.argv[1])
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+s.bind((0, 0))
+body = struct.pack('BBH', 0, 0, socket.htons(group)) + struct.pack('HHB3x', 5, 1, 1)
+s.send(struct.pack('IHHII', 16 + len(body), (4 << 8) | 1, 5, 1, 0) + body)
+print('ready', flush=True)
+while True:
+    data = s.recv(65535)
+    off = 0
+    while off + 16 <= len(data):
+        ln, ty = struct.unpack_from('IH', data, off)
+        a = off + 20
+        while ty == 4 << 8 and a + 4 <= off + ln:
+            alen, atype = struct.unpack_from('HH', data, a)
+            if alen < 4:
+                break
+            if atype & 0x7fff == 10:
+                print(data[a + 4:a + alen].rstrip(bytes(1)).decode(), flush=True)
+            a += (alen + 3) & ~3
+        off += (ln + 3) & ~3
+";
+
+/// Server x/a and client y/b on node n0 at the given addresses; x/a takes TCP 80 (by its
+/// port name) from y/b only, y/b may send to TCP 80-81 only.
+fn two_pods_on_n0(a: [&str; 2], b: [&str; 2]) -> netpol::Cluster {
+    let mut c = world(&["x/a", "y/b"], &[80], &[Tcp]);
+    for (p, ips) in c.pods.iter_mut().zip([a, b]) {
+        p.ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        p.node = Some("n0".into());
+    }
+    c.policies.push(policy(
+        "x",
+        "a-from-b",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{
+            "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}],
+            "ports": [{"port": "serve-80-tcp"}]}]}),
+    ));
+    c.policies.push(policy(
+        "y",
+        "b-out",
+        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 80, "endPort": 81}]}]}),
+    ));
+    c
 }
 
 /// Real packets through a node namespace routing between a client and a server pod
@@ -249,7 +328,9 @@ fn forwarded_connections_get_the_policy_verdict() {
         return;
     }
     use ferry_tests::netns::link;
-    use ferry_tests::proc::{connect, echo_peer_server_on};
+    use ferry_tests::proc::{connect, echo_peer_server_on, wait_until, Bg};
+    use netpol::DENY_LOG_GROUP;
+    use std::time::Duration;
 
     let node = Netns::new("npnd");
     let cli = Netns::new("npcl");
@@ -281,26 +362,21 @@ fn forwarded_connections_get_the_policy_verdict() {
         .map(|p| echo_peer_server_on(&srv, "::", *p))
         .collect();
 
-    let mut c = world(&["x/a", "y/b"], &[80], &[Tcp]);
-    c.pods[0].ips = vec!["10.1.0.1".parse().unwrap(), "fd00::1:1".parse().unwrap()];
-    c.pods[1].ips = vec!["10.2.0.1".parse().unwrap(), "fd00::2:1".parse().unwrap()];
-    for p in &mut c.pods {
-        p.node = Some("n0".into());
-    }
-    c.policies.push(policy(
-        "x",
-        "a-from-b",
-        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{
-            "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}],
-            "ports": [{"port": "serve-80-tcp"}]}]}),
-    ));
-    c.policies.push(policy(
-        "y",
-        "b-out",
-        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 80, "endPort": 81}]}]}),
-    ));
+    let c = two_pods_on_n0(["10.1.0.1", "fd00::1:1"], ["10.2.0.1", "fd00::2:1"]);
     let d1 = Ruleset::compute(&c, &LocalPods::on_node(&c, "n0"));
     nft_apply(&node, &plan(&Ruleset::default(), &d1).render());
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _reader = Bg::spawn_logged(
+        &node,
+        &format!("python3 -c \"{NFLOG_READER}\" {DENY_LOG_GROUP}"),
+        log.path(),
+    );
+    let logged = || std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(5), || logged().contains("ready")),
+        "NFLOG reader: {}",
+        logged()
+    );
 
     for dst in ["10.1.0.1", "fd00::1:1"] {
         assert!(
@@ -314,6 +390,14 @@ fn forwarded_connections_get_the_policy_verdict() {
         assert!(
             connect(&cli, dst, 82).is_none(),
             "{dst}:82: y/b's egress denies"
+        );
+    }
+    // Denials are logged to the NFLOG group with their direction.
+    for prefix in ["ferry-deny-ingress ", "ferry-deny-egress "] {
+        assert!(
+            wait_until(Duration::from_secs(5), || logged().contains(prefix)),
+            "no {prefix:?} on NFLOG group {DENY_LOG_GROUP}: {}",
+            logged()
         );
     }
     // Denials are counted per local pod address and direction.
@@ -353,4 +437,70 @@ fn forwarded_connections_get_the_policy_verdict() {
     nft_apply(&node, &step.render());
     assert!(connect(&cli, "10.1.0.1", 80).is_none());
     assert!(connect(&cli, "fd00::1:1", 80).is_none());
+}
+
+/// Two pods of one node on a bridge, as ferry wires them, with br_netfilter handing bridged
+/// packets to the inet hooks: same-node traffic gets the policy verdict, IPv6 neighbour
+/// discovery between the pods and with the gateway still works for isolated pods, and a
+/// pod's egress to the node's own address is decided by the `input` chain.
+#[test]
+fn bridged_pods_of_one_node_and_the_node_itself() {
+    if !ferry_tests::root_or_skip("bridged_pods_of_one_node_and_the_node_itself") {
+        return;
+    }
+    use ferry_tests::proc::{connect, echo_peer_server_on};
+
+    let node = Netns::new("npbn");
+    let pa = Netns::new("npba");
+    let pb = Netns::new("npbb");
+    node.sh(
+        "sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 && \
+         ip link add br0 type bridge && ip link set br0 up && \
+         ip addr add 10.1.0.254/24 dev br0 && ip addr add fd00::1:fffe/112 dev br0 nodad",
+    );
+    for (pod, host_if, v4, v6) in [
+        (&pa, "va", "10.1.0.1", "fd00::1:1"),
+        (&pb, "vb", "10.1.0.2", "fd00::1:2"),
+    ] {
+        node.sh(&format!(
+            "ip link add {host_if} type veth peer name eth0 netns {} && ip link set {host_if} master br0 up",
+            pod.name
+        ));
+        pod.sh(&format!(
+            "ip addr add {v4}/24 dev eth0 && ip addr add {v6}/112 dev eth0 nodad && ip link set eth0 up && \
+             ip route add default via 10.1.0.254 && ip -6 route add default via fd00::1:fffe"
+        ));
+    }
+    let _servers: Vec<_> = [80, 81]
+        .iter()
+        .map(|p| echo_peer_server_on(&pa, "::", *p))
+        .chain(
+            [81, 82]
+                .iter()
+                .map(|p| echo_peer_server_on(&node, "::", *p)),
+        )
+        .collect();
+
+    let c = two_pods_on_n0(["10.1.0.1", "fd00::1:1"], ["10.1.0.2", "fd00::1:2"]);
+    let d = Ruleset::compute(&c, &LocalPods::on_node(&c, "n0"));
+    nft_apply(&node, &plan(&Ruleset::default(), &d).render());
+
+    for (a, gw) in [("10.1.0.1", "10.1.0.254"), ("fd00::1:1", "fd00::1:fffe")] {
+        assert!(
+            connect(&pb, a, 80).is_some(),
+            "b -> a {a}:80 over the bridge"
+        );
+        assert!(
+            connect(&pb, a, 81).is_none(),
+            "b -> a {a}:81: a's ingress denies"
+        );
+        assert!(
+            connect(&pb, gw, 81).is_some(),
+            "b -> node {gw}:81: b's egress allows"
+        );
+        assert!(
+            connect(&pb, gw, 82).is_none(),
+            "b -> node {gw}:82: b's egress denies (input hook)"
+        );
+    }
 }

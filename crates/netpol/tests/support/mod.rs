@@ -6,9 +6,9 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use netpol::desired::{Element, Expr, Field, Ruleset, Verdict as NftVerdict};
+use netpol::desired::{Expr, Field, Ruleset, Verdict as NftVerdict};
 use netpol::model::{ContainerPort, Labels, Pod, Policy, Protocol};
-use netpol::ranges::{to_int, Family};
+use netpol::ranges::Family;
 use netpol::{verdict, Cluster, LocalPods, Peer};
 
 pub const NODES: [&str; 3] = ["n0", "n1", "n2"];
@@ -70,6 +70,15 @@ pub fn policy(ns: &str, name: &str, spec: serde_json::Value) -> Policy {
     let (p, errors) = Policy::from_k8s(&np);
     assert!(errors.is_empty(), "{errors:?}");
     p.unwrap()
+}
+
+/// The cluster with each pod's addresses of one family only.
+pub fn only_family(c: &Cluster, v4: bool) -> Cluster {
+    let mut c = c.clone();
+    for p in &mut c.pods {
+        p.ips.retain(|ip| ip.is_ipv4() == v4);
+    }
+    c
 }
 
 pub fn pod<'a>(c: &'a Cluster, key: &str) -> &'a Pod {
@@ -174,7 +183,8 @@ pub fn walk(rs: &Ruleset, pkt: &Packet) -> bool {
 fn walk_chain(rs: &Ruleset, chain: &str, pkt: &Packet) -> Option<NftVerdict> {
     for rule in &rs.chains[chain].rules {
         let all = rule.exprs.iter().all(|e| match e {
-            Expr::CtEstablished | Expr::CtInvalid => false,
+            // A connection's first TCP/UDP/SCTP packet: new, not ICMPv6.
+            Expr::CtEstablished | Expr::CtInvalid | Expr::NeighbourDiscovery => false,
             Expr::InSet { field, set } => in_set(rs, *field, set, pkt),
             Expr::Count { field, .. } => family_ok(*field, pkt),
             Expr::Limit(_) | Expr::Log { .. } | Expr::Counter => true,
@@ -195,37 +205,13 @@ fn walk_chain(rs: &Ruleset, chain: &str, pkt: &Packet) -> Option<NftVerdict> {
 }
 
 fn family_ok(field: Field, pkt: &Packet) -> bool {
-    let f = match field {
-        Field::Saddr(f) | Field::Daddr(f) | Field::DaddrPort(f) => f,
-    };
-    Family::of(pkt.src) == f
+    Family::of(pkt.src) == field.family()
 }
 
 fn in_set(rs: &Ruleset, field: Field, set: &str, pkt: &Packet) -> bool {
-    if !family_ok(field, pkt) {
-        return false;
-    }
-    let addr = match field {
-        Field::Saddr(_) => pkt.src,
-        Field::Daddr(_) | Field::DaddrPort(_) => pkt.dst,
-    };
-    let a = to_int(addr);
-    rs.sets[set].elements.iter().any(|e| match *e {
-        Element::Addr(ip) => ip == addr,
-        Element::Range { lo, hi } => to_int(lo) <= a && a <= to_int(hi),
-        Element::Ports {
-            lo,
-            hi,
-            protocol,
-            port_lo,
-            port_hi,
-        } => {
-            matches!(field, Field::DaddrPort(_))
-                && to_int(lo) <= a
-                && a <= to_int(hi)
-                && protocol == pkt.protocol
-                && port_lo <= pkt.port
-                && pkt.port <= port_hi
-        }
-    })
+    family_ok(field, pkt)
+        && rs.sets[set]
+            .elements
+            .iter()
+            .any(|e| e.matches(field, pkt.src, pkt.dst, pkt.protocol, pkt.port))
 }
