@@ -40,8 +40,9 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<String, Error> {
             &mut made_veth,
         ))
     });
+    let policy = pc.policy_hook();
     let covered = wired.and_then(|result| {
-        if let Some(hook) = &pc.policy {
+        if let Some(hook) = &policy {
             let ips = result
                 .ips
                 .iter()
@@ -54,7 +55,7 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<String, Error> {
     match covered {
         Ok(result) => Ok(result.to_json(&conf.cni_version)),
         Err(e) => {
-            if let Some(hook) = &pc.policy {
+            if let Some(hook) = &policy {
                 crate::policy::detach(hook, env);
             }
             undo(&addressing, made_veth.then_some(host_veth.as_str()));

@@ -18,7 +18,6 @@ struct Raw {
     state_dir: Option<PathBuf>,
     ipam: Option<Value>,
     dns: Option<Dns>,
-    network_policy: Option<bool>,
     network_policy_wait_seconds: Option<u64>,
 }
 
@@ -40,8 +39,8 @@ pub struct PluginConf {
     pub state_dir: PathBuf,
     pub ipam: IpamKind,
     pub dns: Option<Dns>,
-    /// Set when NetworkPolicy is enforced on the node: ADD waits for the daemon.
-    pub policy: Option<PolicyHook>,
+    /// How long ADD waits for the daemon when the node enforces NetworkPolicy.
+    pub policy_wait: std::time::Duration,
 }
 
 /// Where and how long ADD waits for `ferry-overlayd` to cover a new pod with the node's
@@ -116,10 +115,6 @@ impl PluginConf {
                 format!("networkPolicyWaitSeconds {wait} is out of range (1 to {MAX_POLICY_WAIT_SECONDS})"),
             ));
         }
-        let policy = raw.network_policy.unwrap_or(false).then(|| PolicyHook {
-            socket: state_dir.join(policy_notice::SOCKET_NAME),
-            wait: std::time::Duration::from_secs(wait),
-        });
         Ok(PluginConf {
             bridge,
             mtu,
@@ -127,7 +122,20 @@ impl PluginConf {
             state_dir,
             ipam,
             dns: raw.dns,
-            policy,
+            policy_wait: std::time::Duration::from_secs(wait),
+        })
+    }
+
+    /// Where ADD waits for NetworkPolicy to cover the pod, when the node's state says the
+    /// node enforces it (`ferry-overlayd --network-policy`); None otherwise.
+    pub fn policy_hook(&self) -> Option<PolicyHook> {
+        let enforced = node_ipam::node_state::read(&self.state_dir)
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.network_policy);
+        enforced.then(|| PolicyHook {
+            socket: self.state_dir.join(policy_notice::SOCKET_NAME),
+            wait: self.policy_wait,
         })
     }
 

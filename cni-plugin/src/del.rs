@@ -53,7 +53,7 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     if let Err(e) = Addressing::new(&pc.ipam, conf, env).del() {
         errors.push(e);
     }
-    if let Some(hook) = &pc.policy {
+    if let Some(hook) = &pc.policy_hook() {
         crate::policy::detach(hook, env);
     }
     if detached {

@@ -1,5 +1,5 @@
 //! Telling `ferry-overlayd` which pod holds which addresses, when the node enforces
-//! NetworkPolicy (`"networkPolicy": true`). ADD returns only once the daemon has the
+//! NetworkPolicy (node.json's `networkPolicy`, from `ferry-overlayd --network-policy`). ADD returns only once the daemon has the
 //! pod covered by the node's rules; without that answer the attachment is undone and the
 //! runtime retries (code 11), since a pod let out early could receive what a policy forbids.
 

@@ -643,6 +643,7 @@ impl Node {
             cluster_cidr_v6: self.cfg.ipv6.map(|v| v.cluster_cidr.to_string()),
             gateway_v6: self.me.subnet_v6.map(datapath::gateway_v6),
             mtu: self.underlay.link.mtu - VXLAN_OVERHEAD,
+            network_policy: self.args.network_policy,
         };
         if node_ipam::node_state::read(&self.args.state_dir)
             .ok()

@@ -532,6 +532,7 @@ mod tests {
             cluster_cidr_v6: None,
             gateway_v6: Some("fd00:5::1".parse().unwrap()),
             mtu: 1450,
+            network_policy: false,
         };
         node_state::write(d.path(), &st).unwrap();
         let ps = Pools::resolve(&IpamConf::default(), d.path()).unwrap();

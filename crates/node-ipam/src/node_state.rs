@@ -37,6 +37,14 @@ pub struct NodeState {
     #[serde(rename = "gatewayV6", default, skip_serializing_if = "Option::is_none")]
     pub gateway_v6: Option<Ipv6Addr>,
     pub mtu: u32,
+    /// The node enforces NetworkPolicy: ADD waits until `ferry-overlayd` covers the pod
+    /// (its socket `policy.sock` beside this file exists before this file says so).
+    #[serde(
+        rename = "networkPolicy",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub network_policy: bool,
 }
 
 impl NodeState {
@@ -109,6 +117,7 @@ mod tests {
             cluster_cidr_v6: None,
             gateway_v6: None,
             mtu: 1450,
+            network_policy: false,
         };
         write(d.path(), &st).unwrap();
         let v: serde_json::Value =

@@ -31,6 +31,9 @@ pub struct CriNode {
     holder: Option<Bg>,
     containerd: Option<Bg>,
     overlayd: Option<Bg>,
+    /// The Kubernetes API stand-in, inside the node, when the DaemonSet enforces
+    /// NetworkPolicy (no API server runs on these machines).
+    api: Option<crate::kapi::KubeApi>,
     pub cri: Cri,
     /// `FERRY_ETCD_ENDPOINTS`: the one value of the ConfigMap the test replaces (its etcd).
     etcd_endpoints: String,
@@ -101,6 +104,7 @@ exec sleep infinity"
             holder: Some(holder),
             containerd: None,
             overlayd: None,
+            api: None,
             etcd_endpoints: cluster.etcd.endpoint(),
             dir,
         };
@@ -221,13 +225,30 @@ exec sleep infinity"
     }
 
     /// `ferry-overlayd` as the DaemonSet runs it: its args, its env (the ConfigMap's values,
-    /// the node's name), the etcd endpoint replaced by the test's.
+    /// the node's name), the etcd endpoint replaced by the test's, and, when it enforces
+    /// NetworkPolicy, the in-cluster API replaced by a stand-in serving no objects.
     pub fn start_overlayd(&mut self) {
         let spec = crate::manifest::overlayd(&self.name);
         let mut c = self.enter();
         c.arg("env")
             .arg("-i")
             .arg("PATH=/usr/sbin:/usr/bin:/sbin:/bin");
+        let policy = spec
+            .env
+            .iter()
+            .any(|(k, v)| k == "FERRY_NETWORK_POLICY" && v == "true");
+        if policy {
+            let api = match &self.api {
+                Some(api) => api,
+                None => self.api.insert(
+                    crate::kapi::KubeApi::bind_in(&self.host, "127.0.0.1:0".parse().expect("addr"))
+                        .expect("the API stand-in in the node"),
+                ),
+            };
+            let kubeconfig = self.dir.path().join("kubeconfig");
+            api.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
+            c.arg(format!("FERRY_KUBECONFIG={}", kubeconfig.display()));
+        }
         for (k, v) in &spec.env {
             let v = if k == "FERRY_ETCD_ENDPOINTS" {
                 &self.etcd_endpoints
