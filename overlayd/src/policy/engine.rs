@@ -152,29 +152,48 @@ impl Engine {
     }
 
     fn round(&mut self, stores: &Stores, resync: bool) {
-        let (cluster, errors) = Cluster::from_k8s(
-            &cloned(&stores.namespaces),
-            &cloned(&stores.pods),
-            &cloned(&stores.policies),
-        );
-        self.metrics
-            .policy
-            .invalid_objects
-            .store(errors.len() as u64, Relaxed);
-        for e in errors {
-            let text = e.to_string();
-            if self.logged.insert(text.clone()) {
-                tracing::warn!("NetworkPolicy: {text}");
-            }
-        }
         let listed = stores.status.listed();
-        let (local, closed) = self.local_pods(&cluster, listed);
-        let mut desired = Ruleset::compute(&cluster, &local);
-        close(&mut desired, &closed);
-
         if resync || self.applied.is_none() {
             self.applied = read_back();
         }
+        let (cluster, local, desired) = if listed {
+            let pods = cloned(&stores.pods);
+            let (mut cluster, errors) = Cluster::from_k8s(
+                &cloned(&stores.namespaces),
+                &pods,
+                &cloned(&stores.policies),
+            );
+            self.metrics
+                .policy
+                .invalid_objects
+                .store(errors.len() as u64, Relaxed);
+            for e in errors {
+                let text = e.to_string();
+                if self.logged.insert(text.clone()) {
+                    tracing::warn!("NetworkPolicy: {text}");
+                }
+            }
+            self.settle_addresses(&mut cluster, &pods);
+            let (local, closed) = self.local_pods(&cluster);
+            let mut desired = Ruleset::compute(&cluster, &local);
+            close(&mut desired, &closed);
+            (cluster, local, desired)
+        } else {
+            // Until the API has been listed once (a daemon starting, the API away), the
+            // table the kernel holds stays as it is, so a restart opens no window; pods
+            // announced meanwhile are closed on top of it.
+            let Some(applied) = &self.applied else {
+                return;
+            };
+            let mut desired = if applied.sets.is_empty() {
+                Ruleset::compute(&Cluster::default(), &LocalPods::default())
+            } else {
+                applied.clone()
+            };
+            let closed: Vec<IpAddr> = self.attached.values().flat_map(|a| a.ips.clone()).collect();
+            close(&mut desired, &closed);
+            (Cluster::default(), LocalPods::default(), desired)
+        };
         let script = match &self.applied {
             Some(applied) => plan(applied, &desired),
             None => Script::replace(&desired),
@@ -200,7 +219,7 @@ impl Engine {
                 for w in self.waiting.drain(..) {
                     let _ = w.send(Reply::ok());
                 }
-                if changed {
+                if changed && listed {
                     let cut = super::conntrack::cut(&cluster, &local, &self.node_ips(&local));
                     self.metrics.policy.conntrack_cut.fetch_add(cut, Relaxed);
                 }
@@ -220,6 +239,9 @@ impl Engine {
             listed && stores.status.up() && self.applied.is_some(),
             Relaxed,
         );
+        if !listed {
+            return;
+        }
         if resync {
             self.count_denials(&cluster, &local);
         }
@@ -228,10 +250,47 @@ impl Engine {
         }
     }
 
+    /// One holder per address. An address the plugin announced belongs to the announced
+    /// pod alone; of API pods claiming one address, a terminating one gives it up. So a
+    /// deleted pod whose address went to a new pod before the API caught up passes none
+    /// of its allowances to the new one.
+    fn settle_addresses(&self, cluster: &mut Cluster, pods: &[k8s_openapi::api::core::v1::Pod]) {
+        let announced: BTreeMap<IpAddr, Option<&PodKey>> = self
+            .attached
+            .values()
+            .flat_map(|a| a.ips.iter().map(move |ip| (*ip, a.key.as_ref())))
+            .collect();
+        let terminating: BTreeSet<(&str, &str)> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .filter_map(|p| {
+                Some((
+                    p.metadata.namespace.as_deref()?,
+                    p.metadata.name.as_deref()?,
+                ))
+            })
+            .collect();
+        let mut claims: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        for p in &cluster.pods {
+            for ip in &p.ips {
+                *claims.entry(*ip).or_default() += 1;
+            }
+        }
+        for p in &mut cluster.pods {
+            let dying = terminating.contains(&(p.namespace.as_str(), p.name.as_str()));
+            p.ips.retain(|ip| match announced.get(ip) {
+                Some(holder) => {
+                    holder.is_some_and(|k| k.namespace == p.namespace && k.name == p.name)
+                }
+                None => !(dying && claims.get(ip).copied().unwrap_or(0) > 1),
+            });
+        }
+    }
+
     /// This node's pods with their addresses, and the addresses of announced pods that
     /// must stay closed: unnamed, or not shown by the API while their namespace has
-    /// policies (or before the first list, when that is not known).
-    fn local_pods(&mut self, cluster: &Cluster, listed: bool) -> (LocalPods, Vec<IpAddr>) {
+    /// policies.
+    fn local_pods(&mut self, cluster: &Cluster) -> (LocalPods, Vec<IpAddr>) {
         let mut local = LocalPods::on_node(cluster, &self.node);
         let mut closed = Vec::new();
         self.attached.retain(|_, a| {
@@ -240,7 +299,7 @@ impl Engine {
                 .as_ref()
                 .is_some_and(|k| cluster.pod(&k.namespace, &k.name).is_some());
             // Shown once and gone from a complete list: the pod was deleted.
-            if listed && a.seen && !known {
+            if a.seen && !known {
                 return false;
             }
             a.seen |= known;
@@ -251,8 +310,7 @@ impl Engine {
                 Some(k) if a.seen => {
                     local.pods.insert(k.clone(), a.ips.clone());
                 }
-                Some(k)
-                    if listed && !cluster.policies.iter().any(|p| p.namespace == k.namespace) => {}
+                Some(k) if !cluster.policies.iter().any(|p| p.namespace == k.namespace) => {}
                 _ => closed.extend(a.ips.iter().copied()),
             }
         }
@@ -380,6 +438,77 @@ fn denied_counts(listing: &str, set: &str) -> Vec<(IpAddr, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(ns: &str, name: &str, ip: &str, deleting: bool) -> k8s_openapi::api::core::v1::Pod {
+        let mut meta = serde_json::json!({"namespace": ns, "name": name});
+        if deleting {
+            meta["deletionTimestamp"] = serde_json::json!("2026-11-22T09:00:00Z");
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": meta,
+            "spec": {"containers": [{"name": "c"}], "nodeName": "n1"},
+            "status": {"podIP": ip, "podIPs": [{"ip": ip}]},
+        }))
+        .unwrap()
+    }
+
+    fn engine() -> Engine {
+        Engine {
+            node: "n1".into(),
+            metrics: Arc::default(),
+            attached: BTreeMap::new(),
+            applied: None,
+            waiting: Vec::new(),
+            logged: BTreeSet::new(),
+            view: View::default(),
+        }
+    }
+
+    fn ips_of(c: &Cluster, ns: &str, name: &str) -> Vec<IpAddr> {
+        c.pod(ns, name).unwrap().ips.clone()
+    }
+
+    #[test]
+    fn a_reused_address_has_one_holder() {
+        let pods = vec![
+            pod("x", "old", "10.1.0.5", true),
+            pod("y", "new", "10.1.0.5", false),
+            pod("x", "stale", "10.1.0.6", false),
+            pod("z", "alone", "10.1.0.7", true),
+        ];
+        let (mut cluster, errors) = Cluster::from_k8s(&[], &pods, &[]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut e = engine();
+        // The plugin gave 10.1.0.6 to z/fresh; the API still shows x/stale with it.
+        e.attached.insert(
+            ("c1".into(), "eth0".into()),
+            Attached {
+                key: Some(PodKey::new("z", "fresh")),
+                ips: vec!["10.1.0.6".parse().unwrap()],
+                seen: false,
+            },
+        );
+        e.settle_addresses(&mut cluster, &pods);
+        assert!(ips_of(&cluster, "x", "old").is_empty());
+        assert_eq!(
+            ips_of(&cluster, "y", "new"),
+            ["10.1.0.5".parse::<IpAddr>().unwrap()]
+        );
+        assert!(ips_of(&cluster, "x", "stale").is_empty());
+        // A terminating pod nobody contests keeps its address.
+        assert_eq!(
+            ips_of(&cluster, "z", "alone"),
+            ["10.1.0.7".parse::<IpAddr>().unwrap()]
+        );
+        // z/fresh is not in the API yet and x has no policy: open; with a policy in z it
+        // would start closed.
+        let (local, closed) = e.local_pods(&cluster);
+        assert!(closed.is_empty());
+        assert!(
+            !local.pods.contains_key(&PodKey::new("x", "stale"))
+                || local.pods[&PodKey::new("x", "stale")].is_empty()
+        );
+    }
 
     #[test]
     fn denied_counts_from_a_listing() {
