@@ -112,7 +112,7 @@ fn fifty_dual_stack_nodes_never_share_either_subnet() {
     let s4 = first[7].record.subnet;
     assert_eq!(
         lines[at + 1],
-        format!("/ferry/v1/leases/{}-24", s4.network())
+        format!("/ferry/v1/leases/{}-24", s4.unwrap().network())
     );
     // The IPv6 index goes with the lease: revoking it ends both.
     etcd.ctl(&format!("lease revoke {:x}", first[7].grace_lease));

@@ -270,7 +270,7 @@ fn join() {
             reg.acquire(
                 &cfg,
                 &format!("sim{k}"),
-                Ipv4Addr::new(192, 0, 2, 240),
+                Ipv4Addr::new(192, 0, 2, 240).into(),
                 // Each its own: ferry refuses a second lease with a MAC already leased.
                 &format!("0e:00:00:00:01:{k:02x}"),
                 Duration::from_secs(3600),
@@ -326,8 +326,8 @@ fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
                     .expect("subnet");
                 let rec = registry::LeaseRecord {
                     node: format!("sim{i}"),
-                    subnet,
-                    public_ip: Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8),
+                    subnet: Some(subnet),
+                    public_ip: Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8).into(),
                     vtep_mac: format!(
                         "0e:00:00:{:02x}:{:02x}:{:02x}",
                         i >> 16 & 0xff,
