@@ -515,6 +515,9 @@ pub struct StoredLease {
     /// The value, or why it is not a lease record.
     pub record: Result<LeaseRecord, String>,
     pub create_revision: i64,
+    /// In a dual-stack cluster, the lease key that the `leases-v6/` index of the record's
+    /// IPv6 subnet names, when that index key exists: the subnet's owner.
+    pub v6_owner: Option<String>,
 }
 
 /// A record ferry will not use, and why.
@@ -642,6 +645,17 @@ pub fn resolve(cfg: &ClusterConfig, underlay: &[IpNetwork], stored: &[StoredLeas
         if let Err(reason) = check_lease(cfg, underlay, st.key_subnet, rec) {
             view.refused.push(refuse(reason));
             continue;
+        }
+        // The index decides whose an IPv6 subnet is, whatever the records' ages: it is
+        // what the allocator reads, so a record claiming a subnet the index gave to
+        // another node must not take that node's traffic.
+        if let (Some(s6), Some(owner)) = (rec.subnet_v6, &st.v6_owner) {
+            if *owner != st.key {
+                view.refused.push(refuse(format!(
+                    "its IPv6 subnet {s6} is leased to {owner} (the leases-v6 index says so)"
+                )));
+                continue;
+            }
         }
         let clash = winners.iter().find_map(|(k, w)| {
             let v4_clash = match (w.subnet, rec.subnet) {
@@ -828,6 +842,7 @@ mod tests {
             key_subnet: Some(IpNetwork::V4(key.parse().unwrap())),
             record: r,
             create_revision: rev,
+            v6_owner: None,
         }
     }
 
@@ -1090,6 +1105,41 @@ mod tests {
     }
 
     #[test]
+    fn the_ipv6_index_names_the_owner_of_an_ipv6_subnet() {
+        let c = dual("fd00:10::/56", 64);
+        let l = Layout::new("/f");
+        let owner = l.lease("10.244.2.0/24".parse().unwrap());
+        // An older record claims the IPv6 subnet the index gave to a younger one (the
+        // allocator reads only the index): the index wins.
+        let mut squatter = stored(
+            "10.244.1.0/24",
+            Ok(rec6("a", "10.244.1.0/24", "fd00:10:0:2::/64", 11, 1)),
+            3,
+        );
+        squatter.v6_owner = Some(owner.clone());
+        let mut real = stored(
+            "10.244.2.0/24",
+            Ok(rec6("b", "10.244.2.0/24", "fd00:10:0:2::/64", 12, 2)),
+            9,
+        );
+        real.v6_owner = Some(owner.clone());
+        let view = resolve(&c, &underlay(), &[squatter.clone(), real]);
+        let nodes: Vec<&str> = view.accepted.iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(nodes, ["b"]);
+        assert_eq!(view.refused[0].key, squatter.key);
+        assert!(
+            view.refused[0]
+                .reason
+                .contains(&format!("leased to {owner} (the leases-v6 index")),
+            "{:?}",
+            view.refused
+        );
+        // No index key (written by hand): judged among the records as before.
+        squatter.v6_owner = None;
+        assert_eq!(resolve(&c, &underlay(), &[squatter]).accepted.len(), 1);
+    }
+
+    #[test]
     fn picks_free_ipv6_subnets() {
         let v6 = dual("fd00:10::/56", 57).ipv6.unwrap();
         let mut taken = HashSet::new();
@@ -1123,6 +1173,7 @@ mod tests {
             key_subnet: Some(IpNetwork::V6(net)),
             record: r,
             create_revision: rev,
+            v6_owner: None,
         }
     }
 

@@ -534,6 +534,19 @@ impl Registry {
     /// Every lease key as stored, parsed or not (`model::resolve` decides what to use),
     /// and the revision they were read at (to watch from).
     pub async fn list(&mut self, cfg: &ClusterConfig) -> Result<(Vec<StoredLease>, i64)> {
+        // Dual-stack: who owns each IPv6 subnet, as the index says (read first: a lease
+        // made in between is only missing its owner, and judged among the records).
+        let mut owners = std::collections::HashMap::new();
+        if !cfg.v6_only() && cfg.ipv6.is_some() {
+            let (kvs, _) = self
+                .get_prefix(self.layout.leases_v6(), false, "list IPv6 index")
+                .await?;
+            for kv in kvs {
+                if let Some(s6) = self.layout.subnet_v6_of(&String::from_utf8_lossy(kv.key())) {
+                    owners.insert(s6, String::from_utf8_lossy(kv.value()).into_owned());
+                }
+            }
+        }
         let (kvs, rev) = self
             .get_prefix(self.layout.records(cfg.v6_only()), false, "list leases")
             .await?;
@@ -541,11 +554,18 @@ impl Registry {
             .iter()
             .map(|kv| {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let record: std::result::Result<LeaseRecord, String> =
+                    serde_json::from_slice(kv.value()).map_err(|e| e.to_string());
+                let v6_owner = record
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| owners.get(&r.subnet_v6?).cloned());
                 StoredLease {
                     key_subnet: self.layout.net_of(&key),
                     key,
-                    record: serde_json::from_slice(kv.value()).map_err(|e| e.to_string()),
+                    record,
                     create_revision: kv.create_revision(),
+                    v6_owner,
                 }
             })
             .collect();
