@@ -7,6 +7,7 @@ use ferry_tests::cluster::{Cluster, Node, OUTSIDE_IP_V6};
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server_on, wait_until};
 use ferry_tests::root_or_skip;
+use ferry_tests::services::Service;
 
 macro_rules! needs_root {
     () => {
@@ -228,4 +229,69 @@ fn ipv6_leases_for_the_underlay_or_a_live_nodes_subnet_are_refused() {
     assert!(log.contains(&underlay) && log.contains(&steal), "{log}");
     assert!(log.contains("the leases-v6 index says so"), "{log}");
     assert!(c.metrics(0).contains("ferry_leases_refused 2"));
+}
+
+/// The IPv6 address a dual-stack pod's ADD result gives it.
+fn ipv6_of(result: &serde_json::Value) -> String {
+    let a = result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["address"].as_str())
+        .find(|a| a.contains(':'))
+        .unwrap_or_else(|| panic!("no IPv6 address in {result}"));
+    a.split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn dual_stack_services_through_ip6tables_rules() {
+    needs_root!();
+    let c = Cluster::with_args(2, "10.65.0.0/16", "--cluster-cidr-v6 fd00:65::/56");
+    c.add_underlay_v6();
+    wait_converged_v6(&c);
+    // Pods through the real plugin: an IPv4 and an IPv6 address each.
+    let ep = c.nodes[0].add_pod("d6e");
+    let near = c.nodes[0].add_pod("d6n");
+    let far = c.nodes[1].add_pod("d6f");
+    let (ep6, near6, far6) = (
+        ipv6_of(&ep.result),
+        ipv6_of(&near.result),
+        ipv6_of(&far.result),
+    );
+    wait_reachable(&c, &far.ns, &ep6);
+    let _srv = echo_peer_server_on(&ep.ns, "::", 7000);
+    let svc = Service {
+        cluster_ip: "fd00:97::10".into(),
+        port: 80,
+        node_port: 30080,
+        endpoint_ip: ep6.clone(),
+        endpoint_port: 7000,
+    };
+    for n in &c.nodes {
+        svc.install(n);
+    }
+    // ClusterIP from another node's pod and from the endpoint's node: no source NAT.
+    assert_eq!(
+        connect(&far.ns, "fd00:97::10", 80).as_deref(),
+        Some(far6.as_str())
+    );
+    assert_eq!(
+        connect(&near.ns, "fd00:97::10", 80).as_deref(),
+        Some(near6.as_str())
+    );
+    // Hairpin: the endpoint reaches itself through its Service.
+    assert!(
+        connect(&ep.ns, "fd00:97::10", 80).is_some(),
+        "hairpin through the IPv6 Service failed"
+    );
+    // NodePort from the outside host over the IPv6 underlay addresses, on both nodes.
+    for ip in ["2001:db8::11", "2001:db8::12"] {
+        assert!(
+            connect(&c.outside, ip, 30080).is_some(),
+            "NodePort on {ip} failed"
+        );
+    }
+    for (i, p) in [(0, &ep), (0, &near), (1, &far)] {
+        c.nodes[i].cni("DEL", &p.id, Some(&p.ns)).ok();
+    }
 }
