@@ -295,6 +295,28 @@ impl Node {
         );
     }
 
+    /// Deletes this node's IPv6 route and neighbour entry of the remote IPv6 subnet `s6`
+    /// (`net::/len`) by hand, and waits until the daemon's resync has put both back.
+    pub fn assert_mends_v6(&self, s6: &str) {
+        let vtep = s6.split('/').next().unwrap_or(s6).to_string();
+        self.host.sh(&format!(
+            "ip -6 route del {s6} dev ferry.1 && ip -6 neigh del {vtep} dev ferry.1"
+        ));
+        let mended = wait_until(Duration::from_secs(10), || {
+            self.overlay_routes_v6().contains(s6)
+                && self
+                    .host
+                    .sh("ip -6 neigh show dev ferry.1")
+                    .contains(&format!("{vtep} lladdr"))
+        });
+        assert!(
+            mended,
+            "not mended: {}\n{}",
+            self.overlay_routes_v6(),
+            self.log()
+        );
+    }
+
     /// The VXLAN device's FDB, as `bridge fdb` prints it.
     pub fn overlay_fdb(&self) -> String {
         self.host
@@ -638,6 +660,65 @@ impl Cluster {
         }
         self.outside
             .sh(&format!("ip -6 addr add {OUTSIDE_IP_V6}/64 dev eth0 nodad"));
+    }
+
+    /// Waits until `from` gets an answer from `ip` (either family): the first packets of a
+    /// new pod wait for neighbour discovery.
+    pub fn wait_reachable(&self, from: &Netns, ip: &str) {
+        let up = wait_until(Duration::from_secs(10), || {
+            from.try_sh(&format!("ping -c1 -W1 {ip}")).status.success()
+        });
+        assert!(
+            up,
+            "{ip} unreachable from {}:\n{}",
+            from.name,
+            self.nodes[0].log()
+        );
+    }
+
+    /// Stops every node's daemon (SIGTERM must exit 0) and starts it again, one after
+    /// the other, waiting until each answers; then checks that each kept its subnet and
+    /// VTEP MAC and says it reused its lease.
+    pub fn restart_daemons_keeping_leases(&mut self) {
+        let before: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| (n.subnet(), n.vtep_mac()))
+            .collect();
+        for n in &mut self.nodes {
+            assert_eq!(
+                n.stop_daemon(),
+                Some(0),
+                "SIGTERM must exit 0:\n{}",
+                n.log()
+            );
+            n.start_daemon();
+            n.wait_answering();
+        }
+        let after: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| (n.subnet(), n.vtep_mac()))
+            .collect();
+        assert_eq!(before, after, "subnet or VTEP MAC moved across a restart");
+        for n in &self.nodes {
+            assert!(n.log().contains("reused=true"), "{}", n.log());
+        }
+    }
+
+    /// Every node's underlay address.
+    pub fn node_ips(&self) -> Vec<&str> {
+        self.nodes.iter().map(|n| n.ip.as_str()).collect()
+    }
+
+    /// `ferry-ipam leases` of this cluster run on node 0, with `extra` flags (`-o json`).
+    pub fn ipam_leases(&self, extra: &str) -> String {
+        self.nodes[0].host.sh(&format!(
+            "{} leases {} --etcd-prefix {} {extra}",
+            crate::bin("ferry-ipam").display(),
+            self.etcd.client_flags(),
+            self.prefix
+        ))
     }
 
     /// A host on the underlay that is not a node.

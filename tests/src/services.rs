@@ -4,6 +4,8 @@
 //! traffic seen by iptables, hairpin, NodePort replies coming back through the node).
 
 use crate::cluster::Node;
+use crate::netns::Netns;
+use crate::proc::connect;
 
 /// One Service and its one endpoint.
 #[derive(Clone, Debug)]
@@ -17,6 +19,24 @@ pub struct Service {
 }
 
 impl Service {
+    /// The tests' Service: `cluster_ip` port 80 and NodePort 30080 to `endpoint_ip`:7000.
+    pub fn new(cluster_ip: &str, endpoint_ip: &str) -> Service {
+        Service {
+            cluster_ip: cluster_ip.to_string(),
+            port: 80,
+            node_port: 30080,
+            endpoint_ip: endpoint_ip.to_string(),
+            endpoint_port: 7000,
+        }
+    }
+
+    /// Puts the rules on every one of `nodes`.
+    pub fn install_on(&self, nodes: &[Node]) {
+        for n in nodes {
+            self.install(n);
+        }
+    }
+
     /// The shell commands kube-proxy's rules amount to on a node: DNAT of the ClusterIP and
     /// of the NodePort to the endpoint, and kube-proxy's masquerade mark (0x4000) for
     /// NodePort traffic and for an endpoint reaching itself (hairpin), so those replies come
@@ -61,6 +81,43 @@ impl Service {
     /// Puts the rules on `node` (once per node: the chains must not exist yet).
     pub fn install(&self, node: &Node) {
         node.host.sh(&self.rules());
+    }
+
+    /// What the rules must give, as every Service test checks it (the endpoint's server
+    /// answers with the address it saw): the ClusterIP from a pod on another node (`far`,
+    /// its namespace and address) and from one on the endpoint's node (`near`), each seen
+    /// with its own address (no source NAT between pods; from the same node only
+    /// bridge-nf-call-ip(6)tables lets conntrack undo the DNAT of the reply); the endpoint
+    /// reaching itself through its Service (hairpin, masqueraded by kube-proxy); the
+    /// NodePort from `outside` on each of `node_ips`.
+    pub fn check(
+        &self,
+        far: (&Netns, &str),
+        near: (&Netns, &str),
+        endpoint: &Netns,
+        outside: &Netns,
+        node_ips: &[&str],
+    ) {
+        for (ns, ip) in [far, near] {
+            assert_eq!(
+                connect(ns, &self.cluster_ip, self.port).as_deref(),
+                Some(ip),
+                "ClusterIP {} from {ip}",
+                self.cluster_ip
+            );
+        }
+        assert!(
+            connect(endpoint, &self.cluster_ip, self.port).is_some(),
+            "hairpin through the Service {} failed",
+            self.cluster_ip
+        );
+        for ip in node_ips {
+            assert!(
+                connect(outside, ip, self.node_port).is_some(),
+                "NodePort {} on {ip} failed",
+                self.node_port
+            );
+        }
     }
 }
 

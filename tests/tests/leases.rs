@@ -65,6 +65,24 @@ fn race(
     })
 }
 
+/// Fifty nodes leasing at once, then all started again: each gets its own record back (on
+/// the lease it has). The first leases.
+fn race_twice(client: &Netns, ep: String, flags: ConfigFlags) -> Vec<registry::Acquired> {
+    let first: Vec<_> = race(client, ep.clone(), flags.clone())
+        .into_iter()
+        .map(|r| r.expect("acquire"))
+        .collect();
+    let second: Vec<_> = race(client, ep, flags)
+        .into_iter()
+        .map(|r| r.expect("acquire"))
+        .collect();
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(a.record, b.record);
+        assert!(b.reused);
+    }
+    first
+}
+
 #[test]
 fn fifty_dual_stack_nodes_never_share_either_subnet() {
     if !root_or_skip("fifty_dual_stack_nodes_never_share_either_subnet") {
@@ -83,23 +101,12 @@ fn fifty_dual_stack_nodes_never_share_either_subnet() {
         cluster_cidr_v6: Some("fd00:72::/56".parse().unwrap()),
         ..flags("10.72.0.0/16", 24)
     };
-    let first: Vec<_> = race(&client, etcd.endpoint(), dual.clone())
-        .into_iter()
-        .map(|r| r.expect("acquire"))
-        .collect();
+    // Started again, every node gets both subnets back.
+    let first = race_twice(&client, etcd.endpoint(), dual);
     let v6: HashSet<_> = first.iter().filter_map(|a| a.record.subnet_v6).collect();
     assert_eq!(v6.len(), 50, "two nodes got one IPv6 subnet");
     assert_eq!(first[0].record.subnet, early.record.subnet);
     assert_eq!(first[0].grace_lease, early.grace_lease);
-    // Started again, every node gets both subnets back.
-    let second: Vec<_> = race(&client, etcd.endpoint(), dual)
-        .into_iter()
-        .map(|r| r.expect("acquire"))
-        .collect();
-    for (a, b) in first.iter().zip(&second) {
-        assert_eq!(a.record, b.record);
-        assert!(b.reused);
-    }
     // One index key per IPv6 subnet, naming its node's lease key.
     let keys = etcd.ctl("get /ferry/v1/leases-v6/ --prefix");
     let lines: Vec<&str> = keys.lines().collect();
@@ -127,20 +134,11 @@ fn fifty_nodes_starting_at_once_never_share_a_subnet() {
     }
     let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
-    let run = |ep: String| race(&client, ep, flags("10.70.0.0/16", 24));
-    let first: Vec<_> = run(ep.clone())
-        .into_iter()
-        .map(|r| r.expect("acquire"))
-        .collect();
+    // Started again, every node gets its own subnet back.
+    let first = race_twice(&client, ep, flags("10.70.0.0/16", 24));
     let subnets: HashSet<_> = first.iter().map(|a| a.record.subnet).collect();
     assert_eq!(subnets.len(), 50, "two nodes got one subnet");
     assert!(first.iter().all(|a| !a.reused));
-    // Started again, every node gets its own subnet back.
-    let second: Vec<_> = run(ep).into_iter().map(|r| r.expect("acquire")).collect();
-    for (a, b) in first.iter().zip(&second) {
-        assert_eq!(a.record.subnet, b.record.subnet);
-        assert!(b.reused);
-    }
     // Readable with etcdctl, in the documented layout.
     let keys = etcd.ctl("get /ferry/v1/ --prefix --keys-only");
     assert_eq!(
@@ -304,21 +302,10 @@ fn fifty_ipv6_only_nodes_never_share_a_subnet() {
         cluster_cidr_v6: Some("fd00:75::/56".parse().unwrap()),
         ..Default::default()
     };
-    let first: Vec<_> = race(&client, etcd.endpoint(), flags.clone())
-        .into_iter()
-        .map(|r| r.expect("acquire"))
-        .collect();
+    let first = race_twice(&client, etcd.endpoint(), flags);
     let v6: HashSet<_> = first.iter().filter_map(|a| a.record.subnet_v6).collect();
     assert_eq!(v6.len(), 50, "two nodes got one IPv6 subnet");
     assert!(first.iter().all(|a| a.record.subnet.is_none()));
-    let second: Vec<_> = race(&client, etcd.endpoint(), flags)
-        .into_iter()
-        .map(|r| r.expect("acquire"))
-        .collect();
-    for (a, b) in first.iter().zip(&second) {
-        assert_eq!(a.record, b.record);
-        assert!(b.reused);
-    }
     // The records under leases-v6/, none under leases/; the nodes' index names them.
     let keys = etcd.ctl("get /ferry/v1/ --prefix --keys-only");
     let count = |p: &str| keys.lines().filter(|l| l.starts_with(p)).count();

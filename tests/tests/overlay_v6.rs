@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_tests::cluster::{Cluster, Node, OUTSIDE_IP_V6};
-use ferry_tests::netns::Netns;
+use ferry_tests::cluster::{Cluster, OUTSIDE_IP_V6};
 use ferry_tests::proc::{connect, echo_peer_server_on, wait_until};
 use ferry_tests::root_or_skip;
 use ferry_tests::services::Service;
@@ -17,12 +16,6 @@ macro_rules! needs_root {
     };
 }
 
-/// The IPv6 routes of the VXLAN device, as `ip -6 route` prints them.
-fn routes_v6(n: &Node) -> String {
-    n.host
-        .sh("ip -6 route show dev ferry.1 proto 102 2>/dev/null || true")
-}
-
 /// Waits until every node routes to every other node's IPv6 subnet.
 fn wait_converged_v6(c: &Cluster) {
     let subnets: Vec<String> = c
@@ -32,30 +25,14 @@ fn wait_converged_v6(c: &Cluster) {
         .collect();
     for (i, n) in c.nodes.iter().enumerate() {
         let ok = wait_until(Duration::from_secs(20), || {
-            let r = routes_v6(n);
+            let r = n.overlay_routes_v6();
             subnets
                 .iter()
                 .enumerate()
                 .all(|(j, s)| i == j || r.contains(s.as_str()))
         });
-        assert!(ok, "{}: {}\n{}", n.name, routes_v6(n), n.log());
+        assert!(ok, "{}: {}\n{}", n.name, n.overlay_routes_v6(), n.log());
     }
-}
-
-/// Waits until `from` gets an answer from `ip`: the first packets wait for neighbour
-/// discovery in the pods.
-fn wait_reachable(c: &Cluster, from: &Netns, ip: &str) {
-    let up = wait_until(Duration::from_secs(10), || {
-        from.try_sh(&format!("ping -6 -c1 -W1 {ip}"))
-            .status
-            .success()
-    });
-    assert!(
-        up,
-        "{ip} unreachable from {}:\n{}",
-        from.name,
-        c.nodes[0].log()
-    );
 }
 
 #[test]
@@ -77,12 +54,7 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
     }
     wait_converged_v6(&c);
     // The operator's view shows both families.
-    let out = c.nodes[0].host.sh(&format!(
-        "{} leases {} --etcd-prefix {} -o json",
-        ferry_tests::bin("ferry-ipam").display(),
-        c.etcd.client_flags(),
-        c.prefix
-    ));
+    let out = c.ipam_leases("-o json");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["clusterCIDRv6"], "fd00:62::/56", "{v}");
     assert_eq!(v["subnetsV6"], 256, "{v}");
@@ -94,7 +66,7 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
     }
     let (a, a_ip) = c.nodes[0].add_pod_v6_by_hand(1);
     let (b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
-    wait_reachable(&c, &a, &b_ip);
+    c.wait_reachable(&a, &b_ip);
     let _srv = echo_peer_server_on(&b, "::", 7000);
     // Pod to pod across nodes, the client's address preserved.
     assert_eq!(connect(&a, &b_ip, 7000).as_deref(), Some(a_ip.as_str()));
@@ -117,27 +89,7 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
     let rules = c.nodes[0].host.sh("ip6tables -t nat -S FERRY-POSTRTG");
     assert!(rules.contains("-s fd00:62::/56 -d fd00:62::/56"), "{rules}");
     // A hand-deleted IPv6 route and neighbour are put back by the next resync.
-    let s1 = c.nodes[1].node_state()["podCIDRv6"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let vtep1 = s1.trim_end_matches("/64").to_string();
-    let n0 = &c.nodes[0];
-    n0.host.sh(&format!(
-        "ip -6 route del {s1} dev ferry.1 && ip -6 neigh del {vtep1} dev ferry.1"
-    ));
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            routes_v6(n0).contains(&s1)
-                && n0
-                    .host
-                    .sh("ip -6 neigh show dev ferry.1")
-                    .contains(&format!("{vtep1} lladdr"))
-        }),
-        "not mended: {}\n{}",
-        routes_v6(n0),
-        n0.log()
-    );
+    c.nodes[0].assert_mends_v6(c.nodes[1].node_state()["podCIDRv6"].as_str().unwrap());
     assert_eq!(connect(&a, &b_ip, 7000).as_deref(), Some(a_ip.as_str()));
 }
 
@@ -148,7 +100,7 @@ fn a_daemon_restart_loses_no_ipv6_packet() {
     wait_converged_v6(&c);
     let (a, _) = c.nodes[0].add_pod_v6_by_hand(1);
     let (_b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
-    wait_reachable(&c, &a, &b_ip);
+    c.wait_reachable(&a, &b_ip);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("ping.txt");
     let pinger = ferry_tests::proc::Bg::spawn_logged(
@@ -181,7 +133,7 @@ fn ipv6_leases_for_the_underlay_or_a_live_nodes_subnet_are_refused() {
     wait_converged_v6(&c);
     let (a, _) = c.nodes[0].add_pod_v6_by_hand(1);
     let (_b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
-    wait_reachable(&c, &a, &b_ip);
+    c.wait_reachable(&a, &b_ip);
     let s1 = c.nodes[1].node_state()["podCIDRv6"]
         .as_str()
         .unwrap()
@@ -258,39 +210,18 @@ fn dual_stack_services_through_ip6tables_rules() {
         ipv6_of(&near.result),
         ipv6_of(&far.result),
     );
-    wait_reachable(&c, &far.ns, &ep6);
+    c.wait_reachable(&far.ns, &ep6);
     let _srv = echo_peer_server_on(&ep.ns, "::", 7000);
-    let svc = Service {
-        cluster_ip: "fd00:97::10".into(),
-        port: 80,
-        node_port: 30080,
-        endpoint_ip: ep6.clone(),
-        endpoint_port: 7000,
-    };
-    for n in &c.nodes {
-        svc.install(n);
-    }
-    // ClusterIP from another node's pod and from the endpoint's node: no source NAT.
-    assert_eq!(
-        connect(&far.ns, "fd00:97::10", 80).as_deref(),
-        Some(far6.as_str())
+    let svc = Service::new("fd00:97::10", &ep6);
+    svc.install_on(&c.nodes);
+    // NodePort over the IPv6 underlay addresses.
+    svc.check(
+        (&far.ns, &far6),
+        (&near.ns, &near6),
+        &ep.ns,
+        &c.outside,
+        &["2001:db8::11", "2001:db8::12"],
     );
-    assert_eq!(
-        connect(&near.ns, "fd00:97::10", 80).as_deref(),
-        Some(near6.as_str())
-    );
-    // Hairpin: the endpoint reaches itself through its Service.
-    assert!(
-        connect(&ep.ns, "fd00:97::10", 80).is_some(),
-        "hairpin through the IPv6 Service failed"
-    );
-    // NodePort from the outside host over the IPv6 underlay addresses, on both nodes.
-    for ip in ["2001:db8::11", "2001:db8::12"] {
-        assert!(
-            connect(&c.outside, ip, 30080).is_some(),
-            "NodePort on {ip} failed"
-        );
-    }
     for (i, p) in [(0, &ep), (0, &near), (1, &far)] {
         c.nodes[i].cni("DEL", &p.id, Some(&p.ns)).ok();
     }

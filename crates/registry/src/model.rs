@@ -335,6 +335,10 @@ fn check_unicast(ip: IpAddr) -> Result<(), String> {
     Err(format!("public IP {ip} is {why}"))
 }
 
+fn shown<T: ToString>(v: Option<T>) -> Option<String> {
+    v.map(|v| v.to_string())
+}
+
 /// A VXLAN network identifier (24 bits, not 0) and UDP port.
 pub fn check_vxlan(vni: u32, port: u16) -> Result<(), String> {
     if vni == 0 || vni > 0x00ff_ffff {
@@ -451,51 +455,35 @@ impl ClusterConfig {
     /// silently overwrites it.
     pub fn check_flags(&self, f: &ConfigFlags) -> Result<(), String> {
         let mut diffs = Vec::new();
-        let stored = |v: Option<String>| v.unwrap_or_else(|| "none".to_string());
-        let v4 = self.ipv4;
-        if let Some(c) = f
-            .cluster_cidr
-            .filter(|c| v4.map(|v| v.cluster_cidr) != Some(*c))
-        {
-            diffs.push(format!(
-                "--cluster-cidr {c} (stored {})",
-                stored(v4.map(|v| v.cluster_cidr.to_string()))
-            ));
-        }
-        if let Some(l) = f
-            .subnet_len
-            .filter(|l| v4.map(|v| v.subnet_len) != Some(*l))
-        {
-            diffs.push(format!(
-                "--subnet-len {l} (stored {})",
-                stored(v4.map(|v| v.subnet_len.to_string()))
-            ));
-        }
-        if let Some(v) = f.vni.filter(|v| *v != self.vni) {
-            diffs.push(format!("--vni {v} (stored {})", self.vni));
-        }
-        if let Some(p) = f.port.filter(|p| *p != self.port) {
-            diffs.push(format!("--port {p} (stored {})", self.port));
-        }
-        let v6 = self.ipv6;
-        if let Some(c) = f
-            .cluster_cidr_v6
-            .filter(|c| v6.map(|v| v.cluster_cidr) != Some(*c))
-        {
-            diffs.push(format!(
-                "--cluster-cidr-v6 {c} (stored {})",
-                stored(v6.map(|v| v.cluster_cidr.to_string()))
-            ));
-        }
-        if let Some(l) = f
-            .subnet_len_v6
-            .filter(|l| v6.map(|v| v.subnet_len) != Some(*l))
-        {
-            diffs.push(format!(
-                "--subnet-len-v6 {l} (stored {})",
-                stored(v6.map(|v| v.subnet_len.to_string()))
-            ));
-        }
+        let (v4, v6) = (self.ipv4, self.ipv6);
+        let mut differ = |flag: &str, given: Option<String>, stored: Option<String>| {
+            if let Some(g) = given.filter(|g| Some(g) != stored.as_ref()) {
+                let stored = stored.unwrap_or_else(|| "none".to_string());
+                diffs.push(format!("{flag} {g} (stored {stored})"));
+            }
+        };
+        differ(
+            "--cluster-cidr",
+            shown(f.cluster_cidr),
+            shown(v4.map(|v| v.cluster_cidr)),
+        );
+        differ(
+            "--subnet-len",
+            shown(f.subnet_len),
+            shown(v4.map(|v| v.subnet_len)),
+        );
+        differ("--vni", shown(f.vni), shown(Some(self.vni)));
+        differ("--port", shown(f.port), shown(Some(self.port)));
+        differ(
+            "--cluster-cidr-v6",
+            shown(f.cluster_cidr_v6),
+            shown(v6.map(|v| v.cluster_cidr)),
+        );
+        differ(
+            "--subnet-len-v6",
+            shown(f.subnet_len_v6),
+            shown(v6.map(|v| v.subnet_len)),
+        );
         if diffs.is_empty() {
             Ok(())
         } else {

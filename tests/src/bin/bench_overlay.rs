@@ -54,6 +54,16 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The median of some runs, and the runs in the order they were made.
+fn summed(v: &mut [f64]) -> (f64, String) {
+    let runs = v
+        .iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (median(v), runs)
+}
+
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
@@ -154,14 +164,7 @@ fn throughput6() {
             SECS,
         ));
     }
-    let runs = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let (r4, r6, ru) = (runs(&v4), runs(&v6), runs(&under6));
-    let (p4, p6, u6) = (median(&mut v4), median(&mut v6), median(&mut under6));
+    let ((p4, r4), (p6, r6), (u6, ru)) = (summed(&mut v4), summed(&mut v6), summed(&mut under6));
     println!(
         "throughput6 (single-stream TCP, iperf3 -t {SECS}, median of {ROUNDS}):\n  \
          IPv4 pod to pod {p4:.2} Gbit/s ({r4})\n  \
@@ -199,14 +202,7 @@ fn throughput6u() {
             SECS,
         ));
     }
-    let runs = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let (r4, r6, ru) = (runs(&p4), runs(&p6), runs(&under6));
-    let (m4, m6, mu) = (median(&mut p4), median(&mut p6), median(&mut under6));
+    let ((m4, r4), (m6, r6), (mu, ru)) = (summed(&mut p4), summed(&mut p6), summed(&mut under6));
     println!(
         "throughput6u (single-stream TCP, iperf3 -t {SECS}, median of {ROUNDS} alternating rounds):\n  \
          IPv4 pod to pod (IPv4 underlay, MTU 1450)        {m4:.2} Gbit/s ({r4})\n  \
