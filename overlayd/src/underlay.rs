@@ -191,3 +191,18 @@ async fn host_networks_v6(nl: &Netlink, skip: &[&str]) -> Result<Vec<IpNetwork>>
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vxlan_overhead_follows_the_underlay_family() {
+        // Outer IPv4 20 or IPv6 40, UDP 8, VXLAN 8, inner Ethernet 14.
+        assert_eq!(overhead("192.0.2.1".parse().unwrap()), 50);
+        assert_eq!(overhead("2001:db8::1".parse().unwrap()), 70);
+        assert!(usable("2001:db8::1".parse().unwrap()));
+        assert!(!usable("fe80::1".parse().unwrap()));
+        assert!(!usable("::1".parse().unwrap()));
+    }
+}
