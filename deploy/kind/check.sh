@@ -22,15 +22,17 @@ kubectl -n "$ns" wait --for=condition=Ready pod --all --timeout=180s
 ip2=$(kubectl -n "$ns" get pod client2 -o jsonpath='{.status.podIP}')
 svc=$(kubectl -n "$ns" get service echo -o jsonpath='{.spec.clusterIP}')
 nodeport=$(kubectl -n "$ns" get service echo -o jsonpath='{.spec.ports[0].nodePort}')
+# An IPv6 address in a URL goes in brackets (FERRY_KIND_FAMILY=ipv6).
+host() { if [[ $1 == *:* ]]; then echo "[$1]"; else echo "$1"; fi; }
 fail=0
 check() { # check NAME COMMAND...
   if "${@:2}" >/dev/null 2>&1; then echo "ok    $1"; else echo "FAIL  $1"; fail=1; fi
 }
 check "pod on $w1 pings pod on $w2 ($ip2)" kubectl -n "$ns" exec client1 -- ping -c2 -W2 "$ip2"
-check "pod reaches the ClusterIP Service ($svc)" kubectl -n "$ns" exec client1 -- wget -qO- -T5 "http://$svc/hostname"
+check "pod reaches the ClusterIP Service ($svc)" kubectl -n "$ns" exec client1 -- wget -qO- -T5 "http://$(host "$svc")/hostname"
 check "pod resolves a name through CoreDNS" kubectl -n "$ns" exec client1 -- nslookup kubernetes.default.svc.cluster.local
 for node in $(kubectl get nodes -o jsonpath='{.items[*].metadata.name}'); do
   addr=$(kubectl get node "$node" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
-  check "NodePort $nodeport answers on $node ($addr)" docker exec "$cluster-control-plane" curl -sf -m5 "http://$addr:$nodeport/hostname"
+  check "NodePort $nodeport answers on $node ($addr)" docker exec "$cluster-control-plane" curl -sf -m5 "http://$(host "$addr"):$nodeport/hostname"
 done
 exit $fail

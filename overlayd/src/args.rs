@@ -1,6 +1,6 @@
 //! Flags; each can also come from the environment variable beside it.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,22 +30,25 @@ pub struct Args {
     /// The underlay interface (default: the default route's).
     #[arg(long, env = "FERRY_IFACE")]
     pub iface: Option<String>,
-    /// The address other nodes send VXLAN traffic to (default: the underlay's first).
+    /// The address other nodes send VXLAN traffic to, IPv4 or IPv6 (default: the
+    /// underlay's first IPv4 address, else its first global IPv6 address).
     #[arg(long, env = "FERRY_PUBLIC_IP")]
-    pub public_ip: Option<Ipv4Addr>,
+    pub public_ip: Option<IpAddr>,
     /// Where node.json is written for the CNI plugin.
     #[arg(long, env = "FERRY_STATE_DIR", default_value = "/run/ferry")]
     pub state_dir: PathBuf,
     /// Serve /healthz, /readyz and /metrics here (HOST:PORT).
     #[arg(long, env = "FERRY_HEALTH_ADDR")]
     pub health_addr: Option<SocketAddr>,
-    /// The cluster's pod CIDR; creates the cluster config when etcd has none.
+    /// The cluster's IPv4 pod CIDR; creates the cluster config when etcd has none (this,
+    /// --cluster-cidr-v6, or both: IPv4-only, IPv6-only or dual-stack).
     #[arg(long, env = "FERRY_CLUSTER_CIDR")]
     pub cluster_cidr: Option<Ipv4Network>,
     /// Prefix length of node subnets (with --cluster-cidr; default 24).
     #[arg(long, env = "FERRY_SUBNET_LEN")]
     pub subnet_len: Option<u8>,
-    /// The cluster's IPv6 pod CIDR, for a dual-stack cluster (with --cluster-cidr).
+    /// The cluster's IPv6 pod CIDR: alone for an IPv6-only cluster, with --cluster-cidr
+    /// for a dual-stack one.
     #[arg(long, env = "FERRY_CLUSTER_CIDR_V6")]
     pub cluster_cidr_v6: Option<Ipv6Network>,
     /// Prefix length of IPv6 node subnets (with --cluster-cidr-v6; default 64).
@@ -120,17 +123,21 @@ impl Args {
             self.bridge
         );
         if let Some(c) = self.cluster_cidr {
-            let cfg = registry::ClusterConfig {
+            let cfg = registry::ClusterV4 {
                 cluster_cidr: c,
                 subnet_len: self
                     .subnet_len
                     .unwrap_or(registry::model::DEFAULT_SUBNET_LEN),
-                vni: self.vni.unwrap_or(registry::model::DEFAULT_VNI),
-                port: self.port.unwrap_or(registry::model::DEFAULT_PORT),
-                ipv6: None,
             };
             cfg.validate()
                 .map_err(|e| anyhow::anyhow!("--cluster-cidr and its flags: {e}"))?;
+        }
+        if self.cluster_cidr.is_some() || self.cluster_cidr_v6.is_some() {
+            registry::model::check_vxlan(
+                self.vni.unwrap_or(registry::model::DEFAULT_VNI),
+                self.port.unwrap_or(registry::model::DEFAULT_PORT),
+            )
+            .map_err(|e| anyhow::anyhow!("--vni and --port: {e}"))?;
         }
         if let Some(c) = self.cluster_cidr_v6 {
             let v6 = registry::ClusterV6 {
@@ -159,6 +166,15 @@ mod tests {
     #[test]
     fn flags_are_checked_before_anything_runs() {
         assert!(parse(&[]).validate().is_ok());
+        // An IPv6-only cluster: no IPv4 cluster CIDR at all.
+        assert!(parse(&[
+            "--cluster-cidr-v6",
+            "fd00:1::/56",
+            "--public-ip",
+            "2001:db8::1"
+        ])
+        .validate()
+        .is_ok());
         for (flags, named) in [
             (&["--resync-interval", "0s"][..], "--resync-interval"),
             (&["--resync-interval", "10ms"], "--resync-interval"),
@@ -171,6 +187,7 @@ mod tests {
             (&["--cluster-cidr", "10.0.0.0/16", "--vni", "0"], "VNI"),
             (&["--cluster-cidr-v6", "fe80::/16"], "link-local"),
             (&["--cluster-cidr-v6", "::/0"], "too short"),
+            (&["--cluster-cidr-v6", "fd00::/56", "--vni", "0"], "VNI"),
             (
                 &["--cluster-cidr-v6", "fd00::/56", "--subnet-len-v6", "48"],
                 "longer",

@@ -1,16 +1,16 @@
 //! The daemon: set the node up once, then keep it true.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use netlink::{Link, Netlink, VxlanSpec};
 use node_ipam::NodeState;
-use registry::model::{overlap, resolve};
+use registry::model::resolve;
 use registry::{
     ClusterConfig, ConfigFlags, LeaseError, LeaseRecord, Refused, Registry, StoredLease, Usage,
     WatchResponse, WatchStream,
@@ -18,11 +18,12 @@ use registry::{
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::Args;
-use crate::datapath::{self, VXLAN_OVERHEAD};
+use crate::datapath;
 use crate::metrics::Metrics;
 use crate::peers::{diff, Entries, Peer};
 use crate::underlay::{self, Underlay};
-use crate::{health, rules, underlay_filter};
+use crate::underlay_filter::{self, Family};
+use crate::{health, rules};
 
 /// How often etcd leases are refreshed, and the liveness key's lifetime.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
@@ -40,17 +41,18 @@ struct Node {
     vx: Link,
     /// The etcd lease that keeps this node's subnet.
     grace_lease: i64,
-    peers: BTreeMap<Ipv4Network, Peer>,
+    /// Keyed by the subnet their record's key names (`LeaseRecord::primary`).
+    peers: BTreeMap<IpNetwork, Peer>,
     /// Subnets whose lease cannot be read now and whose node was not known before: what
     /// the kernel has for them is kept.
-    held: BTreeSet<Ipv4Network>,
+    held: BTreeSet<IpNetwork>,
     /// Records refused at the last listing (each logged once, when first refused).
     refused: BTreeSet<Refused>,
     /// Routes not made because a route ferry did not make is there (logged once).
     spared: BTreeSet<Ipv4Network>,
     programmed: Entries,
     /// The underlay addresses VXLAN is accepted from, as last applied.
-    vxlan_from: Option<BTreeSet<Ipv4Addr>>,
+    vxlan_from: Option<BTreeSet<IpAddr>>,
     metrics: Arc<Metrics>,
 }
 
@@ -112,21 +114,22 @@ pub async fn run(args: Args) -> Result<()> {
             port: cfg.port,
             local: underlay.ip,
             dev: underlay.link.index,
-            mtu: underlay.link.mtu - VXLAN_OVERHEAD,
+            mtu: underlay.pod_mtu(),
             mac,
         };
         // The device and the routes to every other node come first, the lease second: when
         // this node's address changed, the others switch to it only once it can answer there.
         let vx = datapath::ensure_vxlan(&nl, &vx_spec).await?;
-        let (stored, _) = reg.list().await?;
+        let (stored, _) = reg.list(&cfg).await?;
         let view = resolve(&cfg, &underlay.networks, &stored);
+        let family = Family::of(underlay.ip);
         let others: Vec<Peer> = view
             .accepted
             .iter()
             .filter(|l| l.node != name)
-            .filter_map(peer)
+            .filter_map(|l| peer(l, family))
             .collect();
-        let held: BTreeSet<Ipv4Network> = view.unreadable.iter().copied().collect();
+        let held: BTreeSet<IpNetwork> = view.unreadable.iter().copied().collect();
         let have = datapath::read(&nl, vx.index).await?;
         let early = diff(&Entries::desired(&others).keeping(&held, &have), &have);
         datapath::apply_guarded(&nl, vx.index, &early).await;
@@ -137,7 +140,7 @@ pub async fn run(args: Args) -> Result<()> {
         let prefer = state
             .as_ref()
             .and_then(|s| s.pod_cidr.as_ref()?.parse().ok())
-            .or(previous.as_ref().map(|p| p.subnet));
+            .or(previous.as_ref().and_then(|p| p.subnet));
         let prefer_v6 = state
             .as_ref()
             .and_then(|s| s.pod_cidr_v6.as_ref()?.parse().ok())
@@ -154,7 +157,7 @@ pub async fn run(args: Args) -> Result<()> {
             )
             .await?;
         tracing::info!(
-            node = %name, subnet = %acquired.record.subnet,
+            node = %name, subnet = ?acquired.record.subnet,
             subnet_v6 = ?acquired.record.subnet_v6, public_ip = %underlay.ip,
             vtep_mac = %acquired.record.vtep_mac, reused = acquired.reused, "subnet leased"
         );
@@ -202,7 +205,7 @@ pub async fn run(args: Args) -> Result<()> {
         }
         let usage = UsageSource {
             store: node_ipam::Store::new(&args.ipam_data_dir),
-            capacity: capacity(node.me.subnet),
+            capacity: capacity(&node.me),
         };
         tokio::spawn(keep_alive(
             reg.clone(),
@@ -283,9 +286,18 @@ impl UsageSource {
     }
 }
 
-/// Host addresses of a node subnet but the gateway.
-fn capacity(subnet: Ipv4Network) -> u32 {
-    (1u32 << (32 - u32::from(subnet.prefix()))).saturating_sub(3)
+/// Host addresses of a node's subnet but the gateway: its IPv4 subnet's, else (IPv6-only)
+/// its IPv6 subnet's, at most `u32::MAX`.
+fn capacity(me: &LeaseRecord) -> u32 {
+    let bits = match (me.subnet, me.subnet_v6) {
+        (Some(s), _) => 32 - u32::from(s.prefix()),
+        (None, Some(s)) => 128 - u32::from(s.prefix()),
+        (None, None) => 0,
+    };
+    if bits >= 32 {
+        return u32::MAX;
+    }
+    (1u32 << bits).saturating_sub(3)
 }
 
 /// Refreshes the subnet lease and the liveness key for as long as the daemon runs, and
@@ -369,7 +381,7 @@ impl Node {
     /// Lists the leases, makes them this node's view, and defends its own lease; the
     /// revision read at.
     async fn refresh(&mut self, reg: &mut Registry) -> Result<i64> {
-        let (stored, rev) = reg.list().await?;
+        let (stored, rev) = reg.list(&self.cfg).await?;
         self.set_view(&stored);
         self.defend(reg).await?;
         Ok(rev)
@@ -378,8 +390,9 @@ impl Node {
     /// Writes this node's lease back when it was deleted or damaged.
     async fn defend(&mut self, reg: &mut Registry) -> Result<()> {
         if reg.restore_own(&self.me, self.grace_lease).await? {
+            let key = self.me.primary().map(|p| reg.layout().record_key(p));
             tracing::warn!(
-                key = %reg.layout().lease(self.me.subnet),
+                key = ?key,
                 "this node's lease was deleted or changed in etcd; written back"
             );
         }
@@ -401,16 +414,23 @@ impl Node {
         self.metrics
             .leases_known
             .store(view.accepted.len() as u64, Relaxed);
-        let mine = self.me.subnet;
-        let mut peers: BTreeMap<Ipv4Network, Peer> = view
+        let family = Family::of(self.underlay.ip);
+        for l in view
             .accepted
             .iter()
-            .filter(|l| l.node != self.name && !overlap(l.subnet, mine))
-            .filter_map(peer)
-            .map(|p| (p.subnet, p))
+            .filter(|l| Family::of(l.public_ip) != family)
+        {
+            tracing::debug!(node = %l.node, public_ip = %l.public_ip, "another underlay family than this node's: unreachable over VXLAN");
+        }
+        let mine = self.me.primary();
+        let mut peers: BTreeMap<IpNetwork, Peer> = view
+            .accepted
+            .iter()
+            .filter(|l| l.node != self.name && l.primary() != mine)
+            .filter_map(|l| Some((l.primary()?, peer(l, family)?)))
             .collect();
         let mut held = BTreeSet::new();
-        for s in view.unreadable.into_iter().filter(|s| *s != mine) {
+        for s in view.unreadable.into_iter().filter(|s| Some(*s) != mine) {
             // The last valid view of that node stays in force.
             match self.peers.get(&s) {
                 Some(p) => {
@@ -446,7 +466,7 @@ impl Node {
         let mut int = signal(SignalKind::interrupt())?;
         let mut resync = tokio::time::interval(self.args.resync_interval);
         resync.tick().await;
-        let mut watch = Some(reg.watch(rev + 1).await?);
+        let mut watch = Some(reg.watch(&self.cfg, rev + 1).await?);
         let mut backoff = Duration::from_millis(100);
         let mut retry_at = tokio::time::Instant::now();
         loop {
@@ -522,7 +542,7 @@ impl Node {
     async fn relist(&mut self, reg: &mut Registry) -> Result<WatchStream> {
         let rev = self.refresh(reg).await?;
         self.full_reconcile().await?;
-        Ok(reg.watch(rev + 1).await?)
+        Ok(reg.watch(&self.cfg, rev + 1).await?)
     }
 
     /// Applies the difference between the peers and what was last programmed.
@@ -559,15 +579,16 @@ impl Node {
     /// was last applied, or from the kernel's on a full check (`whole`).
     fn filter_vxlan(&mut self, want: &Entries, whole: bool) -> Result<()> {
         let nodes = want.nodes();
+        let f = Family::of(self.underlay.ip);
         match (&self.vxlan_from, whole) {
             (Some(have), false) => {
-                if let Some(script) = underlay_filter::update_script(&nodes, have) {
+                if let Some(script) = underlay_filter::update_script(f, &nodes, have) {
                     underlay_filter::run(&script)?;
                 }
             }
             _ => {
-                if underlay_filter::ensure(self.cfg.port, &nodes)? && self.vxlan_from.is_none() {
-                    tracing::info!(table = underlay_filter::TABLE, "VXLAN filter installed");
+                if underlay_filter::ensure(f, self.cfg.port, &nodes)? && self.vxlan_from.is_none() {
+                    tracing::info!(table = %format!("{} {}", f.nft(), underlay_filter::TABLE), "VXLAN filter installed");
                 }
             }
         }
@@ -592,22 +613,28 @@ impl Node {
             tracing::warn!(device = %vx.name, "VXLAN device was missing or replaced; recreated");
         }
         self.vx = vx;
-        datapath::ensure_vtep_addr(&self.nl, &self.vx, self.me.subnet).await?;
-        let gw = datapath::gateway(self.me.subnet);
-        self.nl
-            .ensure_bridge(
-                &self.args.bridge,
-                netlink::bridge_mac(gw),
-                gw,
-                self.me.subnet.prefix(),
-            )
-            .await?;
+        if let Some(s) = self.me.subnet {
+            datapath::ensure_vtep_addr(&self.nl, &self.vx, s).await?;
+            let gw = datapath::gateway(s);
+            self.nl
+                .ensure_bridge(&self.args.bridge, netlink::bridge_mac(gw), gw, s.prefix())
+                .await?;
+        }
         if let Some(s6) = self.me.subnet_v6 {
+            if self.me.subnet.is_none() {
+                // The bridge's MAC as the plugin would make it on an IPv6-only node.
+                let gw = IpAddr::V6(datapath::gateway_v6(s6));
+                self.nl
+                    .ensure_bridge_link(&self.args.bridge, netlink::bridge_mac_of(gw))
+                    .await?;
+            }
             datapath::ensure_v6_addrs(&self.nl, &self.vx, &self.args.bridge, s6).await?;
         }
         rules::ensure_sysctls(self.cfg.ipv6.is_some())?;
-        if rules::ensure_iptables(self.cfg.cluster_cidr.into())? {
-            tracing::info!("iptables rules installed");
+        if let Some(v4) = self.cfg.ipv4 {
+            if rules::ensure_iptables(v4.cluster_cidr.into())? {
+                tracing::info!("iptables rules installed");
+            }
         }
         if let Some(v6) = self.cfg.ipv6 {
             if rules::ensure_iptables(v6.cluster_cidr.into())? {
@@ -636,13 +663,13 @@ impl Node {
     fn write_state(&self) -> Result<()> {
         let st = NodeState {
             node_name: self.name.clone(),
-            pod_cidr: Some(self.me.subnet.to_string()),
-            cluster_cidr: Some(self.cfg.cluster_cidr.to_string()),
-            gateway: Some(datapath::gateway(self.me.subnet)),
+            pod_cidr: self.me.subnet.map(|s| s.to_string()),
+            cluster_cidr: self.cfg.ipv4.map(|v| v.cluster_cidr.to_string()),
+            gateway: self.me.subnet.map(datapath::gateway),
             pod_cidr_v6: self.me.subnet_v6.map(|s| s.to_string()),
             cluster_cidr_v6: self.cfg.ipv6.map(|v| v.cluster_cidr.to_string()),
             gateway_v6: self.me.subnet_v6.map(datapath::gateway_v6),
-            mtu: self.underlay.link.mtu - VXLAN_OVERHEAD,
+            mtu: self.underlay.pod_mtu(),
             network_policy: self.args.network_policy,
         };
         if node_ipam::node_state::read(&self.args.state_dir)
@@ -662,7 +689,12 @@ impl Node {
     }
 }
 
-fn peer(l: &LeaseRecord) -> Option<Peer> {
+/// The peer a record makes, when its VTEP is of this node's underlay `family` (a VXLAN
+/// device speaks one family).
+fn peer(l: &LeaseRecord, family: Family) -> Option<Peer> {
+    if Family::of(l.public_ip) != family {
+        return None;
+    }
     Some(Peer {
         subnet: l.subnet,
         public_ip: l.public_ip,

@@ -11,10 +11,6 @@ use netlink::{Link, Netlink, VxlanSpec};
 
 use crate::peers::{foreign_routes, spare_foreign, Entries, Op};
 
-/// VXLAN header overhead on an IPv4 underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) +
-/// inner Ethernet (14).
-pub const VXLAN_OVERHEAD: u32 = 50;
-
 /// How many netlink requests run at once while applying: enough to hide round trips on a
 /// cold start with thousands of peers, few enough to keep the socket's buffers calm.
 const IN_FLIGHT: usize = 64;

@@ -6,19 +6,21 @@
 //! network address with the node's VTEP MAC, an FDB entry sending that MAC to the node's
 //! public IP, and a route to the subnet via that address, onlink. A dual-stack node also
 //! gets an IPv6 neighbour entry for its IPv6 subnet's network address with the same MAC
-//! and an IPv6 route via it: the device is L2, so the FDB entry serves both families.
+//! and an IPv6 route via it: the device is L2, so the FDB entry serves both families. A
+//! node of an IPv6-only cluster has only the IPv6 neighbour and route; its FDB entry's
+//! destination is of the underlay's family, whatever the pods' families are.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use netlink::{FdbEntry, NeighV4, RouteV4};
 
 /// A remote node as the overlay needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
-    pub subnet: Ipv4Network,
-    pub public_ip: Ipv4Addr,
+    pub subnet: Option<Ipv4Network>,
+    pub public_ip: IpAddr,
     pub mac: [u8; 6],
     pub subnet_v6: Option<Ipv6Network>,
 }
@@ -37,13 +39,14 @@ impl Entries {
     pub fn desired<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> Entries {
         let mut e = Entries::default();
         for p in peers {
-            let vtep = p.subnet.network();
-            e.neighs.insert(vtep, p.mac);
             e.fdb.insert(FdbEntry {
                 mac: p.mac,
                 dst: p.public_ip,
             });
-            e.routes.insert(p.subnet, vtep);
+            if let Some(s) = p.subnet {
+                e.neighs.insert(s.network(), p.mac);
+                e.routes.insert(s, s.network());
+            }
             if let Some(s6) = p.subnet_v6 {
                 e.neighs6.insert(s6.network(), p.mac);
                 e.routes6.insert(s6, s6.network());
@@ -64,17 +67,35 @@ impl Entries {
     /// Adds, for each of `held` (subnets whose lease cannot be read now), what `have`
     /// holds for it: its route, its VTEP's neighbour and the FDB entries of that MAC. An
     /// unreadable record is no reason to cut its node off, nor to point it elsewhere.
-    pub fn keeping(mut self, held: &BTreeSet<Ipv4Network>, have: &Entries) -> Entries {
+    pub fn keeping(mut self, held: &BTreeSet<IpNetwork>, have: &Entries) -> Entries {
         for net in held {
-            if self.routes.contains_key(net) {
-                continue;
-            }
-            let Some(gw) = have.routes.get(net) else {
-                continue;
+            let mac = match *net {
+                IpNetwork::V4(net) => {
+                    if self.routes.contains_key(&net) {
+                        continue;
+                    }
+                    let Some(gw) = have.routes.get(&net) else {
+                        continue;
+                    };
+                    self.routes.insert(net, *gw);
+                    have.neighs.get(gw).inspect(|mac| {
+                        self.neighs.insert(*gw, **mac);
+                    })
+                }
+                IpNetwork::V6(net) => {
+                    if self.routes6.contains_key(&net) {
+                        continue;
+                    }
+                    let Some(gw) = have.routes6.get(&net) else {
+                        continue;
+                    };
+                    self.routes6.insert(net, *gw);
+                    have.neighs6.get(gw).inspect(|mac| {
+                        self.neighs6.insert(*gw, **mac);
+                    })
+                }
             };
-            self.routes.insert(*net, *gw);
-            if let Some(mac) = have.neighs.get(gw) {
-                self.neighs.insert(*gw, *mac);
+            if let Some(mac) = mac {
                 self.fdb
                     .extend(have.fdb.iter().filter(|f| f.mac == *mac).copied());
             }
@@ -83,7 +104,7 @@ impl Entries {
     }
 
     /// The underlay addresses VXLAN may come from: every peer's.
-    pub fn nodes(&self) -> BTreeSet<Ipv4Addr> {
+    pub fn nodes(&self) -> BTreeSet<IpAddr> {
         self.fdb.iter().map(|f| f.dst).collect()
     }
 }
@@ -201,8 +222,8 @@ mod tests {
 
     fn peer(n: u8, ip: u8, mac: u8) -> Peer {
         Peer {
-            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
-            public_ip: Ipv4Addr::new(192, 0, 2, ip),
+            subnet: Some(format!("10.244.{n}.0/24").parse().unwrap()),
+            public_ip: Ipv4Addr::new(192, 0, 2, ip).into(),
             mac: [0x0e, 0, 0, 0, 0, mac],
             subnet_v6: None,
         }
@@ -266,7 +287,7 @@ mod tests {
                 Op::DelNeigh(Ipv4Addr::new(10, 244, 2, 0)),
                 Op::DelFdb(FdbEntry {
                     mac: [0x0e, 0, 0, 0, 0, 2],
-                    dst: Ipv4Addr::new(192, 0, 2, 12)
+                    dst: Ipv4Addr::new(192, 0, 2, 12).into()
                 }),
             ]
         );
@@ -279,7 +300,7 @@ mod tests {
         let ops = diff(&want, &have);
         assert!(ops.contains(&Op::DelFdb(FdbEntry {
             mac: [0x0e, 0, 0, 0, 0, 1],
-            dst: Ipv4Addr::new(192, 0, 2, 11)
+            dst: Ipv4Addr::new(192, 0, 2, 11).into()
         })));
         assert!(ops.contains(&Op::SetNeigh(NeighV4 {
             ip: Ipv4Addr::new(10, 244, 1, 0),
@@ -287,7 +308,7 @@ mod tests {
         })));
         assert!(ops.contains(&Op::SetFdb(FdbEntry {
             mac: [0x0e, 0, 0, 0, 0, 9],
-            dst: Ipv4Addr::new(192, 0, 2, 21)
+            dst: Ipv4Addr::new(192, 0, 2, 21).into()
         })));
         // The route did not change, so it is left alone (no blip for running flows).
         assert!(!ops
@@ -298,7 +319,7 @@ mod tests {
     #[test]
     fn an_unreadable_peer_keeps_what_the_kernel_has() {
         let have = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2)]);
-        let held: BTreeSet<Ipv4Network> = [
+        let held: BTreeSet<IpNetwork> = [
             "10.244.2.0/24".parse().unwrap(),
             "10.244.9.0/24".parse().unwrap(),
         ]
@@ -308,7 +329,7 @@ mod tests {
         assert_eq!(diff(&want, &have), vec![]);
         assert_eq!(
             want.nodes(),
-            [Ipv4Addr::new(192, 0, 2, 11), Ipv4Addr::new(192, 0, 2, 12)].into()
+            [IpAddr::from([192, 0, 2, 11]), IpAddr::from([192, 0, 2, 12])].into()
         );
         // Nothing there to keep: nothing is made up.
         let none = Entries::desired(&[peer(1, 11, 1)]).keeping(&held, &Entries::default());
@@ -351,6 +372,46 @@ mod tests {
             .filter(|o| matches!(o, Op::SetRoute(..)))
             .collect();
         assert_eq!(routes.len(), 2);
+    }
+
+    /// A node of an IPv6-only cluster over an IPv6 underlay.
+    fn peer6_only(n: u8, mac: u8) -> Peer {
+        Peer {
+            subnet: None,
+            public_ip: format!("2001:db8::{n}").parse().unwrap(),
+            ..peer6(n, 0, mac)
+        }
+    }
+
+    #[test]
+    fn an_ipv6_only_peer_has_no_ipv4_entries_and_an_ipv6_vtep() {
+        let want = Entries::desired(&[peer6_only(1, 1), peer6_only(2, 2)]);
+        assert_eq!(want.len(), (2, 2, 2));
+        assert!(want.routes.is_empty() && want.neighs.is_empty());
+        assert_eq!(
+            want.nodes(),
+            [
+                "2001:db8::1".parse::<IpAddr>().unwrap(),
+                "2001:db8::2".parse().unwrap()
+            ]
+            .into()
+        );
+        // A hand-deleted route and neighbour come back, and nothing else is touched.
+        let mut have = want.clone();
+        let s1: Ipv6Network = "fd00:10:0:1::/64".parse().unwrap();
+        have.routes6.remove(&s1);
+        have.neighs6.remove(&s1.network());
+        assert_eq!(
+            diff(&want, &have),
+            vec![
+                Op::SetNeigh6(s1.network(), [0x0e, 0, 0, 0, 0, 1]),
+                Op::SetRoute6(s1, s1.network()),
+            ]
+        );
+        // An unreadable record keeps its node's IPv6 entries, FDB entry included.
+        let held: BTreeSet<IpNetwork> = [IpNetwork::V6(s1)].into();
+        let kept = Entries::desired(&[peer6_only(2, 2)]).keeping(&held, &want);
+        assert_eq!(kept, want);
     }
 
     #[test]

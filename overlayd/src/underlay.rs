@@ -1,35 +1,67 @@
 //! The underlay: which interface and address carry the VXLAN traffic.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
-use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv6Network};
 use netlink::{Link, Netlink};
 
 #[derive(Debug, Clone)]
 pub struct Underlay {
     pub link: Link,
-    pub ip: Ipv4Addr,
+    /// The VTEP's address: IPv4, or IPv6 on an IPv6-only underlay.
+    pub ip: IpAddr,
     /// The host's own networks (its addresses with their prefixes, but loopback and
     /// ferry's devices): no node subnet may overlap one.
     pub networks: Vec<IpNetwork>,
 }
 
-/// Every IPv4 address of the host with its link, but ferry's own devices (`skip`).
-async fn host_addrs(nl: &Netlink, skip: &[&str]) -> Result<Vec<(String, Ipv4Addr, u8)>> {
+impl Underlay {
+    /// What VXLAN adds to a pod's packet on this underlay: outer IP header (20 for IPv4,
+    /// 40 for IPv6) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+    pub fn overhead(&self) -> u32 {
+        overhead(self.ip)
+    }
+
+    /// The pods' MTU: the underlay's less the VXLAN overhead.
+    pub fn pod_mtu(&self) -> u32 {
+        self.link.mtu.saturating_sub(self.overhead())
+    }
+}
+
+pub fn overhead(ip: IpAddr) -> u32 {
+    match ip {
+        IpAddr::V4(_) => 50,
+        IpAddr::V6(_) => 70,
+    }
+}
+
+/// An address the underlay may use: not loopback, not link-local (a VTEP's address must
+/// route without a scope).
+fn usable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => !a.is_loopback(),
+        IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
+    }
+}
+
+/// Every usable address of the host with its link, but ferry's own devices (`skip`).
+async fn host_addrs(nl: &Netlink, skip: &[&str]) -> Result<Vec<(String, IpAddr, u8)>> {
     let mut all = Vec::new();
     for l in nl.list_links().await? {
         if skip.contains(&l.name.as_str()) || l.vxlan.is_some() {
             continue;
         }
-        for (ip, prefix) in nl.addrs_v4(l.index).await? {
-            all.push((l.name.clone(), ip, prefix));
+        for (ip, prefix) in nl.addrs(l.index).await? {
+            if usable(ip) {
+                all.push((l.name.clone(), ip, prefix));
+            }
         }
     }
     Ok(all)
 }
 
-fn shown(addrs: &[(String, Ipv4Addr, u8)]) -> String {
+fn shown(addrs: &[(String, IpAddr, u8)]) -> String {
     if addrs.is_empty() {
         return "none".into();
     }
@@ -40,13 +72,15 @@ fn shown(addrs: &[(String, Ipv4Addr, u8)]) -> String {
         .join(", ")
 }
 
-/// `--iface`, else the interface holding `--public-ip`, else the default route's. A
-/// `--public-ip` must be an address of that interface: other nodes would otherwise send
-/// this node's VXLAN traffic to whoever holds it.
+/// `--iface`, else the interface holding `--public-ip`, else the default route's (IPv4's,
+/// else IPv6's: an IPv6-only host has only the latter). A `--public-ip` must be an
+/// address of that interface: other nodes would otherwise send this node's VXLAN traffic
+/// to whoever holds it. Without one, the interface's first IPv4 address, else its first
+/// global IPv6 address.
 pub async fn find(
     nl: &Netlink,
     iface: Option<&str>,
-    public_ip: Option<Ipv4Addr>,
+    public_ip: Option<IpAddr>,
     bridge: &str,
 ) -> Result<Underlay> {
     let addrs = host_addrs(nl, &[bridge]).await?;
@@ -56,27 +90,34 @@ pub async fn find(
             .await?
             .with_context(|| format!("underlay interface {name} does not exist"))?,
         (None, Some(ip)) => {
-            let mut found = None;
-            for l in nl.list_links().await? {
-                if nl.addrs_v4(l.index).await?.iter().any(|(a, _)| *a == ip) {
-                    found = Some(l);
-                    break;
-                }
-            }
-            found.with_context(|| {
-                format!(
-                    "--public-ip {ip} is not an address of this host (its addresses: {})",
-                    shown(&addrs)
-                )
-            })?
+            let name = addrs
+                .iter()
+                .find(|(_, a, _)| *a == ip)
+                .map(|(l, _, _)| l.clone())
+                .with_context(|| {
+                    format!(
+                        "--public-ip {ip} is not an address of this host (its addresses: {})",
+                        shown(&addrs)
+                    )
+                })?;
+            nl.get_link(&name)
+                .await?
+                .with_context(|| format!("underlay interface {name} vanished"))?
         }
         (None, None) => {
-            let routes = nl.routes_v4().await?;
-            let oif = routes
-                .iter()
-                .find(|r| r.prefix == 0)
-                .and_then(|r| r.oif)
-                .context("no default route to find the underlay by: pass --iface or --public-ip")?;
+            let v4 = nl.routes_v4().await?;
+            let oif = match v4.iter().find(|r| r.prefix == 0).and_then(|r| r.oif) {
+                Some(oif) => Some(oif),
+                None => nl
+                    .routes_v6()
+                    .await?
+                    .iter()
+                    .find(|r| r.prefix == 0)
+                    .and_then(|r| r.oif),
+            };
+            let oif = oif.context(
+                "no default route (IPv4 or IPv6) to find the underlay by: pass --iface or --public-ip",
+            )?;
             nl.list_links()
                 .await?
                 .into_iter()
@@ -84,30 +125,47 @@ pub async fn find(
                 .context("the default route's interface vanished")?
         }
     };
+    let on_link = |ip: IpAddr| addrs.iter().any(|(l, a, _)| *a == ip && *l == link.name);
     let ip = match public_ip {
-        Some(ip) if addrs.iter().any(|(l, a, _)| *a == ip && *l == link.name) => ip,
+        Some(ip) if on_link(ip) => ip,
         Some(ip) => bail!(
             "--public-ip {ip} is not an address of the underlay interface {} (this host's addresses: {})",
             link.name,
             shown(&addrs)
         ),
-        None => match nl.addrs_v4(link.index).await?.first() {
-            Some((ip, _)) => *ip,
-            None => bail!("underlay interface {} has no IPv4 address", link.name),
-        },
+        None => {
+            let mine = || addrs.iter().filter(|(l, _, _)| *l == link.name);
+            match mine()
+                .find(|(_, a, _)| a.is_ipv4())
+                .or_else(|| mine().next())
+            {
+                Some((_, ip, _)) => *ip,
+                None => bail!(
+                    "underlay interface {} has no IPv4 or global IPv6 address",
+                    link.name
+                ),
+            }
+        }
     };
-    if link.mtu < 68 + 50 {
+    // The smallest packet an IP host must take (IPv4's 68, IPv6's 1280) must fit.
+    let least = match ip {
+        IpAddr::V4(_) => 68,
+        IpAddr::V6(_) => 1280,
+    };
+    if link.mtu < least + overhead(ip) {
         bail!(
-            "underlay interface {} has MTU {}, too small for VXLAN",
+            "underlay interface {} has MTU {}, too small for VXLAN over {} (at least {})",
             link.name,
-            link.mtu
+            link.mtu,
+            if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+            least + overhead(ip)
         );
     }
     let mut networks: Vec<IpNetwork> = addrs
         .iter()
-        .filter(|(_, ip, _)| !ip.is_loopback())
-        .filter_map(|(_, ip, p)| Ipv4Network::new(*ip, *p).ok())
-        .map(|n| IpNetwork::V4(Ipv4Network::new(n.network(), n.prefix()).unwrap_or(n)))
+        .filter(|(_, ip, _)| ip.is_ipv4())
+        .filter_map(|(_, ip, p)| IpNetwork::new(*ip, *p).ok())
+        .map(|n| IpNetwork::new(n.network(), n.prefix()).unwrap_or(n))
         .collect();
     networks.extend(host_networks_v6(nl, &[bridge]).await?);
     Ok(Underlay { link, ip, networks })
@@ -132,4 +190,19 @@ async fn host_networks_v6(nl: &Netlink, skip: &[&str]) -> Result<Vec<IpNetwork>>
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vxlan_overhead_follows_the_underlay_family() {
+        // Outer IPv4 20 or IPv6 40, UDP 8, VXLAN 8, inner Ethernet 14.
+        assert_eq!(overhead("192.0.2.1".parse().unwrap()), 50);
+        assert_eq!(overhead("2001:db8::1".parse().unwrap()), 70);
+        assert!(usable("2001:db8::1".parse().unwrap()));
+        assert!(!usable("fe80::1".parse().unwrap()));
+        assert!(!usable("::1".parse().unwrap()));
+    }
 }

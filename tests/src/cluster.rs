@@ -1,7 +1,8 @@
 //! A cluster on one machine: an underlay switch (a bridge in its own namespace), a host
 //! running a real etcd, nodes running `ferry-overlayd` with pods added through `ferry`, and
 //! a host outside the cluster. Every cluster has its own switch namespace, so parallel
-//! tests reuse the 192.0.2.0/24 addresses without meeting.
+//! tests reuse the 192.0.2.0/24 addresses without meeting. An IPv6 underlay
+//! (`Cluster::v6_only`) has every host on 2001:db8::/64 instead, with no IPv4 address.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +17,9 @@ use crate::proc::{wait_until, Bg};
 pub const UNDERLAY_GW: &str = "192.0.2.254";
 pub const ETCD_IP: &str = "192.0.2.2";
 pub const OUTSIDE_IP: &str = "192.0.2.200";
+/// The same roles on an IPv6 underlay.
+pub const UNDERLAY_GW_V6: &str = "2001:db8::fe";
+pub const ETCD_IP_V6: &str = "2001:db8::2";
 /// Where each node's daemon serves health and metrics, inside the node's namespace.
 /// The outside host's IPv6 address, with `Cluster::add_underlay_v6`.
 pub const OUTSIDE_IP_V6: &str = "2001:db8::100";
@@ -33,8 +37,9 @@ impl Switch {
         Switch { ns }
     }
 
-    /// Plugs `host` in as `eth0` with `ip`/24 and a default route (to nowhere: only the
-    /// test's own namespaces are ever reached).
+    /// Plugs `host` in as `eth0` with `ip`/24 (an IPv6 `ip`: /64, and no IPv4 address at
+    /// all) and a default route (to nowhere: only the test's own namespaces are ever
+    /// reached).
     pub fn plug(&self, host: &Netns, ip: &str) {
         let port = crate::unique("sp");
         run_ok(Command::new("ip").args([
@@ -52,6 +57,13 @@ impl Switch {
             &host.name,
         ]));
         self.ns.sh(&format!("ip link set {port} master sw0 up"));
+        if ip.contains(':') {
+            host.sh(&format!(
+                "ip -6 addr add {ip}/64 dev eth0 nodad && ip link set eth0 up && \
+                 ip -6 route add default via {UNDERLAY_GW_V6} dev eth0"
+            ));
+            return;
+        }
         host.sh(&format!(
             "ip addr add {ip}/24 dev eth0 && ip link set eth0 up && ip route add default via {UNDERLAY_GW}"
         ));
@@ -70,6 +82,8 @@ pub struct Etcd {
     pub dir: tempfile::TempDir,
     /// Whether clients must speak TLS and present a certificate of the test CA.
     pub tls: bool,
+    /// Its address on the underlay.
+    pub ip: String,
     proc: Option<Bg>,
 }
 
@@ -81,16 +95,22 @@ impl Etcd {
     /// With `tls`: a throwaway CA, a server certificate for the etcd host's address and a
     /// client certificate; etcd requires client certificates.
     pub fn start_with(switch: &Switch, tls: bool) -> Etcd {
+        Self::start_on(switch, tls, ETCD_IP)
+    }
+
+    /// At `ip` on the switch, of either family.
+    pub fn start_on(switch: &Switch, tls: bool, ip: &str) -> Etcd {
         let host = Netns::new("fye");
-        switch.plug(&host, ETCD_IP);
+        switch.plug(&host, ip);
         let dir = tempfile::tempdir().expect("tempdir");
         if tls {
-            make_certs(dir.path());
+            make_certs(dir.path(), ip);
         }
         let mut e = Etcd {
             host,
             dir,
             tls,
+            ip: ip.to_string(),
             proc: None,
         };
         e.resume();
@@ -99,7 +119,7 @@ impl Etcd {
 
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{ETCD_IP}:2379")
+        format!("{scheme}://{}:2379", url_host(&self.ip))
     }
 
     /// The daemon's flags for reaching this etcd.
@@ -183,14 +203,23 @@ impl Drop for Etcd {
     }
 }
 
-/// A CA, a server certificate for the etcd host and a client certificate, in `dir`.
-fn make_certs(dir: &Path) {
+/// An address as the host part of a URL: IPv6 in brackets.
+pub fn url_host(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+/// A CA, a server certificate for the etcd host at `ip` and a client certificate, in `dir`.
+fn make_certs(dir: &Path, ip: &str) {
     let d = dir.display();
     let script = format!(
         "set -e; cd {d}
 openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=ferry-test-ca 2>/dev/null
 openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=etcd 2>/dev/null
-printf 'subjectAltName=IP:{ETCD_IP}\\nextendedKeyUsage=serverAuth,clientAuth\\n' > server.ext
+printf 'subjectAltName=IP:{ip}\\nextendedKeyUsage=serverAuth,clientAuth\\n' > server.ext
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null
 openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=ferry 2>/dev/null
 printf 'extendedKeyUsage=clientAuth\\n' > client.ext
@@ -266,6 +295,28 @@ impl Node {
         );
     }
 
+    /// Deletes this node's IPv6 route and neighbour entry of the remote IPv6 subnet `s6`
+    /// (`net::/len`) by hand, and waits until the daemon's resync has put both back.
+    pub fn assert_mends_v6(&self, s6: &str) {
+        let vtep = s6.split('/').next().unwrap_or(s6).to_string();
+        self.host.sh(&format!(
+            "ip -6 route del {s6} dev ferry.1 && ip -6 neigh del {vtep} dev ferry.1"
+        ));
+        let mended = wait_until(Duration::from_secs(10), || {
+            self.overlay_routes_v6().contains(s6)
+                && self
+                    .host
+                    .sh("ip -6 neigh show dev ferry.1")
+                    .contains(&format!("{vtep} lladdr"))
+        });
+        assert!(
+            mended,
+            "not mended: {}\n{}",
+            self.overlay_routes_v6(),
+            self.log()
+        );
+    }
+
     /// The VXLAN device's FDB, as `bridge fdb` prints it.
     pub fn overlay_fdb(&self) -> String {
         self.host
@@ -306,9 +357,12 @@ impl Node {
         .expect("node.json parses")
     }
 
+    /// The node's IPv4 subnet; an IPv6-only node's IPv6 one.
     pub fn subnet(&self) -> String {
-        self.node_state()["podCIDR"]
+        let st = self.node_state();
+        st["podCIDR"]
             .as_str()
+            .or(st["podCIDRv6"].as_str())
             .unwrap_or_default()
             .to_string()
     }
@@ -381,6 +435,12 @@ impl Node {
             .sh("ip route show dev ferry.1 2>/dev/null || true")
     }
 
+    /// The IPv6 routes ferry made on the VXLAN device, as `ip -6 route` prints them.
+    pub fn overlay_routes_v6(&self) -> String {
+        self.host
+            .sh("ip -6 route show dev ferry.1 proto 102 2>/dev/null || true")
+    }
+
     pub fn vtep_mac(&self) -> String {
         self.host
             .sh("cat /sys/class/net/ferry.1/address")
@@ -415,6 +475,8 @@ pub struct Cluster {
     pub cidr: String,
     pub prefix: String,
     pub extra_args: String,
+    /// Whether the underlay is IPv6 (2001:db8::/64) and the cluster IPv6-only.
+    pub v6: bool,
 }
 
 impl Cluster {
@@ -441,12 +503,30 @@ impl Cluster {
         tls: bool,
         report: &mut dyn FnMut(Progress),
     ) -> Cluster {
+        Self::build_on(n, cidr, extra, tls, false, report)
+    }
+
+    /// An IPv6-only cluster (`cidr6` its only cluster CIDR) over an IPv6 underlay: every
+    /// host on 2001:db8::/64 with no IPv4 address, etcd at `ETCD_IP_V6`, the outside host
+    /// at `OUTSIDE_IP_V6`, the nodes at 2001:db8::11, ::12, …
+    pub fn v6_only(n: usize, cidr6: &str, extra: &str) -> Cluster {
+        Self::build_on(n, cidr6, extra, false, true, &mut |_| {})
+    }
+
+    fn build_on(
+        n: usize,
+        cidr: &str,
+        extra: &str,
+        tls: bool,
+        v6: bool,
+        report: &mut dyn FnMut(Progress),
+    ) -> Cluster {
         let t = Instant::now();
         let switch = Switch::new();
-        let etcd = Etcd::start_with(&switch, tls);
+        let etcd = Etcd::start_on(&switch, tls, if v6 { ETCD_IP_V6 } else { ETCD_IP });
         report(Progress::Etcd(&etcd, t.elapsed()));
         let outside = Netns::new("fyo");
-        switch.plug(&outside, OUTSIDE_IP);
+        switch.plug(&outside, if v6 { OUTSIDE_IP_V6 } else { OUTSIDE_IP });
         let mut c = Cluster {
             switch,
             etcd,
@@ -455,6 +535,7 @@ impl Cluster {
             cidr: cidr.to_string(),
             prefix: format!("/ferry-{}", crate::unique("t")),
             extra_args: extra.to_string(),
+            v6,
         };
         let t = Instant::now();
         for _ in 0..n {
@@ -475,12 +556,16 @@ impl Cluster {
         let i = self.nodes.len();
         let name = format!("node{i}");
         let host = Netns::new("fyn");
-        let ip = format!("192.0.2.{}", 11 + i);
+        let (ip, cidr_flag) = if self.v6 {
+            (format!("2001:db8::{:x}", 0x11 + i), "--cluster-cidr-v6")
+        } else {
+            (format!("192.0.2.{}", 11 + i), "--cluster-cidr")
+        };
         self.switch.plug(&host, &ip);
         let dir = tempfile::tempdir().expect("tempdir");
         let daemon_args = format!(
             "{} --etcd-prefix {} --node-name {name} --state-dir {} \
-             --ipam-data-dir {} --cluster-cidr {} --health-addr {HEALTH_ADDR} --resync-interval 2s {}",
+             --ipam-data-dir {} {cidr_flag} {} --health-addr {HEALTH_ADDR} --resync-interval 2s {}",
             self.etcd.client_flags(),
             self.prefix,
             dir.path().join("run").display(),
@@ -509,7 +594,7 @@ impl Cluster {
                 continue;
             }
             let ok = wait_until(Duration::from_secs(20), || {
-                let routes = node.overlay_routes();
+                let routes = node.overlay_routes() + &node.overlay_routes_v6();
                 subnets
                     .iter()
                     .enumerate()
@@ -543,9 +628,15 @@ impl Cluster {
         v
     }
 
-    /// The etcd key of the lease of `subnet` (`a.b.c.d/len`).
+    /// The etcd key of the lease of `subnet` (`a.b.c.d/len`; an IPv6 one is an IPv6-only
+    /// cluster's record key).
     pub fn lease_key(&self, subnet: &str) -> String {
-        format!("{}/v1/leases/{}", self.prefix, subnet.replace('/', "-"))
+        let dir = if subnet.contains(':') {
+            "leases-v6"
+        } else {
+            "leases"
+        };
+        format!("{}/v1/{dir}/{}", self.prefix, subnet.replace('/', "-"))
     }
 
     /// Writes `value` at `key` with etcdctl, as an operator (or an intruder) would.
@@ -569,6 +660,65 @@ impl Cluster {
         }
         self.outside
             .sh(&format!("ip -6 addr add {OUTSIDE_IP_V6}/64 dev eth0 nodad"));
+    }
+
+    /// Waits until `from` gets an answer from `ip` (either family): the first packets of a
+    /// new pod wait for neighbour discovery.
+    pub fn wait_reachable(&self, from: &Netns, ip: &str) {
+        let up = wait_until(Duration::from_secs(10), || {
+            from.try_sh(&format!("ping -c1 -W1 {ip}")).status.success()
+        });
+        assert!(
+            up,
+            "{ip} unreachable from {}:\n{}",
+            from.name,
+            self.nodes[0].log()
+        );
+    }
+
+    /// Stops every node's daemon (SIGTERM must exit 0) and starts it again, one after
+    /// the other, waiting until each answers; then checks that each kept its subnet and
+    /// VTEP MAC and says it reused its lease.
+    pub fn restart_daemons_keeping_leases(&mut self) {
+        let before: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| (n.subnet(), n.vtep_mac()))
+            .collect();
+        for n in &mut self.nodes {
+            assert_eq!(
+                n.stop_daemon(),
+                Some(0),
+                "SIGTERM must exit 0:\n{}",
+                n.log()
+            );
+            n.start_daemon();
+            n.wait_answering();
+        }
+        let after: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| (n.subnet(), n.vtep_mac()))
+            .collect();
+        assert_eq!(before, after, "subnet or VTEP MAC moved across a restart");
+        for n in &self.nodes {
+            assert!(n.log().contains("reused=true"), "{}", n.log());
+        }
+    }
+
+    /// Every node's underlay address.
+    pub fn node_ips(&self) -> Vec<&str> {
+        self.nodes.iter().map(|n| n.ip.as_str()).collect()
+    }
+
+    /// `ferry-ipam leases` of this cluster run on node 0, with `extra` flags (`-o json`).
+    pub fn ipam_leases(&self, extra: &str) -> String {
+        self.nodes[0].host.sh(&format!(
+            "{} leases {} --etcd-prefix {} {extra}",
+            crate::bin("ferry-ipam").display(),
+            self.etcd.client_flags(),
+            self.prefix
+        ))
     }
 
     /// A host on the underlay that is not a node.

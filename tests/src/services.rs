@@ -4,6 +4,8 @@
 //! traffic seen by iptables, hairpin, NodePort replies coming back through the node).
 
 use crate::cluster::Node;
+use crate::netns::Netns;
+use crate::proc::connect;
 
 /// One Service and its one endpoint.
 #[derive(Clone, Debug)]
@@ -17,10 +19,29 @@ pub struct Service {
 }
 
 impl Service {
+    /// The tests' Service: `cluster_ip` port 80 and NodePort 30080 to `endpoint_ip`:7000.
+    pub fn new(cluster_ip: &str, endpoint_ip: &str) -> Service {
+        Service {
+            cluster_ip: cluster_ip.to_string(),
+            port: 80,
+            node_port: 30080,
+            endpoint_ip: endpoint_ip.to_string(),
+            endpoint_port: 7000,
+        }
+    }
+
+    /// Puts the rules on every one of `nodes`.
+    pub fn install_on(&self, nodes: &[Node]) {
+        for n in nodes {
+            self.install(n);
+        }
+    }
+
     /// The shell commands kube-proxy's rules amount to on a node: DNAT of the ClusterIP and
     /// of the NodePort to the endpoint, and kube-proxy's masquerade mark (0x4000) for
     /// NodePort traffic and for an endpoint reaching itself (hairpin), so those replies come
-    /// back through the node that translated them.
+    /// back through the node that translated them. An IPv6 Service gets the same rules in
+    /// ip6tables, as kube-proxy makes them for an IPv6 (or dual-stack) cluster.
     pub fn rules(&self) -> String {
         let Service {
             cluster_ip,
@@ -29,24 +50,30 @@ impl Service {
             endpoint_ip,
             endpoint_port,
         } = self;
+        let (ipt, host) = if cluster_ip.contains(':') {
+            ("ip6tables", 128)
+        } else {
+            ("iptables", 32)
+        };
+        let to = crate::cluster::url_host(endpoint_ip);
         format!(
             "set -e
-iptables -t nat -N KUBE-SERVICES
-iptables -t nat -N KUBE-NODEPORTS
-iptables -t nat -N KUBE-SEP
-iptables -t nat -N KUBE-POSTROUTING
-iptables -t nat -A PREROUTING -j KUBE-SERVICES
-iptables -t nat -A OUTPUT -j KUBE-SERVICES
-iptables -t nat -A POSTROUTING -j KUBE-POSTROUTING
-iptables -t nat -A KUBE-SERVICES -d {cluster_ip}/32 -p tcp --dport {port} -j KUBE-SEP
-iptables -t nat -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
-iptables -t nat -A KUBE-NODEPORTS -p tcp --dport {node_port} -j MARK --set-xmark 0x4000/0x4000
-iptables -t nat -A KUBE-NODEPORTS -p tcp --dport {node_port} -j KUBE-SEP
-iptables -t nat -A KUBE-SEP -s {endpoint_ip}/32 -j MARK --set-xmark 0x4000/0x4000
-iptables -t nat -A KUBE-SEP -p tcp -j DNAT --to-destination {endpoint_ip}:{endpoint_port}
-iptables -t nat -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
-iptables -t nat -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
-iptables -t nat -A KUBE-POSTROUTING -j MASQUERADE --random-fully
+{ipt} -t nat -N KUBE-SERVICES
+{ipt} -t nat -N KUBE-NODEPORTS
+{ipt} -t nat -N KUBE-SEP
+{ipt} -t nat -N KUBE-POSTROUTING
+{ipt} -t nat -A PREROUTING -j KUBE-SERVICES
+{ipt} -t nat -A OUTPUT -j KUBE-SERVICES
+{ipt} -t nat -A POSTROUTING -j KUBE-POSTROUTING
+{ipt} -t nat -A KUBE-SERVICES -d {cluster_ip}/{host} -p tcp --dport {port} -j KUBE-SEP
+{ipt} -t nat -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+{ipt} -t nat -A KUBE-NODEPORTS -p tcp --dport {node_port} -j MARK --set-xmark 0x4000/0x4000
+{ipt} -t nat -A KUBE-NODEPORTS -p tcp --dport {node_port} -j KUBE-SEP
+{ipt} -t nat -A KUBE-SEP -s {endpoint_ip}/{host} -j MARK --set-xmark 0x4000/0x4000
+{ipt} -t nat -A KUBE-SEP -p tcp -j DNAT --to-destination {to}:{endpoint_port}
+{ipt} -t nat -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+{ipt} -t nat -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+{ipt} -t nat -A KUBE-POSTROUTING -j MASQUERADE --random-fully
 "
         )
     }
@@ -54,6 +81,43 @@ iptables -t nat -A KUBE-POSTROUTING -j MASQUERADE --random-fully
     /// Puts the rules on `node` (once per node: the chains must not exist yet).
     pub fn install(&self, node: &Node) {
         node.host.sh(&self.rules());
+    }
+
+    /// What the rules must give, as every Service test checks it (the endpoint's server
+    /// answers with the address it saw): the ClusterIP from a pod on another node (`far`,
+    /// its namespace and address) and from one on the endpoint's node (`near`), each seen
+    /// with its own address (no source NAT between pods; from the same node only
+    /// bridge-nf-call-ip(6)tables lets conntrack undo the DNAT of the reply); the endpoint
+    /// reaching itself through its Service (hairpin, masqueraded by kube-proxy); the
+    /// NodePort from `outside` on each of `node_ips`.
+    pub fn check(
+        &self,
+        far: (&Netns, &str),
+        near: (&Netns, &str),
+        endpoint: &Netns,
+        outside: &Netns,
+        node_ips: &[&str],
+    ) {
+        for (ns, ip) in [far, near] {
+            assert_eq!(
+                connect(ns, &self.cluster_ip, self.port).as_deref(),
+                Some(ip),
+                "ClusterIP {} from {ip}",
+                self.cluster_ip
+            );
+        }
+        assert!(
+            connect(endpoint, &self.cluster_ip, self.port).is_some(),
+            "hairpin through the Service {} failed",
+            self.cluster_ip
+        );
+        for ip in node_ips {
+            assert!(
+                connect(outside, ip, self.node_port).is_some(),
+                "NodePort {} on {ip} failed",
+                self.node_port
+            );
+        }
     }
 }
 
@@ -75,5 +139,25 @@ mod tests {
         assert!(r.contains("--dport 30080 -j KUBE-SEP"));
         assert!(r.contains("-s 10.244.1.2/32 -j MARK"));
         assert!(r.contains("DNAT --to-destination 10.244.1.2:7000"));
+        assert!(!r.contains("ip6tables"));
+    }
+
+    #[test]
+    fn an_ipv6_service_is_the_same_rules_in_ip6tables() {
+        let s = Service {
+            cluster_ip: "fd00:96::10".into(),
+            port: 80,
+            node_port: 30080,
+            endpoint_ip: "fd00:10:0:1::2".into(),
+            endpoint_port: 7000,
+        };
+        let r = s.rules();
+        assert!(
+            r.lines().skip(1).all(|l| l.starts_with("ip6tables ")),
+            "{r}"
+        );
+        assert!(r.contains("-d fd00:96::10/128 -p tcp --dport 80 -j KUBE-SEP"));
+        assert!(r.contains("-s fd00:10:0:1::2/128 -j MARK"));
+        assert!(r.contains("DNAT --to-destination [fd00:10:0:1::2]:7000"));
     }
 }

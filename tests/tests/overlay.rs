@@ -110,40 +110,15 @@ fn services_through_kube_proxy_rules() {
     let other_node = c.nodes[1].add_pod("far");
     let _srv = echo_peer_server(&endpoint.ns, 7000);
     // ClusterIP 10.96.0.10:80 and NodePort 30080 to the one endpoint.
-    let svc = Service {
-        cluster_ip: "10.96.0.10".into(),
-        port: 80,
-        node_port: 30080,
-        endpoint_ip: endpoint.ip.clone(),
-        endpoint_port: 7000,
-    };
-    for n in &c.nodes {
-        svc.install(n);
-    }
-    // ClusterIP from a pod on another node: no NAT of the source between pods.
-    assert_eq!(
-        connect(&other_node.ns, "10.96.0.10", 80).as_deref(),
-        Some(other_node.ip.as_str())
+    let svc = Service::new("10.96.0.10", &endpoint.ip);
+    svc.install_on(&c.nodes);
+    svc.check(
+        (&other_node.ns, &other_node.ip),
+        (&same_node.ns, &same_node.ip),
+        &endpoint.ns,
+        &c.outside,
+        &c.node_ips(),
     );
-    // From a pod on the endpoint's own node: the reply crosses the bridge, and only
-    // bridge-nf-call-iptables lets conntrack undo the DNAT.
-    assert_eq!(
-        connect(&same_node.ns, "10.96.0.10", 80).as_deref(),
-        Some(same_node.ip.as_str())
-    );
-    // Hairpin: the endpoint reaches itself through its Service (kube-proxy masquerades it).
-    assert!(
-        connect(&endpoint.ns, "10.96.0.10", 80).is_some(),
-        "hairpin through the Service failed"
-    );
-    // NodePort from outside, on the node without the endpoint and on the one with it.
-    for n in &c.nodes {
-        assert!(
-            connect(&c.outside, &n.ip, 30080).is_some(),
-            "NodePort on {} failed",
-            n.name
-        );
-    }
     for (n, p) in [(0, &endpoint), (0, &same_node), (1, &other_node)] {
         c.nodes[n].cni("DEL", &p.id, Some(&p.ns)).ok();
     }
@@ -155,7 +130,6 @@ fn overlayd_restart_drops_no_packet_and_keeps_subnet_and_mac() {
     let mut c = Cluster::new(2, "10.62.0.0/16");
     let a = c.nodes[0].add_pod("ra");
     let b = c.nodes[1].add_pod("rb");
-    let before: Vec<_> = c.nodes.iter().map(|n| (n.subnet(), n.vtep_mac())).collect();
     // 150 pings, 20 ms apart, while both daemons restart.
     let ping = std::thread::spawn({
         let ns = a.ns.name.clone();
@@ -170,27 +144,13 @@ fn overlayd_restart_drops_no_packet_and_keeps_subnet_and_mac() {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    for n in &mut c.nodes {
-        assert_eq!(
-            n.stop_daemon(),
-            Some(0),
-            "SIGTERM must exit 0:\n{}",
-            n.log()
-        );
-        n.start_daemon();
-        n.wait_ready();
-    }
+    c.restart_daemons_keeping_leases();
     let out = ping.join().expect("ping thread");
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(
         summary.contains(" 0% packet loss"),
         "packets lost across the restart: {summary}"
     );
-    let after: Vec<_> = c.nodes.iter().map(|n| (n.subnet(), n.vtep_mac())).collect();
-    assert_eq!(before, after, "subnet or VTEP MAC moved across a restart");
-    for n in &c.nodes {
-        assert!(n.log().contains("reused=true"), "{}", n.log());
-    }
     c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
     c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
 }

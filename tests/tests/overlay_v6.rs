@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use ferry_tests::cluster::{Cluster, Node, OUTSIDE_IP_V6};
-use ferry_tests::netns::Netns;
+use ferry_tests::cluster::{Cluster, OUTSIDE_IP_V6};
 use ferry_tests::proc::{connect, echo_peer_server_on, wait_until};
 use ferry_tests::root_or_skip;
+use ferry_tests::services::Service;
 
 macro_rules! needs_root {
     () => {
@@ -14,12 +14,6 @@ macro_rules! needs_root {
             return;
         }
     };
-}
-
-/// The IPv6 routes of the VXLAN device, as `ip -6 route` prints them.
-fn routes_v6(n: &Node) -> String {
-    n.host
-        .sh("ip -6 route show dev ferry.1 proto 102 2>/dev/null || true")
 }
 
 /// Waits until every node routes to every other node's IPv6 subnet.
@@ -31,30 +25,14 @@ fn wait_converged_v6(c: &Cluster) {
         .collect();
     for (i, n) in c.nodes.iter().enumerate() {
         let ok = wait_until(Duration::from_secs(20), || {
-            let r = routes_v6(n);
+            let r = n.overlay_routes_v6();
             subnets
                 .iter()
                 .enumerate()
                 .all(|(j, s)| i == j || r.contains(s.as_str()))
         });
-        assert!(ok, "{}: {}\n{}", n.name, routes_v6(n), n.log());
+        assert!(ok, "{}: {}\n{}", n.name, n.overlay_routes_v6(), n.log());
     }
-}
-
-/// Waits until `from` gets an answer from `ip`: the first packets wait for neighbour
-/// discovery in the pods.
-fn wait_reachable(c: &Cluster, from: &Netns, ip: &str) {
-    let up = wait_until(Duration::from_secs(10), || {
-        from.try_sh(&format!("ping -6 -c1 -W1 {ip}"))
-            .status
-            .success()
-    });
-    assert!(
-        up,
-        "{ip} unreachable from {}:\n{}",
-        from.name,
-        c.nodes[0].log()
-    );
 }
 
 #[test]
@@ -76,12 +54,7 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
     }
     wait_converged_v6(&c);
     // The operator's view shows both families.
-    let out = c.nodes[0].host.sh(&format!(
-        "{} leases {} --etcd-prefix {} -o json",
-        ferry_tests::bin("ferry-ipam").display(),
-        c.etcd.client_flags(),
-        c.prefix
-    ));
+    let out = c.ipam_leases("-o json");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["clusterCIDRv6"], "fd00:62::/56", "{v}");
     assert_eq!(v["subnetsV6"], 256, "{v}");
@@ -93,7 +66,7 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
     }
     let (a, a_ip) = c.nodes[0].add_pod_v6_by_hand(1);
     let (b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
-    wait_reachable(&c, &a, &b_ip);
+    c.wait_reachable(&a, &b_ip);
     let _srv = echo_peer_server_on(&b, "::", 7000);
     // Pod to pod across nodes, the client's address preserved.
     assert_eq!(connect(&a, &b_ip, 7000).as_deref(), Some(a_ip.as_str()));
@@ -116,27 +89,7 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
     let rules = c.nodes[0].host.sh("ip6tables -t nat -S FERRY-POSTRTG");
     assert!(rules.contains("-s fd00:62::/56 -d fd00:62::/56"), "{rules}");
     // A hand-deleted IPv6 route and neighbour are put back by the next resync.
-    let s1 = c.nodes[1].node_state()["podCIDRv6"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let vtep1 = s1.trim_end_matches("/64").to_string();
-    let n0 = &c.nodes[0];
-    n0.host.sh(&format!(
-        "ip -6 route del {s1} dev ferry.1 && ip -6 neigh del {vtep1} dev ferry.1"
-    ));
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            routes_v6(n0).contains(&s1)
-                && n0
-                    .host
-                    .sh("ip -6 neigh show dev ferry.1")
-                    .contains(&format!("{vtep1} lladdr"))
-        }),
-        "not mended: {}\n{}",
-        routes_v6(n0),
-        n0.log()
-    );
+    c.nodes[0].assert_mends_v6(c.nodes[1].node_state()["podCIDRv6"].as_str().unwrap());
     assert_eq!(connect(&a, &b_ip, 7000).as_deref(), Some(a_ip.as_str()));
 }
 
@@ -147,7 +100,7 @@ fn a_daemon_restart_loses_no_ipv6_packet() {
     wait_converged_v6(&c);
     let (a, _) = c.nodes[0].add_pod_v6_by_hand(1);
     let (_b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
-    wait_reachable(&c, &a, &b_ip);
+    c.wait_reachable(&a, &b_ip);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("ping.txt");
     let pinger = ferry_tests::proc::Bg::spawn_logged(
@@ -180,7 +133,7 @@ fn ipv6_leases_for_the_underlay_or_a_live_nodes_subnet_are_refused() {
     wait_converged_v6(&c);
     let (a, _) = c.nodes[0].add_pod_v6_by_hand(1);
     let (_b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
-    wait_reachable(&c, &a, &b_ip);
+    c.wait_reachable(&a, &b_ip);
     let s1 = c.nodes[1].node_state()["podCIDRv6"]
         .as_str()
         .unwrap()
@@ -226,6 +179,50 @@ fn ipv6_leases_for_the_underlay_or_a_live_nodes_subnet_are_refused() {
     a.sh(&format!("ping -6 -c1 -W2 {b_ip}"));
     let log = n0.log();
     assert!(log.contains(&underlay) && log.contains(&steal), "{log}");
-    assert!(log.contains("its IPv6 subnet overlaps"), "{log}");
+    assert!(log.contains("the leases-v6 index says so"), "{log}");
     assert!(c.metrics(0).contains("ferry_leases_refused 2"));
+}
+
+/// The IPv6 address a dual-stack pod's ADD result gives it.
+fn ipv6_of(result: &serde_json::Value) -> String {
+    let a = result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["address"].as_str())
+        .find(|a| a.contains(':'))
+        .unwrap_or_else(|| panic!("no IPv6 address in {result}"));
+    a.split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn dual_stack_services_through_ip6tables_rules() {
+    needs_root!();
+    let c = Cluster::with_args(2, "10.65.0.0/16", "--cluster-cidr-v6 fd00:65::/56");
+    c.add_underlay_v6();
+    wait_converged_v6(&c);
+    // Pods through the real plugin: an IPv4 and an IPv6 address each.
+    let ep = c.nodes[0].add_pod("d6e");
+    let near = c.nodes[0].add_pod("d6n");
+    let far = c.nodes[1].add_pod("d6f");
+    let (ep6, near6, far6) = (
+        ipv6_of(&ep.result),
+        ipv6_of(&near.result),
+        ipv6_of(&far.result),
+    );
+    c.wait_reachable(&far.ns, &ep6);
+    let _srv = echo_peer_server_on(&ep.ns, "::", 7000);
+    let svc = Service::new("fd00:97::10", &ep6);
+    svc.install_on(&c.nodes);
+    // NodePort over the IPv6 underlay addresses.
+    svc.check(
+        (&far.ns, &far6),
+        (&near.ns, &near6),
+        &ep.ns,
+        &c.outside,
+        &["2001:db8::11", "2001:db8::12"],
+    );
+    for (i, p) in [(0, &ep), (0, &near), (1, &far)] {
+        c.nodes[i].cni("DEL", &p.id, Some(&p.ns)).ok();
+    }
 }

@@ -1,7 +1,7 @@
 //! What ferry reads of a link: parsed from the kernel's messages, no I/O, so that both the
 //! handle's link queries and the overlay's device checks share one reading.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -65,7 +65,7 @@ impl From<LinkMessage> for Link {
 pub struct VxlanInfo {
     pub vni: u32,
     pub port: u16,
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     pub dev: Option<u32>,
     pub learning: bool,
 }
@@ -95,7 +95,8 @@ impl VxlanInfo {
                     match a {
                         InfoVxlan::Id(id) => v.vni = *id,
                         InfoVxlan::Port(p) => v.port = *p,
-                        InfoVxlan::Local(l) => v.local = Some(*l),
+                        InfoVxlan::Local(l) => v.local = Some(IpAddr::V4(*l)),
+                        InfoVxlan::Local6(l) => v.local = Some(IpAddr::V6(*l)),
                         InfoVxlan::Link(d) => v.dev = Some(*d),
                         InfoVxlan::Learning(l) => v.learning = *l,
                         _ => {}

@@ -21,7 +21,8 @@ pub struct VxlanSpec {
     pub name: String,
     pub vni: u32,
     pub port: u16,
-    pub local: Ipv4Addr,
+    /// The VTEP's underlay address, of either family.
+    pub local: IpAddr,
     pub dev: u32,
     pub mtu: u32,
     pub mac: [u8; 6],
@@ -45,23 +46,35 @@ pub struct NeighV4 {
     pub mac: [u8; 6],
 }
 
-/// A forwarding entry of a VXLAN device: frames for `mac` go to the VTEP at `dst`.
+/// A forwarding entry of a VXLAN device: frames for `mac` go to the VTEP at `dst` (of the
+/// device's underlay family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FdbEntry {
     pub mac: [u8; 6],
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
 }
 
 fn mac6(v: &[u8]) -> Option<[u8; 6]> {
     v.try_into().ok()
 }
 
+/// A VTEP address from raw bytes: 4 for IPv4, 16 for IPv6.
+fn vtep_addr(b: &[u8]) -> Option<IpAddr> {
+    if let Ok(a) = <[u8; 4]>::try_from(b) {
+        return Some(IpAddr::from(a));
+    }
+    <[u8; 16]>::try_from(b).ok().map(IpAddr::from)
+}
+
 impl Netlink {
     /// Creates a VXLAN device (learning off, UDP checksums on), up.
     pub async fn create_vxlan(&self, s: &VxlanSpec) -> Result<()> {
-        let msg = LinkVxlan::new(&s.name, s.vni)
-            .dev(s.dev)
-            .local(s.local)
+        let vx = LinkVxlan::new(&s.name, s.vni).dev(s.dev);
+        let vx = match s.local {
+            IpAddr::V4(a) => vx.local(a),
+            IpAddr::V6(a) => vx.local6(a),
+        };
+        let msg = vx
             .port(s.port)
             .learning(false)
             .udp_csum(true)
@@ -178,10 +191,15 @@ impl Netlink {
                 for a in m.attributes {
                     match a {
                         // In an AF_BRIDGE message the parser cannot tell the destination's
-                        // family, so an IPv4 VTEP arrives as four raw bytes.
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => dst = Some(i),
+                        // family, so a VTEP arrives as 4 or 16 raw bytes.
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => {
+                            dst = Some(IpAddr::V4(i))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(i)) => {
+                            dst = Some(IpAddr::V6(i))
+                        }
                         NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                            dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                            dst = vtep_addr(&b)
                         }
                         NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(&l),
                         _ => {}
@@ -200,7 +218,7 @@ impl Netlink {
         self.handle
             .neighbours()
             .add_bridge(index, &e.mac)
-            .destination(IpAddr::V4(e.dst))
+            .destination(e.dst)
             .flags(NeighbourFlags::Own)
             .replace()
             .execute()
@@ -224,10 +242,11 @@ impl Netlink {
         m.header.kind = RouteType::Unspec;
         m.attributes
             .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
-        m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                e.dst,
-            )));
+        let dst = match e.dst {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        };
+        m.attributes.push(NeighbourAttribute::Destination(dst));
         tolerate_missing(self.handle.neighbours().del(m).execute().await).context(|| {
             format!(
                 "delete FDB entry {} dst {} on link {index} in {}",

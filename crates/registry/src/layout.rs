@@ -4,14 +4,16 @@
 //! ```text
 //! <prefix>/v1/config                     cluster config (JSON)
 //! <prefix>/v1/leases/<a.b.c.d>-<len>     one node's subnet lease (JSON), on its grace lease
-//! <prefix>/v1/leases-v6/<ipv6>-<len>     the lease key holding that IPv6 subnet, on the
-//!                                        same grace lease: one IPv6 subnet, one node
+//! <prefix>/v1/leases-v6/<ipv6>-<len>     dual-stack: the lease key holding that IPv6
+//!                                        subnet, on the same grace lease: one IPv6
+//!                                        subnet, one node. IPv6-only: the node's lease
+//!                                        record itself (there is no IPv4 key to index)
 //! <prefix>/v1/nodes/<node>               the node's subnet key, on the same grace lease
 //! <prefix>/v1/alive/<node>               heartbeat, on a short lease
 //! <prefix>/v1/usage/<node>               addresses used on the node, on the same lease
 //! ```
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 pub const VERSION: &str = "v1";
 pub const DEFAULT_PREFIX: &str = "/ferry";
@@ -70,6 +72,31 @@ impl Layout {
         Ipv6Network::new(ip.parse().ok()?, len.parse().ok()?).ok()
     }
 
+    /// Where the lease records are: under `leases/`, keyed by their IPv4 subnet, or in an
+    /// IPv6-only cluster under `leases-v6/`, keyed by their IPv6 subnet.
+    pub fn records(&self, v6_only: bool) -> String {
+        if v6_only {
+            self.leases_v6()
+        } else {
+            self.leases()
+        }
+    }
+
+    /// The key of the record whose primary subnet (`LeaseRecord::primary`) is `net`.
+    pub fn record_key(&self, net: IpNetwork) -> String {
+        match net {
+            IpNetwork::V4(n) => self.lease(n),
+            IpNetwork::V6(n) => self.lease_v6(n),
+        }
+    }
+
+    /// The subnet a record key names, of either family.
+    pub fn net_of(&self, key: &str) -> Option<IpNetwork> {
+        self.subnet_of(key)
+            .map(IpNetwork::V4)
+            .or(self.subnet_v6_of(key).map(IpNetwork::V6))
+    }
+
     pub fn node(&self, name: &str) -> String {
         format!("{}/nodes/{name}", self.base)
     }
@@ -109,6 +136,11 @@ mod tests {
         assert!(!l.lease_v6(s6).starts_with(&l.leases()));
         assert_eq!(l.subnet_v6_of(&l.lease_v6(s6)), Some(s6));
         assert_eq!(l.subnet_v6_of(&l.lease(s)), None);
+        assert_eq!(l.records(false), l.leases());
+        assert_eq!(l.records(true), l.leases_v6());
+        assert_eq!(l.record_key(IpNetwork::V6(s6)), l.lease_v6(s6));
+        assert_eq!(l.net_of(&l.lease_v6(s6)), Some(IpNetwork::V6(s6)));
+        assert_eq!(l.net_of(&l.lease(s)), Some(IpNetwork::V4(s)));
         assert_eq!(l.node("n1"), "/ferry/v1/nodes/n1");
         assert_eq!(l.alive("n1"), "/ferry/v1/alive/n1");
     }

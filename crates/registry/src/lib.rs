@@ -13,6 +13,7 @@ pub use args::EtcdArgs;
 pub use etcd_client::{WatchResponse, WatchStream};
 pub use layout::Layout;
 pub use model::{
-    ClusterConfig, ClusterV6, ConfigFlags, LeaseRecord, LeaseView, Refused, StoredLease, Usage,
+    ClusterConfig, ClusterV4, ClusterV6, ConfigFlags, LeaseRecord, LeaseView, Refused, StoredLease,
+    Usage,
 };
 pub use registry::{Acquired, EtcdOptions, LeaseEntry, LeaseError, Registry};

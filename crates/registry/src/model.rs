@@ -1,7 +1,7 @@
 //! The cluster config and leases as data, and the decisions about them.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
@@ -12,18 +12,77 @@ pub const DEFAULT_SUBNET_LEN_V6: u8 = 64;
 pub const DEFAULT_VNI: u32 = 1;
 pub const DEFAULT_PORT: u16 = 4789;
 
+/// The cluster config: one pod network per address family the cluster has (IPv4-only,
+/// dual-stack or IPv6-only), the VXLAN VNI and port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(try_from = "ConfigWire", into = "ConfigWire")]
 pub struct ClusterConfig {
-    #[serde(rename = "clusterCIDR")]
-    pub cluster_cidr: Ipv4Network,
-    pub subnet_len: u8,
+    /// Absent in an IPv6-only cluster.
+    pub ipv4: Option<ClusterV4>,
     pub vni: u32,
     pub port: u16,
-    /// The IPv6 pod network of a dual-stack cluster; absent (and ignored by a release
-    /// that predates it) in an IPv4-only one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Absent (and ignored by a release that predates it) in an IPv4-only cluster.
     pub ipv6: Option<ClusterV6>,
+}
+
+/// The config as stored: the IPv4 network's keys at the top level, as every release
+/// before IPv6-only clusters wrote them (an IPv4-only or dual-stack config is the same
+/// bytes, and an older release reads it), absent in an IPv6-only one.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigWire {
+    #[serde(
+        rename = "clusterCIDR",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    cluster_cidr: Option<Ipv4Network>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subnet_len: Option<u8>,
+    vni: u32,
+    port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ipv6: Option<ClusterV6>,
+}
+
+impl TryFrom<ConfigWire> for ClusterConfig {
+    type Error = String;
+    fn try_from(w: ConfigWire) -> Result<Self, String> {
+        let ipv4 = match (w.cluster_cidr, w.subnet_len) {
+            (Some(cluster_cidr), Some(subnet_len)) => Some(ClusterV4 {
+                cluster_cidr,
+                subnet_len,
+            }),
+            (None, None) => None,
+            (Some(c), None) => return Err(format!("clusterCIDR {c} without subnetLen")),
+            (None, Some(l)) => return Err(format!("subnetLen {l} without clusterCIDR")),
+        };
+        Ok(ClusterConfig {
+            ipv4,
+            vni: w.vni,
+            port: w.port,
+            ipv6: w.ipv6,
+        })
+    }
+}
+
+impl From<ClusterConfig> for ConfigWire {
+    fn from(c: ClusterConfig) -> Self {
+        ConfigWire {
+            cluster_cidr: c.ipv4.map(|v| v.cluster_cidr),
+            subnet_len: c.ipv4.map(|v| v.subnet_len),
+            vni: c.vni,
+            port: c.port,
+            ipv6: c.ipv6,
+        }
+    }
+}
+
+/// A cluster's IPv4 pod network, split into one subnet per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterV4 {
+    pub cluster_cidr: Ipv4Network,
+    pub subnet_len: u8,
 }
 
 /// A cluster's IPv6 pod network, split into one subnet per node.
@@ -51,12 +110,16 @@ pub struct ConfigFlags {
 #[serde(rename_all = "camelCase")]
 pub struct LeaseRecord {
     pub node: String,
-    pub subnet: Ipv4Network,
-    pub public_ip: Ipv4Addr,
+    /// The node's IPv4 subnet; absent in an IPv6-only cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Network>,
+    /// Where other nodes send this node's VXLAN traffic: an address of either family
+    /// (the underlay's, whatever the pods' families are).
+    pub public_ip: IpAddr,
     /// `aa:bb:cc:dd:ee:ff`
     pub vtep_mac: String,
-    /// The node's IPv6 subnet in a dual-stack cluster, leased in the same transaction
-    /// and on the same etcd lease as `subnet`.
+    /// The node's IPv6 subnet in a dual-stack or IPv6-only cluster, leased in the same
+    /// transaction and on the same etcd lease as the rest of the record.
     #[serde(rename = "subnetV6", default, skip_serializing_if = "Option::is_none")]
     pub subnet_v6: Option<Ipv6Network>,
 }
@@ -71,6 +134,14 @@ pub struct Usage {
 impl LeaseRecord {
     pub fn vtep_mac_bytes(&self) -> Option<[u8; 6]> {
         parse_mac(&self.vtep_mac)
+    }
+
+    /// The subnet the record's key names: the IPv4 one when there is one (IPv4-only and
+    /// dual-stack clusters), else the IPv6 one (IPv6-only clusters).
+    pub fn primary(&self) -> Option<IpNetwork> {
+        self.subnet
+            .map(IpNetwork::V4)
+            .or(self.subnet_v6.map(IpNetwork::V6))
     }
 }
 
@@ -145,6 +216,57 @@ fn v6s(nets: &[IpNetwork]) -> impl Iterator<Item = Ipv6Network> + '_ {
     })
 }
 
+impl ClusterV4 {
+    pub fn validate(&self) -> Result<(), String> {
+        let c = self.cluster_cidr;
+        if c.prefix() < MIN_CLUSTER_PREFIX {
+            return Err(format!(
+                "cluster CIDR {c} is too short: /{} (at least /{MIN_CLUSTER_PREFIX})",
+                c.prefix()
+            ));
+        }
+        for (range, why) in FORBIDDEN {
+            if overlap(c, net(range)) {
+                return Err(format!("cluster CIDR {c} overlaps {range}: {why}"));
+            }
+        }
+        if c.network() != c.ip() {
+            return Err(format!("cluster CIDR {c} has host bits set"));
+        }
+        if self.subnet_len <= c.prefix() || self.subnet_len > 30 {
+            return Err(format!(
+                "node subnet length /{} must be longer than the cluster CIDR's /{} and at most /30",
+                self.subnet_len,
+                c.prefix()
+            ));
+        }
+        if self.subnet_len - c.prefix() > 24 {
+            return Err(format!(
+                "cluster CIDR {c} split into /{} would make more than 2^24 node subnets",
+                self.subnet_len
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many node subnets the cluster CIDR holds.
+    pub fn subnet_count(&self) -> u32 {
+        1u32 << (self.subnet_len - self.cluster_cidr.prefix())
+    }
+
+    /// The `i`th node subnet.
+    pub fn subnet(&self, i: u32) -> Ipv4Network {
+        let size = 1u32 << (32 - self.subnet_len);
+        let base = u32::from(self.cluster_cidr.network()) + i * size;
+        Ipv4Network::new(Ipv4Addr::from(base), self.subnet_len).expect("valid prefix")
+    }
+
+    /// Whether `s` is one of this config's node subnets.
+    pub fn holds(&self, s: Ipv4Network) -> bool {
+        s.prefix() == self.subnet_len && self.cluster_cidr.contains(s.network())
+    }
+}
+
 impl ClusterV6 {
     pub fn validate(&self) -> Result<(), String> {
         let c = self.cluster_cidr;
@@ -195,21 +317,37 @@ impl ClusterV6 {
 }
 
 /// An address another node may be sent VXLAN to: unicast, routable, not ours to forge.
-fn check_unicast(ip: Ipv4Addr) -> Result<(), String> {
-    let why = if ip.is_unspecified() {
-        "unspecified"
-    } else if ip.is_loopback() {
-        "loopback"
-    } else if ip.is_multicast() {
-        "multicast"
-    } else if ip.is_broadcast() {
-        "broadcast"
-    } else if ip.octets()[0] == 0 || ip.octets()[0] >= 240 {
-        "reserved"
-    } else {
-        return Ok(());
+fn check_unicast(ip: IpAddr) -> Result<(), String> {
+    let why = match ip {
+        IpAddr::V4(ip) if ip.is_unspecified() => "unspecified",
+        IpAddr::V4(ip) if ip.is_loopback() => "loopback",
+        IpAddr::V4(ip) if ip.is_multicast() => "multicast",
+        IpAddr::V4(ip) if ip.is_broadcast() => "broadcast",
+        IpAddr::V4(ip) if ip.octets()[0] == 0 || ip.octets()[0] >= 240 => "reserved",
+        IpAddr::V6(ip) if ip.is_unspecified() => "unspecified",
+        // Link-local would need a scope, IPv4-mapped is another family's address.
+        IpAddr::V6(ip) => match FORBIDDEN_V6.iter().find(|(r, _)| net6(r).contains(ip)) {
+            Some((_, why)) => why,
+            None => return Ok(()),
+        },
+        IpAddr::V4(_) => return Ok(()),
     };
     Err(format!("public IP {ip} is {why}"))
+}
+
+fn shown<T: ToString>(v: Option<T>) -> Option<String> {
+    v.map(|v| v.to_string())
+}
+
+/// A VXLAN network identifier (24 bits, not 0) and UDP port.
+pub fn check_vxlan(vni: u32, port: u16) -> Result<(), String> {
+    if vni == 0 || vni > 0x00ff_ffff {
+        return Err(format!("VNI {vni} is out of range (1 to 16777215)"));
+    }
+    if port == 0 {
+        return Err("VXLAN port 0 is not a port".into());
+    }
+    Ok(())
 }
 
 /// A VTEP MAC: six octets, unicast, not all zero.
@@ -226,54 +364,37 @@ fn check_mac(s: &str) -> Result<[u8; 6], String> {
 
 impl ClusterConfig {
     pub fn validate(&self) -> Result<(), String> {
-        let c = self.cluster_cidr;
-        if c.prefix() < MIN_CLUSTER_PREFIX {
-            return Err(format!(
-                "cluster CIDR {c} is too short: /{} (at least /{MIN_CLUSTER_PREFIX})",
-                c.prefix()
-            ));
+        if self.ipv4.is_none() && self.ipv6.is_none() {
+            return Err(
+                "the cluster has no pod network: give an IPv4 or an IPv6 cluster CIDR, or both"
+                    .into(),
+            );
         }
-        for (range, why) in FORBIDDEN {
-            if overlap(c, net(range)) {
-                return Err(format!("cluster CIDR {c} overlaps {range}: {why}"));
-            }
+        if let Some(v4) = &self.ipv4 {
+            v4.validate()?;
         }
-        if c.network() != c.ip() {
-            return Err(format!("cluster CIDR {c} has host bits set"));
-        }
-        if self.subnet_len <= c.prefix() || self.subnet_len > 30 {
-            return Err(format!(
-                "node subnet length /{} must be longer than the cluster CIDR's /{} and at most /30",
-                self.subnet_len,
-                c.prefix()
-            ));
-        }
-        if self.subnet_len - c.prefix() > 24 {
-            return Err(format!(
-                "cluster CIDR {c} split into /{} would make more than 2^24 node subnets",
-                self.subnet_len
-            ));
-        }
-        if self.vni == 0 || self.vni > 0x00ff_ffff {
-            return Err(format!("VNI {} is out of range (1 to 16777215)", self.vni));
-        }
-        if self.port == 0 {
-            return Err("VXLAN port 0 is not a port".into());
-        }
+        check_vxlan(self.vni, self.port)?;
         if let Some(v6) = &self.ipv6 {
             v6.validate()?;
         }
         Ok(())
     }
 
-    /// The cluster CIDR must not share an address with the node's own networks, or a
+    /// An IPv6-only cluster: its leases are keyed by their IPv6 subnet.
+    pub fn v6_only(&self) -> bool {
+        self.ipv4.is_none()
+    }
+
+    /// The cluster CIDRs must not share an address with the node's own networks, or a
     /// node subnet could take the place of the underlay.
     pub fn check_underlay(&self, underlay: &[IpNetwork]) -> Result<(), String> {
-        if let Some(u) = v4s(underlay).find(|u| overlap(self.cluster_cidr, *u)) {
-            return Err(format!(
-                "cluster CIDR {} overlaps this node's network {u}",
-                self.cluster_cidr
-            ));
+        if let Some(v4) = self.ipv4 {
+            if let Some(u) = v4s(underlay).find(|u| overlap(v4.cluster_cidr, *u)) {
+                return Err(format!(
+                    "cluster CIDR {} overlaps this node's network {u}",
+                    v4.cluster_cidr
+                ));
+            }
         }
         let Some(v6) = self.ipv6 else {
             return Ok(());
@@ -287,34 +408,46 @@ impl ClusterConfig {
         }
     }
 
-    /// How many node subnets the cluster CIDR holds.
-    pub fn subnet_count(&self) -> u32 {
-        1u32 << (self.subnet_len - self.cluster_cidr.prefix())
+    /// Whether `s` is one of this config's node subnets, of either family.
+    pub fn holds_any(&self, s: IpNetwork) -> bool {
+        match s {
+            IpNetwork::V4(s) => self.ipv4.is_some_and(|v| v.holds(s)),
+            IpNetwork::V6(s) => self.ipv6.is_some_and(|v| v.holds(s)),
+        }
     }
 
-    /// The `i`th node subnet.
-    pub fn subnet(&self, i: u32) -> Ipv4Network {
-        let size = 1u32 << (32 - self.subnet_len);
-        let base = u32::from(self.cluster_cidr.network()) + i * size;
-        Ipv4Network::new(Ipv4Addr::from(base), self.subnet_len).expect("valid prefix")
+    /// Whether `ip` is inside a cluster CIDR of its family.
+    fn inside(&self, ip: IpAddr) -> Option<IpNetwork> {
+        match ip {
+            IpAddr::V4(a) => self
+                .ipv4
+                .map(|v| v.cluster_cidr)
+                .filter(|c| c.contains(a))
+                .map(IpNetwork::V4),
+            IpAddr::V6(a) => self
+                .ipv6
+                .map(|v| v.cluster_cidr)
+                .filter(|c| c.contains(a))
+                .map(IpNetwork::V6),
+        }
     }
 
-    /// Whether `s` is one of this config's node subnets.
-    pub fn holds(&self, s: Ipv4Network) -> bool {
-        s.prefix() == self.subnet_len && self.cluster_cidr.contains(s.network())
-    }
-
-    /// The config the flags ask for, when none is stored.
+    /// The config the flags ask for, when none is stored: either cluster CIDR (or both)
+    /// makes one.
     pub fn from_flags(f: &ConfigFlags) -> Option<ClusterConfig> {
-        Some(ClusterConfig {
-            cluster_cidr: f.cluster_cidr?,
+        let ipv4 = f.cluster_cidr.map(|c| ClusterV4 {
+            cluster_cidr: c,
             subnet_len: f.subnet_len.unwrap_or(DEFAULT_SUBNET_LEN),
+        });
+        let ipv6 = f.cluster_cidr_v6.map(|c| ClusterV6 {
+            cluster_cidr: c,
+            subnet_len: f.subnet_len_v6.unwrap_or(DEFAULT_SUBNET_LEN_V6),
+        });
+        (ipv4.is_some() || ipv6.is_some()).then(|| ClusterConfig {
+            ipv4,
             vni: f.vni.unwrap_or(DEFAULT_VNI),
             port: f.port.unwrap_or(DEFAULT_PORT),
-            ipv6: f.cluster_cidr_v6.map(|c| ClusterV6 {
-                cluster_cidr: c,
-                subnet_len: f.subnet_len_v6.unwrap_or(DEFAULT_SUBNET_LEN_V6),
-            }),
+            ipv6,
         })
     }
 
@@ -322,39 +455,35 @@ impl ClusterConfig {
     /// silently overwrites it.
     pub fn check_flags(&self, f: &ConfigFlags) -> Result<(), String> {
         let mut diffs = Vec::new();
-        if let Some(c) = f.cluster_cidr.filter(|c| *c != self.cluster_cidr) {
-            diffs.push(format!("--cluster-cidr {c} (stored {})", self.cluster_cidr));
-        }
-        if let Some(l) = f.subnet_len.filter(|l| *l != self.subnet_len) {
-            diffs.push(format!("--subnet-len {l} (stored {})", self.subnet_len));
-        }
-        if let Some(v) = f.vni.filter(|v| *v != self.vni) {
-            diffs.push(format!("--vni {v} (stored {})", self.vni));
-        }
-        if let Some(p) = f.port.filter(|p| *p != self.port) {
-            diffs.push(format!("--port {p} (stored {})", self.port));
-        }
-        let stored_v6 = |show: &dyn Fn(&ClusterV6) -> String| {
-            self.ipv6.as_ref().map_or("none".to_string(), show)
+        let (v4, v6) = (self.ipv4, self.ipv6);
+        let mut differ = |flag: &str, given: Option<String>, stored: Option<String>| {
+            if let Some(g) = given.filter(|g| Some(g) != stored.as_ref()) {
+                let stored = stored.unwrap_or_else(|| "none".to_string());
+                diffs.push(format!("{flag} {g} (stored {stored})"));
+            }
         };
-        if let Some(c) = f
-            .cluster_cidr_v6
-            .filter(|c| self.ipv6.map(|v| v.cluster_cidr) != Some(*c))
-        {
-            diffs.push(format!(
-                "--cluster-cidr-v6 {c} (stored {})",
-                stored_v6(&|v| v.cluster_cidr.to_string())
-            ));
-        }
-        if let Some(l) = f
-            .subnet_len_v6
-            .filter(|l| self.ipv6.map(|v| v.subnet_len) != Some(*l))
-        {
-            diffs.push(format!(
-                "--subnet-len-v6 {l} (stored {})",
-                stored_v6(&|v| v.subnet_len.to_string())
-            ));
-        }
+        differ(
+            "--cluster-cidr",
+            shown(f.cluster_cidr),
+            shown(v4.map(|v| v.cluster_cidr)),
+        );
+        differ(
+            "--subnet-len",
+            shown(f.subnet_len),
+            shown(v4.map(|v| v.subnet_len)),
+        );
+        differ("--vni", shown(f.vni), shown(Some(self.vni)));
+        differ("--port", shown(f.port), shown(Some(self.port)));
+        differ(
+            "--cluster-cidr-v6",
+            shown(f.cluster_cidr_v6),
+            shown(v6.map(|v| v.cluster_cidr)),
+        );
+        differ(
+            "--subnet-len-v6",
+            shown(f.subnet_len_v6),
+            shown(v6.map(|v| v.subnet_len)),
+        );
         if diffs.is_empty() {
             Ok(())
         } else {
@@ -368,11 +497,15 @@ impl ClusterConfig {
 #[derive(Debug, Clone)]
 pub struct StoredLease {
     pub key: String,
-    /// The subnet the key names, when it names one.
-    pub key_subnet: Option<Ipv4Network>,
+    /// The subnet the key names, when it names one: IPv4 (`leases/`), or IPv6
+    /// (`leases-v6/`) in an IPv6-only cluster.
+    pub key_subnet: Option<IpNetwork>,
     /// The value, or why it is not a lease record.
     pub record: Result<LeaseRecord, String>,
     pub create_revision: i64,
+    /// In a dual-stack cluster, the lease key that the `leases-v6/` index of the record's
+    /// IPv6 subnet names, when that index key exists: the subnet's owner.
+    pub v6_owner: Option<String>,
 }
 
 /// A record ferry will not use, and why.
@@ -382,13 +515,13 @@ pub struct Refused {
     pub reason: String,
 }
 
-/// What a node makes of every lease record: the ones it uses, the subnets whose record it
-/// cannot read (kept as they were: unreadable is no reason to cut a node off), and the
-/// refused ones.
+/// What a node makes of every lease record: the ones it uses, the subnets (the ones
+/// their keys name) whose record it cannot read (kept as they were: unreadable is no
+/// reason to cut a node off), and the refused ones.
 #[derive(Debug, Clone, Default)]
 pub struct LeaseView {
     pub accepted: Vec<LeaseRecord>,
-    pub unreadable: Vec<Ipv4Network>,
+    pub unreadable: Vec<IpNetwork>,
     pub refused: Vec<Refused>,
 }
 
@@ -396,48 +529,71 @@ pub struct LeaseView {
 pub fn check_lease(
     cfg: &ClusterConfig,
     underlay: &[IpNetwork],
-    key_subnet: Option<Ipv4Network>,
+    key_subnet: Option<IpNetwork>,
     rec: &LeaseRecord,
 ) -> Result<(), String> {
-    let s = rec.subnet;
-    if key_subnet != Some(s) {
+    let named = rec.primary();
+    if key_subnet != named {
+        let shown = named.map_or("none".to_string(), |n| n.to_string());
         return Err(format!(
-            "the value's subnet {s} is not the one the key names"
+            "the value's subnet {shown} is not the one the key names"
         ));
     }
-    if s.ip() != s.network() || !cfg.holds(s) {
-        return Err(format!(
-            "subnet {s} is not a /{} of the cluster CIDR {}",
-            cfg.subnet_len, cfg.cluster_cidr
-        ));
+    match (cfg.ipv4, rec.subnet) {
+        (Some(v4), Some(s)) => {
+            if s.ip() != s.network() || !v4.holds(s) {
+                return Err(format!(
+                    "subnet {s} is not a /{} of the cluster CIDR {}",
+                    v4.subnet_len, v4.cluster_cidr
+                ));
+            }
+            if let Some(u) = v4s(underlay).find(|u| overlap(s, *u)) {
+                return Err(format!("subnet {s} overlaps this node's network {u}"));
+            }
+        }
+        (Some(v4), None) => {
+            return Err(format!(
+                "no IPv4 subnet in a cluster with the cluster CIDR {}",
+                v4.cluster_cidr
+            ))
+        }
+        (None, Some(s)) => {
+            return Err(format!(
+                "IPv4 subnet {s} in a cluster without an IPv4 cluster CIDR"
+            ))
+        }
+        (None, None) => {}
     }
-    if let Some(u) = v4s(underlay).find(|u| overlap(s, *u)) {
-        return Err(format!("subnet {s} overlaps this node's network {u}"));
-    }
-    if let Some(s6) = rec.subnet_v6 {
-        let Some(v6) = cfg.ipv6 else {
+    match (cfg.ipv6, rec.subnet_v6) {
+        (_, None) if cfg.v6_only() => {
+            return Err("no IPv6 subnet in an IPv6-only cluster".to_string())
+        }
+        (_, None) => {}
+        (None, Some(s6)) => {
             return Err(format!(
                 "IPv6 subnet {s6} in a cluster without an IPv6 cluster CIDR"
-            ));
-        };
-        if s6.ip() != s6.network() || !v6.holds(s6) {
-            return Err(format!(
-                "IPv6 subnet {s6} is not a /{} of the IPv6 cluster CIDR {}",
-                v6.subnet_len, v6.cluster_cidr
-            ));
+            ))
         }
-        if let Some(u) = v6s(underlay).find(|u| overlap_v6(s6, *u)) {
-            return Err(format!("IPv6 subnet {s6} overlaps this node's network {u}"));
+        (Some(v6), Some(s6)) => {
+            if s6.ip() != s6.network() || !v6.holds(s6) {
+                return Err(format!(
+                    "IPv6 subnet {s6} is not a /{} of the IPv6 cluster CIDR {}",
+                    v6.subnet_len, v6.cluster_cidr
+                ));
+            }
+            if let Some(u) = v6s(underlay).find(|u| overlap_v6(s6, *u)) {
+                return Err(format!("IPv6 subnet {s6} overlaps this node's network {u}"));
+            }
         }
     }
     if rec.node.is_empty() || rec.node.contains('/') {
         return Err(format!("node name {:?} is not a node name", rec.node));
     }
     check_unicast(rec.public_ip)?;
-    if cfg.cluster_cidr.contains(rec.public_ip) {
+    if let Some(c) = cfg.inside(rec.public_ip) {
         return Err(format!(
-            "public IP {} is inside the cluster CIDR {}",
-            rec.public_ip, cfg.cluster_cidr
+            "public IP {} is inside the cluster CIDR {c}",
+            rec.public_ip
         ));
     }
     check_mac(&rec.vtep_mac)?;
@@ -446,10 +602,10 @@ pub fn check_lease(
 
 /// Every record checked, and conflicts settled by one rule that every node applies alike:
 /// the record whose key was created first wins (then the smaller key). Two records
-/// conflict when their subnets overlap, or they name the same node or VTEP MAC (one MAC
-/// has one FDB entry: a second record with it would take the first node's traffic). Two
-/// records may share a public IP (traffic to a subnet then reaches that host, nothing
-/// else).
+/// conflict when their subnets of either family overlap, or they name the same node or
+/// VTEP MAC (one MAC has one FDB entry: a second record with it would take the first
+/// node's traffic). Two records may share a public IP (traffic to a subnet then reaches
+/// that host, nothing else).
 pub fn resolve(cfg: &ClusterConfig, underlay: &[IpNetwork], stored: &[StoredLease]) -> LeaseView {
     let mut view = LeaseView::default();
     let mut order: Vec<&StoredLease> = stored.iter().collect();
@@ -463,7 +619,7 @@ pub fn resolve(cfg: &ClusterConfig, underlay: &[IpNetwork], stored: &[StoredLeas
         let rec = match &st.record {
             Ok(rec) => rec,
             Err(e) => {
-                let reason = match st.key_subnet.filter(|s| cfg.holds(*s)) {
+                let reason = match st.key_subnet.filter(|s| cfg.holds_any(*s)) {
                     Some(s) => {
                         view.unreadable.push(s);
                         format!("unreadable ({e}); its node's entries are kept as they were")
@@ -478,12 +634,27 @@ pub fn resolve(cfg: &ClusterConfig, underlay: &[IpNetwork], stored: &[StoredLeas
             view.refused.push(refuse(reason));
             continue;
         }
+        // The index decides whose an IPv6 subnet is, whatever the records' ages: it is
+        // what the allocator reads, so a record claiming a subnet the index gave to
+        // another node must not take that node's traffic.
+        if let (Some(s6), Some(owner)) = (rec.subnet_v6, &st.v6_owner) {
+            if *owner != st.key {
+                view.refused.push(refuse(format!(
+                    "its IPv6 subnet {s6} is leased to {owner} (the leases-v6 index says so)"
+                )));
+                continue;
+            }
+        }
         let clash = winners.iter().find_map(|(k, w)| {
+            let v4_clash = match (w.subnet, rec.subnet) {
+                (Some(a), Some(b)) => overlap(a, b),
+                _ => false,
+            };
             let v6_clash = match (w.subnet_v6, rec.subnet_v6) {
                 (Some(a), Some(b)) => overlap_v6(a, b),
                 _ => false,
             };
-            let what = if overlap(w.subnet, rec.subnet) {
+            let what = if v4_clash {
                 "its subnet overlaps"
             } else if v6_clash {
                 "its IPv6 subnet overlaps"
@@ -507,14 +678,9 @@ pub fn resolve(cfg: &ClusterConfig, underlay: &[IpNetwork], stored: &[StoredLeas
 
 /// A free node subnet, chosen among the first free ones by `seed` so that nodes starting
 /// together mostly try different subnets; `None` when the cluster CIDR is full.
-pub fn pick_free(
-    cfg: &ClusterConfig,
-    taken: &HashSet<Ipv4Network>,
-    seed: u64,
-) -> Option<Ipv4Network> {
-    pick_among(cfg.subnet_count(), |i| cfg.subnet(i), taken, seed)
+pub fn pick_free(v4: &ClusterV4, taken: &HashSet<Ipv4Network>, seed: u64) -> Option<Ipv4Network> {
+    pick_among(v4.subnet_count(), |i| v4.subnet(i), taken, seed)
 }
-
 /// `pick_free` for the IPv6 subnets.
 pub fn pick_free_v6(
     v6: &ClusterV6,
@@ -547,8 +713,10 @@ mod tests {
 
     fn cfg(cidr: &str, len: u8) -> ClusterConfig {
         ClusterConfig {
-            cluster_cidr: cidr.parse().unwrap(),
-            subnet_len: len,
+            ipv4: Some(ClusterV4 {
+                cluster_cidr: cidr.parse().unwrap(),
+                subnet_len: len,
+            }),
             vni: 1,
             port: 4789,
             ipv6: None,
@@ -578,7 +746,7 @@ mod tests {
 
     #[test]
     fn subnets() {
-        let c = cfg("10.244.0.0/16", 24);
+        let c = cfg("10.244.0.0/16", 24).ipv4.unwrap();
         assert_eq!(c.subnet_count(), 256);
         assert_eq!(c.subnet(3).to_string(), "10.244.3.0/24");
         assert!(c.holds("10.244.9.0/24".parse().unwrap()));
@@ -587,7 +755,7 @@ mod tests {
 
     #[test]
     fn picks_only_free_and_reports_full() {
-        let c = cfg("10.9.0.0/28", 30);
+        let c = cfg("10.9.0.0/28", 30).ipv4.unwrap();
         let mut taken = HashSet::new();
         for seed in 0..4 {
             let s = pick_free(&c, &taken, seed * 7).unwrap();
@@ -600,7 +768,7 @@ mod tests {
     fn flags_never_overwrite() {
         let c = cfg("10.244.0.0/16", 24);
         let same = ConfigFlags {
-            cluster_cidr: Some(c.cluster_cidr),
+            cluster_cidr: c.ipv4.map(|v| v.cluster_cidr),
             ..Default::default()
         };
         assert!(c.check_flags(&same).is_ok());
@@ -642,8 +810,8 @@ mod tests {
     fn rec(node: &str, subnet: &str, ip: u8, mac: u8) -> LeaseRecord {
         LeaseRecord {
             node: node.into(),
-            subnet: subnet.parse().unwrap(),
-            public_ip: Ipv4Addr::new(192, 0, 2, ip),
+            subnet: Some(subnet.parse().unwrap()),
+            public_ip: Ipv4Addr::new(192, 0, 2, ip).into(),
             vtep_mac: format!("0e:00:00:00:00:{mac:02x}"),
             subnet_v6: None,
         }
@@ -659,9 +827,10 @@ mod tests {
     fn stored(key: &str, r: Result<LeaseRecord, String>, rev: i64) -> StoredLease {
         StoredLease {
             key: Layout::new("/f").lease(key.parse().unwrap()),
-            key_subnet: Some(key.parse().unwrap()),
+            key_subnet: Some(IpNetwork::V4(key.parse().unwrap())),
             record: r,
             create_revision: rev,
+            v6_owner: None,
         }
     }
 
@@ -676,7 +845,7 @@ mod tests {
     fn each_record_is_checked_on_its_own() {
         let c = cfg("10.244.0.0/16", 24);
         let ok = rec("a", "10.244.1.0/24", 11, 1);
-        assert!(check_lease(&c, &underlay(), Some(ok.subnet), &ok).is_ok());
+        assert!(check_lease(&c, &underlay(), ok.primary(), &ok).is_ok());
         let bad = [
             (
                 Some("10.244.2.0/24"),
@@ -700,7 +869,13 @@ mod tests {
             ),
         ];
         for (key, r, why) in bad {
-            let e = check_lease(&c, &underlay(), key.map(|k| k.parse().unwrap()), &r).unwrap_err();
+            let e = check_lease(
+                &c,
+                &underlay(),
+                key.map(|k| IpNetwork::V4(k.parse().unwrap())),
+                &r,
+            )
+            .unwrap_err();
             assert!(e.contains(why), "{r:?}: {e}");
         }
         let mut r = ok.clone();
@@ -711,8 +886,8 @@ mod tests {
             (Ipv4Addr::BROADCAST, "broadcast"),
             (Ipv4Addr::new(10, 244, 9, 1), "inside the cluster CIDR"),
         ] {
-            r.public_ip = ip;
-            let e = check_lease(&c, &underlay(), Some(r.subnet), &r).unwrap_err();
+            r.public_ip = ip.into();
+            let e = check_lease(&c, &underlay(), r.primary(), &r).unwrap_err();
             assert!(e.contains(why), "{ip}: {e}");
         }
         let mut r = ok.clone();
@@ -723,14 +898,14 @@ mod tests {
             ("zz", "not a MAC"),
         ] {
             r.vtep_mac = mac.into();
-            let e = check_lease(&c, &underlay(), Some(r.subnet), &r).unwrap_err();
+            let e = check_lease(&c, &underlay(), r.primary(), &r).unwrap_err();
             assert!(e.contains(why), "{mac}: {e}");
         }
         // A cluster CIDR over the underlay (refused elsewhere) still never yields a lease
         // over it.
         let wide = cfg("192.0.0.0/16", 24);
         let r = rec("x", "192.0.2.0/24", 11, 1);
-        let e = check_lease(&wide, &underlay(), Some(r.subnet), &r).unwrap_err();
+        let e = check_lease(&wide, &underlay(), r.primary(), &r).unwrap_err();
         assert!(e.contains("overlaps this node's network"), "{e}");
     }
 
@@ -777,7 +952,10 @@ mod tests {
             ],
         );
         assert_eq!(view.accepted, vec![rec("a", "10.244.1.0/24", 11, 1)]);
-        assert_eq!(view.unreadable, vec!["10.244.7.0/24".parse().unwrap()]);
+        assert_eq!(
+            view.unreadable,
+            vec!["10.244.7.0/24".parse::<IpNetwork>().unwrap()]
+        );
         assert_eq!(view.refused.len(), 3);
         assert!(view
             .refused
@@ -820,11 +998,17 @@ mod tests {
     fn ipv6_flags_never_overwrite() {
         let c = dual("fd00:10::/56", 64);
         let f = ConfigFlags {
-            cluster_cidr: Some(c.cluster_cidr),
+            cluster_cidr: c.ipv4.map(|v| v.cluster_cidr),
             cluster_cidr_v6: Some("fd00:10::/56".parse().unwrap()),
             ..Default::default()
         };
-        assert_eq!(ClusterConfig::from_flags(&f), Some(c.clone()));
+        assert_eq!(
+            ClusterConfig::from_flags(&ConfigFlags {
+                cluster_cidr: c.ipv4.map(|v| v.cluster_cidr),
+                ..f.clone()
+            }),
+            Some(c.clone())
+        );
         assert!(c.check_flags(&f).is_ok());
         let v4_only = cfg("10.244.0.0/16", 24);
         let e = v4_only.check_flags(&f).unwrap_err();
@@ -861,30 +1045,29 @@ mod tests {
     fn ipv6_subnets_are_checked_and_conflicts_settled() {
         let c = dual("fd00:10::/56", 64);
         let ok = rec6("a", "10.244.1.0/24", "fd00:10:0:1::/64", 11, 1);
-        assert!(check_lease(&c, &underlay(), Some(ok.subnet), &ok).is_ok());
+        assert!(check_lease(&c, &underlay(), ok.primary(), &ok).is_ok());
         // A node of the previous release, IPv4 only, in a dual-stack cluster.
         let old = rec("o", "10.244.9.0/24", 19, 9);
-        assert!(check_lease(&c, &underlay(), Some(old.subnet), &old).is_ok());
+        assert!(check_lease(&c, &underlay(), old.primary(), &old).is_ok());
         for (s6, why) in [
             ("fd00:10:0:1::/80", "not a /64"),
             ("fd00:11::/64", "not a /64 of the IPv6 cluster CIDR"),
             ("2001:db8::/64", "not a /64"),
         ] {
             let r = rec6("a", "10.244.1.0/24", s6, 11, 1);
-            let e = check_lease(&c, &underlay(), Some(r.subnet), &r).unwrap_err();
+            let e = check_lease(&c, &underlay(), r.primary(), &r).unwrap_err();
             assert!(e.contains(why), "{s6}: {e}");
         }
         // The underlay itself, under a cluster CIDR that (wrongly) covers it.
         let wide = dual("2001:db8::/56", 64);
         let r = rec6("x", "10.244.1.0/24", "2001:db8::/64", 11, 1);
-        let e = check_lease(&wide, &underlay(), Some(r.subnet), &r).unwrap_err();
+        let e = check_lease(&wide, &underlay(), r.primary(), &r).unwrap_err();
         assert!(
             e.contains("overlaps this node's network 2001:db8::/64"),
             "{e}"
         );
         // An IPv6 subnet where the cluster has no IPv6.
-        let e =
-            check_lease(&cfg("10.244.0.0/16", 24), &underlay(), Some(ok.subnet), &ok).unwrap_err();
+        let e = check_lease(&cfg("10.244.0.0/16", 24), &underlay(), ok.primary(), &ok).unwrap_err();
         assert!(e.contains("without an IPv6 cluster CIDR"), "{e}");
         // A younger record claiming a live node's IPv6 subnet loses, everywhere.
         let view = resolve(
@@ -910,6 +1093,41 @@ mod tests {
     }
 
     #[test]
+    fn the_ipv6_index_names_the_owner_of_an_ipv6_subnet() {
+        let c = dual("fd00:10::/56", 64);
+        let l = Layout::new("/f");
+        let owner = l.lease("10.244.2.0/24".parse().unwrap());
+        // An older record claims the IPv6 subnet the index gave to a younger one (the
+        // allocator reads only the index): the index wins.
+        let mut squatter = stored(
+            "10.244.1.0/24",
+            Ok(rec6("a", "10.244.1.0/24", "fd00:10:0:2::/64", 11, 1)),
+            3,
+        );
+        squatter.v6_owner = Some(owner.clone());
+        let mut real = stored(
+            "10.244.2.0/24",
+            Ok(rec6("b", "10.244.2.0/24", "fd00:10:0:2::/64", 12, 2)),
+            9,
+        );
+        real.v6_owner = Some(owner.clone());
+        let view = resolve(&c, &underlay(), &[squatter.clone(), real]);
+        let nodes: Vec<&str> = view.accepted.iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(nodes, ["b"]);
+        assert_eq!(view.refused[0].key, squatter.key);
+        assert!(
+            view.refused[0]
+                .reason
+                .contains(&format!("leased to {owner} (the leases-v6 index")),
+            "{:?}",
+            view.refused
+        );
+        // No index key (written by hand): judged among the records as before.
+        squatter.v6_owner = None;
+        assert_eq!(resolve(&c, &underlay(), &[squatter]).accepted.len(), 1);
+    }
+
+    #[test]
     fn picks_free_ipv6_subnets() {
         let v6 = dual("fd00:10::/56", 57).ipv6.unwrap();
         let mut taken = HashSet::new();
@@ -917,6 +1135,154 @@ mod tests {
             assert!(taken.insert(pick_free_v6(&v6, &taken, seed).unwrap()));
         }
         assert_eq!(pick_free_v6(&v6, &taken, 1), None);
+    }
+
+    fn v6_only(cidr6: &str, len6: u8) -> ClusterConfig {
+        ClusterConfig {
+            ipv4: None,
+            ..dual(cidr6, len6)
+        }
+    }
+
+    fn rec_v6(node: &str, s6: &str, ip: &str, mac: u8) -> LeaseRecord {
+        LeaseRecord {
+            node: node.into(),
+            subnet: None,
+            public_ip: ip.parse().unwrap(),
+            vtep_mac: format!("0e:00:00:00:00:{mac:02x}"),
+            subnet_v6: Some(s6.parse().unwrap()),
+        }
+    }
+
+    fn stored_v6(key: &str, r: Result<LeaseRecord, String>, rev: i64) -> StoredLease {
+        let net: Ipv6Network = key.parse().unwrap();
+        StoredLease {
+            key: Layout::new("/f").lease_v6(net),
+            key_subnet: Some(IpNetwork::V6(net)),
+            record: r,
+            create_revision: rev,
+            v6_owner: None,
+        }
+    }
+
+    #[test]
+    fn an_ipv6_only_config_has_no_ipv4_keys_and_needs_a_family() {
+        let c = v6_only("fd00:10::/56", 64);
+        assert!(c.validate().is_ok() && c.v6_only());
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(
+            text,
+            r#"{"vni":1,"port":4789,"ipv6":{"clusterCIDR":"fd00:10::/56","subnetLen":64}}"#
+        );
+        assert_eq!(serde_json::from_str::<ClusterConfig>(&text).unwrap(), c);
+        // Neither family, or half of the IPv4 one, is no config.
+        let none = ClusterConfig {
+            ipv6: None,
+            ..c.clone()
+        };
+        assert!(none.validate().unwrap_err().contains("no pod network"));
+        for half in [
+            r#"{"clusterCIDR":"10.1.0.0/16","vni":1,"port":4789}"#,
+            r#"{"subnetLen":24,"vni":1,"port":4789}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ClusterConfig>(half).is_err(),
+                "{half}"
+            );
+        }
+        // From the flags: --cluster-cidr-v6 alone.
+        let f = ConfigFlags {
+            cluster_cidr_v6: Some("fd00:10::/56".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(ClusterConfig::from_flags(&f), Some(c.clone()));
+        let e = c
+            .check_flags(&ConfigFlags {
+                cluster_cidr: Some("10.1.0.0/16".parse().unwrap()),
+                ..f
+            })
+            .unwrap_err();
+        assert!(
+            e.contains("--cluster-cidr 10.1.0.0/16 (stored none)"),
+            "{e}"
+        );
+        // The underlay's IPv6 network is as forbidden as in a dual-stack cluster.
+        let e = v6_only("2001:db8::/56", 64)
+            .check_underlay(&underlay())
+            .unwrap_err();
+        assert!(
+            e.contains("overlaps this node's network 2001:db8::/64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ipv6_only_records_are_keyed_by_their_ipv6_subnet_and_checked() {
+        let c = v6_only("fd00:10::/56", 64);
+        let ok = rec_v6("a", "fd00:10:0:1::/64", "2001:db8::11", 1);
+        assert_eq!(ok.primary(), Some("fd00:10:0:1::/64".parse().unwrap()));
+        assert!(check_lease(&c, &underlay(), ok.primary(), &ok).is_ok());
+        let text = serde_json::to_string(&ok).unwrap();
+        assert_eq!(
+            text,
+            r#"{"node":"a","publicIp":"2001:db8::11","vtepMac":"0e:00:00:00:00:01","subnetV6":"fd00:10:0:1::/64"}"#
+        );
+        let mut r = ok.clone();
+        for (ip, why) in [
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("fe80::1", "link-local"),
+            ("ff02::1", "multicast"),
+            ("::ffff:192.0.2.1", "IPv4-mapped"),
+            ("fd00:10:0:9::1", "inside the cluster CIDR fd00:10::/56"),
+        ] {
+            r.public_ip = ip.parse().unwrap();
+            let e = check_lease(&c, &underlay(), r.primary(), &r).unwrap_err();
+            assert!(e.contains(why), "{ip}: {e}");
+        }
+        // An IPv4 subnet in an IPv6-only cluster, a record without a subnet, another key.
+        let with_v4 = LeaseRecord {
+            subnet: Some("10.244.1.0/24".parse().unwrap()),
+            ..ok.clone()
+        };
+        let e = check_lease(&c, &underlay(), with_v4.primary(), &with_v4).unwrap_err();
+        assert!(e.contains("without an IPv4 cluster CIDR"), "{e}");
+        let bare = LeaseRecord {
+            subnet_v6: None,
+            ..ok.clone()
+        };
+        assert!(check_lease(&c, &underlay(), None, &bare).is_err());
+        let e = check_lease(
+            &c,
+            &underlay(),
+            Some("fd00:10:0:2::/64".parse().unwrap()),
+            &ok,
+        )
+        .unwrap_err();
+        assert!(e.contains("not the one the key names"), "{e}");
+        // A dual-stack cluster wants an IPv4 subnet in every record.
+        let e = check_lease(&dual("fd00:10::/56", 64), &underlay(), ok.primary(), &ok).unwrap_err();
+        assert!(e.contains("no IPv4 subnet"), "{e}");
+        // Conflicts are settled as for IPv4; an unreadable record holds its IPv6 subnet.
+        let view = resolve(
+            &c,
+            &underlay(),
+            &[
+                stored_v6("fd00:10:0:1::/64", Ok(ok.clone()), 5),
+                stored_v6(
+                    "fd00:10:0:2::/64",
+                    Ok(rec_v6("a", "fd00:10:0:2::/64", "2001:db8::12", 2)),
+                    6,
+                ),
+                stored_v6("fd00:10:0:3::/64", Err("expected value".into()), 7),
+            ],
+        );
+        assert_eq!(view.accepted, vec![ok]);
+        assert!(view.refused[0].reason.contains("its node name is"));
+        assert_eq!(
+            view.unreadable,
+            vec!["fd00:10:0:3::/64".parse::<IpNetwork>().unwrap()]
+        );
     }
 
     #[test]

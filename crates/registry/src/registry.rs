@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::layout::Layout;
 use super::model::{
-    pick_free, pick_free_v6, ClusterConfig, ConfigFlags, LeaseRecord, StoredLease, Usage,
+    pick_free, pick_free_v6, ClusterConfig, ClusterV4, ClusterV6, ConfigFlags, LeaseRecord,
+    StoredLease, Usage,
 };
 
 #[derive(Debug, Clone)]
@@ -122,6 +123,20 @@ fn read(path: &PathBuf) -> Result<Vec<u8>> {
         path: path.clone(),
         source,
     })
+}
+
+/// The compare that a subnet's key is free, or still at the revision of the record
+/// being taken over.
+fn free_or_ours(key: &str, held: Option<i64>) -> Compare {
+    match held {
+        Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
+        None => Compare::version(key, CompareOp::Equal, 0),
+    }
+}
+
+/// Whether a stored lease value is not another node's record: unreadable, or `node`'s.
+fn not_anothers(value: &[u8], node: &str) -> bool {
+    serde_json::from_slice::<LeaseRecord>(value).map_or(true, |r| r.node == node)
 }
 
 impl Registry {
@@ -245,13 +260,14 @@ impl Registry {
     /// else a free one; by a transaction that only succeeds when neither the subnet nor the
     /// node already has a lease, so two nodes never hold one subnet. In a dual-stack
     /// cluster the IPv6 subnet (`prefer_v6` when free) is leased in the same transaction,
-    /// on the same etcd lease, with its own index key: kept and expired together.
+    /// on the same etcd lease, with its own index key: kept and expired together. In an
+    /// IPv6-only cluster the IPv6 subnet's key holds the record itself.
     #[allow(clippy::too_many_arguments)]
     pub async fn acquire(
         &mut self,
         cfg: &ClusterConfig,
         node: &str,
-        public_ip: Ipv4Addr,
+        public_ip: IpAddr,
         vtep_mac: &str,
         grace: Duration,
         prefer: Option<Ipv4Network>,
@@ -260,19 +276,25 @@ impl Registry {
         const ATTEMPTS: u32 = 30;
         // Without a subnet from the caller, the one the node index names (its record may
         // be damaged, the index still says which subnet was this node's).
-        let prefer = match prefer {
-            Some(p) => Some(p),
-            None => self
-                .get_one(self.layout.node(node), "read node index")
-                .await?
-                .and_then(|kv| self.layout.subnet_of(&String::from_utf8_lossy(kv.value()))),
-        };
+        let indexed = self
+            .get_one(self.layout.node(node), "read node index")
+            .await?
+            .and_then(|kv| self.layout.net_of(&String::from_utf8_lossy(kv.value())));
+        let prefer = prefer.or(match indexed {
+            Some(IpNetwork::V4(s)) => Some(s),
+            _ => None,
+        });
+        let prefer_v6 = prefer_v6.or(match indexed {
+            Some(IpNetwork::V6(s)) => Some(s),
+            _ => None,
+        });
         let mut h = std::collections::hash_map::DefaultHasher::new();
         node.hash(&mut h);
         let seed = h.finish();
         for attempt in 0..ATTEMPTS {
             if let Some((rec, lease_id, rev)) = self.own_lease(node).await? {
-                if cfg.holds(rec.subnet) {
+                let shaped = rec.subnet.is_some() == cfg.ipv4.is_some();
+                if let Some(primary) = rec.primary().filter(|p| shaped && cfg.holds_any(*p)) {
                     let ttl = self
                         .client
                         .lease_time_to_live(lease_id, None)
@@ -280,7 +302,7 @@ impl Registry {
                         .map_err(etcd("read lease TTL"))?
                         .ttl();
                     if ttl > 0 {
-                        let key = self.layout.lease(rec.subnet);
+                        let key = self.layout.record_key(primary);
                         let put = || Some(PutOptions::new().with_lease(lease_id));
                         let mut when =
                             vec![Compare::mod_revision(key.clone(), CompareOp::Equal, rev)];
@@ -291,9 +313,11 @@ impl Registry {
                             (None, _) => None,
                             (Some(v6), Some(s)) if v6.holds(s) => Some(s),
                             (Some(v6), _) => {
-                                let s = self.free_v6(&v6, prefer_v6, attempt, seed).await?;
+                                let (s, held) = self
+                                    .free_v6(&v6, prefer_v6, attempt, seed, node, Some(&key))
+                                    .await?;
                                 let ik = self.layout.lease_v6(s);
-                                when.push(Compare::version(ik.clone(), CompareOp::Equal, 0));
+                                when.push(free_or_ours(&ik, held));
                                 then.push(TxnOp::put(ik, key.clone(), put()));
                                 Some(s)
                             }
@@ -336,53 +360,27 @@ impl Registry {
                 self.commit(txn, "remove stale node index").await?;
             }
 
-            let taken = self.taken().await?;
-            // The subnet this node had: free, or held by a record that is not another
-            // node's (damaged, or ours): the node's pods keep their addresses.
-            let mut reclaim = None;
-            let preferred = match prefer.filter(|p| attempt == 0 && cfg.holds(*p)) {
-                Some(p) if !taken.contains(&p) => Some(p),
-                Some(p) => {
-                    let kv = self
-                        .get_one(self.layout.lease(p), "read own old lease")
-                        .await?;
-                    match kv {
-                        Some(kv)
-                            if serde_json::from_slice::<LeaseRecord>(kv.value())
-                                .map_or(true, |r| r.node == node) =>
-                        {
-                            reclaim = Some(kv.mod_revision());
-                            Some(p)
-                        }
-                        _ => None,
-                    }
+            let mut when = vec![Compare::version(nk.clone(), CompareOp::Equal, 0)];
+            let subnet = match cfg.ipv4 {
+                Some(v4) => {
+                    let (s, held) = self.free_v4(&v4, prefer, attempt, seed, node).await?;
+                    when.push(free_or_ours(&self.layout.lease(s), held));
+                    Some(s)
                 }
                 None => None,
             };
-            let subnet = match preferred {
-                Some(p) => p,
-                None => pick_free(
-                    cfg,
-                    &taken,
-                    seed.wrapping_add(u64::from(attempt) * 0x9e37_79b9),
-                )
-                .ok_or(LeaseError::Exhausted {
-                    cidr: cfg.cluster_cidr,
-                    len: cfg.subnet_len,
-                    count: cfg.subnet_count(),
-                })?,
-            };
+            // The record's key: the IPv4 subnet's, else (IPv6-only) the IPv6 subnet's.
+            let lk_v4 = subnet.map(|s| self.layout.lease(s));
             let subnet_v6 = match cfg.ipv6 {
-                Some(v6) => Some(self.free_v6(&v6, prefer_v6, attempt, seed).await?),
+                Some(v6) => {
+                    let (s, held) = self
+                        .free_v6(&v6, prefer_v6, attempt, seed, node, lk_v4.as_deref())
+                        .await?;
+                    when.push(free_or_ours(&self.layout.lease_v6(s), held));
+                    Some(s)
+                }
                 None => None,
             };
-            let ttl = i64::try_from(grace.as_secs().max(10)).unwrap_or(i64::MAX);
-            let lease_id = self
-                .client
-                .lease_grant(ttl, None)
-                .await
-                .map_err(etcd("grant subnet lease"))?
-                .id();
             let rec = LeaseRecord {
                 node: node.to_string(),
                 subnet,
@@ -390,13 +388,22 @@ impl Registry {
                 vtep_mac: vtep_mac.to_string(),
                 subnet_v6,
             };
-            let lk = self.layout.lease(subnet);
-            let put = || Some(PutOptions::new().with_lease(lease_id));
-            let free = match reclaim {
-                Some(rev) => Compare::mod_revision(lk.clone(), CompareOp::Equal, rev),
-                None => Compare::version(lk.clone(), CompareOp::Equal, 0),
+            let Some(primary) = rec.primary() else {
+                // A validated config has a family, so a record has a subnet.
+                return Err(LeaseError::BadConfig {
+                    key: self.layout.config(),
+                    detail: "no cluster CIDR of either family".into(),
+                });
             };
-            let mut when = vec![free, Compare::version(nk.clone(), CompareOp::Equal, 0)];
+            let lk = self.layout.record_key(primary);
+            let ttl = i64::try_from(grace.as_secs().max(10)).unwrap_or(i64::MAX);
+            let lease_id = self
+                .client
+                .lease_grant(ttl, None)
+                .await
+                .map_err(etcd("grant subnet lease"))?
+                .id();
+            let put = || Some(PutOptions::new().with_lease(lease_id));
             let mut then = vec![
                 TxnOp::put(
                     lk.clone(),
@@ -405,10 +412,8 @@ impl Registry {
                 ),
                 TxnOp::put(nk, lk.clone(), put()),
             ];
-            if let Some(s6) = subnet_v6 {
-                let ik = self.layout.lease_v6(s6);
-                when.push(Compare::version(ik.clone(), CompareOp::Equal, 0));
-                then.push(TxnOp::put(ik, lk, put()));
+            if let (Some(s6), Some(_)) = (subnet_v6, subnet) {
+                then.push(TxnOp::put(self.layout.lease_v6(s6), lk, put()));
             }
             let txn = Txn::new().when(when).and_then(then);
             if self.commit(txn, "create lease").await? {
@@ -423,26 +428,87 @@ impl Registry {
         Err(LeaseError::Contention(ATTEMPTS))
     }
 
-    /// An IPv6 subnet whose index key is absent: `prefer` on the first attempt when it is,
-    /// else a free one.
+    /// An IPv4 subnet to lease: `prefer` on the first attempt when it is free, or held by
+    /// a record that is not another node's (damaged, or ours: the node's pods keep their
+    /// addresses), else a free one. The second value: the mod revision of the record to
+    /// take over, when there is one.
+    async fn free_v4(
+        &mut self,
+        v4: &ClusterV4,
+        prefer: Option<Ipv4Network>,
+        attempt: u32,
+        seed: u64,
+        node: &str,
+    ) -> Result<(Ipv4Network, Option<i64>)> {
+        let taken = self.taken().await?;
+        if let Some(p) = prefer.filter(|p| attempt == 0 && v4.holds(*p)) {
+            if !taken.contains(&p) {
+                return Ok((p, None));
+            }
+            let kv = self
+                .get_one(self.layout.lease(p), "read own old lease")
+                .await?;
+            if let Some(kv) = kv.filter(|kv| not_anothers(kv.value(), node)) {
+                return Ok((p, Some(kv.mod_revision())));
+            }
+        }
+        let s = pick_free(
+            v4,
+            &taken,
+            seed.wrapping_add(u64::from(attempt) * 0x9e37_79b9),
+        )
+        .ok_or(LeaseError::Exhausted {
+            cidr: v4.cluster_cidr,
+            len: v4.subnet_len,
+            count: v4.subnet_count(),
+        })?;
+        Ok((s, None))
+    }
+
+    /// An IPv6 subnet to lease, as `free_v4`: `prefer` (else, in a dual-stack cluster,
+    /// the one whose index names `record`, this node's IPv4 lease key) when free or this
+    /// node's, else a free one. An IPv6 key is this node's when it indexes `record`
+    /// (dual-stack), or (IPv6-only: `record` is `None`) holds a record that is not
+    /// another node's.
     async fn free_v6(
         &mut self,
-        v6: &crate::ClusterV6,
+        v6: &ClusterV6,
         prefer: Option<Ipv6Network>,
         attempt: u32,
         seed: u64,
-    ) -> Result<Ipv6Network> {
+        node: &str,
+        record: Option<&str>,
+    ) -> Result<(Ipv6Network, Option<i64>)> {
         let (kvs, _) = self
-            .get_prefix(self.layout.leases_v6(), true, "list IPv6 subnets")
+            .get_prefix(self.layout.leases_v6(), false, "list IPv6 subnets")
             .await?;
-        let taken: HashSet<Ipv6Network> = kvs
-            .iter()
-            .filter_map(|kv| self.layout.subnet_v6_of(&String::from_utf8_lossy(kv.key())))
-            .collect();
-        if let Some(p) = prefer.filter(|p| attempt == 0 && v6.holds(*p) && !taken.contains(p)) {
-            return Ok(p);
+        let ours = |value: &[u8]| match record {
+            Some(lk) => value == lk.as_bytes(),
+            None => not_anothers(value, node),
+        };
+        let mut taken = HashSet::new();
+        let mut held = None;
+        for kv in &kvs {
+            let Some(s) = self.layout.subnet_v6_of(&String::from_utf8_lossy(kv.key())) else {
+                continue;
+            };
+            taken.insert(s);
+            if record.is_some() && ours(kv.value()) {
+                held = Some(s);
+            }
         }
-        pick_free_v6(
+        let prefer = prefer.or(held);
+        if let Some(p) = prefer.filter(|p| attempt == 0 && v6.holds(*p)) {
+            if !taken.contains(&p) {
+                return Ok((p, None));
+            }
+            let key = self.layout.lease_v6(p);
+            let kv = kvs.iter().find(|kv| kv.key() == key.as_bytes());
+            if let Some(kv) = kv.filter(|kv| ours(kv.value())) {
+                return Ok((p, Some(kv.mod_revision())));
+            }
+        }
+        let s = pick_free_v6(
             v6,
             &taken,
             seed.wrapping_add(u64::from(attempt) * 0x9e37_79b9),
@@ -451,7 +517,8 @@ impl Registry {
             cidr: v6.cluster_cidr,
             len: v6.subnet_len,
             count: v6.subnet_count(),
-        })
+        })?;
+        Ok((s, None))
     }
 
     async fn taken(&mut self) -> Result<HashSet<Ipv4Network>> {
@@ -466,19 +533,39 @@ impl Registry {
 
     /// Every lease key as stored, parsed or not (`model::resolve` decides what to use),
     /// and the revision they were read at (to watch from).
-    pub async fn list(&mut self) -> Result<(Vec<StoredLease>, i64)> {
+    pub async fn list(&mut self, cfg: &ClusterConfig) -> Result<(Vec<StoredLease>, i64)> {
+        // Dual-stack: who owns each IPv6 subnet, as the index says (read first: a lease
+        // made in between is only missing its owner, and judged among the records).
+        let mut owners = std::collections::HashMap::new();
+        if !cfg.v6_only() && cfg.ipv6.is_some() {
+            let (kvs, _) = self
+                .get_prefix(self.layout.leases_v6(), false, "list IPv6 index")
+                .await?;
+            for kv in kvs {
+                if let Some(s6) = self.layout.subnet_v6_of(&String::from_utf8_lossy(kv.key())) {
+                    owners.insert(s6, String::from_utf8_lossy(kv.value()).into_owned());
+                }
+            }
+        }
         let (kvs, rev) = self
-            .get_prefix(self.layout.leases(), false, "list leases")
+            .get_prefix(self.layout.records(cfg.v6_only()), false, "list leases")
             .await?;
         let leases = kvs
             .iter()
             .map(|kv| {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let record: std::result::Result<LeaseRecord, String> =
+                    serde_json::from_slice(kv.value()).map_err(|e| e.to_string());
+                let v6_owner = record
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| owners.get(&r.subnet_v6?).cloned());
                 StoredLease {
-                    key_subnet: self.layout.subnet_of(&key),
+                    key_subnet: self.layout.net_of(&key),
                     key,
-                    record: serde_json::from_slice(kv.value()).map_err(|e| e.to_string()),
+                    record,
                     create_revision: kv.create_revision(),
+                    v6_owner,
                 }
             })
             .collect();
@@ -488,7 +575,10 @@ impl Registry {
     /// Writes this node's lease back when its key is gone or holds anything but `me`
     /// (deleted or damaged by hand): true when it did. The key stays on `grace_lease`.
     pub async fn restore_own(&mut self, me: &LeaseRecord, grace_lease: i64) -> Result<bool> {
-        let key = self.layout.lease(me.subnet);
+        let Some(primary) = me.primary() else {
+            return Ok(false);
+        };
+        let key = self.layout.record_key(primary);
         let kv = self.get_one(key.clone(), "read own lease").await?;
         let intact = kv
             .as_ref()
@@ -506,7 +596,7 @@ impl Registry {
             ),
             TxnOp::put(self.layout.node(&me.node), key.clone(), put()),
         ];
-        if let Some(s6) = me.subnet_v6 {
+        if let (Some(s6), Some(_)) = (me.subnet_v6, me.subnet) {
             then.push(TxnOp::put(self.layout.lease_v6(s6), key, put()));
         }
         let txn = Txn::new().and_then(then);
@@ -517,10 +607,11 @@ impl Registry {
         Ok(true)
     }
 
-    /// Every lease key, parsed or not, with its etcd lease.
-    pub async fn entries(&mut self) -> Result<Vec<LeaseEntry>> {
+    /// Every lease key, parsed or not, with its etcd lease (`v6_only`: the records of an
+    /// IPv6-only cluster).
+    pub async fn entries(&mut self, v6_only: bool) -> Result<Vec<LeaseEntry>> {
         let (kvs, _) = self
-            .get_prefix(self.layout.leases(), false, "list leases")
+            .get_prefix(self.layout.records(v6_only), false, "list leases")
             .await?;
         Ok(kvs
             .iter()
@@ -619,11 +710,11 @@ impl Registry {
             .collect())
     }
 
-    /// Watches every lease from `revision` on.
-    pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
+    /// Watches every lease record from `revision` on.
+    pub async fn watch(&mut self, cfg: &ClusterConfig, revision: i64) -> Result<WatchStream> {
         self.client
             .watch(
-                self.layout.leases(),
+                self.layout.records(cfg.v6_only()),
                 Some(
                     WatchOptions::new()
                         .with_prefix()

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use node_ipam::attachment;
 use node_ipam::config::parse_network;
 use node_ipam::node_state;
@@ -180,32 +180,36 @@ async fn check_cluster(
     }
     let alive = reg.alive_nodes().await?;
     let mut leases = Vec::new();
-    for e in reg.entries().await? {
+    let v6_only = cfg.as_ref().is_some_and(|c| c.v6_only());
+    for e in reg.entries(v6_only).await? {
         match e.record {
             Err(why) => out.push(problem("lease-unreadable", format!("{}: {why}", e.key))),
-            Ok(rec) => leases.push((rec, e.lease_id)),
+            Ok(rec) => match rec.primary() {
+                Some(net) => leases.push((rec, e.lease_id, net)),
+                None => out.push(problem(
+                    "lease-unreadable",
+                    format!("{}: a record without a subnet", e.key),
+                )),
+            },
         }
     }
-    leases.sort_by_key(|(r, _)| (u32::from(r.subnet.network()), r.subnet.prefix()));
+    leases.sort_by_key(|(_, _, n)| (n.network(), n.prefix()));
     // Sorted by start: a lease overlaps a later one exactly when the later one starts
-    // inside it.
-    for (i, (a, _)) in leases.iter().enumerate() {
-        for (b, _) in leases.iter().skip(i + 1) {
-            if !a.subnet.contains(b.subnet.network()) {
+    // inside it (IPv4 before IPv6: no address of one family is inside the other's).
+    for (i, (a, _, an)) in leases.iter().enumerate() {
+        for (b, _, bn) in leases.iter().skip(i + 1) {
+            if !an.contains(bn.network()) {
                 break;
             }
             out.push(problem(
                 "overlapping-leases",
-                format!(
-                    "{} ({}) overlaps {} ({})",
-                    a.subnet, a.node, b.subnet, b.node
-                ),
+                format!("{an} ({}) overlaps {bn} ({})", a.node, b.node),
             ));
         }
     }
-    let mut by_node: HashMap<&str, Vec<Ipv4Network>> = HashMap::new();
-    for (r, _) in &leases {
-        by_node.entry(r.node.as_str()).or_default().push(r.subnet);
+    let mut by_node: HashMap<&str, Vec<IpNetwork>> = HashMap::new();
+    for (r, _, n) in &leases {
+        by_node.entry(r.node.as_str()).or_default().push(*n);
     }
     for (node, subnets) in &by_node {
         if subnets.len() > 1 {
@@ -215,15 +219,31 @@ async fn check_cluster(
             ));
         }
     }
-    for (r, lease_id) in &leases {
-        if let Some(c) = cfg.as_ref().filter(|c| !c.holds(r.subnet)) {
-            out.push(problem(
-                "lease-outside-cluster",
-                format!(
-                    "{} ({}) is not a /{} of the cluster CIDR {}",
-                    r.subnet, r.node, c.subnet_len, c.cluster_cidr
+    for (r, lease_id, net) in &leases {
+        if let Some(c) = cfg.as_ref().filter(|c| !c.holds_any(*net)) {
+            let (len, cidr) = match net {
+                IpNetwork::V4(_) => (
+                    c.ipv4.map(|v| v.subnet_len),
+                    c.ipv4.map(|v| v.cluster_cidr.to_string()),
                 ),
-            ));
+                IpNetwork::V6(_) => (
+                    c.ipv6.map(|v| v.subnet_len),
+                    c.ipv6.map(|v| v.cluster_cidr.to_string()),
+                ),
+            };
+            let detail = match (len, cidr) {
+                (Some(len), Some(cidr)) => {
+                    format!(
+                        "{net} ({}) is not a /{len} of the cluster CIDR {cidr}",
+                        r.node
+                    )
+                }
+                _ => format!(
+                    "{net} ({}) is of a family the cluster does not have",
+                    r.node
+                ),
+            };
+            out.push(problem("lease-outside-cluster", detail));
         }
         if !alive.contains(&r.node) {
             let kept = if *lease_id == 0 {
@@ -240,14 +260,16 @@ async fn check_cluster(
             out.push(problem(
                 "node-not-alive",
                 format!(
-                    "node {} ({}, {}) is not heart-beating; {kept}",
-                    r.node, r.subnet, r.public_ip
+                    "node {} ({net}, {}) is not heart-beating; {kept}",
+                    r.node, r.public_ip
                 ),
             ));
         }
     }
-    if let Some((st, pod_cidr)) = state.and_then(|st| Some((st, st.pod_cidr.as_deref()?))) {
-        match leases.iter().find(|(r, _)| r.node == st.node_name) {
+    // The subnet the node's lease is keyed by: its IPv4 one, else (IPv6-only) its IPv6 one.
+    let own = |st: &node_state::NodeState| st.pod_cidr.clone().or(st.pod_cidr_v6.clone());
+    if let Some((st, pod_cidr)) = state.and_then(|st| Some((st, own(st)?))) {
+        match leases.iter().find(|(r, _, _)| r.node == st.node_name) {
             None => out.push(problem(
                 "node-state-without-lease",
                 format!(
@@ -255,11 +277,11 @@ async fn check_cluster(
                     st.node_name, pod_cidr
                 ),
             )),
-            Some((r, _)) if r.subnet.to_string() != pod_cidr => out.push(problem(
+            Some((_, _, n)) if n.to_string() != pod_cidr => out.push(problem(
                 "node-state-mismatch",
                 format!(
-                    "node.json says node {} has {}, its etcd lease says {}",
-                    st.node_name, pod_cidr, r.subnet
+                    "node.json says node {} has {}, its etcd lease says {n}",
+                    st.node_name, pod_cidr
                 ),
             )),
             Some(_) => {}

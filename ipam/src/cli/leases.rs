@@ -1,7 +1,7 @@
 //! `ferry-ipam leases`: every node's subnet lease, whether the node is alive, how many
 //! addresses it uses, and how full the cluster CIDR is.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::Result;
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -23,10 +23,11 @@ pub struct Args {
 #[serde(rename_all = "camelCase")]
 struct Row {
     node: String,
-    subnet: Ipv4Network,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subnet: Option<Ipv4Network>,
     #[serde(rename = "subnetV6", skip_serializing_if = "Option::is_none")]
     subnet_v6: Option<Ipv6Network>,
-    public_ip: Ipv4Addr,
+    public_ip: IpAddr,
     vtep_mac: String,
     alive: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,7 +64,9 @@ pub fn run(args: Args) -> Result<i32> {
     let report = block_on(async {
         let mut reg = args.etcd.connect().await?;
         let cfg = reg.read_config().await?;
-        let entries = reg.entries().await?;
+        let entries = reg
+            .entries(cfg.as_ref().is_some_and(|c| c.v6_only()))
+            .await?;
         let alive = reg.alive_nodes().await?;
         let usage = reg.usage().await?;
         let mut leases = Vec::new();
@@ -88,12 +91,13 @@ pub fn run(args: Args) -> Result<i32> {
                 vtep_mac: rec.vtep_mac,
             });
         }
-        leases.sort_by_key(|r| (r.subnet.network(), r.subnet.prefix()));
+        leases.sort_by_key(|r| (r.subnet, r.subnet_v6));
+        let v4 = cfg.as_ref().and_then(|c| c.ipv4);
         let v6 = cfg.as_ref().and_then(|c| c.ipv6);
         Ok(Report {
-            cluster_cidr: cfg.as_ref().map(|c| c.cluster_cidr),
-            subnet_len: cfg.as_ref().map(|c| c.subnet_len),
-            subnets: cfg.as_ref().map(|c| c.subnet_count()),
+            cluster_cidr: v4.map(|v| v.cluster_cidr),
+            subnet_len: v4.map(|v| v.subnet_len),
+            subnets: v4.map(|v| v.subnet_count()),
             cluster_cidr_v6: v6.map(|v| v.cluster_cidr),
             subnet_len_v6: v6.map(|v| v.subnet_len),
             subnets_v6: v6.map(|v| v.subnet_count()),
@@ -115,6 +119,7 @@ fn print_table(r: &Report) {
             r.leased,
             r.leased as f64 * 100.0 / f64::from(n)
         ),
+        _ if r.cluster_cidr_v6.is_some() => {}
         _ => println!("no cluster config in etcd; {} leases", r.leased),
     }
     if let (Some(c), Some(len), Some(n)) = (r.cluster_cidr_v6, r.subnet_len_v6, r.subnets_v6) {
@@ -174,7 +179,7 @@ fn cells(l: &Row) -> [String; 6] {
     };
     [
         l.node.clone(),
-        l.subnet.to_string(),
+        l.subnet.map_or("-".to_string(), |s| s.to_string()),
         l.public_ip.to_string(),
         l.vtep_mac.clone(),
         alive,

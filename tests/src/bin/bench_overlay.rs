@@ -6,6 +6,9 @@
 //!   on, as a flannel node has).
 //! - throughput6: the same over a dual-stack cluster (IPv4 underlay): the IPv6 pod path
 //!   against the IPv4 pod path and the IPv6 underlay, side by side in one run.
+//! - throughput6u: an IPv6-only cluster over an IPv6 underlay (VTEPs on IPv6, pod MTU =
+//!   underlay - 70): its pod path against an IPv4 cluster's pod path and the IPv6
+//!   underlay, 5 alternating rounds in one run.
 //! - join: from a new node's lease written to etcd until every node of a 3-node cluster
 //!   routes to its subnet, p50 and p99 over repeated joins.
 //! - scale: 1,000 and 5,000 simulated nodes' leases in etcd, then one daemon from a cold
@@ -33,6 +36,9 @@ fn main() {
     if args.iter().any(|a| a == "throughput6") {
         throughput6();
     }
+    if args.iter().any(|a| a == "throughput6u") {
+        throughput6u();
+    }
     if want("join") {
         join();
     }
@@ -46,6 +52,16 @@ fn main() {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// The median of some runs, and the runs in the order they were made.
+fn summed(v: &mut [f64]) -> (f64, String) {
+    let runs = v
+        .iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (median(v), runs)
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -148,20 +164,51 @@ fn throughput6() {
             SECS,
         ));
     }
-    let runs = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let (r4, r6, ru) = (runs(&v4), runs(&v6), runs(&under6));
-    let (p4, p6, u6) = (median(&mut v4), median(&mut v6), median(&mut under6));
+    let ((p4, r4), (p6, r6), (u6, ru)) = (summed(&mut v4), summed(&mut v6), summed(&mut under6));
     println!(
         "throughput6 (single-stream TCP, iperf3 -t {SECS}, median of {ROUNDS}):\n  \
          IPv4 pod to pod {p4:.2} Gbit/s ({r4})\n  \
          IPv6 pod to pod {p6:.2} Gbit/s ({r6}): {:.2}x the IPv4 pod path (target 0.9x)\n  \
          IPv6 underlay   {u6:.2} Gbit/s ({ru})\n",
         p6 / p4
+    );
+}
+
+/// IPv6 pods of an IPv6-only cluster over an IPv6 underlay, against IPv4 pods of an IPv4
+/// cluster on their own switch and the IPv6 underlay itself, interleaved per round.
+fn throughput6u() {
+    const ROUNDS: usize = 5;
+    const SECS: u32 = 3;
+    let v4 = Cluster::new(2, "10.83.0.0/16");
+    let v6 = Cluster::v6_only(2, "fd00:83::/56", "");
+    let (a4, b4) = (v4.nodes[0].add_pod("u4a"), v4.nodes[1].add_pod("u4b"));
+    let (a6, b6) = (v6.nodes[0].add_pod("u6a"), v6.nodes[1].add_pod("u6b"));
+    let up = wait_until(Duration::from_secs(10), || {
+        a6.ns
+            .try_sh(&format!("ping -6 -c1 -W1 {}", b6.ip))
+            .status
+            .success()
+    });
+    assert!(up, "IPv6 pods unreachable");
+    a4.ns.sh(&format!("ping -c1 -W2 {}", b4.ip));
+    let (mut p4, mut p6, mut under6) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        p4.push(iperf(&a4.ns, &b4.ns, &b4.ip, SECS));
+        p6.push(iperf(&a6.ns, &b6.ns, &b6.ip, SECS));
+        under6.push(iperf(
+            &v6.nodes[0].host,
+            &v6.nodes[1].host,
+            &v6.nodes[1].ip,
+            SECS,
+        ));
+    }
+    let ((m4, r4), (m6, r6), (mu, ru)) = (summed(&mut p4), summed(&mut p6), summed(&mut under6));
+    println!(
+        "throughput6u (single-stream TCP, iperf3 -t {SECS}, median of {ROUNDS} alternating rounds):\n  \
+         IPv4 pod to pod (IPv4 underlay, MTU 1450)        {m4:.2} Gbit/s ({r4})\n  \
+         IPv6-only pod to pod (IPv6 underlay, MTU 1430)   {m6:.2} Gbit/s ({r6}): {:.2}x the IPv4 pod path (target 0.9x)\n  \
+         IPv6 underlay, node to node                      {mu:.2} Gbit/s ({ru})\n",
+        m6 / m4
     );
 }
 
@@ -270,7 +317,7 @@ fn join() {
             reg.acquire(
                 &cfg,
                 &format!("sim{k}"),
-                Ipv4Addr::new(192, 0, 2, 240),
+                Ipv4Addr::new(192, 0, 2, 240).into(),
                 // Each its own: ferry refuses a second lease with a MAC already leased.
                 &format!("0e:00:00:00:01:{k:02x}"),
                 Duration::from_secs(3600),
@@ -326,8 +373,8 @@ fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
                     .expect("subnet");
                 let rec = registry::LeaseRecord {
                     node: format!("sim{i}"),
-                    subnet,
-                    public_ip: Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8),
+                    subnet: Some(subnet),
+                    public_ip: Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8).into(),
                     vtep_mac: format!(
                         "0e:00:00:{:02x}:{:02x}:{:02x}",
                         i >> 16 & 0xff,
