@@ -10,11 +10,9 @@
 //! missing or differs.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 pub const TABLE: &str = "ferry";
@@ -152,47 +150,19 @@ pub fn parse(listing: &Value, f: Family, port: u16) -> Option<BTreeSet<IpAddr>> 
     (hooked && rules == [rule_json(f, port)]).then_some(nodes?)
 }
 
-fn nft(args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run nft (is nftables installed?)")?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).context("write to nft")?;
-    }
-    let out = child.wait_with_output().context("wait for nft")?;
-    if !out.status.success() {
-        bail!(
-            "nft {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The set as the kernel holds it; `None` when the table is missing or not ferry's rule.
 pub fn read(f: Family, port: u16) -> Result<Option<BTreeSet<IpAddr>>> {
-    match nft(&["-j", "list", "table", f.nft(), TABLE], None) {
-        Ok(text) => {
+    match crate::nft::list_table(f.nft(), TABLE)? {
+        Some(text) => {
             let v: Value = serde_json::from_str(&text).context("parse `nft -j` output")?;
             Ok(parse(&v, f, port))
         }
-        // A missing table is an error to nft, and simply "nothing yet" to us.
-        Err(e) if e.to_string().contains("No such file or directory") => Ok(None),
-        Err(e) => Err(e),
+        None => Ok(None),
     }
 }
 
 pub fn run(script: &str) -> Result<()> {
-    nft(&["-f", "-"], Some(script)).map(drop)
+    crate::nft::apply(script)
 }
 
 /// Makes the kernel's table hold `want`: the set changed as a diff when the table is
