@@ -401,32 +401,19 @@ impl Node {
         }
     }
 
-    /// An IPv6 pod made by hand on the node's bridge: address `k` of its `podCIDRv6`,
-    /// default route via `gatewayV6`, the node's MTU; returns the pod and its address.
-    /// Only until the plugin configures IPv6 from node.json: then `add_pod` replaces it.
-    pub fn add_pod_v6_by_hand(&self, k: u16) -> (Netns, String) {
-        let st = self.node_state();
-        let net: ipnetwork::Ipv6Network = st["podCIDRv6"]
-            .as_str()
-            .expect("podCIDRv6 in node.json")
-            .parse()
-            .expect("podCIDRv6 parses");
-        let ip = std::net::Ipv6Addr::from(u128::from(net.network()) + 0x100 + u128::from(k));
-        let gw = st["gatewayV6"].as_str().expect("gatewayV6 in node.json");
-        let mtu = st["mtu"].as_u64().expect("mtu");
-        let pod = Netns::new("fy6");
-        let port = crate::unique("v6");
-        self.host.sh(&format!(
-            "ip link add {port} mtu {mtu} type veth peer name eth0 netns {} && \
-             ip link set {port} master ferry0 up",
-            pod.name
-        ));
-        pod.sh(&format!(
-            "ip link set lo up && ip link set eth0 mtu {mtu} up && \
-             ip -6 addr add {ip}/{} dev eth0 nodad && ip -6 route add default via {gw}",
-            net.prefix()
-        ));
-        (pod, ip.to_string())
+    /// A pod made by the plugin in a dual-stack cluster; its namespace and IPv6 address.
+    pub fn add_pod_ipv6(&self) -> (Netns, String) {
+        let pod = self.add_pod(&crate::unique("v6"));
+        let ip = pod.result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str())
+            .find(|a| a.contains(':'))
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no IPv6 address in {}", pod.result))
+            .to_string();
+        (pod.ns, ip)
     }
 
     /// The routes of the VXLAN device, as `ip route` prints them.

@@ -64,8 +64,8 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
             "{l}"
         );
     }
-    let (a, a_ip) = c.nodes[0].add_pod_v6_by_hand(1);
-    let (b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
+    let (a, a_ip) = c.nodes[0].add_pod_ipv6();
+    let (b, b_ip) = c.nodes[1].add_pod_ipv6();
     c.wait_reachable(&a, &b_ip);
     let _srv = echo_peer_server_on(&b, "::", 7000);
     // Pod to pod across nodes, the client's address preserved.
@@ -98,8 +98,8 @@ fn a_daemon_restart_loses_no_ipv6_packet() {
     needs_root!();
     let mut c = Cluster::with_args(2, "10.63.0.0/16", "--cluster-cidr-v6 fd00:63::/56");
     wait_converged_v6(&c);
-    let (a, _) = c.nodes[0].add_pod_v6_by_hand(1);
-    let (_b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
+    let (a, _) = c.nodes[0].add_pod_ipv6();
+    let (_b, b_ip) = c.nodes[1].add_pod_ipv6();
     c.wait_reachable(&a, &b_ip);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("ping.txt");
@@ -131,8 +131,8 @@ fn ipv6_leases_for_the_underlay_or_a_live_nodes_subnet_are_refused() {
     let c = Cluster::with_args(2, "10.64.0.0/16", "--cluster-cidr-v6 fd00:64::/56");
     c.add_underlay_v6();
     wait_converged_v6(&c);
-    let (a, _) = c.nodes[0].add_pod_v6_by_hand(1);
-    let (_b, b_ip) = c.nodes[1].add_pod_v6_by_hand(1);
+    let (a, _) = c.nodes[0].add_pod_ipv6();
+    let (_b, b_ip) = c.nodes[1].add_pod_ipv6();
     c.wait_reachable(&a, &b_ip);
     let s1 = c.nodes[1].node_state()["podCIDRv6"]
         .as_str()

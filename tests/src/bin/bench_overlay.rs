@@ -145,8 +145,8 @@ fn throughput6() {
     let c = Cluster::with_args(2, "10.82.0.0/16", "--cluster-cidr-v6 fd00:82::/56");
     c.add_underlay_v6();
     let (a4, b4) = (c.nodes[0].add_pod("t4a"), c.nodes[1].add_pod("t4b"));
-    let (a6, _) = c.nodes[0].add_pod_v6_by_hand(1);
-    let (b6, b6_ip) = c.nodes[1].add_pod_v6_by_hand(1);
+    let (a6, _) = c.nodes[0].add_pod_ipv6();
+    let (b6, b6_ip) = c.nodes[1].add_pod_ipv6();
     let up = wait_until(Duration::from_secs(10), || {
         a6.try_sh(&format!("ping -6 -c1 -W1 {b6_ip}"))
             .status
