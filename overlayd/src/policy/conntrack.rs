@@ -159,8 +159,18 @@ fn pods_by_ip<'a>(cluster: &'a Cluster, local: &LocalPods) -> BTreeMap<IpAddr, &
     m
 }
 
-/// One line of `conntrack -L -o extended`; None for a protocol policy does not cover.
+/// One line of `conntrack -L -o extended`; None for a protocol policy does not cover, and
+/// for a TCP connection already closed (`TIME_WAIT`, `CLOSE`): it carries no more traffic,
+/// and a SYN reusing its ports makes conntrack start a new entry that meets the rules. Such
+/// entries are most of a busy node's table; cutting them would only hold the engine up.
 pub fn parse(line: &str) -> Option<Flow> {
+    if line
+        .split_whitespace()
+        .take(6)
+        .any(|w| w == "TIME_WAIT" || w == "CLOSE")
+    {
+        return None;
+    }
     let mut words = line.split_whitespace();
     let family = match words.next()? {
         "ipv4" => "ipv4",
@@ -216,6 +226,13 @@ mod tests {
         assert_eq!(parse(u).unwrap().family, "ipv6");
         assert!(parse("ipv4 2 icmp 1 29 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=1 src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=1 mark=0 use=1").is_none());
         assert!(parse("garbage").is_none());
+        let closed = "ipv4     2 tcp      6 117 TIME_WAIT src=10.1.0.2 dst=10.1.1.3 sport=41234 dport=80 src=10.1.1.3 dst=10.1.0.2 sport=80 dport=41234 [ASSURED] mark=0 use=1";
+        assert!(
+            parse(closed).is_none(),
+            "a closed connection has nothing to cut"
+        );
+        assert!(parse(&closed.replace("TIME_WAIT", "CLOSE")).is_none());
+        assert!(parse(&closed.replace("TIME_WAIT", "FIN_WAIT")).is_some());
         assert!(parse("ipv4 2 tcp 6 1 src=nonsense").is_none());
     }
 
