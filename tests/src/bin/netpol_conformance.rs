@@ -109,6 +109,8 @@ struct ProbeOutcome {
     to_service: Matrix,
     /// From the end of the step's actions to the last probe round.
     waited: Duration,
+    /// Rounds of probes until it matched (or the timeout).
+    rounds: usize,
 }
 
 impl ProbeOutcome {
@@ -136,6 +138,8 @@ impl CaseOutcome {
 
 /// How long each probe waits for its answer; a denied probe costs this much per round.
 const PROBE_WAIT: Duration = Duration::from_millis(500);
+/// How long after the actions the first round of probes starts.
+const SETTLE: Duration = Duration::from_millis(150);
 
 fn main() {
     let args = match parse_args() {
@@ -287,7 +291,7 @@ fn run_case(world: &mut World, case: &Case, timeout: Duration) -> CaseOutcome {
             .iter()
             .map(|p| Matrix::expected(&case.pods, p))
             .collect();
-        let observed = poll(world, &case.pods, &step.probes, &expected, timeout);
+        let (observed, rounds) = poll(world, &case.pods, &step.probes, &expected, timeout);
         for ((probe, expected), (to_pod, to_service)) in
             step.probes.iter().zip(expected).zip(observed)
         {
@@ -299,6 +303,7 @@ fn run_case(world: &mut World, case: &Case, timeout: Duration) -> CaseOutcome {
                 to_pod,
                 to_service,
                 waited: t.elapsed(),
+                rounds,
             });
         }
     }
@@ -333,7 +338,7 @@ fn reset(
         .iter()
         .map(|p| Matrix::expected(&case.pods, p))
         .collect();
-    let observed = poll(world, &case.pods, &probes, &expected, timeout);
+    let (observed, rounds) = poll(world, &case.pods, &probes, &expected, timeout);
     let outcomes: Vec<ProbeOutcome> = probes
         .iter()
         .zip(expected)
@@ -346,6 +351,7 @@ fn reset(
             to_pod,
             to_service,
             waited: t.elapsed(),
+            rounds,
         })
         .filter(|o| !o.passed())
         .collect();
@@ -386,23 +392,28 @@ fn apply(world: &mut World, actions: &[Action]) -> Result<(), String> {
 
 /// Probes every pair of `pods` for each probe, to the pod IP and to the ClusterIP, all at
 /// once, until every observation matches `expected` or `timeout` passes: the last
-/// observations, `(to pod, to service)` per probe.
+/// observations, `(to pod, to service)` per probe, and how many rounds it took.
 fn poll(
     world: &World,
     pods: &[PodRef],
     probes: &[Probe],
     expected: &[Matrix],
     timeout: Duration,
-) -> Vec<(Matrix, Matrix)> {
+) -> (Vec<(Matrix, Matrix)>, usize) {
     let end = Instant::now() + timeout;
+    // The API's change takes a watch event and an nft transaction per node to be in force
+    // (tens of ms): a round probed before that costs a whole PROBE_WAIT for nothing.
+    std::thread::sleep(SETTLE);
+    let mut rounds = 0;
     loop {
         let observed = observe(world, pods, probes);
+        rounds += 1;
         let all_match = expected
             .iter()
             .zip(&observed)
             .all(|(e, (p, s))| e.mismatches(p).is_empty() && e.mismatches(s).is_empty());
         if all_match || Instant::now() >= end || interrupt::interrupted() {
-            return observed;
+            return (observed, rounds);
         }
     }
 }
@@ -487,7 +498,7 @@ fn render_case(i: usize, n: usize, case: &Case, o: &CaseOutcome) -> String {
     for p in &o.probes {
         let _ = writeln!(
             out,
-            "--- {} probe {}/{}: {} (after {:.1?})",
+            "--- {} probe {}/{}: {} (after {:.1?}, {} round{})",
             match p.step {
                 0 => "reset".to_string(),
                 s => format!("step {s}"),
@@ -495,7 +506,9 @@ fn render_case(i: usize, n: usize, case: &Case, o: &CaseOutcome) -> String {
             p.port,
             p.protocol.as_str(),
             if p.passed() { "ok" } else { "MISMATCH" },
-            p.waited
+            p.waited,
+            p.rounds,
+            if p.rounds == 1 { "" } else { "s" }
         );
         let expected = p.expected.to_string();
         let to_pod = render_observed(&p.expected, &p.to_pod);
@@ -548,6 +561,8 @@ fn case_json(o: &CaseOutcome) -> Value {
             "port": p.port,
             "protocol": p.protocol.as_str(),
             "passed": p.passed(),
+            "seconds": p.waited.as_secs_f64(),
+            "rounds": p.rounds,
             "expected": matrix_json(&p.expected),
             "observed_pod_ip": matrix_json(&p.to_pod),
             "observed_cluster_ip": matrix_json(&p.to_service),

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::cases::{Case, PodRef, Protocol, NAMESPACES, POD_NAMES};
 use super::probe::{self, Servers};
 use crate::cluster::{self, Cluster, Progress, ETCD_IP};
-use crate::kapi::KubeApi;
+use crate::kapi::{KubeApi, Served};
 use crate::services::ClusterIps;
 
 pub const NODES: usize = 3;
@@ -229,10 +229,7 @@ impl World {
     }
 
     pub fn pod_labels(&self, pod: &PodRef) -> BTreeMap<String, String> {
-        self.api
-            .get::<Pod>(Some(&pod.ns), &pod.name)
-            .and_then(|p| p.metadata.labels)
-            .unwrap_or_default()
+        self.labels::<Pod>(Some(&pod.ns), &pod.name)
     }
 
     pub fn set_pod_labels(
@@ -240,25 +237,11 @@ impl World {
         pod: &PodRef,
         labels: BTreeMap<String, String>,
     ) -> Result<(), String> {
-        let mut object: Pod = self
-            .api
-            .get(Some(&pod.ns), &pod.name)
-            .ok_or_else(|| format!("no pod {pod} in the API"))?;
-        if object.metadata.labels.as_ref() == Some(&labels) {
-            return Ok(());
-        }
-        object.metadata.labels = Some(labels);
-        self.api
-            .update(object)
-            .map(drop)
-            .map_err(|e| format!("label pod {pod}: {e}"))
+        self.set_labels::<Pod>(Some(&pod.ns), &pod.name, labels)
     }
 
     pub fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
-        self.api
-            .get::<Namespace>(None, ns)
-            .and_then(|n| n.metadata.labels)
-            .unwrap_or_default()
+        self.labels::<Namespace>(None, ns)
     }
 
     pub fn set_namespace_labels(
@@ -266,18 +249,37 @@ impl World {
         ns: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<(), String> {
-        let mut object: Namespace = self
+        self.set_labels::<Namespace>(None, ns, labels)
+    }
+
+    fn labels<K: Served>(&self, ns: Option<&str>, name: &str) -> BTreeMap<String, String> {
+        self.api
+            .get::<K>(ns, name)
+            .and_then(|o| o.metadata().labels.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the object's labels (no write, so no event, when they are the same).
+    fn set_labels<K: Served>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        let kind = K::KIND;
+        let shown = ns.map_or(name.to_string(), |ns| format!("{ns}/{name}"));
+        let mut object: K = self
             .api
-            .get(None, ns)
-            .ok_or_else(|| format!("no namespace {ns} in the API"))?;
-        if object.metadata.labels.as_ref() == Some(&labels) {
+            .get(ns, name)
+            .ok_or_else(|| format!("no {kind} {shown} in the API"))?;
+        if object.metadata().labels.as_ref() == Some(&labels) {
             return Ok(());
         }
-        object.metadata.labels = Some(labels);
+        object.metadata_mut().labels = Some(labels);
         self.api
             .update(object)
             .map(drop)
-            .map_err(|e| format!("label namespace {ns}: {e}"))
+            .map_err(|e| format!("label {kind} {shown}: {e}"))
     }
 
     /// Back to the start of a case: no policy, every label as first made.
