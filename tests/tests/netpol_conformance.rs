@@ -92,6 +92,58 @@ fn upstream_cases_pass() {
     all_pass("upstream.yaml", false);
 }
 
+/// The runner is no rubber stamp: cases expecting what ferry does not do fail, exit 1,
+/// and the table marks each wrong observation, to the pod IP and to the ClusterIP.
+#[test]
+fn wrong_expectations_fail_and_are_marked() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.yaml");
+    std::fs::write(
+        &wrong,
+        "cases:
+- name: expects a denial no policy makes
+  source: derived
+  pods: [x/a, y/b]
+  server_protocols: [SCTP]
+  steps:
+  - actions: []
+    probes:
+    - port: 80
+      protocol: SCTP
+      expect:
+      - {from: 'y/b', to: 'x/a', allow: false}
+- name: expects an allowance a policy forbids
+  source: derived
+  pods: [x/a, y/b]
+  server_protocols: [UDP]
+  steps:
+  - actions:
+    - create:
+        name: deny
+        ns: x
+        spec: {podSelector: {}, policyTypes: [Ingress]}
+    probes:
+    - port: 81
+      protocol: UDP
+      expect: []
+",
+    )
+    .unwrap();
+    let out = runner(&["--cases", &wrong.display().to_string(), "--timeout", "1"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().last(), Some("0 passed, 2 failed"), "{all}");
+    // Row y/b, column x/a: observed allowed (SCTP), then observed denied (UDP), both
+    // to the pod IP and to the ClusterIP.
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("y/b")).collect();
+    assert_eq!(rows.len(), 2, "{all}");
+    assert_eq!(rows[0].matches(".!").count(), 2, "{all}");
+    assert_eq!(rows[1].matches("X!").count(), 2, "{all}");
+}
+
 /// A file it cannot use: exit 2, the case and the key named, nothing built (no root
 /// needed to get there).
 #[test]

@@ -138,6 +138,8 @@ impl CaseOutcome {
 
 /// How long each probe waits for its answer; a denied probe costs this much per round.
 const PROBE_WAIT: Duration = Duration::from_millis(500);
+/// The shortest time between the starts of two rounds.
+const MIN_ROUND: Duration = Duration::from_millis(50);
 /// How long after the actions the first round of probes starts.
 const SETTLE: Duration = Duration::from_millis(150);
 
@@ -406,6 +408,7 @@ fn poll(
     std::thread::sleep(SETTLE);
     let mut rounds = 0;
     loop {
+        let round = Instant::now();
         let observed = observe(world, pods, probes);
         rounds += 1;
         let all_match = expected
@@ -415,6 +418,8 @@ fn poll(
         if all_match || Instant::now() >= end || interrupt::interrupted() {
             return (observed, rounds);
         }
+        // A round of only allowed probes takes a few ms: no need to flood the nodes.
+        std::thread::sleep(MIN_ROUND.saturating_sub(round.elapsed()));
     }
 }
 
