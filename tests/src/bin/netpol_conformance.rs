@@ -17,18 +17,20 @@ const USAGE: &str = "\
 usage: ferry-netpol-conformance --cases FILE [-o table|json] [--timeout SECONDS] [--logs DIR]\n       (as root)
 
 Runs NetworkPolicy conformance cases (format: tests/netpol/README.md; files:
-tests/netpol/{examples,ferry,upstream}.yaml) against ferry: a 3-node
-cluster of network namespaces with a real etcd, ferry-overlayd --network-policy on each
-node watching a Kubernetes API stand-in, the plugin with \"networkPolicy\": true.
+tests/netpol/{examples,ferry,upstream}.yaml) against ferry: a 3-node cluster of network
+namespaces with a real etcd, ferry-overlayd --network-policy on each node watching a
+Kubernetes API stand-in, the plugin with \"networkPolicy\": true.
 
 The world is built once: namespaces x, y, z and pods a, b, c in each (all nine, whatever
 the cases list), spread over the nodes, each with a ClusterIP Service s-<ns>-<pod>
-(kube-proxy-style iptables rules) and servers on every port and protocol any case uses.
-For each case: reset (every policy deleted, every pod and namespace label back to its
-first value), then each step's actions through the API, then the probes, polled until
-they match the expected matrix or --timeout passes (default 10). Only the case's pods
-are probed; the others exist and are left alone. Each probe goes from every pod of the
-case to every other, to the pod IP and to its Service's ClusterIP.
+(kube-proxy-style iptables rules) and servers on every port and protocol any case of the
+file uses (its container ports name them all). For each case: reset (every policy
+deleted, every pod and namespace label back to its first value, then waited for until
+the case's pods reach each other again), then each step's actions through the API, then
+the probes, polled until they match the expected matrix or --timeout passes (default 10;
+a probe waits 500 ms for its answer). Only the case's pods are probed; the others exist
+and are left alone. Each probe goes from every pod of the case to every other, to the pod
+IP and to its Service's ClusterIP.
 
 Protocols: TCP is a connect; UDP a datagram echoed back. SCTP: the kernel may have no
 SCTP stack, so the client sends a well-formed SCTP INIT (correct CRC32c) from a raw IP
