@@ -243,6 +243,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub daemon: Option<Bg>,
     pub daemon_args: String,
+    /// Keys merged into the top of the plugin's network config (e.g. an IPAM range).
+    pub conf_extra: Value,
 }
 
 impl Node {
@@ -368,15 +370,27 @@ impl Node {
     }
 
     pub fn conf(&self) -> String {
-        json!({
+        let mut conf = json!({
             "cniVersion": "1.1.0", "name": "ferry", "type": "ferry",
             "stateDir": self.state_dir(),
             "ipam": {"type": "ferry-ipam", "dataDir": self.dir.path().join("ipam")}
-        })
-        .to_string()
+        });
+        crate::cni::merge(&mut conf, self.conf_extra.clone());
+        conf.to_string()
     }
 
     pub fn cni(&self, command: &str, id: &str, pod: Option<&Netns>) -> Reply {
+        self.cni_as(command, id, pod, None)
+    }
+
+    /// As `cni`, with `CNI_ARGS` naming the Kubernetes pod as a kubelet's runtime does.
+    pub fn cni_as(
+        &self,
+        command: &str,
+        id: &str,
+        pod: Option<&Netns>,
+        cni_args: Option<&str>,
+    ) -> Reply {
         Call {
             host: &self.host,
             plugin: crate::bin("ferry"),
@@ -386,12 +400,17 @@ impl Node {
             ifname: "eth0",
             cni_path: cni_path(),
         }
-        .run(&self.conf())
+        .run_with_args(&self.conf(), cni_args)
     }
 
     pub fn add_pod(&self, id: &str) -> Pod {
+        self.add_pod_as(id, None)
+    }
+
+    /// A pod whose ADD names it in `CNI_ARGS` (`K8S_POD_NAMESPACE=x;K8S_POD_NAME=a`).
+    pub fn add_pod_as(&self, id: &str, cni_args: Option<&str>) -> Pod {
         let ns = Netns::new("fyp");
-        let result = self.cni("ADD", id, Some(&ns)).ok();
+        let result = self.cni_as("ADD", id, Some(&ns), cni_args).ok();
         let ip = pod_ip(&result);
         Pod {
             ns,
@@ -567,6 +586,7 @@ impl Cluster {
             dir,
             daemon: None,
             daemon_args,
+            conf_extra: json!({}),
         };
         node.start_daemon();
         self.nodes.push(node);

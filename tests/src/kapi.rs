@@ -248,22 +248,6 @@ impl KubeApi {
         })
     }
 
-    /// Binds `addr` inside the network namespace `ns` (from a thread that enters it) and
-    /// serves there.
-    pub fn bind_in(ns: &crate::netns::Netns, addr: SocketAddr) -> Result<KubeApi, KapiError> {
-        let file = std::fs::File::open(ns.path()).map_err(KapiError::Start)?;
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on this short-lived thread only, with a valid descriptor.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(KapiError::Start(std::io::Error::last_os_error()));
-            }
-            KubeApi::bind(addr)
-        })
-        .join()
-        .map_err(|_| KapiError::Start(std::io::Error::other("the binding thread panicked")))?
-    }
-
     /// A kubeconfig naming this server (plain HTTP, no credentials), written to `path`.
     pub fn write_kubeconfig(&self, path: &std::path::Path) -> std::io::Result<()> {
         std::fs::write(

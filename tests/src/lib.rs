@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod cni;
 pub mod cri;
 pub mod inside;
+pub mod interrupt;
 pub mod kapi;
 pub mod manifest;
 pub mod netns;

@@ -121,6 +121,52 @@ impl Service {
     }
 }
 
+/// Many ClusterIP Services, each with one endpoint pod serving on the Service's own ports
+/// (`targetPort` = `port`), as kube-proxy's rules on a node: a chain per Service that DNATs
+/// its ClusterIP to the endpoint for each protocol, every port passed through unchanged (as
+/// per-port rules would, for a Service listing every port its pod serves), and the hairpin
+/// masquerade of `Service::rules`. One `iptables-restore --noflush`, so the node's other nat
+/// rules stay.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterIps {
+    /// `(cluster_ip, endpoint_ip)` of each Service.
+    pub services: Vec<(String, String)>,
+    /// `tcp`, `udp`, `sctp`.
+    pub protocols: Vec<String>,
+}
+
+impl ClusterIps {
+    /// The `iptables-restore` input.
+    pub fn restore_input(&self) -> String {
+        let mut chains = String::from(":KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
+        let mut rules = String::from(
+            "-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n\
+             -A POSTROUTING -j KUBE-POSTROUTING\n",
+        );
+        for (i, (cluster_ip, endpoint)) in self.services.iter().enumerate() {
+            chains += &format!(":KUBE-SEP-{i} - [0:0]\n");
+            rules +=
+                &format!("-A KUBE-SEP-{i} -s {endpoint}/32 -j MARK --set-xmark 0x4000/0x4000\n");
+            for p in &self.protocols {
+                rules += &format!("-A KUBE-SERVICES -d {cluster_ip}/32 -p {p} -j KUBE-SEP-{i}\n");
+                rules += &format!("-A KUBE-SEP-{i} -p {p} -j DNAT --to-destination {endpoint}\n");
+            }
+        }
+        rules += "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+                  -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
+                  -A KUBE-POSTROUTING -j MASQUERADE --random-fully\n";
+        format!("*nat\n{chains}{rules}COMMIT\n")
+    }
+
+    /// Puts the rules on `node` (once per node: the chains must not exist yet).
+    pub fn install(&self, node: &Node) {
+        node.host.sh(&format!(
+            "iptables-restore --noflush <<'EOF'\n{}EOF",
+            self.restore_input()
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +205,18 @@ mod tests {
         assert!(r.contains("-d fd00:96::10/128 -p tcp --dport 80 -j KUBE-SEP"));
         assert!(r.contains("-s fd00:10:0:1::2/128 -j MARK"));
         assert!(r.contains("DNAT --to-destination [fd00:10:0:1::2]:7000"));
+    }
+
+    #[test]
+    fn cluster_ips_dnat_each_protocol_to_its_endpoint() {
+        let s = ClusterIps {
+            services: vec![("10.96.0.1".into(), "10.244.1.2".into())],
+            protocols: vec!["tcp".into(), "sctp".into()],
+        };
+        let r = s.restore_input();
+        assert!(r.starts_with("*nat\n") && r.ends_with("COMMIT\n"));
+        assert!(r.contains("-A KUBE-SERVICES -d 10.96.0.1/32 -p sctp -j KUBE-SEP-0\n"));
+        assert!(r.contains("-A KUBE-SEP-0 -p tcp -j DNAT --to-destination 10.244.1.2\n"));
+        assert!(r.contains("-A KUBE-SEP-0 -s 10.244.1.2/32 -j MARK"));
     }
 }

@@ -54,10 +54,9 @@ pub fn cut(cluster: &Cluster, local: &LocalPods, local_ips: &BTreeMap<IpAddr, Po
         }
     }
     let pods = pods_by_ip(cluster, local);
-    let mut cut = 0;
-    for f in flows {
+    let denied = denied_groups(&flows, |f| {
         if !local_ips.contains_key(&f.src) && !local_ips.contains_key(&f.server) {
-            continue;
+            return false;
         }
         let src = Endpoint {
             pod: pods.get(&f.src).copied(),
@@ -67,10 +66,14 @@ pub fn cut(cluster: &Cluster, local: &LocalPods, local_ips: &BTreeMap<IpAddr, Po
             pod: pods.get(&f.server).copied(),
             ip: Some(f.server),
         };
-        if verdict_at(cluster, src, dst, f.protocol, f.server_port).allowed {
-            continue;
-        }
-        let deleted = Command::new("conntrack")
+        !verdict_at(cluster, src, dst, f.protocol, f.server_port).allowed
+    });
+    let mut cut = 0;
+    for (f, count) in denied {
+        // Every source port of the group at once: one process per group, not per flow
+        // (a conntrack run costs ~20 ms, and a busy pod has thousands of flows, each of
+        // which would hold this round and every plugin waiting on it).
+        let out = Command::new("conntrack")
             .args([
                 "-D",
                 "-f",
@@ -81,22 +84,61 @@ pub fn cut(cluster: &Cluster, local: &LocalPods, local_ips: &BTreeMap<IpAddr, Po
                 &f.src.to_string(),
                 "-d",
                 &f.dst.to_string(),
-                "--sport",
-                &f.sport.to_string(),
                 "--dport",
                 &f.dport.to_string(),
+                "--reply-src",
+                &f.server.to_string(),
+                "--reply-port-src",
+                &f.server_port.to_string(),
             ])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if deleted {
+            .output();
+        if let Some(out) = out.ok().filter(|o| o.status.success()) {
+            let deleted = deleted_count(&String::from_utf8_lossy(&out.stderr)).unwrap_or(count);
             tracing::info!(
                 src = %f.src, dst = %f.server, port = f.server_port, protocol = f.protocol.nft(),
-                "NetworkPolicy: cut a connection the policies no longer allow"
+                connections = deleted,
+                "NetworkPolicy: cut connections the policies no longer allow"
             );
-            cut += 1;
+            cut += deleted;
         }
     }
     cut
+}
+
+/// The flows `denied` judges so, grouped by everything but the client's port: what
+/// decides the verdict (client, server, protocol, server port) and what `conntrack -D`
+/// filters on (the original destination and port, the reply's source and port). One
+/// flow stands for its group, with the group's size.
+pub fn denied_groups(flows: &[Flow], mut denied: impl FnMut(&Flow) -> bool) -> Vec<(Flow, u64)> {
+    type Key = (&'static str, &'static str, IpAddr, IpAddr, u16, IpAddr, u16);
+    // None: the group is allowed (judged once all the same).
+    let mut groups: BTreeMap<Key, Option<(Flow, u64)>> = BTreeMap::new();
+    for f in flows {
+        let key = (
+            f.family,
+            f.protocol.nft(),
+            f.src,
+            f.dst,
+            f.dport,
+            f.server,
+            f.server_port,
+        );
+        match groups.get_mut(&key) {
+            Some(Some((_, n))) => *n += 1,
+            Some(None) => {}
+            None => {
+                let judged = denied(f).then(|| (f.clone(), 1));
+                groups.insert(key, judged);
+            }
+        }
+    }
+    groups.into_values().flatten().collect()
+}
+
+/// `N` of conntrack's "N flow entries have been deleted."
+fn deleted_count(stderr: &str) -> Option<u64> {
+    let (before, _) = stderr.split_once(" flow entries have been deleted")?;
+    before.split_whitespace().last()?.parse().ok()
 }
 
 /// Pods by address; this node's announced addresses win over the API's.
@@ -117,8 +159,18 @@ fn pods_by_ip<'a>(cluster: &'a Cluster, local: &LocalPods) -> BTreeMap<IpAddr, &
     m
 }
 
-/// One line of `conntrack -L -o extended`; None for a protocol policy does not cover.
+/// One line of `conntrack -L -o extended`; None for a protocol policy does not cover, and
+/// for a TCP connection already closed (`TIME_WAIT`, `CLOSE`): it carries no more traffic,
+/// and a SYN reusing its ports makes conntrack start a new entry that meets the rules. Such
+/// entries are most of a busy node's table; cutting them would only hold the engine up.
 pub fn parse(line: &str) -> Option<Flow> {
+    if line
+        .split_whitespace()
+        .take(6)
+        .any(|w| w == "TIME_WAIT" || w == "CLOSE")
+    {
+        return None;
+    }
     let mut words = line.split_whitespace();
     let family = match words.next()? {
         "ipv4" => "ipv4",
@@ -174,6 +226,62 @@ mod tests {
         assert_eq!(parse(u).unwrap().family, "ipv6");
         assert!(parse("ipv4 2 icmp 1 29 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=1 src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=1 mark=0 use=1").is_none());
         assert!(parse("garbage").is_none());
+        let closed = "ipv4     2 tcp      6 117 TIME_WAIT src=10.1.0.2 dst=10.1.1.3 sport=41234 dport=80 src=10.1.1.3 dst=10.1.0.2 sport=80 dport=41234 [ASSURED] mark=0 use=1";
+        assert!(
+            parse(closed).is_none(),
+            "a closed connection has nothing to cut"
+        );
+        assert!(parse(&closed.replace("TIME_WAIT", "CLOSE")).is_none());
+        assert!(parse(&closed.replace("TIME_WAIT", "FIN_WAIT")).is_some());
         assert!(parse("ipv4 2 tcp 6 1 src=nonsense").is_none());
+    }
+
+    #[test]
+    fn denied_flows_are_cut_once_per_group_of_client_ports() {
+        let flow = |sport: u16, dst: &str, server: &str| Flow {
+            family: "ipv4",
+            protocol: Protocol::Tcp,
+            src: "10.1.0.2".parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            sport,
+            dport: 80,
+            server: server.parse().unwrap(),
+            server_port: 80,
+        };
+        let flows = [
+            flow(40000, "10.96.0.10", "10.1.1.3"),
+            flow(40001, "10.96.0.10", "10.1.1.3"),
+            // The same Service, another endpoint: a verdict of its own.
+            flow(40002, "10.96.0.10", "10.1.1.4"),
+            flow(40003, "10.1.1.3", "10.1.1.3"),
+            flow(40004, "10.1.1.3", "10.1.1.3"),
+            flow(40005, "10.96.0.10", "10.1.1.4"),
+        ];
+        let mut judged = 0;
+        let groups = denied_groups(&flows, |f| {
+            judged += 1;
+            f.server != "10.1.1.4".parse::<IpAddr>().unwrap()
+        });
+        assert_eq!(judged, 3, "one verdict per group");
+        let sizes: Vec<(IpAddr, IpAddr, u64)> =
+            groups.iter().map(|(f, n)| (f.dst, f.server, *n)).collect();
+        assert_eq!(
+            sizes,
+            [
+                ("10.1.1.3".parse().unwrap(), "10.1.1.3".parse().unwrap(), 2),
+                (
+                    "10.96.0.10".parse().unwrap(),
+                    "10.1.1.3".parse().unwrap(),
+                    2
+                ),
+            ]
+        );
+        assert_eq!(
+            deleted_count(
+                "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted.\n"
+            ),
+            Some(3)
+        );
+        assert_eq!(deleted_count("garbage"), None);
     }
 }

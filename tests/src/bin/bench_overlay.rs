@@ -421,6 +421,7 @@ fn scale(n: usize) {
             dir.path().join("run").display()
         ),
         dir,
+        conf_extra: serde_json::json!({}),
     };
     let start = Instant::now();
     node.start_daemon();

@@ -15,11 +15,11 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_tests::cluster::{Cluster, Pod, Progress, ETCD_IP, HEALTH_ADDR, OUTSIDE_IP};
 use ferry_tests::cri::{wait_converged, CriNode, CriPod, Leftovers, PodSpec};
+use ferry_tests::interrupt;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server_on};
 use ferry_tests::services::Service;
@@ -68,13 +68,6 @@ const USAGE: &str = "usage: ferry-demo [--keep] [--cri]   (as root)
   --keep  leave the cluster running and print what to try by hand
   --cri   make the pods through containerd's CRI, as kubelet does (a containerd per node)";
 
-/// Set by SIGINT or SIGTERM; the demo then stops at its next step and removes what it made.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
 fn main() {
     let mut keep = false;
     let mut cri = false;
@@ -122,15 +115,11 @@ fn main() {
     }
     // The signal only sets a flag; the steps look at it, and unwinding removes the
     // namespaces and processes made so far (an interrupted demo leaves nothing behind).
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
+    interrupt::install();
     // A harness step that cannot be done panics with what went wrong (and the log of the
     // part that failed): one message, no backtrace, then where to look.
     std::panic::set_hook(Box::new(|info| {
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if interrupt::interrupted() {
             // The steps that broke because their processes got the signal too.
             return;
         }
@@ -145,7 +134,7 @@ fn main() {
     let start = Instant::now();
     let failed = match std::panic::catch_unwind(AssertUnwindSafe(|| run(keep, cri, start))) {
         Ok(failed) => failed,
-        Err(_) if INTERRUPTED.load(Ordering::Relaxed) => {
+        Err(_) if interrupt::interrupted() => {
             println!("Interrupted: everything the demo made is removed.");
             std::process::exit(130);
         }
@@ -159,14 +148,6 @@ fn main() {
     };
     if failed > 0 {
         std::process::exit(1);
-    }
-}
-
-/// Stops the demo (by unwinding, so that everything made so far is removed) once
-/// SIGINT or SIGTERM came.
-fn stop_if_interrupted() {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        panic!("interrupted");
     }
 }
 
@@ -357,7 +338,7 @@ fn run(keep: bool, cri: bool, start: Instant) -> usize {
         Pods::Cri(cri_nodes, cri_pods) => operator_cri(&mut r, &c, cri_nodes, cri_pods),
     }
 
-    stop_if_interrupted();
+    interrupt::stop_if_interrupted();
     let total = r.passed + r.failed;
     let secs = start.elapsed().as_secs_f64();
     if r.failed == 0 {
@@ -467,14 +448,14 @@ fn cri_pods(c: &Cluster) -> Pods {
 }
 
 fn step_begin(label: &str) {
-    stop_if_interrupted();
+    interrupt::stop_if_interrupted();
     print!("  {label:<LABEL$}");
     let _ = std::io::stdout().flush();
 }
 
 fn step_end(secs: f64) {
     println!("{secs:>5.1}s");
-    stop_if_interrupted();
+    interrupt::stop_if_interrupted();
 }
 
 /// Says what is being done, does it, says how long it took.
@@ -496,7 +477,7 @@ struct Report {
 
 impl Report {
     fn section(&mut self, title: &str) {
-        stop_if_interrupted();
+        interrupt::stop_if_interrupted();
         self.failed_in_section = false;
         println!("\n{title}");
     }
@@ -642,7 +623,7 @@ fn pod_to_pod(r: &mut Report, nodes: &[NodeView], pods: &[PodView]) {
             let _ = write!(table, "{cell:<8}");
         }
     }
-    stop_if_interrupted();
+    interrupt::stop_if_interrupted();
     println!("{}", table.trim_end());
     let pairs = near + far + bad;
     if bad == 0 {

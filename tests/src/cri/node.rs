@@ -241,8 +241,10 @@ exec sleep infinity"
             let api = match &self.api {
                 Some(api) => api,
                 None => self.api.insert(
-                    crate::kapi::KubeApi::bind_in(&self.host, "127.0.0.1:0".parse().expect("addr"))
-                        .expect("the API stand-in in the node"),
+                    crate::inside::run(&self.host, || {
+                        crate::kapi::KubeApi::bind("127.0.0.1:0".parse().expect("addr"))
+                    })
+                    .expect("the API stand-in in the node"),
                 ),
             };
             let kubeconfig = self.dir.path().join("kubeconfig");

@@ -1,0 +1,411 @@
+//! NetworkPolicy beyond the conformance cases: the new pod's first second, pods the API
+//! has not shown yet, connections a change no longer allows, the API away and back, a
+//! daemon restart with policies in place, and an address reused by a pod of another
+//! namespace. The API is served by the tests' stand-in (`kapi`); nodes, etcd, nftables,
+//! conntrack and traffic are real.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use ferry_tests::netns::Netns;
+use ferry_tests::netpol::cases::{PodRef, Protocol};
+use ferry_tests::netpol::probe::Servers;
+use ferry_tests::netpol::world::World;
+use ferry_tests::proc::wait_until;
+use ferry_tests::root_or_skip;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+macro_rules! needs_root {
+    () => {
+        if !root_or_skip(module_path!()) {
+            return;
+        }
+    };
+}
+
+fn p(s: &str) -> PodRef {
+    s.parse().expect("a pod of the model")
+}
+
+fn world() -> World {
+    World::new(&[80], &[Protocol::Tcp], &mut |_| {})
+}
+
+/// Probes `from` → `ip`:80 repeatedly for `d`; every outcome.
+fn probe_for(w: &World, from: &PodRef, ip: Ipv4Addr, d: Duration) -> Vec<bool> {
+    let end = Instant::now() + d;
+    let mut seen = Vec::new();
+    while Instant::now() < end {
+        seen.push(w.probe(from, ip, 80, Protocol::Tcp));
+    }
+    seen
+}
+
+/// Waits until `from` → `ip`:80 gives `allowed`; false on timeout.
+fn becomes(w: &World, from: &PodRef, ip: Ipv4Addr, allowed: bool) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        w.probe(from, ip, 80, Protocol::Tcp) == allowed
+    })
+}
+
+/// A pod that is not one of the world's nine: its namespace made and its server started
+/// before the ADD (a server binds 0.0.0.0 before the pod has an interface), so that a
+/// connection refused can only be the rules.
+struct Extra {
+    _servers: Servers,
+    pod: ferry_tests::cluster::Pod,
+    ip: Ipv4Addr,
+}
+
+fn extra_pod(w: &World, node: usize, ns: &str, name: &str) -> Extra {
+    let netns = Netns::new("fyp");
+    let servers = Servers::start(&netns, &[80], &[Protocol::Tcp]).expect("servers");
+    let id = ferry_tests::unique("nx");
+    let args = format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}");
+    let r = w.cluster.nodes[node]
+        .cni_as("ADD", &id, Some(&netns), Some(&args))
+        .ok();
+    let ip: Ipv4Addr = ferry_tests::cni::pod_ip(&r).parse().expect("an IPv4 address");
+    Extra {
+        _servers: servers,
+        pod: ferry_tests::cluster::Pod {
+            ns: netns,
+            id,
+            ip: ip.to_string(),
+            result: r,
+        },
+        ip,
+    }
+}
+
+/// `extra_pod`, given the address: the node's IPAM limited to `ip` for this one ADD.
+fn extra_pod_at(w: &mut World, node: usize, ns: &str, name: &str, ip: Ipv4Addr) -> Extra {
+    let n = &mut w.cluster.nodes[node];
+    let subnet = n.subnet();
+    let saved = n.conf_extra.clone();
+    ferry_tests::cni::merge(
+        &mut n.conf_extra,
+        json!({"ipam": {"ranges": [[{"subnet": subnet, "rangeStart": ip.to_string(),
+                                      "rangeEnd": ip.to_string()}]]}}),
+    );
+    let made = extra_pod(w, node, ns, name);
+    w.cluster.nodes[node].conf_extra = saved;
+    made
+}
+
+/// Whether a TCP connection from the namespace at `netns` (a path: no borrow of the
+/// world) to `ip`:`port` completes within 300 ms.
+fn connects(netns: &std::path::Path, ip: Ipv4Addr, port: u16) -> bool {
+    let file = std::fs::File::open(netns).expect("open netns");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this thread only, with a valid descriptor.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(300)).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// The Pod object a kubelet writes, with the address the ADD gave.
+fn pod_object(ns: &str, name: &str, node: &str, ip: Option<Ipv4Addr>) -> Pod {
+    let mut v = json!({
+        "metadata": {"name": name, "namespace": ns, "labels": {"pod": name}},
+        "spec": {"nodeName": node, "containers": [{"name": "serve",
+                 "ports": [{"name": "serve-80-tcp", "containerPort": 80}]}]},
+    });
+    if let Some(ip) = ip {
+        v["status"] = json!({"phase": "Running", "podIP": ip.to_string(),
+                             "podIPs": [{"ip": ip.to_string()}]});
+    }
+    serde_json::from_value(v).expect("a pod object")
+}
+
+#[test]
+fn a_new_pod_is_covered_from_the_moment_add_returns() {
+    needs_root!();
+    let mut w = world();
+    // x admits only x.
+    w.put_policy(
+        "x",
+        "same-namespace",
+        &json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
+        false,
+    )
+    .unwrap();
+    assert!(becomes(&w, &p("y/a"), w.pod(&p("x/a")).ip, false), "{}", w.logs());
+
+    // A pod the API shows before its ADD, as a kubelet makes it.
+    let node = &w.cluster.nodes[1].name.clone();
+    w.api().create(pod_object("x", "n", node, None)).unwrap();
+    let n = extra_pod(&w, 1, "x", "n");
+    let from_y = probe_for(&w, &p("y/a"), n.ip, Duration::from_secs(1));
+    assert!(
+        from_y.iter().all(|a| !a),
+        "y/a reached the new x/n in its first second: {from_y:?}"
+    );
+    assert!(w.probe(&p("x/a"), n.ip, 80, Protocol::Tcp), "x/a cannot reach x/n");
+
+    // A pod the API has not shown yet starts closed, even to its own namespace.
+    let m = extra_pod(&w, 2, "x", "m");
+    let early = probe_for(&w, &p("x/a"), m.ip, Duration::from_secs(1));
+    assert!(early.iter().all(|a| !a), "x/m was open before the API showed it: {early:?}");
+    let node2 = w.cluster.nodes[2].name.clone();
+    w.api()
+        .create(pod_object("x", "m", &node2, Some(m.ip)))
+        .unwrap();
+    assert!(becomes(&w, &p("x/a"), m.ip, true), "{}", w.logs());
+    assert!(!w.probe(&p("y/a"), m.ip, 80, Protocol::Tcp));
+
+    // A namespace without policies: a pod not shown yet is open at once.
+    let open = extra_pod(&w, 0, "z", "q");
+    assert!(w.probe(&p("y/a"), open.ip, 80, Protocol::Tcp));
+    drop((n.pod, m.pod, open.pod));
+}
+
+#[test]
+fn a_policy_change_cuts_connections_it_no_longer_allows() {
+    needs_root!();
+    let mut w = world();
+    let server = w.pod(&p("x/b"));
+    let server_ip = server.ip;
+    // An echo server on 8080 in x/b, and a connection to it from y/a, open before any
+    // policy.
+    let listener = ferry_tests::inside::run(&server.pod.ns, || {
+        TcpListener::bind(("0.0.0.0", 8080)).expect("bind 8080")
+    });
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let client = w.pod(&p("y/a"));
+    let mut conn = ferry_tests::inside::run(&client.pod.ns, move || {
+        TcpStream::connect_timeout(&(server_ip, 8080).into(), Duration::from_secs(2))
+            .expect("connect before any policy")
+    });
+    conn.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let echo = |c: &mut TcpStream| -> bool {
+        let mut b = [0u8; 1];
+        c.write_all(b"x").is_ok() && c.read_exact(&mut b).is_ok()
+    };
+    assert!(echo(&mut conn));
+    // Ingress of x/b from x only: the open connection from y must stop.
+    w.put_policy(
+        "x",
+        "same-namespace",
+        &json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
+        false,
+    )
+    .unwrap();
+    let cut = wait_until(Duration::from_secs(10), || !echo(&mut conn));
+    assert!(cut, "the connection from y/a still echoes:\n{}", w.logs());
+    let node = w.pod(&p("x/b")).node;
+    let metrics = w.cluster.metrics(node);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ferry_policy_connections_cut_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // A connection the change still allows goes on: x/a to x/b.
+    let client = w.pod(&p("x/a"));
+    let mut kept = ferry_tests::inside::run(&client.pod.ns, move || {
+        TcpStream::connect_timeout(&(server_ip, 8080).into(), Duration::from_secs(2))
+            .expect("connect from x/a")
+    });
+    kept.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    assert!(echo(&mut kept));
+    w.put_policy(
+        "x",
+        "also-z",
+        &json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}]}),
+        false,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(echo(&mut kept), "an allowed connection was cut");
+}
+
+#[test]
+fn the_api_away_keeps_the_last_state_and_its_return_resyncs() {
+    needs_root!();
+    let mut w = world();
+    let target = w.pod(&p("x/a")).ip;
+    assert!(w.probe(&p("y/a"), target, 80, Protocol::Tcp));
+    w.api().set_down(true);
+    let down = wait_until(Duration::from_secs(15), || {
+        (0..3).all(|i| w.cluster.metrics(i).contains("ferry_policy_ready 0"))
+    });
+    assert!(down, "the nodes still say ready with the API away");
+    // A policy written while the nodes cannot see it: nothing changes on them.
+    w.put_policy(
+        "x",
+        "deny-all",
+        &json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        false,
+    )
+    .unwrap();
+    let still = probe_for(&w, &p("y/a"), target, Duration::from_secs(2));
+    assert!(still.iter().all(|a| *a), "{still:?}");
+    // Back: the watches relist (resource versions expired meanwhile force a 410) and the
+    // policy is enforced.
+    w.api().expire_before(w.api().resource_version() + 1);
+    w.api().set_down(false);
+    assert!(becomes(&w, &p("y/a"), target, false), "{}", w.logs());
+    let up = wait_until(Duration::from_secs(15), || {
+        (0..3).all(|i| w.cluster.metrics(i).contains("ferry_policy_ready 1"))
+    });
+    assert!(up, "the nodes are not ready again");
+    let relists = w
+        .api()
+        .requests()
+        .iter()
+        .filter(|r| !r.is_watch() && r.path.ends_with("/networkpolicies"))
+        .count();
+    assert!(relists >= 6, "every node lists again: {relists} lists of policies");
+}
+
+#[test]
+fn a_daemon_restart_with_policies_in_place_opens_no_window() {
+    needs_root!();
+    let mut w = world();
+    // x admits y only.
+    w.put_policy(
+        "x",
+        "from-y",
+        &json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+        false,
+    )
+    .unwrap();
+    let target = w.pod(&p("x/a")).ip;
+    assert!(becomes(&w, &p("z/a"), target, false));
+    let node = w.pod(&p("x/a")).node;
+    let (z, y) = (w.pod(&p("z/a")).pod.ns.path(), w.pod(&p("y/a")).pod.ns.path());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (denied, allowed) = std::thread::scope(|s| {
+        let watch = |from: std::path::PathBuf| {
+            let stop = &stop;
+            s.spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    seen.push(connects(&from, target, 80));
+                }
+                seen
+            })
+        };
+        let z = watch(z);
+        let y = watch(y);
+        std::thread::sleep(Duration::from_millis(500));
+        w.cluster.nodes[node].restart_daemon();
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (z.join().unwrap(), y.join().unwrap())
+    });
+    assert!(denied.len() > 5 && allowed.len() > 5, "too few probes");
+    assert!(
+        denied.iter().all(|a| !a),
+        "z/a reached x/a during the restart: {denied:?}"
+    );
+    assert!(
+        allowed.iter().all(|a| *a),
+        "y/a lost x/a during the restart: {allowed:?}"
+    );
+}
+
+#[test]
+fn an_address_reused_by_another_namespace_carries_no_allowance() {
+    needs_root!();
+    let mut w = world();
+    // y/a admits x/b only.
+    w.put_policy(
+        "y",
+        "from-x-b",
+        &json!({"podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "x"}},
+                                       "podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+        false,
+    )
+    .unwrap();
+    let target = w.pod(&p("y/a")).ip;
+    assert!(becomes(&w, &p("z/b"), target, false));
+    // x/old on node 0, labelled as x/b is: allowed.
+    let node0 = w.cluster.nodes[0].name.clone();
+    let mut obj = pod_object("x", "old", &node0, None);
+    obj.metadata.labels = Some([("pod".to_string(), "b".to_string())].into());
+    w.api().create(obj).unwrap();
+    let old = extra_pod(&w, 0, "x", "old");
+    let mut obj: Pod = w.api().get(Some("x"), "old").unwrap();
+    obj.status = pod_object("x", "old", &node0, Some(old.ip)).status;
+    w.api().update(obj).unwrap();
+    let reach = |ns: &Netns| connects(&ns.path(), target, 80);
+    assert!(wait_until(Duration::from_secs(10), || reach(&old.pod.ns)), "{}", w.logs());
+    // x/old is deleted (its DEL, then its object), and its address goes to a pod of z
+    // created as a kubelet creates pods: the object, the ADD, the status.
+    let ip = old.ip;
+    w.cluster.nodes[0].cni("DEL", &old.pod.id, Some(&old.pod.ns)).ok();
+    drop(old);
+    w.api().delete::<Pod>(Some("x"), "old").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut obj = pod_object("z", "new", &node0, None);
+    obj.metadata.labels = Some([("pod".to_string(), "b".to_string())].into());
+    w.api().create(obj).unwrap();
+    let reused = extra_pod_at(&mut w, 0, "z", "new", ip);
+    assert_eq!(reused.ip, ip);
+    let tries: Vec<bool> = (0..10).map(|_| reach(&reused.pod.ns)).collect();
+    assert!(
+        tries.iter().all(|a| !a),
+        "z/new, holding x/old's address, reached y/a: {tries:?}"
+    );
+    let mut obj: Pod = w.api().get(Some("z"), "new").unwrap();
+    obj.status = pod_object("z", "new", &node0, Some(ip)).status;
+    w.api().update(obj).unwrap();
+
+    // The harder order: the old pod still terminating in the API (its object not gone)
+    // when its address is handed on. Once the new pod's status names the address, the
+    // terminating pod gives it up on every node.
+    w.cluster.nodes[0].cni("DEL", &reused.pod.id, Some(&reused.pod.ns)).ok();
+    drop(reused);
+    w.api().delete::<Pod>(Some("z"), "new").unwrap();
+    let mut obj = pod_object("x", "old2", &node0, None);
+    obj.metadata.labels = Some([("pod".to_string(), "b".to_string())].into());
+    w.api().create(obj).unwrap();
+    let old2 = extra_pod_at(&mut w, 0, "x", "old2", ip);
+    let mut v = serde_json::to_value(w.api().get::<Pod>(Some("x"), "old2").unwrap()).unwrap();
+    v["status"] = serde_json::to_value(pod_object("x", "old2", &node0, Some(ip)).status).unwrap();
+    w.api().update(serde_json::from_value::<Pod>(v).unwrap()).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || reach(&old2.pod.ns)), "{}", w.logs());
+    w.cluster.nodes[0].cni("DEL", &old2.pod.id, Some(&old2.pod.ns)).ok();
+    drop(old2);
+    let v = serde_json::to_value(w.api().get::<Pod>(Some("x"), "old2").unwrap())
+        .map(|mut cur| {
+            cur["metadata"]["deletionTimestamp"] = json!("2026-11-22T09:00:00Z");
+            cur
+        })
+        .unwrap();
+    w.api().update(serde_json::from_value::<Pod>(v).unwrap()).unwrap();
+    let mut obj = pod_object("z", "new2", &node0, None);
+    obj.metadata.labels = Some([("pod".to_string(), "b".to_string())].into());
+    w.api().create(obj).unwrap();
+    let new2 = extra_pod_at(&mut w, 0, "z", "new2", ip);
+    let mut obj: Pod = w.api().get(Some("z"), "new2").unwrap();
+    obj.status = pod_object("z", "new2", &node0, Some(ip)).status;
+    w.api().update(obj).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !reach(&new2.pod.ns)),
+        "z/new2 keeps x/old2's allowance"
+    );
+    let after: Vec<bool> = (0..10).map(|_| reach(&new2.pod.ns)).collect();
+    assert!(after.iter().all(|a| !a), "{after:?}");
+}
