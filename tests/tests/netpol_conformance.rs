@@ -194,3 +194,100 @@ fn help_says_what_is_probed_and_how() {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
 }
+
+/// A connection open before a policy that denies it is cut once the policy is in force
+/// (conntrack's entry deleted: its next packet meets the rules), to the pod IP and through
+/// the ClusterIP; a connection the policy still allows goes on.
+#[test]
+fn an_open_connection_a_new_policy_denies_is_cut() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ferry_tests::inside;
+    use ferry_tests::netpol::cases::{PodRef, Protocol};
+    use ferry_tests::netpol::world::World;
+    use serde_json::json;
+
+    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut world = World::new(&[80], &[Protocol::Tcp], &mut |_| {});
+    let pod = |ns: &str, name: &str| PodRef {
+        ns: ns.into(),
+        name: name.into(),
+    };
+    let (server, denied, allowed) = (pod("x", "a"), pod("y", "b"), pod("x", "b"));
+    // An echo server that keeps its connections open, in x/a; stopped (every socket
+    // closed) before the world goes.
+    let listener = inside::run(&world.pod(&server).pod.ns, || {
+        TcpListener::bind("0.0.0.0:8080").unwrap()
+    });
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let echo = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        while !stopped.load(Ordering::Relaxed) {
+            if let Ok((c, _)) = listener.accept() {
+                c.set_nonblocking(true).unwrap();
+                open.push(c);
+            }
+            for c in &mut open {
+                let mut buf = [0u8; 16];
+                if let Ok(n) = c.read(&mut buf) {
+                    let _ = c.write_all(&buf[..n]);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let target = world.pod(&server);
+    let (ip, service_ip) = (target.ip, target.service_ip);
+    let open = |from: &PodRef, to: std::net::Ipv4Addr| -> TcpStream {
+        inside::run(&world.pod(from).pod.ns, move || {
+            let c = TcpStream::connect_timeout(&(to, 8080).into(), Duration::from_secs(2)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            c
+        })
+    };
+    let echoes = |c: &mut TcpStream| -> bool {
+        let mut buf = [0u8; 1];
+        c.write_all(b"p").is_ok() && c.read_exact(&mut buf).is_ok() && &buf == b"p"
+    };
+    let mut to_pod = open(&denied, ip);
+    let mut to_service = open(&denied, service_ip);
+    let mut kept = open(&allowed, ip);
+    assert!(echoes(&mut to_pod) && echoes(&mut to_service) && echoes(&mut kept));
+
+    // Ingress to x only from namespace x.
+    world
+        .put_policy(
+            "x",
+            "from-x-only",
+            &json!({"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"ns": "x"}}}]}]}),
+            false,
+        )
+        .unwrap();
+    let enforced = ferry_tests::proc::wait_until(Duration::from_secs(10), || {
+        !world.probe(&denied, ip, 8080, Protocol::Tcp)
+    });
+    assert!(
+        enforced,
+        "the policy never came into force:\n{}",
+        world.logs()
+    );
+    assert!(
+        !echoes(&mut to_pod),
+        "the open connection to the pod IP was not cut"
+    );
+    assert!(
+        !echoes(&mut to_service),
+        "the open connection through the ClusterIP was not cut"
+    );
+    assert!(echoes(&mut kept), "an allowed connection was cut");
+    stop.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+}
