@@ -3,12 +3,18 @@
 //! makes network namespaces). These tests never skip: without root, or without the built
 //! binaries (`cargo build --workspace`), they fail.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use ferry_tests::netpol::cases;
-use serde_json::Value;
+use ferry_tests::inside;
+use ferry_tests::netpol::cases::{self, PodRef, Protocol};
+use ferry_tests::netpol::world::World;
+use serde_json::{json, Value};
 
 /// One world at a time: three clusters probing at once on a small machine would only
 /// measure the machine.
@@ -192,5 +198,149 @@ fn help_says_what_is_probed_and_how() {
         "N passed, N failed",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
+
+/// A world of its own (one at a time), serving TCP 80.
+fn world() -> (MutexGuard<'static, ()>, World) {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    (one, World::new(&[80], &[Protocol::Tcp], &mut |_| {}))
+}
+
+fn pod(ns: &str, name: &str) -> PodRef {
+    PodRef {
+        ns: ns.into(),
+        name: name.into(),
+    }
+}
+
+/// Ingress to every pod of x only from namespace x.
+fn ingress_to_x_only_from_x(world: &mut World) {
+    world
+        .put_policy(
+            "x",
+            "from-x-only",
+            &json!({"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"ns": "x"}}}]}]}),
+            false,
+        )
+        .unwrap();
+}
+
+/// A connection open before a policy that denies it is cut once the policy is in force
+/// (conntrack's entry deleted: its next packet meets the rules), to the pod IP and through
+/// the ClusterIP; a connection the policy still allows goes on.
+#[test]
+fn an_open_connection_a_new_policy_denies_is_cut() {
+    let (_one, mut world) = world();
+    let (server, denied, allowed) = (pod("x", "a"), pod("y", "b"), pod("x", "b"));
+    // An echo server that keeps its connections open, in x/a; stopped (every socket
+    // closed) before the world goes.
+    let listener = inside::run(&world.pod(&server).pod.ns, || {
+        TcpListener::bind("0.0.0.0:8080").unwrap()
+    });
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let echo = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        while !stopped.load(Ordering::Relaxed) {
+            if let Ok((c, _)) = listener.accept() {
+                c.set_nonblocking(true).unwrap();
+                open.push(c);
+            }
+            for c in &mut open {
+                let mut buf = [0u8; 16];
+                if let Ok(n) = c.read(&mut buf) {
+                    let _ = c.write_all(&buf[..n]);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let target = world.pod(&server);
+    let (ip, service_ip) = (target.ip, target.service_ip);
+    let open = |from: &PodRef, to: std::net::Ipv4Addr| -> TcpStream {
+        inside::run(&world.pod(from).pod.ns, move || {
+            let c = TcpStream::connect_timeout(&(to, 8080).into(), Duration::from_secs(2)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            c
+        })
+    };
+    let echoes = |c: &mut TcpStream| -> bool {
+        let mut buf = [0u8; 1];
+        c.write_all(b"p").is_ok() && c.read_exact(&mut buf).is_ok() && &buf == b"p"
+    };
+    let mut to_pod = open(&denied, ip);
+    let mut to_service = open(&denied, service_ip);
+    let mut kept = open(&allowed, ip);
+    assert!(echoes(&mut to_pod) && echoes(&mut to_service) && echoes(&mut kept));
+
+    ingress_to_x_only_from_x(&mut world);
+    let enforced = ferry_tests::proc::wait_until(Duration::from_secs(10), || {
+        !world.probe(&denied, ip, 8080, Protocol::Tcp)
+    });
+    assert!(
+        enforced,
+        "the policy never came into force:\n{}",
+        world.logs()
+    );
+    assert!(
+        !echoes(&mut to_pod),
+        "the open connection to the pod IP was not cut"
+    );
+    assert!(
+        !echoes(&mut to_service),
+        "the open connection through the ClusterIP was not cut"
+    );
+    assert!(echoes(&mut kept), "an allowed connection was cut");
+    stop.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+}
+
+/// A pod made while a policy isolates its namespace is never reachable from where the
+/// policy forbids, not even in its first moment: the ADD returns only once the node's
+/// table covers it. What the policy allows reaches it (once its labels are known).
+#[test]
+fn a_pod_added_under_a_policy_is_covered_when_add_returns() {
+    let (_one, mut world) = world();
+    ingress_to_x_only_from_x(&mut world);
+    let (stranger, neighbour) = (pod("y", "a"), pod("x", "b"));
+    let enforced = ferry_tests::proc::wait_until(Duration::from_secs(10), || {
+        let a = world.pod(&pod("x", "a")).ip;
+        !world.probe(&stranger, a, 80, Protocol::Tcp)
+    });
+    assert!(
+        enforced,
+        "the policy never came into force:\n{}",
+        world.logs()
+    );
+
+    // On every node in turn, the first probe right after the ADD is denied.
+    for (node, name) in ["d", "e", "f"].into_iter().enumerate() {
+        let late = pod("x", name);
+        let ip = world
+            .add_late_pod(late.clone(), node, &[80], &[Protocol::Tcp])
+            .ip;
+        assert!(
+            !world.probe(&stranger, ip, 80, Protocol::Tcp),
+            "x/{name} on node{node} was reachable from y/a right after its ADD:\n{}",
+            world.logs()
+        );
+        let t = Instant::now();
+        let reached = ferry_tests::proc::wait_until(Duration::from_secs(10), || {
+            world.probe(&neighbour, ip, 80, Protocol::Tcp)
+        });
+        assert!(
+            reached,
+            "x/{name} never reachable from x/b:\n{}",
+            world.logs()
+        );
+        assert!(
+            !world.probe(&stranger, ip, 80, Protocol::Tcp),
+            "x/{name} reachable from y/a after {:?}",
+            t.elapsed()
+        );
     }
 }

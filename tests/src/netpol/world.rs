@@ -183,6 +183,21 @@ impl World {
         }
     }
 
+    /// A pod made after the world (a kubelet's order again), serving `ports` on
+    /// `protocols`; its Service address is reserved but no node has rules for it.
+    pub fn add_late_pod(
+        &mut self,
+        pod: PodRef,
+        node: usize,
+        ports: &[u16],
+        protocols: &[Protocol],
+    ) -> &WorldPod {
+        let n = u8::try_from(self.pods.len()).expect("fewer than 256 pods");
+        let service_ip = Ipv4Addr::new(10, 96, 1, n);
+        let wp = self.add_pod(&pod, node, service_ip, ports, protocols);
+        self.pods.entry(pod).or_insert(wp)
+    }
+
     pub fn pod(&self, pod: &PodRef) -> &WorldPod {
         &self.pods[pod]
     }
