@@ -122,7 +122,7 @@ where
     let status = status.clone();
     let metrics = metrics.clone();
     let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(Retry::default())
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -147,4 +147,36 @@ where
         }
     });
     reader
+}
+
+/// Retries of a failed watch: 0.2 s, doubling to at most 5 s, back to 0.2 s after a
+/// success. kube's default waits up to 30 s, so an API back from an outage could go
+/// unseen that long; at most one attempt per watch every 5 s is still a light load.
+struct Retry {
+    next: std::time::Duration,
+}
+
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { next: RETRY_MIN }
+    }
+}
+
+impl Iterator for Retry {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let d = self.next;
+        self.next = (self.next * 2).min(RETRY_MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for Retry {
+    fn reset(&mut self) {
+        self.next = RETRY_MIN;
+    }
 }
