@@ -316,38 +316,27 @@ fn show_never_panics_on_a_hostile_store() {
 fn a_retried_del_finishes_a_killed_one() {
     needs_root!();
     let node = Node::new("10.65.0.0/24");
-    let p = pod();
-    let r = node.add("half", &p).ok();
-    let live = r["interfaces"][1]["name"].as_str().unwrap().to_string();
     // What a DEL killed right after retiring leaves: the host end down in the reaper's
-    // group, the pod's eth0 still holding its address, and no reaper.
-    node.host.sh(&format!(
-        "ip link set {live} down group {}",
-        ferry_tests::cni::TOMBSTONE_GROUP
-    ));
-    node.del("half", Some(&p)).ok();
-    assert!(
-        node.reaped(Some(&p)),
-        "the retried DEL left {:?} on the host, pod eth0 {}",
-        node.host.links(),
-        p.has_link("eth0")
-    );
-    assert!(node.allocations().is_empty());
-    // The same after an ADD of the attachment renamed the retired veth to a tombstone.
-    let p = pod();
-    let r = node.add("half", &p).ok();
-    let live = r["interfaces"][1]["name"].as_str().unwrap().to_string();
-    node.host.sh(&format!(
-        "ip link set {live} down nomaster name fz00000000000aa"
-    ));
-    node.del("half", Some(&p)).ok();
-    assert!(
-        node.reaped(Some(&p)),
-        "the retried DEL left {:?} on the host, pod eth0 {}",
-        node.host.links(),
-        p.has_link("eth0")
-    );
-    assert!(node.allocations().is_empty());
+    // group, the pod's eth0 still holding its address, and no reaper; and the same after
+    // an ADD of the attachment renamed the retired veth to a tombstone.
+    let killed_states = [
+        format!("down group {}", ferry_tests::cni::TOMBSTONE_GROUP),
+        "down nomaster name fz00000000000aa".to_string(),
+    ];
+    for state in &killed_states {
+        let p = pod();
+        let r = node.add("half", &p).ok();
+        let live = r["interfaces"][1]["name"].as_str().unwrap().to_string();
+        node.host.sh(&format!("ip link set {live} {state}"));
+        node.del("half", Some(&p)).ok();
+        assert!(
+            node.reaped(Some(&p)),
+            "the retried DEL after `{state}` left {:?} on the host, pod eth0 {}",
+            node.host.links(),
+            p.has_link("eth0")
+        );
+        assert!(node.allocations().is_empty());
+    }
     // A tombstone of another attachment is not this DEL's to take.
     let q = pod();
     let r = node.add("other", &q).ok();
