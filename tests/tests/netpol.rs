@@ -98,7 +98,8 @@ fn extra_pod_at(w: &mut World, node: usize, ns: &str, name: &str, ip: Ipv4Addr) 
 
 /// Whether a TCP connection from the namespace at `netns` (a path: no borrow of the
 /// world) to `ip`:`port` completes within 300 ms.
-fn connects(netns: &std::path::Path, ip: Ipv4Addr, port: u16) -> bool {
+fn connects(netns: &std::path::Path, ip: impl Into<std::net::IpAddr>, port: u16) -> bool {
+    let ip = ip.into();
     let file = std::fs::File::open(netns).expect("open netns");
     std::thread::spawn(move || {
         use std::os::fd::AsRawFd;
@@ -359,4 +360,99 @@ fn an_address_reused_by_another_namespace_carries_no_allowance() {
     );
     let after: Vec<bool> = (0..10).map(|_| reach(&new2.pod.ns)).collect();
     assert!(after.iter().all(|a| !a), "{after:?}");
+}
+
+/// The path of a pod's network namespace (a copy: no borrow of the world).
+fn ns_path(w: &World, pod: &str) -> std::path::PathBuf {
+    w.pod(&p(pod)).pod.ns.path()
+}
+
+/// A pod's IPv6 address, from its ADD's result.
+fn ipv6_of(w: &World, pod: &str) -> std::net::Ipv6Addr {
+    w.pod(&p(pod)).pod.result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("{pod} has no IPv6 address"))
+}
+
+#[test]
+fn ipv6_is_enforced_as_ipv4_is() {
+    needs_root!();
+    let mut w = World::with_args(
+        &[80],
+        &[Protocol::Tcp],
+        "--cluster-cidr-v6 fd00:77::/56",
+        &mut |_| {},
+    );
+    // A server on [::]:8081 in x/a, z/a and y/b (the world's servers listen on IPv4).
+    let mut listeners = Vec::new();
+    for pod in ["x/a", "z/a", "y/b"] {
+        let l = ferry_tests::inside::run(&w.pod(&p(pod)).pod.ns, || {
+            std::net::TcpListener::bind(("::", 8081)).expect("bind [::]:8081")
+        });
+        listeners.push(l);
+    }
+    let (xa, za) = (ipv6_of(&w, "x/a"), ipv6_of(&w, "z/a"));
+    assert!(wait_until(Duration::from_secs(10), || connects(
+        &ns_path(&w, "z/b"),
+        xa,
+        8081
+    )));
+    // x admits namespace y only; z/a admits x/b's IPv6 address only (an ipBlock /128).
+    w.put_policy(
+        "x",
+        "from-y",
+        &json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+        false,
+    )
+    .unwrap();
+    let xb = ipv6_of(&w, "x/b");
+    w.put_policy(
+        "z",
+        "from-x-b-v6",
+        &json!({"podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"from": [{"ipBlock": {"cidr": format!("{xb}/128")}}]}]}),
+        false,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !connects(
+            &ns_path(&w, "z/b"),
+            xa,
+            8081
+        )),
+        "z/b still reaches x/a over IPv6:\n{}",
+        w.logs()
+    );
+    let node = w.pod(&p("x/a")).node;
+    let reaches = |from: &str, ip: std::net::IpAddr, port: u16| {
+        let path = ns_path(&w, from);
+        wait_until(Duration::from_secs(5), || connects(&path, ip, port))
+    };
+    assert!(
+        reaches("y/a", xa.into(), 8081),
+        "y/a lost x/a over IPv6:\n{}\n{:?}",
+        w.cluster.nodes[node]
+            .host
+            .sh("nft list table inet ferry_policy"),
+        w.pod(&p("y/a")).pod.result
+    );
+    assert!(
+        reaches("x/b", za.into(), 8081),
+        "x/b (the ipBlock) cannot reach z/a"
+    );
+    // x/c's IPv6 works (y has no policy), and z/a refuses it.
+    assert!(reaches("x/c", ipv6_of(&w, "y/b").into(), 8081));
+    assert!(
+        !connects(&ns_path(&w, "x/c"), za, 8081),
+        "x/c reached z/a over IPv6"
+    );
+    // The same policies, over IPv4.
+    let xa4 = w.pod(&p("x/a")).ip;
+    assert!(!connects(&ns_path(&w, "z/b"), xa4, 80));
+    assert!(reaches("y/a", xa4.into(), 80));
+    drop(listeners);
 }

@@ -66,10 +66,24 @@ impl World {
     /// Builds the world; every pod serves every port of `ports` on every protocol of
     /// `protocols` (a case probes a subset). `report` hears of each step.
     pub fn new(ports: &[u16], protocols: &[Protocol], report: &mut dyn FnMut(&str)) -> World {
+        World::with_args(ports, protocols, "", report)
+    }
+
+    /// `new`, with more daemon flags (`--cluster-cidr-v6 …` for a dual-stack world, whose
+    /// pods then carry both addresses in `status.podIPs`).
+    pub fn with_args(
+        ports: &[u16],
+        protocols: &[Protocol],
+        daemon_args: &str,
+        report: &mut dyn FnMut(&str),
+    ) -> World {
         let kubeconfig = tempfile::tempdir().expect("tempdir");
         let kc_path = kubeconfig.path().join("kubeconfig");
         let mut api = None;
-        let extra = format!("--network-policy --kubeconfig {}", kc_path.display());
+        let extra = format!(
+            "--network-policy --kubeconfig {} {daemon_args}",
+            kc_path.display()
+        );
         let cluster = Cluster::build_reporting(NODES, CLUSTER_CIDR, &extra, false, &mut |p| {
             match p {
                 // Before any daemon starts: the API, and the kubeconfig naming it.
@@ -166,10 +180,17 @@ impl World {
         let args = format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={}", pod.ns, pod.name);
         let made = self.cluster.nodes[node].add_pod_as(&id, Some(&args));
         let ip: Ipv4Addr = made.ip.parse().expect("an IPv4 pod address");
+        let all: Vec<Value> = made.result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str()?.split('/').next())
+            .map(|a| json!({ "ip": a }))
+            .collect();
         let mut object: Pod = self.api.get(Some(&pod.ns), &pod.name).expect("the pod");
         object.status = Some(k8s(json!({
             "phase": "Running", "podIP": ip.to_string(),
-            "podIPs": [{"ip": ip.to_string()}],
+            "podIPs": all,
         })));
         self.api.update(object).expect("set the pod's status");
         let servers = Servers::start(&made.ns, ports, protocols)
