@@ -456,3 +456,75 @@ fn ipv6_is_enforced_as_ipv4_is() {
     assert!(reaches("y/a", xa4.into(), 80));
     drop(listeners);
 }
+
+#[test]
+fn a_denial_is_explained_logged_and_counted() {
+    needs_root!();
+    let mut w = world();
+    // y/b admits x/a only.
+    w.put_policy(
+        "y",
+        "b-from-x-a",
+        &json!({"podSelector": {"matchLabels": {"pod": "b"}},
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "x"}},
+                                       "podSelector": {"matchLabels": {"pod": "a"}}}]}]}),
+        false,
+    )
+    .unwrap();
+    let target = w.pod(&p("y/b")).ip;
+    assert!(becomes(&w, &p("z/c"), target, false), "{}", w.logs());
+    let node = w.pod(&p("y/b")).node;
+    let explain = |from: &str, to: &str, json: bool| {
+        let mut c = std::process::Command::new(ferry_tests::bin("ferry-ipam"));
+        c.args(["explain", from, to, "--port", "80", "--state-dir"])
+            .arg(w.cluster.nodes[node].state_dir());
+        if json {
+            c.args(["-o", "json"]);
+        }
+        c.output().expect("run ferry-ipam explain")
+    };
+    let denied = explain("z/c", "y/b", false);
+    let text = String::from_utf8_lossy(&denied.stdout);
+    assert_eq!(denied.status.code(), Some(1), "{denied:?}");
+    assert!(
+        text.contains("denied")
+            && text.contains("y/b-from-x-a")
+            && text.contains("no rule matches"),
+        "{text}"
+    );
+    let allowed = explain("x/a", "y/b", true);
+    assert_eq!(allowed.status.code(), Some(0), "{allowed:?}");
+    let v: serde_json::Value = serde_json::from_slice(&allowed.stdout).unwrap();
+    assert_eq!(v["allowed"], true, "{v}");
+    assert_eq!(
+        v["ingress"]["allowed_by"][0]["policy"], "y/b-from-x-a",
+        "{v}"
+    );
+    // An address works as well as a name; garbage is an error naming it.
+    let by_ip = explain("z/c", &target.to_string(), false);
+    assert_eq!(by_ip.status.code(), Some(1), "{by_ip:?}");
+    let bad = explain("no-such/pod", "y/b", false);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no-such/pod"),
+        "{bad:?}"
+    );
+
+    // The denial was logged once as one line naming both pods, and is counted for y/b.
+    let logged = wait_until(Duration::from_secs(5), || {
+        w.cluster.nodes[node].log().lines().any(|l| {
+            l.contains("connection denied by NetworkPolicy")
+                && l.contains("from=z/c")
+                && l.contains("to=y/b")
+                && l.contains("policies=y/b-from-x-a")
+        })
+    });
+    assert!(logged, "{}", w.cluster.nodes[node].log());
+    let counted = wait_until(Duration::from_secs(15), || {
+        w.cluster.metrics(node).lines().any(|l| {
+            l.starts_with("ferry_policy_denied_packets{namespace=\"y\",pod=\"b\"")
+                && !l.ends_with(" 0")
+        })
+    });
+    assert!(counted, "{}", w.cluster.metrics(node));
+}
