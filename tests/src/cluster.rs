@@ -323,6 +323,17 @@ impl Node {
     }
 
     pub fn cni(&self, command: &str, id: &str, pod: Option<&Netns>) -> Reply {
+        self.cni_as(command, id, pod, None)
+    }
+
+    /// As `cni`, with `CNI_ARGS` naming the Kubernetes pod as a kubelet's runtime does.
+    pub fn cni_as(
+        &self,
+        command: &str,
+        id: &str,
+        pod: Option<&Netns>,
+        cni_args: Option<&str>,
+    ) -> Reply {
         Call {
             host: &self.host,
             plugin: crate::bin("ferry"),
@@ -332,12 +343,17 @@ impl Node {
             ifname: "eth0",
             cni_path: cni_path(),
         }
-        .run(&self.conf())
+        .run_with_args(&self.conf(), cni_args)
     }
 
     pub fn add_pod(&self, id: &str) -> Pod {
+        self.add_pod_as(id, None)
+    }
+
+    /// A pod whose ADD names it in `CNI_ARGS` (`K8S_POD_NAMESPACE=x;K8S_POD_NAME=a`).
+    pub fn add_pod_as(&self, id: &str, cni_args: Option<&str>) -> Pod {
         let ns = Netns::new("fyp");
-        let result = self.cni("ADD", id, Some(&ns)).ok();
+        let result = self.cni_as("ADD", id, Some(&ns), cni_args).ok();
         let ip = pod_ip(&result);
         Pod {
             ns,

@@ -72,6 +72,12 @@ pub struct Call<'a> {
 
 impl Call<'_> {
     pub fn run(&self, conf: &str) -> Reply {
+        self.run_with_args(conf, None)
+    }
+
+    /// As `run`, with `CNI_ARGS` set as a Kubernetes runtime sets it
+    /// (`K8S_POD_NAMESPACE=..;K8S_POD_NAME=..`).
+    pub fn run_with_args(&self, conf: &str, cni_args: Option<&str>) -> Reply {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.host.name])
             .arg(&self.plugin)
@@ -91,6 +97,9 @@ impl Call<'_> {
                     .map(Path::as_os_str)
                     .unwrap_or_default(),
             );
+        if let Some(args) = cni_args {
+            cmd.env("CNI_ARGS", args);
+        }
         exec(cmd, conf)
     }
 }

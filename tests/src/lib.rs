@@ -15,6 +15,7 @@ pub mod netpol;
 pub mod proc;
 pub mod services;
 pub mod stats;
+pub mod traffic;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
