@@ -152,11 +152,18 @@ impl Engine {
     }
 
     fn round(&mut self, stores: &Stores, resync: bool) {
-        let (cluster, errors) = Cluster::from_k8s(
-            &cloned(&stores.namespaces),
-            &cloned(&stores.pods),
-            &cloned(&stores.policies),
+        // Borrowed from the stores, not copied: the pods alone are tens of megabytes.
+        let (namespaces, pods, policies) = (
+            stores.namespaces.state(),
+            stores.pods.state(),
+            stores.policies.state(),
         );
+        let (cluster, errors) = Cluster::from_k8s(
+            namespaces.iter().map(|o| &**o),
+            pods.iter().map(|o| &**o),
+            policies.iter().map(|o| &**o),
+        );
+        drop((namespaces, pods, policies));
         self.metrics
             .policy
             .invalid_objects
@@ -308,15 +315,6 @@ impl Engine {
                 .collect();
         }
     }
-}
-
-fn cloned<K: Clone + kube::Resource<DynamicType = ()> + 'static>(
-    store: &kube::runtime::reflector::Store<K>,
-) -> Vec<K>
-where
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    store.state().iter().map(|o| (**o).clone()).collect()
 }
 
 /// Puts `closed` in both isolated sets with no rule selecting them: nothing reaches or

@@ -1,4 +1,5 @@
-//! `ferry-bench-netpol latency [ROUNDS] | datapath [--small] | memory [--small]`, as root.
+//! `ferry-bench-netpol latency [ROUNDS] | datapath [--small] | memory [--small]`, as root
+//! (`datapath` and `memory` also take `--pods N --policies N`).
 //!
 //! NetworkPolicy's figures, each mode in one run with the Kubernetes API served by the
 //! test's stand-in (`KubeApi`, in the etcd host's namespace, reached by every node over the
@@ -20,7 +21,9 @@
 //!   nodes and 1,000 policies, from a cold start: time until the table is applied, the
 //!   table's size and the daemon's peak RSS.
 //!
-//! `--small` divides the API's objects by ten (a quick check that the mode works).
+//! `--small` divides the API's objects by ten (a quick check that the mode works);
+//! `--pods N` and `--policies N` set them. `FERRY_BENCH_DAEMON_WRAPPER` is a command prefix
+//! for the daemon of the memory mode (`env MALLOC_ARENA_MAX=2`, `heaptrack -o FILE`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -54,7 +57,15 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rest: Vec<&str> = args.iter().skip(2).map(String::as_str).collect();
     let small = rest.contains(&"--small");
-    let scale = if small { Scale::SMALL } else { Scale::FULL };
+    let mut scale = if small { Scale::SMALL } else { Scale::FULL };
+    // `--pods N`, `--policies N`: other sizes, to see which part of the state costs what.
+    let flag = |name: &str| {
+        rest.iter()
+            .position(|a| *a == name)
+            .and_then(|i| rest.get(i + 1)?.parse::<usize>().ok())
+    };
+    scale.pods = flag("--pods").unwrap_or(scale.pods);
+    scale.policies = flag("--policies").unwrap_or(scale.policies);
     let mode = args.get(1).map(String::as_str).unwrap_or("");
     let header = || {
         println!("$ {}", args.join(" "));
@@ -78,7 +89,7 @@ fn main() {
             memory(scale);
         }
         _ => {
-            eprintln!("usage: ferry-bench-netpol latency [ROUNDS] | datapath [--small] | memory [--small]");
+            eprintln!("usage: ferry-bench-netpol latency [ROUNDS] | datapath [--small] | memory [--small] [--pods N] [--policies N]");
             std::process::exit(2);
         }
     }
@@ -730,7 +741,8 @@ fn memory(s: Scale) {
     let node = &mut c.nodes[0];
     let want = api.desired(&node.name);
     let start = Instant::now();
-    node.start_daemon();
+    // A command prefix for the daemon (`env MALLOC_ARENA_MAX=2`, `heaptrack -o FILE`).
+    node.start_daemon_under(&std::env::var("FERRY_BENCH_DAEMON_WRAPPER").unwrap_or_default());
     let pid = node.daemon.as_ref().expect("daemon").pid();
     let took = wait_enforced(
         node,
