@@ -1,5 +1,5 @@
 //! `ferry-bench-netpol latency [ROUNDS] | datapath [--small] | memory [--small]`, as root
-//! (`datapath` and `memory` also take `--pods N --policies N`).
+//! (each also takes `--pods N --policies N`; `latency` then loads the API as `memory` does).
 //!
 //! NetworkPolicy's figures, each mode in one run with the Kubernetes API served by the
 //! test's stand-in (`KubeApi`, in the etcd host's namespace, reached by every node over the
@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_tests::cluster::{Cluster, Node, Pod as PodNs, ETCD_IP};
+use ferry_tests::cluster::{http_get, Cluster, Node, Pod as PodNs, ETCD_IP, HEALTH_ADDR};
 use ferry_tests::kapi::KubeApi;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::wait_until;
@@ -74,11 +74,14 @@ fn main() {
     match mode {
         "latency" => {
             let rounds = rest
-                .iter()
-                .find_map(|a| a.parse::<usize>().ok())
+                .first()
+                .and_then(|a| a.parse::<usize>().ok())
                 .unwrap_or(100);
             header();
-            latency(rounds);
+            // With --pods or --policies the API also holds that many (as in `memory`),
+            // so each change is computed against a large state.
+            let load = (flag("--pods").is_some() || flag("--policies").is_some()).then_some(scale);
+            latency(rounds, load);
         }
         "datapath" => {
             header();
@@ -89,7 +92,7 @@ fn main() {
             memory(scale);
         }
         _ => {
-            eprintln!("usage: ferry-bench-netpol latency [ROUNDS] | datapath [--small] | memory [--small] [--pods N] [--policies N]");
+            eprintln!("usage: ferry-bench-netpol latency [ROUNDS] | datapath [--small] | memory [--small], each with [--pods N] [--policies N]");
             std::process::exit(2);
         }
     }
@@ -488,9 +491,16 @@ fn policy_cluster(n: usize, cidr: &str) -> (Cluster, Api) {
     (c, api)
 }
 
-fn latency(rounds: usize) {
+fn latency(rounds: usize, load: Option<Scale>) {
     println!("== latency: a policy change written to the API -> committed in every node's table (3 nodes, {rounds} rounds)");
     let (c, mut api) = policy_cluster(3, "10.90.0.0/16");
+    if let Some(s) = load {
+        println!(
+            "the API also holds {} pods in {} namespaces on {} fake nodes and {} policies",
+            s.pods, s.namespaces, s.fake_nodes, s.policies
+        );
+        api.load(synthetic(s, s.policies));
+    }
     let server = labels(&[("app", "server")]);
     let client = labels(&[("app", "client")]);
     let mut clients = Vec::new();
@@ -664,6 +674,8 @@ fn datapath(s: Scale) {
     let mut tables = None;
     let (mut tp, mut cps) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     let mut failed = [0, 0];
+    // The daemons' CPU seconds and table applies while measuring, per state.
+    let mut cost = [(0.0, 0.0), (0.0, 0.0)];
     let mut switch = Vec::new();
     for round in 0..ROUNDS {
         for (state, with) in [false, true].into_iter().enumerate() {
@@ -677,18 +689,24 @@ fn datapath(s: Scale) {
                 switch.push(enforce(&api));
             }
             if with && tables.is_none() {
-                tables = applied(&c.nodes[1].host).map(|r| size(&r));
+                tables = applied(&c.nodes[1].host).map(|r| (size(&r), rule_position(&r)));
             }
-            tp[state].push(iperf(&cli.ns, &srv.ns, &srv.ip, SECS));
-            let r = connect_rate(
-                &cli.ns,
-                &srv.ns,
-                &srv.ip,
-                7000,
-                Duration::from_secs(SECS.into()),
-            );
+            let ((t, r), cpu, applies) = daemon_cost(&c.nodes, || {
+                let t = iperf(&cli.ns, &srv.ns, &srv.ip, SECS);
+                let r = connect_rate(
+                    &cli.ns,
+                    &srv.ns,
+                    &srv.ip,
+                    7000,
+                    Duration::from_secs(SECS.into()),
+                );
+                (t, r)
+            });
+            tp[state].push(t);
             cps[state].push(r.per_second);
             failed[state] += r.failed;
+            cost[state].0 += cpu;
+            cost[state].1 += applies;
         }
     }
     let (t0, t1) = (median(&tp[0]), median(&tp[1]));
@@ -710,9 +728,18 @@ fn datapath(s: Scale) {
     println!("runs: throughput a {:.2?}, b {:.2?}", tp[0], tp[1]);
     println!("runs: connections/s a {:.0?}, b {:.0?}", cps[0], cps[1]);
     println!("failed connects: a {}, b {}", failed[0], failed[1]);
-    if let Some(t) = tables {
+    println!(
+        "while measuring (both daemons, {ROUNDS} x {} s per state): CPU a {:.1} s, b {:.1} s; table applies a {}, b {}",
+        2 * SECS,
+        cost[0].0,
+        cost[1].0,
+        cost[0].1,
+        cost[1].1
+    );
+    if let Some((t, (at, of))) = tables {
         println!(
-            "the server's node with (b): {} sets, {} elements, {} rules",
+            "the server's node with (b): {} sets, {} elements, {} rules; the measured pair's \
+             rule is rule {at} of the {of} of the ingress chain (a new connection meets them in order)",
             t.sets, t.elements, t.rules
         );
     }
@@ -752,14 +779,19 @@ fn memory(s: Scale) {
     )
     .saturating_duration_since(start);
     let at_applied = status_kib(pid, "VmHWM:");
+    // What each resync costs the daemon: reading the table back is one such listing.
+    let t = Instant::now();
     let table = applied(&node.host).map(|r| size(&r)).expect("the table");
+    let listing = t.elapsed();
     let ok = wait_until(Duration::from_secs(30), || {
-        ferry_tests::cluster::http_get(&node.host, ferry_tests::cluster::HEALTH_ADDR, "/readyz").0
-            == 200
+        http_get(&node.host, HEALTH_ADDR, "/readyz").0 == 200
     });
     // Steady state: a few resyncs (every 5 s) read the table back and recompute.
-    std::thread::sleep(Duration::from_secs(12));
-    let cpu = cpu_seconds(pid);
+    let cpu_applied = cpu_seconds(pid);
+    let ((), cpu_steady, applies) = daemon_cost(std::slice::from_ref(node), || {
+        std::thread::sleep(Duration::from_secs(12))
+    });
+    let cpu = cpu_applied + cpu_steady;
     println!(
         "table applied {:.2} s after the daemon started (ready: {ok}); {} sets, {} elements, {} rules",
         took.as_secs_f64(),
@@ -768,11 +800,62 @@ fn memory(s: Scale) {
         table.rules
     );
     println!(
-        "peak RSS (VmHWM): {:.1} MiB when applied, {:.1} MiB after 12 s of resyncs (target under 100 MB); RSS now {:.1} MiB; CPU used {cpu:.1} s\n",
+        "peak RSS (VmHWM): {:.1} MiB when applied, {:.1} MiB after 12 s of resyncs (target under 100 MB); RSS now {:.1} MiB; CPU used {cpu:.1} s",
         at_applied as f64 / 1024.0,
         status_kib(pid, "VmHWM:") as f64 / 1024.0,
         status_kib(pid, "VmRSS:") as f64 / 1024.0,
     );
+    println!(
+        "steady state (12 s, nothing changing): {cpu_steady:.2} s of CPU (with its nft and conntrack runs), {applies} table applies; \
+         one `nft -j list table` and its parsing here: {}\n",
+        ms(listing)
+    );
+}
+
+/// Where the measured policy's IPv4 rule is in the ingress chain (1-based) and how many
+/// rules the chain has; (0, n) when it is not there.
+fn rule_position(rs: &Ruleset) -> (usize, usize) {
+    let rules = rs
+        .chains
+        .get("ingress")
+        .map(|c| &c.rules[..])
+        .unwrap_or_default();
+    let at = rules
+        .iter()
+        .position(|r| {
+            r.comment
+                .as_deref()
+                .is_some_and(|c| c.starts_with(&format!("{BENCH_NS}/measured")))
+                && r.sets().any(|s| s.ends_with('4'))
+        })
+        .map_or(0, |i| i + 1);
+    (at, rules.len())
+}
+
+/// A counter or gauge the node's daemon serves on `/metrics` (0 when absent).
+fn metric(node: &Node, name: &str) -> f64 {
+    let (_, body) = http_get(&node.host, HEALTH_ADDR, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The daemons' CPU seconds and table applies while `f` runs, summed over `nodes`.
+fn daemon_cost<T>(nodes: &[Node], f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let pids: Vec<u32> = nodes
+        .iter()
+        .filter_map(|n| n.daemon.as_ref().map(|d| d.pid()))
+        .collect();
+    let cpu = || pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let applies = || {
+        nodes
+            .iter()
+            .map(|n| metric(n, "ferry_policy_applies_total"))
+            .sum::<f64>()
+    };
+    let (c0, a0) = (cpu(), applies());
+    let out = f();
+    (out, cpu() - c0, applies() - a0)
 }
 
 /// A `kB` field of `/proc/PID/status`.
@@ -785,14 +868,15 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// User and system CPU time of a process, in seconds.
+/// User and system CPU time of a process and of the children it has waited for (the
+/// daemon's `nft` and `conntrack` runs), in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) in parentheses.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    // utime, stime, cutime and cstime are fields 14 to 17 of stat, 12 to 15 after the name.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
+    (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / hz
 }
