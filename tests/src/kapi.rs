@@ -66,6 +66,19 @@ pub enum KapiError {
     Start(std::io::Error),
 }
 
+/// A kubeconfig naming the server at `url` (plain HTTP, no credentials), written to
+/// `path`; for a client started before the server is (it retries until it answers).
+pub fn write_kubeconfig(path: &std::path::Path, url: &str) -> std::io::Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {url}\n\
+             contexts:\n- name: t\n  context:\n    cluster: t\n    user: t\n\
+             current-context: t\nusers:\n- name: t\n  user: {{}}\n"
+        ),
+    )
+}
+
 /// The kinds served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -250,15 +263,7 @@ impl KubeApi {
 
     /// A kubeconfig naming this server (plain HTTP, no credentials), written to `path`.
     pub fn write_kubeconfig(&self, path: &std::path::Path) -> std::io::Result<()> {
-        std::fs::write(
-            path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n\
-                 contexts:\n- name: t\n  context:\n    cluster: t\n    user: t\n\
-                 current-context: t\nusers:\n- name: t\n  user: {{}}\n",
-                self.url()
-            ),
-        )
+        write_kubeconfig(path, &self.url())
     }
 
     pub fn addr(&self) -> SocketAddr {

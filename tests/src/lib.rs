@@ -16,6 +16,7 @@ pub mod netpol;
 pub mod proc;
 pub mod services;
 pub mod stats;
+pub mod traffic;
 pub mod vxlan_probe;
 
 use std::path::PathBuf;

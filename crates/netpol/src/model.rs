@@ -680,10 +680,14 @@ fn duplicate(kind: &'static str, object: &str) -> ModelError {
 impl Cluster {
     /// Converts a snapshot. Objects that fail conversion are left out (policies: see the
     /// module doc) and their problems returned beside the cluster.
-    pub fn from_k8s(
-        namespaces: &[core::Namespace],
-        pods: &[core::Pod],
-        policies: &[net::NetworkPolicy],
+    ///
+    /// The objects are borrowed one by one, so a caller holding them behind `Arc`s (the
+    /// daemon's reflector stores) need not copy them first: as k8s-openapi types 10,000
+    /// pods take about 50 MB.
+    pub fn from_k8s<'a>(
+        namespaces: impl IntoIterator<Item = &'a core::Namespace>,
+        pods: impl IntoIterator<Item = &'a core::Pod>,
+        policies: impl IntoIterator<Item = &'a net::NetworkPolicy>,
     ) -> (Cluster, Vec<ModelError>) {
         let mut errors = Vec::new();
         let mut cluster = Cluster::default();

@@ -157,11 +157,16 @@ impl Engine {
             self.applied = read_back();
         }
         let (cluster, local, desired) = if listed {
-            let pods = cloned(&stores.pods);
+            // Borrowed from the stores, not copied: the pods alone are tens of megabytes.
+            let (namespaces, pods, policies) = (
+                stores.namespaces.state(),
+                stores.pods.state(),
+                stores.policies.state(),
+            );
             let (mut cluster, errors) = Cluster::from_k8s(
-                &cloned(&stores.namespaces),
-                &pods,
-                &cloned(&stores.policies),
+                namespaces.iter().map(|o| &**o),
+                pods.iter().map(|o| &**o),
+                policies.iter().map(|o| &**o),
             );
             self.metrics
                 .policy
@@ -173,7 +178,8 @@ impl Engine {
                     tracing::warn!("NetworkPolicy: {text}");
                 }
             }
-            self.settle_addresses(&mut cluster, &pods);
+            self.settle_addresses(&mut cluster, pods.iter().map(|o| &**o));
+            drop((namespaces, pods, policies));
             let (local, closed) = self.local_pods(&cluster);
             let mut desired = Ruleset::compute(&cluster, &local);
             close(&mut desired, &closed);
@@ -254,14 +260,17 @@ impl Engine {
     /// pod alone; of API pods claiming one address, a terminating one gives it up. So a
     /// deleted pod whose address went to a new pod before the API caught up passes none
     /// of its allowances to the new one.
-    fn settle_addresses(&self, cluster: &mut Cluster, pods: &[k8s_openapi::api::core::v1::Pod]) {
+    fn settle_addresses<'a>(
+        &self,
+        cluster: &mut Cluster,
+        pods: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Pod>,
+    ) {
         let announced: BTreeMap<IpAddr, Option<&PodKey>> = self
             .attached
             .values()
             .flat_map(|a| a.ips.iter().map(move |ip| (*ip, a.key.as_ref())))
             .collect();
         let terminating: BTreeSet<(&str, &str)> = pods
-            .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_some())
             .filter_map(|p| {
                 Some((
@@ -366,15 +375,6 @@ impl Engine {
                 .collect();
         }
     }
-}
-
-fn cloned<K: Clone + kube::Resource<DynamicType = ()> + 'static>(
-    store: &kube::runtime::reflector::Store<K>,
-) -> Vec<K>
-where
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    store.state().iter().map(|o| (**o).clone()).collect()
 }
 
 /// Puts `closed` in both isolated sets with no rule selecting them: nothing reaches or
@@ -488,7 +488,7 @@ mod tests {
                 seen: false,
             },
         );
-        e.settle_addresses(&mut cluster, &pods);
+        e.settle_addresses(&mut cluster, pods.iter());
         assert!(ips_of(&cluster, "x", "old").is_empty());
         assert_eq!(
             ips_of(&cluster, "y", "new"),

@@ -19,7 +19,19 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::cluster::{http_get, Cluster, Etcd, Node, Switch, HEALTH_ADDR};
 use ferry_tests::netns::Netns;
-use ferry_tests::proc::{wait_until, Bg};
+use ferry_tests::proc::wait_until;
+use ferry_tests::stats::median;
+
+/// The median of some runs, and the runs in the order they were made.
+fn summed(v: &[f64]) -> (f64, String) {
+    let runs = v
+        .iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (median(v), runs)
+}
+use ferry_tests::traffic::iperf;
 use ipnetwork::Ipv4Network;
 
 fn main() {
@@ -49,37 +61,10 @@ fn main() {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// The median of some runs, and the runs in the order they were made.
-fn summed(v: &mut [f64]) -> (f64, String) {
-    let runs = v
-        .iter()
-        .map(|x| format!("{x:.2}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    (median(v), runs)
-}
-
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
     v[i]
-}
-
-/// Gbit/s of one iperf3 run from `client` to `server_ip` (server in `server`).
-fn iperf(client: &Netns, server: &Netns, server_ip: &str, secs: u32) -> f64 {
-    let _srv = Bg::spawn(server, "iperf3 -s -1");
-    std::thread::sleep(Duration::from_millis(300));
-    let out = client.sh(&format!("iperf3 -c {server_ip} -t {secs} -J"));
-    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bits_per_second")
-        / 1e9
 }
 
 /// flannel's VXLAN backend and bridge CNI by hand, on a node of the switch: flannel.1
@@ -164,7 +149,7 @@ fn throughput6() {
             SECS,
         ));
     }
-    let ((p4, r4), (p6, r6), (u6, ru)) = (summed(&mut v4), summed(&mut v6), summed(&mut under6));
+    let ((p4, r4), (p6, r6), (u6, ru)) = (summed(&v4), summed(&v6), summed(&under6));
     println!(
         "throughput6 (single-stream TCP, iperf3 -t {SECS}, median of {ROUNDS}):\n  \
          IPv4 pod to pod {p4:.2} Gbit/s ({r4})\n  \
@@ -202,7 +187,7 @@ fn throughput6u() {
             SECS,
         ));
     }
-    let ((m4, r4), (m6, r6), (mu, ru)) = (summed(&mut p4), summed(&mut p6), summed(&mut under6));
+    let ((m4, r4), (m6, r6), (mu, ru)) = (summed(&p4), summed(&p6), summed(&under6));
     println!(
         "throughput6u (single-stream TCP, iperf3 -t {SECS}, median of {ROUNDS} alternating rounds):\n  \
          IPv4 pod to pod (IPv4 underlay, MTU 1450)        {m4:.2} Gbit/s ({r4})\n  \
@@ -238,7 +223,7 @@ fn throughput() {
         ferry.push(iperf(&a.ns, &b.ns, &b.ip, SECS));
         flannel.push(iperf(&f0.pod, &f1.pod, "10.81.2.2", SECS));
     }
-    let (u, fe, fl) = (median(&mut under), median(&mut ferry), median(&mut flannel));
+    let (u, fe, fl) = (median(&under), median(&ferry), median(&flannel));
     println!("{:<40} {:>10}", "path", "Gbit/s");
     println!("{:<40} {:>10.2}", "underlay (node to node)", u);
     println!(
