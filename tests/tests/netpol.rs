@@ -458,7 +458,7 @@ fn ipv6_is_enforced_as_ipv4_is() {
 }
 
 #[test]
-fn a_denial_is_explained_logged_and_counted() {
+fn a_denial_is_explained_logged_and_counted_and_a_hand_edit_mended() {
     needs_root!();
     let mut w = world();
     // y/b admits x/a only.
@@ -527,4 +527,15 @@ fn a_denial_is_explained_logged_and_counted() {
         })
     });
     assert!(counted, "{}", w.cluster.metrics(node));
+
+    // A hand edit of the table (the isolated pods forgotten) is mended at the next
+    // read-back, within half a minute.
+    w.cluster.nodes[node]
+        .host
+        .sh("nft flush set inet ferry_policy ingress_isolated4");
+    assert!(becomes(&w, &p("z/c"), target, true));
+    let mended = wait_until(Duration::from_secs(40), || {
+        !w.probe(&p("z/c"), target, 80, Protocol::Tcp)
+    });
+    assert!(mended, "the flushed set was not put back:\n{}", w.logs());
 }

@@ -4,7 +4,8 @@
 //! Each round: the stores' objects become a `netpol::Cluster`; this node's pods are the
 //! ones the API places here plus the ones the plugin announced (their addresses win, as
 //! the plugin knows them before the API does); the desired table is computed, planned
-//! against what the kernel holds (read back every resync, so a hand edit is mended) and
+//! against what the kernel holds (read back every `READ_BACK_EVERY` resyncs, so a hand
+//! edit is mended within half a minute) and
 //! applied as one `nft -f -` transaction. Then the notices of that round are answered,
 //! and connections the new state no longer allows are cut from conntrack.
 
@@ -28,6 +29,10 @@ use crate::metrics::Metrics;
 
 /// How often the kernel's table is read back and mended, and counters refreshed.
 const RESYNC: Duration = Duration::from_secs(5);
+/// Resyncs between read-backs of the whole table: `nft -j list table` of a large cluster's
+/// table costs a fair share of a core, and only a hand edit makes it differ from what was
+/// applied.
+const READ_BACK_EVERY: u64 = 6;
 /// Changes arriving this close together are applied in one round.
 const COALESCE: Duration = Duration::from_millis(10);
 
@@ -51,6 +56,7 @@ struct Engine {
     logged: BTreeSet<String>,
     /// The last round's view, for explanations and denial logs between rounds.
     view: View,
+    resyncs: u64,
 }
 
 pub async fn run(
@@ -68,6 +74,7 @@ pub async fn run(
         waiting: Vec::new(),
         logged: BTreeSet::new(),
         view,
+        resyncs: 0,
     };
     let mut tick = tokio::time::interval(RESYNC);
     loop {
@@ -153,7 +160,10 @@ impl Engine {
 
     fn round(&mut self, stores: &Stores, resync: bool) {
         let listed = stores.status.listed();
-        if resync || self.applied.is_none() {
+        if resync {
+            self.resyncs += 1;
+        }
+        if (resync && self.resyncs.is_multiple_of(READ_BACK_EVERY)) || self.applied.is_none() {
             self.applied = read_back();
         }
         let (cluster, local, desired) = if listed {
@@ -336,9 +346,6 @@ impl Engine {
 
     /// Reads the per-pod denial counters into the metrics.
     fn count_denials(&self, cluster: &Cluster, local: &LocalPods) {
-        let Ok(Some(listing)) = crate::nft::list_table("inet", TABLE) else {
-            return;
-        };
         let by_ip = self.node_ips(local);
         let mut lines = Vec::new();
         for (dir, name) in [
@@ -346,7 +353,14 @@ impl Engine {
             (Direction::Egress, "egress"),
         ] {
             for fam in [Family::V4, Family::V6] {
-                for (ip, packets) in denied_counts(&listing, &denied_set(dir, fam)) {
+                // The counter sets alone: small, unlike the whole table.
+                let set = denied_set(dir, fam);
+                let Ok(listing) =
+                    crate::nft::nft(&["-j", "list", "set", "inet", TABLE, &set], None)
+                else {
+                    continue;
+                };
+                for (ip, packets) in denied_counts(&listing, &set) {
                     let who = by_ip
                         .get(&ip)
                         .map(|k| (k.namespace.clone(), k.name.clone()))
@@ -461,6 +475,7 @@ mod tests {
             waiting: Vec::new(),
             logged: BTreeSet::new(),
             view: View::default(),
+            resyncs: 0,
         }
     }
 
