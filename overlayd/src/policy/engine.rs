@@ -179,8 +179,13 @@ impl Engine {
         let mut desired = Ruleset::compute(&cluster, &local);
         close(&mut desired, &closed);
 
+        let mut listing = None;
         if resync || self.applied.is_none() {
-            self.applied = read_back();
+            // One listing serves the read-back and the denial counters below: at 1,000
+            // policies `nft -j list table` and its parsing take about a second of CPU.
+            let (applied, text) = read_back();
+            self.applied = applied;
+            listing = text;
         }
         let script = match &self.applied {
             Some(applied) => plan(applied, &desired),
@@ -228,7 +233,7 @@ impl Engine {
             Relaxed,
         );
         if resync {
-            self.count_denials(&cluster, &local);
+            self.count_denials(&cluster, &local, listing.as_deref());
         }
         if let Ok(mut v) = self.view.lock() {
             *v = Some((cluster, local));
@@ -274,9 +279,21 @@ impl Engine {
             .collect()
     }
 
-    /// Reads the per-pod denial counters into the metrics.
-    fn count_denials(&self, cluster: &Cluster, local: &LocalPods) {
-        let Ok(Some(listing)) = crate::nft::list_table("inet", TABLE) else {
+    /// Reads the per-pod denial counters into the metrics, from `listing` (this round's
+    /// `nft -j` listing of the table) or a new listing when there is none.
+    fn count_denials(&self, cluster: &Cluster, local: &LocalPods, listing: Option<&str>) {
+        let listed;
+        let listing = match listing {
+            Some(l) => l,
+            None => match crate::nft::list_table("inet", TABLE) {
+                Ok(Some(l)) => {
+                    listed = l;
+                    &listed
+                }
+                _ => return,
+            },
+        };
+        let Ok(listing) = serde_json::from_str::<serde_json::Value>(listing) else {
             return;
         };
         let by_ip = self.node_ips(local);
@@ -330,20 +347,21 @@ fn close(desired: &mut Ruleset, closed: &[IpAddr]) {
     }
 }
 
-/// The table the kernel holds; None when unreadable or not ferry's (then replaced).
-fn read_back() -> Option<Ruleset> {
+/// The table the kernel holds (None when unreadable or not ferry's: then replaced), and
+/// the listing it was read from.
+fn read_back() -> (Option<Ruleset>, Option<String>) {
     match crate::nft::list_table("inet", TABLE) {
-        Ok(None) => Some(Ruleset::default()),
+        Ok(None) => (Some(Ruleset::default()), None),
         Ok(Some(listing)) => match Ruleset::parse_json(&listing) {
-            Ok(r) => Some(r),
+            Ok(r) => (Some(r), Some(listing)),
             Err(e) => {
                 tracing::warn!("NetworkPolicy: the table in the kernel is not ferry's as made ({e}); it will be replaced");
-                None
+                (None, None)
             }
         },
         Err(e) => {
             tracing::warn!("NetworkPolicy: cannot read the table: {e:#}");
-            None
+            (None, None)
         }
     }
 }
@@ -352,11 +370,9 @@ fn apply(script: &Script) -> anyhow::Result<()> {
     crate::nft::apply(&script.render())
 }
 
-/// `(address, packets)` of each element of the counter set `set` in an `nft -j` listing.
-fn denied_counts(listing: &str, set: &str) -> Vec<(IpAddr, u64)> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(listing) else {
-        return Vec::new();
-    };
+/// `(address, packets)` of each element of the counter set `set` in a parsed `nft -j`
+/// listing (parsed once for the four sets).
+fn denied_counts(v: &serde_json::Value, set: &str) -> Vec<(IpAddr, u64)> {
     let mut out = Vec::new();
     for item in v["nftables"].as_array().into_iter().flatten() {
         let s = &item["set"];
@@ -382,11 +398,13 @@ mod tests {
     #[test]
     fn denied_counts_from_a_listing() {
         let listing = r#"{"nftables":[{"metainfo":{}},{"set":{"family":"inet","name":"denied_ingress4","table":"ferry_policy","type":"ipv4_addr","handle":3,"flags":["dynamic","timeout"],"elem":[{"elem":{"val":"10.1.0.5","expires":3500,"counter":{"packets":7,"bytes":420}}}]}}]}"#;
+        let listing: serde_json::Value = serde_json::from_str(listing).unwrap();
         assert_eq!(
-            denied_counts(listing, "denied_ingress4"),
+            denied_counts(&listing, "denied_ingress4"),
             [("10.1.0.5".parse().unwrap(), 7)]
         );
-        assert!(denied_counts(listing, "denied_egress4").is_empty());
-        assert!(denied_counts("garbage", "denied_egress4").is_empty());
+        assert!(denied_counts(&listing, "denied_egress4").is_empty());
+        let garbage = serde_json::json!({"nftables": "garbage"});
+        assert!(denied_counts(&garbage, "denied_egress4").is_empty());
     }
 }
