@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_tests::cluster::{http_get, Cluster, Node, Pod as PodNs, ETCD_IP, HEALTH_ADDR};
-use ferry_tests::kapi::KubeApi;
+use ferry_tests::kapi::{KubeApi, Served};
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::wait_until;
 use ferry_tests::stats::{median, ms, percentile};
@@ -261,6 +261,18 @@ fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (St
     )
 }
 
+/// Creates `obj`, or replaces it when `known` holds it; `known` keeps the server's copy.
+fn put<K: Served>(api: &KubeApi, known: &mut BTreeMap<(String, String), K>, obj: K) {
+    let k = key(obj.metadata());
+    let obj = if known.contains_key(&k) {
+        api.update(obj)
+    } else {
+        api.create(obj)
+    }
+    .unwrap_or_else(|e| panic!("writing {k:?} to the API: {e}"));
+    known.insert(k, obj);
+}
+
 impl Api {
     /// Listening in `ns` on `ETCD_IP:API_PORT`; `kubeconfig` (the daemons') is kept as
     /// long as the API.
@@ -294,25 +306,11 @@ impl Api {
     }
 
     fn put_pod(&mut self, pod: Pod) {
-        let k = key(&pod.metadata);
-        let pod = if self.pods.contains_key(&k) {
-            self.api.update(pod)
-        } else {
-            self.api.create(pod)
-        }
-        .expect("write pod");
-        self.pods.insert(k, pod);
+        put(&self.api, &mut self.pods, pod);
     }
 
     fn put_policy(&mut self, p: NetworkPolicy) {
-        let k = key(&p.metadata);
-        let p = if self.policies.contains_key(&k) {
-            self.api.update(p)
-        } else {
-            self.api.create(p)
-        }
-        .expect("write policy");
-        self.policies.insert(k, p);
+        put(&self.api, &mut self.policies, p);
     }
 
     fn delete_policies(&mut self) {
@@ -337,6 +335,17 @@ impl Api {
         let p = node.add_pod_as(name, Some(&args));
         self.put_pod(pod(BENCH_NS, name, l, &node.name, Some(&p.ip)));
         p
+    }
+
+    /// Waits until every one of `nodes` enforces what the API's objects call for; the time
+    /// until the last one did (at the poll that showed it).
+    fn enforced_everywhere(&self, nodes: &[Node], every: Duration, timeout: Duration) -> Duration {
+        let t = Instant::now();
+        nodes
+            .iter()
+            .map(|n| wait_enforced(n, &self.desired(&n.name), every, timeout))
+            .max()
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(t))
     }
 
     /// What `node` should hold, computed from the API's objects as the daemon computes it.
@@ -523,15 +532,11 @@ fn latency(rounds: usize, load: Option<Scale>) {
     };
     let mut port = 8080;
     api.put_policy(latency_policy(port));
-    for node in &c.nodes {
-        let want = api.desired(&node.name);
-        wait_enforced(
-            node,
-            &want,
-            Duration::from_millis(200),
-            Duration::from_secs(60),
-        );
-    }
+    api.enforced_everywhere(
+        &c.nodes,
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+    );
     let mut pollers: Vec<Poller> = c.nodes.iter().map(|n| Poller::start(&n.host)).collect();
     // Per node and round: the time until the node's table showed the change.
     let mut times: Vec<Vec<Option<Duration>>> = vec![Vec::new(); c.nodes.len()];
@@ -652,20 +657,11 @@ fn datapath(s: Scale) {
         ],
     );
     let enforce = |api: &Api| {
-        let t = Instant::now();
-        c.nodes
-            .iter()
-            .map(|node| {
-                let want = api.desired(&node.name);
-                wait_enforced(
-                    node,
-                    &want,
-                    Duration::from_millis(500),
-                    Duration::from_secs(300),
-                )
-            })
-            .max()
-            .map_or(Duration::ZERO, |at| at.saturating_duration_since(t))
+        api.enforced_everywhere(
+            &c.nodes,
+            Duration::from_millis(500),
+            Duration::from_secs(300),
+        )
     };
     let t = enforce(&api);
     println!(
