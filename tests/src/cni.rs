@@ -221,12 +221,14 @@ impl Node {
         })
     }
 
-    /// Links on the host named like ferry's host veths.
+    /// Links on the host named like ferry's host veths, retired ones left out.
     pub fn host_veths(&self) -> Vec<String> {
+        // A retired veth keeps its name until the reaper deletes it: not an attachment's.
+        let retired = tombstones(&self.host);
         self.host
             .links()
             .into_iter()
-            .filter(|l| l.starts_with("fy"))
+            .filter(|l| l.starts_with("fy") && !retired.contains(l))
             .collect()
     }
 }
