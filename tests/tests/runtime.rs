@@ -135,10 +135,13 @@ ctr --address {sock} run --rm --cni --rootfs {td}/rootfs fyctr{pid} /bin/sh -c \
     let store: serde_json::Value =
         serde_json::from_slice(&std::fs::read(t.join("ipam/allocations.json")).unwrap()).unwrap();
     assert_eq!(store["allocations"], serde_json::json!({}), "{store}");
-    assert!(
-        !host.links().iter().any(|l| l.starts_with("fy")),
-        "{:?}",
-        host.links()
-    );
+    // The host veth is retired at once and deleted by the reaper soon after.
+    let gone = wait_until(Duration::from_secs(5), || {
+        !host
+            .links()
+            .iter()
+            .any(|l| l.starts_with("fy") || l.starts_with("fz"))
+    });
+    assert!(gone, "{:?}", host.links());
     assert!(!Path::new("/etc/cni/net.d/10-ferry.conflist").exists());
 }
