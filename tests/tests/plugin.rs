@@ -130,8 +130,13 @@ fn kernel_state_after_add() {
     want.sort();
     assert_eq!(links, want);
     node.del("k1", Some(&p)).ok();
-    // The pod is off the bridge at once; the kernel's unregistration follows.
-    assert!(!node.host.has_link(&veth));
+    // The pod is off the network at once (its host end retired into the reaper's group,
+    // or already deleted); the kernel's unregistration follows.
+    assert!(
+        !node.host.has_link(&veth) || ferry_tests::cni::tombstones(&node.host).contains(&veth),
+        "{:?}",
+        node.host.links()
+    );
     assert!(
         node.reaped(Some(&p)),
         "veth not removed: {:?}",
