@@ -41,6 +41,8 @@ pub struct PluginConf {
     pub dns: Option<Dns>,
     /// How long ADD waits for the daemon when the node enforces NetworkPolicy.
     pub policy_wait: std::time::Duration,
+    /// node.json, read at most once per call (the MTU and the policy switch both need it).
+    node_state: std::cell::OnceCell<Option<node_ipam::node_state::NodeState>>,
 }
 
 /// Where and how long ADD waits for `ferry-overlayd` to cover a new pod with the node's
@@ -123,28 +125,31 @@ impl PluginConf {
             ipam,
             dns: raw.dns,
             policy_wait: std::time::Duration::from_secs(wait),
+            node_state: std::cell::OnceCell::new(),
         })
     }
 
     /// Where ADD waits for NetworkPolicy to cover the pod, when the node's state says the
     /// node enforces it (`ferry-overlayd --network-policy`); None otherwise.
     pub fn policy_hook(&self) -> Option<PolicyHook> {
-        let enforced = node_ipam::node_state::read(&self.state_dir)
-            .ok()
-            .flatten()
-            .is_some_and(|s| s.network_policy);
+        let enforced = self.node_state().is_some_and(|s| s.network_policy);
         enforced.then(|| PolicyHook {
             socket: self.state_dir.join(policy_notice::SOCKET_NAME),
             wait: self.policy_wait,
         })
     }
 
+    /// node.json, or None when it is absent or unreadable (read once).
+    fn node_state(&self) -> Option<&node_ipam::node_state::NodeState> {
+        self.node_state
+            .get_or_init(|| node_ipam::node_state::read(&self.state_dir).ok().flatten())
+            .as_ref()
+    }
+
     /// The pod MTU: the config's, else the node state's, else 1500.
     pub fn effective_mtu(&self) -> u32 {
         self.mtu.unwrap_or_else(|| {
-            node_ipam::node_state::read(&self.state_dir)
-                .ok()
-                .flatten()
+            self.node_state()
                 .map(|s| s.mtu)
                 .filter(|m| *m >= 68)
                 .unwrap_or(DEFAULT_MTU)

@@ -51,6 +51,18 @@ fn becomes(w: &World, from: &PodRef, ip: Ipv4Addr, allowed: bool) -> bool {
     })
 }
 
+/// Makes every pod of namespace `ns` admit only namespace `from`, by policy `from-<from>`.
+fn admit_namespace(w: &mut World, ns: &str, from: &str) {
+    w.put_policy(
+        ns,
+        &format!("from-{from}"),
+        &json!({"podSelector": {},
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": from}}}]}]}),
+        false,
+    )
+    .unwrap();
+}
+
 /// Makes `target` (`ns/pod`) admit only pods labelled as `only` is, from `only`'s
 /// namespace, by policy `name`; waits until `other` is refused. The target's address.
 fn admit_only(w: &mut World, target: &str, only: &str, name: &str, other: &str) -> Ipv4Addr {
@@ -233,13 +245,7 @@ fn a_daemon_restart_with_policies_in_place_opens_no_window() {
     needs_root!();
     let mut w = world();
     // x admits y only.
-    w.put_policy(
-        "x",
-        "from-y",
-        &json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
-        false,
-    )
-    .unwrap();
+    admit_namespace(&mut w, "x", "y");
     let target = w.pod(&p("x/a")).ip;
     assert!(becomes(&w, &p("z/a"), target, false));
     let node = w.pod(&p("x/a")).node;
@@ -415,13 +421,7 @@ fn ipv6_is_enforced_as_ipv4_is() {
         8081
     )));
     // x admits namespace y only; z/a admits x/b's IPv6 address only (an ipBlock /128).
-    w.put_policy(
-        "x",
-        "from-y",
-        &json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
-        false,
-    )
-    .unwrap();
+    admit_namespace(&mut w, "x", "y");
     let xb = ipv6_of(&w, "x/b");
     w.put_policy(
         "z",
