@@ -530,11 +530,11 @@ fn a_denial_is_explained_logged_and_counted_and_a_hand_edit_mended() {
     });
     assert!(counted, "{}", w.cluster.metrics(node));
 
-    // A hand edit of the table (the isolated pods forgotten) is mended at the next
-    // read-back, within half a minute.
+    // A hand edit of the table (the isolated pods forgotten: their verdict map emptied) is
+    // mended at the next read-back, within half a minute.
     w.cluster.nodes[node]
         .host
-        .sh("nft flush set inet ferry_policy ingress_isolated4");
+        .sh("nft flush map inet ferry_policy ingress_pods4");
     assert!(becomes(&w, &p("z/c"), target, true));
     let mended = wait_until(Duration::from_secs(40), || {
         !w.probe(&p("z/c"), target, 80, Protocol::Tcp)

@@ -22,6 +22,26 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Longest rule comment nft accepts.
 const MAX_COMMENT_LEN: usize = 128;
 
+impl Ruleset {
+    /// Closes `ips` both ways: each jumps to the `closed` chains, which allow nothing.
+    /// For pods the plugin has announced but whose labels (or namespace's policies) are
+    /// not known yet, so that no connection reaches them before their policies do.
+    pub fn close(&mut self, ips: &[IpAddr]) {
+        for ip in ips {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                if let Some(map) = self.sets.get_mut(&pods_map(dir, Family::of(*ip))) {
+                    map.elements
+                        .retain(|e| !matches!(e, Element::Jump { addr, .. } if addr == ip));
+                    map.elements.insert(Element::Jump {
+                        addr: *ip,
+                        to: ChainRef::closed(dir),
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// The pods of this node with their addresses. The caller may know a local pod's addresses
 /// before the API does; these win over the API's. Its labels still come from the cluster
 /// snapshot, so a local pod the snapshot does not hold is left out (nothing can select it).
@@ -58,6 +78,65 @@ pub enum SetKind {
     /// Filled by the kernel (`update @set`), with a counter per element; its elements are
     /// runtime state, never part of a plan.
     Counters(Family),
+    /// A verdict map, `type ipv4_addr : verdict`: a local pod's address to the chain of
+    /// the policies that select it ([`Element::Jump`]).
+    Verdicts(Family),
+}
+
+/// A chain holding the rules of one combination of policies, for one direction: the
+/// pods selected by exactly those policies jump to it from the `<dir>_pods` maps. Named
+/// `<dir>_<64-bit FNV-1a of the policies' ids>`, or `<dir>_closed` for none (a pod the
+/// API has not shown yet: nothing allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChainRef {
+    pub dir: Direction,
+    pub sig: u64,
+}
+
+impl ChainRef {
+    /// The chain of a pod no policy is known for yet: everything denied.
+    pub fn closed(dir: Direction) -> ChainRef {
+        ChainRef { dir, sig: 0 }
+    }
+
+    /// The chain of the policies whose ids are `ids` (in any order).
+    pub fn of_policies(dir: Direction, ids: &[&str]) -> ChainRef {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        // 0 names the closed chain; a hash that lands there moves aside.
+        let sig = fnv64(&ids.join("\n")).max(1);
+        ChainRef { dir, sig }
+    }
+
+    pub fn name(self) -> String {
+        if self.sig == 0 {
+            format!("{}_closed", self.dir)
+        } else {
+            format!("{}_{:016x}", self.dir, self.sig)
+        }
+    }
+
+    /// The reference a chain's name stands for, if it is one.
+    pub fn parse(name: &str) -> Option<ChainRef> {
+        let (d, tail) = name.split_once('_')?;
+        let dir = match d {
+            "ingress" => Direction::Ingress,
+            "egress" => Direction::Egress,
+            _ => return None,
+        };
+        if tail == "closed" {
+            return Some(ChainRef::closed(dir));
+        }
+        if tail.len() != 16
+            || !tail
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return None;
+        }
+        let sig = u64::from_str_radix(tail, 16).ok().filter(|s| *s != 0)?;
+        Some(ChainRef { dir, sig })
+    }
 }
 
 /// One set element; addresses are kept as integers so that ranges compare and sort.
@@ -76,6 +155,11 @@ pub enum Element {
         port_hi: u16,
     },
     Pair(IpAddr, IpAddr),
+    /// `<address> : jump <chain>` of a [`SetKind::Verdicts`] map.
+    Jump {
+        addr: IpAddr,
+        to: ChainRef,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +192,12 @@ pub enum Expr {
     InSet {
         field: Field,
         set: String,
+    },
+    /// `<field> vmap @map`: the packet jumps to the chain the map gives its address, if
+    /// any (the rule's verdict, so such a rule has none of its own).
+    VerdictMap {
+        field: Field,
+        map: String,
     },
     /// `update @set { <field> }`: count per element of a [`SetKind::Counters`] set.
     Count {
@@ -169,20 +259,14 @@ pub struct Ruleset {
     pub chains: BTreeMap<String, Chain>,
 }
 
-pub fn isolated_set(dir: Direction, family: Family) -> String {
-    format!("{dir}_isolated{}", family.digit())
+/// The verdict map from a local pod's address to its chain for `dir`: a pod isolated for
+/// `dir` has an element, any other pod none.
+pub fn pods_map(dir: Direction, family: Family) -> String {
+    format!("{dir}_pods{}", family.digit())
 }
 
 pub fn denied_set(dir: Direction, family: Family) -> String {
     format!("denied_{dir}{}", family.digit())
-}
-
-/// The chain deciding `dir` for isolated pods.
-pub fn dir_chain(dir: Direction) -> &'static str {
-    match dir {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    }
 }
 
 pub const FORWARD_CHAIN: &str = "forward";
@@ -497,44 +581,22 @@ impl Ruleset {
             Rule::new(vec![Expr::CtEstablished], Verdict::Accept),
             Rule::new(vec![Expr::NeighbourDiscovery], Verdict::Accept),
         ];
+        let ids: Vec<String> = cluster.policies.iter().map(Policy::id).collect();
         for dir in [Direction::Egress, Direction::Ingress] {
-            let mut chain = Vec::new();
-            for family in Family::ALL {
-                let isolated: Vec<&Pod> = view
-                    .local()
-                    .filter(|p| {
-                        cluster
-                            .policies
-                            .iter()
-                            .any(|pol| pol.rules(dir).is_some() && pol.selects(p))
-                    })
-                    .collect();
-                rs.sets
-                    .insert(isolated_set(dir, family), addr_set(isolated, family));
-                let field = match dir {
-                    Direction::Ingress => Field::Daddr(family),
-                    Direction::Egress => Field::Saddr(family),
-                };
-                let jump = Rule::new(
-                    vec![Expr::InSet {
-                        field,
-                        set: isolated_set(dir, family),
-                    }],
-                    Verdict::Jump(dir_chain(dir).into()),
-                );
-                if dir == Direction::Egress {
-                    input.push(jump.clone());
-                }
-                forward.push(jump);
-            }
+            // Each policy's rules for `dir` in both families, with their sets whether or
+            // not the policy selects a local pod.
+            let mut rules_of: Vec<Vec<Rule>> = Vec::with_capacity(cluster.policies.len());
             for policy in &cluster.policies {
+                let mut rules = Vec::new();
                 for rule in policy.rules(dir).unwrap_or_default() {
                     let matched = view.rule_matches(policy, rule);
                     for family in Family::ALL {
-                        chain.push(rs.policy_rule(&view, policy, dir, rule, &matched, family));
+                        rules.push(rs.policy_rule(&view, policy, dir, rule, &matched, family));
                     }
                 }
+                rules_of.push(rules);
             }
+            let mut tail = Vec::new();
             for family in Family::ALL {
                 let field = match dir {
                     Direction::Ingress => Field::Daddr(family),
@@ -547,7 +609,7 @@ impl Ruleset {
                         elements: BTreeSet::new(),
                     },
                 );
-                chain.push(Rule {
+                tail.push(Rule {
                     exprs: vec![
                         Expr::Count {
                             field,
@@ -565,14 +627,72 @@ impl Ruleset {
             }
             // Its own rule: a limit that is over its rate ends the rule above, and the
             // packet must be dropped all the same.
-            chain.push(Rule::new(vec![Expr::Counter], Verdict::Drop));
-            rs.chains.insert(
-                dir_chain(dir).into(),
-                Chain {
-                    hook: None,
-                    rules: chain,
-                },
-            );
+            tail.push(Rule::new(vec![Expr::Counter], Verdict::Drop));
+            // One chain per combination of policies that selects a local pod, so that a
+            // new connection meets the rules of its own pod's policies only, whatever the
+            // number of policies in the cluster.
+            let mut chains: BTreeMap<ChainRef, Vec<usize>> = BTreeMap::new();
+            chains.insert(ChainRef::closed(dir), Vec::new());
+            let mut maps: BTreeMap<Family, BTreeSet<Element>> = BTreeMap::new();
+            for pod in view.local() {
+                let mut selecting: Vec<usize> = cluster
+                    .policies
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, pol)| pol.rules(dir).is_some() && pol.selects(pod))
+                    .map(|(i, _)| i)
+                    .collect();
+                if selecting.is_empty() {
+                    continue;
+                }
+                selecting.sort_by_key(|i| ids.get(*i));
+                let names: Vec<&str> = selecting
+                    .iter()
+                    .filter_map(|i| ids.get(*i).map(String::as_str))
+                    .collect();
+                let to = ChainRef::of_policies(dir, &names);
+                for ip in &pod.ips {
+                    maps.entry(Family::of(*ip))
+                        .or_default()
+                        .insert(Element::Jump { addr: *ip, to });
+                }
+                chains.entry(to).or_insert(selecting);
+            }
+            for (to, policies) in chains {
+                let mut rules: Vec<Rule> = policies
+                    .iter()
+                    .filter_map(|i| rules_of.get(*i))
+                    .flatten()
+                    .cloned()
+                    .collect();
+                rules.extend(tail.iter().cloned());
+                rs.chains.insert(to.name(), Chain { hook: None, rules });
+            }
+            for family in Family::ALL {
+                let field = match dir {
+                    Direction::Ingress => Field::Daddr(family),
+                    Direction::Egress => Field::Saddr(family),
+                };
+                rs.sets.insert(
+                    pods_map(dir, family),
+                    Set {
+                        kind: SetKind::Verdicts(family),
+                        elements: maps.remove(&family).unwrap_or_default(),
+                    },
+                );
+                let dispatch = Rule {
+                    exprs: vec![Expr::VerdictMap {
+                        field,
+                        map: pods_map(dir, family),
+                    }],
+                    verdict: None,
+                    comment: None,
+                };
+                if dir == Direction::Egress {
+                    input.push(dispatch.clone());
+                }
+                forward.push(dispatch);
+            }
         }
         rs.chains.insert(
             FORWARD_CHAIN.into(),
@@ -688,6 +808,7 @@ impl Rule {
     pub fn sets(&self) -> impl Iterator<Item = &str> {
         self.exprs.iter().filter_map(|e| match e {
             Expr::InSet { set, .. } | Expr::Count { set, .. } => Some(set.as_str()),
+            Expr::VerdictMap { map, .. } => Some(map.as_str()),
             _ => None,
         })
     }
@@ -740,6 +861,7 @@ impl Expr {
                 "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }".into()
             }
             Expr::InSet { field, set } => format!("{} @{set}", field.render()),
+            Expr::VerdictMap { field, map } => format!("{} vmap @{map}", field.render()),
             Expr::Count { field, set } => format!("update @{set} {{ {} }}", field.render()),
             Expr::Limit(n) => format!("limit rate {n}/second"),
             Expr::Log { prefix, group } => format!("log prefix \"{prefix}\" group {group}"),
@@ -800,10 +922,19 @@ impl Element {
         }
     }
 
+    /// The element as `delete element` names it: a map's key without its value.
+    pub fn render_key(&self) -> String {
+        match *self {
+            Element::Jump { addr, .. } => addr.to_string(),
+            _ => self.render(),
+        }
+    }
+
     pub fn render(&self) -> String {
         match *self {
             Element::Addr(ip) => ip.to_string(),
             Element::Pair(a, b) => format!("{a} . {b}"),
+            Element::Jump { addr, to } => format!("{addr} : jump {}", to.name()),
             Element::Range { lo, hi } => render_addr_range(lo, hi),
             Element::Ports {
                 lo,
@@ -836,6 +967,7 @@ impl SetKind {
         };
         match self {
             SetKind::Addrs(f) => format!("type {};", addr(f)),
+            SetKind::Verdicts(f) => format!("type {} : verdict;", addr(f)),
             SetKind::Pairs(f) => format!("type {} . {};", addr(f), addr(f)),
             SetKind::Ranges(f) => format!("type {}; flags interval;", addr(f)),
             SetKind::Ports(f) => format!(
@@ -855,7 +987,15 @@ impl SetKind {
 /// Joins rendered elements into nft's `{ a, b }` lists, a bounded number per line so that
 /// one command never grows past what nft's parser handles well.
 pub(crate) fn element_lists<'a>(elements: impl Iterator<Item = &'a Element>) -> Vec<String> {
-    let all: Vec<String> = elements.map(Element::render).collect();
+    lists(elements.map(Element::render).collect())
+}
+
+/// The same, as `delete element` takes them: keys only.
+pub(crate) fn key_lists<'a>(elements: impl Iterator<Item = &'a Element>) -> Vec<String> {
+    lists(elements.map(Element::render_key).collect())
+}
+
+fn lists(all: Vec<String>) -> Vec<String> {
     all.chunks(512)
         .map(|c| format!("{{ {} }}", c.join(", ")))
         .collect()
@@ -869,12 +1009,12 @@ impl Ruleset {
         let _ = writeln!(s, "add table inet {TABLE}");
         let _ = writeln!(s, "delete table inet {TABLE}");
         let _ = writeln!(s, "add table inet {TABLE}");
-        for (name, set) in &self.sets {
-            s.push_str(&set.render_add(name));
-        }
-        // Every chain exists before any rule jumps to it.
+        // Every chain exists before a rule or a verdict map's element jumps to it.
         for (name, chain) in &self.chains {
             s.push_str(&chain.render_add(name));
+        }
+        for (name, set) in &self.sets {
+            s.push_str(&set.render_add(name));
         }
         for (name, chain) in &self.chains {
             s.push_str(&chain.render_rules(name));
@@ -884,8 +1024,20 @@ impl Ruleset {
 }
 
 impl Set {
+    /// `set` or `map`, as nft's commands name the object.
+    pub(crate) fn noun(&self) -> &'static str {
+        match self.kind {
+            SetKind::Verdicts(_) => "map",
+            _ => "set",
+        }
+    }
+
     pub(crate) fn render_add(&self, name: &str) -> String {
-        let mut s = format!("add set inet {TABLE} {name} {{ {} }}\n", self.kind.render());
+        let mut s = format!(
+            "add {} inet {TABLE} {name} {{ {} }}\n",
+            self.noun(),
+            self.kind.render()
+        );
         if !matches!(self.kind, SetKind::Counters(_)) {
             for list in element_lists(self.elements.iter()) {
                 let _ = writeln!(s, "add element inet {TABLE} {name} {list}");

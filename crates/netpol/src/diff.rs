@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::desired::{element_lists, Ruleset, SetKind, TABLE};
+use crate::desired::{element_lists, key_lists, Ruleset, SetKind, TABLE};
 
 /// nft commands applied as one transaction by `nft -f -`: all or nothing, and no packet
 /// sees a state in between (a chain flushed and refilled here has no empty window).
@@ -86,14 +86,19 @@ pub fn plan(current: &Ruleset, desired: &Ruleset) -> Script {
             }
         }
     }
+    // Chains first made here exist, empty, before a map's element or a rule jumps to them.
+    for (name, want) in &desired.chains {
+        if !current.chains.contains_key(name) {
+            cmds.push(want.render_add(name).trim_end().to_string());
+            filled.push(name.as_str());
+        }
+    }
     for c in &flushed {
         cmds.push(format!("flush chain inet {TABLE} {c}"));
     }
-    for c in &deleted_chains {
-        cmds.push(format!("delete chain inet {TABLE} {c}"));
-    }
     for s in removed_sets.iter().chain(remade.iter()) {
-        cmds.push(format!("delete set inet {TABLE} {s}"));
+        let noun = current.sets.get(*s).map_or("set", |x| x.noun());
+        cmds.push(format!("delete {noun} inet {TABLE} {s}"));
     }
     for (name, want) in &desired.sets {
         match current.sets.get(name) {
@@ -102,7 +107,7 @@ pub fn plan(current: &Ruleset, desired: &Ruleset) -> Script {
                     continue;
                 }
                 let gone = cur.elements.difference(&want.elements);
-                for list in element_lists(gone) {
+                for list in key_lists(gone) {
                     cmds.push(format!("delete element inet {TABLE} {name} {list}"));
                 }
                 let new = want.elements.difference(&cur.elements);
@@ -113,9 +118,13 @@ pub fn plan(current: &Ruleset, desired: &Ruleset) -> Script {
             _ => cmds.extend(want.render_add(name).lines().map(String::from)),
         }
     }
+    // A chain goes once nothing refers to it: its jumps were flushed above and the map
+    // elements leading to it deleted.
+    for c in &deleted_chains {
+        cmds.push(format!("delete chain inet {TABLE} {c}"));
+    }
     for (name, want) in &desired.chains {
-        let new = !current.chains.contains_key(name) || deleted_chains.contains(&name.as_str());
-        if new {
+        if current.chains.contains_key(name) && deleted_chains.contains(&name.as_str()) {
             cmds.push(want.render_add(name).trim_end().to_string());
             filled.push(name.as_str());
         }

@@ -18,30 +18,38 @@
 //!     icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
 //!     ip  saddr . ip  daddr @self4 accept       (a local pod to itself, via a Service)
 //!     ip6 saddr . ip6 daddr @self6 accept
-//!     ip  saddr @egress_isolated4  jump egress
-//!     ip6 saddr @egress_isolated6  jump egress
-//!     ip  daddr @ingress_isolated4 jump ingress
-//!     ip6 daddr @ingress_isolated6 jump ingress
+//!     ip  saddr vmap @egress_pods4    (a local pod isolated for egress: jump to its chain)
+//!     ip6 saddr vmap @egress_pods6
+//!     ip  daddr vmap @ingress_pods4   (a local pod isolated for ingress: jump to its chain)
+//!     ip6 daddr vmap @ingress_pods6
 //!   chain input     hook input, priority filter, policy accept
 //!     ct state established,related accept
 //!     icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
-//!     ip  saddr @egress_isolated4  jump egress   (a local pod to this node's addresses)
-//!     ip6 saddr @egress_isolated6  jump egress
-//!   chain egress    one rule per (policy egress rule, family), `return` on a match
+//!     ip  saddr vmap @egress_pods4    (a local pod to this node's addresses)
+//!     ip6 saddr vmap @egress_pods6
+//!   map egress_pods4   type ipv4_addr : verdict   { 10.1.0.5 : jump egress_<hash>, ... }
+//!   chain egress_<hash>   the rules of one combination of egress policies, `return` on a match
 //!     ip saddr @eg_<ns>_<policy>_<i>_src4 [ip daddr @eg_..._dst4 | ip daddr . meta l4proto . th dport @eg_..._dst4] counter return
-//!     ...
+//!     ...   (one rule per policy rule and family, of each policy of the combination)
 //!     update @denied_egress4 { ip saddr } limit rate 20/second log prefix "ferry-deny-egress " group 1720
 //!     update @denied_egress6 { ip6 saddr } ...
 //!     counter drop
-//!   chain ingress   one rule per (policy ingress rule, family), `accept` on a match
+//!   chain ingress_<hash>  the same for ingress, `accept` on a match
 //!     [ip saddr @in_<ns>_<policy>_<i>_src4] ip daddr [. meta l4proto . th dport] @in_..._dst4 counter accept
 //!     ...
 //!     update @denied_ingress4 { ip daddr } ... log prefix "ferry-deny-ingress " group 1720
 //!     counter drop
+//!   chain ingress_closed, egress_closed   only the denial rules: pods not known yet
 //! ```
 //!
+//! - Dispatch by pod: each local pod's address maps to the chain of the exact combination
+//!   of policies that select it (`<dir>_<64-bit FNV-1a of their sorted ids>`), so a new
+//!   connection meets the rules of its own pod's policies only, however many policies the
+//!   cluster has. Pods with the same combination share a chain; a pod coming or going
+//!   changes map elements, and adds or removes a chain only when its combination is new
+//!   or was the last of its kind.
 //! - Egress is decided on the source's node and ingress on the destination's node: the
-//!   `*_isolated` sets and the sets of selected pods (`in_*_dst`, `eg_*_src`) hold only this
+//!   `*_pods` maps and the sets of selected pods (`in_*_dst`, `eg_*_src`) hold only this
 //!   node's pods; the peer sets (`in_*_src`, `eg_*_dst`) hold addresses cluster-wide: pod
 //!   addresses and ipBlock ranges (minus `except`, computed here, overlaps merged).
 //! - A rule with ports matches `address . protocol . port` against a concatenated interval
@@ -67,8 +75,8 @@
 //!   characters, checked on nft 1.0.6); when longer, or when a name is not a DNS name,
 //!   `<ns>_<policy>` becomes `h` and a 64-bit FNV-1a hash of `ns/policy`. Rule comments
 //!   (`ns/policy ingress[i]`) are left out in that case too.
-//!   Every rule of every policy has its sets and rule on every node, whether it selects a
-//!   local pod or not, so pod churn and relabelling change set elements only.
+//!   Every rule of every policy has its sets on every node, whether it selects a local pod
+//!   or not, so pod churn and relabelling change set elements, not sets.
 //!
 //! After a restart the daemon reads the applied table back with
 //! `nft -j list table inet ferry_policy` and [`Ruleset::parse_json`] (which keeps the

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use crate::desired::{
-    Chain, Element, Expr, Field, Hook, Rule, Ruleset, Set, SetKind, Verdict, TABLE,
+    Chain, ChainRef, Element, Expr, Field, Hook, Rule, Ruleset, Set, SetKind, Verdict, TABLE,
 };
 use crate::model::Protocol;
 use crate::ranges::{AddrRange, Family};
@@ -67,6 +67,10 @@ impl Ruleset {
                 "set" => {
                     let set = parse_set(body)?;
                     rs.sets.insert(name()?, set);
+                }
+                "map" => {
+                    let map = parse_map(body)?;
+                    rs.sets.insert(name()?, map);
                 }
                 "chain" => {
                     let hook = match (body.get("hook"), body.get("type")) {
@@ -162,6 +166,30 @@ fn parse_set(body: &Value) -> Result<Set, ListingError> {
     Ok(Set { kind, elements })
 }
 
+/// A verdict map from addresses to `jump <chain>`, the only map ferry makes.
+fn parse_map(body: &Value) -> Result<Set, ListingError> {
+    let family = family_of_type(&body["type"]).ok_or_else(|| unknown("map type", body))?;
+    if body["map"] != "verdict" || body.get("flags").is_some() {
+        return Err(unknown("map", body));
+    }
+    let mut elements = BTreeSet::new();
+    for e in body["elem"].as_array().into_iter().flatten() {
+        let jump = || -> Option<Element> {
+            let [k, v] = e.as_array()?.as_slice() else {
+                return None;
+            };
+            let addr: IpAddr = k.as_str()?.parse().ok()?;
+            let to = ChainRef::parse(v["jump"]["target"].as_str()?)?;
+            (Family::of(addr) == family).then_some(Element::Jump { addr, to })
+        };
+        elements.insert(jump().ok_or_else(|| unknown("map element", e))?);
+    }
+    Ok(Set {
+        kind: SetKind::Verdicts(family),
+        elements,
+    })
+}
+
 fn addr_range(v: &Value) -> Option<AddrRange> {
     if let Some(s) = v.as_str() {
         return s.parse::<IpAddr>().ok().map(AddrRange::single);
@@ -234,7 +262,7 @@ fn parse_element(kind: SetKind, e: &Value) -> Option<Element> {
             )),
             _ => None,
         },
-        SetKind::Counters(_) => None,
+        SetKind::Counters(_) | SetKind::Verdicts(_) => None,
     }
 }
 
@@ -329,6 +357,11 @@ fn parse_rule(body: &Value) -> Result<Rule, ListingError> {
                 } else {
                     return Err(bad());
                 }
+            }
+            "vmap" => {
+                let field = field_of(&v["key"]).ok_or_else(bad)?;
+                let map = set_ref(&v["data"]).ok_or_else(bad)?;
+                rule.exprs.push(Expr::VerdictMap { field, map });
             }
             "set" if v["op"] == "update" => {
                 let field = field_of(&v["elem"]).ok_or_else(bad)?;

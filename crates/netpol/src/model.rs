@@ -690,6 +690,26 @@ impl Cluster {
         policies: impl IntoIterator<Item = &'a net::NetworkPolicy>,
     ) -> (Cluster, Vec<ModelError>) {
         let mut errors = Vec::new();
+        let mut converted = Vec::new();
+        for pod in pods {
+            let (p, errs) = Pod::from_k8s(pod);
+            errors.extend(errs);
+            converted.extend(p);
+        }
+        let (cluster, more) = Cluster::assemble(namespaces, converted, policies);
+        errors.extend(more);
+        (cluster, errors)
+    }
+
+    /// [`Cluster::from_k8s`] with the pods already converted (the daemon converts each
+    /// when the watch delivers it and keeps only that: a Pod object is kilobytes, a
+    /// [`Pod`] about 200 bytes plus its labels).
+    pub fn assemble<'a>(
+        namespaces: impl IntoIterator<Item = &'a core::Namespace>,
+        pods: impl IntoIterator<Item = Pod>,
+        policies: impl IntoIterator<Item = &'a net::NetworkPolicy>,
+    ) -> (Cluster, Vec<ModelError>) {
+        let mut errors = Vec::new();
         let mut cluster = Cluster::default();
         for ns in namespaces {
             match namespace_from_k8s(ns) {
@@ -700,15 +720,11 @@ impl Cluster {
             }
         }
         let mut seen = BTreeSet::new();
-        for pod in pods {
-            let (p, errs) = Pod::from_k8s(pod);
-            errors.extend(errs);
-            if let Some(p) = p {
-                if seen.insert(p.key()) {
-                    cluster.pods.push(p);
-                } else {
-                    errors.push(duplicate("Pod", &p.key().to_string()));
-                }
+        for p in pods {
+            if seen.insert(p.key()) {
+                cluster.pods.push(p);
+            } else {
+                errors.push(duplicate("Pod", &p.key().to_string()));
             }
         }
         // Set names and explanations are keyed by `ns/name`: a second object of one key

@@ -1,14 +1,15 @@
-//! The desired table as data and the plans between two of them: pod churn touches set
-//! elements only, a policy change touches that policy's sets (and the direction chain
-//! only when a rule's shape changes), names are stable and safe.
+//! The desired table as data and the plans between two of them: pod churn touches set and
+//! map elements (and adds or removes the chain of a combination of policies that appears or
+//! goes), a policy change touches that policy's sets (and the chains holding its rules only
+//! when a rule's shape changes), names are stable and safe.
 
 mod support;
 
 use std::net::IpAddr;
 
-use netpol::desired::{Element, SetKind, MAX_NAME_LEN};
-use netpol::model::PodKey;
+use netpol::desired::{ChainRef, Element, SetKind, MAX_NAME_LEN};
 use netpol::model::Protocol::{Tcp, Udp};
+use netpol::model::{Direction, PodKey};
 use netpol::{plan, Cluster, LocalPods, Ruleset, Script};
 use serde_json::json;
 use support::{labels, policy, world};
@@ -36,6 +37,11 @@ fn base() -> Cluster {
 
 fn on(c: &Cluster, node: &str) -> Ruleset {
     Ruleset::compute(c, &LocalPods::on_node(c, node))
+}
+
+/// The chain of the policies `ids` for `dir`.
+fn chain(dir: Direction, ids: &[&str]) -> String {
+    ChainRef::of_policies(dir, ids).name()
 }
 
 /// Every command of a plan that is not a set element change.
@@ -68,15 +74,35 @@ fn pod_churn_changes_set_elements_only() {
     c2.pods.push(yd);
     for node in support::NODES {
         let (d1, d2) = (on(&c1, node), on(&c2, node));
-        assert_eq!(d1.chains, d2.chains, "chains never change with pods");
+        for (name, c) in &d1.chains {
+            if let Some(c2) = d2.chains.get(name) {
+                assert_eq!(c, c2, "{node}: a chain's rules never change with pods");
+            }
+        }
+        // Only a combination of policies that appears or goes adds or removes a chain.
+        let changed: Vec<&String> = d1
+            .chains
+            .keys()
+            .filter(|n| !d2.chains.contains_key(*n))
+            .chain(d2.chains.keys().filter(|n| !d1.chains.contains_key(*n)))
+            .collect();
         let p = plan(&d1, &d2);
-        assert!(structural(&p).is_empty(), "{node}: {}", p.render());
+        for c in structural(&p) {
+            assert!(
+                changed.iter().any(|n| c.contains(&format!(" {n}"))),
+                "{node}: {c} in {}",
+                p.render()
+            );
+        }
     }
     // On n0: y/d joins the peers of x/web and is isolated for egress by y/out.
     let (d1, d2) = (on(&c1, "n0"), on(&c2, "n0"));
     let text = plan(&d1, &d2).render();
+    let eg = chain(Direction::Egress, &["y/out"]);
     assert!(
-        text.contains("add element inet ferry_policy egress_isolated4 { 10.2.0.4 }"),
+        text.contains(&format!(
+            "add element inet ferry_policy egress_pods4 {{ 10.2.0.4 : jump {eg} }}"
+        )),
         "{text}"
     );
     assert!(
@@ -112,7 +138,7 @@ fn a_policy_change_touches_only_that_policy() {
     );
 
     // The rule's shape changes (ports go): its destination set is remade with another
-    // type and the ingress chain rewritten; y/out's sets are not mentioned.
+    // type and the chain holding its rules rewritten; y/out's sets are not mentioned.
     let mut c3 = c1.clone();
     c3.policies[0] = policy(
         "x",
@@ -125,21 +151,28 @@ fn a_policy_change_touches_only_that_policy() {
     let text = p.render();
     assert!(!text.contains("eg_y_out"), "{text}");
     assert!(!text.contains("chain inet ferry_policy egress"), "{text}");
-    let flush = text.find("flush chain inet ferry_policy ingress").unwrap();
+    let web = chain(Direction::Ingress, &["x/web"]);
+    let flush = text
+        .find(&format!("flush chain inet ferry_policy {web}"))
+        .unwrap();
     let delete = text
         .find("delete set inet ferry_policy in_x_web_0_dst4")
         .unwrap();
     let add = text
         .find("add set inet ferry_policy in_x_web_0_dst4 { type ipv4_addr; }")
         .unwrap();
-    let rule = text.find("add rule inet ferry_policy ingress ip saddr @in_x_web_0_src4 ip daddr @in_x_web_0_dst4").unwrap();
+    let rule = text
+        .find(&format!(
+            "add rule inet ferry_policy {web} ip saddr @in_x_web_0_src4 ip daddr @in_x_web_0_dst4"
+        ))
+        .unwrap();
     assert!(flush < delete && delete < add && add < rule, "{text}");
     assert!(
         !text.contains("table inet ferry_policy\n") && !text.contains("flush table"),
         "{text}"
     );
 
-    // A new policy: its sets and the chain of its direction.
+    // A new policy: its sets, the chains of the new combinations, the map's elements.
     let mut c4 = c1.clone();
     c4.policies.push(policy(
         "x",
@@ -149,14 +182,14 @@ fn a_policy_change_touches_only_that_policy() {
     let text = plan(&d1, &on(&c4, "n0")).render();
     for line in text.lines() {
         let ok = line.contains("in_x_extra_")
-            || line.starts_with("flush chain inet ferry_policy ingress")
-            || line.starts_with("add rule inet ferry_policy ingress")
-            || line.contains("ingress_isolated");
+            || line.contains("chain inet ferry_policy ingress_")
+            || line.starts_with("add rule inet ferry_policy ingress_")
+            || line.contains("ingress_pods");
         assert!(ok, "unexpected {line:?} in\n{text}");
     }
     // And gone again: its sets deleted after the chain no longer refers to them.
     let text = plan(&on(&c4, "n0"), &d1).render();
-    let flush = text.find("flush chain inet ferry_policy ingress").unwrap();
+    let flush = text.find("flush chain inet ferry_policy ingress_").unwrap();
     let delete = text
         .find("delete set inet ferry_policy in_x_extra_0_dst4")
         .unwrap();
@@ -175,8 +208,14 @@ fn local_pod_addresses_from_the_caller_win() {
         vec!["10.9.9.10".parse().unwrap()],
     );
     let d = Ruleset::compute(&c, &local);
-    let iso = &d.sets["ingress_isolated4"].elements;
-    assert!(iso.contains(&Element::Addr(fresh)), "{iso:?}");
+    let iso = &d.sets["ingress_pods4"].elements;
+    assert!(
+        iso.contains(&Element::Jump {
+            addr: fresh,
+            to: ChainRef::of_policies(Direction::Ingress, &["x/web"])
+        }),
+        "{iso:?}"
+    );
     assert_eq!(iso.len(), 1);
     let dst = &d.sets["in_x_web_0_dst4"].elements;
     assert!(
@@ -198,15 +237,16 @@ fn isolated_and_selected_sets_hold_only_local_pods_and_peers_are_cluster_wide() 
             .flat_map(|p| p.ips.clone())
             .collect();
         for name in [
-            "egress_isolated4",
-            "egress_isolated6",
-            "ingress_isolated4",
+            "egress_pods4",
+            "egress_pods6",
+            "ingress_pods4",
             "eg_y_out_0_src4",
             "in_x_web_0_dst4",
         ] {
             for e in &d.sets[name].elements {
                 let ip = match e {
                     Element::Addr(ip) | Element::Pair(ip, _) => *ip,
+                    Element::Jump { addr, .. } => *addr,
                     Element::Ports { lo, .. } => *lo,
                     Element::Range { lo, .. } => *lo,
                 };
@@ -335,8 +375,10 @@ fn scripts_create_before_use_and_never_flush_the_table() {
             .position(|c| c.starts_with(s))
             .unwrap()
     };
-    assert!(pos("add set") < pos("add chain"));
-    assert!(pos("add chain inet ferry_policy ingress") < pos("add rule"));
+    // Chains before the maps whose elements jump to them, sets before the rules.
+    assert!(pos("add chain") < pos("add map"));
+    assert!(pos("add set") < pos("add rule"));
+    assert!(pos("add chain inet ferry_policy ingress_") < pos("add rule"));
     assert!(first
         .commands
         .iter()
@@ -352,15 +394,15 @@ fn scripts_create_before_use_and_never_flush_the_table() {
     assert!(fwd[1].ends_with("ct state invalid drop"));
     assert!(fwd[2].ends_with("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept"));
     assert!(fwd[3].ends_with("ip saddr . ip daddr @self4 accept"));
-    assert!(fwd[5].ends_with("ip saddr @egress_isolated4 jump egress"));
-    assert!(fwd[8].ends_with("ip6 daddr @ingress_isolated6 jump ingress"));
+    assert!(fwd[5].ends_with("ip saddr vmap @egress_pods4"));
+    assert!(fwd[8].ends_with("ip6 daddr vmap @ingress_pods6"));
     let input: Vec<&String> = first
         .commands
         .iter()
         .filter(|c| c.starts_with("add rule inet ferry_policy input"))
         .collect();
     assert_eq!(input.len(), 4, "{input:?}");
-    assert!(input[2].ends_with("ip saddr @egress_isolated4 jump egress"));
+    assert!(input[2].ends_with("ip saddr vmap @egress_pods4"));
     assert!(first.commands.contains(&"add chain inet ferry_policy input { type filter hook input priority filter; policy accept; }".to_string()));
     let replace = Script::replace(&d);
     assert_eq!(

@@ -37,6 +37,16 @@ fn foreign_or_garbled_content_is_refused() {
         json!([{"set": {"family": "inet", "table": "ferry_policy", "name": "s", "type": "ipv4_addr", "elem": ["not-an-ip"]}}]),
         json!([{"set": {"family": "inet", "table": "ferry_policy", "name": "s", "type": ["ipv4_addr", "inet_proto", "inet_service"], "flags": ["interval"], "elem": [{"concat": ["10.0.0.1", "icmp", 0]}]}}]),
         json!([{"set": {"family": "ip", "table": "filter", "name": "s", "type": "ipv4_addr"}}]),
+        // Verdict maps: only `address : jump <ferry's chain>` of the map's family.
+        json!([{"map": {"family": "inet", "table": "ferry_policy", "name": "m", "type": "ipv4_addr", "map": "verdict", "elem": [["10.0.0.1", {"accept": null}]]}}]),
+        json!([{"map": {"family": "inet", "table": "ferry_policy", "name": "m", "type": "ipv4_addr", "map": "verdict", "elem": [["10.0.0.1", {"jump": {"target": "KUBE-SERVICES"}}]]}}]),
+        json!([{"map": {"family": "inet", "table": "ferry_policy", "name": "m", "type": "ipv4_addr", "map": "verdict", "elem": [["10.0.0.1", {"jump": {"target": "ingress_00000000000000zz"}}]]}}]),
+        json!([{"map": {"family": "inet", "table": "ferry_policy", "name": "m", "type": "ipv4_addr", "map": "verdict", "elem": [["fd00::1", {"jump": {"target": "ingress_closed"}}]]}}]),
+        json!([{"map": {"family": "inet", "table": "ferry_policy", "name": "m", "type": "ipv4_addr", "map": "ipv4_addr", "elem": [["10.0.0.1", "10.0.0.2"]]}}]),
+        json!([
+            chain,
+            rule(json!([{"vmap": {"key": {"meta": {"key": "mark"}}, "data": "@m"}}]))
+        ]),
     ];
     for c in cases {
         assert!(parse(c.clone()).is_err(), "accepted {c}");

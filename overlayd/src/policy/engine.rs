@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use netpol::desired::{denied_set, isolated_set, Element};
+use netpol::desired::denied_set;
 use netpol::model::Direction;
 use netpol::ranges::Family;
 use netpol::{plan, Cluster, LocalPods, PodKey, Ruleset, Script, TABLE};
@@ -167,17 +167,30 @@ impl Engine {
             self.applied = read_back();
         }
         let (cluster, local, desired) = if listed {
-            // Borrowed from the stores, not copied: the pods alone are tens of megabytes.
-            let (namespaces, pods, policies) = (
-                stores.namespaces.state(),
-                stores.pods.state(),
-                stores.policies.state(),
-            );
-            let (mut cluster, errors) = Cluster::from_k8s(
+            let (pods, mut errors, terminating) = stores.pods.with(|all| {
+                let mut pods = Vec::new();
+                let mut errors = Vec::new();
+                let mut terminating = BTreeSet::new();
+                for p in all {
+                    errors.extend(p.errors.iter().cloned());
+                    if let Some(pod) = &p.pod {
+                        if p.terminating {
+                            terminating.insert(pod.key());
+                        }
+                        pods.push(pod.clone());
+                    }
+                }
+                (pods, errors, terminating)
+            });
+            // Borrowed from the stores, not copied.
+            let (namespaces, policies) = (stores.namespaces.state(), stores.policies.state());
+            let (mut cluster, more) = Cluster::assemble(
                 namespaces.iter().map(|o| &**o),
-                pods.iter().map(|o| &**o),
+                pods,
                 policies.iter().map(|o| &**o),
             );
+            drop((namespaces, policies));
+            errors.extend(more);
             self.metrics
                 .policy
                 .invalid_objects
@@ -188,11 +201,10 @@ impl Engine {
                     tracing::warn!("NetworkPolicy: {text}");
                 }
             }
-            self.settle_addresses(&mut cluster, pods.iter().map(|o| &**o));
-            drop((namespaces, pods, policies));
+            self.settle_addresses(&mut cluster, &terminating);
             let (local, closed) = self.local_pods(&cluster);
             let mut desired = Ruleset::compute(&cluster, &local);
-            close(&mut desired, &closed);
+            desired.close(&closed);
             (cluster, local, desired)
         } else {
             // Until the API has been listed once (a daemon starting, the API away), the
@@ -207,7 +219,7 @@ impl Engine {
                 applied.clone()
             };
             let closed: Vec<IpAddr> = self.attached.values().flat_map(|a| a.ips.clone()).collect();
-            close(&mut desired, &closed);
+            desired.close(&closed);
             (Cluster::default(), LocalPods::default(), desired)
         };
         let script = match &self.applied {
@@ -270,24 +282,11 @@ impl Engine {
     /// pod alone; of API pods claiming one address, a terminating one gives it up. So a
     /// deleted pod whose address went to a new pod before the API caught up passes none
     /// of its allowances to the new one.
-    fn settle_addresses<'a>(
-        &self,
-        cluster: &mut Cluster,
-        pods: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Pod>,
-    ) {
+    fn settle_addresses(&self, cluster: &mut Cluster, terminating: &BTreeSet<PodKey>) {
         let announced: BTreeMap<IpAddr, Option<&PodKey>> = self
             .attached
             .values()
             .flat_map(|a| a.ips.iter().map(move |ip| (*ip, a.key.as_ref())))
-            .collect();
-        let terminating: BTreeSet<(&str, &str)> = pods
-            .filter(|p| p.metadata.deletion_timestamp.is_some())
-            .filter_map(|p| {
-                Some((
-                    p.metadata.namespace.as_deref()?,
-                    p.metadata.name.as_deref()?,
-                ))
-            })
             .collect();
         let mut claims: BTreeMap<IpAddr, usize> = BTreeMap::new();
         for p in &cluster.pods {
@@ -296,7 +295,7 @@ impl Engine {
             }
         }
         for p in &mut cluster.pods {
-            let dying = terminating.contains(&(p.namespace.as_str(), p.name.as_str()));
+            let dying = terminating.contains(&p.key());
             p.ips.retain(|ip| match announced.get(ip) {
                 Some(holder) => {
                     holder.is_some_and(|k| k.namespace == p.namespace && k.name == p.name)
@@ -387,19 +386,6 @@ impl Engine {
                     packets: n,
                 })
                 .collect();
-        }
-    }
-}
-
-/// Puts `closed` in both isolated sets with no rule selecting them: nothing reaches or
-/// leaves them but replies and the node itself.
-fn close(desired: &mut Ruleset, closed: &[IpAddr]) {
-    for ip in closed {
-        let fam = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
-        for dir in [Direction::Ingress, Direction::Egress] {
-            if let Some(set) = desired.sets.get_mut(&isolated_set(dir, fam)) {
-                set.elements.insert(Element::Addr(*ip));
-            }
         }
     }
 }
@@ -503,7 +489,17 @@ mod tests {
                 seen: false,
             },
         );
-        e.settle_addresses(&mut cluster, pods.iter());
+        let terminating = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .filter_map(|p| {
+                Some(PodKey::new(
+                    p.metadata.namespace.as_deref()?,
+                    p.metadata.name.as_deref()?,
+                ))
+            })
+            .collect();
+        e.settle_addresses(&mut cluster, &terminating);
         assert!(ips_of(&cluster, "x", "old").is_empty());
         assert_eq!(
             ips_of(&cluster, "y", "new"),

@@ -736,7 +736,7 @@ fn datapath(s: Scale) {
     if let Some((t, (at, of))) = tables {
         println!(
             "the server's node with (b): {} sets, {} elements, {} rules; the measured pair's \
-             rule is rule {at} of the {of} of the ingress chain (a new connection meets them in order)",
+             rule is rule {at} of the {of} of its pod's chain (a new connection meets them in order)",
             t.sets, t.elements, t.rules
         );
     }
@@ -747,6 +747,10 @@ fn datapath(s: Scale) {
     );
     drop((srv, cli));
 }
+
+/// How long the memory mode watches a daemon in which nothing changes: long enough for
+/// one whole read-back of the table (every sixth 5 s resync).
+const STEADY: Duration = Duration::from_secs(35);
 
 fn memory(s: Scale) {
     println!(
@@ -786,7 +790,7 @@ fn memory(s: Scale) {
     // Steady state: a few resyncs (every 5 s) read the table back and recompute.
     let cpu_applied = cpu_seconds(pid);
     let ((), cpu_steady, applies) = daemon_cost(std::slice::from_ref(node), || {
-        std::thread::sleep(Duration::from_secs(12))
+        std::thread::sleep(STEADY)
     });
     let cpu = cpu_applied + cpu_steady;
     println!(
@@ -797,36 +801,37 @@ fn memory(s: Scale) {
         table.rules
     );
     println!(
-        "peak RSS (VmHWM): {:.1} MiB when applied, {:.1} MiB after 12 s of resyncs (target under 100 MB); RSS now {:.1} MiB; CPU used {cpu:.1} s",
+        "peak RSS (VmHWM): {:.1} MiB when applied, {:.1} MiB after {} s of resyncs (target under 100 MB); RSS now {:.1} MiB; CPU used {cpu:.1} s",
         at_applied as f64 / 1024.0,
         status_kib(pid, "VmHWM:") as f64 / 1024.0,
+        STEADY.as_secs(),
         status_kib(pid, "VmRSS:") as f64 / 1024.0,
     );
     println!(
-        "steady state (12 s, nothing changing): {cpu_steady:.2} s of CPU (with its nft and conntrack runs), {applies} table applies; \
+        "steady state ({} s, nothing changing): {cpu_steady:.2} s of CPU (with its nft and conntrack runs), {applies} table applies; \
          one `nft -j list table` and its parsing here: {}\n",
+        STEADY.as_secs(),
         ms(listing)
     );
 }
 
-/// Where the measured policy's IPv4 rule is in the ingress chain (1-based) and how many
-/// rules the chain has; (0, n) when it is not there.
+/// Where the measured policy's IPv4 rule is in the chain holding it (1-based) and how
+/// many rules that chain has: the rules a new connection to the server meets, in order.
+/// (0, 0) when it is nowhere.
 fn rule_position(rs: &Ruleset) -> (usize, usize) {
-    let rules = rs
-        .chains
-        .get("ingress")
-        .map(|c| &c.rules[..])
-        .unwrap_or_default();
-    let at = rules
-        .iter()
-        .position(|r| {
-            r.comment
-                .as_deref()
-                .is_some_and(|c| c.starts_with(&format!("{BENCH_NS}/measured")))
-                && r.sets().any(|s| s.ends_with('4'))
+    let measured = |r: &netpol::desired::Rule| {
+        r.comment
+            .as_deref()
+            .is_some_and(|c| c.starts_with(&format!("{BENCH_NS}/measured")))
+            && r.sets().any(|s| s.ends_with('4'))
+    };
+    rs.chains
+        .values()
+        .find_map(|c| {
+            let at = c.rules.iter().position(measured)?;
+            Some((at + 1, c.rules.len()))
         })
-        .map_or(0, |i| i + 1);
-    (at, rules.len())
+        .unwrap_or((0, 0))
 }
 
 /// A counter or gauge the node's daemon serves on `/metrics` (0 when absent).

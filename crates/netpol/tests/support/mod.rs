@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use netpol::desired::{Expr, Field, Ruleset, Verdict as NftVerdict};
+use netpol::desired::{Element, Expr, Field, Ruleset, Verdict as NftVerdict};
 use netpol::model::{ContainerPort, Labels, Pod, Policy, Protocol};
 use netpol::ranges::Family;
 use netpol::{verdict, Cluster, LocalPods, Peer};
@@ -182,23 +182,42 @@ pub fn walk(rs: &Ruleset, pkt: &Packet) -> bool {
 
 fn walk_chain(rs: &Ruleset, chain: &str, pkt: &Packet) -> Option<NftVerdict> {
     for rule in &rs.chains[chain].rules {
+        // A verdict map's hit is the rule's verdict: a jump to the chain it names.
+        let mut verdict = rule.verdict.clone();
         let all = rule.exprs.iter().all(|e| match e {
             // A connection's first TCP/UDP/SCTP packet: new, not ICMPv6.
             Expr::CtEstablished | Expr::CtInvalid | Expr::NeighbourDiscovery => false,
             Expr::InSet { field, set } => in_set(rs, *field, set, pkt),
+            Expr::VerdictMap { field, map } => {
+                let key = match field {
+                    Field::Saddr(_) => pkt.src,
+                    Field::Daddr(_) => pkt.dst,
+                    _ => unreachable!("maps are keyed by one address"),
+                };
+                let hit = family_ok(*field, pkt)
+                    .then(|| {
+                        rs.sets[map].elements.iter().find_map(|e| match e {
+                            Element::Jump { addr, to } if *addr == key => Some(to.name()),
+                            _ => None,
+                        })
+                    })
+                    .flatten();
+                verdict = hit.map(NftVerdict::Jump);
+                verdict.is_some()
+            }
             Expr::Count { field, .. } => family_ok(*field, pkt),
             Expr::Limit(_) | Expr::Log { .. } | Expr::Counter => true,
         });
         if !all {
             continue;
         }
-        match &rule.verdict {
+        match verdict {
             None => {}
-            Some(NftVerdict::Jump(c)) => match walk_chain(rs, c, pkt) {
+            Some(NftVerdict::Jump(c)) => match walk_chain(rs, &c, pkt) {
                 Some(NftVerdict::Return) | None => {}
                 v => return v,
             },
-            Some(v) => return Some(v.clone()),
+            Some(v) => return Some(v),
         }
     }
     None
