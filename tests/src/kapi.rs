@@ -6,8 +6,13 @@
 //! - `GET /api/v1/namespaces`, `/api/v1/pods`, `/api/v1/namespaces/{ns}/pods`,
 //!   `/apis/networking.k8s.io/v1/networkpolicies` and
 //!   `/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies`: a `…List` whose
-//!   `metadata.resourceVersion` is the current one (`limit` is ignored: one page, no
-//!   `continue`; `resourceVersion` of a list is ignored: the list is always current).
+//!   `metadata.resourceVersion` is the current one (`resourceVersion` of a list is ignored:
+//!   the list is always current). `limit=N` pages it as the real server does: at most N
+//!   items and a `metadata.continue` token while more remain; the next page (`continue=`)
+//!   goes on after the last key served, and carries the first page's resourceVersion. The
+//!   pages are read from the current objects, not from a snapshot: a change between pages
+//!   may show in a later page, and the watch from that version replays it anyway. A token
+//!   older than [`KubeApi::expire_before`] gets 410 `Expired`, a garbled one 400.
 //! - the same with `watch=true|1`: a chunked stream of `{"type","object"}` lines from
 //!   `resourceVersion` on (absent or `0`: ADDED for every object first), `BOOKMARK`s every
 //!   bookmark interval with `allowWatchBookmarks=true`, ending after `timeoutSeconds`. A
@@ -792,7 +797,16 @@ async fn handle(
         labels,
     };
     if !record.is_watch() {
-        return Ok(list(&shared, &query));
+        let limit = record
+            .param("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|l| *l > 0);
+        return Ok(list(
+            &shared,
+            &query,
+            limit,
+            record.param("continue").as_deref(),
+        ));
     }
     let from = match record.param("resourceVersion").as_deref() {
         None | Some("") | Some("0") => None,
@@ -830,12 +844,58 @@ async fn handle(
     Ok(r)
 }
 
-fn list(shared: &Shared, q: &Query) -> Response<Body> {
+/// A continue token: `<resourceVersion>/<namespace>/<name>` of the last item served
+/// (Kubernetes names never hold `/`).
+fn parse_continue(token: &str) -> Option<(u64, String, String)> {
+    let mut parts = token.splitn(3, '/');
+    let rv = parts.next()?.parse().ok()?;
+    Some((rv, parts.next()?.to_string(), parts.next()?.to_string()))
+}
+
+fn list(shared: &Shared, q: &Query, limit: Option<usize>, cont: Option<&str>) -> Response<Body> {
     let st = shared.lock();
-    let items: Vec<Value> = st
+    let (rv, after) = match cont.filter(|c| !c.is_empty()) {
+        None => (st.rv, None),
+        Some(token) => match parse_continue(token) {
+            None => {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("continue key {token:?} is not valid"),
+                )
+            }
+            Some((rv, _, _)) if rv < st.floor => {
+                return fail(
+                    StatusCode::GONE,
+                    "Expired",
+                    format!("the provided continue parameter is too old ({rv})"),
+                )
+            }
+            Some((rv, ns, name)) => (rv, Some((q.kind, ns, name))),
+        },
+    };
+    let from = match &after {
+        Some(k) => std::ops::Bound::Excluded(k),
+        None => std::ops::Bound::Unbounded,
+    };
+    let mut matching = st
         .objects
-        .iter()
-        .filter(|((k, _, _), v)| *k == q.kind && q.matches(v))
+        .range((from, std::ops::Bound::Unbounded))
+        .filter(|((k, _, _), v)| *k == q.kind && q.matches(v));
+    let mut page: Vec<(&Key, &Value)> = Vec::new();
+    for kv in matching.by_ref() {
+        page.push(kv);
+        if limit.is_some_and(|l| page.len() >= l) {
+            break;
+        }
+    }
+    let more = matching.next().is_some();
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let (true, Some(((_, ns, name), _))) = (more, page.last()) {
+        metadata["continue"] = json!(format!("{rv}/{ns}/{name}"));
+    }
+    let items: Vec<Value> = page
+        .into_iter()
         .map(|(_, v)| {
             // List items carry no kind/apiVersion on the wire; the list does.
             let mut item = v.clone();
@@ -851,7 +911,7 @@ fn list(shared: &Shared, q: &Query) -> Response<Body> {
         &json!({
             "kind": format!("{}List", q.kind.name()),
             "apiVersion": q.kind.api_version(),
-            "metadata": {"resourceVersion": st.rv.to_string()},
+            "metadata": metadata,
             "items": items,
         }),
     )

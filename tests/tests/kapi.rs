@@ -515,3 +515,88 @@ async fn the_server_answers_what_it_does_not_serve_with_a_status() {
     assert!(last.is_watch() && last.param("resourceVersion").as_deref() == Some("not-a-number"));
     assert!(err.is_some_and(|e| e.contains("invalid resource version")));
 }
+
+#[tokio::test]
+async fn lists_are_paged_as_the_real_server_pages_them() {
+    let api = start();
+    seed(&api);
+    for i in 0..5 {
+        api.create(pod("y", &format!("p{i}"), "n1")).unwrap();
+    }
+    let rv = api.resource_version();
+    let c = client(&api);
+    let raw: Api<Pod> = Api::all(c.clone());
+
+    // Pages of 3 through kube's own list call: 7 pods in 3 pages, each page carrying the
+    // first page's version, the last one without a continue token.
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut lp = kube::api::ListParams::default().limit(3);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = raw.list(&lp).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 3);
+        assert_eq!(page.metadata.resource_version, Some(rv.to_string()));
+        seen.extend(
+            page.items
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace().unwrap(), p.name_any())),
+        );
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!((seen.len(), unique.len()), (7, 7), "{seen:?}");
+
+    // A garbled token is a 400; a token older than the floor is a 410.
+    let bad = raw
+        .list(
+            &kube::api::ListParams::default()
+                .limit(3)
+                .continue_token("garbage"),
+        )
+        .await;
+    assert!(
+        matches!(&bad, Err(kube::Error::Api(s)) if s.code == 400),
+        "{bad:?}"
+    );
+    let first = raw
+        .list(&kube::api::ListParams::default().limit(3))
+        .await
+        .unwrap();
+    api.create(pod("y", "late", "n1")).unwrap();
+    api.expire_before(api.resource_version());
+    let gone = raw
+        .list(
+            &kube::api::ListParams::default()
+                .limit(3)
+                .continue_token(first.metadata.continue_.as_deref().unwrap()),
+        )
+        .await;
+    assert!(
+        matches!(&gone, Err(kube::Error::Api(s)) if s.code == 410),
+        "{gone:?}"
+    );
+
+    // kube's watcher lists in pages too (page size 2 here) and gets every pod.
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(raw, watcher::Config::default().page_size(2)),
+    )
+    .backoff(Quick);
+    tokio::spawn(stream.for_each(|_| ready(())));
+    until(
+        "every pod through paged lists",
+        || reader.state().len(),
+        |n| *n == 8,
+    )
+    .await;
+}

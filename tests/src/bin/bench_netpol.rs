@@ -789,9 +789,8 @@ fn memory(s: Scale) {
     });
     // Steady state: a few resyncs (every 5 s) read the table back and recompute.
     let cpu_applied = cpu_seconds(pid);
-    let ((), cpu_steady, applies) = daemon_cost(std::slice::from_ref(node), || {
-        std::thread::sleep(STEADY)
-    });
+    let ((), cpu_steady, applies) =
+        daemon_cost(std::slice::from_ref(node), || std::thread::sleep(STEADY));
     let cpu = cpu_applied + cpu_steady;
     println!(
         "table applied {:.2} s after the daemon started (ready: {ok}); {} sets, {} elements, {} rules",
