@@ -19,7 +19,20 @@ macro_rules! needs_root {
 #[test]
 fn pods_reach_each_other_across_nodes_keeping_their_addresses() {
     needs_root!();
-    let c = Cluster::new(3, "10.60.0.0/16");
+    // One segment: every node reaches the others by DirectRouting.
+    every_traffic_kind("10.60.0.0/16", "");
+}
+
+#[test]
+fn pods_reach_each_other_across_nodes_over_vxlan() {
+    needs_root!();
+    every_traffic_kind("10.69.0.0/16", "--direct-routing=false");
+}
+
+/// Pods of three nodes reach each other, their own node, localhost and the outside host,
+/// with the daemons' `extra` flags.
+fn every_traffic_kind(cidr: &str, extra: &str) {
+    let c = Cluster::with_args(3, cidr, extra);
     // Distinct subnets, each node's gateway and MTU in its state.
     let subnets: Vec<String> = c.nodes.iter().map(|n| n.subnet()).collect();
     assert_eq!(
@@ -32,7 +45,7 @@ fn pods_reach_each_other_across_nodes_keeping_their_addresses() {
     );
     for n in &c.nodes {
         let st = n.node_state();
-        assert_eq!(st["clusterCIDR"], "10.60.0.0/16");
+        assert_eq!(st["clusterCIDR"], cidr);
         assert_eq!(st["mtu"], 1450);
         assert_eq!(st["nodeName"], n.name.as_str());
     }
@@ -211,7 +224,8 @@ fn a_node_joining_later_is_reached_by_all() {
 #[test]
 fn hand_deleted_state_comes_back() {
     needs_root!();
-    let c = Cluster::new(2, "10.65.0.0/16");
+    // About the VXLAN entries: the nodes share a segment, so DirectRouting is off.
+    let c = Cluster::with_args(2, "10.65.0.0/16", "--direct-routing=false");
     let a = c.nodes[0].add_pod("ha");
     let b = c.nodes[1].add_pod("hb");
     let n0 = &c.nodes[0];
@@ -273,11 +287,11 @@ fn a_silent_node_keeps_its_subnet_for_the_grace_period() {
     assert_eq!(silent.stop(libc::SIGKILL, Duration::from_secs(5)), None);
     // Its routes stay for now...
     std::thread::sleep(Duration::from_secs(3));
-    assert!(c.nodes[0].overlay_routes().contains(&gone));
+    assert!(c.nodes[0].ferry_routes().contains(&gone));
     // ...and go when the grace period has passed.
     assert!(
         wait_until(Duration::from_secs(30), || !c.nodes[0]
-            .overlay_routes()
+            .ferry_routes()
             .contains(&gone)),
         "{}",
         c.nodes[0].log()

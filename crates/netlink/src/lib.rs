@@ -1,6 +1,7 @@
 //! The kernel operations ferry needs, each named for what it does and each error naming
 //! the link and network namespace it concerns.
 
+mod direct;
 mod error;
 mod guard;
 mod handle;
@@ -9,6 +10,7 @@ pub mod netns;
 pub mod overlay;
 pub mod sysctl;
 
+pub use direct::RouteLookup;
 pub use error::{Error, Result};
 pub use guard::SourceGuard;
 pub use handle::{Netlink, RouteV4, VethSpec};
