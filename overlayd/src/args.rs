@@ -90,6 +90,20 @@ pub struct Args {
         value_name = "BOOL"
     )]
     pub direct_routing: bool,
+    /// Transmit checksum offload on the VXLAN device. `false` turns it off (kept off on
+    /// every resync) where offloading the inner checksum corrupts packets; `true` leaves
+    /// the kernel's default.
+    #[arg(
+        long,
+        env = "FERRY_VXLAN_CHECKSUM_OFFLOAD",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub vxlan_checksum_offload: bool,
     /// Enforce Kubernetes NetworkPolicy on this node (watches the API; the CNI config
     /// must say `"networkPolicy": true` so that ADD waits for the pod to be covered).
     #[arg(long, env = "FERRY_NETWORK_POLICY")]
@@ -183,6 +197,8 @@ mod tests {
         assert!(parse(&["--direct-routing"]).direct_routing);
         assert!(parse(&["--direct-routing=true"]).direct_routing);
         assert!(!parse(&["--direct-routing=false"]).direct_routing);
+        assert!(parse(&[]).vxlan_checksum_offload);
+        assert!(!parse(&["--vxlan-checksum-offload=false"]).vxlan_checksum_offload);
         let argv = [
             "ferry-overlayd",
             "--etcd-endpoints",

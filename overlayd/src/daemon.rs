@@ -695,6 +695,9 @@ impl Node {
             tracing::warn!(device = %vx.name, "VXLAN device was missing or replaced; recreated");
         }
         self.vx = vx;
+        if !self.args.vxlan_checksum_offload {
+            self.checksum_offload_off()?;
+        }
         if let Some(s) = self.me.subnet {
             datapath::ensure_vtep_addr(&self.nl, &self.vx, s).await?;
             let gw = datapath::gateway(s);
@@ -740,6 +743,17 @@ impl Node {
         self.metrics.reconciles.fetch_add(1, Relaxed);
         self.metrics.reconcile_micros_last.store(micros, Relaxed);
         self.metrics.reconcile_micros_sum.fetch_add(micros, Relaxed);
+        Ok(())
+    }
+
+    /// Turns the VXLAN device's transmit checksum offload off when it is on (a recreated
+    /// device, or a hand change, comes back with it on).
+    fn checksum_offload_off(&self) -> Result<()> {
+        let name = &self.vx.name;
+        if netlink::ethtool::tx_checksum(name)? {
+            netlink::ethtool::set_tx_checksum(name, false)?;
+            tracing::info!(device = %name, "transmit checksum offload turned off (--vxlan-checksum-offload=false)");
+        }
         Ok(())
     }
 

@@ -497,6 +497,27 @@ impl Node {
             .sh("ip route show proto 102 dev eth0; ip -6 route show proto 102 dev eth0")
     }
 
+    /// The transmit checksum offload of `dev` in this node (`ethtool -k`'s `tx-checksumming`,
+    /// through the ioctl: no ethtool binary needed); with `set`, sets it first.
+    pub fn tx_checksum(&self, dev: &str, set: Option<bool>) -> bool {
+        let set = match set {
+            Some(on) => format!("io(0x17, {})\n", u8::from(on)),
+            None => String::new(),
+        };
+        let script = format!(
+            "import array, fcntl, socket, struct\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             def io(cmd, data):\n\
+             \x20   buf = array.array('B', struct.pack('II', cmd, data))\n\
+             \x20   ifr = struct.pack('16sP16x', b'{dev}', buf.buffer_info()[0])\n\
+             \x20   fcntl.ioctl(s.fileno(), 0x8946, ifr)\n\
+             \x20   return struct.unpack('II', buf.tobytes())[1]\n\
+             {set}print(io(0x16, 0))\n"
+        );
+        let out = self.host.sh(&format!("python3 -c \"{script}\""));
+        out.trim() != "0"
+    }
+
     /// Packets the VXLAN device sent and received so far (tx + rx).
     pub fn vxlan_packets(&self) -> u64 {
         self.host

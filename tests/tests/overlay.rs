@@ -279,6 +279,48 @@ fn hand_deleted_state_comes_back() {
 }
 
 #[test]
+fn vxlan_checksum_offload_can_be_turned_off_and_stays_off() {
+    needs_root!();
+    let c = Cluster::with_args(
+        2,
+        "10.70.0.0/16",
+        "--direct-routing=false --vxlan-checksum-offload=false",
+    );
+    for n in &c.nodes {
+        let off = wait_until(Duration::from_secs(10), || !n.tx_checksum("ferry.1", None));
+        assert!(
+            off,
+            "{}: tx checksum offload still on:\n{}",
+            n.name,
+            n.log()
+        );
+        // The underlay's own offloads are not touched.
+        assert!(
+            n.tx_checksum("eth0", None),
+            "{}: eth0's offload changed",
+            n.name
+        );
+    }
+    // Traffic crosses with the inner checksums computed in software, TCP included.
+    let a = c.nodes[0].add_pod("ka");
+    let b = c.nodes[1].add_pod("kb");
+    let _srv = echo_peer_server(&b.ns, 7000);
+    c.wait_reachable(&a.ns, &b.ip);
+    assert_eq!(connect(&a.ns, &b.ip, 7000).as_deref(), Some(a.ip.as_str()));
+    // Turned back on by hand: the next resync turns it off again.
+    let n0 = &c.nodes[0];
+    assert!(n0.tx_checksum("ferry.1", Some(true)));
+    let off = wait_until(Duration::from_secs(10), || !n0.tx_checksum("ferry.1", None));
+    assert!(off, "not mended:\n{}", n0.log());
+    // Without the flag the kernel's default (on) is left alone.
+    let d = Cluster::with_args(1, "10.71.0.0/16", "--direct-routing=false");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(d.nodes[0].tx_checksum("ferry.1", None));
+    c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
+    c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+}
+
+#[test]
 fn a_silent_node_keeps_its_subnet_for_the_grace_period() {
     needs_root!();
     let mut c = Cluster::with_args(2, "10.66.0.0/16", "--lease-grace 10s");

@@ -3,6 +3,7 @@
 
 mod direct;
 mod error;
+pub mod ethtool;
 mod guard;
 mod handle;
 mod link;
