@@ -76,6 +76,34 @@ pub struct Args {
     /// How often the whole data path is checked against the leases and mended.
     #[arg(long, env = "FERRY_RESYNC_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
+    /// DirectRouting: a node whose underlay address this node reaches on-link (no
+    /// gateway, on the underlay device) gets its pods' packets routed to that address
+    /// unencapsulated; VXLAN for the rest. `--direct-routing=false`: VXLAN for all.
+    #[arg(
+        long,
+        env = "FERRY_DIRECT_ROUTING",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub direct_routing: bool,
+    /// Transmit checksum offload on the VXLAN device. `false` turns it off (kept off on
+    /// every resync) where offloading the inner checksum corrupts packets; `true` leaves
+    /// the kernel's default.
+    #[arg(
+        long,
+        env = "FERRY_VXLAN_CHECKSUM_OFFLOAD",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub vxlan_checksum_offload: bool,
     /// Enforce Kubernetes NetworkPolicy on this node (watches the API; the CNI config
     /// must say `"networkPolicy": true` so that ADD waits for the pod to be covered).
     #[arg(long, env = "FERRY_NETWORK_POLICY")]
@@ -161,6 +189,24 @@ mod tests {
         let mut argv = vec!["ferry-overlayd", "--etcd-endpoints", "http://e:2379"];
         argv.extend(extra);
         Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn direct_routing_is_on_unless_turned_off() {
+        assert!(parse(&[]).direct_routing);
+        assert!(parse(&["--direct-routing"]).direct_routing);
+        assert!(parse(&["--direct-routing=true"]).direct_routing);
+        assert!(!parse(&["--direct-routing=false"]).direct_routing);
+        assert!(parse(&[]).vxlan_checksum_offload);
+        assert!(!parse(&["--vxlan-checksum-offload=false"]).vxlan_checksum_offload);
+        let argv = [
+            "ferry-overlayd",
+            "--etcd-endpoints",
+            "e",
+            "--direct-routing=maybe",
+        ];
+        let e = Args::try_parse_from(argv).unwrap_err().to_string();
+        assert!(e.contains("--direct-routing"), "{e}");
     }
 
     #[test]

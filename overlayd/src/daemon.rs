@@ -20,7 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::args::Args;
 use crate::datapath;
 use crate::metrics::Metrics;
-use crate::peers::{diff, Entries, Peer};
+use crate::peers::{diff, Entries, Hop, Peer, Reach};
 use crate::underlay::{self, Underlay};
 use crate::underlay_filter::{self, Family};
 use crate::{health, rules};
@@ -43,6 +43,12 @@ struct Node {
     grace_lease: i64,
     /// Keyed by the subnet their record's key names (`LeaseRecord::primary`).
     peers: BTreeMap<IpNetwork, Peer>,
+    /// Each peer's node name, keyed as `peers`.
+    names: BTreeMap<IpNetwork, String>,
+    /// The peers reached on-link (DirectRouting), as last asked of the kernel.
+    reach: Reach,
+    /// The path to each peer as last written to peers.json.
+    paths: Option<node_ipam::peer_paths::PeerPaths>,
     /// Subnets whose lease cannot be read now and whose node was not known before: what
     /// the kernel has for them is kept.
     held: BTreeSet<IpNetwork>,
@@ -131,7 +137,15 @@ pub async fn run(args: Args) -> Result<()> {
             .collect();
         let held: BTreeSet<IpNetwork> = view.unreadable.iter().copied().collect();
         let have = datapath::read(&nl, vx.index).await?;
-        let early = diff(&Entries::desired(&others).keeping(&held, &have), &have);
+        let reach = if args.direct_routing {
+            datapath::reach(&nl, &others, underlay.link.index).await
+        } else {
+            Reach::new()
+        };
+        let early = diff(
+            &Entries::desired(&others, &reach).keeping(&held, &have),
+            &have,
+        );
         datapath::apply_guarded(&nl, vx.index, &early).await;
 
         // The subnet this node had, so that its pods keep their addresses: node.json's, else
@@ -173,6 +187,9 @@ pub async fn run(args: Args) -> Result<()> {
             vx,
             grace_lease: acquired.grace_lease,
             peers: BTreeMap::new(),
+            names: BTreeMap::new(),
+            reach,
+            paths: None,
             held: BTreeSet::new(),
             refused: BTreeSet::new(),
             spared: BTreeSet::new(),
@@ -423,11 +440,16 @@ impl Node {
             tracing::debug!(node = %l.node, public_ip = %l.public_ip, "another underlay family than this node's: unreachable over VXLAN");
         }
         let mine = self.me.primary();
-        let mut peers: BTreeMap<IpNetwork, Peer> = view
-            .accepted
-            .iter()
-            .filter(|l| l.node != self.name && l.primary() != mine)
+        let others = || {
+            view.accepted
+                .iter()
+                .filter(|l| l.node != self.name && l.primary() != mine)
+        };
+        let mut peers: BTreeMap<IpNetwork, Peer> = others()
             .filter_map(|l| Some((l.primary()?, peer(l, family)?)))
+            .collect();
+        let mut names: BTreeMap<IpNetwork, String> = others()
+            .filter_map(|l| Some((l.primary()?, l.node.clone())))
             .collect();
         let mut held = BTreeSet::new();
         for s in view.unreadable.into_iter().filter(|s| Some(*s) != mine) {
@@ -435,6 +457,9 @@ impl Node {
             match self.peers.get(&s) {
                 Some(p) => {
                     peers.insert(s, *p);
+                    if let Some(n) = self.names.get(&s) {
+                        names.insert(s, n.clone());
+                    }
                 }
                 None => {
                     held.insert(s);
@@ -450,12 +475,67 @@ impl Node {
             tracing::info!(subnet = %s, "node lease gone");
         }
         self.peers = peers;
+        self.names = names;
         self.held = held;
     }
 
     /// What the kernel should hold, given what it holds (for held subnets).
     fn desired(&self, have: &Entries) -> Entries {
-        Entries::desired(self.peers.values()).keeping(&self.held, have)
+        Entries::desired(self.peers.values(), &self.reach).keeping(&self.held, have)
+    }
+
+    /// Asks the kernel again which peers are on-link: a node that moved to another
+    /// segment, or an underlay route that changed, switches path at the next round.
+    async fn refresh_reach(&mut self) {
+        if !self.args.direct_routing {
+            return;
+        }
+        let peers: Vec<Peer> = self.peers.values().copied().collect();
+        self.reach = datapath::reach(&self.nl, &peers, self.underlay.link.index).await;
+    }
+
+    /// Writes peers.json (the path to each peer, for `ferry-ipam leases --state-dir`) when
+    /// it changed, logging each peer whose path changed.
+    fn write_paths(&mut self, programmed: &Entries) {
+        use node_ipam::peer_paths::{self, PathKind, PeerPath, PeerPaths};
+        let peers: Vec<Peer> = self.peers.values().copied().collect();
+        let hops = programmed.paths(&peers);
+        let mut out = PeerPaths::default();
+        for (s, p) in &self.peers {
+            let hop: Option<Hop> = hops.get(&p.public_ip).copied().flatten();
+            out.peers.push(PeerPath {
+                node: self.names.get(s).cloned().unwrap_or_default(),
+                public_ip: p.public_ip,
+                path: if hop.is_some() {
+                    PathKind::Direct
+                } else {
+                    PathKind::Vxlan
+                },
+                device: hop.map(|_| self.underlay.link.name.clone()),
+            });
+        }
+        if self.paths.as_ref() == Some(&out) {
+            return;
+        }
+        let before = self.paths.take().unwrap_or_default();
+        for p in &out.peers {
+            if !before.peers.contains(p) {
+                tracing::info!(node = %p.node, public_ip = %p.public_ip, path = %p.shown(), "path to node");
+            }
+        }
+        let direct = out
+            .peers
+            .iter()
+            .filter(|p| p.path == PathKind::Direct)
+            .count();
+        self.metrics.direct_peers.store(direct as u64, Relaxed);
+        match peer_paths::write(&self.args.state_dir, &out) {
+            Ok(()) => self.paths = Some(out),
+            Err(e) => tracing::warn!(
+                "write {}: {e}",
+                peer_paths::path(&self.args.state_dir).display()
+            ),
+        }
     }
 
     /// Follows the leases until SIGTERM or SIGINT: watch events are applied as they come,
@@ -547,6 +627,7 @@ impl Node {
 
     /// Applies the difference between the peers and what was last programmed.
     async fn apply_changes(&mut self) {
+        self.refresh_reach().await;
         let want = self.desired(&self.programmed);
         let ops = diff(&want, &self.programmed);
         self.apply(&ops, false).await;
@@ -554,6 +635,7 @@ impl Node {
             self.metrics.reconcile_errors.fetch_add(1, Relaxed);
             tracing::warn!("VXLAN filter: {e:#}");
         }
+        self.write_paths(&want);
         self.set_programmed(want);
     }
 
@@ -613,6 +695,9 @@ impl Node {
             tracing::warn!(device = %vx.name, "VXLAN device was missing or replaced; recreated");
         }
         self.vx = vx;
+        if !self.args.vxlan_checksum_offload {
+            self.checksum_offload_off()?;
+        }
         if let Some(s) = self.me.subnet {
             datapath::ensure_vtep_addr(&self.nl, &self.vx, s).await?;
             let gw = datapath::gateway(s);
@@ -642,6 +727,7 @@ impl Node {
             }
         }
         let have = datapath::read(&self.nl, self.vx.index).await?;
+        self.refresh_reach().await;
         let want = self.desired(&have);
         self.filter_vxlan(&want, true)?;
         let ops = diff(&want, &have);
@@ -651,11 +737,23 @@ impl Node {
             tracing::warn!(ops = ops.len(), first = %shown.join(", "), "kernel differed from the leases; mending");
         }
         self.apply(&ops, true).await;
+        self.write_paths(&want);
         self.set_programmed(want);
         let micros = start.elapsed().as_micros() as u64;
         self.metrics.reconciles.fetch_add(1, Relaxed);
         self.metrics.reconcile_micros_last.store(micros, Relaxed);
         self.metrics.reconcile_micros_sum.fetch_add(micros, Relaxed);
+        Ok(())
+    }
+
+    /// Turns the VXLAN device's transmit checksum offload off when it is on (a recreated
+    /// device, or a hand change, comes back with it on).
+    fn checksum_offload_off(&self) -> Result<()> {
+        let name = &self.vx.name;
+        if netlink::ethtool::tx_checksum(name)? {
+            netlink::ethtool::set_tx_checksum(name, false)?;
+            tracing::info!(device = %name, "transmit checksum offload turned off (--vxlan-checksum-offload=false)");
+        }
         Ok(())
     }
 

@@ -6,10 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use futures_util::stream::{self, StreamExt};
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use netlink::{Link, Netlink, VxlanSpec};
 
-use crate::peers::{foreign_routes, spare_foreign, Entries, Op};
+use crate::peers::{foreign_routes, spare_foreign, Entries, Hop, Op, Peer, Reach};
 
 /// How many netlink requests run at once while applying: enough to hide round trips on a
 /// cold start with thousands of peers, few enough to keep the socket's buffers calm.
@@ -80,7 +80,8 @@ pub async fn ensure_v6_addrs(
     Ok(())
 }
 
-/// What the kernel holds on the VXLAN device.
+/// What the kernel holds on the VXLAN device, and ferry's direct routes (its protocol,
+/// a gateway, another device).
 pub async fn read(nl: &Netlink, vx_index: u32) -> Result<Entries> {
     let mut e = Entries::default();
     for n in nl.neighs_v4(vx_index).await? {
@@ -91,21 +92,32 @@ pub async fn read(nl: &Netlink, vx_index: u32) -> Result<Entries> {
             e.fdb.insert(f);
         }
     }
-    for r in nl.routes_v4().await? {
-        if r.oif == Some(vx_index) {
-            if let (Some(gw), Ok(net)) = (r.gateway, Ipv4Network::new(r.dst, r.prefix)) {
-                e.routes.insert(net, gw);
-            }
-        }
-    }
     for (ip, mac) in nl.neighs_v6(vx_index).await? {
         e.neighs6.insert(ip, mac);
     }
-    for r in nl.routes_v6().await? {
-        if r.oif == Some(vx_index) {
-            if let (Some(gw), Ok(net)) = (r.gateway, Ipv6Network::new(r.dst, r.prefix)) {
-                e.routes6.insert(net, gw);
+    let v4 = nl.routes_v4().await?.into_iter().map(|r| {
+        let gw = r.gateway.map(IpAddr::V4);
+        (IpAddr::V4(r.dst), r.prefix, gw, r.oif, r.protocol)
+    });
+    let v6 = nl.routes_v6().await?.into_iter().map(|r| {
+        let gw = r.gateway.map(IpAddr::V6);
+        (IpAddr::V6(r.dst), r.prefix, gw, r.oif, r.protocol)
+    });
+    for (dst, prefix, gw, oif, protocol) in v4.chain(v6) {
+        let (Some(gw), Some(dev), Ok(net)) = (gw, oif, IpNetwork::new(dst, prefix)) else {
+            continue;
+        };
+        match (net, gw) {
+            (IpNetwork::V4(n), IpAddr::V4(g)) if dev == vx_index => {
+                e.routes.insert(n, g);
             }
+            (IpNetwork::V6(n), IpAddr::V6(g)) if dev == vx_index => {
+                e.routes6.insert(n, g);
+            }
+            _ if dev != vx_index && protocol == netlink::ROUTE_PROTO_FERRY => {
+                e.direct.insert(net, Hop { via: gw, dev });
+            }
+            _ => {}
         }
     }
     Ok(e)
@@ -142,7 +154,8 @@ pub async fn apply_guarded(
 ) -> (usize, BTreeSet<Ipv4Network>) {
     let mut ops = ops.to_vec();
     let mut spared = Vec::new();
-    if ops.iter().any(|o| matches!(o, Op::SetRoute(..))) {
+    let sets_v4 = |o: &Op| matches!(o, Op::SetRoute(..) | Op::SetDirect(IpNetwork::V4(_), _));
+    if ops.iter().any(sets_v4) {
         match nl.routes_v4().await {
             Ok(routes) => {
                 (ops, spared) = spare_foreign(ops, &foreign_routes(&routes, vx_index));
@@ -150,7 +163,7 @@ pub async fn apply_guarded(
             Err(e) => {
                 // Unknown ground: make no route this time, the next resync tries again.
                 tracing::warn!("reconcile: {e:#}");
-                ops.retain(|o| !matches!(o, Op::SetRoute(..)));
+                ops.retain(|o| !sets_v4(o));
             }
         }
     }
@@ -178,8 +191,42 @@ async fn apply_one(nl: &Netlink, vx: u32, op: &Op) -> Result<()> {
             nl.replace_route_onlink_v6(net.network(), net.prefix(), gw, vx)
                 .await?
         }
+        Op::DelDirect(IpNetwork::V4(net), dev) => {
+            nl.del_route_v4(net.network(), net.prefix(), dev).await?
+        }
+        Op::DelDirect(IpNetwork::V6(net), dev) => {
+            nl.del_route_v6(net.network(), net.prefix(), dev).await?
+        }
+        Op::SetDirect(net, hop) => {
+            nl.replace_route_via(net.network(), net.prefix(), hop.via, hop.dev)
+                .await?
+        }
     }
     Ok(())
+}
+
+/// The peers (of the underlay's family) whose underlay address the kernel reaches on-link
+/// through the underlay device `dev`: no gateway, not the VXLAN device, a plain unicast
+/// route. Asked of the kernel (`ip route get`), so its own routing decides. A lookup that
+/// fails leaves its peer on VXLAN, which always works.
+pub async fn reach(nl: &Netlink, peers: &[Peer], dev: u32) -> Reach {
+    let lookups: Vec<(IpAddr, Option<u32>)> = stream::iter(peers.iter().map(|p| p.public_ip))
+        .map(|ip| async move {
+            match nl.route_get(ip).await {
+                Ok(r) => (ip, r.and_then(|r| r.on_link())),
+                Err(e) => {
+                    tracing::warn!("direct routing: {e:#}");
+                    (ip, None)
+                }
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    lookups
+        .into_iter()
+        .filter_map(|(ip, oif)| Some((ip, oif.filter(|o| *o == dev)?)))
+        .collect()
 }
 
 /// The gateway of a node subnet: its first host address.

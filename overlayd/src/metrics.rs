@@ -12,6 +12,8 @@ pub struct Metrics {
     pub neighs: AtomicU64,
     pub fdb: AtomicU64,
     pub routes: AtomicU64,
+    /// Remote nodes reached by DirectRouting.
+    pub direct_peers: AtomicU64,
     pub reconciles: AtomicU64,
     pub reconcile_errors: AtomicU64,
     pub reconcile_micros_last: AtomicU64,
@@ -93,6 +95,13 @@ impl Metrics {
             self.neighs.load(Relaxed),
             self.fdb.load(Relaxed),
             self.routes.load(Relaxed)
+        );
+        g(
+            &mut s,
+            "ferry_direct_peers",
+            "Remote nodes whose pods are reached unencapsulated (DirectRouting); the rest go over VXLAN",
+            "gauge",
+            self.direct_peers.load(Relaxed).to_string(),
         );
         let count = self.reconciles.load(Relaxed);
         let _ = writeln!(

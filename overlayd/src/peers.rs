@@ -9,6 +9,13 @@
 //! and an IPv6 route via it: the device is L2, so the FDB entry serves both families. A
 //! node of an IPv6-only cluster has only the IPv6 neighbour and route; its FDB entry's
 //! destination is of the underlay's family, whatever the pods' families are.
+//!
+//! DirectRouting: a node whose underlay address the kernel reaches on-link (no gateway) on
+//! the underlay device has its pod subnet of the underlay's family routed `via` that
+//! address on that device instead, unencapsulated (the other family stays on VXLAN: an
+//! IPv4 underlay cannot carry IPv6 packets as they are). Its neighbour and FDB entries
+//! stay, so that it works over VXLAN at once should it stop being on-link, and so that
+//! the VXLAN source filter keeps accepting it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -25,7 +32,18 @@ pub struct Peer {
     pub subnet_v6: Option<Ipv6Network>,
 }
 
-/// The overlay's entries on the VXLAN device.
+/// A pod subnet's direct route: via its node's underlay address, out of `dev`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Hop {
+    pub via: IpAddr,
+    pub dev: u32,
+}
+
+/// Peers' underlay addresses the kernel reaches on-link, with the device: the peers that
+/// get direct routes. An address not in it is reached over VXLAN.
+pub type Reach = BTreeMap<IpAddr, u32>;
+
+/// The overlay's entries on the VXLAN device, and the direct routes beside them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entries {
     pub neighs: BTreeMap<Ipv4Addr, [u8; 6]>,
@@ -33,35 +51,81 @@ pub struct Entries {
     pub routes: BTreeMap<Ipv4Network, Ipv4Addr>,
     pub neighs6: BTreeMap<Ipv6Addr, [u8; 6]>,
     pub routes6: BTreeMap<Ipv6Network, Ipv6Addr>,
+    /// Pod subnets routed straight to their node (DirectRouting), of either family.
+    pub direct: BTreeMap<IpNetwork, Hop>,
 }
 
 impl Entries {
-    pub fn desired<'a>(peers: impl IntoIterator<Item = &'a Peer>) -> Entries {
+    /// Every peer's entries; `reach` says which peers are on-link (see `Reach`).
+    pub fn desired<'a>(peers: impl IntoIterator<Item = &'a Peer>, reach: &Reach) -> Entries {
         let mut e = Entries::default();
         for p in peers {
             e.fdb.insert(FdbEntry {
                 mac: p.mac,
                 dst: p.public_ip,
             });
+            let hop = reach.get(&p.public_ip).map(|dev| Hop {
+                via: p.public_ip,
+                dev: *dev,
+            });
             if let Some(s) = p.subnet {
                 e.neighs.insert(s.network(), p.mac);
-                e.routes.insert(s, s.network());
+                match hop.filter(|h| h.via.is_ipv4()) {
+                    Some(h) => {
+                        e.direct.insert(IpNetwork::V4(s), h);
+                    }
+                    None => {
+                        e.routes.insert(s, s.network());
+                    }
+                }
             }
             if let Some(s6) = p.subnet_v6 {
                 e.neighs6.insert(s6.network(), p.mac);
-                e.routes6.insert(s6, s6.network());
+                match hop.filter(|h| h.via.is_ipv6()) {
+                    Some(h) => {
+                        e.direct.insert(IpNetwork::V6(s6), h);
+                    }
+                    None => {
+                        e.routes6.insert(s6, s6.network());
+                    }
+                }
             }
         }
         e
     }
 
-    /// Neighbour entries, FDB entries, routes, of both families.
+    /// Neighbour entries, FDB entries, routes (VXLAN and direct), of both families.
     pub fn len(&self) -> (usize, usize, usize) {
         (
             self.neighs.len() + self.neighs6.len(),
             self.fdb.len(),
-            self.routes.len() + self.routes6.len(),
+            self.routes.len() + self.routes6.len() + self.direct.len(),
         )
+    }
+
+    /// Whether a route to `net` is wanted, on either path.
+    fn routes_to(&self, net: IpNetwork) -> bool {
+        self.direct.contains_key(&net)
+            || match net {
+                IpNetwork::V4(n) => self.routes.contains_key(&n),
+                IpNetwork::V6(n) => self.routes6.contains_key(&n),
+            }
+    }
+
+    /// The path to each peer's subnet of the underlay's family (`v4`): its direct hop,
+    /// or `None` for VXLAN; keyed by the peer's underlay address.
+    pub fn paths(&self, peers: &[Peer]) -> BTreeMap<IpAddr, Option<Hop>> {
+        peers
+            .iter()
+            .map(|p| {
+                let net = match p.public_ip {
+                    IpAddr::V4(_) => p.subnet.map(IpNetwork::V4),
+                    IpAddr::V6(_) => p.subnet_v6.map(IpNetwork::V6),
+                };
+                let hop = net.and_then(|n| self.direct.get(&n)).copied();
+                (p.public_ip, hop)
+            })
+            .collect()
     }
 
     /// Adds, for each of `held` (subnets whose lease cannot be read now), what `have`
@@ -69,29 +133,39 @@ impl Entries {
     /// unreadable record is no reason to cut its node off, nor to point it elsewhere.
     pub fn keeping(mut self, held: &BTreeSet<IpNetwork>, have: &Entries) -> Entries {
         for net in held {
+            if self.routes_to(*net) {
+                continue;
+            }
+            if let Some(hop) = have.direct.get(net) {
+                self.direct.insert(*net, *hop);
+            }
             let mac = match *net {
                 IpNetwork::V4(net) => {
-                    if self.routes.contains_key(&net) {
-                        continue;
-                    }
-                    let Some(gw) = have.routes.get(&net) else {
-                        continue;
+                    let gw = match have.routes.get(&net) {
+                        Some(gw) => {
+                            self.routes.insert(net, *gw);
+                            *gw
+                        }
+                        // A direct route's node keeps its VXLAN neighbour at the subnet's
+                        // network address.
+                        None if self.direct.contains_key(&IpNetwork::V4(net)) => net.network(),
+                        None => continue,
                     };
-                    self.routes.insert(net, *gw);
-                    have.neighs.get(gw).inspect(|mac| {
-                        self.neighs.insert(*gw, **mac);
+                    have.neighs.get(&gw).inspect(|mac| {
+                        self.neighs.insert(gw, **mac);
                     })
                 }
                 IpNetwork::V6(net) => {
-                    if self.routes6.contains_key(&net) {
-                        continue;
-                    }
-                    let Some(gw) = have.routes6.get(&net) else {
-                        continue;
+                    let gw = match have.routes6.get(&net) {
+                        Some(gw) => {
+                            self.routes6.insert(net, *gw);
+                            *gw
+                        }
+                        None if self.direct.contains_key(&IpNetwork::V6(net)) => net.network(),
+                        None => continue,
                     };
-                    self.routes6.insert(net, *gw);
-                    have.neighs6.get(gw).inspect(|mac| {
-                        self.neighs6.insert(*gw, **mac);
+                    have.neighs6.get(&gw).inspect(|mac| {
+                        self.neighs6.insert(gw, **mac);
                     })
                 }
             };
@@ -125,7 +199,9 @@ pub fn spare_foreign(ops: Vec<Op>, foreign: &BTreeSet<Ipv4Network>) -> (Vec<Op>,
     let kept = ops
         .into_iter()
         .filter(|op| match op {
-            Op::SetRoute(net, _) if foreign.contains(net) => {
+            Op::SetRoute(net, _) | Op::SetDirect(IpNetwork::V4(net), _)
+                if foreign.contains(net) =>
+            {
                 refused.push(*net);
                 false
             }
@@ -147,6 +223,9 @@ pub enum Op {
     DelNeigh6(Ipv6Addr),
     SetNeigh6(Ipv6Addr, [u8; 6]),
     SetRoute6(Ipv6Network, Ipv6Addr),
+    /// A direct route gone: its subnet and the device it was on.
+    DelDirect(IpNetwork, u32),
+    SetDirect(IpNetwork, Hop),
 }
 
 impl Op {
@@ -155,20 +234,32 @@ impl Op {
     /// gateway, and traffic would go to a stale VTEP).
     pub fn phase(&self) -> u8 {
         match self {
-            Op::DelRoute(_) | Op::DelRoute6(_) => 0,
+            Op::DelRoute(_) | Op::DelRoute6(_) | Op::DelDirect(..) => 0,
             Op::DelNeigh(_) | Op::DelNeigh6(_) | Op::DelFdb(_) => 1,
             Op::SetNeigh(_) | Op::SetNeigh6(..) | Op::SetFdb(_) => 2,
-            Op::SetRoute(..) | Op::SetRoute6(..) => 3,
+            Op::SetRoute(..) | Op::SetRoute6(..) | Op::SetDirect(..) => 3,
         }
     }
 }
 
-/// The operations that make `have` into `want`, in phase order.
+/// The operations that make `have` into `want`, in phase order. A subnet that changes
+/// path is not deleted first: the new route replaces the old one (same destination and
+/// metric) in one step, so its flows never meet a missing route.
 pub fn diff(want: &Entries, have: &Entries) -> Vec<Op> {
     let mut ops = Vec::new();
     for net in have.routes.keys() {
-        if !want.routes.contains_key(net) {
+        if !want.routes_to(IpNetwork::V4(*net)) {
             ops.push(Op::DelRoute(*net));
+        }
+    }
+    for (net, hop) in &have.direct {
+        if !want.routes_to(*net) {
+            ops.push(Op::DelDirect(*net, hop.dev));
+        }
+    }
+    for (net, hop) in &want.direct {
+        if have.direct.get(net) != Some(hop) {
+            ops.push(Op::SetDirect(*net, *hop));
         }
     }
     for ip in have.neighs.keys() {
@@ -193,7 +284,7 @@ pub fn diff(want: &Entries, have: &Entries) -> Vec<Op> {
         }
     }
     for net in have.routes6.keys() {
-        if !want.routes6.contains_key(net) {
+        if !want.routes_to(IpNetwork::V6(*net)) {
             ops.push(Op::DelRoute6(*net));
         }
     }
@@ -220,6 +311,11 @@ pub fn diff(want: &Entries, have: &Entries) -> Vec<Op> {
 mod tests {
     use super::*;
 
+    /// No peer on-link: every one over VXLAN.
+    fn nowhere() -> Reach {
+        Reach::new()
+    }
+
     fn peer(n: u8, ip: u8, mac: u8) -> Peer {
         Peer {
             subnet: Some(format!("10.244.{n}.0/24").parse().unwrap()),
@@ -238,7 +334,7 @@ mod tests {
 
     #[test]
     fn a_dual_stack_peer_adds_an_ipv6_neighbour_and_route_on_the_same_mac() {
-        let want = Entries::desired(&[peer6(1, 11, 1), peer(2, 12, 2)]);
+        let want = Entries::desired(&[peer6(1, 11, 1), peer(2, 12, 2)], &nowhere());
         assert_eq!(want.len(), (3, 2, 3));
         let gw: Ipv6Addr = "fd00:10:0:1::".parse().unwrap();
         assert_eq!(want.neighs6.get(&gw), Some(&[0x0e, 0, 0, 0, 0, 1]));
@@ -260,7 +356,7 @@ mod tests {
             ]
         );
         // The node gone: its IPv6 route goes first, then its neighbour.
-        let ops = diff(&Entries::desired(&[peer(2, 12, 2)]), &want);
+        let ops = diff(&Entries::desired(&[peer(2, 12, 2)], &nowhere()), &want);
         assert_eq!(ops[0], Op::DelRoute("10.244.1.0/24".parse().unwrap()));
         assert_eq!(ops[1], Op::DelRoute6("fd00:10:0:1::/64".parse().unwrap()));
         assert!(ops.contains(&Op::DelNeigh6(gw)));
@@ -268,7 +364,7 @@ mod tests {
 
     #[test]
     fn from_nothing_adds_three_entries_per_peer_routes_last() {
-        let want = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2)]);
+        let want = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2)], &nowhere());
         let ops = diff(&want, &Entries::default());
         assert_eq!(ops.len(), 6);
         assert!(matches!(ops[4], Op::SetRoute(..)) && matches!(ops[5], Op::SetRoute(..)));
@@ -277,8 +373,8 @@ mod tests {
 
     #[test]
     fn a_gone_peer_is_removed_routes_first() {
-        let have = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2)]);
-        let want = Entries::desired(&[peer(1, 11, 1)]);
+        let have = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2)], &nowhere());
+        let want = Entries::desired(&[peer(1, 11, 1)], &nowhere());
         let ops = diff(&want, &have);
         assert_eq!(
             ops,
@@ -295,8 +391,8 @@ mod tests {
 
     #[test]
     fn a_moved_peer_replaces_neigh_and_fdb_and_drops_the_old_fdb() {
-        let have = Entries::desired(&[peer(1, 11, 1)]);
-        let want = Entries::desired(&[peer(1, 21, 9)]);
+        let have = Entries::desired(&[peer(1, 11, 1)], &nowhere());
+        let want = Entries::desired(&[peer(1, 21, 9)], &nowhere());
         let ops = diff(&want, &have);
         assert!(ops.contains(&Op::DelFdb(FdbEntry {
             mac: [0x0e, 0, 0, 0, 0, 1],
@@ -318,13 +414,13 @@ mod tests {
 
     #[test]
     fn an_unreadable_peer_keeps_what_the_kernel_has() {
-        let have = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2)]);
+        let have = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2)], &nowhere());
         let held: BTreeSet<IpNetwork> = [
             "10.244.2.0/24".parse().unwrap(),
             "10.244.9.0/24".parse().unwrap(),
         ]
         .into();
-        let want = Entries::desired(&[peer(1, 11, 1)]).keeping(&held, &have);
+        let want = Entries::desired(&[peer(1, 11, 1)], &nowhere()).keeping(&held, &have);
         assert_eq!(want, have);
         assert_eq!(diff(&want, &have), vec![]);
         assert_eq!(
@@ -332,8 +428,9 @@ mod tests {
             [IpAddr::from([192, 0, 2, 11]), IpAddr::from([192, 0, 2, 12])].into()
         );
         // Nothing there to keep: nothing is made up.
-        let none = Entries::desired(&[peer(1, 11, 1)]).keeping(&held, &Entries::default());
-        assert_eq!(none, Entries::desired(&[peer(1, 11, 1)]));
+        let none =
+            Entries::desired(&[peer(1, 11, 1)], &nowhere()).keeping(&held, &Entries::default());
+        assert_eq!(none, Entries::desired(&[peer(1, 11, 1)], &nowhere()));
     }
 
     #[test]
@@ -361,7 +458,10 @@ mod tests {
             ]
             .into()
         );
-        let want = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2), peer(3, 13, 3)]);
+        let want = Entries::desired(
+            &[peer(1, 11, 1), peer(2, 12, 2), peer(3, 13, 3)],
+            &nowhere(),
+        );
         let (ops, refused) = spare_foreign(diff(&want, &Entries::default()), &foreign);
         assert_eq!(
             refused,
@@ -385,7 +485,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_only_peer_has_no_ipv4_entries_and_an_ipv6_vtep() {
-        let want = Entries::desired(&[peer6_only(1, 1), peer6_only(2, 2)]);
+        let want = Entries::desired(&[peer6_only(1, 1), peer6_only(2, 2)], &nowhere());
         assert_eq!(want.len(), (2, 2, 2));
         assert!(want.routes.is_empty() && want.neighs.is_empty());
         assert_eq!(
@@ -410,21 +510,162 @@ mod tests {
         );
         // An unreadable record keeps its node's IPv6 entries, FDB entry included.
         let held: BTreeSet<IpNetwork> = [IpNetwork::V6(s1)].into();
-        let kept = Entries::desired(&[peer6_only(2, 2)]).keeping(&held, &want);
+        let kept = Entries::desired(&[peer6_only(2, 2)], &nowhere()).keeping(&held, &want);
         assert_eq!(kept, want);
     }
 
     #[test]
     fn stale_entries_of_unknown_nodes_are_removed() {
-        let mut have = Entries::desired(&[peer(1, 11, 1)]);
+        let mut have = Entries::desired(&[peer(1, 11, 1)], &nowhere());
         have.routes.insert(
             "10.244.7.0/24".parse().unwrap(),
             Ipv4Addr::new(10, 244, 7, 0),
         );
-        let want = Entries::desired(&[peer(1, 11, 1)]);
+        let want = Entries::desired(&[peer(1, 11, 1)], &nowhere());
         assert_eq!(
             diff(&want, &have),
             vec![Op::DelRoute("10.244.7.0/24".parse().unwrap())]
         );
+    }
+
+    /// Peers at 192.0.2.`ips` on-link on device 2.
+    fn on_link(ips: &[u8]) -> Reach {
+        ips.iter()
+            .map(|i| (IpAddr::from([192, 0, 2, *i]), 2))
+            .collect()
+    }
+
+    fn hop(ip: u8) -> Hop {
+        Hop {
+            via: IpAddr::from([192, 0, 2, ip]),
+            dev: 2,
+        }
+    }
+
+    #[test]
+    fn an_on_link_peer_is_routed_directly_and_keeps_its_vxlan_entries() {
+        let want = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2)], &on_link(&[11]));
+        let s1: Ipv4Network = "10.244.1.0/24".parse().unwrap();
+        assert_eq!(want.direct, [(IpNetwork::V4(s1), hop(11))].into());
+        assert!(!want.routes.contains_key(&s1));
+        assert!(want.routes.contains_key(&"10.244.2.0/24".parse().unwrap()));
+        // Both peers keep their neighbour and FDB entry: one that stops being on-link
+        // works over VXLAN at once, and the VXLAN filter still knows both.
+        assert_eq!(want.len(), (2, 2, 2));
+        assert_eq!(want.nodes().len(), 2);
+        let ops = diff(&want, &Entries::default());
+        assert_eq!(
+            ops.last(),
+            Some(&Op::SetRoute(
+                "10.244.2.0/24".parse().unwrap(),
+                Ipv4Addr::new(10, 244, 2, 0)
+            ))
+        );
+        assert!(ops.contains(&Op::SetDirect(IpNetwork::V4(s1), hop(11))));
+        assert_eq!(
+            want.paths(&[peer(1, 11, 1), peer(2, 12, 2)]),
+            [
+                (IpAddr::from([192, 0, 2, 11]), Some(hop(11))),
+                (IpAddr::from([192, 0, 2, 12]), None)
+            ]
+            .into()
+        );
+    }
+
+    #[test]
+    fn switching_path_replaces_the_route_without_deleting_it_first() {
+        let peers = [peer(1, 11, 1)];
+        let s1: Ipv4Network = "10.244.1.0/24".parse().unwrap();
+        let vxlan = Entries::desired(&peers, &nowhere());
+        let direct = Entries::desired(&peers, &on_link(&[11]));
+        // VXLAN to direct: one replace, no delete of the old route (no gap).
+        assert_eq!(
+            diff(&direct, &vxlan),
+            vec![Op::SetDirect(IpNetwork::V4(s1), hop(11))]
+        );
+        // And back.
+        assert_eq!(diff(&vxlan, &direct), vec![Op::SetRoute(s1, s1.network())]);
+        // The peer on-link through another device now: replaced in place too.
+        let other: Reach = [(IpAddr::from([192, 0, 2, 11]), 5)].into();
+        let moved = Entries::desired(&peers, &other);
+        assert_eq!(
+            diff(&moved, &direct),
+            vec![Op::SetDirect(IpNetwork::V4(s1), Hop { dev: 5, ..hop(11) })]
+        );
+    }
+
+    #[test]
+    fn a_hand_deleted_direct_route_comes_back_and_a_stale_one_goes() {
+        let want = Entries::desired(&[peer(1, 11, 1)], &on_link(&[11]));
+        let s1 = IpNetwork::V4("10.244.1.0/24".parse().unwrap());
+        let mut have = want.clone();
+        have.direct.clear();
+        assert_eq!(diff(&want, &have), vec![Op::SetDirect(s1, hop(11))]);
+        // A direct route of ferry's to a subnet no lease names: removed from its device.
+        let mut have = want.clone();
+        let stale = IpNetwork::V4("10.244.7.0/24".parse().unwrap());
+        have.direct.insert(stale, hop(17));
+        assert_eq!(diff(&want, &have), vec![Op::DelDirect(stale, 2)]);
+        // The node gone: its direct route goes first, then its VXLAN entries.
+        let ops = diff(&Entries::desired(&[], &on_link(&[11])), &want);
+        assert_eq!(ops[0], Op::DelDirect(s1, 2));
+        assert_eq!(ops.len(), 3);
+    }
+
+    #[test]
+    fn only_the_underlay_family_is_routed_directly() {
+        // A dual-stack peer on an IPv4 underlay: its IPv6 subnet stays on VXLAN.
+        let want = Entries::desired(&[peer6(1, 11, 1)], &on_link(&[11]));
+        assert_eq!(want.direct.len(), 1);
+        assert!(want.direct.keys().all(|n| n.is_ipv4()));
+        assert_eq!(want.routes6.len(), 1);
+        // An IPv6-only peer on an IPv6 underlay: its IPv6 subnet is routed directly.
+        let p = peer6_only(1, 1);
+        let reach: Reach = [(p.public_ip, 3)].into();
+        let want = Entries::desired(&[p], &reach);
+        let s1 = IpNetwork::V6("fd00:10:0:1::/64".parse().unwrap());
+        assert_eq!(
+            want.direct,
+            [(
+                s1,
+                Hop {
+                    via: p.public_ip,
+                    dev: 3
+                }
+            )]
+            .into()
+        );
+        assert!(want.routes6.is_empty());
+        assert_eq!(
+            want.paths(&[p]),
+            [(
+                p.public_ip,
+                Some(Hop {
+                    via: p.public_ip,
+                    dev: 3
+                })
+            )]
+            .into()
+        );
+    }
+
+    #[test]
+    fn an_unreadable_direct_peer_keeps_its_direct_route_and_vxlan_entries() {
+        let have = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2)], &on_link(&[11, 12]));
+        let held: BTreeSet<IpNetwork> = ["10.244.2.0/24".parse().unwrap()].into();
+        let want = Entries::desired(&[peer(1, 11, 1)], &on_link(&[11, 12])).keeping(&held, &have);
+        assert_eq!(want, have);
+    }
+
+    #[test]
+    fn a_direct_route_over_a_foreign_one_is_refused() {
+        let foreign: BTreeSet<Ipv4Network> = ["10.244.1.0/24".parse().unwrap()].into();
+        let want = Entries::desired(&[peer(1, 11, 1)], &on_link(&[11]));
+        let (ops, refused) = spare_foreign(diff(&want, &Entries::default()), &foreign);
+        assert_eq!(
+            refused,
+            vec!["10.244.1.0/24".parse::<Ipv4Network>().unwrap()]
+        );
+        assert!(!ops.iter().any(|o| matches!(o, Op::SetDirect(..))));
     }
 }

@@ -25,22 +25,35 @@ pub const ETCD_IP_V6: &str = "2001:db8::2";
 pub const OUTSIDE_IP_V6: &str = "2001:db8::100";
 pub const HEALTH_ADDR: &str = "127.0.0.1:9797";
 
+/// Two L2 segments of `Cluster::two_segments`, each a /25 of 192.0.2.0/24.
+pub const SEGMENT_A_GW: &str = "192.0.2.126";
+pub const SEGMENT_B_GW: &str = "192.0.2.254";
+/// The outside host of a two-segment cluster, on segment A.
+pub const OUTSIDE_IP_A: &str = "192.0.2.100";
+
 /// The underlay L2 segment.
 pub struct Switch {
     pub ns: Netns,
+    /// The IPv4 prefix length of its hosts, and their default gateway.
+    prefix: u8,
+    gw: &'static str,
 }
 
 impl Switch {
+    /// One segment for the whole 192.0.2.0/24 (and 2001:db8::/64).
     pub fn new() -> Switch {
-        let ns = Netns::new("fys");
-        ns.sh("ip link add sw0 type bridge && ip link set sw0 up");
-        Switch { ns }
+        Self::segment(24, UNDERLAY_GW)
     }
 
-    /// Plugs `host` in as `eth0` with `ip`/24 (an IPv6 `ip`: /64, and no IPv4 address at
-    /// all) and a default route (to nowhere: only the test's own namespaces are ever
-    /// reached).
-    pub fn plug(&self, host: &Netns, ip: &str) {
+    /// A segment whose IPv4 hosts get `/prefix` and a default route via `gw`.
+    pub fn segment(prefix: u8, gw: &'static str) -> Switch {
+        let ns = Netns::new("fys");
+        ns.sh("ip link add sw0 type bridge && ip link set sw0 up");
+        Switch { ns, prefix, gw }
+    }
+
+    /// A port of the switch, as `ifname` (down, no address) in `host`.
+    pub fn port(&self, host: &Netns, ifname: &str) {
         let port = crate::unique("sp");
         run_ok(Command::new("ip").args([
             "-n",
@@ -52,11 +65,18 @@ impl Switch {
             "veth",
             "peer",
             "name",
-            "eth0",
+            ifname,
             "netns",
             &host.name,
         ]));
         self.ns.sh(&format!("ip link set {port} master sw0 up"));
+    }
+
+    /// Plugs `host` in as `eth0` with `ip` and the segment's prefix (an IPv6 `ip`: /64,
+    /// and no IPv4 address at all) and a default route (to nowhere on a single segment:
+    /// only the test's own namespaces are ever reached).
+    pub fn plug(&self, host: &Netns, ip: &str) {
+        self.port(host, "eth0");
         if ip.contains(':') {
             host.sh(&format!(
                 "ip -6 addr add {ip}/64 dev eth0 nodad && ip link set eth0 up && \
@@ -64,9 +84,33 @@ impl Switch {
             ));
             return;
         }
+        let (prefix, gw) = (self.prefix, self.gw);
         host.sh(&format!(
-            "ip addr add {ip}/24 dev eth0 && ip link set eth0 up && ip route add default via {UNDERLAY_GW}"
+            "ip addr add {ip}/{prefix} dev eth0 && ip link set eth0 up && ip route add default via {gw}"
         ));
+    }
+}
+
+/// A second segment joined to the first by a router namespace (`Cluster::two_segments`).
+pub struct Routed {
+    pub switch: Switch,
+    /// `eth0` on segment A at `SEGMENT_A_GW`, `eth1` on segment B at `SEGMENT_B_GW`,
+    /// forwarding between them.
+    pub router: Netns,
+}
+
+impl Routed {
+    fn new(a: &Switch) -> Routed {
+        let switch = Switch::segment(25, SEGMENT_B_GW);
+        let router = Netns::new("fyr");
+        a.port(&router, "eth0");
+        switch.port(&router, "eth1");
+        router.sh(&format!(
+            "ip addr add {SEGMENT_A_GW}/25 dev eth0 && ip link set eth0 up && \
+             ip addr add {SEGMENT_B_GW}/25 dev eth1 && ip link set eth1 up && \
+             sysctl -qw net.ipv4.ip_forward=1"
+        ));
+        Routed { switch, router }
     }
 }
 
@@ -441,6 +485,48 @@ impl Node {
             .sh("ip route show dev ferry.1 2>/dev/null || true")
     }
 
+    /// Every route ferry made, on either path (VXLAN or direct), of both families.
+    pub fn ferry_routes(&self) -> String {
+        self.host
+            .sh("ip route show proto 102; ip -6 route show proto 102")
+    }
+
+    /// ferry's direct routes (DirectRouting: on the underlay, not on the VXLAN device).
+    pub fn direct_routes(&self) -> String {
+        self.host
+            .sh("ip route show proto 102 dev eth0; ip -6 route show proto 102 dev eth0")
+    }
+
+    /// The transmit checksum offload of `dev` in this node (`ethtool -k`'s `tx-checksumming`,
+    /// through the ioctl: no ethtool binary needed); with `set`, sets it first.
+    pub fn tx_checksum(&self, dev: &str, set: Option<bool>) -> bool {
+        let set = match set {
+            Some(on) => format!("io(0x17, {})\n", u8::from(on)),
+            None => String::new(),
+        };
+        let script = format!(
+            "import array, fcntl, socket, struct\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             def io(cmd, data):\n\
+             \x20   buf = array.array('B', struct.pack('II', cmd, data))\n\
+             \x20   ifr = struct.pack('16sP16x', b'{dev}', buf.buffer_info()[0])\n\
+             \x20   fcntl.ioctl(s.fileno(), 0x8946, ifr)\n\
+             \x20   return struct.unpack('II', buf.tobytes())[1]\n\
+             {set}print(io(0x16, 0))\n"
+        );
+        let out = self.host.sh(&format!("python3 -c \"{script}\""));
+        out.trim() != "0"
+    }
+
+    /// Packets the VXLAN device sent and received so far (tx + rx).
+    pub fn vxlan_packets(&self) -> u64 {
+        self.host
+            .sh("cat /sys/class/net/ferry.1/statistics/tx_packets /sys/class/net/ferry.1/statistics/rx_packets")
+            .split_whitespace()
+            .map(|n| n.parse::<u64>().expect("a counter"))
+            .sum()
+    }
+
     /// The IPv6 routes ferry made on the VXLAN device, as `ip -6 route` prints them.
     pub fn overlay_routes_v6(&self) -> String {
         self.host
@@ -483,6 +569,8 @@ pub struct Cluster {
     pub extra_args: String,
     /// Whether the underlay is IPv6 (2001:db8::/64) and the cluster IPv6-only.
     pub v6: bool,
+    /// With `two_segments`: segment B and its router (`switch` is segment A).
+    pub routed: Option<Routed>,
 }
 
 impl Cluster {
@@ -509,17 +597,68 @@ impl Cluster {
         tls: bool,
         report: &mut dyn FnMut(Progress),
     ) -> Cluster {
-        Self::build_on(n, cidr, extra, tls, false, report)
+        Self::build_with(Switch::new(), n, cidr, extra, tls, false, report)
     }
 
     /// An IPv6-only cluster (`cidr6` its only cluster CIDR) over an IPv6 underlay: every
     /// host on 2001:db8::/64 with no IPv4 address, etcd at `ETCD_IP_V6`, the outside host
     /// at `OUTSIDE_IP_V6`, the nodes at 2001:db8::11, ::12, …
     pub fn v6_only(n: usize, cidr6: &str, extra: &str) -> Cluster {
-        Self::build_on(n, cidr6, extra, false, true, &mut |_| {})
+        Self::build_with(Switch::new(), n, cidr6, extra, false, true, &mut |_| {})
     }
 
-    fn build_on(
+    /// An IPv4 cluster on two L2 segments joined by a router: segment A (192.0.2.0/25,
+    /// etcd, the outside host and `on_a` nodes at .11, .12, …) and segment B
+    /// (192.0.2.128/25, `on_b` nodes at .139, .140, …). Nodes of one segment are on-link
+    /// to each other; across, their underlay packets go through the router.
+    pub fn two_segments(on_a: usize, on_b: usize, cidr: &str, extra: &str) -> Cluster {
+        let switch = Switch::segment(25, SEGMENT_A_GW);
+        let mut c = Self::build_with(switch, 0, cidr, extra, false, false, &mut |_| {});
+        c.routed = Some(Routed::new(&c.switch));
+        for _ in 0..on_a {
+            c.add_node();
+        }
+        for i in 0..on_b {
+            c.add_node_on_b(&format!("192.0.2.{}", 139 + i));
+        }
+        for node in &mut c.nodes {
+            node.wait_ready();
+        }
+        c.wait_converged();
+        c
+    }
+
+    /// A node on segment B at `ip`, its daemon started (not waited for).
+    pub fn add_node_on_b(&mut self, ip: &str) -> &mut Node {
+        let routed = self.routed.as_ref().expect("a two-segment cluster");
+        let host = Netns::new("fyn");
+        routed.switch.plug(&host, ip);
+        self.add_node_in(host, ip.to_string())
+    }
+
+    /// Unplugs node `i` from its segment and plugs it into the other (segment B at
+    /// `ip`, or segment A when `ip` is in 192.0.2.0/25), as a moved machine would be;
+    /// its daemon is left as it is (it reads its underlay address at start).
+    pub fn move_node(&mut self, i: usize, ip: &str) {
+        let routed = self.routed.as_ref().expect("a two-segment cluster");
+        let last: u8 = ip
+            .rsplit('.')
+            .next()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        let to = if last < 128 {
+            &self.switch
+        } else {
+            &routed.switch
+        };
+        let n = &mut self.nodes[i];
+        n.host.sh("ip link del eth0");
+        to.plug(&n.host, ip);
+        n.ip = ip.to_string();
+    }
+
+    fn build_with(
+        switch: Switch,
         n: usize,
         cidr: &str,
         extra: &str,
@@ -528,11 +667,15 @@ impl Cluster {
         report: &mut dyn FnMut(Progress),
     ) -> Cluster {
         let t = Instant::now();
-        let switch = Switch::new();
         let etcd = Etcd::start_on(&switch, tls, if v6 { ETCD_IP_V6 } else { ETCD_IP });
         report(Progress::Etcd(&etcd, t.elapsed()));
         let outside = Netns::new("fyo");
-        switch.plug(&outside, if v6 { OUTSIDE_IP_V6 } else { OUTSIDE_IP });
+        let outside_ip = match (v6, switch.prefix) {
+            (true, _) => OUTSIDE_IP_V6,
+            (false, 24) => OUTSIDE_IP,
+            (false, _) => OUTSIDE_IP_A,
+        };
+        switch.plug(&outside, outside_ip);
         let mut c = Cluster {
             switch,
             etcd,
@@ -542,6 +685,7 @@ impl Cluster {
             prefix: format!("/ferry-{}", crate::unique("t")),
             extra_args: extra.to_string(),
             v6,
+            routed: None,
         };
         let t = Instant::now();
         for _ in 0..n {
@@ -560,14 +704,24 @@ impl Cluster {
     /// A new node with its daemon started (not waited for).
     pub fn add_node(&mut self) -> &mut Node {
         let i = self.nodes.len();
-        let name = format!("node{i}");
         let host = Netns::new("fyn");
-        let (ip, cidr_flag) = if self.v6 {
-            (format!("2001:db8::{:x}", 0x11 + i), "--cluster-cidr-v6")
+        let ip = if self.v6 {
+            format!("2001:db8::{:x}", 0x11 + i)
         } else {
-            (format!("192.0.2.{}", 11 + i), "--cluster-cidr")
+            format!("192.0.2.{}", 11 + i)
         };
         self.switch.plug(&host, &ip);
+        self.add_node_in(host, ip)
+    }
+
+    /// A node in `host`, already plugged in at `ip`, its daemon started.
+    fn add_node_in(&mut self, host: Netns, ip: String) -> &mut Node {
+        let name = format!("node{}", self.nodes.len());
+        let cidr_flag = if self.v6 {
+            "--cluster-cidr-v6"
+        } else {
+            "--cluster-cidr"
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let daemon_args = format!(
             "{} --etcd-prefix {} --node-name {name} --state-dir {} \
@@ -601,7 +755,7 @@ impl Cluster {
                 continue;
             }
             let ok = wait_until(Duration::from_secs(20), || {
-                let routes = node.overlay_routes() + &node.overlay_routes_v6();
+                let routes = node.ferry_routes();
                 subnets
                     .iter()
                     .enumerate()
@@ -624,6 +778,9 @@ impl Cluster {
             self.etcd.host.name.clone(),
             self.outside.name.clone(),
         ];
+        if let Some(r) = &self.routed {
+            v.extend([r.switch.ns.name.clone(), r.router.name.clone()]);
+        }
         v.extend(self.nodes.iter().map(|n| n.host.name.clone()));
         v
     }

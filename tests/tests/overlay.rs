@@ -19,7 +19,20 @@ macro_rules! needs_root {
 #[test]
 fn pods_reach_each_other_across_nodes_keeping_their_addresses() {
     needs_root!();
-    let c = Cluster::new(3, "10.60.0.0/16");
+    // One segment: every node reaches the others by DirectRouting.
+    every_traffic_kind("10.60.0.0/16", "");
+}
+
+#[test]
+fn pods_reach_each_other_across_nodes_over_vxlan() {
+    needs_root!();
+    every_traffic_kind("10.69.0.0/16", "--direct-routing=false");
+}
+
+/// Pods of three nodes reach each other, their own node, localhost and the outside host,
+/// with the daemons' `extra` flags.
+fn every_traffic_kind(cidr: &str, extra: &str) {
+    let c = Cluster::with_args(3, cidr, extra);
     // Distinct subnets, each node's gateway and MTU in its state.
     let subnets: Vec<String> = c.nodes.iter().map(|n| n.subnet()).collect();
     assert_eq!(
@@ -32,7 +45,7 @@ fn pods_reach_each_other_across_nodes_keeping_their_addresses() {
     );
     for n in &c.nodes {
         let st = n.node_state();
-        assert_eq!(st["clusterCIDR"], "10.60.0.0/16");
+        assert_eq!(st["clusterCIDR"], cidr);
         assert_eq!(st["mtu"], 1450);
         assert_eq!(st["nodeName"], n.name.as_str());
     }
@@ -211,7 +224,8 @@ fn a_node_joining_later_is_reached_by_all() {
 #[test]
 fn hand_deleted_state_comes_back() {
     needs_root!();
-    let c = Cluster::new(2, "10.65.0.0/16");
+    // About the VXLAN entries: the nodes share a segment, so DirectRouting is off.
+    let c = Cluster::with_args(2, "10.65.0.0/16", "--direct-routing=false");
     let a = c.nodes[0].add_pod("ha");
     let b = c.nodes[1].add_pod("hb");
     let n0 = &c.nodes[0];
@@ -265,6 +279,48 @@ fn hand_deleted_state_comes_back() {
 }
 
 #[test]
+fn vxlan_checksum_offload_can_be_turned_off_and_stays_off() {
+    needs_root!();
+    let c = Cluster::with_args(
+        2,
+        "10.70.0.0/16",
+        "--direct-routing=false --vxlan-checksum-offload=false",
+    );
+    for n in &c.nodes {
+        let off = wait_until(Duration::from_secs(10), || !n.tx_checksum("ferry.1", None));
+        assert!(
+            off,
+            "{}: tx checksum offload still on:\n{}",
+            n.name,
+            n.log()
+        );
+        // The underlay's own offloads are not touched.
+        assert!(
+            n.tx_checksum("eth0", None),
+            "{}: eth0's offload changed",
+            n.name
+        );
+    }
+    // Traffic crosses with the inner checksums computed in software, TCP included.
+    let a = c.nodes[0].add_pod("ka");
+    let b = c.nodes[1].add_pod("kb");
+    let _srv = echo_peer_server(&b.ns, 7000);
+    c.wait_reachable(&a.ns, &b.ip);
+    assert_eq!(connect(&a.ns, &b.ip, 7000).as_deref(), Some(a.ip.as_str()));
+    // Turned back on by hand: the next resync turns it off again.
+    let n0 = &c.nodes[0];
+    assert!(n0.tx_checksum("ferry.1", Some(true)));
+    let off = wait_until(Duration::from_secs(10), || !n0.tx_checksum("ferry.1", None));
+    assert!(off, "not mended:\n{}", n0.log());
+    // Without the flag the kernel's default (on) is left alone.
+    let d = Cluster::with_args(1, "10.71.0.0/16", "--direct-routing=false");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(d.nodes[0].tx_checksum("ferry.1", None));
+    c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
+    c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+}
+
+#[test]
 fn a_silent_node_keeps_its_subnet_for_the_grace_period() {
     needs_root!();
     let mut c = Cluster::with_args(2, "10.66.0.0/16", "--lease-grace 10s");
@@ -273,11 +329,11 @@ fn a_silent_node_keeps_its_subnet_for_the_grace_period() {
     assert_eq!(silent.stop(libc::SIGKILL, Duration::from_secs(5)), None);
     // Its routes stay for now...
     std::thread::sleep(Duration::from_secs(3));
-    assert!(c.nodes[0].overlay_routes().contains(&gone));
+    assert!(c.nodes[0].ferry_routes().contains(&gone));
     // ...and go when the grace period has passed.
     assert!(
         wait_until(Duration::from_secs(30), || !c.nodes[0]
-            .overlay_routes()
+            .ferry_routes()
             .contains(&gone)),
         "{}",
         c.nodes[0].log()

@@ -146,11 +146,9 @@ fn idle_connections_to_the_health_port_stall_nothing() {
         "the daemon holds {fds} file descriptors under 1500 idle connections"
     );
     // The resync still runs: a hand-deleted route comes back.
-    c.nodes[0]
-        .host
-        .sh(&format!("ip route del {s1} dev ferry.1"));
+    c.nodes[0].host.sh(&format!("ip route del {s1} proto 102"));
     let mended = wait_until(Duration::from_secs(15), || {
-        c.nodes[0].overlay_routes().contains(&s1)
+        c.nodes[0].ferry_routes().contains(&s1)
     });
     assert!(
         mended,

@@ -17,6 +17,9 @@ pub enum Error {
     },
     #[error("{name} already exists and is not a bridge (it is {kind})")]
     NotABridge { name: String, kind: String },
+    /// A route whose gateway is not of its destination's family.
+    #[error("route {dst} via {gw}: the gateway is of another family")]
+    FamilyMismatch { dst: String, gw: String },
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -1,7 +1,9 @@
 //! The kernel operations ferry needs, each named for what it does and each error naming
 //! the link and network namespace it concerns.
 
+mod direct;
 mod error;
+pub mod ethtool;
 mod guard;
 mod handle;
 mod link;
@@ -9,6 +11,7 @@ pub mod netns;
 pub mod overlay;
 pub mod sysctl;
 
+pub use direct::RouteLookup;
 pub use error::{Error, Result};
 pub use guard::SourceGuard;
 pub use handle::{Netlink, RouteV4, VethSpec};

@@ -290,7 +290,7 @@ impl Netlink {
     }
 
     /// Sends a route replace of either family; `what` names the route for the error.
-    async fn replace_route(
+    pub(crate) async fn replace_route(
         &self,
         msg: netlink_packet_route::route::RouteMessage,
         what: impl FnOnce() -> String,

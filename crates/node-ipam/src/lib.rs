@@ -12,6 +12,7 @@ pub mod durable;
 pub mod error;
 pub mod node_state;
 pub mod ops;
+pub mod peer_paths;
 pub mod store;
 
 pub use config::{IpamConf, Pool, Pools};

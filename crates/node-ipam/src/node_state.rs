@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::Durability;
 use crate::error::IpamError;
 
 pub const FILE_NAME: &str = "node.json";
@@ -60,7 +61,13 @@ pub fn path(state_dir: &Path) -> PathBuf {
 
 /// Reads the node state; `Ok(None)` when the file is not there (yet).
 pub fn read(state_dir: &Path) -> Result<Option<NodeState>, IpamError> {
-    let path = path(state_dir);
+    read_json(path(state_dir))
+}
+
+/// Reads a JSON file of the state directory whole; `Ok(None)` when it is not there.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: PathBuf,
+) -> Result<Option<T>, IpamError> {
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -89,16 +96,25 @@ pub fn require(state_dir: &Path) -> Result<NodeState, IpamError> {
 /// Replaces the node state atomically, in a private directory (see `durable`). The daemon
 /// is the only writer, so a temporary left by a killed one is swept here.
 pub fn write(state_dir: &Path, state: &NodeState) -> std::io::Result<()> {
+    write_json(state_dir, &path(state_dir), state, Durability::Synced)
+}
+
+/// Replaces a JSON file of the state directory atomically.
+pub(crate) fn write_json<T: Serialize>(
+    state_dir: &Path,
+    path: &Path,
+    value: &T,
+    durability: Durability,
+) -> std::io::Result<()> {
     crate::durable::ensure_private_dir(state_dir).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("state directory {}: {e}", state_dir.display()),
         )
     })?;
-    let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    let path = path(state_dir);
-    crate::durable::remove_stale_temps(&path);
-    crate::durable::write_atomic(&path, &bytes, crate::durable::Durability::Synced)
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    crate::durable::remove_stale_temps(path);
+    crate::durable::write_atomic(path, &bytes, durability)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Serialize;
 
@@ -15,6 +15,10 @@ use super::Output;
 pub struct Args {
     #[command(flatten)]
     etcd: EtcdArgs,
+    /// This node's state directory: adds, per remote node, the path its pods are reached
+    /// by (`direct via <dev>` or `vxlan`), from the daemon's peers.json there.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
 }
@@ -37,6 +41,12 @@ struct Row {
     /// Seconds until a silent node's subnet can be leased again; absent when it never expires.
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_in: Option<i64>,
+    /// With `--state-dir`: `direct`, `vxlan`, or `local` for the node itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    /// The device a direct path leaves by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -61,6 +71,19 @@ struct Report {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    // Read before etcd is asked anything: a bad directory is named at once.
+    let local = match &args.state_dir {
+        Some(dir) => Some(Local {
+            me: node_ipam::node_state::read(dir)?.map(|s| s.node_name),
+            paths: node_ipam::peer_paths::read(dir)?.with_context(|| {
+                format!(
+                    "{} is not there: is ferry-overlayd (with this --state-dir) running?",
+                    node_ipam::peer_paths::path(dir).display()
+                )
+            })?,
+        }),
+        None => None,
+    };
     let report = block_on(async {
         let mut reg = args.etcd.connect().await?;
         let cfg = reg.read_config().await?;
@@ -84,6 +107,8 @@ pub fn run(args: Args) -> Result<i32> {
                 used: u.map(|u| u.used),
                 capacity: u.map(|u| u.capacity),
                 expires_in,
+                path: None,
+                device: None,
                 node: rec.node,
                 subnet: rec.subnet,
                 subnet_v6: rec.subnet_v6,
@@ -92,6 +117,11 @@ pub fn run(args: Args) -> Result<i32> {
             });
         }
         leases.sort_by_key(|r| (r.subnet, r.subnet_v6));
+        if let Some(local) = &local {
+            for row in &mut leases {
+                local.mark(row);
+            }
+        }
         let v4 = cfg.as_ref().and_then(|c| c.ipv4);
         let v6 = cfg.as_ref().and_then(|c| c.ipv6);
         Ok(Report {
@@ -110,6 +140,41 @@ pub fn run(args: Args) -> Result<i32> {
         Output::Table => print_table(&report),
     }
     Ok(0)
+}
+
+/// What one node's state directory says about its paths.
+struct Local {
+    me: Option<String>,
+    paths: node_ipam::peer_paths::PeerPaths,
+}
+
+impl Local {
+    /// Sets `row`'s path: the node's own, or the one peers.json gives for that node at
+    /// that address (a record peers.json does not know, e.g. refused, gets none).
+    fn mark(&self, row: &mut Row) {
+        if self.me.as_deref() == Some(row.node.as_str()) {
+            row.path = Some("local".into());
+            return;
+        }
+        if let Some(p) = self
+            .paths
+            .peers
+            .iter()
+            .find(|p| p.node == row.node && p.public_ip == row.public_ip)
+        {
+            row.path = Some(p.path.to_string());
+            row.device = p.device.clone();
+        }
+    }
+}
+
+/// A row's path as the table shows it.
+fn path_cell(l: &Row) -> String {
+    match (&l.path, &l.device) {
+        (Some(p), Some(d)) => format!("{p} via {d}"),
+        (Some(p), None) => p.clone(),
+        (None, _) => "-".to_string(),
+    }
 }
 
 fn print_table(r: &Report) {
@@ -133,29 +198,43 @@ fn print_table(r: &Report) {
         println!("\nno leases");
         return;
     }
-    if r.cluster_cidr_v6.is_some() {
-        // The IPv6 column only where there is IPv6: an IPv4 cluster's table is as it was.
-        let mut t = Table::new([
-            "NODE",
-            "SUBNET",
-            "SUBNET V6",
-            "PUBLIC IP",
-            "VTEP MAC",
-            "ALIVE",
-            "USED",
-        ]);
-        for l in &r.leases {
-            let [node, subnet, ip, mac, alive, used] = cells(l);
-            let v6 = l.subnet_v6.map_or("-".to_string(), |s| s.to_string());
-            t.row([node, subnet, v6, ip, mac, alive, used]);
+    // The PATH column only with --state-dir, the IPv6 one only where there is IPv6: an
+    // IPv4 cluster's table is as it was.
+    let with_paths = r.leases.iter().any(|l| l.path.is_some());
+    let v6 = r.cluster_cidr_v6.is_some();
+    let base = ["NODE", "SUBNET", "PUBLIC IP", "VTEP MAC", "ALIVE", "USED"];
+    let rows = r.leases.iter().map(|l| (cells(l), l));
+    let subnet_v6 = |l: &Row| l.subnet_v6.map_or("-".to_string(), |s| s.to_string());
+    match (v6, with_paths) {
+        (false, false) => print_rows(base, rows.map(|(c, _)| c)),
+        (false, true) => {
+            let [a, b, c, d, e, f] = base;
+            print_rows(
+                [a, b, c, d, e, f, "PATH"],
+                rows.map(|([a, b, c, d, e, f], l)| [a, b, c, d, e, f, path_cell(l)]),
+            )
         }
-        println!();
-        t.print();
-        return;
+        (true, false) => {
+            let [a, b, c, d, e, f] = base;
+            print_rows(
+                [a, b, "SUBNET V6", c, d, e, f],
+                rows.map(|([a, b, c, d, e, f], l)| [a, b, subnet_v6(l), c, d, e, f]),
+            )
+        }
+        (true, true) => {
+            let [a, b, c, d, e, f] = base;
+            print_rows(
+                [a, b, "SUBNET V6", c, d, e, f, "PATH"],
+                rows.map(|([a, b, c, d, e, f], l)| [a, b, subnet_v6(l), c, d, e, f, path_cell(l)]),
+            )
+        }
     }
-    let mut t = Table::new(["NODE", "SUBNET", "PUBLIC IP", "VTEP MAC", "ALIVE", "USED"]);
-    for l in &r.leases {
-        t.row(cells(l));
+}
+
+fn print_rows<const N: usize>(header: [&str; N], rows: impl Iterator<Item = [String; N]>) {
+    let mut t = Table::new(header);
+    for row in rows {
+        t.row(row);
     }
     println!();
     t.print();

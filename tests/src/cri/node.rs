@@ -418,12 +418,14 @@ fn start_time(pid: i32) -> Option<u64> {
     stat_field(pid, 22)
 }
 
-/// Waits until every node routes to every other node's subnet over the overlay; panics
+/// Waits until every node routes to every other node's subnet (VXLAN or direct); panics
 /// with the log of the first that does not.
 pub fn wait_converged(nodes: &[CriNode]) {
     for n in nodes {
         let ok = wait_until(Duration::from_secs(20), || {
-            let routes = n.host.sh("ip route show dev ferry.1 2>/dev/null || true");
+            let routes = n
+                .host
+                .sh("ip route show proto 102; ip -6 route show proto 102");
             nodes
                 .iter()
                 .filter(|o| o.name != n.name)

@@ -1,0 +1,110 @@
+//! Direct routing: how the kernel would reach a peer's underlay address, and pod-subnet
+//! routes via that address on the underlay device (no encapsulation).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures_util::TryStreamExt;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteType};
+use rtnetlink::RouteMessageBuilder;
+
+use crate::error::{Context, Result};
+use crate::handle::Netlink;
+
+/// The kernel's answer to `ip route get <ip>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLookup {
+    /// The next hop, when the address is not on-link.
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    /// A plain unicast route (not local, blackhole, unreachable, ...).
+    pub unicast: bool,
+}
+
+impl RouteLookup {
+    /// The device `ip` is on-link through: a unicast route without a gateway.
+    pub fn on_link(&self) -> Option<u32> {
+        match (self.unicast, self.gateway) {
+            (true, None) => self.oif,
+            _ => None,
+        }
+    }
+}
+
+impl Netlink {
+    /// `ip route get <ip>` (RTM_GETROUTE for one address): the kernel's own decision,
+    /// policy rules and all. `None` when the kernel has no route to it.
+    pub async fn route_get(&self, ip: IpAddr) -> Result<Option<RouteLookup>> {
+        let msg = match ip {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
+        };
+        let got = self.handle.route().get(msg).execute().try_next().await;
+        let m = match got {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if matches!(
+                    e.raw_code().abs(),
+                    libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENETDOWN | libc::EINVAL
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(e).context(|| format!("look up the route to {ip} in {}", self.place))
+            }
+        };
+        let mut r = RouteLookup {
+            gateway: None,
+            oif: None,
+            unicast: m.header.kind == RouteType::Unicast,
+        };
+        for a in m.attributes {
+            match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(g.into()),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gateway = Some(g.into()),
+                RouteAttribute::Oif(o) => r.oif = Some(o),
+                _ => {}
+            }
+        }
+        Ok(Some(r))
+    }
+
+    /// `ip route replace <dst>/<prefix> via <gw> dev <oif> proto 102`, either family (`gw`
+    /// of `dst`'s): a pod subnet routed straight to its node's underlay address. Not
+    /// `onlink`: the kernel itself checks that `gw` is a neighbour on `oif`.
+    pub async fn replace_route_via(
+        &self,
+        dst: IpAddr,
+        prefix: u8,
+        gw: IpAddr,
+        oif: u32,
+    ) -> Result<()> {
+        let msg = match (dst, gw) {
+            (IpAddr::V4(d), IpAddr::V4(g)) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(d, prefix)
+                .gateway(g)
+                .output_interface(oif)
+                .protocol(RouteProtocol::Other(crate::ROUTE_PROTO_FERRY))
+                .build(),
+            (IpAddr::V6(d), IpAddr::V6(g)) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(d, prefix)
+                .gateway(g)
+                .output_interface(oif)
+                .protocol(RouteProtocol::Other(crate::ROUTE_PROTO_FERRY))
+                .build(),
+            _ => {
+                return Err(crate::Error::FamilyMismatch {
+                    dst: format!("{dst}/{prefix}"),
+                    gw: gw.to_string(),
+                })
+            }
+        };
+        self.replace_route(msg, || format!("{dst}/{prefix} via {gw} dev {oif}"))
+            .await
+    }
+}
