@@ -47,6 +47,7 @@ test=(
   containerd runc busybox-static mount  # the runtime and CRI tests (ctr, overlay mounts;
                                   # their pause image is built with cc -static: libc6-dev)
   iperf3                          # throughput benchmark
+  ethtool                         # the VXLAN A/B benchmark turns veth GRO on and off
   shellcheck python3-venv         # deploy checks: scripts, and a venv for kubernetes-validate
 )
 

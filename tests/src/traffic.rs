@@ -1,5 +1,5 @@
-//! Traffic the benchmarks measure a path with: single-stream TCP throughput (iperf3) and
-//! the rate of new TCP connections (a connect-and-close loop in this process).
+//! Traffic the benchmarks measure a path with: TCP throughput (iperf3, one stream or
+//! several) and the rate of new TCP connections (a connect-and-close loop in this process).
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -12,9 +12,20 @@ use crate::proc::Bg;
 
 /// Gbit/s of one iperf3 run from `client` to `server_ip` (server in `server`).
 pub fn iperf(client: &Netns, server: &Netns, server_ip: &str, secs: u32) -> f64 {
+    iperf_streams(client, server, server_ip, secs, 1)
+}
+
+/// The same with `streams` parallel TCP streams (`iperf3 -P`), their sum.
+pub fn iperf_streams(
+    client: &Netns,
+    server: &Netns,
+    server_ip: &str,
+    secs: u32,
+    streams: u32,
+) -> f64 {
     let _srv = Bg::spawn(server, "iperf3 -s -1");
     std::thread::sleep(Duration::from_millis(300));
-    let out = client.sh(&format!("iperf3 -c {server_ip} -t {secs} -J"));
+    let out = client.sh(&format!("iperf3 -c {server_ip} -t {secs} -P {streams} -J"));
     let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()

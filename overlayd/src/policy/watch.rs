@@ -181,23 +181,37 @@ pub fn start(client: Client, metrics: Arc<Metrics>) -> Stores {
     }
 }
 
-fn spawn<K>(
-    api: Api<K>,
-    slot: usize,
-    kind: &'static str,
-    changed: &Arc<Notify>,
-    status: &Arc<Status>,
-    metrics: &Arc<Metrics>,
-) -> Store<K>
-where
+/// What a watched kind must be for kube's watcher and reflector.
+trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+fn spawn<K: Watched>(
+    api: Api<K>,
+    slot: usize,
+    kind: &'static str,
+    changed: &Arc<Notify>,
+    status: &Arc<Status>,
+    metrics: &Arc<Metrics>,
+) -> Store<K> {
     let (reader, mut writer) = reflector::store();
     spawn_with(api, slot, kind, changed, status, metrics, move |ev| {
         writer.apply_watcher_event(ev)
@@ -206,7 +220,7 @@ where
 }
 
 /// Starts the watch of one kind, handing every event to `apply`.
-fn spawn_with<K>(
+fn spawn_with<K: Watched>(
     api: Api<K>,
     slot: usize,
     kind: &'static str,
@@ -214,15 +228,7 @@ fn spawn_with<K>(
     status: &Arc<Status>,
     metrics: &Arc<Metrics>,
     mut apply: impl FnMut(&watcher::Event<K>) + Send + 'static,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+) {
     let changed = changed.clone();
     let status = status.clone();
     let metrics = metrics.clone();

@@ -4,6 +4,13 @@
 //!   with the same nodes' underlay and with flannel's VXLAN data path built by hand on two
 //!   more nodes of the same switch (same MTU, same kind of iptables rules, br_netfilter
 //!   on, as a flannel node has).
+//! - paths: the two data paths of DirectRouting side by side in one run: the underlay,
+//!   ferry direct (DirectRouting, the default on a shared L2), ferry VXLAN
+//!   (`--direct-routing=false`) and the hand-built flannel VXLAN path, single stream and 8
+//!   streams, 5 alternating rounds, medians, with the machine's CPU time per Gbit moved.
+//! - vxlan-ab: VXLAN device and underlay settings A/B on the hand-built path, 5 alternating
+//!   rounds in one run: outer UDP checksums off (flannel's default) against on (ferry's),
+//!   and GRO on the underlay veth off against on (needs ethtool).
 //! - throughput6: the same over a dual-stack cluster (IPv4 underlay): the IPv6 pod path
 //!   against the IPv4 pod path and the IPv6 underlay, side by side in one run.
 //! - throughput6u: an IPv6-only cluster over an IPv6 underlay (VTEPs on IPv6, pod MTU =
@@ -31,7 +38,7 @@ fn summed(v: &[f64]) -> (f64, String) {
         .join(", ");
     (median(v), runs)
 }
-use ferry_tests::traffic::iperf;
+use ferry_tests::traffic::{iperf, iperf_streams};
 use ipnetwork::Ipv4Network;
 
 fn main() {
@@ -44,6 +51,12 @@ fn main() {
     let want = |s: &str| all || args.iter().any(|a| a == s);
     if want("throughput") {
         throughput();
+    }
+    if args.iter().any(|a| a == "vxlan-ab") {
+        vxlan_ab();
+    }
+    if args.iter().any(|a| a == "paths") {
+        paths();
     }
     if args.iter().any(|a| a == "throughput6") {
         throughput6();
@@ -78,13 +91,18 @@ struct HandNode {
 }
 
 fn hand_node(switch: &Switch, ip: &str, subnet: u8) -> HandNode {
+    hand_node_with(switch, ip, subnet, "")
+}
+
+/// [`hand_node`] with more `ip link add ... type vxlan` options (`udpcsum`, ...).
+fn hand_node_with(switch: &Switch, ip: &str, subnet: u8, vxlan_opts: &str) -> HandNode {
     let host = Netns::new("fyf");
     switch.plug(&host, ip);
     let pod = Netns::new("fyq");
     host.sh(&format!(
         "set -e
 sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
-ip link add flannel.1 type vxlan id 1 dstport 8472 local {ip} dev eth0 nolearning
+ip link add flannel.1 type vxlan id 1 dstport 8472 local {ip} dev eth0 nolearning {vxlan_opts}
 ip link set flannel.1 mtu 1450 up
 ip addr add 10.81.{subnet}.0/32 dev flannel.1
 ip link add cni0 type bridge && ip addr add 10.81.{subnet}.1/24 dev cni0 && ip link set cni0 up
@@ -230,13 +248,229 @@ fn throughput() {
         "{:<40} {:>10.2}",
         "flannel-style VXLAN, by hand (pod to pod)", fl
     );
-    println!("{:<40} {:>10.2}", "ferry (pod to pod)", fe);
+    println!("{:<40} {:>10.2}", "ferry (pod to pod, DirectRouting)", fe);
     println!(
         "ferry / underlay = {:.2}, ferry / hand-built flannel path = {:.2}",
         fe / u,
         fe / fl
     );
     println!("runs: underlay {under:.2?}, flannel {flannel:.2?}, ferry {ferry:.2?}\n");
+}
+
+/// Busy jiffies of the whole machine (`/proc/stat`'s `cpu` line): every namespace's
+/// traffic, both ends and the forwarding between them, runs on this one kernel.
+fn cpu_jiffies() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    f.iter().take(8).sum::<u64>() - idle
+}
+
+/// Settings of the VXLAN path, each against its alternative on pairs of hand-built nodes
+/// of one switch, alternating per round: what ferry keeps must measurably not cost.
+fn vxlan_ab() {
+    const ROUNDS: usize = 5;
+    const SECS: u32 = 3;
+    println!("== vxlan-ab: single-stream TCP over VXLAN, iperf3 {SECS} s, {ROUNDS} alternating rounds, medians");
+    let switch = Switch::new();
+    let pair = |a: &str, b: &str, sa: u8, sb: u8, opts: &str| {
+        let x = hand_node_with(&switch, a, sa, opts);
+        let y = hand_node_with(&switch, b, sb, opts);
+        hand_peer(&x, &y);
+        hand_peer(&y, &x);
+        x.pod.sh(&format!("ping -c1 -W2 10.81.{sb}.2"));
+        (x, y)
+    };
+    // Two pairs on distinct subnets, one per setting; the same two nodes for GRO.
+    let off = pair("192.0.2.41", "192.0.2.42", 1, 2, "noudpcsum");
+    let on = pair("192.0.2.43", "192.0.2.44", 3, 4, "udpcsum");
+    let gro = |p: &(HandNode, HandNode), state: &str| {
+        for n in [&p.0, &p.1] {
+            n.host
+                .sh(&format!("ethtool -K eth0 gro {state} >/dev/null"));
+        }
+    };
+    let run = |p: &(HandNode, HandNode)| {
+        iperf(&p.0.pod, &p.1.pod, &format!("10.81.{}.2", p.1.subnet), SECS)
+    };
+    let (mut csum_off, mut csum_on, mut gro_off, mut gro_on) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        csum_off.push(run(&off));
+        csum_on.push(run(&on));
+        gro(&on, "on");
+        gro_on.push(run(&on));
+        gro(&on, "off");
+        gro_off.push(run(&on));
+    }
+    for (name, a, b) in [
+        ("outer UDP checksum: off / on", &csum_off, &csum_on),
+        (
+            "underlay veth GRO (checksum on): off / on",
+            &gro_off,
+            &gro_on,
+        ),
+    ] {
+        println!(
+            "{name:<44} {:.2} / {:.2} Gbit/s = on is {:.2}x (runs off {a:.2?}, on {b:.2?})",
+            median(a),
+            median(b),
+            median(b) / median(a)
+        );
+    }
+    println!();
+}
+
+/// DirectRouting against VXLAN against flannel's VXLAN against the underlay (issue 14).
+fn paths() {
+    const ROUNDS: usize = 5;
+    const SECS: u32 = 4;
+    let hz = 100.0; // USER_HZ, the unit of /proc/stat
+    println!(
+        "== paths: TCP across two nodes, iperf3 {SECS} s per run, 1 and 8 streams, {ROUNDS} alternating rounds, medians"
+    );
+    let direct = Cluster::new(2, "10.80.0.0/16");
+    let vxlan = Cluster::with_args(2, "10.84.0.0/16", "--direct-routing=false");
+    let (da, db) = (
+        direct.nodes[0].add_pod("pda"),
+        direct.nodes[1].add_pod("pdb"),
+    );
+    let (va, vb) = (vxlan.nodes[0].add_pod("pva"), vxlan.nodes[1].add_pod("pvb"));
+    let f0 = hand_node(&direct.switch, "192.0.2.31", 1);
+    let f1 = hand_node(&direct.switch, "192.0.2.32", 2);
+    hand_peer(&f0, &f1);
+    hand_peer(&f1, &f0);
+    f0.pod.sh("ping -c1 -W2 10.81.2.2");
+    da.ns.sh(&format!("ping -c1 -W2 {}", db.ip));
+    va.ns.sh(&format!("ping -c1 -W2 {}", vb.ip));
+    let direct_routes = direct.nodes[0].direct_routes();
+    assert!(
+        direct_routes.contains(&direct.nodes[1].subnet()),
+        "the direct cluster routes directly: {direct_routes}"
+    );
+    assert!(vxlan.nodes[0].direct_routes().trim().is_empty());
+    let vx_counter = |c: &Cluster| {
+        c.nodes[0]
+            .host
+            .sh("cat /sys/class/net/ferry.1/statistics/tx_packets")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let names = [
+        "underlay (node to node)",
+        "ferry direct (pod to pod)",
+        "ferry VXLAN (pod to pod)",
+        "flannel VXLAN by hand (pod to pod)",
+    ];
+    // [path][streams 1|8] -> (Gbit/s runs, CPU s per Gbit runs)
+    let mut gbps = vec![[Vec::new(), Vec::new()]; 4];
+    let mut cost = vec![[Vec::new(), Vec::new()]; 4];
+    // Client, server, server address of each path, in the order of `names`.
+    let paths = [
+        (
+            &direct.nodes[0].host,
+            &direct.nodes[1].host,
+            direct.nodes[1].ip.as_str(),
+        ),
+        (&da.ns, &db.ns, db.ip.as_str()),
+        (&va.ns, &vb.ns, vb.ip.as_str()),
+        (&f0.pod, &f1.pod, "10.81.2.2"),
+    ];
+    let direct_vx_before = vx_counter(&direct);
+    for _ in 0..ROUNDS {
+        for (si, streams) in [1u32, 8].into_iter().enumerate() {
+            for (pi, (cli, srv, ip)) in paths.into_iter().enumerate() {
+                let b0 = cpu_jiffies();
+                let g = iperf_streams(cli, srv, ip, SECS, streams);
+                // The 0.3 s before the run and its start-up count too, alike for every path.
+                let busy_s = (cpu_jiffies() - b0) as f64 / hz;
+                gbps[pi][si].push(g);
+                cost[pi][si].push(busy_s / (g * f64::from(SECS)));
+            }
+        }
+    }
+    let direct_vx = vx_counter(&direct) - direct_vx_before;
+    let m = |v: &Vec<f64>| median(v);
+    println!(
+        "{:<36} {:>10} {:>8} {:>12} {:>10} {:>8} {:>12}",
+        "path", "1 stream", "x under", "CPU s/Gbit", "8 streams", "x under", "CPU s/Gbit"
+    );
+    for (pi, name) in names.iter().enumerate() {
+        println!(
+            "{:<36} {:>10.2} {:>8.2} {:>12.3} {:>10.2} {:>8.2} {:>12.3}",
+            name,
+            m(&gbps[pi][0]),
+            m(&gbps[pi][0]) / m(&gbps[0][0]),
+            m(&cost[pi][0]),
+            m(&gbps[pi][1]),
+            m(&gbps[pi][1]) / m(&gbps[0][1]),
+            m(&cost[pi][1]),
+        );
+    }
+    println!(
+        "ferry VXLAN / flannel: 1 stream {:.2}, 8 streams {:.2} (target 1.0); ferry direct / underlay: {:.2}, {:.2} (target 0.95); ferry VXLAN / underlay: {:.2}, {:.2} (target 0.85)",
+        m(&gbps[2][0]) / m(&gbps[3][0]),
+        m(&gbps[2][1]) / m(&gbps[3][1]),
+        m(&gbps[1][0]) / m(&gbps[0][0]),
+        m(&gbps[1][1]) / m(&gbps[0][1]),
+        m(&gbps[2][0]) / m(&gbps[0][0]),
+        m(&gbps[2][1]) / m(&gbps[0][1]),
+    );
+    for (pi, name) in names.iter().enumerate() {
+        println!(
+            "runs, {name}: 1 stream {:.2?}, 8 streams {:.2?} Gbit/s",
+            gbps[pi][0], gbps[pi][1]
+        );
+    }
+    println!(
+        "VXLAN packets sent by the direct cluster's node0 during all its runs: {direct_vx} (0: no encapsulation)\n"
+    );
+    // Where the cycles go: one more single-stream run per path under `perf record` of the
+    // whole machine (cpu-clock, so it works where hardware counters do not), and the
+    // kernel functions with the most samples. Only with FERRY_BENCH_PROFILE=1 (needs perf).
+    if std::env::var("FERRY_BENCH_PROFILE").is_ok_and(|v| v == "1") {
+        for ((cli, srv, ip), name) in paths.into_iter().zip(names) {
+            let data =
+                std::env::temp_dir().join(format!("ferry-bench-perf-{}.data", std::process::id()));
+            let rec = std::process::Command::new("perf")
+                .args(["record", "-q", "-e", "cpu-clock", "-a", "-o"])
+                .arg(&data)
+                .args(["--", "sleep", &SECS.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            let Ok(mut rec) = rec else {
+                println!("profile: perf cannot run; install linux-perf");
+                return;
+            };
+            let g = iperf(cli, srv, ip, SECS);
+            let _ = rec.wait();
+            let report = std::process::Command::new("perf")
+                .args(["report", "--stdio", "--sort", "sym", "-i"])
+                .arg(&data)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let _ = std::fs::remove_file(&data);
+            println!("profile, {name} ({g:.2} Gbit/s): top kernel functions, % of all samples");
+            for l in report
+                .lines()
+                .filter(|l| !l.starts_with('#') && l.contains("[k]"))
+                .take(12)
+            {
+                println!("  {}", l.trim());
+            }
+        }
+    }
 }
 
 /// Waits, inside `ns`, until a route to `subnet` exists; the time it took from `start`.
