@@ -11,6 +11,10 @@
 //! (default 120 pods, 16 at a time) for a burst of ADDs then DELs, end to end, or
 //! `ferry-bench-cni dual [PODS]` for ferry's dual-stack ADD (IPv4 + IPv6) against its
 //! IPv4-only ADD, sequential and alternating like the first.
+//!
+//! The plugins measured are the ones beside this binary, or those in `FERRY_BIN_DIR`: the
+//! image ships static-pie plugins, so measure those with
+//! `deploy/build-plugins.sh && FERRY_BIN_DIR=target/plugins target/release/ferry-bench-cni ...`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -103,19 +107,12 @@ fn main() {
     }
 }
 
-/// The directory of this binary and the `ferry` beside it.
+/// The plugins' directory and the `ferry` in it: `FERRY_BIN_DIR` (the static plugins of
+/// `deploy/build-plugins.sh`, as the image ships them), else beside this binary.
 fn own_ferry() -> (PathBuf, PathBuf) {
-    let own_dir = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .expect("own directory");
-    let ferry = own_dir.join("ferry");
-    assert!(
-        ferry.is_file(),
-        "{} missing: cargo build --release --workspace",
-        ferry.display()
-    );
-    (own_dir, ferry)
+    let dir = ferry_tests::bin_dir();
+    let ferry = dir.join("ferry");
+    (dir, ferry)
 }
 
 /// ferry IPv4-only and ferry dual-stack, each in its own host namespace.
