@@ -1,5 +1,6 @@
 //! The node's desired nftables state, as data: [`Ruleset::compute`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -336,7 +337,9 @@ fn rule_comment(policy: &Policy, dir: Direction, index: usize) -> Option<String>
 /// a selector with `matchLabels` looks at the pods carrying one of them only.
 struct View<'a> {
     cluster: &'a Cluster,
-    pods: Vec<(Pod, bool)>,
+    /// Each pod, and whether it is local; only a local pod whose addresses the caller
+    /// knows better is copied, every other one borrowed from the cluster.
+    pods: Vec<(Cow<'a, Pod>, bool)>,
     by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
 }
 
@@ -346,14 +349,13 @@ impl<'a> View<'a> {
             .pods
             .iter()
             .map(|p| match local.pods.get(&p.key()) {
-                Some(ips) => {
+                Some(ips) if !ips.is_empty() && *ips != p.ips => {
                     let mut p = p.clone();
-                    if !ips.is_empty() {
-                        p.ips = ips.clone();
-                    }
-                    (p, true)
+                    p.ips = ips.clone();
+                    (Cow::Owned(p), true)
                 }
-                None => (p.clone(), false),
+                Some(_) => (Cow::Borrowed(p), true),
+                None => (Cow::Borrowed(p), false),
             })
             .collect();
         let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
@@ -381,7 +383,7 @@ impl<'a> View<'a> {
                         .get(&(k.as_str(), v.as_str()))
                         .into_iter()
                         .flatten()
-                        .filter_map(|i| self.pods.get(*i).map(|(p, _)| p)),
+                        .filter_map(|i| self.pods.get(*i).map(|(p, _)| &**p)),
                 ),
                 None => Box::new(self.all()),
             };
@@ -404,11 +406,11 @@ impl<'a> View<'a> {
     }
 
     fn local(&self) -> impl Iterator<Item = &Pod> {
-        self.pods.iter().filter(|(_, l)| *l).map(|(p, _)| p)
+        self.pods.iter().filter(|(_, l)| *l).map(|(p, _)| &**p)
     }
 
     fn all(&self) -> impl Iterator<Item = &Pod> {
-        self.pods.iter().map(|(p, _)| p)
+        self.pods.iter().map(|(p, _)| &**p)
     }
 
     /// The address ranges of `family` a rule's peers cover (`None`: every address).
