@@ -23,6 +23,7 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<String, Error> {
         )
     })?;
     let ns = crate::sandbox::open(netns_path)?;
+    let steer = crate::steering::plan(&pc.steering)?;
     let addressing = Addressing::new(&pc.ipam, conf, env);
     let ipam_result = addressing.add()?;
 
@@ -37,6 +38,7 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<String, Error> {
             netns_path,
             &host_veth,
             &ipam_result,
+            steer.as_ref(),
             &mut made_veth,
         ))
     });
@@ -131,6 +133,7 @@ async fn wire(
     netns_path: &Path,
     host_veth: &str,
     ipam_result: &CniResult,
+    steer: Option<&crate::steering::Plan>,
     made_veth: &mut bool,
 ) -> Result<CniResult, Error> {
     let addrs = pod_addresses(ipam_result)?;
@@ -228,6 +231,14 @@ async fn wire(
     host.guard_source(host_link.index, host_veth, &guard)
         .await
         .map_err(err)?;
+    crate::steering::apply(
+        steer,
+        netlink::rps::LinkId {
+            name: host_veth,
+            index: host_link.index,
+            mac: host_mac,
+        },
+    )?;
     host.set_up(host_link.index, host_veth).await.map_err(err)?;
 
     let pod = Netlink::open_in(ns, netns_path).map_err(err)?;

@@ -19,6 +19,22 @@ struct Raw {
     ipam: Option<Value>,
     dns: Option<Dns>,
     network_policy_wait_seconds: Option<u64>,
+    rps_cpus: Option<String>,
+}
+
+/// Which CPUs may take over the host's work on what a pod sends: receive packet
+/// steering on its host veth (`rpsCpus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Steering {
+    /// Unset: every online CPU, where the node lets ferry set it (a rootless node does
+    /// not); a node where it cannot be set still runs pods, with a warning.
+    Auto,
+    /// `off`: the host veth is left as the kernel makes it (no steering).
+    Off,
+    /// `all`: every online CPU, or the ADD fails.
+    All,
+    /// A CPU list: those of them that are online, or the ADD fails.
+    Cpus(std::collections::BTreeSet<u32>),
 }
 
 /// Where addresses come from.
@@ -41,6 +57,7 @@ pub struct PluginConf {
     pub dns: Option<Dns>,
     /// How long ADD waits for the daemon when the node enforces NetworkPolicy.
     pub policy_wait: std::time::Duration,
+    pub steering: Steering,
     /// node.json, read at most once per call (the MTU and the policy switch both need it).
     node_state: std::cell::OnceCell<Option<node_ipam::node_state::NodeState>>,
 }
@@ -117,6 +134,17 @@ impl PluginConf {
                 format!("networkPolicyWaitSeconds {wait} is out of range (1 to {MAX_POLICY_WAIT_SECONDS})"),
             ));
         }
+        let steering = match raw.rps_cpus.as_deref().map(str::trim) {
+            None => Steering::Auto,
+            Some("off") => Steering::Off,
+            Some("all") => Steering::All,
+            Some(list) => Steering::Cpus(netlink::rps::parse_cpu_list(list).map_err(|e| {
+                Error::new(
+                    Code::InvalidConfig,
+                    format!("rpsCpus {list:?} is not \"all\", \"off\" or a CPU list like \"0-3,8\": {e}"),
+                )
+            })?),
+        };
         Ok(PluginConf {
             bridge,
             mtu,
@@ -125,6 +153,7 @@ impl PluginConf {
             ipam,
             dns: raw.dns,
             policy_wait: std::time::Duration::from_secs(wait),
+            steering,
             node_state: std::cell::OnceCell::new(),
         })
     }
@@ -199,6 +228,33 @@ mod tests {
             6
         );
         assert_eq!(bad(r#"{"cniVersion":"1.0.0","name":"n","ipam":[]}"#), 6);
+        assert_eq!(bad(r#"{"cniVersion":"1.0.0","name":"n","rpsCpus":3}"#), 6);
+        assert_eq!(
+            bad(r#"{"cniVersion":"1.0.0","name":"n","rpsCpus":["0"]}"#),
+            6
+        );
+        for list in ["", "none", "0-", "3-1", "99999", "0,,1", "ff"] {
+            let conf = format!(r#"{{"cniVersion":"1.0.0","name":"n","rpsCpus":"{list}"}}"#);
+            assert_eq!(bad(&conf), 7, "{list:?}");
+        }
+    }
+
+    #[test]
+    fn steering() {
+        let with = |v: &str| {
+            parse(&format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","ipam":{{"subnet":"10.1.0.0/24"}}{v}}}"#
+            ))
+            .unwrap()
+            .steering
+        };
+        assert_eq!(with(""), Steering::Auto);
+        assert_eq!(with(r#","rpsCpus":"off""#), Steering::Off);
+        assert_eq!(with(r#","rpsCpus":"all""#), Steering::All);
+        assert_eq!(
+            with(r#","rpsCpus":"0-1,4""#),
+            Steering::Cpus([0, 1, 4].into_iter().collect())
+        );
     }
 
     #[test]

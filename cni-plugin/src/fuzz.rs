@@ -60,6 +60,7 @@ const KEYS: &[&str] = &[
     "bridge",
     "mtu",
     "hairpinMode",
+    "rpsCpus",
     "dns",
     "nameservers",
     "prevResult",
@@ -90,6 +91,12 @@ const KEYS: &[&str] = &[
 
 const STRINGS: &[&str] = &[
     "",
+    "off",
+    "all",
+    "0-1,3",
+    "8191",
+    "8192",
+    "3-1",
     "0.3.0",
     "0.4.0",
     "1.0.0",

@@ -14,6 +14,7 @@ mod policy;
 mod reap;
 mod sandbox;
 mod status;
+mod steering;
 
 use cni::{version, Command, Env, Error, NetConf};
 

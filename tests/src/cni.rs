@@ -280,6 +280,72 @@ pub fn in_host(host: &File, plugin: &Path) -> Command {
     cmd
 }
 
+/// The mount namespace a runtime on a node runs in: one whose `/sys` shows the host's
+/// network namespace (as on a real node, where the runtime and the host share both).
+/// `ip netns exec` makes it; a sleeping process holds it until this is dropped.
+pub struct HostMounts {
+    holder: std::process::Child,
+    pub mnt: File,
+}
+
+impl HostMounts {
+    pub fn new(host: &Netns) -> HostMounts {
+        let holder = Command::new("ip")
+            .args(["netns", "exec", &host.name, "sleep", "infinity"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the mount namespace holder");
+        let path = format!("/proc/{}/ns/mnt", holder.id());
+        // `ip netns exec` unshares, remounts /sys, then execs: wait until the holder is
+        // `sleep` in a mount namespace other than ours.
+        let ours = std::fs::read_link("/proc/self/ns/mnt").expect("own mount namespace");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let comm =
+                std::fs::read_to_string(format!("/proc/{}/comm", holder.id())).unwrap_or_default();
+            let theirs = std::fs::read_link(&path).ok();
+            if comm.trim() == "sleep" && theirs.is_some_and(|t| t != ours) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mount namespace holder of {} did not start",
+                host.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mnt = File::open(&path).expect("open the holder's mount namespace");
+        HostMounts { holder, mnt }
+    }
+}
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// `in_host`, and also in `mounts`: a runtime's view of the node, with a `/sys` of the
+/// host's network namespace.
+pub fn in_host_mounted(host: &File, mounts: &HostMounts, plugin: &Path) -> Command {
+    let mut cmd = in_host(host, plugin);
+    let fd = mounts.mnt.as_raw_fd();
+    // SAFETY: setns is async-signal-safe; the forked child is single-threaded, as
+    // entering a mount namespace requires.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// The link group DEL retires host veths into until its reaper deletes them.
 pub const TOMBSTONE_GROUP: u32 = 65143;
 

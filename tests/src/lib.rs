@@ -69,7 +69,9 @@ pub fn bin_dir() -> PathBuf {
             dir.join(b).display()
         );
     }
-    dir
+    // Absolute: some callers run the plugins from another mount namespace, whose working
+    // directory is its root.
+    std::fs::canonicalize(&dir).unwrap_or(dir)
 }
 
 pub fn bin(name: &str) -> PathBuf {

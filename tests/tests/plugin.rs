@@ -701,3 +701,158 @@ fn portmap_chained_after_ferry_serves_a_host_port() {
     node.del("pm1", Some(&p)).ok();
     assert!(ferry_tests::proc::connect(&outside, "192.0.2.1", 8080).is_none());
 }
+
+/// What the host veth's receive queue is steered to (`rps_cpus`, as the kernel prints it).
+fn rps_mask(node: &Node, veth: &str) -> String {
+    node.host
+        .sh(&format!("cat /sys/class/net/{veth}/queues/rx-0/rps_cpus"))
+        .trim()
+        .trim_start_matches(['0', ','])
+        .to_string()
+}
+
+#[test]
+fn receive_steering_on_the_host_veth() {
+    needs_root!();
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online CPUs");
+    let online = netlink::rps::parse_cpu_list(&online).expect("parse online CPUs");
+    assert!(
+        online.len() >= 2,
+        "this test needs two CPUs (online: {online:?}): with one, ferry steers nothing"
+    );
+    let all = netlink::rps::cpu_mask(&online);
+    let veth_of = |r: &Value| r["interfaces"][1]["name"].as_str().unwrap().to_string();
+
+    // The default, from `ip netns exec` (whose /sys is the host's): every online CPU.
+    let node = Node::new("10.38.0.0/24");
+    let p = pod();
+    let veth = veth_of(&node.add("rps1", &p).ok());
+    assert_eq!(rps_mask(&node, &veth), all);
+
+    // A runtime that enters the host's namespace by setns alone leaves the plugin a /sys
+    // of another namespace (here the test's own): ferry steers its own link all the same,
+    // and no mount of its private sysfs is left behind.
+    // Only sysfs mounts: the tests running beside this one add namespace mounts.
+    let mounts = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .filter(|l| l.contains(" - sysfs "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let before = mounts();
+    let host = std::fs::File::open(node.host.path()).expect("open host netns");
+    let p2 = pod();
+    let mut cmd = ferry_tests::cni::in_host(&host, &bin("ferry"));
+    cmd.env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "rps2")
+        .env("CNI_NETNS", p2.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path());
+    let r = ferry_tests::cni::exec(cmd, &node.conf).ok();
+    let veth2 = veth_of(&r);
+    assert_eq!(rps_mask(&node, &veth2), all);
+    assert_eq!(mounts(), before, "the plugin's sysfs mount leaked");
+    assert_eq!(
+        node.host.sh("grep -c ' /sys ' /proc/self/mountinfo").trim(),
+        "1"
+    );
+
+    // "off" leaves the kernel's default; a list steers to exactly those CPUs.
+    for (setting, cid, want) in [("off", "rps3", String::new()), ("1", "rps4", "2".into())] {
+        let node = Node::with(|d| {
+            ferry_conf(
+                "1.1.0",
+                d,
+                json!({"subnet": "10.38.1.0/24"}),
+                json!({"rpsCpus": setting}),
+            )
+        });
+        let p = pod();
+        let veth = veth_of(&node.add(cid, &p).ok());
+        assert_eq!(rps_mask(&node, &veth), want, "rpsCpus {setting:?}");
+        node.del(cid, Some(&p)).ok();
+    }
+
+    // Lies and garbage: refused with the key named, before anything changes.
+    for (setting, code) in [
+        (json!("4000-4001"), 7),
+        (json!("0-"), 7),
+        (json!("none"), 7),
+        (json!(""), 7),
+        (json!(1), 6),
+        (json!({"cpus": "0"}), 6),
+    ] {
+        let node = Node::with(|d| {
+            ferry_conf(
+                "1.1.0",
+                d,
+                json!({"subnet": "10.38.2.0/24"}),
+                json!({"rpsCpus": setting}),
+            )
+        });
+        let p = pod();
+        let r = node.add("rps-bad", &p);
+        assert_eq!(r.err_code(), code, "rpsCpus {setting}: {r:?}");
+        assert!(r.msg().contains("rpsCpus") || code == 6, "{r:?}");
+        assert!(node.allocations().is_empty(), "rpsCpus {setting}");
+        assert!(node.host_veths().is_empty(), "rpsCpus {setting}");
+        assert!(!p.has_link("eth0"), "rpsCpus {setting}");
+    }
+    node.del("rps1", Some(&p)).ok();
+    node.del("rps2", Some(&p2)).ok();
+}
+
+#[test]
+fn a_node_that_refuses_steering() {
+    needs_root!();
+    // A read-only /sys, as some rootless and locked-down nodes have: the kernel refuses
+    // the write, as it does for a rootless node's lack of the host's CAP_NET_ADMIN.
+    let add = |node: &Node, cid: &str, pod: &Netns| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &node.host.name])
+            .args(["unshare", "-m", "sh", "-c"])
+            .arg(r#"mount -o remount,ro /sys && exec "$0""#)
+            .arg(bin("ferry"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", cni_path());
+        ferry_tests::cni::exec(cmd, &node.conf)
+    };
+    // The default is best effort: the pod starts, unsteered, and stderr says why.
+    let node = Node::new("10.38.3.0/24");
+    let p = pod();
+    let r = add(&node, "ro1", &p);
+    let veth = r.ok()["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        r.stderr.contains("rps_cpus") && r.stderr.contains("without receive packet steering"),
+        "{r:?}"
+    );
+    assert_eq!(rps_mask(&node, &veth), "");
+    node.del("ro1", Some(&p)).ok();
+
+    // A setting the operator wrote is kept or the ADD fails, leaving nothing behind.
+    let node = Node::with(|d| {
+        ferry_conf(
+            "1.1.0",
+            d,
+            json!({"subnet": "10.38.4.0/24"}),
+            json!({"rpsCpus": "all"}),
+        )
+    });
+    let p = pod();
+    let r = add(&node, "ro2", &p);
+    assert_eq!(r.err_code(), 103, "{r:?}");
+    assert!(r.msg().contains("rps_cpus"), "{r:?}");
+    assert!(node.allocations().is_empty());
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    assert!(!p.has_link("eth0"));
+}

@@ -9,6 +9,7 @@ mod handle;
 mod link;
 pub mod netns;
 pub mod overlay;
+pub mod rps;
 pub mod sysctl;
 
 pub use direct::RouteLookup;

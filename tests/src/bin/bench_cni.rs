@@ -4,7 +4,8 @@
 //! alternately in one process so that both see the same machine.
 //!
 //! Each call is a real exec of the plugin, entered into its host namespace by `setns` in
-//! the child (no `ip netns exec`, whose mount work would dilute the comparison).
+//! the child (no `ip netns exec`, whose mount work would dilute the comparison), and into
+//! a mount namespace whose `/sys` is that host's, as a runtime on a node has it.
 //!
 //! Usage (root): `cargo build --release --workspace && target/release/ferry-bench-cni [PODS]`
 //! for per-call latency over sequential pods, or `ferry-bench-cni burst [PODS [PARALLEL]]`
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_tests::cni::{exec, in_host, Reply};
+use ferry_tests::cni::{exec, in_host_mounted, HostMounts, Reply};
 use ferry_tests::netns::Netns;
 use serde_json::json;
 
@@ -30,6 +31,7 @@ struct Side {
     plugin: PathBuf,
     host: Netns,
     host_fd: File,
+    mounts: HostMounts,
     conf: String,
     cni_path: String,
     _data: tempfile::TempDir,
@@ -42,7 +44,7 @@ struct Side {
 
 impl Side {
     fn call(&self, command: &str, cid: &str, pod: &Netns) -> (Duration, Reply) {
-        let mut cmd = in_host(&self.host_fd, &self.plugin);
+        let mut cmd = in_host_mounted(&self.host_fd, &self.mounts, &self.plugin);
         cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", cid)
             .env("CNI_NETNS", pod.path())
@@ -76,12 +78,14 @@ fn side(
 ) -> Side {
     let host = Netns::new("fyb");
     let host_fd = File::open(host.path()).expect("open host netns");
+    let mounts = HostMounts::new(&host);
     let data = tempfile::tempdir().expect("tempdir");
     Side {
         label,
         plugin,
         host,
         host_fd,
+        mounts,
         conf: conf(data.path()),
         cni_path,
         _data: data,

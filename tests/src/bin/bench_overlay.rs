@@ -7,7 +7,8 @@
 //! - paths: the two data paths of DirectRouting side by side in one run: the underlay,
 //!   ferry direct (DirectRouting, the default on a shared L2), ferry VXLAN
 //!   (`--direct-routing=false`) and the hand-built flannel VXLAN path, single stream and 8
-//!   streams, 5 alternating rounds, medians, with the machine's CPU time per Gbit moved.
+//!   streams, 5 alternating rounds, medians, with the machine's CPU time per Gbit moved;
+//!   and ferry's two paths again with receive steering (`rpsCpus`) undone, to show its part.
 //! - vxlan-ab: VXLAN device and underlay settings A/B on the hand-built path, 5 alternating
 //!   rounds in one run: outer UDP checksums off (flannel's default) against on (ferry's),
 //!   and GRO on the underlay veth off against on (needs ethtool).
@@ -344,6 +345,47 @@ fn paths() {
         direct.nodes[1].add_pod("pdb"),
     );
     let (va, vb) = (vxlan.nodes[0].add_pod("pva"), vxlan.nodes[1].add_pod("pvb"));
+    // The same paths with ferry's receive steering (`rpsCpus`) undone on both host veths,
+    // to show what it gives.
+    let (dna, dnb) = (
+        direct.nodes[0].add_pod("pdna"),
+        direct.nodes[1].add_pod("pdnb"),
+    );
+    let (vna, vnb) = (
+        vxlan.nodes[0].add_pod("pvna"),
+        vxlan.nodes[1].add_pod("pvnb"),
+    );
+    for (node, pod) in [
+        (&direct.nodes[0], &dna),
+        (&direct.nodes[1], &dnb),
+        (&vxlan.nodes[0], &vna),
+        (&vxlan.nodes[1], &vnb),
+    ] {
+        let veth = pod.result["interfaces"][1]["name"]
+            .as_str()
+            .expect("host veth in the result");
+        node.host.sh(&format!(
+            "echo 0 > /sys/class/net/{veth}/queues/rx-0/rps_cpus"
+        ));
+    }
+    let steered = |node: &Node, pod: &ferry_tests::cluster::Pod| {
+        let veth = pod.result["interfaces"][1]["name"].as_str().unwrap_or("?");
+        node.host
+            .sh(&format!("cat /sys/class/net/{veth}/queues/rx-0/rps_cpus"))
+            .trim()
+            .to_string()
+    };
+    println!(
+        "rps_cpus of the host veths: direct {} and {}, VXLAN {} and {}, their rpsCpus-off twins {} {} {} {}",
+        steered(&direct.nodes[0], &da),
+        steered(&direct.nodes[1], &db),
+        steered(&vxlan.nodes[0], &va),
+        steered(&vxlan.nodes[1], &vb),
+        steered(&direct.nodes[0], &dna),
+        steered(&direct.nodes[1], &dnb),
+        steered(&vxlan.nodes[0], &vna),
+        steered(&vxlan.nodes[1], &vnb),
+    );
     let f0 = hand_node(&direct.switch, "192.0.2.31", 1);
     let f1 = hand_node(&direct.switch, "192.0.2.32", 2);
     hand_peer(&f0, &f1);
@@ -370,10 +412,12 @@ fn paths() {
         "ferry direct (pod to pod)",
         "ferry VXLAN (pod to pod)",
         "flannel VXLAN by hand (pod to pod)",
+        "ferry direct, rpsCpus off",
+        "ferry VXLAN, rpsCpus off",
     ];
     // [path][streams 1|8] -> (Gbit/s runs, CPU s per Gbit runs)
-    let mut gbps = vec![[Vec::new(), Vec::new()]; 4];
-    let mut cost = vec![[Vec::new(), Vec::new()]; 4];
+    let mut gbps = vec![[Vec::new(), Vec::new()]; names.len()];
+    let mut cost = vec![[Vec::new(), Vec::new()]; names.len()];
     // Client, server, server address of each path, in the order of `names`.
     let paths = [
         (
@@ -384,6 +428,8 @@ fn paths() {
         (&da.ns, &db.ns, db.ip.as_str()),
         (&va.ns, &vb.ns, vb.ip.as_str()),
         (&f0.pod, &f1.pod, "10.81.2.2"),
+        (&dna.ns, &dnb.ns, dnb.ip.as_str()),
+        (&vna.ns, &vnb.ns, vnb.ip.as_str()),
     ];
     let direct_vx_before = vx_counter(&direct);
     for _ in 0..ROUNDS {
@@ -431,6 +477,13 @@ fn paths() {
             gbps[pi][0], gbps[pi][1]
         );
     }
+    println!(
+        "receive steering: direct {:.2}x and {:.2}x, VXLAN {:.2}x and {:.2}x its rpsCpus-off run (1 and 8 streams)",
+        m(&gbps[1][0]) / m(&gbps[4][0]),
+        m(&gbps[1][1]) / m(&gbps[4][1]),
+        m(&gbps[2][0]) / m(&gbps[5][0]),
+        m(&gbps[2][1]) / m(&gbps[5][1]),
+    );
     println!(
         "VXLAN packets sent by the direct cluster's node0 during all its runs: {direct_vx} (0: no encapsulation)\n"
     );

@@ -1,0 +1,78 @@
+//! `rpsCpus`: which CPUs may take over the host's work on what a pod sends (receive
+//! packet steering on its host veth; see `netlink::rps` for why it pays).
+
+use std::collections::BTreeSet;
+
+use cni::{Code, Error};
+use netlink::rps::{self, LinkId};
+
+use crate::config::Steering;
+use crate::kernel::err;
+
+/// The CPUs one ADD steers to, settled before anything on the node changes.
+#[derive(Debug)]
+pub struct Plan {
+    cpus: BTreeSet<u32>,
+    /// A setting the operator wrote is kept or the ADD fails. The default is best effort:
+    /// a node that does not let ferry steer (a rootless one: the kernel wants the host's
+    /// CAP_NET_ADMIN) still runs pods, and says why on stderr.
+    strict: bool,
+}
+
+/// What `steering` means on this node; None: nothing to steer.
+pub fn plan(steering: &Steering) -> Result<Option<Plan>, Error> {
+    let strict = !matches!(steering, Steering::Auto);
+    let online = match (steering, rps::online_cpus()) {
+        (Steering::Off, _) => return Ok(None),
+        (_, Ok(c)) => c,
+        (Steering::Auto, Err(e)) => {
+            warn(&e);
+            return Ok(None);
+        }
+        (_, Err(e)) => return Err(err(e)),
+    };
+    let cpus = match steering {
+        Steering::Cpus(want) => {
+            let cpus: BTreeSet<u32> = want.intersection(&online).copied().collect();
+            if cpus.is_empty() {
+                return Err(Error::new(
+                    Code::InvalidConfig,
+                    format!(
+                        "rpsCpus {}: none of these CPUs is online on this node (online: {})",
+                        rps::format_cpu_list(want),
+                        rps::format_cpu_list(&online)
+                    ),
+                ));
+            }
+            cpus
+        }
+        // With one CPU there is nowhere to hand the work to.
+        _ if online.len() < 2 => return Ok(None),
+        _ => online,
+    };
+    Ok(Some(Plan { cpus, strict }))
+}
+
+/// Steers `link` as planned.
+pub fn apply(plan: Option<&Plan>, link: LinkId<'_>) -> Result<(), Error> {
+    let Some(plan) = plan else {
+        return Ok(());
+    };
+    match rps::steer(link, &plan.cpus) {
+        Ok(()) => Ok(()),
+        Err(e) if !plan.strict => {
+            warn(&e);
+            Ok(())
+        }
+        Err(e) => Err(Error::new(
+            Code::Kernel,
+            format!("rpsCpus: {e} (\"off\" leaves the host veth as the kernel makes it)"),
+        )),
+    }
+}
+
+fn warn(e: &netlink::Error) {
+    eprintln!(
+        "ferry: {e}; the pod runs without receive packet steering (rpsCpus \"off\" turns it off and silences this)"
+    );
+}
