@@ -267,17 +267,23 @@ pub fn ipam_conf(data_dir: &Path, subnet: &str) -> String {
 pub fn in_host(host: &File, plugin: &Path) -> Command {
     let mut cmd = Command::new(plugin);
     cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    let fd = host.as_raw_fd();
-    // SAFETY: setns is async-signal-safe; the child only enters the host namespace.
+    enter_in_child(&mut cmd, host, libc::CLONE_NEWNET);
+    cmd
+}
+
+/// Makes the child of `cmd` enter the namespace `ns` (of type `kind`) before its exec.
+fn enter_in_child(cmd: &mut Command, ns: &File, kind: libc::c_int) {
+    let fd = ns.as_raw_fd();
+    // SAFETY: setns is async-signal-safe, and the forked child is single-threaded, as
+    // entering a mount namespace requires.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+            if libc::setns(fd, kind) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    cmd
 }
 
 /// The mount namespace a runtime on a node runs in: one whose `/sys` shows the host's
@@ -332,17 +338,7 @@ impl Drop for HostMounts {
 /// host's network namespace.
 pub fn in_host_mounted(host: &File, mounts: &HostMounts, plugin: &Path) -> Command {
     let mut cmd = in_host(host, plugin);
-    let fd = mounts.mnt.as_raw_fd();
-    // SAFETY: setns is async-signal-safe; the forked child is single-threaded, as
-    // entering a mount namespace requires.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    enter_in_child(&mut cmd, &mounts.mnt, libc::CLONE_NEWNS);
     cmd
 }
 
