@@ -21,15 +21,17 @@ pub struct Plan {
 
 /// What `steering` means on this node; None: nothing to steer.
 pub fn plan(steering: &Steering) -> Result<Option<Plan>, Error> {
-    let strict = !matches!(steering, Steering::Auto);
-    let online = match (steering, rps::online_cpus()) {
-        (Steering::Off, _) => return Ok(None),
-        (_, Ok(c)) => c,
-        (Steering::Auto, Err(e)) => {
+    if *steering == Steering::Off {
+        return Ok(None);
+    }
+    let strict = *steering != Steering::Auto;
+    let online = match rps::online_cpus() {
+        Ok(c) => c,
+        Err(e) if !strict => {
             warn(&e);
             return Ok(None);
         }
-        (_, Err(e)) => return Err(err(e)),
+        Err(e) => return Err(err(e)),
     };
     let cpus = match steering {
         Steering::Cpus(want) => {
