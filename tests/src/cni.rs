@@ -241,6 +241,22 @@ pub fn pod_ip(result: &Value) -> String {
     a.split('/').next().unwrap_or(a).to_string()
 }
 
+/// The host end of the pod's veth, as ferry's ADD result names it (the interface after the
+/// bridge).
+pub fn host_veth(result: &Value) -> String {
+    result["interfaces"][1]["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no host veth in {result}"))
+        .to_string()
+}
+
+/// The receive steering of `veth` in `host`: its `rx-0/rps_cpus`, as the kernel prints it.
+pub fn rps_cpus(host: &Netns, veth: &str) -> String {
+    host.sh(&format!("cat /sys/class/net/{veth}/queues/rx-0/rps_cpus"))
+        .trim()
+        .to_string()
+}
+
 /// `ferry-ipam` run as a runtime runs an IPAM plugin: `CNI_*` variables and nothing else
 /// in its environment. Needs no root: the store is just a directory.
 pub fn ipam_plugin(command: &str, cid: &str) -> Command {

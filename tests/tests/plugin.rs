@@ -704,11 +704,21 @@ fn portmap_chained_after_ferry_serves_a_host_port() {
 
 /// What the host veth's receive queue is steered to (`rps_cpus`, as the kernel prints it).
 fn rps_mask(node: &Node, veth: &str) -> String {
-    node.host
-        .sh(&format!("cat /sys/class/net/{veth}/queues/rx-0/rps_cpus"))
-        .trim()
+    ferry_tests::cni::rps_cpus(&node.host, veth)
         .trim_start_matches(['0', ','])
         .to_string()
+}
+
+/// A node whose config sets `rpsCpus` to `setting`.
+fn node_with_rps(subnet: &str, setting: Value) -> Node {
+    Node::with(|d| {
+        ferry_conf(
+            "1.1.0",
+            d,
+            json!({ "subnet": subnet }),
+            json!({ "rpsCpus": setting }),
+        )
+    })
 }
 
 #[test]
@@ -721,7 +731,7 @@ fn receive_steering_on_the_host_veth() {
         "this test needs two CPUs (online: {online:?}): with one, ferry steers nothing"
     );
     let all = netlink::rps::cpu_mask(&online);
-    let veth_of = |r: &Value| r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let veth_of = ferry_tests::cni::host_veth;
 
     // The default, from `ip netns exec` (whose /sys is the host's): every online CPU.
     let node = Node::new("10.38.0.0/24");
@@ -761,14 +771,7 @@ fn receive_steering_on_the_host_veth() {
 
     // "off" leaves the kernel's default; a list steers to exactly those CPUs.
     for (setting, cid, want) in [("off", "rps3", String::new()), ("1", "rps4", "2".into())] {
-        let node = Node::with(|d| {
-            ferry_conf(
-                "1.1.0",
-                d,
-                json!({"subnet": "10.38.1.0/24"}),
-                json!({"rpsCpus": setting}),
-            )
-        });
+        let node = node_with_rps("10.38.1.0/24", json!(setting));
         let p = pod();
         let veth = veth_of(&node.add(cid, &p).ok());
         assert_eq!(rps_mask(&node, &veth), want, "rpsCpus {setting:?}");
@@ -784,14 +787,7 @@ fn receive_steering_on_the_host_veth() {
         (json!(1), 6),
         (json!({"cpus": "0"}), 6),
     ] {
-        let node = Node::with(|d| {
-            ferry_conf(
-                "1.1.0",
-                d,
-                json!({"subnet": "10.38.2.0/24"}),
-                json!({"rpsCpus": setting}),
-            )
-        });
+        let node = node_with_rps("10.38.2.0/24", setting.clone());
         let p = pod();
         let r = node.add("rps-bad", &p);
         assert_eq!(r.err_code(), code, "rpsCpus {setting}: {r:?}");
@@ -828,10 +824,7 @@ fn a_node_that_refuses_steering() {
     let node = Node::new("10.38.3.0/24");
     let p = pod();
     let r = add(&node, "ro1", &p);
-    let veth = r.ok()["interfaces"][1]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let veth = ferry_tests::cni::host_veth(&r.ok());
     assert!(
         r.stderr.contains("rps_cpus") && r.stderr.contains("without receive packet steering"),
         "{r:?}"
@@ -840,14 +833,7 @@ fn a_node_that_refuses_steering() {
     node.del("ro1", Some(&p)).ok();
 
     // A setting the operator wrote is kept or the ADD fails, leaving nothing behind.
-    let node = Node::with(|d| {
-        ferry_conf(
-            "1.1.0",
-            d,
-            json!({"subnet": "10.38.4.0/24"}),
-            json!({"rpsCpus": "all"}),
-        )
-    });
+    let node = node_with_rps("10.38.4.0/24", json!("all"));
     let p = pod();
     let r = add(&node, "ro2", &p);
     assert_eq!(r.err_code(), 103, "{r:?}");

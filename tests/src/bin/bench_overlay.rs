@@ -26,6 +26,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ferry_tests::cluster::{http_get, Cluster, Etcd, Node, Switch, HEALTH_ADDR};
+use ferry_tests::cni::{host_veth, rps_cpus};
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::wait_until;
 use ferry_tests::stats::median;
@@ -141,6 +142,17 @@ ip route replace 10.81.{s}.0/24 via 10.81.{s}.0 dev flannel.1 onlink",
     ));
 }
 
+/// flannel's path by hand on two more nodes of `switch` (192.0.2.31 and .32, pods
+/// 10.81.1.2 and 10.81.2.2), each the other's peer; the first ping has crossed.
+fn hand_pair(switch: &Switch) -> (HandNode, HandNode) {
+    let f0 = hand_node(switch, "192.0.2.31", 1);
+    let f1 = hand_node(switch, "192.0.2.32", 2);
+    hand_peer(&f0, &f1);
+    hand_peer(&f1, &f0);
+    f0.pod.sh("ping -c1 -W2 10.81.2.2");
+    (f0, f1)
+}
+
 /// IPv6 pods across two nodes of a dual-stack cluster, against IPv4 pods of the same nodes
 /// and their IPv6 underlay, interleaved per round.
 fn throughput6() {
@@ -225,11 +237,7 @@ fn throughput() {
     let c = Cluster::new(2, "10.80.0.0/16");
     let a = c.nodes[0].add_pod("tpa");
     let b = c.nodes[1].add_pod("tpb");
-    let f0 = hand_node(&c.switch, "192.0.2.31", 1);
-    let f1 = hand_node(&c.switch, "192.0.2.32", 2);
-    hand_peer(&f0, &f1);
-    hand_peer(&f1, &f0);
-    f0.pod.sh("ping -c1 -W2 10.81.2.2");
+    let (f0, f1) = hand_pair(&c.switch);
     a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
     let (mut under, mut ferry, mut flannel) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
@@ -361,19 +369,13 @@ fn paths() {
         (&vxlan.nodes[0], &vna),
         (&vxlan.nodes[1], &vnb),
     ] {
-        let veth = pod.result["interfaces"][1]["name"]
-            .as_str()
-            .expect("host veth in the result");
+        let veth = host_veth(&pod.result);
         node.host.sh(&format!(
             "echo 0 > /sys/class/net/{veth}/queues/rx-0/rps_cpus"
         ));
     }
     let steered = |node: &Node, pod: &ferry_tests::cluster::Pod| {
-        let veth = pod.result["interfaces"][1]["name"].as_str().unwrap_or("?");
-        node.host
-            .sh(&format!("cat /sys/class/net/{veth}/queues/rx-0/rps_cpus"))
-            .trim()
-            .to_string()
+        rps_cpus(&node.host, &host_veth(&pod.result))
     };
     println!(
         "rps_cpus of the host veths: direct {} and {}, VXLAN {} and {}, their rpsCpus-off twins {} {} {} {}",
@@ -386,11 +388,7 @@ fn paths() {
         steered(&vxlan.nodes[0], &vna),
         steered(&vxlan.nodes[1], &vnb),
     );
-    let f0 = hand_node(&direct.switch, "192.0.2.31", 1);
-    let f1 = hand_node(&direct.switch, "192.0.2.32", 2);
-    hand_peer(&f0, &f1);
-    hand_peer(&f1, &f0);
-    f0.pod.sh("ping -c1 -W2 10.81.2.2");
+    let (f0, f1) = hand_pair(&direct.switch);
     da.ns.sh(&format!("ping -c1 -W2 {}", db.ip));
     va.ns.sh(&format!("ping -c1 -W2 {}", vb.ip));
     let direct_routes = direct.nodes[0].direct_routes();
