@@ -460,14 +460,18 @@ fn paths() {
             m(&cost[pi][1]),
         );
     }
+    // Path a's median over path b's, with 1 and with 8 streams.
+    let ratio = |a: usize, b: usize| {
+        (
+            m(&gbps[a][0]) / m(&gbps[b][0]),
+            m(&gbps[a][1]) / m(&gbps[b][1]),
+        )
+    };
+    let (vf1, vf8) = ratio(2, 3);
+    let (du1, du8) = ratio(1, 0);
+    let (vu1, vu8) = ratio(2, 0);
     println!(
-        "ferry VXLAN / flannel: 1 stream {:.2}, 8 streams {:.2} (target 1.0); ferry direct / underlay: {:.2}, {:.2} (target 0.95); ferry VXLAN / underlay: {:.2}, {:.2} (target 0.85)",
-        m(&gbps[2][0]) / m(&gbps[3][0]),
-        m(&gbps[2][1]) / m(&gbps[3][1]),
-        m(&gbps[1][0]) / m(&gbps[0][0]),
-        m(&gbps[1][1]) / m(&gbps[0][1]),
-        m(&gbps[2][0]) / m(&gbps[0][0]),
-        m(&gbps[2][1]) / m(&gbps[0][1]),
+        "ferry VXLAN / flannel: 1 stream {vf1:.2}, 8 streams {vf8:.2} (target 1.0); ferry direct / underlay: {du1:.2}, {du8:.2} (target 0.95); ferry VXLAN / underlay: {vu1:.2}, {vu8:.2} (target 0.85)"
     );
     for (pi, name) in names.iter().enumerate() {
         println!(
@@ -475,12 +479,10 @@ fn paths() {
             gbps[pi][0], gbps[pi][1]
         );
     }
+    let (ds1, ds8) = ratio(1, 4);
+    let (vs1, vs8) = ratio(2, 5);
     println!(
-        "receive steering: direct {:.2}x and {:.2}x, VXLAN {:.2}x and {:.2}x its rpsCpus-off run (1 and 8 streams)",
-        m(&gbps[1][0]) / m(&gbps[4][0]),
-        m(&gbps[1][1]) / m(&gbps[4][1]),
-        m(&gbps[2][0]) / m(&gbps[5][0]),
-        m(&gbps[2][1]) / m(&gbps[5][1]),
+        "receive steering: direct {ds1:.2}x and {ds8:.2}x, VXLAN {vs1:.2}x and {vs8:.2}x its rpsCpus-off run (1 and 8 streams)"
     );
     println!(
         "VXLAN packets sent by the direct cluster's node0 during all its runs: {direct_vx} (0: no encapsulation)\n"
