@@ -187,6 +187,7 @@ async fn wire(
         peer_netns: ns,
         mtu,
         controller: bridge.index,
+        big_tcp: pc.big_tcp(),
     };
     let mut created = host.create_veth(&spec).await;
     if matches!(&created, Err(e) if e.errno() == Some(libc::EEXIST))
@@ -204,6 +205,9 @@ async fn wire(
     host.configure_port(host_veth, pc.hairpin, &alias)
         .await
         .map_err(err)?;
+    if let Some(big) = spec.big_tcp {
+        raise_bridge(&host, &bridge, big).await;
+    }
     // The pod may send only from its own MAC and addresses; the host end comes up only
     // once that holds, so not one frame passes unguarded.
     let host_link = host
@@ -344,6 +348,23 @@ async fn rename_tombstone(host: &Netlink, host_veth: &str) -> bool {
             .await,
         Ok(true)
     )
+}
+
+/// A bridge without ports takes only 64 KiB: once this pod's port has joined, the bridge
+/// gets the node's BIG TCP sizes, so that packets routed to pods cross it whole. Once per
+/// node; a failure costs speed, not the pod, so it is only reported.
+async fn raise_bridge(host: &Netlink, bridge: &netlink::Link, big: netlink::BigTcp) {
+    if bridge.sizes.has(big) {
+        return;
+    }
+    let raised = match host.get_link(&bridge.name).await {
+        Ok(Some(now)) => host.ensure_big_tcp(&now, big).await.map(|_| ()),
+        Ok(None) => return,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = raised {
+        eprintln!("ferry: bridge {} keeps its GSO/GRO sizes: {e}", bridge.name);
+    }
 }
 
 /// Says which end already existed.

@@ -175,6 +175,27 @@ impl PluginConf {
             .as_ref()
     }
 
+    /// The GSO and GRO sizes of the pod's veth pair (BIG TCP): the node state's, which
+    /// `ferry-overlayd` copies from the underlay. Sizes the kernel would refuse are
+    /// ignored, with a warning: the pod starts with the kernel's 64 KiB, which every
+    /// underlay takes.
+    pub fn big_tcp(&self) -> Option<netlink::BigTcp> {
+        let b = self.node_state()?.big_tcp?;
+        let big = netlink::BigTcp {
+            ipv4: b.ipv4,
+            ipv6: b.ipv6,
+        };
+        if big.valid() {
+            return Some(big);
+        }
+        eprintln!(
+            "ferry: node state's bigTcp ({big}) is outside {}..={} bytes; the pod keeps the kernel's sizes",
+            netlink::big_tcp::LEGACY,
+            netlink::big_tcp::MAX
+        );
+        None
+    }
+
     /// The pod MTU: the config's, else the node state's, else 1500.
     pub fn effective_mtu(&self) -> u32 {
         self.mtu.unwrap_or_else(|| {

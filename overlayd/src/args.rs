@@ -104,6 +104,22 @@ pub struct Args {
         value_name = "BOOL"
     )]
     pub vxlan_checksum_offload: bool,
+
+    /// BIG TCP for pods: their links (and the node bridge) take the underlay interface's
+    /// GSO and GRO sizes when it has them above 64 KiB. For clusters whose nodes all
+    /// route directly (one L2 segment): a pod's packets to a node reached over VXLAN are
+    /// cut to wire size in software on the way, which is slower than without.
+    #[arg(
+        long,
+        env = "FERRY_BIG_TCP",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub big_tcp: bool,
     /// Enforce Kubernetes NetworkPolicy on this node (watches the API; the CNI config
     /// must say `"networkPolicy": true` so that ADD waits for the pod to be covered).
     #[arg(long, env = "FERRY_NETWORK_POLICY")]
@@ -199,6 +215,9 @@ mod tests {
         assert!(!parse(&["--direct-routing=false"]).direct_routing);
         assert!(parse(&[]).vxlan_checksum_offload);
         assert!(!parse(&["--vxlan-checksum-offload=false"]).vxlan_checksum_offload);
+        assert!(!parse(&[]).big_tcp);
+        assert!(parse(&["--big-tcp"]).big_tcp);
+        assert!(!parse(&["--big-tcp=false"]).big_tcp);
         let argv = [
             "ferry-overlayd",
             "--etcd-endpoints",

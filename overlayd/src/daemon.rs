@@ -197,6 +197,12 @@ pub async fn run(args: Args) -> Result<()> {
             vxlan_from: None,
             metrics: metrics.clone(),
         };
+        if args.big_tcp {
+            match node.big_tcp() {
+                Some(big) => tracing::info!(underlay = %node.underlay.link.name, sizes = %big, "BIG TCP: pods take the underlay's GSO/GRO sizes"),
+                None => tracing::warn!(underlay = %node.underlay.link.name, "--big-tcp is on but the underlay's GSO/GRO sizes are the kernel's 64 KiB: pods keep them"),
+            }
+        }
         let rev = node.refresh(&mut reg).await?;
         node.full_reconcile().await?;
         // The plugin's notice socket exists before node.json does, so that no pod is
@@ -518,9 +524,13 @@ impl Node {
             return;
         }
         let before = self.paths.take().unwrap_or_default();
+        let big = self.big_tcp();
         for p in &out.peers {
             if !before.peers.contains(p) {
                 tracing::info!(node = %p.node, public_ip = %p.public_ip, path = %p.shown(), "path to node");
+                if big.is_some() && p.path == PathKind::Vxlan {
+                    tracing::warn!(node = %p.node, "--big-tcp is on but this node is reached over VXLAN: pods' packets to it are cut to wire size in software (slower)");
+                }
             }
         }
         let direct = out
@@ -698,22 +708,46 @@ impl Node {
         if !self.args.vxlan_checksum_offload {
             self.checksum_offload_off()?;
         }
+        let mut bridge = None;
         if let Some(s) = self.me.subnet {
             datapath::ensure_vtep_addr(&self.nl, &self.vx, s).await?;
             let gw = datapath::gateway(s);
-            self.nl
-                .ensure_bridge(&self.args.bridge, netlink::bridge_mac(gw), gw, s.prefix())
-                .await?;
+            bridge = Some(
+                self.nl
+                    .ensure_bridge(&self.args.bridge, netlink::bridge_mac(gw), gw, s.prefix())
+                    .await?,
+            );
         }
         if let Some(s6) = self.me.subnet_v6 {
             if self.me.subnet.is_none() {
                 // The bridge's MAC as the plugin would make it on an IPv6-only node.
                 let gw = IpAddr::V6(datapath::gateway_v6(s6));
-                self.nl
-                    .ensure_bridge_link(&self.args.bridge, netlink::bridge_mac_of(gw))
-                    .await?;
+                bridge = Some(
+                    self.nl
+                        .ensure_bridge_link(&self.args.bridge, netlink::bridge_mac_of(gw))
+                        .await?,
+                );
             }
             datapath::ensure_v6_addrs(&self.nl, &self.vx, &self.args.bridge, s6).await?;
+        }
+        // The VXLAN device keeps 64 KiB: a larger packet would leave it as one UDP
+        // packet over 64 KiB, which a veth underlay (kind's, this project's tests') hands
+        // on whole and the receiver truncates. At 64 KiB the kernel cuts bigger ones to
+        // wire size before encapsulating them.
+        if let (Some(big), Some(bridge)) = (self.big_tcp(), &bridge) {
+            // A bridge without ports takes only 64 KiB: the plugin raises it when the
+            // first pod's port has joined, and this mends it afterwards.
+            match self.nl.ensure_big_tcp(bridge, big).await {
+                Ok(true) => {
+                    tracing::info!(device = %bridge.name, sizes = %big, "GSO/GRO sizes set to the underlay's (BIG TCP)")
+                }
+                Ok(false) => {}
+                // Slower pods, not broken ones: no reason to stop.
+                Err(e) => {
+                    self.metrics.reconcile_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, "BIG TCP sizes not set")
+                }
+            }
         }
         rules::ensure_sysctls(self.cfg.ipv6.is_some())?;
         if let Some(v4) = self.cfg.ipv4 {
@@ -757,6 +791,11 @@ impl Node {
         Ok(())
     }
 
+    /// The pods' BIG TCP sizes: the underlay's, when `--big-tcp` asks for them.
+    fn big_tcp(&self) -> Option<netlink::BigTcp> {
+        self.args.big_tcp.then(|| self.underlay.big_tcp()).flatten()
+    }
+
     /// Writes node.json when it differs from what is there.
     fn write_state(&self) -> Result<()> {
         let st = NodeState {
@@ -769,6 +808,10 @@ impl Node {
             gateway_v6: self.me.subnet_v6.map(datapath::gateway_v6),
             mtu: self.underlay.pod_mtu(),
             network_policy: self.args.network_policy,
+            big_tcp: self.big_tcp().map(|b| node_ipam::node_state::BigTcp {
+                ipv4: b.ipv4,
+                ipv6: b.ipv6,
+            }),
         };
         if node_ipam::node_state::read(&self.args.state_dir)
             .ok()

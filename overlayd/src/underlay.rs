@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
 use ipnetwork::{IpNetwork, Ipv6Network};
-use netlink::{Link, Netlink};
+use netlink::{BigTcp, Link, Netlink};
 
 #[derive(Debug, Clone)]
 pub struct Underlay {
@@ -26,6 +26,13 @@ impl Underlay {
     /// The pods' MTU: the underlay's less the VXLAN overhead.
     pub fn pod_mtu(&self) -> u32 {
         self.link.mtu.saturating_sub(self.overhead())
+    }
+
+    /// The GSO and GRO sizes of the pods' path: the underlay's, when it has BIG TCP. A pod
+    /// may have the underlay's full size: TCP keeps its packets `MAX_TCP_HEADER` (over 200
+    /// bytes) below its link's size.
+    pub fn big_tcp(&self) -> Option<BigTcp> {
+        BigTcp::of(&self.link.sizes)
     }
 }
 

@@ -72,6 +72,14 @@ impl Switch {
         self.ns.sh(&format!("ip link set {port} master sw0 up"));
     }
 
+    /// Gives every port of the switch the GSO and GRO sizes `big`: a network whose NICs
+    /// have BIG TCP on.
+    pub fn set_big_tcp(&self, big: netlink::BigTcp) {
+        for port in self.ns.ports_of("sw0") {
+            self.ns.set_big_tcp(&port, big);
+        }
+    }
+
     /// Plugs `host` in as `eth0` with `ip` and the segment's prefix (an IPv6 `ip`: /64,
     /// and no IPv4 address at all) and a default route (to nowhere on a single segment:
     /// only the test's own namespaces are ever reached).
@@ -748,6 +756,17 @@ impl Cluster {
     }
 
     /// Waits until every running node routes to every other node's subnet.
+    /// What an operator does to turn BIG TCP on for the nodes' NICs: every node's `eth0`
+    /// and the switch's ports (the network between them) get `big`, and each daemon
+    /// restarts, since it reads the underlay's sizes when it starts.
+    pub fn turn_big_tcp_on(&mut self, big: netlink::BigTcp) {
+        self.switch.set_big_tcp(big);
+        for n in self.nodes.iter_mut() {
+            n.host.set_big_tcp("eth0", big);
+            n.restart_daemon();
+        }
+    }
+
     pub fn wait_converged(&self) {
         let subnets: Vec<String> = self.nodes.iter().map(Node::subnet).collect();
         for (i, node) in self.nodes.iter().enumerate() {

@@ -52,6 +52,54 @@ impl Netns {
         link_names(&self.sh("ip -o link show"))
     }
 
+    /// The GSO and GRO sizes of link `dev` here, IPv4's included (which this machine's
+    /// `ip` does not print), read over netlink.
+    pub fn link_sizes(&self, dev: &str) -> netlink::big_tcp::Sizes {
+        self.with_netlink(|nl| async move {
+            let l = nl.get_link(dev).await.expect("get link");
+            l.unwrap_or_else(|| panic!("no link {dev} in {}", self.name))
+                .sizes
+        })
+    }
+
+    /// Gives link `dev` here the GSO and GRO sizes `big`, as an operator turns BIG TCP on
+    /// for a NIC.
+    pub fn set_big_tcp(&self, dev: &str, big: netlink::BigTcp) {
+        self.with_netlink(|nl| async move {
+            let l = nl.get_link(dev).await.expect("get link");
+            let l = l.unwrap_or_else(|| panic!("no link {dev} in {}", self.name));
+            nl.set_big_tcp(l.index, dev, big).await.expect("set sizes");
+        })
+    }
+
+    /// Runs `f` with a netlink connection in here, on a thread of its own (`setns` moves
+    /// only the calling thread).
+    fn with_netlink<T, F, Fut>(&self, f: F) -> T
+    where
+        T: Send,
+        F: FnOnce(netlink::Netlink) -> Fut + Send,
+        Fut: std::future::Future<Output = T>,
+    {
+        let file = std::fs::File::open(self.path()).expect("open the netns");
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move { f(netlink::Netlink::open().expect("netlink")).await })
+            })
+            .join()
+            .expect("netlink thread")
+        })
+    }
+
+    /// Names of the ports of bridge `master` here.
+    pub fn ports_of(&self, master: &str) -> Vec<String> {
+        link_names(&self.sh(&format!("ip -o link show master {master}")))
+    }
+
     /// Names of the links here in link group `group`.
     pub fn links_in_group(&self, group: u32) -> Vec<String> {
         link_names(&self.sh(&format!("ip -o link show group {group}")))

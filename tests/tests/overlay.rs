@@ -4,9 +4,13 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{Cluster, OUTSIDE_IP};
+use ferry_tests::cni::host_veth;
+use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server, wait_until};
 use ferry_tests::root_or_skip;
 use ferry_tests::services::Service;
+use ferry_tests::traffic::iperf;
+use netlink::BigTcp;
 
 macro_rules! needs_root {
     () => {
@@ -449,4 +453,125 @@ fn etcd_with_tls_and_client_certificates() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("https://192.0.2.2:2379"), "{err}");
+}
+
+/// Bytes per packet that `dev` in `ns` sent during `f`: above 64 KiB, GSO packets larger
+/// than the legacy size crossed it whole (a veth counts a GSO packet once); near the MTU,
+/// something on the way cut them in software.
+fn bytes_per_packet_sent(ns: &Netns, dev: &str, f: impl FnOnce()) -> u64 {
+    let read = || {
+        let v: Vec<u64> = ns
+            .sh(&format!(
+                "cat /sys/class/net/{dev}/statistics/tx_bytes /sys/class/net/{dev}/statistics/tx_packets"
+            ))
+            .split_whitespace()
+            .map(|n| n.parse().expect("a counter"))
+            .collect();
+        (v[0], v[1])
+    };
+    let (b0, p0) = read();
+    f();
+    let (b1, p1) = read();
+    (b1 - b0) / (p1 - p0).max(1)
+}
+
+/// TCP segments sent and retransmitted so far in `ns`.
+fn tcp_sent_and_retransmitted(ns: &Netns) -> (u64, u64) {
+    let out = ns.sh("nstat -az TcpOutSegs TcpRetransSegs");
+    let count = |key: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+    };
+    (count("TcpOutSegs"), count("TcpRetransSegs"))
+}
+
+#[test]
+fn big_tcp_follows_the_underlay_when_asked() {
+    needs_root!();
+    let big = BigTcp {
+        ipv4: 185_000,
+        ipv6: 185_000,
+    };
+    let legacy = netlink::big_tcp::Sizes::default();
+
+    // Without --big-tcp, a NIC's BIG TCP changes nothing of ferry's.
+    let mut plain = Cluster::new(1, "10.90.0.0/16");
+    plain.turn_big_tcp_on(big);
+    let n = &plain.nodes[0];
+    assert!(
+        n.node_state().get("bigTcp").is_none(),
+        "{} {}",
+        n.node_state(),
+        n.log()
+    );
+    let p = n.add_pod("bp");
+    assert_eq!(p.ns.link_sizes("eth0"), legacy);
+    n.cni("DEL", &p.id, Some(&p.ns)).ok();
+    drop(plain);
+
+    for (cidr, extra) in [
+        ("10.91.0.0/16", "--big-tcp"),
+        ("10.92.0.0/16", "--big-tcp --direct-routing=false"),
+    ] {
+        let mut c = Cluster::with_args(2, cidr, extra);
+        // An underlay at the kernel's 64 KiB leaves nothing to follow.
+        assert!(c.nodes[0].node_state().get("bigTcp").is_none());
+        assert!(
+            c.nodes[0].log().contains("pods keep them"),
+            "{}",
+            c.nodes[0].log()
+        );
+        c.turn_big_tcp_on(big);
+        let a = c.nodes[0].add_pod("ba");
+        let b = c.nodes[1].add_pod("bb");
+        for (n, p) in [(&c.nodes[0], &a), (&c.nodes[1], &b)] {
+            assert_eq!(
+                n.node_state()["bigTcp"],
+                serde_json::json!({"ipv4": 185000, "ipv6": 185000}),
+                "{}",
+                n.log()
+            );
+            let bridge = p.result["interfaces"][0]["name"].as_str().expect("bridge");
+            for (place, dev) in [
+                (&n.host, bridge),
+                (&n.host, host_veth(&p.result).as_str()),
+                (&p.ns, "eth0"),
+            ] {
+                let have = place.link_sizes(dev);
+                assert!(have.has(big), "{extra}: {dev} in {}: {have:?}", place.name);
+            }
+            // Never the VXLAN device: see below.
+            assert_eq!(n.host.link_sizes("ferry.1"), legacy, "{extra}");
+        }
+        c.wait_reachable(&a.ns, &b.ip);
+        let before = tcp_sent_and_retransmitted(&a.ns);
+        let mut gbits = 0.0;
+        let per_packet = bytes_per_packet_sent(&c.nodes[0].host, "eth0", || {
+            gbits = iperf(&a.ns, &b.ns, &b.ip, 2);
+        });
+        let after = tcp_sent_and_retransmitted(&a.ns);
+        let (sent, resent) = (after.0 - before.0, after.1 - before.1);
+        let shown = format!(
+            "{extra}: {per_packet} bytes per packet on the underlay, {gbits:.2} Gbit/s, \
+             {resent} of {sent} segments resent"
+        );
+        eprintln!("{shown}");
+        // No loss: a packet over 64 KiB that left as one UDP packet would arrive truncated.
+        assert!(resent * 100 <= sent, "{shown}");
+        if extra.contains("direct-routing=false") {
+            // Over VXLAN the kernel cuts the pods' large packets to wire size first.
+            assert!(per_packet < 9000, "{shown}");
+            assert!(
+                c.nodes[0].log().contains("reached over VXLAN"),
+                "{}",
+                c.nodes[0].log()
+            );
+        } else {
+            // Directly routed, they cross the underlay whole, larger than 64 KiB.
+            assert!(per_packet > u64::from(netlink::big_tcp::LEGACY), "{shown}");
+        }
+        c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
+        c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+    }
 }

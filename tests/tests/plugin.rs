@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ferry_tests::cni::{cni_path, ferry_conf, pod_ip, Call, Node};
+use ferry_tests::cni::{cni_path, ferry_conf, host_veth, pod_ip, Call, Node};
 use ferry_tests::netns::Netns;
 use ferry_tests::{bin, root_or_skip};
 use serde_json::{json, Value};
@@ -841,4 +841,81 @@ fn a_node_that_refuses_steering() {
     assert!(node.allocations().is_empty());
     assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
     assert!(!p.has_link("eth0"));
+}
+
+/// node.json's `bigTcp` (which `ferry-overlayd --big-tcp` copies from the underlay) sizes
+/// the pod's veth pair and raises the bridge once its first port has joined; a size the
+/// kernel would refuse is a lie that costs the pod nothing but its speed.
+#[test]
+fn node_states_big_tcp_sizes_the_pods_links() {
+    needs_root!();
+    let node = Node::new("10.41.0.0/24");
+    let state = tempfile::tempdir().unwrap();
+    let conf = ferry_conf(
+        "1.1.0",
+        node.data.path(),
+        json!({"subnet": null}),
+        json!({"stateDir": state.path(), "bridge": "bigbr0"}),
+    );
+    let write = |big: &str| {
+        std::fs::write(
+            state.path().join("node.json"),
+            format!(
+                r#"{{"nodeName":"n1","podCIDR":"10.41.5.0/24","clusterCIDR":"10.41.0.0/16","gateway":"10.41.5.1","mtu":1450{big}}}"#
+            ),
+        )
+        .unwrap()
+    };
+    let big = netlink::BigTcp {
+        ipv4: 185_000,
+        ipv6: 150_000,
+    };
+    write(r#","bigTcp":{"ipv4":185000,"ipv6":150000}"#);
+    let p = pod();
+    let r = node.call("ADD", "bt1", Some(&p)).run(&conf).ok();
+    for (place, dev) in [
+        (&node.host, host_veth(&r)),
+        (&node.host, "bigbr0".to_string()),
+        (&p, "eth0".to_string()),
+    ] {
+        let have = place.link_sizes(&dev);
+        assert!(have.has(big), "{dev}: {have:?}");
+    }
+    node.call("DEL", "bt1", Some(&p)).run(&conf).ok();
+
+    // Out of the kernel's range: the pod starts with the kernel's sizes, and says why.
+    for lie in [
+        r#","bigTcp":{"ipv4":0,"ipv6":65536}"#,
+        r#","bigTcp":{"ipv4":185000,"ipv6":4294967295}"#,
+    ] {
+        write(lie);
+        let p = pod();
+        let r = node.call("ADD", "bt2", Some(&p)).run(&conf);
+        let result = r.ok();
+        assert!(r.stderr.contains("bigTcp"), "{lie}: {r:?}");
+        assert_eq!(p.link_sizes("eth0"), Default::default(), "{lie}");
+        assert_eq!(
+            node.host.link_sizes(&host_veth(&result)),
+            Default::default(),
+            "{lie}"
+        );
+        node.call("DEL", "bt2", Some(&p)).run(&conf).ok();
+    }
+
+    // Not sizes at all: node.json is unreadable, ADD fails and leaves nothing.
+    for garbage in [
+        r#","bigTcp":"huge""#,
+        r#","bigTcp":{"ipv4":-1,"ipv6":65536}"#,
+        r#","bigTcp":{"ipv4":185000}"#,
+        r#","bigTcp":{"ipv4":185000,"ipv6":185000,"ipv8":1}"#,
+    ] {
+        write(garbage);
+        let p = pod();
+        let r = node.call("ADD", "bt3", Some(&p)).run(&conf);
+        assert_ne!(r.status, 0, "{garbage}: {r:?}");
+        assert!(r.msg().contains("node.json"), "{garbage}: {r:?}");
+        assert!(!p.has_link("eth0"), "{garbage}");
+        assert!(node.host_veths().is_empty(), "{garbage}");
+        assert!(node.allocations().is_empty(), "{garbage}");
+    }
 }

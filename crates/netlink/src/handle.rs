@@ -37,6 +37,8 @@ pub struct VethSpec<'a> {
     pub peer_netns: &'a File,
     pub mtu: u32,
     pub controller: u32,
+    /// Both ends' GSO and GRO sizes; `None` leaves the kernel's.
+    pub big_tcp: Option<crate::BigTcp>,
 }
 
 /// A netlink connection bound to one network namespace.
@@ -268,16 +270,16 @@ impl Netlink {
         let peer = LinkUnspec::new_with_name(spec.peer_name)
             .address(spec.peer_mac.to_vec())
             .mtu(spec.mtu)
-            .setns_by_fd(spec.peer_netns.as_raw_fd())
-            .build();
+            .setns_by_fd(spec.peer_netns.as_raw_fd());
+        let peer = crate::big_tcp::with(peer, spec.big_tcp).build();
         let msg = LinkVeth::new(spec.host_name, spec.peer_name)
             .set_info_data(netlink_packet_route::link::InfoData::Veth(
                 netlink_packet_route::link::InfoVeth::Peer(peer),
             ))
             .address(spec.host_mac.to_vec())
             .mtu(spec.mtu)
-            .controller(spec.controller)
-            .build();
+            .controller(spec.controller);
+        let msg = crate::big_tcp::with(msg, spec.big_tcp).build();
         self.handle.link().add(msg).execute().await.context(|| {
             format!(
                 "create veth {} (peer {} in the pod) in {}",

@@ -1,6 +1,7 @@
 //! The kernel operations ferry needs, each named for what it does and each error naming
 //! the link and network namespace it concerns.
 
+pub mod big_tcp;
 mod direct;
 mod error;
 pub mod ethtool;
@@ -12,6 +13,7 @@ pub mod overlay;
 pub mod rps;
 pub mod sysctl;
 
+pub use big_tcp::BigTcp;
 pub use direct::RouteLookup;
 pub use error::{Error, Result};
 pub use guard::SourceGuard;

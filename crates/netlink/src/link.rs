@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use crate::big_tcp::Sizes;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -22,6 +23,8 @@ pub struct Link {
     pub alias: Option<String>,
     /// The link group (0 unless set).
     pub group: u32,
+    /// Its GSO and GRO packet sizes.
+    pub sizes: Sizes,
 }
 
 impl From<LinkMessage> for Link {
@@ -37,6 +40,7 @@ impl From<LinkMessage> for Link {
             kind: None,
             alias: None,
             group: 0,
+            sizes: Sizes::from_attributes(&m.attributes),
         };
         for a in m.attributes {
             match a {

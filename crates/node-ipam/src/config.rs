@@ -533,6 +533,7 @@ mod tests {
             gateway_v6: Some("fd00:5::1".parse().unwrap()),
             mtu: 1450,
             network_policy: false,
+            big_tcp: None,
         };
         node_state::write(d.path(), &st).unwrap();
         let ps = Pools::resolve(&IpamConf::default(), d.path()).unwrap();

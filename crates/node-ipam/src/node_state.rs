@@ -46,6 +46,18 @@ pub struct NodeState {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub network_policy: bool,
+    /// BIG TCP: the GSO and GRO sizes the pods' links take, copied from the underlay by
+    /// `ferry-overlayd`; absent when the underlay has the kernel's 64 KiB.
+    #[serde(rename = "bigTcp", default, skip_serializing_if = "Option::is_none")]
+    pub big_tcp: Option<BigTcp>,
+}
+
+/// Bytes, per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigTcp {
+    pub ipv4: u32,
+    pub ipv6: u32,
 }
 
 impl NodeState {
@@ -134,6 +146,7 @@ mod tests {
             gateway_v6: None,
             mtu: 1450,
             network_policy: false,
+            big_tcp: None,
         };
         write(d.path(), &st).unwrap();
         let v: serde_json::Value =
@@ -141,6 +154,22 @@ mod tests {
         for k in ["nodeName", "podCIDR", "clusterCIDR", "gateway", "mtu"] {
             assert!(v.get(k).is_some(), "{k} missing in {v}");
         }
-        assert_eq!(read(d.path()).unwrap(), Some(st));
+        assert_eq!(read(d.path()).unwrap(), Some(st.clone()));
+        assert!(v.get("bigTcp").is_none(), "{v}");
+        let big = NodeState {
+            big_tcp: Some(BigTcp {
+                ipv4: 185_000,
+                ipv6: 150_000,
+            }),
+            ..st
+        };
+        write(d.path(), &big).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path(d.path())).unwrap()).unwrap();
+        assert_eq!(
+            v["bigTcp"],
+            serde_json::json!({"ipv4": 185000, "ipv6": 150000})
+        );
+        assert_eq!(read(d.path()).unwrap(), Some(big));
     }
 }

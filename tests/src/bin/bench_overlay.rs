@@ -9,6 +9,8 @@
 //!   (`--direct-routing=false`) and the hand-built flannel VXLAN path, single stream and 8
 //!   streams, 5 alternating rounds, medians, with the machine's CPU time per Gbit moved;
 //!   and ferry's two paths again with receive steering (`rpsCpus`) undone, to show its part.
+//! - paths-big: the same on an underlay whose NICs have BIG TCP (GSO/GRO 185,000 bytes),
+//!   ferry direct with `--big-tcp`.
 //! - vxlan-ab: VXLAN device and underlay settings A/B on the hand-built path, 5 alternating
 //!   rounds in one run: outer UDP checksums off (flannel's default) against on (ferry's),
 //!   and GRO on the underlay veth off against on (needs ethtool).
@@ -42,6 +44,7 @@ fn summed(v: &[f64]) -> (f64, String) {
 }
 use ferry_tests::traffic::{iperf, iperf_streams};
 use ipnetwork::Ipv4Network;
+use netlink::BigTcp;
 
 fn main() {
     if unsafe { libc::geteuid() } != 0 {
@@ -58,7 +61,13 @@ fn main() {
         vxlan_ab();
     }
     if args.iter().any(|a| a == "paths") {
-        paths();
+        paths(None);
+    }
+    if args.iter().any(|a| a == "paths-big") {
+        paths(Some(BigTcp {
+            ipv4: 185_000,
+            ipv6: 185_000,
+        }));
     }
     if args.iter().any(|a| a == "throughput6") {
         throughput6();
@@ -339,15 +348,29 @@ fn vxlan_ab() {
 }
 
 /// DirectRouting against VXLAN against flannel's VXLAN against the underlay (issue 14).
-fn paths() {
+/// `big`: the underlay has BIG TCP on (`paths-big`), and the direct cluster runs with
+/// `--big-tcp`; the VXLAN cluster without it, which is right for VXLAN.
+fn paths(big: Option<BigTcp>) {
     const ROUNDS: usize = 5;
     const SECS: u32 = 4;
     let hz = 100.0; // USER_HZ, the unit of /proc/stat
+    let under = match big {
+        Some(b) => format!("an underlay with BIG TCP ({b}), ferry direct with --big-tcp"),
+        None => "an underlay at the kernel's 64 KiB GSO/GRO".into(),
+    };
     println!(
-        "== paths: TCP across two nodes, iperf3 {SECS} s per run, 1 and 8 streams, {ROUNDS} alternating rounds, medians"
+        "== paths: TCP across two nodes, iperf3 {SECS} s per run, 1 and 8 streams, {ROUNDS} alternating rounds, medians; {under}"
     );
-    let direct = Cluster::new(2, "10.80.0.0/16");
-    let vxlan = Cluster::with_args(2, "10.84.0.0/16", "--direct-routing=false");
+    let mut direct = Cluster::with_args(
+        2,
+        "10.80.0.0/16",
+        if big.is_some() { "--big-tcp" } else { "" },
+    );
+    let mut vxlan = Cluster::with_args(2, "10.84.0.0/16", "--direct-routing=false");
+    if let Some(b) = big {
+        direct.turn_big_tcp_on(b);
+        vxlan.turn_big_tcp_on(b);
+    }
     let (da, db) = (
         direct.nodes[0].add_pod("pda"),
         direct.nodes[1].add_pod("pdb"),
@@ -389,6 +412,12 @@ fn paths() {
         steered(&vxlan.nodes[1], &vnb),
     );
     let (f0, f1) = hand_pair(&direct.switch);
+    if let Some(b) = big {
+        // flannel's pods keep 64 KiB (it has no BIG TCP); its nodes' NICs have it.
+        direct.switch.set_big_tcp(b);
+        f0.host.set_big_tcp("eth0", b);
+        f1.host.set_big_tcp("eth0", b);
+    }
     da.ns.sh(&format!("ping -c1 -W2 {}", db.ip));
     va.ns.sh(&format!("ping -c1 -W2 {}", vb.ip));
     let direct_routes = direct.nodes[0].direct_routes();
