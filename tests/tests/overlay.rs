@@ -557,8 +557,9 @@ fn big_tcp_follows_the_underlay_when_asked() {
              {resent} of {sent} segments resent"
         );
         eprintln!("{shown}");
-        // No loss: a packet over 64 KiB that left as one UDP packet would arrive truncated.
-        assert!(resent * 100 <= sent, "{shown}");
+        // Next to no loss (a busy machine may drop a little): a packet over 64 KiB that
+        // left as one UDP packet would arrive truncated, and more would be resent than sent.
+        assert!(resent * 20 <= sent, "{shown}");
         if extra.contains("direct-routing=false") {
             // Over VXLAN the kernel cuts the pods' large packets to wire size first.
             assert!(per_packet < 9000, "{shown}");
