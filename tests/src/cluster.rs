@@ -528,11 +528,7 @@ impl Node {
 
     /// Packets the VXLAN device sent and received so far (tx + rx).
     pub fn vxlan_packets(&self) -> u64 {
-        self.host
-            .sh("cat /sys/class/net/ferry.1/statistics/tx_packets /sys/class/net/ferry.1/statistics/rx_packets")
-            .split_whitespace()
-            .map(|n| n.parse::<u64>().expect("a counter"))
-            .sum()
+        self.host.link_stat("ferry.1", "tx_packets") + self.host.link_stat("ferry.1", "rx_packets")
     }
 
     /// The IPv6 routes ferry made on the VXLAN device, as `ip -6 route` prints them.

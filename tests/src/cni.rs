@@ -222,6 +222,22 @@ impl Node {
     }
 
     /// Links on the host named like ferry's host veths, retired ones left out.
+    /// Asserts that a failed ADD into `pod` left nothing: no allocation, no host veth and
+    /// no interface in the pod (`what` names the case).
+    pub fn assert_nothing_made(&self, pod: &Netns, what: &str) {
+        assert!(
+            self.allocations().is_empty(),
+            "{what}: {:?}",
+            self.allocations()
+        );
+        assert!(
+            self.host_veths().is_empty(),
+            "{what}: {:?}",
+            self.host_veths()
+        );
+        assert!(!pod.has_link("eth0"), "{what}: the pod has an eth0");
+    }
+
     pub fn host_veths(&self) -> Vec<String> {
         // A retired veth keeps its name until the reaper deletes it: not an attachment's.
         let retired = tombstones(&self.host);

@@ -95,6 +95,14 @@ impl Netns {
         })
     }
 
+    /// One of link `dev`'s counters here (`/sys/class/net/<dev>/statistics/<stat>`).
+    pub fn link_stat(&self, dev: &str, stat: &str) -> u64 {
+        let out = self.sh(&format!("cat /sys/class/net/{dev}/statistics/{stat}"));
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{dev} {stat} in {}: {out:?}", self.name))
+    }
+
     /// Names of the ports of bridge `master` here.
     pub fn ports_of(&self, master: &str) -> Vec<String> {
         link_names(&self.sh(&format!("ip -o link show master {master}")))

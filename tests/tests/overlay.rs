@@ -460,14 +460,10 @@ fn etcd_with_tls_and_client_certificates() {
 /// something on the way cut them in software.
 fn bytes_per_packet_sent(ns: &Netns, dev: &str, f: impl FnOnce()) -> u64 {
     let read = || {
-        let v: Vec<u64> = ns
-            .sh(&format!(
-                "cat /sys/class/net/{dev}/statistics/tx_bytes /sys/class/net/{dev}/statistics/tx_packets"
-            ))
-            .split_whitespace()
-            .map(|n| n.parse().expect("a counter"))
-            .collect();
-        (v[0], v[1])
+        (
+            ns.link_stat(dev, "tx_bytes"),
+            ns.link_stat(dev, "tx_packets"),
+        )
     };
     let (b0, p0) = read();
     f();

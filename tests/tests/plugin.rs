@@ -303,9 +303,7 @@ fn failed_add_leaves_nothing() {
     let r = node.add("bad-route", &p);
     assert_eq!(r.err_code(), 103, "{r:?}");
     assert!(r.msg().contains("10.200.0.0/16"), "{r:?}");
-    assert!(node.allocations().is_empty());
-    assert!(node.host_veths().is_empty());
-    assert!(!p.has_link("eth0"));
+    node.assert_nothing_made(&p, "bad route");
 }
 
 #[test]
@@ -792,9 +790,7 @@ fn receive_steering_on_the_host_veth() {
         let r = node.add("rps-bad", &p);
         assert_eq!(r.err_code(), code, "rpsCpus {setting}: {r:?}");
         assert!(r.msg().contains("rpsCpus") || code == 6, "{r:?}");
-        assert!(node.allocations().is_empty(), "rpsCpus {setting}");
-        assert!(node.host_veths().is_empty(), "rpsCpus {setting}");
-        assert!(!p.has_link("eth0"), "rpsCpus {setting}");
+        node.assert_nothing_made(&p, &format!("rpsCpus {setting}"));
     }
     node.del("rps1", Some(&p)).ok();
     node.del("rps2", Some(&p2)).ok();
@@ -838,9 +834,7 @@ fn a_node_that_refuses_steering() {
     let r = add(&node, "ro2", &p);
     assert_eq!(r.err_code(), 103, "{r:?}");
     assert!(r.msg().contains("rps_cpus"), "{r:?}");
-    assert!(node.allocations().is_empty());
-    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
-    assert!(!p.has_link("eth0"));
+    node.assert_nothing_made(&p, "read-only /sys");
 }
 
 /// node.json's `bigTcp` (which `ferry-overlayd --big-tcp` copies from the underlay) sizes
@@ -914,8 +908,6 @@ fn node_states_big_tcp_sizes_the_pods_links() {
         let r = node.call("ADD", "bt3", Some(&p)).run(&conf);
         assert_ne!(r.status, 0, "{garbage}: {r:?}");
         assert!(r.msg().contains("node.json"), "{garbage}: {r:?}");
-        assert!(!p.has_link("eth0"), "{garbage}");
-        assert!(node.host_veths().is_empty(), "{garbage}");
-        assert!(node.allocations().is_empty(), "{garbage}");
+        node.assert_nothing_made(&p, garbage);
     }
 }

@@ -199,9 +199,7 @@ fn gc_without_a_valid_list_frees_nothing() {
 fn refused(node: &Node, r: &Reply, code: u64, p: &Netns) {
     assert_eq!(r.err_code(), code, "{r:?}");
     assert!(r.stdout.len() < 2000, "an error is short: {r:?}");
-    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
-    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
-    assert!(!p.has_link("eth0"));
+    node.assert_nothing_made(p, &format!("code {code}"));
 }
 
 #[test]
