@@ -6,10 +6,10 @@
 //! and should take the packets the underlay's GRO builds: ferry gives them the underlay's
 //! own sizes (`BigTcp::of`), or leaves the kernel's 64 KiB.
 
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::LinkAttribute;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
 
-use crate::error::{Context, Result};
+use crate::error::Result;
 use crate::handle::Netlink;
 use crate::link::Link;
 
@@ -149,13 +149,9 @@ impl Netlink {
 
     /// Gives link `index` (`name`, for errors) `big`'s GSO and GRO sizes.
     pub async fn set_big_tcp(&self, index: u32, name: &str, big: BigTcp) -> Result<()> {
-        let msg: LinkMessage = with(LinkUnspec::new_with_index(index), Some(big)).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        let msg = with(LinkUnspec::new_with_index(index), Some(big)).build();
+        self.set_link(msg, || format!("set GSO/GRO sizes ({big}) of {name}"))
             .await
-            .context(|| format!("set GSO/GRO sizes ({big}) of {name} in {}", self.place))
     }
 }
 

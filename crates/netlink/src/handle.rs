@@ -160,22 +160,27 @@ impl Netlink {
 
     pub async fn set_mtu(&self, index: u32, name: &str, mtu: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        self.set_link(msg, || format!("set MTU {mtu} on {name}"))
             .await
-            .context(|| format!("set MTU {mtu} on {name} in {}", self.place))
     }
 
     pub async fn set_up(&self, index: u32, name: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).up().build();
+        self.set_link(msg, || format!("set link {name} up")).await
+    }
+
+    /// One change to a link; `what` says which, for the error.
+    pub(crate) async fn set_link(
+        &self,
+        msg: LinkMessage,
+        what: impl FnOnce() -> String,
+    ) -> Result<()> {
         self.handle
             .link()
             .set(msg)
             .execute()
             .await
-            .context(|| format!("set link {name} up in {}", self.place))
+            .context(|| format!("{} in {}", what(), self.place))
     }
 
     /// IPv4 addresses (address, prefix length) on a link.
