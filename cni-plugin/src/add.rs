@@ -235,7 +235,7 @@ async fn wire(
     host.guard_source(host_link.index, host_veth, &guard)
         .await
         .map_err(err)?;
-    crate::steering::apply(
+    let steered = crate::steering::apply(
         steer,
         netlink::rps::LinkId {
             name: host_veth,
@@ -302,6 +302,10 @@ async fn wire(
             _ => continue,
         }
         .map_err(err)?;
+    }
+
+    if let Some(s) = &steered {
+        s.hash_by_flow(&pod, link.index, &env.ifname).await?;
     }
 
     let mut result = ipam_result.clone();

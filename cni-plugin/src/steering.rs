@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use cni::{Code, Error};
 use netlink::rps::{self, LinkId};
+use netlink::Netlink;
 
 use crate::config::Steering;
 use crate::kernel::err;
@@ -55,21 +56,50 @@ pub fn plan(steering: &Steering) -> Result<Option<Plan>, Error> {
     Ok(Some(Plan { cpus, strict }))
 }
 
-/// Steers `link` as planned.
-pub fn apply(plan: Option<&Plan>, link: LinkId<'_>) -> Result<(), Error> {
+/// Steers `link` as planned. Some when its frames now spread over several CPUs: then the
+/// pod's own interface should give both directions of a flow one hash (`Steered`).
+pub fn apply(plan: Option<&Plan>, link: LinkId<'_>) -> Result<Option<Steered>, Error> {
     let Some(plan) = plan else {
-        return Ok(());
+        return Ok(None);
     };
     match rps::steer(link, &plan.cpus) {
-        Ok(()) => Ok(()),
+        Ok(()) if plan.cpus.len() > 1 => Ok(Some(Steered {
+            strict: plan.strict,
+        })),
+        Ok(()) => Ok(None),
         Err(e) if !plan.strict => {
             warn(&e);
-            Ok(())
+            Ok(None)
         }
         Err(e) => Err(Error::new(
             Code::Kernel,
             format!("rpsCpus: {e} (\"off\" leaves the host veth as the kernel makes it)"),
         )),
+    }
+}
+
+/// A host veth whose frames are steered over several CPUs.
+#[derive(Debug)]
+pub struct Steered {
+    strict: bool,
+}
+
+impl Steered {
+    /// Makes the pod's interface `index` (seen through `pod`, a handle in its namespace)
+    /// hash each flow the same way in both directions, so that its data and its ACKs are
+    /// steered to one CPU (see `netlink::flow_hash`). Failing it is failing the steering.
+    pub async fn hash_by_flow(&self, pod: &Netlink, index: u32, name: &str) -> Result<(), Error> {
+        match pod.hash_by_flow(index, name).await {
+            Ok(()) => Ok(()),
+            Err(e) if !self.strict => {
+                warn(&e);
+                Ok(())
+            }
+            Err(e) => Err(Error::new(
+                Code::Kernel,
+                format!("rpsCpus: {e} (\"off\" leaves the pod's interface as the kernel makes it)"),
+            )),
+        }
     }
 }
 

@@ -273,6 +273,12 @@ pub fn rps_cpus(host: &Netns, veth: &str) -> String {
         .to_string()
 }
 
+/// Whether the pod's `eth0` carries ferry's flow-hash program on its egress.
+pub fn hashes_by_flow(pod: &Netns) -> bool {
+    pod.sh("tc filter show dev eth0 egress")
+        .contains(netlink::flow_hash::PROG_NAME)
+}
+
 /// `ferry-ipam` run as a runtime runs an IPAM plugin: `CNI_*` variables and nothing else
 /// in its environment. Needs no root: the store is just a directory.
 pub fn ipam_plugin(command: &str, cid: &str) -> Command {

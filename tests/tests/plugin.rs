@@ -736,6 +736,8 @@ fn receive_steering_on_the_host_veth() {
     let p = pod();
     let veth = veth_of(&node.add("rps1", &p).ok());
     assert_eq!(rps_mask(&node, &veth), all);
+    // Over several CPUs, a flow's data and its ACKs must hash alike to meet on one.
+    assert!(ferry_tests::cni::hashes_by_flow(&p), "rps1: no flow hash");
 
     // A runtime that enters the host's namespace by setns alone leaves the plugin a /sys
     // of another namespace (here the test's own): ferry steers its own link all the same,
@@ -761,6 +763,7 @@ fn receive_steering_on_the_host_veth() {
     let r = ferry_tests::cni::exec(cmd, &node.conf).ok();
     let veth2 = veth_of(&r);
     assert_eq!(rps_mask(&node, &veth2), all);
+    assert!(ferry_tests::cni::hashes_by_flow(&p2), "rps2: no flow hash");
     assert_eq!(mounts(), before, "the plugin's sysfs mount leaked");
     assert_eq!(
         node.host.sh("grep -c ' /sys ' /proc/self/mountinfo").trim(),
@@ -773,6 +776,8 @@ fn receive_steering_on_the_host_veth() {
         let p = pod();
         let veth = veth_of(&node.add(cid, &p).ok());
         assert_eq!(rps_mask(&node, &veth), want, "rpsCpus {setting:?}");
+        // Unsteered, or steered to one CPU: the hash chooses nothing, so it is left alone.
+        assert!(!ferry_tests::cni::hashes_by_flow(&p), "rpsCpus {setting:?}");
         node.del(cid, Some(&p)).ok();
     }
 
@@ -826,6 +831,10 @@ fn a_node_that_refuses_steering() {
         "{r:?}"
     );
     assert_eq!(rps_mask(&node, &veth), "");
+    assert!(
+        !ferry_tests::cni::hashes_by_flow(&p),
+        "unsteered, yet hashed by flow"
+    );
     node.del("ro1", Some(&p)).ok();
 
     // A setting the operator wrote is kept or the ADD fails, leaving nothing behind.

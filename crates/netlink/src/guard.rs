@@ -21,15 +21,10 @@
 //! neither. The program dies with the veth, so DEL has nothing to undo.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use futures_util::StreamExt;
-use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
-use netlink_packet_route::tc::{
-    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
-};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
 
+use crate::bpf::{self, *};
 use crate::error::{Context, Error, Result};
 use crate::handle::Netlink;
 
@@ -42,37 +37,12 @@ pub struct SourceGuard {
     pub ipv6: Vec<Ipv6Addr>,
 }
 
-/// One eBPF instruction, as the kernel takes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
-pub struct Insn {
-    code: u8,
-    /// dst register in the low nibble, src register in the high one.
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-// Opcodes (linux/bpf_common.h, linux/bpf.h).
-const LDX_W: u8 = 0x61; // dst = *(u32 *)(src + off)
-const LDX_H: u8 = 0x69; // dst = *(u16 *)(src + off)
-const MOV64_X: u8 = 0xbf; // dst = src
-const MOV64_K: u8 = 0xb7; // dst = imm
-const ADD64_K: u8 = 0x07; // dst += imm
-const LDX_B: u8 = 0x71; // dst = *(u8 *)(src + off)
-const JGT_X: u8 = 0x2d; // if dst > src goto off
-const JA: u8 = 0x05; // goto off
-const JEQ32_K: u8 = 0x16; // if (u32)dst == imm goto off
-const JNE32_K: u8 = 0x56; // if (u32)dst != imm goto off
-const EXIT: u8 = 0x95;
-
 // Offsets in `struct __sk_buff`.
 const SKB_VLAN_PRESENT: i16 = 20;
 const SKB_DATA: i16 = 76;
 const SKB_DATA_END: i16 = 80;
 
-const TC_ACT_OK: i32 = 0;
-const TC_ACT_SHOT: i32 = 2;
+const PROG_NAME: &str = "ferry_guard";
 
 /// Where a jump goes, resolved when the program is finished.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -95,12 +65,7 @@ struct Asm {
 
 impl Asm {
     fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
-        self.insns.push(Insn {
-            code,
-            regs: dst | (src << 4),
-            off,
-            imm,
-        });
+        self.insns.push(Insn::new(code, dst, src, off, imm));
     }
     fn jump(&mut self, code: u8, dst: u8, src: u8, imm: i32, to: Label) {
         self.jumps.push((self.insns.len(), to));
@@ -254,84 +219,6 @@ impl SourceGuard {
     }
 }
 
-/// The head of `union bpf_attr` for BPF_PROG_LOAD, up to the fields ferry sets; the kernel
-/// takes a shorter attr and zeroes the rest.
-#[repr(C)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-}
-
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-const PROG_NAME: &str = "ferry_guard";
-
-/// Loads `insns` as a tc classifier; on failure, loads again with the verifier's log so
-/// the error says why.
-fn load(insns: &[Insn]) -> std::io::Result<OwnedFd> {
-    let license = c"Apache-2.0";
-    let mut log = vec![0u8; 0];
-    for attempt in 0..2 {
-        if attempt == 1 {
-            log = vec![0u8; 64 * 1024];
-        }
-        let mut name = [0u8; 16];
-        name[..PROG_NAME.len()].copy_from_slice(PROG_NAME.as_bytes());
-        let attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_SCHED_CLS,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: u32::from(attempt == 1),
-            log_size: log.len() as u32,
-            log_buf: if log.is_empty() {
-                0
-            } else {
-                log.as_mut_ptr() as u64
-            },
-            kern_version: 0,
-            prog_flags: 0,
-            prog_name: name,
-        };
-        // SAFETY: `attr` points at live memory (the instructions, the license string and the
-        // log buffer outlive the call) and its size is passed with it.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &attr as *const ProgLoadAttr,
-                std::mem::size_of::<ProgLoadAttr>(),
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: the kernel returned a new descriptor that nothing else owns.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        }
-        let e = std::io::Error::last_os_error();
-        if attempt == 1 || e.raw_os_error() == Some(libc::EPERM) {
-            let text = String::from_utf8_lossy(&log);
-            let verifier = text.trim_end_matches('\0').trim();
-            return Err(if verifier.is_empty() {
-                e
-            } else {
-                std::io::Error::new(e.kind(), format!("{e}; verifier: {verifier}"))
-            });
-        }
-    }
-    Err(std::io::Error::other("unreachable: two attempts made"))
-}
-
-/// `ETH_P_ALL` in network byte order, as the filter's protocol.
-const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
-
 impl Netlink {
     /// Installs `guard` on the ingress of the link `index` (a pod's host-side veth, which
     /// must still be down so that no frame passes before the guard is there).
@@ -344,37 +231,13 @@ impl Netlink {
             .execute()
             .await
             .context(|| format!("add ingress qdisc: {}", what()))?;
-        let prog = load(&guard.program()).map_err(|source| Error::Io {
+        let prog = bpf::load(&guard.program(), PROG_NAME).map_err(|source| Error::Io {
             what: format!("load the eBPF program of the {}", what()),
             source,
         })?;
-        let mut msg = TcMessage::with_index(index as i32);
-        msg.header.parent = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        msg.header.info = (1u32 << 16) | u32::from(ETH_P_ALL_BE);
-        msg.attributes.push(TcAttribute::Kind("bpf".into()));
-        msg.attributes.push(TcAttribute::Options(vec![
-            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
-            TcOption::Bpf(TcFilterBpfOption::ProgName(PROG_NAME.into())),
-            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-        ]));
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewTrafficFilter(msg));
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        let mut handle = self.handle.clone();
-        let mut replies = handle
-            .request(req)
-            .context(|| format!("add filter: {}", what()))?;
-        while let Some(m) = replies.next().await {
-            if let netlink_packet_core::NetlinkPayload::Error(e) = m.payload {
-                if e.code.is_some() {
-                    return Err(rtnetlink::Error::NetlinkError(e))
-                        .context(|| format!("add filter: {}", what()));
-                }
-            }
-        }
-        Ok(())
+        self.attach_tc(index, TcHandle::INGRESS, &prog, PROG_NAME)
+            .await
+            .context(|| format!("add filter: {}", what()))
     }
 
     /// Whether the link `index` carries ferry's source guard.

@@ -2,9 +2,11 @@
 //! the link and network namespace it concerns.
 
 pub mod big_tcp;
+mod bpf;
 mod direct;
 mod error;
 pub mod ethtool;
+pub mod flow_hash;
 mod guard;
 mod handle;
 mod link;

@@ -8,7 +8,9 @@
 //!   ferry direct (DirectRouting, the default on a shared L2), ferry VXLAN
 //!   (`--direct-routing=false`) and the hand-built flannel VXLAN path, single stream and 8
 //!   streams, 5 alternating rounds, medians, with the machine's CPU time per Gbit moved;
-//!   and ferry's two paths again with receive steering (`rpsCpus`) undone, to show its part.
+//!   and ferry's two paths again with receive steering (`rpsCpus`) undone, and with
+//!   steering by each socket's own hash (the pod's flow-hash program removed), to show
+//!   the part of each.
 //! - paths-big: the same on an underlay whose NICs have BIG TCP (GSO/GRO 185,000 bytes),
 //!   ferry direct with `--big-tcp`.
 //! - vxlan-ab: VXLAN device and underlay settings A/B on the hand-built path, 5 alternating
@@ -371,21 +373,32 @@ fn paths(big: Option<BigTcp>) {
         direct.turn_big_tcp_on(b);
         vxlan.turn_big_tcp_on(b);
     }
-    let (da, db) = (
-        direct.nodes[0].add_pod("pda"),
-        direct.nodes[1].add_pod("pdb"),
-    );
-    let (va, vb) = (vxlan.nodes[0].add_pod("pva"), vxlan.nodes[1].add_pod("pvb"));
+    // A pod on each of a cluster's two nodes, `<prefix>a` and `<prefix>b`.
+    let pair = |c: &Cluster, prefix: &str| {
+        (
+            c.nodes[0].add_pod(&format!("{prefix}a")),
+            c.nodes[1].add_pod(&format!("{prefix}b")),
+        )
+    };
+    let (da, db) = pair(&direct, "pd");
+    let (va, vb) = pair(&vxlan, "pv");
     // The same paths with ferry's receive steering (`rpsCpus`) undone on both host veths,
     // to show what it gives.
-    let (dna, dnb) = (
-        direct.nodes[0].add_pod("pdna"),
-        direct.nodes[1].add_pod("pdnb"),
-    );
-    let (vna, vnb) = (
-        vxlan.nodes[0].add_pod("pvna"),
-        vxlan.nodes[1].add_pod("pvnb"),
-    );
+    let (dna, dnb) = pair(&direct, "pdn");
+    let (vna, vnb) = pair(&vxlan, "pvn");
+    // And with steering by each socket's own hash: the pod's flow-hash program removed.
+    let (dha, dhb) = pair(&direct, "pdh");
+    let (vha, vhb) = pair(&vxlan, "pvh");
+    for pod in [&da, &db, &va, &vb, &dha, &dhb, &vha, &vhb] {
+        assert!(
+            ferry_tests::cni::hashes_by_flow(&pod.ns),
+            "{}: ferry's default gives no flow hash",
+            pod.ip
+        );
+    }
+    for pod in [&dha, &dhb, &vha, &vhb] {
+        pod.ns.sh("tc qdisc del dev eth0 clsact");
+    }
     for (node, pod) in [
         (&direct.nodes[0], &dna),
         (&direct.nodes[1], &dnb),
@@ -441,6 +454,8 @@ fn paths(big: Option<BigTcp>) {
         "flannel VXLAN by hand (pod to pod)",
         "ferry direct, rpsCpus off",
         "ferry VXLAN, rpsCpus off",
+        "ferry direct, socket hash",
+        "ferry VXLAN, socket hash",
     ];
     // [path][streams 1|8] -> (Gbit/s runs, CPU s per Gbit runs)
     let mut gbps = vec![[Vec::new(), Vec::new()]; names.len()];
@@ -457,6 +472,8 @@ fn paths(big: Option<BigTcp>) {
         (&f0.pod, &f1.pod, "10.81.2.2"),
         (&dna.ns, &dnb.ns, dnb.ip.as_str()),
         (&vna.ns, &vnb.ns, vnb.ip.as_str()),
+        (&dha.ns, &dhb.ns, dhb.ip.as_str()),
+        (&vha.ns, &vhb.ns, vhb.ip.as_str()),
     ];
     let direct_vx_before = vx_counter(&direct);
     for _ in 0..ROUNDS {
@@ -512,6 +529,11 @@ fn paths(big: Option<BigTcp>) {
     let (vs1, vs8) = ratio(2, 5);
     println!(
         "receive steering: direct {ds1:.2}x and {ds8:.2}x, VXLAN {vs1:.2}x and {vs8:.2}x its rpsCpus-off run (1 and 8 streams)"
+    );
+    let (dh1, dh8) = ratio(1, 6);
+    let (vh1, vh8) = ratio(2, 7);
+    println!(
+        "flow hash: direct {dh1:.2}x and {dh8:.2}x, VXLAN {vh1:.2}x and {vh8:.2}x its socket-hash run (1 and 8 streams)"
     );
     println!(
         "VXLAN packets sent by the direct cluster's node0 during all its runs: {direct_vx} (0: no encapsulation)\n"
