@@ -92,7 +92,9 @@ impl Steered {
         match pod.hash_by_flow(index, name).await {
             Ok(()) => Ok(()),
             Err(e) if !self.strict => {
-                warn(&e);
+                eprintln!(
+                    "ferry: {e}; the pod's connections are steered by their sockets' own hashes, so a connection's data and ACKs may land on different CPUs (rpsCpus \"off\" turns steering off and silences this)"
+                );
                 Ok(())
             }
             Err(e) => Err(Error::new(

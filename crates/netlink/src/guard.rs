@@ -24,7 +24,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
 
-use crate::bpf::{self, *};
+use crate::bpf::{
+    self, Insn, ADD64_K, EXIT, JA, JEQ32_K, JGT_X, JNE32_K, LDX_B, LDX_H, LDX_W, MOV64_K, MOV64_X,
+    TC_ACT_OK, TC_ACT_SHOT,
+};
 use crate::error::{Context, Error, Result};
 use crate::handle::Netlink;
 
