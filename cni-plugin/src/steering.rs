@@ -29,7 +29,7 @@ pub fn plan(steering: &Steering) -> Result<Option<Plan>, Error> {
     let online = match rps::online_cpus() {
         Ok(c) => c,
         Err(e) if !strict => {
-            warn(&e);
+            warn(&e, "the pod runs without receive packet steering");
             return Ok(None);
         }
         Err(e) => return Err(err(e)),
@@ -67,14 +67,13 @@ pub fn apply(plan: Option<&Plan>, link: LinkId<'_>) -> Result<Option<Steered>, E
             strict: plan.strict,
         })),
         Ok(()) => Ok(None),
-        Err(e) if !plan.strict => {
-            warn(&e);
-            Ok(None)
-        }
-        Err(e) => Err(Error::new(
-            Code::Kernel,
-            format!("rpsCpus: {e} (\"off\" leaves the host veth as the kernel makes it)"),
-        )),
+        Err(e) => failed(
+            plan.strict,
+            e,
+            "the pod runs without receive packet steering",
+            "the host veth",
+        )
+        .map(|()| None),
     }
 }
 
@@ -89,24 +88,31 @@ impl Steered {
     /// hash each flow the same way in both directions, so that its data and its ACKs are
     /// steered to one CPU (see `netlink::flow_hash`). Failing it is failing the steering.
     pub async fn hash_by_flow(&self, pod: &Netlink, index: u32, name: &str) -> Result<(), Error> {
-        match pod.hash_by_flow(index, name).await {
-            Ok(()) => Ok(()),
-            Err(e) if !self.strict => {
-                eprintln!(
-                    "ferry: {e}; the pod's connections are steered by their sockets' own hashes, so a connection's data and ACKs may land on different CPUs (rpsCpus \"off\" turns steering off and silences this)"
-                );
-                Ok(())
-            }
-            Err(e) => Err(Error::new(
-                Code::Kernel,
-                format!("rpsCpus: {e} (\"off\" leaves the pod's interface as the kernel makes it)"),
-            )),
-        }
+        pod.hash_by_flow(index, name).await.or_else(|e| {
+            failed(
+                self.strict,
+                e,
+                "the pod's connections are steered by their sockets' own hashes, so a connection's data and ACKs may land on different CPUs",
+                "the pod's interface",
+            )
+        })
     }
 }
 
-fn warn(e: &netlink::Error) {
-    eprintln!(
-        "ferry: {e}; the pod runs without receive packet steering (rpsCpus \"off\" turns it off and silences this)"
-    );
+/// A steering step that failed: best effort, stderr says what the pod goes without
+/// (`without`) and the ADD goes on; asked for by the operator, error 103 naming what
+/// `"off"` would leave alone (`leaves`).
+fn failed(strict: bool, e: netlink::Error, without: &str, leaves: &str) -> Result<(), Error> {
+    if strict {
+        return Err(Error::new(
+            Code::Kernel,
+            format!("rpsCpus: {e} (\"off\" leaves {leaves} as the kernel makes it)"),
+        ));
+    }
+    warn(&e, without);
+    Ok(())
+}
+
+fn warn(e: &netlink::Error, without: &str) {
+    eprintln!("ferry: {e}; {without} (rpsCpus \"off\" turns steering off and silences this)");
 }

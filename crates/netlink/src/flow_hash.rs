@@ -7,7 +7,7 @@
 //! numbers: on a node with two CPUs, half of all connections have their data worked on by
 //! one CPU and their ACKs by the other, and the ACKs queue behind the data. Measured on
 //! the hand-built pair of docs/benchmarks.md, such runs fell to the speed of no steering
-//! at all while the others gained a third.
+//! at all while the others gained about two fifths.
 //!
 //! A three-instruction program on the egress of the pod's interface, inside the pod,
 //! marks the hash invalid. The kernel then computes it from the packet's addresses and
