@@ -1,6 +1,7 @@
 //! A stand-in for the Kubernetes API server: the list and watch of Namespaces, Pods and
-//! NetworkPolicies, served over HTTP/1.1 from objects the test holds, so the real client
-//! (kube's reflector and watcher) can run against it where no API server can.
+//! NetworkPolicies, served over HTTP/1.1 (plain or HTTPS) from objects the test holds, so
+//! the real client (kube's reflector and watcher) can run against it where no API server
+//! can.
 //!
 //! What it serves, as the real server does:
 //! - `GET /api/v1/namespaces`, `/api/v1/pods`, `/api/v1/namespaces/{ns}/pods`,
@@ -22,14 +23,35 @@
 //!   `!=`), `labelSelector` with `k=v`, `k==v`, `k!=v`, `k`, `!k`; anything else is a 400,
 //!   never silently ignored. A watch with a selector sees an object leave it as DELETED and
 //!   enter it as ADDED, as the real server reports.
+//! - `GET` of one Namespace, Pod or NetworkPolicy by its path: the object, or 404 `NotFound`.
 //!
 //! The server assigns `metadata.resourceVersion` from one global counter, `uid` and
 //! `creationTimestamp`, and labels a Namespace `kubernetes.io/metadata.name`. Writes are last
 //! writer wins (no resourceVersion preconditions).
+//!
+//! As a cluster serves an in-cluster client, when asked:
+//! - HTTPS ([`KubeApi::bind_tls`]) with a CA and certificate of its own ([`KubeApi::ca_pem`]),
+//!   valid for the service's names (`kubernetes.default.svc`, ...), loopback and given IPs.
+//! - Bearer tokens: once [`KubeApi::service_account_token`] (or [`KubeApi::user_token`]) has
+//!   registered one, a request without a registered token gets 401 `Unauthorized`. With none
+//!   registered, requests are anonymous (`system:anonymous`) and need no header.
+//! - RBAC: once [`KubeApi::set_rbac`] has given roles and bindings, every request is judged
+//!   first, as the real authorizer judges it ([`rbac`]), with the bootstrap discovery and
+//!   health roles added: a denial gets 403 `Forbidden` worded as the real server words it,
+//!   whether or not the stand-in serves what was asked (what it does not serve then gets its
+//!   405 or 404 as before).
+//!
+//! [`KubeApi::requests`] records who asked (`user`) and what they got (`status`), so a test
+//! can check that everything a client did was allowed ([`KubeApi::denied_requests`]).
 
-use std::collections::BTreeMap;
+pub mod rbac;
+mod tls;
+
+pub use tls::write_service_account_dir;
+
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,6 +62,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request as HttpRequest, Response, StatusCode};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::{Metadata, Resource};
 use serde::de::DeserializeOwned;
@@ -47,6 +70,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KapiError {
@@ -69,6 +93,10 @@ pub enum KapiError {
     },
     #[error("starting the server thread: {0}")]
     Start(std::io::Error),
+    #[error("making {0}: {1}")]
+    Certificate(&'static str, #[source] rcgen::Error),
+    #[error("configuring the server's TLS: {0}")]
+    TlsConfig(#[source] tokio_rustls::rustls::Error),
 }
 
 /// A kubeconfig naming the server at `url` (plain HTTP, no credentials), written to
@@ -82,6 +110,22 @@ pub fn write_kubeconfig(path: &std::path::Path, url: &str) -> std::io::Result<()
              current-context: t\nusers:\n- name: t\n  user: {{}}\n"
         ),
     )
+}
+
+/// A kubeconfig naming the server at `url` (https://) with its CA's PEM inline
+/// (`certificate-authority-data`) and a bearer token, written to `path`.
+pub fn write_kubeconfig_tls(
+    path: &std::path::Path,
+    url: &str,
+    ca_pem: &str,
+    token: &str,
+) -> std::io::Result<()> {
+    write_text(path, &tls::kubeconfig(url, Some(ca_pem), Some(token)))
+}
+
+fn write_text(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
 }
 
 /// The kinds served.
@@ -112,6 +156,23 @@ impl Kind {
     fn namespaced(self) -> bool {
         self != Kind::Namespace
     }
+
+    /// The resource's name in paths and RBAC rules.
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Namespace => Namespace::URL_PATH_SEGMENT,
+            Kind::Pod => Pod::URL_PATH_SEGMENT,
+            Kind::NetworkPolicy => NetworkPolicy::URL_PATH_SEGMENT,
+        }
+    }
+
+    fn group(self) -> &'static str {
+        match self {
+            Kind::Namespace => Namespace::GROUP,
+            Kind::Pod => Pod::GROUP,
+            Kind::NetworkPolicy => NetworkPolicy::GROUP,
+        }
+    }
 }
 
 /// A type the stand-in serves: `Namespace`, `Pod`, `NetworkPolicy`.
@@ -135,6 +196,13 @@ pub struct Request {
     pub path: String,
     /// The raw query string.
     pub query: String,
+    /// Who asked: the user of the bearer token (`system:serviceaccount:<ns>:<name>` for a
+    /// service account's); `None` when no token was registered (anonymous) or the one sent
+    /// was not.
+    pub user: Option<String>,
+    /// The HTTP status answered; `None` while the answer is being made, and for a request
+    /// cut by an outage before it was answered.
+    pub status: Option<u16>,
 }
 
 impl Request {
@@ -147,6 +215,11 @@ impl Request {
 
     pub fn is_watch(&self) -> bool {
         matches!(self.param("watch").as_deref(), Some("true" | "1"))
+    }
+
+    /// Refused as unauthenticated (401) or unauthorized (403).
+    pub fn is_denied(&self) -> bool {
+        matches!(self.status, Some(401 | 403))
     }
 }
 
@@ -193,6 +266,10 @@ struct State {
     shutdown: bool,
     bookmark_every: Duration,
     requests: Vec<Request>,
+    /// Registered bearer tokens; while empty, requests are anonymous.
+    tokens: HashMap<String, rbac::User>,
+    /// While `None`, every request is allowed.
+    policy: Option<rbac::Policy>,
 }
 
 struct Shared {
@@ -218,6 +295,8 @@ pub struct KubeApi {
     shared: Arc<Shared>,
     addr: SocketAddr,
     thread: Option<JoinHandle<()>>,
+    /// The CA's PEM when serving HTTPS.
+    ca_pem: Option<String>,
 }
 
 impl KubeApi {
@@ -232,6 +311,28 @@ impl KubeApi {
     /// calling thread, so it is in the calling thread's network namespace: an outage's
     /// re-bind (see [`KubeApi::set_down`]) happens there too.
     pub fn serve(listener: TcpListener) -> Result<KubeApi, KapiError> {
+        KubeApi::start(listener, None)
+    }
+
+    /// [`KubeApi::bind`] over HTTPS: a fresh CA and a server certificate valid for `sans`,
+    /// the bound address, 127.0.0.1, ::1, localhost and the cluster's names of the API
+    /// service (`kubernetes`, `kubernetes.default`, `.svc`, `.svc.cluster.local`).
+    pub fn bind_tls(addr: SocketAddr, sans: &[IpAddr]) -> Result<KubeApi, KapiError> {
+        let listener =
+            TcpListener::bind(addr).map_err(|source| KapiError::Bind { addr, source })?;
+        KubeApi::serve_tls(listener, sans)
+    }
+
+    /// [`KubeApi::serve`] over HTTPS; see [`KubeApi::bind_tls`].
+    pub fn serve_tls(listener: TcpListener, sans: &[IpAddr]) -> Result<KubeApi, KapiError> {
+        let addr = listener.local_addr().map_err(KapiError::Start)?;
+        let mut ips = sans.to_vec();
+        ips.push(addr.ip());
+        let identity = tls::identity(&ips)?;
+        KubeApi::start(listener, Some(identity))
+    }
+
+    fn start(listener: TcpListener, identity: Option<tls::Identity>) -> Result<KubeApi, KapiError> {
         let addr = listener.local_addr().map_err(KapiError::Start)?;
         listener.set_nonblocking(true).map_err(KapiError::Start)?;
         let shared = Arc::new(Shared {
@@ -247,6 +348,8 @@ impl KubeApi {
                 shutdown: false,
                 bookmark_every: Duration::from_secs(1),
                 requests: Vec::new(),
+                tokens: HashMap::new(),
+                policy: None,
             }),
             changed: watch::channel(0).0,
         });
@@ -255,29 +358,91 @@ impl KubeApi {
             .build()
             .map_err(KapiError::Start)?;
         let s = shared.clone();
+        let (acceptor, ca_pem) = match identity {
+            Some(id) => (Some(id.acceptor), Some(id.ca_pem)),
+            None => (None, None),
+        };
         let thread = std::thread::Builder::new()
             .name("kapi".into())
-            .spawn(move || runtime.block_on(accept_loop(s, listener, addr)))
+            .spawn(move || runtime.block_on(accept_loop(s, listener, addr, acceptor)))
             .map_err(KapiError::Start)?;
         Ok(KubeApi {
             shared,
             addr,
             thread: Some(thread),
+            ca_pem,
         })
     }
 
-    /// A kubeconfig naming this server (plain HTTP, no credentials), written to `path`.
+    /// A kubeconfig naming this server, written to `path`: no credentials; over HTTPS with
+    /// the CA inline.
     pub fn write_kubeconfig(&self, path: &std::path::Path) -> std::io::Result<()> {
-        write_kubeconfig(path, &self.url())
+        match &self.ca_pem {
+            None => write_kubeconfig(path, &self.url()),
+            Some(ca) => write_text(path, &tls::kubeconfig(&self.url(), Some(ca), None)),
+        }
+    }
+
+    /// A kubeconfig naming this server and sending `token`, written to `path` (over HTTPS
+    /// with the CA inline).
+    pub fn write_kubeconfig_with_token(
+        &self,
+        path: &std::path::Path,
+        token: &str,
+    ) -> std::io::Result<()> {
+        let text = tls::kubeconfig(&self.url(), self.ca_pem.as_deref(), Some(token));
+        write_text(path, &text)
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// `http://addr`, the cluster URL for a client.
+    /// `http://addr`, or `https://addr` over TLS: the cluster URL for a client.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The PEM of the CA that signed the server's certificate: a client's
+    /// `certificate-authority`, a pod's `ca.crt`. Empty when serving plain HTTP.
+    pub fn ca_pem(&self) -> String {
+        self.ca_pem.clone().unwrap_or_default()
+    }
+
+    /// Registers a new random bearer token for service account `namespace`/`name` (user
+    /// `system:serviceaccount:<namespace>:<name>`, groups `system:serviceaccounts`,
+    /// `system:serviceaccounts:<namespace>`, `system:authenticated`) and returns it. From the
+    /// first registered token on, requests without a registered one get 401.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        self.user_token(rbac::User::service_account(namespace, name))
+    }
+
+    /// Registers a new random bearer token for any user (a person, a node) and returns it.
+    pub fn user_token(&self, user: rbac::User) -> String {
+        let token = tls::random_token();
+        self.shared.lock().tokens.insert(token.clone(), user);
+        token
+    }
+
+    /// Authorizes every later request with RBAC, as a cluster holding these ClusterRoles and
+    /// ClusterRoleBindings (plus its bootstrap discovery roles) does. Replaces any policy set
+    /// before.
+    pub fn set_rbac(&self, roles: Vec<ClusterRole>, bindings: Vec<ClusterRoleBinding>) {
+        self.set_rbac_policy(rbac::Policy {
+            cluster_roles: roles,
+            cluster_role_bindings: bindings,
+            ..Default::default()
+        });
+    }
+
+    /// [`KubeApi::set_rbac`] with namespaced Roles and RoleBindings too.
+    pub fn set_rbac_policy(&self, policy: rbac::Policy) {
+        self.shared.lock().policy = Some(policy.with_bootstrap());
     }
 
     /// The current (highest assigned) resource version.
@@ -487,6 +652,14 @@ impl KubeApi {
     pub fn requests(&self) -> Vec<Request> {
         self.shared.lock().requests.clone()
     }
+
+    /// The requests refused as unauthenticated (401) or forbidden (403), in order.
+    pub fn denied_requests(&self) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(Request::is_denied)
+            .collect()
+    }
 }
 
 impl Drop for KubeApi {
@@ -545,7 +718,12 @@ fn remove(st: &mut State, key: &Key) -> Value {
     last
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAddr) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) {
     let mut listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| tracing::warn!("kapi: serving {addr}: {e}"))
         .ok();
@@ -579,7 +757,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAdd
                 tokio::select! {
                     accepted = l.accept() => {
                         if let Ok((stream, _)) = accepted {
-                            tokio::spawn(serve_connection(shared.clone(), stream, outage));
+                            tokio::spawn(serve_connection(
+                                shared.clone(),
+                                stream,
+                                tls.clone(),
+                                outage,
+                            ));
                         }
                     }
                     _ = changes.changed() => {}
@@ -595,12 +778,25 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAdd
     }
 }
 
-/// Serves one connection until it ends, an outage starts or the server stops.
-async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, outage: u64) {
+/// Serves one connection (its TLS handshake first, over HTTPS) until it ends, an outage
+/// starts or the server stops.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    tls: Option<TlsAcceptor>,
+    outage: u64,
+) {
     let s = shared.clone();
-    let service = hyper::service::service_fn(move |req| handle(s.clone(), req));
-    let conn = hyper::server::conn::http1::Builder::new()
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let conn = async move {
+        match tls {
+            None => serve_http(s, stream).await,
+            Some(acceptor) => match acceptor.accept(stream).await {
+                Ok(stream) => serve_http(s, stream).await,
+                // A client that distrusts the certificate hangs up here; that is its answer.
+                Err(e) => tracing::debug!("kapi: TLS handshake: {e}"),
+            },
+        }
+    };
     let mut changes = shared.changed.subscribe();
     let cut = async {
         loop {
@@ -619,6 +815,19 @@ async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream, ou
     tokio::select! {
         _ = conn => {}
         _ = cut => {}
+    }
+}
+
+async fn serve_http<S>(shared: Arc<Shared>, io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+    let served = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!("kapi: connection: {e}");
     }
 }
 
@@ -651,6 +860,29 @@ fn fail(code: StatusCode, reason: &str, message: String) -> Response<Body> {
     full(code, &status(code, reason, message))
 }
 
+/// A `Status` failure with `details` (the real server's `group`, `kind`, `name`, each left
+/// out when empty).
+fn fail_about(
+    code: StatusCode,
+    reason: &str,
+    message: String,
+    details: &rbac::Details,
+) -> Response<Body> {
+    let mut body = status(code, reason, message);
+    let mut d = serde_json::Map::new();
+    for (k, v) in [
+        ("name", &details.name),
+        ("group", &details.group),
+        ("kind", &details.kind),
+    ] {
+        if !v.is_empty() {
+            d.insert(k.into(), json!(v));
+        }
+    }
+    body["details"] = Value::Object(d);
+    full(code, &body)
+}
+
 /// What a request asks for.
 struct Query {
     kind: Kind,
@@ -668,15 +900,36 @@ enum Requirement {
     NotExists(String),
 }
 
-fn route(path: &str) -> Option<(Kind, Option<String>)> {
+/// A collection (`kind`, namespace or all), or one object of it (`Some(name)`).
+struct Route {
+    kind: Kind,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn route(path: &str) -> Option<Route> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let r = |kind, ns: Option<&&str>, name: Option<&&str>| {
+        Some(Route {
+            kind,
+            namespace: ns.map(|n| n.to_string()),
+            name: name.map(|n| n.to_string()),
+        })
+    };
     match segs.as_slice() {
-        ["api", "v1", "namespaces"] => Some((Kind::Namespace, None)),
-        ["api", "v1", "pods"] => Some((Kind::Pod, None)),
-        ["api", "v1", "namespaces", ns, "pods"] => Some((Kind::Pod, Some(ns.to_string()))),
-        ["apis", "networking.k8s.io", "v1", "networkpolicies"] => Some((Kind::NetworkPolicy, None)),
+        ["api", "v1", "namespaces"] => r(Kind::Namespace, None, None),
+        ["api", "v1", "namespaces", name] => r(Kind::Namespace, None, Some(name)),
+        ["api", "v1", "pods"] => r(Kind::Pod, None, None),
+        ["api", "v1", "namespaces", ns, "pods"] => r(Kind::Pod, Some(ns), None),
+        ["api", "v1", "namespaces", ns, "pods", name] => r(Kind::Pod, Some(ns), Some(name)),
+        ["apis", "networking.k8s.io", "v1", "networkpolicies"] => {
+            r(Kind::NetworkPolicy, None, None)
+        }
         ["apis", "networking.k8s.io", "v1", "namespaces", ns, "networkpolicies"] => {
-            Some((Kind::NetworkPolicy, Some(ns.to_string())))
+            r(Kind::NetworkPolicy, Some(ns), None)
+        }
+        ["apis", "networking.k8s.io", "v1", "namespaces", ns, "networkpolicies", name] => {
+            r(Kind::NetworkPolicy, Some(ns), Some(name))
         }
         _ => None,
     }
@@ -741,46 +994,129 @@ impl Query {
     }
 }
 
+/// What authentication and authorization made of a request.
+enum Verdict {
+    Allowed,
+    Unauthorized,
+    Forbidden(String, rbac::Details),
+    /// A path the server cannot read attributes from.
+    Unreadable(String),
+}
+
+/// Authenticates (the bearer token, once any is registered) then authorizes (RBAC, once a
+/// policy is set) a request, as the real server's filters do before any handler runs.
+/// Returns the user's name too, for the record.
+fn judge(st: &State, r: &Request, authorization: Option<&str>) -> (Option<String>, Verdict) {
+    let user = if st.tokens.is_empty() {
+        None
+    } else {
+        // As the server's bearer authenticator: scheme `Bearer` in any case, then the token.
+        let token = authorization
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        match token.and_then(|t| st.tokens.get(t)) {
+            Some(u) => Some(u.clone()),
+            None => return (None, Verdict::Unauthorized),
+        }
+    };
+    let name = user.as_ref().map(|u| u.name.clone());
+    let Some(policy) = &st.policy else {
+        return (name, Verdict::Allowed);
+    };
+    let attrs = match rbac::Attributes::from_request(&r.method, &r.path, &r.query) {
+        Ok(a) => a,
+        Err(msg) => return (name, Verdict::Unreadable(msg)),
+    };
+    let who = user.unwrap_or_else(rbac::User::anonymous);
+    match rbac::authorize(policy, &who, &attrs) {
+        rbac::Decision::Allow => (name, Verdict::Allowed),
+        rbac::Decision::Deny { reason } => {
+            let (message, details) = rbac::forbidden(&who, &attrs, &reason);
+            (name, Verdict::Forbidden(message, details))
+        }
+    }
+}
+
 async fn handle(
     shared: Arc<Shared>,
     req: HttpRequest<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let record = Request {
+    let mut record = Request {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
         query: req.uri().query().unwrap_or("").to_string(),
+        user: None,
+        status: None,
     };
-    let down = {
+    let authorization = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let judged = {
         let mut st = shared.lock();
-        if !st.down {
+        if st.down {
+            None
+        } else {
+            let (user, verdict) = judge(&st, &record, authorization);
+            record.user = user;
             st.requests.push(record.clone());
+            Some((st.requests.len() - 1, verdict))
         }
-        st.down
     };
-    if down {
+    let Some((index, verdict)) = judged else {
         // Accepted just before the outage: never answered; the outage cuts it.
         return std::future::pending().await;
+    };
+    let response = match verdict {
+        Verdict::Allowed => respond(shared.clone(), req.method(), &record),
+        Verdict::Unauthorized => fail(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized".into(),
+        ),
+        Verdict::Forbidden(message, details) => {
+            fail_about(StatusCode::FORBIDDEN, "Forbidden", message, &details)
+        }
+        Verdict::Unreadable(msg) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("failed to create RequestInfo: {msg}"),
+        ),
+    };
+    if let Some(r) = shared.lock().requests.get_mut(index) {
+        r.status = Some(response.status().as_u16());
     }
-    if req.method() != Method::GET {
-        return Ok(fail(
+    Ok(response)
+}
+
+/// What the stand-in serves for an authorized request.
+fn respond(shared: Arc<Shared>, method: &Method, record: &Request) -> Response<Body> {
+    if method != Method::GET {
+        return fail(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!(
-                "{} is not served by this stand-in; only list and watch",
-                req.method()
-            ),
-        ));
+            format!("{method} is not served by this stand-in; only get, list and watch"),
+        );
     }
-    let Some((kind, namespace)) = route(&record.path) else {
-        return Ok(fail(
+    let Some(Route {
+        kind,
+        namespace,
+        name,
+    }) = route(&record.path)
+    else {
+        return fail(
             StatusCode::NOT_FOUND,
             "NotFound",
             format!(
                 "the server could not find the requested resource {}",
                 record.path
             ),
-        ));
+        );
     };
+    if let Some(name) = name {
+        return get_one(&shared, kind, namespace.as_deref(), &name);
+    }
     let selectors = parse_selector(&record.param("fieldSelector").unwrap_or_default(), true)
         .and_then(|f| {
             parse_selector(&record.param("labelSelector").unwrap_or_default(), false)
@@ -788,7 +1124,7 @@ async fn handle(
         });
     let (fields, labels) = match selectors {
         Ok(s) => s,
-        Err(msg) => return Ok(fail(StatusCode::BAD_REQUEST, "BadRequest", msg)),
+        Err(msg) => return fail(StatusCode::BAD_REQUEST, "BadRequest", msg),
     };
     let query = Query {
         kind,
@@ -801,23 +1137,18 @@ async fn handle(
             .param("limit")
             .and_then(|l| l.parse::<usize>().ok())
             .filter(|l| *l > 0);
-        return Ok(list(
-            &shared,
-            &query,
-            limit,
-            record.param("continue").as_deref(),
-        ));
+        return list(&shared, &query, limit, record.param("continue").as_deref());
     }
     let from = match record.param("resourceVersion").as_deref() {
         None | Some("") | Some("0") => None,
         Some(v) => match v.parse::<u64>() {
             Ok(n) => Some(n),
             Err(_) => {
-                return Ok(fail(
+                return fail(
                     StatusCode::BAD_REQUEST,
                     "BadRequest",
                     format!("invalid resource version {v:?}"),
-                ))
+                )
             }
         },
     };
@@ -841,7 +1172,30 @@ async fn handle(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
-    Ok(r)
+    r
+}
+
+/// One object as stored, or the real server's 404 for it.
+fn get_one(shared: &Shared, kind: Kind, namespace: Option<&str>, name: &str) -> Response<Body> {
+    let key = (kind, namespace.unwrap_or("").to_string(), name.to_string());
+    if let Some(obj) = shared.lock().objects.get(&key) {
+        return full(StatusCode::OK, obj);
+    }
+    let qualified = match kind.group() {
+        "" => kind.plural().to_string(),
+        group => format!("{}.{group}", kind.plural()),
+    };
+    let details = rbac::Details {
+        group: kind.group().into(),
+        kind: kind.plural().into(),
+        name: name.into(),
+    };
+    fail_about(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{qualified} {name:?} not found"),
+        &details,
+    )
 }
 
 /// A continue token: `<resourceVersion>/<namespace>/<name>` of the last item served

@@ -1,17 +1,21 @@
 //! The Kubernetes API stand-in (`ferry_tests::kapi`) against the real client: kube's
 //! watcher and reflector for Namespaces, Pods and NetworkPolicies, as the daemon will run
-//! them. No root needed: the server listens on 127.0.0.1 of the test's own namespace.
+//! them; then over HTTPS with a service account's token and the shipped manifest's RBAC, as
+//! the daemon meets a cluster. No root needed: the server listens on 127.0.0.1 of the test's
+//! own namespace.
 
 use std::collections::BTreeSet;
 use std::future::ready;
 use std::time::Duration;
 
-use ferry_tests::kapi::{KapiError, KubeApi, Request};
+use ferry_tests::kapi::{rbac, write_service_account_dir, KapiError, KubeApi, Request};
+use ferry_tests::manifest;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -187,7 +191,14 @@ async fn list_then_watch_changes_for_each_kind() {
     assert_eq!(x.labels()["kubernetes.io/metadata.name"], "x");
     assert!(x.metadata.uid.is_some() && x.metadata.creation_timestamp.is_some());
 
-    // Each kind was listed, then watched from the list's version, asking for bookmarks.
+    // Each kind was listed, then watched from the list's version, asking for bookmarks. The
+    // stores fill from the lists, so the watches may still be on their way.
+    until(
+        "each kind's watch",
+        || api.requests().iter().filter(|r| r.is_watch()).count(),
+        |n| *n >= 3,
+    )
+    .await;
     let reqs = api.requests();
     for path in [
         "/api/v1/namespaces",
@@ -494,7 +505,10 @@ async fn the_server_answers_what_it_does_not_serve_with_a_status() {
         .create(&Default::default(), &pod("x", "z", "n1"))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("only list and watch"), "{err}");
+    assert!(
+        err.to_string().contains("is not served by this stand-in"),
+        "{err}"
+    );
     assert!(api.get::<Pod>(Some("x"), "z").is_none());
     // A kind it does not serve.
     let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::all(c.clone());
@@ -599,4 +613,506 @@ async fn lists_are_paged_as_the_real_server_pages_them() {
         |n| *n == 8,
     )
     .await;
+}
+
+// ---- As a cluster serves an in-cluster client: HTTPS, a service account's token, RBAC ----
+
+const FERRY: &str = "system:serviceaccount:kube-system:ferry";
+
+fn start_tls() -> KubeApi {
+    KubeApi::bind_tls("127.0.0.1:0".parse().unwrap(), &[]).expect("start the API stand-in over TLS")
+}
+
+/// A client as a user's tools make one: from a kubeconfig file (the CA inline, the token if
+/// any), read by kube's own loader.
+async fn kubeconfig_client(api: &KubeApi, token: Option<&str>) -> Client {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    match token {
+        Some(t) => api.write_kubeconfig_with_token(&path, t).unwrap(),
+        None => api.write_kubeconfig(&path).unwrap(),
+    }
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&path).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// The daemon's cluster: TLS, ferry's token, the manifest's RBAC, the seed objects.
+async fn ferry_cluster() -> (KubeApi, Client) {
+    let api = start_tls();
+    seed(&api);
+    let token = api.service_account_token("kube-system", "ferry");
+    let (roles, bindings) = manifest::rbac();
+    api.set_rbac(roles, bindings);
+    let c = kubeconfig_client(&api, Some(&token)).await;
+    (api, c)
+}
+
+/// The API error of a call that must fail with one.
+fn api_error<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> Box<kube::core::Status> {
+    match r {
+        Err(kube::Error::Api(s)) => s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn over_tls_a_service_account_lists_and_watches_within_its_role() {
+    let (api, c) = ferry_cluster().await;
+    assert!(api.url().starts_with("https://127.0.0.1:"), "{}", api.url());
+    assert!(api.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+
+    let namespaces = reflect::<Namespace>(&c);
+    let pods = reflect::<Pod>(&c);
+    let policies = reflect::<NetworkPolicy>(&c);
+    until(
+        "the initial lists over TLS",
+        || (keys(&namespaces), keys(&pods), keys(&policies)),
+        |s| *s == (set(&["x", "y"]), set(&["x/a", "x/b"]), set(&["x/deny"])),
+    )
+    .await;
+    api.create(pod("y", "a", "n1")).unwrap();
+    api.delete::<Pod>(Some("x"), "b").unwrap();
+    api.update(policy("x", "deny", &["Egress"])).unwrap();
+    until_keys("pods after changes", &pods, &["x/a", "y/a"]).await;
+    until(
+        "the policy update",
+        || policy_types(&policies, "x", "deny"),
+        |t| *t == Some(vec!["Egress".into()]),
+    )
+    .await;
+
+    // The manifest's verbs on each kind: get (an object, and a missing one), list, watch.
+    let pods_x: Api<Pod> = Api::namespaced(c.clone(), "x");
+    assert_eq!(pods_x.get("a").await.unwrap().name_any(), "a");
+    let missing = api_error(pods_x.get("zz").await);
+    assert_eq!((missing.code, missing.reason.as_str()), (404, "NotFound"));
+    assert_eq!(missing.message, "pods \"zz\" not found");
+    let ns: Api<Namespace> = Api::all(c.clone());
+    assert_eq!(ns.get("x").await.unwrap().name_any(), "x");
+    let np: Api<NetworkPolicy> = Api::namespaced(c.clone(), "x");
+    assert_eq!(np.get("deny").await.unwrap().name_any(), "deny");
+    assert_eq!(np.list(&Default::default()).await.unwrap().items.len(), 1);
+    let mut w = pods_x
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .unwrap()
+        .boxed();
+    assert!(matches!(w.next().await, Some(Ok(WatchEvent::Added(_)))));
+
+    // Every request was the service account's and was allowed; the watches were watches.
+    let reqs = api.requests();
+    assert_eq!(api.denied_requests(), Vec::<Request>::new());
+    assert!(
+        reqs.iter().all(|r| r.user.as_deref() == Some(FERRY)),
+        "{reqs:?}"
+    );
+    assert!(reqs.iter().any(|r| r.is_watch() && r.status == Some(200)));
+    assert!(reqs
+        .iter()
+        .all(|r| matches!(r.status, None | Some(200 | 404))));
+}
+
+#[tokio::test]
+async fn the_certificate_names_the_cluster_service_and_nothing_else_is_trusted() {
+    let api = start_tls();
+    seed(&api);
+    let token = api.service_account_token("kube-system", "ferry");
+    // Verified as `kubernetes.default.svc`, the name in-cluster DNS gives the API server.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    api.write_kubeconfig_with_token(&path, &token).unwrap();
+    let mut config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&path).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    for name in [
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ] {
+        config.tls_server_name = Some(name.into());
+        let c = Client::try_from(config.clone()).unwrap();
+        let pods: Api<Pod> = Api::all(c);
+        assert_eq!(pods.list(&Default::default()).await.unwrap().items.len(), 2);
+    }
+    // A name it was not made for fails the handshake.
+    config.tls_server_name = Some("kubernetes.example".into());
+    let c = Client::try_from(config).unwrap();
+    let pods: Api<Pod> = Api::all(c);
+    assert!(pods.list(&Default::default()).await.is_err());
+    // So does a client that does not know the CA; neither reached HTTP.
+    let mut bare = Config::new(api.url().parse().unwrap());
+    bare.auth_info.token = Some(token.into());
+    let pods: Api<Pod> = Api::all(Client::try_from(bare).unwrap());
+    assert!(pods.list(&Default::default()).await.is_err());
+    assert_eq!(api.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn without_a_registered_token_a_request_gets_401() {
+    let api = start_tls();
+    seed(&api);
+    let anonymous = kubeconfig_client(&api, None).await;
+    let pods: Api<Pod> = Api::all(anonymous.clone());
+    // No token registered: anonymous, as before.
+    assert_eq!(pods.list(&Default::default()).await.unwrap().items.len(), 2);
+    assert_eq!(api.requests()[0].user, None);
+
+    let token = api.service_account_token("kube-system", "ferry");
+    let e = api_error(pods.list(&Default::default()).await);
+    assert_eq!(
+        (e.code, e.reason.as_str(), e.message.as_str()),
+        (401, "Unauthorized", "Unauthorized")
+    );
+    let wrong = kubeconfig_client(&api, Some("not-the-token")).await;
+    let e = api_error(
+        Api::<Pod>::all(wrong.clone())
+            .list(&Default::default())
+            .await,
+    );
+    assert_eq!((e.code, e.reason.as_str()), (401, "Unauthorized"));
+    // A watch is refused the same way, before anything is streamed.
+    let e = Api::<Namespace>::all(wrong)
+        .watch(&WatchParams::default(), "0")
+        .await
+        .err();
+    assert!(
+        matches!(&e, Some(kube::Error::Api(s)) if s.code == 401),
+        "{e:?}"
+    );
+    // The right token goes through.
+    let good = kubeconfig_client(&api, Some(&token)).await;
+    assert_eq!(
+        Api::<Pod>::all(good)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+
+    let denied = api.denied_requests();
+    assert_eq!(denied.len(), 3, "{denied:?}");
+    assert!(denied
+        .iter()
+        .all(|r| r.status == Some(401) && r.user.is_none()));
+    assert_eq!(api.requests().last().unwrap().user.as_deref(), Some(FERRY));
+}
+
+#[tokio::test]
+async fn what_the_manifests_role_does_not_grant_gets_403_naming_verb_and_resource() {
+    let (api, c) = ferry_cluster().await;
+    let who = format!("User \"{FERRY}\"");
+
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::all(c.clone());
+    let e = api_error(secrets.list(&Default::default()).await);
+    assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        e.message,
+        format!(
+            "secrets is forbidden: {who} cannot list resource \"secrets\" in API group \"\" \
+             at the cluster scope"
+        )
+    );
+
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "x");
+    let e = api_error(pods.create(&Default::default(), &pod("x", "z", "n1")).await);
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (
+            403,
+            format!(
+                "pods is forbidden: {who} cannot create resource \"pods\" in API group \"\" \
+                 in the namespace \"x\""
+            )
+            .as_str()
+        )
+    );
+    assert!(api.get::<Pod>(Some("x"), "z").is_none());
+
+    let patch = kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": {"l": "v"}}}));
+    let e = api_error(pods.patch("a", &Default::default(), &patch).await);
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (
+            403,
+            format!(
+                "pods \"a\" is forbidden: {who} cannot patch resource \"pods\" in API group \"\" \
+                 in the namespace \"x\""
+            )
+            .as_str()
+        )
+    );
+    let e = api_error(pods.patch_status("a", &Default::default(), &patch).await);
+    assert!(
+        e.message.contains("cannot patch resource \"pods/status\""),
+        "{}",
+        e.message
+    );
+    let policies: Api<NetworkPolicy> = Api::namespaced(c.clone(), "x");
+    let e = api_error(policies.delete("deny", &Default::default()).await);
+    assert_eq!(
+        e.message,
+        format!(
+            "networkpolicies.networking.k8s.io \"deny\" is forbidden: {who} cannot delete \
+             resource \"networkpolicies\" in API group \"networking.k8s.io\" in the namespace \
+             \"x\""
+        )
+    );
+    // Watching a kind outside the role is refused too.
+    let e = Api::<k8s_openapi::api::core::v1::Service>::all(c.clone())
+        .watch(&WatchParams::default(), "0")
+        .await
+        .err();
+    assert!(
+        matches!(&e, Some(kube::Error::Api(s)) if s.code == 403
+            && s.message.contains("cannot watch resource \"services\"")),
+        "{e:?}"
+    );
+
+    let denied = api.denied_requests();
+    let what: Vec<(&str, Option<u16>)> = denied
+        .iter()
+        .map(|r| (r.method.as_str(), r.status))
+        .collect();
+    assert_eq!(
+        what,
+        [
+            ("GET", Some(403)),
+            ("POST", Some(403)),
+            ("PATCH", Some(403)),
+            ("PATCH", Some(403)),
+            ("DELETE", Some(403)),
+            ("GET", Some(403)),
+        ]
+    );
+    assert!(denied.iter().all(|r| r.user.as_deref() == Some(FERRY)));
+
+    // Allowed but not served: the stand-in's own answer, as without RBAC.
+    let (mut roles, mut bindings) = manifest::rbac();
+    let mut writer = roles[0].clone();
+    writer.metadata.name = Some("ferry-writer".into());
+    writer.rules = Some(vec![k8s_openapi::api::rbac::v1::PolicyRule {
+        api_groups: Some(vec!["".into()]),
+        resources: Some(vec!["pods".into(), "services".into()]),
+        verbs: vec!["create".into(), "patch".into(), "list".into()],
+        ..Default::default()
+    }]);
+    let mut binding = bindings[0].clone();
+    binding.metadata.name = Some("ferry-writer".into());
+    binding.role_ref.name = "ferry-writer".into();
+    roles.push(writer);
+    bindings.push(binding);
+    api.set_rbac(roles, bindings);
+    let e = api_error(pods.create(&Default::default(), &pod("x", "z", "n1")).await);
+    assert_eq!(e.code, 405, "{e:?}");
+    let e = api_error(pods.patch("a", &Default::default(), &patch).await);
+    assert_eq!(e.code, 405, "{e:?}");
+    let e = api_error(
+        Api::<k8s_openapi::api::core::v1::Service>::all(c)
+            .list(&Default::default())
+            .await,
+    );
+    assert_eq!(e.code, 404, "{e:?}");
+    assert_eq!(api.denied_requests().len(), 6);
+}
+
+#[tokio::test]
+async fn a_role_binding_grants_only_in_its_namespace() {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    let api = start_tls();
+    seed(&api);
+    api.create(pod("y", "c", "n1")).unwrap();
+    let reader = api.service_account_token("y", "reader");
+    let ops = api.user_token(rbac::User {
+        name: "jane".into(),
+        groups: vec!["ops".into(), "system:authenticated".into()],
+    });
+    let in_y = |name: &str| ObjectMeta {
+        namespace: Some("y".into()),
+        ..meta(None, name)
+    };
+    api.set_rbac_policy(rbac::Policy {
+        roles: vec![Role {
+            metadata: in_y("pod-reader"),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec!["".into()]),
+                resources: Some(vec!["pods".into()]),
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..Default::default()
+            }]),
+        }],
+        role_bindings: vec![RoleBinding {
+            metadata: in_y("pod-readers"),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: "pod-reader".into(),
+            },
+            // The service account without a namespace (the binding's), and a group.
+            subjects: Some(vec![
+                Subject {
+                    kind: "ServiceAccount".into(),
+                    name: "reader".into(),
+                    ..Default::default()
+                },
+                Subject {
+                    kind: "Group".into(),
+                    name: "ops".into(),
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    ..Default::default()
+                },
+            ]),
+        }],
+        ..Default::default()
+    });
+    for (token, user) in [(&reader, "system:serviceaccount:y:reader"), (&ops, "jane")] {
+        let c = kubeconfig_client(&api, Some(token)).await;
+        let y: Api<Pod> = Api::namespaced(c.clone(), "y");
+        assert_eq!(y.list(&Default::default()).await.unwrap().items.len(), 1);
+        assert_eq!(y.get("c").await.unwrap().name_any(), "c");
+        let e = api_error(
+            Api::<Pod>::namespaced(c.clone(), "x")
+                .list(&Default::default())
+                .await,
+        );
+        assert_eq!(
+            e.message,
+            format!(
+                "pods is forbidden: User \"{user}\" cannot list resource \"pods\" in API group \
+                 \"\" in the namespace \"x\""
+            )
+        );
+        let e = api_error(Api::<Pod>::all(c).list(&Default::default()).await);
+        assert!(e.message.ends_with("at the cluster scope"), "{}", e.message);
+    }
+}
+
+#[tokio::test]
+async fn an_outage_over_tls_keeps_the_store_and_the_client_resyncs() {
+    let (api, c) = ferry_cluster().await;
+    let pods = reflect::<Pod>(&c);
+    until_keys("the initial list", &pods, &["x/a", "x/b"]).await;
+    api.set_down(true);
+    until(
+        "the port to refuse connections",
+        || {
+            std::net::TcpStream::connect(api.addr())
+                .map(drop)
+                .map_err(|e| e.kind())
+        },
+        |r| *r == Err(std::io::ErrorKind::ConnectionRefused),
+    )
+    .await;
+    api.delete::<Pod>(Some("x"), "b").unwrap();
+    api.create(pod("x", "c", "n1")).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(keys(&pods), set(&["x/a", "x/b"]));
+    api.set_down(false);
+    until_keys("pods after the outage", &pods, &["x/a", "x/c"]).await;
+    assert_eq!(api.denied_requests(), Vec::<Request>::new());
+}
+
+#[tokio::test]
+async fn the_service_account_files_are_what_an_in_cluster_client_reads() {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let (api, _) = ferry_cluster().await;
+    let token = api.service_account_token("kube-system", "ferry");
+    let dir = tempfile::tempdir().unwrap();
+    let sa = dir.path().join("serviceaccount");
+    write_service_account_dir(&sa, &token, &api.ca_pem(), "kube-system").unwrap();
+
+    // The kubelet's layout: each file a link through `..data` to a timestamped directory.
+    let read = |name: &str| std::fs::read_to_string(sa.join(name)).unwrap();
+    assert_eq!(read("token"), token);
+    assert_eq!(read("ca.crt"), api.ca_pem());
+    assert_eq!(read("namespace"), "kube-system");
+    for name in ["token", "ca.crt", "namespace"] {
+        assert_eq!(
+            std::fs::read_link(sa.join(name)).unwrap(),
+            std::path::Path::new("..data").join(name)
+        );
+    }
+    let data = std::fs::read_link(sa.join("..data")).unwrap();
+    assert!(data.to_string_lossy().starts_with("..20"), "{data:?}");
+
+    // A client made as kube's in-cluster config makes one, from these files alone.
+    let mut config = Config::new(api.url().parse().unwrap());
+    config.root_cert = Some(
+        CertificateDer::pem_file_iter(sa.join("ca.crt"))
+            .unwrap()
+            .map(|c| c.unwrap().to_vec())
+            .collect(),
+    );
+    config.auth_info.token_file = Some(sa.join("token").to_string_lossy().into_owned());
+    config.default_namespace = read("namespace");
+    let c = Client::try_from(config).unwrap();
+    let pods: Api<Pod> = Api::default_namespaced(c);
+    assert!(pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let last = api.requests().pop().unwrap();
+    assert_eq!(
+        (last.path.as_str(), last.user.as_deref(), last.status),
+        (
+            "/api/v1/namespaces/kube-system/pods",
+            Some(FERRY),
+            Some(200)
+        )
+    );
+
+    // A rotation swaps every file at once and leaves no old directory behind.
+    let next = api.service_account_token("kube-system", "ferry");
+    write_service_account_dir(&sa, &next, &api.ca_pem(), "kube-system").unwrap();
+    assert_eq!(read("token"), next);
+    let entries: Vec<String> = std::fs::read_dir(&sa)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("..") && n != "..data")
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+}
+
+/// The manifest's RBAC, typed: the daemon's service account is bound, and granted reading
+/// (get, list, watch) of what NetworkPolicy needs and nothing else, as its comment promises.
+#[test]
+fn the_manifests_rbac_is_read_typed() {
+    let (roles, bindings) = manifest::rbac();
+    let ferry = rbac::User::service_account("kube-system", "ferry");
+    let policy = rbac::Policy {
+        cluster_roles: roles.clone(),
+        cluster_role_bindings: bindings,
+        ..Default::default()
+    };
+    let can = |method: &str, path: &str, query: &str| {
+        let a = rbac::Attributes::from_request(method, path, query).unwrap();
+        rbac::authorize(&policy, &ferry, &a) == rbac::Decision::Allow
+    };
+    for path in [
+        "/api/v1/namespaces",
+        "/api/v1/pods",
+        "/apis/networking.k8s.io/v1/networkpolicies",
+    ] {
+        assert!(can("GET", path, ""), "list {path}");
+        assert!(can("GET", path, "watch=true"), "watch {path}");
+    }
+    assert!(can("GET", "/api/v1/namespaces/x/pods/a", ""));
+    for rule in roles.iter().flat_map(|r| r.rules.iter().flatten()) {
+        assert!(
+            rule.verbs
+                .iter()
+                .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+            "the manifest grants a write: {rule:?}"
+        );
+    }
 }
