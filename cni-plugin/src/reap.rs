@@ -19,12 +19,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use netlink::{Link, Netlink};
 
-/// Names of renamed tombstones: `fz` + 13 hex digits, never a live attachment's `fy` name.
-pub const TOMBSTONE_PREFIX: &str = "fz";
-
-/// The link group retired veths wait in for their deletion (0xfe77). ferry deletes
-/// every link of this group in the host's network namespace: nothing else may use it.
-pub const TOMBSTONE_GROUP: u32 = 65143;
+pub use node_ipam::attachment::{TOMBSTONE_GROUP, TOMBSTONE_PREFIX};
 
 /// The reaper's lock: an abstract socket name. Abstract names belong to a network
 /// namespace (one reaper per host namespace, as the group is per namespace), and the

@@ -22,6 +22,9 @@ pub const MIN_ETCD_TIMEOUT: Duration = Duration::from_millis(100);
     about = "ferry's per-node daemon: leases the node's pod subnet in etcd, builds the VXLAN overlay to every other node and keeps it true, writes the node state the CNI plugin reads"
 )]
 pub struct Args {
+    /// Without a command: run the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub etcd: registry::EtcdArgs,
     /// This node's name (default: the hostname).
@@ -37,6 +40,34 @@ pub struct Args {
     /// Where node.json is written for the CNI plugin.
     #[arg(long, env = "FERRY_STATE_DIR", default_value = "/run/ferry")]
     pub state_dir: PathBuf,
+    /// This machine's secret (32 random bytes, mode 0600, made on first start): a
+    /// restarted daemon knows its killed predecessor's liveness key by it and takes it
+    /// over at once.
+    #[arg(
+        long,
+        env = "FERRY_NODE_SECRET",
+        value_name = "FILE",
+        default_value = "/var/lib/ferry/node-secret"
+    )]
+    pub node_secret: PathBuf,
+    /// The runtime's CNI config directory (e.g. /etc/cni/net.d): once ready, the daemon
+    /// installs --cni-conflist there as 00-ferry.conflist and keeps it so.
+    #[arg(
+        long,
+        env = "FERRY_CNI_CONF_DIR",
+        value_name = "DIR",
+        requires = "cni_conflist"
+    )]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The network config to install in --cni-conf-dir (read again on every resync, so
+    /// that a ConfigMap update reaches the node).
+    #[arg(
+        long,
+        env = "FERRY_CNI_CONFLIST",
+        value_name = "FILE",
+        requires = "cni_conf_dir"
+    )]
+    pub cni_conflist: Option<PathBuf>,
     /// Serve /healthz, /readyz and /metrics here (HOST:PORT).
     #[arg(long, env = "FERRY_HEALTH_ADDR")]
     pub health_addr: Option<SocketAddr>,
@@ -49,7 +80,7 @@ pub struct Args {
     pub subnet_len: Option<u8>,
     /// The cluster's IPv6 pod CIDR: alone for an IPv6-only cluster, with --cluster-cidr
     /// for a dual-stack one.
-    #[arg(long, env = "FERRY_CLUSTER_CIDR_V6")]
+    #[arg(long, env = "FERRY_CLUSTER_CIDR_V6", global = true)]
     pub cluster_cidr_v6: Option<Ipv6Network>,
     /// Prefix length of IPv6 node subnets (with --cluster-cidr-v6; default 64).
     #[arg(long, env = "FERRY_SUBNET_LEN_V6")]
@@ -127,6 +158,27 @@ pub struct Args {
     /// The kubeconfig for the API (with --network-policy; default: in-cluster).
     #[arg(long, env = "FERRY_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Where ferry's iptables chains go: the backend kubelet and kube-proxy use on this
+    /// node. `auto` looks for kubelet's hint chains, then counts each backend's rules.
+    #[arg(
+        long,
+        env = "FERRY_IPTABLES_BACKEND",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub iptables_backend: crate::iptables::Choice,
+}
+
+/// One-shot jobs of the image, run by the DaemonSet's init container and the uninstall.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Turns on what the node's kernel must do for ferry (forwarding, bridge netfilter),
+    /// loading br_netfilter where it is a module, then exits: the DaemonSet's privileged
+    /// init container, since ferry-overlayd itself cannot write /proc/sys.
+    PrepareNode,
+    /// Removes everything ferry made on this node (links, routes, rules, tables, state,
+    /// CNI files) and exits 0 only when nothing of it is left.
+    Uninstall(crate::uninstall::UninstallArgs),
 }
 
 impl Args {
@@ -226,6 +278,29 @@ mod tests {
         ];
         let e = Args::try_parse_from(argv).unwrap_err().to_string();
         assert!(e.contains("--direct-routing"), "{e}");
+    }
+
+    #[test]
+    fn the_iptables_backend_is_auto_unless_named() {
+        use crate::iptables::Choice;
+        assert_eq!(parse(&[]).iptables_backend, Choice::Auto);
+        assert_eq!(
+            parse(&["--iptables-backend", "legacy"]).iptables_backend,
+            Choice::Legacy
+        );
+        assert_eq!(
+            parse(&["--iptables-backend", "nft"]).iptables_backend,
+            Choice::Nft
+        );
+        let argv = [
+            "ferry-overlayd",
+            "--etcd-endpoints",
+            "e",
+            "--iptables-backend",
+            "iptables",
+        ];
+        let e = Args::try_parse_from(argv).unwrap_err().to_string();
+        assert!(e.contains("--iptables-backend"), "{e}");
     }
 
     #[test]

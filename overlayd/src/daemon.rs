@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,23 +12,28 @@ use netlink::{Link, Netlink, VxlanSpec};
 use node_ipam::NodeState;
 use registry::model::resolve;
 use registry::{
-    ClusterConfig, ConfigFlags, LeaseError, LeaseRecord, Refused, Registry, StoredLease, Usage,
+    ClusterConfig, LeaseError, LeaseRecord, Liveness, Refused, Registry, StoredLease, Usage,
     WatchResponse, WatchStream,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::Args;
+use crate::cni_conf::CniConf;
 use crate::datapath;
+use crate::etcd_retry::{etcd, MAX_BACKOFF};
+use crate::identity::{self, ALIVE_TTL};
 use crate::metrics::Metrics;
+use crate::node_check::NodeCheck;
 use crate::peers::{diff, Entries, Hop, Peer, Reach};
-use crate::underlay::{self, Underlay};
+use crate::status::Cause;
+use crate::underlay::Underlay;
 use crate::underlay_filter::{self, Family};
-use crate::{health, rules};
+use crate::{health, startup};
 
-/// How often etcd leases are refreshed, and the liveness key's lifetime.
+/// How often etcd leases are refreshed.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
-const ALIVE_TTL: Duration = Duration::from_secs(20);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the CNI config is looked at while it waits for the daemon to be ready.
+const CNI_CONF_POLL: Duration = Duration::from_millis(200);
 
 struct Node {
     args: Args,
@@ -59,7 +64,11 @@ struct Node {
     programmed: Entries,
     /// The underlay addresses VXLAN is accepted from, as last applied.
     vxlan_from: Option<BTreeSet<IpAddr>>,
+    /// The iptables backend ferry's chains are in.
+    iptables: crate::iptables::Selection,
     metrics: Arc<Metrics>,
+    node_check: NodeCheck,
+    cni: Option<CniConf>,
 }
 
 fn hostname() -> String {
@@ -76,39 +85,41 @@ pub async fn run(args: Args) -> Result<()> {
         "invalid node name {name:?}: pass --node-name"
     );
     let metrics = Arc::new(Metrics::default());
-    // Bind first: a port in use is a configuration error worth failing on at once.
-    let health = match args.health_addr {
-        Some(addr) => Some(health::bind(addr).await?),
-        None => None,
-    };
-
-    let nl = Netlink::open().context("netlink")?;
-    let underlay = underlay::find(&nl, args.iface.as_deref(), args.public_ip, &args.bridge).await?;
-    anyhow::ensure!(
-        args.etcd.given(),
-        "--etcd-endpoints (or FERRY_ETCD_ENDPOINTS) is required"
-    );
-    let mut reg = args.etcd.connect().await?;
-    let flags = ConfigFlags {
-        cluster_cidr: args.cluster_cidr,
-        subnet_len: args.subnet_len,
-        cluster_cidr_v6: args.cluster_cidr_v6,
-        subnet_len_v6: args.subnet_len_v6,
-        vni: args.vni,
-        port: args.port,
-    };
-    let cfg = reg.cluster_config(&flags, &underlay.networks).await?;
-    // Before anything of this node is written: no second daemon under one name.
-    let instance = instance_id()?;
-    let alive_id = claim_name(&mut reg, &name, &instance).await?;
-    let alive_lease = Arc::new(AtomicI64::new(alive_id));
-    // Everything after the name is claimed runs in here, so that the key is given up on
-    // every way out.
-    let result: Result<()> = async {
+    metrics.status.step("starting");
+    // Served before anything else: a liveness probe must find the daemon alive however
+    // long the start waits. A port in use is a configuration error worth failing on.
+    if let Some(addr) = args.health_addr {
+        tokio::spawn(health::serve(health::bind(addr).await?, metrics.clone()));
+    }
+    // A stop while the start waits (for etcd, the node, the lock) is as clean as later.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let alive_lease = Arc::new(AtomicI64::new(0));
+    let reg_slot = OnceLock::new();
+    // Everything runs in here, so that the liveness key is given up on every way out.
+    let work = async {
+        let startup::Prepared {
+            nl,
+            underlay,
+            mut reg,
+            cfg,
+            liveness,
+            lock: _lock,
+            mut retry,
+            node_check,
+        } = startup::prepare(&args, &metrics, &reg_slot).await?;
+        metrics.status.step("starting: claiming this node's name");
+        // Before anything of this node is written: no second daemon under one name.
+        let alive_id =
+            identity::claim_name(&mut reg, &name, &liveness, &mut retry, &metrics.status).await?;
+        alive_lease.store(alive_id, Relaxed);
+        metrics
+            .status
+            .step("starting: programming the data path and leasing the subnet");
         // The VTEP MAC survives restarts: the device's own, else the one in our lease.
-        let vx_name = format!("ferry.{}", cfg.vni);
+        let vx_name = datapath::vxlan_name(cfg.vni);
         let existing = nl.get_link(&vx_name).await?.filter(|l| l.vxlan.is_some());
-        let previous = reg.lease_of(&name).await?;
+        let previous = etcd!(retry, reg.lease_of(&name));
         let mac = match (&existing, &previous) {
             (Some(l), _) if l.mac.len() == 6 => l.mac.as_slice().try_into().expect("6 bytes"),
             (_, Some(p)) => p.vtep_mac_bytes().unwrap_or(datapath::random_mac()?),
@@ -126,7 +137,7 @@ pub async fn run(args: Args) -> Result<()> {
         // The device and the routes to every other node come first, the lease second: when
         // this node's address changed, the others switch to it only once it can answer there.
         let vx = datapath::ensure_vxlan(&nl, &vx_spec).await?;
-        let (stored, _) = reg.list(&cfg).await?;
+        let (stored, _) = etcd!(retry, reg.list(&cfg));
         let view = resolve(&cfg, &underlay.networks, &stored);
         let family = Family::of(underlay.ip);
         let others: Vec<Peer> = view
@@ -159,8 +170,9 @@ pub async fn run(args: Args) -> Result<()> {
             .as_ref()
             .and_then(|s| s.pod_cidr_v6.as_ref()?.parse().ok())
             .or(previous.as_ref().and_then(|p| p.subnet_v6));
-        let acquired = reg
-            .acquire(
+        let acquired = etcd!(
+            retry,
+            reg.acquire(
                 &cfg,
                 &name,
                 underlay.ip,
@@ -169,7 +181,7 @@ pub async fn run(args: Args) -> Result<()> {
                 prefer,
                 prefer_v6,
             )
-            .await?;
+        );
         tracing::info!(
             node = %name, subnet = ?acquired.record.subnet,
             subnet_v6 = ?acquired.record.subnet_v6, public_ip = %underlay.ip,
@@ -195,15 +207,22 @@ pub async fn run(args: Args) -> Result<()> {
             spared: BTreeSet::new(),
             programmed: Entries::default(),
             vxlan_from: None,
+            iptables: crate::iptables::Selection::choose(args.iptables_backend),
             metrics: metrics.clone(),
+            node_check,
+            cni: CniConf::new(args.cni_conf_dir.as_deref(), args.cni_conflist.as_deref()),
         };
         if args.big_tcp {
             match node.big_tcp() {
-                Some(big) => tracing::info!(underlay = %node.underlay.link.name, sizes = %big, "BIG TCP: pods take the underlay's GSO/GRO sizes"),
-                None => tracing::warn!(underlay = %node.underlay.link.name, "--big-tcp is on but the underlay's GSO/GRO sizes are the kernel's 64 KiB: pods keep them"),
+                Some(big) => {
+                    tracing::info!(underlay = %node.underlay.link.name, sizes = %big, "BIG TCP: pods take the underlay's GSO/GRO sizes")
+                }
+                None => {
+                    tracing::warn!(underlay = %node.underlay.link.name, "--big-tcp is on but the underlay's GSO/GRO sizes are the kernel's 64 KiB: pods keep them")
+                }
             }
         }
-        let rev = node.refresh(&mut reg).await?;
+        let rev = etcd!(retry, node.refresh(&mut reg));
         node.full_reconcile().await?;
         // The plugin's notice socket exists before node.json does, so that no pod is
         // added on this node before NetworkPolicy can cover it.
@@ -219,13 +238,18 @@ pub async fn run(args: Args) -> Result<()> {
             .await?;
         }
         node.write_state()?;
+        if let Some(c) = &node.cni {
+            metrics.status.set(
+                Cause::CniConf,
+                format!("{} is not installed yet", c.path().display()),
+            );
+        }
         metrics.ready.store(true, Relaxed);
         metrics.etcd_connected.store(true, Relaxed);
+        metrics.status.clear(Cause::Starting);
+        node.keep_cni_conf();
         tracing::info!(peers = node.peers.len(), "ready");
 
-        if let Some(listener) = health {
-            tokio::spawn(health::serve(listener, metrics.clone()));
-        }
         let usage = UsageSource {
             store: node_ipam::Store::new(&args.ipam_data_dir),
             capacity: capacity(&node.me),
@@ -234,7 +258,7 @@ pub async fn run(args: Args) -> Result<()> {
             reg.clone(),
             Identity {
                 node: node.name.clone(),
-                instance,
+                liveness,
             },
             acquired.grace_lease,
             usage,
@@ -242,55 +266,30 @@ pub async fn run(args: Args) -> Result<()> {
             alive_lease.clone(),
         ));
         node.follow(reg.clone(), rev).await
-    }
-    .await;
+    };
+    let result: Result<()> = tokio::select! {
+        r = work => r,
+        _ = term.recv() => stop("SIGTERM"),
+        _ = int.recv() => stop("SIGINT"),
+    };
     // Stopping, on purpose or failing: say so at once rather than when the liveness key
     // times out (a restart would otherwise wait for it).
     let id = alive_lease.load(Relaxed);
-    if id != 0 {
+    if let (true, Some(reg)) = (id != 0, reg_slot.get()) {
+        let mut reg = reg.clone();
         let _ = tokio::time::timeout(Duration::from_secs(1), reg.revoke(id)).await;
     }
     result
 }
 
-/// A random ID of this process, held in the node's liveness key: a second daemon started
-/// with the same node name finds another ID there and is refused.
-fn instance_id() -> Result<String> {
-    let b: [u8; 8] = datapath::random_bytes("an instance ID")?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
-/// Takes the node's liveness key for this process. A key held by another instance may be
-/// that of a daemon that was killed: it expires within `ALIVE_TTL`, so this waits that
-/// long (and a little) before refusing.
-async fn claim_name(reg: &mut Registry, node: &str, instance: &str) -> Result<i64> {
-    let until = Instant::now() + ALIVE_TTL + Duration::from_secs(5);
-    let mut said = false;
-    loop {
-        match reg.set_alive(node, instance, ALIVE_TTL).await {
-            Ok(id) => return Ok(id),
-            Err(e @ LeaseError::NameInUse { .. }) if Instant::now() >= until => {
-                return Err(e.into())
-            }
-            Err(LeaseError::NameInUse { key, other, .. }) => {
-                if !said {
-                    tracing::warn!(
-                        key = %key, other = %other,
-                        "another instance holds this node's name; waiting up to {}s for its key to expire",
-                        (ALIVE_TTL + Duration::from_secs(5)).as_secs()
-                    );
-                    said = true;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+fn stop(sig: &str) -> Result<()> {
+    tracing::info!("{sig}: exiting; the data path stays in place");
+    Ok(())
 }
 
 struct Identity {
     node: String,
-    instance: String,
+    liveness: Liveness,
 }
 
 /// Where the node's address usage comes from: the IPAM store's snapshot (no lock taken).
@@ -361,8 +360,8 @@ async fn keep_alive(
         };
         if refreshed.is_err() {
             published = None;
-            match reg.set_alive(&node, &me.instance, ALIVE_TTL).await {
-                Ok(id) => {
+            match reg.set_alive(&node, &me.liveness, ALIVE_TTL, false).await {
+                Ok(registry::Claimed { lease: id, .. }) => {
                     alive = Some(id);
                     alive_lease.store(id, Relaxed);
                 }
@@ -548,21 +547,25 @@ impl Node {
         }
     }
 
-    /// Follows the leases until SIGTERM or SIGINT: watch events are applied as they come,
-    /// the whole data path is checked on a timer, a lost etcd is retried with backoff and
-    /// followed by a full resync.
+    /// Follows the leases until the process is stopped (`run` ends this on SIGTERM or
+    /// SIGINT): watch events are applied as they come, the whole data path is checked on
+    /// a timer, a lost etcd is retried with backoff and followed by a full resync.
     async fn follow(&mut self, mut reg: Registry, rev: i64) -> Result<()> {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         let mut resync = tokio::time::interval(self.args.resync_interval);
         resync.tick().await;
-        let mut watch = Some(reg.watch(&self.cfg, rev + 1).await?);
+        let mut cni_poll = tokio::time::interval(CNI_CONF_POLL);
+        // etcd gone since the listing is one more outage, retried below.
+        let mut watch = match reg.watch(&self.cfg, rev + 1).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("etcd: {e}; keeping the data path as it is and retrying");
+                None
+            }
+        };
         let mut backoff = Duration::from_millis(100);
         let mut retry_at = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                _ = term.recv() => return self.stop("SIGTERM"),
-                _ = int.recv() => return self.stop("SIGINT"),
                 msg = next(&mut watch) => match msg {
                     Ok(Some(resp)) if !resp.canceled() => {
                         // Any change is read whole: one record is only judged against
@@ -619,14 +622,23 @@ impl Node {
                     if let Err(e) = self.full_reconcile().await {
                         tracing::warn!("resync: {e:#}");
                     }
+                    self.keep_cni_conf();
+                }
+                // Until the first install: the policy may become ready between resyncs.
+                _ = cni_poll.tick(), if self.cni.as_ref().is_some_and(CniConf::waiting) => {
+                    self.keep_cni_conf();
                 }
             }
         }
     }
 
-    fn stop(&self, sig: &str) -> Result<()> {
-        tracing::info!("{sig}: exiting; the data path stays in place");
-        Ok(())
+    /// Installs or mends the CNI config, once the node can take pods.
+    fn keep_cni_conf(&mut self) {
+        if let Some(c) = &mut self.cni {
+            if self.metrics.data_ready() {
+                c.keep(&self.metrics.status);
+            }
+        }
     }
 
     async fn relist(&mut self, reg: &mut Registry) -> Result<WatchStream> {
@@ -749,17 +761,21 @@ impl Node {
                 }
             }
         }
-        rules::ensure_sysctls(self.cfg.ipv6.is_some())?;
+        self.node_check
+            .resync(self.cfg.ipv6.is_some(), &self.metrics.status);
+        self.iptables.recheck();
+        let backend = self.iptables.backend();
         if let Some(v4) = self.cfg.ipv4 {
-            if rules::ensure_iptables(v4.cluster_cidr.into())? {
-                tracing::info!("iptables rules installed");
+            if crate::rules::ensure_iptables(backend, v4.cluster_cidr.into())? {
+                tracing::info!(backend = backend.name(), "iptables rules installed");
             }
         }
         if let Some(v6) = self.cfg.ipv6 {
-            if rules::ensure_iptables(v6.cluster_cidr.into())? {
-                tracing::info!("ip6tables rules installed");
+            if crate::rules::ensure_iptables(backend, v6.cluster_cidr.into())? {
+                tracing::info!(backend = backend.name(), "ip6tables rules installed");
             }
         }
+        crate::rules::leave_stale(&mut self.iptables);
         let have = datapath::read(&self.nl, self.vx.index).await?;
         self.refresh_reach().await;
         let want = self.desired(&have);

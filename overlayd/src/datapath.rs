@@ -15,6 +15,13 @@ use crate::peers::{foreign_routes, spare_foreign, Entries, Hop, Op, Peer, Reach}
 /// cold start with thousands of peers, few enough to keep the socket's buffers calm.
 const IN_FLIGHT: usize = 64;
 
+/// The VXLAN device's name is this and the VNI (`ferry.1`).
+pub const VXLAN_PREFIX: &str = "ferry.";
+
+pub fn vxlan_name(vni: u32) -> String {
+    format!("{VXLAN_PREFIX}{vni}")
+}
+
 /// The VXLAN device as `spec` says: kept when compatible (a restart must not drop
 /// packets), recreated when not (another VNI, port, underlay or address).
 pub async fn ensure_vxlan(nl: &Netlink, spec: &VxlanSpec) -> Result<Link> {

@@ -54,12 +54,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (status, body, ctype) = match path {
                 "/healthz" => ("200 OK", "ok\n".to_string(), "text/plain"),
-                "/readyz" if metrics.is_ready() => {
-                    ("200 OK", "ready\n".to_string(), "text/plain")
-                }
+                "/readyz" if metrics.is_ready() => ("200 OK", "ready\n".to_string(), "text/plain"),
                 "/readyz" => (
                     "503 Service Unavailable",
-                    "not ready: the data path or node state is not in place yet, or (with --network-policy) the Kubernetes API watches are down\n".to_string(),
+                    format!("not ready:\n{}", metrics.not_ready_because()),
                     "text/plain",
                 ),
                 "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),

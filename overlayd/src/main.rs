@@ -1,16 +1,25 @@
 //! `ferry-overlayd`: one per node.
 
 mod args;
+mod cni_conf;
 mod daemon;
 mod datapath;
+mod etcd_retry;
 mod health;
+mod identity;
+mod iptables;
 mod metrics;
 mod nft;
+mod node_check;
 mod peers;
 mod policy;
+mod prepare;
 mod rules;
+mod startup;
+mod status;
 mod underlay;
 mod underlay_filter;
+mod uninstall;
 
 use std::process::ExitCode;
 
@@ -26,6 +35,11 @@ fn main() -> ExitCode {
         )
         .init();
     let args = args::Args::parse();
+    match &args.command {
+        Some(args::Command::PrepareNode) => return prepare::run(&args),
+        Some(args::Command::Uninstall(u)) => return uninstall::run(u),
+        None => {}
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub etcd_errors: AtomicU64,
     pub repairs: AtomicU64,
     pub policy: PolicyMetrics,
+    /// What holds readiness back, in words (`/readyz`'s body).
+    pub status: crate::status::Status,
 }
 
 /// NetworkPolicy's side (`--network-policy`), rendered only when it is on.
@@ -47,10 +49,31 @@ pub struct Denied {
 }
 
 impl Metrics {
-    /// Ready for `/readyz`: the data path, and the policy state when enforced.
-    pub fn is_ready(&self) -> bool {
+    /// The data path and node.json are in place, and the policy state when enforced: what
+    /// the CNI config waits for before it is installed.
+    pub fn data_ready(&self) -> bool {
         self.ready.load(Relaxed)
             && (!self.policy.enabled.load(Relaxed) || self.policy.ready.load(Relaxed))
+    }
+
+    /// Ready for `/readyz`: `data_ready`, and nothing waited for or failing.
+    pub fn is_ready(&self) -> bool {
+        self.data_ready() && self.status.is_clear()
+    }
+
+    /// `/readyz`'s body when not ready: what the daemon waits for now.
+    pub fn not_ready_because(&self) -> String {
+        let mut why = self.status.render();
+        if self.ready.load(Relaxed)
+            && self.policy.enabled.load(Relaxed)
+            && !self.policy.ready.load(Relaxed)
+        {
+            why += "NetworkPolicy: the Kubernetes API watches are not up or the node's table is not applied yet\n";
+        }
+        if why.is_empty() {
+            why = "the data path or node state is not in place yet\n".into();
+        }
+        why
     }
 }
 

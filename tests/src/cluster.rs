@@ -707,6 +707,34 @@ impl Cluster {
 
     /// A new node with its daemon started (not waited for).
     pub fn add_node(&mut self) -> &mut Node {
+        self.add_node_prepared(|_| {})
+    }
+
+    /// A new node whose namespace `prepare` sets up first (as the node's other software
+    /// would have: kubelet's chains, an earlier install's leftovers), then its daemon
+    /// started (not waited for).
+    pub fn add_node_prepared(&mut self, prepare: impl FnOnce(&Netns)) -> &mut Node {
+        let (host, ip) = self.next_host();
+        prepare(&host);
+        self.add_node_in(host, ip)
+    }
+
+    /// A node in `host`, already plugged in at `ip`, its daemon started.
+    fn add_node_in(&mut self, host: Netns, ip: String) -> &mut Node {
+        let node = self.add_node_stopped_in(host, ip);
+        node.start_daemon();
+        node
+    }
+
+    /// A new node whose daemon is not started: the test starts it its own way
+    /// (`Node::start_daemon_under`).
+    pub fn add_node_stopped(&mut self) -> &mut Node {
+        let (host, ip) = self.next_host();
+        self.add_node_stopped_in(host, ip)
+    }
+
+    /// The next node's namespace, plugged into the switch at the next node address.
+    fn next_host(&self) -> (Netns, String) {
         let i = self.nodes.len();
         let host = Netns::new("fyn");
         let ip = if self.v6 {
@@ -715,11 +743,10 @@ impl Cluster {
             format!("192.0.2.{}", 11 + i)
         };
         self.switch.plug(&host, &ip);
-        self.add_node_in(host, ip)
+        (host, ip)
     }
 
-    /// A node in `host`, already plugged in at `ip`, its daemon started.
-    fn add_node_in(&mut self, host: Netns, ip: String) -> &mut Node {
+    fn add_node_stopped_in(&mut self, host: Netns, ip: String) -> &mut Node {
         let name = format!("node{}", self.nodes.len());
         let cidr_flag = if self.v6 {
             "--cluster-cidr-v6"
@@ -727,17 +754,20 @@ impl Cluster {
             "--cluster-cidr"
         };
         let dir = tempfile::tempdir().expect("tempdir");
+        // Each node its own secret, in its own directory: a machine of its own, and the
+        // host's /var/lib/ferry untouched.
         let daemon_args = format!(
-            "{} --etcd-prefix {} --node-name {name} --state-dir {} \
+            "{} --etcd-prefix {} --node-name {name} --state-dir {} --node-secret {} \
              --ipam-data-dir {} {cidr_flag} {} --health-addr {HEALTH_ADDR} --resync-interval 2s {}",
             self.etcd.client_flags(),
             self.prefix,
             dir.path().join("run").display(),
+            dir.path().join("node-secret").display(),
             dir.path().join("ipam").display(),
             self.cidr,
             self.extra_args
         );
-        let mut node = Node {
+        let node = Node {
             name,
             host,
             ip,
@@ -746,7 +776,6 @@ impl Cluster {
             daemon_args,
             conf_extra: json!({}),
         };
-        node.start_daemon();
         self.nodes.push(node);
         self.nodes.last_mut().expect("just pushed")
     }
@@ -931,10 +960,20 @@ pub fn http_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
 }
 
 /// Runs `ferry-overlayd ARGS` in the foreground inside `ns`, killed after `secs`
-/// (`timeout`'s code 124 then): its exit code and stderr.
+/// (`timeout`'s code 124 then): its exit code and stderr. Without `--node-secret` in
+/// `ARGS` it gets a fresh one of its own (a machine never seen), never the host's.
 pub fn run_overlayd(ns: &Netns, args: &str, secs: u32) -> (Option<i32>, String) {
+    let secret = tempfile::tempdir().expect("tempdir");
+    let env = if args.contains("--node-secret") {
+        String::new()
+    } else {
+        format!(
+            "FERRY_NODE_SECRET={} ",
+            secret.path().join("node-secret").display()
+        )
+    };
     let out = ns.try_sh(&format!(
-        "timeout {secs} {} {args}",
+        "{env}timeout {secs} {} {args}",
         crate::bin("ferry-overlayd").display()
     ));
     (

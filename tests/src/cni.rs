@@ -381,7 +381,7 @@ pub fn in_host_mounted(host: &File, mounts: &HostMounts, plugin: &Path) -> Comma
 }
 
 /// The link group DEL retires host veths into until its reaper deletes them.
-pub const TOMBSTONE_GROUP: u32 = 65143;
+pub use node_ipam::attachment::TOMBSTONE_GROUP;
 
 /// Veths in `host` waiting for DEL's reaper: retired into its group, or renamed to
 /// `fz…` by an ADD that needed the name.

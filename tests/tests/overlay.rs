@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_tests::cluster::{Cluster, OUTSIDE_IP};
+use ferry_tests::cluster::{run_overlayd, Cluster, OUTSIDE_IP};
 use ferry_tests::cni::host_veth;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server, wait_until};
@@ -393,22 +393,30 @@ fn startup_errors_name_the_problem() {
     needs_root!();
     let c = Cluster::new(1, "10.68.0.0/16");
     let n = &c.nodes[0];
-    let bin = ferry_tests::bin("ferry-overlayd");
-    let run = |args: &str| {
-        let out = n.host.try_sh(&format!(
-            "timeout 30 {} --node-name probe --state-dir /tmp/ferry-never {args}",
-            bin.display(),
-        ));
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+    let dir = tempfile::tempdir().unwrap();
+    let run_for = |secs: u32, args: &str| {
+        run_overlayd(
+            &n.host,
+            &format!(
+                "--node-name probe --state-dir {} {args}",
+                dir.path().join("run").display()
+            ),
+            secs,
         )
     };
+    let run = |args: &str| run_for(30, args);
     let prefix = format!("--etcd-prefix {}", c.prefix);
-    let (code, err) = run("--etcd-endpoints http://192.0.2.99:2379 --etcd-timeout 2s");
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("http://192.0.2.99:2379") && err.contains("unreachable"),
+    // An etcd that does not answer is waited for (a rebooted node may reach its address
+    // only seconds later), and said once, naming the endpoint.
+    let (code, err) = run_for(
+        6,
+        "--etcd-endpoints http://192.0.2.99:2379 --etcd-timeout 1s",
+    );
+    assert_eq!(code, Some(124), "still waiting when killed: {err}");
+    assert_eq!(
+        err.matches("waiting for etcd at http://192.0.2.99:2379")
+            .count(),
+        1,
         "{err}"
     );
     let ep = c.etcd.endpoint();
@@ -444,15 +452,24 @@ fn etcd_with_tls_and_client_certificates() {
     a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
     // Without a client certificate etcd refuses, and the daemon says so.
     let d = c.etcd.dir.path().display();
-    let out = c.nodes[0].host.try_sh(&format!(
-        "timeout 30 {} --node-name x --state-dir /tmp/ferry-never --etcd-timeout 3s \
-         --etcd-endpoints {} --etcd-cacert {d}/ca.pem",
-        ferry_tests::bin("ferry-overlayd").display(),
-        c.etcd.endpoint()
-    ));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("https://192.0.2.2:2379"), "{err}");
+    // A refused handshake is waited out like any unreachable etcd (a certificate may be
+    // renewed meanwhile), and said, naming the endpoint.
+    let state = tempfile::tempdir().unwrap();
+    let (code, err) = run_overlayd(
+        &c.nodes[0].host,
+        &format!(
+            "--node-name x --state-dir {} --etcd-timeout 3s --etcd-endpoints {} \
+             --etcd-cacert {d}/ca.pem",
+            state.path().display(),
+            c.etcd.endpoint()
+        ),
+        8,
+    );
+    assert_eq!(code, Some(124), "still waiting when killed: {err}");
+    assert!(
+        err.contains("waiting for etcd at https://192.0.2.2:2379"),
+        "{err}"
+    );
 }
 
 /// Bytes per packet that `dev` in `ns` sent during `f`: above 64 KiB, GSO packets larger

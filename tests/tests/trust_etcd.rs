@@ -153,11 +153,13 @@ fn an_impostor_with_a_live_nodes_name_is_refused() {
         &stranger,
         &format!(
             "{} --etcd-prefix {} --node-name node1 --state-dir {} --ipam-data-dir {} \
-             --resync-interval 2s",
+             --node-secret {} --resync-interval 2s",
             c.etcd.client_flags(),
             c.prefix,
             dir.path().join("run").display(),
             dir.path().join("ipam").display(),
+            // Another machine's secret: node1's key is not its predecessor's.
+            dir.path().join("node-secret").display(),
         ),
         60,
     );

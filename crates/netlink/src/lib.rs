@@ -12,6 +12,7 @@ mod handle;
 mod link;
 pub mod netns;
 pub mod overlay;
+pub mod routes;
 pub mod rps;
 pub mod sysctl;
 
@@ -22,6 +23,7 @@ pub use guard::SourceGuard;
 pub use handle::{Netlink, RouteV4, VethSpec};
 pub use link::{Link, VxlanInfo};
 pub use overlay::{FdbEntry, NeighV4, RouteV6, VxlanSpec};
+pub use routes::TaggedRoute;
 
 /// A locally administered MAC that carries an IPv4 address: `0a:<tag>:<ip>`. ferry gives
 /// pods `0a:58:<ip>`, their host ends `0a:59:<ip>` and the bridge `0a:58:<gateway>`, so an

@@ -2,6 +2,17 @@
 //! the operator's `check` and `release` find what ADD made without the pod's namespace and
 //! without any state of their own.
 
+/// Names of host veths: `fy` + 13 hex digits.
+pub const HOST_VETH_PREFIX: &str = "fy";
+
+/// Names of renamed tombstones: `fz` + 13 hex digits, never a live attachment's `fy` name.
+pub const TOMBSTONE_PREFIX: &str = "fz";
+
+/// The link group retired veths wait in for their deletion (0xfe77). ferry deletes
+/// every link of this group in the host's network namespace: nothing else may use it.
+/// Here, not in the plugin that retires them, because the uninstall removes them too.
+pub const TOMBSTONE_GROUP: u32 = 65143;
+
 /// The host end of the veth: `fy` + 13 hex digits of a hash of (container ID, ifname).
 /// FNV-1a is written out here because the name must not change between builds.
 pub fn host_veth(container_id: &str, ifname: &str) -> String {
@@ -9,7 +20,20 @@ pub fn host_veth(container_id: &str, ifname: &str) -> String {
     key.extend_from_slice(container_id.as_bytes());
     key.push(0);
     key.extend_from_slice(ifname.as_bytes());
-    format!("fy{:013x}", fnv1a(&key) >> 12)
+    format!("{HOST_VETH_PREFIX}{:013x}", fnv1a(&key) >> 12)
+}
+
+/// Whether `name` is one ferry gives a host veth or a tombstone: the prefix and exactly 13
+/// lowercase hex digits (another CNI's `fy1` or `fzz…` is not ferry's).
+pub fn is_ferry_link_name(name: &str) -> bool {
+    let rest = name
+        .strip_prefix(HOST_VETH_PREFIX)
+        .or_else(|| name.strip_prefix(TOMBSTONE_PREFIX));
+    rest.is_some_and(|r| {
+        r.len() == 13
+            && r.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// 64-bit FNV-1a.
@@ -68,6 +92,23 @@ mod tests {
             format!("fy{:013x}", 0xaf63_bd4c_8601_b7dfu64 >> 12)
         );
         assert_eq!(host_veth("c1", "eth0"), "fyf53f02b3bfe94");
+    }
+
+    #[test]
+    fn ferry_link_names_are_exactly_the_made_ones() {
+        assert!(is_ferry_link_name(&host_veth("c1", "eth0")));
+        assert!(is_ferry_link_name("fz0123456789abc"));
+        for other in [
+            "fy",
+            "fy0123456789ab",
+            "fy0123456789abcd",
+            "fy0123456789ABC",
+            "fx0123456789abc",
+            "cali0123456789a",
+            "fy012345678g9ab",
+        ] {
+            assert!(!is_ferry_link_name(other), "{other}");
+        }
     }
 
     #[test]

@@ -16,4 +16,4 @@ pub use model::{
     ClusterConfig, ClusterV4, ClusterV6, ConfigFlags, LeaseRecord, LeaseView, Refused, StoredLease,
     Usage,
 };
-pub use registry::{Acquired, EtcdOptions, LeaseEntry, LeaseError, Registry};
+pub use registry::{Acquired, Claimed, EtcdOptions, LeaseEntry, LeaseError, Liveness, Registry};

@@ -32,7 +32,7 @@ pub struct EtcdOptions {
 pub enum LeaseError {
     #[error("etcd at {endpoints} is unreachable: {detail}")]
     Unreachable { endpoints: String, detail: String },
-    #[error("etcd {what}: {source}")]
+    #[error("etcd {what}: {}", describe(source))]
     Etcd {
         what: String,
         #[source]
@@ -73,17 +73,93 @@ pub enum LeaseError {
     #[error("etcd lease {0:x} has expired")]
     Expired(i64),
     #[error(
-        "another ferry-overlayd is alive as node {node} (its key {key} holds instance {other}, \
-         not this one's): refusing to run a second daemon under one name. If that daemon is \
-         gone, its key expires within {ttl}s and a restart succeeds; to end it at once: \
-         etcdctl del {key}. A new node needs its own --node-name"
+        "another ferry-overlayd is alive as node {node} (its key {key} holds instance {other} \
+         of machine {other_machine}, not this one's): refusing to run a second daemon under \
+         one name. If that daemon is gone, its key expires within {ttl}s and a restart \
+         succeeds; to end it at once: etcdctl del {key}. A new node needs its own --node-name"
     )]
     NameInUse {
         node: String,
         key: String,
         other: String,
+        /// The machine ID the key holds ("unknown" from a daemon that wrote none).
+        other_machine: String,
         ttl: u64,
     },
+    #[error("etcd endpoints {endpoints}: {detail}")]
+    Endpoints { endpoints: String, detail: String },
+}
+
+impl LeaseError {
+    /// Whether the same request may succeed later unchanged: etcd (or the way to it) is
+    /// down, slow, or not accepting this client yet. A node that boots may reach etcd's
+    /// address only once kube-proxy's rules are back, so these are waited out; anything
+    /// else (a flag, a stored config, a name in use) is an answer.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LeaseError::Unreachable { .. } => true,
+            LeaseError::Etcd { source, .. } => transient(source),
+            _ => false,
+        }
+    }
+}
+
+/// An error with its causes, each once: the client's own message ("transport error")
+/// says nothing of why (connection refused, a certificate refused) without them.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    add_causes(&mut parts, Some(e));
+    parts.join(": ")
+}
+
+fn add_causes(parts: &mut Vec<String>, mut cur: Option<&(dyn std::error::Error + 'static)>) {
+    while let Some(err) = cur {
+        let text = err.to_string();
+        let said = parts.iter().any(|p| p.contains(&text));
+        if !said && text != "transport error" {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+}
+
+/// What went wrong, short: a gRPC status's message and causes without its metadata.
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let mut parts = Vec::new();
+            if !s.message().is_empty() {
+                parts.push(s.message().to_string());
+            }
+            add_causes(&mut parts, std::error::Error::source(s));
+            if parts.is_empty() {
+                parts.push(format!("{:?}", s.code()));
+            }
+            parts.join(": ")
+        }
+        etcd_client::Error::TransportError(t) => chain(t),
+        other => other.to_string(),
+    }
+}
+
+fn transient(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    match e {
+        E::IoError(_) | E::TransportError(_) => true,
+        // A refused connection, a failed TLS handshake and a request that timed out all
+        // reach the client as one of these.
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::ResourceExhausted
+                | Code::Aborted
+        ),
+        _ => false,
+    }
 }
 
 type Result<T> = std::result::Result<T, LeaseError>;
@@ -96,6 +172,45 @@ pub struct Acquired {
     pub grace_lease: i64,
     /// True when the node got its earlier subnet back.
     pub reused: bool,
+}
+
+/// Who publishes a node's liveness: this process (`instance`, random per process) on this
+/// machine (`machine`, derived from the node's secret, the same across restarts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Liveness {
+    pub instance: String,
+    pub machine: String,
+}
+
+/// The outcome of `set_alive`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The etcd lease that keeps the key.
+    pub lease: i64,
+    /// The instance whose key was taken over (a dead predecessor on this machine).
+    pub replaced: Option<String>,
+}
+
+/// What a liveness key holds, as far as it can be read.
+struct Holder {
+    instance: String,
+    machine: String,
+}
+
+impl Holder {
+    fn of(value: &[u8]) -> Holder {
+        let v = serde_json::from_slice::<serde_json::Value>(value).unwrap_or_default();
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .unwrap_or("unknown")
+                .to_string()
+        };
+        Holder {
+            instance: field("instance"),
+            machine: field("machine"),
+        }
+    }
 }
 
 /// A lease as stored: its key, its record (or why it does not parse), its etcd lease.
@@ -169,20 +284,29 @@ impl Registry {
             endpoints: endpoints.clone(),
             detail,
         };
+        // The client connects lazily: what fails here is the endpoints' form or the TLS
+        // settings, which no retry mends.
         let client = tokio::time::timeout(opts.timeout, Client::connect(&opts.endpoints, Some(co)))
             .await
             .map_err(|_| unreachable(format!("no answer within {:?}", opts.timeout)))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| LeaseError::Endpoints {
+                endpoints: endpoints.clone(),
+                detail: describe(&e),
+            })?;
         let mut r = Registry {
             client,
             layout: Layout::new(prefix),
         };
         let probe = r.layout.config();
-        tokio::time::timeout(opts.timeout, r.client.get(probe, None))
-            .await
-            .map_err(|_| unreachable(format!("no answer within {:?}", opts.timeout)))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        Ok(r)
+        match tokio::time::timeout(opts.timeout, r.client.get(probe, None)).await {
+            Err(_) => Err(unreachable(format!("no answer within {:?}", opts.timeout))),
+            Ok(Err(e)) if transient(&e) => Err(unreachable(describe(&e))),
+            Ok(Err(source)) => Err(LeaseError::Etcd {
+                what: format!("first request to {endpoints}"),
+                source,
+            }),
+            Ok(Ok(_)) => Ok(r),
+        }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -199,27 +323,10 @@ impl Registry {
     ) -> Result<ClusterConfig> {
         let key = self.layout.config();
         for _ in 0..5 {
-            if let Some(cfg) = self.read_config().await? {
-                cfg.check_underlay(underlay)
-                    .map_err(|detail| LeaseError::BadConfig {
-                        key: key.clone(),
-                        detail,
-                    })?;
-                cfg.check_flags(flags)
-                    .map_err(|detail| LeaseError::Conflict {
-                        key: key.clone(),
-                        detail,
-                    })?;
+            let (cfg, stored) = self.planned_config(flags, underlay).await?;
+            if stored {
                 return Ok(cfg);
             }
-            let cfg = ClusterConfig::from_flags(flags)
-                .ok_or_else(|| LeaseError::NoConfig { key: key.clone() })?;
-            cfg.validate()
-                .and_then(|()| cfg.check_underlay(underlay))
-                .map_err(|detail| LeaseError::BadConfig {
-                    key: format!("{key} (from the flags)"),
-                    detail,
-                })?;
             let value = serde_json::to_vec(&cfg).expect("config serializes");
             let txn = Txn::new()
                 .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
@@ -230,6 +337,40 @@ impl Registry {
             // Another node created it first: read theirs and compare.
         }
         Err(LeaseError::Contention(5))
+    }
+
+    /// The cluster config this node would run with, writing nothing: the stored one
+    /// checked against the flags and `underlay`, else the one the flags make (checked
+    /// alike); and whether it is the stored one. Every error `cluster_config` gives for a
+    /// config comes from here, so that it can be known before anything is written.
+    pub async fn planned_config(
+        &mut self,
+        flags: &ConfigFlags,
+        underlay: &[IpNetwork],
+    ) -> Result<(ClusterConfig, bool)> {
+        let key = self.layout.config();
+        if let Some(cfg) = self.read_config().await? {
+            cfg.check_underlay(underlay)
+                .map_err(|detail| LeaseError::BadConfig {
+                    key: key.clone(),
+                    detail,
+                })?;
+            cfg.check_flags(flags)
+                .map_err(|detail| LeaseError::Conflict {
+                    key: key.clone(),
+                    detail,
+                })?;
+            return Ok((cfg, true));
+        }
+        let cfg = ClusterConfig::from_flags(flags)
+            .ok_or_else(|| LeaseError::NoConfig { key: key.clone() })?;
+        cfg.validate()
+            .and_then(|()| cfg.check_underlay(underlay))
+            .map_err(|detail| LeaseError::BadConfig {
+                key: format!("{key} (from the flags)"),
+                detail,
+            })?;
+        Ok((cfg, false))
     }
 
     /// The lease `node` holds now, if any.
@@ -748,11 +889,19 @@ impl Registry {
         Ok(ttl)
     }
 
-    /// Publishes that `node` is alive as `instance` (one per process), on a lease of
-    /// `ttl`; returns the lease to keep alive. The key is this process's only while it
-    /// is absent or already holds `instance`: a second daemon under the same name gets
-    /// `NameInUse` instead, naming the key.
-    pub async fn set_alive(&mut self, node: &str, instance: &str, ttl: Duration) -> Result<i64> {
+    /// Publishes that `node` is alive as `me` (one instance per process, on one machine),
+    /// on a lease of `ttl`. The key is this process's while it is absent or already holds
+    /// `me.instance`; with `take_over`, also while it holds another instance of
+    /// `me.machine` (the caller knows that instance is dead: it holds the machine's lock).
+    /// Any other holder is `NameInUse`, naming the key. Each change is guarded by the
+    /// key's revision, so two claimants never both win.
+    pub async fn set_alive(
+        &mut self,
+        node: &str,
+        me: &Liveness,
+        ttl: Duration,
+        take_over: bool,
+    ) -> Result<Claimed> {
         let secs = ttl.as_secs().max(2);
         let key = self.layout.alive(node);
         let id = self
@@ -765,7 +914,12 @@ impl Registry {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let value = serde_json::json!({ "instance": instance, "since": since }).to_string();
+        let value = serde_json::json!({
+            "instance": me.instance,
+            "machine": me.machine,
+            "since": since,
+        })
+        .to_string();
         let put = || {
             TxnOp::put(
                 key.clone(),
@@ -773,44 +927,63 @@ impl Registry {
                 Some(PutOptions::new().with_lease(id)),
             )
         };
-        let txn = Txn::new()
-            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then([put()])
-            .or_else([TxnOp::get(key.clone(), None)]);
-        let resp = self
-            .client
-            .txn(txn)
-            .await
-            .map_err(etcd("publish liveness"))?;
-        if resp.succeeded() {
-            return Ok(id);
+        let result = async {
+            let mut when = Compare::version(key.clone(), CompareOp::Equal, 0);
+            // A holder that changes between the read and the write is read again.
+            for _ in 0..5 {
+                let txn = Txn::new()
+                    .when([when])
+                    .and_then([put()])
+                    .or_else([TxnOp::get(key.clone(), None)]);
+                let resp = self
+                    .client
+                    .txn(txn)
+                    .await
+                    .map_err(etcd("publish liveness"))?;
+                if resp.succeeded() {
+                    return Ok(None);
+                }
+                let Some(kv) = resp.op_responses().into_iter().find_map(|r| match r {
+                    etcd_client::TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+                    _ => None,
+                }) else {
+                    // Gone meanwhile: free again.
+                    when = Compare::version(key.clone(), CompareOp::Equal, 0);
+                    continue;
+                };
+                let holder = Holder::of(kv.value());
+                let mine = holder.instance == me.instance;
+                let predecessor = take_over && holder.machine == me.machine;
+                if !mine && !predecessor {
+                    return Err(LeaseError::NameInUse {
+                        node: node.to_string(),
+                        key: key.clone(),
+                        other: holder.instance,
+                        other_machine: holder.machine,
+                        ttl: secs,
+                    });
+                }
+                // Our own key on an older lease (etcd was away), or a dead predecessor's
+                // of this machine: moved to the new lease.
+                when = Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision());
+                let txn = Txn::new().when([when.clone()]).and_then([put()]);
+                if self.commit(txn, "publish liveness").await? {
+                    return Ok((!mine).then_some(holder.instance));
+                }
+            }
+            Err(LeaseError::Contention(5))
         }
-        let holder = resp
-            .op_responses()
-            .into_iter()
-            .find_map(|r| match r {
-                etcd_client::TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
-                _ => None,
-            })
-            .and_then(|kv| serde_json::from_slice::<serde_json::Value>(kv.value()).ok())
-            .and_then(|v| v.get("instance")?.as_str().map(str::to_string))
-            .unwrap_or_else(|| "unknown".into());
-        if holder == instance {
-            // Our own key on an older lease (etcd was away): move it to the new one.
-            let txn = Txn::new().and_then([put()]);
-            self.client
-                .txn(txn)
-                .await
-                .map_err(etcd("publish liveness"))?;
-            return Ok(id);
+        .await;
+        match result {
+            Ok(replaced) => Ok(Claimed {
+                lease: id,
+                replaced,
+            }),
+            Err(e) => {
+                let _ = self.client.lease_revoke(id).await;
+                Err(e)
+            }
         }
-        let _ = self.client.lease_revoke(id).await;
-        Err(LeaseError::NameInUse {
-            node: node.to_string(),
-            key,
-            other: holder,
-            ttl: secs,
-        })
     }
 
     /// Ends an etcd lease (and with it the keys on it).
@@ -836,5 +1009,54 @@ impl Registry {
                     .map(str::to_string)
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code) -> LeaseError {
+        LeaseError::Etcd {
+            what: "read".into(),
+            source: etcd_client::Error::GRpcStatus(tonic::Status::new(code, "m")),
+        }
+    }
+
+    #[test]
+    fn only_what_passes_is_waited_for() {
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Cancelled,
+        ] {
+            assert!(status(code).is_transient(), "{code:?}");
+        }
+        for code in [
+            tonic::Code::PermissionDenied,
+            tonic::Code::InvalidArgument,
+            tonic::Code::Unauthenticated,
+        ] {
+            assert!(!status(code).is_transient(), "{code:?}");
+        }
+        let unreachable = LeaseError::Unreachable {
+            endpoints: "e".into(),
+            detail: "refused".into(),
+        };
+        assert!(unreachable.is_transient());
+        let conflict = LeaseError::Conflict {
+            key: "k".into(),
+            detail: "d".into(),
+        };
+        assert!(!conflict.is_transient());
+        assert_eq!(status(tonic::Code::Unavailable).to_string(), "etcd read: m");
+    }
+
+    #[test]
+    fn a_liveness_value_of_an_older_daemon_has_no_machine() {
+        let h = Holder::of(br#"{"instance":"ab","since":1}"#);
+        assert_eq!((h.instance.as_str(), h.machine.as_str()), ("ab", "unknown"));
+        let h = Holder::of(b"not json");
+        assert_eq!(h.instance, "unknown");
     }
 }

@@ -739,9 +739,10 @@ fn scale(n: usize) {
         ip: "192.0.2.11".into(),
         daemon: None,
         daemon_args: format!(
-            "--etcd-endpoints {} --etcd-prefix {prefix} --node-name cold --state-dir {} --health-addr {HEALTH_ADDR}",
+            "--etcd-endpoints {} --etcd-prefix {prefix} --node-name cold --state-dir {} --node-secret {} --health-addr {HEALTH_ADDR}",
             etcd.endpoint(),
-            dir.path().join("run").display()
+            dir.path().join("run").display(),
+            dir.path().join("node-secret").display()
         ),
         dir,
         conf_extra: serde_json::json!({}),
