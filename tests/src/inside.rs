@@ -13,7 +13,7 @@ pub fn enter(ns: &Netns) -> std::io::Result<()> {
     enter_path(&ns.path())
 }
 
-fn enter_path(path: &Path) -> std::io::Result<()> {
+pub fn enter_path(path: &Path) -> std::io::Result<()> {
     let file = File::open(path)?;
     // SAFETY: setns on this thread only; the fd is valid for the call.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {

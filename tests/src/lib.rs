@@ -10,6 +10,7 @@ pub mod cri;
 pub mod inside;
 pub mod interrupt;
 pub mod kapi;
+pub mod kind;
 pub mod manifest;
 pub mod netns;
 pub mod netpol;
@@ -47,12 +48,16 @@ pub fn root_or_skip(test: &str) -> bool {
 }
 
 /// Where the built binaries are: `FERRY_BIN_DIR`, else beside the running program (the
-/// demo and benchmarks in `target/release`), else the workspace's `target/debug`.
+/// demo and benchmarks in `target/release`) or one directory up (a test runs from
+/// `<target>/debug/deps`, wherever `CARGO_TARGET_DIR` put `<target>`), else the
+/// workspace's `target/debug`.
 pub fn bin_dir() -> PathBuf {
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(PathBuf::from))
-        .filter(|d| d.join("ferry").is_file());
+    let exe = std::env::current_exe().ok();
+    let beside = exe
+        .iter()
+        .flat_map(|p| p.ancestors().skip(1).take(2))
+        .map(PathBuf::from)
+        .find(|d| d.join("ferry").is_file());
     let dir = std::env::var_os("FERRY_BIN_DIR")
         .map(PathBuf::from)
         .or(beside)

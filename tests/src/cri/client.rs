@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    LinuxPodSandboxConfig, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StatusRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerState, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest, LinuxPodSandboxConfig, ListPodSandboxRequest,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, PortMapping,
+    Protocol, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -127,12 +129,118 @@ impl Cri {
 
     /// RunPodSandbox: the pod's sandbox and, through the runtime's CNI, its network.
     pub fn run_pod(&self, spec: &PodSpec) -> Result<String, tonic::Status> {
+        self.run_sandbox(Self::config(spec))
+    }
+
+    /// RunPodSandbox with a whole sandbox config (a host-network pod's, say).
+    pub fn run_sandbox(&self, config: PodSandboxConfig) -> Result<String, tonic::Status> {
         let mut c = self.client.clone();
         let r = self.rt.block_on(c.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(Self::config(spec)),
+            config: Some(config),
             runtime_handler: String::new(),
         }))?;
         Ok(r.into_inner().pod_sandbox_id)
+    }
+
+    /// CreateContainer in a sandbox made with `sandbox`, as kubelet sends both.
+    pub fn create_container(
+        &self,
+        pod: &str,
+        config: ContainerConfig,
+        sandbox: PodSandboxConfig,
+    ) -> Result<String, tonic::Status> {
+        let mut c = self.client.clone();
+        let r = self
+            .rt
+            .block_on(c.create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config),
+                sandbox_config: Some(sandbox),
+            }))?;
+        Ok(r.into_inner().container_id)
+    }
+
+    pub fn start_container(&self, id: &str) -> Result<(), tonic::Status> {
+        let mut c = self.client.clone();
+        self.rt.block_on(c.start_container(StartContainerRequest {
+            container_id: id.into(),
+        }))?;
+        Ok(())
+    }
+
+    pub fn container_status(&self, id: &str) -> Result<ContainerStatus, tonic::Status> {
+        let mut c = self.client.clone();
+        let r = self
+            .rt
+            .block_on(c.container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            }))?
+            .into_inner();
+        r.status
+            .ok_or_else(|| tonic::Status::not_found(format!("no status for container {id}")))
+    }
+
+    /// Whether the container has exited, and with which code.
+    pub fn exited(&self, id: &str) -> Result<Option<i32>, tonic::Status> {
+        let st = self.container_status(id)?;
+        Ok((st.state == ContainerState::ContainerExited as i32).then_some(st.exit_code))
+    }
+
+    /// StopContainer: SIGTERM (the image's stop signal), SIGKILL after `grace` seconds.
+    pub fn stop_container(&self, id: &str, grace: i64) -> Result<(), tonic::Status> {
+        let mut c = self.client.clone();
+        self.rt.block_on(c.stop_container(StopContainerRequest {
+            container_id: id.into(),
+            timeout: grace,
+        }))?;
+        Ok(())
+    }
+
+    pub fn remove_container(&self, id: &str) -> Result<(), tonic::Status> {
+        let mut c = self.client.clone();
+        self.rt
+            .block_on(c.remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            }))?;
+        Ok(())
+    }
+
+    /// ExecSync: (exit code, stdout, stderr) of `cmd` run in the container.
+    pub fn exec(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout_secs: i64,
+    ) -> Result<(i32, String, String), tonic::Status> {
+        let mut c = self.client.clone();
+        let r = self
+            .rt
+            .block_on(c.exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout: timeout_secs,
+            }))?
+            .into_inner();
+        Ok((
+            r.exit_code,
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        ))
+    }
+
+    /// The sandboxes that are not ready (what a kubelet stops and removes after a reboot).
+    pub fn not_ready_pods(&self) -> Result<Vec<String>, tonic::Status> {
+        let mut c = self.client.clone();
+        let r = self
+            .rt
+            .block_on(c.list_pod_sandbox(ListPodSandboxRequest { filter: None }))?;
+        Ok(r.into_inner()
+            .items
+            .into_iter()
+            .filter(|p| p.state != PodSandboxState::SandboxReady as i32)
+            .map(|p| p.id)
+            .collect())
     }
 
     /// StopPodSandbox: CNI DEL with the cached prevResult.

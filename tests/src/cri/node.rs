@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::cluster::Cluster;
 use crate::cri::client::{Cri, PodSpec};
-use crate::cri::image;
+use crate::cri::{image, procs};
 use crate::netns::Netns;
 use crate::proc::{wait_until, Bg};
 
@@ -347,10 +347,10 @@ exec sleep infinity"
         Leftovers {
             netns: self.host.name.clone(),
             dir: self.dir.path().to_path_buf(),
-            cgroups: sandbox_cgroups(&pids),
+            cgroups: procs::sandbox_cgroups(&pids),
             processes: pids
                 .into_iter()
-                .filter_map(|pid| Some((pid, start_time(pid)?)))
+                .filter_map(|pid| Some((pid, procs::start_time(pid)?)))
                 .collect(),
         }
     }
@@ -361,42 +361,12 @@ exec sleep infinity"
         self.holder_pid()
     }
 
-    /// The PIDs of every process this node started: those in its mount namespace (but the
-    /// holder), and their descendants (the pods' processes, in mount namespaces of their
-    /// own, whose parents are the runtime's shims).
+    /// The PIDs of every process this node started (`procs::of_node`).
     fn processes(&self) -> Vec<i32> {
-        let Some(holder) = self.holder.as_ref().map(Bg::pid) else {
-            return Vec::new();
-        };
-        let Ok(mine) = std::fs::read_link(format!("/proc/{holder}/ns/mnt")) else {
-            return Vec::new();
-        };
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let all: Vec<(i32, i32)> = entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter_map(|pid| Some((pid, parent(pid)?)))
-            .collect();
-        let mut found: Vec<i32> = all
-            .iter()
-            .map(|&(pid, _)| pid)
-            .filter(|&pid| pid as u32 != holder)
-            .filter(|pid| {
-                std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|l| l == mine)
-            })
-            .collect();
-        loop {
-            let more: Vec<i32> = all
-                .iter()
-                .filter(|(pid, ppid)| found.contains(ppid) && !found.contains(pid))
-                .map(|&(pid, _)| pid)
-                .collect();
-            if more.is_empty() {
-                return found;
-            }
-            found.extend(more);
-        }
+        self.holder
+            .as_ref()
+            .map(|h| procs::of_node(h.pid()))
+            .unwrap_or_default()
     }
 }
 
@@ -411,11 +381,6 @@ pub struct Leftovers {
     pub processes: Vec<(i32, u64)>,
     /// `/k8s.io/<sandbox ID>`, under each cgroup hierarchy.
     pub cgroups: Vec<String>,
-}
-
-/// A process's start time, field 22 of /proc/PID/stat.
-fn start_time(pid: i32) -> Option<u64> {
-    stat_field(pid, 22)
 }
 
 /// Waits until every node routes to every other node's subnet (VXLAN or direct); panics
@@ -435,93 +400,15 @@ pub fn wait_converged(nodes: &[CriNode]) {
     }
 }
 
-/// The parent PID, field 4 of /proc/PID/stat.
-fn parent(pid: i32) -> Option<i32> {
-    stat_field(pid, 4)
-}
-
-/// Field `n` (from 1, as proc(5) counts) of /proc/PID/stat, counted after the
-/// parenthesised name (which may hold spaces).
-fn stat_field<T: std::str::FromStr>(pid: i32, n: usize) -> Option<T> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(n.checked_sub(3)?)?
-        .parse()
-        .ok()
-}
-
 impl Drop for CriNode {
     fn drop(&mut self) {
-        // The daemon first; then every process of the node at once (containerd, its shims
-        // and the pods they hold) so that no shim is left to restart a pod.
+        // The daemon first; then every process of the node.
         self.overlayd.take();
-        let cgroups = sandbox_cgroups(&self.processes());
-        let mut killed: Vec<i32> = Vec::new();
-        for _ in 0..50 {
-            let left = self.processes();
-            if left.is_empty() {
-                break;
-            }
-            for pid in left {
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-                killed.push(pid);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if let Some(h) = &self.holder {
+            procs::end_node(h.pid());
         }
         self.containerd.take();
         self.holder.take();
-        // The pods' processes, orphaned by their shims, are reaped by init: until then
-        // they are zombies still in their cgroups. A short wait, so that the node is gone
-        // when its drop returns.
-        killed.sort_unstable();
-        killed.dedup();
-        wait_until(Duration::from_secs(3), || {
-            killed
-                .iter()
-                .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        });
-        // Killed, runc never removes the sandboxes' cgroups: empty now, they go here.
-        remove_cgroups(&cgroups);
-    }
-}
-
-/// The cgroups (`/k8s.io/<sandbox ID>`, as containerd's runc names them) the given
-/// processes are in.
-fn sandbox_cgroups(pids: &[i32]) -> Vec<String> {
-    let mut found: Vec<String> = pids
-        .iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string))
-                .collect::<Vec<_>>()
-        })
-        .filter(|path| {
-            path.strip_prefix("/k8s.io/")
-                .is_some_and(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        })
-        .collect();
-    found.sort();
-    found.dedup();
-    found
-}
-
-/// Removes each (empty) cgroup in every hierarchy that has it: cgroup v2's single one,
-/// v1's per controller.
-fn remove_cgroups(cgroups: &[String]) {
-    let root = Path::new("/sys/fs/cgroup");
-    let mut hierarchies = vec![root.to_path_buf()];
-    if let Ok(entries) = std::fs::read_dir(root) {
-        hierarchies.extend(entries.flatten().map(|e| e.path()));
-    }
-    for h in &hierarchies {
-        for c in cgroups {
-            let _ = std::fs::remove_dir(h.join(c.trim_start_matches('/')));
-        }
     }
 }
 

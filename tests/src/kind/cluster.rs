@@ -1,0 +1,1052 @@
+//! A kind cluster made of [`KindNode`]s, with ferry installed the way its users install
+//! it: `kubectl apply -k` of the shipped kustomizations (read by [`kustomize`]), the etcd
+//! Secrets from `deploy/etcd-certs.sh`, the images "loaded" into every node. No Kubernetes
+//! control plane can run on these machines, so the test plays its part:
+//!
+//! - the API server is the stand-in ([`KubeApi`]) over HTTPS on a host of the switch,
+//!   reached by in-cluster clients through the `kubernetes` Service's ClusterIP; it
+//!   authenticates each service account's token and authorizes with the applied RBAC;
+//!   it holds every Namespace and Pod (status included, as kubelet reports it);
+//! - the scheduler and the DaemonSet and Deployment controllers: one pod per node matching
+//!   a DaemonSet's nodeSelector, one for a Deployment, a RollingUpdate with its
+//!   `maxUnavailable` (a node's old pod deleted, its new one made Ready, then the next);
+//! - kube-proxy: the ClusterIP Services' rules on every node, updated as endpoints become
+//!   ready or go ([`proxy`]);
+//! - the kubelets ([`crate::kind::kubelet`]).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, Pod, PodCondition, PodIP, PodSpec, PodStatus as K8sPodStatus, Secret,
+    Service,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
+
+use crate::cluster::{Switch, OUTSIDE_IP, OUTSIDE_IP_V6};
+use crate::kapi::KubeApi;
+use crate::kind::image::{self, Image};
+use crate::kind::kubelet::{Objects, PodStatus, Wiring};
+use crate::kind::node::{Backend, KindNode};
+use crate::kind::{kustomize, proxy};
+use crate::manifest::repo;
+use crate::netns::Netns;
+use crate::proc::wait_until;
+
+/// The address families of a kind cluster (`networking.ipFamily`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Dual,
+    Ipv6,
+}
+
+impl Family {
+    /// The kustomization `deploy/kind/up.sh` applies for this family.
+    pub fn kustomization(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "deploy/kubernetes",
+            Family::Dual => "deploy/kind/dual",
+            Family::Ipv6 => "deploy/kind/ipv6",
+        }
+    }
+
+    /// The `kubernetes` Service's ClusterIP (kind's serviceSubnet, first address).
+    fn api_cluster_ip(self) -> &'static str {
+        match self {
+            Family::Ipv6 => "fd00:10:96::1",
+            _ => "10.96.0.1",
+        }
+    }
+}
+
+/// Where the API stand-in listens, on the switch.
+pub const API_IP: &str = "192.0.2.3";
+pub const API_IP_V6: &str = "2001:db8::3";
+pub const API_PORT: u16 = 6443;
+
+/// kind's node names.
+fn node_name(i: usize) -> String {
+    match i {
+        0 => "kind-control-plane".into(),
+        1 => "kind-worker".into(),
+        n => format!("kind-worker{n}"),
+    }
+}
+
+/// A node's addresses on the switch, `status.hostIP` first: kind's Docker network gives
+/// each node an IPv4 address and, with IPv6 on, an IPv6 one; an IPv6-only cluster's
+/// kubelet uses the IPv6 one.
+fn node_ips(family: Family, i: usize) -> Vec<String> {
+    let v4 = format!("192.0.2.{}", 11 + i);
+    let v6 = format!("2001:db8::{:x}", 0x11 + i);
+    match family {
+        Family::Ipv4 => vec![v4],
+        Family::Dual => vec![v4, v6],
+        Family::Ipv6 => vec![v6, v4],
+    }
+}
+
+/// The objects the cluster holds, shared with the kubelets and their reports.
+#[derive(Default)]
+struct State {
+    config_maps: Vec<ConfigMap>,
+    secrets: Vec<Secret>,
+    services: Vec<Service>,
+    tokens: BTreeMap<String, String>,
+    ca: String,
+    /// Every pod of the cluster, with its node and its last reported status.
+    pods: BTreeMap<String, (Pod, Option<PodStatus>)>,
+    /// Each node's namespace and iptables backend, for kube-proxy's rules.
+    proxies: Vec<(String, Backend)>,
+    /// The rules last written per node namespace.
+    written: BTreeMap<String, String>,
+    /// Image names as manifests say them, to what the nodes were loaded with.
+    images: BTreeMap<String, String>,
+    family: Option<Family>,
+}
+
+pub struct KindCluster {
+    pub family: Family,
+    pub switch: Switch,
+    pub outside: Netns,
+    pub api_host: Netns,
+    pub api: Arc<KubeApi>,
+    pub nodes: Vec<KindNode>,
+    state: Arc<Mutex<State>>,
+    /// The objects of the last install (`kubectl apply -k`).
+    pub applied: Vec<Value>,
+}
+
+static UIDS: AtomicU64 = AtomicU64::new(1);
+
+fn new_uid() -> String {
+    let n = UIDS.fetch_add(1, Ordering::Relaxed);
+    format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), n)
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+        panic!(
+            "{} {}: {e}",
+            v["kind"].as_str().unwrap_or("?"),
+            v["metadata"]["name"].as_str().unwrap_or("?")
+        )
+    })
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    objects.iter().filter(move |o| o["kind"] == kind)
+}
+
+impl KindCluster {
+    /// `kind create cluster` with `disableDefaultCNI`: a control plane and `workers`
+    /// workers, the API up, no pod network (the nodes' runtimes report NetworkReady false).
+    pub fn create(family: Family, workers: usize, backend: Backend) -> KindCluster {
+        Self::create_with(family, &vec![backend; workers + 1])
+    }
+
+    /// With each node's iptables backend given (the first is the control plane's).
+    pub fn create_with(family: Family, backends: &[Backend]) -> KindCluster {
+        let switch = Switch::new();
+        let outside = Netns::new("fyo");
+        switch.plug(&outside, OUTSIDE_IP);
+        outside.sh(&format!("ip -6 addr add {OUTSIDE_IP_V6}/64 dev eth0 nodad"));
+        let api_host = Netns::new("fya");
+        switch.plug(&api_host, API_IP);
+        api_host.sh(&format!("ip -6 addr add {API_IP_V6}/64 dev eth0 nodad"));
+        let sans: Vec<IpAddr> = ["10.96.0.1", "fd00:10:96::1", API_IP, API_IP_V6]
+            .iter()
+            .map(|s| s.parse().expect("an address"))
+            .collect();
+        let api = crate::inside::run(&api_host, move || {
+            let addr: SocketAddr = format!("[::]:{API_PORT}").parse().expect("addr");
+            KubeApi::bind_tls(addr, &sans).expect("the API stand-in")
+        });
+        let api = Arc::new(api);
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            api.create(namespace(ns)).expect("namespace");
+        }
+        let mut images = BTreeMap::new();
+        images.insert(
+            crate::cri::image::IMAGE.to_string(),
+            crate::cri::image::IMAGE.to_string(),
+        );
+        let state = Arc::new(Mutex::new(State {
+            ca: api.ca_pem(),
+            family: Some(family),
+            images,
+            ..Default::default()
+        }));
+        let mut c = KindCluster {
+            family,
+            switch,
+            outside,
+            api_host,
+            api,
+            nodes: Vec::new(),
+            state,
+            applied: Vec::new(),
+        };
+        for (i, b) in backends.iter().enumerate() {
+            let mut node = KindNode::boot(&c.switch, &node_name(i), &node_ips(family, i), *b);
+            if i == 0 {
+                node.labels.insert(
+                    "node-role.kubernetes.io/control-plane".into(),
+                    String::new(),
+                );
+            }
+            c.nodes.push(node);
+        }
+        c.sync_proxies_list();
+        for i in 0..c.nodes.len() {
+            c.start_kubelet(i);
+        }
+        c.sync_services();
+        c
+    }
+
+    fn wiring(&self) -> Wiring {
+        let st = self.state.clone();
+        let objects = Arc::new(move || {
+            let s = st.lock().expect("state");
+            Objects {
+                config_maps: s.config_maps.clone(),
+                secrets: s.secrets.clone(),
+                tokens: s.tokens.clone(),
+                ca: s.ca.clone(),
+            }
+        });
+        let st = self.state.clone();
+        let images = Arc::new(move || st.lock().expect("state").images.clone());
+        let st = self.state.clone();
+        let api = self.api.clone();
+        let report = Arc::new(move |pod: &Pod, status: &PodStatus| {
+            report(&st, &api, pod, status);
+        });
+        let (host, port) = (self.family.api_cluster_ip().to_string(), 443);
+        Wiring {
+            api_service: (host, port),
+            images,
+            objects,
+            report,
+        }
+    }
+
+    fn start_kubelet(&mut self, i: usize) {
+        let w = self.wiring();
+        self.nodes[i].start_kubelet(w);
+    }
+
+    fn sync_proxies_list(&self) {
+        let mut s = self.state.lock().expect("state");
+        s.proxies = self
+            .nodes
+            .iter()
+            .map(|n| (n.host.name.clone(), n.backend))
+            .collect();
+        s.written.clear();
+    }
+
+    /// kube-proxy's rules on every node, from the Services and the ready endpoints.
+    pub fn sync_services(&self) {
+        sync_services(&self.state);
+    }
+
+    /// `kind load docker-image`: the image into every node's runtime, as `as_name` in the
+    /// manifests (`ferry:dev`).
+    pub fn load(&mut self, img: &Image, as_name: &str) {
+        for n in &self.nodes {
+            n.import(&img.tar.display().to_string());
+        }
+        self.state
+            .lock()
+            .expect("state")
+            .images
+            .insert(as_name.to_string(), img.name.clone());
+    }
+
+    /// The install as docs/install.md gives it: the etcd Secrets
+    /// (`deploy/etcd-certs.sh | kubectl apply -f -`), then `kubectl apply -k` of the
+    /// family's kustomization with the image set to `img`. Returns once every pod it made
+    /// is Ready (or panics after `timeout`, with the pods' events).
+    pub fn install(&mut self, img: &Image, timeout: Duration) {
+        self.install_with(img, |_| {});
+        self.wait_all_ready(timeout);
+    }
+
+    /// The install with the kustomization's output changed by `edit` first (a user's own
+    /// patch, or a broken manifest), not waiting for anything.
+    pub fn install_with(&mut self, img: &Image, edit: impl FnOnce(&mut Vec<Value>)) {
+        self.load(img, "ferry:dev");
+        self.load(image::etcd(), "registry.k8s.io/etcd");
+        let out = std::process::Command::new(repo().join("deploy/etcd-certs.sh"))
+            .output()
+            .expect("run deploy/etcd-certs.sh");
+        assert!(
+            out.status.success(),
+            "deploy/etcd-certs.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let secrets =
+            kustomize::documents_of(&String::from_utf8_lossy(&out.stdout), "etcd-certs.sh");
+        self.apply(&secrets);
+        let mut objects = kustomize::build(&repo().join(self.family.kustomization()));
+        edit(&mut objects);
+        self.apply(&objects);
+        self.applied = objects;
+    }
+
+    /// ExecSync of `cmd` in container `container` of pod `uid` (`kubectl exec`): exit
+    /// code, stdout, stderr.
+    pub fn exec(&self, uid: &str, container: &str, cmd: &[&str]) -> (i32, String, String) {
+        let st = self.status(uid).unwrap_or_else(|| panic!("no pod {uid}"));
+        let id = st
+            .containers
+            .get(container)
+            .and_then(|c| c.id.clone())
+            .unwrap_or_else(|| panic!("pod {uid} has no container {container}"));
+        let node = self.node_of(uid);
+        self.nodes[node]
+            .cri()
+            .exec(&id, cmd, 30)
+            .unwrap_or_else(|e| panic!("exec {cmd:?}: {}", e.message()))
+    }
+
+    /// The index of the node pod `uid` is bound to.
+    pub fn node_of(&self, uid: &str) -> usize {
+        let s = self.state.lock().expect("state");
+        let node = s
+            .pods
+            .get(uid)
+            .and_then(|(p, _)| p.spec.as_ref()?.node_name.clone())
+            .unwrap_or_default();
+        self.nodes
+            .iter()
+            .position(|n| n.name == node)
+            .unwrap_or_else(|| panic!("pod {uid} is on no node"))
+    }
+
+    /// etcdctl against ferry's etcd through its ClusterIP, from the control-plane node's
+    /// host network, with the
+    /// client certificate of the `ferry-etcd-client` Secret (as a daemon presents it).
+    pub fn etcdctl(&self, args: &str) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = self.state.lock().expect("state");
+            let sec = s
+                .secrets
+                .iter()
+                .find(|x| x.metadata.name.as_deref() == Some("ferry-etcd-client"))
+                .expect("the ferry-etcd-client Secret");
+            for (k, v) in sec.data.clone().unwrap_or_default() {
+                std::fs::write(dir.path().join(k), v.0).expect("write cert");
+            }
+        }
+        let d = dir.path().display();
+        // The Service's ClusterIP, which the server certificate names.
+        let ep = match self.family {
+            Family::Ipv6 => "[fd00:10:96::66]",
+            _ => "10.96.0.66",
+        };
+        self.nodes[0].host.sh(&format!(
+            "ETCDCTL_API=3 etcdctl --endpoints https://{ep}:6666 --cacert {d}/ca.crt \
+             --cert {d}/client.crt --key {d}/client.key {args}"
+        ))
+    }
+
+    /// `kubectl apply` of `objects`: kept, and acted on as the control plane would.
+    pub fn apply(&mut self, objects: &[Value]) {
+        {
+            let mut s = self.state.lock().expect("state");
+            for o in of_kind(objects, "ConfigMap") {
+                let cm: ConfigMap = typed(o);
+                s.config_maps
+                    .retain(|c| c.metadata.name != cm.metadata.name);
+                s.config_maps.push(cm);
+            }
+            for o in of_kind(objects, "Secret") {
+                let sec: Secret = typed(o);
+                s.secrets.retain(|c| c.metadata.name != sec.metadata.name);
+                s.secrets.push(sec);
+            }
+            for o in of_kind(objects, "Service") {
+                let svc: Service = typed(o);
+                s.services.retain(|c| c.metadata.name != svc.metadata.name);
+                s.services.push(svc);
+            }
+            for o in of_kind(objects, "ServiceAccount") {
+                let ns = o["metadata"]["namespace"].as_str().unwrap_or("default");
+                let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                let api = &self.api;
+                s.tokens
+                    .entry(format!("{ns}/{name}"))
+                    .or_insert_with(|| api.service_account_token(ns, name));
+            }
+        }
+        let roles: Vec<ClusterRole> = of_kind(objects, "ClusterRole").map(typed).collect();
+        let bindings: Vec<ClusterRoleBinding> =
+            of_kind(objects, "ClusterRoleBinding").map(typed).collect();
+        if !roles.is_empty() || !bindings.is_empty() {
+            self.api.set_rbac(roles, bindings);
+        }
+        self.sync_services();
+        for o in of_kind(objects, "Deployment") {
+            let d: Deployment = typed(o);
+            let template = d
+                .spec
+                .as_ref()
+                .map(|s| s.template.clone())
+                .unwrap_or_default();
+            let owner = d.metadata.name.clone().unwrap_or_default();
+            if let Some(i) = self
+                .nodes
+                .iter()
+                .position(|n| schedulable(n, template.spec.as_ref()))
+            {
+                self.run_from(i, &owner, &template, d.metadata.namespace.as_deref());
+            }
+        }
+        for o in of_kind(objects, "DaemonSet") {
+            let ds: DaemonSet = typed(o);
+            let template = ds
+                .spec
+                .as_ref()
+                .map(|s| s.template.clone())
+                .unwrap_or_default();
+            let owner = ds.metadata.name.clone().unwrap_or_default();
+            for i in 0..self.nodes.len() {
+                if schedulable(&self.nodes[i], template.spec.as_ref()) {
+                    self.run_from(i, &owner, &template, ds.metadata.namespace.as_deref());
+                }
+            }
+        }
+    }
+
+    /// A pod of `owner` (a DaemonSet or Deployment) from its template, on node `i`.
+    fn run_from(
+        &mut self,
+        i: usize,
+        owner: &str,
+        template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+        namespace: Option<&str>,
+    ) -> String {
+        let uid = new_uid();
+        let mut labels = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        labels.insert("ferry.test/owner".into(), owner.into());
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("{owner}-{}", &uid[uid.len() - 5..])),
+                namespace: Some(namespace.unwrap_or("default").to_string()),
+                uid: Some(uid.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(self.nodes[i].name.clone()),
+                ..template.spec.clone().unwrap_or_default()
+            }),
+            status: None,
+        };
+        self.schedule(i, pod);
+        uid
+    }
+
+    /// Binds `pod` to node `i`: in the API, then run by the node's kubelet.
+    pub fn schedule(&mut self, i: usize, mut pod: Pod) -> String {
+        let uid = pod.metadata.uid.clone().unwrap_or_else(new_uid);
+        pod.metadata.uid = Some(uid.clone());
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.node_name = Some(self.nodes[i].name.clone());
+        }
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        if self.api.get::<Namespace>(None, &ns).is_none() {
+            let _ = self.api.create(namespace(&ns));
+        }
+        let _ = self.api.create(pod.clone());
+        self.state
+            .lock()
+            .expect("state")
+            .pods
+            .insert(uid.clone(), (pod.clone(), None));
+        self.nodes[i].kubelet().run(pod);
+        uid
+    }
+
+    /// The pods of `owner` (a DaemonSet's or Deployment's name), with their node's index.
+    pub fn pods_of(&self, owner: &str) -> Vec<(usize, Pod)> {
+        let s = self.state.lock().expect("state");
+        s.pods
+            .values()
+            .filter(|(p, _)| owner_of(p) == Some(owner))
+            .filter_map(|(p, _)| {
+                let node = p.spec.as_ref()?.node_name.clone()?;
+                let i = self.nodes.iter().position(|n| n.name == node)?;
+                Some((i, p.clone()))
+            })
+            .collect()
+    }
+
+    /// The last status kubelet reported for pod `uid`.
+    pub fn status(&self, uid: &str) -> Option<PodStatus> {
+        self.state
+            .lock()
+            .expect("state")
+            .pods
+            .get(uid)
+            .and_then(|(_, s)| s.clone())
+    }
+
+    /// The pod `owner` runs on node `i`.
+    pub fn pod_on(&self, owner: &str, i: usize) -> Option<Pod> {
+        self.pods_of(owner)
+            .into_iter()
+            .find(|(n, _)| *n == i)
+            .map(|(_, p)| p)
+    }
+
+    /// Deletes pod `uid` as the API's deletion does: its kubelet stops it (grace period),
+    /// then it leaves the API.
+    pub fn delete_pod(&mut self, uid: &str) {
+        let entry = self.state.lock().expect("state").pods.remove(uid);
+        let Some((pod, _)) = entry else {
+            return;
+        };
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        if let Some(n) = self.nodes.iter().find(|n| n.name == node) {
+            if let Some(k) = n.kubelet.as_ref() {
+                k.delete(uid);
+            }
+        }
+        let ns = pod.metadata.namespace.as_deref();
+        let _ = self
+            .api
+            .delete::<Pod>(ns, pod.metadata.name.as_deref().unwrap_or_default());
+        self.sync_services();
+    }
+
+    /// `kubectl delete` of `objects`: their pods deleted, their Services' rules gone.
+    pub fn delete(&mut self, objects: &[Value]) {
+        for o in objects {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            let name = o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            match kind {
+                "DaemonSet" | "Deployment" => {
+                    for (_, p) in self.pods_of(&name) {
+                        let uid = p.metadata.uid.clone().unwrap_or_default();
+                        self.delete_pod(&uid);
+                    }
+                }
+                "Service" => {
+                    let mut s = self.state.lock().expect("state");
+                    s.services
+                        .retain(|x| x.metadata.name.as_deref() != Some(&name));
+                }
+                "ConfigMap" => {
+                    let mut s = self.state.lock().expect("state");
+                    s.config_maps
+                        .retain(|x| x.metadata.name.as_deref() != Some(&name));
+                }
+                "Secret" => {
+                    let mut s = self.state.lock().expect("state");
+                    s.secrets
+                        .retain(|x| x.metadata.name.as_deref() != Some(&name));
+                }
+                _ => {}
+            }
+        }
+        self.sync_services();
+    }
+
+    /// Waits until every pod of the cluster is Ready; panics after `timeout` naming the
+    /// pods that are not, with their events.
+    pub fn wait_all_ready(&self, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            let s = self.state.lock().expect("state");
+            s.pods
+                .values()
+                .all(|(_, st)| st.as_ref().is_some_and(PodStatus::ready))
+        });
+        assert!(ok, "pods not ready after {timeout:?}:\n{}", self.describe());
+    }
+
+    /// Every pod's status and events, as `kubectl describe` would show them.
+    pub fn describe(&self) -> String {
+        let s = self.state.lock().expect("state");
+        let mut out = String::new();
+        for (p, st) in s.pods.values() {
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            out += &format!(
+                "pod {}/{} on {node}: ready {}\n",
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.name.as_deref().unwrap_or_default(),
+                st.as_ref().is_some_and(PodStatus::ready)
+            );
+            if let Some(st) = st {
+                for (name, c) in &st.containers {
+                    out += &format!(
+                        "  {name}: running {} ready {} restarts {} last exit {:?} {}\n",
+                        c.running,
+                        c.ready,
+                        c.restarts,
+                        c.last_exit,
+                        c.waiting.as_deref().unwrap_or("")
+                    );
+                }
+                for e in &st.events {
+                    out += &format!("  {e}\n");
+                }
+            }
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            if let Some(n) = self.nodes.iter().find(|n| n.name == node) {
+                for c in p
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+                {
+                    let restarts = st
+                        .as_ref()
+                        .and_then(|st| st.containers.get(&c.name))
+                        .map(|c| c.restarts)
+                        .unwrap_or(0);
+                    if let Some(k) = n.kubelet.as_ref() {
+                        let log = k.log(&uid, &c.name, restarts);
+                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                        if !tail.is_empty() {
+                            out += &format!("  log of {} (last lines):\n", c.name);
+                            for l in tail.into_iter().rev() {
+                                out += &format!("    {l}\n");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The log of container `name` of pod `uid` (its current restart).
+    pub fn logs(&self, uid: &str, name: &str) -> String {
+        let st = self.status(uid);
+        let restarts = st
+            .as_ref()
+            .and_then(|s| s.containers.get(name))
+            .map(|c| c.restarts)
+            .unwrap_or(0);
+        let s = self.state.lock().expect("state");
+        let Some((p, _)) = s.pods.get(uid) else {
+            return String::new();
+        };
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        drop(s);
+        self.nodes
+            .iter()
+            .find(|n| n.name == node)
+            .and_then(|n| n.kubelet.as_ref())
+            .map(|k| k.log(uid, name, restarts))
+            .unwrap_or_default()
+    }
+
+    /// A workload pod (a sandbox, as every test pod here is) in `namespace` on node `i`,
+    /// labelled; Ready once its sandbox has its network.
+    pub fn run_pod(
+        &mut self,
+        i: usize,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> String {
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(namespace.to_string()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(PodSpec::default()),
+            status: None,
+        };
+        self.schedule(i, pod)
+    }
+
+    /// Waits until pod `uid` is Ready; its status, or a panic with the events.
+    pub fn wait_ready(&self, uid: &str, timeout: Duration) -> PodStatus {
+        let ok = wait_until(timeout, || self.status(uid).is_some_and(|s| s.ready()));
+        assert!(
+            ok,
+            "pod {uid} not ready after {timeout:?}:\n{}",
+            self.describe()
+        );
+        self.status(uid).expect("status")
+    }
+
+    /// A name for pod `uid`'s network namespace (through its sandbox's process).
+    pub fn pod_netns(&self, uid: &str) -> Netns {
+        let pid = self.status(uid).map(|s| s.sandbox_pid).unwrap_or(0);
+        assert!(pid > 0, "pod {uid} has no sandbox process");
+        Netns::attach("fyq", pid)
+    }
+
+    /// Reboots node `i`: its processes and kernel state gone, `/run` emptied, the machine
+    /// back with the same disk; kube-proxy's rules come back, and its kubelet runs the
+    /// pods bound to it again.
+    pub fn reboot(&mut self, i: usize) {
+        let pods: Vec<Pod> = self.nodes[i]
+            .kubelet
+            .as_ref()
+            .map(|k| k.pods())
+            .unwrap_or_default();
+        self.nodes[i].reboot(&self.switch);
+        self.sync_proxies_list();
+        self.sync_services();
+        {
+            let mut s = self.state.lock().expect("state");
+            for p in &pods {
+                if let Some((_, st)) = s
+                    .pods
+                    .get_mut(p.metadata.uid.as_deref().unwrap_or_default())
+                {
+                    *st = None;
+                }
+            }
+        }
+        self.start_kubelet(i);
+        for p in pods {
+            self.nodes[i].kubelet().run(p);
+        }
+    }
+
+    /// A DaemonSet's RollingUpdate to the template of `ds` (as `kubectl apply` of a changed
+    /// DaemonSet starts it): node by node, at most `maxUnavailable` (here 1) at a time, the
+    /// old pod deleted, the new one Ready before the next node. Returns how long each node
+    /// waited from the old pod's deletion to the new pod's readiness.
+    pub fn rolling_update(&mut self, ds: &Value, per_node: Duration) -> Vec<Duration> {
+        let ds_t: DaemonSet = typed(ds);
+        let owner = ds_t.metadata.name.clone().unwrap_or_default();
+        let template = ds_t
+            .spec
+            .as_ref()
+            .map(|s| s.template.clone())
+            .unwrap_or_default();
+        let mut took = Vec::new();
+        for i in 0..self.nodes.len() {
+            let Some(old) = self.pod_on(&owner, i) else {
+                continue;
+            };
+            let t0 = Instant::now();
+            self.delete_pod(old.metadata.uid.as_deref().unwrap_or_default());
+            let uid = self.run_from(i, &owner, &template, ds_t.metadata.namespace.as_deref());
+            self.wait_ready(&uid, per_node);
+            took.push(t0.elapsed());
+        }
+        took
+    }
+
+    /// The nodes' readiness as kubelet reports it (the runtime's NetworkReady).
+    pub fn nodes_network_ready(&self) -> Vec<(String, bool, String)> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let (ok, why) = n.network_ready();
+                (n.name.clone(), ok, why)
+            })
+            .collect()
+    }
+
+    /// The applied object of `kind` named `name`.
+    pub fn object(&self, kind: &str, name: &str) -> Value {
+        self.applied
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} {name} was applied"))
+    }
+
+    /// Starts trying a pod's RunPodSandbox on node `i` every 100 ms, as a kubelet with a
+    /// pod waiting for the network would, until one succeeds (within `timeout`): the time
+    /// of that first successful ADD. The pod is in the API first (as the scheduler leaves
+    /// it), and removed with its sandbox after.
+    pub fn probe_first_add(
+        &self,
+        i: usize,
+        timeout: Duration,
+    ) -> std::thread::JoinHandle<Result<Instant, String>> {
+        let name = format!("first-add-{i}");
+        let uid = new_uid();
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some("default".into()),
+                uid: Some(uid),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(self.nodes[i].name.clone()),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let _ = self.api.create(pod.clone());
+        let sock = self.nodes[i].sock();
+        let api = self.api.clone();
+        std::thread::spawn(move || {
+            let cri = crate::cri::Cri::connect(&sock);
+            let end = Instant::now() + timeout;
+            let mut done = Err("never tried".to_string());
+            // A new attempt number each time, as kubelet's: the runtime may still hold
+            // a failed attempt's name.
+            let mut attempt = 0;
+            while Instant::now() < end {
+                let config = crate::kind::spec::sandbox_config(&pod, attempt);
+                attempt += 1;
+                match cri.run_sandbox(config) {
+                    Ok(id) => {
+                        done = Ok(Instant::now());
+                        let _ = cri.stop_pod(&id);
+                        let _ = cri.remove_pod(&id);
+                        break;
+                    }
+                    Err(e) => done = Err(e.message().to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = api.delete::<Pod>(Some("default"), &name);
+            done
+        })
+    }
+
+    /// When node `i`'s ferry-overlayd container last started.
+    pub fn daemon_started(&self, i: usize) -> Option<Instant> {
+        let uid = self.ferry_pod(i).metadata.uid.unwrap_or_default();
+        self.status(&uid)?
+            .containers
+            .get("ferry-overlayd")?
+            .started_at
+    }
+
+    /// The node `i`'s ferry pod (DaemonSet `ferry`).
+    pub fn ferry_pod(&self, i: usize) -> Pod {
+        self.pod_on("ferry", i).unwrap_or_else(|| {
+            panic!(
+                "no ferry pod on {}:\n{}",
+                self.nodes[i].name,
+                self.describe()
+            )
+        })
+    }
+}
+
+impl Drop for KindCluster {
+    fn drop(&mut self) {
+        // Kubelets first (their threads hold the nodes' namespaces), then the nodes.
+        for n in self.nodes.iter_mut() {
+            n.power_off();
+        }
+    }
+}
+
+fn namespace(name: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn owner_of(p: &Pod) -> Option<&str> {
+    p.metadata
+        .labels
+        .as_ref()?
+        .get("ferry.test/owner")
+        .map(String::as_str)
+}
+
+/// Whether the scheduler would place a pod of `spec` on `node` (nodeSelector; every
+/// shipped pod tolerates every taint).
+fn schedulable(node: &KindNode, spec: Option<&PodSpec>) -> bool {
+    spec.and_then(|s| s.node_selector.as_ref())
+        .map(|sel| sel.iter().all(|(k, v)| node.labels.get(k) == Some(v)))
+        .unwrap_or(true)
+}
+
+/// What kubelet's status update does: the pod's addresses, phase and readiness into the
+/// API; and kube-proxy's rules follow a change of readiness.
+fn report(state: &Mutex<State>, api: &KubeApi, pod: &Pod, st: &PodStatus) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let changed;
+    {
+        let mut s = state.lock().expect("state");
+        let Some(entry) = s.pods.get_mut(&uid) else {
+            return;
+        };
+        let before = entry.1.as_ref().map(PodStatus::ready);
+        changed = before != Some(st.ready());
+        entry.1 = Some(st.clone());
+    }
+    if st.gone {
+        return;
+    }
+    let mut p = pod.clone();
+    let ips: Vec<String> = st
+        .ip
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    p.status = Some(K8sPodStatus {
+        phase: Some(
+            if st.sandbox.is_some() {
+                "Running"
+            } else {
+                "Pending"
+            }
+            .into(),
+        ),
+        pod_ip: ips.first().cloned(),
+        pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: if st.ready() { "True" } else { "False" }.into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let _ = api.update(p);
+    if changed {
+        sync_services(state);
+    }
+}
+
+/// kube-proxy: each Service's ready endpoints, written to every node when they changed.
+fn sync_services(state: &Mutex<State>) {
+    let mut s = state.lock().expect("state");
+    let family = s.family.unwrap_or(Family::Ipv4);
+    let mut svcs: Vec<proxy::Svc> = vec![proxy::Svc {
+        cluster_ip: family.api_cluster_ip().into(),
+        port: 443,
+        endpoints: vec![(
+            if family == Family::Ipv6 {
+                API_IP_V6
+            } else {
+                API_IP
+            }
+            .into(),
+            API_PORT,
+        )],
+    }];
+    for svc in &s.services {
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let Some(cip) = spec.cluster_ip.clone().filter(|c| c != "None") else {
+            continue;
+        };
+        let v6 = cip.contains(':');
+        let selector = spec.selector.clone().unwrap_or_default();
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        for port in spec.ports.iter().flatten() {
+            let target = match &port.target_port {
+                Some(IntOrString::Int(n)) => *n as u16,
+                _ => port.port as u16,
+            };
+            let endpoints = s
+                .pods
+                .values()
+                .filter(|(p, _)| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .filter(|(p, _)| {
+                    let labels = p.metadata.labels.clone().unwrap_or_default();
+                    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                })
+                .filter_map(|(_, st)| st.as_ref().filter(|st| st.ready() && !st.gone))
+                .filter_map(|st| {
+                    st.ip
+                        .split(',')
+                        .find(|ip| ip.contains(':') == v6)
+                        .map(str::to_string)
+                })
+                .map(|ip| (ip, target))
+                .collect();
+            svcs.push(proxy::Svc {
+                cluster_ip: cip.clone(),
+                port: port.port as u16,
+                endpoints,
+            });
+        }
+    }
+    let proxies = s.proxies.clone();
+    for (ns, backend) in proxies {
+        for v6 in [false, true] {
+            let mine: Vec<proxy::Svc> = svcs
+                .iter()
+                .filter(|x| x.cluster_ip.contains(':') == v6)
+                .cloned()
+                .collect();
+            // kind's podSubnet, which kube-proxy is given as its cluster CIDR.
+            let pods = if v6 {
+                "fd00:10:244::/56"
+            } else {
+                "10.244.0.0/16"
+            };
+            let input = proxy::restore_input(&mine, pods);
+            let key = format!("{ns}/{v6}");
+            if s.written.get(&key) == Some(&input) {
+                continue;
+            }
+            let tool = backend.tool(v6);
+            // The chains first: a jump to a chain that is not there yet fails.
+            let script = format!(
+                "set -e\n{tool}-restore -w --noflush <<'EOF'\n{input}EOF\n{}",
+                proxy::jumps(&tool)
+            );
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "sh", "-c", &script])
+                .output()
+                .expect("ip netns exec");
+            if out.status.success() {
+                s.written.insert(key, input);
+            } else {
+                eprintln!(
+                    "kube-proxy rules on {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
