@@ -15,8 +15,10 @@ out="${1:-target/plugins}"
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   cargo build --release --locked -p cni-plugin -p ferry-ipam --target "$triple"
+# Where cargo put them: CARGO_TARGET_DIR or a config's build.target-dir may move target/.
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 mkdir -p "$out"
 for b in ferry ferry-ipam; do
-  install -m 0755 "target/$triple/release/$b" "$out/$b"
+  install -m 0755 "${target_dir:-target}/$triple/release/$b" "$out/$b"
 done
 echo "build-plugins: static ferry and ferry-ipam in $out"

@@ -10,4 +10,6 @@ cd "$(dirname "$0")/.."
 deploy/install-deps.sh demo
 echo "building ferry (cargo build --profile demo; the first build takes several minutes)"
 cargo build --profile demo -p ferry-tests -p cni-plugin -p ferry-ipam -p overlayd
-exec target/demo/ferry-demo "$@"
+# Where cargo put it (CARGO_TARGET_DIR, a config's build.target-dir): `cargo run` knows,
+# and on Unix it execs the demo in its place.
+exec cargo run -q --profile demo -p ferry-tests --bin ferry-demo -- "$@"

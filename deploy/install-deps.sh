@@ -40,6 +40,7 @@ demo=(
   python3                         # the pods' echo servers and clients, the metrics GET
   etcd-server etcd-client         # ferry-overlayd's datastore; etcdctl waits for it
   iputils-ping procps util-linux curl  # ping, sysctl, nsenter: the --keep hints
+  debootstrap debian-archive-keyring  # the image's root without Docker (--cri, the kind tests)
 )
 test=(
   openssl                         # the etcd-over-TLS tests make a CA and certificates

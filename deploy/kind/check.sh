@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Checks a kind cluster made by up.sh: pods on different nodes ping each other, a pod
-# reaches a ClusterIP Service and CoreDNS, and a NodePort answers on every node.
+# reaches a ClusterIP Service and CoreDNS, and a NodePort answers on every address of
+# every node (both families on a dual-stack cluster). Needs docker and kubectl.
 set -euo pipefail
 cluster=${FERRY_KIND_CLUSTER:-ferry}
+for tool in docker kubectl; do
+  command -v "$tool" >/dev/null || { echo "check.sh: needs $tool (not found on PATH)" >&2; exit 1; }
+done
 ns=ferry-check
 kubectl config use-context "kind-$cluster" >/dev/null
 kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
@@ -32,7 +36,9 @@ check "pod on $w1 pings pod on $w2 ($ip2)" kubectl -n "$ns" exec client1 -- ping
 check "pod reaches the ClusterIP Service ($svc)" kubectl -n "$ns" exec client1 -- wget -qO- -T5 "http://$(host "$svc")/hostname"
 check "pod resolves a name through CoreDNS" kubectl -n "$ns" exec client1 -- nslookup kubernetes.default.svc.cluster.local
 for node in $(kubectl get nodes -o jsonpath='{.items[*].metadata.name}'); do
-  addr=$(kubectl get node "$node" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
-  check "NodePort $nodeport answers on $node ($addr)" docker exec "$cluster-control-plane" curl -sf -m5 "http://$(host "$addr"):$nodeport/hostname"
+  # A dual-stack node has one InternalIP per family: each is checked on its own.
+  for addr in $(kubectl get node "$node" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}'); do
+    check "NodePort $nodeport answers on $node ($addr)" docker exec "$cluster-control-plane" curl -sf -m5 "http://$(host "$addr"):$nodeport/hostname"
+  done
 done
 exit $fail

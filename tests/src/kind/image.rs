@@ -93,6 +93,37 @@ const TRIMMED: &[&str] = &[
     "var/lib/apt/lists",
 ];
 
+/// What was not used for a day goes: every build of the binaries makes a new image
+/// (about 150 MB), and a changed package list a new base.
+const KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Marks `path` as used now (its mtime), so that `prune` keeps it.
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes the images and layers not used for `KEEP`.
+fn prune() {
+    let Ok(entries) = std::fs::read_dir(dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = ["base-", "image-", "layer-", "ferry.", "ferry-next."]
+            .iter()
+            .any(|p| name.starts_with(p));
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > KEEP);
+        if ours && old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The base layer: a minbase Debian root with the image's packages.
 fn base_layer() -> Layer {
     let pkgs = packages();
@@ -100,9 +131,11 @@ fn base_layer() -> Layer {
     let key = oci::digest(format!("{suite}\n{}\nv1", pkgs.join("\n")).as_bytes());
     let tar = dir().join(format!("base-{}.tar", short(&key)));
     locked(|| {
+        prune();
         if !tar.exists() {
             build_base(&tar, &suite, &pkgs);
         }
+        touch(&tar);
     });
     Layer::from_tar(&tar)
 }
@@ -216,6 +249,7 @@ fn build(name: &str, extra: &[(&str, &str)]) -> Image {
     let image = format!("ferry.test/ferry:{tag}");
     let tar = dir().join(format!("image-{tag}.tar"));
     if tar.exists() {
+        touch(&tar);
         return Image { name: image, tar };
     }
     oci::write_image(
