@@ -4,10 +4,13 @@
 //! and across, a Service's ClusterIP (hairpin included), a NodePort from outside, a pod
 //! reaching outside masqueraded; then `ferry-ipam` as an operator would run it. It removes
 //! everything, or with `--keep` leaves it running and says what to try by hand.
-//! With `--cri` the pods are made as kubelet makes them on a kind node: each node runs its
-//! own containerd, ferry is installed by `install-cni.sh` and `ferry-overlayd` run with the
-//! DaemonSet's args and env, and every pod is a RunPodSandbox through the CRI; the same
-//! checks follow, then the runtime's own view of the network.
+//! With `--cri` the cluster is a kind-like one (`ferry_tests::kind`): each node its own
+//! containerd driven through the CRI by a kubelet stand-in, ferry's image built from
+//! deploy/Dockerfile's recipe, ferry installed as users install it (deploy/etcd-certs.sh,
+//! `kubectl apply -k deploy/kubernetes`: the DaemonSet, its etcd), every pod a
+//! RunPodSandbox, the Service a real object whose rules the stand-in kube-proxy writes;
+//! the same checks follow, then `ferry-ipam` exec'd in ferry's container and the
+//! runtime's own view of the network.
 //! Exit status: 0 when every check passed, 1 otherwise, 2 when it cannot run here, 130
 //! when interrupted (after removing what it made).
 
@@ -18,8 +21,9 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use ferry_tests::cluster::{Cluster, Pod, Progress, ETCD_IP, HEALTH_ADDR, OUTSIDE_IP};
-use ferry_tests::cri::{wait_converged, CriNode, CriPod, Leftovers, PodSpec};
 use ferry_tests::interrupt;
+use ferry_tests::kind::node::Leftovers;
+use ferry_tests::kind::{image, Backend, Family, KindCluster};
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server_on};
 use ferry_tests::services::Service;
@@ -50,23 +54,34 @@ const TOOLS: [(&str, &str); 7] = [
 ];
 
 /// What `--cri` runs besides: containerd and its runtime, the tools that enter a node,
-/// the compiler of the pause image, the reference plugin the shipped conflist chains.
-const CRI_TOOLS: [(&str, &str); 7] = [
+/// the compiler of the pause image, the reference plugins a kind node ships, what builds
+/// ferry's image (strip, and debootstrap for its base), what makes etcd's certificates.
+const CRI_TOOLS: [(&str, &str); 10] = [
     ("containerd", "containerd"),
     ("ctr", "containerd"),
     ("runc", "runc"),
     ("nsenter", "util-linux"),
     ("unshare", "util-linux"),
+    ("sysctl", "procps"),
     ("cc", "gcc libc6-dev"),
+    ("strip", "binutils"),
+    ("openssl", "openssl"),
     ("/usr/lib/cni/portmap", "containernetworking-plugins"),
 ];
+/// Needed only until the image's base is built once.
+const BASE_TOOL: (&str, &str) = ("debootstrap", "debootstrap debian-archive-keyring");
 
 /// The Kubernetes namespace of the pods `--cri` makes.
 const POD_NAMESPACE: &str = "demo";
+/// How long `--cri` waits for ferry's pods, and for each workload pod, to be Ready.
+const READY: Duration = Duration::from_secs(180);
+/// ferry-overlayd's health address in the DaemonSet (on each node's loopback).
+const KIND_HEALTH_ADDR: &str = "127.0.0.1:9797";
 
 const USAGE: &str = "usage: ferry-demo [--keep] [--cri]   (as root)
   --keep  leave the cluster running and print what to try by hand
-  --cri   make the pods through containerd's CRI, as kubelet does (a containerd per node)";
+  --cri   a kind-like cluster instead: a containerd per node driven through the CRI, ferry
+          installed from deploy/kubernetes (the first run debootstraps its image's base)";
 
 fn main() {
     let mut keep = false;
@@ -89,10 +104,12 @@ fn main() {
         eprintln!("ferry-demo needs root (it makes network namespaces)");
         std::process::exit(2);
     }
+    let base = (cri && !image::base_built()).then_some(BASE_TOOL);
     let tools: Vec<(&str, &str)> = TOOLS
         .iter()
         .chain(cri.then_some(&CRI_TOOLS).into_iter().flatten())
         .copied()
+        .chain(base)
         .collect();
     let missing: Vec<&str> = tools
         .iter()
@@ -106,8 +123,10 @@ fn main() {
             .map(|(_, pkg)| *pkg)
             .collect();
         packages.dedup();
+        // containerd and the rest of --cri's are in install-deps.sh's test set.
+        let set = if cri { "test" } else { "demo" };
         eprintln!(
-            "ferry-demo: not found: {} (Debian: {}); deploy/install-deps.sh installs them",
+            "ferry-demo: not found: {} (Debian: {}); deploy/install-deps.sh {set} installs them",
             missing.join(", "),
             packages.join(" ")
         );
@@ -176,45 +195,109 @@ struct PodView<'a> {
     ns: &'a Netns,
 }
 
-/// The nodes and pods, made by exec'ing `ferry` (the cluster's own nodes) or through
-/// containerd's CRI (nodes of their own beside the cluster's switch and etcd).
-enum Pods {
-    Plugin(Vec<(usize, Pod)>),
-    Cri(Vec<CriNode>, Vec<(usize, CriPod)>),
+/// A pod the kubelet stand-in made through its node's containerd.
+struct KindPod {
+    node: usize,
+    name: String,
+    uid: String,
+    ip: String,
+    ns: Netns,
 }
 
-impl Pods {
-    fn nodes<'a>(&'a self, c: &'a Cluster) -> Vec<NodeView<'a>> {
-        let parts: Vec<(&str, &str, &Netns)> = match self {
-            Pods::Plugin(_) => c
+/// The cluster and its pods: nodes of namespaces whose pods are added by exec'ing `ferry`,
+/// or a kind-like cluster whose kubelets make them through containerd's CRI.
+enum Made {
+    Plugin(Cluster, Vec<(usize, Pod)>),
+    Kind(KindCluster, Vec<KindPod>),
+}
+
+impl Made {
+    fn nodes(&self) -> Vec<NodeView<'_>> {
+        match self {
+            Made::Plugin(c, _) => c
                 .nodes
                 .iter()
-                .map(|n| (&*n.name, &*n.ip, &n.host))
+                .map(|n| NodeView {
+                    name: &n.name,
+                    ip: &n.ip,
+                    host: &n.host,
+                })
                 .collect(),
-            Pods::Cri(nodes, _) => nodes.iter().map(|n| (&*n.name, &*n.ip, &n.host)).collect(),
-        };
-        parts
-            .into_iter()
-            .map(|(name, ip, host)| NodeView { name, ip, host })
-            .collect()
+            Made::Kind(c, _) => c
+                .nodes
+                .iter()
+                .map(|n| NodeView {
+                    name: &n.name,
+                    ip: &n.ips[0],
+                    host: &n.host,
+                })
+                .collect(),
+        }
     }
 
     fn pods(&self) -> Vec<PodView<'_>> {
-        let parts: Vec<(usize, &str, &str, &Netns)> = match self {
-            Pods::Plugin(pods) => pods
+        match self {
+            Made::Plugin(_, pods) => pods
                 .iter()
-                .map(|(i, p)| (*i, &*p.id, &*p.ip, &p.ns))
+                .map(|(i, p)| PodView {
+                    name: &p.id,
+                    node: *i,
+                    ip: &p.ip,
+                    ns: &p.ns,
+                })
                 .collect(),
-            // The pod's name, as kubelet knows it; its ID is the runtime's sandbox ID.
-            Pods::Cri(_, pods) => pods
+            Made::Kind(_, pods) => pods
                 .iter()
-                .map(|(i, p)| (*i, &*p.spec.name, &*p.ip, &p.ns))
+                .map(|p| PodView {
+                    name: &p.name,
+                    node: p.node,
+                    ip: &p.ip,
+                    ns: &p.ns,
+                })
                 .collect(),
-        };
-        parts
-            .into_iter()
-            .map(|(node, name, ip, ns)| PodView { name, node, ip, ns })
-            .collect()
+        }
+    }
+
+    /// The host outside the cluster, on its switch.
+    fn outside(&self) -> &Netns {
+        match self {
+            Made::Plugin(c, _) => &c.outside,
+            Made::Kind(c, _) => &c.outside,
+        }
+    }
+
+    /// The demo's Service, to the last pod: kube-proxy-style rules written on every node,
+    /// or (kind) a Service object applied, whose rules the stand-in kube-proxy writes.
+    fn add_service(&mut self, svc: &Service, backend: &str) {
+        match self {
+            Made::Plugin(c, _) => step(
+                &format!("kube-proxy-style rules: {CLUSTER_IP}:{SERVICE_PORT} -> {backend}"),
+                || {
+                    for n in &c.nodes {
+                        n.host.sh(&svc.rules());
+                    }
+                },
+            ),
+            Made::Kind(c, _) => step(
+                &format!(
+                    "a NodePort Service {CLUSTER_IP}:{SERVICE_PORT} -> {backend} (kubectl apply)"
+                ),
+                || {
+                    c.apply(&[serde_json::json!({
+                        "apiVersion": "v1", "kind": "Service",
+                        "metadata": {"name": "demo", "namespace": POD_NAMESPACE},
+                        "spec": {
+                            "type": "NodePort",
+                            "clusterIP": svc.cluster_ip,
+                            "selector": {"demo.ferry/pod": backend},
+                            "ports": [{"protocol": "TCP", "port": svc.port,
+                                       "targetPort": svc.endpoint_port,
+                                       "nodePort": svc.node_port}]
+                        }
+                    })])
+                },
+            ),
+        }
     }
 }
 
@@ -241,101 +324,47 @@ where
 
 /// Builds the cluster, runs every check, prints them; the number of failed checks.
 fn run(keep: bool, cri: bool, start: Instant) -> usize {
-    if cri {
-        println!(
-            "ferry demo: a {NODES}-node cluster of network namespaces on this machine, \
-             pods made through containerd's CRI"
-        );
+    let mut made = if cri {
+        kind_cluster()
     } else {
-        println!("ferry demo: a {NODES}-node cluster of network namespaces on this machine");
-    }
-    step_begin(&format!(
-        "starting an underlay switch and etcd ({ETCD_IP}:2379)"
-    ));
-    // With --cri the cluster gives the switch, etcd and the outside host; its nodes are
-    // the CRI nodes, made next.
-    let plugin_nodes = if cri { 0 } else { NODES };
-    let c = Cluster::build_reporting(plugin_nodes, CIDR, "", false, &mut |p| match p {
-        Progress::Etcd(_, t) => {
-            step_end(t.as_secs_f64());
-            if !cri {
-                println!("  starting ferry-overlayd on {NODES} nodes (each leases a subnet)");
-            }
-        }
-        Progress::NodeReady(n, t) => {
-            step_begin(&format!(
-                "{} {}: ferry-overlayd ready, lease {}",
-                n.name,
-                n.ip,
-                n.subnet()
-            ));
-            step_end(t.as_secs_f64());
-        }
-        Progress::Converged(t) => {
-            if !cri {
-                step_begin("overlay converged: each node routes to the others");
-                step_end(t.as_secs_f64());
-            }
-        }
-    });
-    let made = if cri {
-        cri_pods(&c)
-    } else {
-        Pods::Plugin(step(
-            &format!(
-                "adding {} pods through ferry (CNI ADD)",
-                NODES * PODS_PER_NODE
-            ),
-            || {
-                c.nodes
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, n)| {
-                        (0..PODS_PER_NODE).map(move |k| (i, n.add_pod(&format!("pod-{i}{k}"))))
-                    })
-                    .collect()
-            },
-        ))
+        plugin_cluster()
     };
-    let nodes = made.nodes(&c);
-    let pods = made.pods();
-    let servers = step("starting a TCP server in each pod and outside", || {
-        let mut at: Vec<(&Netns, &str, u16)> =
-            pods.iter().map(|p| (p.ns, "0.0.0.0", PORT)).collect();
-        at.push((&c.outside, "0.0.0.0", PORT));
-        at.push((pods[0].ns, "127.0.0.1", LOCAL_PORT));
-        // All at once: each one's start is mostly Python's.
-        on_each(at, |(ns, addr, port)| echo_peer_server_on(ns, addr, port))
-    });
-    let backend = pods.last().expect("pods");
+    let servers = {
+        let pods = made.pods();
+        step("starting a TCP server in each pod and outside", || {
+            let mut at: Vec<(&Netns, &str, u16)> =
+                pods.iter().map(|p| (p.ns, "0.0.0.0", PORT)).collect();
+            at.push((made.outside(), "0.0.0.0", PORT));
+            at.push((pods[0].ns, "127.0.0.1", LOCAL_PORT));
+            // All at once: each one's start is mostly Python's.
+            on_each(at, |(ns, addr, port)| echo_peer_server_on(ns, addr, port))
+        })
+    };
+    let (backend, backend_ip) = {
+        let pods = made.pods();
+        let last = pods.last().expect("pods");
+        (last.name.to_string(), last.ip.to_string())
+    };
     let svc = Service {
         cluster_ip: CLUSTER_IP.into(),
         port: SERVICE_PORT,
         node_port: NODE_PORT,
-        endpoint_ip: backend.ip.to_string(),
+        endpoint_ip: backend_ip,
         endpoint_port: PORT,
     };
-    step(
-        &format!(
-            "kube-proxy-style rules: {CLUSTER_IP}:{SERVICE_PORT} -> {}",
-            backend.name
-        ),
-        || {
-            for n in &nodes {
-                n.host.sh(&svc.rules());
-            }
-        },
-    );
+    made.add_service(&svc, &backend);
 
+    let nodes = made.nodes();
+    let pods = made.pods();
     let names = Names::new(&nodes, &pods);
     let mut r = Report::default();
     localhost(&mut r, &names, &pods[0]);
     pod_to_pod(&mut r, &nodes, &pods);
     services(&mut r, &nodes, &pods, &names);
-    outside(&mut r, &c, &nodes, &pods, &names);
+    outside(&mut r, made.outside(), &nodes, &pods, &names);
     match &made {
-        Pods::Plugin(_) => operator(&mut r, &c),
-        Pods::Cri(cri_nodes, cri_pods) => operator_cri(&mut r, &c, cri_nodes, cri_pods),
+        Made::Plugin(c, _) => operator(&mut r, c),
+        Made::Kind(c, pods) => operator_kind(&mut r, c, pods),
     }
 
     interrupt::stop_if_interrupted();
@@ -350,101 +379,184 @@ fn run(keep: bool, cri: bool, start: Instant) -> usize {
         );
     }
     if keep {
-        print_keep_hints(&c, &made, &nodes, &pods);
+        print_keep_hints(&made, &nodes, &pods);
         // Everything stays: the cleanup script the hints name removes it.
         std::mem::forget(servers);
         std::mem::forget(made);
-        std::mem::forget(c);
     } else {
         step(
             "removing the cluster (--keep leaves it running)",
             move || {
-                // The servers first (they run in the pods), then the pods and nodes,
-                // then the switch and etcd they hang on. CRI nodes at once: each waits
-                // for init to reap its killed pods.
+                // The servers first (they run in the pods), then the pods, then the nodes
+                // and the switch, etcd or API they hang on.
                 drop(servers);
                 match made {
-                    Pods::Plugin(pods) => drop(pods),
-                    Pods::Cri(nodes, pods) => {
+                    Made::Plugin(c, pods) => {
                         drop(pods);
-                        on_each(nodes, drop);
+                        drop(c);
+                    }
+                    Made::Kind(mut c, pods) => {
+                        drop(pods);
+                        // The nodes at once: each waits for init to reap its killed pods.
+                        on_each(c.nodes.iter_mut(), |n| n.power_off());
+                        drop(c);
                     }
                 }
-                drop(c);
             },
         );
     }
     r.failed
 }
 
-/// The CRI nodes, each brought up as a kind node is (containerd, the pause image, ferry's
-/// install container, its daemon), every step on all nodes at once; then two pods each
-/// through RunPodSandbox.
-fn cri_pods(c: &Cluster) -> Pods {
-    let mut nodes: Vec<CriNode> = step(
-        &format!("starting containerd on {NODES} nodes (each its own mounts)"),
-        || on_each(0..NODES, |i| CriNode::boot(c, i)),
-    );
-    step("importing the pause image into each containerd", || {
-        on_each(&nodes, CriNode::import_pause)
+/// The cluster of namespaces: a switch, etcd, ferry-overlayd on every node; then two pods
+/// per node added by exec'ing `ferry` as a runtime does.
+fn plugin_cluster() -> Made {
+    println!("ferry demo: a {NODES}-node cluster of network namespaces on this machine");
+    step_begin(&format!(
+        "starting an underlay switch and etcd ({ETCD_IP}:2379)"
+    ));
+    let c = Cluster::build_reporting(NODES, CIDR, "", false, &mut |p| match p {
+        Progress::Etcd(_, t) => {
+            step_end(t.as_secs_f64());
+            println!("  starting ferry-overlayd on {NODES} nodes (each leases a subnet)");
+        }
+        Progress::NodeReady(n, t) => {
+            step_begin(&format!(
+                "{} {}: ferry-overlayd ready, lease {}",
+                n.name,
+                n.ip,
+                n.subnet()
+            ));
+            step_end(t.as_secs_f64());
+        }
+        Progress::Converged(t) => {
+            step_begin("overlay converged: each node routes to the others");
+            step_end(t.as_secs_f64());
+        }
     });
-    step(
-        "installing ferry: install-cni.sh, the shipped conflist",
-        || on_each(&nodes, CriNode::install_ferry),
+    let pods = step(
+        &format!(
+            "adding {} pods through ferry (CNI ADD)",
+            NODES * PODS_PER_NODE
+        ),
+        || {
+            c.nodes
+                .iter()
+                .enumerate()
+                .flat_map(|(i, n)| {
+                    (0..PODS_PER_NODE).map(move |k| (i, n.add_pod(&format!("pod-{i}{k}"))))
+                })
+                .collect()
+        },
     );
-    println!("  starting ferry-overlayd on {NODES} nodes (the DaemonSet's args and env)");
+    Made::Plugin(c, pods)
+}
+
+/// The kind-like cluster, as a user brings one up: the nodes (`kind create cluster`),
+/// ferry's image, the install from the manifests, each node Ready once its ferry pod is;
+/// then two pods per node, each made by the node's kubelet through RunPodSandbox.
+fn kind_cluster() -> Made {
+    println!(
+        "ferry demo: a {NODES}-node kind cluster on this machine (a containerd per node, \
+         driven through the CRI), ferry installed from deploy/kubernetes"
+    );
+    let mut c = step(
+        &format!("creating the cluster: {NODES} nodes, each its own containerd"),
+        || KindCluster::create(Family::Ipv4, NODES - 1, Backend::Nft),
+    );
+    println!("  building ferry's image (deploy/Dockerfile's recipe, without Docker)");
+    if !image::base_built() {
+        println!(
+            "  the first run debootstraps the image's Debian base: ~40 s, and network to a \
+             Debian mirror (FERRY_IMAGE_MIRROR names another)"
+        );
+    }
     let t = Instant::now();
-    on_each(&mut nodes, CriNode::start_overlayd);
-    for n in &nodes {
-        step_begin(&format!(
-            "{} {}: ferry-overlayd ready, lease {}",
+    let img = image::ferry();
+    image::etcd();
+    step_begin(&format!("ferry's image built: {}", img.name));
+    step_end(t.elapsed().as_secs_f64());
+    step(
+        "installing ferry: etcd-certs.sh, apply -k deploy/kubernetes",
+        || c.install_with(img, |_| {}),
+    );
+    let t = Instant::now();
+    for i in 0..NODES {
+        let ready = wait_or_stop(READY, || {
+            let uid = c
+                .pod_on("ferry", i)
+                .and_then(|p| p.metadata.uid)
+                .unwrap_or_default();
+            c.status(&uid).is_some_and(|s| s.ready()) && c.nodes[i].network_ready().0
+        });
+        let n = &c.nodes[i];
+        assert!(
+            ready,
+            "{} not Ready after {READY:?} ({:?}):\n{}",
             n.name,
-            n.ip,
-            n.subnet()
+            n.network_ready(),
+            c.describe()
+        );
+        step_begin(&format!(
+            "{} {}: Ready, lease {}",
+            n.name,
+            n.ips[0],
+            node_subnet(n)
         ));
         step_end(t.elapsed().as_secs_f64());
     }
-    step("overlay converged: each node routes to the others", || {
-        wait_converged(&nodes)
-    });
-    step(
-        "containerd's NetworkReady on every node (CRI Status)",
-        || {
-            on_each(&nodes, |n| {
-                let (ready, why) = n.wait_network_ready(true, Duration::from_secs(15));
-                assert!(ready, "{}: NetworkReady stays false: {why}", n.name);
-            })
-        },
-    );
     let pods = step(
         &format!(
             "adding {} pods through containerd's CRI (RunPodSandbox)",
             NODES * PODS_PER_NODE
         ),
         || {
-            // The nodes at once; on a node one after the other, as its kubelet does.
-            on_each(nodes.iter().enumerate(), |(i, n)| {
-                (0..PODS_PER_NODE)
-                    .map(|k| {
-                        let spec = PodSpec::new(POD_NAMESPACE, &format!("pod-{i}{k}"));
-                        let pod = n.run_pod(spec).unwrap_or_else(|e| {
-                            panic!(
-                                "RunPodSandbox pod-{i}{k} on {}: {}\n{}",
-                                n.name,
-                                e.message(),
-                                n.log("containerd")
-                            )
-                        });
-                        (i, pod)
+            // The nodes at once, and on each node pod-N0 before pod-N1, so that each
+            // node's first pod has its first address, as in the demo without --cri.
+            let mut pods: Vec<KindPod> = Vec::new();
+            for k in 0..PODS_PER_NODE {
+                let uids: Vec<(usize, String, String)> = (0..NODES)
+                    .map(|i| {
+                        let name = format!("pod-{i}{k}");
+                        let labels = [("demo.ferry/pod", name.as_str())];
+                        (i, c.run_pod(i, POD_NAMESPACE, &name, &labels), name)
                     })
-                    .collect::<Vec<_>>()
-            })
-            .into_iter()
-            .flatten()
-            .collect()
+                    .collect();
+                for (node, uid, name) in uids {
+                    let ready = wait_or_stop(READY, || c.status(&uid).is_some_and(|s| s.ready()));
+                    assert!(ready, "{name} not Ready after {READY:?}:\n{}", c.describe());
+                    let st = c.status(&uid).expect("a Ready pod's status");
+                    pods.push(KindPod {
+                        node,
+                        ns: c.pod_netns(&uid),
+                        ip: st.ip,
+                        name,
+                        uid,
+                    });
+                }
+            }
+            pods.sort_by(|a, b| a.name.cmp(&b.name));
+            pods
         },
     );
-    Pods::Cri(nodes, pods)
+    Made::Kind(c, pods)
+}
+
+/// Waits until `f` holds (true) or `timeout` passed (false); unwinds at once on SIGINT or
+/// SIGTERM, whose signal may have ended what is waited for (the nodes' containerds).
+fn wait_or_stop(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let ok = ferry_tests::proc::wait_until(timeout, || interrupt::interrupted() || f());
+    interrupt::stop_if_interrupted();
+    ok
+}
+
+/// A kind node's pod subnet, from the node state ferry-overlayd wrote.
+fn node_subnet(n: &ferry_tests::kind::KindNode) -> String {
+    std::fs::read(n.path("/run/ferry/node.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["podCIDR"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn step_begin(label: &str) {
@@ -584,11 +696,27 @@ fn localhost(r: &mut Report, names: &Names, pod: &PodView) {
 
 fn pod_to_pod(r: &mut Report, nodes: &[NodeView], pods: &[PodView]) {
     r.section("2. Pod to pod, on one node and across nodes");
-    // "node" or "cri": the nodes' names without their number.
-    let node_kind = nodes.first().map_or("node", |n| {
-        n.name.trim_end_matches(|c: char| c.is_ascii_digit())
-    });
-    println!("   ok: the server saw the client's own pod IP; pod-NK is on {node_kind}N");
+    // node0, node1, ...: "pod-NK is on nodeN"; kind's names are listed.
+    let numbered = nodes
+        .first()
+        .map(|n| n.name.trim_end_matches(|c: char| c.is_ascii_digit()));
+    let legend = match numbered {
+        Some(prefix)
+            if nodes
+                .iter()
+                .enumerate()
+                .all(|(i, n)| n.name == format!("{prefix}{i}")) =>
+        {
+            format!("pod-NK is on {prefix}N")
+        }
+        _ => nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("pod-{i}K on {}", n.name))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    println!("   ok: the server saw the client's own pod IP; {legend}");
     // Every pair at once: each probe waits on the network, not on the CPU.
     let seen: Vec<Vec<Option<String>>> = on_each(pods, |a| {
         pods.iter()
@@ -660,13 +788,13 @@ fn services(r: &mut Report, nodes: &[NodeView], pods: &[PodView], names: &Names)
     r.look_at(TROUBLESHOOTING, "3. Pod to Service");
 }
 
-fn outside(r: &mut Report, c: &Cluster, nodes: &[NodeView], pods: &[PodView], names: &Names) {
+fn outside(r: &mut Report, host: &Netns, nodes: &[NodeView], pods: &[PodView], names: &Names) {
     r.section(&format!(
         "4. Outside ({OUTSIDE_IP}) to NodePort {NODE_PORT}; pod to outside"
     ));
     // On a node without the backend (the reply must come back through it) and on its own.
     for n in [nodes.first(), nodes.last()].into_iter().flatten() {
-        let seen = connect(&c.outside, n.ip, NODE_PORT);
+        let seen = connect(host, n.ip, NODE_PORT);
         let tried = format!("outside -> {}:{NODE_PORT}", n.name);
         r.probe(names, &tried, seen, None);
     }
@@ -713,38 +841,44 @@ fn operator(r: &mut Report, c: &Cluster) {
     r.look_at("docs/ipam.md", "`ferry-ipam`: the operator CLI");
 }
 
-/// `ferry-ipam leases` and `show` typed inside the first CRI node, as on a kind node
-/// (`docker exec`): the installed binary, the DaemonSet's defaults (etcd prefix, store).
-/// Then the runtime's view: its `NetworkReady` condition, and the address it reports for
-/// pod-00, which must be the one ferry recorded for that pod.
-fn operator_cri(r: &mut Report, c: &Cluster, nodes: &[CriNode], pods: &[(usize, CriPod)]) {
-    let n0 = &nodes[0];
+/// `ferry-ipam leases` and `show` in ferry-overlayd's container on the first node, as
+/// `kubectl exec` runs them there (the CRI's ExecSync): the image's binary, the
+/// DaemonSet's env and defaults (etcd and its client certificate, the store). Then the
+/// runtime's view: its `NetworkReady` condition, and the address it reports for pod-00,
+/// which must be the one ferry recorded for that pod.
+fn operator_kind(r: &mut Report, c: &KindCluster, pods: &[KindPod]) {
+    let n0 = &c.nodes[0];
+    let ferry = c.ferry_pod(0);
+    let ferry_name = ferry.metadata.name.clone().unwrap_or_default();
+    let ferry_uid = ferry.metadata.uid.clone().unwrap_or_default();
     r.section(&format!(
-        "5. What an operator types next (inside {}, where install-cni.sh put ferry-ipam)",
+        "5. What an operator types next (in ferry's container on {})",
         n0.name
     ));
-    for shown in [
-        format!("ferry-ipam leases --etcd-endpoints {}", c.etcd.endpoint()),
-        "ferry-ipam show".to_string(),
-    ] {
-        let out = n0
-            .enter()
-            .args(["env", "PATH=/opt/cni/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
-            .args(["sh", "-c", &shown])
-            .output()
-            .expect("nsenter");
-        typed(r, &shown, out);
+    for what in ["leases", "show"] {
+        let shown = format!(
+            "kubectl -n kube-system exec {ferry_name} -c ferry-overlayd -- ferry-ipam {what}"
+        );
+        let (code, out, err) = c.exec(&ferry_uid, "ferry-overlayd", &["ferry-ipam", what]);
+        println!("$ {shown}");
+        print!("{out}");
+        if code != 0 {
+            print!("{err}");
+            println!("FAIL {shown} exited with {code}");
+        }
+        r.count(code == 0);
     }
     r.look_at("docs/ipam.md", "`ferry-ipam`: the operator CLI");
 
-    let (_, p0) = &pods[0];
-    let pod = format!("{}/{}", p0.spec.namespace, p0.spec.name);
+    let p0 = &pods[0];
+    let pod = format!("{POD_NAMESPACE}/{}", p0.name);
     println!(
-        "\nThe runtime's view (containerd's CRI, as kubelet asks it) on {}:",
-        n0.name
+        "\nThe runtime's view (containerd's CRI, as kubelet asks it) on {}, containerd at {}:",
+        n0.name,
+        n0.sock().display()
     );
-    let (ready, why) = n0
-        .cri
+    let cri = n0.cri();
+    let (ready, why) = cri
         .network_ready()
         .unwrap_or_else(|e| (false, format!("Status failed: {}", e.message())));
     r.count(ready);
@@ -758,16 +892,25 @@ fn operator_cri(r: &mut Report, c: &Cluster, nodes: &[CriNode], pods: &[(usize, 
         "{} Status: NetworkReady={ready}{why}",
         if ready { "ok  " } else { "FAIL" }
     );
-    let reported = n0.cri.pod_status(&p0.id).map(|(ip, _)| ip).ok();
-    let recorded = n0.ipam_show()["allocations"]
-        .as_array()
-        .and_then(|a| {
-            a.iter().find(|a| {
-                a["pod"]["namespace"] == p0.spec.namespace.as_str()
-                    && a["pod"]["name"] == p0.spec.name.as_str()
+    let sandbox = c
+        .status(&p0.uid)
+        .and_then(|s| s.sandbox)
+        .unwrap_or_default();
+    let reported = cri.pod_status(&sandbox).map(|(ip, _)| ip).ok();
+    let (_, show, _) = c.exec(
+        &ferry_uid,
+        "ferry-overlayd",
+        &["ferry-ipam", "show", "-o", "json"],
+    );
+    let recorded = serde_json::from_str::<serde_json::Value>(&show)
+        .ok()
+        .and_then(|v| {
+            v["allocations"].as_array()?.iter().find_map(|a| {
+                let mine =
+                    a["pod"]["namespace"] == POD_NAMESPACE && a["pod"]["name"] == p0.name.as_str();
+                mine.then(|| a["ip"].as_str().map(str::to_string))?
             })
-        })
-        .and_then(|a| a["ip"].as_str().map(str::to_string));
+        });
     let ok = reported.is_some() && reported == recorded;
     r.count(ok);
     let show = |ip: &Option<String>| ip.clone().unwrap_or_else(|| "none".into());
@@ -781,13 +924,27 @@ fn operator_cri(r: &mut Report, c: &Cluster, nodes: &[CriNode], pods: &[(usize, 
 }
 
 /// How to look around a kept cluster, and the script that removes it.
-fn print_keep_hints(c: &Cluster, made: &Pods, nodes: &[NodeView], pods: &[PodView]) {
+fn print_keep_hints(made: &Made, nodes: &[NodeView], pods: &[PodView]) {
     let path = std::env::temp_dir().join(format!("ferry-demo-cleanup-{}.sh", std::process::id()));
-    let kept: Vec<Leftovers> = match made {
-        Pods::Plugin(_) => Vec::new(),
-        Pods::Cri(cri_nodes, _) => cri_nodes.iter().map(CriNode::leftovers).collect(),
+    let script = match made {
+        Made::Plugin(c, _) => {
+            let namespaces: Vec<&Netns> = [&c.switch.ns, &c.etcd.host, &c.outside]
+                .into_iter()
+                .chain(nodes.iter().map(|n| n.host))
+                .chain(pods.iter().map(|p| p.ns))
+                .collect();
+            cleanup_script(&namespaces, &c.all_dirs(), &[])
+        }
+        Made::Kind(c, _) => {
+            let namespaces: Vec<&Netns> = [&c.switch.ns, &c.api_host, &c.outside]
+                .into_iter()
+                .chain(nodes.iter().map(|n| n.host))
+                .chain(pods.iter().map(|p| p.ns))
+                .collect();
+            let kept: Vec<Leftovers> = c.nodes.iter().map(|n| n.leftovers()).collect();
+            cleanup_script(&namespaces, &[], &kept)
+        }
     };
-    let script = cleanup_script(c, nodes, pods, &kept);
     if let Err(e) = std::fs::write(&path, &script) {
         println!(
             "\nCould not write {}: {e}. It would run:\n{script}",
@@ -798,35 +955,67 @@ fn print_keep_hints(c: &Cluster, made: &Pods, nodes: &[NodeView], pods: &[PodVie
     let p0 = &pods[0];
     let ipam = ferry_tests::bin("ferry-ipam");
     let h = format!("ip netns exec {}", n0.host.name);
-    let ep = c.etcd.endpoint();
     // Where ferry-ipam finds the store and the leases: the harness's flags, or (--cri) the
-    // DaemonSet's defaults inside the node, whose own /opt holds the installed binary.
-    let (prefix, operator) = match made {
-        Pods::Plugin(_) => (
-            c.prefix.clone(),
-            format!(
-                "\x20 {h} {ipam} leases \\\n\
-                 \x20     --etcd-endpoints {ep} --etcd-prefix {prefix}\n\
-                 \x20 {h} {ipam} show \\\n\
-                 \x20     --data-dir {data}\n",
-                ipam = ipam.display(),
-                prefix = c.prefix,
-                data = c.nodes[0].dir.path().join("ipam").display(),
-            ),
-        ),
-        Pods::Cri(cri_nodes, _) => (
-            "/ferry".to_string(),
-            format!(
-                "\x20 nsenter -t {holder} -m -n /opt/cni/bin/ferry-ipam show   # inside {name}\n\
-                 \x20 nsenter -t {holder} -m -n cat /etc/cni/net.d/10-ferry.conflist\n\
-                 \x20 {h} {ipam} leases --etcd-endpoints {ep}\n\
-                 \x20 ctr --address {sock} -n k8s.io containers ls   # the pods' sandboxes\n",
-                holder = cri_nodes[0].holder(),
-                name = cri_nodes[0].name,
-                ipam = ipam.display(),
-                sock = cri_nodes[0].dir.path().join("containerd.sock").display(),
-            ),
-        ),
+    // installed binary and the DaemonSet's defaults inside the node, etcd through its
+    // ClusterIP with the client certificate of the daemon's Secret volume.
+    let (health, rest) = match made {
+        Made::Plugin(c, _) => {
+            let ep = c.etcd.endpoint();
+            (
+                HEALTH_ADDR,
+                format!(
+                    "\x20 {h} {ipam} leases \\\n\
+                     \x20     --etcd-endpoints {ep} --etcd-prefix {prefix}\n\
+                     \x20 {h} {ipam} show \\\n\
+                     \x20     --data-dir {data}\n\
+                     \x20 ETCDCTL_API=3 ip netns exec {e} etcdctl \\\n\
+                     \x20     --endpoints {ep} get {prefix}/ --prefix --keys-only\n",
+                    ipam = ipam.display(),
+                    prefix = c.prefix,
+                    data = c.nodes[0].dir.path().join("ipam").display(),
+                    e = c.etcd.host.name,
+                ),
+            )
+        }
+        Made::Kind(c, _) => {
+            let node = &c.nodes[0];
+            let ferry = c.ferry_pod(0);
+            let uid = ferry.metadata.uid.clone().unwrap_or_default();
+            let daemon = c
+                .status(&uid)
+                .and_then(|s| s.containers.get("ferry-overlayd")?.id.clone())
+                .unwrap_or_default();
+            let certs = node.path(&format!(
+                "/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~secret/etcd-client"
+            ));
+            let sock = node.sock();
+            (
+                KIND_HEALTH_ADDR,
+                format!(
+                    "\x20 nsenter -t {holder} -m -n /opt/cni/bin/ferry-ipam show   # inside {name}\n\
+                     \x20 nsenter -t {holder} -m -n cat /etc/cni/net.d/00-ferry.conflist\n\
+                     \x20 ctr --address {sock} -n k8s.io containers ls   # the pods' sandboxes and containers\n\
+                     \x20 nsenter -t {holder} -m -n ctr --address {sock} -n k8s.io tasks exec \\\n\
+                     \x20     --exec-id hint {daemon} ferry-ipam leases   # kubectl exec, without the API\n\
+                     \x20 d={d}   # ferry's etcd client certificate\n\
+                     \x20 ETCDCTL_API=3 {h} etcdctl --endpoints https://10.96.0.66:6666 \\\n\
+                     \x20     --cacert $d/ca.crt --cert $d/client.crt --key $d/client.key \\\n\
+                     \x20     get /ferry/ --prefix --keys-only\n",
+                    holder = node.holder_pid(),
+                    name = node.name,
+                    sock = sock.display(),
+                    d = certs.display(),
+                ),
+            )
+        }
+    };
+    let gone = match made {
+        Made::Plugin(..) => "",
+        Made::Kind(..) => {
+            "\nThe API server, kubelets and kube-proxy were the demo's own stand-ins and \
+             ended with it:\nthe nodes, containerd, ferry and the pods run on, kube-proxy's \
+             rules stay as they were."
+        }
     };
     println!(
         "\nKept running. Try by hand ({node} is namespace {n}, pod-00 {p}):\n\
@@ -835,32 +1024,28 @@ fn print_keep_hints(c: &Cluster, made: &Pods, nodes: &[NodeView], pods: &[PodVie
          \x20 {h} iptables -t nat -S  # ferry's and kube-proxy's NAT\n\
          \x20 ip netns exec {p} bash -c 'cat </dev/tcp/{CLUSTER_IP}/{SERVICE_PORT}'\n\
          \x20 ip netns exec {o} bash -c 'cat </dev/tcp/{n0ip}/{NODE_PORT}'\n\
-         \x20 {h} curl -s {HEALTH_ADDR}/metrics | grep ^ferry_\n\
-         {operator}\
-         \x20 ETCDCTL_API=3 ip netns exec {e} etcdctl \\\n\
-         \x20     --endpoints {ep} get {prefix}/ --prefix --keys-only\n\
-         (each `cat </dev/tcp/...` prints the address the server saw)\n\
+         \x20 {h} curl -s {health}/metrics | grep ^ferry_\n\
+         {rest}\
+         (each `cat </dev/tcp/...` prints the address the server saw){gone}\n\
          Remove it all: sh {cleanup}",
         node = n0.name,
         n = n0.host.name,
         p = p0.ns.name,
-        o = c.outside.name,
+        o = made.outside().name,
         n0ip = n0.ip,
-        e = c.etcd.host.name,
         cleanup = path.display(),
     );
 }
 
 /// Everything `--keep` leaves: the processes and namespaces of this demo only, its
-/// directories, and the script itself. A CRI node's processes (containerd, its shims,
+/// directories, and the script itself. A kind node's processes (containerd, its shims,
 /// the pods) are killed by the PID list written now, each only if its start time is still
 /// the one written (a PID reused since is left alone); then their cgroups go.
-fn cleanup_script(c: &Cluster, nodes: &[NodeView], pods: &[PodView], kept: &[Leftovers]) -> String {
-    let namespaces: Vec<&Netns> = [&c.switch.ns, &c.etcd.host, &c.outside]
-        .into_iter()
-        .chain(nodes.iter().map(|n| n.host))
-        .chain(pods.iter().map(|p| p.ns))
-        .collect();
+fn cleanup_script(
+    namespaces: &[&Netns],
+    dirs: &[std::path::PathBuf],
+    kept: &[Leftovers],
+) -> String {
     let mut s = String::from("#!/bin/sh\n# Removes what ferry-demo --keep left running.\n");
     for k in kept {
         let list: Vec<String> = k
@@ -874,7 +1059,7 @@ fn cleanup_script(c: &Cluster, nodes: &[NodeView], pods: &[PodView], kept: &[Lef
             list.join(" ")
         );
     }
-    for ns in &namespaces {
+    for ns in namespaces {
         let _ = writeln!(s, "for p in $(ip netns pids {}); do kill $p; done", ns.name);
     }
     // Init reaps the killed pods in a second or two; their cgroups are empty only then.
@@ -883,7 +1068,7 @@ fn cleanup_script(c: &Cluster, nodes: &[NodeView], pods: &[PodView], kept: &[Lef
     } else {
         "sleep 3\n"
     });
-    for ns in &namespaces {
+    for ns in namespaces {
         let _ = writeln!(s, "ip netns del {}", ns.name);
     }
     for cg in kept.iter().flat_map(|k| &k.cgroups) {
@@ -892,9 +1077,9 @@ fn cleanup_script(c: &Cluster, nodes: &[NodeView], pods: &[PodView], kept: &[Lef
             "for h in /sys/fs/cgroup /sys/fs/cgroup/*; do rmdir \"$h{cg}\" 2>/dev/null; done"
         );
     }
-    let dirs = c
-        .all_dirs()
-        .into_iter()
+    let dirs = dirs
+        .iter()
+        .cloned()
         .chain(kept.iter().map(|k| k.dir.clone()));
     for d in dirs {
         let _ = writeln!(s, "rm -rf {}", d.display());

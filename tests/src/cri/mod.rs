@@ -1,10 +1,10 @@
-//! Kubelet's path to ferry: containerd's CRI on nodes made of namespaces.
+//! Kubelet's path to ferry: containerd's CRI, as the kind nodes (`crate::kind`) use it:
+//! the CRI client, the pause image, OCI image tars, and the processes of a node made of
+//! namespaces.
 
 pub mod client;
 pub mod image;
-pub mod node;
 pub mod oci;
 pub mod procs;
 
 pub use client::{Cri, PodSpec};
-pub use node::{wait_converged, CriNode, CriPod, Leftovers};

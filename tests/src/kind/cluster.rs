@@ -304,6 +304,38 @@ impl KindCluster {
         self.applied = objects;
     }
 
+    /// `kubectl edit configmap`: the stored ConfigMap `namespace/name` with its data changed
+    /// by `edit`; then every kubelet brings its running pods' configMap volumes up to date
+    /// within a tick, where a real kubelet takes up to its sync period (a minute or so).
+    /// Environment variables taken from it stay as they were until a container starts
+    /// again, as in Kubernetes. (`applied` keeps the install's copy.)
+    pub fn update_config_map(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        edit: impl FnOnce(&mut BTreeMap<String, String>),
+    ) {
+        {
+            let mut s = self.state.lock().expect("state");
+            let cm = s
+                .config_maps
+                .iter_mut()
+                .find(|c| {
+                    c.metadata.name.as_deref() == Some(name)
+                        && c.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                })
+                .unwrap_or_else(|| panic!("no ConfigMap {namespace}/{name} was applied"));
+            let mut data = cm.data.take().unwrap_or_default();
+            edit(&mut data);
+            cm.data = Some(data);
+        }
+        for n in &self.nodes {
+            if let Some(k) = n.kubelet.as_ref() {
+                k.sync_volumes();
+            }
+        }
+    }
+
     /// ExecSync of `cmd` in container `container` of pod `uid` (`kubectl exec`): exit
     /// code, stdout, stderr.
     pub fn exec(&self, uid: &str, container: &str, cmd: &[&str]) -> (i32, String, String) {
@@ -961,6 +993,7 @@ fn sync_services(state: &Mutex<State>) {
     let mut svcs: Vec<proxy::Svc> = vec![proxy::Svc {
         cluster_ip: family.api_cluster_ip().into(),
         port: 443,
+        node_port: None,
         endpoints: vec![(
             if family == Family::Ipv6 {
                 API_IP_V6
@@ -981,6 +1014,7 @@ fn sync_services(state: &Mutex<State>) {
         let v6 = cip.contains(':');
         let selector = spec.selector.clone().unwrap_or_default();
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let external = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
         for port in spec.ports.iter().flatten() {
             let target = match &port.target_port {
                 Some(IntOrString::Int(n)) => *n as u16,
@@ -1006,6 +1040,10 @@ fn sync_services(state: &Mutex<State>) {
             svcs.push(proxy::Svc {
                 cluster_ip: cip.clone(),
                 port: port.port as u16,
+                node_port: port
+                    .node_port
+                    .filter(|_| external)
+                    .and_then(|n| u16::try_from(n).ok()),
                 endpoints,
             });
         }

@@ -93,9 +93,9 @@ const TRIMMED: &[&str] = &[
     "var/lib/apt/lists",
 ];
 
-/// What was not used for a day goes: every build of the binaries makes a new image
+/// What was not used for three hours goes: every build of the binaries makes a new image
 /// (about 150 MB), and a changed package list a new base.
-const KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+const KEEP: std::time::Duration = std::time::Duration::from_secs(3 * 3600);
 
 /// Marks `path` as used now (its mtime), so that `prune` keeps it.
 fn touch(path: &Path) {
@@ -124,12 +124,24 @@ fn prune() {
     }
 }
 
+/// Where the base layer of the current package list is kept.
+fn base_tar() -> PathBuf {
+    let pkgs = packages();
+    let key = oci::digest(format!("{}\n{}\nv1", suite(), pkgs.join("\n")).as_bytes());
+    dir().join(format!("base-{}.tar", short(&key)))
+}
+
+/// Whether the image's base is built already: the first build debootstraps it (tens of
+/// seconds, and network to a Debian mirror).
+pub fn base_built() -> bool {
+    base_tar().exists()
+}
+
 /// The base layer: a minbase Debian root with the image's packages.
 fn base_layer() -> Layer {
     let pkgs = packages();
     let suite = suite();
-    let key = oci::digest(format!("{suite}\n{}\nv1", pkgs.join("\n")).as_bytes());
-    let tar = dir().join(format!("base-{}.tar", short(&key)));
+    let tar = base_tar();
     locked(|| {
         prune();
         if !tar.exists() {

@@ -10,6 +10,8 @@
 //! - startup, liveness and readiness probes (httpGet, tcpSocket, exec) with their
 //!   `initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`, `failureThreshold`: a
 //!   failed liveness probe stops the container (its grace period) to be restarted;
+//! - a running pod's ConfigMap and Secret volumes brought up to date every
+//!   `syncFrequency` (1 min), or at once when [`Kubelet::sync_volumes`] asks;
 //! - deletion: StopContainer with the pod's grace period, StopPodSandbox,
 //!   RemovePodSandbox.
 //!
@@ -20,6 +22,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -38,6 +41,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How often the worker looks at its containers.
 const TICK: Duration = Duration::from_millis(100);
+/// kubelet's `syncFrequency`: how often a running pod's ConfigMap and Secret volumes are
+/// brought up to date (sooner when [`Kubelet::sync_volumes`] asks).
+const VOLUME_SYNC: Duration = Duration::from_secs(60);
 
 /// One container as kubelet reports it.
 #[derive(Debug, Clone, Default)]
@@ -140,6 +146,8 @@ struct Worker {
 pub struct Kubelet {
     node: Arc<NodeView>,
     pods: Mutex<BTreeMap<String, Worker>>,
+    /// Bumped to have every running pod's volumes synced at its next look.
+    volume_sync: Arc<AtomicU64>,
 }
 
 fn uid(pod: &Pod) -> String {
@@ -151,6 +159,7 @@ impl Kubelet {
         Kubelet {
             node: Arc::new(node),
             pods: Mutex::new(BTreeMap::new()),
+            volume_sync: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -160,12 +169,13 @@ impl Kubelet {
         let (tx, rx) = channel();
         let node = self.node.clone();
         let (p, s) = (pod.clone(), status.clone());
+        let sync = self.volume_sync.clone();
         let thread = std::thread::Builder::new()
             .name(format!(
                 "kubelet-{}",
                 pod.metadata.name.as_deref().unwrap_or("")
             ))
-            .spawn(move || run_pod(node, p, s, rx))
+            .spawn(move || run_pod(node, p, s, rx, sync))
             .expect("spawn a pod worker");
         self.pods.lock().expect("pods").insert(
             uid(&pod),
@@ -188,6 +198,12 @@ impl Kubelet {
                 let _ = t.join();
             }
         }
+    }
+
+    /// Has every running pod's ConfigMap and Secret volumes brought up to date within a
+    /// worker's tick, as kubelet's periodic sync does within its `syncFrequency`.
+    pub fn sync_volumes(&self) {
+        self.volume_sync.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The node went down: every worker stops without touching the runtime (which is
@@ -341,8 +357,9 @@ impl Pw {
         self.status.lock().expect("status").ip.clone()
     }
 
-    /// Creates and starts `c`; its CRI id.
-    fn start(&self, c: &Container, attempt: u32) -> Result<String, String> {
+    /// `f` with what kubelet reads for the pod now: the node, the cluster's objects, the
+    /// pod's service account token.
+    fn with_ctx<T>(&self, f: impl FnOnce(&spec::Context) -> T) -> T {
         let objects = self.ctx_objects();
         let sa = self
             .pod
@@ -369,7 +386,15 @@ impl Pw {
             node_root: &self.node.root,
             images: &images,
         };
-        let config = spec::container_config(&self.pod, c, &ctx, &self.vols, attempt, &self.ip())
+        f(&ctx)
+    }
+
+    /// Creates and starts `c`; its CRI id.
+    fn start(&self, c: &Container, attempt: u32) -> Result<String, String> {
+        let config = self
+            .with_ctx(|ctx| {
+                spec::container_config(&self.pod, c, ctx, &self.vols, attempt, &self.ip())
+            })
             .map_err(|e| format!("CreateContainerConfigError: {}", e.0))?;
         let id = self
             .cri
@@ -470,7 +495,13 @@ fn http_probe(host: &str, port: u16, path: &str, timeout: Duration) -> Result<()
     }
 }
 
-fn run_pod(node: Arc<NodeView>, pod: Pod, status: Arc<Mutex<PodStatus>>, rx: Receiver<Stop>) {
+fn run_pod(
+    node: Arc<NodeView>,
+    pod: Pod,
+    status: Arc<Mutex<PodStatus>>,
+    rx: Receiver<Stop>,
+    volume_sync: Arc<AtomicU64>,
+) {
     if let Err(e) = crate::inside::enter_path(&node.netns) {
         status
             .lock()
@@ -490,11 +521,18 @@ fn run_pod(node: Arc<NodeView>, pod: Pod, status: Arc<Mutex<PodStatus>>, rx: Rec
         match cri.run_sandbox(config.clone()) {
             Ok(id) => break (id, config),
             Err(e) => {
-                status.lock().expect("status").events.push(format!(
-                    "{:7.2}s FailedCreatePodSandBox: {}",
-                    born.elapsed().as_secs_f32(),
-                    e.message()
-                ));
+                let st = {
+                    let mut st = status.lock().expect("status");
+                    st.events.push(format!(
+                        "{:7.2}s FailedCreatePodSandBox: {}",
+                        born.elapsed().as_secs_f32(),
+                        e.message()
+                    ));
+                    st.clone()
+                };
+                // Reported at once, as kubelet records the event: a pod that never gets
+                // its sandbox says why.
+                (node.wiring.report)(&pod, &st);
                 if Pw::wait(&rx, Duration::from_secs(1)).is_some() {
                     return;
                 }
@@ -528,29 +566,7 @@ fn run_pod(node: Arc<NodeView>, pod: Pod, status: Arc<Mutex<PodStatus>>, rx: Rec
     ));
     // Volumes: retried until every object they need exists.
     loop {
-        let objects = w.ctx_objects();
-        let pods_dir = node.root.join("var/lib/kubelet/pods");
-        let sa = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".into());
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let token = objects.tokens.get(&format!("{ns}/{sa}")).cloned();
-        let images = (node.wiring.images)();
-        let ctx = spec::Context {
-            node_name: &node.name,
-            node_ips: &node.ips,
-            config_maps: &objects.config_maps,
-            secrets: &objects.secrets,
-            api_service: (&node.wiring.api_service.0, node.wiring.api_service.1),
-            token: token.as_deref().map(|t| (t, objects.ca.as_str())),
-            pods_dir: &pods_dir,
-            node_pods: Path::new("/var/lib/kubelet/pods"),
-            node_root: &node.root,
-            images: &images,
-        };
-        match spec::volumes(&pod, &ctx) {
+        match w.with_ctx(|ctx| spec::volumes(&pod, ctx)) {
             Ok(v) => {
                 w.vols = v;
                 break;
@@ -625,12 +641,18 @@ fn run_pod(node: Arc<NodeView>, pod: Pod, status: Arc<Mutex<PodStatus>>, rx: Rec
     for r in running.iter_mut() {
         r.launch(&w);
     }
+    let mut synced = (Instant::now(), volume_sync.load(Ordering::SeqCst));
     loop {
         if let Some(s) = Pw::wait(&rx, TICK) {
             return finish(&w, s, &mut running);
         }
         for r in running.iter_mut() {
             r.tick(&w);
+        }
+        let asked = volume_sync.load(Ordering::SeqCst);
+        if asked != synced.1 || synced.0.elapsed() >= VOLUME_SYNC {
+            w.with_ctx(|ctx| spec::refresh_volumes(&pod, ctx));
+            synced = (Instant::now(), asked);
         }
     }
 }

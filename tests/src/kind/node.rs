@@ -288,6 +288,38 @@ exec sleep infinity",
         );
     }
 
+    /// containerd stopped with SIGTERM and started again, as `systemctl restart containerd`
+    /// does on a node: its shims, and the pods and containers they hold, keep running, and
+    /// the new containerd finds them.
+    pub fn restart_containerd(&mut self) {
+        if let Some(c) = self.containerd.take() {
+            let code = c.stop(libc::SIGTERM, Duration::from_secs(10));
+            assert!(
+                code.is_some(),
+                "{}: containerd did not stop on SIGTERM:\n{}",
+                self.name,
+                self.log("containerd")
+            );
+        }
+        self.start_containerd();
+    }
+
+    /// What the node leaves running when it is not powered off (the demo's `--keep`), for
+    /// another program to remove later.
+    pub fn leftovers(&self) -> Leftovers {
+        let mut pids = procs::of_node(self.holder_pid());
+        pids.push(self.holder_pid() as i32);
+        Leftovers {
+            netns: self.host.name.clone(),
+            dir: self.dir.path().to_path_buf(),
+            cgroups: procs::sandbox_cgroups(&pids),
+            processes: pids
+                .into_iter()
+                .filter_map(|pid| Some((pid, procs::start_time(pid)?)))
+                .collect(),
+        }
+    }
+
     /// `ctr images import` of an image tar (what `kind load` does).
     pub fn import(&self, tar: &str) {
         let out = Command::new("ctr")
@@ -366,6 +398,19 @@ exec sleep infinity",
             .filter(|l| l.starts_with("fy") || l.starts_with("fz"))
             .collect()
     }
+}
+
+/// What a node left running leaves: its namespace, its directory, its processes and its
+/// sandboxes' cgroups.
+pub struct Leftovers {
+    pub netns: String,
+    pub dir: PathBuf,
+    /// Each process with its start time (in clock ticks after boot, field 22 of
+    /// /proc/PID/stat): a later kill checks it, so as not to hit a process that reused
+    /// the PID.
+    pub processes: Vec<(i32, u64)>,
+    /// `/k8s.io/<container ID>`, under each cgroup hierarchy.
+    pub cgroups: Vec<String>,
 }
 
 /// Files and directories ferry makes on a node.

@@ -3,7 +3,9 @@
 //! ConfigMap and Secret keys, the `kubernetes` Service's variables), its mounts (hostPath,
 //! ConfigMap, Secret, emptyDir and the service account's token), and its security context
 //! (capabilities, privileged, read-only root, no_new_privs, and the masked and read-only
-//! /proc paths kubelet sends for every container).
+//! /proc paths kubelet sends for every container). ConfigMap and Secret volumes are laid
+//! out as kubelet's atomic writer lays them out (`..data`), so that [`refresh_volumes`]
+//! can update them under running containers.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -396,14 +398,12 @@ fn volume(v: &Volume, ctx: &Context, ns: &str, uid: &str) -> Result<String, NotY
             None => return Err(NotYet(format!("configmap \"{}\" not found", c.name))),
         };
         let mode = c.default_mode.unwrap_or(0o644) as u32;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| NotYet(format!("{}: {e}", dir.display())))?;
-        files(
-            &dir,
+        let payload = payload(
             c.items.as_deref(),
             data.into_iter().map(|(k, v)| (k, v.into_bytes())),
             mode,
         )?;
+        atomic_write(&dir, &payload)?;
         return Ok(on_node);
     }
     if let Some(s) = &v.secret {
@@ -416,14 +416,12 @@ fn volume(v: &Volume, ctx: &Context, ns: &str, uid: &str) -> Result<String, NotY
             None => return Err(NotYet(format!("secret \"{name}\" not found"))),
         };
         let mode = s.default_mode.unwrap_or(0o644) as u32;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| NotYet(format!("{}: {e}", dir.display())))?;
-        files(
-            &dir,
+        let payload = payload(
             s.items.as_deref(),
             data.into_iter().map(|(k, v)| (k, v.0)),
             mode,
         )?;
+        atomic_write(&dir, &payload)?;
         return Ok(on_node);
     }
     if v.empty_dir.is_some() {
@@ -434,14 +432,17 @@ fn volume(v: &Volume, ctx: &Context, ns: &str, uid: &str) -> Result<String, NotY
     Err(NotYet(format!("volume {}: a kind not served here", v.name)))
 }
 
-/// Writes a ConfigMap's or Secret's keys (or the listed `items`) as files.
-fn files(
-    dir: &Path,
+/// A ConfigMap's or Secret's keys (or the listed `items`): each file's path in the volume,
+/// content and mode.
+type Payload = BTreeMap<String, (Vec<u8>, u32)>;
+
+fn payload(
     items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
     data: impl Iterator<Item = (String, Vec<u8>)>,
     mode: u32,
-) -> Result<(), NotYet> {
+) -> Result<Payload, NotYet> {
     let data: BTreeMap<String, Vec<u8>> = data.collect();
+    let mut out = Payload::new();
     match items {
         Some(items) => {
             for it in items {
@@ -449,16 +450,107 @@ fn files(
                     .get(&it.key)
                     .ok_or_else(|| NotYet(format!("key {} not found", it.key)))?;
                 let m = it.mode.map(|m| m as u32).unwrap_or(mode);
-                write_file(&dir.join(&it.path), bytes, m)?;
+                out.insert(it.path.clone(), (bytes.clone(), m));
             }
         }
         None => {
-            for (k, b) in &data {
-                write_file(&dir.join(k), b, mode)?;
+            for (k, b) in data {
+                out.insert(k, (b, mode));
             }
         }
     }
+    Ok(out)
+}
+
+/// Whether the volume's current data (through `..data`) is `payload`, file for file.
+fn holds(dir: &Path, payload: &Payload) -> bool {
+    let data = dir.join("..data");
+    let same = payload.iter().all(|(path, (bytes, mode))| {
+        let file = data.join(path);
+        std::fs::read(&file).is_ok_and(|b| &b == bytes)
+            && std::fs::metadata(&file).is_ok_and(|m| m.permissions().mode() & 0o7777 == *mode)
+    });
+    let top: std::collections::BTreeSet<&str> = payload.keys().map(|p| top_name(p)).collect();
+    let listed = std::fs::read_dir(&data).map(|d| {
+        d.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(".."))
+            .count()
+    });
+    same && listed.is_ok_and(|n| n == top.len())
+}
+
+fn top_name(path: &str) -> &str {
+    path.split('/').next().unwrap_or(path)
+}
+
+/// Writes `payload` into the volume directory `dir` as kubelet's atomic writer does: the
+/// files in a new timestamped `..<time>` directory, `..data` swapped to it with one rename,
+/// each top-level name a symlink through `..data`. The directory itself stays (the
+/// containers bind-mount it), so a container sees the old files or the new ones, never a
+/// mix; nothing is written when the volume already holds `payload`.
+fn atomic_write(dir: &Path, payload: &Payload) -> Result<(), NotYet> {
+    let io = |what: &Path, e: std::io::Error| NotYet(format!("{}: {e}", what.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    if holds(dir, payload) {
+        return Ok(());
+    }
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let stamp = k8s_openapi::jiff::Timestamp::from_second(now.as_secs() as i64)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+        .strftime("%Y_%m_%d_%H_%M_%S")
+        .to_string();
+    let ts = format!("..{stamp}.{}{n}", now.subsec_nanos());
+    let new = dir.join(&ts);
+    std::fs::create_dir(&new).map_err(|e| io(&new, e))?;
+    for (path, (bytes, mode)) in payload {
+        write_file(&new.join(path), bytes, *mode)?;
+    }
+    let link = dir.join("..data");
+    let old = std::fs::read_link(&link).ok();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&ts, &tmp).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &link).map_err(|e| io(&link, e))?;
+    let top: std::collections::BTreeSet<&str> = payload.keys().map(|p| top_name(p)).collect();
+    for name in &top {
+        let user = dir.join(name);
+        let linked = std::fs::symlink_metadata(&user).is_ok_and(|m| m.file_type().is_symlink());
+        if !linked {
+            let _ = std::fs::remove_dir_all(&user);
+            let _ = std::fs::remove_file(&user);
+            std::os::unix::fs::symlink(Path::new("..data").join(name), &user)
+                .map_err(|e| io(&user, e))?;
+        }
+    }
+    // Names the new data no longer has: their links would dangle.
+    for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") && !top.contains(name.as_str()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    if let Some(old) = old.filter(|o| *o != Path::new(&ts)) {
+        let old = dir.join(old);
+        std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+    }
     Ok(())
+}
+
+/// The pod's ConfigMap and Secret volumes written again from the objects as they are now,
+/// as kubelet's periodic sync does (each only when its content changed). A volume whose
+/// object is gone keeps its last content, as kubelet keeps it.
+pub fn refresh_volumes(pod: &Pod, ctx: &Context) {
+    let (ns, _, uid) = meta(pod);
+    let spec = pod.spec.clone().unwrap_or_default();
+    for v in spec.volumes.iter().flatten() {
+        if v.config_map.is_some() || v.secret.is_some() {
+            let _ = volume(v, ctx, ns, uid);
+        }
+    }
 }
 
 /// The container's mounts: its `volumeMounts` (paths of the node), and the service
@@ -612,5 +704,42 @@ mod tests {
         assert_eq!(expand("http://$(A):6666", &vars), "http://1:6666");
         assert_eq!(expand("$(C)-$(B)", &vars), "$(C)-x");
         assert_eq!(expand("$$(A) $ $(", &vars), "$(A) $ $(");
+    }
+
+    #[test]
+    fn a_volume_is_rewritten_as_kubelets_atomic_writer_does() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path().join("vol");
+        let one: Payload = [
+            ("a".to_string(), (b"1".to_vec(), 0o644)),
+            ("b".to_string(), (b"2".to_vec(), 0o400)),
+        ]
+        .into();
+        atomic_write(&dir, &one).expect("write");
+        let inode = std::fs::metadata(&dir).expect("dir").ino();
+        let first = std::fs::read_link(dir.join("..data")).expect("..data");
+        assert_eq!(
+            std::fs::read_link(dir.join("a")).expect("link"),
+            Path::new("..data/a")
+        );
+        assert_eq!(std::fs::read(dir.join("b")).expect("b"), b"2");
+        // The same content: nothing written.
+        atomic_write(&dir, &one).expect("write");
+        assert_eq!(
+            std::fs::read_link(dir.join("..data")).expect("..data"),
+            first
+        );
+        // Changed: a new ..data in the same directory, the old data and names gone.
+        let two: Payload = [("a".to_string(), (b"3".to_vec(), 0o644))].into();
+        atomic_write(&dir, &two).expect("write");
+        assert_eq!(std::fs::metadata(&dir).expect("dir").ino(), inode);
+        assert_ne!(
+            std::fs::read_link(dir.join("..data")).expect("..data"),
+            first
+        );
+        assert_eq!(std::fs::read(dir.join("a")).expect("a"), b"3");
+        assert!(std::fs::symlink_metadata(dir.join("b")).is_err());
+        assert!(!dir.join(&first).exists());
     }
 }
