@@ -100,6 +100,30 @@ fn log_pair(log: &std::path::Path) -> (Stdio, Stdio) {
     (out.into(), err.into())
 }
 
+/// A ping every 20 ms from `ns` to `to` while `f` runs (half a second before and after
+/// it too): (sent, received).
+pub fn ping_through(ns: &Netns, to: &str, f: impl FnOnce()) -> (u32, u32) {
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let ping = Bg::spawn_logged(ns, &format!("ping -i 0.02 -W 1 {to}"), log.path());
+    std::thread::sleep(Duration::from_millis(500));
+    f();
+    std::thread::sleep(Duration::from_millis(500));
+    ping.stop(libc::SIGINT, Duration::from_secs(5));
+    let out = std::fs::read_to_string(log.path()).unwrap_or_default();
+    let stat = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {out}"));
+    let n = |word: &str| -> u32 {
+        stat.split(',')
+            .find(|p| p.contains(word))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    };
+    (n("transmitted"), n("received"))
+}
+
 /// Polls `f` until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;

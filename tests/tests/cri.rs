@@ -181,29 +181,6 @@ fn host_port_stop_and_remove() {
     assert!(!log.contains("failed to destroy network"), "{log}");
 }
 
-/// A ping every 20 ms from `from` to `to` while `f` runs; (sent, received).
-fn ping_through(from: &Netns, to: &str, f: impl FnOnce()) -> (u32, u32) {
-    let log = tempfile::NamedTempFile::new().expect("log");
-    let ping = Bg::spawn_logged(from, &format!("ping -i 0.02 -W 1 {to}"), log.path());
-    std::thread::sleep(Duration::from_millis(500));
-    f();
-    std::thread::sleep(Duration::from_millis(500));
-    ping.stop(libc::SIGINT, Duration::from_secs(5));
-    let out = std::fs::read_to_string(log.path()).unwrap_or_default();
-    let stat = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary: {out}"));
-    let n = |word: &str| -> u32 {
-        stat.split(',')
-            .find(|p| p.contains(word))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0)
-    };
-    (n("transmitted"), n("received"))
-}
-
 #[test]
 fn restarts_of_containerd_and_of_the_daemon_keep_pods_connected() {
     ferry_tests::needs_root!();
@@ -212,7 +189,8 @@ fn restarts_of_containerd_and_of_the_daemon_keep_pods_connected() {
     let (b_uid, _, b_ip) = pod(&mut c, 1, "default", "b");
 
     // containerd restarted: the pods keep their network, and are torn down cleanly after.
-    let (sent, got) = ping_through(&a, &b_ip, || c.nodes[0].restart_containerd());
+    let (sent, got) =
+        ferry_tests::proc::ping_through(&a, &b_ip, || c.nodes[0].restart_containerd());
     assert_eq!(sent, got, "packets lost across a containerd restart");
 
     // ferry-overlayd restarted on both nodes: each node's ferry pod deleted and the
@@ -222,7 +200,8 @@ fn restarts_of_containerd_and_of_the_daemon_keep_pods_connected() {
         .collect();
     let ds = c.object("DaemonSet", "ferry");
     let mut took = Vec::new();
-    let (sent, got) = ping_through(&a, &b_ip, || took = c.rolling_update(&ds, READY));
+    let (sent, got) =
+        ferry_tests::proc::ping_through(&a, &b_ip, || took = c.rolling_update(&ds, READY));
     eprintln!("ferry-overlayd restarts: {sent} pings sent, {got} received; per node {took:?}");
     assert_eq!(
         sent,

@@ -68,29 +68,6 @@ fn pod(
     (uid.clone(), c.pod_netns(&uid), ip)
 }
 
-/// A ping every 20 ms from `from` to `to` while `f` runs; (sent, received).
-fn ping_through(from: &Netns, to: &str, f: impl FnOnce()) -> (u32, u32) {
-    let log = tempfile::NamedTempFile::new().expect("log");
-    let ping = Bg::spawn_logged(from, &format!("ping -i 0.02 -W 1 {to}"), log.path());
-    std::thread::sleep(Duration::from_millis(500));
-    f();
-    std::thread::sleep(Duration::from_millis(500));
-    ping.stop(libc::SIGINT, Duration::from_secs(5));
-    let out = std::fs::read_to_string(log.path()).unwrap_or_default();
-    let stat = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary: {out}"));
-    let n = |word: &str| -> u32 {
-        stat.split(',')
-            .find(|p| p.contains(word))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0)
-    };
-    (n("transmitted"), n("received"))
-}
-
 /// Pods on every node reach each other, each seen with its own address.
 fn assert_pods_talk(pods: &[(String, Netns, String)]) {
     let _servers: Vec<Bg> = pods
@@ -204,7 +181,7 @@ fn a_rolling_upgrade_loses_no_ping() {
         Some("next"),
     );
     let mut took = Vec::new();
-    let (sent, got) = ping_through(&a, &b_ip, || {
+    let (sent, got) = ferry_tests::proc::ping_through(&a, &b_ip, || {
         took = c.rolling_update(&ds, READY);
     });
     eprintln!("rolling upgrade: {sent} pings sent, {got} received; per node {took:?}");
