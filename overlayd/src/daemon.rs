@@ -24,10 +24,11 @@ use crate::etcd_retry::{etcd, MAX_BACKOFF};
 use crate::identity::{self, ALIVE_TTL};
 use crate::metrics::Metrics;
 use crate::node_check::NodeCheck;
+use crate::node_filter::{self, Family, Members, Wrote};
+use crate::node_only::NodeOnly;
 use crate::peers::{diff, Entries, Hop, Peer, Reach};
 use crate::status::Cause;
 use crate::underlay::Underlay;
-use crate::underlay_filter::{self, Family};
 use crate::{health, startup};
 
 /// How often etcd leases are refreshed.
@@ -62,8 +63,10 @@ struct Node {
     /// Routes not made because a route ferry did not make is there (logged once).
     spared: BTreeSet<Ipv4Network>,
     programmed: Entries,
-    /// The underlay addresses VXLAN is accepted from, as last applied.
-    vxlan_from: Option<BTreeSet<IpAddr>>,
+    /// What table inet ferry's rules are made of.
+    filter: node_filter::Shape,
+    /// Its sets as last applied.
+    filtered: Option<Members>,
     /// The iptables backend ferry's chains are in.
     iptables: crate::iptables::Selection,
     metrics: Arc<Metrics>,
@@ -188,6 +191,7 @@ pub async fn run(args: Args) -> Result<()> {
             vtep_mac = %acquired.record.vtep_mac, reused = acquired.reused, "subnet leased"
         );
 
+        let filter = filter_shape(&args, &cfg, underlay.ip);
         let mut node = Node {
             args: args.clone(),
             name,
@@ -206,7 +210,8 @@ pub async fn run(args: Args) -> Result<()> {
             refused: BTreeSet::new(),
             spared: BTreeSet::new(),
             programmed: Entries::default(),
-            vxlan_from: None,
+            filter,
+            filtered: None,
             iptables: crate::iptables::Selection::choose(args.iptables_backend),
             metrics: metrics.clone(),
             node_check,
@@ -653,9 +658,9 @@ impl Node {
         let want = self.desired(&self.programmed);
         let ops = diff(&want, &self.programmed);
         self.apply(&ops, false).await;
-        if let Err(e) = self.filter_vxlan(&want, false) {
+        if let Err(e) = self.filter_node(&want, false) {
             self.metrics.reconcile_errors.fetch_add(1, Relaxed);
-            tracing::warn!("VXLAN filter: {e:#}");
+            tracing::warn!("node filter: {e:#}");
         }
         self.write_paths(&want);
         self.set_programmed(want);
@@ -679,25 +684,54 @@ impl Node {
         }
     }
 
-    /// Accepts VXLAN only from the peers of `want`: the set changed as a diff from what
-    /// was last applied, or from the kernel's on a full check (`whole`).
-    fn filter_vxlan(&mut self, want: &Entries, whole: bool) -> Result<()> {
-        let nodes = want.nodes();
-        let f = Family::of(self.underlay.ip);
-        match (&self.vxlan_from, whole) {
+    /// Keeps table inet ferry's sets equal to `want`'s nodes and their subnets: changed as
+    /// a diff from what was last applied, or from the kernel's on a full check (`whole`),
+    /// which also reads the drop counters into the metrics.
+    fn filter_node(&mut self, want: &Entries, whole: bool) -> Result<()> {
+        let members = Members::new(want.nodes(), want.sources());
+        let table = format!("{} {}", node_filter::FAMILY, node_filter::TABLE);
+        match (&self.filtered, whole) {
             (Some(have), false) => {
-                if let Some(script) = underlay_filter::update_script(f, &nodes, have) {
-                    underlay_filter::run(&script)?;
+                if let Some(script) = node_filter::update_script(&members, have) {
+                    node_filter::run(&script)?;
                 }
             }
-            _ => {
-                if underlay_filter::ensure(f, self.cfg.port, &nodes)? && self.vxlan_from.is_none() {
-                    tracing::info!(table = %format!("{} {}", f.nft(), underlay_filter::TABLE), "VXLAN filter installed");
+            (first, _) => {
+                let first = first.is_none();
+                if first {
+                    // An upgraded node's table of before, left as it was when the table
+                    // of now is already there (a downgrade and an upgrade again).
+                    node_filter::run(&node_filter::legacy_script())?;
                 }
+                let (wrote, dropped) = node_filter::ensure(&self.filter, &members)?;
+                match (wrote, first) {
+                    (Wrote::Whole, true) => tracing::info!(table = %table, "node filter installed"),
+                    (Wrote::Whole, false) => {
+                        self.metrics.repairs.fetch_add(1, Relaxed);
+                        tracing::warn!(table = %table, "node filter was missing or differed; written again (its counters start again)");
+                    }
+                    _ => {}
+                }
+                self.report_drops(dropped, !first);
             }
         }
-        self.vxlan_from = Some(nodes);
+        self.filtered = Some(members);
         Ok(())
+    }
+
+    /// Puts the drop counters read from the table into the metrics; with `log`, says what
+    /// was dropped since the last reading (an attempt the operator should know of).
+    fn report_drops(&self, now: BTreeMap<node_filter::Check, u64>, log: bool) {
+        let Ok(mut dropped) = self.metrics.dropped.lock() else {
+            return;
+        };
+        for (check, n) in &now {
+            let before = dropped.get(check).copied().unwrap_or(0);
+            if log && *n > before {
+                tracing::warn!(metric = check.metric(), labels = %check.labels(), packets = n - before, "{}", check.what());
+            }
+        }
+        *dropped = now;
     }
 
     fn set_programmed(&mut self, e: Entries) {
@@ -779,7 +813,7 @@ impl Node {
         let have = datapath::read(&self.nl, self.vx.index).await?;
         self.refresh_reach().await;
         let want = self.desired(&have);
-        self.filter_vxlan(&want, true)?;
+        self.filter_node(&want, true)?;
         let ops = diff(&want, &have);
         if !ops.is_empty() && self.metrics.ready.load(Relaxed) {
             self.metrics.repairs.fetch_add(1, Relaxed);
@@ -843,6 +877,26 @@ impl Node {
             })?;
         }
         Ok(())
+    }
+}
+
+/// What table inet ferry's rules are made of: this node's underlay address, the cluster
+/// CIDRs, the node-only services. An etcd endpoint given by name cannot be a rule: said
+/// once.
+fn filter_shape(args: &Args, cfg: &ClusterConfig, underlay: IpAddr) -> node_filter::Shape {
+    let tls = args.etcd.etcd_cacert.is_some() || args.etcd.etcd_cert.is_some();
+    let node_only = NodeOnly::new(cfg.port, &args.etcd.etcd_endpoints, tls);
+    for e in &node_only.by_name {
+        tracing::warn!(endpoint = %e, "an etcd endpoint given by name: pods are not kept from it (give its IP address to have them kept out)");
+    }
+    let pods = [
+        cfg.ipv4.map(|v| IpNetwork::V4(v.cluster_cidr)),
+        cfg.ipv6.map(|v| IpNetwork::V6(v.cluster_cidr)),
+    ];
+    node_filter::Shape {
+        underlay,
+        pods: pods.into_iter().flatten().collect(),
+        node_only,
     }
 }
 

@@ -181,6 +181,35 @@ impl Entries {
     pub fn nodes(&self) -> BTreeSet<IpAddr> {
         self.fdb.iter().map(|f| f.dst).collect()
     }
+
+    /// The pod subnets each peer's VXLAN may carry as inner sources, with the peer's
+    /// underlay address: every subnet routed to it, over VXLAN (the route's neighbour
+    /// names its VTEP MAC, whose FDB entry names the address) or directly (via the
+    /// address). A held subnet counts as the kernel routes it, as in `nodes`.
+    pub fn sources(&self) -> BTreeSet<(IpAddr, IpNetwork)> {
+        let to = |mac: Option<&[u8; 6]>| -> Vec<IpAddr> {
+            let Some(mac) = mac else {
+                return Vec::new();
+            };
+            self.fdb
+                .iter()
+                .filter(|f| f.mac == *mac)
+                .map(|f| f.dst)
+                .collect()
+        };
+        let vxlan4 = self.routes.iter().flat_map(|(net, gw)| {
+            to(self.neighs.get(gw))
+                .into_iter()
+                .map(|d| (d, IpNetwork::V4(*net)))
+        });
+        let vxlan6 = self.routes6.iter().flat_map(|(net, gw)| {
+            to(self.neighs6.get(gw))
+                .into_iter()
+                .map(|d| (d, IpNetwork::V6(*net)))
+        });
+        let direct = self.direct.iter().map(|(net, hop)| (hop.via, *net));
+        vxlan4.chain(vxlan6).chain(direct).collect()
+    }
 }
 
 /// Main-table destinations whose route ferry did not make (not on the VXLAN device, not
@@ -667,5 +696,28 @@ mod tests {
             vec!["10.244.1.0/24".parse::<Ipv4Network>().unwrap()]
         );
         assert!(!ops.iter().any(|o| matches!(o, Op::SetDirect(..))));
+    }
+
+    #[test]
+    fn each_peer_may_send_the_subnets_routed_to_it_on_either_path() {
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let at = |i: u8| IpAddr::from([192, 0, 2, i]);
+        // 11 on-link (its IPv4 subnet direct, its IPv6 one over VXLAN), 12 over VXLAN.
+        let want = Entries::desired(&[peer6(1, 11, 1), peer(2, 12, 2)], &on_link(&[11]));
+        assert_eq!(
+            want.sources(),
+            [
+                (at(11), net("10.244.1.0/24")),
+                (at(11), net("fd00:10:0:1::/64")),
+                (at(12), net("10.244.2.0/24")),
+            ]
+            .into()
+        );
+        // A held subnet counts as the kernel has it.
+        let have = Entries::desired(&[peer(1, 11, 1), peer(2, 12, 2)], &nowhere());
+        let held: BTreeSet<IpNetwork> = [net("10.244.2.0/24")].into();
+        let kept = Entries::desired(&[peer(1, 11, 1)], &nowhere()).keeping(&held, &have);
+        assert_eq!(kept.sources(), have.sources());
+        assert!(kept.sources().contains(&(at(12), net("10.244.2.0/24"))));
     }
 }
