@@ -158,12 +158,16 @@ impl Probe {
         let counted = wait_until(Duration::from_secs(5), || {
             dropped(host, comment) >= before + u64::from(count)
         });
-        assert!(
-            counted,
-            "{count} drops by \"{comment}\" in {}, {before} before: {}",
-            host.name,
-            host.sh("nft list table inet ferry")
-        );
+        if !counted {
+            let table = host.try_sh("nft list table inet ferry");
+            panic!(
+                "{count} drops by \"{comment}\" in {}, {before} before; arrived: {}\n{}{}",
+                host.name,
+                self.arrives(payload),
+                String::from_utf8_lossy(&table.stdout),
+                String::from_utf8_lossy(&table.stderr)
+            );
+        }
         // Anything that got through would be here by now (it went out before the count).
         std::thread::sleep(Duration::from_millis(300));
         !self.received().contains(payload)
