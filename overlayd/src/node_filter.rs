@@ -18,7 +18,9 @@
 //!   forger sends anything else. nftables 1.0.6 names no header inside VXLAN, but raw
 //!   payload from the UDP header works: 8 bytes of UDP, 8 of VXLAN, then the inner
 //!   Ethernet header (its type at byte 28), the inner IPv4 source at byte 42 (bit 336),
-//!   the inner IPv6 source at byte 38 (bit 304). The subnets are therefore integers.
+//!   the inner IPv6 source at byte 38 (bit 304). The subnets are therefore integers. A
+//!   frame too short for a load matches no rule (nft reads nothing past the packet's
+//!   end), and is too short for the kernel to take as IPv4 or IPv6 after decapsulation.
 //!
 //! Sending, chains `pods-forward` and `pods-input` (hooks forward and input, after the
 //! translations of prerouting and before the masquerade of postrouting): a packet from a
