@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use netlink::{Link, Netlink, VxlanSpec};
 use node_ipam::NodeState;
 use registry::model::resolve;
@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::node_check::NodeCheck;
 use crate::node_filter::{self, Family, Members, Wrote};
 use crate::node_only::NodeOnly;
-use crate::peers::{diff, Entries, Hop, Peer, Reach};
+use crate::peers::{diff, Entries, Hop, Op, Peer, Reach};
 use crate::status::Cause;
 use crate::underlay::Underlay;
 use crate::{health, startup};
@@ -60,8 +60,9 @@ struct Node {
     held: BTreeSet<IpNetwork>,
     /// Records refused at the last listing (each logged once, when first refused).
     refused: BTreeSet<Refused>,
-    /// Routes not made because a route ferry did not make is there (logged once).
-    spared: BTreeSet<Ipv4Network>,
+    /// Destinations, of either family, where a lease wants a route but the host has one
+    /// ferry did not make: left alone (each logged once, when first spared).
+    spared: BTreeSet<IpNetwork>,
     programmed: Entries,
     /// What table inet ferry's rules are made of.
     filter: node_filter::Shape,
@@ -160,7 +161,7 @@ pub async fn run(args: Args) -> Result<()> {
             &Entries::desired(&others, &reach).keeping(&held, &have),
             &have,
         );
-        datapath::apply_guarded(&nl, vx.index, &early).await;
+        datapath::apply_guarded(&nl, vx.index, early).await;
 
         // The subnet this node had, so that its pods keep their addresses: node.json's, else
         // the one its lease names.
@@ -656,32 +657,40 @@ impl Node {
     async fn apply_changes(&mut self) {
         self.refresh_reach().await;
         let want = self.desired(&self.programmed);
-        let ops = diff(&want, &self.programmed);
-        self.apply(&ops, false).await;
-        if let Err(e) = self.filter_node(&want, false) {
+        let guarded = datapath::guard(&self.nl, self.vx.index, diff(&want, &self.programmed)).await;
+        let now = want.applied(&self.programmed, &guarded.unmade());
+        self.apply(&guarded.ops).await;
+        self.note_spared(guarded);
+        if let Err(e) = self.filter_node(&now, false) {
             self.metrics.reconcile_errors.fetch_add(1, Relaxed);
             tracing::warn!("node filter: {e:#}");
         }
-        self.write_paths(&want);
-        self.set_programmed(want);
+        self.write_paths(&now);
+        self.set_programmed(now);
     }
 
-    /// Applies `ops`, sparing the routes ferry did not make.
-    /// Applies `ops`, sparing the routes ferry did not make; `whole`: `ops` cover every
-    /// peer (a full reconcile), so the spared routes are exactly these.
-    async fn apply(&mut self, ops: &[crate::peers::Op], whole: bool) {
-        let (failed, spared) = datapath::apply_guarded(&self.nl, self.vx.index, ops).await;
+    /// Applies `ops` (guarded already), counting the failures.
+    async fn apply(&mut self, ops: &[Op]) {
+        let failed = datapath::apply(&self.nl, self.vx.index, ops).await;
         self.metrics
             .reconcile_errors
             .fetch_add(failed as u64, Relaxed);
-        for net in spared.difference(&self.spared) {
+    }
+
+    /// Takes this round's spared destinations as the spared ones, logging each newly
+    /// spared one once and counting them. Every round sees each of them again (ferry
+    /// never counts a spared route as made, so each diff asks for it anew), but one whose
+    /// family's routes could not be listed this round, which stays as it was.
+    fn note_spared(&mut self, g: crate::peers::Guarded) {
+        for net in g.spared.difference(&self.spared) {
             tracing::warn!(subnet = %net, "a lease wants a route where this host has one ferry did not make; left alone");
         }
-        if whole {
-            self.spared = spared;
-        } else {
-            self.spared.extend(spared);
-        }
+        let held: Vec<IpNetwork> = self.spared.intersection(&g.postponed).copied().collect();
+        self.spared = g.spared;
+        self.spared.extend(held);
+        self.metrics
+            .routes_spared
+            .store(self.spared.len() as u64, Relaxed);
     }
 
     /// Keeps table inet ferry's sets equal to `want`'s nodes and their subnets: changed as
@@ -813,16 +822,20 @@ impl Node {
         let have = datapath::read(&self.nl, self.vx.index).await?;
         self.refresh_reach().await;
         let want = self.desired(&have);
-        self.filter_node(&want, true)?;
-        let ops = diff(&want, &have);
+        let guarded = datapath::guard(&self.nl, self.vx.index, diff(&want, &have)).await;
+        let now = want.applied(&have, &guarded.unmade());
+        self.filter_node(&now, true)?;
+        // A spared route is no difference to mend: the host's own route is what it has.
+        let ops = &guarded.ops;
         if !ops.is_empty() && self.metrics.ready.load(Relaxed) {
             self.metrics.repairs.fetch_add(1, Relaxed);
             let shown: Vec<String> = ops.iter().take(5).map(|o| format!("{o:?}")).collect();
             tracing::warn!(ops = ops.len(), first = %shown.join(", "), "kernel differed from the leases; mending");
         }
-        self.apply(&ops, true).await;
-        self.write_paths(&want);
-        self.set_programmed(want);
+        self.apply(ops).await;
+        self.note_spared(guarded);
+        self.write_paths(&now);
+        self.set_programmed(now);
         let micros = start.elapsed().as_micros() as u64;
         self.metrics.reconciles.fetch_add(1, Relaxed);
         self.metrics.reconcile_micros_last.store(micros, Relaxed);

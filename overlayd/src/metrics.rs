@@ -17,6 +17,8 @@ pub struct Metrics {
     pub routes: AtomicU64,
     /// Remote nodes reached by DirectRouting.
     pub direct_peers: AtomicU64,
+    /// Destinations a lease wants a route to where the host has one ferry did not make.
+    pub routes_spared: AtomicU64,
     pub reconciles: AtomicU64,
     pub reconcile_errors: AtomicU64,
     pub reconcile_micros_last: AtomicU64,
@@ -130,6 +132,13 @@ impl Metrics {
             "Remote nodes whose pods are reached unencapsulated (DirectRouting); the rest go over VXLAN",
             "gauge",
             self.direct_peers.load(Relaxed).to_string(),
+        );
+        g(
+            &mut s,
+            "ferry_routes_spared",
+            "Routes a lease wants where this host has a route ferry did not make, of either family: left alone (each logged once)",
+            "gauge",
+            self.routes_spared.load(Relaxed).to_string(),
         );
         let count = self.reconciles.load(Relaxed);
         let _ = writeln!(
