@@ -27,6 +27,7 @@ use crate::node_check::NodeCheck;
 use crate::node_filter::{self, Family, Members, Wrote};
 use crate::node_only::NodeOnly;
 use crate::peers::{diff, Entries, Hop, Op, Peer, Reach};
+use crate::refusals::{Line, RefusalLog};
 use crate::status::Cause;
 use crate::underlay::Underlay;
 use crate::{health, startup};
@@ -58,8 +59,10 @@ struct Node {
     /// Subnets whose lease cannot be read now and whose node was not known before: what
     /// the kernel has for them is kept.
     held: BTreeSet<IpNetwork>,
-    /// Records refused at the last listing (each logged once, when first refused).
+    /// Records refused at the last listing (each told once, when first refused).
     refused: BTreeSet<Refused>,
+    /// How the refused records are told: named up to a bound, then summed up.
+    refusal_log: RefusalLog,
     /// Destinations, of either family, where a lease wants a route but the host has one
     /// ferry did not make: left alone (each logged once, when first spared).
     spared: BTreeSet<IpNetwork>,
@@ -209,6 +212,7 @@ pub async fn run(args: Args) -> Result<()> {
             paths: None,
             held: BTreeSet::new(),
             refused: BTreeSet::new(),
+            refusal_log: RefusalLog::default(),
             spared: BTreeSet::new(),
             programmed: Entries::default(),
             filter,
@@ -432,8 +436,11 @@ impl Node {
     fn set_view(&mut self, stored: &[StoredLease]) {
         let view = resolve(&self.cfg, &self.underlay.networks, stored);
         let refused: BTreeSet<Refused> = view.refused.into_iter().collect();
-        for r in refused.difference(&self.refused) {
-            tracing::warn!(key = %r.key, "lease record refused: {}", r.reason);
+        let lines = self
+            .refusal_log
+            .refused(Instant::now(), refused.difference(&self.refused));
+        for line in lines {
+            log_refusal(line, refused.len());
         }
         self.metrics
             .leases_refused
@@ -627,6 +634,11 @@ impl Node {
                     }
                     if let Err(e) = self.full_reconcile().await {
                         tracing::warn!("resync: {e:#}");
+                    }
+                    // Refusals held back for a summary are told within a resync of it
+                    // being due, flood over or not.
+                    if let Some(line) = self.refusal_log.due(Instant::now()) {
+                        log_refusal(line, self.refused.len());
                     }
                     self.keep_cni_conf();
                 }
@@ -890,6 +902,20 @@ impl Node {
             })?;
         }
         Ok(())
+    }
+}
+
+/// Logs a line about refused lease records; `now`: how many are refused now (a summary
+/// may come after the records it counts are gone).
+fn log_refusal(line: Line, now: usize) {
+    match line {
+        Line::One(r) => tracing::warn!(key = %r.key, "lease record refused: {}", r.reason),
+        Line::More(n) => tracing::warn!(
+            more = n,
+            refused_now = now,
+            "lease records refused: {n} more, not named one by one (at most {} a minute are); ferry_leases_refused counts them all",
+            crate::refusals::NAMED_PER_WINDOW
+        ),
     }
 }
 

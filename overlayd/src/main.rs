@@ -16,6 +16,7 @@ mod node_only;
 mod peers;
 mod policy;
 mod prepare;
+mod refusals;
 mod rules;
 mod startup;
 mod status;

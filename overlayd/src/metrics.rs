@@ -114,7 +114,7 @@ impl Metrics {
         g(
             &mut s,
             "ferry_leases_refused",
-            "Lease records refused: invalid, or the loser of a conflict (each logged once, naming its key)",
+            "Lease records refused: invalid, or the loser of a conflict (the first ones of each minute logged once by key, the rest summed up)",
             "gauge",
             self.leases_refused.load(Relaxed).to_string(),
         );
