@@ -290,18 +290,9 @@ async fn wire(
             Some(_) => continue,
             None => own.gateway,
         };
-        match (dst, gw) {
-            (IpNetwork::V4(d), IpAddr::V4(g)) => {
-                pod.add_route_v4(d.network(), d.prefix(), Some(g), link.index)
-                    .await
-            }
-            (IpNetwork::V6(d), IpAddr::V6(g)) => {
-                pod.add_route_v6(d.network(), d.prefix(), Some(g), link.index)
-                    .await
-            }
-            _ => continue,
-        }
-        .map_err(err)?;
+        pod.add_route(dst.network(), dst.prefix(), Some(gw), link.index)
+            .await
+            .map_err(err)?;
     }
 
     if let Some(s) = &steered {

@@ -1,10 +1,11 @@
 //! CHECK: the attachment still is what prevResult says.
 
+use std::collections::btree_map::{BTreeMap, Entry};
 use std::net::IpAddr;
 
 use cni::{version, CniResult, Code, Env, Error, NetConf};
 use ipnetwork::IpNetwork;
-use netlink::Netlink;
+use netlink::{IpFamily, Netlink};
 
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
@@ -132,8 +133,8 @@ async fn check_kernel(
             .filter(|a| a.0.is_ipv4() == v4)
             .find_map(|a| a.2)
     };
-    let mut routes_v4 = None;
-    let mut routes_v6 = None;
+    // Listed once per family, when a route of it is to be found.
+    let mut listed: BTreeMap<IpFamily, Vec<netlink::Route>> = BTreeMap::new();
     for r in &prev.routes {
         let Ok(dst) = r.dst.parse::<IpNetwork>() else {
             continue;
@@ -143,28 +144,14 @@ async fn check_kernel(
             Some(_) => continue,
             None => gateway(dst.is_ipv4()),
         };
-        let found = match dst {
-            IpNetwork::V4(d) => {
-                if routes_v4.is_none() {
-                    routes_v4 = Some(pod.routes_v4().await.map_err(err)?);
-                }
-                routes_v4.iter().flatten().any(|k| {
-                    k.dst == d.network()
-                        && k.prefix == d.prefix()
-                        && (gw.is_none() || k.gateway.map(IpAddr::V4) == gw)
-                })
-            }
-            IpNetwork::V6(d) => {
-                if routes_v6.is_none() {
-                    routes_v6 = Some(pod.routes_v6().await.map_err(err)?);
-                }
-                routes_v6.iter().flatten().any(|k| {
-                    k.dst == d.network()
-                        && k.prefix == d.prefix()
-                        && (gw.is_none() || k.gateway.map(IpAddr::V6) == gw)
-                })
-            }
+        let family = IpFamily::of(dst.network());
+        let routes = match listed.entry(family) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => v.insert(pod.routes(family).await.map_err(err)?),
         };
+        let found = routes.iter().any(|k| {
+            k.dst == dst.network() && k.prefix == dst.prefix() && (gw.is_none() || k.gateway == gw)
+        });
         if !found {
             let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
             return Err(failed(format!(

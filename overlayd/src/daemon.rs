@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use netlink::{Link, Netlink, VxlanSpec};
 use node_ipam::NodeState;
 use registry::model::resolve;
@@ -24,10 +24,12 @@ use crate::etcd_retry::{etcd, MAX_BACKOFF};
 use crate::identity::{self, ALIVE_TTL};
 use crate::metrics::Metrics;
 use crate::node_check::NodeCheck;
-use crate::peers::{diff, Entries, Hop, Peer, Reach};
+use crate::node_filter::{self, Family, Members, Wrote};
+use crate::node_only::NodeOnly;
+use crate::peers::{diff, Entries, Hop, Op, Peer, Reach};
+use crate::refusals::{Line, RefusalLog};
 use crate::status::Cause;
 use crate::underlay::Underlay;
-use crate::underlay_filter::{self, Family};
 use crate::{health, startup};
 
 /// How often etcd leases are refreshed.
@@ -57,13 +59,18 @@ struct Node {
     /// Subnets whose lease cannot be read now and whose node was not known before: what
     /// the kernel has for them is kept.
     held: BTreeSet<IpNetwork>,
-    /// Records refused at the last listing (each logged once, when first refused).
+    /// Records refused at the last listing (each told once, when first refused).
     refused: BTreeSet<Refused>,
-    /// Routes not made because a route ferry did not make is there (logged once).
-    spared: BTreeSet<Ipv4Network>,
+    /// How the refused records are told: named up to a bound, then summed up.
+    refusal_log: RefusalLog,
+    /// Destinations, of either family, where a lease wants a route but the host has one
+    /// ferry did not make: left alone (each logged once, when first spared).
+    spared: BTreeSet<IpNetwork>,
     programmed: Entries,
-    /// The underlay addresses VXLAN is accepted from, as last applied.
-    vxlan_from: Option<BTreeSet<IpAddr>>,
+    /// What table inet ferry's rules are made of.
+    filter: node_filter::Shape,
+    /// Its sets as last applied.
+    filtered: Option<Members>,
     /// The iptables backend ferry's chains are in.
     iptables: crate::iptables::Selection,
     metrics: Arc<Metrics>,
@@ -157,7 +164,7 @@ pub async fn run(args: Args) -> Result<()> {
             &Entries::desired(&others, &reach).keeping(&held, &have),
             &have,
         );
-        datapath::apply_guarded(&nl, vx.index, &early).await;
+        datapath::apply_guarded(&nl, vx.index, early).await;
 
         // The subnet this node had, so that its pods keep their addresses: node.json's, else
         // the one its lease names.
@@ -188,6 +195,7 @@ pub async fn run(args: Args) -> Result<()> {
             vtep_mac = %acquired.record.vtep_mac, reused = acquired.reused, "subnet leased"
         );
 
+        let filter = filter_shape(&args, &cfg, underlay.ip);
         let mut node = Node {
             args: args.clone(),
             name,
@@ -204,9 +212,11 @@ pub async fn run(args: Args) -> Result<()> {
             paths: None,
             held: BTreeSet::new(),
             refused: BTreeSet::new(),
+            refusal_log: RefusalLog::default(),
             spared: BTreeSet::new(),
             programmed: Entries::default(),
-            vxlan_from: None,
+            filter,
+            filtered: None,
             iptables: crate::iptables::Selection::choose(args.iptables_backend),
             metrics: metrics.clone(),
             node_check,
@@ -426,8 +436,11 @@ impl Node {
     fn set_view(&mut self, stored: &[StoredLease]) {
         let view = resolve(&self.cfg, &self.underlay.networks, stored);
         let refused: BTreeSet<Refused> = view.refused.into_iter().collect();
-        for r in refused.difference(&self.refused) {
-            tracing::warn!(key = %r.key, "lease record refused: {}", r.reason);
+        let lines = self
+            .refusal_log
+            .refused(Instant::now(), refused.difference(&self.refused));
+        for line in lines {
+            log_refusal(line, refused.len());
         }
         self.metrics
             .leases_refused
@@ -622,6 +635,11 @@ impl Node {
                     if let Err(e) = self.full_reconcile().await {
                         tracing::warn!("resync: {e:#}");
                     }
+                    // Refusals held back for a summary are told within a resync of it
+                    // being due, flood over or not.
+                    if let Some(line) = self.refusal_log.due(Instant::now()) {
+                        log_refusal(line, self.refused.len());
+                    }
                     self.keep_cni_conf();
                 }
                 // Until the first install: the policy may become ready between resyncs.
@@ -651,53 +669,90 @@ impl Node {
     async fn apply_changes(&mut self) {
         self.refresh_reach().await;
         let want = self.desired(&self.programmed);
-        let ops = diff(&want, &self.programmed);
-        self.apply(&ops, false).await;
-        if let Err(e) = self.filter_vxlan(&want, false) {
+        let guarded = datapath::guard(&self.nl, self.vx.index, diff(&want, &self.programmed)).await;
+        let now = want.applied(&self.programmed, &guarded.unmade());
+        self.apply(&guarded.ops).await;
+        self.note_spared(guarded);
+        if let Err(e) = self.filter_node(&now, false) {
             self.metrics.reconcile_errors.fetch_add(1, Relaxed);
-            tracing::warn!("VXLAN filter: {e:#}");
+            tracing::warn!("node filter: {e:#}");
         }
-        self.write_paths(&want);
-        self.set_programmed(want);
+        self.write_paths(&now);
+        self.set_programmed(now);
     }
 
-    /// Applies `ops`, sparing the routes ferry did not make.
-    /// Applies `ops`, sparing the routes ferry did not make; `whole`: `ops` cover every
-    /// peer (a full reconcile), so the spared routes are exactly these.
-    async fn apply(&mut self, ops: &[crate::peers::Op], whole: bool) {
-        let (failed, spared) = datapath::apply_guarded(&self.nl, self.vx.index, ops).await;
+    /// Applies `ops` (guarded already), counting the failures.
+    async fn apply(&mut self, ops: &[Op]) {
+        let failed = datapath::apply(&self.nl, self.vx.index, ops).await;
         self.metrics
             .reconcile_errors
             .fetch_add(failed as u64, Relaxed);
-        for net in spared.difference(&self.spared) {
-            tracing::warn!(subnet = %net, "a lease wants a route where this host has one ferry did not make; left alone");
-        }
-        if whole {
-            self.spared = spared;
-        } else {
-            self.spared.extend(spared);
-        }
     }
 
-    /// Accepts VXLAN only from the peers of `want`: the set changed as a diff from what
-    /// was last applied, or from the kernel's on a full check (`whole`).
-    fn filter_vxlan(&mut self, want: &Entries, whole: bool) -> Result<()> {
-        let nodes = want.nodes();
-        let f = Family::of(self.underlay.ip);
-        match (&self.vxlan_from, whole) {
+    /// Takes this round's spared destinations as the spared ones, logging each newly
+    /// spared one once and counting them. Every round sees each of them again (ferry
+    /// never counts a spared route as made, so each diff asks for it anew), but one whose
+    /// family's routes could not be listed this round, which stays as it was.
+    fn note_spared(&mut self, g: crate::peers::Guarded) {
+        for net in g.spared.difference(&self.spared) {
+            tracing::warn!(subnet = %net, "a lease wants a route where this host has one ferry did not make; left alone");
+        }
+        let held: Vec<IpNetwork> = self.spared.intersection(&g.postponed).copied().collect();
+        self.spared = g.spared;
+        self.spared.extend(held);
+        self.metrics
+            .routes_spared
+            .store(self.spared.len() as u64, Relaxed);
+    }
+
+    /// Keeps table inet ferry's sets equal to `want`'s nodes and their subnets: changed as
+    /// a diff from what was last applied, or from the kernel's on a full check (`whole`),
+    /// which also reads the drop counters into the metrics.
+    fn filter_node(&mut self, want: &Entries, whole: bool) -> Result<()> {
+        let members = Members::new(want.nodes(), want.sources());
+        let table = format!("{} {}", node_filter::FAMILY, node_filter::TABLE);
+        match (&self.filtered, whole) {
             (Some(have), false) => {
-                if let Some(script) = underlay_filter::update_script(f, &nodes, have) {
-                    underlay_filter::run(&script)?;
+                if let Some(script) = node_filter::update_script(&members, have) {
+                    node_filter::run(&script)?;
                 }
             }
-            _ => {
-                if underlay_filter::ensure(f, self.cfg.port, &nodes)? && self.vxlan_from.is_none() {
-                    tracing::info!(table = %format!("{} {}", f.nft(), underlay_filter::TABLE), "VXLAN filter installed");
+            (first, _) => {
+                let first = first.is_none();
+                if first {
+                    // An upgraded node's table of before, left as it was when the table
+                    // of now is already there (a downgrade and an upgrade again).
+                    node_filter::run(&node_filter::legacy_script())?;
                 }
+                let (wrote, dropped) = node_filter::ensure(&self.filter, &members)?;
+                match (wrote, first) {
+                    (Wrote::Whole, true) => tracing::info!(table = %table, "node filter installed"),
+                    (Wrote::Whole, false) => {
+                        self.metrics.repairs.fetch_add(1, Relaxed);
+                        tracing::warn!(table = %table, "node filter was missing or differed; written again (its counters start again)");
+                    }
+                    _ => {}
+                }
+                self.report_drops(dropped, !first);
             }
         }
-        self.vxlan_from = Some(nodes);
+        self.filtered = Some(members);
         Ok(())
+    }
+
+    /// Puts the drop counters read from the table into the metrics; with `log`, says what
+    /// was dropped since the last reading (an attempt the operator should know of).
+    fn report_drops(&self, now: BTreeMap<node_filter::Check, u64>, log: bool) {
+        let Ok(mut dropped) = self.metrics.dropped.lock() else {
+            return;
+        };
+        for (check, n) in &now {
+            let before = dropped.get(check).copied().unwrap_or(0);
+            if log && *n > before {
+                tracing::warn!(metric = check.metric(), labels = %check.labels(), packets = n - before, "{}", check.what());
+            }
+        }
+        *dropped = now;
     }
 
     fn set_programmed(&mut self, e: Entries) {
@@ -779,16 +834,20 @@ impl Node {
         let have = datapath::read(&self.nl, self.vx.index).await?;
         self.refresh_reach().await;
         let want = self.desired(&have);
-        self.filter_vxlan(&want, true)?;
-        let ops = diff(&want, &have);
+        let guarded = datapath::guard(&self.nl, self.vx.index, diff(&want, &have)).await;
+        let now = want.applied(&have, &guarded.unmade());
+        self.filter_node(&now, true)?;
+        // A spared route is no difference to mend: the host's own route is what it has.
+        let ops = &guarded.ops;
         if !ops.is_empty() && self.metrics.ready.load(Relaxed) {
             self.metrics.repairs.fetch_add(1, Relaxed);
             let shown: Vec<String> = ops.iter().take(5).map(|o| format!("{o:?}")).collect();
             tracing::warn!(ops = ops.len(), first = %shown.join(", "), "kernel differed from the leases; mending");
         }
-        self.apply(&ops, true).await;
-        self.write_paths(&want);
-        self.set_programmed(want);
+        self.apply(ops).await;
+        self.note_spared(guarded);
+        self.write_paths(&now);
+        self.set_programmed(now);
         let micros = start.elapsed().as_micros() as u64;
         self.metrics.reconciles.fetch_add(1, Relaxed);
         self.metrics.reconcile_micros_last.store(micros, Relaxed);
@@ -843,6 +902,40 @@ impl Node {
             })?;
         }
         Ok(())
+    }
+}
+
+/// Logs a line about refused lease records; `now`: how many are refused now (a summary
+/// may come after the records it counts are gone).
+fn log_refusal(line: Line, now: usize) {
+    match line {
+        Line::One(r) => tracing::warn!(key = %r.key, "lease record refused: {}", r.reason),
+        Line::More(n) => tracing::warn!(
+            more = n,
+            refused_now = now,
+            "lease records refused: {n} more, not named one by one (at most {} a minute are); ferry_leases_refused counts them all",
+            crate::refusals::NAMED_PER_WINDOW
+        ),
+    }
+}
+
+/// What table inet ferry's rules are made of: this node's underlay address, the cluster
+/// CIDRs, the node-only services. An etcd endpoint given by name cannot be a rule: said
+/// once.
+fn filter_shape(args: &Args, cfg: &ClusterConfig, underlay: IpAddr) -> node_filter::Shape {
+    let tls = args.etcd.etcd_cacert.is_some() || args.etcd.etcd_cert.is_some();
+    let node_only = NodeOnly::new(cfg.port, &args.etcd.etcd_endpoints, tls);
+    for e in &node_only.by_name {
+        tracing::warn!(endpoint = %e, "an etcd endpoint given by name: pods are not kept from it (give its IP address to have them kept out)");
+    }
+    let pods = [
+        cfg.ipv4.map(|v| IpNetwork::V4(v.cluster_cidr)),
+        cfg.ipv6.map(|v| IpNetwork::V6(v.cluster_cidr)),
+    ];
+    node_filter::Shape {
+        underlay,
+        pods: pods.into_iter().flatten().collect(),
+        node_only,
     }
 }
 

@@ -6,10 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use futures_util::stream::{self, StreamExt};
-use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use netlink::{Link, Netlink, VxlanSpec};
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use netlink::{IpFamily, Link, Netlink, VxlanSpec};
 
-use crate::peers::{foreign_routes, spare_foreign, Entries, Hop, Op, Peer, Reach};
+use crate::peers::{self, foreign_routes, own_route, Entries, Guarded, Op, Path, Peer, Reach};
 
 /// How many netlink requests run at once while applying: enough to hide round trips on a
 /// cold start with thousands of peers, few enough to keep the socket's buffers calm.
@@ -88,43 +88,23 @@ pub async fn ensure_v6_addrs(
 }
 
 /// What the kernel holds on the VXLAN device, and ferry's direct routes (its protocol,
-/// a gateway, another device).
+/// a gateway, another device), of both families.
 pub async fn read(nl: &Netlink, vx_index: u32) -> Result<Entries> {
     let mut e = Entries::default();
-    for n in nl.neighs_v4(vx_index).await? {
-        e.neighs.insert(n.ip, n.mac);
+    for family in IpFamily::BOTH {
+        e.neighs.extend(nl.neighs(vx_index, family).await?);
     }
     for f in nl.fdb(vx_index).await? {
         if f.mac != [0; 6] {
             e.fdb.insert(f);
         }
     }
-    for (ip, mac) in nl.neighs_v6(vx_index).await? {
-        e.neighs6.insert(ip, mac);
-    }
-    let v4 = nl.routes_v4().await?.into_iter().map(|r| {
-        let gw = r.gateway.map(IpAddr::V4);
-        (IpAddr::V4(r.dst), r.prefix, gw, r.oif, r.protocol)
-    });
-    let v6 = nl.routes_v6().await?.into_iter().map(|r| {
-        let gw = r.gateway.map(IpAddr::V6);
-        (IpAddr::V6(r.dst), r.prefix, gw, r.oif, r.protocol)
-    });
-    for (dst, prefix, gw, oif, protocol) in v4.chain(v6) {
-        let (Some(gw), Some(dev), Ok(net)) = (gw, oif, IpNetwork::new(dst, prefix)) else {
-            continue;
-        };
-        match (net, gw) {
-            (IpNetwork::V4(n), IpAddr::V4(g)) if dev == vx_index => {
-                e.routes.insert(n, g);
+    for family in IpFamily::BOTH {
+        for r in nl.routes(family).await? {
+            if let Some((net, route)) = own_route(&r, vx_index) {
+                // One per destination: the first, should several metrics hold one.
+                e.routes.entry(net).or_insert(route);
             }
-            (IpNetwork::V6(n), IpAddr::V6(g)) if dev == vx_index => {
-                e.routes6.insert(n, g);
-            }
-            _ if dev != vx_index && protocol == netlink::ROUTE_PROTO_FERRY => {
-                e.direct.insert(net, Hop { via: gw, dev });
-            }
-            _ => {}
         }
     }
     Ok(e)
@@ -151,61 +131,55 @@ pub async fn apply(nl: &Netlink, vx_index: u32, ops: &[Op]) -> usize {
     failed
 }
 
-/// `apply`, but never over a route ferry did not make (a lease may name any subnet of
-/// the cluster CIDR, where the host may have a route of its own): the failures, and the
-/// destinations spared.
-pub async fn apply_guarded(
-    nl: &Netlink,
-    vx_index: u32,
-    ops: &[Op],
-) -> (usize, BTreeSet<Ipv4Network>) {
-    let mut ops = ops.to_vec();
-    let mut spared = Vec::new();
-    let sets_v4 = |o: &Op| matches!(o, Op::SetRoute(..) | Op::SetDirect(IpNetwork::V4(_), _));
-    if ops.iter().any(sets_v4) {
-        match nl.routes_v4().await {
-            Ok(routes) => {
-                (ops, spared) = spare_foreign(ops, &foreign_routes(&routes, vx_index));
-            }
+/// `ops` without a route where the host has one ferry did not make (a lease may name any
+/// subnet of the cluster CIDR, where the host may have a route of its own), of either
+/// family: the host's routes are listed for each family `ops` would make a route of. A
+/// family whose listing fails makes no route this round (unknown ground): the next round
+/// tries again.
+pub async fn guard(nl: &Netlink, vx_index: u32, ops: Vec<Op>) -> Guarded {
+    let families: BTreeSet<IpFamily> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::SetRoute(net, _) => Some(peers::family(*net)),
+            _ => None,
+        })
+        .collect();
+    let mut foreign = BTreeSet::new();
+    let mut unlisted = BTreeSet::new();
+    for family in families {
+        match nl.routes(family).await {
+            Ok(routes) => foreign.extend(foreign_routes(&routes, vx_index)),
             Err(e) => {
-                // Unknown ground: make no route this time, the next resync tries again.
-                tracing::warn!("reconcile: {e:#}");
-                ops.retain(|o| !sets_v4(o));
+                tracing::warn!("reconcile: {e:#}; no {family} route is made until the next round");
+                unlisted.insert(family);
             }
         }
     }
-    (
-        apply(nl, vx_index, &ops).await,
-        spared.into_iter().collect(),
-    )
+    peers::spare_foreign(ops, &foreign, &unlisted)
+}
+
+/// `guard`, then `apply`: the failures, and what was left out.
+pub async fn apply_guarded(nl: &Netlink, vx_index: u32, ops: Vec<Op>) -> (usize, Guarded) {
+    let g = guard(nl, vx_index, ops).await;
+    (apply(nl, vx_index, &g.ops).await, g)
 }
 
 async fn apply_one(nl: &Netlink, vx: u32, op: &Op) -> Result<()> {
     match *op {
-        Op::DelRoute(net) => nl.del_route_v4(net.network(), net.prefix(), vx).await?,
+        Op::DelRoute(net, route) => nl.del_route(&route.kernel(net, vx)).await?,
         Op::DelNeigh(ip) => nl.del_neigh(vx, ip).await?,
         Op::DelFdb(e) => nl.del_fdb(vx, e).await?,
-        Op::SetNeigh(n) => nl.set_neigh(vx, n).await?,
+        Op::SetNeigh(ip, mac) => nl.set_neigh(vx, ip, mac).await?,
         Op::SetFdb(e) => nl.set_fdb(vx, e).await?,
-        Op::SetRoute(net, gw) => {
-            nl.replace_route_onlink(net.network(), net.prefix(), gw, vx)
+        // Onlink: the gateway is the subnet's network address, known to the kernel only
+        // through ferry's neighbour entry on the VXLAN device.
+        Op::SetRoute(net, Path::Vxlan(gw)) => {
+            nl.replace_route(net.network(), net.prefix(), gw, vx, true)
                 .await?
         }
-        Op::DelRoute6(net) => nl.del_route_v6(net.network(), net.prefix(), vx).await?,
-        Op::DelNeigh6(ip) => nl.del_neigh_v6(vx, ip).await?,
-        Op::SetNeigh6(ip, mac) => nl.set_neigh_v6(vx, ip, mac).await?,
-        Op::SetRoute6(net, gw) => {
-            nl.replace_route_onlink_v6(net.network(), net.prefix(), gw, vx)
-                .await?
-        }
-        Op::DelDirect(IpNetwork::V4(net), dev) => {
-            nl.del_route_v4(net.network(), net.prefix(), dev).await?
-        }
-        Op::DelDirect(IpNetwork::V6(net), dev) => {
-            nl.del_route_v6(net.network(), net.prefix(), dev).await?
-        }
-        Op::SetDirect(net, hop) => {
-            nl.replace_route_via(net.network(), net.prefix(), hop.via, hop.dev)
+        // Not onlink: the kernel itself checks that the peer is a neighbour on `dev`.
+        Op::SetRoute(net, Path::Direct(h)) => {
+            nl.replace_route(net.network(), net.prefix(), h.via, h.dev, false)
                 .await?
         }
     }

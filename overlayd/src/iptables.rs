@@ -19,7 +19,7 @@ use std::process::{Command, Output, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::underlay_filter::Family;
+use crate::node_filter::Family;
 
 /// `--iptables-backend`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,14 +11,16 @@ mod iptables;
 mod metrics;
 mod nft;
 mod node_check;
+mod node_filter;
+mod node_only;
 mod peers;
 mod policy;
 mod prepare;
+mod refusals;
 mod rules;
 mod startup;
 mod status;
 mod underlay;
-mod underlay_filter;
 mod uninstall;
 
 use std::process::ExitCode;

@@ -1,7 +1,10 @@
 //! The daemon's counters and gauges, rendered in the Prometheus text format.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use crate::node_filter::Check;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -14,6 +17,8 @@ pub struct Metrics {
     pub routes: AtomicU64,
     /// Remote nodes reached by DirectRouting.
     pub direct_peers: AtomicU64,
+    /// Destinations a lease wants a route to where the host has one ferry did not make.
+    pub routes_spared: AtomicU64,
     pub reconciles: AtomicU64,
     pub reconcile_errors: AtomicU64,
     pub reconcile_micros_last: AtomicU64,
@@ -21,6 +26,8 @@ pub struct Metrics {
     pub etcd_errors: AtomicU64,
     pub repairs: AtomicU64,
     pub policy: PolicyMetrics,
+    /// What table inet ferry dropped, per check, as its counters were at the last resync.
+    pub dropped: std::sync::Mutex<BTreeMap<Check, u64>>,
     /// What holds readiness back, in words (`/readyz`'s body).
     pub status: crate::status::Status,
 }
@@ -107,7 +114,7 @@ impl Metrics {
         g(
             &mut s,
             "ferry_leases_refused",
-            "Lease records refused: invalid, or the loser of a conflict (each logged once, naming its key)",
+            "Lease records refused: invalid, or the loser of a conflict (the first ones of each minute logged once by key, the rest summed up)",
             "gauge",
             self.leases_refused.load(Relaxed).to_string(),
         );
@@ -125,6 +132,13 @@ impl Metrics {
             "Remote nodes whose pods are reached unencapsulated (DirectRouting); the rest go over VXLAN",
             "gauge",
             self.direct_peers.load(Relaxed).to_string(),
+        );
+        g(
+            &mut s,
+            "ferry_routes_spared",
+            "Routes a lease wants where this host has a route ferry did not make, of either family: left alone (each logged once)",
+            "gauge",
+            self.routes_spared.load(Relaxed).to_string(),
         );
         let count = self.reconciles.load(Relaxed);
         let _ = writeln!(
@@ -164,10 +178,35 @@ impl Metrics {
             "counter",
             self.etcd_errors.load(Relaxed).to_string(),
         );
+        self.render_dropped(&mut s);
         if self.policy.enabled.load(Relaxed) {
             self.policy.render(&mut s);
         }
         s
+    }
+
+    /// The drop counters of table inet ferry, one family per metric, each check labelled.
+    /// Read from the kernel's counters: they start again when the table is written anew
+    /// (as a counter does when its process restarts).
+    fn render_dropped(&self, s: &mut String) {
+        let Ok(dropped) = self.dropped.lock() else {
+            return;
+        };
+        for (metric, help) in [
+            (
+                Check::VXLAN_METRIC,
+                "VXLAN packets to this node dropped by table inet ferry, per check: to another address than its underlay address, from a host that is no node, an inner frame neither IPv4 nor IPv6, an inner source outside the sending node's pod subnets",
+            ),
+            (
+                Check::POD_METRIC,
+                "Packets from this node's pods to a node-only service (a node's VXLAN port, etcd) dropped before the masquerade, per service and path (forward: to another host; input: to this node)",
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (check, n) in dropped.iter().filter(|(c, _)| c.metric() == metric) {
+                let _ = writeln!(s, "{metric}{{{}}} {n}", check.labels());
+            }
+        }
     }
 }
 
@@ -225,5 +264,28 @@ impl PolicyMetrics {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_rendered_per_check_under_their_metric() {
+        let m = Metrics::default();
+        *m.dropped.lock().unwrap() = BTreeMap::from([
+            (Check::NotFromNode, 3),
+            (
+                Check::Pod {
+                    service: "vxlan",
+                    path: "forward",
+                },
+                7,
+            ),
+        ]);
+        let text = m.render();
+        assert!(text.contains("# TYPE ferry_vxlan_dropped_packets_total counter\nferry_vxlan_dropped_packets_total{check=\"not-from-a-node\"} 3\n"), "{text}");
+        assert!(text.contains("# TYPE ferry_pod_to_node_dropped_packets_total counter\nferry_pod_to_node_dropped_packets_total{service=\"vxlan\",path=\"forward\"} 7\n"), "{text}");
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use ipnetwork::IpNetwork;
 
 use crate::iptables::{self, Backend, Selection};
-use crate::underlay_filter::Family;
+use crate::node_filter::Family;
 
 pub const MASQ_CHAIN: &str = "FERRY-POSTRTG";
 pub const FWD_CHAIN: &str = "FERRY-FWD";

@@ -112,16 +112,19 @@ pub async fn find(
                 .with_context(|| format!("underlay interface {name} vanished"))?
         }
         (None, None) => {
-            let v4 = nl.routes_v4().await?;
-            let oif = match v4.iter().find(|r| r.prefix == 0).and_then(|r| r.oif) {
-                Some(oif) => Some(oif),
-                None => nl
-                    .routes_v6()
+            // IPv4's default route first, else IPv6's.
+            let mut oif = None;
+            for family in netlink::IpFamily::BOTH {
+                oif = nl
+                    .routes(family)
                     .await?
                     .iter()
                     .find(|r| r.prefix == 0)
-                    .and_then(|r| r.oif),
-            };
+                    .and_then(|r| r.oif);
+                if oif.is_some() {
+                    break;
+                }
+            }
             let oif = oif.context(
                 "no default route (IPv4 or IPv6) to find the underlay by: pass --iface or --public-ip",
             )?;

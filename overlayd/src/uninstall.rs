@@ -17,8 +17,8 @@ use netlink::{Link, Netlink, TaggedRoute};
 use node_ipam::attachment::{is_ferry_link_name, TOMBSTONE_GROUP};
 
 use crate::iptables::Backend;
+use crate::node_filter::{self, Family};
 use crate::rules::{self, Found};
-use crate::underlay_filter::{self, Family};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UninstallArgs {
@@ -45,11 +45,14 @@ const FILES: [&str; 7] = [
     "opt/cni/bin/ferry-ipam",
 ];
 
-/// ferry's nftables tables: the VXLAN filter of either underlay family, NetworkPolicy's.
-fn nft_tables() -> [(&'static str, &'static str); 3] {
+/// ferry's nftables tables: the node filter (VXLAN and the node-only services), the
+/// VXLAN filters of earlier versions (one per underlay family), NetworkPolicy's.
+fn nft_tables() -> [(&'static str, &'static str); 4] {
+    let [legacy4, legacy6] = node_filter::LEGACY;
     [
-        (Family::V4.nft(), underlay_filter::TABLE),
-        (Family::V6.nft(), underlay_filter::TABLE),
+        (node_filter::FAMILY, node_filter::TABLE),
+        legacy4,
+        legacy6,
         ("inet", netpol::TABLE),
     ]
 }
@@ -428,7 +431,12 @@ mod tests {
     fn the_nft_tables_are_the_ones_ferry_makes() {
         assert_eq!(
             nft_tables(),
-            [("ip", "ferry"), ("ip6", "ferry"), ("inet", "ferry_policy")]
+            [
+                ("inet", "ferry"),
+                ("ip", "ferry"),
+                ("ip6", "ferry"),
+                ("inet", "ferry_policy")
+            ]
         );
     }
 

@@ -940,6 +940,20 @@ impl Cluster {
     pub fn metrics(&self, node: usize) -> String {
         http_get(&self.nodes[node].host, HEALTH_ADDR, "/metrics").1
     }
+
+    /// One series of a node's metrics (`name` or `name{labels}`, as served); 0 when absent.
+    pub fn metric(&self, node: usize, series: &str) -> u64 {
+        self.metrics(node)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
 }
 
 /// A GET from inside `ns`: (status, body). Python keeps the tests free of curl.

@@ -1,6 +1,7 @@
 //! VXLAN as anyone on the underlay can build it from what etcd and the wire tell (the VNI,
-//! the port, a node's VTEP MAC): sent from any host to a node, with a listener in a pod that
-//! says what arrived. Proves a node takes VXLAN only from nodes.
+//! the port, a node's VTEP MAC): sent from any host (or pod) to a node, with a listener in a
+//! pod that says what arrived. Proves a node takes VXLAN only from nodes, carrying only
+//! their own pods' sources, and that a pod cannot send it at all.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,12 +9,13 @@ use std::time::Duration;
 use crate::netns::Netns;
 use crate::proc::{wait_until, Bg};
 
-/// `craft.py DST_MAC SRC_IP DST_IP NODE PAYLOAD COUNT`: COUNT VXLAN packets (VNI 1) to
+/// `craft.py DST_MAC SRC_IP DST_IP NODE PAYLOAD COUNT VLAN`: COUNT VXLAN packets (VNI 1) to
 /// NODE:4789, each holding an Ethernet frame to DST_MAC with a UDP packet from SRC_IP to
-/// DST_IP:9999 carrying PAYLOAD; IPv4 or IPv6 inside and outside, each by its addresses.
+/// DST_IP:9999 carrying PAYLOAD; IPv4 or IPv6 inside and outside, each by its addresses;
+/// VLAN a VLAN ID to tag the inner frame with, `-` for none.
 const CRAFT: &str = r#"
 import socket, struct, sys
-dst_mac, src_ip, dst_ip, node, payload, count = sys.argv[1:7]
+dst_mac, src_ip, dst_ip, node, payload, count, vlan = sys.argv[1:8]
 def csum(b):
     if len(b) % 2:
         b += b'\0'
@@ -37,7 +39,8 @@ else:
                      socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
     ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
     ethertype = b'\x08\x00'
-eth = bytes.fromhex(dst_mac.replace(':', '')) + bytes.fromhex('0e0000000042') + ethertype
+tag = b'' if vlan == '-' else b'\x81\x00' + struct.pack('!H', int(vlan))
+eth = bytes.fromhex(dst_mac.replace(':', '')) + bytes.fromhex('0e0000000042') + tag + ethertype
 vxlan = struct.pack('!II', 0x08000000, 1 << 8)
 s = socket.socket(socket.AF_INET6 if ':' in node else socket.AF_INET, socket.SOCK_DGRAM)
 for _ in range(int(count)):
@@ -55,12 +58,15 @@ while True:
 "#;
 
 /// A VXLAN frame to send: to the VTEP MAC `mac` of the node whose underlay address is
-/// `node`, a UDP packet from `src` to `dst` (the listening pod's address).
+/// `node`, a UDP packet from `src` to `dst` (the listening pod's address), in a frame
+/// tagged with VLAN `vlan` when there is one.
+#[derive(Clone)]
 pub struct Frame {
     pub mac: String,
     pub src: String,
     pub dst: String,
     pub node: String,
+    pub vlan: Option<u16>,
 }
 
 /// A listener on UDP 9999 in a pod, and the script that sends to it through VXLAN.
@@ -102,9 +108,11 @@ impl Probe {
             src,
             dst,
             node,
+            vlan,
         } = frame;
+        let vlan = vlan.map_or("-".to_string(), |v| v.to_string());
         from.sh(&format!(
-            "python3 {} {mac} {src} {dst} {node} {payload} {count}",
+            "python3 {} {mac} {src} {dst} {node} {payload} {count} {vlan}",
             self.dir.path().join("craft.py").display()
         ));
     }
@@ -132,4 +140,56 @@ impl Probe {
     pub fn arrives(&self, payload: &str) -> bool {
         wait_until(Duration::from_secs(5), || self.received().contains(payload))
     }
+
+    /// Sends `frame` `count` times from `from` carrying `payload`, and waits until `host`
+    /// has dropped at least that many more packets by the rules `comment` starts (the
+    /// packets were sent before nothing arrived is judged): true when none arrived.
+    pub fn dropped_by(
+        &self,
+        from: &Netns,
+        frame: &Frame,
+        payload: &str,
+        count: u32,
+        host: &Netns,
+        comment: &str,
+    ) -> bool {
+        let before = dropped(host, comment);
+        self.send(from, frame, payload, count);
+        let counted = wait_until(Duration::from_secs(5), || {
+            dropped(host, comment) >= before + u64::from(count)
+        });
+        if !counted {
+            let table = host.try_sh("nft list table inet ferry");
+            panic!(
+                "{count} drops by \"{comment}\" in {}, {before} before; arrived: {}\n{}{}",
+                host.name,
+                self.arrives(payload),
+                String::from_utf8_lossy(&table.stdout),
+                String::from_utf8_lossy(&table.stderr)
+            );
+        }
+        // Anything that got through would be here by now (it went out before the count).
+        std::thread::sleep(Duration::from_millis(300));
+        !self.received().contains(payload)
+    }
+}
+
+/// The packets `host`'s table inet ferry dropped by its rules whose comment starts with
+/// `comment` (0 when there is no such table).
+pub fn dropped(host: &Netns, comment: &str) -> u64 {
+    let out = host.try_sh("nft -j list table inet ferry");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("rule"))
+        .filter(|r| {
+            r["comment"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(comment))
+        })
+        .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["counter"]["packets"].as_u64())
+        .sum()
 }

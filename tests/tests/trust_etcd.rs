@@ -1,6 +1,7 @@
 //! Lies in etcd (issue 10, "Trust nothing"): every record a daemon reads is checked, two
 //! records that conflict are settled by one rule on every node, a node defends its own
-//! lease and name, and nothing read from etcd replaces a route ferry did not make.
+//! lease and name, and nothing read from etcd replaces or removes a route ferry did not
+//! make, of either family, on either path.
 
 use std::time::Duration;
 
@@ -21,6 +22,104 @@ const SETTLE: Duration = Duration::from_secs(5);
 
 fn lease_json(node: &str, subnet: &str, ip: &str, mac: &str) -> String {
     format!(r#"{{"node":"{node}","subnet":"{subnet}","publicIp":"{ip}","vtepMac":"{mac}"}}"#)
+}
+
+/// The record of an IPv6-only cluster's node (`leases-v6/`): an IPv6 subnet only.
+fn lease_json_v6(node: &str, subnet_v6: &str, ip: &str, mac: &str) -> String {
+    format!(r#"{{"node":"{node}","subnetV6":"{subnet_v6}","publicIp":"{ip}","vtepMac":"{mac}"}}"#)
+}
+
+/// Every route of `n`'s main table to exactly `prefix` (either family), whoever made it,
+/// as `ip route` prints them.
+fn routes_to(n: &Node, prefix: &str) -> String {
+    let family = if prefix.contains(':') { "-6" } else { "-4" };
+    n.host
+        .sh(&format!("ip {family} route show exact {prefix}"))
+        .trim()
+        .to_string()
+}
+
+/// Whether `n`'s daemon routes `prefix` (a route of its protocol, on either path).
+fn ferry_routes_prefix(n: &Node, prefix: &str) -> bool {
+    n.ferry_routes()
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(prefix))
+}
+
+/// node2 has a route of its own (`proto static`) to each of `free` (subnets of the
+/// cluster CIDR no node holds: (prefix, gateway)); then a lease at `key` (`record`) names
+/// them and node0's public IP. The lease is live (node1 routes them to node0), yet node2's
+/// routes stay exactly as they were, protocol and next hop, while the lease exists and
+/// after it is deleted; node2 logs each spared route once and counts them.
+fn foreign_routes_outlive_a_lease_over_them(
+    c: &Cluster,
+    free: &[(&str, &str)],
+    key: &str,
+    record: &str,
+) {
+    let (n1, n2) = (&c.nodes[1], &c.nodes[2]);
+    let mut before = Vec::new();
+    for (prefix, gw) in free {
+        let family = if prefix.contains(':') { "-6" } else { "-4" };
+        n2.host.sh(&format!(
+            "ip {family} route add {prefix} via {gw} dev eth0 proto static"
+        ));
+        let r = routes_to(n2, prefix);
+        assert!(
+            r.contains(&format!("via {gw} dev eth0 proto static")),
+            "{r}"
+        );
+        before.push(r);
+    }
+    let untouched = |when: &str| {
+        for ((prefix, _), was) in free.iter().zip(&before) {
+            assert_eq!(
+                &routes_to(n2, prefix),
+                was,
+                "{when}: node2's own route to {prefix} changed:\n{}",
+                n2.log()
+            );
+        }
+    };
+    let errors = c.metric(2, "ferry_reconcile_errors_total");
+    let repairs = c.metric(2, "ferry_repairs_total");
+    c.etcd_put(key, record);
+    for (prefix, _) in free {
+        let live = wait_until(SETTLE, || ferry_routes_prefix(n1, prefix));
+        assert!(live, "node1 never used the lease:\n{}", n1.log());
+    }
+    // Two resyncs and the watch event have had their chance to replace it.
+    std::thread::sleep(SETTLE);
+    untouched("while the lease exists");
+    let log = n2.log();
+    for (prefix, _) in free {
+        let said = log
+            .lines()
+            .filter(|l| l.contains("left alone") && l.contains(&format!("subnet={prefix}")))
+            .count();
+        assert_eq!(said, 1, "{prefix} spared, said once:\n{log}");
+    }
+    let spared = c.metric(2, "ferry_routes_spared");
+    assert_eq!(spared, free.len() as u64, "{}", c.metrics(2));
+    // A spared route is neither a failed operation nor a repair, resync after resync.
+    assert_eq!(
+        (
+            c.metric(2, "ferry_reconcile_errors_total"),
+            c.metric(2, "ferry_repairs_total")
+        ),
+        (errors, repairs),
+        "{}",
+        n2.log()
+    );
+
+    c.etcd.ctl(&format!("del {key}"));
+    for (prefix, _) in free {
+        let gone = wait_until(SETTLE, || !ferry_routes_prefix(n1, prefix));
+        assert!(gone, "node1 kept the deleted lease's route:\n{}", n1.log());
+    }
+    std::thread::sleep(SETTLE);
+    untouched("after the lease was deleted");
+    assert_eq!(c.metric(2, "ferry_routes_spared"), 0, "{}", c.metrics(2));
 }
 
 /// The node's underlay still goes out of eth0, and etcd answers it.
@@ -281,4 +380,59 @@ fn a_bad_cluster_cidr_is_refused_from_flags_and_from_etcd() {
         assert!(keys.trim().is_empty(), "{cidr}: no lease is taken: {keys}");
     }
     assert!(host.sh("ip route").contains("192.0.2.0/24 dev eth0"));
+}
+
+#[test]
+fn an_ipv6_lease_over_a_foreign_direct_route_neither_replaces_nor_removes_it() {
+    needs_root!();
+    // IPv6-only over an IPv6 underlay, DirectRouting on: the lease's route would be direct.
+    let c = Cluster::v6_only(3, "fd00:95::/56", "");
+    let free = "fd00:95:0:c8::/64";
+    let key = c.lease_key(free);
+    let lie = lease_json_v6("y6", free, &c.nodes[0].ip, "0e:00:00:00:00:96");
+    foreign_routes_outlive_a_lease_over_them(&c, &[(free, "2001:db8::99")], &key, &lie);
+}
+
+#[test]
+fn an_ipv4_lease_over_a_foreign_direct_route_leaves_it_after_it_is_deleted() {
+    needs_root!();
+    let c = Cluster::new(3, "10.86.0.0/16");
+    let free = "10.86.200.0/24";
+    let key = c.lease_key(free);
+    let lie = lease_json("y4", free, &c.nodes[0].ip, "0e:00:00:00:00:97");
+    foreign_routes_outlive_a_lease_over_them(&c, &[(free, "192.0.2.254")], &key, &lie);
+}
+
+#[test]
+fn an_ipv6_lease_over_a_foreign_route_on_the_vxlan_path_leaves_it() {
+    needs_root!();
+    let c = Cluster::v6_only(3, "fd00:97::/56", "--direct-routing=false");
+    let free = "fd00:97:0:c8::/64";
+    let key = c.lease_key(free);
+    let lie = lease_json_v6("v6", free, &c.nodes[0].ip, "0e:00:00:00:00:98");
+    foreign_routes_outlive_a_lease_over_them(&c, &[(free, "2001:db8::99")], &key, &lie);
+}
+
+#[test]
+fn a_dual_stack_lease_over_foreign_routes_on_the_vxlan_path_leaves_both() {
+    needs_root!();
+    let c = Cluster::with_args(
+        3,
+        "10.87.0.0/16",
+        "--cluster-cidr-v6 fd00:87::/56 --direct-routing=false",
+    );
+    // The IPv6 route's gateway on-link on eth0 (the underlay is IPv4).
+    c.add_underlay_v6();
+    let (free, free6) = ("10.87.200.0/24", "fd00:87:0:c8::/64");
+    let key = c.lease_key(free);
+    let lie = format!(
+        r#"{{"node":"d","subnet":"{free}","subnetV6":"{free6}","publicIp":"{}","vtepMac":"0e:00:00:00:00:99"}}"#,
+        c.nodes[0].ip
+    );
+    foreign_routes_outlive_a_lease_over_them(
+        &c,
+        &[(free, "192.0.2.254"), (free6, "2001:db8::99")],
+        &key,
+        &lie,
+    );
 }

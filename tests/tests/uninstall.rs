@@ -64,7 +64,7 @@ fn ferrys(n: &Netns) -> String {
         "ip -d -o link show | grep -E ': (ferry\\.[0-9]+@?[^:]*: .* vxlan |ferry0: |f[yz][0-9a-f]{13}[@:])' || true; \
          ip -o link show group 65143 || true; \
          ip route show table all proto 102; ip -6 route show table all proto 102; \
-         nft list tables | grep -E '^table (ip ferry|ip6 ferry|inet ferry_policy)$' || true; \
+         nft list tables | grep -E '^table (inet ferry|ip ferry|ip6 ferry|inet ferry_policy)$' || true; \
          for p in iptables-legacy iptables-nft ip6tables-legacy ip6tables-nft; do \
            $p-save 2>/dev/null | grep FERRY- | sed \"s/^/$p: /\" || true; done",
     )
@@ -95,7 +95,7 @@ fn uninstall_removes_all_of_ferry_and_only_ferrys() {
         // ferry's routes to node 1: direct (IPv4), over VXLAN (IPv6).
         &subnet,
         &subnet6,
-        "table ip ferry",
+        "table inet ferry\n",
         "table inet ferry_policy",
         "iptables-nft: :FERRY-POSTRTG",
         "ip6tables-nft: :FERRY-FWD",
@@ -103,9 +103,9 @@ fn uninstall_removes_all_of_ferry_and_only_ferrys() {
         assert!(before.contains(made), "{made} missing before:\n{before}");
     }
     assert!(host.links().iter().any(|l| l.starts_with("fy")), "{before}");
-    // An earlier install's chains in the other backend, retired links, and what only
-    // looks like ferry's: another protocol's routes to ferry's prefixes, links, tables,
-    // chains of others.
+    // An earlier install's chains in the other backend and its VXLAN tables (`ip ferry`,
+    // `ip6 ferry`), retired links, and what only looks like ferry's: another protocol's
+    // routes to ferry's prefixes, links, tables (`bridge ferry`), chains of others.
     host.sh(&format!(
         "set -e
          iptables-legacy -w -t nat -N FERRY-POSTRTG
@@ -122,10 +122,11 @@ fn uninstall_removes_all_of_ferry_and_only_ferrys() {
          ip route add {subnet} dev eth0 proto static metric 500
          ip route add {subnet} dev eth0 proto 102 table 100
          ip -6 route add fd00:99::/64 dev eth0 proto 102 table 100
+         nft add table ip ferry
          nft add table ip6 ferry
          ip route add 198.51.100.0/24 dev eth0 proto static table 100
          ip -6 route add {subnet6} dev eth0 proto static metric 500
-         nft add table inet ferry
+         nft add table bridge ferry
          nft add table ip other"
     ));
     let root = host_root();
@@ -141,6 +142,7 @@ fn uninstall_removes_all_of_ferry_and_only_ferrys() {
         "removed retired link retired1",
         "proto 102 table 100",
         "removed route fd00:99::/64 dev eth0 proto 102 metric 1024 table 100",
+        "removed nftables table inet ferry\n",
         "removed nftables table ip ferry",
         "removed nftables table ip6 ferry",
         "removed nftables table inet ferry_policy",
@@ -170,7 +172,7 @@ fn uninstall_removes_all_of_ferry_and_only_ferrys() {
     }
     let tables = host.sh("nft list tables");
     assert!(
-        tables.contains("table inet ferry\n") && tables.contains("table ip other\n"),
+        tables.contains("table bridge ferry\n") && tables.contains("table ip other\n"),
         "{tables}"
     );
     let legacy = host.sh("iptables-legacy-save");

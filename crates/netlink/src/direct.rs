@@ -1,10 +1,10 @@
-//! Direct routing: how the kernel would reach a peer's underlay address, and pod-subnet
-//! routes via that address on the underlay device (no encapsulation).
+//! Direct routing: how the kernel would reach a peer's underlay address (the pod-subnet
+//! routes via that address on the underlay device are `routes.rs`'s `replace_route`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteType};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::RouteMessageBuilder;
 
 use crate::error::{Context, Result};
@@ -72,39 +72,5 @@ impl Netlink {
             }
         }
         Ok(Some(r))
-    }
-
-    /// `ip route replace <dst>/<prefix> via <gw> dev <oif> proto 102`, either family (`gw`
-    /// of `dst`'s): a pod subnet routed straight to its node's underlay address. Not
-    /// `onlink`: the kernel itself checks that `gw` is a neighbour on `oif`.
-    pub async fn replace_route_via(
-        &self,
-        dst: IpAddr,
-        prefix: u8,
-        gw: IpAddr,
-        oif: u32,
-    ) -> Result<()> {
-        let msg = match (dst, gw) {
-            (IpAddr::V4(d), IpAddr::V4(g)) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(d, prefix)
-                .gateway(g)
-                .output_interface(oif)
-                .protocol(RouteProtocol::Other(crate::ROUTE_PROTO_FERRY))
-                .build(),
-            (IpAddr::V6(d), IpAddr::V6(g)) => RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(d, prefix)
-                .gateway(g)
-                .output_interface(oif)
-                .protocol(RouteProtocol::Other(crate::ROUTE_PROTO_FERRY))
-                .build(),
-            _ => {
-                return Err(crate::Error::FamilyMismatch {
-                    dst: format!("{dst}/{prefix}"),
-                    gw: gw.to_string(),
-                })
-            }
-        };
-        self.replace_route(msg, || format!("{dst}/{prefix} via {gw} dev {oif}"))
-            .await
     }
 }

@@ -20,6 +20,9 @@ pub enum Error {
     /// A route whose gateway is not of its destination's family.
     #[error("route {dst} via {gw}: the gateway is of another family")]
     FamilyMismatch { dst: String, gw: String },
+    /// A route the kernel could not be asked for (a prefix too long for its family).
+    #[error("route {route}: {why}")]
+    InvalidRoute { route: String, why: String },
     #[error("{what}: {source}")]
     Io {
         what: String,

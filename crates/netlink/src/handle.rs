@@ -6,24 +6,12 @@ use std::path::Path;
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth};
 
 use crate::error::{Context, Error, Result};
 use crate::link::Link;
 use crate::netns;
-
-/// An IPv4 route as ferry reads it (main table).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteV4 {
-    pub dst: Ipv4Addr,
-    pub prefix: u8,
-    pub gateway: Option<Ipv4Addr>,
-    pub oif: Option<u32>,
-    /// Who made it (`RTPROT_*`; `ROUTE_PROTO_FERRY` for ferry's).
-    pub protocol: u8,
-}
 
 /// A veth pair whose peer is created directly in the pod's namespace: one message, no
 /// move, no rename (neither end ever exists under a temporary name). Both ends start
@@ -389,120 +377,4 @@ impl Netlink {
             }),
         }
     }
-
-    /// Adds an IPv4 route in the main table out of `oif`.
-    pub async fn add_route_v4(
-        &self,
-        dst: Ipv4Addr,
-        prefix: u8,
-        gateway: Option<Ipv4Addr>,
-        oif: u32,
-    ) -> Result<()> {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, prefix)
-            .output_interface(oif);
-        if let Some(gw) = gateway {
-            b = b.gateway(gw);
-        }
-        let (dst, gateway) = (IpAddr::V4(dst), gateway.map(IpAddr::V4));
-        self.add_route(b.build(), dst, prefix, gateway).await
-    }
-
-    /// Adds an IPv6 route in the main table out of `oif`.
-    pub async fn add_route_v6(
-        &self,
-        dst: Ipv6Addr,
-        prefix: u8,
-        gateway: Option<Ipv6Addr>,
-        oif: u32,
-    ) -> Result<()> {
-        let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(dst, prefix)
-            .output_interface(oif);
-        if let Some(gw) = gateway {
-            b = b.gateway(gw);
-        }
-        let (dst, gateway) = (IpAddr::V6(dst), gateway.map(IpAddr::V6));
-        self.add_route(b.build(), dst, prefix, gateway).await
-    }
-
-    /// Sends a built route; one already there is not an error.
-    async fn add_route(
-        &self,
-        msg: RouteMessage,
-        dst: IpAddr,
-        prefix: u8,
-        gateway: Option<IpAddr>,
-    ) -> Result<()> {
-        match self.handle.route().add(msg).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
-            r => r.context(|| {
-                let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-                format!("add route {dst}/{prefix}{via} in {}", self.place)
-            }),
-        }
-    }
-
-    /// IPv4 routes of the main table.
-    pub async fn routes_v4(&self) -> Result<Vec<RouteV4>> {
-        let msgs: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .context(|| format!("list routes in {}", self.place))?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(main_route)
-            .map(|r| RouteV4 {
-                dst: match r.dst {
-                    Some(IpAddr::V4(d)) => d,
-                    _ => Ipv4Addr::UNSPECIFIED,
-                },
-                prefix: r.prefix,
-                gateway: match r.gateway {
-                    Some(IpAddr::V4(g)) => Some(g),
-                    _ => None,
-                },
-                oif: r.oif,
-                protocol: r.protocol,
-            })
-            .collect())
-    }
-}
-
-/// A main-table route's fields, of either family.
-pub(crate) struct MainRoute {
-    pub dst: Option<IpAddr>,
-    pub prefix: u8,
-    pub gateway: Option<IpAddr>,
-    pub oif: Option<u32>,
-    pub protocol: u8,
-}
-
-/// The fields of `m` when it is a main-table route.
-pub(crate) fn main_route(m: RouteMessage) -> Option<MainRoute> {
-    if m.header.table != 254 && !m.attributes.contains(&RouteAttribute::Table(254)) {
-        return None;
-    }
-    let mut r = MainRoute {
-        dst: None,
-        prefix: m.header.destination_prefix_length,
-        gateway: None,
-        oif: None,
-        protocol: u8::from(m.header.protocol),
-    };
-    for a in m.attributes {
-        match a {
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = Some(IpAddr::V4(d)),
-            RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.dst = Some(IpAddr::V6(d)),
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(IpAddr::V4(g)),
-            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gateway = Some(IpAddr::V6(g)),
-            RouteAttribute::Oif(o) => r.oif = Some(o),
-            _ => {}
-        }
-    }
-    Some(r)
 }

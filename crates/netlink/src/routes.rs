@@ -1,16 +1,250 @@
-//! Every route of one protocol, in every table and of both families: what a maker of
-//! tagged routes finds again (and removes) without knowing where it put each one.
+//! Routes of both families: the main table as ferry reads it (`Route`), the routes it
+//! adds, replaces and deletes, and every route of one protocol in every table
+//! (`TaggedRoute`: what a maker of tagged routes finds again, and removes, without knowing
+//! where it put each one). A family is a parameter (`IpFamily`) or the family of the
+//! addresses given, never a function of its own.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteScope,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope,
 };
 use netlink_packet_route::AddressFamily;
+use rtnetlink::RouteMessageBuilder;
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use crate::handle::Netlink;
+
+/// An address family, where a request is for one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub const BOTH: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
+
+    pub fn of(ip: IpAddr) -> IpFamily {
+        match ip {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+
+    pub(crate) fn address_family(self) -> AddressFamily {
+        match self {
+            IpFamily::V4 => AddressFamily::Inet,
+            IpFamily::V6 => AddressFamily::Inet6,
+        }
+    }
+
+    /// The family's unspecified address (`0.0.0.0`, `::`): a default route's destination.
+    fn unspecified(self) -> IpAddr {
+        match self {
+            IpFamily::V4 => Ipv4Addr::UNSPECIFIED.into(),
+            IpFamily::V6 => Ipv6Addr::UNSPECIFIED.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        })
+    }
+}
+
+/// A route of the main table, of its destination's family: as ferry reads one, and as it
+/// names one to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpAddr,
+    pub prefix: u8,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    /// Who made it (`RTPROT_*`; `ROUTE_PROTO_FERRY` for ferry's).
+    pub protocol: u8,
+}
+
+impl Route {
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of(self.dst)
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.dst, self.prefix)?;
+        if let Some(g) = self.gateway {
+            write!(f, " via {g}")?;
+        }
+        if let Some(o) = self.oif {
+            write!(f, " dev #{o}")?;
+        }
+        write!(f, " proto {}", self.protocol)
+    }
+}
+
+/// The fields of `m` when it is a main-table route.
+fn main_route(m: RouteMessage) -> Option<Route> {
+    if m.header.table != 254 && !m.attributes.contains(&RouteAttribute::Table(254)) {
+        return None;
+    }
+    let family = match m.header.address_family {
+        AddressFamily::Inet => IpFamily::V4,
+        AddressFamily::Inet6 => IpFamily::V6,
+        _ => return None,
+    };
+    let mut r = Route {
+        dst: family.unspecified(),
+        prefix: m.header.destination_prefix_length,
+        gateway: None,
+        oif: None,
+        protocol: u8::from(m.header.protocol),
+    };
+    for a in m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => r.dst = addr(&d).unwrap_or(r.dst),
+            RouteAttribute::Gateway(g) => r.gateway = addr(&g),
+            RouteAttribute::Oif(o) => r.oif = Some(o),
+            _ => {}
+        }
+    }
+    Some(r)
+}
+
+/// A main-table route `dst/prefix` (via `gateway`) out of `oif`, of `dst`'s family; a
+/// gateway of the other family, or a prefix too long for it, is an error.
+fn message(
+    dst: IpAddr,
+    prefix: u8,
+    gateway: Option<IpAddr>,
+    oif: Option<u32>,
+) -> Result<RouteMessage> {
+    let shown = || format!("{dst}/{prefix}");
+    if let Some(g) = gateway.filter(|g| IpFamily::of(*g) != IpFamily::of(dst)) {
+        return Err(Error::FamilyMismatch {
+            dst: shown(),
+            gw: g.to_string(),
+        });
+    }
+    let invalid = |why: String| Error::InvalidRoute {
+        route: shown(),
+        why,
+    };
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst, prefix)
+        .map_err(|e| invalid(e.to_string()))?;
+    if let Some(oif) = oif {
+        b = b.output_interface(oif);
+    }
+    if let Some(g) = gateway {
+        b = b.gateway(g).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(b.build())
+}
+
+/// The request that deletes `r` (see `Netlink::del_route`).
+fn delete_message(r: &Route) -> Result<RouteMessage> {
+    let mut msg = message(r.dst, r.prefix, r.gateway, r.oif)?;
+    // 0 (`RTPROT_UNSPEC`) would match any protocol: only a route read with no protocol
+    // is deleted so.
+    msg.header.protocol = RouteProtocol::from(r.protocol);
+    // The wildcard scope of `ip route del`: a route's scope is the kernel's choice.
+    msg.header.scope = RouteScope::NoWhere;
+    Ok(msg)
+}
+
+impl Netlink {
+    /// The main table's routes of `family`.
+    pub async fn routes(&self, family: IpFamily) -> Result<Vec<Route>> {
+        let mut req = RouteMessageBuilder::<IpAddr>::new().build();
+        req.header.address_family = family.address_family();
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .context(|| format!("list {family} routes in {}", self.place))?;
+        Ok(msgs.into_iter().filter_map(main_route).collect())
+    }
+
+    /// Adds `dst/prefix` (via `gateway`) out of `oif` to the main table, either family;
+    /// one already there is not an error.
+    pub async fn add_route(
+        &self,
+        dst: IpAddr,
+        prefix: u8,
+        gateway: Option<IpAddr>,
+        oif: u32,
+    ) -> Result<()> {
+        let msg = message(dst, prefix, gateway, Some(oif))?;
+        match self.handle.route().add(msg).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            r => r.context(|| {
+                let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+                format!("add route {dst}/{prefix}{via} in {}", self.place)
+            }),
+        }
+    }
+
+    /// `ip route replace <dst>/<prefix> via <gw> dev <oif> [onlink] proto 102`, either
+    /// family: tagged, so that a route ferry made is told from one it did not. `onlink`:
+    /// the gateway is taken as a neighbour of `oif` unchecked (the VXLAN device's, whose
+    /// neighbour entries are static); without it the kernel checks that it is one (a
+    /// direct route's next hop, the peer's underlay address).
+    pub async fn replace_route(
+        &self,
+        dst: IpAddr,
+        prefix: u8,
+        gw: IpAddr,
+        oif: u32,
+        onlink: bool,
+    ) -> Result<()> {
+        let mut msg = message(dst, prefix, Some(gw), Some(oif))?;
+        msg.header.protocol = RouteProtocol::Other(crate::ROUTE_PROTO_FERRY);
+        if onlink {
+            msg.header.flags |= RouteFlags::Onlink;
+        }
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .context(|| {
+                format!(
+                    "replace route {dst}/{prefix} via {gw} dev #{oif} in {}",
+                    self.place
+                )
+            })
+    }
+
+    /// Deletes the main-table route `r` and no other: its destination, and each of its
+    /// device, gateway and protocol that it names, must match (IPv4's `fib_table_delete`
+    /// and IPv6's `ip6_route_del` compare every one given), so a route of another
+    /// protocol, next hop or device to the same destination is never the one removed.
+    /// Scope and metric are not named (any matches). A route already gone is not an error.
+    pub async fn del_route(&self, r: &Route) -> Result<()> {
+        match self.handle.route().del(delete_message(r)?).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e))
+                if matches!(
+                    e.raw_code().abs(),
+                    libc::ESRCH | libc::ENOENT | libc::ENODEV
+                ) =>
+            {
+                Ok(())
+            }
+            res => res.context(|| format!("delete route {r} in {}", self.place)),
+        }
+    }
+}
 
 /// A route as the kernel reported it, with the fields that name it.
 #[derive(Debug, Clone)]
@@ -167,5 +401,82 @@ impl Netlink {
             }
             res => res.context(|| format!("delete route {r} in {}", self.place)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ferrys(dst: &str, prefix: u8, gw: &str, oif: u32) -> Route {
+        Route {
+            dst: dst.parse().unwrap(),
+            prefix,
+            gateway: Some(gw.parse().unwrap()),
+            oif: Some(oif),
+            protocol: crate::ROUTE_PROTO_FERRY,
+        }
+    }
+
+    #[test]
+    fn a_delete_names_the_route_whole_in_either_family() {
+        for r in [
+            ferrys("10.244.1.0", 24, "192.0.2.11", 2),
+            ferrys("fd00:10:0:1::", 64, "2001:db8::11", 2),
+        ] {
+            let m = delete_message(&r).unwrap();
+            assert_eq!(m.header.address_family, r.family().address_family());
+            assert_eq!(m.header.destination_prefix_length, r.prefix);
+            // What the kernel compares: protocol, gateway, device (and not the scope).
+            assert_eq!(
+                m.header.protocol,
+                RouteProtocol::Other(crate::ROUTE_PROTO_FERRY)
+            );
+            assert_eq!(m.header.scope, RouteScope::NoWhere);
+            let gw = r.gateway.unwrap();
+            assert!(m
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Gateway(g) if addr(g) == Some(gw))));
+            assert!(m.attributes.contains(&RouteAttribute::Oif(2)));
+            assert!(m
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Destination(d) if addr(d) == Some(r.dst))));
+        }
+    }
+
+    #[test]
+    fn a_route_of_mixed_families_or_too_long_a_prefix_is_refused() {
+        let mixed = Route {
+            gateway: Some("192.0.2.11".parse().unwrap()),
+            ..ferrys("fd00:10:0:1::", 64, "2001:db8::11", 2)
+        };
+        assert!(matches!(
+            delete_message(&mixed),
+            Err(Error::FamilyMismatch { .. })
+        ));
+        let long = ferrys("10.244.1.0", 33, "192.0.2.11", 2);
+        assert!(matches!(
+            delete_message(&long),
+            Err(Error::InvalidRoute { .. })
+        ));
+    }
+
+    #[test]
+    fn a_main_table_route_is_read_with_its_family() {
+        let mut m = delete_message(&ferrys("fd00:10:0:1::", 64, "2001:db8::11", 7)).unwrap();
+        m.header.table = 254;
+        let r = main_route(m).unwrap();
+        assert_eq!(r, ferrys("fd00:10:0:1::", 64, "2001:db8::11", 7));
+        assert_eq!(r.family(), IpFamily::V6);
+        // A default route has no destination attribute: its family's unspecified address.
+        let mut d = RouteMessage::default();
+        d.header.address_family = AddressFamily::Inet6;
+        d.header.table = 254;
+        assert_eq!(
+            main_route(d).unwrap().dst,
+            IpAddr::from(Ipv6Addr::UNSPECIFIED)
+        );
     }
 }

@@ -597,11 +597,10 @@ fn route_appears(
         rt.block_on(async {
             let nl = netlink::Netlink::open().expect("netlink");
             loop {
-                let routes = nl.routes_v4().await.expect("routes");
-                if routes
-                    .iter()
-                    .any(|r| r.dst == subnet.network() && r.prefix == subnet.prefix())
-                {
+                let routes = nl.routes(netlink::IpFamily::V4).await.expect("routes");
+                if routes.iter().any(|r| {
+                    r.dst == std::net::IpAddr::V4(subnet.network()) && r.prefix == subnet.prefix()
+                }) {
                     return start.elapsed();
                 }
                 tokio::time::sleep(Duration::from_micros(500)).await;
