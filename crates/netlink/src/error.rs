@@ -20,6 +20,13 @@ pub enum Error {
     /// A route whose gateway is not of its destination's family.
     #[error("route {dst} via {gw}: the gateway is of another family")]
     FamilyMismatch { dst: String, gw: String },
+    /// An eBPF program that its own code got wrong: nothing was loaded.
+    #[error("{what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: crate::bpf::AsmError,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
