@@ -1,6 +1,7 @@
 //! DEL: take the host veth off the network (its pod end goes with it), free the address,
-//! and leave the kernel's slow unregistration to the batch reaper (see `reap`). Keeps
-//! going past a failure and reports them all; nothing there is success.
+//! and leave the kernel's slow unregistration to the batch reaper (see `reap`), or do it
+//! here when the reaper's name is held by a process ferry does not trust. Keeps going
+//! past a failure and reports them all; nothing there is success.
 //!
 //! A DEL killed half-way leaves the veth retired but not deleted; the retried DEL finds
 //! it by its name (or, renamed by a later ADD, by the attachment's alias) and finishes.
@@ -57,7 +58,9 @@ pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
         crate::policy::detach(hook, env);
     }
     if detached {
-        reap::ensure();
+        if let Err(e) = reap::ensure() {
+            errors.push(e);
+        }
     }
     combine(errors)
 }

@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long, env = "FERRY_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
     /// Where node.json is written for the CNI plugin.
-    #[arg(long, env = "FERRY_STATE_DIR", default_value = "/run/ferry")]
+    #[arg(long, env = "FERRY_STATE_DIR", default_value = node_ipam::node_state::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// This machine's secret (32 random bytes, mode 0600, made on first start): a
     /// restarted daemon knows its killed predecessor's liveness key by it and takes it

@@ -392,3 +392,88 @@ pub fn tombstones(host: &Netns) -> Vec<String> {
     t.dedup();
     t
 }
+
+/// The abstract socket name DEL's reaper listens on.
+pub use node_ipam::attachment::REAPER_SOCKET;
+
+/// How a process holds the reaper's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameHold {
+    /// A stream socket listening on it, as a reaper does, that never accepts.
+    Listening,
+    /// A stream socket bound to it that does not listen: connections are refused, yet
+    /// no reaper can bind it.
+    Bound,
+    /// A datagram socket bound to it (the reaper's socket before it was a stream one).
+    Datagram,
+}
+
+/// A process in `host` (`sleep`, ended when dropped) that holds the reaper's name as
+/// `uid`/`gid`: a squatter, or as root a reaper that hangs. It holds the name before
+/// this returns.
+pub fn hold_reaper_name(host: &Netns, how: NameHold, uid: u32, gid: u32) -> crate::proc::Bg {
+    let ns = File::open(host.path()).expect("open the host namespace");
+    let ns_fd = ns.as_raw_fd();
+    // SAFETY: sockaddr_un is plain data, valid as all zeroes.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path[1..].iter_mut().zip(REAPER_SOCKET) {
+        *d = *s as libc::c_char;
+    }
+    let len = (std::mem::offset_of!(libc::sockaddr_un, sun_path) + 1 + REAPER_SOCKET.len())
+        as libc::socklen_t;
+    let kind = match how {
+        NameHold::Listening | NameHold::Bound => libc::SOCK_STREAM,
+        NameHold::Datagram => libc::SOCK_DGRAM,
+    };
+    let mut cmd = Command::new("sleep");
+    cmd.arg("600");
+    // SAFETY: only async-signal-safe calls in the forked child, on memory made before the
+    // fork. The socket is made without close-on-exec, so `sleep` holds it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                return fail();
+            }
+            if uid != 0
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0)
+            {
+                return fail();
+            }
+            let s = libc::socket(libc::AF_UNIX, kind, 0);
+            if s < 0 || libc::bind(s, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                return fail();
+            }
+            if how == NameHold::Listening && libc::listen(s, libc::SOMAXCONN) != 0 {
+                return fail();
+            }
+            Ok(())
+        });
+    }
+    let holder = crate::proc::Bg::spawn_cmd(cmd);
+    drop(ns);
+    holder
+}
+
+/// Whether a stream socket (a reaper's, or a squatter's) holds the reaper's name in `host`.
+pub fn reaper_name_held(host: &Netns) -> bool {
+    let name = format!("@{}", String::from_utf8_lossy(REAPER_SOCKET));
+    // /proc/net/unix: Num RefCount Protocol Flags Type St Inode Path; 0001 is a stream.
+    host.sh("cat /proc/net/unix").lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() == 8 && f[4] == "0001" && f[7] == name
+    })
+}
+
+/// The uid and gid of the user `nobody`.
+pub fn nobody() -> (u32, u32) {
+    // SAFETY: getpwnam's result is read at once, before any other call could reuse it.
+    unsafe {
+        let pw = libc::getpwnam(c"nobody".as_ptr());
+        assert!(!pw.is_null(), "no user nobody");
+        ((*pw).pw_uid, (*pw).pw_gid)
+    }
+}

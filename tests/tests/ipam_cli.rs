@@ -467,3 +467,65 @@ fn show_check_and_release_handle_both_families() {
     assert!(err.contains("refusing to free"), "{err}");
     node.del("live", Some(&live)).ok();
 }
+
+#[test]
+fn explain_without_a_daemon_names_the_socket_and_the_flag_that_moves_it() {
+    // No root: a daemon's policy socket is a unix socket in its state directory, and a
+    // stand-in answering on one is all `explain` can tell from a daemon.
+    let daemons = tempfile::tempdir().expect("tempdir");
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let (dir, wrong) = (
+        daemons.path().to_str().unwrap(),
+        elsewhere.path().to_str().unwrap(),
+    );
+    let ask = |state_dir: &str| {
+        cli(&[
+            "explain",
+            "x/a",
+            "y/b",
+            "--port",
+            "80",
+            "--state-dir",
+            state_dir,
+        ])
+    };
+    let (rc, out, err) = ask(wrong);
+    assert_eq!(rc, 2, "{out}{err}");
+    let tried = format!("{wrong}/policy.sock");
+    for needed in [
+        tried.as_str(),
+        "--state-dir",
+        "/run/ferry",
+        "--network-policy",
+    ] {
+        assert!(err.contains(needed), "{needed:?} not in: {err}");
+    }
+
+    // Pointed at the daemon's own state directory, as the message says, it is answered.
+    let listener = std::os::unix::net::UnixListener::bind(daemons.path().join("policy.sock"))
+        .expect("bind the stand-in's policy socket");
+    let daemon = std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut line = String::new();
+        std::io::BufReader::new(&conn)
+            .read_line(&mut line)
+            .expect("read the request");
+        let reply = serde_json::json!({"ok": true, "text": "allowed (stand-in)",
+                                       "detail": {"allowed": true}});
+        writeln!(conn, "{reply}").expect("answer");
+        line
+    });
+    let (rc, out, err) = ask(dir);
+    assert_eq!(rc, 0, "{out}{err}");
+    assert!(out.contains("allowed (stand-in)"), "{out}");
+    let asked: Value = serde_json::from_str(&daemon.join().unwrap()).expect("a JSON request");
+    assert_eq!(
+        (
+            asked["op"].as_str(),
+            asked["from"].as_str(),
+            asked["port"].as_u64()
+        ),
+        (Some("explain"), Some("x/a"), Some(80))
+    );
+}

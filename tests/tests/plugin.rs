@@ -207,14 +207,10 @@ fn del_is_idempotent_and_needs_no_netns() {
 fn an_add_takes_its_name_back_from_an_unreaped_veth() {
     needs_root!();
     let node = Node::new("10.48.0.0/24");
-    // A reaper that hangs: it holds the reaper's lock (an abstract socket of the host's
-    // namespace) and never deletes anything.
-    let stuck = ferry_tests::inside::block_on(&node.host, || async {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"ferry-reaper-65143")
-            .expect("abstract name");
-        std::os::unix::net::UnixDatagram::bind_addr(&addr).expect("bind the reaper's lock")
-    });
+    // A reaper that hangs: root's, it listens on the reaper's name (an abstract socket of
+    // the host's namespace), so DEL trusts and wakes it, and it never deletes anything.
+    let stuck =
+        ferry_tests::cni::hold_reaper_name(&node.host, ferry_tests::cni::NameHold::Listening, 0, 0);
     let a = pod();
     let r = node.add("again", &a).ok();
     let live = r["interfaces"][1]["name"].as_str().unwrap().to_string();

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_tests::cni::{exec, ferry_conf, ipam_conf, ipam_plugin, Node, Reply};
+use ferry_tests::cni::{
+    exec, ferry_conf, hold_reaper_name, host_veth, ipam_conf, ipam_plugin, NameHold, Node, Reply,
+};
 use ferry_tests::netns::Netns;
 use ferry_tests::{bin, needs_root};
 use serde_json::{json, Value};
@@ -383,4 +385,58 @@ fn a_burst_of_dels_is_reaped_in_batches() {
         "24 DELs, 4 at a time, all reaped after {:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn a_squatter_on_the_reapers_name_keeps_no_veth() {
+    needs_root!();
+    let node = Node::new("10.67.0.0/24");
+    let (uid, gid) = ferry_tests::cni::nobody();
+    let name = format!(
+        "@{}",
+        String::from_utf8_lossy(ferry_tests::cni::REAPER_SOCKET)
+    );
+    // The datagram one first: how the name was squatted while the reaper's socket was a
+    // datagram one (the veth stayed, down, in the group, on the bridge).
+    for how in [NameHold::Datagram, NameHold::Listening, NameHold::Bound] {
+        // No reaper still lingering on the name from the case before.
+        assert!(
+            ferry_tests::proc::wait_until(Duration::from_secs(5), || {
+                !ferry_tests::cni::reaper_name_held(&node.host)
+            }),
+            "a reaper held on to its name"
+        );
+        let squatter = hold_reaper_name(&node.host, how, uid, gid);
+        let p = pod();
+        let veth = host_veth(&node.add("squat", &p).ok());
+        let del = node.del("squat", Some(&p));
+        del.ok();
+        let said: Vec<&str> = del.stderr.lines().filter(|l| l.contains(&name)).collect();
+        if how == NameHold::Datagram {
+            // Another socket type's name: the reaper binds its own, and reaps.
+            assert!(said.is_empty(), "{how:?}: {del:?}");
+        } else {
+            // Not trusted: the DEL deleted the veth itself before it returned, and said
+            // so once, naming the squatter.
+            assert!(
+                !node.host.has_link(&veth),
+                "{how:?}: {veth} outlived its DEL: {del:?}"
+            );
+            let named = format!("pid {} (uid {uid})", squatter.pid());
+            assert!(
+                said.len() == 1 && said[0].contains(&named) && said[0].contains("not trusted"),
+                "{how:?}: expected one line naming {named}: {del:?}"
+            );
+        }
+        let gone =
+            ferry_tests::proc::wait_until(Duration::from_secs(1), || !node.host.has_link(&veth));
+        assert!(
+            gone,
+            "{how:?}: {veth} still there 1 s after DEL: {:?}",
+            node.host.links()
+        );
+        assert!(node.reaped(Some(&p)), "{how:?}");
+        assert!(node.allocations().is_empty(), "{how:?}");
+        drop(squatter);
+    }
 }

@@ -23,6 +23,13 @@ pub enum Error {
     /// A route the kernel could not be asked for (a prefix too long for its family).
     #[error("route {route}: {why}")]
     InvalidRoute { route: String, why: String },
+    /// An eBPF program that its own code got wrong: nothing was loaded.
+    #[error("{what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: crate::bpf::AsmError,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -16,8 +16,8 @@
 
 use netlink_packet_route::tc::TcHandle;
 
-use crate::bpf::{self, Insn, CALL, EXIT, MOV64_K, TC_ACT_OK};
-use crate::error::{Context, Error, Result};
+use crate::bpf::{self, Asm, AsmError, Loaded, Program, CALL, EXIT, MOV64_K, TC_ACT_OK};
+use crate::error::{Context, Result};
 use crate::handle::Netlink;
 
 /// What `tc filter show` names the program.
@@ -27,12 +27,17 @@ pub const PROG_NAME: &str = "ferry_flowhash";
 const SET_HASH_INVALID: i32 = 41;
 
 /// The program: r1 is the `__sk_buff`, which the helper takes as it is.
-pub(crate) fn program() -> [Insn; 3] {
-    [
-        Insn::new(CALL, 0, 0, 0, SET_HASH_INVALID),
-        Insn::new(MOV64_K, 0, 0, 0, TC_ACT_OK),
-        Insn::new(EXIT, 0, 0, 0, 0),
-    ]
+pub fn program() -> std::result::Result<Program, AsmError> {
+    let mut a = Asm::default();
+    a.op(CALL, 0, 0, 0, SET_HASH_INVALID);
+    a.op(MOV64_K, 0, 0, 0, TC_ACT_OK as i32);
+    a.op(EXIT, 0, 0, 0, 0);
+    a.finish(PROG_NAME)
+}
+
+/// The program, assembled and loaded, attached to nothing (to try frames on it).
+pub fn load() -> Result<Loaded> {
+    bpf::load_for(program(), "flow hash")
 }
 
 impl Netlink {
@@ -43,15 +48,12 @@ impl Netlink {
         self.add_clsact(index)
             .await
             .context(|| format!("add clsact qdisc: {}", what()))?;
-        let prog = bpf::load(&program(), PROG_NAME).map_err(|source| Error::Io {
-            what: format!("load the eBPF program of the {}", what()),
-            source,
-        })?;
+        let prog = bpf::load_for(program(), &what())?;
         let egress = TcHandle {
             major: TcHandle::CLSACT.major,
             minor: TcHandle::MIN_EGRESS,
         };
-        self.attach_tc(index, egress, &prog, PROG_NAME)
+        self.attach_tc(index, egress, &prog)
             .await
             .context(|| format!("add filter: {}", what()))
     }
@@ -61,9 +63,13 @@ impl Netlink {
 mod tests {
     #[test]
     fn passes_every_packet() {
-        let p = super::program();
+        let p = super::program().expect("the flow hash assembles");
+        let p = p.insns();
         assert_eq!(p[0].imm, super::SET_HASH_INVALID);
-        assert_eq!((p[1].code, p[1].imm), (super::MOV64_K, super::TC_ACT_OK));
+        assert_eq!(
+            (p[1].code, p[1].imm),
+            (super::MOV64_K, super::TC_ACT_OK as i32)
+        );
         assert_eq!(p[2].code, super::EXIT);
     }
 }

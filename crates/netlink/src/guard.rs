@@ -13,7 +13,14 @@
 //! ARP for the gateway), and router advertisements and redirects are dropped: a pod is no
 //! router. IPv6 with a hop-by-hop, routing or destination-options header is dropped, so
 //! that no ICMPv6 hides behind one (this drops the pod's MLD reports, which ferry's
-//! bridge does not need: unknown multicast is flooded). A pod without IPv6 sends no IPv6.
+//! bridge does not need: unknown multicast is flooded). IPv6 fragments pass: a pod's large
+//! UDP datagrams are fragments, their source is in the fixed header checked here, and
+//! receivers drop neighbour discovery that comes in fragments (RFC 6980). A pod without
+//! IPv6 sends no IPv6.
+//!
+//! The program is written with `bpf::Asm`, whose jumps go to labels only and which refuses
+//! to finish a program with a jump that lands nowhere meant: a slip here fails the ADD, it
+//! never opens the guard.
 //!
 //! Why eBPF and not nftables or flower: the guard is made on every ADD, and an exec of
 //! `nft` costs more than the whole ADD; `cls_flower` and `act_gact` are optional kernel
@@ -25,10 +32,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
 
 use crate::bpf::{
-    self, Insn, ADD64_K, EXIT, JA, JEQ32_K, JGT_X, JNE32_K, LDX_B, LDX_H, LDX_W, MOV64_K, MOV64_X,
-    TC_ACT_OK, TC_ACT_SHOT,
+    self, AsmError, Label, Loaded, Program, ADD64_K, EXIT, JA, JEQ32_K, JGT_X, JNE32_K, LDX_B,
+    LDX_H, LDX_W, MOV64_K, MOV64_X, TC_ACT_OK, TC_ACT_SHOT,
 };
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Result};
 use crate::handle::Netlink;
 
 /// What a pod may send from.
@@ -47,42 +54,20 @@ const SKB_DATA_END: i16 = 80;
 
 const PROG_NAME: &str = "ferry_guard";
 
-/// Where a jump goes, resolved when the program is finished.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Label {
-    Ipv4,
-    Arp,
-    Ipv6,
-    Ipv6Source,
-    Icmpv6,
-    Pass,
-    Drop,
+/// The guard's assembler with the two verdicts every check ends in.
+struct Writer {
+    a: bpf::Asm,
+    pass: Label,
+    drop: Label,
 }
 
-struct Asm {
-    insns: Vec<Insn>,
-    /// (instruction index, target) of every jump still to resolve.
-    jumps: Vec<(usize, Label)>,
-    labels: Vec<(Label, usize)>,
-}
-
-impl Asm {
-    fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
-        self.insns.push(Insn::new(code, dst, src, off, imm));
-    }
-    fn jump(&mut self, code: u8, dst: u8, src: u8, imm: i32, to: Label) {
-        self.jumps.push((self.insns.len(), to));
-        self.op(code, dst, src, 0, imm);
-    }
-    fn label(&mut self, l: Label) {
-        self.labels.push((l, self.insns.len()));
-    }
+impl Writer {
     /// `r4 = data + len; if r4 > data_end goto drop`: proves to the verifier (and to us)
     /// that `len` bytes of the frame are there.
     fn need(&mut self, len: i32) {
-        self.op(MOV64_X, 4, 2, 0, 0);
-        self.op(ADD64_K, 4, 0, 0, len);
-        self.jump(JGT_X, 4, 3, 0, Label::Drop);
+        self.a.op(MOV64_X, 4, 2, 0, 0);
+        self.a.op(ADD64_K, 4, 0, 0, len);
+        self.a.jump(JGT_X, 4, 3, 0, self.drop);
     }
     /// Drops unless the 6 bytes at `off` of the frame are `mac`.
     fn expect_mac(&mut self, off: i16, mac: [u8; 6]) {
@@ -90,135 +75,108 @@ impl Asm {
             u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]),
             u16::from_ne_bytes([mac[4], mac[5]]),
         );
-        self.op(LDX_W, 4, 2, off, 0);
-        self.jump(JNE32_K, 4, 0, hi as i32, Label::Drop);
-        self.op(LDX_H, 4, 2, off + 4, 0);
-        self.jump(JNE32_K, 4, 0, i32::from(lo), Label::Drop);
+        self.a.op(LDX_W, 4, 2, off, 0);
+        self.a.jump(JNE32_K, 4, 0, hi as i32, self.drop);
+        self.a.op(LDX_H, 4, 2, off + 4, 0);
+        self.a.jump(JNE32_K, 4, 0, i32::from(lo), self.drop);
     }
     /// Passes when the 4 bytes at `off` are one of `ips`, drops otherwise.
     fn expect_ipv4(&mut self, off: i16, ips: &[Ipv4Addr]) {
-        self.op(LDX_W, 4, 2, off, 0);
+        self.a.op(LDX_W, 4, 2, off, 0);
         for ip in ips {
-            self.jump(
-                JEQ32_K,
-                4,
-                0,
-                u32::from_ne_bytes(ip.octets()) as i32,
-                Label::Pass,
-            );
+            let word = u32::from_ne_bytes(ip.octets()) as i32;
+            self.a.jump(JEQ32_K, 4, 0, word, self.pass);
         }
-        self.jump(JA, 0, 0, 0, Label::Drop);
+        self.a.jump(JA, 0, 0, 0, self.drop);
     }
     /// Goes to `to` when the 16 bytes at `off` are one of `ips`, drops otherwise.
     fn expect_ipv6(&mut self, off: i16, ips: &[Ipv6Addr], to: Label) {
         for ip in ips {
-            let o = ip.octets();
-            // Four word comparisons; a mismatch skips the rest of this address's block
-            // (2 instructions a word left, then the final jump).
-            for w in 0..4 {
-                let word = u32::from_ne_bytes([o[w * 4], o[w * 4 + 1], o[w * 4 + 2], o[w * 4 + 3]]);
-                self.op(LDX_W, 4, 2, off + 4 * w as i16, 0);
-                self.op(JNE32_K, 4, 0, 7 - 2 * w as i16, word as i32);
+            // Four word comparisons; a mismatch goes on to the next address.
+            let next = self.a.label();
+            for (w, word) in ip.octets().chunks_exact(4).enumerate() {
+                let word = u32::from_ne_bytes([word[0], word[1], word[2], word[3]]);
+                self.a.op(LDX_W, 4, 2, off + 4 * w as i16, 0);
+                self.a.jump(JNE32_K, 4, 0, word as i32, next);
             }
-            self.jump(JA, 0, 0, 0, to);
+            self.a.jump(JA, 0, 0, 0, to);
+            self.a.place(next);
         }
-        self.jump(JA, 0, 0, 0, Label::Drop);
-    }
-    fn finish(mut self) -> Vec<Insn> {
-        for (at, to) in std::mem::take(&mut self.jumps) {
-            let target = self
-                .labels
-                .iter()
-                .find(|(l, _)| *l == to)
-                .map(|(_, i)| *i)
-                .unwrap_or(at + 1);
-            // Programs are a few dozen instructions: the offset always fits.
-            self.insns[at].off = (target as i64 - at as i64 - 1) as i16;
-        }
-        self.insns
+        self.a.jump(JA, 0, 0, 0, self.drop);
     }
 }
 
 impl SourceGuard {
     /// The program: r1 is the `__sk_buff`, r2/r3 the frame's start and end, r4 scratch.
-    pub fn program(&self) -> Vec<Insn> {
-        let mut a = Asm {
-            insns: Vec::new(),
-            jumps: Vec::new(),
-            labels: Vec::new(),
-        };
+    /// An error only for a mistake in the code below, which fails the ADD: the guard is
+    /// never left out or loaded with a jump gone astray.
+    pub fn program(&self) -> std::result::Result<Program, AsmError> {
+        let mut a = bpf::Asm::default();
+        let (pass, drop) = (a.label(), a.label());
+        let mut w = Writer { a, pass, drop };
+        let (ipv4, arp, ipv6) = (w.a.label(), w.a.label(), w.a.label());
         // A tag was already taken off into the skb: the frame below it is not what the
         // pod's address rules speak of.
-        a.op(LDX_W, 4, 1, SKB_VLAN_PRESENT, 0);
-        a.jump(JNE32_K, 4, 0, 0, Label::Drop);
-        a.op(LDX_W, 2, 1, SKB_DATA, 0);
-        a.op(LDX_W, 3, 1, SKB_DATA_END, 0);
-        a.need(14);
-        a.expect_mac(6, self.mac);
-        a.op(LDX_H, 4, 2, 12, 0);
-        a.jump(
-            JEQ32_K,
-            4,
-            0,
-            i32::from(u16::from_ne_bytes([0x08, 0x00])),
-            Label::Ipv4,
-        );
-        a.jump(
-            JEQ32_K,
-            4,
-            0,
-            i32::from(u16::from_ne_bytes([0x08, 0x06])),
-            Label::Arp,
-        );
+        w.a.op(LDX_W, 4, 1, SKB_VLAN_PRESENT, 0);
+        w.a.jump(JNE32_K, 4, 0, 0, drop);
+        w.a.op(LDX_W, 2, 1, SKB_DATA, 0);
+        w.a.op(LDX_W, 3, 1, SKB_DATA_END, 0);
+        w.need(14);
+        w.expect_mac(6, self.mac);
+        w.a.op(LDX_H, 4, 2, 12, 0);
+        let ethertype = |t: [u8; 2]| i32::from(u16::from_ne_bytes(t));
+        w.a.jump(JEQ32_K, 4, 0, ethertype([0x08, 0x00]), ipv4);
+        w.a.jump(JEQ32_K, 4, 0, ethertype([0x08, 0x06]), arp);
         if !self.ipv6.is_empty() {
-            a.jump(
-                JEQ32_K,
-                4,
-                0,
-                i32::from(u16::from_ne_bytes([0x86, 0xdd])),
-                Label::Ipv6,
-            );
+            w.a.jump(JEQ32_K, 4, 0, ethertype([0x86, 0xdd]), ipv6);
         }
-        a.jump(JA, 0, 0, 0, Label::Drop);
+        w.a.jump(JA, 0, 0, 0, drop);
 
-        a.label(Label::Ipv4);
-        a.need(14 + 20);
-        a.expect_ipv4(14 + 12, &self.ipv4);
+        w.a.place(ipv4);
+        w.need(14 + 20);
+        w.expect_ipv4(14 + 12, &self.ipv4);
 
-        a.label(Label::Arp);
-        a.need(14 + 28);
-        a.expect_mac(14 + 8, self.mac);
-        a.expect_ipv4(14 + 14, &self.ipv4);
+        w.a.place(arp);
+        w.need(14 + 28);
+        w.expect_mac(14 + 8, self.mac);
+        w.expect_ipv4(14 + 14, &self.ipv4);
 
         if !self.ipv6.is_empty() {
-            a.label(Label::Ipv6);
-            a.need(14 + 40);
-            a.expect_ipv6(14 + 8, &self.ipv6, Label::Ipv6Source);
-            a.label(Label::Ipv6Source);
-            a.op(LDX_B, 4, 2, 14 + 6, 0);
-            a.jump(JEQ32_K, 4, 0, 58, Label::Icmpv6);
+            let (source_ok, icmpv6) = (w.a.label(), w.a.label());
+            w.a.place(ipv6);
+            w.need(14 + 40);
+            w.expect_ipv6(14 + 8, &self.ipv6, source_ok);
+            w.a.place(source_ok);
+            w.a.op(LDX_B, 4, 2, 14 + 6, 0);
+            w.a.jump(JEQ32_K, 4, 0, 58, icmpv6);
             for hidden in [0, 43, 60] {
-                a.jump(JEQ32_K, 4, 0, hidden, Label::Drop);
+                w.a.jump(JEQ32_K, 4, 0, hidden, drop);
             }
-            a.jump(JA, 0, 0, 0, Label::Pass);
-            a.label(Label::Icmpv6);
-            a.need(14 + 40 + 4);
-            a.op(LDX_B, 4, 2, 14 + 40, 0);
-            a.jump(JEQ32_K, 4, 0, 134, Label::Drop); // router advertisement
-            a.jump(JEQ32_K, 4, 0, 137, Label::Drop); // redirect
-            a.jump(JNE32_K, 4, 0, 136, Label::Pass);
+            w.a.jump(JA, 0, 0, 0, pass);
+            w.a.place(icmpv6);
+            w.need(14 + 40 + 4);
+            w.a.op(LDX_B, 4, 2, 14 + 40, 0);
+            w.a.jump(JEQ32_K, 4, 0, 134, drop); // router advertisement
+            w.a.jump(JEQ32_K, 4, 0, 137, drop); // redirect
+            w.a.jump(JNE32_K, 4, 0, 136, pass);
             // A neighbour advertisement: only for the pod's own addresses.
-            a.need(14 + 40 + 24);
-            a.expect_ipv6(14 + 40 + 8, &self.ipv6, Label::Pass);
+            w.need(14 + 40 + 24);
+            w.expect_ipv6(14 + 40 + 8, &self.ipv6, pass);
         }
 
-        a.label(Label::Pass);
-        a.op(MOV64_K, 0, 0, 0, TC_ACT_OK);
+        let mut a = w.a;
+        a.place(pass);
+        a.op(MOV64_K, 0, 0, 0, TC_ACT_OK as i32);
         a.op(EXIT, 0, 0, 0, 0);
-        a.label(Label::Drop);
-        a.op(MOV64_K, 0, 0, 0, TC_ACT_SHOT);
+        a.place(drop);
+        a.op(MOV64_K, 0, 0, 0, TC_ACT_SHOT as i32);
         a.op(EXIT, 0, 0, 0, 0);
-        a.finish()
+        a.finish(PROG_NAME)
+    }
+
+    /// The program, assembled and loaded, attached to nothing (to try frames on it).
+    pub fn load(&self) -> Result<Loaded> {
+        bpf::load_for(self.program(), "source guard")
     }
 }
 
@@ -234,11 +192,8 @@ impl Netlink {
             .execute()
             .await
             .context(|| format!("add ingress qdisc: {}", what()))?;
-        let prog = bpf::load(&guard.program(), PROG_NAME).map_err(|source| Error::Io {
-            what: format!("load the eBPF program of the {}", what()),
-            source,
-        })?;
-        self.attach_tc(index, TcHandle::INGRESS, &prog, PROG_NAME)
+        let prog = bpf::load_for(guard.program(), &what())?;
+        self.attach_tc(index, TcHandle::INGRESS, &prog)
             .await
             .context(|| format!("add filter: {}", what()))
     }
@@ -276,42 +231,53 @@ mod tests {
         }
     }
 
-    /// Every jump goes forward and lands inside the program.
-    fn assert_jumps_inside(p: &[Insn]) {
-        for (i, insn) in p.iter().enumerate() {
-            let is_jump = insn.code & 0x07 == 0x05 || insn.code & 0x07 == 0x06;
-            if is_jump && insn.code != EXIT {
-                let to = i as i64 + 1 + i64::from(insn.off);
-                assert!(
-                    to > i as i64 && (to as usize) < p.len(),
-                    "insn {i}: {insn:?}"
-                );
-            }
+    fn insns(g: &SourceGuard) -> Vec<crate::bpf::Insn> {
+        g.program().expect("the guard assembles").insns().to_vec()
+    }
+
+    #[test]
+    fn every_shape_of_pod_assembles() {
+        let v6: Vec<Ipv6Addr> = vec![
+            "fd00::3".parse().unwrap(),
+            "fe80::858:aff:fe01:203".parse().unwrap(),
+        ];
+        let shapes = [
+            guard(),
+            SourceGuard {
+                ipv6: v6.clone(),
+                ..guard()
+            },
+            SourceGuard {
+                ipv4: Vec::new(),
+                ipv6: v6,
+                ..guard()
+            },
+            SourceGuard {
+                ipv4: Vec::new(),
+                ..guard()
+            },
+        ];
+        for g in shapes {
+            let p = g.program().unwrap_or_else(|e| panic!("{g:?}: {e}"));
+            assert_eq!(p.name(), PROG_NAME);
         }
     }
 
     #[test]
-    fn every_jump_lands_inside_the_program() {
-        let p = guard().program();
-        assert_jumps_inside(&p);
-        assert_eq!(p.last().map(|i| i.code), Some(EXIT));
-    }
-
-    #[test]
     fn each_address_is_one_comparison() {
-        let one = guard().program().len();
+        let one = insns(&guard()).len();
         let mut two = guard();
         two.ipv4.push(Ipv4Addr::new(10, 1, 2, 4));
         // Compared once for IPv4 sources and once for ARP senders.
-        assert_eq!(two.program().len(), one + 2);
+        assert_eq!(insns(&two).len(), one + 2);
     }
 
     #[test]
     fn constants_are_the_frame_bytes() {
-        let p = guard().program();
         let ip = u32::from_ne_bytes([10, 1, 2, 3]) as i32;
         assert_eq!(
-            p.iter()
+            insns(&guard())
+                .iter()
                 .filter(|i| i.code == JEQ32_K && i.imm == ip)
                 .count(),
             2
@@ -320,27 +286,15 @@ mod tests {
 
     #[test]
     fn ipv6_only_when_given() {
-        let v4 = guard().program();
         let ipv6_ethertype = i32::from(u16::from_ne_bytes([0x86, 0xdd]));
-        assert!(!v4
-            .iter()
-            .any(|i| i.code == JEQ32_K && i.imm == ipv6_ethertype));
+        let has_ipv6 = |g: &SourceGuard| {
+            insns(g)
+                .iter()
+                .any(|i| i.code == JEQ32_K && i.imm == ipv6_ethertype)
+        };
+        assert!(!has_ipv6(&guard()));
         let mut g = guard();
-        g.ipv6 = vec![
-            "fd00::3".parse().unwrap(),
-            "fe80::858:aff:fe01:203".parse().unwrap(),
-        ];
-        let p = g.program();
-        assert!(p
-            .iter()
-            .any(|i| i.code == JEQ32_K && i.imm == ipv6_ethertype));
-        // The hand-counted skips of the address blocks included.
-        assert_jumps_inside(&p);
-        // A skip out of an address block lands on the next block's first load.
-        let first = p
-            .iter()
-            .position(|i| i.code == JNE32_K && i.off == 7)
-            .unwrap();
-        assert_eq!(p[first + 8].code, LDX_W);
+        g.ipv6 = vec!["fd00::3".parse().unwrap()];
+        assert!(has_ipv6(&g));
     }
 }

@@ -2,7 +2,7 @@
 //! the link and network namespace it concerns.
 
 pub mod big_tcp;
-mod bpf;
+pub mod bpf;
 mod direct;
 mod error;
 pub mod ethtool;

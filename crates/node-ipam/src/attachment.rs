@@ -13,6 +13,11 @@ pub const TOMBSTONE_PREFIX: &str = "fz";
 /// Here, not in the plugin that retires them, because the uninstall removes them too.
 pub const TOMBSTONE_GROUP: u32 = 65143;
 
+/// The abstract unix socket name the one reaper of `TOMBSTONE_GROUP` in a host network
+/// namespace listens on (a stream socket; DEL wakes it by connecting). Here, beside the
+/// group, because the tests hold it too.
+pub const REAPER_SOCKET: &[u8] = b"ferry-reaper-65143";
+
 /// The host end of the veth: `fy` + 13 hex digits of a hash of (container ID, ifname).
 /// FNV-1a is written out here because the name must not change between builds.
 pub fn host_veth(container_id: &str, ifname: &str) -> String {

@@ -32,7 +32,7 @@ pub struct Args {
 /// Exit 0 when the connection is allowed, 1 when denied.
 pub fn run(a: Args) -> Result<i32> {
     let socket = a.state_dir.join(policy_notice::SOCKET_NAME);
-    let reply = policy_notice::ask(
+    let asked = policy_notice::ask(
         &socket,
         &Notice::Explain {
             from: a.from.clone(),
@@ -41,13 +41,31 @@ pub fn run(a: Args) -> Result<i32> {
             port: a.port,
         },
         Duration::from_secs(5),
-    )
-    .with_context(|| {
-        format!(
-            "explain {} -> {} port {}/{}",
-            a.from, a.to, a.port, a.protocol
-        )
-    })?;
+    );
+    let reply = match asked {
+        // No daemon there: most often one that runs with another --state-dir, which
+        // nothing here can find out (its flags are its own), so say how to point at it.
+        Err(policy_notice::NoticeError::Connect { source, .. }) => anyhow::bail!(
+            "explain {} -> {} port {}/{}: nothing answers on {} ({source}). explain asks \
+             the ferry-overlayd whose state directory is {} (--state-dir; the default, as \
+             ferry-overlayd's, is {}). A daemon started with --state-dir DIR or \
+             FERRY_STATE_DIR=DIR is asked with `ferry-ipam explain ... --state-dir DIR`; it \
+             must run with --network-policy",
+            a.from,
+            a.to,
+            a.port,
+            a.protocol,
+            socket.display(),
+            a.state_dir.display(),
+            node_ipam::node_state::DEFAULT_STATE_DIR,
+        ),
+        other => other.with_context(|| {
+            format!(
+                "explain {} -> {} port {}/{}",
+                a.from, a.to, a.port, a.protocol
+            )
+        })?,
+    };
     match a.output {
         Output::Table => println!("{}", reply.text),
         Output::Json => println!("{}", serde_json::to_string_pretty(&reply.detail)?),
