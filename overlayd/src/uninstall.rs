@@ -45,12 +45,14 @@ const FILES: [&str; 7] = [
     "opt/cni/bin/ferry-ipam",
 ];
 
-/// ferry's nftables tables: the VXLAN filter of either underlay family, NetworkPolicy's.
-fn nft_tables() -> [(&'static str, &'static str); 3] {
+/// ferry's nftables tables: the VXLAN filter of either underlay family, NetworkPolicy's
+/// two.
+fn nft_tables() -> [(&'static str, &'static str); 4] {
     [
         (Family::V4.nft(), underlay_filter::TABLE),
         (Family::V6.nft(), underlay_filter::TABLE),
-        ("inet", netpol::TABLE),
+        (netpol::TableFamily::Inet.name(), netpol::TABLE),
+        (netpol::TableFamily::Bridge.name(), netpol::TABLE),
     ]
 }
 
@@ -428,7 +430,12 @@ mod tests {
     fn the_nft_tables_are_the_ones_ferry_makes() {
         assert_eq!(
             nft_tables(),
-            [("ip", "ferry"), ("ip6", "ferry"), ("inet", "ferry_policy")]
+            [
+                ("ip", "ferry"),
+                ("ip6", "ferry"),
+                ("inet", "ferry_policy"),
+                ("bridge", "ferry_policy")
+            ]
         );
     }
 
