@@ -488,8 +488,12 @@ impl Engine {
     }
 }
 
-/// The ports of `bridge`, by MAC; none when there is no bridge yet (no pod either).
+/// The live ports of `bridge`, by MAC; none when there is no bridge yet (no pod either).
+/// A retired veth (a deleted pod's, down and waiting for the reaper, maybe renamed) can
+/// still be a port with the MAC a new pod of the same address has: it is left out, so the
+/// MAC names the new pod's port.
 async fn bridge_ports(nl: &netlink::Netlink, bridge: &str) -> anyhow::Result<Ports> {
+    use node_ipam::attachment::{TOMBSTONE_GROUP, TOMBSTONE_PREFIX};
     let links = nl.list_links().await?;
     let Some(br) = links.iter().find(|l| l.name == bridge) else {
         return Ok(Ports::new());
@@ -497,6 +501,7 @@ async fn bridge_ports(nl: &netlink::Netlink, bridge: &str) -> anyhow::Result<Por
     Ok(links
         .iter()
         .filter(|l| l.controller == Some(br.index))
+        .filter(|l| l.group != TOMBSTONE_GROUP && !l.name.starts_with(TOMBSTONE_PREFIX))
         .filter_map(|l| {
             Some((
                 <[u8; 6]>::try_from(l.mac.as_slice()).ok()?,
