@@ -213,6 +213,22 @@ fn hostile_policies_leave_the_daemon_up_bounded_and_their_pods_isolated() {
     assert!(wait_until(Duration::from_secs(10), || {
         metric(&w, 0, "ferry_policy_invalid_objects") == Some(2.0)
     }));
+    // A podSelector no one can read: which pods it isolates is unknown, so it isolates
+    // every pod of y, allowing nothing; y/b keeps what its valid policy allows.
+    w.put_policy(
+        "y",
+        "unreadable",
+        &json!({"podSelector": {"matchExpressions": [{"key": "pod", "operator": "Near", "values": ["a"]}]},
+                "ingress": [{}]}),
+        false,
+    )
+    .unwrap();
+    assert!(becomes(&w, "z/a", "y/a", false), "{}", w.logs());
+    assert!(refused(&w, "x/a", "y/c"));
+    assert!(becomes(&w, "x/a", "y/b", true), "{}", w.logs());
+    assert!(wait_until(Duration::from_secs(10), || {
+        metric(&w, 0, "ferry_policy_invalid_objects") == Some(3.0)
+    }));
 }
 
 /// A TCP connection from the namespace at `netns` to `ip`:80 within 300 ms.
