@@ -421,6 +421,14 @@ impl Engine {
         }
         let mut ports = BTreeMap::new();
         for (k, ips) in local.pods.iter_mut() {
+            // A host-network pod holds the node's addresses: no veth, no link-local
+            // address of ferry's, and no policy selects it.
+            if cluster
+                .pod(&k.namespace, &k.name)
+                .is_some_and(|p| p.host_network)
+            {
+                continue;
+            }
             let (ll, dev) = self.pod_extras(ips);
             if let Some(ll) = ll.filter(|ll| !ips.contains(ll)) {
                 ips.push(ll);
@@ -649,6 +657,64 @@ mod tests {
             !local.pods.contains_key(&PodKey::new("x", "stale"))
                 || local.pods[&PodKey::new("x", "stale")].is_empty()
         );
+    }
+
+    #[test]
+    fn local_pods_carry_their_link_local_address_and_their_port() {
+        let dual = |ns: &str, name: &str, v4: &str, v6: &str, host: bool| {
+            let v: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": ns, "name": name},
+                "spec": {"containers": [{"name": "c"}], "nodeName": "n1", "hostNetwork": host},
+                "status": {"podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}]},
+            }))
+            .unwrap();
+            v
+        };
+        let pods = vec![
+            dual("x", "a", "10.1.0.5", "fd00::5", false),
+            dual("x", "node", "192.0.2.11", "2001:db8::11", true),
+        ];
+        let (cluster, errors) = Cluster::from_k8s(&[], &pods, &[]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut e = engine();
+        let a4: IpAddr = "10.1.0.5".parse().unwrap();
+        let port = Ifname::new("fy0123456789abc").unwrap();
+        e.ports
+            .insert(netlink::addr_mac(netlink::HOST_MAC_TAG, a4), port);
+        // A pod the plugin announced without a name: closed, its link-local address and
+        // its port too.
+        let b4: IpAddr = "10.1.0.6".parse().unwrap();
+        let b6: IpAddr = "fd00::6".parse().unwrap();
+        let b_port = Ifname::new("fy0123456789abd").unwrap();
+        e.ports
+            .insert(netlink::addr_mac(netlink::HOST_MAC_TAG, b4), b_port);
+        e.attached.insert(
+            ("c2".into(), "eth0".into()),
+            Attached {
+                key: None,
+                ips: vec![b6, b4],
+                seen: false,
+            },
+        );
+        let (local, closed) = e.local_pods(&cluster);
+        let a = &local.pods[&PodKey::new("x", "a")];
+        assert_eq!(
+            *a,
+            vec![
+                a4,
+                "fd00::5".parse().unwrap(),
+                "fe80::858:aff:fe01:5".parse().unwrap()
+            ]
+        );
+        assert_eq!(local.ports.get(&PodKey::new("x", "a")), Some(&port));
+        // The host-network pod: the node's addresses only, no port.
+        assert_eq!(local.pods[&PodKey::new("x", "node")].len(), 2);
+        assert!(!local.ports.contains_key(&PodKey::new("x", "node")));
+        assert_eq!(closed.devs, vec![b_port]);
+        assert!(closed
+            .ips
+            .contains(&"fe80::858:aff:fe01:6".parse().unwrap()));
+        assert!(closed.ips.contains(&b4) && closed.ips.contains(&b6));
     }
 
     #[test]
