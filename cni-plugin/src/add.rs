@@ -137,7 +137,7 @@ async fn wire(
     made_veth: &mut bool,
 ) -> Result<CniResult, Error> {
     let addrs = pod_addresses(ipam_result)?;
-    // IPv4 first: the MACs follow the IPv4 address whenever the pod has one.
+    // IPv4 first: a new bridge takes its MAC from the IPv4 gateway whenever there is one.
     let primary = addrs[0];
     let mtu = pc.effective_mtu();
     let host = Netlink::open().map_err(err)?;
@@ -176,8 +176,16 @@ async fn wire(
         netlink::sysctl::ensure(key, "1").map_err(err)?;
     }
 
-    let pod_mac = netlink::addr_mac(netlink::POD_MAC_TAG, primary.ip);
-    let host_mac = netlink::addr_mac(netlink::HOST_MAC_TAG, primary.ip);
+    let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip).collect();
+    // The daemon finds the pod's port on the bridge and its link-local address by the
+    // same rule (`mac_source`), so the MACs must follow it, not this list's order.
+    let mac_ip = netlink::mac_source(&ips).unwrap_or(primary.ip);
+    let pod_mac = netlink::addr_mac(netlink::POD_MAC_TAG, mac_ip);
+    let host_mac = netlink::addr_mac(netlink::HOST_MAC_TAG, mac_ip);
+    // The pod's one link-local address (for a pod with IPv6): the plugin adds it below
+    // with the kernel's own address generation off, so the guard's and the policies'
+    // idea of it is the kernel's.
+    let link_local = netlink::pod_link_local(&ips);
     let alias = attachment::alias(&conf.name, &env.container_id, &env.ifname);
     let spec = VethSpec {
         host_name: host_veth,
@@ -228,10 +236,10 @@ async fn wire(
     for a in &addrs {
         match a.ip {
             IpAddr::V4(ip) => guard.ipv4.push(ip),
-            // The kernel gives the pod this link-local address (EUI-64 of its MAC).
-            IpAddr::V6(ip) => guard.ipv6.extend([ip, netlink::link_local(pod_mac)]),
+            IpAddr::V6(ip) => guard.ipv6.push(ip),
         }
     }
+    guard.ipv6.extend(link_local);
     host.guard_source(host_link.index, host_veth, &guard)
         .await
         .map_err(err)?;
@@ -260,6 +268,17 @@ async fn wire(
                 ),
             )
         })?;
+    // Before any address and before the link is up: the kernel must never make a
+    // link-local (or any other IPv6) address of its own, which no policy rule would know
+    // (a pod reached at it would bypass its isolation) and the guard would not let answer.
+    pod.set_addr_gen_none(link.index, &env.ifname, link_local.is_some())
+        .await
+        .map_err(err)?;
+    if let Some(ll) = link_local {
+        pod.add_addr_nodad(link.index, &env.ifname, ll, 64)
+            .await
+            .map_err(err)?;
+    }
     for a in &addrs {
         match a.ip {
             IpAddr::V4(_) => pod.add_addr(link.index, &env.ifname, a.ip, a.prefix).await,

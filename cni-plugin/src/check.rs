@@ -127,6 +127,17 @@ async fn check_kernel(
             )));
         }
     }
+    // The link-local address the guard lets the pod send from and the node's policy
+    // rules know it by.
+    let ips: Vec<IpAddr> = addrs.iter().map(|a| a.0).collect();
+    if let Some(ll) = netlink::pod_link_local(&ips) {
+        if !have.iter().any(|(ip, _)| *ip == IpAddr::V6(ll)) {
+            return Err(failed(format!(
+                "link-local address {ll} is missing on {}",
+                env.ifname
+            )));
+        }
+    }
     let gateway = |v4: bool| {
         addrs
             .iter()

@@ -242,6 +242,7 @@ pub async fn run(args: Args) -> Result<()> {
                     node: node.name.clone(),
                     state_dir: args.state_dir.clone(),
                     kubeconfig: args.kubeconfig.clone(),
+                    bridge: args.bridge.clone(),
                 },
                 metrics.clone(),
             )

@@ -46,14 +46,15 @@ const FILES: [&str; 7] = [
 ];
 
 /// ferry's nftables tables: the node filter (VXLAN and the node-only services), the
-/// VXLAN filters of earlier versions (one per underlay family), NetworkPolicy's.
-fn nft_tables() -> [(&'static str, &'static str); 4] {
+/// VXLAN filters of earlier versions (one per underlay family), NetworkPolicy's two.
+fn nft_tables() -> [(&'static str, &'static str); 5] {
     let [legacy4, legacy6] = node_filter::LEGACY;
     [
         (node_filter::FAMILY, node_filter::TABLE),
         legacy4,
         legacy6,
-        ("inet", netpol::TABLE),
+        (netpol::TableFamily::Inet.name(), netpol::TABLE),
+        (netpol::TableFamily::Bridge.name(), netpol::TABLE),
     ]
 }
 
@@ -435,7 +436,8 @@ mod tests {
                 ("inet", "ferry"),
                 ("ip", "ferry"),
                 ("ip6", "ferry"),
-                ("inet", "ferry_policy")
+                ("inet", "ferry_policy"),
+                ("bridge", "ferry_policy")
             ]
         );
     }

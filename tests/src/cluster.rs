@@ -397,6 +397,33 @@ impl Node {
         );
     }
 
+    /// The pid of the daemon this node started, while it runs (`start_daemon` execs it in
+    /// place of the shell, so the child is the daemon itself).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let pid = self.daemon.as_ref()?.pid();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "ferry-overlayd").then_some(pid)
+    }
+
+    /// The daemon's resident memory in KiB (`VmRSS` in `/proc/<pid>/status`).
+    pub fn daemon_rss_kib(&self) -> Option<u64> {
+        let pid = self.daemon_pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// SIGKILL, as the OOM killer or a crash ends the daemon: no cleanup of its own. Waits
+    /// until it is gone.
+    pub fn kill_daemon(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            // Reaped here (or, past the timeout, when the handle drops): gone either way.
+            d.stop(libc::SIGKILL, Duration::from_secs(10));
+        }
+    }
+
     /// SIGTERM; the exit code.
     pub fn stop_daemon(&mut self) -> Option<i32> {
         self.daemon
@@ -608,7 +635,18 @@ impl Cluster {
     /// host on 2001:db8::/64 with no IPv4 address, etcd at `ETCD_IP_V6`, the outside host
     /// at `OUTSIDE_IP_V6`, the nodes at 2001:db8::11, ::12, …
     pub fn v6_only(n: usize, cidr6: &str, extra: &str) -> Cluster {
-        Self::build_with(Switch::new(), n, cidr6, extra, false, true, &mut |_| {})
+        Self::v6_only_reporting(n, cidr6, extra, &mut |_| {})
+    }
+
+    /// As `v6_only`, telling `report` each step (etcd up before any daemon starts: where
+    /// a test starts what the daemons need, such as the API stand-in).
+    pub fn v6_only_reporting(
+        n: usize,
+        cidr6: &str,
+        extra: &str,
+        report: &mut dyn FnMut(Progress),
+    ) -> Cluster {
+        Self::build_with(Switch::new(), n, cidr6, extra, false, true, report)
     }
 
     /// An IPv4 cluster on two L2 segments joined by a router: segment A (192.0.2.0/25,

@@ -321,6 +321,105 @@ fn network_policy_holds_on_the_direct_path() {
     }
 }
 
+/// NetworkPolicy on the direct path over IPv6: an IPv6-only cluster whose nodes share
+/// one segment (so pod packets between them are never in VXLAN), the API stand-in on the
+/// etcd host's IPv6 address. The target admits pods labelled `ok` only.
+#[test]
+fn network_policy_holds_on_the_direct_path_over_ipv6() {
+    use ferry_tests::cluster::{Progress, ETCD_IP_V6};
+    use ferry_tests::kapi::KubeApi;
+    use ferry_tests::netpol::l2::{self, TcpServer};
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+    needs_root!();
+    let kubeconfig = tempfile::tempdir().expect("tempdir");
+    let kc = kubeconfig.path().join("kubeconfig");
+    let mut api = None;
+    let c = Cluster::v6_only_reporting(
+        2,
+        "fd00:96::/56",
+        &format!("--network-policy --kubeconfig {}", kc.display()),
+        &mut |p| {
+            if let Progress::Etcd(etcd, _) = p {
+                let addr = std::net::SocketAddr::new(ETCD_IP_V6.parse().unwrap(), 0);
+                let served = ferry_tests::inside::run(&etcd.host, move || KubeApi::bind(addr))
+                    .expect("the API stand-in on the etcd host");
+                served.write_kubeconfig(&kc).expect("write the kubeconfig");
+                api = Some(served);
+            }
+        },
+    );
+    let api = api.expect("the API");
+    let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
+    let s6 = |n: &Node| n.node_state()["podCIDRv6"].as_str().unwrap().to_string();
+    wait_direct(n0, &s6(n1), &n1.ip);
+    wait_direct(n1, &s6(n0), &n0.ip);
+    for ns in ["x", "y"] {
+        let obj: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": ns, "labels": {"ns": ns}}}))
+                .unwrap();
+        api.create(obj).unwrap();
+    }
+    // Pods as a kubelet makes them: the object, the ADD naming it, the status.
+    let pod = |n: &Node, ns: &str, name: &str| {
+        let obj: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {"pod": name}},
+            "spec": {"nodeName": n.name, "containers": [{"name": "c"}]}}))
+        .unwrap();
+        api.create(obj).unwrap();
+        let made = n.add_pod_as(
+            &ferry_tests::unique("d6"),
+            Some(&format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}")),
+        );
+        let mut obj: Pod = api.get(Some(ns), name).unwrap();
+        obj.status = serde_json::from_value(json!({"phase": "Running", "podIP": made.ip,
+            "podIPs": [{"ip": made.ip}]}))
+        .unwrap();
+        api.update(obj).unwrap();
+        made
+    };
+    let target = pod(n0, "x", "t");
+    let ok = pod(n1, "y", "ok");
+    let other = pod(n1, "y", "other");
+    let _server = TcpServer::start(&target.ns, 80).expect("a server");
+    let to: std::net::IpAddr = target.ip.parse().unwrap();
+    let reaches =
+        |from: &ferry_tests::cluster::Pod| l2::tcp(&from.ns, to, 80, Duration::from_millis(500));
+    assert!(
+        wait_until(Duration::from_secs(10), || reaches(&ok) && reaches(&other)),
+        "no policy, yet refused\n{}",
+        n0.log()
+    );
+    assert!(
+        !vxlan_moved(&[n0, n1], || assert!(reaches(&ok))),
+        "IPv6 pod traffic on one segment went through VXLAN"
+    );
+    let policy: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "t-from-ok", "namespace": "x"},
+        "spec": {"podSelector": {"matchLabels": {"pod": "t"}}, "ingress": [{"from": [
+            {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "ok"}}}]}]}}))
+    .unwrap();
+    api.create(policy).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !reaches(&other)),
+        "y/other still reaches x/t over IPv6 on the direct path\n{}",
+        n0.host.sh("nft list table inet ferry_policy")
+    );
+    assert!(
+        !vxlan_moved(&[n0, n1], || {
+            for _ in 0..3 {
+                assert!(reaches(&ok), "y/ok lost x/t");
+                assert!(!reaches(&other), "y/other reached x/t");
+            }
+        }),
+        "the verdicts were not given on the direct path"
+    );
+    for (p, n) in [(&target, n0), (&ok, n1), (&other, n1)] {
+        n.cni("DEL", &p.id, Some(&p.ns)).ok();
+    }
+}
+
 #[test]
 fn a_lease_naming_an_on_link_stranger_gets_no_more_than_its_own_subnet() {
     needs_root!();

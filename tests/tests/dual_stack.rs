@@ -141,6 +141,86 @@ fn check_sees_a_removed_ipv6_address_or_route() {
     n.del("c", Some(&pod)).ok();
 }
 
+/// A pod's IPv6 addresses on its interface, as `ip -6 addr` lists them.
+fn ipv6_addrs(pod: &Netns) -> Vec<String> {
+    pod.sh("ip -6 -o addr show dev eth0")
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "inet6")?;
+            w.get(i + 1).map(|a| a.to_string())
+        })
+        .collect()
+}
+
+/// The kernel makes no IPv6 address of its own in a pod (`addr_gen_mode` none): a pod's
+/// IPv6 addresses are the ones ferry gave it, its one link-local address derived from its
+/// MAC included, which the source guard and the node's policy rules know it by. A link
+/// taken down and up (as a pod with NET_ADMIN can) gets no other; an IPv4-only pod has
+/// none at all; CHECK sees the link-local address gone.
+#[test]
+fn a_pods_only_ipv6_addresses_are_the_ones_ferry_gives() {
+    needs_root!();
+    let n = node("1.1.0", dual("10.64.0.0/24", "fd00:64::/64"));
+    let pod = Netns::new("fyd");
+    let prev = n.add("l", &pod).ok();
+    let mac = pod.sh("cat /sys/class/net/eth0/address");
+    let mac: Vec<u8> = mac
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let ll = netlink::link_local(mac.try_into().unwrap());
+    let want = vec![format!("fd00:64::2/64"), format!("{ll}/64")];
+    let mut have = ipv6_addrs(&pod);
+    have.sort();
+    let mut sorted = want.clone();
+    sorted.sort();
+    assert_eq!(have, sorted);
+    assert_eq!(
+        pod.sh("cat /proc/sys/net/ipv6/conf/eth0/addr_gen_mode")
+            .trim(),
+        "1"
+    );
+    pod.sh("ip link set eth0 down && ip link set eth0 up");
+    // The addresses ferry added go with the link down (the kernel flushes IPv6 addresses
+    // then); none comes back by itself.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        ipv6_addrs(&pod)
+            .iter()
+            .all(|a| !a.starts_with("fe80") || *a == want[1]),
+        "{:?}",
+        ipv6_addrs(&pod)
+    );
+    n.del("l", Some(&pod)).ok();
+
+    let pod = Netns::new("fyd");
+    let prev_ll = n.add("m", &pod).ok();
+    let check = |prev: &Value| {
+        let mut c: Value = serde_json::from_str(&n.conf).unwrap();
+        c["prevResult"] = prev.clone();
+        n.call("CHECK", "m", Some(&pod)).run(&c.to_string())
+    };
+    check(&prev_ll).ok();
+    let ll = ipv6_addrs(&pod)
+        .into_iter()
+        .find(|a| a.starts_with("fe80"))
+        .expect("a link-local address");
+    pod.sh(&format!("ip -6 addr del {ll} dev eth0"));
+    let r = check(&prev_ll);
+    assert_eq!(r.err_code(), 104, "{r:?}");
+    assert!(r.msg().contains("link-local"), "{r:?}");
+    n.del("m", Some(&pod)).ok();
+    drop(prev);
+
+    let v4 = node("1.1.0", json!({"subnet": "10.65.0.0/24"}));
+    let pod = Netns::new("fyd");
+    v4.add("n", &pod).ok();
+    assert!(ipv6_addrs(&pod).is_empty(), "{:?}", ipv6_addrs(&pod));
+    v4.del("n", Some(&pod)).ok();
+}
+
 #[test]
 fn a_small_ipv6_range_runs_out_and_takes_no_ipv4() {
     needs_root!();

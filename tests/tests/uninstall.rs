@@ -64,7 +64,7 @@ fn ferrys(n: &Netns) -> String {
         "ip -d -o link show | grep -E ': (ferry\\.[0-9]+@?[^:]*: .* vxlan |ferry0: |f[yz][0-9a-f]{13}[@:])' || true; \
          ip -o link show group 65143 || true; \
          ip route show table all proto 102; ip -6 route show table all proto 102; \
-         nft list tables | grep -E '^table (inet ferry|ip ferry|ip6 ferry|inet ferry_policy)$' || true; \
+         nft list tables | grep -E '^table (inet ferry|ip ferry|ip6 ferry|inet ferry_policy|bridge ferry_policy)$' || true; \
          for p in iptables-legacy iptables-nft ip6tables-legacy ip6tables-nft; do \
            $p-save 2>/dev/null | grep FERRY- | sed \"s/^/$p: /\" || true; done",
     )
@@ -97,6 +97,7 @@ fn uninstall_removes_all_of_ferry_and_only_ferrys() {
         &subnet6,
         "table inet ferry\n",
         "table inet ferry_policy",
+        "table bridge ferry_policy",
         "iptables-nft: :FERRY-POSTRTG",
         "ip6tables-nft: :FERRY-FWD",
     ] {
@@ -146,6 +147,7 @@ fn uninstall_removes_all_of_ferry_and_only_ferrys() {
         "removed nftables table ip ferry",
         "removed nftables table ip6 ferry",
         "removed nftables table inet ferry_policy",
+        "removed nftables table bridge ferry_policy",
         "removed iptables-legacy nat chain FERRY-POSTRTG",
         "removed ip6tables-legacy filter chain FERRY-FWD",
         "removed iptables-nft nat chain FERRY-POSTRTG",

@@ -157,6 +157,30 @@ impl Netlink {
         self.set_link(msg, || format!("set link {name} up")).await
     }
 
+    /// Stops the kernel from making IPv6 addresses of its own on the link
+    /// (`addr_gen_mode` 1, `none`): no link-local address from the MAC, none from a
+    /// stable-privacy secret or at random. Set while the link is down, before it ever has
+    /// one. ferry then adds the one link-local address it derives itself
+    /// ([`crate::link_local`]), which the source guard and the NetworkPolicy rules know.
+    ///
+    /// A kernel without IPv6 (`ipv6.disable=1`) refuses the request; that is an error only
+    /// when `needs_ipv6`: a link with no IPv6 stack has no address to speak of.
+    pub async fn set_addr_gen_none(&self, index: u32, name: &str, needs_ipv6: bool) -> Result<()> {
+        use netlink_packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode};
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]))
+            .build();
+        match self
+            .set_link(msg, || format!("set addr_gen_mode none on {name}"))
+            .await
+        {
+            Err(e) if !needs_ipv6 && e.errno() == Some(libc::EAFNOSUPPORT) => Ok(()),
+            r => r,
+        }
+    }
+
     /// One change to a link; `what` says which, for the error.
     pub(crate) async fn set_link(
         &self,

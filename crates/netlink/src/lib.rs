@@ -47,9 +47,30 @@ pub fn addr_mac(tag: u8, ip: std::net::IpAddr) -> [u8; 6] {
     }
 }
 
-/// The link-local address the kernel derives from `mac` by modified EUI-64 (its default
-/// `addr_gen_mode`): `fe80::` + the MAC with `ff:fe` in the middle and the
-/// universal/local bit flipped. ferry adds it itself (without DAD), so it is this one.
+/// The address of a pod's that its MACs follow (`addr_mac`): its first IPv4 address, else
+/// its first IPv6 one. The plugin makes the MACs from it and the daemon finds a pod's
+/// port on the bridge and its link-local address by it: one rule for both.
+pub fn mac_source(ips: &[std::net::IpAddr]) -> Option<std::net::IpAddr> {
+    ips.iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| ips.iter().find(|ip| ip.is_ipv6()))
+        .copied()
+}
+
+/// The link-local address of a pod holding `ips`, as ferry gives it: derived from the
+/// pod's MAC; `None` for a pod without IPv6 (which has no IPv6 address at all, and may
+/// send no IPv6).
+pub fn pod_link_local(ips: &[std::net::IpAddr]) -> Option<std::net::Ipv6Addr> {
+    if !ips.iter().any(|ip| ip.is_ipv6()) {
+        return None;
+    }
+    mac_source(ips).map(|ip| link_local(addr_mac(POD_MAC_TAG, ip)))
+}
+
+/// The link-local address derived from `mac` by modified EUI-64: `fe80::` + the MAC with
+/// `ff:fe` in the middle and the universal/local bit flipped. It is a pod's only
+/// link-local address: the plugin turns the kernel's own (`addr_gen_mode none`) off and
+/// adds this one itself, without DAD.
 pub fn link_local(mac: [u8; 6]) -> std::net::Ipv6Addr {
     std::net::Ipv6Addr::new(
         0xfe80,
@@ -106,5 +127,27 @@ mod tests {
         assert_eq!(mac, [0x0a, 0x58, 0x0b, 0x0c, 0x0d, 0x0e]);
         // What `ip -6 addr` shows for that MAC under addr_gen_mode eui64.
         assert_eq!(super::link_local(mac).to_string(), "fe80::858:bff:fe0c:d0e");
+    }
+
+    #[test]
+    fn the_mac_follows_ipv4_first_and_only_ipv6_pods_have_a_link_local() {
+        let v4: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        let v6: std::net::IpAddr = "fd00::a:b0c:d0e".parse().unwrap();
+        assert_eq!(super::mac_source(&[v6, v4]), Some(v4));
+        assert_eq!(super::mac_source(&[v6]), Some(v6));
+        assert_eq!(super::mac_source(&[]), None);
+        assert_eq!(super::pod_link_local(&[v4]), None);
+        assert_eq!(
+            super::pod_link_local(&[v6, v4])
+                .map(|a| a.to_string())
+                .as_deref(),
+            Some("fe80::858:aff:fe01:203")
+        );
+        assert_eq!(
+            super::pod_link_local(&[v6])
+                .map(|a| a.to_string())
+                .as_deref(),
+            Some("fe80::858:bff:fe0c:d0e")
+        );
     }
 }

@@ -11,7 +11,7 @@ use crate::model::Protocol;
 use crate::model::{Cluster, Direction, Pod, PodKey, Policy, PolicyPeer, PolicyRule, PortSel};
 use crate::ranges::{self, AddrRange, Family, PortBox};
 
-/// The table every node's policy state lives in.
+/// The name of the two tables every node's policy state lives in (`inet` and `bridge`).
 pub const TABLE: &str = "ferry_policy";
 /// The NFLOG group denied connections are logged to (prefix `ferry-deny-ingress ` or
 /// `ferry-deny-egress `); the daemon reads it to log one line per denial.
@@ -24,13 +24,14 @@ pub const MAX_NAME_LEN: usize = 255;
 const MAX_COMMENT_LEN: usize = 128;
 
 impl Ruleset {
-    /// Closes `ips` both ways: each jumps to the `closed` chains, which allow nothing.
-    /// For pods the plugin has announced but whose labels (or namespace's policies) are
-    /// not known yet, so that no connection reaches them before their policies do.
-    pub fn close(&mut self, ips: &[IpAddr]) {
+    /// Closes `ips` both ways, and `devs` (their bridge ports) to group traffic: each
+    /// jumps to the `closed` chains, which allow nothing. For pods the plugin has
+    /// announced but whose labels (or namespace's policies) are not known yet, so that no
+    /// connection reaches them before their policies do.
+    pub fn close(&mut self, ips: &[IpAddr], devs: &[Ifname]) {
         for ip in ips {
             for dir in [Direction::Ingress, Direction::Egress] {
-                if let Some(map) = self.sets.get_mut(&pods_map(dir, Family::of(*ip))) {
+                if let Some(map) = self.inet.sets.get_mut(&pods_map(dir, Family::of(*ip))) {
                     map.elements
                         .retain(|e| !matches!(e, Element::Jump { addr, .. } if addr == ip));
                     map.elements.insert(Element::Jump {
@@ -40,19 +41,42 @@ impl Ruleset {
                 }
             }
         }
+        if let Some(map) = self.bridge.sets.get_mut(PORTS_MAP) {
+            for dev in devs {
+                map.elements
+                    .retain(|e| !matches!(e, Element::DevJump { dev: d, .. } if d == dev));
+                map.elements.insert(Element::DevJump {
+                    dev: *dev,
+                    to: ChainRef::closed(Direction::Ingress),
+                });
+            }
+        }
+    }
+
+    pub fn table(&self, family: TableFamily) -> &Table {
+        match family {
+            TableFamily::Inet => &self.inet,
+            TableFamily::Bridge => &self.bridge,
+        }
     }
 }
 
 /// The pods of this node with their addresses. The caller may know a local pod's addresses
-/// before the API does; these win over the API's. Its labels still come from the cluster
+/// before the API does; these win over the API's, and they hold its link-local address
+/// beside the API's (the API never shows one). Its labels still come from the cluster
 /// snapshot, so a local pod the snapshot does not hold is left out (nothing can select it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalPods {
     pub pods: BTreeMap<PodKey, Vec<IpAddr>>,
+    /// A local pod's port on the node's bridge (its host-side veth), when known: what
+    /// reaches the pod at an address that is not its own (multicast, broadcast) is judged
+    /// by the port it leaves the bridge on. A pod without one gets no bridge rules.
+    pub ports: BTreeMap<PodKey, Ifname>,
 }
 
 impl LocalPods {
-    /// The pods of `cluster` whose `node` is `node`, with the API's addresses.
+    /// The pods of `cluster` whose `node` is `node`, with the API's addresses (so without
+    /// link-local ones) and no ports.
     pub fn on_node(cluster: &Cluster, node: &str) -> LocalPods {
         LocalPods {
             pods: cluster
@@ -61,6 +85,92 @@ impl LocalPods {
                 .filter(|p| p.node.as_deref() == Some(node))
                 .map(|p| (p.key(), p.ips.clone()))
                 .collect(),
+            ports: BTreeMap::new(),
+        }
+    }
+}
+
+/// An interface name as nft's `ifname` type holds it: 1 to 15 bytes, none of them a
+/// character that would need quoting inside nft's double quotes or that Linux refuses in
+/// a name. Fixed-size, so that elements holding one stay `Copy` and ordered.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ifname {
+    len: u8,
+    bytes: [u8; 15],
+}
+
+impl Ifname {
+    pub fn new(name: &str) -> Option<Ifname> {
+        let b = name.as_bytes();
+        let ok = |c: u8| c.is_ascii_graphic() && !matches!(c, b'"' | b'\\' | b'/' | b':' | b'*');
+        if b.is_empty() || b.len() > 15 || !b.iter().all(|c| ok(*c)) {
+            return None;
+        }
+        let mut bytes = [0u8; 15];
+        bytes[..b.len()].copy_from_slice(b);
+        Some(Ifname {
+            len: b.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (see `new`).
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for Ifname {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Ifname {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl Serialize for Ifname {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Ifname {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Ifname, D::Error> {
+        let s = String::deserialize(d)?;
+        Ifname::new(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is no interface name")))
+    }
+}
+
+/// The two tables of a node, each of them named [`TABLE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TableFamily {
+    /// `table inet ferry_policy`: connections, by address, after routing and DNAT.
+    Inet,
+    /// `table bridge ferry_policy`: frames between two pods of the node's bridge whose IP
+    /// destination is not the receiving pod's own, by the port they leave on.
+    Bridge,
+}
+
+impl TableFamily {
+    pub const ALL: [TableFamily; 2] = [TableFamily::Inet, TableFamily::Bridge];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TableFamily::Inet => "inet",
+            TableFamily::Bridge => "bridge",
+        }
+    }
+
+    /// The number `priority filter` stands for in this family, as `nft -j` lists it.
+    pub fn filter_priority(self) -> i64 {
+        match self {
+            TableFamily::Inet => 0,
+            TableFamily::Bridge => -200,
         }
     }
 }
@@ -82,6 +192,15 @@ pub enum SetKind {
     /// A verdict map, `type ipv4_addr : verdict`: a local pod's address to the chain of
     /// the policies that select it ([`Element::Jump`]).
     Verdicts(Family),
+    /// Bridge ports: `type ifname` ([`Element::Dev`]).
+    Devs,
+    /// `type ifname . inet_proto . inet_service; flags interval` ([`Element::DevService`]).
+    DevServices,
+    /// `type ifname . ipv4_addr`: a local pod's port and one of its own addresses.
+    DevAddrs(Family),
+    /// `type ifname : verdict`: a local pod's port to the chain of the policies that
+    /// select it ([`Element::DevJump`]).
+    DevVerdicts,
 }
 
 /// A chain holding the rules of one combination of policies, for one direction: the
@@ -161,6 +280,23 @@ pub enum Element {
         addr: IpAddr,
         to: ChainRef,
     },
+    /// A pod's port on the bridge.
+    Dev(Ifname),
+    /// `"<port>" . <protocol> . <port range>`: a pod's bridge port and the ports of a
+    /// protocol it is reached on.
+    DevService {
+        dev: Ifname,
+        protocol: Protocol,
+        port_lo: u16,
+        port_hi: u16,
+    },
+    /// `"<port>" . <address>`: a pod's bridge port and one of its own addresses.
+    DevAddr(Ifname, IpAddr),
+    /// `"<port>" : jump <chain>` of a [`SetKind::DevVerdicts`] map.
+    DevJump {
+        dev: Ifname,
+        to: ChainRef,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +314,12 @@ pub enum Field {
     DaddrPort(Family),
     /// `ip saddr . ip daddr`
     SaddrDaddr(Family),
+    /// `oifname`: the bridge port a frame leaves on (bridge family).
+    Oif,
+    /// `oifname . meta l4proto . th dport`
+    OifService,
+    /// `oifname . ip daddr`
+    OifDaddr(Family),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +331,9 @@ pub enum Expr {
     /// `icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }`: IPv6 neighbour
     /// discovery, which conntrack does not track and pods need whatever their policies.
     NeighbourDiscovery,
+    /// `meta protocol ip` (`ip6`): the frame carries IPv4 (IPv6); `None`: either.
+    /// Written only where nothing else in the rule implies the family.
+    L3(Option<Family>),
     /// `<field> @set`
     InSet {
         field: Field,
@@ -253,11 +398,27 @@ pub struct Chain {
     pub rules: Vec<Rule>,
 }
 
-/// The whole `inet ferry_policy` table of one node.
+/// One table's sets (verdict maps included) and chains.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ruleset {
+pub struct Table {
     pub sets: BTreeMap<String, Set>,
     pub chains: BTreeMap<String, Chain>,
+}
+
+impl Table {
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty() && self.chains.is_empty()
+    }
+}
+
+/// A node's whole policy state: both of its tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ruleset {
+    /// `table inet ferry_policy`: every connection of a local pod, by its addresses.
+    pub inet: Table,
+    /// `table bridge ferry_policy`: what reaches a local pod over the bridge at an address
+    /// that is not its own (multicast, broadcast), by the pod's port.
+    pub bridge: Table,
 }
 
 /// The verdict map from a local pod's address to its chain for `dir`: a pod isolated for
@@ -272,6 +433,17 @@ pub fn denied_set(dir: Direction, family: Family) -> String {
 
 pub const FORWARD_CHAIN: &str = "forward";
 pub const INPUT_CHAIN: &str = "input";
+
+/// The bridge table's verdict map from a local pod's port to the chain of the policies
+/// that isolate it for ingress.
+pub const PORTS_MAP: &str = "ingress_ports";
+
+/// The bridge table's set of `<port> . <address>` of every local pod: a frame leaving on
+/// a pod's port for one of the pod's own addresses is unicast to it, which the inet
+/// table judges.
+pub fn own_set(family: Family) -> String {
+    format!("own{}", family.digit())
+}
 
 /// `<pod address> . <same address>` of every local pod: a pod reaching itself through a
 /// Service (bridge hairpin) passes the forward hook and is allowed like any self traffic.
@@ -341,10 +513,11 @@ struct View<'a> {
     /// knows better is copied, every other one borrowed from the cluster.
     pods: Vec<(Cow<'a, Pod>, bool)>,
     by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
+    ports: &'a BTreeMap<PodKey, Ifname>,
 }
 
 impl<'a> View<'a> {
-    fn new(cluster: &'a Cluster, local: &LocalPods) -> View<'a> {
+    fn new(cluster: &'a Cluster, local: &'a LocalPods) -> View<'a> {
         let pods = cluster
             .pods
             .iter()
@@ -368,7 +541,14 @@ impl<'a> View<'a> {
             cluster,
             pods,
             by_label,
+            ports: &local.ports,
         }
+    }
+
+    /// The local pods whose port on the bridge is known, with it.
+    fn local_ports(&self) -> impl Iterator<Item = (&Pod, Ifname)> {
+        self.local()
+            .filter_map(|p| self.ports.get(&p.key()).map(|d| (p, *d)))
     }
 
     /// The pods a selector peer of `policy` matches.
@@ -540,8 +720,94 @@ fn ports_set(bs: Vec<PortBox>, family: Family) -> Set {
     }
 }
 
+/// The `<port> . <protocol> . <ports>` elements of `entries`, overlapping or adjacent
+/// port ranges of one port and protocol merged (an interval set refuses overlaps).
+fn dev_service_set(mut entries: Vec<(Ifname, Protocol, u16, u16)>) -> Set {
+    entries.sort_unstable();
+    let mut merged: Vec<(Ifname, Protocol, u16, u16)> = Vec::new();
+    for e in entries {
+        match merged.last_mut() {
+            Some(m) if m.0 == e.0 && m.1 == e.1 && u32::from(e.2) <= u32::from(m.3) + 1 => {
+                m.3 = m.3.max(e.3);
+            }
+            _ => merged.push(e),
+        }
+    }
+    Set {
+        kind: SetKind::DevServices,
+        elements: merged
+            .into_iter()
+            .map(|(dev, protocol, port_lo, port_hi)| Element::DevService {
+                dev,
+                protocol,
+                port_lo,
+                port_hi,
+            })
+            .collect(),
+    }
+}
+
+/// The local pods some policy isolates for `dir`, each with the chain of exactly the
+/// policies (by index) that select it.
+fn isolated<'v>(
+    view: &'v View<'_>,
+    cluster: &Cluster,
+    ids: &[String],
+    dir: Direction,
+) -> Vec<(&'v Pod, ChainRef, Vec<usize>)> {
+    let mut out = Vec::new();
+    for pod in view.local() {
+        let mut selecting: Vec<usize> = cluster
+            .policies
+            .iter()
+            .enumerate()
+            .filter(|(_, pol)| pol.rules(dir).is_some() && pol.selects(pod))
+            .map(|(i, _)| i)
+            .collect();
+        if selecting.is_empty() {
+            continue;
+        }
+        selecting.sort_by_key(|i| ids.get(*i));
+        let names: Vec<&str> = selecting
+            .iter()
+            .filter_map(|i| ids.get(*i).map(String::as_str))
+            .collect();
+        out.push((pod, ChainRef::of_policies(dir, &names), selecting));
+    }
+    out
+}
+
+/// The chains of `combos` (a chain and the policies whose rules it holds): each gets the
+/// rules of its policies (`rules_of`, by policy index), then `tail`. The closed chain of
+/// `dir` is always there, with the tail only.
+fn combination_chains(
+    table: &mut Table,
+    dir: Direction,
+    combos: BTreeMap<ChainRef, &[usize]>,
+    rules_of: &[Vec<Rule>],
+    tail: &[Rule],
+) {
+    table.chains.insert(
+        ChainRef::closed(dir).name(),
+        Chain {
+            hook: None,
+            rules: tail.to_vec(),
+        },
+    );
+    for (to, policies) in combos {
+        let mut rules: Vec<Rule> = policies
+            .iter()
+            .filter_map(|i| rules_of.get(*i))
+            .flatten()
+            .cloned()
+            .collect();
+        rules.extend(tail.iter().cloned());
+        table.chains.insert(to.name(), Chain { hook: None, rules });
+    }
+}
+
 impl Ruleset {
-    /// The desired table of the node whose pods are `local`.
+    /// The desired tables of the node whose pods are `local`.
     ///
     /// Every policy rule gets its rule and sets whether or not it selects a local pod, so
     /// that pods coming, going or being relabelled change set elements only; a policy
@@ -549,7 +815,8 @@ impl Ruleset {
     /// (which sets it matches) changes or rules come and go.
     pub fn compute(cluster: &Cluster, local: &LocalPods) -> Ruleset {
         let view = View::new(cluster, local);
-        let mut rs = Ruleset::default();
+        let mut inet = Table::default();
+        let mut bridge = Table::default();
         // Bridged between pods of the node (br_netfilter) and sent to the node's gateway
         // address, neighbour discovery passes both hooks; without it no IPv6 packet flows.
         let mut forward = vec![
@@ -557,8 +824,14 @@ impl Ruleset {
             Rule::new(vec![Expr::CtInvalid], Verdict::Drop),
             Rule::new(vec![Expr::NeighbourDiscovery], Verdict::Accept),
         ];
+        // The bridge's own frames: neighbour discovery (a solicitation is multicast),
+        // then unicast to the receiving pod's own address, which the inet table judges
+        // (br_netfilter hands it the same frame); what is left towards an isolated pod
+        // (multicast, broadcast, an address that is not the pod's) meets the pod's
+        // ingress rules here, by the port it leaves on. ARP is not IP: it passes.
+        let mut bridged = vec![Rule::new(vec![Expr::NeighbourDiscovery], Verdict::Accept)];
         for family in Family::ALL {
-            rs.sets.insert(
+            inet.sets.insert(
                 self_set(family),
                 Set {
                     kind: SetKind::Pairs(family),
@@ -576,7 +849,37 @@ impl Ruleset {
                 }],
                 Verdict::Accept,
             ));
+            bridge.sets.insert(
+                own_set(family),
+                Set {
+                    kind: SetKind::DevAddrs(family),
+                    elements: view
+                        .local_ports()
+                        .flat_map(|(p, dev)| {
+                            addrs(p, family).map(move |a| Element::DevAddr(dev, a.lo_ip()))
+                        })
+                        .collect(),
+                },
+            );
+            bridged.push(Rule::new(
+                vec![Expr::InSet {
+                    field: Field::OifDaddr(family),
+                    set: own_set(family),
+                }],
+                Verdict::Accept,
+            ));
         }
+        bridged.push(Rule {
+            exprs: vec![
+                Expr::L3(None),
+                Expr::VerdictMap {
+                    field: Field::Oif,
+                    map: PORTS_MAP.into(),
+                },
+            ],
+            verdict: None,
+            comment: None,
+        });
         // Traffic from a local pod to this node's own addresses (a host-network endpoint,
         // a Service DNATed to one) takes the input hook, not forward: same egress check.
         let mut input = vec![
@@ -586,17 +889,33 @@ impl Ruleset {
         let ids: Vec<String> = cluster.policies.iter().map(Policy::id).collect();
         for dir in [Direction::Egress, Direction::Ingress] {
             // Each policy's rules for `dir` in both families, with their sets whether or
-            // not the policy selects a local pod.
+            // not the policy selects a local pod; for ingress the same rules for the
+            // bridge, by port.
             let mut rules_of: Vec<Vec<Rule>> = Vec::with_capacity(cluster.policies.len());
+            let mut group_rules_of: Vec<Vec<Rule>> = Vec::new();
             for policy in &cluster.policies {
                 let mut rules = Vec::new();
+                let mut group_rules = Vec::new();
                 for rule in policy.rules(dir).unwrap_or_default() {
                     let matched = view.rule_matches(policy, rule);
                     for family in Family::ALL {
-                        rules.push(rs.policy_rule(&view, policy, dir, rule, &matched, family));
+                        let peers = view.peer_ranges(rule, &matched, family);
+                        if dir == Direction::Ingress {
+                            group_rules.push(bridge.group_rule(
+                                &view,
+                                policy,
+                                rule,
+                                peers.clone(),
+                                family,
+                            ));
+                        }
+                        rules.push(
+                            inet.policy_rule(&view, policy, dir, rule, &matched, peers, family),
+                        );
                     }
                 }
                 rules_of.push(rules);
+                group_rules_of.push(group_rules);
             }
             let mut tail = Vec::new();
             for family in Family::ALL {
@@ -604,7 +923,7 @@ impl Ruleset {
                     Direction::Ingress => Field::Daddr(family),
                     Direction::Egress => Field::Saddr(family),
                 };
-                rs.sets.insert(
+                inet.sets.insert(
                     denied_set(dir, family),
                     Set {
                         kind: SetKind::Counters(family),
@@ -633,49 +952,24 @@ impl Ruleset {
             // One chain per combination of policies that selects a local pod, so that a
             // new connection meets the rules of its own pod's policies only, whatever the
             // number of policies in the cluster.
-            let mut chains: BTreeMap<ChainRef, Vec<usize>> = BTreeMap::new();
-            chains.insert(ChainRef::closed(dir), Vec::new());
+            let isolated = isolated(&view, cluster, &ids, dir);
             let mut maps: BTreeMap<Family, BTreeSet<Element>> = BTreeMap::new();
-            for pod in view.local() {
-                let mut selecting: Vec<usize> = cluster
-                    .policies
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, pol)| pol.rules(dir).is_some() && pol.selects(pod))
-                    .map(|(i, _)| i)
-                    .collect();
-                if selecting.is_empty() {
-                    continue;
-                }
-                selecting.sort_by_key(|i| ids.get(*i));
-                let names: Vec<&str> = selecting
-                    .iter()
-                    .filter_map(|i| ids.get(*i).map(String::as_str))
-                    .collect();
-                let to = ChainRef::of_policies(dir, &names);
+            let mut combos: BTreeMap<ChainRef, &[usize]> = BTreeMap::new();
+            for (pod, to, selecting) in &isolated {
                 for ip in &pod.ips {
                     maps.entry(Family::of(*ip))
                         .or_default()
-                        .insert(Element::Jump { addr: *ip, to });
+                        .insert(Element::Jump { addr: *ip, to: *to });
                 }
-                chains.entry(to).or_insert(selecting);
+                combos.entry(*to).or_insert(selecting);
             }
-            for (to, policies) in chains {
-                let mut rules: Vec<Rule> = policies
-                    .iter()
-                    .filter_map(|i| rules_of.get(*i))
-                    .flatten()
-                    .cloned()
-                    .collect();
-                rules.extend(tail.iter().cloned());
-                rs.chains.insert(to.name(), Chain { hook: None, rules });
-            }
+            combination_chains(&mut inet, dir, combos, &rules_of, &tail);
             for family in Family::ALL {
                 let field = match dir {
                     Direction::Ingress => Field::Daddr(family),
                     Direction::Egress => Field::Saddr(family),
                 };
-                rs.sets.insert(
+                inet.sets.insert(
                     pods_map(dir, family),
                     Set {
                         kind: SetKind::Verdicts(family),
@@ -695,29 +989,62 @@ impl Ruleset {
                 }
                 forward.push(dispatch);
             }
+            if dir == Direction::Ingress {
+                // The same combinations for the bridge, for the pods whose port is known.
+                // Group traffic is not tracked as a connection: every frame is judged,
+                // and counted where it is dropped (not logged: its destination names no
+                // pod).
+                let mut jumps = BTreeSet::new();
+                let mut combos: BTreeMap<ChainRef, &[usize]> = BTreeMap::new();
+                for (pod, to, selecting) in &isolated {
+                    if let Some(dev) = view.ports.get(&pod.key()) {
+                        jumps.insert(Element::DevJump { dev: *dev, to: *to });
+                        combos.entry(*to).or_insert(selecting);
+                    }
+                }
+                let tail = [Rule::new(vec![Expr::Counter], Verdict::Drop)];
+                combination_chains(&mut bridge, dir, combos, &group_rules_of, &tail);
+                bridge.sets.insert(
+                    PORTS_MAP.into(),
+                    Set {
+                        kind: SetKind::DevVerdicts,
+                        elements: jumps,
+                    },
+                );
+            }
         }
-        rs.chains.insert(
+        inet.chains.insert(
             FORWARD_CHAIN.into(),
             Chain {
                 hook: Some(Hook::Forward),
                 rules: forward,
             },
         );
-        rs.chains.insert(
+        inet.chains.insert(
             INPUT_CHAIN.into(),
             Chain {
                 hook: Some(Hook::Input),
                 rules: input,
             },
         );
-        rs
+        bridge.chains.insert(
+            FORWARD_CHAIN.into(),
+            Chain {
+                hook: Some(Hook::Forward),
+                rules: bridged,
+            },
+        );
+        Ruleset { inet, bridge }
     }
+}
 
+impl Table {
     /// The sets and the rule of one policy rule in one family. Ingress: the destination
     /// set holds the selected local pods (with their resolved ports when the rule has
     /// ports) and the source set the peers. Egress: the source set holds the selected
     /// local pods and the destination set the peers (with the ports, resolved against each
-    /// destination pod).
+    /// destination pod). `peers` are the rule's peers of `family` (`None`: every address).
+    #[allow(clippy::too_many_arguments)]
     fn policy_rule(
         &mut self,
         view: &View<'_>,
@@ -725,11 +1052,11 @@ impl Ruleset {
         dir: Direction,
         rule: &PolicyRule,
         matched: &[&Pod],
+        peers: Option<Vec<AddrRange>>,
         family: Family,
     ) -> Rule {
         let name = |end| rule_set_name(policy, dir, rule.index, end, family);
         let selected: Vec<&Pod> = view.local().filter(|p| policy.selects(p)).collect();
-        let peers = view.peer_ranges(rule, matched, family);
         let mut exprs = Vec::new();
         let (src, dst) = match dir {
             Direction::Ingress => {
@@ -795,6 +1122,69 @@ impl Ruleset {
             comment: rule_comment(policy, dir, rule.index),
         }
     }
+
+    /// An ingress rule of a policy for the bridge table, in one family: the source set
+    /// holds the rule's peers (as the inet table's does), the destination set the ports of
+    /// the selected local pods on the bridge (with their resolved ports when the rule has
+    /// ports). The destination address is not looked at: it is a group's, or not the
+    /// pod's, which is why the frame is here.
+    fn group_rule(
+        &mut self,
+        view: &View<'_>,
+        policy: &Policy,
+        rule: &PolicyRule,
+        peers: Option<Vec<AddrRange>>,
+        family: Family,
+    ) -> Rule {
+        let name = |end| rule_set_name(policy, Direction::Ingress, rule.index, end, family);
+        let selected: Vec<(&Pod, Ifname)> = view
+            .local_ports()
+            .filter(|(p, _)| policy.selects(p))
+            .collect();
+        let (dst, field) = if rule.ports.is_empty() {
+            let devs = selected.iter().map(|(_, d)| Element::Dev(*d)).collect();
+            (
+                Set {
+                    kind: SetKind::Devs,
+                    elements: devs,
+                },
+                Field::Oif,
+            )
+        } else {
+            let mut entries = Vec::new();
+            for (p, dev) in &selected {
+                for pp in &rule.ports {
+                    for (lo, hi) in pp.port.resolve(pp.protocol, Some(p)) {
+                        entries.push((*dev, pp.protocol, lo, hi));
+                    }
+                }
+            }
+            (dev_service_set(entries), Field::OifService)
+        };
+        let mut exprs = Vec::new();
+        match peers {
+            Some(ps) => {
+                exprs.push(Expr::InSet {
+                    field: Field::Saddr(family),
+                    set: name(End::Src),
+                });
+                self.sets.insert(name(End::Src), range_set(ps, family));
+            }
+            // Nothing else in the rule says which family it is for.
+            None => exprs.push(Expr::L3(Some(family))),
+        }
+        exprs.push(Expr::InSet {
+            field,
+            set: name(End::Dst),
+        });
+        self.sets.insert(name(End::Dst), dst);
+        exprs.push(Expr::Counter);
+        Rule {
+            exprs,
+            verdict: Some(Verdict::Accept),
+            comment: rule_comment(policy, Direction::Ingress, rule.index),
+        }
+    }
 }
 
 impl Rule {
@@ -815,7 +1205,7 @@ impl Rule {
         })
     }
 
-    /// The rule in nft syntax (what follows `add rule inet ferry_policy <chain>`).
+    /// The rule in nft syntax (what follows `add rule <family> ferry_policy <chain>`).
     pub fn render(&self) -> String {
         let mut parts: Vec<String> = self.exprs.iter().map(Expr::render).collect();
         if let Some(v) = &self.verdict {
@@ -834,9 +1224,16 @@ impl Rule {
 }
 
 impl Field {
-    pub fn family(self) -> Family {
+    /// The address family the field reads; `None` for the bridge port alone or with the
+    /// transport port, which both families have.
+    pub fn family(self) -> Option<Family> {
         match self {
-            Field::Saddr(f) | Field::Daddr(f) | Field::DaddrPort(f) | Field::SaddrDaddr(f) => f,
+            Field::Saddr(f)
+            | Field::Daddr(f)
+            | Field::DaddrPort(f)
+            | Field::SaddrDaddr(f)
+            | Field::OifDaddr(f) => Some(f),
+            Field::Oif | Field::OifService => None,
         }
     }
 
@@ -850,6 +1247,10 @@ impl Field {
             Field::DaddrPort(Family::V6) => "ip6 daddr . meta l4proto . th dport",
             Field::SaddrDaddr(Family::V4) => "ip saddr . ip daddr",
             Field::SaddrDaddr(Family::V6) => "ip6 saddr . ip6 daddr",
+            Field::Oif => "oifname",
+            Field::OifService => "oifname . meta l4proto . th dport",
+            Field::OifDaddr(Family::V4) => "oifname . ip daddr",
+            Field::OifDaddr(Family::V6) => "oifname . ip6 daddr",
         }
     }
 }
@@ -862,6 +1263,9 @@ impl Expr {
             Expr::NeighbourDiscovery => {
                 "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }".into()
             }
+            Expr::L3(Some(Family::V4)) => "meta protocol ip".into(),
+            Expr::L3(Some(Family::V6)) => "meta protocol ip6".into(),
+            Expr::L3(None) => "meta protocol { ip, ip6 }".into(),
             Expr::InSet { field, set } => format!("{} @{set}", field.render()),
             Expr::VerdictMap { field, map } => format!("{} vmap @{map}", field.render()),
             Expr::Count { field, set } => format!("update @{set} {{ {} }}", field.render()),
@@ -887,39 +1291,65 @@ fn render_addr_range(lo: IpAddr, hi: IpAddr) -> String {
     }
 }
 
+fn render_ports(lo: u16, hi: u16) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    }
+}
+
+/// What a set lookup takes from a packet: its addresses, its protocol and destination
+/// port, and (bridged between two pods) the port it leaves the bridge on.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub oif: Option<Ifname>,
+}
+
 impl Element {
-    /// Whether the element holds what `field` takes from a packet (`src`, `dst`, the
-    /// protocol and destination port), as the kernel's lookup does.
-    pub fn matches(
-        &self,
-        field: Field,
-        src: IpAddr,
-        dst: IpAddr,
-        protocol: Protocol,
-        port: u16,
-    ) -> bool {
+    /// Whether the element holds what `field` takes from the packet `p`, as the kernel's
+    /// lookup does.
+    pub fn matches(&self, field: Field, p: &Lookup) -> bool {
         let within = |lo: IpAddr, hi: IpAddr, ip: IpAddr| {
             lo.is_ipv4() == ip.is_ipv4()
                 && (ranges::to_int(lo)..=ranges::to_int(hi)).contains(&ranges::to_int(ip))
         };
         let addr = match field {
-            Field::Saddr(_) | Field::SaddrDaddr(_) => src,
-            Field::Daddr(_) | Field::DaddrPort(_) => dst,
+            Field::Saddr(_) | Field::SaddrDaddr(_) => p.src,
+            _ => p.dst,
+        };
+        let service = |protocol: Protocol, lo: u16, hi: u16| {
+            protocol == p.protocol && (lo..=hi).contains(&p.port)
         };
         match (*self, field) {
             (Element::Addr(ip), Field::Saddr(_) | Field::Daddr(_)) => ip == addr,
             (Element::Range { lo, hi }, Field::Saddr(_) | Field::Daddr(_)) => within(lo, hi, addr),
-            (Element::Pair(a, b), Field::SaddrDaddr(_)) => a == src && b == dst,
+            (Element::Pair(a, b), Field::SaddrDaddr(_)) => a == p.src && b == p.dst,
             (
                 Element::Ports {
                     lo,
                     hi,
-                    protocol: p,
+                    protocol,
                     port_lo,
                     port_hi,
                 },
                 Field::DaddrPort(_),
-            ) => within(lo, hi, dst) && p == protocol && (port_lo..=port_hi).contains(&port),
+            ) => within(lo, hi, p.dst) && service(protocol, port_lo, port_hi),
+            (Element::Dev(d), Field::Oif) => p.oif == Some(d),
+            (
+                Element::DevService {
+                    dev,
+                    protocol,
+                    port_lo,
+                    port_hi,
+                },
+                Field::OifService,
+            ) => p.oif == Some(dev) && service(protocol, port_lo, port_hi),
+            (Element::DevAddr(d, ip), Field::OifDaddr(_)) => p.oif == Some(d) && ip == p.dst,
             _ => false,
         }
     }
@@ -928,6 +1358,7 @@ impl Element {
     pub fn render_key(&self) -> String {
         match *self {
             Element::Jump { addr, .. } => addr.to_string(),
+            Element::DevJump { dev, .. } => format!("\"{dev}\""),
             _ => self.render(),
         }
     }
@@ -944,18 +1375,25 @@ impl Element {
                 protocol,
                 port_lo,
                 port_hi,
-            } => {
-                let ports = if port_lo == port_hi {
-                    port_lo.to_string()
-                } else {
-                    format!("{port_lo}-{port_hi}")
-                };
-                format!(
-                    "{} . {} . {ports}",
-                    render_addr_range(lo, hi),
-                    protocol.nft()
-                )
-            }
+            } => format!(
+                "{} . {} . {}",
+                render_addr_range(lo, hi),
+                protocol.nft(),
+                render_ports(port_lo, port_hi)
+            ),
+            Element::Dev(d) => format!("\"{d}\""),
+            Element::DevService {
+                dev,
+                protocol,
+                port_lo,
+                port_hi,
+            } => format!(
+                "\"{dev}\" . {} . {}",
+                protocol.nft(),
+                render_ports(port_lo, port_hi)
+            ),
+            Element::DevAddr(d, ip) => format!("\"{d}\" . {ip}"),
+            Element::DevJump { dev, to } => format!("\"{dev}\" : jump {}", to.name()),
         }
     }
 }
@@ -982,6 +1420,12 @@ impl SetKind {
                 "type {}; size 65535; flags dynamic,timeout; timeout 1h; counter;",
                 addr(f)
             ),
+            SetKind::Devs => "type ifname;".into(),
+            SetKind::DevServices => {
+                "type ifname . inet_proto . inet_service; flags interval;".into()
+            }
+            SetKind::DevAddrs(f) => format!("type ifname . {};", addr(f)),
+            SetKind::DevVerdicts => "type ifname : verdict;".into(),
         }
     }
 }
@@ -1004,22 +1448,34 @@ fn lists(all: Vec<String>) -> Vec<String> {
 }
 
 impl Ruleset {
-    /// The whole table as one script that replaces whatever table is there, in one
-    /// transaction: `add table` (so that the delete cannot fail), `delete table`, create.
+    /// Both tables as one script that replaces whatever tables are there, in one
+    /// transaction: for each, `add table` (so that the delete cannot fail), `delete
+    /// table`, create.
     pub fn render_replace(&self) -> String {
+        TableFamily::ALL
+            .iter()
+            .map(|f| self.table(*f).render_replace(*f))
+            .collect()
+    }
+}
+
+impl Table {
+    /// The table as a script that replaces whatever table of `family` is there.
+    pub fn render_replace(&self, family: TableFamily) -> String {
+        let t = format!("{} {TABLE}", family.name());
         let mut s = String::new();
-        let _ = writeln!(s, "add table inet {TABLE}");
-        let _ = writeln!(s, "delete table inet {TABLE}");
-        let _ = writeln!(s, "add table inet {TABLE}");
+        let _ = writeln!(s, "add table {t}");
+        let _ = writeln!(s, "delete table {t}");
+        let _ = writeln!(s, "add table {t}");
         // Every chain exists before a rule or a verdict map's element jumps to it.
         for (name, chain) in &self.chains {
-            s.push_str(&chain.render_add(name));
+            s.push_str(&chain.render_add(family, name));
         }
         for (name, set) in &self.sets {
-            s.push_str(&set.render_add(name));
+            s.push_str(&set.render_add(family, name));
         }
         for (name, chain) in &self.chains {
-            s.push_str(&chain.render_rules(name));
+            s.push_str(&chain.render_rules(family, name));
         }
         s
     }
@@ -1029,20 +1485,21 @@ impl Set {
     /// `set` or `map`, as nft's commands name the object.
     pub(crate) fn noun(&self) -> &'static str {
         match self.kind {
-            SetKind::Verdicts(_) => "map",
+            SetKind::Verdicts(_) | SetKind::DevVerdicts => "map",
             _ => "set",
         }
     }
 
-    pub(crate) fn render_add(&self, name: &str) -> String {
+    pub(crate) fn render_add(&self, family: TableFamily, name: &str) -> String {
+        let t = format!("{} {TABLE}", family.name());
         let mut s = format!(
-            "add {} inet {TABLE} {name} {{ {} }}\n",
+            "add {} {t} {name} {{ {} }}\n",
             self.noun(),
             self.kind.render()
         );
         if !matches!(self.kind, SetKind::Counters(_)) {
             for list in element_lists(self.elements.iter()) {
-                let _ = writeln!(s, "add element inet {TABLE} {name} {list}");
+                let _ = writeln!(s, "add element {t} {name} {list}");
             }
         }
         s
@@ -1050,20 +1507,22 @@ impl Set {
 }
 
 impl Chain {
-    pub(crate) fn render_add(&self, name: &str) -> String {
+    pub(crate) fn render_add(&self, family: TableFamily, name: &str) -> String {
+        let t = format!("{} {TABLE}", family.name());
         match self.hook {
             Some(h) => format!(
-                "add chain inet {TABLE} {name} {{ type filter hook {} priority filter; policy accept; }}\n",
+                "add chain {t} {name} {{ type filter hook {} priority filter; policy accept; }}\n",
                 h.name()
             ),
-            None => format!("add chain inet {TABLE} {name}\n"),
+            None => format!("add chain {t} {name}\n"),
         }
     }
 
-    pub(crate) fn render_rules(&self, name: &str) -> String {
+    pub(crate) fn render_rules(&self, family: TableFamily, name: &str) -> String {
+        let t = format!("{} {TABLE}", family.name());
         self.rules
             .iter()
-            .map(|r| format!("add rule inet {TABLE} {name} {}\n", r.render()))
+            .map(|r| format!("add rule {t} {name} {}\n", r.render()))
             .collect()
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::desired::{element_lists, key_lists, Ruleset, SetKind, TABLE};
+use crate::desired::{element_lists, key_lists, Ruleset, SetKind, Table, TableFamily, TABLE};
 
 /// nft commands applied as one transaction by `nft -f -`: all or nothing, and no packet
 /// sees a state in between (a chain flushed and refilled here has no empty window).
@@ -27,8 +27,8 @@ impl Script {
         s
     }
 
-    /// A script replacing whatever table is there by `desired` (after a restart, when the
-    /// applied state is not known): the table is deleted and made anew in one transaction.
+    /// A script replacing whatever tables are there by `desired` (after a restart, when
+    /// the applied state is not known): each is deleted and made anew, in one transaction.
     pub fn replace(desired: &Ruleset) -> Script {
         Script {
             commands: desired.render_replace().lines().map(String::from).collect(),
@@ -36,13 +36,27 @@ impl Script {
     }
 }
 
-/// The changes from `current` (what was applied) to `desired`: set elements added and
-/// removed one by one, sets and chains created and deleted, a changed chain flushed and
-/// refilled. The table itself is never flushed. An empty `current` means no table yet.
+/// The changes from `current` (what was applied) to `desired`, in both tables: set
+/// elements added and removed one by one, sets and chains created and deleted, a changed
+/// chain flushed and refilled. A table itself is never flushed. An empty table in
+/// `current` means no such table yet.
 pub fn plan(current: &Ruleset, desired: &Ruleset) -> Script {
-    let mut cmds = Vec::new();
-    if current.sets.is_empty() && current.chains.is_empty() {
-        cmds.push(format!("add table inet {TABLE}"));
+    let mut commands = Vec::new();
+    for family in TableFamily::ALL {
+        plan_table(
+            current.table(family),
+            desired.table(family),
+            family,
+            &mut commands,
+        );
+    }
+    Script { commands }
+}
+
+fn plan_table(current: &Table, desired: &Table, family: TableFamily, cmds: &mut Vec<String>) {
+    let table = format!("{} {TABLE}", family.name());
+    if current.is_empty() {
+        cmds.push(format!("add table {table}"));
     }
     // Sets whose declaration changes are deleted and made anew.
     let remade: BTreeSet<&str> = current
@@ -89,16 +103,16 @@ pub fn plan(current: &Ruleset, desired: &Ruleset) -> Script {
     // Chains first made here exist, empty, before a map's element or a rule jumps to them.
     for (name, want) in &desired.chains {
         if !current.chains.contains_key(name) {
-            cmds.push(want.render_add(name).trim_end().to_string());
+            cmds.push(want.render_add(family, name).trim_end().to_string());
             filled.push(name.as_str());
         }
     }
     for c in &flushed {
-        cmds.push(format!("flush chain inet {TABLE} {c}"));
+        cmds.push(format!("flush chain {table} {c}"));
     }
     for s in removed_sets.iter().chain(remade.iter()) {
         let noun = current.sets.get(*s).map_or("set", |x| x.noun());
-        cmds.push(format!("delete {noun} inet {TABLE} {s}"));
+        cmds.push(format!("delete {noun} {table} {s}"));
     }
     for (name, want) in &desired.sets {
         match current.sets.get(name) {
@@ -108,32 +122,31 @@ pub fn plan(current: &Ruleset, desired: &Ruleset) -> Script {
                 }
                 let gone = cur.elements.difference(&want.elements);
                 for list in key_lists(gone) {
-                    cmds.push(format!("delete element inet {TABLE} {name} {list}"));
+                    cmds.push(format!("delete element {table} {name} {list}"));
                 }
                 let new = want.elements.difference(&cur.elements);
                 for list in element_lists(new) {
-                    cmds.push(format!("add element inet {TABLE} {name} {list}"));
+                    cmds.push(format!("add element {table} {name} {list}"));
                 }
             }
-            _ => cmds.extend(want.render_add(name).lines().map(String::from)),
+            _ => cmds.extend(want.render_add(family, name).lines().map(String::from)),
         }
     }
     // A chain goes once nothing refers to it: its jumps were flushed above and the map
     // elements leading to it deleted.
     for c in &deleted_chains {
-        cmds.push(format!("delete chain inet {TABLE} {c}"));
+        cmds.push(format!("delete chain {table} {c}"));
     }
     for (name, want) in &desired.chains {
         if current.chains.contains_key(name) && deleted_chains.contains(&name.as_str()) {
-            cmds.push(want.render_add(name).trim_end().to_string());
+            cmds.push(want.render_add(family, name).trim_end().to_string());
             filled.push(name.as_str());
         }
     }
     // Rules last: every set and chain they refer to exists by now.
     for (name, want) in &desired.chains {
         if filled.contains(&name.as_str()) {
-            cmds.extend(want.render_rules(name).lines().map(String::from));
+            cmds.extend(want.render_rules(family, name).lines().map(String::from));
         }
     }
-    Script { commands: cmds }
 }

@@ -13,6 +13,12 @@
 //!   network namespace (nor, through a Service, the node's bridge hairpin path), as upstream.
 //! - ipBlocks match any address, pod addresses included; named ports resolve against the
 //!   destination pod's container ports of the rule's protocol.
+//! - A pod is a selector peer at its own addresses only. Its link-local address is one of
+//!   them (on its node, where the caller's [`Cluster`] carries it); a multicast or
+//!   broadcast destination is not: egress to a group is allowed by an ipBlock holding the
+//!   group's address, never by a selector. Ingress of a pod that receives group traffic
+//!   (or anything sent to an address that is not its own) is judged by its source and port
+//!   as for any other traffic: ask with the receiving pod and the address it was sent to.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -87,6 +93,19 @@ pub struct Verdict {
     pub to_self: bool,
     pub egress: Side,
     pub ingress: Side,
+    /// The destination address, when it is a multicast or broadcast address or not the
+    /// destination pod's own: the traffic reaches the pod through the bridge, at its port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_own: Option<IpAddr>,
+}
+
+/// Whether `ip` is a multicast address or IPv4's limited broadcast: a destination that is
+/// never one pod's own, which every listening pod of the node's bridge receives.
+pub fn is_group(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_multicast(),
+    }
 }
 
 impl fmt::Display for Side {
@@ -126,7 +145,20 @@ impl fmt::Display for Verdict {
         if self.to_self {
             return write!(f, "{word}: a pod talking to itself");
         }
-        write!(f, "{word}\n  {}\n  {}", self.egress, self.ingress)
+        write!(f, "{word}\n  {}\n  {}", self.egress, self.ingress)?;
+        if let Some(ip) = self.not_own {
+            match &self.ingress.pod {
+                Some(pod) => write!(
+                    f,
+                    "\n  {ip} is not an address of {pod}'s: it receives this over its node's bridge, where its ingress rules judge it by source and port"
+                ),
+                None => write!(
+                    f,
+                    "\n  {ip} is a multicast or broadcast address: each pod of the node's bridge that receives it is judged by its own ingress rules (ask for namespace/pod@{ip})"
+                ),
+            }?;
+        }
+        Ok(())
     }
 }
 
@@ -181,11 +213,16 @@ pub fn verdict_at(
     let egress = side(cluster, Direction::Egress, src, src, dst, protocol, port);
     let ingress = side(cluster, Direction::Ingress, dst, src, dst, protocol, port);
     let to_self = matches!((src.pod, dst.pod), (Some(a), Some(b)) if a.key() == b.key());
+    let not_own = dst.ip.filter(|ip| match dst.pod {
+        Some(p) => !p.ips.contains(ip),
+        None => is_group(*ip),
+    });
     Verdict {
         allowed: to_self || (egress.allowed && ingress.allowed),
         to_self,
         egress,
         ingress,
+        not_own,
     }
 }
 
@@ -253,9 +290,13 @@ pub(crate) fn rule_matches(
     let peer_ok = rule.peers.is_empty()
         || rule.peers.iter().any(|p| match p {
             PolicyPeer::IpBlock { .. } => peer.ip.is_some_and(|ip| p.ip_block_contains(ip)),
-            PolicyPeer::Pods { .. } => peer
-                .pod
-                .is_some_and(|pod| cluster.peer_matches_pod(policy, p, pod)),
+            // A pod is a peer at its own addresses only: a packet to a group, or to an
+            // address the pod does not hold, matches no selector (the rules match the
+            // pods' addresses), wherever it is delivered.
+            PolicyPeer::Pods { .. } => peer.pod.is_some_and(|pod| {
+                peer.ip.is_none_or(|ip| pod.ips.contains(&ip))
+                    && cluster.peer_matches_pod(policy, p, pod)
+            }),
         });
     let port_ok = rule.ports.is_empty()
         || rule.ports.iter().any(|pp| {

@@ -6,9 +6,9 @@
 //! - [`desired`]: the node's nftables state as data, [`Ruleset::compute`];
 //! - [`diff`]: the change from the applied state to the desired one as one atomic
 //!   `nft -f -` transaction, [`plan`];
-//! - [`listing`]: the applied table read back from `nft -j`, [`Ruleset::parse_json`].
+//! - [`listing`]: the applied tables read back from `nft -j`, [`Ruleset::parse_json`].
 //!
-//! # The table (one per node)
+//! # The tables (two per node)
 //!
 //! ```text
 //! table inet ferry_policy
@@ -40,7 +40,37 @@
 //!     update @denied_ingress4 { ip daddr } ... log prefix "ferry-deny-ingress " group 1720
 //!     counter drop
 //!   chain ingress_closed, egress_closed   only the denial rules: pods not known yet
+//!
+//! table bridge ferry_policy
+//!   chain forward   hook forward, priority filter, policy accept   (frames between two ports)
+//!     icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
+//!     oifname . ip  daddr @own4 accept     (unicast to the receiving pod's own address:
+//!     oifname . ip6 daddr @own6 accept      the inet table judges it, via br_netfilter)
+//!     meta protocol { ip, ip6 } oifname vmap @ingress_ports   (the rest, to an isolated pod)
+//!   set own4   type ifname . ipv4_addr   { "fy…" . 10.1.0.5, ... }   every local pod's port
+//!   map ingress_ports   type ifname : verdict   { "fy…" : jump ingress_<hash>, ... }
+//!   chain ingress_<hash>   the ingress rules of the same combination, by port:
+//!     [ip saddr @in_..._src4 | meta protocol ip] oifname [. meta l4proto . th dport] @in_..._dst4 counter accept
+//!     ...
+//!     counter drop
+//!   chain ingress_closed   counter drop
 //! ```
+//!
+//! - Every address a local pod can send from or be reached at is in the inet table's
+//!   maps and sets: the API's, and its link-local address, which ferry derives from the
+//!   pod's MAC and gives it (the kernel's own address generation off) and which the
+//!   caller adds to [`LocalPods`]. Link-local unicast gets the verdict of the pod's
+//!   policies as any unicast does; an ipBlock matches it by address (`fe80::/10`).
+//! - Multicast and broadcast (and anything else sent to an address that is not the
+//!   receiving pod's own) cannot be dispatched by destination address: the bridge floods
+//!   it to every port. Towards a pod isolated for ingress it meets, at the pod's port,
+//!   the same ingress rules as unicast, matched by source and port (the bridge table's
+//!   copies of the peer sets, and the selected pods' ports with their resolved ports);
+//!   every frame is judged (no conntrack) and counted where dropped, not logged. From a
+//!   pod isolated for egress it meets the pod's egress chain in the inet table, by its
+//!   source address, where only an ipBlock holding the group's address allows it (a group
+//!   is no pod's address). ARP and IPv6 neighbour solicitations and advertisements always
+//!   pass: without them no pod resolves its gateway or a neighbour.
 //!
 //! - Dispatch by pod: each local pod's address maps to the chain of the exact combination
 //!   of policies that select it (`<dir>_<64-bit FNV-1a of their sorted ids>`), so a new
@@ -78,13 +108,13 @@
 //!   Every rule of every policy has its sets on every node, whether it selects a local pod
 //!   or not, so pod churn and relabelling change set elements, not sets.
 //!
-//! After a restart the daemon reads the applied table back with
-//! `nft -j list table inet ferry_policy` and [`Ruleset::parse_json`] (which keeps the
-//! denial counters) and plans from it. When there is no table it plans from the empty
-//! ruleset; when the listing holds anything this crate did not make, or a plan fails, it
-//! replaces the table in one transaction ([`Script::replace`]: `delete table` and the full
-//! table together). It keeps the applied [`Ruleset`] in memory and from then on applies
-//! [`plan`]s.
+//! After a restart the daemon reads the applied tables back with
+//! `nft -j list table inet ferry_policy` (and `bridge`) and [`Ruleset::parse_json`] (which
+//! keeps the denial counters) and plans from them. A table that is not there plans from
+//! empty; when a listing holds anything this crate did not make, or a plan fails, it
+//! replaces both tables in one transaction ([`Script::replace`]: `delete table` and the
+//! full table together, for each). It keeps the applied [`Ruleset`] in memory and from
+//! then on applies [`plan`]s.
 
 pub mod desired;
 pub mod diff;
@@ -93,7 +123,9 @@ pub mod listing;
 pub mod model;
 pub mod ranges;
 
-pub use desired::{LocalPods, Ruleset, DENY_LOG_GROUP, DENY_LOG_RATE, TABLE};
+pub use desired::{
+    Ifname, LocalPods, Ruleset, Table, TableFamily, DENY_LOG_GROUP, DENY_LOG_RATE, TABLE,
+};
 pub use diff::{plan, Script};
 pub use eval::{verdict, verdict_at, Endpoint, Peer, Verdict};
 pub use model::{Cluster, ContainerPort, ModelError, Pod, PodKey, Policy, Protocol};

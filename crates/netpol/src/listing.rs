@@ -1,10 +1,10 @@
-//! Reading the applied table back: `nft -j list table inet ferry_policy` into a
-//! [`Ruleset`], so that a restarted daemon plans from what the kernel holds (and keeps the
-//! denial counters) instead of replacing the table.
+//! Reading the applied tables back: `nft -j list table inet ferry_policy` and `nft -j
+//! list table bridge ferry_policy` into a [`Ruleset`], so that a restarted daemon plans
+//! from what the kernel holds (and keeps the denial counters) instead of replacing them.
 //!
-//! Only what [`Ruleset::compute`] makes is understood; anything else in the table (a rule
+//! Only what [`Ruleset::compute`] makes is understood; anything else in a table (a rule
 //! someone added by hand, an object of a later version) is an error, and the caller then
-//! replaces the table ([`crate::Script::replace`]).
+//! replaces the tables ([`crate::Script::replace`]).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -12,7 +12,8 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use crate::desired::{
-    Chain, ChainRef, Element, Expr, Field, Hook, Rule, Ruleset, Set, SetKind, Verdict, TABLE,
+    Chain, ChainRef, Element, Expr, Field, Hook, Ifname, Rule, Ruleset, Set, SetKind, Table,
+    TableFamily, Verdict, TABLE,
 };
 use crate::model::Protocol;
 use crate::ranges::{AddrRange, Family};
@@ -35,14 +36,28 @@ fn unknown(what: impl Into<String>, value: &Value) -> ListingError {
 }
 
 impl Ruleset {
-    /// Parses the output of `nft -j list table inet ferry_policy`. An empty listing (no
-    /// table) gives the empty ruleset.
-    pub fn parse_json(listing: &str) -> Result<Ruleset, ListingError> {
+    /// Parses the listings of the two tables (`nft -j list table inet ferry_policy`, and
+    /// of `bridge`); `None` for a table that is not there, which is the empty table.
+    pub fn parse_json(inet: Option<&str>, bridge: Option<&str>) -> Result<Ruleset, ListingError> {
+        let table = |listing: Option<&str>, family| match listing {
+            Some(l) => Table::parse_json(l, family),
+            None => Ok(Table::default()),
+        };
+        Ok(Ruleset {
+            inet: table(inet, TableFamily::Inet)?,
+            bridge: table(bridge, TableFamily::Bridge)?,
+        })
+    }
+}
+
+impl Table {
+    /// Parses the output of `nft -j list table <family> ferry_policy`.
+    pub fn parse_json(listing: &str, family: TableFamily) -> Result<Table, ListingError> {
         let v: Value = serde_json::from_str(listing)?;
         let items = v["nftables"]
             .as_array()
             .ok_or_else(|| unknown("top level", &v))?;
-        let mut rs = Ruleset::default();
+        let mut rs = Table::default();
         let mut rules: Vec<(String, Rule)> = Vec::new();
         for item in items {
             let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else {
@@ -51,7 +66,7 @@ impl Ruleset {
             if kind == "metainfo" {
                 continue;
             }
-            let ours = body["family"] == "inet"
+            let ours = body["family"] == family.name()
                 && (body["table"] == TABLE || (kind == "table" && body["name"] == TABLE));
             if !ours {
                 return Err(unknown("object of another table", item));
@@ -76,12 +91,12 @@ impl Ruleset {
                     let hook = match (body.get("hook"), body.get("type")) {
                         (None, None) => None,
                         _ if body["type"] == "filter"
-                            && body["prio"] == 0
+                            && body["prio"] == family.filter_priority()
                             && body["policy"] == "accept" =>
                         {
-                            match body["hook"].as_str() {
-                                Some("forward") => Some(Hook::Forward),
-                                Some("input") => Some(Hook::Input),
+                            match (family, body["hook"].as_str()) {
+                                (_, Some("forward")) => Some(Hook::Forward),
+                                (TableFamily::Inet, Some("input")) => Some(Hook::Input),
                                 _ => return Err(unknown("base chain", body)),
                             }
                         }
@@ -135,7 +150,9 @@ fn parse_set(body: &Value) -> Result<Set, ListingError> {
         .as_array()
         .is_some_and(|s| s.iter().any(|x| x.get("counter").is_some()));
     let ty = &body["type"];
-    let kind = if let Some(family) = family_of_type(ty) {
+    let kind = if ty == "ifname" && flags.is_empty() && !counted {
+        SetKind::Devs
+    } else if let Some(family) = family_of_type(ty) {
         if counted {
             SetKind::Counters(family)
         } else if flags.contains("interval") {
@@ -148,8 +165,19 @@ fn parse_set(body: &Value) -> Result<Set, ListingError> {
     } else {
         let parts = ty.as_array().ok_or_else(|| unknown("set type", body))?;
         match parts.as_slice() {
+            [d, p, s]
+                if d == "ifname"
+                    && p == "inet_proto"
+                    && s == "inet_service"
+                    && flags.contains("interval") =>
+            {
+                SetKind::DevServices
+            }
             [a, p, s] if p == "inet_proto" && s == "inet_service" && flags.contains("interval") => {
                 SetKind::Ports(family_of_type(a).ok_or_else(|| unknown("set type", body))?)
+            }
+            [d, a] if d == "ifname" && flags.is_empty() => {
+                SetKind::DevAddrs(family_of_type(a).ok_or_else(|| unknown("set type", body))?)
             }
             [a, b] if a == b && flags.is_empty() => {
                 SetKind::Pairs(family_of_type(a).ok_or_else(|| unknown("set type", body))?)
@@ -166,9 +194,14 @@ fn parse_set(body: &Value) -> Result<Set, ListingError> {
     Ok(Set { kind, elements })
 }
 
-/// A verdict map from addresses to `jump <chain>`, the only map ferry makes.
+/// A verdict map from addresses (or bridge ports) to `jump <chain>`, the only maps ferry
+/// makes.
 fn parse_map(body: &Value) -> Result<Set, ListingError> {
-    let family = family_of_type(&body["type"]).ok_or_else(|| unknown("map type", body))?;
+    let kind = if body["type"] == "ifname" {
+        SetKind::DevVerdicts
+    } else {
+        SetKind::Verdicts(family_of_type(&body["type"]).ok_or_else(|| unknown("map type", body))?)
+    };
     if body["map"] != "verdict" || body.get("flags").is_some() {
         return Err(unknown("map", body));
     }
@@ -178,16 +211,21 @@ fn parse_map(body: &Value) -> Result<Set, ListingError> {
             let [k, v] = e.as_array()?.as_slice() else {
                 return None;
             };
-            let addr: IpAddr = k.as_str()?.parse().ok()?;
             let to = ChainRef::parse(v["jump"]["target"].as_str()?)?;
-            (Family::of(addr) == family).then_some(Element::Jump { addr, to })
+            match kind {
+                SetKind::Verdicts(family) => {
+                    let addr: IpAddr = k.as_str()?.parse().ok()?;
+                    (Family::of(addr) == family).then_some(Element::Jump { addr, to })
+                }
+                _ => Some(Element::DevJump {
+                    dev: Ifname::new(k.as_str()?)?,
+                    to,
+                }),
+            }
         };
         elements.insert(jump().ok_or_else(|| unknown("map element", e))?);
     }
-    Ok(Set {
-        kind: SetKind::Verdicts(family),
-        elements,
-    })
+    Ok(Set { kind, elements })
 }
 
 fn addr_range(v: &Value) -> Option<AddrRange> {
@@ -228,7 +266,34 @@ fn port_range(v: &Value) -> Option<(u16, u16)> {
 }
 
 fn parse_element(kind: SetKind, e: &Value) -> Option<Element> {
+    let concat = || e.get("concat")?.as_array().map(Vec::as_slice);
+    let protocol = |p: &Value| match p.as_str()? {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        "sctp" => Some(Protocol::Sctp),
+        _ => None,
+    };
     match kind {
+        SetKind::Devs => Ifname::new(e.as_str()?).map(Element::Dev),
+        SetKind::DevServices => {
+            let [d, p, s] = concat()? else {
+                return None;
+            };
+            let (port_lo, port_hi) = port_range(s)?;
+            Some(Element::DevService {
+                dev: Ifname::new(d.as_str()?)?,
+                protocol: protocol(p)?,
+                port_lo,
+                port_hi,
+            })
+        }
+        SetKind::DevAddrs(family) => {
+            let [d, a] = concat()? else {
+                return None;
+            };
+            let ip: IpAddr = a.as_str()?.parse().ok()?;
+            (Family::of(ip) == family).then_some(Element::DevAddr(Ifname::new(d.as_str()?)?, ip))
+        }
         SetKind::Addrs(_) => e.as_str()?.parse().ok().map(Element::Addr),
         SetKind::Ranges(_) => addr_range(e).map(|r| Element::Range {
             lo: r.lo_ip(),
@@ -240,17 +305,11 @@ fn parse_element(kind: SetKind, e: &Value) -> Option<Element> {
                 return None;
             };
             let r = addr_range(a)?;
-            let protocol = match p.as_str()? {
-                "tcp" => Protocol::Tcp,
-                "udp" => Protocol::Udp,
-                "sctp" => Protocol::Sctp,
-                _ => return None,
-            };
             let (port_lo, port_hi) = port_range(s)?;
             Some(Element::Ports {
                 lo: r.lo_ip(),
                 hi: r.hi_ip(),
-                protocol,
+                protocol: protocol(p)?,
                 port_lo,
                 port_hi,
             })
@@ -262,7 +321,7 @@ fn parse_element(kind: SetKind, e: &Value) -> Option<Element> {
             )),
             _ => None,
         },
-        SetKind::Counters(_) | SetKind::Verdicts(_) => None,
+        SetKind::Counters(_) | SetKind::Verdicts(_) | SetKind::DevVerdicts => None,
     }
 }
 
@@ -277,6 +336,10 @@ fn payload_addr(v: &Value) -> Option<(Family, &str)> {
     (field == "saddr" || field == "daddr").then_some((family, field))
 }
 
+fn is_oifname(v: &Value) -> bool {
+    v["meta"]["key"] == "oifname"
+}
+
 fn field_of(left: &Value) -> Option<Field> {
     if let Some((family, f)) = payload_addr(left) {
         return Some(if f == "saddr" {
@@ -285,20 +348,51 @@ fn field_of(left: &Value) -> Option<Field> {
             Field::Daddr(family)
         });
     }
+    if is_oifname(left) {
+        return Some(Field::Oif);
+    }
     let parts = left.get("concat")?.as_array()?;
     if let [a, b] = parts.as_slice() {
-        let ((fa, sa), (fb, sb)) = (payload_addr(a)?, payload_addr(b)?);
+        let (fb, sb) = payload_addr(b)?;
+        if is_oifname(a) {
+            return (sb == "daddr").then_some(Field::OifDaddr(fb));
+        }
+        let (fa, sa) = payload_addr(a)?;
         return (fa == fb && sa == "saddr" && sb == "daddr").then_some(Field::SaddrDaddr(fa));
     }
     let [a, m, t] = parts.as_slice() else {
         return None;
     };
-    let (family, f) = payload_addr(a)?;
-    (f == "daddr"
-        && m["meta"]["key"] == "l4proto"
+    let service = m["meta"]["key"] == "l4proto"
         && t["payload"]["protocol"] == "th"
-        && t["payload"]["field"] == "dport")
-        .then_some(Field::DaddrPort(family))
+        && t["payload"]["field"] == "dport";
+    if !service {
+        return None;
+    }
+    if is_oifname(a) {
+        return Some(Field::OifService);
+    }
+    let (family, f) = payload_addr(a)?;
+    (f == "daddr").then_some(Field::DaddrPort(family))
+}
+
+/// `meta protocol ip` (`ip6`, `{ ip, ip6 }`).
+fn l3_of(right: &Value) -> Option<Expr> {
+    let one = |v: &Value| match v.as_str()? {
+        "ip" => Some(Family::V4),
+        "ip6" => Some(Family::V6),
+        _ => None,
+    };
+    if let Some(f) = one(right) {
+        return Some(Expr::L3(Some(f)));
+    }
+    let mut both: Vec<Family> = right["set"]
+        .as_array()?
+        .iter()
+        .map(one)
+        .collect::<Option<_>>()?;
+    both.sort_unstable();
+    (both == Family::ALL).then_some(Expr::L3(None))
 }
 
 fn set_ref(v: &Value) -> Option<String> {
@@ -350,6 +444,8 @@ fn parse_rule(body: &Value) -> Result<Rule, ListingError> {
                         return Err(bad());
                     }
                     rule.exprs.push(Expr::NeighbourDiscovery);
+                } else if left["meta"]["key"] == "protocol" && v["op"] == "==" {
+                    rule.exprs.push(l3_of(right).ok_or_else(bad)?);
                 } else if v["op"] == "==" {
                     let field = field_of(left).ok_or_else(bad)?;
                     let set = set_ref(right).ok_or_else(bad)?;

@@ -7,9 +7,12 @@
 //! - a broken rule (bad port, protocol, peer, ipBlock, selector inside a peer) is dropped
 //!   from its policy, while the policy still selects its pods and keeps its policy types, so
 //!   the pods stay isolated and that rule allows nothing;
-//! - a broken `podSelector` or `policyTypes` value makes the pods it would select unknowable:
-//!   the whole policy is dropped (the API server rejects such objects, so this is only
-//!   defence against a lying or broken source).
+//! - a broken `podSelector` or `policyTypes` value makes the pods it would isolate (or the
+//!   directions) unknowable: the policy then isolates every pod of its namespace (for both
+//!   directions when `policyTypes` is broken) and allows nothing, rules left out. The API
+//!   server rejects such objects, so this is only defence against a lying or broken
+//!   source; fail closed all the same, since dropping the policy would open the pods it
+//!   was written to isolate.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -348,14 +351,15 @@ impl Policy {
                 .unwrap_or(&LabelSelector::default()),
             "spec.podSelector",
         ) {
-            Ok(s) => s,
+            Ok(s) => Some(s),
             Err((f, r)) => {
                 errors.push(err(f, r));
-                return (None, errors);
+                None
             }
         };
         let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
         let (mut ingress_on, mut egress_on) = (true, has_egress);
+        let mut types_known = true;
         if let Some(types) = spec.policy_types.as_ref().filter(|t| !t.is_empty()) {
             (ingress_on, egress_on) = (false, false);
             for (i, t) in types.iter().enumerate() {
@@ -367,11 +371,28 @@ impl Policy {
                             format!("spec.policyTypes[{i}]"),
                             format!("{other:?} is not one of Ingress, Egress"),
                         ));
-                        return (None, errors);
+                        types_known = false;
                     }
                 }
             }
         }
+        let pod_selector = match (pod_selector, types_known) {
+            (Some(sel), true) => sel,
+            // Which pods it isolates, or for what, cannot be read: it isolates every pod
+            // of its namespace (in both directions when its types are unreadable) and
+            // allows nothing. Dropping it would open the pods it was written to isolate;
+            // applying its rules to pods it may not select would open those.
+            (_, known) => {
+                let policy = Policy {
+                    namespace,
+                    name,
+                    pod_selector: Selector::default(),
+                    ingress: (ingress_on || !known).then(Vec::new),
+                    egress: (egress_on || !known).then(Vec::new),
+                };
+                return (Some(policy), errors);
+            }
+        };
         // Both directions' rules: (index, peers, ports) with the field names of the API.
         let mut rules = |on: bool, dir: &str, peers_key: &str, list: Vec<RawRule<'_>>| {
             on.then(|| {

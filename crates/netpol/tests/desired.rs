@@ -5,9 +5,10 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use netpol::desired::{ChainRef, Element, SetKind, MAX_NAME_LEN};
+use netpol::desired::{Chain, ChainRef, Element, SetKind, MAX_NAME_LEN};
 use netpol::model::Protocol::{Tcp, Udp};
 use netpol::model::{Direction, PodKey};
 use netpol::{plan, Cluster, LocalPods, Ruleset, Script};
@@ -35,8 +36,24 @@ fn base() -> Cluster {
     c
 }
 
+/// The tables of `node`, whose pods have their link-local addresses and bridge ports.
 fn on(c: &Cluster, node: &str) -> Ruleset {
-    Ruleset::compute(c, &LocalPods::on_node(c, node))
+    Ruleset::compute(c, &support::local_on(c, node))
+}
+
+/// Both tables' chains, the bridge table's named `bridge <name>`.
+fn chains(rs: &Ruleset) -> BTreeMap<String, &Chain> {
+    rs.inet
+        .chains
+        .iter()
+        .map(|(n, c)| (n.clone(), c))
+        .chain(
+            rs.bridge
+                .chains
+                .iter()
+                .map(|(n, c)| (format!("bridge {n}"), c)),
+        )
+        .collect()
 }
 
 /// The chain of the policies `ids` for `dir`.
@@ -74,17 +91,18 @@ fn pod_churn_changes_set_elements_only() {
     c2.pods.push(yd);
     for node in support::NODES {
         let (d1, d2) = (on(&c1, node), on(&c2, node));
-        for (name, c) in &d1.chains {
-            if let Some(c2) = d2.chains.get(name) {
+        let (k1, k2) = (chains(&d1), chains(&d2));
+        for (name, c) in &k1 {
+            if let Some(c2) = k2.get(name) {
                 assert_eq!(c, c2, "{node}: a chain's rules never change with pods");
             }
         }
         // Only a combination of policies that appears or goes adds or removes a chain.
-        let changed: Vec<&String> = d1
-            .chains
+        let changed: Vec<String> = k1
             .keys()
-            .filter(|n| !d2.chains.contains_key(*n))
-            .chain(d2.chains.keys().filter(|n| !d1.chains.contains_key(*n)))
+            .filter(|n| !k2.contains_key(*n))
+            .chain(k2.keys().filter(|n| !k1.contains_key(*n)))
+            .map(|n| n.trim_start_matches("bridge ").to_string())
             .collect();
         let p = plan(&d1, &d2);
         for c in structural(&p) {
@@ -181,10 +199,14 @@ fn a_policy_change_touches_only_that_policy() {
     ));
     let text = plan(&d1, &on(&c4, "n0")).render();
     for line in text.lines() {
+        // The same in the bridge table: x/extra's rules by port, its ports map.
         let ok = line.contains("in_x_extra_")
-            || line.contains("chain inet ferry_policy ingress_")
-            || line.starts_with("add rule inet ferry_policy ingress_")
-            || line.contains("ingress_pods");
+            || ["inet", "bridge"].iter().any(|t| {
+                line.contains(&format!("chain {t} ferry_policy ingress_"))
+                    || line.starts_with(&format!("add rule {t} ferry_policy ingress_"))
+            })
+            || line.contains("ingress_pods")
+            || line.contains("ingress_ports");
         assert!(ok, "unexpected {line:?} in\n{text}");
     }
     // And gone again: its sets deleted after the chain no longer refers to them.
@@ -208,7 +230,7 @@ fn local_pod_addresses_from_the_caller_win() {
         vec!["10.9.9.10".parse().unwrap()],
     );
     let d = Ruleset::compute(&c, &local);
-    let iso = &d.sets["ingress_pods4"].elements;
+    let iso = &d.inet.sets["ingress_pods4"].elements;
     assert!(
         iso.contains(&Element::Jump {
             addr: fresh,
@@ -217,7 +239,7 @@ fn local_pod_addresses_from_the_caller_win() {
         "{iso:?}"
     );
     assert_eq!(iso.len(), 1);
-    let dst = &d.sets["in_x_web_0_dst4"].elements;
+    let dst = &d.inet.sets["in_x_web_0_dst4"].elements;
     assert!(
         dst.iter()
             .all(|e| matches!(e, Element::Ports { lo, .. } if *lo == fresh)),
@@ -234,7 +256,7 @@ fn isolated_and_selected_sets_hold_only_local_pods_and_peers_are_cluster_wide() 
             .pods
             .iter()
             .filter(|p| p.node.as_deref() == Some(node))
-            .flat_map(|p| p.ips.clone())
+            .flat_map(|p| p.ips.iter().copied().chain(support::link_local_of(p)))
             .collect();
         for name in [
             "egress_pods4",
@@ -243,18 +265,19 @@ fn isolated_and_selected_sets_hold_only_local_pods_and_peers_are_cluster_wide() 
             "eg_y_out_0_src4",
             "in_x_web_0_dst4",
         ] {
-            for e in &d.sets[name].elements {
+            for e in &d.inet.sets[name].elements {
                 let ip = match e {
                     Element::Addr(ip) | Element::Pair(ip, _) => *ip,
                     Element::Jump { addr, .. } => *addr,
                     Element::Ports { lo, .. } => *lo,
                     Element::Range { lo, .. } => *lo,
+                    other => panic!("{node}: {name} holds {other:?}"),
                 };
                 assert!(local.contains(&ip), "{node}: {name} holds {ip}");
             }
         }
         // y/b's addresses are peers of y/out on every node.
-        assert!(d.sets["eg_y_out_0_dst4"]
+        assert!(d.inet.sets["eg_y_out_0_dst4"]
             .elements
             .contains(&Element::Range {
                 lo: "10.2.0.2".parse().unwrap(),
@@ -279,7 +302,7 @@ fn names_are_stable_bounded_and_safe() {
     ));
     let d = on(&c, "n0");
     assert_eq!(d, on(&c, "n0"), "deterministic");
-    for name in d.sets.keys() {
+    for name in d.inet.sets.keys().chain(d.bridge.sets.keys()) {
         assert!(name.len() <= MAX_NAME_LEN, "{name}");
         assert!(
             name.bytes()
@@ -287,7 +310,12 @@ fn names_are_stable_bounded_and_safe() {
             "{name}"
         );
     }
-    let hashed: Vec<&String> = d.sets.keys().filter(|n| n.starts_with("in_h")).collect();
+    let hashed: Vec<&String> = d
+        .inet
+        .sets
+        .keys()
+        .filter(|n| n.starts_with("in_h"))
+        .collect();
     assert_eq!(
         hashed.len(),
         8,
@@ -354,8 +382,44 @@ fn elements_render_as_nft_writes_them() {
             "0.0.0.0/0 . tcp . 0-65535",
         ),
     ];
-    for (e, want) in cases {
+    let dev = netpol::Ifname::new("fy0123456789abc").unwrap();
+    let bridge = [
+        (Element::Dev(dev), "\"fy0123456789abc\""),
+        (
+            Element::DevService {
+                dev,
+                protocol: Udp,
+                port_lo: 5353,
+                port_hi: 5354,
+            },
+            "\"fy0123456789abc\" . udp . 5353-5354",
+        ),
+        (
+            Element::DevAddr(dev, ip("fe80::858:aff:fe01:203")),
+            "\"fy0123456789abc\" . fe80::858:aff:fe01:203",
+        ),
+        (
+            Element::DevJump {
+                dev,
+                to: ChainRef::closed(Direction::Ingress),
+            },
+            "\"fy0123456789abc\" : jump ingress_closed",
+        ),
+    ];
+    for (e, want) in cases.into_iter().chain(bridge) {
         assert_eq!(e.render(), want);
+    }
+    assert_eq!(
+        Element::DevJump {
+            dev,
+            to: ChainRef::closed(Direction::Ingress)
+        }
+        .render_key(),
+        "\"fy0123456789abc\""
+    );
+    // What no interface name can be, and nft's quotes could not hold.
+    for bad in ["", "fy0123456789abcd", "a\"b", "a b", "a/b", "a\\b", "é"] {
+        assert!(netpol::Ifname::new(bad).is_none(), "{bad:?}");
     }
     assert_eq!(
         SetKind::Ports(netpol::ranges::Family::V6).render(),
@@ -413,6 +477,25 @@ fn scripts_create_before_use_and_never_flush_the_table() {
             "add table inet ferry_policy"
         ]
     );
+    // The bridge table: its own table, made in the same transaction; neighbour
+    // discovery, then unicast to a pod's own address, then the ports of isolated pods.
+    let br: Vec<&String> = first
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("add rule bridge ferry_policy forward"))
+        .collect();
+    assert!(first
+        .commands
+        .contains(&"add table bridge ferry_policy".to_string()));
+    assert!(first.commands.contains(&"add chain bridge ferry_policy forward { type filter hook forward priority filter; policy accept; }".to_string()));
+    assert_eq!(br.len(), 4, "{br:?}");
+    assert!(br[0].ends_with("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept"));
+    assert!(br[1].ends_with("oifname . ip daddr @own4 accept"));
+    assert!(br[2].ends_with("oifname . ip6 daddr @own6 accept"));
+    assert!(br[3].ends_with("meta protocol { ip, ip6 } oifname vmap @ingress_ports"));
+    assert!(replace
+        .commands
+        .contains(&"delete table bridge ferry_policy".to_string()));
     // The kernel fills the denial counters: a plan never lists their elements.
     assert!(first
         .commands

@@ -187,19 +187,30 @@ fn invalid_rules_are_named_and_dropped() {
 }
 
 #[test]
-fn a_broken_pod_selector_or_policy_type_drops_the_policy_and_keeps_the_others() {
+fn a_broken_pod_selector_or_policy_type_isolates_the_namespace_and_keeps_the_others() {
     let bad_selector = np(
         "bad-sel",
-        json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "NotIn", "values": []}]}}),
+        json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "NotIn", "values": []}]},
+               "ingress": [{}]}),
     );
     let bad_type = np(
         "bad-type",
-        json!({"podSelector": {}, "policyTypes": ["Sideways"]}),
+        json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Sideways"],
+               "ingress": [{}]}),
     );
     let good = np("good", json!({"podSelector": {}}));
     let (c, errors) = Cluster::from_k8s(&[], &[], &[bad_selector, good, bad_type]);
-    assert_eq!(c.policies.len(), 1);
-    assert_eq!(c.policies[0].name, "good");
+    let names: Vec<&str> = c.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["bad-sel", "good", "bad-type"]);
+    // Every pod of the namespace, nothing allowed (the allow-all rules left out): for
+    // ingress as written, for both directions when the types cannot be read.
+    let everyone = netpol::model::Selector::default();
+    assert_eq!(c.policies[0].pod_selector, everyone);
+    assert_eq!(c.policies[0].ingress, Some(vec![]));
+    assert_eq!(c.policies[0].egress, None);
+    assert_eq!(c.policies[2].pod_selector, everyone);
+    assert_eq!(c.policies[2].ingress, Some(vec![]));
+    assert_eq!(c.policies[2].egress, Some(vec![]));
     let fields: Vec<(&str, &str)> = errors
         .iter()
         .map(|e| (e.object.as_str(), e.field.as_str()))

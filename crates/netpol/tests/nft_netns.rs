@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 
 use ferry_tests::netns::Netns;
 use netpol::model::Protocol::{Sctp, Tcp, Udp};
-use netpol::{plan, LocalPods, Ruleset, Script};
+use netpol::{plan, Ifname, LocalPods, Ruleset, Script, TableFamily};
 use serde_json::json;
-use support::{labels, policy, world};
+use support::{labels, local_on, policy, world};
 
 /// Feeds `script` to `nft -f -` inside `ns`; panics with nft's message when it fails.
 fn nft_apply(ns: &Netns, script: &str) {
@@ -39,11 +39,30 @@ fn nft_apply(ns: &Netns, script: &str) {
 }
 
 fn list(ns: &Netns) -> String {
-    ns.sh("nft list table inet ferry_policy")
+    ns.sh("nft list table inet ferry_policy; nft list table bridge ferry_policy")
 }
 
+fn list_one(ns: &Netns, family: TableFamily) -> String {
+    ns.sh(&format!("nft -j list table {} ferry_policy", family.name()))
+}
+
+/// Both tables' listings as one: the items of the inet table, then the bridge table's.
 fn list_json(ns: &Netns) -> serde_json::Value {
-    serde_json::from_str(&ns.sh("nft -j list table inet ferry_policy")).unwrap()
+    let mut all = Vec::new();
+    for f in TableFamily::ALL {
+        let v: serde_json::Value = serde_json::from_str(&list_one(ns, f)).unwrap();
+        all.extend(v["nftables"].as_array().unwrap().iter().cloned());
+    }
+    json!({ "nftables": all })
+}
+
+/// What a restarted daemon reads back.
+fn read_back(ns: &Netns) -> Ruleset {
+    let (inet, bridge) = (
+        list_one(ns, TableFamily::Inet),
+        list_one(ns, TableFamily::Bridge),
+    );
+    Ruleset::parse_json(Some(&inet), Some(&bridge)).unwrap()
 }
 
 /// The table's content independent of creation order and handles: sets by name with
@@ -58,18 +77,23 @@ fn normalised(listing: &serde_json::Value) -> BTreeMap<String, serde_json::Value
         if let Some(o) = body.as_object_mut() {
             o.remove("handle");
         }
+        // The inet table's objects by name alone; the bridge table's with its family.
+        let family = match body["family"].as_str() {
+            Some("bridge") => "bridge ",
+            _ => "",
+        };
         match kind.as_str() {
-            "set" => {
+            "set" | "map" => {
                 if let Some(elems) = body.get_mut("elem").and_then(|e| e.as_array_mut()) {
                     elems.sort_by_key(|e| e.to_string());
                 }
-                out.insert(format!("set {}", body["name"]), body);
+                out.insert(format!("{family}set {}", body["name"]), body);
             }
             "chain" => {
-                out.insert(format!("chain {}", body["name"]), body);
+                out.insert(format!("{family}chain {}", body["name"]), body);
             }
             "rule" => {
-                let key = format!("rules of {}", body["chain"]);
+                let key = format!("{family}rules of {}", body["chain"]);
                 let rules = out.entry(key).or_insert_with(|| serde_json::json!([]));
                 rules.as_array_mut().unwrap().push(body);
             }
@@ -94,7 +118,7 @@ fn plan_then_compare(
     );
     nft_apply(ns, &text);
     let after_plan = list_json(ns);
-    let read = Ruleset::parse_json(&after_plan.to_string()).unwrap();
+    let read = read_back(ns);
     assert!(
         &read == to,
         "the plan did not reach the desired ruleset:\n{text}"
@@ -163,7 +187,7 @@ fn full_load_then_plan_reach_the_desired_table() {
     }
     let ns = Netns::new("npnft");
     let c1 = cluster_v1();
-    let local = LocalPods::on_node(&c1, "n0");
+    let local = local_on(&c1, "n0");
     let d1 = Ruleset::compute(&c1, &local);
 
     // First start: nothing applied yet, so a plan from the empty ruleset.
@@ -208,8 +232,29 @@ fn full_load_then_plan_reach_the_desired_table() {
         "{src6}"
     );
 
-    // A restart reads the table back as exactly what was applied.
-    let read = Ruleset::parse_json(&ns.sh("nft -j list table inet ferry_policy")).unwrap();
+    // The bridge table: each local pod's port and own addresses (the link-local one
+    // included), the ingress-isolated ones' ports to their chains, x/web's ingress rules
+    // by port.
+    let bridge = ns.sh("nft list table bridge ferry_policy");
+    for want in [
+        "type filter hook forward priority filter; policy accept;",
+        "oifname . ip daddr @own4 accept",
+        "oifname . ip6 daddr @own6 accept",
+        "meta protocol { ip, ip6 } oifname vmap @ingress_ports",
+        "\"fyxa\" . 10.1.0.1",
+        "\"fyxa\" . fe80::1:1",
+        "\"fyxa\" : jump ingress_",
+        "\"fyya\" : jump ingress_",
+        "oifname . meta l4proto . th dport @in_x_web_0_dst4",
+        "ip6 saddr @in_x_web_1_src6 oifname @in_x_web_1_dst6",
+        "\"fyxa\" . tcp . 80",
+        "\"fyxa\" . udp . 8000-8100",
+    ] {
+        assert!(bridge.contains(want), "missing {want:?} in\n{bridge}");
+    }
+
+    // A restart reads the tables back as exactly what was applied.
+    let read = read_back(&ns);
     assert_eq!(read, d1, "parse_json gives back the applied ruleset");
 
     // A restart that cannot trust the table replaces it in one go.
@@ -241,7 +286,7 @@ fn full_load_then_plan_reach_the_desired_table() {
         "new",
         json!({"podSelector": {}, "ingress": [{"ports": [{"port": 5432}]}]}),
     ));
-    let d2 = Ruleset::compute(&c2, &LocalPods::on_node(&c2, "n0"));
+    let d2 = Ruleset::compute(&c2, &local_on(&c2, "n0"));
     let after_plan = plan_then_compare(&ns, &d1, &d2);
     let elems = after_plan["set \"eg_x_web_0_dst4\""]["elem"]
         .as_array()
@@ -262,7 +307,7 @@ fn full_load_then_plan_reach_the_desired_table() {
             except: vec![],
         });
     }
-    let d3 = Ruleset::compute(&c3, &LocalPods::on_node(&c3, "n0"));
+    let d3 = Ruleset::compute(&c3, &local_on(&c3, "n0"));
     let grown = plan_then_compare(&ns, &d2, &d3);
     assert_eq!(
         grown["set \"in_x_web_1_src4\""]["elem"],
@@ -425,7 +470,7 @@ fn forwarded_connections_get_the_policy_verdict() {
 
     // Read back with the kernel's denial elements in it: they are runtime state, not part
     // of the ruleset.
-    let read = Ruleset::parse_json(&node.sh("nft -j list table inet ferry_policy")).unwrap();
+    let read = read_back(&node);
     assert_eq!(read, d1);
 
     // y/b relabelled: a plan on the live table, and port 80 is denied from then on.
@@ -444,9 +489,11 @@ fn forwarded_connections_get_the_policy_verdict() {
 }
 
 /// Two pods of one node on a bridge, as ferry wires them, with br_netfilter handing bridged
-/// packets to the inet hooks: same-node traffic gets the policy verdict, IPv6 neighbour
-/// discovery between the pods and with the gateway still works for isolated pods, and a
-/// pod's egress to the node's own address is decided by the `input` chain.
+/// packets to the inet hooks: same-node traffic gets the policy verdict, over the pods'
+/// link-local addresses too, IPv6 neighbour discovery between the pods and with the
+/// gateway still works for isolated pods, group traffic to an isolated pod meets its
+/// rules at its port, and a pod's egress to the node's own address is decided by the
+/// `input` chain.
 #[test]
 fn bridged_pods_of_one_node_and_the_node_itself() {
     if !ferry_tests::root_or_skip("bridged_pods_of_one_node_and_the_node_itself") {
@@ -462,16 +509,19 @@ fn bridged_pods_of_one_node_and_the_node_itself() {
          ip link add br0 type bridge && ip link set br0 up && \
          ip addr add 10.1.0.254/24 dev br0 && ip addr add fd00::1:fffe/112 dev br0 nodad",
     );
-    for (pod, host_if, v4, v6) in [
-        (&pa, "va", "10.1.0.1", "fd00::1:1"),
-        (&pb, "vb", "10.1.0.2", "fd00::1:2"),
+    // Each pod's only link-local address is the one its node knows (as ferry's plugin
+    // makes it: the kernel's own generation off).
+    for (pod, host_if, v4, v6, ll) in [
+        (&pa, "va", "10.1.0.1", "fd00::1:1", "fe80::1:1"),
+        (&pb, "vb", "10.1.0.2", "fd00::1:2", "fe80::1:2"),
     ] {
         node.sh(&format!(
             "ip link add {host_if} type veth peer name eth0 netns {} && ip link set {host_if} master br0 up",
             pod.name
         ));
         pod.sh(&format!(
-            "ip addr add {v4}/24 dev eth0 && ip addr add {v6}/112 dev eth0 nodad && ip link set eth0 up && \
+            "ip link set eth0 addrgenmode none && ip addr add {ll}/64 dev eth0 nodad && \
+             ip addr add {v4}/24 dev eth0 && ip addr add {v6}/112 dev eth0 nodad && ip link set eth0 up && \
              ip route add default via 10.1.0.254 && ip -6 route add default via fd00::1:fffe"
         ));
     }
@@ -486,10 +536,20 @@ fn bridged_pods_of_one_node_and_the_node_itself() {
         .collect();
 
     let c = two_pods_on_n0(["10.1.0.1", "fd00::1:1"], ["10.1.0.2", "fd00::1:2"]);
-    let d = Ruleset::compute(&c, &LocalPods::on_node(&c, "n0"));
+    let mut local = LocalPods::on_node(&c, "n0");
+    for (pod, port, ll) in [("a", "va", "fe80::1:1"), ("b", "vb", "fe80::1:2")] {
+        let (k, ips) = local.pods.iter_mut().find(|(k, _)| k.name == pod).unwrap();
+        ips.push(ll.parse().unwrap());
+        local.ports.insert(k.clone(), Ifname::new(port).unwrap());
+    }
+    let d = Ruleset::compute(&c, &local);
     nft_apply(&node, &plan(&Ruleset::default(), &d).render());
 
-    for (a, gw) in [("10.1.0.1", "10.1.0.254"), ("fd00::1:1", "fd00::1:fffe")] {
+    for (a, gw) in [
+        ("10.1.0.1", "10.1.0.254"),
+        ("fd00::1:1", "fd00::1:fffe"),
+        ("fe80::1:1%eth0", "fd00::1:fffe"),
+    ] {
         assert!(
             connect(&pb, a, 80).is_some(),
             "b -> a {a}:80 over the bridge"
@@ -507,4 +567,28 @@ fn bridged_pods_of_one_node_and_the_node_itself() {
             "b -> node {gw}:82: b's egress denies (input hook)"
         );
     }
+    // Group traffic from b, which a admits for TCP 80 only: none reaches a, at any group
+    // or broadcast address; a counted drop at a's port in the bridge table.
+    let inbox = ferry_tests::netpol::l2::Inbox::open(&pa, 9000).unwrap();
+    for dst in ["ff02::1", "224.0.0.1", "255.255.255.255", "10.1.0.255"] {
+        let dst: std::net::IpAddr = dst.parse().unwrap();
+        assert!(
+            !ferry_tests::netpol::l2::udp_reaches(
+                &pb,
+                dst,
+                &inbox,
+                std::time::Duration::from_millis(500)
+            ),
+            "b's UDP to {dst} reached a"
+        );
+    }
+    let dropped = node.sh(
+        "nft list chain bridge ferry_policy ingress_closed; nft list table bridge ferry_policy",
+    );
+    assert!(
+        dropped.lines().any(|l| l.contains("counter packets")
+            && l.contains("drop")
+            && !l.contains("packets 0 ")),
+        "{dropped}"
+    );
 }

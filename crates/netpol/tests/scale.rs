@@ -84,13 +84,14 @@ fn compute_and_plan_at_scale() {
         let p = plan(&d1, &d2);
         let planned = t.elapsed();
         let full = plan(&Ruleset::default(), &d1).render();
-        let elements: usize = d1.sets.values().map(|s| s.elements.len()).sum();
+        let sets = || d1.inet.sets.values().chain(d1.bridge.sets.values());
+        let elements: usize = sets().map(|s| s.elements.len()).sum();
         println!(
             "{pods} pods, {policies} policies: compute {compute:?}, plan of one relabel {planned:?} \
              ({} commands), full script {} KiB, {} sets, {elements} elements",
             p.commands.len(),
             full.len() / 1024,
-            d1.sets.len()
+            sets().count()
         );
     }
 }

@@ -12,9 +12,12 @@ use super::Output;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The client: `namespace/pod`, or an address (a pod's or any other).
+    /// The client: `namespace/pod`, or an address (a pod's, its link-local one included,
+    /// or any other).
     from: String,
-    /// The server: `namespace/pod`, or an address.
+    /// The server: `namespace/pod`, an address, or `namespace/pod@ADDRESS` for the pod
+    /// receiving what is sent to ADDRESS (a multicast or broadcast address, its
+    /// link-local address).
     to: String,
     /// The server's port.
     #[arg(long)]

@@ -1,13 +1,15 @@
-//! Keeps `table inet ferry_policy` equal to the state computed from the API's objects and
-//! the plugin's notices, one diff transaction at a time.
+//! Keeps `table inet ferry_policy` and `table bridge ferry_policy` equal to the state
+//! computed from the API's objects and the plugin's notices, one diff transaction at a
+//! time.
 //!
 //! Each round: the stores' objects become a `netpol::Cluster`; this node's pods are the
 //! ones the API places here plus the ones the plugin announced (their addresses win, as
-//! the plugin knows them before the API does); the desired table is computed, planned
-//! against what the kernel holds (read back every `READ_BACK_EVERY` resyncs, so a hand
-//! edit is mended within half a minute) and
-//! applied as one `nft -f -` transaction. Then the notices of that round are answered,
-//! and connections the new state no longer allows are cut from conntrack.
+//! the plugin knows them before the API does), each with its link-local address and its
+//! port on the node bridge; the desired tables are computed, planned against what the
+//! kernel holds (read back every `READ_BACK_EVERY` resyncs, so a hand edit is mended
+//! within half a minute) and applied as one `nft -f -` transaction. Then the notices of
+//! that round are answered, and connections the new state no longer allows are cut from
+//! conntrack.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -18,7 +20,7 @@ use std::time::Duration;
 use netpol::desired::denied_set;
 use netpol::model::Direction;
 use netpol::ranges::Family;
-use netpol::{plan, Cluster, LocalPods, PodKey, Ruleset, Script, TABLE};
+use netpol::{plan, Cluster, Ifname, LocalPods, PodKey, Ruleset, Script, TableFamily, TABLE};
 use policy_notice::{Notice, Reply};
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,6 +37,21 @@ const RESYNC: Duration = Duration::from_secs(5);
 const READ_BACK_EVERY: u64 = 6;
 /// Changes arriving this close together are applied in one round.
 const COALESCE: Duration = Duration::from_millis(10);
+/// New problems with the API's objects logged in one round; the rest are counted in one
+/// line (and in `ferry_policy_invalid_objects`), so that a flood of broken objects cannot
+/// flood the log.
+const MAX_LOGGED: usize = 20;
+
+/// The ports of the node bridge (the pods' host-side veths) by the MAC of each: ferry
+/// gives a pod's host end `0a:59:<the address its MACs follow>`.
+type Ports = BTreeMap<[u8; 6], Ifname>;
+
+/// Addresses and bridge ports of pods to keep closed.
+#[derive(Debug, Default)]
+struct Closed {
+    ips: Vec<IpAddr>,
+    devs: Vec<Ifname>,
+}
 
 /// A pod the plugin attached on this node.
 #[derive(Debug, Clone)]
@@ -57,15 +74,23 @@ struct Engine {
     /// The last round's view, for explanations and denial logs between rounds.
     view: View,
     resyncs: u64,
+    /// The node bridge's ports as last listed.
+    ports: Ports,
 }
 
 pub async fn run(
     node: String,
+    bridge: String,
     stores: Stores,
     mut notices: mpsc::Receiver<Request>,
     metrics: Arc<Metrics>,
     view: View,
 ) {
+    let links = netlink::Netlink::open()
+        .map_err(|e| {
+            tracing::error!("NetworkPolicy: no netlink socket to find the pods' bridge ports: {e}; multicast and broadcast to pods are not filtered")
+        })
+        .ok();
     let mut engine = Engine {
         node,
         metrics,
@@ -75,7 +100,9 @@ pub async fn run(
         logged: BTreeSet::new(),
         view,
         resyncs: 0,
+        ports: Ports::new(),
     };
+    let mut listed_ports = true;
     let mut tick = tokio::time::interval(RESYNC);
     loop {
         let mut resync = false;
@@ -90,6 +117,22 @@ pub async fn run(
         tokio::time::sleep(COALESCE).await;
         while let Ok(req) = notices.try_recv() {
             engine.take(req);
+        }
+        // After the notices: a pod announced now has its veth on the bridge already.
+        if let Some(nl) = &links {
+            match bridge_ports(nl, &bridge).await {
+                Ok(p) => {
+                    engine.ports = p;
+                    listed_ports = true;
+                }
+                Err(e) if listed_ports => {
+                    tracing::warn!(
+                        "NetworkPolicy: the ports of {bridge}: {e:#}; keeping the last ones known"
+                    );
+                    listed_ports = false;
+                }
+                Err(_) => {}
+            }
         }
         let stores = stores.clone();
         // nft and conntrack are processes: run the round off the async workers.
@@ -195,16 +238,18 @@ impl Engine {
                 .policy
                 .invalid_objects
                 .store(errors.len() as u64, Relaxed);
-            for e in errors {
-                let text = e.to_string();
-                if self.logged.insert(text.clone()) {
-                    tracing::warn!("NetworkPolicy: {text}");
-                }
-            }
+            self.report(errors);
             self.settle_addresses(&mut cluster, &terminating);
             let (local, closed) = self.local_pods(&cluster);
+            // The node's view of its pods (their link-local addresses above all) is the one
+            // explanations, denial logs and conntrack judge by, as the tables do.
+            for p in &mut cluster.pods {
+                if let Some(ips) = local.pods.get(&p.key()).filter(|ips| !ips.is_empty()) {
+                    p.ips.clone_from(ips);
+                }
+            }
             let mut desired = Ruleset::compute(&cluster, &local);
-            desired.close(&closed);
+            desired.close(&closed.ips, &closed.devs);
             (cluster, local, desired)
         } else {
             // Until the API has been listed once (a daemon starting, the API away), the
@@ -213,13 +258,21 @@ impl Engine {
             let Some(applied) = &self.applied else {
                 return;
             };
-            let mut desired = if applied.sets.is_empty() {
+            let mut desired = if applied.inet.sets.is_empty() {
                 Ruleset::compute(&Cluster::default(), &LocalPods::default())
             } else {
                 applied.clone()
             };
-            let closed: Vec<IpAddr> = self.attached.values().flat_map(|a| a.ips.clone()).collect();
-            desired.close(&closed);
+            if desired.bridge.is_empty() {
+                // Made by a daemon that had no bridge table: this one's, with no pod yet.
+                desired.bridge =
+                    Ruleset::compute(&Cluster::default(), &LocalPods::default()).bridge;
+            }
+            let mut closed = Closed::default();
+            for a in self.attached.values() {
+                self.close_pod(&a.ips, &mut closed);
+            }
+            desired.close(&closed.ips, &closed.devs);
             (Cluster::default(), LocalPods::default(), desired)
         };
         let script = match &self.applied {
@@ -305,12 +358,46 @@ impl Engine {
         }
     }
 
-    /// This node's pods with their addresses, and the addresses of announced pods that
-    /// must stay closed: unnamed, or not shown by the API while their namespace has
-    /// policies.
-    fn local_pods(&mut self, cluster: &Cluster) -> (LocalPods, Vec<IpAddr>) {
+    /// Logs each problem with the API's objects once while it lasts (at most
+    /// `MAX_LOGGED` new ones a round): one fixed and broken again is logged again, and
+    /// only the problems of now are remembered.
+    fn report(&mut self, errors: Vec<netpol::ModelError>) {
+        let now: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
+        let new: Vec<&String> = now.iter().filter(|t| !self.logged.contains(*t)).collect();
+        for text in new.iter().take(MAX_LOGGED) {
+            tracing::warn!("NetworkPolicy: {text}");
+        }
+        if new.len() > MAX_LOGGED {
+            tracing::warn!(
+                "NetworkPolicy: {} more problems with the API's objects (not logged one by one; ferry_policy_invalid_objects counts them all)",
+                new.len() - MAX_LOGGED
+            );
+        }
+        self.logged = now;
+    }
+
+    /// The link-local address a pod holding `ips` has, and its port on the bridge.
+    fn pod_extras(&self, ips: &[IpAddr]) -> (Option<IpAddr>, Option<Ifname>) {
+        let ll = netlink::pod_link_local(ips).map(IpAddr::V6);
+        let dev = netlink::mac_source(ips)
+            .map(|ip| netlink::addr_mac(netlink::HOST_MAC_TAG, ip))
+            .and_then(|mac| self.ports.get(&mac).copied());
+        (ll, dev)
+    }
+
+    /// Adds what closes a pod holding `ips` (its link-local address included) to `closed`.
+    fn close_pod(&self, ips: &[IpAddr], closed: &mut Closed) {
+        let (ll, dev) = self.pod_extras(ips);
+        closed.ips.extend(ips.iter().copied().chain(ll));
+        closed.devs.extend(dev);
+    }
+
+    /// This node's pods with their addresses (link-local ones included) and bridge ports,
+    /// and what of announced pods must stay closed: unnamed, or not shown by the API while
+    /// their namespace has policies.
+    fn local_pods(&mut self, cluster: &Cluster) -> (LocalPods, Closed) {
         let mut local = LocalPods::on_node(cluster, &self.node);
-        let mut closed = Vec::new();
+        let mut closed = Closed::default();
         self.attached.retain(|_, a| {
             let known = a
                 .key
@@ -329,9 +416,28 @@ impl Engine {
                     local.pods.insert(k.clone(), a.ips.clone());
                 }
                 Some(k) if !cluster.policies.iter().any(|p| p.namespace == k.namespace) => {}
-                _ => closed.extend(a.ips.iter().copied()),
+                _ => self.close_pod(&a.ips, &mut closed),
             }
         }
+        let mut ports = BTreeMap::new();
+        for (k, ips) in local.pods.iter_mut() {
+            // A host-network pod holds the node's addresses: no veth, no link-local
+            // address of ferry's, and no policy selects it.
+            if cluster
+                .pod(&k.namespace, &k.name)
+                .is_some_and(|p| p.host_network)
+            {
+                continue;
+            }
+            let (ll, dev) = self.pod_extras(ips);
+            if let Some(ll) = ll.filter(|ll| !ips.contains(ll)) {
+                ips.push(ll);
+            }
+            if let Some(dev) = dev {
+                ports.insert(k.clone(), dev);
+            }
+        }
+        local.ports = ports;
         (local, closed)
     }
 
@@ -390,19 +496,50 @@ impl Engine {
     }
 }
 
-/// The table the kernel holds; None when unreadable or not ferry's (then replaced).
+/// The live ports of `bridge`, by MAC; none when there is no bridge yet (no pod either).
+/// A retired veth (a deleted pod's, down and waiting for the reaper, maybe renamed) can
+/// still be a port with the MAC a new pod of the same address has: it is left out, so the
+/// MAC names the new pod's port.
+async fn bridge_ports(nl: &netlink::Netlink, bridge: &str) -> anyhow::Result<Ports> {
+    use node_ipam::attachment::{TOMBSTONE_GROUP, TOMBSTONE_PREFIX};
+    let links = nl.list_links().await?;
+    let Some(br) = links.iter().find(|l| l.name == bridge) else {
+        return Ok(Ports::new());
+    };
+    Ok(links
+        .iter()
+        .filter(|l| l.controller == Some(br.index))
+        .filter(|l| l.group != TOMBSTONE_GROUP && !l.name.starts_with(TOMBSTONE_PREFIX))
+        .filter_map(|l| {
+            Some((
+                <[u8; 6]>::try_from(l.mac.as_slice()).ok()?,
+                Ifname::new(&l.name)?,
+            ))
+        })
+        .collect())
+}
+
+/// The tables the kernel holds; None when one is unreadable or not ferry's (then both
+/// are replaced).
 fn read_back() -> Option<Ruleset> {
-    match crate::nft::list_table("inet", TABLE) {
-        Ok(None) => Some(Ruleset::default()),
-        Ok(Some(listing)) => match Ruleset::parse_json(&listing) {
-            Ok(r) => Some(r),
+    let mut listings = Vec::new();
+    for family in TableFamily::ALL {
+        match crate::nft::list_table(family.name(), TABLE) {
+            Ok(l) => listings.push(l),
             Err(e) => {
-                tracing::warn!("NetworkPolicy: the table in the kernel is not ferry's as made ({e}); it will be replaced");
-                None
+                tracing::warn!(
+                    "NetworkPolicy: cannot read table {} {TABLE}: {e:#}",
+                    family.name()
+                );
+                return None;
             }
-        },
+        }
+    }
+    let [inet, bridge] = <[Option<String>; 2]>::try_from(listings).ok()?;
+    match Ruleset::parse_json(inet.as_deref(), bridge.as_deref()) {
+        Ok(r) => Some(r),
         Err(e) => {
-            tracing::warn!("NetworkPolicy: cannot read the table: {e:#}");
+            tracing::warn!("NetworkPolicy: the tables in the kernel are not ferry's as made ({e}); they will be replaced");
             None
         }
     }
@@ -462,6 +599,7 @@ mod tests {
             logged: BTreeSet::new(),
             view: View::default(),
             resyncs: 0,
+            ports: Ports::new(),
         }
     }
 
@@ -514,11 +652,69 @@ mod tests {
         // z/fresh is not in the API yet and x has no policy: open; with a policy in z it
         // would start closed.
         let (local, closed) = e.local_pods(&cluster);
-        assert!(closed.is_empty());
+        assert!(closed.ips.is_empty() && closed.devs.is_empty());
         assert!(
             !local.pods.contains_key(&PodKey::new("x", "stale"))
                 || local.pods[&PodKey::new("x", "stale")].is_empty()
         );
+    }
+
+    #[test]
+    fn local_pods_carry_their_link_local_address_and_their_port() {
+        let dual = |ns: &str, name: &str, v4: &str, v6: &str, host: bool| {
+            let v: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": ns, "name": name},
+                "spec": {"containers": [{"name": "c"}], "nodeName": "n1", "hostNetwork": host},
+                "status": {"podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}]},
+            }))
+            .unwrap();
+            v
+        };
+        let pods = vec![
+            dual("x", "a", "10.1.0.5", "fd00::5", false),
+            dual("x", "node", "192.0.2.11", "2001:db8::11", true),
+        ];
+        let (cluster, errors) = Cluster::from_k8s(&[], &pods, &[]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut e = engine();
+        let a4: IpAddr = "10.1.0.5".parse().unwrap();
+        let port = Ifname::new("fy0123456789abc").unwrap();
+        e.ports
+            .insert(netlink::addr_mac(netlink::HOST_MAC_TAG, a4), port);
+        // A pod the plugin announced without a name: closed, its link-local address and
+        // its port too.
+        let b4: IpAddr = "10.1.0.6".parse().unwrap();
+        let b6: IpAddr = "fd00::6".parse().unwrap();
+        let b_port = Ifname::new("fy0123456789abd").unwrap();
+        e.ports
+            .insert(netlink::addr_mac(netlink::HOST_MAC_TAG, b4), b_port);
+        e.attached.insert(
+            ("c2".into(), "eth0".into()),
+            Attached {
+                key: None,
+                ips: vec![b6, b4],
+                seen: false,
+            },
+        );
+        let (local, closed) = e.local_pods(&cluster);
+        let a = &local.pods[&PodKey::new("x", "a")];
+        assert_eq!(
+            *a,
+            vec![
+                a4,
+                "fd00::5".parse().unwrap(),
+                "fe80::858:aff:fe01:5".parse().unwrap()
+            ]
+        );
+        assert_eq!(local.ports.get(&PodKey::new("x", "a")), Some(&port));
+        // The host-network pod: the node's addresses only, no port.
+        assert_eq!(local.pods[&PodKey::new("x", "node")].len(), 2);
+        assert!(!local.ports.contains_key(&PodKey::new("x", "node")));
+        assert_eq!(closed.devs, vec![b_port]);
+        assert!(closed
+            .ips
+            .contains(&"fe80::858:aff:fe01:6".parse().unwrap()));
+        assert!(closed.ips.contains(&b4) && closed.ips.contains(&b6));
     }
 
     #[test]

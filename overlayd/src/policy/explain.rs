@@ -54,12 +54,23 @@ pub fn explain(
     }
 }
 
-/// `namespace/pod` (a pod the API shows) or an address (a pod's, or any other).
+/// `namespace/pod` (a pod the API shows), an address (a pod's, its link-local one
+/// included, or any other), or `namespace/pod@address`: the pod, sent to (or sending
+/// from) that address, such as a multicast or broadcast address it receives.
 fn endpoint<'a>(
     cluster: &'a Cluster,
     local: &LocalPods,
     spec: &str,
 ) -> Result<(Option<&'a Pod>, Option<IpAddr>), String> {
+    if let Some((pod, at)) = spec.split_once('@') {
+        let ip = at
+            .parse::<IpAddr>()
+            .map_err(|_| format!("{at:?} (in {spec:?}) is not an IP address"))?;
+        if pod.parse::<IpAddr>().is_ok() {
+            return Err(format!("{spec:?}: before the @ comes namespace/pod"));
+        }
+        return endpoint(cluster, local, pod).map(|(p, _)| (p, Some(ip)));
+    }
     if let Ok(ip) = spec.parse::<IpAddr>() {
         let owner = local
             .pods

@@ -8,6 +8,11 @@
 //! watches relist when it is back. A pod the plugin announces before the API has shown
 //! it (or whose namespace's policies are not known yet) starts closed: isolated both ways
 //! with nothing allowed, until its labels are known.
+//!
+//! A local pod is known by every address it can send from or be reached at: the API's,
+//! and its link-local address, which ferry derives from its MAC (`netlink::pod_link_local`,
+//! the one the plugin gives it); and by its port on the node bridge (found by the MAC its
+//! host-side veth carries), where multicast and broadcast reach it.
 
 mod conntrack;
 mod denylog;
@@ -30,6 +35,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// None: in-cluster configuration, else `$KUBECONFIG`, else `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
+    /// The node bridge, whose ports (the pods' host-side veths) the bridge table names.
+    pub bridge: String,
 }
 
 /// Starts watching the API, the engine and the notice socket. Fails only on what an
@@ -52,6 +59,13 @@ pub async fn start(settings: Settings, metrics: Arc<Metrics>) -> Result<()> {
     let view = denylog::View::default();
     denylog::spawn(view.clone());
     tokio::spawn(notices::serve(listener, notice_tx));
-    tokio::spawn(engine::run(settings.node, stores, notice_rx, metrics, view));
+    tokio::spawn(engine::run(
+        settings.node,
+        settings.bridge,
+        stores,
+        notice_rx,
+        metrics,
+        view,
+    ));
     Ok(())
 }

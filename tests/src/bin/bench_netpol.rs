@@ -40,7 +40,7 @@ use ferry_tests::traffic::{connect_rate, iperf};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use netpol::desired::SetKind;
-use netpol::{LocalPods, Ruleset, TABLE};
+use netpol::{LocalPods, Ruleset, Table, TableFamily, TABLE};
 use serde_json::{json, Value};
 
 /// Where the API stand-in listens, in the etcd host's namespace (every cluster has its own
@@ -349,13 +349,15 @@ impl Api {
     }
 
     /// What `node` should hold, computed from the API's objects as the daemon computes it.
-    fn desired(&self, node: &str) -> Ruleset {
+    fn desired(&self, node: &str) -> Table {
         let ns: Vec<Namespace> = self.namespaces.values().cloned().collect();
         let pods: Vec<Pod> = self.pods.values().cloned().collect();
         let pols: Vec<NetworkPolicy> = self.policies.values().cloned().collect();
         let (cluster, errors) = netpol::Cluster::from_k8s(&ns, &pods, &pols);
         assert!(errors.is_empty(), "invalid objects: {errors:?}");
-        Ruleset::compute(&cluster, &LocalPods::on_node(&cluster, node))
+        // The inet table: the one that holds the policies' peers and pods. (The bridge
+        // table's port sets need the node's bridge ports, which only the daemon lists.)
+        Ruleset::compute(&cluster, &LocalPods::on_node(&cluster, node)).inet
     }
 }
 
@@ -367,7 +369,7 @@ struct Size {
     rules: usize,
 }
 
-fn size(rs: &Ruleset) -> Size {
+fn size(rs: &Table) -> Size {
     let planned = || {
         rs.sets
             .values()
@@ -381,18 +383,18 @@ fn size(rs: &Ruleset) -> Size {
 }
 
 /// The node's table as the kernel holds it (None: no table, or not readable).
-fn applied(ns: &Netns) -> Option<Ruleset> {
+fn applied(ns: &Netns) -> Option<Table> {
     let out = ns.try_sh(&format!("nft -j list table inet {TABLE}"));
     if !out.status.success() {
         return None;
     }
-    Ruleset::parse_json(&String::from_utf8_lossy(&out.stdout)).ok()
+    Table::parse_json(&String::from_utf8_lossy(&out.stdout), TableFamily::Inet).ok()
 }
 
 /// Whether the kernel holds `want`: the same elements in every set (rule order is the
 /// daemon's store order, so rules are compared by count).
-fn holds(have: &Ruleset, want: &Ruleset) -> bool {
-    let elements = |rs: &Ruleset| -> BTreeMap<String, _> {
+fn holds(have: &Table, want: &Table) -> bool {
+    let elements = |rs: &Table| -> BTreeMap<String, _> {
         rs.sets
             .iter()
             .filter(|(_, s)| !matches!(s.kind, SetKind::Counters(_)))
@@ -404,7 +406,7 @@ fn holds(have: &Ruleset, want: &Ruleset) -> bool {
 
 /// Waits (polling every `every`) until `node` enforces `want`; returns when the listing
 /// that showed it was taken (the table was applied by then, at most `every` earlier).
-fn wait_enforced(node: &Node, want: &Ruleset, every: Duration, timeout: Duration) -> Instant {
+fn wait_enforced(node: &Node, want: &Table, every: Duration, timeout: Duration) -> Instant {
     let start = Instant::now();
     loop {
         let asked = Instant::now();
@@ -817,7 +819,7 @@ fn memory(s: Scale) {
 /// Where the measured policy's IPv4 rule is in the chain holding it (1-based) and how
 /// many rules that chain has: the rules a new connection to the server meets, in order.
 /// (0, 0) when it is nowhere.
-fn rule_position(rs: &Ruleset) -> (usize, usize) {
+fn rule_position(rs: &Table) -> (usize, usize) {
     let measured = |r: &netpol::desired::Rule| {
         r.comment
             .as_deref()

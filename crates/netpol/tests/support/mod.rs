@@ -3,13 +3,13 @@
 //! computed [`Ruleset`] that checks the nft rules against the evaluator.
 #![allow(dead_code)]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use netpol::desired::{Element, Expr, Field, Ruleset, Verdict as NftVerdict};
+use netpol::desired::{Element, Expr, Field, Lookup, Ruleset, Table, Verdict as NftVerdict};
 use netpol::model::{ContainerPort, Labels, Pod, Policy, Protocol};
 use netpol::ranges::Family;
-use netpol::{verdict, Cluster, LocalPods, Peer};
+use netpol::{verdict, Cluster, Ifname, LocalPods, Peer};
 
 pub const NODES: [&str; 3] = ["n0", "n1", "n2"];
 
@@ -94,12 +94,54 @@ fn matches(pattern: &str, p: &Pod) -> bool {
     p.namespace == ns && (name == "*" || p.name == name)
 }
 
+/// A pod's port on its node's bridge, as the tests name it (ferry's are `fy<hash>`).
+pub fn port_of(p: &Pod) -> Ifname {
+    Ifname::new(&format!("fy{}{}", p.namespace, p.name)).unwrap()
+}
+
+/// A pod's link-local address, as the tests make it: `fe80::` and the last 32 bits of its
+/// IPv6 address (ferry's come from its MAC; only being its own and unique on the node
+/// counts here). None for a pod without IPv6.
+pub fn link_local_of(p: &Pod) -> Option<IpAddr> {
+    p.ips.iter().find_map(|ip| match ip {
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            Some(IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, s[6], s[7])))
+        }
+        IpAddr::V4(_) => None,
+    })
+}
+
+/// The local pods of `node` as the daemon gives them: with their link-local addresses
+/// and their bridge ports.
+pub fn local_on(c: &Cluster, node: &str) -> LocalPods {
+    let mut local = LocalPods::on_node(c, node);
+    for (k, ips) in local.pods.iter_mut() {
+        let p = c.pod(&k.namespace, &k.name).unwrap();
+        ips.extend(link_local_of(p));
+        local.ports.insert(k.clone(), port_of(p));
+    }
+    local
+}
+
+/// The cluster as a node sees it: its local pods with their link-local addresses.
+pub fn seen_from(c: &Cluster, node: &str) -> Cluster {
+    let mut c = c.clone();
+    for p in &mut c.pods {
+        if p.node.as_deref() == Some(node) {
+            let ll = link_local_of(p);
+            p.ips.extend(ll);
+        }
+    }
+    c
+}
+
 /// Checks the expected matrix of a probe (the README's rules: all allowed, then each entry
 /// in order overwrites) against `verdict`, and the nft rules of every node against it.
 pub fn check_probe(c: &Cluster, port: u16, protocol: Protocol, expect: &[(&str, &str, bool)]) {
     let rulesets: Vec<Ruleset> = NODES
         .iter()
-        .map(|n| Ruleset::compute(c, &LocalPods::on_node(c, n)))
+        .map(|n| Ruleset::compute(c, &local_on(c, n)))
         .collect();
     for from in &c.pods {
         for to in &c.pods {
@@ -130,11 +172,24 @@ pub fn check_probe(c: &Cluster, port: u16, protocol: Protocol, expect: &[(&str, 
                     to.key()
                 );
             }
+            // Over the link-local addresses, where both pods share a bridge: the same.
+            if let (Some(si), Some(di), true) =
+                (link_local_of(from), link_local_of(to), from.node == to.node)
+            {
+                let nft = walk_nodes(c, &rulesets, from, to, si, di, protocol, port);
+                assert_eq!(
+                    nft,
+                    want,
+                    "nft {} ({si}) -> {} ({di}) {protocol}/{port}",
+                    from.key(),
+                    to.key()
+                );
+            }
         }
     }
 }
 
-fn node_index(p: &Pod) -> usize {
+pub fn node_index(p: &Pod) -> usize {
     NODES
         .iter()
         .position(|n| Some(*n) == p.node.as_deref())
@@ -142,7 +197,8 @@ fn node_index(p: &Pod) -> usize {
 }
 
 /// A new connection's first packet through the source's node, then (when it is another
-/// node) the destination's node.
+/// node) the destination's node. Between two pods of one node it crosses the bridge, to
+/// the destination's port.
 #[allow(clippy::too_many_arguments)]
 pub fn walk_nodes(
     _c: &Cluster,
@@ -160,6 +216,7 @@ pub fn walk_nodes(
         dst,
         protocol,
         port,
+        oif: (a == b).then(|| port_of(to)),
     };
     walk(&rulesets[a], &pkt) && (a == b || walk(&rulesets[b], &pkt))
 }
@@ -169,35 +226,55 @@ pub struct Packet {
     pub dst: IpAddr,
     pub protocol: Protocol,
     pub port: u16,
+    /// The bridge port it leaves on, when it is bridged between two pods of the node.
+    pub oif: Option<Ifname>,
 }
 
-/// Whether `forward` lets a new connection's first packet through.
+/// Whether a new connection's first packet gets through the node: bridged, the bridge
+/// table's `forward` first, then (br_netfilter) the inet table's `forward`.
 pub fn walk(rs: &Ruleset, pkt: &Packet) -> bool {
-    match walk_chain(rs, "forward", pkt) {
+    if pkt.oif.is_some() && walk_chain(&rs.bridge, "forward", pkt) == Some(NftVerdict::Drop) {
+        return false;
+    }
+    match walk_chain(&rs.inet, "forward", pkt) {
         Some(NftVerdict::Drop) => false,
         Some(NftVerdict::Accept) | None | Some(NftVerdict::Return) => true,
         Some(NftVerdict::Jump(_)) => unreachable!(),
     }
 }
 
-fn walk_chain(rs: &Ruleset, chain: &str, pkt: &Packet) -> Option<NftVerdict> {
-    for rule in &rs.chains[chain].rules {
+fn lookup(pkt: &Packet) -> Lookup {
+    Lookup {
+        src: pkt.src,
+        dst: pkt.dst,
+        protocol: pkt.protocol,
+        port: pkt.port,
+        oif: pkt.oif,
+    }
+}
+
+fn walk_chain(t: &Table, chain: &str, pkt: &Packet) -> Option<NftVerdict> {
+    for rule in &t.chains[chain].rules {
         // A verdict map's hit is the rule's verdict: a jump to the chain it names.
         let mut verdict = rule.verdict.clone();
         let all = rule.exprs.iter().all(|e| match e {
             // A connection's first TCP/UDP/SCTP packet: new, not ICMPv6.
             Expr::CtEstablished | Expr::CtInvalid | Expr::NeighbourDiscovery => false,
-            Expr::InSet { field, set } => in_set(rs, *field, set, pkt),
+            Expr::L3(f) => f.is_none_or(|f| Family::of(pkt.src) == f),
+            Expr::InSet { field, set } => in_set(t, *field, set, pkt),
             Expr::VerdictMap { field, map } => {
-                let key = match field {
-                    Field::Saddr(_) => pkt.src,
-                    Field::Daddr(_) => pkt.dst,
-                    _ => unreachable!("maps are keyed by one address"),
-                };
                 let hit = family_ok(*field, pkt)
                     .then(|| {
-                        rs.sets[map].elements.iter().find_map(|e| match e {
-                            Element::Jump { addr, to } if *addr == key => Some(to.name()),
+                        t.sets[map].elements.iter().find_map(|e| match (e, field) {
+                            (Element::Jump { addr, to }, Field::Saddr(_)) if *addr == pkt.src => {
+                                Some(to.name())
+                            }
+                            (Element::Jump { addr, to }, Field::Daddr(_)) if *addr == pkt.dst => {
+                                Some(to.name())
+                            }
+                            (Element::DevJump { dev, to }, Field::Oif) if Some(*dev) == pkt.oif => {
+                                Some(to.name())
+                            }
                             _ => None,
                         })
                     })
@@ -213,7 +290,7 @@ fn walk_chain(rs: &Ruleset, chain: &str, pkt: &Packet) -> Option<NftVerdict> {
         }
         match verdict {
             None => {}
-            Some(NftVerdict::Jump(c)) => match walk_chain(rs, &c, pkt) {
+            Some(NftVerdict::Jump(c)) => match walk_chain(t, &c, pkt) {
                 Some(NftVerdict::Return) | None => {}
                 v => return v,
             },
@@ -224,13 +301,13 @@ fn walk_chain(rs: &Ruleset, chain: &str, pkt: &Packet) -> Option<NftVerdict> {
 }
 
 fn family_ok(field: Field, pkt: &Packet) -> bool {
-    Family::of(pkt.src) == field.family()
+    field.family().is_none_or(|f| Family::of(pkt.src) == f)
 }
 
-fn in_set(rs: &Ruleset, field: Field, set: &str, pkt: &Packet) -> bool {
+fn in_set(t: &Table, field: Field, set: &str, pkt: &Packet) -> bool {
     family_ok(field, pkt)
-        && rs.sets[set]
+        && t.sets[set]
             .elements
             .iter()
-            .any(|e| e.matches(field, pkt.src, pkt.dst, pkt.protocol, pkt.port))
+            .any(|e| e.matches(field, &lookup(pkt)))
 }
