@@ -19,7 +19,6 @@ mod policy;
 mod prepare;
 mod refusals;
 mod rules;
-mod startup;
 mod status;
 mod underlay;
 mod uninstall;
@@ -45,7 +44,7 @@ pub fn run(args: args::Args) -> ExitCode {
         }
     };
     match rt.block_on(daemon::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
