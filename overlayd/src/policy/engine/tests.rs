@@ -1,4 +1,6 @@
+use netpol::Ifname;
 
+use super::denials::denied_counts;
 use super::*;
 
 fn pod(ns: &str, name: &str, ip: &str, deleting: bool) -> k8s_openapi::api::core::v1::Pod {
