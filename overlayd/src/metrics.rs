@@ -87,67 +87,74 @@ impl Metrics {
 impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let g = |s: &mut String, name: &str, help: &str, kind: &str, v: String| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        g(
+        single(
             &mut s,
             "ferry_ready",
             "1 once the node's data path and node state are in place",
             "gauge",
-            u8::from(self.ready.load(Relaxed)).to_string(),
+            u8::from(self.ready.load(Relaxed)),
         );
-        g(
+        single(
             &mut s,
             "ferry_etcd_connected",
             "1 while the etcd watch is up",
             "gauge",
-            u8::from(self.etcd_connected.load(Relaxed)).to_string(),
+            u8::from(self.etcd_connected.load(Relaxed)),
         );
-        g(
+        single(
             &mut s,
             "ferry_leases_known",
             "Subnet leases known, this node's included",
             "gauge",
-            self.leases_known.load(Relaxed).to_string(),
+            self.leases_known.load(Relaxed),
         );
-        g(
+        single(
             &mut s,
             "ferry_leases_refused",
             "Lease records refused: invalid, or the loser of a conflict (the first ones of each minute logged once by key, the rest summed up)",
             "gauge",
-            self.leases_refused.load(Relaxed).to_string(),
+            self.leases_refused.load(Relaxed),
+        );
+        header(
+            &mut s,
+            "ferry_entries_programmed",
+            "Overlay entries on the VXLAN device",
+            "gauge",
         );
         let _ = writeln!(
             s,
-            "# HELP ferry_entries_programmed Overlay entries on the VXLAN device\n# TYPE ferry_entries_programmed gauge\n\
-             ferry_entries_programmed{{kind=\"neigh\"}} {}\nferry_entries_programmed{{kind=\"fdb\"}} {}\nferry_entries_programmed{{kind=\"route\"}} {}",
+            "ferry_entries_programmed{{kind=\"neigh\"}} {}\nferry_entries_programmed{{kind=\"fdb\"}} {}\nferry_entries_programmed{{kind=\"route\"}} {}",
             self.neighs.load(Relaxed),
             self.fdb.load(Relaxed),
             self.routes.load(Relaxed)
         );
-        g(
+        single(
             &mut s,
             "ferry_direct_peers",
             "Remote nodes whose pods are reached unencapsulated (DirectRouting); the rest go over VXLAN",
             "gauge",
-            self.direct_peers.load(Relaxed).to_string(),
+            self.direct_peers.load(Relaxed),
         );
-        g(
+        single(
             &mut s,
             "ferry_routes_spared",
             "Routes a lease wants where this host has a route ferry did not make, of either family: left alone (each logged once)",
             "gauge",
-            self.routes_spared.load(Relaxed).to_string(),
+            self.routes_spared.load(Relaxed),
         );
         let count = self.reconciles.load(Relaxed);
+        header(
+            &mut s,
+            "ferry_reconcile_duration_seconds",
+            "Full reconciles of the data path",
+            "summary",
+        );
         let _ = writeln!(
             s,
-            "# HELP ferry_reconcile_duration_seconds Full reconciles of the data path\n# TYPE ferry_reconcile_duration_seconds summary\n\
-             ferry_reconcile_duration_seconds_sum {:.6}\nferry_reconcile_duration_seconds_count {count}",
+            "ferry_reconcile_duration_seconds_sum {:.6}\nferry_reconcile_duration_seconds_count {count}",
             self.reconcile_micros_sum.load(Relaxed) as f64 / 1e6
         );
-        g(
+        single(
             &mut s,
             "ferry_reconcile_last_duration_seconds",
             "Duration of the last full reconcile",
@@ -157,26 +164,26 @@ impl Metrics {
                 self.reconcile_micros_last.load(Relaxed) as f64 / 1e6
             ),
         );
-        g(
+        single(
             &mut s,
             "ferry_reconcile_errors_total",
             "Netlink operations that failed while reconciling",
             "counter",
-            self.reconcile_errors.load(Relaxed).to_string(),
+            self.reconcile_errors.load(Relaxed),
         );
-        g(
+        single(
             &mut s,
             "ferry_repairs_total",
             "Reconciles that found the kernel different from the leases",
             "counter",
-            self.repairs.load(Relaxed).to_string(),
+            self.repairs.load(Relaxed),
         );
-        g(
+        single(
             &mut s,
             "ferry_etcd_errors_total",
             "Failed etcd requests and broken watches",
             "counter",
-            self.etcd_errors.load(Relaxed).to_string(),
+            self.etcd_errors.load(Relaxed),
         );
         self.render_dropped(&mut s);
         if self.policy.enabled.load(Relaxed) {
@@ -202,7 +209,7 @@ impl Metrics {
                 "Packets from this node's pods to a node-only service (a node's VXLAN port, etcd) dropped before the masquerade, per service and path (forward: to another host; input: to this node)",
             ),
         ] {
-            let _ = writeln!(s, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            header(s, metric, help, "counter");
             for (check, n) in dropped.iter().filter(|(c, _)| c.metric() == metric) {
                 let _ = writeln!(s, "{metric}{{{}}} {n}", check.labels());
             }
@@ -212,48 +219,53 @@ impl Metrics {
 
 impl PolicyMetrics {
     fn render(&self, s: &mut String) {
-        let mut g = |name: &str, help: &str, kind: &str, v: u64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        g(
+        single(
+            s,
             "ferry_policy_ready",
             "1 while the API's NetworkPolicy, Namespace and Pod watches are up and the node's table is applied",
             "gauge",
             u64::from(self.ready.load(Relaxed)),
         );
-        g(
+        single(
+            s,
             "ferry_policy_api_errors_total",
             "Failed or broken watches of the Kubernetes API",
             "counter",
             self.api_errors.load(Relaxed),
         );
-        g(
+        single(
+            s,
             "ferry_policy_applies_total",
             "Changes applied to the node's NetworkPolicy table",
             "counter",
             self.applies.load(Relaxed),
         );
-        g(
+        single(
+            s,
             "ferry_policy_apply_errors_total",
             "Changes to the node's NetworkPolicy table that failed",
             "counter",
             self.apply_errors.load(Relaxed),
         );
-        g(
+        single(
+            s,
             "ferry_policy_invalid_objects",
             "API objects left out as invalid (each logged once)",
             "gauge",
             self.invalid_objects.load(Relaxed),
         );
-        g(
+        single(
+            s,
             "ferry_policy_connections_cut_total",
             "Connections deleted from conntrack because a policy change denies them",
             "counter",
             self.conntrack_cut.load(Relaxed),
         );
-        let _ = writeln!(
+        header(
             s,
-            "# HELP ferry_policy_denied_packets Packets dropped by NetworkPolicy, per local pod and direction (the first packets of denied connections)\n# TYPE ferry_policy_denied_packets gauge"
+            "ferry_policy_denied_packets",
+            "Packets dropped by NetworkPolicy, per local pod and direction (the first packets of denied connections)",
+            "gauge",
         );
         if let Ok(d) = self.denied.lock() {
             for x in d.iter() {
@@ -265,6 +277,17 @@ impl PolicyMetrics {
             }
         }
     }
+}
+
+/// A metric's HELP and TYPE lines.
+fn header(s: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A metric of one unlabelled value, with its HELP and TYPE lines.
+fn single(s: &mut String, name: &str, help: &str, kind: &str, v: impl std::fmt::Display) {
+    header(s, name, help, kind);
+    let _ = writeln!(s, "{name} {v}");
 }
 
 #[cfg(test)]

@@ -11,16 +11,16 @@
 //! that round are answered, and connections the new state no longer allows are cut from
 //! conntrack.
 
+mod denials;
+mod local;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use netpol::desired::denied_set;
-use netpol::model::Direction;
-use netpol::ranges::Family;
-use netpol::{plan, Cluster, Ifname, LocalPods, PodKey, Ruleset, Script, TableFamily, TABLE};
+use netpol::{plan, Cluster, LocalPods, PodKey, Ruleset, Script, TableFamily, TABLE};
 use policy_notice::{Notice, Reply};
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,6 +28,7 @@ use super::denylog::View;
 use super::notices::Request;
 use super::watch::Stores;
 use crate::metrics::Metrics;
+use local::{bridge_ports, Closed, Ports};
 
 /// How often the kernel's table is read back and mended, and counters refreshed.
 const RESYNC: Duration = Duration::from_secs(5);
@@ -41,17 +42,6 @@ const COALESCE: Duration = Duration::from_millis(10);
 /// line (and in `ferry_policy_invalid_objects`), so that a flood of broken objects cannot
 /// flood the log.
 const MAX_LOGGED: usize = 20;
-
-/// The ports of the node bridge (the pods' host-side veths) by the MAC of each: ferry
-/// gives a pod's host end `0a:59:<the address its MACs follow>`.
-type Ports = BTreeMap<[u8; 6], Ifname>;
-
-/// Addresses and bridge ports of pods to keep closed.
-#[derive(Debug, Default)]
-struct Closed {
-    ips: Vec<IpAddr>,
-    devs: Vec<Ifname>,
-}
 
 /// A pod the plugin attached on this node.
 #[derive(Debug, Clone)]
@@ -375,148 +365,6 @@ impl Engine {
         }
         self.logged = now;
     }
-
-    /// The link-local address a pod holding `ips` has, and its port on the bridge.
-    fn pod_extras(&self, ips: &[IpAddr]) -> (Option<IpAddr>, Option<Ifname>) {
-        let ll = netlink::pod_link_local(ips).map(IpAddr::V6);
-        let dev = netlink::mac_source(ips)
-            .map(|ip| netlink::addr_mac(netlink::HOST_MAC_TAG, ip))
-            .and_then(|mac| self.ports.get(&mac).copied());
-        (ll, dev)
-    }
-
-    /// Adds what closes a pod holding `ips` (its link-local address included) to `closed`.
-    fn close_pod(&self, ips: &[IpAddr], closed: &mut Closed) {
-        let (ll, dev) = self.pod_extras(ips);
-        closed.ips.extend(ips.iter().copied().chain(ll));
-        closed.devs.extend(dev);
-    }
-
-    /// This node's pods with their addresses (link-local ones included) and bridge ports,
-    /// and what of announced pods must stay closed: unnamed, or not shown by the API while
-    /// their namespace has policies.
-    fn local_pods(&mut self, cluster: &Cluster) -> (LocalPods, Closed) {
-        let mut local = LocalPods::on_node(cluster, &self.node);
-        let mut closed = Closed::default();
-        self.attached.retain(|_, a| {
-            let known = a
-                .key
-                .as_ref()
-                .is_some_and(|k| cluster.pod(&k.namespace, &k.name).is_some());
-            // Shown once and gone from a complete list: the pod was deleted.
-            if a.seen && !known {
-                return false;
-            }
-            a.seen |= known;
-            true
-        });
-        for a in self.attached.values() {
-            match &a.key {
-                Some(k) if a.seen => {
-                    local.pods.insert(k.clone(), a.ips.clone());
-                }
-                Some(k) if !cluster.policies.iter().any(|p| p.namespace == k.namespace) => {}
-                _ => self.close_pod(&a.ips, &mut closed),
-            }
-        }
-        let mut ports = BTreeMap::new();
-        for (k, ips) in local.pods.iter_mut() {
-            // A host-network pod holds the node's addresses: no veth, no link-local
-            // address of ferry's, and no policy selects it.
-            if cluster
-                .pod(&k.namespace, &k.name)
-                .is_some_and(|p| p.host_network)
-            {
-                continue;
-            }
-            let (ll, dev) = self.pod_extras(ips);
-            if let Some(ll) = ll.filter(|ll| !ips.contains(ll)) {
-                ips.push(ll);
-            }
-            if let Some(dev) = dev {
-                ports.insert(k.clone(), dev);
-            }
-        }
-        local.ports = ports;
-        (local, closed)
-    }
-
-    fn node_ips(&self, local: &LocalPods) -> BTreeMap<IpAddr, PodKey> {
-        local
-            .pods
-            .iter()
-            .flat_map(|(k, ips)| ips.iter().map(move |ip| (*ip, k.clone())))
-            .collect()
-    }
-
-    /// Reads the per-pod denial counters into the metrics.
-    fn count_denials(&self, cluster: &Cluster, local: &LocalPods) {
-        let by_ip = self.node_ips(local);
-        let mut lines = Vec::new();
-        for (dir, name) in [
-            (Direction::Ingress, "ingress"),
-            (Direction::Egress, "egress"),
-        ] {
-            for fam in [Family::V4, Family::V6] {
-                // The counter sets alone: small, unlike the whole table.
-                let set = denied_set(dir, fam);
-                let Ok(listing) =
-                    crate::nft::nft(&["-j", "list", "set", "inet", TABLE, &set], None)
-                else {
-                    continue;
-                };
-                for (ip, packets) in denied_counts(&listing, &set) {
-                    let who = by_ip
-                        .get(&ip)
-                        .map(|k| (k.namespace.clone(), k.name.clone()))
-                        .or_else(|| {
-                            cluster
-                                .pods
-                                .iter()
-                                .find(|p| p.ips.contains(&ip))
-                                .map(|p| (p.namespace.clone(), p.name.clone()))
-                        })
-                        .unwrap_or_default();
-                    lines.push((who.0, who.1, ip, name, packets));
-                }
-            }
-        }
-        if let Ok(mut d) = self.metrics.policy.denied.lock() {
-            *d = lines
-                .into_iter()
-                .map(|(ns, pod, ip, dir, n)| super::super::metrics::Denied {
-                    namespace: ns,
-                    pod,
-                    ip,
-                    direction: dir,
-                    packets: n,
-                })
-                .collect();
-        }
-    }
-}
-
-/// The live ports of `bridge`, by MAC; none when there is no bridge yet (no pod either).
-/// A retired veth (a deleted pod's, down and waiting for the reaper, maybe renamed) can
-/// still be a port with the MAC a new pod of the same address has: it is left out, so the
-/// MAC names the new pod's port.
-async fn bridge_ports(nl: &netlink::Netlink, bridge: &str) -> anyhow::Result<Ports> {
-    use node_ipam::attachment::{TOMBSTONE_GROUP, TOMBSTONE_PREFIX};
-    let links = nl.list_links().await?;
-    let Some(br) = links.iter().find(|l| l.name == bridge) else {
-        return Ok(Ports::new());
-    };
-    Ok(links
-        .iter()
-        .filter(|l| l.controller == Some(br.index))
-        .filter(|l| l.group != TOMBSTONE_GROUP && !l.name.starts_with(TOMBSTONE_PREFIX))
-        .filter_map(|l| {
-            Some((
-                <[u8; 6]>::try_from(l.mac.as_slice()).ok()?,
-                Ifname::new(&l.name)?,
-            ))
-        })
-        .collect())
 }
 
 /// The tables the kernel holds; None when one is unreadable or not ferry's (then both
@@ -549,182 +397,5 @@ fn apply(script: &Script) -> anyhow::Result<()> {
     crate::nft::apply(&script.render())
 }
 
-/// `(address, packets)` of each element of the counter set `set` in an `nft -j` listing.
-fn denied_counts(listing: &str, set: &str) -> Vec<(IpAddr, u64)> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(listing) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for item in v["nftables"].as_array().into_iter().flatten() {
-        let s = &item["set"];
-        if s["name"].as_str() != Some(set) {
-            continue;
-        }
-        for e in s["elem"].as_array().into_iter().flatten() {
-            let el = &e["elem"];
-            let ip = el["val"].as_str().and_then(|t| t.parse::<IpAddr>().ok());
-            let packets = el["counter"]["packets"].as_u64().unwrap_or(0);
-            if let Some(ip) = ip {
-                out.push((ip, packets));
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(ns: &str, name: &str, ip: &str, deleting: bool) -> k8s_openapi::api::core::v1::Pod {
-        let mut meta = serde_json::json!({"namespace": ns, "name": name});
-        if deleting {
-            meta["deletionTimestamp"] = serde_json::json!("2026-11-22T09:00:00Z");
-        }
-        serde_json::from_value(serde_json::json!({
-            "metadata": meta,
-            "spec": {"containers": [{"name": "c"}], "nodeName": "n1"},
-            "status": {"podIP": ip, "podIPs": [{"ip": ip}]},
-        }))
-        .unwrap()
-    }
-
-    fn engine() -> Engine {
-        Engine {
-            node: "n1".into(),
-            metrics: Arc::default(),
-            attached: BTreeMap::new(),
-            applied: None,
-            waiting: Vec::new(),
-            logged: BTreeSet::new(),
-            view: View::default(),
-            resyncs: 0,
-            ports: Ports::new(),
-        }
-    }
-
-    fn ips_of(c: &Cluster, ns: &str, name: &str) -> Vec<IpAddr> {
-        c.pod(ns, name).unwrap().ips.clone()
-    }
-
-    #[test]
-    fn a_reused_address_has_one_holder() {
-        let pods = vec![
-            pod("x", "old", "10.1.0.5", true),
-            pod("y", "new", "10.1.0.5", false),
-            pod("x", "stale", "10.1.0.6", false),
-            pod("z", "alone", "10.1.0.7", true),
-        ];
-        let (mut cluster, errors) = Cluster::from_k8s(&[], &pods, &[]);
-        assert!(errors.is_empty(), "{errors:?}");
-        let mut e = engine();
-        // The plugin gave 10.1.0.6 to z/fresh; the API still shows x/stale with it.
-        e.attached.insert(
-            ("c1".into(), "eth0".into()),
-            Attached {
-                key: Some(PodKey::new("z", "fresh")),
-                ips: vec!["10.1.0.6".parse().unwrap()],
-                seen: false,
-            },
-        );
-        let terminating = pods
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_some())
-            .filter_map(|p| {
-                Some(PodKey::new(
-                    p.metadata.namespace.as_deref()?,
-                    p.metadata.name.as_deref()?,
-                ))
-            })
-            .collect();
-        e.settle_addresses(&mut cluster, &terminating);
-        assert!(ips_of(&cluster, "x", "old").is_empty());
-        assert_eq!(
-            ips_of(&cluster, "y", "new"),
-            ["10.1.0.5".parse::<IpAddr>().unwrap()]
-        );
-        assert!(ips_of(&cluster, "x", "stale").is_empty());
-        // A terminating pod nobody contests keeps its address.
-        assert_eq!(
-            ips_of(&cluster, "z", "alone"),
-            ["10.1.0.7".parse::<IpAddr>().unwrap()]
-        );
-        // z/fresh is not in the API yet and x has no policy: open; with a policy in z it
-        // would start closed.
-        let (local, closed) = e.local_pods(&cluster);
-        assert!(closed.ips.is_empty() && closed.devs.is_empty());
-        assert!(
-            !local.pods.contains_key(&PodKey::new("x", "stale"))
-                || local.pods[&PodKey::new("x", "stale")].is_empty()
-        );
-    }
-
-    #[test]
-    fn local_pods_carry_their_link_local_address_and_their_port() {
-        let dual = |ns: &str, name: &str, v4: &str, v6: &str, host: bool| {
-            let v: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
-                "metadata": {"namespace": ns, "name": name},
-                "spec": {"containers": [{"name": "c"}], "nodeName": "n1", "hostNetwork": host},
-                "status": {"podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}]},
-            }))
-            .unwrap();
-            v
-        };
-        let pods = vec![
-            dual("x", "a", "10.1.0.5", "fd00::5", false),
-            dual("x", "node", "192.0.2.11", "2001:db8::11", true),
-        ];
-        let (cluster, errors) = Cluster::from_k8s(&[], &pods, &[]);
-        assert!(errors.is_empty(), "{errors:?}");
-        let mut e = engine();
-        let a4: IpAddr = "10.1.0.5".parse().unwrap();
-        let port = Ifname::new("fy0123456789abc").unwrap();
-        e.ports
-            .insert(netlink::addr_mac(netlink::HOST_MAC_TAG, a4), port);
-        // A pod the plugin announced without a name: closed, its link-local address and
-        // its port too.
-        let b4: IpAddr = "10.1.0.6".parse().unwrap();
-        let b6: IpAddr = "fd00::6".parse().unwrap();
-        let b_port = Ifname::new("fy0123456789abd").unwrap();
-        e.ports
-            .insert(netlink::addr_mac(netlink::HOST_MAC_TAG, b4), b_port);
-        e.attached.insert(
-            ("c2".into(), "eth0".into()),
-            Attached {
-                key: None,
-                ips: vec![b6, b4],
-                seen: false,
-            },
-        );
-        let (local, closed) = e.local_pods(&cluster);
-        let a = &local.pods[&PodKey::new("x", "a")];
-        assert_eq!(
-            *a,
-            vec![
-                a4,
-                "fd00::5".parse().unwrap(),
-                "fe80::858:aff:fe01:5".parse().unwrap()
-            ]
-        );
-        assert_eq!(local.ports.get(&PodKey::new("x", "a")), Some(&port));
-        // The host-network pod: the node's addresses only, no port.
-        assert_eq!(local.pods[&PodKey::new("x", "node")].len(), 2);
-        assert!(!local.ports.contains_key(&PodKey::new("x", "node")));
-        assert_eq!(closed.devs, vec![b_port]);
-        assert!(closed
-            .ips
-            .contains(&"fe80::858:aff:fe01:6".parse().unwrap()));
-        assert!(closed.ips.contains(&b4) && closed.ips.contains(&b6));
-    }
-
-    #[test]
-    fn denied_counts_from_a_listing() {
-        let listing = r#"{"nftables":[{"metainfo":{}},{"set":{"family":"inet","name":"denied_ingress4","table":"ferry_policy","type":"ipv4_addr","handle":3,"flags":["dynamic","timeout"],"elem":[{"elem":{"val":"10.1.0.5","expires":3500,"counter":{"packets":7,"bytes":420}}}]}}]}"#;
-        assert_eq!(
-            denied_counts(listing, "denied_ingress4"),
-            [("10.1.0.5".parse().unwrap(), 7)]
-        );
-        assert!(denied_counts(listing, "denied_egress4").is_empty());
-        assert!(denied_counts("garbage", "denied_egress4").is_empty());
-    }
-}
+mod tests;

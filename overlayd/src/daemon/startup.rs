@@ -1,0 +1,299 @@
+//! Start-up, until the node is ready. The steps before the node's name is claimed
+//! (`prepare`) write nothing of this node to etcd: a node that cannot run pods (its
+//! sysctls off) or that is not sure to be the only daemon on the machine (its lock held)
+//! publishes nothing that other nodes would route to. Each step says in `/readyz` what it
+//! waits for.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{ensure, Context, Result};
+use netlink::{Netlink, VxlanSpec};
+use registry::model::resolve;
+use registry::{ClusterConfig, ConfigFlags, Liveness, Registry};
+
+use super::reconcile::filter_shape;
+use super::view::{peer_list, PeerList};
+use super::Node;
+use crate::args::Args;
+use crate::cni_conf::CniConf;
+use crate::datapath;
+use crate::etcd_retry::{etcd, EtcdRetry};
+use crate::identity::{self, NodeLock};
+use crate::metrics::Metrics;
+use crate::node_check::NodeCheck;
+use crate::node_filter::Family;
+use crate::peers::{diff, Entries, Peer, Reach};
+use crate::refusals::RefusalLog;
+use crate::status::Cause;
+use crate::underlay::{self, Underlay};
+
+struct Prepared {
+    nl: Netlink,
+    underlay: Underlay,
+    reg: Registry,
+    cfg: ClusterConfig,
+    liveness: Liveness,
+    /// Held for the life of the process.
+    lock: NodeLock,
+    retry: EtcdRetry,
+    node_check: NodeCheck,
+}
+
+/// Identity, lock, underlay, etcd, cluster config and the node's sysctls, in this order;
+/// `reg_slot` gets the etcd client as soon as there is one (to give the liveness key up
+/// on the way out).
+async fn prepare(
+    args: &Args,
+    metrics: &Arc<Metrics>,
+    reg_slot: &OnceLock<Registry>,
+) -> Result<Prepared> {
+    let status = &metrics.status;
+    status.step("starting: reading the node secret");
+    let secret = identity::node_secret(&args.node_secret)?;
+    let liveness = Liveness {
+        instance: instance_id()?,
+        machine: identity::machine_id(&secret),
+    };
+    status.step("starting: taking the node's lock");
+    let lock = identity::lock(&args.state_dir, status).await?;
+
+    status.step("starting: finding the underlay");
+    let nl = Netlink::open().context("netlink")?;
+    let underlay = underlay::find(&nl, args.iface.as_deref(), args.public_ip, &args.bridge).await?;
+    ensure!(
+        args.etcd.given(),
+        "--etcd-endpoints (or FERRY_ETCD_ENDPOINTS) is required"
+    );
+    status.step(format!(
+        "starting: connecting to etcd at {}",
+        args.etcd.etcd_endpoints.join(",")
+    ));
+    let mut retry = EtcdRetry::new(&args.etcd.etcd_endpoints, metrics.clone());
+    let mut reg = etcd!(retry, args.etcd.connect());
+    let _ = reg_slot.set(reg.clone());
+
+    let flags = ConfigFlags {
+        cluster_cidr: args.cluster_cidr,
+        subnet_len: args.subnet_len,
+        cluster_cidr_v6: args.cluster_cidr_v6,
+        subnet_len_v6: args.subnet_len_v6,
+        vni: args.vni,
+        port: args.port,
+    };
+    let mut node_check = NodeCheck::new();
+    let cfg = loop {
+        status.step("starting: reading the cluster config");
+        // Read, not written: whether the cluster has IPv6 decides which sysctls it needs.
+        let (planned, _) = etcd!(retry, reg.planned_config(&flags, &underlay.networks));
+        let ipv6 = planned.ipv6.is_some();
+        status.step("starting: checking the node's sysctls");
+        node_check.wait(ipv6, status).await;
+        status.step("starting: reading the cluster config");
+        let cfg = etcd!(retry, reg.cluster_config(&flags, &underlay.networks));
+        if cfg.ipv6.is_none() || ipv6 {
+            break cfg;
+        }
+        // Another node stored a config with IPv6 meanwhile: its sysctls are needed too.
+    };
+    Ok(Prepared {
+        nl,
+        underlay,
+        reg,
+        cfg,
+        liveness,
+        lock,
+        retry,
+        node_check,
+    })
+}
+
+/// What a started daemon goes on with.
+pub(super) struct Started {
+    pub(super) node: Node,
+    pub(super) reg: Registry,
+    /// The etcd revision the leases were last listed at.
+    pub(super) rev: i64,
+    pub(super) liveness: Liveness,
+    /// Held for the life of the process.
+    pub(super) lock: NodeLock,
+}
+
+/// Everything from the node's identity to ready: the name claimed (its liveness lease in
+/// `alive_lease`), the data path to the other nodes programmed, the subnet leased, the
+/// node reconciled once, the policy started and node.json written.
+pub(super) async fn start(
+    args: &Args,
+    name: String,
+    metrics: &Arc<Metrics>,
+    reg_slot: &OnceLock<Registry>,
+    alive_lease: &AtomicI64,
+) -> Result<Started> {
+    let Prepared {
+        nl,
+        underlay,
+        mut reg,
+        cfg,
+        liveness,
+        lock,
+        mut retry,
+        node_check,
+    } = prepare(args, metrics, reg_slot).await?;
+    metrics.status.step("starting: claiming this node's name");
+    // Before anything of this node is written: no second daemon under one name.
+    let alive_id =
+        identity::claim_name(&mut reg, &name, &liveness, &mut retry, &metrics.status).await?;
+    alive_lease.store(alive_id, Relaxed);
+    metrics
+        .status
+        .step("starting: programming the data path and leasing the subnet");
+    // The VTEP MAC survives restarts: the device's own, else the one in our lease.
+    let vx_name = datapath::vxlan_name(cfg.vni);
+    let existing = nl.get_link(&vx_name).await?.filter(|l| l.vxlan.is_some());
+    let previous = etcd!(retry, reg.lease_of(&name));
+    let mac = match (&existing, &previous) {
+        (Some(l), _) if l.mac.len() == 6 => l.mac.as_slice().try_into().expect("6 bytes"),
+        (_, Some(p)) => p.vtep_mac_bytes().unwrap_or(datapath::random_mac()?),
+        _ => datapath::random_mac()?,
+    };
+    let vx_spec = VxlanSpec {
+        name: vx_name,
+        vni: cfg.vni,
+        port: cfg.port,
+        local: underlay.ip,
+        dev: underlay.link.index,
+        mtu: underlay.pod_mtu(),
+        mac,
+    };
+    // The device and the routes to every other node come first, the lease second: when
+    // this node's address changed, the others switch to it only once it can answer there.
+    let vx = datapath::ensure_vxlan(&nl, &vx_spec).await?;
+    let (stored, _) = etcd!(retry, reg.list(&cfg));
+    let view = resolve(&cfg, &underlay.networks, &stored);
+    let first = peer_list(
+        &view,
+        &name,
+        None,
+        Family::of(underlay.ip),
+        &PeerList::default(),
+    );
+    let others: Vec<Peer> = first.peers.values().copied().collect();
+    let have = datapath::read(&nl, vx.index).await?;
+    let reach = if args.direct_routing {
+        datapath::reach(&nl, &others, underlay.link.index).await
+    } else {
+        Reach::new()
+    };
+    let early = diff(
+        &Entries::desired(&others, &reach).keeping(&first.held, &have),
+        &have,
+    );
+    datapath::apply_guarded(&nl, vx.index, early).await;
+
+    // The subnet this node had, so that its pods keep their addresses: node.json's, else
+    // the one its lease names.
+    let state = node_ipam::node_state::read(&args.state_dir).ok().flatten();
+    let prefer = state
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_ref()?.parse().ok())
+        .or(previous.as_ref().and_then(|p| p.subnet));
+    let prefer_v6 = state
+        .as_ref()
+        .and_then(|s| s.pod_cidr_v6.as_ref()?.parse().ok())
+        .or(previous.as_ref().and_then(|p| p.subnet_v6));
+    let acquired = etcd!(
+        retry,
+        reg.acquire(
+            &cfg,
+            &name,
+            underlay.ip,
+            &netlink::format_mac(&mac),
+            args.lease_grace,
+            prefer,
+            prefer_v6,
+        )
+    );
+    tracing::info!(
+        node = %name, subnet = ?acquired.record.subnet,
+        subnet_v6 = ?acquired.record.subnet_v6, public_ip = %underlay.ip,
+        vtep_mac = %acquired.record.vtep_mac, reused = acquired.reused, "subnet leased"
+    );
+
+    let filter = filter_shape(args, &cfg, underlay.ip);
+    let mut node = Node {
+        args: args.clone(),
+        name,
+        nl,
+        cfg,
+        underlay,
+        me: acquired.record,
+        vx_spec,
+        vx,
+        grace_lease: acquired.grace_lease,
+        view: PeerList::default(),
+        reach,
+        paths: None,
+        refused: BTreeSet::new(),
+        refusal_log: RefusalLog::default(),
+        spared: BTreeSet::new(),
+        programmed: Entries::default(),
+        filter,
+        filtered: None,
+        iptables: crate::iptables::Selection::choose(args.iptables_backend),
+        metrics: metrics.clone(),
+        node_check,
+        cni: CniConf::new(args.cni_conf_dir.as_deref(), args.cni_conflist.as_deref()),
+    };
+    if args.big_tcp {
+        match node.big_tcp() {
+            Some(big) => {
+                tracing::info!(underlay = %node.underlay.link.name, sizes = %big, "BIG TCP: pods take the underlay's GSO/GRO sizes")
+            }
+            None => {
+                tracing::warn!(underlay = %node.underlay.link.name, "--big-tcp is on but the underlay's GSO/GRO sizes are the kernel's 64 KiB: pods keep them")
+            }
+        }
+    }
+    let rev = etcd!(retry, node.refresh(&mut reg));
+    node.full_reconcile().await?;
+    // The plugin's notice socket exists before node.json does, so that no pod is
+    // added on this node before NetworkPolicy can cover it.
+    if args.network_policy {
+        crate::policy::start(
+            crate::policy::Settings {
+                node: node.name.clone(),
+                state_dir: args.state_dir.clone(),
+                kubeconfig: args.kubeconfig.clone(),
+                bridge: args.bridge.clone(),
+            },
+            metrics.clone(),
+        )
+        .await?;
+    }
+    node.write_state()?;
+    if let Some(c) = &node.cni {
+        metrics.status.set(
+            Cause::CniConf,
+            format!("{} is not installed yet", c.path().display()),
+        );
+    }
+    metrics.ready.store(true, Relaxed);
+    metrics.etcd_connected.store(true, Relaxed);
+    metrics.status.clear(Cause::Starting);
+    node.keep_cni_conf();
+    tracing::info!(peers = node.view.peers.len(), "ready");
+    Ok(Started {
+        node,
+        reg,
+        rev,
+        liveness,
+        lock,
+    })
+}
+
+/// A random ID of this process, held in the node's liveness key beside the machine's.
+fn instance_id() -> Result<String> {
+    let b: [u8; 8] = crate::datapath::random_bytes("an instance ID")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
