@@ -1526,3 +1526,24 @@ impl Chain {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod fnv_pin {
+    use super::*;
+
+    /// Chain and set names are derived from this hash and are read back from the kernel
+    /// after a restart: a different hash would make every applied name unknown.
+    #[test]
+    fn names_hash_as_before() {
+        for (s, h) in [
+            ("", 0xcbf2_9ce4_8422_2325),
+            ("a", 0xaf63_dc4c_8601_ec8c),
+            ("default/deny-all", 0xe40e_e887_8137_04f7),
+            ("ns-1/p\nns-2/q", 0x284e_645d_8e42_613b),
+        ] {
+            assert_eq!(fnv64(s), h, "{s:?}");
+        }
+        let chain = ChainRef::of_policies(Direction::Ingress, &["ns-2/q", "ns-1/p"]);
+        assert_eq!(chain.name(), "ingress_284e645d8e42613b");
+    }
+}
