@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::hash::Hasher as _;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -466,11 +467,13 @@ fn plain_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
-/// FNV-1a: a stable name for a policy whose readable name does not fit.
+/// FNV-1a: a stable name for a policy whose readable name does not fit. The bytes go in
+/// with `Hasher::write` alone: `Hash::hash` on a `str` appends a terminator byte, which
+/// would change every name already applied.
 fn fnv64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    let mut h = fnv::FnvHasher::default();
+    h.write(s.as_bytes());
+    h.finish()
 }
 
 /// `in_<ns>_<policy>_<rule>_<src|dst><4|6>` (`eg_` for egress), or with `h<hash>` in place
