@@ -167,43 +167,25 @@ impl Ruleset {
         // ingress rules here, by the port it leaves on. ARP is not IP: it passes.
         let mut bridged = vec![Rule::new(vec![Expr::NeighbourDiscovery], Verdict::Accept)];
         for family in Family::ALL {
-            inet.sets.insert(
-                self_set(family),
-                Set {
-                    kind: SetKind::Pairs(family),
-                    elements: view
-                        .local()
-                        .flat_map(|p| addrs(p, family))
-                        .map(|a| Element::Pair(a.lo_ip(), a.lo_ip()))
-                        .collect(),
-                },
-            );
-            forward.push(Rule::new(
-                vec![Expr::InSet {
-                    field: Field::SaddrDaddr(family),
-                    set: self_set(family),
-                }],
-                Verdict::Accept,
-            ));
-            bridge.sets.insert(
-                own_set(family),
-                Set {
-                    kind: SetKind::DevAddrs(family),
-                    elements: view
-                        .local_ports()
-                        .flat_map(|(p, dev)| {
-                            addrs(p, family).map(move |a| Element::DevAddr(dev, a.lo_ip()))
-                        })
-                        .collect(),
-                },
-            );
-            bridged.push(Rule::new(
-                vec![Expr::InSet {
-                    field: Field::OifDaddr(family),
-                    set: own_set(family),
-                }],
-                Verdict::Accept,
-            ));
+            let pairs = Set {
+                kind: SetKind::Pairs(family),
+                elements: view
+                    .local()
+                    .flat_map(|p| addrs(p, family))
+                    .map(|a| Element::Pair(a.lo_ip(), a.lo_ip()))
+                    .collect(),
+            };
+            forward.push(inet.accept_in(self_set(family), pairs, Field::SaddrDaddr(family)));
+            let own = Set {
+                kind: SetKind::DevAddrs(family),
+                elements: view
+                    .local_ports()
+                    .flat_map(|(p, dev)| {
+                        addrs(p, family).map(move |a| Element::DevAddr(dev, a.lo_ip()))
+                    })
+                    .collect(),
+            };
+            bridged.push(bridge.accept_in(own_set(family), own, Field::OifDaddr(family)));
         }
         bridged.push(Rule {
             exprs: vec![
@@ -255,10 +237,7 @@ impl Ruleset {
             }
             let mut tail = Vec::new();
             for family in Family::ALL {
-                let field = match dir {
-                    Direction::Ingress => Field::Daddr(family),
-                    Direction::Egress => Field::Saddr(family),
-                };
+                let field = pod_field(dir, family);
                 inet.sets.insert(
                     denied_set(dir, family),
                     Set {
@@ -301,10 +280,7 @@ impl Ruleset {
             }
             combination_chains(&mut inet, dir, combos, &rules_of, &tail);
             for family in Family::ALL {
-                let field = match dir {
-                    Direction::Ingress => Field::Daddr(family),
-                    Direction::Egress => Field::Saddr(family),
-                };
+                let field = pod_field(dir, family);
                 inet.sets.insert(
                     pods_map(dir, family),
                     Set {
@@ -371,5 +347,29 @@ impl Ruleset {
             },
         );
         Ruleset { inet, bridge }
+    }
+}
+
+/// The address a packet is dispatched and counted by for `dir`: that of the local pod the
+/// policies are about, its destination for ingress and its source for egress.
+fn pod_field(dir: Direction, family: Family) -> Field {
+    match dir {
+        Direction::Ingress => Field::Daddr(family),
+        Direction::Egress => Field::Saddr(family),
+    }
+}
+
+impl Table {
+    /// Adds `set` as `name`, and returns the rule that accepts what `field` finds in it.
+    fn accept_in(&mut self, name: String, set: Set, field: Field) -> Rule {
+        let rule = Rule::new(
+            vec![Expr::InSet {
+                field,
+                set: name.clone(),
+            }],
+            Verdict::Accept,
+        );
+        self.sets.insert(name, set);
+        rule
     }
 }

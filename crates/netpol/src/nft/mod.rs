@@ -1,4 +1,4 @@
-//! The nftables objects of the two tables as data, as [`crate::compile`] makes them,
+//! The nftables objects of the two tables as data, as [`Ruleset::compute`] makes them,
 //! [`render`] writes them for `nft -f` and [`parse`] reads them back from `nft -j`.
 
 pub mod lookup;
@@ -69,7 +69,7 @@ impl<'de> Deserialize<'de> for Ifname {
     }
 }
 
-/// The two tables of a node, each of them named [`TABLE`].
+/// The two tables of a node, each of them named [`crate::naming::TABLE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum TableFamily {
     /// `table inet ferry_policy`: connections, by address, after routing and DNAT.
