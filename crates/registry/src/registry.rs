@@ -14,8 +14,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::layout::Layout;
 use super::model::{
-    pick_free, pick_free_v6, ClusterConfig, ClusterV4, ClusterV6, ConfigFlags, LeaseRecord,
-    StoredLease, Usage,
+    pick_free, ClusterConfig, ClusterV4, ClusterV6, ConfigFlags, LeaseRecord, StoredLease, Usage,
 };
 
 #[derive(Debug, Clone)]
@@ -649,7 +648,7 @@ impl Registry {
                 return Ok((p, Some(kv.mod_revision())));
             }
         }
-        let s = pick_free_v6(
+        let s = pick_free(
             v6,
             &taken,
             seed.wrapping_add(u64::from(attempt) * 0x9e37_79b9),
