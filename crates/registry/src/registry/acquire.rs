@@ -11,7 +11,9 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::error::{LeaseError, Result};
 use super::{etcd, Registry};
-use crate::model::{pick_free, ClusterConfig, ClusterV4, ClusterV6, LeaseRecord};
+use crate::model::{
+    pick_free, Cluster, ClusterConfig, ClusterV4, ClusterV6, FamilyNet, LeaseRecord,
+};
 
 /// The outcome of `acquire`.
 #[derive(Debug, Clone)]
@@ -209,19 +211,9 @@ impl Registry {
                 .await
                 .map_err(etcd("grant subnet lease"))?
                 .id();
-            let put = || Some(PutOptions::new().with_lease(lease_id));
-            let mut then = vec![
-                TxnOp::put(
-                    lk.clone(),
-                    serde_json::to_vec(&rec).expect("lease serializes"),
-                    put(),
-                ),
-                TxnOp::put(nk, lk.clone(), put()),
-            ];
-            if let (Some(s6), Some(_)) = (subnet_v6, subnet) {
-                then.push(TxnOp::put(self.layout.lease_v6(s6), lk, put()));
-            }
-            let txn = Txn::new().when(when).and_then(then);
+            let txn = Txn::new()
+                .when(when)
+                .and_then(self.record_ops(&lk, &rec, lease_id));
             if self.commit(txn, "create lease").await? {
                 return Ok(Acquired {
                     record: rec,
@@ -258,17 +250,7 @@ impl Registry {
                 return Ok((p, Some(kv.mod_revision())));
             }
         }
-        let s = pick_free(
-            v4,
-            &taken,
-            seed.wrapping_add(u64::from(attempt) * 0x9e37_79b9),
-        )
-        .ok_or(LeaseError::Exhausted {
-            cidr: v4.cluster_cidr,
-            len: v4.subnet_len,
-            count: v4.subnet_count(),
-        })?;
-        Ok((s, None))
+        Ok((pick(v4, &taken, seed, attempt)?, None))
     }
 
     /// An IPv6 subnet to lease, as `free_v4`: `prefer` (else, in a dual-stack cluster,
@@ -314,17 +296,7 @@ impl Registry {
                 return Ok((p, Some(kv.mod_revision())));
             }
         }
-        let s = pick_free(
-            v6,
-            &taken,
-            seed.wrapping_add(u64::from(attempt) * 0x9e37_79b9),
-        )
-        .ok_or(LeaseError::ExhaustedV6 {
-            cidr: v6.cluster_cidr,
-            len: v6.subnet_len,
-            count: v6.subnet_count(),
-        })?;
-        Ok((s, None))
+        Ok((pick(v6, &taken, seed, attempt)?, None))
     }
 
     async fn taken(&mut self) -> Result<HashSet<Ipv4Network>> {
@@ -352,23 +324,40 @@ impl Registry {
         if intact {
             return Ok(false);
         }
-        let put = || Some(PutOptions::new().with_lease(grace_lease));
-        let mut then = vec![
-            TxnOp::put(
-                key.clone(),
-                serde_json::to_vec(me).expect("lease serializes"),
-                put(),
-            ),
-            TxnOp::put(self.layout.node(&me.node), key.clone(), put()),
-        ];
-        if let (Some(s6), Some(_)) = (me.subnet_v6, me.subnet) {
-            then.push(TxnOp::put(self.layout.lease_v6(s6), key, put()));
-        }
-        let txn = Txn::new().and_then(then);
+        let txn = Txn::new().and_then(self.record_ops(&key, me, grace_lease));
         self.client
             .txn(txn)
             .await
             .map_err(etcd("restore own lease"))?;
         Ok(true)
     }
+
+    /// The writes of a whole lease on `lease`: the record at `key`, the node index, and
+    /// in a dual-stack cluster the IPv6 subnet's index; all kept and expired together.
+    fn record_ops(&self, key: &str, rec: &LeaseRecord, lease: i64) -> Vec<TxnOp> {
+        let put = || Some(PutOptions::new().with_lease(lease));
+        let mut then = vec![
+            TxnOp::put(
+                key,
+                serde_json::to_vec(rec).expect("lease serializes"),
+                put(),
+            ),
+            TxnOp::put(self.layout.node(&rec.node), key, put()),
+        ];
+        if let (Some(s6), Some(_)) = (rec.subnet_v6, rec.subnet) {
+            then.push(TxnOp::put(self.layout.lease_v6(s6), key, put()));
+        }
+        then
+    }
+}
+
+/// A free subnet of `c` that is not `taken`, spread by `seed` and moved on by each
+/// `attempt` so that a node losing a race tries another one.
+fn pick<N: FamilyNet>(c: &Cluster<N>, taken: &HashSet<N>, seed: u64, attempt: u32) -> Result<N> {
+    pick_free(
+        c,
+        taken,
+        seed.wrapping_add(u64::from(attempt) * 0x9e37_79b9),
+    )
+    .ok_or_else(|| LeaseError::exhausted(c))
 }

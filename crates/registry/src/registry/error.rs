@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+
+use crate::model::{Cluster, FamilyNet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -67,6 +69,15 @@ pub enum LeaseError {
 }
 
 impl LeaseError {
+    /// That `c` has no free node subnet left, in the variant of its family.
+    pub(super) fn exhausted<N: FamilyNet>(c: &Cluster<N>) -> LeaseError {
+        let (len, count) = (c.subnet_len, c.subnet_count());
+        match c.cluster_cidr.into() {
+            IpNetwork::V4(cidr) => LeaseError::Exhausted { cidr, len, count },
+            IpNetwork::V6(cidr) => LeaseError::ExhaustedV6 { cidr, len, count },
+        }
+    }
+
     /// Whether the same request may succeed later unchanged: etcd (or the way to it) is
     /// down, slow, or not accepting this client yet. A node that boots may reach etcd's
     /// address only once kube-proxy's rules are back, so these are waited out; anything
