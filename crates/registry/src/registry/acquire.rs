@@ -103,13 +103,7 @@ impl Registry {
             if let Some((rec, lease_id, rev)) = self.own_lease(node).await? {
                 let shaped = rec.subnet.is_some() == cfg.ipv4.is_some();
                 if let Some(primary) = rec.primary().filter(|p| shaped && cfg.holds_any(*p)) {
-                    let ttl = self
-                        .client
-                        .lease_time_to_live(lease_id, None)
-                        .await
-                        .map_err(etcd("read lease TTL"))?
-                        .ttl();
-                    if ttl > 0 {
+                    if self.ttl(lease_id).await?.is_some() {
                         let key = self.layout.record_key(primary);
                         let put = || Some(PutOptions::new().with_lease(lease_id));
                         let mut when =
