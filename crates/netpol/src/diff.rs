@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::desired::{element_lists, key_lists, Ruleset, SetKind, Table, TableFamily, TABLE};
+use crate::naming::TABLE;
+use crate::nft::render::{element_lists, key_lists};
+use crate::nft::{Ruleset, SetKind, Table, TableFamily};
 
 /// nft commands applied as one transaction by `nft -f -`: all or nothing, and no packet
 /// sees a state in between (a chain flushed and refilled here has no empty window).

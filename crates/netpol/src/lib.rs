@@ -3,10 +3,13 @@
 //! - [`model`]: the normalised form of namespaces, pods and policies, converted from the
 //!   Kubernetes types with the API's defaulting and validated ([`Cluster::from_k8s`]);
 //! - [`eval`]: the reference semantics, [`verdict`], which also explains itself;
-//! - [`desired`]: the node's nftables state as data, [`Ruleset::compute`];
+//! - [`desired`]: the node's nftables state as data, [`Ruleset::compute`] (the compiler,
+//!   `compile`, over the object model of [`nft`], with the names of [`naming`]);
 //! - [`diff`]: the change from the applied state to the desired one as one atomic
 //!   `nft -f -` transaction, [`plan`];
-//! - [`listing`]: the applied tables read back from `nft -j`, [`Ruleset::parse_json`].
+//! - [`nft::render`] and [`nft::parse`]: the objects written for `nft -f` and read back
+//!   from `nft -j` ([`Ruleset::parse_json`]), side by side so that they stay each other's
+//!   mirror.
 //!
 //! # The tables (two per node)
 //!
@@ -116,11 +119,14 @@
 //! full table together, for each). It keeps the applied [`Ruleset`] in memory and from
 //! then on applies [`plan`]s.
 
+mod compile;
 pub mod desired;
 pub mod diff;
 pub mod eval;
 pub mod listing;
 pub mod model;
+pub mod naming;
+pub mod nft;
 pub mod ranges;
 
 pub use desired::{
