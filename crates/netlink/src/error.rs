@@ -53,6 +53,19 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether the kernel refused because the object is already there (EEXIST).
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
+}
+
+/// Whether a raw netlink request failed because the object is already there: the one
+/// place the crate decides that an existing link, address or route is not a failure.
+pub(crate) fn exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == libc::EEXIST)
+}
+
 pub(crate) trait Context<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T>;
 }

@@ -120,7 +120,7 @@ impl Netlink {
     pub async fn create_bridge(&self, name: &str, mac: [u8; 6]) -> Result<()> {
         let msg = LinkBridge::new(name).address(mac.to_vec()).up().build();
         match self.handle.link().add(msg).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            Err(e) if crate::error::exists(&e) => Ok(()),
             r => r.context(|| format!("create bridge {name} in {}", self.place)),
         }
     }
@@ -257,7 +257,7 @@ impl Netlink {
     /// Adds an address; one already there is not an error.
     pub async fn add_addr(&self, index: u32, name: &str, ip: IpAddr, prefix: u8) -> Result<()> {
         match self.handle.address().add(index, ip, prefix).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            Err(e) if crate::error::exists(&e) => Ok(()),
             r => r.context(|| format!("add address {ip}/{prefix} to {name} in {}", self.place)),
         }
     }
@@ -278,7 +278,7 @@ impl Netlink {
             .attributes
             .push(AddressAttribute::Flags(AddressFlags::Nodad));
         match req.execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            Err(e) if crate::error::exists(&e) => Ok(()),
             r => r.context(|| format!("add address {ip}/{prefix} to {name} in {}", self.place)),
         }
     }

@@ -186,7 +186,7 @@ impl Netlink {
     ) -> Result<()> {
         let msg = message(dst, prefix, gateway, Some(oif))?;
         match self.handle.route().add(msg).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            Err(e) if crate::error::exists(&e) => Ok(()),
             r => r.context(|| {
                 let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
                 format!("add route {dst}/{prefix}{via} in {}", self.place)
