@@ -124,15 +124,21 @@ pub fn parse_network(key: &str, s: &str) -> Result<IpNetwork, IpamError> {
     Ok(net)
 }
 
+/// The gateway of a pod subnet unless a config names another: its first host address.
+/// The plugin, the IPAM and the daemon all take it from here, so that the bridge's
+/// address, the pods' default route and the node state agree.
+pub fn gateway(net: IpNetwork) -> IpAddr {
+    from_u128(net.ip(), to_u128(net.network()) + 1)
+}
+
 /// The first and last host addresses of `net`: not the network address, and for IPv4
 /// not the broadcast (IPv6 has none).
 pub fn host_bounds(net: IpNetwork) -> (IpAddr, IpAddr) {
-    let first = to_u128(net.network()) + 1;
     let last = match net {
         IpNetwork::V4(n) => u128::from(u32::from(n.broadcast())) - 1,
         IpNetwork::V6(n) => u128::from(n.network()) | (u128::MAX >> n.prefix()),
     };
-    (from_u128(net.ip(), first), from_u128(net.ip(), last))
+    (gateway(net), from_u128(net.ip(), last))
 }
 
 fn family(ip: IpAddr) -> &'static str {
@@ -343,7 +349,7 @@ impl Pool {
         let gateway = match (gateway, node_gateway) {
             (Some(g), _) => parse("gateway", g)?,
             (None, Some(g)) => inside("gateway", g)?,
-            (None, None) => first,
+            (None, None) => self::gateway(subnet),
         };
         let start = match range_start {
             Some(s) => parse("rangeStart", s)?,
