@@ -58,6 +58,17 @@ impl Error {
     pub fn is_exists(&self) -> bool {
         self.errno() == Some(libc::EEXIST)
     }
+
+    /// The error a netlink request refused with `errno` gives: for fakes of the kernel in
+    /// tests that run without one.
+    pub fn from_errno(what: impl Into<String>, errno: i32) -> Error {
+        let mut m = netlink_packet_core::ErrorMessage::default();
+        m.code = std::num::NonZeroI32::new(-errno);
+        Error::Netlink {
+            what: what.into(),
+            source: rtnetlink::Error::NetlinkError(m),
+        }
+    }
 }
 
 /// Whether a raw netlink request failed because the object is already there: the one
@@ -76,5 +87,15 @@ impl<T> Context<T> for std::result::Result<T, rtnetlink::Error> {
             what: what(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_errno_made_for_a_fake_reads_back() {
+        let e = super::Error::from_errno("create veth fy1", libc::EEXIST);
+        assert!(e.is_exists());
+        assert_eq!(e.errno(), Some(libc::EEXIST));
     }
 }

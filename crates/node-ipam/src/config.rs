@@ -152,6 +152,16 @@ fn family(ip: IpAddr) -> &'static str {
 impl Pools {
     /// Resolves the pools from the config, falling back to the node state.
     pub fn resolve(conf: &IpamConf, state_dir: &Path) -> Result<Pools, IpamError> {
+        Self::resolve_in(conf, state_dir, None)
+    }
+
+    /// `resolve` with the node state a caller has already read (`None`: read it here,
+    /// only if the config has no static pool).
+    pub fn resolve_in(
+        conf: &IpamConf,
+        state_dir: &Path,
+        node: Option<&node_state::View>,
+    ) -> Result<Pools, IpamError> {
         let legacy = conf.subnet.is_some()
             || conf.range_start.is_some()
             || conf.range_end.is_some()
@@ -195,7 +205,14 @@ impl Pools {
                 None,
             )?);
         } else {
-            let st: NodeState = node_state::require(state_dir)?;
+            let read;
+            let st: &NodeState = match node {
+                Some(view) => view.require()?,
+                None => {
+                    read = node_state::require(state_dir)?;
+                    &read
+                }
+            };
             let invalid = |detail: String| IpamError::NodeStateInvalid {
                 path: node_state::path(state_dir),
                 detail,
