@@ -17,7 +17,7 @@ mod sandbox;
 mod status;
 mod steering;
 
-use cni::{version, Command, Env, Error, NetConf};
+use cni::{version, Env, Error, NetConf};
 
 /// The whole plugin: the reaper when started as one, else one CNI call; the exit code.
 pub fn run() -> i32 {
@@ -32,24 +32,30 @@ pub fn run() -> i32 {
         );
         return 0;
     }
-    cni::reply::run(dispatch)
+    cni::skel::run(&Ferry)
 }
 
-fn dispatch(reply_version: &mut String) -> Result<Option<String>, Error> {
-    let env = Env::from_process()?;
-    let stdin = cni::reply::read_stdin()?;
-    if env.command == Command::Version {
-        return Ok(Some(version_reply(&stdin)));
+/// The plugin's verbs, for `cni::skel`.
+struct Ferry;
+
+impl cni::skel::Plugin for Ferry {
+    fn add(&self, conf: &NetConf, env: &Env) -> Result<String, Error> {
+        add::run(conf, env)
     }
-    let conf = NetConf::parse(&stdin)?;
-    *reply_version = conf.cni_version.clone();
-    match env.command {
-        Command::Add => add::run(&conf, &env).map(Some),
-        Command::Del => del::run(&conf, &env).map(|()| None),
-        Command::Check => check::run(&conf, &env).map(|()| None),
-        Command::Gc => gc::run(&conf, &env).map(|()| None),
-        Command::Status => status::run(&conf, &env).map(|()| None),
-        Command::Version => unreachable!("answered above"),
+    fn del(&self, conf: &NetConf, env: &Env) -> Result<(), Error> {
+        del::run(conf, env)
+    }
+    fn check(&self, conf: &NetConf, env: &Env) -> Result<(), Error> {
+        check::run(conf, env)
+    }
+    fn gc(&self, conf: &NetConf, env: &Env) -> Result<(), Error> {
+        gc::run(conf, env)
+    }
+    fn status(&self, conf: &NetConf, env: &Env) -> Result<(), Error> {
+        status::run(conf, env)
+    }
+    fn version(&self, stdin: &[u8]) -> String {
+        version_reply(stdin)
     }
 }
 
@@ -60,9 +66,5 @@ pub fn version_reply(stdin: &[u8]) -> String {
         .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
         .filter(|v| version::is_supported(v))
         .unwrap_or_else(|| version::CURRENT.to_string());
-    serde_json::json!({
-        "cniVersion": asked,
-        "supportedVersions": version::SUPPORTED,
-    })
-    .to_string()
+    cni::skel::version_reply(&asked)
 }
