@@ -71,10 +71,19 @@ impl Error {
     }
 }
 
-/// Whether a raw netlink request failed because the object is already there: the one
-/// place the crate decides that an existing link, address or route is not a failure.
+/// Whether a raw netlink request was refused with one of `errnos`: the one place the
+/// crate reads a kernel refusal, for the refusals that mean "already done".
+pub(crate) fn errno_in(e: &rtnetlink::Error, errnos: &[i32]) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if errnos.contains(&m.raw_code().abs()))
+}
+
+/// The refusals of a delete whose object is already gone (a route: ESRCH; an FDB or
+/// neighbour entry: ENOENT; its device: ENODEV).
+pub(crate) const GONE: &[i32] = &[libc::ESRCH, libc::ENOENT, libc::ENODEV];
+
+/// Whether a raw netlink request failed because the object is already there.
 pub(crate) fn exists(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == libc::EEXIST)
+    errno_in(e, &[libc::EEXIST])
 }
 
 pub(crate) trait Context<T> {
