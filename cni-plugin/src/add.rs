@@ -18,12 +18,7 @@ use crate::steering;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<String, Error> {
     let pc = PluginConf::parse(conf)?;
-    let netns_path = env.netns.as_deref().ok_or_else(|| {
-        Error::new(
-            Code::InvalidEnv,
-            "required env variables [CNI_NETNS] missing",
-        )
-    })?;
+    let netns_path = env.require_netns()?;
     let ns = crate::sandbox::open(netns_path)?;
     let steer = steering::plan(&pc.steering)?;
     let addressing = Addressing::new(&pc.ipam, conf, env);
@@ -280,16 +275,7 @@ async fn wire<K: Kernel>(
     }
     // The pod may send only from its own MAC and addresses; the host end comes up only
     // once that holds, so not one frame passes unguarded.
-    let host_link = k
-        .get_link(Side::Host, host_veth)
-        .await
-        .map_err(err)?
-        .ok_or_else(|| {
-            Error::new(
-                Code::Kernel,
-                format!("{host_veth} is missing right after creation"),
-            )
-        })?;
+    let host_link = created_link(k, Side::Host, host_veth, String::new()).await?;
     let mut guard = SourceGuard {
         mac: pod_mac,
         ipv4: Vec::new(),
@@ -321,19 +307,13 @@ async fn wire<K: Kernel>(
     k.enter_pod(plan.netns, plan.netns_path)
         .await
         .map_err(err)?;
-    let link = k
-        .get_link(Side::Pod, ifname)
-        .await
-        .map_err(err)?
-        .ok_or_else(|| {
-            Error::new(
-                Code::Kernel,
-                format!(
-                    "{ifname} is missing in {} right after creation",
-                    plan.netns_path.display()
-                ),
-            )
-        })?;
+    let link = created_link(
+        k,
+        Side::Pod,
+        ifname,
+        format!(" in {}", plan.netns_path.display()),
+    )
+    .await?;
     // Before any address and before the link is up: the kernel must never make a
     // link-local (or any other IPv6) address of its own, which no policy rule would know
     // (a pod reached at it would bypass its isolation) and the guard would not let answer.
@@ -373,6 +353,22 @@ async fn wire<K: Kernel>(
         bridge_mac: bridge.mac,
         host_mac,
         pod_mac,
+    })
+}
+
+/// The link ADD has just created, as the kernel shows it; `place` (" in <netns>") says
+/// where it was looked for.
+async fn created_link<K: Kernel>(
+    k: &mut K,
+    side: Side,
+    name: &str,
+    place: String,
+) -> Result<netlink::Link, Error> {
+    k.get_link(side, name).await.map_err(err)?.ok_or_else(|| {
+        Error::new(
+            Code::Kernel,
+            format!("{name} is missing{place} right after creation"),
+        )
     })
 }
 
