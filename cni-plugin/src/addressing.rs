@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use cni::{delegate, Attachment, CniResult, Command, Env, Error, NetConf};
-use node_ipam::ops;
+use node_ipam::{node_state, ops, Lease};
 
 use crate::config::IpamKind;
 
@@ -29,15 +29,16 @@ impl<'a> Addressing<'a> {
         delegate::exec(&path, command, self.env, self.conf.bytes())
     }
 
-    pub fn add(&self) -> Result<CniResult, Error> {
+    /// Takes the pod's addresses; `node` is the node state this call has read.
+    pub fn take(&self, node: &node_state::View) -> Result<Taken, Error> {
         match self.kind {
             IpamKind::Ferry(cfg) => {
-                let (ips, pools) = ops::allocate(cfg, self.attachment())?;
-                Ok(ops::result(&ips, &pools))
+                let (ips, pools) = ops::allocate_in(cfg, self.attachment(), Some(node))?;
+                Ok(Taken::Typed(Lease::of(&ips, &pools)))
             }
             IpamKind::Exec(plugin) => {
                 let path = delegate::find(plugin, &self.env.path)?;
-                delegate::add(&path, self.env, self.conf.bytes())
+                delegate::add(&path, self.env, self.conf.bytes()).map(Taken::Delegated)
             }
         }
     }
@@ -82,6 +83,22 @@ impl<'a> Addressing<'a> {
                 ops::status(cfg).map_err(|e| Error::new(cni::Code::NotAvailable, e.to_string()))
             }
             IpamKind::Exec(plugin) => self.exec(plugin, Command::Status).map(drop),
+        }
+    }
+}
+
+/// Addresses taken: by ferry's IPAM, typed already, or by another plugin, whose result is
+/// read only once they are held (so that a result ferry cannot use is given back).
+pub enum Taken {
+    Typed(Lease),
+    Delegated(CniResult),
+}
+
+impl Taken {
+    pub fn lease(self) -> Result<Lease, Error> {
+        match self {
+            Taken::Typed(lease) => Ok(lease),
+            Taken::Delegated(r) => Lease::from_result(&r),
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::btree_map::{BTreeMap, Entry};
 use std::net::IpAddr;
 
-use cni::{version, CniResult, Code, Env, Error, NetConf};
+use cni::{CniResult, Code, Env, Error, NetConf};
 use ipnetwork::IpNetwork;
 use netlink::{IpFamily, Netlink};
 
@@ -17,22 +17,12 @@ fn failed(msg: String) -> Error {
 }
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
-    if !version::at_least(&conf.cni_version, "0.4.0") {
-        return Err(Error::new(
-            Code::IncompatibleVersion,
-            format!("config version {} does not allow CHECK", conf.cni_version),
-        ));
-    }
+    conf.require_version("0.4.0", "CHECK")?;
     let pc = PluginConf::parse(conf)?;
     let prev = conf
         .prev_result()?
         .ok_or_else(|| Error::new(Code::InvalidConfig, "required prevResult missing"))?;
-    let netns_path = env.netns.as_deref().ok_or_else(|| {
-        Error::new(
-            Code::InvalidEnv,
-            "required env variables [CNI_NETNS] missing",
-        )
-    })?;
+    let netns_path = env.require_netns()?;
 
     let pod_index = prev
         .interfaces

@@ -58,8 +58,9 @@ pub struct PluginConf {
     /// How long ADD waits for the daemon when the node enforces NetworkPolicy.
     pub policy_wait: std::time::Duration,
     pub steering: Steering,
-    /// node.json, read at most once per call (the MTU and the policy switch both need it).
-    node_state: std::cell::OnceCell<Option<node_ipam::node_state::NodeState>>,
+    /// node.json, read at most once per call (the pools, the MTU and the policy switch
+    /// all need it).
+    node: std::cell::OnceCell<node_ipam::node_state::View>,
 }
 
 /// Where and how long ADD waits for `ferry-overlayd` to cover a new pod with the node's
@@ -154,7 +155,7 @@ impl PluginConf {
             dns: raw.dns,
             policy_wait: std::time::Duration::from_secs(wait),
             steering,
-            node_state: std::cell::OnceCell::new(),
+            node: std::cell::OnceCell::new(),
         })
     }
 
@@ -168,11 +169,15 @@ impl PluginConf {
         })
     }
 
-    /// node.json, or None when it is absent or unreadable (read once).
+    /// node.json as this call sees it (read once).
+    pub fn node(&self) -> &node_ipam::node_state::View {
+        self.node
+            .get_or_init(|| node_ipam::node_state::View::read(&self.state_dir))
+    }
+
+    /// node.json, or None when it is absent or unreadable.
     fn node_state(&self) -> Option<&node_ipam::node_state::NodeState> {
-        self.node_state
-            .get_or_init(|| node_ipam::node_state::read(&self.state_dir).ok().flatten())
-            .as_ref()
+        self.node().state()
     }
 
     /// The GSO and GRO sizes of the pod's veth pair (BIG TCP): the node state's, which

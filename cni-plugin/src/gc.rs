@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use cni::{version, Code, Env, Error, NetConf};
+use cni::{Env, Error, NetConf};
 use netlink::Netlink;
 
 use crate::addressing::Addressing;
@@ -14,12 +14,7 @@ use crate::reap;
 use node_ipam::attachment;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
-    if !version::at_least(&conf.cni_version, "1.1.0") {
-        return Err(Error::new(
-            Code::IncompatibleVersion,
-            format!("config version {} does not allow GC", conf.cni_version),
-        ));
-    }
+    conf.require_version("1.1.0", "GC")?;
     let pc = PluginConf::parse(conf)?;
     let valid = conf.valid_attachments()?;
     let keep: HashSet<(&str, &str)> = valid

@@ -5,10 +5,9 @@ use std::collections::BTreeSet;
 
 use cni::{Code, Error};
 use netlink::rps::{self, LinkId};
-use netlink::Netlink;
 
 use crate::config::Steering;
-use crate::kernel::err;
+use crate::kernel::{err, Kernel};
 
 /// The CPUs one ADD steers to, settled before anything on the node changes.
 #[derive(Debug)]
@@ -58,11 +57,15 @@ pub fn plan(steering: &Steering) -> Result<Option<Plan>, Error> {
 
 /// Steers `link` as planned. Some when its frames now spread over several CPUs: then the
 /// pod's own interface should give both directions of a flow one hash (`Steered`).
-pub fn apply(plan: Option<&Plan>, link: LinkId<'_>) -> Result<Option<Steered>, Error> {
+pub fn apply(
+    kernel: &mut impl Kernel,
+    plan: Option<&Plan>,
+    link: LinkId<'_>,
+) -> Result<Option<Steered>, Error> {
     let Some(plan) = plan else {
         return Ok(None);
     };
-    match rps::steer(link, &plan.cpus) {
+    match kernel.steer(link, &plan.cpus) {
         Ok(()) if plan.cpus.len() > 1 => Ok(Some(Steered {
             strict: plan.strict,
         })),
@@ -87,8 +90,13 @@ impl Steered {
     /// Makes the pod's interface `index` (seen through `pod`, a handle in its namespace)
     /// hash each flow the same way in both directions, so that its data and its ACKs are
     /// steered to one CPU (see `netlink::flow_hash`). Failing it is failing the steering.
-    pub async fn hash_by_flow(&self, pod: &Netlink, index: u32, name: &str) -> Result<(), Error> {
-        pod.hash_by_flow(index, name).await.or_else(|e| {
+    pub async fn hash_by_flow(
+        &self,
+        kernel: &mut impl Kernel,
+        index: u32,
+        name: &str,
+    ) -> Result<(), Error> {
+        kernel.hash_by_flow(index, name).await.or_else(|e| {
             failed(
                 self.strict,
                 e,

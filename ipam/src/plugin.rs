@@ -2,54 +2,48 @@
 
 use std::collections::HashSet;
 
-use cni::{version, Code, Command, Env, Error, NetConf};
+use cni::{Code, Env, Error, NetConf};
 use node_ipam::ops::{self, Attachment, Config};
 
 pub fn run() -> i32 {
-    cni::reply::run(dispatch)
+    cni::skel::run(&FerryIpam)
 }
 
-fn dispatch(reply_version: &mut String) -> Result<Option<String>, Error> {
-    let env = Env::from_process()?;
-    let stdin = cni::reply::read_stdin()?;
-    if env.command == Command::Version {
-        return Ok(Some(
-            serde_json::json!({
-                "cniVersion": version::CURRENT,
-                "supportedVersions": version::SUPPORTED,
-            })
-            .to_string(),
-        ));
+/// The IPAM plugin's verbs, for `cni::skel`; VERSION is skel's default answer.
+struct FerryIpam;
+
+impl cni::skel::Plugin for FerryIpam {
+    fn add(&self, conf: &NetConf, env: &Env) -> Result<String, Error> {
+        let cfg = Config::from_netconf(conf)?;
+        let (ips, pools) = ops::allocate(&cfg, Attachment::of(conf, env))?;
+        Ok(ops::result(&ips, &pools).to_json(&conf.cni_version))
     }
-    let conf = NetConf::parse(&stdin)?;
-    *reply_version = conf.cni_version.clone();
-    let cfg = Config::from_netconf(&conf)?;
-    match env.command {
-        Command::Add => {
-            let (ips, pools) = ops::allocate(&cfg, Attachment::of(&conf, &env))?;
-            Ok(Some(ops::result(&ips, &pools).to_json(&conf.cni_version)))
-        }
-        Command::Del => {
-            ops::release(&cfg, &env.container_id, &env.ifname)?;
-            Ok(None)
-        }
-        Command::Check => {
-            ops::check(&cfg, &env.container_id, &env.ifname, &[])?;
-            Ok(None)
-        }
-        Command::Gc => {
-            let valid: HashSet<_> = conf
-                .valid_attachments()?
-                .into_iter()
-                .map(|a| (a.container_id, a.ifname))
-                .collect();
-            ops::gc(&cfg, &conf.name, &valid)?;
-            Ok(None)
-        }
-        Command::Status => {
-            ops::status(&cfg).map_err(|e| Error::new(Code::NotAvailable, e.to_string()))?;
-            Ok(None)
-        }
-        Command::Version => unreachable!("answered above"),
+
+    fn del(&self, conf: &NetConf, env: &Env) -> Result<(), Error> {
+        let cfg = Config::from_netconf(conf)?;
+        ops::release(&cfg, &env.container_id, &env.ifname)?;
+        Ok(())
+    }
+
+    fn check(&self, conf: &NetConf, env: &Env) -> Result<(), Error> {
+        let cfg = Config::from_netconf(conf)?;
+        ops::check(&cfg, &env.container_id, &env.ifname, &[])?;
+        Ok(())
+    }
+
+    fn gc(&self, conf: &NetConf, _env: &Env) -> Result<(), Error> {
+        let cfg = Config::from_netconf(conf)?;
+        let valid: HashSet<_> = conf
+            .valid_attachments()?
+            .into_iter()
+            .map(|a| (a.container_id, a.ifname))
+            .collect();
+        ops::gc(&cfg, &conf.name, &valid)?;
+        Ok(())
+    }
+
+    fn status(&self, conf: &NetConf, _env: &Env) -> Result<(), Error> {
+        let cfg = Config::from_netconf(conf)?;
+        ops::status(&cfg).map_err(|e| Error::new(Code::NotAvailable, e.to_string()))
     }
 }

@@ -210,14 +210,20 @@ pub async fn reach(nl: &Netlink, peers: &[Peer], dev: u32) -> Reach {
         .collect()
 }
 
-/// The gateway of a node subnet: its first host address.
+/// The gateway of a node subnet, by the IPAM's one rule (`node_ipam::config::gateway`).
 pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+    match node_ipam::config::gateway(subnet.into()) {
+        IpAddr::V4(g) => g,
+        IpAddr::V6(_) => unreachable!("the first host of an IPv4 subnet is IPv4"),
+    }
 }
 
-/// The IPv6 gateway of a node subnet: its first host address, as for IPv4.
+/// The IPv6 gateway of a node subnet, by the same rule as for IPv4.
 pub fn gateway_v6(subnet: Ipv6Network) -> Ipv6Addr {
-    Ipv6Addr::from(u128::from(subnet.network()) + 1)
+    match node_ipam::config::gateway(subnet.into()) {
+        IpAddr::V6(g) => g,
+        IpAddr::V4(_) => unreachable!("the first host of an IPv6 subnet is IPv6"),
+    }
 }
 
 /// A random locally administered unicast MAC, for a VTEP that has none yet.

@@ -29,6 +29,18 @@ pub struct Attachment {
 }
 
 impl NetConf {
+    /// Refuses `verb` (CHECK, GC, STATUS) for a configuration of a version before `min`,
+    /// the first that has it.
+    pub fn require_version(&self, min: &str, verb: &str) -> Result<(), Error> {
+        if version::at_least(&self.cni_version, min) {
+            return Ok(());
+        }
+        Err(Error::new(
+            Code::IncompatibleVersion,
+            format!("config version {} does not allow {verb}", self.cni_version),
+        ))
+    }
+
     /// Parses and validates stdin: JSON (code 6), a supported `cniVersion` (code 1),
     /// a valid `name` (code 7).
     pub fn parse(bytes: &[u8]) -> Result<Self, Error> {

@@ -138,6 +138,16 @@ fn is_dns_name(s: &str, max: usize, dots: bool) -> bool {
 }
 
 impl Env {
+    /// `CNI_NETNS`, for the verbs that work in the pod's namespace.
+    pub fn require_netns(&self) -> Result<&std::path::Path, Error> {
+        self.netns.as_deref().ok_or_else(|| {
+            Error::new(
+                Code::InvalidEnv,
+                "required env variables [CNI_NETNS] missing",
+            )
+        })
+    }
+
     /// Reads the process environment.
     pub fn from_process() -> Result<Self, Error> {
         Self::from_lookup(|k| std::env::var(k).ok())

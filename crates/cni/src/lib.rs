@@ -7,6 +7,7 @@ pub mod env;
 pub mod error;
 pub mod reply;
 pub mod result;
+pub mod skel;
 pub mod version;
 
 pub use conf::{Attachment, NetConf};

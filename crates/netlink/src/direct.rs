@@ -46,10 +46,15 @@ impl Netlink {
         let m = match got {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(None),
-            Err(rtnetlink::Error::NetlinkError(e))
-                if matches!(
-                    e.raw_code().abs(),
-                    libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENETDOWN | libc::EINVAL
+            Err(e)
+                if crate::error::errno_in(
+                    &e,
+                    &[
+                        libc::ENETUNREACH,
+                        libc::EHOSTUNREACH,
+                        libc::ENETDOWN,
+                        libc::EINVAL,
+                    ],
                 ) =>
             {
                 return Ok(None)

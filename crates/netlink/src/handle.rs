@@ -68,9 +68,7 @@ impl Netlink {
             .execute();
         match req.try_next().await {
             Ok(m) => Ok(m.map(Link::from)),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
-                Ok(None)
-            }
+            Err(e) if crate::error::errno_in(&e, &[libc::ENODEV]) => Ok(None),
             Err(source) => Err(Error::Netlink {
                 what: format!("get link {name} in {}", self.place),
                 source,
@@ -120,7 +118,7 @@ impl Netlink {
     pub async fn create_bridge(&self, name: &str, mac: [u8; 6]) -> Result<()> {
         let msg = LinkBridge::new(name).address(mac.to_vec()).up().build();
         match self.handle.link().add(msg).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            Err(e) if crate::error::exists(&e) => Ok(()),
             r => r.context(|| format!("create bridge {name} in {}", self.place)),
         }
     }
@@ -257,7 +255,7 @@ impl Netlink {
     /// Adds an address; one already there is not an error.
     pub async fn add_addr(&self, index: u32, name: &str, ip: IpAddr, prefix: u8) -> Result<()> {
         match self.handle.address().add(index, ip, prefix).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            Err(e) if crate::error::exists(&e) => Ok(()),
             r => r.context(|| format!("add address {ip}/{prefix} to {name} in {}", self.place)),
         }
     }
@@ -278,7 +276,7 @@ impl Netlink {
             .attributes
             .push(AddressAttribute::Flags(AddressFlags::Nodad));
         match req.execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            Err(e) if crate::error::exists(&e) => Ok(()),
             r => r.context(|| format!("add address {ip}/{prefix} to {name} in {}", self.place)),
         }
     }
@@ -334,11 +332,7 @@ impl Netlink {
         };
         match self.handle.link().del(link.index).execute().await {
             Ok(()) => Ok(true),
-            Err(rtnetlink::Error::NetlinkError(e))
-                if matches!(e.raw_code().abs(), libc::ENODEV | libc::ENOENT) =>
-            {
-                Ok(false)
-            }
+            Err(e) if crate::error::errno_in(&e, &[libc::ENODEV, libc::ENOENT]) => Ok(false),
             Err(source) => Err(Error::Netlink {
                 what: format!("delete link {name} in {}", self.place),
                 source,
@@ -367,11 +361,7 @@ impl Netlink {
             .build();
         match self.handle.link().set(msg).execute().await {
             Ok(()) => Ok(true),
-            Err(rtnetlink::Error::NetlinkError(e))
-                if matches!(e.raw_code().abs(), libc::ENODEV | libc::ENOENT) =>
-            {
-                Ok(false)
-            }
+            Err(e) if crate::error::errno_in(&e, &[libc::ENODEV, libc::ENOENT]) => Ok(false),
             Err(source) => Err(Error::Netlink {
                 what: match new_name {
                     Some(n) => format!("detach link {name} (as {n}) in {}", self.place),
@@ -392,9 +382,7 @@ impl Netlink {
             .push(LinkAttribute::Group(group));
         match req.execute().await {
             Ok(()) => Ok(true),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
-                Ok(false)
-            }
+            Err(e) if crate::error::errno_in(&e, &[libc::ENODEV]) => Ok(false),
             Err(source) => Err(Error::Netlink {
                 what: format!("delete link group {group} in {}", self.place),
                 source,

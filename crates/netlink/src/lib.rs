@@ -93,7 +93,7 @@ pub const HOST_MAC_TAG: u8 = 0x59;
 /// The node bridge's MAC: fixed at creation so it never follows its ports' addresses, and
 /// the same whether the plugin or the daemon creates the bridge.
 pub fn bridge_mac(gateway: std::net::Ipv4Addr) -> [u8; 6] {
-    ip_mac(POD_MAC_TAG, gateway)
+    bridge_mac_of(std::net::IpAddr::V4(gateway))
 }
 
 /// `bridge_mac` of a node with either family's gateway (an IPv6-only node's from its IPv6

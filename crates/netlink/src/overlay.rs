@@ -238,14 +238,7 @@ fn tolerate_missing(
     r: std::result::Result<(), rtnetlink::Error>,
 ) -> std::result::Result<(), rtnetlink::Error> {
     match r {
-        Err(rtnetlink::Error::NetlinkError(e))
-            if matches!(
-                e.raw_code().abs(),
-                libc::ENOENT | libc::ENODEV | libc::ESRCH
-            ) =>
-        {
-            Ok(())
-        }
+        Err(e) if crate::error::errno_in(&e, crate::error::GONE) => Ok(()),
         r => r,
     }
 }

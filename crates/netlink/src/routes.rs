@@ -186,7 +186,7 @@ impl Netlink {
     ) -> Result<()> {
         let msg = message(dst, prefix, gateway, Some(oif))?;
         match self.handle.route().add(msg).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
+            Err(e) if crate::error::exists(&e) => Ok(()),
             r => r.context(|| {
                 let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
                 format!("add route {dst}/{prefix}{via} in {}", self.place)
@@ -233,14 +233,7 @@ impl Netlink {
     /// Scope and metric are not named (any matches). A route already gone is not an error.
     pub async fn del_route(&self, r: &Route) -> Result<()> {
         match self.handle.route().del(delete_message(r)?).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e))
-                if matches!(
-                    e.raw_code().abs(),
-                    libc::ESRCH | libc::ENOENT | libc::ENODEV
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if crate::error::errno_in(&e, crate::error::GONE) => Ok(()),
             res => res.context(|| format!("delete route {r} in {}", self.place)),
         }
     }
@@ -391,14 +384,7 @@ impl Netlink {
     /// Deletes one route found by `routes_of_protocol`; one already gone is not an error.
     pub async fn del_tagged_route(&self, r: &TaggedRoute) -> Result<()> {
         match self.handle.route().del(r.delete_message()).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e))
-                if matches!(
-                    e.raw_code().abs(),
-                    libc::ESRCH | libc::ENOENT | libc::ENODEV
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if crate::error::errno_in(&e, crate::error::GONE) => Ok(()),
             res => res.context(|| format!("delete route {r} in {}", self.place)),
         }
     }

@@ -19,7 +19,7 @@ pub const TOMBSTONE_GROUP: u32 = 65143;
 pub const REAPER_SOCKET: &[u8] = b"ferry-reaper-65143";
 
 /// The host end of the veth: `fy` + 13 hex digits of a hash of (container ID, ifname).
-/// FNV-1a is written out here because the name must not change between builds.
+/// FNV-1a because the name must not change between builds (std's hashers may).
 pub fn host_veth(container_id: &str, ifname: &str) -> String {
     let mut key = Vec::with_capacity(container_id.len() + ifname.len() + 1);
     key.extend_from_slice(container_id.as_bytes());
@@ -41,11 +41,13 @@ pub fn is_ferry_link_name(name: &str) -> bool {
     })
 }
 
-/// 64-bit FNV-1a.
+/// 64-bit FNV-1a of exactly `bytes`: `Hasher::write`, not `Hash::hash`, which would add
+/// a length prefix and change every name.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(bytes);
+    h.finish()
 }
 
 /// The host veth's alias: who owns it, readable with `ip link` and parsed by GC.
@@ -97,6 +99,21 @@ mod tests {
             format!("fy{:013x}", 0xaf63_bd4c_8601_b7dfu64 >> 12)
         );
         assert_eq!(host_veth("c1", "eth0"), "fyf53f02b3bfe94");
+    }
+
+    #[test]
+    fn fnv1a_is_pinned() {
+        // Outputs of the hand-written FNV-1a this replaced: veth names (and the reaper's
+        // tombstones) of running pods depend on them.
+        for (bytes, want) in [
+            (&b""[..], 0xcbf2_9ce4_8422_2325u64),
+            (b"a", 0xaf63_dc4c_8601_ec8c),
+            (b"foobar", 0x8594_4171_f739_67e8),
+            (b"c1\0eth0", 0xf53f_02b3_bfe9_4942),
+            (b"fy0123456789abc", 0x4d37_86eb_387b_690d),
+        ] {
+            assert_eq!(fnv1a(bytes), want, "{bytes:?}");
+        }
     }
 
     #[test]

@@ -124,15 +124,21 @@ pub fn parse_network(key: &str, s: &str) -> Result<IpNetwork, IpamError> {
     Ok(net)
 }
 
+/// The gateway of a pod subnet unless a config names another: its first host address.
+/// The plugin, the IPAM and the daemon all take it from here, so that the bridge's
+/// address, the pods' default route and the node state agree.
+pub fn gateway(net: IpNetwork) -> IpAddr {
+    from_u128(net.ip(), to_u128(net.network()) + 1)
+}
+
 /// The first and last host addresses of `net`: not the network address, and for IPv4
 /// not the broadcast (IPv6 has none).
 pub fn host_bounds(net: IpNetwork) -> (IpAddr, IpAddr) {
-    let first = to_u128(net.network()) + 1;
     let last = match net {
         IpNetwork::V4(n) => u128::from(u32::from(n.broadcast())) - 1,
         IpNetwork::V6(n) => u128::from(n.network()) | (u128::MAX >> n.prefix()),
     };
-    (from_u128(net.ip(), first), from_u128(net.ip(), last))
+    (gateway(net), from_u128(net.ip(), last))
 }
 
 fn family(ip: IpAddr) -> &'static str {
@@ -146,6 +152,16 @@ fn family(ip: IpAddr) -> &'static str {
 impl Pools {
     /// Resolves the pools from the config, falling back to the node state.
     pub fn resolve(conf: &IpamConf, state_dir: &Path) -> Result<Pools, IpamError> {
+        Self::resolve_in(conf, state_dir, None)
+    }
+
+    /// `resolve` with the node state a caller has already read (`None`: read it here,
+    /// only if the config has no static pool).
+    pub fn resolve_in(
+        conf: &IpamConf,
+        state_dir: &Path,
+        node: Option<&node_state::View>,
+    ) -> Result<Pools, IpamError> {
         let legacy = conf.subnet.is_some()
             || conf.range_start.is_some()
             || conf.range_end.is_some()
@@ -189,7 +205,14 @@ impl Pools {
                 None,
             )?);
         } else {
-            let st: NodeState = node_state::require(state_dir)?;
+            let read;
+            let st: &NodeState = match node {
+                Some(view) => view.require()?,
+                None => {
+                    read = node_state::require(state_dir)?;
+                    &read
+                }
+            };
             let invalid = |detail: String| IpamError::NodeStateInvalid {
                 path: node_state::path(state_dir),
                 detail,
@@ -343,7 +366,7 @@ impl Pool {
         let gateway = match (gateway, node_gateway) {
             (Some(g), _) => parse("gateway", g)?,
             (None, Some(g)) => inside("gateway", g)?,
-            (None, None) => first,
+            (None, None) => self::gateway(subnet),
         };
         let start = match range_start {
             Some(s) => parse("rangeStart", s)?,
@@ -405,151 +428,5 @@ pub fn show_capacity(n: u128) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn conf(subnet: &str) -> IpamConf {
-        IpamConf {
-            subnet: Some(subnet.into()),
-            ..Default::default()
-        }
-    }
-
-    fn resolve(c: &IpamConf) -> Result<Pools, IpamError> {
-        Pools::resolve(c, Path::new("/nonexistent"))
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn defaults_of_a_slash_24() {
-        let ps = resolve(&conf("10.1.2.0/24")).unwrap();
-        let p = ps.v4.unwrap();
-        assert!(ps.v6.is_none());
-        assert_eq!(p.gateway, ip("10.1.2.1"));
-        assert_eq!(p.start, ip("10.1.2.1"));
-        assert_eq!(p.end, ip("10.1.2.254"));
-        assert_eq!(p.capacity(), 253);
-        assert_eq!(ps.routes[0].dst, "0.0.0.0/0");
-    }
-
-    #[test]
-    fn rejects_bad_subnets_and_ranges() {
-        for bad in [
-            "10.1.2.0/31",
-            "10.1.2.5/24",
-            "nope",
-            "10.1.2.0/33",
-            "fd00::/127",
-            "fd00::1/64",
-        ] {
-            let e = resolve(&conf(bad)).unwrap_err();
-            assert_eq!(e.code(), cni::Code::InvalidConfig, "{bad}");
-        }
-        let mut c = conf("10.1.2.0/24");
-        c.range_start = Some("10.1.3.1".into());
-        assert!(resolve(&c).unwrap_err().to_string().contains("rangeStart"));
-        c.range_start = Some("10.1.2.50".into());
-        c.range_end = Some("10.1.2.40".into());
-        assert!(resolve(&c).unwrap_err().to_string().contains("after"));
-        let mut c = conf("10.1.2.0/24");
-        c.gateway = Some("10.1.2.255".into());
-        assert!(resolve(&c).is_err());
-    }
-
-    #[test]
-    fn missing_node_state_is_try_again() {
-        let e = resolve(&IpamConf::default()).unwrap_err();
-        assert_eq!(e.code(), cni::Code::TryAgainLater);
-        assert!(e.to_string().contains("ferry-overlayd"));
-    }
-
-    #[test]
-    fn a_slash_30_holds_one_pod() {
-        let p = resolve(&conf("10.9.0.0/30")).unwrap().v4.unwrap();
-        assert_eq!(p.capacity(), 1);
-    }
-
-    fn ranges(json: &str) -> Result<Pools, IpamError> {
-        let c: IpamConf = serde_json::from_str(json).unwrap();
-        resolve(&c)
-    }
-
-    #[test]
-    fn ranges_give_one_pool_per_family() {
-        let ps = ranges(
-            r#"{"ranges": [[{"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.10", "rangeEnd": "10.1.0.20", "gateway": "10.1.0.1"}], [{"subnet": "fd00:1::/64"}]]}"#,
-        )
-        .unwrap();
-        let v4 = ps.v4.unwrap();
-        assert_eq!((v4.start, v4.end), (ip("10.1.0.10"), ip("10.1.0.20")));
-        let v6 = ps.v6.unwrap();
-        assert_eq!(v6.gateway, ip("fd00:1::1"));
-        assert_eq!(v6.end, ip("fd00:1::ffff:ffff:ffff:ffff"));
-        assert_eq!(v6.capacity(), u128::from(u64::MAX) - 1);
-        assert_eq!(show_capacity(v6.capacity()), "~2^64");
-        let dsts: Vec<_> = ps.routes.iter().map(|r| r.dst.as_str()).collect();
-        assert_eq!(dsts, ["0.0.0.0/0", "::/0"]);
-    }
-
-    #[test]
-    fn an_ipv6_subnet_alone() {
-        let ps = resolve(&conf("fd00:9::/124")).unwrap();
-        assert!(ps.v4.is_none());
-        assert_eq!(ps.v6.unwrap().capacity(), 14);
-        assert_eq!(ps.routes.len(), 1);
-    }
-
-    #[test]
-    fn hostile_ranges_are_invalid_config() {
-        for bad in [
-            r#"{"ranges": [[{"subnet": "fd00:1::/64", "rangeStart": "fd00:2::5"}]]}"#,
-            r#"{"ranges": [[{"subnet": "fd00:1::/64", "gateway": "fd00:2::1"}]]}"#,
-            r#"{"ranges": [[{"subnet": "fd00:1::/64"}], [{"subnet": "fd00:2::/64"}]]}"#,
-            r#"{"ranges": [[{"subnet": "fd00:1::/64"}, {"subnet": "fd00:2::/64"}]]}"#,
-            r#"{"ranges": []}"#,
-            r#"{"ranges": [[]]}"#,
-            r#"{"subnet": "10.0.0.0/24", "ranges": [[{"subnet": "fd00:1::/64"}]]}"#,
-            r#"{"ranges": [[{"subnet": "fd00:1::/64", "rangeStart": "10.0.0.1"}]]}"#,
-            r#"{"subnet": "10.0.0.0/24", "routes": [{"dst": "::/0"}]}"#,
-        ] {
-            let e = ranges(bad).unwrap_err();
-            assert_eq!(e.code(), cni::Code::InvalidConfig, "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn node_state_gives_either_family() {
-        let d = tempfile::tempdir().unwrap();
-        let mut st = NodeState {
-            node_name: "n".into(),
-            pod_cidr: None,
-            cluster_cidr: None,
-            gateway: None,
-            pod_cidr_v6: Some("fd00:5::/64".into()),
-            cluster_cidr_v6: None,
-            gateway_v6: Some("fd00:5::1".parse().unwrap()),
-            mtu: 1450,
-            network_policy: false,
-            big_tcp: None,
-        };
-        node_state::write(d.path(), &st).unwrap();
-        let ps = Pools::resolve(&IpamConf::default(), d.path()).unwrap();
-        assert!(ps.v4.is_none());
-        assert_eq!(ps.v6.unwrap().gateway, ip("fd00:5::1"));
-        st.pod_cidr = Some("10.5.0.0/24".into());
-        node_state::write(d.path(), &st).unwrap();
-        let ps = Pools::resolve(&IpamConf::default(), d.path()).unwrap();
-        assert!(ps.v4.is_some() && ps.v6.is_some());
-        st.pod_cidr = None;
-        st.pod_cidr_v6 = None;
-        node_state::write(d.path(), &st).unwrap();
-        let e = Pools::resolve(&IpamConf::default(), d.path()).unwrap_err();
-        assert!(
-            e.to_string().contains("neither podCIDR nor podCIDRv6"),
-            "{e}"
-        );
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

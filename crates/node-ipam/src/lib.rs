@@ -10,6 +10,7 @@ pub mod attachment;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod lease;
 pub mod node_state;
 pub mod ops;
 pub mod peer_paths;
@@ -17,5 +18,6 @@ pub mod store;
 
 pub use config::{IpamConf, Pool, Pools};
 pub use error::IpamError;
+pub use lease::{Lease, LeasedIp, LeasedRoute};
 pub use node_state::NodeState;
 pub use store::{Allocation, Store, StoreData};

@@ -105,6 +105,46 @@ pub fn require(state_dir: &Path) -> Result<NodeState, IpamError> {
     })
 }
 
+/// node.json as one call sees it: read once, then asked by whoever needs it (the pools,
+/// the MTU, the policy switch), so that they all see the same file.
+#[derive(Debug, Clone)]
+pub struct View {
+    path: PathBuf,
+    /// The file's state, or why it could not be read.
+    read: Result<Option<NodeState>, String>,
+}
+
+impl View {
+    pub fn read(state_dir: &Path) -> View {
+        View {
+            path: path(state_dir),
+            read: read(state_dir).map_err(|e| match e {
+                IpamError::NodeStateInvalid { detail, .. } => detail,
+                e => e.to_string(),
+            }),
+        }
+    }
+
+    /// The node state, or None when it is absent or unreadable.
+    pub fn state(&self) -> Option<&NodeState> {
+        self.read.as_ref().ok()?.as_ref()
+    }
+
+    /// The node state, which must be there: as `require`, from this one reading.
+    pub fn require(&self) -> Result<&NodeState, IpamError> {
+        match &self.read {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(IpamError::NodeStateMissing {
+                path: self.path.clone(),
+            }),
+            Err(detail) => Err(IpamError::NodeStateInvalid {
+                path: self.path.clone(),
+                detail: detail.clone(),
+            }),
+        }
+    }
+}
+
 /// Replaces the node state atomically, in a private directory (see `durable`). The daemon
 /// is the only writer, so a temporary left by a killed one is swept here.
 pub fn write(state_dir: &Path, state: &NodeState) -> std::io::Result<()> {

@@ -6,12 +6,13 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cni::{CniResult, IpConfig, NetConf};
+use cni::{CniResult, NetConf};
 
 use crate::allocator;
 use crate::config::{IpamConf, Pool, Pools};
 use crate::durable::Durability;
 use crate::error::IpamError;
+use crate::lease::Lease;
 use crate::node_state::DEFAULT_STATE_DIR;
 use crate::store::{Allocation, PoolRecord, Store};
 
@@ -61,6 +62,11 @@ impl Config {
     pub fn pools(&self) -> Result<Pools, IpamError> {
         Pools::resolve(&self.ipam, &self.state_dir)
     }
+
+    /// `pools` from node state the caller has read (see `Pools::resolve_in`).
+    pub fn pools_in(&self, node: Option<&crate::node_state::View>) -> Result<Pools, IpamError> {
+        Pools::resolve_in(&self.ipam, &self.state_dir, node)
+    }
 }
 
 /// Who asks for an address.
@@ -108,7 +114,16 @@ fn record(pool: &Pool) -> PoolRecord {
 /// (a journal commit, 4-8 ms on a busy disk) would be taken under the store's lock,
 /// where it serialises every ADD of a burst.
 pub fn allocate(cfg: &Config, att: Attachment<'_>) -> Result<(Vec<IpAddr>, Pools), IpamError> {
-    let pools = cfg.pools()?;
+    allocate_in(cfg, att, None)
+}
+
+/// `allocate` with the node state the caller has read (`None`: read it here if needed).
+pub fn allocate_in(
+    cfg: &Config,
+    att: Attachment<'_>,
+    node: Option<&crate::node_state::View>,
+) -> Result<(Vec<IpAddr>, Pools), IpamError> {
+    let pools = cfg.pools_in(node)?;
     let ips = cfg.store().update_with(Durability::Unsynced, |data| {
         if let Some(ip) = data.find(att.container_id, att.ifname).first() {
             return Err(IpamError::AlreadyAllocated {
@@ -154,22 +169,7 @@ pub fn allocate(cfg: &Config, att: Attachment<'_>) -> Result<(Vec<IpAddr>, Pools
 
 /// The IPAM result for allocated addresses.
 pub fn result(ips: &[IpAddr], pools: &Pools) -> CniResult {
-    CniResult {
-        interfaces: Vec::new(),
-        ips: ips
-            .iter()
-            .filter_map(|ip| {
-                let pool = pools.of(*ip)?;
-                Some(IpConfig {
-                    address: format!("{ip}/{}", pool.prefix()),
-                    gateway: Some(pool.gateway),
-                    interface: None,
-                })
-            })
-            .collect(),
-        routes: pools.routes.clone(),
-        dns: Default::default(),
-    }
+    Lease::of(ips, pools).to_result()
 }
 
 /// Frees what (container ID, ifname) holds; freeing nothing is not an error. Not synced
