@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use cni::{CniResult, Code, Env, Error, NetConf};
 use ipnetwork::IpNetwork;
-use netlink::{IpFamily, Netlink};
+use netlink::{Family, Netlink};
 
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
@@ -135,7 +135,7 @@ async fn check_kernel(
             .find_map(|a| a.2)
     };
     // Listed once per family, when a route of it is to be found.
-    let mut listed: BTreeMap<IpFamily, Vec<netlink::Route>> = BTreeMap::new();
+    let mut listed: BTreeMap<Family, Vec<netlink::Route>> = BTreeMap::new();
     for r in &prev.routes {
         let Ok(dst) = r.dst.parse::<IpNetwork>() else {
             continue;
@@ -145,7 +145,7 @@ async fn check_kernel(
             Some(_) => continue,
             None => gateway(dst.is_ipv4()),
         };
-        let family = IpFamily::of(dst.network());
+        let family = Family::of(dst.network());
         let routes = match listed.entry(family) {
             Entry::Occupied(o) => o.into_mut(),
             Entry::Vacant(v) => v.insert(pod.routes(family).await.map_err(err)?),

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{Context, Result};
 use futures_util::stream::{self, StreamExt};
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use netlink::{IpFamily, Link, Netlink, VxlanSpec};
+use netlink::{Family, Link, Netlink, VxlanSpec};
 
 use crate::peers::{self, foreign_routes, own_route, Entries, Guarded, Op, Path, Peer, Reach};
 
@@ -91,7 +91,7 @@ pub async fn ensure_v6_addrs(
 /// a gateway, another device), of both families.
 pub async fn read(nl: &Netlink, vx_index: u32) -> Result<Entries> {
     let mut e = Entries::default();
-    for family in IpFamily::BOTH {
+    for family in Family::ALL {
         e.neighs.extend(nl.neighs(vx_index, family).await?);
     }
     for f in nl.fdb(vx_index).await? {
@@ -99,7 +99,7 @@ pub async fn read(nl: &Netlink, vx_index: u32) -> Result<Entries> {
             e.fdb.insert(f);
         }
     }
-    for family in IpFamily::BOTH {
+    for family in Family::ALL {
         for r in nl.routes(family).await? {
             if let Some((net, route)) = own_route(&r, vx_index) {
                 // One per destination: the first, should several metrics hold one.
@@ -137,7 +137,7 @@ pub async fn apply(nl: &Netlink, vx_index: u32, ops: &[Op]) -> usize {
 /// family whose listing fails makes no route this round (unknown ground): the next round
 /// tries again.
 pub async fn guard(nl: &Netlink, vx_index: u32, ops: Vec<Op>) -> Guarded {
-    let families: BTreeSet<IpFamily> = ops
+    let families: BTreeSet<Family> = ops
         .iter()
         .filter_map(|o| match o {
             Op::SetRoute(net, _) => Some(peers::family(*net)),

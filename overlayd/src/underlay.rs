@@ -114,7 +114,7 @@ pub async fn find(
         (None, None) => {
             // IPv4's default route first, else IPv6's.
             let mut oif = None;
-            for family in netlink::IpFamily::BOTH {
+            for family in netlink::Family::ALL {
                 oif = nl
                     .routes(family)
                     .await?

@@ -23,7 +23,7 @@ pub use guard::SourceGuard;
 pub use handle::{Netlink, VethSpec};
 pub use link::{Link, VxlanInfo};
 pub use overlay::{FdbEntry, VxlanSpec};
-pub use routes::{IpFamily, Route, TaggedRoute};
+pub use routes::{Family, Route, TaggedRoute};
 
 /// A locally administered MAC that carries an IPv4 address: `0a:<tag>:<ip>`. ferry gives
 /// pods `0a:58:<ip>`, their host ends `0a:59:<ip>` and the bridge `0a:58:<gateway>`, so an

@@ -14,7 +14,7 @@ use rtnetlink::LinkVxlan;
 use crate::error::{Context, Result};
 use crate::handle::Netlink;
 use crate::link::VxlanInfo;
-use crate::routes::IpFamily;
+use crate::routes::{address_family, Family};
 
 /// A VXLAN device to create.
 #[derive(Debug, Clone)]
@@ -85,12 +85,12 @@ impl Netlink {
     }
 
     /// The permanent neighbour entries of `family` on a link: (address, MAC).
-    pub async fn neighs(&self, index: u32, family: IpFamily) -> Result<Vec<(IpAddr, [u8; 6])>> {
+    pub async fn neighs(&self, index: u32, family: Family) -> Result<Vec<(IpAddr, [u8; 6])>> {
         let msgs: Vec<NeighbourMessage> = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(family.address_family())
+            .set_address_family(address_family(family))
             .execute()
             .try_collect()
             .await
@@ -115,7 +115,7 @@ impl Netlink {
                 }
                 Some((ip?, mac?))
             })
-            .filter(|(ip, _)| IpFamily::of(*ip) == family)
+            .filter(|(ip, _)| Family::of(*ip) == family)
             .collect())
     }
 
@@ -139,7 +139,7 @@ impl Netlink {
             IpAddr::V4(i) => NeighbourAddress::Inet(i),
             IpAddr::V6(i) => NeighbourAddress::Inet6(i),
         };
-        m.header.family = IpFamily::of(ip).address_family();
+        m.header.family = address_family(Family::of(ip));
         m.header.ifindex = index;
         m.attributes.push(NeighbourAttribute::Destination(addr));
         tolerate_missing(self.handle.neighbours().del(m).execute().await)

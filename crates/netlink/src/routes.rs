@@ -1,7 +1,7 @@
 //! Routes of both families: the main table as ferry reads it (`Route`), the routes it
 //! adds, replaces and deletes, and every route of one protocol in every table
 //! (`TaggedRoute`: what a maker of tagged routes finds again, and removes, without knowing
-//! where it put each one). A family is a parameter (`IpFamily`) or the family of the
+//! where it put each one). A family is a parameter (`Family`) or the family of the
 //! addresses given, never a function of its own.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -16,45 +16,13 @@ use rtnetlink::RouteMessageBuilder;
 use crate::error::{Context, Error, Result};
 use crate::handle::Netlink;
 
-/// An address family, where a request is for one family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum IpFamily {
-    V4,
-    V6,
-}
+pub use family::Family;
 
-impl IpFamily {
-    pub const BOTH: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
-
-    pub fn of(ip: IpAddr) -> IpFamily {
-        match ip {
-            IpAddr::V4(_) => IpFamily::V4,
-            IpAddr::V6(_) => IpFamily::V6,
-        }
-    }
-
-    pub(crate) fn address_family(self) -> AddressFamily {
-        match self {
-            IpFamily::V4 => AddressFamily::Inet,
-            IpFamily::V6 => AddressFamily::Inet6,
-        }
-    }
-
-    /// The family's unspecified address (`0.0.0.0`, `::`): a default route's destination.
-    fn unspecified(self) -> IpAddr {
-        match self {
-            IpFamily::V4 => Ipv4Addr::UNSPECIFIED.into(),
-            IpFamily::V6 => Ipv6Addr::UNSPECIFIED.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for IpFamily {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            IpFamily::V4 => "IPv4",
-            IpFamily::V6 => "IPv6",
-        })
+/// The kernel's name of a family, where a request is for one family.
+pub(crate) fn address_family(family: Family) -> AddressFamily {
+    match family {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
     }
 }
 
@@ -71,8 +39,8 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn family(&self) -> IpFamily {
-        IpFamily::of(self.dst)
+    pub fn family(&self) -> Family {
+        Family::of(self.dst)
     }
 }
 
@@ -95,8 +63,8 @@ fn main_route(m: RouteMessage) -> Option<Route> {
         return None;
     }
     let family = match m.header.address_family {
-        AddressFamily::Inet => IpFamily::V4,
-        AddressFamily::Inet6 => IpFamily::V6,
+        AddressFamily::Inet => Family::V4,
+        AddressFamily::Inet6 => Family::V6,
         _ => return None,
     };
     let mut r = Route {
@@ -126,7 +94,7 @@ fn message(
     oif: Option<u32>,
 ) -> Result<RouteMessage> {
     let shown = || format!("{dst}/{prefix}");
-    if let Some(g) = gateway.filter(|g| IpFamily::of(*g) != IpFamily::of(dst)) {
+    if let Some(g) = gateway.filter(|g| Family::of(*g) != Family::of(dst)) {
         return Err(Error::FamilyMismatch {
             dst: shown(),
             gw: g.to_string(),
@@ -161,9 +129,9 @@ fn delete_message(r: &Route) -> Result<RouteMessage> {
 
 impl Netlink {
     /// The main table's routes of `family`.
-    pub async fn routes(&self, family: IpFamily) -> Result<Vec<Route>> {
+    pub async fn routes(&self, family: Family) -> Result<Vec<Route>> {
         let mut req = RouteMessageBuilder::<IpAddr>::new().build();
-        req.header.address_family = family.address_family();
+        req.header.address_family = address_family(family);
         let msgs: Vec<RouteMessage> = self
             .handle
             .route()
@@ -411,7 +379,7 @@ mod tests {
             ferrys("fd00:10:0:1::", 64, "2001:db8::11", 2),
         ] {
             let m = delete_message(&r).unwrap();
-            assert_eq!(m.header.address_family, r.family().address_family());
+            assert_eq!(m.header.address_family, address_family(r.family()));
             assert_eq!(m.header.destination_prefix_length, r.prefix);
             // What the kernel compares: protocol, gateway, device (and not the scope).
             assert_eq!(
@@ -455,7 +423,7 @@ mod tests {
         m.header.table = 254;
         let r = main_route(m).unwrap();
         assert_eq!(r, ferrys("fd00:10:0:1::", 64, "2001:db8::11", 7));
-        assert_eq!(r.family(), IpFamily::V6);
+        assert_eq!(r.family(), Family::V6);
         // A default route has no destination attribute: its family's unspecified address.
         let mut d = RouteMessage::default();
         d.header.address_family = AddressFamily::Inet6;

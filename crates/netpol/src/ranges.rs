@@ -2,47 +2,15 @@
 //! overlapping elements: ipBlock `except`s are subtracted in userspace and overlaps merged,
 //! and the (address × port) boxes of a concatenated set are cut into disjoint ones.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
 use crate::model::Protocol;
 
 /// An address family: every set and rule of the table exists once per family.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    pub fn of(ip: IpAddr) -> Family {
-        if ip.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        }
-    }
-
-    /// `4` or `6`, the suffix of per-family names.
-    pub fn digit(self) -> char {
-        match self {
-            Family::V4 => '4',
-            Family::V6 => '6',
-        }
-    }
-
-    fn max(self) -> u128 {
-        match self {
-            Family::V4 => u32::MAX as u128,
-            Family::V6 => u128::MAX,
-        }
-    }
-}
+pub use family::Family;
+pub use family::{from_int, to_int};
 
 /// An inclusive address interval of one family, as integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,21 +18,6 @@ pub struct AddrRange {
     pub family: Family,
     pub lo: u128,
     pub hi: u128,
-}
-
-pub fn to_int(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(a) => u32::from(a) as u128,
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-pub fn from_int(family: Family, v: u128) -> IpAddr {
-    match family {
-        // Values of a V4 range never exceed u32::MAX (see Family::max).
-        Family::V4 => IpAddr::V4(Ipv4Addr::from(v as u32)),
-        Family::V6 => IpAddr::V6(Ipv6Addr::from(v)),
-    }
 }
 
 impl AddrRange {
@@ -86,22 +39,11 @@ impl AddrRange {
     }
 
     pub fn of_net(net: IpNetwork) -> AddrRange {
-        let family = Family::of(net.ip());
-        let bits = match family {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        };
-        let host_bits = bits - u32::from(net.prefix());
-        let mask = if host_bits >= 128 {
-            u128::MAX
-        } else {
-            (1u128 << host_bits) - 1
-        };
-        let lo = to_int(net.ip()) & !mask & family.max();
+        let (lo, hi) = family::bounds(net);
         AddrRange {
-            family,
+            family: Family::of_net(net),
             lo,
-            hi: lo | (mask & family.max()),
+            hi,
         }
     }
 
@@ -116,10 +58,7 @@ impl AddrRange {
     /// The prefix length when the range is exactly one CIDR block.
     pub fn prefix_len(&self) -> Option<u32> {
         let size = self.hi.wrapping_sub(self.lo).wrapping_add(1);
-        let bits = match self.family {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        };
+        let bits = self.family.bits();
         if size == 0 {
             // The whole IPv6 space: 2^128 wraps to 0.
             return (self.lo == 0 && self.hi == u128::MAX).then_some(0);

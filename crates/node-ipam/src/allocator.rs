@@ -8,7 +8,8 @@
 
 use std::net::IpAddr;
 
-use crate::config::{from_u128, to_u128, Pool};
+use crate::config::Pool;
+use family::{from_int, to_int, Family};
 
 /// The first free address after `last` (or from the start of the pool), wrapping once
 /// round; never the gateway. `used` is how many addresses `is_used` can say yes to.
@@ -18,11 +19,11 @@ pub fn next_free(
     used: usize,
     is_used: impl Fn(IpAddr) -> bool,
 ) -> Option<IpAddr> {
-    let (start, end) = (to_u128(pool.start), to_u128(pool.end));
+    let (start, end) = (to_int(pool.start), to_int(pool.end));
     let size = end - start + 1;
     let first = match last {
         Some(l) if pool.contains(l) => {
-            let l = to_u128(l);
+            let l = to_int(l);
             if l == end {
                 start
             } else {
@@ -33,7 +34,7 @@ pub fn next_free(
     };
     let tries = size.min(used as u128 + 2);
     (0..tries)
-        .map(|i| from_u128(pool.start, start + (first - start + i) % size))
+        .map(|i| from_int(Family::of(pool.start), start + (first - start + i) % size))
         .find(|&ip| ip != pool.gateway && !is_used(ip))
 }
 

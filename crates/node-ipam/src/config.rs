@@ -1,7 +1,7 @@
 //! The `ipam` section of a network configuration, resolved into concrete pools: one per
 //! address family the pod gets (IPv4, IPv6 or both).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use cni::Route;
@@ -71,21 +71,7 @@ pub struct Pools {
     pub routes: Vec<Route>,
 }
 
-/// An address as a number, so that both families share the arithmetic.
-pub fn to_u128(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-/// The address `n` of the family of `like` (`n` fits: it comes from that family's range).
-pub fn from_u128(like: IpAddr, n: u128) -> IpAddr {
-    match like {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(n as u32)),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
-    }
-}
+use family::{from_int, to_int, Family};
 
 fn parse_ip(key: &str, s: &str) -> Result<IpAddr, IpamError> {
     s.parse()
@@ -128,25 +114,17 @@ pub fn parse_network(key: &str, s: &str) -> Result<IpNetwork, IpamError> {
 /// The plugin, the IPAM and the daemon all take it from here, so that the bridge's
 /// address, the pods' default route and the node state agree.
 pub fn gateway(net: IpNetwork) -> IpAddr {
-    from_u128(net.ip(), to_u128(net.network()) + 1)
+    let (first, _) = family::bounds(net);
+    from_int(Family::of_net(net), first + 1)
 }
 
 /// The first and last host addresses of `net`: not the network address, and for IPv4
 /// not the broadcast (IPv6 has none).
 pub fn host_bounds(net: IpNetwork) -> (IpAddr, IpAddr) {
-    let last = match net {
-        IpNetwork::V4(n) => u128::from(u32::from(n.broadcast())) - 1,
-        IpNetwork::V6(n) => u128::from(n.network()) | (u128::MAX >> n.prefix()),
-    };
-    (gateway(net), from_u128(net.ip(), last))
-}
-
-fn family(ip: IpAddr) -> &'static str {
-    if ip.is_ipv4() {
-        "IPv4"
-    } else {
-        "IPv6"
-    }
+    let (_, last) = family::bounds(net);
+    // IPv4's last address is the broadcast; IPv6 has none.
+    let last = if net.is_ipv4() { last - 1 } else { last };
+    (gateway(net), from_int(Family::of_net(net), last))
 }
 
 impl Pools {
@@ -261,7 +239,7 @@ impl Pools {
             if slot.is_some() {
                 return Err(IpamError::Config(format!(
                     "two {} pools ({} and {}): ferry takes one per address family",
-                    family(p.gateway),
+                    Family::of(p.gateway),
                     slot.as_ref()
                         .map(|s| s.subnet.to_string())
                         .unwrap_or_default(),
@@ -303,8 +281,8 @@ impl Pools {
                 return Err(IpamError::Config(format!(
                     "route {} is {} but no {} pool is configured",
                     r.dst,
-                    family(dst.ip()),
-                    family(dst.ip())
+                    Family::of(dst.ip()),
+                    Family::of(dst.ip())
                 )));
             }
             if let Some(gw) = r.gw {
@@ -400,7 +378,7 @@ impl Pool {
 
     /// How many addresses can be handed out (an IPv6 /64 holds 2^64 - 1: a u128).
     pub fn capacity(&self) -> u128 {
-        let n = to_u128(self.end) - to_u128(self.start) + 1;
+        let n = to_int(self.end) - to_int(self.start) + 1;
         n - u128::from(self.contains(self.gateway))
     }
 

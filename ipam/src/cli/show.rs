@@ -3,7 +3,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use ipnetwork::IpNetwork;
-use node_ipam::config::{host_bounds, parse_network, show_capacity, to_u128};
+use family::to_int;
+use node_ipam::config::{host_bounds, parse_network, show_capacity};
 use node_ipam::node_state;
 use serde::Serialize;
 
@@ -140,8 +141,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .map(|(net, gw, start, end)| {
             // The pool may come from the store's own record, which is input like the
             // rest: a reversed range counts as empty rather than underflowing.
-            let capacity = to_u128(end)
-                .checked_sub(to_u128(start))
+            let capacity = to_int(end)
+                .checked_sub(to_int(start))
                 .and_then(|n| n.checked_add(1))
                 .map(|n| n.saturating_sub(u128::from(start <= gw && gw <= end)))
                 .unwrap_or(0);

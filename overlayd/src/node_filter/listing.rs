@@ -55,9 +55,9 @@ pub(super) fn set_elements(set: &Value, f: Family) -> Option<Vec<Value>> {
     let name = set["name"].as_str()?;
     let ty = set.get("type")?;
     let ok = match name {
-        NODES => ty == f.set_type(),
+        NODES => ty == f.nft_addr_type(),
         INNER4 | INNER6 => {
-            *ty == json!([f.set_type(), "integer"])
+            *ty == json!([f.nft_addr_type(), "integer"])
                 && set["flags"]
                     .as_array()
                     .is_some_and(|fl| fl.iter().any(|x| x == "interval"))

@@ -19,21 +19,12 @@ pub struct Source {
 
 impl Source {
     pub fn of(node: IpAddr, net: IpNetwork) -> Source {
-        let (v6, first, bits) = match net {
-            IpNetwork::V4(n) => (false, u128::from(u32::from(n.network())), 32),
-            IpNetwork::V6(n) => (true, u128::from(n.network()), 128),
-        };
-        let host_bits = bits - u32::from(net.prefix());
-        let hosts = if host_bits == 0 {
-            0
-        } else {
-            u128::MAX >> (128 - host_bits)
-        };
+        let (first, last) = family::bounds(net);
         Source {
             node,
-            v6,
+            v6: net.is_ipv6(),
             first,
-            last: first | hosts,
+            last,
         }
     }
 

@@ -37,7 +37,6 @@
 //! counters are read on every resync and become metrics.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -63,35 +62,7 @@ pub const INNER6: &str = "inner6";
 pub const LEGACY: [(&str, &str); 2] = [("ip", TABLE), ("ip6", TABLE)];
 
 /// A packet family (the underlay's, a cluster CIDR's): its protocol name in a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: IpAddr) -> Family {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    /// The nftables family of a table, and the header's protocol name in a rule.
-    pub fn nft(self) -> &'static str {
-        match self {
-            Family::V4 => "ip",
-            Family::V6 => "ip6",
-        }
-    }
-
-    fn set_type(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4_addr",
-            Family::V6 => "ipv6_addr",
-        }
-    }
-}
+pub use family::Family;
 
 /// The inner frame's type, and where its source address is, counted in bits from the
 /// start of the UDP header.

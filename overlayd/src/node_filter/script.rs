@@ -32,7 +32,7 @@ pub fn create_script(shape: &Shape, m: &Members) -> String {
     );
     s += &format!(
         "\tset {NODES} {{ type {};{} }}\n",
-        f.set_type(),
+        f.nft_addr_type(),
         elems(&nodes)
     );
     s += &format!(

@@ -1,4 +1,5 @@
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde_json::json;
@@ -226,11 +227,11 @@ fn listing(shape: &Shape, m: &Members, packets: u64) -> Value {
     let mut items = vec![
         json!({"metainfo": {"version": "1.0.6"}}),
         json!({"table": {"family": "inet", "name": "ferry", "handle": 1}}),
-        json!({"set": {"family": "inet", "name": "nodes", "table": "ferry", "type": f.set_type(),
+        json!({"set": {"family": "inet", "name": "nodes", "table": "ferry", "type": f.nft_addr_type(),
                    "elem": m.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>()}}),
-        json!({"set": {"family": "inet", "name": "inner4", "table": "ferry", "type": [f.set_type(), "integer"],
+        json!({"set": {"family": "inet", "name": "inner4", "table": "ferry", "type": [f.nft_addr_type(), "integer"],
                    "flags": ["interval"], "elem": elem(false)}}),
-        json!({"set": {"family": "inet", "name": "inner6", "table": "ferry", "type": [f.set_type(), "integer"],
+        json!({"set": {"family": "inet", "name": "inner6", "table": "ferry", "type": [f.nft_addr_type(), "integer"],
                    "flags": ["interval"], "elem": elem(true)}}),
     ];
     for (c, rules) in shape.chains() {

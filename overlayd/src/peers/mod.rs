@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use netlink::{FdbEntry, IpFamily};
+use netlink::{Family, FdbEntry};
 
 /// A remote node as the overlay needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,7 +312,7 @@ impl Guarded {
 pub fn spare_foreign(
     ops: Vec<Op>,
     foreign: &BTreeSet<IpNetwork>,
-    unlisted: &BTreeSet<IpFamily>,
+    unlisted: &BTreeSet<Family>,
 ) -> Guarded {
     let mut g = Guarded::default();
     for op in ops {
@@ -329,8 +329,8 @@ pub fn spare_foreign(
     g
 }
 
-pub fn family(net: IpNetwork) -> IpFamily {
-    IpFamily::of(net.network())
+pub fn family(net: IpNetwork) -> Family {
+    Family::of(net.network())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -271,7 +271,7 @@ fn a_spared_route_is_never_deleted_when_its_lease_goes() {
 #[test]
 fn a_family_whose_routes_cannot_be_listed_makes_no_route_this_round() {
     let want = Entries::desired(&[peer6(1, 11, 1)], &nowhere());
-    let unlisted: BTreeSet<IpFamily> = [IpFamily::V6].into();
+    let unlisted: BTreeSet<Family> = [Family::V6].into();
     let g = spare_foreign(
         diff(&want, &Entries::default()),
         &BTreeSet::new(),

@@ -597,7 +597,7 @@ fn route_appears(
         rt.block_on(async {
             let nl = netlink::Netlink::open().expect("netlink");
             loop {
-                let routes = nl.routes(netlink::IpFamily::V4).await.expect("routes");
+                let routes = nl.routes(netlink::Family::V4).await.expect("routes");
                 if routes.iter().any(|r| {
                     r.dst == std::net::IpAddr::V4(subnet.network()) && r.prefix == subnet.prefix()
                 }) {

@@ -140,10 +140,7 @@ impl Element {
 impl SetKind {
     /// The body of the set's declaration, between its braces.
     pub fn render(self) -> String {
-        let addr = |f: Family| match f {
-            Family::V4 => "ipv4_addr",
-            Family::V6 => "ipv6_addr",
-        };
+        let addr = Family::nft_addr_type;
         match self {
             SetKind::Addrs(f) => format!("type {};", addr(f)),
             SetKind::Verdicts(f) => format!("type {} : verdict;", addr(f)),
