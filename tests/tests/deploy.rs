@@ -13,7 +13,7 @@ use ferry_tests::cluster::Cluster;
 use ferry_tests::cni::{Call, Reply};
 use ferry_tests::kind::kustomize;
 use ferry_tests::netns::Netns;
-use ferry_tests::{bin, root_or_skip};
+use ferry_tests::{bin, needs_root};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use serde_json::{json, Value};
@@ -504,9 +504,7 @@ fn shipped_conflist() -> Value {
 
 #[test]
 fn the_install_script_and_the_shipped_conflist_make_a_working_node() {
-    if !root_or_skip("the_install_script_and_the_shipped_conflist_make_a_working_node") {
-        return;
-    }
+    needs_root!("the_install_script_and_the_shipped_conflist_make_a_working_node");
     let root = tempfile::tempdir().unwrap();
     let conf_dir = root.path().join("etc/cni/net.d");
     std::fs::create_dir_all(&conf_dir).unwrap();

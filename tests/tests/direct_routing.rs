@@ -5,19 +5,11 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{Cluster, Node};
+use ferry_tests::needs_root;
 use ferry_tests::netpol::cases::{PodRef, Protocol};
 use ferry_tests::netpol::world::World;
 use ferry_tests::proc::{connect, echo_peer_server, echo_peer_server_on, wait_until};
-use ferry_tests::root_or_skip;
 use serde_json::{json, Value};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// Waits until `n` routes `subnet` directly (on eth0, ferry's protocol) via `via`.
 fn wait_direct(n: &Node, subnet: &str, via: &str) {

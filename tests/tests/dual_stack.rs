@@ -3,18 +3,10 @@
 //! GC, CHECK against tampering, exhaustion, and hostile configs.
 
 use ferry_tests::cni::{ferry_conf, Node};
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server_on};
-use ferry_tests::root_or_skip;
 use serde_json::{json, Value};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 fn node(version: &str, ipam: Value) -> Node {
     Node::with(|d| ferry_conf(version, d, ipam, json!({})))

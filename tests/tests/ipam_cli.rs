@@ -4,7 +4,7 @@ use std::process::Command;
 
 use ferry_tests::cni::{pod_ip, Node};
 use ferry_tests::netns::Netns;
-use ferry_tests::{bin, root_or_skip};
+use ferry_tests::{bin, needs_root};
 use serde_json::Value;
 
 fn cli(args: &[&str]) -> (i32, String, String) {
@@ -22,9 +22,7 @@ fn cli(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn show_and_release_over_a_real_store() {
-    if !root_or_skip("show_and_release_over_a_real_store") {
-        return;
-    }
+    needs_root!("show_and_release_over_a_real_store");
     let node = Node::new("10.48.0.0/24");
     let (a, b, c) = (Netns::new("fyp"), Netns::new("fyp"), Netns::new("fyp"));
     let ra = node.add("cli-a", &a).ok();
@@ -142,9 +140,7 @@ fn cli_in(ns: &Netns, args: &str) -> (i32, String, String) {
 
 #[test]
 fn a_lost_del_is_found_by_check_and_fixed_by_release() {
-    if !root_or_skip("a_lost_del_is_found_by_check_and_fixed_by_release") {
-        return;
-    }
+    needs_root!("a_lost_del_is_found_by_check_and_fixed_by_release");
     let node = Node::new("10.49.0.0/24");
     let (a, b) = (Netns::new("fyp"), Netns::new("fyp"));
     let ra = node.add("live", &a).ok();
@@ -236,9 +232,7 @@ fn a_lost_del_is_found_by_check_and_fixed_by_release() {
 
 #[test]
 fn leases_and_check_against_a_cluster() {
-    if !root_or_skip("leases_and_check_against_a_cluster") {
-        return;
-    }
+    needs_root!("leases_and_check_against_a_cluster");
     let mut c = ferry_tests::cluster::Cluster::new(2, "10.73.0.0/16");
     let pods: Vec<_> = (0..3)
         .map(|i| c.nodes[0].add_pod(&format!("u{i}")))
@@ -396,9 +390,7 @@ fn completions_are_printed() {
 
 #[test]
 fn show_check_and_release_handle_both_families() {
-    if !root_or_skip("show_check_and_release_handle_both_families") {
-        return;
-    }
+    needs_root!("show_check_and_release_handle_both_families");
     let node = Node::with(|d| {
         ferry_tests::cni::ferry_conf(
             "1.1.0",

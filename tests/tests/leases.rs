@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use ferry_tests::cluster::{Etcd, Switch};
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
-use ferry_tests::root_or_skip;
 use registry::{ConfigFlags, EtcdOptions, LeaseError, Registry};
 
 fn opts(endpoint: &str) -> EtcdOptions {
@@ -85,9 +85,7 @@ fn race_twice(client: &Netns, ep: String, flags: ConfigFlags) -> Vec<registry::A
 
 #[test]
 fn fifty_dual_stack_nodes_never_share_either_subnet() {
-    if !root_or_skip("fifty_dual_stack_nodes_never_share_either_subnet") {
-        return;
-    }
+    needs_root!("fifty_dual_stack_nodes_never_share_either_subnet");
     let (_switch, etcd, client) = etcd_and_client();
     // The cluster starts IPv4-only: a node leased then gets its IPv6 subnet later, on
     // the lease it has, once the config has IPv6.
@@ -129,9 +127,7 @@ fn fifty_dual_stack_nodes_never_share_either_subnet() {
 
 #[test]
 fn fifty_nodes_starting_at_once_never_share_a_subnet() {
-    if !root_or_skip("fifty_nodes_starting_at_once_never_share_a_subnet") {
-        return;
-    }
+    needs_root!("fifty_nodes_starting_at_once_never_share_a_subnet");
     let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
     // Started again, every node gets its own subnet back.
@@ -162,9 +158,7 @@ fn fifty_nodes_starting_at_once_never_share_a_subnet() {
 
 #[test]
 fn a_full_cluster_cidr_is_a_clear_error() {
-    if !root_or_skip("a_full_cluster_cidr_is_a_clear_error") {
-        return;
-    }
+    needs_root!("a_full_cluster_cidr_is_a_clear_error");
     let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
     let err = ferry_tests::inside::block_on(&client, move || async move {
@@ -240,9 +234,7 @@ fn acquire_one(
 
 #[test]
 fn a_node_keeps_its_ipv6_subnet_after_expiry_and_with_a_damaged_record() {
-    if !root_or_skip("a_node_keeps_its_ipv6_subnet_after_expiry_and_with_a_damaged_record") {
-        return;
-    }
+    needs_root!("a_node_keeps_its_ipv6_subnet_after_expiry_and_with_a_damaged_record");
     let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
     let dual = ConfigFlags {
@@ -294,9 +286,7 @@ fn a_node_keeps_its_ipv6_subnet_after_expiry_and_with_a_damaged_record() {
 
 #[test]
 fn fifty_ipv6_only_nodes_never_share_a_subnet() {
-    if !root_or_skip("fifty_ipv6_only_nodes_never_share_a_subnet") {
-        return;
-    }
+    needs_root!("fifty_ipv6_only_nodes_never_share_a_subnet");
     let (_switch, etcd, client) = etcd_and_client();
     let flags = ConfigFlags {
         cluster_cidr_v6: Some("fd00:75::/56".parse().unwrap()),

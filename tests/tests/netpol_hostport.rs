@@ -9,22 +9,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_tests::cni::Call;
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::netpol::cases::Protocol;
 use ferry_tests::netpol::l2::{self, TcpServer};
 use ferry_tests::netpol::world::World;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 const HOST_PORT: u16 = 8080;
 const CONTAINER_PORT: u16 = 80;

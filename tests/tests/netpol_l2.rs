@@ -7,21 +7,13 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::netpol::cases::{PodRef, Protocol};
 use ferry_tests::netpol::l2::{self, Inbox, TcpServer};
 use ferry_tests::netpol::world::World;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
 use serde_json::json;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 const TCP_PORT: u16 = 8081;
 /// The inboxes' ports: IPv4 here, IPv6 one above.

@@ -5,20 +5,12 @@ use std::time::Duration;
 
 use ferry_tests::cluster::{run_overlayd, Cluster, OUTSIDE_IP};
 use ferry_tests::cni::host_veth;
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server, wait_until};
-use ferry_tests::root_or_skip;
 use ferry_tests::services::Service;
 use ferry_tests::traffic::iperf;
 use netlink::BigTcp;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 #[test]
 fn pods_reach_each_other_across_nodes_keeping_their_addresses() {

@@ -4,17 +4,9 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{Cluster, OUTSIDE_IP_V6};
+use ferry_tests::needs_root;
 use ferry_tests::proc::{connect, echo_peer_server_on, wait_until};
-use ferry_tests::root_or_skip;
 use ferry_tests::services::Service;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// Waits until every node routes to every other node's IPv6 subnet.
 fn wait_converged_v6(c: &Cluster) {

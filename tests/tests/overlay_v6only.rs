@@ -5,18 +5,10 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{Cluster, Node, OUTSIDE_IP_V6};
+use ferry_tests::needs_root;
 use ferry_tests::proc::{connect, echo_peer_server_on, wait_until, Bg};
-use ferry_tests::root_or_skip;
 use ferry_tests::services::Service;
 use ferry_tests::vxlan_probe::{dropped, Frame, Probe};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// 1500 (the veths of the switch) - 40 (outer IPv6) - 8 (UDP) - 8 (VXLAN) - 14 (Ethernet).
 const POD_MTU: u64 = 1430;

@@ -7,16 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use ferry_tests::cni::{cni_path, ferry_conf, host_veth, pod_ip, Call, Node};
 use ferry_tests::netns::Netns;
-use ferry_tests::{bin, root_or_skip};
+use ferry_tests::{bin, needs_root};
 use serde_json::{json, Value};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 fn pod() -> Netns {
     Netns::new("fyp")

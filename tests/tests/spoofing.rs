@@ -5,17 +5,9 @@
 use std::time::Duration;
 
 use ferry_tests::cni::{ferry_conf, pod_ip, Node};
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{wait_until, Bg};
-use ferry_tests::root_or_skip;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 const PORT: u16 = 7100;
 

@@ -4,17 +4,9 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{http_get, run_overlayd, Cluster, HEALTH_ADDR};
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{wait_until, Bg};
-use ferry_tests::root_or_skip;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// A bare etcd and a host at 192.0.2.11 with no daemon: (cluster, host, flags to etcd).
 fn bare() -> (Cluster, Netns, tempfile::TempDir) {

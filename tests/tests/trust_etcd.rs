@@ -6,16 +6,8 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{run_overlayd, Cluster, Node, ETCD_IP};
+use ferry_tests::needs_root;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// Long enough for two resyncs (every 2 s in the harness) and the watch to act.
 const SETTLE: Duration = Duration::from_secs(5);

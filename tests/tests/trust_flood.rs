@@ -8,15 +8,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ferry_tests::cluster::{Cluster, Node};
-use ferry_tests::root_or_skip;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
+use ferry_tests::needs_root;
 
 /// Records written at once.
 const FLOOD: usize = 5000;

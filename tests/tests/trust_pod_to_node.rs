@@ -7,18 +7,10 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{url_host, Cluster, Node};
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
 use ferry_tests::vxlan_probe::{Frame, Probe};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 const VXLAN_CUT: &str = "a pod never reaches a node's VXLAN port";
 const VXLAN_CUT_HERE: &str = "a pod never reaches this node's VXLAN port";

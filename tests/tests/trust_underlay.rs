@@ -5,17 +5,9 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{Cluster, Node};
+use ferry_tests::needs_root;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
 use ferry_tests::vxlan_probe::{dropped, Frame, Probe};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// Address `host` (".77") of `node`'s IPv4 subnet.
 fn in_subnet(node: &Node, host: u8) -> String {

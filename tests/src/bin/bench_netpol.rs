@@ -50,7 +50,7 @@ const API_PORT: u16 = 6443;
 const BENCH_NS: &str = "bench";
 
 fn main() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !ferry_tests::is_root() {
         eprintln!("ferry-bench-netpol needs root (it makes network namespaces)");
         std::process::exit(2);
     }

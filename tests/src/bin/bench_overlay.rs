@@ -49,7 +49,7 @@ use ipnetwork::Ipv4Network;
 use netlink::BigTcp;
 
 fn main() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !ferry_tests::is_root() {
         eprintln!("ferry-bench-overlay needs root (it makes network namespaces)");
         std::process::exit(2);
     }

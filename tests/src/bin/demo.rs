@@ -100,7 +100,7 @@ fn main() {
             }
         }
     }
-    if unsafe { libc::geteuid() } != 0 {
+    if !ferry_tests::is_root() {
         eprintln!("ferry-demo needs root (it makes network namespaces)");
         std::process::exit(2);
     }
