@@ -538,7 +538,7 @@ fn the_install_script_and_the_shipped_conflist_make_a_working_node() {
     // A node whose ferry-overlayd wrote node.json; a pod added as a runtime would, through
     // the installed binary and the shipped conflist (only the node's state and data
     // directories pointed at the test's own).
-    let c = Cluster::new(1, "10.74.0.0/16");
+    let c = Cluster::builder().cluster_cidr("10.74.0.0/16").build();
     let node = &c.nodes[0];
     let pod = Netns::new("fyp");
     let cni_path = format!("{}:{}", bin_dir.display(), ferry_tests::REFERENCE_PLUGINS);

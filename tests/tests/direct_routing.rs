@@ -102,7 +102,7 @@ fn wait_paths(c: &Cluster, i: usize, want: &[(String, String, String)]) {
 fn same_segment_is_direct_across_is_vxlan_and_a_moved_node_switches() {
     needs_root!();
     // node0, node1 on segment A; node2 on segment B, behind the router.
-    let mut c = Cluster::two_segments(2, 1, "10.90.0.0/16", "");
+    let mut c = Cluster::builder().two_segments(2, 1).build();
     // Strict reverse-path filtering on every node: a directly routed packet arrives on
     // the underlay with a pod source, which the receiver routes back the same way.
     for n in &c.nodes {
@@ -202,7 +202,10 @@ fn same_segment_is_direct_across_is_vxlan_and_a_moved_node_switches() {
 #[test]
 fn reconcile_mends_a_hand_deleted_direct_route_and_removes_a_stale_one() {
     needs_root!();
-    let c = Cluster::new(2, "10.91.0.0/16");
+    let c = Cluster::builder()
+        .nodes(2)
+        .cluster_cidr("10.91.0.0/16")
+        .build();
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     let s1 = n1.subnet();
     wait_direct(n0, &s1, &n1.ip);
@@ -245,7 +248,7 @@ fn reconcile_mends_a_hand_deleted_direct_route_and_removes_a_stale_one() {
 #[test]
 fn direct_routing_off_gives_vxlan_for_all() {
     needs_root!();
-    let c = Cluster::with_args(2, "10.92.0.0/16", "--direct-routing=false");
+    let c = Cluster::builder().nodes(2).direct_routing(false).build();
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     wait_vxlan(n0, &n1.subnet());
     wait_vxlan(n1, &n0.subnet());
@@ -328,11 +331,12 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
     let kubeconfig = tempfile::tempdir().expect("tempdir");
     let kc = kubeconfig.path().join("kubeconfig");
     let mut api = None;
-    let c = Cluster::v6_only_reporting(
-        2,
-        "fd00:96::/56",
-        &format!("--network-policy --kubeconfig {}", kc.display()),
-        &mut |p| {
+    let kc_flag = kc.display().to_string();
+    let c = Cluster::builder()
+        .nodes(2)
+        .v6_only()
+        .flags(["--network-policy", "--kubeconfig", &kc_flag])
+        .build_reporting(&mut |p| {
             if let Progress::Etcd(etcd, _) = p {
                 let addr = std::net::SocketAddr::new(ETCD_IP_V6.parse().unwrap(), 0);
                 let served = ferry_tests::inside::run(&etcd.host, move || KubeApi::bind(addr))
@@ -340,8 +344,7 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
                 served.write_kubeconfig(&kc).expect("write the kubeconfig");
                 api = Some(served);
             }
-        },
-    );
+        });
     let api = api.expect("the API");
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     let s6 = |n: &Node| n.node_state()["podCIDRv6"].as_str().unwrap().to_string();
@@ -415,7 +418,10 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
 #[test]
 fn a_lease_naming_an_on_link_stranger_gets_no_more_than_its_own_subnet() {
     needs_root!();
-    let c = Cluster::new(2, "10.93.0.0/16");
+    let c = Cluster::builder()
+        .nodes(2)
+        .cluster_cidr("10.93.0.0/16")
+        .build();
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     let s1 = n1.subnet();
     wait_direct(n0, &s1, &n1.ip);
@@ -454,7 +460,7 @@ fn a_lease_naming_an_on_link_stranger_gets_no_more_than_its_own_subnet() {
 #[test]
 fn an_ipv6_underlay_routes_ipv6_pods_directly() {
     needs_root!();
-    let c = Cluster::v6_only(2, "fd00:94::/56", "");
+    let c = Cluster::builder().nodes(2).v6_only().build();
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     let s6 = |n: &Node| n.node_state()["podCIDRv6"].as_str().unwrap().to_string();
     wait_direct(n0, &s6(n1), &n1.ip);

@@ -233,7 +233,10 @@ fn a_lost_del_is_found_by_check_and_fixed_by_release() {
 #[test]
 fn leases_and_check_against_a_cluster() {
     needs_root!("leases_and_check_against_a_cluster");
-    let mut c = ferry_tests::cluster::Cluster::new(2, "10.73.0.0/16");
+    let mut c = ferry_tests::cluster::Cluster::builder()
+        .nodes(2)
+        .cluster_cidr("10.73.0.0/16")
+        .build();
     let pods: Vec<_> = (0..3)
         .map(|i| c.nodes[0].add_pod(&format!("u{i}")))
         .collect();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_tests::cluster::{run_overlayd, Cluster, OUTSIDE_IP};
+use ferry_tests::cluster::{run_overlayd, Cluster, ClusterBuilder, OUTSIDE_IP};
 use ferry_tests::cni::host_veth;
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
@@ -16,19 +16,19 @@ use netlink::BigTcp;
 fn pods_reach_each_other_across_nodes_keeping_their_addresses() {
     needs_root!();
     // One segment: every node reaches the others by DirectRouting.
-    every_traffic_kind("10.60.0.0/16", "");
+    every_traffic_kind(Cluster::builder());
 }
 
 #[test]
 fn pods_reach_each_other_across_nodes_over_vxlan() {
     needs_root!();
-    every_traffic_kind("10.69.0.0/16", "--direct-routing=false");
+    every_traffic_kind(Cluster::builder().direct_routing(false));
 }
 
 /// Pods of three nodes reach each other, their own node, localhost and the outside host,
 /// with the daemons' `extra` flags.
-fn every_traffic_kind(cidr: &str, extra: &str) {
-    let c = Cluster::with_args(3, cidr, extra);
+fn every_traffic_kind(cluster: ClusterBuilder) {
+    let c = cluster.nodes(3).build();
     // Distinct subnets, each node's gateway and MTU in its state.
     let subnets: Vec<String> = c.nodes.iter().map(|n| n.subnet()).collect();
     assert_eq!(
@@ -41,7 +41,7 @@ fn every_traffic_kind(cidr: &str, extra: &str) {
     );
     for n in &c.nodes {
         let st = n.node_state();
-        assert_eq!(st["clusterCIDR"], cidr);
+        assert_eq!(st["clusterCIDR"], c.cidr);
         assert_eq!(st["mtu"], 1450);
         assert_eq!(st["nodeName"], n.name.as_str());
     }
@@ -113,7 +113,7 @@ fn every_traffic_kind(cidr: &str, extra: &str) {
 #[test]
 fn services_through_kube_proxy_rules() {
     needs_root!();
-    let c = Cluster::new(2, "10.61.0.0/16");
+    let c = Cluster::builder().nodes(2).build();
     let endpoint = c.nodes[0].add_pod("ep");
     let same_node = c.nodes[0].add_pod("near");
     let other_node = c.nodes[1].add_pod("far");
@@ -136,7 +136,7 @@ fn services_through_kube_proxy_rules() {
 #[test]
 fn overlayd_restart_drops_no_packet_and_keeps_subnet_and_mac() {
     needs_root!();
-    let mut c = Cluster::new(2, "10.62.0.0/16");
+    let mut c = Cluster::builder().nodes(2).build();
     let a = c.nodes[0].add_pod("ra");
     let b = c.nodes[1].add_pod("rb");
     // 150 pings, 20 ms apart, while both daemons restart.
@@ -167,7 +167,7 @@ fn overlayd_restart_drops_no_packet_and_keeps_subnet_and_mac() {
 #[test]
 fn etcd_outage_keeps_traffic_and_pods_starting() {
     needs_root!();
-    let mut c = Cluster::new(2, "10.63.0.0/16");
+    let mut c = Cluster::builder().nodes(2).build();
     let a = c.nodes[0].add_pod("ea");
     let b = c.nodes[1].add_pod("eb");
     c.etcd.stop();
@@ -204,7 +204,7 @@ fn etcd_outage_keeps_traffic_and_pods_starting() {
 #[test]
 fn a_node_joining_later_is_reached_by_all() {
     needs_root!();
-    let mut c = Cluster::new(2, "10.64.0.0/16");
+    let mut c = Cluster::builder().nodes(2).build();
     let early: Vec<_> = (0..2)
         .map(|i| c.nodes[i].add_pod(&format!("j{i}")))
         .collect();
@@ -221,7 +221,11 @@ fn a_node_joining_later_is_reached_by_all() {
 fn hand_deleted_state_comes_back() {
     needs_root!();
     // About the VXLAN entries: the nodes share a segment, so DirectRouting is off.
-    let c = Cluster::with_args(2, "10.65.0.0/16", "--direct-routing=false");
+    let c = Cluster::builder()
+        .nodes(2)
+        .cluster_cidr("10.65.0.0/16")
+        .direct_routing(false)
+        .build();
     let a = c.nodes[0].add_pod("ha");
     let b = c.nodes[1].add_pod("hb");
     let n0 = &c.nodes[0];
@@ -277,11 +281,11 @@ fn hand_deleted_state_comes_back() {
 #[test]
 fn vxlan_checksum_offload_can_be_turned_off_and_stays_off() {
     needs_root!();
-    let c = Cluster::with_args(
-        2,
-        "10.70.0.0/16",
-        "--direct-routing=false --vxlan-checksum-offload=false",
-    );
+    let c = Cluster::builder()
+        .nodes(2)
+        .direct_routing(false)
+        .flags(["--vxlan-checksum-offload=false"])
+        .build();
     for n in &c.nodes {
         let off = wait_until(Duration::from_secs(10), || !n.tx_checksum("ferry.1", None));
         assert!(
@@ -309,7 +313,7 @@ fn vxlan_checksum_offload_can_be_turned_off_and_stays_off() {
     let off = wait_until(Duration::from_secs(10), || !n0.tx_checksum("ferry.1", None));
     assert!(off, "not mended:\n{}", n0.log());
     // Without the flag the kernel's default (on) is left alone.
-    let d = Cluster::with_args(1, "10.71.0.0/16", "--direct-routing=false");
+    let d = Cluster::builder().direct_routing(false).build();
     std::thread::sleep(Duration::from_secs(3));
     assert!(d.nodes[0].tx_checksum("ferry.1", None));
     c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
@@ -319,7 +323,10 @@ fn vxlan_checksum_offload_can_be_turned_off_and_stays_off() {
 #[test]
 fn a_silent_node_keeps_its_subnet_for_the_grace_period() {
     needs_root!();
-    let mut c = Cluster::with_args(2, "10.66.0.0/16", "--lease-grace 10s");
+    let mut c = Cluster::builder()
+        .nodes(2)
+        .flags(["--lease-grace", "10s"])
+        .build();
     let gone = c.nodes[1].subnet();
     let silent = c.nodes[1].daemon.take().expect("daemon");
     assert_eq!(silent.stop(libc::SIGKILL, Duration::from_secs(5)), None);
@@ -339,7 +346,7 @@ fn a_silent_node_keeps_its_subnet_for_the_grace_period() {
 #[test]
 fn a_new_public_ip_is_followed_by_every_node() {
     needs_root!();
-    let mut c = Cluster::new(2, "10.67.0.0/16");
+    let mut c = Cluster::builder().nodes(2).build();
     let a = c.nodes[0].add_pod("ma");
     let b = c.nodes[1].add_pod("mb");
     let n1 = &mut c.nodes[1];
@@ -383,7 +390,7 @@ fn a_new_public_ip_is_followed_by_every_node() {
 #[test]
 fn startup_errors_name_the_problem() {
     needs_root!();
-    let c = Cluster::new(1, "10.68.0.0/16");
+    let c = Cluster::builder().cluster_cidr("10.68.0.0/16").build();
     let n = &c.nodes[0];
     let dir = tempfile::tempdir().unwrap();
     let run_for = |secs: u32, args: &str| {
@@ -438,7 +445,10 @@ fn startup_errors_name_the_problem() {
 #[test]
 fn etcd_with_tls_and_client_certificates() {
     needs_root!();
-    let c = ferry_tests::cluster::Cluster::build(2, "10.72.0.0/16", "", true);
+    let c = ferry_tests::cluster::Cluster::builder()
+        .nodes(2)
+        .tls()
+        .build();
     let a = c.nodes[0].add_pod("ta");
     let b = c.nodes[1].add_pod("tb");
     a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
@@ -501,7 +511,7 @@ fn big_tcp_follows_the_underlay_when_asked() {
     let legacy = netlink::big_tcp::Sizes::default();
 
     // Without --big-tcp, a NIC's BIG TCP changes nothing of ferry's.
-    let mut plain = Cluster::new(1, "10.90.0.0/16");
+    let mut plain = Cluster::builder().build();
     plain.turn_big_tcp_on(big);
     let n = &plain.nodes[0];
     assert!(
@@ -515,11 +525,17 @@ fn big_tcp_follows_the_underlay_when_asked() {
     n.cni("DEL", &p.id, Some(&p.ns)).ok();
     drop(plain);
 
-    for (cidr, extra) in [
-        ("10.91.0.0/16", "--big-tcp"),
-        ("10.92.0.0/16", "--big-tcp --direct-routing=false"),
-    ] {
-        let mut c = Cluster::with_args(2, cidr, extra);
+    for direct in [true, false] {
+        let extra = if direct {
+            "--big-tcp"
+        } else {
+            "--big-tcp --direct-routing=false"
+        };
+        let mut c = Cluster::builder()
+            .nodes(2)
+            .flags(["--big-tcp"])
+            .direct_routing(direct)
+            .build();
         // An underlay at the kernel's 64 KiB leaves nothing to follow.
         assert!(c.nodes[0].node_state().get("bigTcp").is_none());
         assert!(
@@ -565,7 +581,7 @@ fn big_tcp_follows_the_underlay_when_asked() {
         // Next to no loss (a busy machine may drop a little): a packet over 64 KiB that
         // left as one UDP packet would arrive truncated, and more would be resent than sent.
         assert!(resent * 20 <= sent, "{shown}");
-        if extra.contains("direct-routing=false") {
+        if !direct {
             // Over VXLAN the kernel cuts the pods' large packets to wire size first.
             assert!(per_packet < 9000, "{shown}");
             assert!(

@@ -30,7 +30,10 @@ fn wait_converged_v6(c: &Cluster) {
 #[test]
 fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
     needs_root!();
-    let c = Cluster::with_args(2, "10.62.0.0/16", "--cluster-cidr-v6 fd00:62::/56");
+    let c = Cluster::builder()
+        .nodes(2)
+        .cluster_cidr_v6("fd00:62::/56")
+        .build();
     c.add_underlay_v6();
     for n in &c.nodes {
         let st = n.node_state();
@@ -88,7 +91,7 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
 #[test]
 fn a_daemon_restart_loses_no_ipv6_packet() {
     needs_root!();
-    let mut c = Cluster::with_args(2, "10.63.0.0/16", "--cluster-cidr-v6 fd00:63::/56");
+    let mut c = Cluster::builder().nodes(2).dual_stack().build();
     wait_converged_v6(&c);
     let (a, _) = c.nodes[0].add_pod_ipv6();
     let (_b, b_ip) = c.nodes[1].add_pod_ipv6();
@@ -120,7 +123,11 @@ fn a_daemon_restart_loses_no_ipv6_packet() {
 #[test]
 fn ipv6_leases_for_the_underlay_or_a_live_nodes_subnet_are_refused() {
     needs_root!();
-    let c = Cluster::with_args(2, "10.64.0.0/16", "--cluster-cidr-v6 fd00:64::/56");
+    let c = Cluster::builder()
+        .nodes(2)
+        .cluster_cidr("10.64.0.0/16")
+        .dual_stack()
+        .build();
     c.add_underlay_v6();
     wait_converged_v6(&c);
     let (a, _) = c.nodes[0].add_pod_ipv6();
@@ -190,7 +197,7 @@ fn ipv6_of(result: &serde_json::Value) -> String {
 #[test]
 fn dual_stack_services_through_ip6tables_rules() {
     needs_root!();
-    let c = Cluster::with_args(2, "10.65.0.0/16", "--cluster-cidr-v6 fd00:65::/56");
+    let c = Cluster::builder().nodes(2).dual_stack().build();
     c.add_underlay_v6();
     wait_converged_v6(&c);
     // Pods through the real plugin: an IPv4 and an IPv6 address each.

@@ -22,7 +22,12 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
     needs_root!();
     // About IPv6 VXLAN (its device, FDB, routes): the nodes share a segment, so
     // DirectRouting is off; direct_routing.rs covers the other path.
-    let c = Cluster::v6_only(3, "fd00:66::/56", "--direct-routing=false");
+    let c = Cluster::builder()
+        .nodes(3)
+        .v6_only()
+        .cluster_cidr_v6("fd00:66::/56")
+        .direct_routing(false)
+        .build();
     // The node state: IPv6 only, the pod MTU of an IPv6 underlay.
     for n in &c.nodes {
         let st = n.node_state();
@@ -149,7 +154,7 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
 #[test]
 fn an_ipv6_only_daemon_restart_loses_no_packet_and_keeps_subnet_and_mac() {
     needs_root!();
-    let mut c = Cluster::v6_only(3, "fd00:67::/56", "");
+    let mut c = Cluster::builder().nodes(3).v6_only().build();
     let a = c.nodes[0].add_pod("7a");
     let b = c.nodes[1].add_pod("7b");
     c.wait_reachable(&a.ns, &b.ip);
@@ -176,7 +181,11 @@ fn an_ipv6_only_daemon_restart_loses_no_packet_and_keeps_subnet_and_mac() {
 #[test]
 fn ipv6_vxlan_from_an_underlay_host_that_is_no_node_is_dropped() {
     needs_root!();
-    let c = Cluster::v6_only(3, "fd00:68::/56", "--direct-routing=false");
+    let c = Cluster::builder()
+        .nodes(3)
+        .v6_only()
+        .direct_routing(false)
+        .build();
     let pod = c.nodes[0].add_pod("8p");
     let probe = Probe::listen(&pod.ns);
     // An inner source inside node1's subnet: what a stranger would forge.

@@ -130,7 +130,10 @@ fn assert_underlay_intact(n: &Node) {
 #[test]
 fn a_lease_for_the_underlay_or_over_a_foreign_route_is_refused() {
     needs_root!();
-    let mut c = Cluster::new(3, "10.80.0.0/16");
+    let mut c = Cluster::builder()
+        .nodes(3)
+        .cluster_cidr("10.80.0.0/16")
+        .build();
     let a = c.nodes[0].add_pod("ua");
     let b = c.nodes[2].add_pod("ub");
     // An operator's route on node0, inside the cluster CIDR, that ferry did not make.
@@ -174,7 +177,10 @@ fn a_lease_for_the_underlay_or_over_a_foreign_route_is_refused() {
 #[test]
 fn a_lease_claiming_a_live_nodes_subnet_is_refused() {
     needs_root!();
-    let mut c = Cluster::new(3, "10.81.0.0/16");
+    let mut c = Cluster::builder()
+        .nodes(3)
+        .cluster_cidr("10.81.0.0/16")
+        .build();
     let a = c.nodes[0].add_pod("ca");
     let b = c.nodes[1].add_pod("cb");
     let s1 = c.nodes[1].subnet();
@@ -233,7 +239,7 @@ fn a_lease_claiming_a_live_nodes_subnet_is_refused() {
 #[test]
 fn an_impostor_with_a_live_nodes_name_is_refused() {
     needs_root!();
-    let c = Cluster::new(3, "10.82.0.0/16");
+    let c = Cluster::builder().nodes(3).build();
     let a = c.nodes[0].add_pod("ia");
     let b = c.nodes[1].add_pod("ib");
     let key1 = c.lease_key(&c.nodes[1].subnet());
@@ -265,7 +271,7 @@ fn an_impostor_with_a_live_nodes_name_is_refused() {
 #[test]
 fn damaged_or_deleted_leases_cut_no_node_off() {
     needs_root!();
-    let mut c = Cluster::new(3, "10.83.0.0/16");
+    let mut c = Cluster::builder().nodes(3).build();
     let a = c.nodes[0].add_pod("da");
     let b = c.nodes[1].add_pod("db");
     let d = c.nodes[2].add_pod("dd");
@@ -314,7 +320,7 @@ fn damaged_or_deleted_leases_cut_no_node_off() {
 #[test]
 fn a_bad_cluster_cidr_is_refused_from_flags_and_from_etcd() {
     needs_root!();
-    let c = Cluster::new(0, "10.85.0.0/16");
+    let c = Cluster::builder().nodes(0).build();
     let host = c.stranger("192.0.2.11");
     let dir = tempfile::tempdir().unwrap();
     let base = |prefix: &str| {
@@ -378,7 +384,11 @@ fn a_bad_cluster_cidr_is_refused_from_flags_and_from_etcd() {
 fn an_ipv6_lease_over_a_foreign_direct_route_neither_replaces_nor_removes_it() {
     needs_root!();
     // IPv6-only over an IPv6 underlay, DirectRouting on: the lease's route would be direct.
-    let c = Cluster::v6_only(3, "fd00:95::/56", "");
+    let c = Cluster::builder()
+        .nodes(3)
+        .v6_only()
+        .cluster_cidr_v6("fd00:95::/56")
+        .build();
     let free = "fd00:95:0:c8::/64";
     let key = c.lease_key(free);
     let lie = lease_json_v6("y6", free, &c.nodes[0].ip, "0e:00:00:00:00:96");
@@ -388,7 +398,10 @@ fn an_ipv6_lease_over_a_foreign_direct_route_neither_replaces_nor_removes_it() {
 #[test]
 fn an_ipv4_lease_over_a_foreign_direct_route_leaves_it_after_it_is_deleted() {
     needs_root!();
-    let c = Cluster::new(3, "10.86.0.0/16");
+    let c = Cluster::builder()
+        .nodes(3)
+        .cluster_cidr("10.86.0.0/16")
+        .build();
     let free = "10.86.200.0/24";
     let key = c.lease_key(free);
     let lie = lease_json("y4", free, &c.nodes[0].ip, "0e:00:00:00:00:97");
@@ -398,7 +411,12 @@ fn an_ipv4_lease_over_a_foreign_direct_route_leaves_it_after_it_is_deleted() {
 #[test]
 fn an_ipv6_lease_over_a_foreign_route_on_the_vxlan_path_leaves_it() {
     needs_root!();
-    let c = Cluster::v6_only(3, "fd00:97::/56", "--direct-routing=false");
+    let c = Cluster::builder()
+        .nodes(3)
+        .v6_only()
+        .cluster_cidr_v6("fd00:97::/56")
+        .direct_routing(false)
+        .build();
     let free = "fd00:97:0:c8::/64";
     let key = c.lease_key(free);
     let lie = lease_json_v6("v6", free, &c.nodes[0].ip, "0e:00:00:00:00:98");
@@ -408,11 +426,12 @@ fn an_ipv6_lease_over_a_foreign_route_on_the_vxlan_path_leaves_it() {
 #[test]
 fn a_dual_stack_lease_over_foreign_routes_on_the_vxlan_path_leaves_both() {
     needs_root!();
-    let c = Cluster::with_args(
-        3,
-        "10.87.0.0/16",
-        "--cluster-cidr-v6 fd00:87::/56 --direct-routing=false",
-    );
+    let c = Cluster::builder()
+        .nodes(3)
+        .cluster_cidr("10.87.0.0/16")
+        .cluster_cidr_v6("fd00:87::/56")
+        .direct_routing(false)
+        .build();
     // The IPv6 route's gateway on-link on eth0 (the underlay is IPv4).
     c.add_underlay_v6();
     let (free, free6) = ("10.87.200.0/24", "fd00:87:0:c8::/64");

@@ -396,7 +396,10 @@ fn refusal_lines(n: &Node) -> usize {
 #[test]
 fn a_flood_of_lease_records_costs_bounded_cpu_memory_and_log_lines() {
     needs_root!();
-    let c = Cluster::new(3, "10.96.0.0/11");
+    let c = Cluster::builder()
+        .nodes(3)
+        .cluster_cidr("10.96.0.0/11")
+        .build();
     let pods: Vec<_> = (0..3)
         .map(|i| c.nodes[i].add_pod(&format!("f{i}")))
         .collect();

@@ -151,7 +151,7 @@ fn a_pod_never_sends_vxlan(c: &Cluster, cluster_ips: [&str; 2], nowhere: &str) {
 #[test]
 fn a_pod_never_sends_vxlan_with_direct_routing() {
     needs_root!();
-    let c = Cluster::new(2, "10.86.0.0/16");
+    let c = Cluster::builder().nodes(2).build();
     assert!(c.nodes[0].direct_routes().contains(&c.nodes[1].subnet()));
     a_pod_never_sends_vxlan(&c, ["10.96.0.47", "10.96.0.48"], "198.51.100.7");
 }
@@ -159,7 +159,7 @@ fn a_pod_never_sends_vxlan_with_direct_routing() {
 #[test]
 fn a_pod_never_sends_vxlan_without_direct_routing() {
     needs_root!();
-    let c = Cluster::with_args(2, "10.87.0.0/16", "--direct-routing=false");
+    let c = Cluster::builder().nodes(2).direct_routing(false).build();
     assert!(c.nodes[0].direct_routes().trim().is_empty());
     a_pod_never_sends_vxlan(&c, ["10.96.0.47", "10.96.0.48"], "198.51.100.7");
 }
@@ -167,7 +167,7 @@ fn a_pod_never_sends_vxlan_without_direct_routing() {
 #[test]
 fn an_ipv6_pod_never_sends_vxlan() {
     needs_root!();
-    let c = Cluster::v6_only(2, "fd00:69::/56", "");
+    let c = Cluster::builder().nodes(2).v6_only().build();
     a_pod_never_sends_vxlan(&c, ["fd00:96::47", "fd00:96::48"], "2001:db8:ffff::7");
     // The receiving node's IPv6 checks alone: from node 0's host (trusted as node 0), an
     // inner source of node 0's subnet arrives, one from nowhere does not.
@@ -209,7 +209,7 @@ fn an_ipv6_pod_never_sends_vxlan() {
 #[test]
 fn a_pod_never_reaches_etcd_through_its_cluster_ip() {
     needs_root!();
-    let mut c = Cluster::new(0, "10.88.0.0/16");
+    let mut c = Cluster::builder().nodes(0).build();
     let etcd = c.etcd.ip.clone();
     let given = c.etcd.endpoint();
     for _ in 0..2 {

@@ -17,7 +17,7 @@ fn in_subnet(node: &Node, host: u8) -> String {
 #[test]
 fn vxlan_from_a_host_that_is_no_node_is_dropped() {
     needs_root!();
-    let mut c = Cluster::new(3, "10.84.0.0/16");
+    let mut c = Cluster::builder().nodes(3).build();
     let pod = c.nodes[0].add_pod("vp");
     let other = c.nodes[1].add_pod("vo");
     let probe = Probe::listen(&pod.ns);
@@ -59,7 +59,7 @@ fn vxlan_from_a_host_that_is_no_node_is_dropped() {
 #[test]
 fn a_node_s_vxlan_carries_only_ip_from_its_own_pod_subnets() {
     needs_root!();
-    let c = Cluster::new(2, "10.85.0.0/16");
+    let c = Cluster::builder().nodes(2).build();
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let pod = n2.add_pod("rp");
     let probe = Probe::listen(&pod.ns);

@@ -493,11 +493,15 @@ impl Drop for Poller {
 /// A cluster of `n` nodes enforcing NetworkPolicy against the API stand-in.
 fn policy_cluster(n: usize, cidr: &str) -> (Cluster, Api) {
     let (kc_dir, kc) = Api::kubeconfig_for_later();
-    let c = Cluster::with_args(
-        n,
-        cidr,
-        &format!("--network-policy --kubeconfig {}", kc.display()),
-    );
+    let c = Cluster::builder()
+        .nodes(n)
+        .cluster_cidr(cidr)
+        .flags([
+            "--network-policy",
+            "--kubeconfig",
+            &kc.display().to_string(),
+        ])
+        .build();
     let mut api = Api::start(&c.etcd.host, kc_dir);
     api.add_namespace(namespace(BENCH_NS));
     (c, api)

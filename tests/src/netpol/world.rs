@@ -80,11 +80,12 @@ impl World {
         let kubeconfig = tempfile::tempdir().expect("tempdir");
         let kc_path = kubeconfig.path().join("kubeconfig");
         let mut api = None;
-        let extra = format!(
-            "--network-policy --kubeconfig {} {daemon_args}",
-            kc_path.display()
-        );
-        let cluster = Cluster::build_reporting(NODES, CLUSTER_CIDR, &extra, false, &mut |p| {
+        let kc = kc_path.display().to_string();
+        let flags = ["--network-policy", "--kubeconfig", &kc]
+            .into_iter()
+            .chain(daemon_args.split_whitespace());
+        let builder = Cluster::builder().nodes(NODES).cluster_cidr(CLUSTER_CIDR);
+        let cluster = builder.flags(flags).build_reporting(&mut |p| {
             match p {
                 // Before any daemon starts: the API, and the kubeconfig naming it.
                 Progress::Etcd(etcd, t) => {
