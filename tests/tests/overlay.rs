@@ -107,7 +107,11 @@ fn every_traffic_kind(cluster: ClusterBuilder) {
     for (i, p) in &pods {
         c.nodes[*i].cni("DEL", &p.id, Some(&p.ns)).ok();
     }
-    assert!(wait_until(Duration::from_secs(1), || true));
+    // DEL takes each pod off the overlay: its interface is gone.
+    let gone = wait_until(Duration::from_secs(1), || {
+        pods.iter().all(|(_, p)| !p.ns.has_link("eth0"))
+    });
+    assert!(gone, "a pod kept its eth0 after DEL");
 }
 
 #[test]
