@@ -12,6 +12,7 @@ use std::process::Command;
 use ferry_tests::cluster::Cluster;
 use ferry_tests::cni::{Call, Reply};
 use ferry_tests::kind::kustomize;
+use ferry_tests::netns::run_ok;
 use ferry_tests::netns::Netns;
 use ferry_tests::{bin, needs_root};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -445,15 +446,7 @@ fn up_sh_checks_its_tools_first_and_tags_the_image_by_what_was_built() {
     for id in ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"] {
         let d = tempfile::tempdir().unwrap();
         let bin = stand_ins(d.path(), id, "");
-        let out = Command::new(repo().join("deploy/kind/up.sh"))
-            .env("PATH", path_with(&bin))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(&mut Command::new(repo().join("deploy/kind/up.sh")).env("PATH", path_with(&bin)));
         let applied = std::fs::read_to_string(d.path().join("applied")).unwrap();
         assert!(!applied.contains("image: ferry:dev"), "{applied}");
         assert!(
@@ -510,15 +503,10 @@ fn the_install_script_and_the_shipped_conflist_make_a_working_node() {
     std::fs::create_dir_all(&conf_dir).unwrap();
     // An older ferry's config, which the new one replaces.
     std::fs::write(conf_dir.join("10-ferry.conflist"), "{}").unwrap();
-    let out = Command::new(repo().join("deploy/install-cni.sh"))
-        .arg(root.path())
-        .env("FERRY_BIN_SRC", ferry_tests::bin_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        &mut Command::new(repo().join("deploy/install-cni.sh"))
+            .arg(root.path())
+            .env("FERRY_BIN_SRC", ferry_tests::bin_dir()),
     );
     let bin_dir = root.path().join("opt/cni/bin");
     let names = |d: &Path| {
