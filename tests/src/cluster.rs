@@ -499,6 +499,11 @@ impl Node {
         }
     }
 
+    /// DEL of `pod` through the plugin, which must succeed.
+    pub fn del_pod(&self, pod: &Pod) {
+        self.cni("DEL", &pod.id, Some(&pod.ns)).ok();
+    }
+
     /// A pod made by the plugin in a dual-stack cluster; its namespace and IPv6 address.
     pub fn add_pod_ipv6(&self) -> (Netns, String) {
         let pod = self.add_pod(&crate::unique("v6"));
@@ -1064,6 +1069,12 @@ impl Cluster {
         for n in &self.nodes {
             assert!(n.log().contains("reused=true"), "{}", n.log());
         }
+    }
+
+    /// Pod `a` on node 0 and pod `b` on node 1 (in that order): the pair most tests
+    /// send traffic between.
+    pub fn pods_across(&self, a: &str, b: &str) -> (Pod, Pod) {
+        (self.nodes[0].add_pod(a), self.nodes[1].add_pod(b))
     }
 
     /// Every node's underlay address.

@@ -195,7 +195,7 @@ fn same_segment_is_direct_across_is_vxlan_and_a_moved_node_switches() {
         ],
     );
     for (i, p) in pods.iter().enumerate() {
-        c.nodes[i].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[i].del_pod(&p);
     }
 }
 
@@ -264,8 +264,8 @@ fn direct_routing_off_gives_vxlan_for_all() {
         &[path("node0", "local", "-"), path("node1", "vxlan", "-")],
     );
     assert!(c.metrics(0).contains("ferry_direct_peers 0"));
-    n0.cni("DEL", &a.id, Some(&a.ns)).ok();
-    n1.cni("DEL", &b.id, Some(&b.ns)).ok();
+    n0.del_pod(&a);
+    n1.del_pod(&b);
 }
 
 #[test]
@@ -411,7 +411,7 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
         "the verdicts were not given on the direct path"
     );
     for (p, n) in [(&target, n0), (&ok, n1), (&other, n1)] {
-        n.cni("DEL", &p.id, Some(&p.ns)).ok();
+        n.del_pod(&p);
     }
 }
 
@@ -453,8 +453,8 @@ fn a_lease_naming_an_on_link_stranger_gets_no_more_than_its_own_subnet() {
     wait_direct(n0, &s1, &n1.ip);
     c.wait_reachable(&a.ns, &b.ip);
     assert_eq!(connect(&a.ns, &b.ip, 7000).as_deref(), Some(a.ip.as_str()));
-    n0.cni("DEL", &a.id, Some(&a.ns)).ok();
-    n1.cni("DEL", &b.id, Some(&b.ns)).ok();
+    n0.del_pod(&a);
+    n1.del_pod(&b);
 }
 
 #[test]
@@ -476,6 +476,6 @@ fn an_ipv6_underlay_routes_ipv6_pods_directly() {
         }),
         "IPv6 pod traffic on one segment went through VXLAN"
     );
-    n0.cni("DEL", &a.id, Some(&a.ns)).ok();
-    n1.cni("DEL", &b.id, Some(&b.ns)).ok();
+    n0.del_pod(&a);
+    n1.del_pod(&b);
 }

@@ -105,7 +105,7 @@ fn every_traffic_kind(cluster: ClusterBuilder) {
     );
     assert!(m.contains("ferry_ready 1"), "{m}");
     for (i, p) in &pods {
-        c.nodes[*i].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[*i].del_pod(&p);
     }
     // DEL takes each pod off the overlay: its interface is gone.
     let gone = wait_until(Duration::from_secs(1), || {
@@ -119,8 +119,7 @@ fn services_through_kube_proxy_rules() {
     needs_root!();
     let c = Cluster::builder().nodes(2).build();
     let endpoint = c.nodes[0].add_pod("ep");
-    let same_node = c.nodes[0].add_pod("near");
-    let other_node = c.nodes[1].add_pod("far");
+    let (same_node, other_node) = c.pods_across("near", "far");
     let _srv = echo_peer_server(&endpoint.ns, 7000);
     // ClusterIP 10.96.0.10:80 and NodePort 30080 to the one endpoint.
     let svc = Service::new("10.96.0.10", &endpoint.ip);
@@ -133,7 +132,7 @@ fn services_through_kube_proxy_rules() {
         &c.node_ips(),
     );
     for (n, p) in [(0, &endpoint), (0, &same_node), (1, &other_node)] {
-        c.nodes[n].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[n].del_pod(&p);
     }
 }
 
@@ -141,8 +140,7 @@ fn services_through_kube_proxy_rules() {
 fn overlayd_restart_drops_no_packet_and_keeps_subnet_and_mac() {
     needs_root!();
     let mut c = Cluster::builder().nodes(2).build();
-    let a = c.nodes[0].add_pod("ra");
-    let b = c.nodes[1].add_pod("rb");
+    let (a, b) = c.pods_across("ra", "rb");
     // 150 pings, 20 ms apart, while both daemons restart.
     let ping = std::thread::spawn({
         let ns = a.ns.name.clone();
@@ -164,16 +162,15 @@ fn overlayd_restart_drops_no_packet_and_keeps_subnet_and_mac() {
         summary.contains(" 0% packet loss"),
         "packets lost across the restart: {summary}"
     );
-    c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
-    c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+    c.nodes[0].del_pod(&a);
+    c.nodes[1].del_pod(&b);
 }
 
 #[test]
 fn etcd_outage_keeps_traffic_and_pods_starting() {
     needs_root!();
     let mut c = Cluster::builder().nodes(2).build();
-    let a = c.nodes[0].add_pod("ea");
-    let b = c.nodes[1].add_pod("eb");
+    let (a, b) = c.pods_across("ea", "eb");
     c.etcd.stop();
     a.ns.sh(&format!("ping -c3 -i 0.2 -W2 {}", b.ip));
     // A new pod starts without etcd: the plugin needs only node.json.
@@ -230,8 +227,7 @@ fn hand_deleted_state_comes_back() {
         .cluster_cidr("10.65.0.0/16")
         .direct_routing(false)
         .build();
-    let a = c.nodes[0].add_pod("ha");
-    let b = c.nodes[1].add_pod("hb");
+    let (a, b) = c.pods_across("ha", "hb");
     let n0 = &c.nodes[0];
     let remote = c.nodes[1].subnet();
     // A route, an FDB entry, a neighbour entry, then the whole device.
@@ -306,8 +302,7 @@ fn vxlan_checksum_offload_can_be_turned_off_and_stays_off() {
         );
     }
     // Traffic crosses with the inner checksums computed in software, TCP included.
-    let a = c.nodes[0].add_pod("ka");
-    let b = c.nodes[1].add_pod("kb");
+    let (a, b) = c.pods_across("ka", "kb");
     let _srv = echo_peer_server(&b.ns, 7000);
     c.wait_reachable(&a.ns, &b.ip);
     assert_eq!(connect(&a.ns, &b.ip, 7000).as_deref(), Some(a.ip.as_str()));
@@ -320,8 +315,8 @@ fn vxlan_checksum_offload_can_be_turned_off_and_stays_off() {
     let d = Cluster::builder().direct_routing(false).build();
     std::thread::sleep(Duration::from_secs(3));
     assert!(d.nodes[0].tx_checksum("ferry.1", None));
-    c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
-    c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+    c.nodes[0].del_pod(&a);
+    c.nodes[1].del_pod(&b);
 }
 
 #[test]
@@ -351,8 +346,7 @@ fn a_silent_node_keeps_its_subnet_for_the_grace_period() {
 fn a_new_public_ip_is_followed_by_every_node() {
     needs_root!();
     let mut c = Cluster::builder().nodes(2).build();
-    let a = c.nodes[0].add_pod("ma");
-    let b = c.nodes[1].add_pod("mb");
+    let (a, b) = c.pods_across("ma", "mb");
     let n1 = &mut c.nodes[1];
     n1.stop_daemon();
     n1.host.sh("ip addr flush dev eth0 && ip addr add 192.0.2.77/24 dev eth0 && ip route add default via 192.0.2.254");
@@ -453,8 +447,7 @@ fn etcd_with_tls_and_client_certificates() {
         .nodes(2)
         .tls()
         .build();
-    let a = c.nodes[0].add_pod("ta");
-    let b = c.nodes[1].add_pod("tb");
+    let (a, b) = c.pods_across("ta", "tb");
     a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
     // Without a client certificate etcd refuses, and the daemon says so.
     let d = c.etcd.dir.path().display();
@@ -526,7 +519,7 @@ fn big_tcp_follows_the_underlay_when_asked() {
     );
     let p = n.add_pod("bp");
     assert_eq!(p.ns.link_sizes("eth0"), legacy);
-    n.cni("DEL", &p.id, Some(&p.ns)).ok();
+    n.del_pod(&p);
     drop(plain);
 
     for direct in [true, false] {
@@ -548,8 +541,7 @@ fn big_tcp_follows_the_underlay_when_asked() {
             c.nodes[0].log()
         );
         c.turn_big_tcp_on(big);
-        let a = c.nodes[0].add_pod("ba");
-        let b = c.nodes[1].add_pod("bb");
+        let (a, b) = c.pods_across("ba", "bb");
         for (n, p) in [(&c.nodes[0], &a), (&c.nodes[1], &b)] {
             assert_eq!(
                 n.node_state()["bigTcp"],
@@ -597,7 +589,7 @@ fn big_tcp_follows_the_underlay_when_asked() {
             // Directly routed, they cross the underlay whole, larger than 64 KiB.
             assert!(per_packet > u64::from(netlink::big_tcp::LEGACY), "{shown}");
         }
-        c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
-        c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+        c.nodes[0].del_pod(&a);
+        c.nodes[1].del_pod(&b);
     }
 }

@@ -202,8 +202,7 @@ fn dual_stack_services_through_ip6tables_rules() {
     wait_converged_v6(&c);
     // Pods through the real plugin: an IPv4 and an IPv6 address each.
     let ep = c.nodes[0].add_pod("d6e");
-    let near = c.nodes[0].add_pod("d6n");
-    let far = c.nodes[1].add_pod("d6f");
+    let (near, far) = c.pods_across("d6n", "d6f");
     let (ep6, near6, far6) = (
         ipv6_of(&ep.result),
         ipv6_of(&near.result),
@@ -222,6 +221,6 @@ fn dual_stack_services_through_ip6tables_rules() {
         &["2001:db8::11", "2001:db8::12"],
     );
     for (i, p) in [(0, &ep), (0, &near), (1, &far)] {
-        c.nodes[i].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[i].del_pod(&p);
     }
 }

@@ -89,8 +89,7 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
 
     // Pods through the real plugin: IPv6 addresses only.
     let a = c.nodes[0].add_pod("6a");
-    let near = c.nodes[0].add_pod("6n");
-    let b = c.nodes[1].add_pod("6b");
+    let (near, b) = c.pods_across("6n", "6b");
     assert!(
         a.ip.starts_with("fd00:66:") && b.ip.contains(':'),
         "{}",
@@ -147,7 +146,7 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
     let v4 = n0.host.try_sh("iptables -t nat -S FERRY-POSTRTG");
     assert!(!v4.status.success(), "an IPv4 chain on an IPv6-only node");
     for (i, p) in [(0, &a), (0, &near), (1, &b)] {
-        c.nodes[i].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[i].del_pod(&p);
     }
 }
 
@@ -155,8 +154,7 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
 fn an_ipv6_only_daemon_restart_loses_no_packet_and_keeps_subnet_and_mac() {
     needs_root!();
     let mut c = Cluster::builder().nodes(3).v6_only().build();
-    let a = c.nodes[0].add_pod("7a");
-    let b = c.nodes[1].add_pod("7b");
+    let (a, b) = c.pods_across("7a", "7b");
     c.wait_reachable(&a.ns, &b.ip);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("ping.txt");
@@ -174,8 +172,8 @@ fn an_ipv6_only_daemon_restart_loses_no_packet_and_keeps_subnet_and_mac() {
     drop(pinger);
     let out = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(done && out.contains(" 0% packet loss"), "{out}");
-    c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
-    c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+    c.nodes[0].del_pod(&a);
+    c.nodes[1].del_pod(&b);
 }
 
 #[test]
@@ -219,5 +217,5 @@ fn ipv6_vxlan_from_an_underlay_host_that_is_no_node_is_dropped() {
             .contains("2001:db8::13")
     });
     assert!(gone, "{}", c.nodes[0].host.sh("nft list table inet ferry"));
-    c.nodes[0].cni("DEL", &pod.id, Some(&pod.ns)).ok();
+    c.nodes[0].del_pod(&pod);
 }

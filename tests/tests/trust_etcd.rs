@@ -38,6 +38,18 @@ fn ferry_routes_prefix(n: &Node, prefix: &str) -> bool {
         .any(|l| l.split_whitespace().next() == Some(prefix))
 }
 
+/// `foreign_routes_outlive_a_lease_over_them` for one route, to `free` via `via`, and a
+/// lease of node `node` (MAC `mac`) naming node 0's address over it.
+fn one_foreign_route_outlives_a_lease(c: &Cluster, node: &str, free: &str, via: &str, mac: &str) {
+    let key = c.lease_key(free);
+    let lie = if free.contains(':') {
+        lease_json_v6(node, free, &c.nodes[0].ip, mac)
+    } else {
+        lease_json(node, free, &c.nodes[0].ip, mac)
+    };
+    foreign_routes_outlive_a_lease_over_them(c, &[(free, via)], &key, &lie);
+}
+
 /// node2 has a route of its own (`proto static`) to each of `free` (subnets of the
 /// cluster CIDR no node holds: (prefix, gateway)); then a lease at `key` (`record`) names
 /// them and node0's public IP. The lease is live (node1 routes them to node0), yet node2's
@@ -181,8 +193,7 @@ fn a_lease_claiming_a_live_nodes_subnet_is_refused() {
         .nodes(3)
         .cluster_cidr("10.81.0.0/16")
         .build();
-    let a = c.nodes[0].add_pod("ca");
-    let b = c.nodes[1].add_pod("cb");
+    let (a, b) = c.pods_across("ca", "cb");
     let s1 = c.nodes[1].subnet();
     let mac1 = c.nodes[1].vtep_mac();
     let net1 = s1.split('/').next().unwrap().to_string();
@@ -240,8 +251,7 @@ fn a_lease_claiming_a_live_nodes_subnet_is_refused() {
 fn an_impostor_with_a_live_nodes_name_is_refused() {
     needs_root!();
     let c = Cluster::builder().nodes(3).build();
-    let a = c.nodes[0].add_pod("ia");
-    let b = c.nodes[1].add_pod("ib");
+    let (a, b) = c.pods_across("ia", "ib");
     let key1 = c.lease_key(&c.nodes[1].subnet());
     let before = c.etcd_get(&key1);
     let stranger = c.stranger("192.0.2.50");
@@ -272,8 +282,7 @@ fn an_impostor_with_a_live_nodes_name_is_refused() {
 fn damaged_or_deleted_leases_cut_no_node_off() {
     needs_root!();
     let mut c = Cluster::builder().nodes(3).build();
-    let a = c.nodes[0].add_pod("da");
-    let b = c.nodes[1].add_pod("db");
+    let (a, b) = c.pods_across("da", "db");
     let d = c.nodes[2].add_pod("dd");
     let s1 = c.nodes[1].subnet();
     let key1 = c.lease_key(&s1);
@@ -389,10 +398,13 @@ fn an_ipv6_lease_over_a_foreign_direct_route_neither_replaces_nor_removes_it() {
         .v6_only()
         .cluster_cidr_v6("fd00:95::/56")
         .build();
-    let free = "fd00:95:0:c8::/64";
-    let key = c.lease_key(free);
-    let lie = lease_json_v6("y6", free, &c.nodes[0].ip, "0e:00:00:00:00:96");
-    foreign_routes_outlive_a_lease_over_them(&c, &[(free, "2001:db8::99")], &key, &lie);
+    one_foreign_route_outlives_a_lease(
+        &c,
+        "y6",
+        "fd00:95:0:c8::/64",
+        "2001:db8::99",
+        "0e:00:00:00:00:96",
+    );
 }
 
 #[test]
@@ -402,10 +414,13 @@ fn an_ipv4_lease_over_a_foreign_direct_route_leaves_it_after_it_is_deleted() {
         .nodes(3)
         .cluster_cidr("10.86.0.0/16")
         .build();
-    let free = "10.86.200.0/24";
-    let key = c.lease_key(free);
-    let lie = lease_json("y4", free, &c.nodes[0].ip, "0e:00:00:00:00:97");
-    foreign_routes_outlive_a_lease_over_them(&c, &[(free, "192.0.2.254")], &key, &lie);
+    one_foreign_route_outlives_a_lease(
+        &c,
+        "y4",
+        "10.86.200.0/24",
+        "192.0.2.254",
+        "0e:00:00:00:00:97",
+    );
 }
 
 #[test]
@@ -417,10 +432,13 @@ fn an_ipv6_lease_over_a_foreign_route_on_the_vxlan_path_leaves_it() {
         .cluster_cidr_v6("fd00:97::/56")
         .direct_routing(false)
         .build();
-    let free = "fd00:97:0:c8::/64";
-    let key = c.lease_key(free);
-    let lie = lease_json_v6("v6", free, &c.nodes[0].ip, "0e:00:00:00:00:98");
-    foreign_routes_outlive_a_lease_over_them(&c, &[(free, "2001:db8::99")], &key, &lie);
+    one_foreign_route_outlives_a_lease(
+        &c,
+        "v6",
+        "fd00:97:0:c8::/64",
+        "2001:db8::99",
+        "0e:00:00:00:00:98",
+    );
 }
 
 #[test]

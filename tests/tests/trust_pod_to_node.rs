@@ -144,7 +144,7 @@ fn a_pod_never_sends_vxlan(c: &Cluster, cluster_ips: [&str; 2], nowhere: &str) {
         assert!(!n.log().contains("written again"), "{}", n.log());
     }
     for (n, p) in [(0, &pod), (1, &target), (0, &local)] {
-        c.nodes[n].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[n].del_pod(&p);
     }
 }
 
@@ -199,7 +199,7 @@ fn an_ipv6_pod_never_sends_vxlan() {
         "{:?}",
         probe.received()
     );
-    c.nodes[1].cni("DEL", &target.id, Some(&target.ns)).ok();
+    c.nodes[1].del_pod(&target);
 }
 
 /// etcd given to the daemons as a ClusterIP (as the shipped ConfigMap does), which
@@ -241,5 +241,5 @@ fn a_pod_never_reaches_etcd_through_its_cluster_ip() {
         "{}",
         c.nodes[0].host.sh("nft list table inet ferry")
     );
-    c.nodes[0].cni("DEL", &pod.id, Some(&pod.ns)).ok();
+    c.nodes[0].del_pod(&pod);
 }

@@ -18,8 +18,7 @@ fn in_subnet(node: &Node, host: u8) -> String {
 fn vxlan_from_a_host_that_is_no_node_is_dropped() {
     needs_root!();
     let mut c = Cluster::builder().nodes(3).build();
-    let pod = c.nodes[0].add_pod("vp");
-    let other = c.nodes[1].add_pod("vo");
+    let (pod, other) = c.pods_across("vp", "vo");
     let probe = Probe::listen(&pod.ns);
     // An inner source inside the sending node's subnet: what a stranger would forge.
     let frame = Frame {
