@@ -644,7 +644,7 @@ pub struct ClusterBuilder {
 /// A cluster CIDR pair no other cluster of this test process has: 10.128.0.0/16 to
 /// 10.227.0.0/16 and fd00:<n>::/56 (each cluster is in namespaces of its own, so this is
 /// for reading logs, not for isolation).
-fn next_cidrs() -> (String, String) {
+pub(crate) fn next_cidrs() -> (String, String) {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed) + std::process::id();

@@ -398,12 +398,7 @@ fn ipv6_of(w: &World, pod: &str) -> std::net::Ipv6Addr {
 #[test]
 fn ipv6_is_enforced_as_ipv4_is() {
     needs_root!();
-    let mut w = World::with_args(
-        &[80],
-        &[Protocol::Tcp],
-        "--cluster-cidr-v6 fd00:77::/56",
-        &mut |_| {},
-    );
+    let mut w = World::dual_stack();
     // A server on [::]:8081 in x/a, z/a and y/b (the world's servers listen on IPv4).
     let mut listeners = Vec::new();
     for pod in ["x/a", "z/a", "y/b"] {

@@ -11,7 +11,6 @@ use std::time::Duration;
 use ferry_tests::cni::Call;
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
-use ferry_tests::netpol::cases::Protocol;
 use ferry_tests::netpol::l2::{self, TcpServer};
 use ferry_tests::netpol::world::World;
 use ferry_tests::proc::wait_until;
@@ -79,12 +78,7 @@ fn portmap(host: &Netns, command: &str, id: &str, netns: &Path, prev: &Value) ->
 #[test]
 fn network_policy_holds_on_the_host_port_path_in_both_families() {
     needs_root!();
-    let mut w = World::with_args(
-        &[80],
-        &[Protocol::Tcp],
-        "--cluster-cidr-v6 fd00:7a::/56",
-        &mut |_| {},
-    );
+    let mut w = World::dual_stack();
     w.cluster.add_underlay_v6();
     let (admitted, stranger) = (host(&w, ADMITTED), host(&w, STRANGER));
     let (node_ip, node_ip6): (IpAddr, IpAddr) = (

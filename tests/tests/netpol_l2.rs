@@ -26,12 +26,7 @@ fn p(s: &str) -> PodRef {
 /// A dual-stack world, and the three roles on one node: the world puts x/a, y/c and z/b
 /// on node 0.
 fn world() -> (World, [PodRef; 3]) {
-    let w = World::with_args(
-        &[80],
-        &[Protocol::Tcp],
-        "--cluster-cidr-v6 fd00:78::/56",
-        &mut |_| {},
-    );
+    let w = World::dual_stack();
     let roles = [p("x/a"), p("z/b"), p("y/c")];
     for r in &roles {
         assert_eq!(w.pod(r).node, 0, "{r} is not on node 0");
@@ -59,12 +54,7 @@ fn explain(w: &World, from: &str, to: &str, port: u16, protocol: &str) -> (Optio
         .arg(w.cluster.nodes[0].state_dir())
         .output()
         .expect("run ferry-ipam explain");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
+    ferry_tests::netns::code_and_text(&out)
 }
 
 /// Node 0's policy tables, for a failure's report.

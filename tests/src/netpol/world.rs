@@ -69,6 +69,14 @@ impl World {
         World::with_args(ports, protocols, "", report)
     }
 
+    /// A world serving TCP 80 whose pods have both families (an IPv6 cluster CIDR the kit
+    /// picks), as the IPv6 NetworkPolicy tests want it.
+    pub fn dual_stack() -> World {
+        let (_, cidr6) = crate::cluster::next_cidrs();
+        let flags = format!("--cluster-cidr-v6 {cidr6}");
+        World::with_args(&[80], &[Protocol::Tcp], &flags, &mut |_| {})
+    }
+
     /// `new`, with more daemon flags (`--cluster-cidr-v6 …` for a dual-stack world, whose
     /// pods then carry both addresses in `status.podIPs`).
     pub fn with_args(
