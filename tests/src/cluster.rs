@@ -1104,6 +1104,12 @@ impl Cluster {
         http_get(&self.nodes[node].host, HEALTH_ADDR, "/metrics").1
     }
 
+    /// Asserts node `node` serves metric `name` (with any labels and value).
+    pub fn assert_metric_served(&self, node: usize, name: &str) {
+        let m = self.metrics(node);
+        assert!(m.contains(name), "{name} not served by node {node}:\n{m}");
+    }
+
     /// One series of a node's metrics (`name` or `name{labels}`, as served); 0 when absent.
     pub fn metric(&self, node: usize, series: &str) -> u64 {
         self.metrics(node)

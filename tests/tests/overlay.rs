@@ -271,11 +271,7 @@ fn hand_deleted_state_comes_back() {
         n0.log()
     );
     a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
-    assert!(
-        c.metrics(0).contains("ferry_repairs_total"),
-        "{}",
-        c.metrics(0)
-    );
+    c.assert_metric_served(0, "ferry_repairs_total");
 }
 
 #[test]

@@ -187,13 +187,11 @@ fn ipv6_vxlan_from_an_underlay_host_that_is_no_node_is_dropped() {
     let pod = c.nodes[0].add_pod("8p");
     let probe = Probe::listen(&pod.ns);
     // An inner source inside node1's subnet: what a stranger would forge.
-    let frame = Frame {
-        mac: c.nodes[0].vtep_mac(),
-        src: subnet6(&c.nodes[1]).replace("::/64", "::77"),
-        dst: pod.ip.clone(),
-        node: c.nodes[0].ip.clone(),
-        vlan: None,
-    };
+    let frame = Frame::to(
+        &c.nodes[0],
+        subnet6(&c.nodes[1]).replace("::/64", "::77"),
+        &pod.ip,
+    );
     probe.only_nodes_reach(&c.stranger("2001:db8::66"), &c.nodes[1].host, &frame);
     // Dropped by ferry's table, counted; its set is the other nodes' IPv6 addresses.
     let table = c.nodes[0].host.sh("nft list table inet ferry");

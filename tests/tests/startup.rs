@@ -460,20 +460,17 @@ fn a_node_secret_that_is_not_one_is_refused_naming_it() {
             20,
         )
     };
-    std::fs::write(&secret, [7u8; 32]).unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, err) = run();
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains(&secret.display().to_string()) && err.contains("not 0600"),
-        "{err}"
-    );
-    std::fs::write(&secret, b"short").unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (code, err) = run();
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains(&secret.display().to_string()) && err.contains("5 bytes, not 32"),
-        "{err}"
-    );
+    // A secret of `bytes` with `mode` is refused (exit 1), naming the file and `why`.
+    let refused = |bytes: &[u8], mode: u32, why: &str| {
+        std::fs::write(&secret, bytes).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (code, err) = run();
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(&secret.display().to_string()) && err.contains(why),
+            "{err}"
+        );
+    };
+    refused(&[7u8; 32], 0o644, "not 0600");
+    refused(b"short", 0o600, "5 bytes, not 32");
 }

@@ -21,13 +21,7 @@ fn vxlan_from_a_host_that_is_no_node_is_dropped() {
     let (pod, other) = c.pods_across("vp", "vo");
     let probe = Probe::listen(&pod.ns);
     // An inner source inside the sending node's subnet: what a stranger would forge.
-    let frame = Frame {
-        mac: c.nodes[0].vtep_mac(),
-        src: in_subnet(&c.nodes[1], 77),
-        dst: pod.ip.clone(),
-        node: c.nodes[0].ip.clone(),
-        vlan: None,
-    };
+    let frame = Frame::to(&c.nodes[0], in_subnet(&c.nodes[1], 77), &pod.ip);
     probe.only_nodes_reach(&c.stranger("192.0.2.66"), &c.nodes[1].host, &frame);
     let table = c.nodes[0].host.sh("nft list table inet ferry");
     assert!(
@@ -62,13 +56,7 @@ fn a_node_s_vxlan_carries_only_ip_from_its_own_pod_subnets() {
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let pod = n2.add_pod("rp");
     let probe = Probe::listen(&pod.ns);
-    let legit = Frame {
-        mac: n2.vtep_mac(),
-        src: in_subnet(n1, 77),
-        dst: pod.ip.clone(),
-        node: n2.ip.clone(),
-        vlan: None,
-    };
+    let legit = Frame::to(&n2, in_subnet(n1, 77), &pod.ip);
     // A source inside node 1's subnet is what node 1 may send: it arrives.
     probe.send(&n1.host, &legit, "legit", 3);
     assert!(probe.arrives("legit"), "{:?}", probe.received());
