@@ -951,12 +951,34 @@ impl Cluster {
 
     pub fn wait_converged(&self) {
         let subnets: Vec<String> = self.nodes.iter().map(Node::subnet).collect();
+        self.wait_routing_to(&subnets, Node::ferry_routes, Node::overlay_routes);
+    }
+
+    /// Waits until every node routes to every other node's IPv6 subnet on the VXLAN
+    /// device (a dual-stack cluster: `wait_converged` looks at the IPv4 ones).
+    pub fn wait_converged_v6(&self) {
+        let subnets: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.node_state()["podCIDRv6"].as_str().unwrap().to_string())
+            .collect();
+        self.wait_routing_to(&subnets, Node::overlay_routes_v6, Node::overlay_routes_v6);
+    }
+
+    /// Waits until `routes` of every running node i names every `subnets[j]`, j != i;
+    /// a failure shows `shown` of the node that did not.
+    fn wait_routing_to(
+        &self,
+        subnets: &[String],
+        routes: impl Fn(&Node) -> String,
+        shown: impl Fn(&Node) -> String,
+    ) {
         for (i, node) in self.nodes.iter().enumerate() {
             if node.daemon.is_none() {
                 continue;
             }
             let ok = wait_until(Duration::from_secs(20), || {
-                let routes = node.ferry_routes();
+                let routes = routes(node);
                 subnets
                     .iter()
                     .enumerate()
@@ -966,7 +988,7 @@ impl Cluster {
                 ok,
                 "{} did not converge: {}\n{}",
                 node.name,
-                node.overlay_routes(),
+                shown(node),
                 node.log()
             );
         }

@@ -173,6 +173,11 @@ impl Node {
         Self::with(|data| ferry_conf("1.1.0", data, json!({"subnet": subnet}), json!({})))
     }
 
+    /// A node whose ferry conf is `ferry_conf(version, <its data dir>, ipam, extra)`.
+    pub fn ferry(version: &str, ipam: Value, extra: Value) -> Node {
+        Self::with(|d| ferry_conf(version, d, ipam, extra))
+    }
+
     pub fn with(conf: impl FnOnce(&Path) -> String) -> Node {
         let host = Netns::new("fyh");
         let data = tempfile::tempdir().expect("tempdir");

@@ -2,14 +2,14 @@
 //! kernel state ADD leaves (addresses usable at once, routes), traffic over IPv6, DEL,
 //! GC, CHECK against tampering, exhaustion, and hostile configs.
 
-use ferry_tests::cni::{ferry_conf, Node};
+use ferry_tests::cni::Node;
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server_on};
 use serde_json::{json, Value};
 
 fn node(version: &str, ipam: Value) -> Node {
-    Node::with(|d| ferry_conf(version, d, ipam, json!({})))
+    Node::ferry(version, ipam, json!({}))
 }
 
 fn dual(v4: &str, v6: &str) -> Value {

@@ -8,25 +8,6 @@ use ferry_tests::needs_root;
 use ferry_tests::proc::{connect, echo_peer_server_on, wait_until};
 use ferry_tests::services::Service;
 
-/// Waits until every node routes to every other node's IPv6 subnet.
-fn wait_converged_v6(c: &Cluster) {
-    let subnets: Vec<String> = c
-        .nodes
-        .iter()
-        .map(|n| n.node_state()["podCIDRv6"].as_str().unwrap().to_string())
-        .collect();
-    for (i, n) in c.nodes.iter().enumerate() {
-        let ok = wait_until(Duration::from_secs(20), || {
-            let r = n.overlay_routes_v6();
-            subnets
-                .iter()
-                .enumerate()
-                .all(|(j, s)| i == j || r.contains(s.as_str()))
-        });
-        assert!(ok, "{}: {}\n{}", n.name, n.overlay_routes_v6(), n.log());
-    }
-}
-
 #[test]
 fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
     needs_root!();
@@ -47,7 +28,7 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
         assert_eq!(gw, s6.replace("::/64", "::1"));
         assert_eq!(st["mtu"], 1450);
     }
-    wait_converged_v6(&c);
+    c.wait_converged_v6();
     // The operator's view shows both families.
     let out = c.ipam_leases("-o json");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -92,7 +73,7 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
 fn a_daemon_restart_loses_no_ipv6_packet() {
     needs_root!();
     let mut c = Cluster::builder().nodes(2).dual_stack().build();
-    wait_converged_v6(&c);
+    c.wait_converged_v6();
     let (a, _) = c.nodes[0].add_pod_ipv6();
     let (_b, b_ip) = c.nodes[1].add_pod_ipv6();
     c.wait_reachable(&a, &b_ip);
@@ -129,7 +110,7 @@ fn ipv6_leases_for_the_underlay_or_a_live_nodes_subnet_are_refused() {
         .dual_stack()
         .build();
     c.add_underlay_v6();
-    wait_converged_v6(&c);
+    c.wait_converged_v6();
     let (a, _) = c.nodes[0].add_pod_ipv6();
     let (_b, b_ip) = c.nodes[1].add_pod_ipv6();
     c.wait_reachable(&a, &b_ip);
@@ -199,7 +180,7 @@ fn dual_stack_services_through_ip6tables_rules() {
     needs_root!();
     let c = Cluster::builder().nodes(2).dual_stack().build();
     c.add_underlay_v6();
-    wait_converged_v6(&c);
+    c.wait_converged_v6();
     // Pods through the real plugin: an IPv4 and an IPv6 address each.
     let ep = c.nodes[0].add_pod("d6e");
     let (near, far) = c.pods_across("d6n", "d6f");

@@ -44,8 +44,7 @@ fn version_lists_every_supported_version() {
 fn result_shape_in_every_version() {
     needs_root!();
     for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
-        let node =
-            Node::with(|d| ferry_conf(version, d, json!({"subnet": "10.31.0.0/24"}), json!({})));
+        let node = Node::ferry(version, json!({"subnet": "10.31.0.0/24"}), json!({}));
         let p = pod();
         let r = node.add("shape", &p).ok();
         assert_eq!(r["cniVersion"], version);
@@ -79,14 +78,11 @@ fn result_shape_in_every_version() {
 #[test]
 fn kernel_state_after_add() {
     needs_root!();
-    let node = Node::with(|d| {
-        ferry_conf(
-            "1.0.0",
-            d,
-            json!({"subnet": "10.32.0.0/24"}),
-            json!({"mtu": 1400}),
-        )
-    });
+    let node = Node::ferry(
+        "1.0.0",
+        json!({"subnet": "10.32.0.0/24"}),
+        json!({"mtu": 1400}),
+    );
     let p = pod();
     let r = node.add("k1", &p).ok();
     let veth = r["interfaces"][1]["name"].as_str().unwrap().to_string();
@@ -279,14 +275,11 @@ fn failed_add_leaves_nothing() {
     assert!(p.has_link("eth0"), "the pod's own eth0 must be left alone");
 
     // A route that cannot be installed fails after the veth exists: both are undone.
-    let node = Node::with(|d| {
-        ferry_conf(
-            "1.0.0",
-            d,
-            json!({"subnet": "10.35.1.0/24", "routes": [{"dst": "10.200.0.0/16", "gw": "192.0.2.77"}]}),
-            json!({}),
-        )
-    });
+    let node = Node::ferry(
+        "1.0.0",
+        json!({"subnet": "10.35.1.0/24", "routes": [{"dst": "10.200.0.0/16", "gw": "192.0.2.77"}]}),
+        json!({}),
+    );
     let p = pod();
     let r = node.add("bad-route", &p);
     assert_eq!(r.err_code(), 103, "{r:?}");
@@ -642,14 +635,11 @@ fn other_ipam_plugins_by_exec() {
 #[test]
 fn portmap_chained_after_ferry_serves_a_host_port() {
     needs_root!();
-    let node = Node::with(|d| {
-        ferry_conf(
-            "1.0.0",
-            d,
-            json!({"subnet": "10.46.0.0/24"}),
-            json!({"name": "pm"}),
-        )
-    });
+    let node = Node::ferry(
+        "1.0.0",
+        json!({"subnet": "10.46.0.0/24"}),
+        json!({"name": "pm"}),
+    );
     // A client outside the node, on an underlay of documentation addresses.
     let outside = Netns::new("fyo");
     ferry_tests::netns::link(
@@ -697,14 +687,11 @@ fn rps_mask(node: &Node, veth: &str) -> String {
 
 /// A node whose config sets `rpsCpus` to `setting`.
 fn node_with_rps(subnet: &str, setting: Value) -> Node {
-    Node::with(|d| {
-        ferry_conf(
-            "1.1.0",
-            d,
-            json!({ "subnet": subnet }),
-            json!({ "rpsCpus": setting }),
-        )
-    })
+    Node::ferry(
+        "1.1.0",
+        json!({ "subnet": subnet }),
+        json!({ "rpsCpus": setting }),
+    )
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry_tests::cni::{ferry_conf, pod_ip, Node};
+use ferry_tests::cni::{pod_ip, Node};
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{wait_until, Bg};
@@ -214,14 +214,11 @@ fn check_detects_a_removed_guard() {
 #[test]
 fn ipv6_only_from_the_pods_own_addresses() {
     needs_root!();
-    let node = Node::with(|d| {
-        ferry_conf(
-            "1.1.0",
-            d,
-            serde_json::json!({"ranges": [[{"subnet": "10.39.0.0/24"}], [{"subnet": "fd00:39::/64"}]]}),
-            serde_json::json!({}),
-        )
-    });
+    let node = Node::ferry(
+        "1.1.0",
+        serde_json::json!({"ranges": [[{"subnet": "10.39.0.0/24"}], [{"subnet": "fd00:39::/64"}]]}),
+        serde_json::json!({}),
+    );
     let pods: Vec<(Netns, String)> = ["s6a", "s6b", "s6c"]
         .iter()
         .map(|id| {
@@ -292,14 +289,11 @@ fn unsolicited_na(ns: &Netns, src: &str, target: &str) {
 #[test]
 fn a_neighbour_advertisement_cannot_take_over_the_ipv6_gateway() {
     needs_root!();
-    let node = Node::with(|d| {
-        ferry_conf(
-            "1.1.0",
-            d,
-            serde_json::json!({"subnet": "fd00:41::/64"}),
-            serde_json::json!({}),
-        )
-    });
+    let node = Node::ferry(
+        "1.1.0",
+        serde_json::json!({"subnet": "fd00:41::/64"}),
+        serde_json::json!({}),
+    );
     let (a, c) = (Netns::new("fys"), Netns::new("fys"));
     let ra = node.add("na", &a).ok();
     node.add("nc", &c).ok();
