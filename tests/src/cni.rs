@@ -185,6 +185,14 @@ impl Node {
         Node { host, data, conf }
     }
 
+    /// CHECK of container `id` in `pod` with `prev` as the prevResult, as a runtime runs
+    /// it after ADD returned `prev`.
+    pub fn check(&self, id: &str, pod: &Netns, prev: &Value) -> Reply {
+        let mut conf: Value = serde_json::from_str(&self.conf).expect("the node's conf");
+        conf["prevResult"] = prev.clone();
+        self.call("CHECK", id, Some(pod)).run(&conf.to_string())
+    }
+
     pub fn call<'a>(&'a self, command: &'a str, cid: &'a str, pod: Option<&Netns>) -> Call<'a> {
         Call {
             host: &self.host,

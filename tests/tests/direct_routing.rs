@@ -199,20 +199,20 @@ fn same_segment_is_direct_across_is_vxlan_and_a_moved_node_switches() {
     }
 }
 
-/// Two nodes of cluster CIDR `cidr` on one segment, node 0 routing to node 1 directly.
-fn two_nodes_routing_directly(cidr: &str) -> Cluster {
+/// Two nodes of cluster CIDR `cidr` on one segment, node 0 routing to node 1's subnet
+/// (returned with the cluster) directly.
+fn two_nodes_routing_directly(cidr: &str) -> (Cluster, String) {
     let c = Cluster::builder().nodes(2).cluster_cidr(cidr).build();
-    let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
-    wait_direct(n0, &n1.subnet(), &n1.ip);
-    c
+    let s1 = c.nodes[1].subnet();
+    wait_direct(&c.nodes[0], &s1, &c.nodes[1].ip);
+    (c, s1)
 }
 
 #[test]
 fn reconcile_mends_a_hand_deleted_direct_route_and_removes_a_stale_one() {
     needs_root!();
-    let c = two_nodes_routing_directly("10.91.0.0/16");
+    let (c, s1) = two_nodes_routing_directly("10.91.0.0/16");
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
-    let s1 = n1.subnet();
     // Nothing of the peer on the VXLAN device's routes; its FDB entry is kept.
     assert!(
         !n0.overlay_routes().contains(&s1),
@@ -418,9 +418,8 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
 #[test]
 fn a_lease_naming_an_on_link_stranger_gets_no_more_than_its_own_subnet() {
     needs_root!();
-    let c = two_nodes_routing_directly("10.93.0.0/16");
+    let (c, s1) = two_nodes_routing_directly("10.93.0.0/16");
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
-    let s1 = n1.subnet();
     let _stranger = c.stranger("192.0.2.50");
     // A lie: a "node" at the stranger's on-link address, with a subnet of its own, and a
     // second record naming node1's subnet at the stranger's address.

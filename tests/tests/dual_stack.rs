@@ -114,11 +114,7 @@ fn check_sees_a_removed_ipv6_address_or_route() {
     let n = node("1.1.0", dual("10.62.0.0/24", "fd00:62::/64"));
     let pod = Netns::new("fyd");
     let prev = n.add("c", &pod).ok();
-    let check = || {
-        let mut c: Value = serde_json::from_str(&n.conf).unwrap();
-        c["prevResult"] = prev.clone();
-        n.call("CHECK", "c", Some(&pod)).run(&c.to_string())
-    };
+    let check = || n.check("c", &pod, &prev);
     check().ok();
     pod.sh("ip -6 route del default");
     let r = check();
@@ -189,11 +185,7 @@ fn a_pods_only_ipv6_addresses_are_the_ones_ferry_gives() {
 
     let pod = Netns::new("fyd");
     let prev_ll = n.add("m", &pod).ok();
-    let check = |prev: &Value| {
-        let mut c: Value = serde_json::from_str(&n.conf).unwrap();
-        c["prevResult"] = prev.clone();
-        n.call("CHECK", "m", Some(&pod)).run(&c.to_string())
-    };
+    let check = |prev: &Value| n.check("m", &pod, &prev);
     check(&prev_ll).ok();
     let ll = ipv6_addrs(&pod)
         .into_iter()

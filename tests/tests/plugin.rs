@@ -486,11 +486,7 @@ fn gc_frees_what_is_not_valid() {
 fn check_detects_tampering() {
     needs_root!();
     let node = Node::new("10.40.0.0/24");
-    let check = |prev: &Value, p: &Netns| {
-        let mut c: Value = serde_json::from_str(&node.conf).unwrap();
-        c["prevResult"] = prev.clone();
-        node.call("CHECK", "chk", Some(p)).run(&c.to_string())
-    };
+    let check = |prev: &Value, p: &Netns| node.check("chk", p, prev);
     // Address removed.
     let p = pod();
     let prev = node.add("chk", &p).ok();

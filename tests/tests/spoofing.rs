@@ -197,11 +197,7 @@ fn check_detects_a_removed_guard() {
     let node = Node::new("10.38.0.0/24");
     let p = Netns::new("fys");
     let prev = node.add("sg", &p).ok();
-    let check = || {
-        let mut c: serde_json::Value = serde_json::from_str(&node.conf).unwrap();
-        c["prevResult"] = prev.clone();
-        node.call("CHECK", "sg", Some(&p)).run(&c.to_string())
-    };
+    let check = || node.check("sg", &p, &prev);
     check().ok();
     let veth = prev["interfaces"][1]["name"].as_str().unwrap();
     node.host.sh(&format!("tc qdisc del dev {veth} ingress"));
