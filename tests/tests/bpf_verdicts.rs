@@ -504,6 +504,27 @@ fn mismatches(prog: &netlink::bpf::Loaded, cases: &[(&'static str, Vec<u8>, bool
         .collect()
 }
 
+/// A guard of one family (`ipv6`: IPv6 only; else IPv4 only) keeps that family's
+/// verdicts and drops every frame of the other.
+fn assert_one_family_guard(ipv6: bool) {
+    let full = dual_stack();
+    let guard = if ipv6 {
+        SourceGuard {
+            ipv4: Vec::new(),
+            ..full
+        }
+    } else {
+        SourceGuard {
+            ipv6: Vec::new(),
+            ..full
+        }
+    };
+    assert_verdicts(
+        move || guard.load().expect("load the guard"),
+        cases_of(ipv6),
+    );
+}
+
 /// The cases of one family as they are (`ipv6`: IPv6; else IPv4 and ARP), every frame of
 /// the other dropped, the pod's own too: what a guard without that family must do.
 fn cases_of(ipv6: bool) -> Vec<(&'static str, Vec<u8>, bool)> {
@@ -525,28 +546,14 @@ fn the_guard_passes_the_pods_own_frames_and_drops_the_rest() {
 #[test]
 fn a_guard_without_ipv6_drops_all_ipv6_and_keeps_ipv4_rules() {
     needs_root!();
-    let guard = SourceGuard {
-        ipv6: Vec::new(),
-        ..dual_stack()
-    };
     // The IPv4 and ARP cases as they are; every IPv6 frame, the pod's own too, dropped.
-    assert_verdicts(
-        move || guard.load().expect("load the guard"),
-        cases_of(false),
-    );
+    assert_one_family_guard(false);
 }
 
 #[test]
 fn an_ipv6_only_guard_drops_all_ipv4_and_arp() {
     needs_root!();
-    let guard = SourceGuard {
-        ipv4: Vec::new(),
-        ..dual_stack()
-    };
-    assert_verdicts(
-        move || guard.load().expect("load the guard"),
-        cases_of(true),
-    );
+    assert_one_family_guard(true);
 }
 
 #[test]

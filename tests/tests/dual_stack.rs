@@ -12,6 +12,15 @@ fn node(version: &str, ipam: Value) -> Node {
     Node::ferry(version, ipam, json!({}))
 }
 
+/// A node of IPv4 range `v4` and IPv6 range `v6` (CNI 1.1.0) and its pod `id`, added:
+/// the node, the pod's namespace, ADD's result.
+fn dual_pod(v4: &str, v6: &str, id: &str) -> (Node, Netns, Value) {
+    let n = node("1.1.0", dual(v4, v6));
+    let pod = Netns::new("fyd");
+    let r = n.add(id, &pod).ok();
+    (n, pod, r)
+}
+
 fn dual(v4: &str, v6: &str) -> Value {
     json!({"ranges": [[{"subnet": v4}], [{"subnet": v6}]]})
 }
@@ -111,9 +120,7 @@ fn ipv6_only_pods_talk_over_ipv6_with_their_addresses() {
 #[test]
 fn check_sees_a_removed_ipv6_address_or_route() {
     needs_root!();
-    let n = node("1.1.0", dual("10.62.0.0/24", "fd00:62::/64"));
-    let pod = Netns::new("fyd");
-    let prev = n.add("c", &pod).ok();
+    let (n, pod, prev) = dual_pod("10.62.0.0/24", "fd00:62::/64", "c");
     let check = || n.check("c", &pod, &prev);
     check().ok();
     pod.sh("ip -6 route del default");
@@ -149,9 +156,7 @@ fn ipv6_addrs(pod: &Netns) -> Vec<String> {
 #[test]
 fn a_pods_only_ipv6_addresses_are_the_ones_ferry_gives() {
     needs_root!();
-    let n = node("1.1.0", dual("10.64.0.0/24", "fd00:64::/64"));
-    let pod = Netns::new("fyd");
-    let prev = n.add("l", &pod).ok();
+    let (n, pod, prev) = dual_pod("10.64.0.0/24", "fd00:64::/64", "l");
     let mac = pod.sh("cat /sys/class/net/eth0/address");
     let mac: Vec<u8> = mac
         .trim()

@@ -13,11 +13,7 @@ fn cli(args: &[&str]) -> (i32, String, String) {
         .env_remove("CNI_COMMAND")
         .output()
         .expect("run ferry-ipam");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    ferry_tests::netns::code_out_err(&out)
 }
 
 #[test]
@@ -131,11 +127,7 @@ fn show_and_release_over_a_real_store() {
 /// `ferry-ipam` run inside `ns` (where the host veths are), with its exit code and output.
 fn cli_in(ns: &Netns, args: &str) -> (i32, String, String) {
     let out = ns.try_sh(&format!("{} {args}", bin("ferry-ipam").display()));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    ferry_tests::netns::code_out_err(&out)
 }
 
 #[test]

@@ -123,13 +123,11 @@ fn services_through_kube_proxy_rules() {
     let _srv = echo_peer_server(&endpoint.ns, 7000);
     // ClusterIP 10.96.0.10:80 and NodePort 30080 to the one endpoint.
     let svc = Service::new("10.96.0.10", &endpoint.ip);
-    svc.install_on(&c.nodes);
-    svc.check(
+    svc.install_and_check(
+        &c,
         (&other_node.ns, &other_node.ip),
         (&same_node.ns, &same_node.ip),
         &endpoint.ns,
-        &c.outside,
-        &c.node_ips(),
     );
     for (n, p) in [(0, &endpoint), (0, &same_node), (1, &other_node)] {
         c.nodes[n].del_pod(&p);

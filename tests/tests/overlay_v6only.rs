@@ -105,14 +105,7 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
     assert_eq!(connect(&b.ns, &a.ip, 7000).as_deref(), Some(b.ip.as_str()));
     // A Service through ip6tables DNAT rules as kube-proxy makes them.
     let svc = Service::new("fd00:96::10", &a.ip);
-    svc.install_on(&c.nodes);
-    svc.check(
-        (&b.ns, &b.ip),
-        (&near.ns, &near.ip),
-        &a.ns,
-        &c.outside,
-        &c.node_ips(),
-    );
+    svc.install_and_check(&c, (&b.ns, &b.ip), (&near.ns, &near.ip), &a.ns);
     // Pod to outside: masqueraded to its node's IPv6 underlay address.
     let _out = echo_peer_server_on(&c.outside, "::", 7100);
     assert_eq!(
