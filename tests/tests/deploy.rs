@@ -446,7 +446,7 @@ fn up_sh_checks_its_tools_first_and_tags_the_image_by_what_was_built() {
     for id in ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"] {
         let d = tempfile::tempdir().unwrap();
         let bin = stand_ins(d.path(), id, "");
-        run_ok(&mut Command::new(repo().join("deploy/kind/up.sh")).env("PATH", path_with(&bin)));
+        run_ok(Command::new(repo().join("deploy/kind/up.sh")).env("PATH", path_with(&bin)));
         let applied = std::fs::read_to_string(d.path().join("applied")).unwrap();
         assert!(!applied.contains("image: ferry:dev"), "{applied}");
         assert!(
@@ -504,7 +504,7 @@ fn the_install_script_and_the_shipped_conflist_make_a_working_node() {
     // An older ferry's config, which the new one replaces.
     std::fs::write(conf_dir.join("10-ferry.conflist"), "{}").unwrap();
     run_ok(
-        &mut Command::new(repo().join("deploy/install-cni.sh"))
+        Command::new(repo().join("deploy/install-cni.sh"))
             .arg(root.path())
             .env("FERRY_BIN_SRC", ferry_tests::bin_dir()),
     );

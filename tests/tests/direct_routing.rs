@@ -195,7 +195,7 @@ fn same_segment_is_direct_across_is_vxlan_and_a_moved_node_switches() {
         ],
     );
     for (i, p) in pods.iter().enumerate() {
-        c.nodes[i].del_pod(&p);
+        c.nodes[i].del_pod(p);
     }
 }
 
@@ -411,7 +411,7 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
         "the verdicts were not given on the direct path"
     );
     for (p, n) in [(&target, n0), (&ok, n1), (&other, n1)] {
-        n.del_pod(&p);
+        n.del_pod(p);
     }
 }
 

@@ -190,7 +190,7 @@ fn a_pods_only_ipv6_addresses_are_the_ones_ferry_gives() {
 
     let pod = Netns::new("fyd");
     let prev_ll = n.add("m", &pod).ok();
-    let check = |prev: &Value| n.check("m", &pod, &prev);
+    let check = |prev: &Value| n.check("m", &pod, prev);
     check(&prev_ll).ok();
     let ll = ipv6_addrs(&pod)
         .into_iter()

@@ -105,7 +105,7 @@ fn every_traffic_kind(cluster: ClusterBuilder) {
     );
     assert!(m.contains("ferry_ready 1"), "{m}");
     for (i, p) in &pods {
-        c.nodes[*i].del_pod(&p);
+        c.nodes[*i].del_pod(p);
     }
     // DEL takes each pod off the overlay: its interface is gone.
     let gone = wait_until(Duration::from_secs(1), || {
@@ -130,7 +130,7 @@ fn services_through_kube_proxy_rules() {
         &endpoint.ns,
     );
     for (n, p) in [(0, &endpoint), (0, &same_node), (1, &other_node)] {
-        c.nodes[n].del_pod(&p);
+        c.nodes[n].del_pod(p);
     }
 }
 

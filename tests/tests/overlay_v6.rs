@@ -202,6 +202,6 @@ fn dual_stack_services_through_ip6tables_rules() {
         &["2001:db8::11", "2001:db8::12"],
     );
     for (i, p) in [(0, &ep), (0, &near), (1, &far)] {
-        c.nodes[i].del_pod(&p);
+        c.nodes[i].del_pod(p);
     }
 }

@@ -139,7 +139,7 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
     let v4 = n0.host.try_sh("iptables -t nat -S FERRY-POSTRTG");
     assert!(!v4.status.success(), "an IPv4 chain on an IPv6-only node");
     for (i, p) in [(0, &a), (0, &near), (1, &b)] {
-        c.nodes[i].del_pod(&p);
+        c.nodes[i].del_pod(p);
     }
 }
 

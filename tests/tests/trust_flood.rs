@@ -501,6 +501,6 @@ fn a_flood_of_lease_records_costs_bounded_cpu_memory_and_log_lines() {
         .collect();
     eprintln!("node0's summaries:\n{}", told.join("\n"));
     for (i, p) in pods.iter().enumerate() {
-        c.nodes[i].del_pod(&p);
+        c.nodes[i].del_pod(p);
     }
 }

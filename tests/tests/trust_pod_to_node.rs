@@ -66,7 +66,7 @@ fn a_pod_never_sends_vxlan(c: &Cluster, cluster_ips: [&str; 2], nowhere: &str) {
     let target = n2.add_pod("pb");
     let local = n1.add_pod("pc");
     let probe = Probe::listen(&target.ns);
-    let legit = Frame::to(&n2, in_subnet(n1, 0x77), &target.ip);
+    let legit = Frame::to(n2, in_subnet(n1, 0x77), &target.ip);
     probe.send(&n1.host, &legit, "from-node", 3);
     assert!(probe.arrives("from-node"), "{:?}", probe.received());
     for (frame, payload) in [
@@ -138,7 +138,7 @@ fn a_pod_never_sends_vxlan(c: &Cluster, cluster_ips: [&str; 2], nowhere: &str) {
         assert!(!n.log().contains("written again"), "{}", n.log());
     }
     for (n, p) in [(0, &pod), (1, &target), (0, &local)] {
-        c.nodes[n].del_pod(&p);
+        c.nodes[n].del_pod(p);
     }
 }
 
@@ -168,7 +168,7 @@ fn an_ipv6_pod_never_sends_vxlan() {
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let target = n2.add_pod("pd");
     let probe = Probe::listen(&target.ns);
-    let legit = Frame::to(&n2, in_subnet(n1, 0x78), &target.ip);
+    let legit = Frame::to(n2, in_subnet(n1, 0x78), &target.ip);
     probe.send(&n1.host, &legit, "legit6", 3);
     assert!(probe.arrives("legit6"), "{:?}", probe.received());
     let nowhere = Frame {

@@ -56,7 +56,7 @@ fn a_node_s_vxlan_carries_only_ip_from_its_own_pod_subnets() {
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let pod = n2.add_pod("rp");
     let probe = Probe::listen(&pod.ns);
-    let legit = Frame::to(&n2, in_subnet(n1, 77), &pod.ip);
+    let legit = Frame::to(n2, in_subnet(n1, 77), &pod.ip);
     // A source inside node 1's subnet is what node 1 may send: it arrives.
     probe.send(&n1.host, &legit, "legit", 3);
     assert!(probe.arrives("legit"), "{:?}", probe.received());
