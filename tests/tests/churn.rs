@@ -108,7 +108,7 @@ fn del_until_done(node: &Node, host: &File, who: Who<'_>, pod: &Netns, kill: Opt
 
 #[test]
 fn churn_with_sigkill_then_gc_leaves_exactly_the_valid_attachments() {
-    needs_root!("churn");
+    needs_root!();
     let total: usize = std::env::var("FERRY_CHURN")
         .ok()
         .and_then(|s| s.parse().ok())

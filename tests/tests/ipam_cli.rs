@@ -18,7 +18,7 @@ fn cli(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn show_and_release_over_a_real_store() {
-    needs_root!("show_and_release_over_a_real_store");
+    needs_root!();
     let node = Node::new("10.48.0.0/24");
     let (a, b, c) = (Netns::new("fyp"), Netns::new("fyp"), Netns::new("fyp"));
     let ra = node.add("cli-a", &a).ok();
@@ -132,7 +132,7 @@ fn cli_in(ns: &Netns, args: &str) -> (i32, String, String) {
 
 #[test]
 fn a_lost_del_is_found_by_check_and_fixed_by_release() {
-    needs_root!("a_lost_del_is_found_by_check_and_fixed_by_release");
+    needs_root!();
     let node = Node::new("10.49.0.0/24");
     let (a, b) = (Netns::new("fyp"), Netns::new("fyp"));
     let ra = node.add("live", &a).ok();
@@ -224,7 +224,7 @@ fn a_lost_del_is_found_by_check_and_fixed_by_release() {
 
 #[test]
 fn leases_and_check_against_a_cluster() {
-    needs_root!("leases_and_check_against_a_cluster");
+    needs_root!();
     let mut c = ferry_tests::cluster::Cluster::builder()
         .nodes(2)
         .cluster_cidr("10.73.0.0/16")
@@ -385,7 +385,7 @@ fn completions_are_printed() {
 
 #[test]
 fn show_check_and_release_handle_both_families() {
-    needs_root!("show_check_and_release_handle_both_families");
+    needs_root!();
     let node = Node::with(|d| {
         ferry_tests::cni::ferry_conf(
             "1.1.0",

@@ -106,7 +106,7 @@ fn race_twice(client: &Netns, ep: String, flags: ConfigFlags) -> Vec<registry::A
 
 #[test]
 fn fifty_dual_stack_nodes_never_share_either_subnet() {
-    needs_root!("fifty_dual_stack_nodes_never_share_either_subnet");
+    needs_root!();
     let (_switch, etcd, client) = etcd_and_client();
     // The cluster starts IPv4-only: a node leased then gets its IPv6 subnet later, on
     // the lease it has, once the config has IPv6.
@@ -148,7 +148,7 @@ fn fifty_dual_stack_nodes_never_share_either_subnet() {
 
 #[test]
 fn fifty_nodes_starting_at_once_never_share_a_subnet() {
-    needs_root!("fifty_nodes_starting_at_once_never_share_a_subnet");
+    needs_root!();
     let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
     // Started again, every node gets its own subnet back.
@@ -179,7 +179,7 @@ fn fifty_nodes_starting_at_once_never_share_a_subnet() {
 
 #[test]
 fn a_full_cluster_cidr_is_a_clear_error() {
-    needs_root!("a_full_cluster_cidr_is_a_clear_error");
+    needs_root!();
     let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
     let err = ferry_tests::inside::block_on(&client, move || async move {
@@ -258,7 +258,7 @@ fn acquire_one(
 
 #[test]
 fn a_node_keeps_its_ipv6_subnet_after_expiry_and_with_a_damaged_record() {
-    needs_root!("a_node_keeps_its_ipv6_subnet_after_expiry_and_with_a_damaged_record");
+    needs_root!();
     let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
     let dual = ConfigFlags {
@@ -310,7 +310,7 @@ fn a_node_keeps_its_ipv6_subnet_after_expiry_and_with_a_damaged_record() {
 
 #[test]
 fn fifty_ipv6_only_nodes_never_share_a_subnet() {
-    needs_root!("fifty_ipv6_only_nodes_never_share_a_subnet");
+    needs_root!();
     let (_switch, etcd, client) = etcd_and_client();
     let flags = ConfigFlags {
         cluster_cidr_v6: Some("fd00:75::/56".parse().unwrap()),

@@ -22,7 +22,7 @@ fn need_tool(path: &str) {
 
 #[test]
 fn ctr_run_with_ferry_and_portmap() {
-    needs_root!("ctr_run_with_ferry_and_portmap");
+    needs_root!();
     for t in [
         "/usr/bin/containerd",
         "/usr/bin/ctr",

@@ -183,7 +183,7 @@ fn cluster_v1() -> netpol::Cluster {
 
 #[test]
 fn full_load_then_plan_reach_the_desired_table() {
-    needs_root!("full_load_then_plan_reach_the_desired_table");
+    needs_root!();
     let ns = Netns::new("npnft");
     let c1 = cluster_v1();
     let local = local_on(&c1, "n0");
@@ -372,7 +372,7 @@ fn two_pods_on_n0(a: [&str; 2], b: [&str; 2]) -> netpol::Cluster {
 /// changes the verdict.
 #[test]
 fn forwarded_connections_get_the_policy_verdict() {
-    needs_root!("forwarded_connections_get_the_policy_verdict");
+    needs_root!();
     use ferry_testns::netns::link;
     use ferry_testns::proc::{connect, echo_peer_server_on, wait_until, Bg};
     use netpol::DENY_LOG_GROUP;
@@ -493,7 +493,7 @@ fn forwarded_connections_get_the_policy_verdict() {
 /// `input` chain.
 #[test]
 fn bridged_pods_of_one_node_and_the_node_itself() {
-    needs_root!("bridged_pods_of_one_node_and_the_node_itself");
+    needs_root!();
     use ferry_testns::proc::{connect, echo_peer_server_on};
 
     let node = Netns::new("npbn");

@@ -64,14 +64,23 @@ pub fn root_or_skip(test: &str) -> bool {
     panic!("{test} needs root (set {SKIP_VAR}=1 to skip kernel tests explicitly)");
 }
 
+/// The running test's name: libtest names each test's thread after it (`module::test`);
+/// `fallback` where the thread has no such name (a single-threaded run's `main`).
+pub fn test_name(fallback: &str) -> String {
+    match std::thread::current().name() {
+        Some(n) if n != "main" => n.to_string(),
+        _ => fallback.to_string(),
+    }
+}
+
 /// The first line of every kernel-touching test: returns from the calling test when
 /// `FERRY_SKIP_ROOT_TESTS=1` and not root, fails it when not root otherwise (see
 /// [`root_or_skip`]). `needs_root!("what")` names the test in the message; bare, the
-/// module path does.
+/// running test (or the module path) does.
 #[macro_export]
 macro_rules! needs_root {
     () => {
-        $crate::needs_root!(module_path!())
+        $crate::needs_root!(&$crate::test_name(module_path!()))
     };
     ($test:expr) => {
         if !$crate::root_or_skip($test) {
