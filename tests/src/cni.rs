@@ -173,6 +173,16 @@ impl Node {
         Self::with(|data| ferry_conf("1.1.0", data, json!({"subnet": subnet}), json!({})))
     }
 
+    /// `n` pods, namespaces named `ns_prefix…`, each added (and required to succeed) as
+    /// container `<id>0`, `<id>1`, … in that order.
+    pub fn add_pods(&self, ns_prefix: &str, id: &str, n: usize) -> Vec<Netns> {
+        let pods: Vec<Netns> = (0..n).map(|_| Netns::new(ns_prefix)).collect();
+        for (i, p) in pods.iter().enumerate() {
+            self.add(&format!("{id}{i}"), p).ok();
+        }
+        pods
+    }
+
     /// A node whose ferry conf is `ferry_conf(version, <its data dir>, ipam, extra)`.
     pub fn ferry(version: &str, ipam: Value, extra: Value) -> Node {
         Self::with(|d| ferry_conf(version, d, ipam, extra))

@@ -463,10 +463,7 @@ fn status_reports_readiness() {
 fn gc_frees_what_is_not_valid() {
     needs_root!();
     let node = Node::new("10.39.0.0/24");
-    let pods: Vec<Netns> = (0..3).map(|_| pod()).collect();
-    for (i, p) in pods.iter().enumerate() {
-        node.add(&format!("g{i}"), p).ok();
-    }
+    let pods = node.add_pods("fyp", "g", 3);
     let mut c: Value = serde_json::from_str(&node.conf).unwrap();
     c["cni.dev/valid-attachments"] = json!([{"containerID": "g1", "ifname": "eth0"}]);
     node.call("GC", "", None).run(&c.to_string()).ok();
