@@ -2,7 +2,7 @@
 //! running a real etcd, nodes running `ferry-overlayd` with pods added through `ferry`, and
 //! a host outside the cluster. Every cluster has its own switch namespace, so parallel
 //! tests reuse the 192.0.2.0/24 addresses without meeting. An IPv6 underlay
-//! (`Cluster::v6_only`) has every host on 2001:db8::/64 instead, with no IPv4 address.
+//! (`Cluster::builder().v6_only()`) has every host on 2001:db8::/64 instead, with no IPv4 address.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,7 +25,7 @@ pub const ETCD_IP_V6: &str = "2001:db8::2";
 pub const OUTSIDE_IP_V6: &str = "2001:db8::100";
 pub const HEALTH_ADDR: &str = "127.0.0.1:9797";
 
-/// Two L2 segments of `Cluster::two_segments`, each a /25 of 192.0.2.0/24.
+/// Two L2 segments of `ClusterBuilder::two_segments`, each a /25 of 192.0.2.0/24.
 pub const SEGMENT_A_GW: &str = "192.0.2.126";
 pub const SEGMENT_B_GW: &str = "192.0.2.254";
 /// The outside host of a two-segment cluster, on segment A.
@@ -99,7 +99,7 @@ impl Switch {
     }
 }
 
-/// A second segment joined to the first by a router namespace (`Cluster::two_segments`).
+/// A second segment joined to the first by a router namespace (`ClusterBuilder::two_segments`).
 pub struct Routed {
     pub switch: Switch,
     /// `eth0` on segment A at `SEGMENT_A_GW`, `eth1` on segment B at `SEGMENT_B_GW`,
@@ -499,6 +499,11 @@ impl Node {
         }
     }
 
+    /// DEL of `pod` through the plugin, which must succeed.
+    pub fn del_pod(&self, pod: &Pod) {
+        self.cni("DEL", &pod.id, Some(&pod.ns)).ok();
+    }
+
     /// A pod made by the plugin in a dual-stack cluster; its namespace and IPv6 address.
     pub fn add_pod_ipv6(&self) -> (Netns, String) {
         let pod = self.add_pod(&crate::unique("v6"));
@@ -580,7 +585,7 @@ impl Drop for Node {
     }
 }
 
-/// A step of `Cluster::build_reporting` just done, and how long it took.
+/// A step of `ClusterBuilder::build_reporting` just done, and how long it took.
 pub enum Progress<'a> {
     /// etcd answers.
     Etcd(&'a Etcd, Duration),
@@ -595,67 +600,165 @@ pub struct Cluster {
     pub etcd: Etcd,
     pub nodes: Vec<Node>,
     pub outside: Netns,
+    /// The cluster CIDR of the daemons' `--cluster-cidr` (an IPv6-only cluster's
+    /// `--cluster-cidr-v6`).
     pub cidr: String,
+    /// The etcd prefix of this cluster's records.
     pub prefix: String,
-    pub extra_args: String,
+    /// The daemon flags every node gets beyond the kit's own.
+    pub flags: Vec<String>,
     /// Whether the underlay is IPv6 (2001:db8::/64) and the cluster IPv6-only.
     pub v6: bool,
     /// With `two_segments`: segment B and its router (`switch` is segment A).
     pub routed: Option<Routed>,
 }
 
-impl Cluster {
-    /// `n` nodes, each ready (lease taken, data path up, node.json written).
-    pub fn new(n: usize, cidr: &str) -> Cluster {
-        Self::with_args(n, cidr, "")
+/// Which address families a cluster's pods get, and on which underlay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 pods on an IPv4 underlay (192.0.2.0/24).
+    V4,
+    /// IPv4 and IPv6 pods (`--cluster-cidr-v6`) on the IPv4 underlay.
+    Dual,
+    /// IPv6 pods only, on an IPv6 underlay (2001:db8::/64, no IPv4 address at all): etcd
+    /// at `ETCD_IP_V6`, the outside host at `OUTSIDE_IP_V6`, nodes at 2001:db8::11, ::12, …
+    V6Only,
+}
+
+/// How a test asks for a cluster: `Cluster::builder().nodes(2).build()`.
+///
+/// The cluster CIDRs are the kit's (a fresh /16 and /56 per cluster) unless a test that
+/// asserts on the exact range names it with `cluster_cidr`/`cluster_cidr_v6`.
+#[must_use]
+pub struct ClusterBuilder {
+    nodes: usize,
+    family: Family,
+    direct_routing: Option<bool>,
+    tls: bool,
+    segments: Option<(usize, usize)>,
+    cidr: Option<String>,
+    cidr6: Option<String>,
+    flags: Vec<String>,
+}
+
+/// A cluster CIDR pair no other cluster of this test process has: 10.128.0.0/16 to
+/// 10.227.0.0/16 and fd00:<n>::/56 (each cluster is in namespaces of its own, so this is
+/// for reading logs, not for isolation).
+pub(crate) fn next_cidrs() -> (String, String) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed) + std::process::id();
+    (
+        format!("10.{}.0.0/16", 128 + n % 100),
+        format!("fd00:{:x}::/56", 0x100 + n % 0xfe00),
+    )
+}
+
+impl ClusterBuilder {
+    /// How many nodes (default 1), each ready (lease taken, data path up, node.json
+    /// written) and converged when `build` returns. 0: etcd, the switch and the outside
+    /// host only; the test adds nodes itself (`Cluster::add_node*`).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
     }
 
-    pub fn with_args(n: usize, cidr: &str, extra: &str) -> Cluster {
-        Self::build(n, cidr, extra, false)
+    /// Pods of both families (IPv4 underlay).
+    pub fn dual_stack(mut self) -> Self {
+        self.family = Family::Dual;
+        self
     }
 
-    /// `tls`: etcd speaks only TLS and requires client certificates.
-    pub fn build(n: usize, cidr: &str, extra: &str, tls: bool) -> Cluster {
-        Self::build_reporting(n, cidr, extra, tls, &mut |_| {})
+    /// IPv6-only pods over an IPv6 underlay.
+    pub fn v6_only(mut self) -> Self {
+        self.family = Family::V6Only;
+        self
     }
 
-    /// As `build`, telling `report` each step as it is done (the demo shows them, so that
-    /// a slow start never looks like a hang).
-    pub fn build_reporting(
-        n: usize,
-        cidr: &str,
-        extra: &str,
-        tls: bool,
-        report: &mut dyn FnMut(Progress),
-    ) -> Cluster {
-        Self::build_with(Switch::new(), n, cidr, extra, tls, false, report)
+    pub fn family(mut self, f: Family) -> Self {
+        self.family = f;
+        self
     }
 
-    /// An IPv6-only cluster (`cidr6` its only cluster CIDR) over an IPv6 underlay: every
-    /// host on 2001:db8::/64 with no IPv4 address, etcd at `ETCD_IP_V6`, the outside host
-    /// at `OUTSIDE_IP_V6`, the nodes at 2001:db8::11, ::12, …
-    pub fn v6_only(n: usize, cidr6: &str, extra: &str) -> Cluster {
-        Self::v6_only_reporting(n, cidr6, extra, &mut |_| {})
+    /// `--direct-routing=<on>`; unset, the daemon's default (on).
+    pub fn direct_routing(mut self, on: bool) -> Self {
+        self.direct_routing = Some(on);
+        self
     }
 
-    /// As `v6_only`, telling `report` each step (etcd up before any daemon starts: where
-    /// a test starts what the daemons need, such as the API stand-in).
-    pub fn v6_only_reporting(
-        n: usize,
-        cidr6: &str,
-        extra: &str,
-        report: &mut dyn FnMut(Progress),
-    ) -> Cluster {
-        Self::build_with(Switch::new(), n, cidr6, extra, false, true, report)
+    /// etcd speaks only TLS and requires client certificates.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
     }
 
     /// An IPv4 cluster on two L2 segments joined by a router: segment A (192.0.2.0/25,
     /// etcd, the outside host and `on_a` nodes at .11, .12, …) and segment B
     /// (192.0.2.128/25, `on_b` nodes at .139, .140, …). Nodes of one segment are on-link
-    /// to each other; across, their underlay packets go through the router.
-    pub fn two_segments(on_a: usize, on_b: usize, cidr: &str, extra: &str) -> Cluster {
+    /// to each other; across, their underlay packets go through the router. Replaces
+    /// `nodes`.
+    pub fn two_segments(mut self, on_a: usize, on_b: usize) -> Self {
+        self.segments = Some((on_a, on_b));
+        self
+    }
+
+    /// This exact IPv4 cluster CIDR (V4, Dual), for a test that asserts on the range.
+    pub fn cluster_cidr(mut self, cidr: &str) -> Self {
+        self.cidr = Some(cidr.to_string());
+        self
+    }
+
+    /// This exact IPv6 cluster CIDR (Dual, V6Only); setting it makes a V4 cluster Dual.
+    pub fn cluster_cidr_v6(mut self, cidr: &str) -> Self {
+        self.cidr6 = Some(cidr.to_string());
+        if self.family == Family::V4 {
+            self.family = Family::Dual;
+        }
+        self
+    }
+
+    /// More daemon flags, each word its own element (`["--lease-grace", "10s"]`).
+    pub fn flags<S: AsRef<str>>(mut self, flags: impl IntoIterator<Item = S>) -> Self {
+        self.flags
+            .extend(flags.into_iter().map(|f| f.as_ref().to_string()));
+        self
+    }
+
+    pub fn build(self) -> Cluster {
+        self.build_reporting(&mut |_| {})
+    }
+
+    /// As `build`, telling `report` each step as it is done: etcd is up before any
+    /// daemon starts (where a test starts what the daemons need, such as the API
+    /// stand-in); the demo shows them, so that a slow start never looks like a hang.
+    pub fn build_reporting(self, report: &mut dyn FnMut(Progress)) -> Cluster {
+        let (auto4, auto6) = next_cidrs();
+        let cidr4 = self.cidr.unwrap_or(auto4);
+        let cidr6 = self.cidr6.unwrap_or(auto6);
+        let v6 = self.family == Family::V6Only;
+        let mut flags = Vec::new();
+        if self.family == Family::Dual {
+            flags.extend(["--cluster-cidr-v6".to_string(), cidr6.clone()]);
+        }
+        if let Some(on) = self.direct_routing {
+            flags.push(format!("--direct-routing={on}"));
+        }
+        flags.extend(self.flags);
+        let cidr = if v6 { cidr6 } else { cidr4 };
+        let Some((on_a, on_b)) = self.segments else {
+            return Cluster::build_with(
+                Switch::new(),
+                self.nodes,
+                &cidr,
+                flags,
+                self.tls,
+                v6,
+                report,
+            );
+        };
+        assert!(!v6, "two segments are IPv4");
         let switch = Switch::segment(25, SEGMENT_A_GW);
-        let mut c = Self::build_with(switch, 0, cidr, extra, false, false, &mut |_| {});
+        let mut c = Cluster::build_with(switch, 0, &cidr, flags, self.tls, false, report);
         c.routed = Some(Routed::new(&c.switch));
         for _ in 0..on_a {
             c.add_node();
@@ -668,6 +771,22 @@ impl Cluster {
         }
         c.wait_converged();
         c
+    }
+}
+
+impl Cluster {
+    /// A cluster to the test's order; see `ClusterBuilder`.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            nodes: 1,
+            family: Family::V4,
+            direct_routing: None,
+            tls: false,
+            segments: None,
+            cidr: None,
+            cidr6: None,
+            flags: Vec::new(),
+        }
     }
 
     /// A node on segment B at `ip`, its daemon started (not waited for).
@@ -703,7 +822,7 @@ impl Cluster {
         switch: Switch,
         n: usize,
         cidr: &str,
-        extra: &str,
+        flags: Vec<String>,
         tls: bool,
         v6: bool,
         report: &mut dyn FnMut(Progress),
@@ -725,7 +844,7 @@ impl Cluster {
             outside,
             cidr: cidr.to_string(),
             prefix: format!("/ferry-{}", crate::unique("t")),
-            extra_args: extra.to_string(),
+            flags,
             v6,
             routed: None,
         };
@@ -803,7 +922,7 @@ impl Cluster {
             dir.path().join("node-secret").display(),
             dir.path().join("ipam").display(),
             self.cidr,
-            self.extra_args
+            self.flags.join(" ")
         );
         let node = Node {
             name,
@@ -832,12 +951,34 @@ impl Cluster {
 
     pub fn wait_converged(&self) {
         let subnets: Vec<String> = self.nodes.iter().map(Node::subnet).collect();
+        self.wait_routing_to(&subnets, Node::ferry_routes, Node::overlay_routes);
+    }
+
+    /// Waits until every node routes to every other node's IPv6 subnet on the VXLAN
+    /// device (a dual-stack cluster: `wait_converged` looks at the IPv4 ones).
+    pub fn wait_converged_v6(&self) {
+        let subnets: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.node_state()["podCIDRv6"].as_str().unwrap().to_string())
+            .collect();
+        self.wait_routing_to(&subnets, Node::overlay_routes_v6, Node::overlay_routes_v6);
+    }
+
+    /// Waits until `routes` of every running node i names every `subnets[j]`, j != i;
+    /// a failure shows `shown` of the node that did not.
+    fn wait_routing_to(
+        &self,
+        subnets: &[String],
+        routes: impl Fn(&Node) -> String,
+        shown: impl Fn(&Node) -> String,
+    ) {
         for (i, node) in self.nodes.iter().enumerate() {
             if node.daemon.is_none() {
                 continue;
             }
             let ok = wait_until(Duration::from_secs(20), || {
-                let routes = node.ferry_routes();
+                let routes = routes(node);
                 subnets
                     .iter()
                     .enumerate()
@@ -847,7 +988,7 @@ impl Cluster {
                 ok,
                 "{} did not converge: {}\n{}",
                 node.name,
-                node.overlay_routes(),
+                shown(node),
                 node.log()
             );
         }
@@ -952,6 +1093,12 @@ impl Cluster {
         }
     }
 
+    /// Pod `a` on node 0 and pod `b` on node 1 (in that order): the pair most tests
+    /// send traffic between.
+    pub fn pods_across(&self, a: &str, b: &str) -> (Pod, Pod) {
+        (self.nodes[0].add_pod(a), self.nodes[1].add_pod(b))
+    }
+
     /// Every node's underlay address.
     pub fn node_ips(&self) -> Vec<&str> {
         self.nodes.iter().map(|n| n.ip.as_str()).collect()
@@ -977,6 +1124,12 @@ impl Cluster {
     /// The metrics a node serves, fetched from inside its namespace.
     pub fn metrics(&self, node: usize) -> String {
         http_get(&self.nodes[node].host, HEALTH_ADDR, "/metrics").1
+    }
+
+    /// Asserts node `node` serves metric `name` (with any labels and value).
+    pub fn assert_metric_served(&self, node: usize, name: &str) {
+        let m = self.metrics(node);
+        assert!(m.contains(name), "{name} not served by node {node}:\n{m}");
     }
 
     /// One series of a node's metrics (`name` or `name{labels}`, as served); 0 when absent.

@@ -173,11 +173,34 @@ impl Node {
         Self::with(|data| ferry_conf("1.1.0", data, json!({"subnet": subnet}), json!({})))
     }
 
+    /// `n` pods, namespaces named `ns_prefix…`, each added (and required to succeed) as
+    /// container `<id>0`, `<id>1`, … in that order.
+    pub fn add_pods(&self, ns_prefix: &str, id: &str, n: usize) -> Vec<Netns> {
+        let pods: Vec<Netns> = (0..n).map(|_| Netns::new(ns_prefix)).collect();
+        for (i, p) in pods.iter().enumerate() {
+            self.add(&format!("{id}{i}"), p).ok();
+        }
+        pods
+    }
+
+    /// A node whose ferry conf is `ferry_conf(version, <its data dir>, ipam, extra)`.
+    pub fn ferry(version: &str, ipam: Value, extra: Value) -> Node {
+        Self::with(|d| ferry_conf(version, d, ipam, extra))
+    }
+
     pub fn with(conf: impl FnOnce(&Path) -> String) -> Node {
         let host = Netns::new("fyh");
         let data = tempfile::tempdir().expect("tempdir");
         let conf = conf(data.path());
         Node { host, data, conf }
+    }
+
+    /// CHECK of container `id` in `pod` with `prev` as the prevResult, as a runtime runs
+    /// it after ADD returned `prev`.
+    pub fn check(&self, id: &str, pod: &Netns, prev: &Value) -> Reply {
+        let mut conf: Value = serde_json::from_str(&self.conf).expect("the node's conf");
+        conf["prevResult"] = prev.clone();
+        self.call("CHECK", id, Some(pod)).run(&conf.to_string())
     }
 
     pub fn call<'a>(&'a self, command: &'a str, cid: &'a str, pod: Option<&Netns>) -> Call<'a> {

@@ -7,45 +7,23 @@
 pub mod cluster;
 pub mod cni;
 pub mod cri;
-pub mod inside;
 pub mod interrupt;
 pub mod kapi;
 pub mod kind;
 pub mod manifest;
-pub mod netns;
 pub mod netpol;
-pub mod proc;
 pub mod services;
 pub mod stats;
 pub mod traffic;
 pub mod vxlan_probe;
 
+// The namespace part of the kit lives in `ferry-testns` (crates/testns), which crates
+// that need only namespaces dev-depend on; here it keeps its old paths.
+pub use ferry_testns::{
+    inside, is_root, needs_root, netns, nonce, proc, root_or_skip, unique, SKIP_VAR,
+};
+
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-/// A name no other test (or test process) uses: `<prefix><pid><n>`, at most 15 bytes so
-/// it also fits an interface name.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id() % 100_000;
-    let name = format!("{prefix}{pid:x}{n:x}");
-    assert!(name.len() <= 15, "name {name} too long");
-    name
-}
-
-/// True when the test may touch the kernel; false (after saying so) when the caller
-/// explicitly asked to skip; a panic otherwise.
-pub fn root_or_skip(test: &str) -> bool {
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("FERRY_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: needs root (FERRY_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    panic!("{test} needs root (set FERRY_SKIP_ROOT_TESTS=1 to skip kernel tests explicitly)");
-}
 
 /// Where the built binaries are: `FERRY_BIN_DIR`, else beside the running program (the
 /// demo and benchmarks in `target/release`) or one directory up (a test runs from
@@ -85,13 +63,3 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The reference plugins from Debian's containernetworking-plugins.
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
-
-/// Returns from the calling test unless it may touch the kernel (see `root_or_skip`).
-#[macro_export]
-macro_rules! needs_root {
-    () => {
-        if !$crate::root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}

@@ -83,6 +83,19 @@ impl Service {
         node.host.sh(&self.rules());
     }
 
+    /// Installs the rules on every node of `c` and `check`s them from `far` and `near` to
+    /// `endpoint`, the NodePort from `c`'s outside host to every node's underlay address.
+    pub fn install_and_check(
+        &self,
+        c: &crate::cluster::Cluster,
+        far: (&Netns, &str),
+        near: (&Netns, &str),
+        endpoint: &Netns,
+    ) {
+        self.install_on(&c.nodes);
+        self.check(far, near, endpoint, &c.outside, &c.node_ips());
+    }
+
     /// What the rules must give, as every Service test checks it (the endpoint's server
     /// answers with the address it saw): the ClusterIP from a pod on another node (`far`,
     /// its namespace and address) and from one on the endpoint's node (`near`), each seen

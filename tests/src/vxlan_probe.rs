@@ -69,6 +69,20 @@ pub struct Frame {
     pub vlan: Option<u16>,
 }
 
+impl Frame {
+    /// A frame to `node`'s VTEP (its MAC, at its underlay address) carrying a packet
+    /// from `src` to `dst`, untagged.
+    pub fn to(node: &crate::cluster::Node, src: impl Into<String>, dst: &str) -> Frame {
+        Frame {
+            mac: node.vtep_mac(),
+            src: src.into(),
+            dst: dst.to_string(),
+            node: node.ip.clone(),
+            vlan: None,
+        }
+    }
+}
+
 /// A listener on UDP 9999 in a pod, and the script that sends to it through VXLAN.
 pub struct Probe {
     dir: tempfile::TempDir,

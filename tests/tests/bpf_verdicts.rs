@@ -472,6 +472,17 @@ fn verdict_name(v: u32) -> &'static str {
     }
 }
 
+/// Loads a program with `load` in a namespace of its own and runs every case through it;
+/// fails naming each wrong verdict.
+fn assert_verdicts(
+    load: impl FnOnce() -> netlink::bpf::Loaded + Send + 'static,
+    cases: Vec<(&'static str, Vec<u8>, bool)>,
+) {
+    let ns = Netns::new("fyb");
+    let wrong = ferry_tests::inside::run(&ns, move || mismatches(&load(), &cases));
+    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+}
+
 /// Runs every case through `prog` (loaded inside `ns`); the mismatches, described.
 fn mismatches(prog: &netlink::bpf::Loaded, cases: &[(&'static str, Vec<u8>, bool)]) -> Vec<String> {
     cases
@@ -493,75 +504,69 @@ fn mismatches(prog: &netlink::bpf::Loaded, cases: &[(&'static str, Vec<u8>, bool
         .collect()
 }
 
+/// A guard of one family (`ipv6`: IPv6 only; else IPv4 only) keeps that family's
+/// verdicts and drops every frame of the other.
+fn assert_one_family_guard(ipv6: bool) {
+    let full = dual_stack();
+    let guard = if ipv6 {
+        SourceGuard {
+            ipv4: Vec::new(),
+            ..full
+        }
+    } else {
+        SourceGuard {
+            ipv6: Vec::new(),
+            ..full
+        }
+    };
+    assert_verdicts(
+        move || guard.load().expect("load the guard"),
+        cases_of(ipv6),
+    );
+}
+
+/// The cases of one family as they are (`ipv6`: IPv6; else IPv4 and ARP), every frame of
+/// the other dropped, the pod's own too: what a guard without that family must do.
+fn cases_of(ipv6: bool) -> Vec<(&'static str, Vec<u8>, bool)> {
+    cases()
+        .into_iter()
+        .map(|(what, frame, pass)| {
+            let is_ipv6 = frame[12..14] == ETH_IPV6.to_be_bytes();
+            (what, frame, pass && is_ipv6 == ipv6)
+        })
+        .collect()
+}
+
 #[test]
 fn the_guard_passes_the_pods_own_frames_and_drops_the_rest() {
     needs_root!();
-    let ns = Netns::new("fyb");
-    let wrong = ferry_tests::inside::run(&ns, || {
-        let prog = dual_stack().load().expect("load the guard");
-        mismatches(&prog, &cases())
-    });
-    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+    assert_verdicts(|| dual_stack().load().expect("load the guard"), cases());
 }
 
 #[test]
 fn a_guard_without_ipv6_drops_all_ipv6_and_keeps_ipv4_rules() {
     needs_root!();
-    let ns = Netns::new("fyb");
-    let guard = SourceGuard {
-        ipv6: Vec::new(),
-        ..dual_stack()
-    };
     // The IPv4 and ARP cases as they are; every IPv6 frame, the pod's own too, dropped.
-    let cases: Vec<_> = cases()
-        .into_iter()
-        .map(|(what, frame, pass)| {
-            let is_ipv6 = frame[12..14] == ETH_IPV6.to_be_bytes();
-            (what, frame, pass && !is_ipv6)
-        })
-        .collect();
-    let wrong = ferry_tests::inside::run(&ns, move || {
-        let prog = guard.load().expect("load the guard");
-        mismatches(&prog, &cases)
-    });
-    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+    assert_one_family_guard(false);
 }
 
 #[test]
 fn an_ipv6_only_guard_drops_all_ipv4_and_arp() {
     needs_root!();
-    let ns = Netns::new("fyb");
-    let guard = SourceGuard {
-        ipv4: Vec::new(),
-        ..dual_stack()
-    };
-    let cases: Vec<_> = cases()
-        .into_iter()
-        .map(|(what, frame, pass)| {
-            let is_ipv6 = frame[12..14] == ETH_IPV6.to_be_bytes();
-            (what, frame, pass && is_ipv6)
-        })
-        .collect();
-    let wrong = ferry_tests::inside::run(&ns, move || {
-        let prog = guard.load().expect("load the guard");
-        mismatches(&prog, &cases)
-    });
-    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+    assert_one_family_guard(true);
 }
 
 #[test]
 fn the_flow_hash_passes_every_frame() {
     needs_root!();
-    let ns = Netns::new("fyb");
     let all_pass: Vec<_> = cases()
         .into_iter()
         .map(|(what, frame, _)| (what, frame, true))
         .collect();
-    let wrong = ferry_tests::inside::run(&ns, move || {
-        let prog = netlink::flow_hash::load().expect("load the flow hash");
-        mismatches(&prog, &all_pass)
-    });
-    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+    assert_verdicts(
+        move || netlink::flow_hash::load().expect("load the flow hash"),
+        all_pass,
+    );
 }
 
 /// What the fragment cases above rest on: a pod's kernel drops neighbour discovery that

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::cni::{in_host, Node, Reply};
 use ferry_tests::netns::Netns;
-use ferry_tests::{bin, cni, root_or_skip};
+use ferry_tests::{bin, cni, needs_root};
 use serde_json::{json, Value};
 
 const WORKERS: usize = 8;
@@ -108,9 +108,7 @@ fn del_until_done(node: &Node, host: &File, who: Who<'_>, pod: &Netns, kill: Opt
 
 #[test]
 fn churn_with_sigkill_then_gc_leaves_exactly_the_valid_attachments() {
-    if !root_or_skip("churn") {
-        return;
-    }
+    needs_root!();
     let total: usize = std::env::var("FERRY_CHURN")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -5,16 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use ferry_tests::needs_root;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 fn demo(args: &[&str]) -> (Output, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ferry-demo"))

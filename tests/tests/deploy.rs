@@ -12,8 +12,9 @@ use std::process::Command;
 use ferry_tests::cluster::Cluster;
 use ferry_tests::cni::{Call, Reply};
 use ferry_tests::kind::kustomize;
+use ferry_tests::netns::run_ok;
 use ferry_tests::netns::Netns;
-use ferry_tests::{bin, root_or_skip};
+use ferry_tests::{bin, needs_root};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use serde_json::{json, Value};
@@ -445,15 +446,7 @@ fn up_sh_checks_its_tools_first_and_tags_the_image_by_what_was_built() {
     for id in ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"] {
         let d = tempfile::tempdir().unwrap();
         let bin = stand_ins(d.path(), id, "");
-        let out = Command::new(repo().join("deploy/kind/up.sh"))
-            .env("PATH", path_with(&bin))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(Command::new(repo().join("deploy/kind/up.sh")).env("PATH", path_with(&bin)));
         let applied = std::fs::read_to_string(d.path().join("applied")).unwrap();
         assert!(!applied.contains("image: ferry:dev"), "{applied}");
         assert!(
@@ -504,23 +497,16 @@ fn shipped_conflist() -> Value {
 
 #[test]
 fn the_install_script_and_the_shipped_conflist_make_a_working_node() {
-    if !root_or_skip("the_install_script_and_the_shipped_conflist_make_a_working_node") {
-        return;
-    }
+    needs_root!();
     let root = tempfile::tempdir().unwrap();
     let conf_dir = root.path().join("etc/cni/net.d");
     std::fs::create_dir_all(&conf_dir).unwrap();
     // An older ferry's config, which the new one replaces.
     std::fs::write(conf_dir.join("10-ferry.conflist"), "{}").unwrap();
-    let out = Command::new(repo().join("deploy/install-cni.sh"))
-        .arg(root.path())
-        .env("FERRY_BIN_SRC", ferry_tests::bin_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(repo().join("deploy/install-cni.sh"))
+            .arg(root.path())
+            .env("FERRY_BIN_SRC", ferry_tests::bin_dir()),
     );
     let bin_dir = root.path().join("opt/cni/bin");
     let names = |d: &Path| {
@@ -540,7 +526,7 @@ fn the_install_script_and_the_shipped_conflist_make_a_working_node() {
     // A node whose ferry-overlayd wrote node.json; a pod added as a runtime would, through
     // the installed binary and the shipped conflist (only the node's state and data
     // directories pointed at the test's own).
-    let c = Cluster::new(1, "10.74.0.0/16");
+    let c = Cluster::builder().cluster_cidr("10.74.0.0/16").build();
     let node = &c.nodes[0];
     let pod = Netns::new("fyp");
     let cni_path = format!("{}:{}", bin_dir.display(), ferry_tests::REFERENCE_PLUGINS);

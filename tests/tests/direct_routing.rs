@@ -5,19 +5,11 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{Cluster, Node};
+use ferry_tests::needs_root;
 use ferry_tests::netpol::cases::{PodRef, Protocol};
 use ferry_tests::netpol::world::World;
 use ferry_tests::proc::{connect, echo_peer_server, echo_peer_server_on, wait_until};
-use ferry_tests::root_or_skip;
 use serde_json::{json, Value};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// Waits until `n` routes `subnet` directly (on eth0, ferry's protocol) via `via`.
 fn wait_direct(n: &Node, subnet: &str, via: &str) {
@@ -110,7 +102,7 @@ fn wait_paths(c: &Cluster, i: usize, want: &[(String, String, String)]) {
 fn same_segment_is_direct_across_is_vxlan_and_a_moved_node_switches() {
     needs_root!();
     // node0, node1 on segment A; node2 on segment B, behind the router.
-    let mut c = Cluster::two_segments(2, 1, "10.90.0.0/16", "");
+    let mut c = Cluster::builder().two_segments(2, 1).build();
     // Strict reverse-path filtering on every node: a directly routed packet arrives on
     // the underlay with a pod source, which the receiver routes back the same way.
     for n in &c.nodes {
@@ -203,17 +195,24 @@ fn same_segment_is_direct_across_is_vxlan_and_a_moved_node_switches() {
         ],
     );
     for (i, p) in pods.iter().enumerate() {
-        c.nodes[i].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[i].del_pod(p);
     }
+}
+
+/// Two nodes of cluster CIDR `cidr` on one segment, node 0 routing to node 1's subnet
+/// (returned with the cluster) directly.
+fn two_nodes_routing_directly(cidr: &str) -> (Cluster, String) {
+    let c = Cluster::builder().nodes(2).cluster_cidr(cidr).build();
+    let s1 = c.nodes[1].subnet();
+    wait_direct(&c.nodes[0], &s1, &c.nodes[1].ip);
+    (c, s1)
 }
 
 #[test]
 fn reconcile_mends_a_hand_deleted_direct_route_and_removes_a_stale_one() {
     needs_root!();
-    let c = Cluster::new(2, "10.91.0.0/16");
+    let (c, s1) = two_nodes_routing_directly("10.91.0.0/16");
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
-    let s1 = n1.subnet();
-    wait_direct(n0, &s1, &n1.ip);
     // Nothing of the peer on the VXLAN device's routes; its FDB entry is kept.
     assert!(
         !n0.overlay_routes().contains(&s1),
@@ -243,17 +242,13 @@ fn reconcile_mends_a_hand_deleted_direct_route_and_removes_a_stale_one() {
         s1.split('/').next().unwrap_or_default()
     ));
     wait_direct(n0, &s1, &n1.ip);
-    assert!(
-        c.metrics(0).contains("ferry_repairs_total"),
-        "{}",
-        c.metrics(0)
-    );
+    c.assert_metric_served(0, "ferry_repairs_total");
 }
 
 #[test]
 fn direct_routing_off_gives_vxlan_for_all() {
     needs_root!();
-    let c = Cluster::with_args(2, "10.92.0.0/16", "--direct-routing=false");
+    let c = Cluster::builder().nodes(2).direct_routing(false).build();
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     wait_vxlan(n0, &n1.subnet());
     wait_vxlan(n1, &n0.subnet());
@@ -269,8 +264,8 @@ fn direct_routing_off_gives_vxlan_for_all() {
         &[path("node0", "local", "-"), path("node1", "vxlan", "-")],
     );
     assert!(c.metrics(0).contains("ferry_direct_peers 0"));
-    n0.cni("DEL", &a.id, Some(&a.ns)).ok();
-    n1.cni("DEL", &b.id, Some(&b.ns)).ok();
+    n0.del_pod(&a);
+    n1.del_pod(&b);
 }
 
 #[test]
@@ -336,11 +331,12 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
     let kubeconfig = tempfile::tempdir().expect("tempdir");
     let kc = kubeconfig.path().join("kubeconfig");
     let mut api = None;
-    let c = Cluster::v6_only_reporting(
-        2,
-        "fd00:96::/56",
-        &format!("--network-policy --kubeconfig {}", kc.display()),
-        &mut |p| {
+    let kc_flag = kc.display().to_string();
+    let c = Cluster::builder()
+        .nodes(2)
+        .v6_only()
+        .flags(["--network-policy", "--kubeconfig", &kc_flag])
+        .build_reporting(&mut |p| {
             if let Progress::Etcd(etcd, _) = p {
                 let addr = std::net::SocketAddr::new(ETCD_IP_V6.parse().unwrap(), 0);
                 let served = ferry_tests::inside::run(&etcd.host, move || KubeApi::bind(addr))
@@ -348,8 +344,7 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
                 served.write_kubeconfig(&kc).expect("write the kubeconfig");
                 api = Some(served);
             }
-        },
-    );
+        });
     let api = api.expect("the API");
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     let s6 = |n: &Node| n.node_state()["podCIDRv6"].as_str().unwrap().to_string();
@@ -416,17 +411,15 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
         "the verdicts were not given on the direct path"
     );
     for (p, n) in [(&target, n0), (&ok, n1), (&other, n1)] {
-        n.cni("DEL", &p.id, Some(&p.ns)).ok();
+        n.del_pod(p);
     }
 }
 
 #[test]
 fn a_lease_naming_an_on_link_stranger_gets_no_more_than_its_own_subnet() {
     needs_root!();
-    let c = Cluster::new(2, "10.93.0.0/16");
+    let (c, s1) = two_nodes_routing_directly("10.93.0.0/16");
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
-    let s1 = n1.subnet();
-    wait_direct(n0, &s1, &n1.ip);
     let _stranger = c.stranger("192.0.2.50");
     // A lie: a "node" at the stranger's on-link address, with a subnet of its own, and a
     // second record naming node1's subnet at the stranger's address.
@@ -455,14 +448,14 @@ fn a_lease_naming_an_on_link_stranger_gets_no_more_than_its_own_subnet() {
     wait_direct(n0, &s1, &n1.ip);
     c.wait_reachable(&a.ns, &b.ip);
     assert_eq!(connect(&a.ns, &b.ip, 7000).as_deref(), Some(a.ip.as_str()));
-    n0.cni("DEL", &a.id, Some(&a.ns)).ok();
-    n1.cni("DEL", &b.id, Some(&b.ns)).ok();
+    n0.del_pod(&a);
+    n1.del_pod(&b);
 }
 
 #[test]
 fn an_ipv6_underlay_routes_ipv6_pods_directly() {
     needs_root!();
-    let c = Cluster::v6_only(2, "fd00:94::/56", "");
+    let c = Cluster::builder().nodes(2).v6_only().build();
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     let s6 = |n: &Node| n.node_state()["podCIDRv6"].as_str().unwrap().to_string();
     wait_direct(n0, &s6(n1), &n1.ip);
@@ -478,6 +471,6 @@ fn an_ipv6_underlay_routes_ipv6_pods_directly() {
         }),
         "IPv6 pod traffic on one segment went through VXLAN"
     );
-    n0.cni("DEL", &a.id, Some(&a.ns)).ok();
-    n1.cni("DEL", &b.id, Some(&b.ns)).ok();
+    n0.del_pod(&a);
+    n1.del_pod(&b);
 }

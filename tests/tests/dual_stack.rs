@@ -2,22 +2,23 @@
 //! kernel state ADD leaves (addresses usable at once, routes), traffic over IPv6, DEL,
 //! GC, CHECK against tampering, exhaustion, and hostile configs.
 
-use ferry_tests::cni::{ferry_conf, Node};
+use ferry_tests::cni::Node;
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server_on};
-use ferry_tests::root_or_skip;
 use serde_json::{json, Value};
 
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
+fn node(version: &str, ipam: Value) -> Node {
+    Node::ferry(version, ipam, json!({}))
 }
 
-fn node(version: &str, ipam: Value) -> Node {
-    Node::with(|d| ferry_conf(version, d, ipam, json!({})))
+/// A node of IPv4 range `v4` and IPv6 range `v6` (CNI 1.1.0) and its pod `id`, added:
+/// the node, the pod's namespace, ADD's result.
+fn dual_pod(v4: &str, v6: &str, id: &str) -> (Node, Netns, Value) {
+    let n = node("1.1.0", dual(v4, v6));
+    let pod = Netns::new("fyd");
+    let r = n.add(id, &pod).ok();
+    (n, pod, r)
 }
 
 fn dual(v4: &str, v6: &str) -> Value {
@@ -119,14 +120,8 @@ fn ipv6_only_pods_talk_over_ipv6_with_their_addresses() {
 #[test]
 fn check_sees_a_removed_ipv6_address_or_route() {
     needs_root!();
-    let n = node("1.1.0", dual("10.62.0.0/24", "fd00:62::/64"));
-    let pod = Netns::new("fyd");
-    let prev = n.add("c", &pod).ok();
-    let check = || {
-        let mut c: Value = serde_json::from_str(&n.conf).unwrap();
-        c["prevResult"] = prev.clone();
-        n.call("CHECK", "c", Some(&pod)).run(&c.to_string())
-    };
+    let (n, pod, prev) = dual_pod("10.62.0.0/24", "fd00:62::/64", "c");
+    let check = || n.check("c", &pod, &prev);
     check().ok();
     pod.sh("ip -6 route del default");
     let r = check();
@@ -161,9 +156,7 @@ fn ipv6_addrs(pod: &Netns) -> Vec<String> {
 #[test]
 fn a_pods_only_ipv6_addresses_are_the_ones_ferry_gives() {
     needs_root!();
-    let n = node("1.1.0", dual("10.64.0.0/24", "fd00:64::/64"));
-    let pod = Netns::new("fyd");
-    let prev = n.add("l", &pod).ok();
+    let (n, pod, prev) = dual_pod("10.64.0.0/24", "fd00:64::/64", "l");
     let mac = pod.sh("cat /sys/class/net/eth0/address");
     let mac: Vec<u8> = mac
         .trim()
@@ -197,11 +190,7 @@ fn a_pods_only_ipv6_addresses_are_the_ones_ferry_gives() {
 
     let pod = Netns::new("fyd");
     let prev_ll = n.add("m", &pod).ok();
-    let check = |prev: &Value| {
-        let mut c: Value = serde_json::from_str(&n.conf).unwrap();
-        c["prevResult"] = prev.clone();
-        n.call("CHECK", "m", Some(&pod)).run(&c.to_string())
-    };
+    let check = |prev: &Value| n.check("m", &pod, prev);
     check(&prev_ll).ok();
     let ll = ipv6_addrs(&pod)
         .into_iter()

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use ferry_tests::cni::{pod_ip, Node};
 use ferry_tests::netns::Netns;
-use ferry_tests::{bin, root_or_skip};
+use ferry_tests::{bin, needs_root};
 use serde_json::Value;
 
 fn cli(args: &[&str]) -> (i32, String, String) {
@@ -13,18 +13,12 @@ fn cli(args: &[&str]) -> (i32, String, String) {
         .env_remove("CNI_COMMAND")
         .output()
         .expect("run ferry-ipam");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    ferry_tests::netns::code_out_err(&out)
 }
 
 #[test]
 fn show_and_release_over_a_real_store() {
-    if !root_or_skip("show_and_release_over_a_real_store") {
-        return;
-    }
+    needs_root!();
     let node = Node::new("10.48.0.0/24");
     let (a, b, c) = (Netns::new("fyp"), Netns::new("fyp"), Netns::new("fyp"));
     let ra = node.add("cli-a", &a).ok();
@@ -133,18 +127,12 @@ fn show_and_release_over_a_real_store() {
 /// `ferry-ipam` run inside `ns` (where the host veths are), with its exit code and output.
 fn cli_in(ns: &Netns, args: &str) -> (i32, String, String) {
     let out = ns.try_sh(&format!("{} {args}", bin("ferry-ipam").display()));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    ferry_tests::netns::code_out_err(&out)
 }
 
 #[test]
 fn a_lost_del_is_found_by_check_and_fixed_by_release() {
-    if !root_or_skip("a_lost_del_is_found_by_check_and_fixed_by_release") {
-        return;
-    }
+    needs_root!();
     let node = Node::new("10.49.0.0/24");
     let (a, b) = (Netns::new("fyp"), Netns::new("fyp"));
     let ra = node.add("live", &a).ok();
@@ -236,10 +224,11 @@ fn a_lost_del_is_found_by_check_and_fixed_by_release() {
 
 #[test]
 fn leases_and_check_against_a_cluster() {
-    if !root_or_skip("leases_and_check_against_a_cluster") {
-        return;
-    }
-    let mut c = ferry_tests::cluster::Cluster::new(2, "10.73.0.0/16");
+    needs_root!();
+    let mut c = ferry_tests::cluster::Cluster::builder()
+        .nodes(2)
+        .cluster_cidr("10.73.0.0/16")
+        .build();
     let pods: Vec<_> = (0..3)
         .map(|i| c.nodes[0].add_pod(&format!("u{i}")))
         .collect();
@@ -396,9 +385,7 @@ fn completions_are_printed() {
 
 #[test]
 fn show_check_and_release_handle_both_families() {
-    if !root_or_skip("show_check_and_release_handle_both_families") {
-        return;
-    }
+    needs_root!();
     let node = Node::with(|d| {
         ferry_tests::cni::ferry_conf(
             "1.1.0",

@@ -12,7 +12,7 @@ use ferry_tests::proc::wait_until;
 
 /// One node, IPv4 and IPv6 pods: chains in iptables and ip6tables.
 fn cluster_with(prepare: impl FnOnce(&Netns)) -> Cluster {
-    let mut c = Cluster::with_args(0, "10.244.0.0/16", "--cluster-cidr-v6 fd00:10:244::/56");
+    let mut c = Cluster::builder().nodes(0).dual_stack().build();
     c.add_node_prepared(prepare).wait_ready();
     c
 }

@@ -132,6 +132,22 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// Takes the API down and waits until its port refuses connections, as a dead
+/// apiserver's does.
+async fn go_down(api: &KubeApi) {
+    api.set_down(true);
+    until(
+        "the port to refuse connections",
+        || {
+            std::net::TcpStream::connect(api.addr())
+                .map(drop)
+                .map_err(|e| e.kind())
+        },
+        |r| *r == Err(std::io::ErrorKind::ConnectionRefused),
+    )
+    .await;
+}
+
 /// Waits (up to 10 s) for `cond`, failing with `what` and the last value seen.
 async fn until<T: std::fmt::Debug>(
     what: &str,
@@ -374,18 +390,8 @@ async fn an_outage_keeps_the_store_and_the_client_resyncs_after_it() {
     )
     .await;
 
-    api.set_down(true);
     // Down means refused, as a dead apiserver's port is.
-    until(
-        "the port to refuse connections",
-        || {
-            std::net::TcpStream::connect(api.addr())
-                .map(drop)
-                .map_err(|e| e.kind())
-        },
-        |r| *r == Err(std::io::ErrorKind::ConnectionRefused),
-    )
-    .await;
+    go_down(&api).await;
     // Changes meanwhile: the clients cannot see them and keep what they had.
     api.delete::<Pod>(Some("x"), "b").unwrap();
     api.create(pod("x", "c", "n1")).unwrap();
@@ -1000,17 +1006,7 @@ async fn an_outage_over_tls_keeps_the_store_and_the_client_resyncs() {
     let (api, c) = ferry_cluster().await;
     let pods = reflect::<Pod>(&c);
     until_keys("the initial list", &pods, &["x/a", "x/b"]).await;
-    api.set_down(true);
-    until(
-        "the port to refuse connections",
-        || {
-            std::net::TcpStream::connect(api.addr())
-                .map(drop)
-                .map_err(|e| e.kind())
-        },
-        |r| *r == Err(std::io::ErrorKind::ConnectionRefused),
-    )
-    .await;
+    go_down(&api).await;
     api.delete::<Pod>(Some("x"), "b").unwrap();
     api.create(pod("x", "c", "n1")).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

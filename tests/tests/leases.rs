@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use ferry_tests::cluster::{Etcd, Switch};
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
-use ferry_tests::root_or_skip;
-use registry::{ConfigFlags, EtcdOptions, LeaseError, Registry};
+use registry::{Acquired, ClusterConfig, ConfigFlags, EtcdOptions, LeaseError, Registry};
 
 fn opts(endpoint: &str) -> EtcdOptions {
     EtcdOptions {
@@ -27,6 +27,25 @@ fn flags(cidr: &str, len: u8) -> ConfigFlags {
 }
 
 /// An etcd on a switch, and a client host to reach it from.
+/// `node` takes a lease of `cfg` from `public_ip` with `mac`, held `grace` when it stops
+/// renewing, preferring `prefer` (what its node.json says), as a starting daemon does.
+async fn take(
+    reg: &mut Registry,
+    cfg: &ClusterConfig,
+    node: &str,
+    public_ip: &str,
+    mac: &str,
+    grace: Duration,
+    prefer: (
+        Option<ipnetwork::Ipv4Network>,
+        Option<ipnetwork::Ipv6Network>,
+    ),
+) -> Result<Acquired, LeaseError> {
+    let ip = public_ip.parse().unwrap();
+    reg.acquire(cfg, node, ip, mac, grace, prefer.0, prefer.1)
+        .await
+}
+
 fn etcd_and_client() -> (Switch, Etcd, Netns) {
     let switch = Switch::new();
     let etcd = Etcd::start(&switch);
@@ -49,14 +68,16 @@ fn race(
                 let mut reg = Registry::connect(&opts(&ep), "/ferry").await?;
                 let cfg = reg.cluster_config(&flags, &[]).await?;
                 let mac = format!("0e:00:00:00:00:{i:02x}");
-                reg.acquire(
+                let ip = format!("192.0.2.{}", 20 + i);
+                let hour = Duration::from_secs(3600);
+                take(
+                    &mut reg,
                     &cfg,
                     &format!("n{i}"),
-                    format!("192.0.2.{}", 20 + i).parse().unwrap(),
+                    &ip,
                     &mac,
-                    Duration::from_secs(3600),
-                    None,
-                    None,
+                    hour,
+                    (None, None),
                 )
                 .await
             }
@@ -85,9 +106,7 @@ fn race_twice(client: &Netns, ep: String, flags: ConfigFlags) -> Vec<registry::A
 
 #[test]
 fn fifty_dual_stack_nodes_never_share_either_subnet() {
-    if !root_or_skip("fifty_dual_stack_nodes_never_share_either_subnet") {
-        return;
-    }
+    needs_root!();
     let (_switch, etcd, client) = etcd_and_client();
     // The cluster starts IPv4-only: a node leased then gets its IPv6 subnet later, on
     // the lease it has, once the config has IPv6.
@@ -129,9 +148,7 @@ fn fifty_dual_stack_nodes_never_share_either_subnet() {
 
 #[test]
 fn fifty_nodes_starting_at_once_never_share_a_subnet() {
-    if !root_or_skip("fifty_nodes_starting_at_once_never_share_a_subnet") {
-        return;
-    }
+    needs_root!();
     let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
     // Started again, every node gets its own subnet back.
@@ -162,9 +179,7 @@ fn fifty_nodes_starting_at_once_never_share_a_subnet() {
 
 #[test]
 fn a_full_cluster_cidr_is_a_clear_error() {
-    if !root_or_skip("a_full_cluster_cidr_is_a_clear_error") {
-        return;
-    }
+    needs_root!();
     let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
     let err = ferry_tests::inside::block_on(&client, move || async move {
@@ -173,27 +188,29 @@ fn a_full_cluster_cidr_is_a_clear_error() {
             .cluster_config(&flags("10.71.0.0/28", 30), &[])
             .await
             .unwrap();
+        let (mac, minute) = ("0e:00:00:00:00:01", Duration::from_secs(60));
         for i in 0..4 {
-            reg.acquire(
+            let node = format!("n{i}");
+            take(
+                &mut reg,
                 &cfg,
-                &format!("n{i}"),
-                "192.0.2.20".parse().unwrap(),
-                "0e:00:00:00:00:01",
-                Duration::from_secs(60),
-                None,
-                None,
+                &node,
+                "192.0.2.20",
+                mac,
+                minute,
+                (None, None),
             )
             .await
             .unwrap();
         }
-        reg.acquire(
+        take(
+            &mut reg,
             &cfg,
             "n4",
-            "192.0.2.20".parse().unwrap(),
-            "0e:00:00:00:00:01",
-            Duration::from_secs(60),
-            None,
-            None,
+            "192.0.2.20",
+            mac,
+            minute,
+            (None, None),
         )
         .await
         .unwrap_err()
@@ -214,24 +231,25 @@ fn acquire_one(
     flags: &ConfigFlags,
     public_ip: &str,
     prefer: (Option<&str>, Option<&str>),
-) -> registry::Acquired {
+) -> Acquired {
     let (ep, prefix, flags) = (ep.to_string(), prefix.to_string(), flags.clone());
-    let public_ip = public_ip.parse().unwrap();
-    let (prefer, prefer_v6) = (
+    let public_ip = public_ip.to_string();
+    let prefer = (
         prefer.0.map(|p| p.parse().unwrap()),
         prefer.1.map(|p| p.parse().unwrap()),
     );
     ferry_tests::inside::block_on(client, move || async move {
         let mut reg = Registry::connect(&opts(&ep), &prefix).await.unwrap();
         let cfg = reg.cluster_config(&flags, &[]).await.unwrap();
-        reg.acquire(
+        let hour = Duration::from_secs(3600);
+        take(
+            &mut reg,
             &cfg,
             "n1",
-            public_ip,
+            &public_ip,
             "0e:00:00:00:00:01",
-            Duration::from_secs(3600),
+            hour,
             prefer,
-            prefer_v6,
         )
         .await
         .unwrap()
@@ -240,9 +258,7 @@ fn acquire_one(
 
 #[test]
 fn a_node_keeps_its_ipv6_subnet_after_expiry_and_with_a_damaged_record() {
-    if !root_or_skip("a_node_keeps_its_ipv6_subnet_after_expiry_and_with_a_damaged_record") {
-        return;
-    }
+    needs_root!();
     let (_switch, etcd, client) = etcd_and_client();
     let ep = etcd.endpoint();
     let dual = ConfigFlags {
@@ -294,9 +310,7 @@ fn a_node_keeps_its_ipv6_subnet_after_expiry_and_with_a_damaged_record() {
 
 #[test]
 fn fifty_ipv6_only_nodes_never_share_a_subnet() {
-    if !root_or_skip("fifty_ipv6_only_nodes_never_share_a_subnet") {
-        return;
-    }
+    needs_root!();
     let (_switch, etcd, client) = etcd_and_client();
     let flags = ConfigFlags {
         cluster_cidr_v6: Some("fd00:75::/56".parse().unwrap()),

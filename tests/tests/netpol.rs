@@ -7,22 +7,14 @@
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::netpol::cases::{PodRef, Protocol};
 use ferry_tests::netpol::probe::Servers;
 use ferry_tests::netpol::world::World;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 fn p(s: &str) -> PodRef {
     s.parse().expect("a pod of the model")
@@ -406,12 +398,7 @@ fn ipv6_of(w: &World, pod: &str) -> std::net::Ipv6Addr {
 #[test]
 fn ipv6_is_enforced_as_ipv4_is() {
     needs_root!();
-    let mut w = World::with_args(
-        &[80],
-        &[Protocol::Tcp],
-        "--cluster-cidr-v6 fd00:77::/56",
-        &mut |_| {},
-    );
+    let mut w = World::dual_stack();
     // A server on [::]:8081 in x/a, z/a and y/b (the world's servers listen on IPv4).
     let mut listeners = Vec::new();
     for pod in ["x/a", "z/a", "y/b"] {

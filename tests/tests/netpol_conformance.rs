@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ferry_tests::inside;
 use ferry_tests::netpol::cases::{self, PodRef, Protocol};
 use ferry_tests::netpol::world::World;
+use ferry_tests::{inside, needs_root};
 use serde_json::{json, Value};
 
 /// One world at a time: three clusters probing at once on a small machine would only
@@ -44,11 +44,6 @@ fn text(out: &Output) -> String {
 
 /// Runs every case of `file`; all must pass.
 fn all_pass(file: &str, json: bool) {
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the NetworkPolicy conformance run needs root (it makes network namespaces)"
-    );
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let path = case_file(file);
     let n = cases::read(&path)
@@ -85,16 +80,19 @@ fn all_pass(file: &str, json: bool) {
 
 #[test]
 fn examples_pass() {
+    needs_root!();
     all_pass("examples.yaml", true);
 }
 
 #[test]
 fn ferry_cases_pass() {
+    needs_root!();
     all_pass("ferry.yaml", false);
 }
 
 #[test]
 fn upstream_cases_pass() {
+    needs_root!();
     all_pass("upstream.yaml", false);
 }
 
@@ -102,7 +100,7 @@ fn upstream_cases_pass() {
 /// and the table marks each wrong observation, to the pod IP and to the ClusterIP.
 #[test]
 fn wrong_expectations_fail_and_are_marked() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    needs_root!();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong.yaml");
@@ -203,7 +201,6 @@ fn help_says_what_is_probed_and_how() {
 
 /// A world of its own (one at a time), serving TCP 80.
 fn world() -> (MutexGuard<'static, ()>, World) {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
     let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     (one, World::new(&[80], &[Protocol::Tcp], &mut |_| {}))
 }
@@ -233,6 +230,7 @@ fn ingress_to_x_only_from_x(world: &mut World) {
 /// the ClusterIP; a connection the policy still allows goes on.
 #[test]
 fn an_open_connection_a_new_policy_denies_is_cut() {
+    needs_root!();
     let (_one, mut world) = world();
     let (server, denied, allowed) = (pod("x", "a"), pod("y", "b"), pod("x", "b"));
     // An echo server that keeps its connections open, in x/a; stopped (every socket
@@ -304,6 +302,7 @@ fn an_open_connection_a_new_policy_denies_is_cut() {
 /// table covers it. What the policy allows reaches it (once its labels are known).
 #[test]
 fn a_pod_added_under_a_policy_is_covered_when_add_returns() {
+    needs_root!();
     let (_one, mut world) = world();
     ingress_to_x_only_from_x(&mut world);
     let (stranger, neighbour) = (pod("y", "a"), pod("x", "b"));

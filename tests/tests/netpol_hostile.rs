@@ -11,22 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_tests::cluster::{http_get, HEALTH_ADDR};
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::netpol::cases::{PodRef, Protocol};
 use ferry_tests::netpol::probe::Servers;
 use ferry_tests::netpol::world::World;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 fn p(s: &str) -> PodRef {
     s.parse().expect("a pod of the model")

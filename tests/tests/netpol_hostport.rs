@@ -9,22 +9,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_tests::cni::Call;
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
-use ferry_tests::netpol::cases::Protocol;
 use ferry_tests::netpol::l2::{self, TcpServer};
 use ferry_tests::netpol::world::World;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 const HOST_PORT: u16 = 8080;
 const CONTAINER_PORT: u16 = 80;
@@ -87,12 +78,7 @@ fn portmap(host: &Netns, command: &str, id: &str, netns: &Path, prev: &Value) ->
 #[test]
 fn network_policy_holds_on_the_host_port_path_in_both_families() {
     needs_root!();
-    let mut w = World::with_args(
-        &[80],
-        &[Protocol::Tcp],
-        "--cluster-cidr-v6 fd00:7a::/56",
-        &mut |_| {},
-    );
+    let mut w = World::dual_stack();
     w.cluster.add_underlay_v6();
     let (admitted, stranger) = (host(&w, ADMITTED), host(&w, STRANGER));
     let (node_ip, node_ip6): (IpAddr, IpAddr) = (

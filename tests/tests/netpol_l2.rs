@@ -7,21 +7,13 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::netpol::cases::{PodRef, Protocol};
 use ferry_tests::netpol::l2::{self, Inbox, TcpServer};
 use ferry_tests::netpol::world::World;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
 use serde_json::json;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 const TCP_PORT: u16 = 8081;
 /// The inboxes' ports: IPv4 here, IPv6 one above.
@@ -34,12 +26,7 @@ fn p(s: &str) -> PodRef {
 /// A dual-stack world, and the three roles on one node: the world puts x/a, y/c and z/b
 /// on node 0.
 fn world() -> (World, [PodRef; 3]) {
-    let w = World::with_args(
-        &[80],
-        &[Protocol::Tcp],
-        "--cluster-cidr-v6 fd00:78::/56",
-        &mut |_| {},
-    );
+    let w = World::dual_stack();
     let roles = [p("x/a"), p("z/b"), p("y/c")];
     for r in &roles {
         assert_eq!(w.pod(r).node, 0, "{r} is not on node 0");
@@ -67,12 +54,7 @@ fn explain(w: &World, from: &str, to: &str, port: u16, protocol: &str) -> (Optio
         .arg(w.cluster.nodes[0].state_dir())
         .output()
         .expect("run ferry-ipam explain");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
+    ferry_tests::netns::code_and_text(&out)
 }
 
 /// Node 0's policy tables, for a failure's report.

@@ -3,40 +3,32 @@
 
 use std::time::Duration;
 
-use ferry_tests::cluster::{run_overlayd, Cluster, OUTSIDE_IP};
+use ferry_tests::cluster::{run_overlayd, Cluster, ClusterBuilder, OUTSIDE_IP};
 use ferry_tests::cni::host_veth;
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server, wait_until};
-use ferry_tests::root_or_skip;
 use ferry_tests::services::Service;
 use ferry_tests::traffic::iperf;
 use netlink::BigTcp;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 #[test]
 fn pods_reach_each_other_across_nodes_keeping_their_addresses() {
     needs_root!();
     // One segment: every node reaches the others by DirectRouting.
-    every_traffic_kind("10.60.0.0/16", "");
+    every_traffic_kind(Cluster::builder());
 }
 
 #[test]
 fn pods_reach_each_other_across_nodes_over_vxlan() {
     needs_root!();
-    every_traffic_kind("10.69.0.0/16", "--direct-routing=false");
+    every_traffic_kind(Cluster::builder().direct_routing(false));
 }
 
 /// Pods of three nodes reach each other, their own node, localhost and the outside host,
 /// with the daemons' `extra` flags.
-fn every_traffic_kind(cidr: &str, extra: &str) {
-    let c = Cluster::with_args(3, cidr, extra);
+fn every_traffic_kind(cluster: ClusterBuilder) {
+    let c = cluster.nodes(3).build();
     // Distinct subnets, each node's gateway and MTU in its state.
     let subnets: Vec<String> = c.nodes.iter().map(|n| n.subnet()).collect();
     assert_eq!(
@@ -49,7 +41,7 @@ fn every_traffic_kind(cidr: &str, extra: &str) {
     );
     for n in &c.nodes {
         let st = n.node_state();
-        assert_eq!(st["clusterCIDR"], cidr);
+        assert_eq!(st["clusterCIDR"], c.cidr);
         assert_eq!(st["mtu"], 1450);
         assert_eq!(st["nodeName"], n.name.as_str());
     }
@@ -113,40 +105,40 @@ fn every_traffic_kind(cidr: &str, extra: &str) {
     );
     assert!(m.contains("ferry_ready 1"), "{m}");
     for (i, p) in &pods {
-        c.nodes[*i].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[*i].del_pod(p);
     }
-    assert!(wait_until(Duration::from_secs(1), || true));
+    // DEL takes each pod off the overlay: its interface is gone.
+    let gone = wait_until(Duration::from_secs(1), || {
+        pods.iter().all(|(_, p)| !p.ns.has_link("eth0"))
+    });
+    assert!(gone, "a pod kept its eth0 after DEL");
 }
 
 #[test]
 fn services_through_kube_proxy_rules() {
     needs_root!();
-    let c = Cluster::new(2, "10.61.0.0/16");
+    let c = Cluster::builder().nodes(2).build();
     let endpoint = c.nodes[0].add_pod("ep");
-    let same_node = c.nodes[0].add_pod("near");
-    let other_node = c.nodes[1].add_pod("far");
+    let (same_node, other_node) = c.pods_across("near", "far");
     let _srv = echo_peer_server(&endpoint.ns, 7000);
     // ClusterIP 10.96.0.10:80 and NodePort 30080 to the one endpoint.
     let svc = Service::new("10.96.0.10", &endpoint.ip);
-    svc.install_on(&c.nodes);
-    svc.check(
+    svc.install_and_check(
+        &c,
         (&other_node.ns, &other_node.ip),
         (&same_node.ns, &same_node.ip),
         &endpoint.ns,
-        &c.outside,
-        &c.node_ips(),
     );
     for (n, p) in [(0, &endpoint), (0, &same_node), (1, &other_node)] {
-        c.nodes[n].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[n].del_pod(p);
     }
 }
 
 #[test]
 fn overlayd_restart_drops_no_packet_and_keeps_subnet_and_mac() {
     needs_root!();
-    let mut c = Cluster::new(2, "10.62.0.0/16");
-    let a = c.nodes[0].add_pod("ra");
-    let b = c.nodes[1].add_pod("rb");
+    let mut c = Cluster::builder().nodes(2).build();
+    let (a, b) = c.pods_across("ra", "rb");
     // 150 pings, 20 ms apart, while both daemons restart.
     let ping = std::thread::spawn({
         let ns = a.ns.name.clone();
@@ -168,16 +160,15 @@ fn overlayd_restart_drops_no_packet_and_keeps_subnet_and_mac() {
         summary.contains(" 0% packet loss"),
         "packets lost across the restart: {summary}"
     );
-    c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
-    c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+    c.nodes[0].del_pod(&a);
+    c.nodes[1].del_pod(&b);
 }
 
 #[test]
 fn etcd_outage_keeps_traffic_and_pods_starting() {
     needs_root!();
-    let mut c = Cluster::new(2, "10.63.0.0/16");
-    let a = c.nodes[0].add_pod("ea");
-    let b = c.nodes[1].add_pod("eb");
+    let mut c = Cluster::builder().nodes(2).build();
+    let (a, b) = c.pods_across("ea", "eb");
     c.etcd.stop();
     a.ns.sh(&format!("ping -c3 -i 0.2 -W2 {}", b.ip));
     // A new pod starts without etcd: the plugin needs only node.json.
@@ -212,7 +203,7 @@ fn etcd_outage_keeps_traffic_and_pods_starting() {
 #[test]
 fn a_node_joining_later_is_reached_by_all() {
     needs_root!();
-    let mut c = Cluster::new(2, "10.64.0.0/16");
+    let mut c = Cluster::builder().nodes(2).build();
     let early: Vec<_> = (0..2)
         .map(|i| c.nodes[i].add_pod(&format!("j{i}")))
         .collect();
@@ -229,9 +220,12 @@ fn a_node_joining_later_is_reached_by_all() {
 fn hand_deleted_state_comes_back() {
     needs_root!();
     // About the VXLAN entries: the nodes share a segment, so DirectRouting is off.
-    let c = Cluster::with_args(2, "10.65.0.0/16", "--direct-routing=false");
-    let a = c.nodes[0].add_pod("ha");
-    let b = c.nodes[1].add_pod("hb");
+    let c = Cluster::builder()
+        .nodes(2)
+        .cluster_cidr("10.65.0.0/16")
+        .direct_routing(false)
+        .build();
+    let (a, b) = c.pods_across("ha", "hb");
     let n0 = &c.nodes[0];
     let remote = c.nodes[1].subnet();
     // A route, an FDB entry, a neighbour entry, then the whole device.
@@ -275,21 +269,17 @@ fn hand_deleted_state_comes_back() {
         n0.log()
     );
     a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
-    assert!(
-        c.metrics(0).contains("ferry_repairs_total"),
-        "{}",
-        c.metrics(0)
-    );
+    c.assert_metric_served(0, "ferry_repairs_total");
 }
 
 #[test]
 fn vxlan_checksum_offload_can_be_turned_off_and_stays_off() {
     needs_root!();
-    let c = Cluster::with_args(
-        2,
-        "10.70.0.0/16",
-        "--direct-routing=false --vxlan-checksum-offload=false",
-    );
+    let c = Cluster::builder()
+        .nodes(2)
+        .direct_routing(false)
+        .flags(["--vxlan-checksum-offload=false"])
+        .build();
     for n in &c.nodes {
         let off = wait_until(Duration::from_secs(10), || !n.tx_checksum("ferry.1", None));
         assert!(
@@ -306,8 +296,7 @@ fn vxlan_checksum_offload_can_be_turned_off_and_stays_off() {
         );
     }
     // Traffic crosses with the inner checksums computed in software, TCP included.
-    let a = c.nodes[0].add_pod("ka");
-    let b = c.nodes[1].add_pod("kb");
+    let (a, b) = c.pods_across("ka", "kb");
     let _srv = echo_peer_server(&b.ns, 7000);
     c.wait_reachable(&a.ns, &b.ip);
     assert_eq!(connect(&a.ns, &b.ip, 7000).as_deref(), Some(a.ip.as_str()));
@@ -317,17 +306,20 @@ fn vxlan_checksum_offload_can_be_turned_off_and_stays_off() {
     let off = wait_until(Duration::from_secs(10), || !n0.tx_checksum("ferry.1", None));
     assert!(off, "not mended:\n{}", n0.log());
     // Without the flag the kernel's default (on) is left alone.
-    let d = Cluster::with_args(1, "10.71.0.0/16", "--direct-routing=false");
+    let d = Cluster::builder().direct_routing(false).build();
     std::thread::sleep(Duration::from_secs(3));
     assert!(d.nodes[0].tx_checksum("ferry.1", None));
-    c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
-    c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+    c.nodes[0].del_pod(&a);
+    c.nodes[1].del_pod(&b);
 }
 
 #[test]
 fn a_silent_node_keeps_its_subnet_for_the_grace_period() {
     needs_root!();
-    let mut c = Cluster::with_args(2, "10.66.0.0/16", "--lease-grace 10s");
+    let mut c = Cluster::builder()
+        .nodes(2)
+        .flags(["--lease-grace", "10s"])
+        .build();
     let gone = c.nodes[1].subnet();
     let silent = c.nodes[1].daemon.take().expect("daemon");
     assert_eq!(silent.stop(libc::SIGKILL, Duration::from_secs(5)), None);
@@ -347,9 +339,8 @@ fn a_silent_node_keeps_its_subnet_for_the_grace_period() {
 #[test]
 fn a_new_public_ip_is_followed_by_every_node() {
     needs_root!();
-    let mut c = Cluster::new(2, "10.67.0.0/16");
-    let a = c.nodes[0].add_pod("ma");
-    let b = c.nodes[1].add_pod("mb");
+    let mut c = Cluster::builder().nodes(2).build();
+    let (a, b) = c.pods_across("ma", "mb");
     let n1 = &mut c.nodes[1];
     n1.stop_daemon();
     n1.host.sh("ip addr flush dev eth0 && ip addr add 192.0.2.77/24 dev eth0 && ip route add default via 192.0.2.254");
@@ -391,7 +382,7 @@ fn a_new_public_ip_is_followed_by_every_node() {
 #[test]
 fn startup_errors_name_the_problem() {
     needs_root!();
-    let c = Cluster::new(1, "10.68.0.0/16");
+    let c = Cluster::builder().cluster_cidr("10.68.0.0/16").build();
     let n = &c.nodes[0];
     let dir = tempfile::tempdir().unwrap();
     let run_for = |secs: u32, args: &str| {
@@ -446,9 +437,11 @@ fn startup_errors_name_the_problem() {
 #[test]
 fn etcd_with_tls_and_client_certificates() {
     needs_root!();
-    let c = ferry_tests::cluster::Cluster::build(2, "10.72.0.0/16", "", true);
-    let a = c.nodes[0].add_pod("ta");
-    let b = c.nodes[1].add_pod("tb");
+    let c = ferry_tests::cluster::Cluster::builder()
+        .nodes(2)
+        .tls()
+        .build();
+    let (a, b) = c.pods_across("ta", "tb");
     a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
     // Without a client certificate etcd refuses, and the daemon says so.
     let d = c.etcd.dir.path().display();
@@ -509,7 +502,7 @@ fn big_tcp_follows_the_underlay_when_asked() {
     let legacy = netlink::big_tcp::Sizes::default();
 
     // Without --big-tcp, a NIC's BIG TCP changes nothing of ferry's.
-    let mut plain = Cluster::new(1, "10.90.0.0/16");
+    let mut plain = Cluster::builder().build();
     plain.turn_big_tcp_on(big);
     let n = &plain.nodes[0];
     assert!(
@@ -520,14 +513,20 @@ fn big_tcp_follows_the_underlay_when_asked() {
     );
     let p = n.add_pod("bp");
     assert_eq!(p.ns.link_sizes("eth0"), legacy);
-    n.cni("DEL", &p.id, Some(&p.ns)).ok();
+    n.del_pod(&p);
     drop(plain);
 
-    for (cidr, extra) in [
-        ("10.91.0.0/16", "--big-tcp"),
-        ("10.92.0.0/16", "--big-tcp --direct-routing=false"),
-    ] {
-        let mut c = Cluster::with_args(2, cidr, extra);
+    for direct in [true, false] {
+        let extra = if direct {
+            "--big-tcp"
+        } else {
+            "--big-tcp --direct-routing=false"
+        };
+        let mut c = Cluster::builder()
+            .nodes(2)
+            .flags(["--big-tcp"])
+            .direct_routing(direct)
+            .build();
         // An underlay at the kernel's 64 KiB leaves nothing to follow.
         assert!(c.nodes[0].node_state().get("bigTcp").is_none());
         assert!(
@@ -536,8 +535,7 @@ fn big_tcp_follows_the_underlay_when_asked() {
             c.nodes[0].log()
         );
         c.turn_big_tcp_on(big);
-        let a = c.nodes[0].add_pod("ba");
-        let b = c.nodes[1].add_pod("bb");
+        let (a, b) = c.pods_across("ba", "bb");
         for (n, p) in [(&c.nodes[0], &a), (&c.nodes[1], &b)] {
             assert_eq!(
                 n.node_state()["bigTcp"],
@@ -573,7 +571,7 @@ fn big_tcp_follows_the_underlay_when_asked() {
         // Next to no loss (a busy machine may drop a little): a packet over 64 KiB that
         // left as one UDP packet would arrive truncated, and more would be resent than sent.
         assert!(resent * 20 <= sent, "{shown}");
-        if extra.contains("direct-routing=false") {
+        if !direct {
             // Over VXLAN the kernel cuts the pods' large packets to wire size first.
             assert!(per_packet < 9000, "{shown}");
             assert!(
@@ -585,7 +583,7 @@ fn big_tcp_follows_the_underlay_when_asked() {
             // Directly routed, they cross the underlay whole, larger than 64 KiB.
             assert!(per_packet > u64::from(netlink::big_tcp::LEGACY), "{shown}");
         }
-        c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
-        c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+        c.nodes[0].del_pod(&a);
+        c.nodes[1].del_pod(&b);
     }
 }

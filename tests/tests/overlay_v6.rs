@@ -4,41 +4,17 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{Cluster, OUTSIDE_IP_V6};
+use ferry_tests::needs_root;
 use ferry_tests::proc::{connect, echo_peer_server_on, wait_until};
-use ferry_tests::root_or_skip;
 use ferry_tests::services::Service;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
-
-/// Waits until every node routes to every other node's IPv6 subnet.
-fn wait_converged_v6(c: &Cluster) {
-    let subnets: Vec<String> = c
-        .nodes
-        .iter()
-        .map(|n| n.node_state()["podCIDRv6"].as_str().unwrap().to_string())
-        .collect();
-    for (i, n) in c.nodes.iter().enumerate() {
-        let ok = wait_until(Duration::from_secs(20), || {
-            let r = n.overlay_routes_v6();
-            subnets
-                .iter()
-                .enumerate()
-                .all(|(j, s)| i == j || r.contains(s.as_str()))
-        });
-        assert!(ok, "{}: {}\n{}", n.name, n.overlay_routes_v6(), n.log());
-    }
-}
 
 #[test]
 fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
     needs_root!();
-    let c = Cluster::with_args(2, "10.62.0.0/16", "--cluster-cidr-v6 fd00:62::/56");
+    let c = Cluster::builder()
+        .nodes(2)
+        .cluster_cidr_v6("fd00:62::/56")
+        .build();
     c.add_underlay_v6();
     for n in &c.nodes {
         let st = n.node_state();
@@ -52,7 +28,7 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
         assert_eq!(gw, s6.replace("::/64", "::1"));
         assert_eq!(st["mtu"], 1450);
     }
-    wait_converged_v6(&c);
+    c.wait_converged_v6();
     // The operator's view shows both families.
     let out = c.ipam_leases("-o json");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -96,8 +72,8 @@ fn dual_stack_pods_reach_each_other_over_an_ipv4_underlay() {
 #[test]
 fn a_daemon_restart_loses_no_ipv6_packet() {
     needs_root!();
-    let mut c = Cluster::with_args(2, "10.63.0.0/16", "--cluster-cidr-v6 fd00:63::/56");
-    wait_converged_v6(&c);
+    let mut c = Cluster::builder().nodes(2).dual_stack().build();
+    c.wait_converged_v6();
     let (a, _) = c.nodes[0].add_pod_ipv6();
     let (_b, b_ip) = c.nodes[1].add_pod_ipv6();
     c.wait_reachable(&a, &b_ip);
@@ -128,9 +104,13 @@ fn a_daemon_restart_loses_no_ipv6_packet() {
 #[test]
 fn ipv6_leases_for_the_underlay_or_a_live_nodes_subnet_are_refused() {
     needs_root!();
-    let c = Cluster::with_args(2, "10.64.0.0/16", "--cluster-cidr-v6 fd00:64::/56");
+    let c = Cluster::builder()
+        .nodes(2)
+        .cluster_cidr("10.64.0.0/16")
+        .dual_stack()
+        .build();
     c.add_underlay_v6();
-    wait_converged_v6(&c);
+    c.wait_converged_v6();
     let (a, _) = c.nodes[0].add_pod_ipv6();
     let (_b, b_ip) = c.nodes[1].add_pod_ipv6();
     c.wait_reachable(&a, &b_ip);
@@ -198,13 +178,12 @@ fn ipv6_of(result: &serde_json::Value) -> String {
 #[test]
 fn dual_stack_services_through_ip6tables_rules() {
     needs_root!();
-    let c = Cluster::with_args(2, "10.65.0.0/16", "--cluster-cidr-v6 fd00:65::/56");
+    let c = Cluster::builder().nodes(2).dual_stack().build();
     c.add_underlay_v6();
-    wait_converged_v6(&c);
+    c.wait_converged_v6();
     // Pods through the real plugin: an IPv4 and an IPv6 address each.
     let ep = c.nodes[0].add_pod("d6e");
-    let near = c.nodes[0].add_pod("d6n");
-    let far = c.nodes[1].add_pod("d6f");
+    let (near, far) = c.pods_across("d6n", "d6f");
     let (ep6, near6, far6) = (
         ipv6_of(&ep.result),
         ipv6_of(&near.result),
@@ -223,6 +202,6 @@ fn dual_stack_services_through_ip6tables_rules() {
         &["2001:db8::11", "2001:db8::12"],
     );
     for (i, p) in [(0, &ep), (0, &near), (1, &far)] {
-        c.nodes[i].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[i].del_pod(p);
     }
 }

@@ -5,18 +5,10 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{Cluster, Node, OUTSIDE_IP_V6};
+use ferry_tests::needs_root;
 use ferry_tests::proc::{connect, echo_peer_server_on, wait_until, Bg};
-use ferry_tests::root_or_skip;
 use ferry_tests::services::Service;
 use ferry_tests::vxlan_probe::{dropped, Frame, Probe};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// 1500 (the veths of the switch) - 40 (outer IPv6) - 8 (UDP) - 8 (VXLAN) - 14 (Ethernet).
 const POD_MTU: u64 = 1430;
@@ -30,7 +22,12 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
     needs_root!();
     // About IPv6 VXLAN (its device, FDB, routes): the nodes share a segment, so
     // DirectRouting is off; direct_routing.rs covers the other path.
-    let c = Cluster::v6_only(3, "fd00:66::/56", "--direct-routing=false");
+    let c = Cluster::builder()
+        .nodes(3)
+        .v6_only()
+        .cluster_cidr_v6("fd00:66::/56")
+        .direct_routing(false)
+        .build();
     // The node state: IPv6 only, the pod MTU of an IPv6 underlay.
     for n in &c.nodes {
         let st = n.node_state();
@@ -92,8 +89,7 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
 
     // Pods through the real plugin: IPv6 addresses only.
     let a = c.nodes[0].add_pod("6a");
-    let near = c.nodes[0].add_pod("6n");
-    let b = c.nodes[1].add_pod("6b");
+    let (near, b) = c.pods_across("6n", "6b");
     assert!(
         a.ip.starts_with("fd00:66:") && b.ip.contains(':'),
         "{}",
@@ -109,14 +105,7 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
     assert_eq!(connect(&b.ns, &a.ip, 7000).as_deref(), Some(b.ip.as_str()));
     // A Service through ip6tables DNAT rules as kube-proxy makes them.
     let svc = Service::new("fd00:96::10", &a.ip);
-    svc.install_on(&c.nodes);
-    svc.check(
-        (&b.ns, &b.ip),
-        (&near.ns, &near.ip),
-        &a.ns,
-        &c.outside,
-        &c.node_ips(),
-    );
+    svc.install_and_check(&c, (&b.ns, &b.ip), (&near.ns, &near.ip), &a.ns);
     // Pod to outside: masqueraded to its node's IPv6 underlay address.
     let _out = echo_peer_server_on(&c.outside, "::", 7100);
     assert_eq!(
@@ -150,16 +139,15 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
     let v4 = n0.host.try_sh("iptables -t nat -S FERRY-POSTRTG");
     assert!(!v4.status.success(), "an IPv4 chain on an IPv6-only node");
     for (i, p) in [(0, &a), (0, &near), (1, &b)] {
-        c.nodes[i].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[i].del_pod(p);
     }
 }
 
 #[test]
 fn an_ipv6_only_daemon_restart_loses_no_packet_and_keeps_subnet_and_mac() {
     needs_root!();
-    let mut c = Cluster::v6_only(3, "fd00:67::/56", "");
-    let a = c.nodes[0].add_pod("7a");
-    let b = c.nodes[1].add_pod("7b");
+    let mut c = Cluster::builder().nodes(3).v6_only().build();
+    let (a, b) = c.pods_across("7a", "7b");
     c.wait_reachable(&a.ns, &b.ip);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("ping.txt");
@@ -177,24 +165,26 @@ fn an_ipv6_only_daemon_restart_loses_no_packet_and_keeps_subnet_and_mac() {
     drop(pinger);
     let out = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(done && out.contains(" 0% packet loss"), "{out}");
-    c.nodes[0].cni("DEL", &a.id, Some(&a.ns)).ok();
-    c.nodes[1].cni("DEL", &b.id, Some(&b.ns)).ok();
+    c.nodes[0].del_pod(&a);
+    c.nodes[1].del_pod(&b);
 }
 
 #[test]
 fn ipv6_vxlan_from_an_underlay_host_that_is_no_node_is_dropped() {
     needs_root!();
-    let c = Cluster::v6_only(3, "fd00:68::/56", "--direct-routing=false");
+    let c = Cluster::builder()
+        .nodes(3)
+        .v6_only()
+        .direct_routing(false)
+        .build();
     let pod = c.nodes[0].add_pod("8p");
     let probe = Probe::listen(&pod.ns);
     // An inner source inside node1's subnet: what a stranger would forge.
-    let frame = Frame {
-        mac: c.nodes[0].vtep_mac(),
-        src: subnet6(&c.nodes[1]).replace("::/64", "::77"),
-        dst: pod.ip.clone(),
-        node: c.nodes[0].ip.clone(),
-        vlan: None,
-    };
+    let frame = Frame::to(
+        &c.nodes[0],
+        subnet6(&c.nodes[1]).replace("::/64", "::77"),
+        &pod.ip,
+    );
     probe.only_nodes_reach(&c.stranger("2001:db8::66"), &c.nodes[1].host, &frame);
     // Dropped by ferry's table, counted; its set is the other nodes' IPv6 addresses.
     let table = c.nodes[0].host.sh("nft list table inet ferry");
@@ -218,5 +208,5 @@ fn ipv6_vxlan_from_an_underlay_host_that_is_no_node_is_dropped() {
             .contains("2001:db8::13")
     });
     assert!(gone, "{}", c.nodes[0].host.sh("nft list table inet ferry"));
-    c.nodes[0].cni("DEL", &pod.id, Some(&pod.ns)).ok();
+    c.nodes[0].del_pod(&pod);
 }

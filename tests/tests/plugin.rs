@@ -7,16 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use ferry_tests::cni::{cni_path, ferry_conf, host_veth, pod_ip, Call, Node};
 use ferry_tests::netns::Netns;
-use ferry_tests::{bin, root_or_skip};
+use ferry_tests::{bin, needs_root};
 use serde_json::{json, Value};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 fn pod() -> Netns {
     Netns::new("fyp")
@@ -52,8 +44,7 @@ fn version_lists_every_supported_version() {
 fn result_shape_in_every_version() {
     needs_root!();
     for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
-        let node =
-            Node::with(|d| ferry_conf(version, d, json!({"subnet": "10.31.0.0/24"}), json!({})));
+        let node = Node::ferry(version, json!({"subnet": "10.31.0.0/24"}), json!({}));
         let p = pod();
         let r = node.add("shape", &p).ok();
         assert_eq!(r["cniVersion"], version);
@@ -87,14 +78,11 @@ fn result_shape_in_every_version() {
 #[test]
 fn kernel_state_after_add() {
     needs_root!();
-    let node = Node::with(|d| {
-        ferry_conf(
-            "1.0.0",
-            d,
-            json!({"subnet": "10.32.0.0/24"}),
-            json!({"mtu": 1400}),
-        )
-    });
+    let node = Node::ferry(
+        "1.0.0",
+        json!({"subnet": "10.32.0.0/24"}),
+        json!({"mtu": 1400}),
+    );
     let p = pod();
     let r = node.add("k1", &p).ok();
     let veth = r["interfaces"][1]["name"].as_str().unwrap().to_string();
@@ -287,14 +275,11 @@ fn failed_add_leaves_nothing() {
     assert!(p.has_link("eth0"), "the pod's own eth0 must be left alone");
 
     // A route that cannot be installed fails after the veth exists: both are undone.
-    let node = Node::with(|d| {
-        ferry_conf(
-            "1.0.0",
-            d,
-            json!({"subnet": "10.35.1.0/24", "routes": [{"dst": "10.200.0.0/16", "gw": "192.0.2.77"}]}),
-            json!({}),
-        )
-    });
+    let node = Node::ferry(
+        "1.0.0",
+        json!({"subnet": "10.35.1.0/24", "routes": [{"dst": "10.200.0.0/16", "gw": "192.0.2.77"}]}),
+        json!({}),
+    );
     let p = pod();
     let r = node.add("bad-route", &p);
     assert_eq!(r.err_code(), 103, "{r:?}");
@@ -478,10 +463,7 @@ fn status_reports_readiness() {
 fn gc_frees_what_is_not_valid() {
     needs_root!();
     let node = Node::new("10.39.0.0/24");
-    let pods: Vec<Netns> = (0..3).map(|_| pod()).collect();
-    for (i, p) in pods.iter().enumerate() {
-        node.add(&format!("g{i}"), p).ok();
-    }
+    let pods = node.add_pods("fyp", "g", 3);
     let mut c: Value = serde_json::from_str(&node.conf).unwrap();
     c["cni.dev/valid-attachments"] = json!([{"containerID": "g1", "ifname": "eth0"}]);
     node.call("GC", "", None).run(&c.to_string()).ok();
@@ -501,11 +483,7 @@ fn gc_frees_what_is_not_valid() {
 fn check_detects_tampering() {
     needs_root!();
     let node = Node::new("10.40.0.0/24");
-    let check = |prev: &Value, p: &Netns| {
-        let mut c: Value = serde_json::from_str(&node.conf).unwrap();
-        c["prevResult"] = prev.clone();
-        node.call("CHECK", "chk", Some(p)).run(&c.to_string())
-    };
+    let check = |prev: &Value, p: &Netns| node.check("chk", p, prev);
     // Address removed.
     let p = pod();
     let prev = node.add("chk", &p).ok();
@@ -650,14 +628,11 @@ fn other_ipam_plugins_by_exec() {
 #[test]
 fn portmap_chained_after_ferry_serves_a_host_port() {
     needs_root!();
-    let node = Node::with(|d| {
-        ferry_conf(
-            "1.0.0",
-            d,
-            json!({"subnet": "10.46.0.0/24"}),
-            json!({"name": "pm"}),
-        )
-    });
+    let node = Node::ferry(
+        "1.0.0",
+        json!({"subnet": "10.46.0.0/24"}),
+        json!({"name": "pm"}),
+    );
     // A client outside the node, on an underlay of documentation addresses.
     let outside = Netns::new("fyo");
     ferry_tests::netns::link(
@@ -705,14 +680,11 @@ fn rps_mask(node: &Node, veth: &str) -> String {
 
 /// A node whose config sets `rpsCpus` to `setting`.
 fn node_with_rps(subnet: &str, setting: Value) -> Node {
-    Node::with(|d| {
-        ferry_conf(
-            "1.1.0",
-            d,
-            json!({ "subnet": subnet }),
-            json!({ "rpsCpus": setting }),
-        )
-    })
+    Node::ferry(
+        "1.1.0",
+        json!({ "subnet": subnet }),
+        json!({ "rpsCpus": setting }),
+    )
 }
 
 #[test]

@@ -3,17 +3,9 @@
 //! prefix, of either family. The daemon relies on it so that, whatever it believes, it
 //! cannot remove a route it did not make (docs/security.md, "etcd records").
 
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
-use ferry_tests::root_or_skip;
 use netlink::{Netlink, Route, ROUTE_PROTO_FERRY};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// `route` as ferry would name it to delete it, on `d0` (index `oif`).
 fn named(dst: &str, prefix: u8, via: &str, oif: u32, protocol: u8) -> Route {

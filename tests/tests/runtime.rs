@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{wait_until, Bg};
-use ferry_tests::{bin, root_or_skip};
+use ferry_tests::{bin, needs_root};
 
 fn need_tool(path: &str) {
     assert!(
@@ -22,9 +22,7 @@ fn need_tool(path: &str) {
 
 #[test]
 fn ctr_run_with_ferry_and_portmap() {
-    if !root_or_skip("ctr_run_with_ferry_and_portmap") {
-        return;
-    }
+    needs_root!();
     for t in [
         "/usr/bin/containerd",
         "/usr/bin/ctr",

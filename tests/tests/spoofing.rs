@@ -4,18 +4,10 @@
 
 use std::time::Duration;
 
-use ferry_tests::cni::{ferry_conf, pod_ip, Node};
+use ferry_tests::cni::{pod_ip, Node};
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{wait_until, Bg};
-use ferry_tests::root_or_skip;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 const PORT: u16 = 7100;
 
@@ -205,11 +197,7 @@ fn check_detects_a_removed_guard() {
     let node = Node::new("10.38.0.0/24");
     let p = Netns::new("fys");
     let prev = node.add("sg", &p).ok();
-    let check = || {
-        let mut c: serde_json::Value = serde_json::from_str(&node.conf).unwrap();
-        c["prevResult"] = prev.clone();
-        node.call("CHECK", "sg", Some(&p)).run(&c.to_string())
-    };
+    let check = || node.check("sg", &p, &prev);
     check().ok();
     let veth = prev["interfaces"][1]["name"].as_str().unwrap();
     node.host.sh(&format!("tc qdisc del dev {veth} ingress"));
@@ -222,14 +210,11 @@ fn check_detects_a_removed_guard() {
 #[test]
 fn ipv6_only_from_the_pods_own_addresses() {
     needs_root!();
-    let node = Node::with(|d| {
-        ferry_conf(
-            "1.1.0",
-            d,
-            serde_json::json!({"ranges": [[{"subnet": "10.39.0.0/24"}], [{"subnet": "fd00:39::/64"}]]}),
-            serde_json::json!({}),
-        )
-    });
+    let node = Node::ferry(
+        "1.1.0",
+        serde_json::json!({"ranges": [[{"subnet": "10.39.0.0/24"}], [{"subnet": "fd00:39::/64"}]]}),
+        serde_json::json!({}),
+    );
     let pods: Vec<(Netns, String)> = ["s6a", "s6b", "s6c"]
         .iter()
         .map(|id| {
@@ -300,14 +285,11 @@ fn unsolicited_na(ns: &Netns, src: &str, target: &str) {
 #[test]
 fn a_neighbour_advertisement_cannot_take_over_the_ipv6_gateway() {
     needs_root!();
-    let node = Node::with(|d| {
-        ferry_conf(
-            "1.1.0",
-            d,
-            serde_json::json!({"subnet": "fd00:41::/64"}),
-            serde_json::json!({}),
-        )
-    });
+    let node = Node::ferry(
+        "1.1.0",
+        serde_json::json!({"subnet": "fd00:41::/64"}),
+        serde_json::json!({}),
+    );
     let (a, c) = (Netns::new("fys"), Netns::new("fys"));
     let ra = node.add("na", &a).ok();
     node.add("nc", &c).ok();

@@ -95,7 +95,7 @@ fn installed(dir: &Path) -> Option<String> {
 #[test]
 fn health_is_served_at_once_and_etcd_is_waited_for() {
     needs_root!();
-    let mut c = Cluster::new(0, "10.92.0.0/16");
+    let mut c = Cluster::builder().nodes(0).build();
     c.etcd.stop();
     let n = c.add_node_stopped();
     let (conf_dir, _) = with_cni_conf(n);
@@ -152,7 +152,7 @@ fn health_is_served_at_once_and_etcd_is_waited_for() {
 #[test]
 fn a_node_not_prepared_publishes_nothing_until_it_is() {
     needs_root!();
-    let mut c = Cluster::new(0, "10.93.0.0/16");
+    let mut c = Cluster::builder().nodes(0).build();
     let root_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let n = c.add_node_stopped();
     n.host.sh("sysctl -qw net.ipv4.ip_forward=0");
@@ -271,7 +271,7 @@ fn prepare_node_sets_the_table_and_names_what_it_cannot() {
 #[test]
 fn a_killed_daemon_is_back_at_once_and_a_second_one_waits() {
     needs_root!();
-    let mut c = Cluster::new(1, "10.94.0.0/16");
+    let mut c = Cluster::builder().build();
     let alive_key = format!("{}/v1/alive/node0", c.prefix);
     let n = &mut c.nodes[0];
     n.wait_answering();
@@ -346,7 +346,7 @@ fn a_killed_daemon_is_back_at_once_and_a_second_one_waits() {
 #[test]
 fn a_name_held_by_another_machine_is_waited_for_then_refused() {
     needs_root!();
-    let c = Cluster::new(1, "10.95.0.0/16");
+    let c = Cluster::builder().build();
     let stranger = c.stranger("192.0.2.50");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("impostor.log");
@@ -385,7 +385,7 @@ fn a_name_held_by_another_machine_is_waited_for_then_refused() {
 #[test]
 fn the_cni_config_is_installed_when_ready_and_kept() {
     needs_root!();
-    let mut c = Cluster::new(0, "10.96.0.0/16");
+    let mut c = Cluster::builder().nodes(0).build();
     let n = c.add_node_stopped();
     let (dir, src) = with_cni_conf(n);
     // What a node may hold from earlier: one config that sorts first, one after.
@@ -460,20 +460,17 @@ fn a_node_secret_that_is_not_one_is_refused_naming_it() {
             20,
         )
     };
-    std::fs::write(&secret, [7u8; 32]).unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, err) = run();
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains(&secret.display().to_string()) && err.contains("not 0600"),
-        "{err}"
-    );
-    std::fs::write(&secret, b"short").unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (code, err) = run();
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains(&secret.display().to_string()) && err.contains("5 bytes, not 32"),
-        "{err}"
-    );
+    // A secret of `bytes` with `mode` is refused (exit 1), naming the file and `why`.
+    let refused = |bytes: &[u8], mode: u32, why: &str| {
+        std::fs::write(&secret, bytes).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (code, err) = run();
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(&secret.display().to_string()) && err.contains(why),
+            "{err}"
+        );
+    };
+    refused(&[7u8; 32], 0o644, "not 0600");
+    refused(b"short", 0o600, "5 bytes, not 32");
 }

@@ -4,21 +4,13 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{http_get, run_overlayd, Cluster, HEALTH_ADDR};
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{wait_until, Bg};
-use ferry_tests::root_or_skip;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// A bare etcd and a host at 192.0.2.11 with no daemon: (cluster, host, flags to etcd).
 fn bare() -> (Cluster, Netns, tempfile::TempDir) {
-    let c = Cluster::new(0, "10.86.0.0/16");
+    let c = Cluster::builder().nodes(0).build();
     let host = c.stranger("192.0.2.11");
     (c, host, tempfile::tempdir().unwrap())
 }
@@ -108,7 +100,7 @@ while True:
 #[test]
 fn idle_connections_to_the_health_port_stall_nothing() {
     needs_root!();
-    let mut c = Cluster::new(2, "10.87.0.0/16");
+    let mut c = Cluster::builder().nodes(2).build();
     // The daemon under the file limit a container commonly gets.
     c.nodes[0].stop_daemon();
     c.nodes[0].start_daemon_under("prlimit --nofile=1024:1024");

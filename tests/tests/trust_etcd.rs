@@ -6,16 +6,8 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{run_overlayd, Cluster, Node, ETCD_IP};
+use ferry_tests::needs_root;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// Long enough for two resyncs (every 2 s in the harness) and the watch to act.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -44,6 +36,18 @@ fn ferry_routes_prefix(n: &Node, prefix: &str) -> bool {
     n.ferry_routes()
         .lines()
         .any(|l| l.split_whitespace().next() == Some(prefix))
+}
+
+/// `foreign_routes_outlive_a_lease_over_them` for one route, to `free` via `via`, and a
+/// lease of node `node` (MAC `mac`) naming node 0's address over it.
+fn one_foreign_route_outlives_a_lease(c: &Cluster, node: &str, free: &str, via: &str, mac: &str) {
+    let key = c.lease_key(free);
+    let lie = if free.contains(':') {
+        lease_json_v6(node, free, &c.nodes[0].ip, mac)
+    } else {
+        lease_json(node, free, &c.nodes[0].ip, mac)
+    };
+    foreign_routes_outlive_a_lease_over_them(c, &[(free, via)], &key, &lie);
 }
 
 /// node2 has a route of its own (`proto static`) to each of `free` (subnets of the
@@ -138,7 +142,10 @@ fn assert_underlay_intact(n: &Node) {
 #[test]
 fn a_lease_for_the_underlay_or_over_a_foreign_route_is_refused() {
     needs_root!();
-    let mut c = Cluster::new(3, "10.80.0.0/16");
+    let mut c = Cluster::builder()
+        .nodes(3)
+        .cluster_cidr("10.80.0.0/16")
+        .build();
     let a = c.nodes[0].add_pod("ua");
     let b = c.nodes[2].add_pod("ub");
     // An operator's route on node0, inside the cluster CIDR, that ferry did not make.
@@ -182,9 +189,11 @@ fn a_lease_for_the_underlay_or_over_a_foreign_route_is_refused() {
 #[test]
 fn a_lease_claiming_a_live_nodes_subnet_is_refused() {
     needs_root!();
-    let mut c = Cluster::new(3, "10.81.0.0/16");
-    let a = c.nodes[0].add_pod("ca");
-    let b = c.nodes[1].add_pod("cb");
+    let mut c = Cluster::builder()
+        .nodes(3)
+        .cluster_cidr("10.81.0.0/16")
+        .build();
+    let (a, b) = c.pods_across("ca", "cb");
     let s1 = c.nodes[1].subnet();
     let mac1 = c.nodes[1].vtep_mac();
     let net1 = s1.split('/').next().unwrap().to_string();
@@ -241,9 +250,8 @@ fn a_lease_claiming_a_live_nodes_subnet_is_refused() {
 #[test]
 fn an_impostor_with_a_live_nodes_name_is_refused() {
     needs_root!();
-    let c = Cluster::new(3, "10.82.0.0/16");
-    let a = c.nodes[0].add_pod("ia");
-    let b = c.nodes[1].add_pod("ib");
+    let c = Cluster::builder().nodes(3).build();
+    let (a, b) = c.pods_across("ia", "ib");
     let key1 = c.lease_key(&c.nodes[1].subnet());
     let before = c.etcd_get(&key1);
     let stranger = c.stranger("192.0.2.50");
@@ -273,9 +281,8 @@ fn an_impostor_with_a_live_nodes_name_is_refused() {
 #[test]
 fn damaged_or_deleted_leases_cut_no_node_off() {
     needs_root!();
-    let mut c = Cluster::new(3, "10.83.0.0/16");
-    let a = c.nodes[0].add_pod("da");
-    let b = c.nodes[1].add_pod("db");
+    let mut c = Cluster::builder().nodes(3).build();
+    let (a, b) = c.pods_across("da", "db");
     let d = c.nodes[2].add_pod("dd");
     let s1 = c.nodes[1].subnet();
     let key1 = c.lease_key(&s1);
@@ -322,7 +329,7 @@ fn damaged_or_deleted_leases_cut_no_node_off() {
 #[test]
 fn a_bad_cluster_cidr_is_refused_from_flags_and_from_etcd() {
     needs_root!();
-    let c = Cluster::new(0, "10.85.0.0/16");
+    let c = Cluster::builder().nodes(0).build();
     let host = c.stranger("192.0.2.11");
     let dir = tempfile::tempdir().unwrap();
     let base = |prefix: &str| {
@@ -386,41 +393,63 @@ fn a_bad_cluster_cidr_is_refused_from_flags_and_from_etcd() {
 fn an_ipv6_lease_over_a_foreign_direct_route_neither_replaces_nor_removes_it() {
     needs_root!();
     // IPv6-only over an IPv6 underlay, DirectRouting on: the lease's route would be direct.
-    let c = Cluster::v6_only(3, "fd00:95::/56", "");
-    let free = "fd00:95:0:c8::/64";
-    let key = c.lease_key(free);
-    let lie = lease_json_v6("y6", free, &c.nodes[0].ip, "0e:00:00:00:00:96");
-    foreign_routes_outlive_a_lease_over_them(&c, &[(free, "2001:db8::99")], &key, &lie);
+    let c = Cluster::builder()
+        .nodes(3)
+        .v6_only()
+        .cluster_cidr_v6("fd00:95::/56")
+        .build();
+    one_foreign_route_outlives_a_lease(
+        &c,
+        "y6",
+        "fd00:95:0:c8::/64",
+        "2001:db8::99",
+        "0e:00:00:00:00:96",
+    );
 }
 
 #[test]
 fn an_ipv4_lease_over_a_foreign_direct_route_leaves_it_after_it_is_deleted() {
     needs_root!();
-    let c = Cluster::new(3, "10.86.0.0/16");
-    let free = "10.86.200.0/24";
-    let key = c.lease_key(free);
-    let lie = lease_json("y4", free, &c.nodes[0].ip, "0e:00:00:00:00:97");
-    foreign_routes_outlive_a_lease_over_them(&c, &[(free, "192.0.2.254")], &key, &lie);
+    let c = Cluster::builder()
+        .nodes(3)
+        .cluster_cidr("10.86.0.0/16")
+        .build();
+    one_foreign_route_outlives_a_lease(
+        &c,
+        "y4",
+        "10.86.200.0/24",
+        "192.0.2.254",
+        "0e:00:00:00:00:97",
+    );
 }
 
 #[test]
 fn an_ipv6_lease_over_a_foreign_route_on_the_vxlan_path_leaves_it() {
     needs_root!();
-    let c = Cluster::v6_only(3, "fd00:97::/56", "--direct-routing=false");
-    let free = "fd00:97:0:c8::/64";
-    let key = c.lease_key(free);
-    let lie = lease_json_v6("v6", free, &c.nodes[0].ip, "0e:00:00:00:00:98");
-    foreign_routes_outlive_a_lease_over_them(&c, &[(free, "2001:db8::99")], &key, &lie);
+    let c = Cluster::builder()
+        .nodes(3)
+        .v6_only()
+        .cluster_cidr_v6("fd00:97::/56")
+        .direct_routing(false)
+        .build();
+    one_foreign_route_outlives_a_lease(
+        &c,
+        "v6",
+        "fd00:97:0:c8::/64",
+        "2001:db8::99",
+        "0e:00:00:00:00:98",
+    );
 }
 
 #[test]
 fn a_dual_stack_lease_over_foreign_routes_on_the_vxlan_path_leaves_both() {
     needs_root!();
-    let c = Cluster::with_args(
-        3,
-        "10.87.0.0/16",
-        "--cluster-cidr-v6 fd00:87::/56 --direct-routing=false",
-    );
+    let c = Cluster::builder()
+        .nodes(3)
+        .cluster_cidr("10.87.0.0/16")
+        .cluster_cidr_v6("fd00:87::/56")
+        .direct_routing(false)
+        .build();
     // The IPv6 route's gateway on-link on eth0 (the underlay is IPv4).
     c.add_underlay_v6();
     let (free, free6) = ("10.87.200.0/24", "fd00:87:0:c8::/64");

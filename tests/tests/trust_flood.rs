@@ -8,15 +8,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ferry_tests::cluster::{Cluster, Node};
-use ferry_tests::root_or_skip;
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
+use ferry_tests::needs_root;
 
 /// Records written at once.
 const FLOOD: usize = 5000;
@@ -404,7 +396,10 @@ fn refusal_lines(n: &Node) -> usize {
 #[test]
 fn a_flood_of_lease_records_costs_bounded_cpu_memory_and_log_lines() {
     needs_root!();
-    let c = Cluster::new(3, "10.96.0.0/11");
+    let c = Cluster::builder()
+        .nodes(3)
+        .cluster_cidr("10.96.0.0/11")
+        .build();
     let pods: Vec<_> = (0..3)
         .map(|i| c.nodes[i].add_pod(&format!("f{i}")))
         .collect();
@@ -506,6 +501,6 @@ fn a_flood_of_lease_records_costs_bounded_cpu_memory_and_log_lines() {
         .collect();
     eprintln!("node0's summaries:\n{}", told.join("\n"));
     for (i, p) in pods.iter().enumerate() {
-        c.nodes[i].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[i].del_pod(p);
     }
 }

@@ -355,10 +355,7 @@ fn a_retried_del_finishes_a_killed_one() {
 fn a_burst_of_dels_is_reaped_in_batches() {
     needs_root!();
     let node = Node::new("10.66.0.0/24");
-    let pods: Vec<Netns> = (0..24).map(|_| pod()).collect();
-    for (i, p) in pods.iter().enumerate() {
-        node.add(&format!("burst{i}"), p).ok();
-    }
+    let pods = node.add_pods("fyt", "burst", 24);
     let start = Instant::now();
     std::thread::scope(|s| {
         for chunk in pods.chunks(6).enumerate() {

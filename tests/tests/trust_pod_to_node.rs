@@ -7,18 +7,10 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{url_host, Cluster, Node};
+use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
 use ferry_tests::vxlan_probe::{Frame, Probe};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 const VXLAN_CUT: &str = "a pod never reaches a node's VXLAN port";
 const VXLAN_CUT_HERE: &str = "a pod never reaches this node's VXLAN port";
@@ -74,13 +66,7 @@ fn a_pod_never_sends_vxlan(c: &Cluster, cluster_ips: [&str; 2], nowhere: &str) {
     let target = n2.add_pod("pb");
     let local = n1.add_pod("pc");
     let probe = Probe::listen(&target.ns);
-    let legit = Frame {
-        mac: n2.vtep_mac(),
-        src: in_subnet(n1, 0x77),
-        dst: target.ip.clone(),
-        node: n2.ip.clone(),
-        vlan: None,
-    };
+    let legit = Frame::to(n2, in_subnet(n1, 0x77), &target.ip);
     probe.send(&n1.host, &legit, "from-node", 3);
     assert!(probe.arrives("from-node"), "{:?}", probe.received());
     for (frame, payload) in [
@@ -152,14 +138,14 @@ fn a_pod_never_sends_vxlan(c: &Cluster, cluster_ips: [&str; 2], nowhere: &str) {
         assert!(!n.log().contains("written again"), "{}", n.log());
     }
     for (n, p) in [(0, &pod), (1, &target), (0, &local)] {
-        c.nodes[n].cni("DEL", &p.id, Some(&p.ns)).ok();
+        c.nodes[n].del_pod(p);
     }
 }
 
 #[test]
 fn a_pod_never_sends_vxlan_with_direct_routing() {
     needs_root!();
-    let c = Cluster::new(2, "10.86.0.0/16");
+    let c = Cluster::builder().nodes(2).build();
     assert!(c.nodes[0].direct_routes().contains(&c.nodes[1].subnet()));
     a_pod_never_sends_vxlan(&c, ["10.96.0.47", "10.96.0.48"], "198.51.100.7");
 }
@@ -167,7 +153,7 @@ fn a_pod_never_sends_vxlan_with_direct_routing() {
 #[test]
 fn a_pod_never_sends_vxlan_without_direct_routing() {
     needs_root!();
-    let c = Cluster::with_args(2, "10.87.0.0/16", "--direct-routing=false");
+    let c = Cluster::builder().nodes(2).direct_routing(false).build();
     assert!(c.nodes[0].direct_routes().trim().is_empty());
     a_pod_never_sends_vxlan(&c, ["10.96.0.47", "10.96.0.48"], "198.51.100.7");
 }
@@ -175,20 +161,14 @@ fn a_pod_never_sends_vxlan_without_direct_routing() {
 #[test]
 fn an_ipv6_pod_never_sends_vxlan() {
     needs_root!();
-    let c = Cluster::v6_only(2, "fd00:69::/56", "");
+    let c = Cluster::builder().nodes(2).v6_only().build();
     a_pod_never_sends_vxlan(&c, ["fd00:96::47", "fd00:96::48"], "2001:db8:ffff::7");
     // The receiving node's IPv6 checks alone: from node 0's host (trusted as node 0), an
     // inner source of node 0's subnet arrives, one from nowhere does not.
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let target = n2.add_pod("pd");
     let probe = Probe::listen(&target.ns);
-    let legit = Frame {
-        mac: n2.vtep_mac(),
-        src: in_subnet(n1, 0x78),
-        dst: target.ip.clone(),
-        node: n2.ip.clone(),
-        vlan: None,
-    };
+    let legit = Frame::to(n2, in_subnet(n1, 0x78), &target.ip);
     probe.send(&n1.host, &legit, "legit6", 3);
     assert!(probe.arrives("legit6"), "{:?}", probe.received());
     let nowhere = Frame {
@@ -207,7 +187,7 @@ fn an_ipv6_pod_never_sends_vxlan() {
         "{:?}",
         probe.received()
     );
-    c.nodes[1].cni("DEL", &target.id, Some(&target.ns)).ok();
+    c.nodes[1].del_pod(&target);
 }
 
 /// etcd given to the daemons as a ClusterIP (as the shipped ConfigMap does), which
@@ -217,7 +197,7 @@ fn an_ipv6_pod_never_sends_vxlan() {
 #[test]
 fn a_pod_never_reaches_etcd_through_its_cluster_ip() {
     needs_root!();
-    let mut c = Cluster::new(0, "10.88.0.0/16");
+    let mut c = Cluster::builder().nodes(0).build();
     let etcd = c.etcd.ip.clone();
     let given = c.etcd.endpoint();
     for _ in 0..2 {
@@ -249,5 +229,5 @@ fn a_pod_never_reaches_etcd_through_its_cluster_ip() {
         "{}",
         c.nodes[0].host.sh("nft list table inet ferry")
     );
-    c.nodes[0].cni("DEL", &pod.id, Some(&pod.ns)).ok();
+    c.nodes[0].del_pod(&pod);
 }

@@ -5,17 +5,9 @@
 use std::time::Duration;
 
 use ferry_tests::cluster::{Cluster, Node};
+use ferry_tests::needs_root;
 use ferry_tests::proc::wait_until;
-use ferry_tests::root_or_skip;
 use ferry_tests::vxlan_probe::{dropped, Frame, Probe};
-
-macro_rules! needs_root {
-    () => {
-        if !root_or_skip(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// Address `host` (".77") of `node`'s IPv4 subnet.
 fn in_subnet(node: &Node, host: u8) -> String {
@@ -25,18 +17,11 @@ fn in_subnet(node: &Node, host: u8) -> String {
 #[test]
 fn vxlan_from_a_host_that_is_no_node_is_dropped() {
     needs_root!();
-    let mut c = Cluster::new(3, "10.84.0.0/16");
-    let pod = c.nodes[0].add_pod("vp");
-    let other = c.nodes[1].add_pod("vo");
+    let mut c = Cluster::builder().nodes(3).build();
+    let (pod, other) = c.pods_across("vp", "vo");
     let probe = Probe::listen(&pod.ns);
     // An inner source inside the sending node's subnet: what a stranger would forge.
-    let frame = Frame {
-        mac: c.nodes[0].vtep_mac(),
-        src: in_subnet(&c.nodes[1], 77),
-        dst: pod.ip.clone(),
-        node: c.nodes[0].ip.clone(),
-        vlan: None,
-    };
+    let frame = Frame::to(&c.nodes[0], in_subnet(&c.nodes[1], 77), &pod.ip);
     probe.only_nodes_reach(&c.stranger("192.0.2.66"), &c.nodes[1].host, &frame);
     let table = c.nodes[0].host.sh("nft list table inet ferry");
     assert!(
@@ -67,17 +52,11 @@ fn vxlan_from_a_host_that_is_no_node_is_dropped() {
 #[test]
 fn a_node_s_vxlan_carries_only_ip_from_its_own_pod_subnets() {
     needs_root!();
-    let c = Cluster::new(2, "10.85.0.0/16");
+    let c = Cluster::builder().nodes(2).build();
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let pod = n2.add_pod("rp");
     let probe = Probe::listen(&pod.ns);
-    let legit = Frame {
-        mac: n2.vtep_mac(),
-        src: in_subnet(n1, 77),
-        dst: pod.ip.clone(),
-        node: n2.ip.clone(),
-        vlan: None,
-    };
+    let legit = Frame::to(n2, in_subnet(n1, 77), &pod.ip);
     // A source inside node 1's subnet is what node 1 may send: it arrives.
     probe.send(&n1.host, &legit, "legit", 3);
     assert!(probe.arrives("legit"), "{:?}", probe.received());

@@ -9,7 +9,6 @@ use std::path::Path;
 use ferry_tests::cluster::Node;
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
-use ferry_tests::netpol::cases::Protocol;
 use ferry_tests::netpol::world::World;
 
 /// ferry's files as an install leaves them, and others' beside them.
@@ -50,12 +49,7 @@ fn uninstall(ns: &Netns, root: &Path, wrap: &str) -> (Option<i32>, String) {
         root.display()
     );
     let out = ns.try_sh(&format!("{wrap}{cmd}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
+    ferry_tests::netns::code_and_text(&out)
 }
 
 /// Everything of ferry's a node shows: links, routes, nftables tables, iptables lines.
@@ -73,12 +67,7 @@ fn ferrys(n: &Netns) -> String {
 #[test]
 fn uninstall_removes_all_of_ferry_and_only_ferrys() {
     needs_root!();
-    let mut w = World::with_args(
-        &[80],
-        &[Protocol::Tcp],
-        "--cluster-cidr-v6 fd00:10:244::/56",
-        &mut |_| {},
-    );
+    let mut w = World::dual_stack();
     let subnet = w.cluster.nodes[1].subnet();
     let subnet6 = w.cluster.nodes[1].node_state()["podCIDRv6"]
         .as_str()

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use ferry_tests::netns::Netns;
+use ferry_testns::needs_root;
+use ferry_testns::netns::Netns;
 use netpol::model::Protocol::{Sctp, Tcp, Udp};
 use netpol::{plan, Ifname, LocalPods, Ruleset, Script, TableFamily};
 use serde_json::json;
@@ -182,9 +183,7 @@ fn cluster_v1() -> netpol::Cluster {
 
 #[test]
 fn full_load_then_plan_reach_the_desired_table() {
-    if !ferry_tests::root_or_skip("full_load_then_plan_reach_the_desired_table") {
-        return;
-    }
+    needs_root!();
     let ns = Netns::new("npnft");
     let c1 = cluster_v1();
     let local = local_on(&c1, "n0");
@@ -373,11 +372,9 @@ fn two_pods_on_n0(a: [&str; 2], b: [&str; 2]) -> netpol::Cluster {
 /// changes the verdict.
 #[test]
 fn forwarded_connections_get_the_policy_verdict() {
-    if !ferry_tests::root_or_skip("forwarded_connections_get_the_policy_verdict") {
-        return;
-    }
-    use ferry_tests::netns::link;
-    use ferry_tests::proc::{connect, echo_peer_server_on, wait_until, Bg};
+    needs_root!();
+    use ferry_testns::netns::link;
+    use ferry_testns::proc::{connect, echo_peer_server_on, wait_until, Bg};
     use netpol::DENY_LOG_GROUP;
     use std::time::Duration;
 
@@ -496,10 +493,8 @@ fn forwarded_connections_get_the_policy_verdict() {
 /// `input` chain.
 #[test]
 fn bridged_pods_of_one_node_and_the_node_itself() {
-    if !ferry_tests::root_or_skip("bridged_pods_of_one_node_and_the_node_itself") {
-        return;
-    }
-    use ferry_tests::proc::{connect, echo_peer_server_on};
+    needs_root!();
+    use ferry_testns::proc::{connect, echo_peer_server_on};
 
     let node = Netns::new("npbn");
     let pa = Netns::new("npba");
@@ -569,16 +564,11 @@ fn bridged_pods_of_one_node_and_the_node_itself() {
     }
     // Group traffic from b, which a admits for TCP 80 only: none reaches a, at any group
     // or broadcast address; a counted drop at a's port in the bridge table.
-    let inbox = ferry_tests::netpol::l2::Inbox::open(&pa, 9000).unwrap();
+    let inbox = ferry_testns::l2::Inbox::open(&pa, 9000).unwrap();
     for dst in ["ff02::1", "224.0.0.1", "255.255.255.255", "10.1.0.255"] {
         let dst: std::net::IpAddr = dst.parse().unwrap();
         assert!(
-            !ferry_tests::netpol::l2::udp_reaches(
-                &pb,
-                dst,
-                &inbox,
-                std::time::Duration::from_millis(500)
-            ),
+            !ferry_testns::l2::udp_reaches(&pb, dst, &inbox, std::time::Duration::from_millis(500)),
             "b's UDP to {dst} reached a"
         );
     }

@@ -68,8 +68,12 @@ fn cluster(pods: usize, policies: usize) -> Cluster {
     c
 }
 
+/// Measures, for 1 000 to 10 000 pods and 100 to 1 000 policies, how long computing one
+/// node's ruleset and planning the change of one relabelled pod take, and how large the
+/// full script is; asserts nothing (a benchmark). Run with
+/// `cargo test -p netpol --release --test scale -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
 fn compute_and_plan_at_scale() {
     for (pods, policies) in [(1000, 100), (5000, 500), (10000, 1000)] {
         let c = cluster(pods, policies);

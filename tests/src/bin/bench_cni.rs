@@ -97,7 +97,7 @@ fn side(
 }
 
 fn main() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !ferry_tests::is_root() {
         eprintln!("ferry-bench-cni needs root (it makes network namespaces)");
         std::process::exit(2);
     }

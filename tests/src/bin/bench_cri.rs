@@ -75,7 +75,7 @@ fn bench_pod(node: &str, name: &str, n: usize) -> Pod {
 }
 
 fn main() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !ferry_tests::is_root() {
         eprintln!("ferry-bench-cri needs root (it makes network namespaces)");
         std::process::exit(2);
     }

@@ -50,7 +50,7 @@ const API_PORT: u16 = 6443;
 const BENCH_NS: &str = "bench";
 
 fn main() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !ferry_tests::is_root() {
         eprintln!("ferry-bench-netpol needs root (it makes network namespaces)");
         std::process::exit(2);
     }
@@ -493,11 +493,15 @@ impl Drop for Poller {
 /// A cluster of `n` nodes enforcing NetworkPolicy against the API stand-in.
 fn policy_cluster(n: usize, cidr: &str) -> (Cluster, Api) {
     let (kc_dir, kc) = Api::kubeconfig_for_later();
-    let c = Cluster::with_args(
-        n,
-        cidr,
-        &format!("--network-policy --kubeconfig {}", kc.display()),
-    );
+    let c = Cluster::builder()
+        .nodes(n)
+        .cluster_cidr(cidr)
+        .flags([
+            "--network-policy",
+            "--kubeconfig",
+            &kc.display().to_string(),
+        ])
+        .build();
     let mut api = Api::start(&c.etcd.host, kc_dir);
     api.add_namespace(namespace(BENCH_NS));
     (c, api)

@@ -49,7 +49,7 @@ use ipnetwork::Ipv4Network;
 use netlink::BigTcp;
 
 fn main() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !ferry_tests::is_root() {
         eprintln!("ferry-bench-overlay needs root (it makes network namespaces)");
         std::process::exit(2);
     }
@@ -169,7 +169,11 @@ fn hand_pair(switch: &Switch) -> (HandNode, HandNode) {
 fn throughput6() {
     const ROUNDS: usize = 3;
     const SECS: u32 = 5;
-    let c = Cluster::with_args(2, "10.82.0.0/16", "--cluster-cidr-v6 fd00:82::/56");
+    let c = Cluster::builder()
+        .nodes(2)
+        .cluster_cidr("10.82.0.0/16")
+        .dual_stack()
+        .build();
     c.add_underlay_v6();
     let (a4, b4) = (c.nodes[0].add_pod("t4a"), c.nodes[1].add_pod("t4b"));
     let (a6, _) = c.nodes[0].add_pod_ipv6();
@@ -206,8 +210,8 @@ fn throughput6() {
 fn throughput6u() {
     const ROUNDS: usize = 5;
     const SECS: u32 = 3;
-    let v4 = Cluster::new(2, "10.83.0.0/16");
-    let v6 = Cluster::v6_only(2, "fd00:83::/56", "");
+    let v4 = Cluster::builder().nodes(2).build();
+    let v6 = Cluster::builder().nodes(2).v6_only().build();
     let (a4, b4) = (v4.nodes[0].add_pod("u4a"), v4.nodes[1].add_pod("u4b"));
     let (a6, b6) = (v6.nodes[0].add_pod("u6a"), v6.nodes[1].add_pod("u6b"));
     let up = wait_until(Duration::from_secs(10), || {
@@ -245,7 +249,10 @@ fn throughput() {
     println!(
         "== throughput: single-stream TCP (iperf3, {SECS} s per run, {ROUNDS} rounds, median)"
     );
-    let c = Cluster::new(2, "10.80.0.0/16");
+    let c = Cluster::builder()
+        .nodes(2)
+        .cluster_cidr("10.80.0.0/16")
+        .build();
     let a = c.nodes[0].add_pod("tpa");
     let b = c.nodes[1].add_pod("tpb");
     let (f0, f1) = hand_pair(&c.switch);
@@ -363,12 +370,12 @@ fn paths(big: Option<BigTcp>) {
     println!(
         "== paths: TCP across two nodes, iperf3 {SECS} s per run, 1 and 8 streams, {ROUNDS} alternating rounds, medians; {under}"
     );
-    let mut direct = Cluster::with_args(
-        2,
-        "10.80.0.0/16",
-        if big.is_some() { "--big-tcp" } else { "" },
-    );
-    let mut vxlan = Cluster::with_args(2, "10.84.0.0/16", "--direct-routing=false");
+    let mut direct = Cluster::builder()
+        .nodes(2)
+        .cluster_cidr("10.80.0.0/16")
+        .flags(big.map(|_| "--big-tcp"))
+        .build();
+    let mut vxlan = Cluster::builder().nodes(2).direct_routing(false).build();
     if let Some(b) = big {
         direct.turn_big_tcp_on(b);
         vxlan.turn_big_tcp_on(b);
@@ -612,7 +619,10 @@ fn route_appears(
 fn join() {
     const JOINS: usize = 40;
     println!("== join propagation: lease written to etcd -> route on every node (3 nodes, {JOINS} joins)");
-    let c = Cluster::new(3, "10.82.0.0/16");
+    let c = Cluster::builder()
+        .nodes(3)
+        .cluster_cidr("10.82.0.0/16")
+        .build();
     let client = Netns::new("fyc");
     c.switch.plug(&client, "192.0.2.3");
     let ep = c.etcd.endpoint();

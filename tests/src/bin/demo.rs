@@ -100,7 +100,7 @@ fn main() {
             }
         }
     }
-    if unsafe { libc::geteuid() } != 0 {
+    if !ferry_tests::is_root() {
         eprintln!("ferry-demo needs root (it makes network namespaces)");
         std::process::exit(2);
     }
@@ -415,25 +415,28 @@ fn plugin_cluster() -> Made {
     step_begin(&format!(
         "starting an underlay switch and etcd ({ETCD_IP}:2379)"
     ));
-    let c = Cluster::build_reporting(NODES, CIDR, "", false, &mut |p| match p {
-        Progress::Etcd(_, t) => {
-            step_end(t.as_secs_f64());
-            println!("  starting ferry-overlayd on {NODES} nodes (each leases a subnet)");
-        }
-        Progress::NodeReady(n, t) => {
-            step_begin(&format!(
-                "{} {}: ferry-overlayd ready, lease {}",
-                n.name,
-                n.ip,
-                n.subnet()
-            ));
-            step_end(t.as_secs_f64());
-        }
-        Progress::Converged(t) => {
-            step_begin("overlay converged: each node routes to the others");
-            step_end(t.as_secs_f64());
-        }
-    });
+    let c = Cluster::builder()
+        .nodes(NODES)
+        .cluster_cidr(CIDR)
+        .build_reporting(&mut |p| match p {
+            Progress::Etcd(_, t) => {
+                step_end(t.as_secs_f64());
+                println!("  starting ferry-overlayd on {NODES} nodes (each leases a subnet)");
+            }
+            Progress::NodeReady(n, t) => {
+                step_begin(&format!(
+                    "{} {}: ferry-overlayd ready, lease {}",
+                    n.name,
+                    n.ip,
+                    n.subnet()
+                ));
+                step_end(t.as_secs_f64());
+            }
+            Progress::Converged(t) => {
+                step_begin("overlay converged: each node routes to the others");
+                step_end(t.as_secs_f64());
+            }
+        });
     let pods = step(
         &format!(
             "adding {} pods through ferry (CNI ADD)",

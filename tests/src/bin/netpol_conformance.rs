@@ -165,7 +165,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if unsafe { libc::geteuid() } != 0 {
+    if !ferry_tests::is_root() {
         eprintln!("ferry-netpol-conformance needs root (it makes network namespaces)");
         std::process::exit(2);
     }

@@ -3,6 +3,6 @@
 //! the cluster the cases run in (`world`).
 
 pub mod cases;
-pub mod l2;
+pub use ferry_testns::l2;
 pub mod probe;
 pub mod world;

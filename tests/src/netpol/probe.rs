@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -256,16 +256,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
     !crc
 }
 
-/// A number no earlier probe of this process used (never 0: an initiate tag must not be).
-pub fn nonce() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    let _ = NEXT.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
-    NEXT.fetch_add(1, Ordering::Relaxed).max(1)
-}
+pub use ferry_testns::nonce;
 
 /// A TCP connect from the calling thread's namespace: allowed when it completes.
 pub fn tcp(ip: Ipv4Addr, port: u16, timeout: Duration) -> bool {

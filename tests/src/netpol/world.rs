@@ -69,6 +69,14 @@ impl World {
         World::with_args(ports, protocols, "", report)
     }
 
+    /// A world serving TCP 80 whose pods have both families (an IPv6 cluster CIDR the kit
+    /// picks), as the IPv6 NetworkPolicy tests want it.
+    pub fn dual_stack() -> World {
+        let (_, cidr6) = crate::cluster::next_cidrs();
+        let flags = format!("--cluster-cidr-v6 {cidr6}");
+        World::with_args(&[80], &[Protocol::Tcp], &flags, &mut |_| {})
+    }
+
     /// `new`, with more daemon flags (`--cluster-cidr-v6 …` for a dual-stack world, whose
     /// pods then carry both addresses in `status.podIPs`).
     pub fn with_args(
@@ -80,11 +88,12 @@ impl World {
         let kubeconfig = tempfile::tempdir().expect("tempdir");
         let kc_path = kubeconfig.path().join("kubeconfig");
         let mut api = None;
-        let extra = format!(
-            "--network-policy --kubeconfig {} {daemon_args}",
-            kc_path.display()
-        );
-        let cluster = Cluster::build_reporting(NODES, CLUSTER_CIDR, &extra, false, &mut |p| {
+        let kc = kc_path.display().to_string();
+        let flags = ["--network-policy", "--kubeconfig", &kc]
+            .into_iter()
+            .chain(daemon_args.split_whitespace());
+        let builder = Cluster::builder().nodes(NODES).cluster_cidr(CLUSTER_CIDR);
+        let cluster = builder.flags(flags).build_reporting(&mut |p| {
             match p {
                 // Before any daemon starts: the API, and the kubeconfig naming it.
                 Progress::Etcd(etcd, t) => {

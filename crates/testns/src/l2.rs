@@ -15,8 +15,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::probe::nonce;
 use crate::netns::Netns;
+use crate::nonce;
 
 /// The pod's interface, as ferry names it in every test.
 pub const POD_IF: &str = "eth0";

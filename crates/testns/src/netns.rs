@@ -135,6 +135,26 @@ pub fn link(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: 
     ));
 }
 
+/// A finished command's exit code and its stdout then stderr as one text, for a test
+/// that checks what a tool said, wherever it said it.
+pub fn code_and_text(out: &Output) -> (Option<i32>, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// A finished command's exit code (-1 when a signal ended it), stdout and stderr.
+pub fn code_out_err(out: &Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The stdout of a shell command run in `place`; panics with its output when it failed.
 pub fn stdout_ok(out: Output, place: &str, cmd: &str) -> String {
     assert!(
