@@ -2,8 +2,8 @@ use std::net::IpAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
-use ipnetwork::IpNetwork;
 use family::to_int;
+use ipnetwork::IpNetwork;
 use node_ipam::config::{host_bounds, parse_network, show_capacity};
 use node_ipam::node_state;
 use serde::Serialize;
