@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 out="${1:-target/plugins}"
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-  cargo build --release --locked -p cni-plugin -p ferry-ipam --target "$triple"
+  cargo build --release --locked -p ferry -p ferry-ipam --target "$triple"
 # Where cargo put them: CARGO_TARGET_DIR or a config's build.target-dir may move target/.
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 mkdir -p "$out"

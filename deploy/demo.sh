@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (it makes network namespaces)" >&2; exit 1; }
 deploy/install-deps.sh demo
 echo "building ferry (cargo build --profile demo; the first build takes several minutes)"
-cargo build --profile demo -p ferry-tests -p cni-plugin -p ferry-ipam -p overlayd
+cargo build --profile demo -p ferry-tests -p ferry -p ferry-ipam -p ferry-overlayd
 # Where cargo put it (CARGO_TARGET_DIR, a config's build.target-dir): `cargo run` knows,
 # and on Unix it execs the demo in its place.
 exec cargo run -q --profile demo -p ferry-tests --bin ferry-demo -- "$@"

@@ -2,7 +2,7 @@
 //! `fuzz/seeds/` as a corpus, each mutated as a JSON value (then, now and then, as bytes)
 //! by a reproducible generator whose seed proptest draws, so that a failure is reported
 //! (and shrunk) as the seed that made it. Included with `#[path]` by the tests of each
-//! crate that owns a parser (`cni`, `node-ipam`, `cni-plugin`): test code, not a crate.
+//! crate that owns a parser (`ferry-cni`, `ferry-node-ipam`, `ferry`): test code, not a crate.
 //!
 //! `PROPTEST_CASES=N` sets the cases per property (3000 by default, what CI runs);
 //! `PROPTEST_RNG_SEED=N` replays a run. A failing input is printed: add it to
@@ -323,7 +323,7 @@ pub fn config() -> ProptestConfig {
 }
 
 /// Every error is a CNI error a runtime can act on: a known code and a message.
-pub fn check_error(e: &cni::Error) {
+pub fn check_error(e: &ferry_cni::Error) {
     assert!(
         matches!(e.code, 1..=7 | 11 | 50 | 100..=105),
         "unknown code {}: {e}",

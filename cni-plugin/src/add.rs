@@ -6,9 +6,9 @@ use std::fs::File;
 use std::net::IpAddr;
 use std::path::Path;
 
-use cni::{CniResult, Code, Env, Error, Interface, NetConf};
-use netlink::{SourceGuard, VethSpec};
-use node_ipam::{attachment, Lease};
+use ferry_cni::{CniResult, Code, Env, Error, Interface, NetConf};
+use ferry_netlink::{SourceGuard, VethSpec};
+use ferry_node_ipam::{attachment, Lease};
 
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
@@ -98,7 +98,7 @@ pub struct Plan<'a> {
     pub bridge: &'a str,
     pub mtu: u32,
     pub hairpin: bool,
-    pub big_tcp: Option<netlink::BigTcp>,
+    pub big_tcp: Option<ferry_netlink::BigTcp>,
     pub host_veth: &'a str,
     pub ifname: &'a str,
     pub container_id: &'a str,
@@ -176,7 +176,7 @@ pub fn pod_addresses(lease: &Lease) -> Result<Vec<PodAddr>, Error> {
         }
         let gateway = match leased.gateway {
             Some(g) if g.is_ipv4() == net.is_ipv4() => g,
-            _ => node_ipam::config::gateway(net),
+            _ => ferry_node_ipam::config::gateway(net),
         };
         out.push(PodAddr {
             ip: net.ip(),
@@ -215,10 +215,12 @@ async fn wire<K: Kernel>(
 
     // The node bridge: created once per node, then only looked at.
     let bridge = k
-        .ensure_bridge(plan.bridge, netlink::bridge_mac_of(primary.gateway))
+        .ensure_bridge(plan.bridge, ferry_netlink::bridge_mac_of(primary.gateway))
         .await
         .map_err(|e| match e {
-            netlink::Error::NotABridge { .. } => Error::new(Code::InvalidConfig, e.to_string()),
+            ferry_netlink::Error::NotABridge { .. } => {
+                Error::new(Code::InvalidConfig, e.to_string())
+            }
             e => err(e),
         })?;
     let on_bridge = k.addrs(bridge.index).await.map_err(err)?;
@@ -241,13 +243,13 @@ async fn wire<K: Kernel>(
     let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip).collect();
     // The daemon finds the pod's port on the bridge and its link-local address by the
     // same rule (`mac_source`), so the MACs must follow it, not this list's order.
-    let mac_ip = netlink::mac_source(&ips).unwrap_or(primary.ip);
-    let pod_mac = netlink::addr_mac(netlink::POD_MAC_TAG, mac_ip);
-    let host_mac = netlink::addr_mac(netlink::HOST_MAC_TAG, mac_ip);
+    let mac_ip = ferry_netlink::mac_source(&ips).unwrap_or(primary.ip);
+    let pod_mac = ferry_netlink::addr_mac(ferry_netlink::POD_MAC_TAG, mac_ip);
+    let host_mac = ferry_netlink::addr_mac(ferry_netlink::HOST_MAC_TAG, mac_ip);
     // The pod's one link-local address (for a pod with IPv6): the plugin adds it below
     // with the kernel's own address generation off, so the guard's and the policies'
     // idea of it is the kernel's.
-    let link_local = netlink::pod_link_local(&ips);
+    let link_local = ferry_netlink::pod_link_local(&ips);
     let spec = VethSpec {
         host_name: host_veth,
         host_mac,
@@ -294,7 +296,7 @@ async fn wire<K: Kernel>(
     let steered = steering::apply(
         k,
         plan.steer,
-        netlink::rps::LinkId {
+        ferry_netlink::rps::LinkId {
             name: host_veth,
             index: host_link.index,
             mac: host_mac,
@@ -363,7 +365,7 @@ async fn created_link<K: Kernel>(
     side: Side,
     name: &str,
     place: String,
-) -> Result<netlink::Link, Error> {
+) -> Result<ferry_netlink::Link, Error> {
     k.get_link(side, name).await.map_err(err)?.ok_or_else(|| {
         Error::new(
             Code::Kernel,
@@ -379,17 +381,17 @@ fn result(plan: &Plan<'_>, lease: &Lease, wired: &Wired) -> CniResult {
     result.interfaces = vec![
         Interface {
             name: plan.bridge.to_string(),
-            mac: netlink::format_mac(&wired.bridge_mac),
+            mac: ferry_netlink::format_mac(&wired.bridge_mac),
             ..Default::default()
         },
         Interface {
             name: plan.host_veth.to_string(),
-            mac: netlink::format_mac(&wired.host_mac),
+            mac: ferry_netlink::format_mac(&wired.host_mac),
             ..Default::default()
         },
         Interface {
             name: plan.ifname.to_string(),
-            mac: netlink::format_mac(&wired.pod_mac),
+            mac: ferry_netlink::format_mac(&wired.pod_mac),
             mtu: Some(plan.mtu),
             sandbox: plan.netns_path.display().to_string(),
         },
@@ -421,7 +423,11 @@ async fn rename_tombstone<K: Kernel>(k: &mut K, host_veth: &str) -> bool {
 /// A bridge without ports takes only 64 KiB: once this pod's port has joined, the bridge
 /// gets the node's BIG TCP sizes, so that packets routed to pods cross it whole. Once per
 /// node; a failure costs speed, not the pod, so it is only reported.
-async fn raise_bridge<K: Kernel>(k: &mut K, bridge: &netlink::Link, big: netlink::BigTcp) {
+async fn raise_bridge<K: Kernel>(
+    k: &mut K,
+    bridge: &ferry_netlink::Link,
+    big: ferry_netlink::BigTcp,
+) {
     if bridge.sizes.has(big) {
         return;
     }

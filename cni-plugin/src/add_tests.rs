@@ -7,10 +7,10 @@ use std::fs::File;
 use std::net::IpAddr;
 use std::path::Path;
 
-use cni::{CniResult, Code, Error};
+use ferry_cni::{CniResult, Code, Error};
+use ferry_netlink::{BigTcp, Link, SourceGuard, VethSpec};
+use ferry_node_ipam::{Lease, LeasedIp, LeasedRoute};
 use ipnetwork::IpNetwork;
-use netlink::{BigTcp, Link, SourceGuard, VethSpec};
-use node_ipam::{Lease, LeasedIp, LeasedRoute};
 
 use super::{add, unwind, Made, Plan};
 use crate::kernel::{Kernel, Side};
@@ -49,15 +49,15 @@ fn link(index: u32, name: &str, mac: &[u8]) -> Link {
 }
 
 impl Fake {
-    fn step(&mut self, call: String) -> netlink::Result<()> {
+    fn step(&mut self, call: String) -> ferry_netlink::Result<()> {
         let failing = matches!(self.fail, Some((p, _)) if call.starts_with(p));
         self.calls.push(call.clone());
         match self.fail {
             Some((_, how)) if failing => {
                 self.fail = None;
                 Err(match how {
-                    Fail::Errno(n) => netlink::Error::from_errno(call, n),
-                    Fail::NotABridge => netlink::Error::NotABridge {
+                    Fail::Errno(n) => ferry_netlink::Error::from_errno(call, n),
+                    Fail::NotABridge => ferry_netlink::Error::NotABridge {
                         name: "cni0".into(),
                         kind: "dummy".into(),
                     },
@@ -76,11 +76,11 @@ impl Fake {
 }
 
 impl Kernel for Fake {
-    async fn ensure_bridge(&mut self, name: &str, mac: [u8; 6]) -> netlink::Result<Link> {
+    async fn ensure_bridge(&mut self, name: &str, mac: [u8; 6]) -> ferry_netlink::Result<Link> {
         self.step(format!("ensure_bridge {name}"))?;
         Ok(link(4, name, &mac))
     }
-    async fn addrs(&mut self, index: u32) -> netlink::Result<Vec<(IpAddr, u8)>> {
+    async fn addrs(&mut self, index: u32) -> ferry_netlink::Result<Vec<(IpAddr, u8)>> {
         self.step(format!("addrs {index}"))?;
         Ok(Vec::new())
     }
@@ -91,13 +91,13 @@ impl Kernel for Fake {
         name: &str,
         ip: IpAddr,
         prefix: u8,
-    ) -> netlink::Result<()> {
+    ) -> ferry_netlink::Result<()> {
         self.step(format!("add_addr {side:?} {name} {ip}/{prefix}"))
     }
-    fn enable_forwarding(&mut self, key: &str) -> netlink::Result<()> {
+    fn enable_forwarding(&mut self, key: &str) -> ferry_netlink::Result<()> {
         self.step(format!("enable_forwarding {key}"))
     }
-    async fn create_veth(&mut self, spec: &VethSpec<'_>) -> netlink::Result<()> {
+    async fn create_veth(&mut self, spec: &VethSpec<'_>) -> ferry_netlink::Result<()> {
         self.step(format!("create_veth {} {}", spec.host_name, spec.peer_name))?;
         self.host.insert(
             spec.host_name.into(),
@@ -109,7 +109,7 @@ impl Kernel for Fake {
         );
         Ok(())
     }
-    async fn get_link(&mut self, side: Side, name: &str) -> netlink::Result<Option<Link>> {
+    async fn get_link(&mut self, side: Side, name: &str) -> ferry_netlink::Result<Option<Link>> {
         self.step(format!("get_link {side:?} {name}"))?;
         Ok(match side {
             Side::Host => self.host.get(name).cloned(),
@@ -123,7 +123,7 @@ impl Kernel for Fake {
         name: &str,
         to: &str,
         _group: u32,
-    ) -> netlink::Result<bool> {
+    ) -> ferry_netlink::Result<bool> {
         self.step(format!("retire {name} {to}"))?;
         Ok(self.host.remove(name).is_some())
     }
@@ -132,10 +132,10 @@ impl Kernel for Fake {
         name: &str,
         hairpin: bool,
         alias: &str,
-    ) -> netlink::Result<()> {
+    ) -> ferry_netlink::Result<()> {
         self.step(format!("configure_port {name} {hairpin} {alias}"))
     }
-    async fn ensure_big_tcp(&mut self, link: &Link, _big: BigTcp) -> netlink::Result<bool> {
+    async fn ensure_big_tcp(&mut self, link: &Link, _big: BigTcp) -> ferry_netlink::Result<bool> {
         self.step(format!("ensure_big_tcp {}", link.name))?;
         Ok(true)
     }
@@ -144,7 +144,7 @@ impl Kernel for Fake {
         _index: u32,
         name: &str,
         guard: &SourceGuard,
-    ) -> netlink::Result<()> {
+    ) -> ferry_netlink::Result<()> {
         self.step(format!(
             "guard_source {name} {:?} {:?}",
             guard.ipv4, guard.ipv6
@@ -152,15 +152,15 @@ impl Kernel for Fake {
     }
     fn steer(
         &mut self,
-        link: netlink::rps::LinkId<'_>,
+        link: ferry_netlink::rps::LinkId<'_>,
         _cpus: &BTreeSet<u32>,
-    ) -> netlink::Result<()> {
+    ) -> ferry_netlink::Result<()> {
         self.step(format!("steer {}", link.name))
     }
-    async fn set_up(&mut self, side: Side, _index: u32, name: &str) -> netlink::Result<()> {
+    async fn set_up(&mut self, side: Side, _index: u32, name: &str) -> ferry_netlink::Result<()> {
         self.step(format!("set_up {side:?} {name}"))
     }
-    async fn enter_pod(&mut self, _ns: &File, path: &Path) -> netlink::Result<()> {
+    async fn enter_pod(&mut self, _ns: &File, path: &Path) -> ferry_netlink::Result<()> {
         self.step(format!("enter_pod {}", path.display()))?;
         self.in_pod = true;
         Ok(())
@@ -170,16 +170,21 @@ impl Kernel for Fake {
         _index: u32,
         name: &str,
         needs_ipv6: bool,
-    ) -> netlink::Result<()> {
+    ) -> ferry_netlink::Result<()> {
         self.step(format!("set_addr_gen_none {name} {needs_ipv6}"))
     }
-    async fn add_route(&mut self, dst: IpNetwork, gw: IpAddr, _index: u32) -> netlink::Result<()> {
+    async fn add_route(
+        &mut self,
+        dst: IpNetwork,
+        gw: IpAddr,
+        _index: u32,
+    ) -> ferry_netlink::Result<()> {
         self.step(format!("add_route {dst} via {gw}"))
     }
-    async fn hash_by_flow(&mut self, _index: u32, name: &str) -> netlink::Result<()> {
+    async fn hash_by_flow(&mut self, _index: u32, name: &str) -> ferry_netlink::Result<()> {
         self.step(format!("hash_by_flow {name}"))
     }
-    async fn del_link(&mut self, name: &str) -> netlink::Result<bool> {
+    async fn del_link(&mut self, name: &str) -> ferry_netlink::Result<bool> {
         self.step(format!("del_link {name}"))?;
         Ok(self.host.remove(name).is_some())
     }
@@ -446,7 +451,7 @@ fn a_pod_not_covered_by_policy_is_undone() {
 #[test]
 fn an_unusable_ipam_result_touches_no_kernel_and_gives_the_address_back() {
     let bad = CniResult {
-        ips: vec![cni::IpConfig {
+        ips: vec![ferry_cni::IpConfig {
             address: "10.1.2.x/24".into(),
             gateway: None,
             interface: None,

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use cni::{delegate, Attachment, CniResult, Command, Env, Error, NetConf};
-use node_ipam::{node_state, ops, Lease};
+use ferry_cni::{delegate, Attachment, CniResult, Command, Env, Error, NetConf};
+use ferry_node_ipam::{node_state, ops, Lease};
 
 use crate::config::IpamKind;
 
@@ -79,9 +79,8 @@ impl<'a> Addressing<'a> {
 
     pub fn status(&self) -> Result<(), Error> {
         match self.kind {
-            IpamKind::Ferry(cfg) => {
-                ops::status(cfg).map_err(|e| Error::new(cni::Code::NotAvailable, e.to_string()))
-            }
+            IpamKind::Ferry(cfg) => ops::status(cfg)
+                .map_err(|e| Error::new(ferry_cni::Code::NotAvailable, e.to_string())),
             IpamKind::Exec(plugin) => self.exec(plugin, Command::Status).map(drop),
         }
     }

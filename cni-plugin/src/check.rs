@@ -3,14 +3,14 @@
 use std::collections::btree_map::{BTreeMap, Entry};
 use std::net::IpAddr;
 
-use cni::{CniResult, Code, Env, Error, NetConf};
+use ferry_cni::{CniResult, Code, Env, Error, NetConf};
+use ferry_netlink::{Family, Netlink};
 use ipnetwork::IpNetwork;
-use netlink::{Family, Netlink};
 
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::kernel::{self, err};
-use node_ipam::attachment;
+use ferry_node_ipam::attachment;
 
 fn failed(msg: String) -> Error {
     Error::new(Code::CheckFailed, msg)
@@ -101,11 +101,12 @@ async fn check_kernel(
             ))
         })?;
     let want_mac = &prev.interfaces[pod_index].mac;
-    if !want_mac.is_empty() && !want_mac.eq_ignore_ascii_case(&netlink::format_mac(&link.mac)) {
+    if !want_mac.is_empty() && !want_mac.eq_ignore_ascii_case(&ferry_netlink::format_mac(&link.mac))
+    {
         return Err(failed(format!(
             "{} has MAC {}, prevResult says {want_mac}",
             env.ifname,
-            netlink::format_mac(&link.mac)
+            ferry_netlink::format_mac(&link.mac)
         )));
     }
     let have = pod.addrs(link.index).await.map_err(err)?;
@@ -120,7 +121,7 @@ async fn check_kernel(
     // The link-local address the guard lets the pod send from and the node's policy
     // rules know it by.
     let ips: Vec<IpAddr> = addrs.iter().map(|a| a.0).collect();
-    if let Some(ll) = netlink::pod_link_local(&ips) {
+    if let Some(ll) = ferry_netlink::pod_link_local(&ips) {
         if !have.iter().any(|(ip, _)| *ip == IpAddr::V6(ll)) {
             return Err(failed(format!(
                 "link-local address {ll} is missing on {}",
@@ -135,7 +136,7 @@ async fn check_kernel(
             .find_map(|a| a.2)
     };
     // Listed once per family, when a route of it is to be found.
-    let mut listed: BTreeMap<Family, Vec<netlink::Route>> = BTreeMap::new();
+    let mut listed: BTreeMap<Family, Vec<ferry_netlink::Route>> = BTreeMap::new();
     for r in &prev.routes {
         let Ok(dst) = r.dst.parse::<IpNetwork>() else {
             continue;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use cni::{Code, Dns, Error, NetConf};
+use ferry_cni::{Code, Dns, Error, NetConf};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -41,7 +41,7 @@ pub enum Steering {
 #[derive(Debug, Clone)]
 pub enum IpamKind {
     /// `ferry-ipam`, run in-process (the fast path).
-    Ferry(node_ipam::ops::Config),
+    Ferry(ferry_node_ipam::ops::Config),
     /// Any other IPAM plugin, run by exec from `CNI_PATH`.
     Exec(String),
 }
@@ -60,7 +60,7 @@ pub struct PluginConf {
     pub steering: Steering,
     /// node.json, read at most once per call (the pools, the MTU and the policy switch
     /// all need it).
-    node: std::cell::OnceCell<node_ipam::node_state::View>,
+    node: std::cell::OnceCell<ferry_node_ipam::node_state::View>,
 }
 
 /// Where and how long ADD waits for `ferry-overlayd` to cover a new pod with the node's
@@ -79,7 +79,7 @@ impl PluginConf {
     pub fn parse(conf: &NetConf) -> Result<Self, Error> {
         let raw: Raw = conf.parse_as()?;
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
-        cni::env::validate_ifname(&bridge).map_err(|_| {
+        ferry_cni::env::validate_ifname(&bridge).map_err(|_| {
             Error::new(
                 Code::InvalidConfig,
                 format!("bridge {bridge:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"),
@@ -114,10 +114,10 @@ impl PluginConf {
         };
         let state_dir = raw
             .state_dir
-            .unwrap_or_else(|| PathBuf::from(node_ipam::node_state::DEFAULT_STATE_DIR));
+            .unwrap_or_else(|| PathBuf::from(ferry_node_ipam::node_state::DEFAULT_STATE_DIR));
         let ipam = if ipam_type == "ferry-ipam" {
             // stateDir is read once, above; the IPAM operations take it from here.
-            let cfg = node_ipam::ops::Config::with_state_dir(conf, state_dir.clone())?;
+            let cfg = ferry_node_ipam::ops::Config::with_state_dir(conf, state_dir.clone())?;
             // Resolve a static pool now so that a bad CIDR is refused before any change.
             if cfg.ipam.is_static() {
                 cfg.pools().map_err(Error::from)?;
@@ -139,7 +139,7 @@ impl PluginConf {
             None => Steering::Auto,
             Some("off") => Steering::Off,
             Some("all") => Steering::All,
-            Some(list) => Steering::Cpus(netlink::rps::parse_cpu_list(list).map_err(|e| {
+            Some(list) => Steering::Cpus(ferry_netlink::rps::parse_cpu_list(list).map_err(|e| {
                 Error::new(
                     Code::InvalidConfig,
                     format!("rpsCpus {list:?} is not \"all\", \"off\" or a CPU list like \"0-3,8\": {e}"),
@@ -164,19 +164,19 @@ impl PluginConf {
     pub fn policy_hook(&self) -> Option<PolicyHook> {
         let enforced = self.node_state().is_some_and(|s| s.network_policy);
         enforced.then(|| PolicyHook {
-            socket: self.state_dir.join(policy_notice::SOCKET_NAME),
+            socket: self.state_dir.join(ferry_policy_notice::SOCKET_NAME),
             wait: self.policy_wait,
         })
     }
 
     /// node.json as this call sees it (read once).
-    pub fn node(&self) -> &node_ipam::node_state::View {
+    pub fn node(&self) -> &ferry_node_ipam::node_state::View {
         self.node
-            .get_or_init(|| node_ipam::node_state::View::read(&self.state_dir))
+            .get_or_init(|| ferry_node_ipam::node_state::View::read(&self.state_dir))
     }
 
     /// node.json, or None when it is absent or unreadable.
-    fn node_state(&self) -> Option<&node_ipam::node_state::NodeState> {
+    fn node_state(&self) -> Option<&ferry_node_ipam::node_state::NodeState> {
         self.node().state()
     }
 
@@ -184,9 +184,9 @@ impl PluginConf {
     /// `ferry-overlayd` copies from the underlay. Sizes the kernel would refuse are
     /// ignored, with a warning: the pod starts with the kernel's 64 KiB, which every
     /// underlay takes.
-    pub fn big_tcp(&self) -> Option<netlink::BigTcp> {
+    pub fn big_tcp(&self) -> Option<ferry_netlink::BigTcp> {
         let b = self.node_state()?.big_tcp?;
-        let big = netlink::BigTcp {
+        let big = ferry_netlink::BigTcp {
             ipv4: b.ipv4,
             ipv6: b.ipv6,
         };
@@ -195,8 +195,8 @@ impl PluginConf {
         }
         eprintln!(
             "ferry: node state's bigTcp ({big}) is outside {}..={} bytes; the pod keeps the kernel's sizes",
-            netlink::big_tcp::LEGACY,
-            netlink::big_tcp::MAX
+            ferry_netlink::big_tcp::LEGACY,
+            ferry_netlink::big_tcp::MAX
         );
         None
     }

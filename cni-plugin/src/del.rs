@@ -6,14 +6,14 @@
 //! A DEL killed half-way leaves the veth retired but not deleted; the retried DEL finds
 //! it by its name (or, renamed by a later ADD, by the attachment's alias) and finishes.
 
-use cni::{Env, Error, NetConf};
-use netlink::Netlink;
+use ferry_cni::{Env, Error, NetConf};
+use ferry_netlink::Netlink;
 
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::kernel::{self, err};
 use crate::reap;
-use node_ipam::attachment;
+use ferry_node_ipam::attachment;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     let pc = PluginConf::parse(conf)?;
@@ -88,7 +88,7 @@ pub fn combine(errors: Vec<Error>) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cni::Code;
+    use ferry_cni::Code;
 
     #[test]
     fn combine_keeps_all_messages() {

@@ -6,7 +6,7 @@
 #[path = "../../fuzz/mutate.rs"]
 mod mutate;
 
-use cni::NetConf;
+use ferry_cni::NetConf;
 use mutate::check_error;
 use proptest::prelude::*;
 
@@ -24,7 +24,7 @@ proptest! {
             Err(e) => check_error(&e),
             Ok(pc) => {
                 assert!(
-                    cni::env::validate_ifname(&pc.bridge).is_ok(),
+                    ferry_cni::env::validate_ifname(&pc.bridge).is_ok(),
                     "{}",
                     pc.bridge
                 );

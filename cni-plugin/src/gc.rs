@@ -3,15 +3,15 @@
 
 use std::collections::HashSet;
 
-use cni::{Env, Error, NetConf};
-use netlink::Netlink;
+use ferry_cni::{Env, Error, NetConf};
+use ferry_netlink::Netlink;
 
 use crate::addressing::Addressing;
 use crate::config::PluginConf;
 use crate::del::combine;
 use crate::kernel::{self, err};
 use crate::reap;
-use node_ipam::attachment;
+use ferry_node_ipam::attachment;
 
 pub fn run(conf: &NetConf, env: &Env) -> Result<(), Error> {
     conf.require_version("1.1.0", "GC")?;

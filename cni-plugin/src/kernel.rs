@@ -8,11 +8,11 @@ use std::fs::File;
 use std::net::IpAddr;
 use std::path::Path;
 
-use cni::{Code, Error};
+use ferry_cni::{Code, Error};
+use ferry_netlink::{BigTcp, Link, Netlink, SourceGuard, VethSpec};
 use ipnetwork::IpNetwork;
-use netlink::{BigTcp, Link, Netlink, SourceGuard, VethSpec};
 
-pub fn err(e: netlink::Error) -> Error {
+pub fn err(e: ferry_netlink::Error) -> Error {
     Error::new(Code::Kernel, e.to_string())
 }
 
@@ -36,13 +36,13 @@ pub enum Side {
 
 /// What ADD asks of the kernel, one call per step, so that a fake can record the order
 /// and fail any step. Addresses are typed; an IPv6 one is always added without DAD (see
-/// `netlink::Netlink::add_addr_nodad`).
+/// `ferry_netlink::Netlink::add_addr_nodad`).
 // Futures need no `Send`: everything runs on the one thread `runtime` gives.
 #[allow(async_fn_in_trait)]
 pub trait Kernel {
     /// The node bridge, created (with `mac`) when missing.
-    async fn ensure_bridge(&mut self, name: &str, mac: [u8; 6]) -> netlink::Result<Link>;
-    async fn addrs(&mut self, index: u32) -> netlink::Result<Vec<(IpAddr, u8)>>;
+    async fn ensure_bridge(&mut self, name: &str, mac: [u8; 6]) -> ferry_netlink::Result<Link>;
+    async fn addrs(&mut self, index: u32) -> ferry_netlink::Result<Vec<(IpAddr, u8)>>;
     async fn add_addr(
         &mut self,
         side: Side,
@@ -50,11 +50,11 @@ pub trait Kernel {
         name: &str,
         ip: IpAddr,
         prefix: u8,
-    ) -> netlink::Result<()>;
+    ) -> ferry_netlink::Result<()>;
     /// Sets a forwarding sysctl (`net/ipv4/ip_forward`, …) to 1.
-    fn enable_forwarding(&mut self, key: &str) -> netlink::Result<()>;
-    async fn create_veth(&mut self, spec: &VethSpec<'_>) -> netlink::Result<()>;
-    async fn get_link(&mut self, side: Side, name: &str) -> netlink::Result<Option<Link>>;
+    fn enable_forwarding(&mut self, key: &str) -> ferry_netlink::Result<()>;
+    async fn create_veth(&mut self, spec: &VethSpec<'_>) -> ferry_netlink::Result<()>;
+    async fn get_link(&mut self, side: Side, name: &str) -> ferry_netlink::Result<Option<Link>>;
     /// Renames the host link `index` to `to` in `group`; true when it did.
     async fn retire(
         &mut self,
@@ -62,38 +62,43 @@ pub trait Kernel {
         name: &str,
         to: &str,
         group: u32,
-    ) -> netlink::Result<bool>;
+    ) -> ferry_netlink::Result<bool>;
     async fn configure_port(
         &mut self,
         name: &str,
         hairpin: bool,
         alias: &str,
-    ) -> netlink::Result<()>;
-    async fn ensure_big_tcp(&mut self, link: &Link, big: BigTcp) -> netlink::Result<bool>;
+    ) -> ferry_netlink::Result<()>;
+    async fn ensure_big_tcp(&mut self, link: &Link, big: BigTcp) -> ferry_netlink::Result<bool>;
     async fn guard_source(
         &mut self,
         index: u32,
         name: &str,
         guard: &SourceGuard,
-    ) -> netlink::Result<()>;
+    ) -> ferry_netlink::Result<()>;
     fn steer(
         &mut self,
-        link: netlink::rps::LinkId<'_>,
+        link: ferry_netlink::rps::LinkId<'_>,
         cpus: &BTreeSet<u32>,
-    ) -> netlink::Result<()>;
-    async fn set_up(&mut self, side: Side, index: u32, name: &str) -> netlink::Result<()>;
+    ) -> ferry_netlink::Result<()>;
+    async fn set_up(&mut self, side: Side, index: u32, name: &str) -> ferry_netlink::Result<()>;
     /// Opens the pod's side: every later `Side::Pod` call is in `ns`.
-    async fn enter_pod(&mut self, ns: &File, path: &Path) -> netlink::Result<()>;
+    async fn enter_pod(&mut self, ns: &File, path: &Path) -> ferry_netlink::Result<()>;
     async fn set_addr_gen_none(
         &mut self,
         index: u32,
         name: &str,
         needs_ipv6: bool,
-    ) -> netlink::Result<()>;
-    async fn add_route(&mut self, dst: IpNetwork, gw: IpAddr, index: u32) -> netlink::Result<()>;
-    async fn hash_by_flow(&mut self, index: u32, name: &str) -> netlink::Result<()>;
+    ) -> ferry_netlink::Result<()>;
+    async fn add_route(
+        &mut self,
+        dst: IpNetwork,
+        gw: IpAddr,
+        index: u32,
+    ) -> ferry_netlink::Result<()>;
+    async fn hash_by_flow(&mut self, index: u32, name: &str) -> ferry_netlink::Result<()>;
     /// Deletes a host link; false when there was none.
-    async fn del_link(&mut self, name: &str) -> netlink::Result<bool>;
+    async fn del_link(&mut self, name: &str) -> ferry_netlink::Result<bool>;
 }
 
 /// The kernel through netlink: the host's namespace, and the pod's once entered.
@@ -104,18 +109,18 @@ pub struct Netlinks {
 
 impl Netlinks {
     /// Opens the host side; must run inside the runtime.
-    pub fn open() -> netlink::Result<Self> {
+    pub fn open() -> ferry_netlink::Result<Self> {
         Ok(Netlinks {
             host: Netlink::open()?,
             pod: None,
         })
     }
 
-    fn side(&self, side: Side) -> netlink::Result<&Netlink> {
+    fn side(&self, side: Side) -> ferry_netlink::Result<&Netlink> {
         match (side, &self.pod) {
             (Side::Host, _) => Ok(&self.host),
             (Side::Pod, Some(pod)) => Ok(pod),
-            (Side::Pod, None) => Err(netlink::Error::Io {
+            (Side::Pod, None) => Err(ferry_netlink::Error::Io {
                 what: "the pod's network namespace".into(),
                 source: std::io::Error::other("not entered yet"),
             }),
@@ -124,11 +129,11 @@ impl Netlinks {
 }
 
 impl Kernel for Netlinks {
-    async fn ensure_bridge(&mut self, name: &str, mac: [u8; 6]) -> netlink::Result<Link> {
+    async fn ensure_bridge(&mut self, name: &str, mac: [u8; 6]) -> ferry_netlink::Result<Link> {
         self.host.ensure_bridge_link(name, mac).await
     }
 
-    async fn addrs(&mut self, index: u32) -> netlink::Result<Vec<(IpAddr, u8)>> {
+    async fn addrs(&mut self, index: u32) -> ferry_netlink::Result<Vec<(IpAddr, u8)>> {
         self.host.addrs(index).await
     }
 
@@ -139,7 +144,7 @@ impl Kernel for Netlinks {
         name: &str,
         ip: IpAddr,
         prefix: u8,
-    ) -> netlink::Result<()> {
+    ) -> ferry_netlink::Result<()> {
         let nl = self.side(side)?;
         match ip {
             IpAddr::V4(_) => nl.add_addr(index, name, ip, prefix).await,
@@ -147,15 +152,15 @@ impl Kernel for Netlinks {
         }
     }
 
-    fn enable_forwarding(&mut self, key: &str) -> netlink::Result<()> {
-        netlink::sysctl::ensure(key, "1")
+    fn enable_forwarding(&mut self, key: &str) -> ferry_netlink::Result<()> {
+        ferry_netlink::sysctl::ensure(key, "1")
     }
 
-    async fn create_veth(&mut self, spec: &VethSpec<'_>) -> netlink::Result<()> {
+    async fn create_veth(&mut self, spec: &VethSpec<'_>) -> ferry_netlink::Result<()> {
         self.host.create_veth(spec).await
     }
 
-    async fn get_link(&mut self, side: Side, name: &str) -> netlink::Result<Option<Link>> {
+    async fn get_link(&mut self, side: Side, name: &str) -> ferry_netlink::Result<Option<Link>> {
         self.side(side)?.get_link(name).await
     }
 
@@ -165,7 +170,7 @@ impl Kernel for Netlinks {
         name: &str,
         to: &str,
         group: u32,
-    ) -> netlink::Result<bool> {
+    ) -> ferry_netlink::Result<bool> {
         self.host.detach_index(index, name, Some(to), group).await
     }
 
@@ -174,11 +179,11 @@ impl Kernel for Netlinks {
         name: &str,
         hairpin: bool,
         alias: &str,
-    ) -> netlink::Result<()> {
+    ) -> ferry_netlink::Result<()> {
         self.host.configure_port(name, hairpin, alias).await
     }
 
-    async fn ensure_big_tcp(&mut self, link: &Link, big: BigTcp) -> netlink::Result<bool> {
+    async fn ensure_big_tcp(&mut self, link: &Link, big: BigTcp) -> ferry_netlink::Result<bool> {
         self.host.ensure_big_tcp(link, big).await
     }
 
@@ -187,23 +192,23 @@ impl Kernel for Netlinks {
         index: u32,
         name: &str,
         guard: &SourceGuard,
-    ) -> netlink::Result<()> {
+    ) -> ferry_netlink::Result<()> {
         self.host.guard_source(index, name, guard).await
     }
 
     fn steer(
         &mut self,
-        link: netlink::rps::LinkId<'_>,
+        link: ferry_netlink::rps::LinkId<'_>,
         cpus: &BTreeSet<u32>,
-    ) -> netlink::Result<()> {
-        netlink::rps::steer(link, cpus)
+    ) -> ferry_netlink::Result<()> {
+        ferry_netlink::rps::steer(link, cpus)
     }
 
-    async fn set_up(&mut self, side: Side, index: u32, name: &str) -> netlink::Result<()> {
+    async fn set_up(&mut self, side: Side, index: u32, name: &str) -> ferry_netlink::Result<()> {
         self.side(side)?.set_up(index, name).await
     }
 
-    async fn enter_pod(&mut self, ns: &File, path: &Path) -> netlink::Result<()> {
+    async fn enter_pod(&mut self, ns: &File, path: &Path) -> ferry_netlink::Result<()> {
         self.pod = Some(Netlink::open_in(ns, path)?);
         Ok(())
     }
@@ -213,23 +218,28 @@ impl Kernel for Netlinks {
         index: u32,
         name: &str,
         needs_ipv6: bool,
-    ) -> netlink::Result<()> {
+    ) -> ferry_netlink::Result<()> {
         self.side(Side::Pod)?
             .set_addr_gen_none(index, name, needs_ipv6)
             .await
     }
 
-    async fn add_route(&mut self, dst: IpNetwork, gw: IpAddr, index: u32) -> netlink::Result<()> {
+    async fn add_route(
+        &mut self,
+        dst: IpNetwork,
+        gw: IpAddr,
+        index: u32,
+    ) -> ferry_netlink::Result<()> {
         self.side(Side::Pod)?
             .add_route(dst.network(), dst.prefix(), Some(gw), index)
             .await
     }
 
-    async fn hash_by_flow(&mut self, index: u32, name: &str) -> netlink::Result<()> {
+    async fn hash_by_flow(&mut self, index: u32, name: &str) -> ferry_netlink::Result<()> {
         self.side(Side::Pod)?.hash_by_flow(index, name).await
     }
 
-    async fn del_link(&mut self, name: &str) -> netlink::Result<bool> {
+    async fn del_link(&mut self, name: &str) -> ferry_netlink::Result<bool> {
         self.host.del_link(name).await
     }
 }

@@ -17,7 +17,7 @@ mod sandbox;
 mod status;
 mod steering;
 
-use cni::{version, Env, Error, NetConf};
+use ferry_cni::{version, Env, Error, NetConf};
 
 /// The whole plugin: the reaper when started as one, else one CNI call; the exit code.
 pub fn run() -> i32 {
@@ -32,13 +32,13 @@ pub fn run() -> i32 {
         );
         return 0;
     }
-    cni::skel::run(&Ferry)
+    ferry_cni::skel::run(&Ferry)
 }
 
-/// The plugin's verbs, for `cni::skel`.
+/// The plugin's verbs, for `ferry_cni::skel`.
 struct Ferry;
 
-impl cni::skel::Plugin for Ferry {
+impl ferry_cni::skel::Plugin for Ferry {
     fn add(&self, conf: &NetConf, env: &Env) -> Result<String, Error> {
         add::run(conf, env)
     }
@@ -66,5 +66,5 @@ pub fn version_reply(stdin: &[u8]) -> String {
         .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
         .filter(|v| version::is_supported(v))
         .unwrap_or_else(|| version::CURRENT.to_string());
-    cni::skel::version_reply(&asked)
+    ferry_cni::skel::version_reply(&asked)
 }

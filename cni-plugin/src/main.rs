@@ -1,5 +1,5 @@
-//! `ferry`, the CNI plugin binary: everything is in the library (`cni_plugin::run`).
+//! `ferry`, the CNI plugin binary: everything is in the library (`ferry::run`).
 
 fn main() {
-    std::process::exit(cni_plugin::run());
+    std::process::exit(ferry::run());
 }

@@ -5,8 +5,8 @@
 
 use std::net::IpAddr;
 
-use cni::{Code, Env, Error};
-use policy_notice::Notice;
+use ferry_cni::{Code, Env, Error};
+use ferry_policy_notice::Notice;
 
 use crate::config::PolicyHook;
 
@@ -24,7 +24,7 @@ pub fn attach(hook: &PolicyHook, env: &Env, ips: Vec<IpAddr>) -> Result<(), Erro
         ifname: env.ifname.clone(),
         ips,
     };
-    policy_notice::send(&hook.socket, &notice, hook.wait).map_err(|e| {
+    ferry_policy_notice::send(&hook.socket, &notice, hook.wait).map_err(|e| {
         Error::new(
             Code::TryAgainLater,
             format!("NetworkPolicy is enforced on this node and the pod is not covered yet: {e}"),
@@ -39,7 +39,7 @@ pub fn detach(hook: &PolicyHook, env: &Env) {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
     };
-    if let Err(e) = policy_notice::send(&hook.socket, &notice, hook.wait.min(DETACH_WAIT)) {
+    if let Err(e) = ferry_policy_notice::send(&hook.socket, &notice, hook.wait.min(DETACH_WAIT)) {
         eprintln!("ferry: {e}");
     }
 }

@@ -28,9 +28,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener};
 
-use netlink::{Link, Netlink};
+use ferry_netlink::{Link, Netlink};
 
-pub use node_ipam::attachment::{REAPER_SOCKET, TOMBSTONE_GROUP, TOMBSTONE_PREFIX};
+pub use ferry_node_ipam::attachment::{REAPER_SOCKET, TOMBSTONE_GROUP, TOMBSTONE_PREFIX};
 
 /// How long a reaper stays for more wakes once the group is empty. DELs a few
 /// milliseconds apart (a node draining, a runtime's GC) then wake one reaper instead of
@@ -58,7 +58,7 @@ pub fn tombstone(host_veth: &str) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let salt = u64::from(nanos) ^ (u64::from(std::process::id()) << 32);
-    let mut h = node_ipam::attachment::fnv1a(host_veth.as_bytes()) ^ salt;
+    let mut h = ferry_node_ipam::attachment::fnv1a(host_veth.as_bytes()) ^ salt;
     h = h.wrapping_mul(0x0000_0100_0000_01b3);
     format!("{TOMBSTONE_PREFIX}{:013x}", h >> 12)
 }
@@ -94,7 +94,7 @@ enum Holder {
 /// every wake, and looks once more after letting go), or nobody does and a reaper is
 /// started with the name taken for it, or someone else holds it and this DEL deletes the
 /// group itself.
-pub fn ensure() -> Result<(), cni::Error> {
+pub fn ensure() -> Result<(), ferry_cni::Error> {
     match find_holder() {
         Holder::Reaper => Ok(()),
         Holder::Nobody(lock) => {
@@ -358,7 +358,7 @@ fn handed_lock() -> Option<UnixListener> {
 /// Deletes the group until it is empty and again at every wake; after `LINGER` without
 /// one, lets go of the lock and looks once more, so that a tombstone added by a DEL whose
 /// wake came too late is never left behind.
-fn reap(lock: UnixListener) -> Result<(), cni::Error> {
+fn reap(lock: UnixListener) -> Result<(), ferry_cni::Error> {
     let rt = crate::kernel::runtime()?;
     rt.block_on(async {
         let host = Netlink::open()?;
@@ -406,7 +406,7 @@ fn woken_within_linger(lock: &UnixListener) -> bool {
 }
 
 /// Deletes the group now, in this process (GC: it reports what it removed).
-pub async fn reap_now(host: &Netlink) -> netlink::Result<()> {
+pub async fn reap_now(host: &Netlink) -> ferry_netlink::Result<()> {
     while host.del_group(TOMBSTONE_GROUP).await? {}
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use cni::{Code, Error};
-use netlink::netns;
+use ferry_cni::{Code, Error};
+use ferry_netlink::netns;
 
 /// Opens `path` as a network namespace other than the one this process runs in.
 pub fn open(path: &Path) -> Result<File, Error> {

@@ -1,6 +1,6 @@
 //! STATUS: whether an ADD could succeed now (error 50 says why not).
 
-use cni::{Env, Error, NetConf};
+use ferry_cni::{Env, Error, NetConf};
 
 use crate::addressing::Addressing;
 use crate::config::PluginConf;

@@ -1,10 +1,10 @@
 //! `rpsCpus`: which CPUs may take over the host's work on what a pod sends (receive
-//! packet steering on its host veth; see `netlink::rps` for why it pays).
+//! packet steering on its host veth; see `ferry_netlink::rps` for why it pays).
 
 use std::collections::BTreeSet;
 
-use cni::{Code, Error};
-use netlink::rps::{self, LinkId};
+use ferry_cni::{Code, Error};
+use ferry_netlink::rps::{self, LinkId};
 
 use crate::config::Steering;
 use crate::kernel::{err, Kernel};
@@ -89,7 +89,7 @@ pub struct Steered {
 impl Steered {
     /// Makes the pod's interface `index` (seen through `pod`, a handle in its namespace)
     /// hash each flow the same way in both directions, so that its data and its ACKs are
-    /// steered to one CPU (see `netlink::flow_hash`). Failing it is failing the steering.
+    /// steered to one CPU (see `ferry_netlink::flow_hash`). Failing it is failing the steering.
     pub async fn hash_by_flow(
         &self,
         kernel: &mut impl Kernel,
@@ -110,7 +110,7 @@ impl Steered {
 /// A steering step that failed: best effort, stderr says what the pod goes without
 /// (`without`) and the ADD goes on; asked for by the operator, error 103 naming what
 /// `"off"` would leave alone (`leaves`).
-fn failed(strict: bool, e: netlink::Error, without: &str, leaves: &str) -> Result<(), Error> {
+fn failed(strict: bool, e: ferry_netlink::Error, without: &str, leaves: &str) -> Result<(), Error> {
     if strict {
         return Err(Error::new(
             Code::Kernel,
@@ -121,6 +121,6 @@ fn failed(strict: bool, e: netlink::Error, without: &str, leaves: &str) -> Resul
     Ok(())
 }
 
-fn warn(e: &netlink::Error, without: &str) {
+fn warn(e: &ferry_netlink::Error, without: &str) {
     eprintln!("ferry: {e}; {without} (rpsCpus \"off\" turns steering off and silences this)");
 }

@@ -2,17 +2,17 @@
 
 use std::collections::HashSet;
 
-use cni::{Code, Env, Error, NetConf};
-use node_ipam::ops::{self, Attachment, Config};
+use ferry_cni::{Code, Env, Error, NetConf};
+use ferry_node_ipam::ops::{self, Attachment, Config};
 
 pub fn run() -> i32 {
-    cni::skel::run(&FerryIpam)
+    ferry_cni::skel::run(&FerryIpam)
 }
 
-/// The IPAM plugin's verbs, for `cni::skel`; VERSION is skel's default answer.
+/// The IPAM plugin's verbs, for `ferry_cni::skel`; VERSION is skel's default answer.
 struct FerryIpam;
 
-impl cni::skel::Plugin for FerryIpam {
+impl ferry_cni::skel::Plugin for FerryIpam {
     fn add(&self, conf: &NetConf, env: &Env) -> Result<String, Error> {
         let cfg = Config::from_netconf(conf)?;
         let (ips, pools) = ops::allocate(&cfg, Attachment::of(conf, env))?;

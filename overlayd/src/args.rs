@@ -26,7 +26,7 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub etcd: registry::EtcdArgs,
+    pub etcd: ferry_registry::EtcdArgs,
     /// This node's name (default: the hostname).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long, env = "FERRY_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
     /// Where node.json is written for the CNI plugin.
-    #[arg(long, env = "FERRY_STATE_DIR", default_value = node_ipam::node_state::DEFAULT_STATE_DIR)]
+    #[arg(long, env = "FERRY_STATE_DIR", default_value = ferry_node_ipam::node_state::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// This machine's secret (32 random bytes, mode 0600, made on first start): a
     /// restarted daemon knows its killed predecessor's liveness key by it and takes it
@@ -219,28 +219,28 @@ impl Args {
             self.bridge
         );
         if let Some(c) = self.cluster_cidr {
-            let cfg = registry::ClusterV4 {
+            let cfg = ferry_registry::ClusterV4 {
                 cluster_cidr: c,
                 subnet_len: self
                     .subnet_len
-                    .unwrap_or(registry::model::DEFAULT_SUBNET_LEN),
+                    .unwrap_or(ferry_registry::model::DEFAULT_SUBNET_LEN),
             };
             cfg.validate()
                 .map_err(|e| anyhow::anyhow!("--cluster-cidr and its flags: {e}"))?;
         }
         if self.cluster_cidr.is_some() || self.cluster_cidr_v6.is_some() {
-            registry::model::check_vxlan(
-                self.vni.unwrap_or(registry::model::DEFAULT_VNI),
-                self.port.unwrap_or(registry::model::DEFAULT_PORT),
+            ferry_registry::model::check_vxlan(
+                self.vni.unwrap_or(ferry_registry::model::DEFAULT_VNI),
+                self.port.unwrap_or(ferry_registry::model::DEFAULT_PORT),
             )
             .map_err(|e| anyhow::anyhow!("--vni and --port: {e}"))?;
         }
         if let Some(c) = self.cluster_cidr_v6 {
-            let v6 = registry::ClusterV6 {
+            let v6 = ferry_registry::ClusterV6 {
                 cluster_cidr: c,
                 subnet_len: self
                     .subnet_len_v6
-                    .unwrap_or(registry::model::DEFAULT_SUBNET_LEN_V6),
+                    .unwrap_or(ferry_registry::model::DEFAULT_SUBNET_LEN_V6),
             };
             v6.validate()
                 .map_err(|e| anyhow::anyhow!("--cluster-cidr-v6 and its flags: {e}"))?;

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
+use ferry_netlink::{Family, Link, Netlink, VxlanSpec};
 use futures_util::stream::{self, StreamExt};
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use netlink::{Family, Link, Netlink, VxlanSpec};
 
 use crate::peers::{self, foreign_routes, own_route, Entries, Guarded, Op, Path, Peer, Reach};
 
@@ -210,9 +210,9 @@ pub async fn reach(nl: &Netlink, peers: &[Peer], dev: u32) -> Reach {
         .collect()
 }
 
-/// The gateway of a node subnet, by the IPAM's one rule (`node_ipam::config::gateway`).
+/// The gateway of a node subnet, by the IPAM's one rule (`ferry_node_ipam::config::gateway`).
 pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
-    match node_ipam::config::gateway(subnet.into()) {
+    match ferry_node_ipam::config::gateway(subnet.into()) {
         IpAddr::V4(g) => g,
         IpAddr::V6(_) => unreachable!("the first host of an IPv4 subnet is IPv4"),
     }
@@ -220,7 +220,7 @@ pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
 
 /// The IPv6 gateway of a node subnet, by the same rule as for IPv4.
 pub fn gateway_v6(subnet: Ipv6Network) -> Ipv6Addr {
-    match node_ipam::config::gateway(subnet.into()) {
+    match ferry_node_ipam::config::gateway(subnet.into()) {
         IpAddr::V6(g) => g,
         IpAddr::V4(_) => unreachable!("the first host of an IPv6 subnet is IPv6"),
     }

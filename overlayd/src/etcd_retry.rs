@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use registry::LeaseError;
+use ferry_registry::LeaseError;
 
 use crate::metrics::Metrics;
 use crate::status::Cause;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use ferry_registry::{LeaseError, Liveness, Registry};
 use nix::fcntl::{Flock, FlockArg};
-use registry::{LeaseError, Liveness, Registry};
 use sha2::{Digest, Sha256};
 
 use crate::etcd_retry::EtcdRetry;
@@ -135,10 +135,10 @@ pub struct NodeLock {
 /// Takes `<state_dir>/overlayd.lock`, waiting (and saying so, once in the log and all
 /// along in `/readyz`) while another process holds it.
 pub async fn lock(state_dir: &Path, status: &Status) -> Result<NodeLock> {
-    node_ipam::durable::ensure_private_dir(state_dir)
+    ferry_node_ipam::durable::ensure_private_dir(state_dir)
         .with_context(|| format!("state directory {}", state_dir.display()))?;
     let path = state_dir.join(LOCK_FILE);
-    let mut file = node_ipam::durable::open_lock_file(&path)
+    let mut file = ferry_node_ipam::durable::open_lock_file(&path)
         .with_context(|| format!("open the node's lock {}", path.display()))?;
     let mut said = false;
     loop {

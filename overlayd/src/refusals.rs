@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use registry::Refused;
+use ferry_registry::Refused;
 
 /// Refused records named one by one per window.
 pub const NAMED_PER_WINDOW: usize = 20;

@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
+use ferry_netlink::{BigTcp, Link, Netlink};
 use ipnetwork::{IpNetwork, Ipv6Network};
-use netlink::{BigTcp, Link, Netlink};
 
 #[derive(Debug, Clone)]
 pub struct Underlay {
@@ -114,7 +114,7 @@ pub async fn find(
         (None, None) => {
             // IPv4's default route first, else IPv6's.
             let mut oif = None;
-            for family in netlink::Family::ALL {
+            for family in ferry_netlink::Family::ALL {
                 oif = nl
                     .routes(family)
                     .await?

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use netlink::{Link, Netlink, TaggedRoute};
-use node_ipam::attachment::{is_ferry_link_name, TOMBSTONE_GROUP};
+use ferry_netlink::{Link, Netlink, TaggedRoute};
+use ferry_node_ipam::attachment::{is_ferry_link_name, TOMBSTONE_GROUP};
 
 use crate::iptables::Backend;
 use crate::node_filter::{self, Family};
@@ -53,8 +53,11 @@ fn nft_tables() -> [(&'static str, &'static str); 5] {
         (node_filter::FAMILY, node_filter::TABLE),
         legacy4,
         legacy6,
-        (netpol::TableFamily::Inet.name(), netpol::TABLE),
-        (netpol::TableFamily::Bridge.name(), netpol::TABLE),
+        (ferry_netpol::TableFamily::Inet.name(), ferry_netpol::TABLE),
+        (
+            ferry_netpol::TableFamily::Bridge.name(),
+            ferry_netpol::TABLE,
+        ),
     ]
 }
 
@@ -181,7 +184,9 @@ impl Node<'_> {
             .await
             .map(|ls| ls.into_iter().map(|l| (l.index, l.name)).collect())
             .unwrap_or_default();
-        let routes = nl.routes_of_protocol(netlink::ROUTE_PROTO_FERRY).await?;
+        let routes = nl
+            .routes_of_protocol(ferry_netlink::ROUTE_PROTO_FERRY)
+            .await?;
         Ok(routes
             .into_iter()
             .map(|route| {
@@ -382,7 +387,7 @@ mod tests {
 
     #[test]
     fn only_ferrys_links_are_ferrys() {
-        let pod = node_ipam::attachment::host_veth("c1", "eth0");
+        let pod = ferry_node_ipam::attachment::host_veth("c1", "eth0");
         for (l, what) in [
             (link("ferry.1", Some("vxlan"), 0), Some("VXLAN device")),
             (link("ferry.42", Some("vxlan"), 0), Some("VXLAN device")),
@@ -417,8 +422,8 @@ mod tests {
             let rel = p.trim_start_matches('/');
             FILES.iter().any(|f| Path::new(rel).starts_with(f))
         };
-        assert!(covered(node_ipam::node_state::DEFAULT_STATE_DIR));
-        assert!(covered(node_ipam::config::DEFAULT_DATA_DIR));
+        assert!(covered(ferry_node_ipam::node_state::DEFAULT_STATE_DIR));
+        assert!(covered(ferry_node_ipam::config::DEFAULT_DATA_DIR));
         // Never a whole CNI directory.
         for f in FILES {
             assert!(

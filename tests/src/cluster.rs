@@ -74,7 +74,7 @@ impl Switch {
 
     /// Gives every port of the switch the GSO and GRO sizes `big`: a network whose NICs
     /// have BIG TCP on.
-    pub fn set_big_tcp(&self, big: netlink::BigTcp) {
+    pub fn set_big_tcp(&self, big: ferry_netlink::BigTcp) {
         for port in self.ns.ports_of("sw0") {
             self.ns.set_big_tcp(&port, big);
         }
@@ -941,7 +941,7 @@ impl Cluster {
     /// What an operator does to turn BIG TCP on for the nodes' NICs: every node's `eth0`
     /// and the switch's ports (the network between them) get `big`, and each daemon
     /// restarts, since it reads the underlay's sizes when it starts.
-    pub fn turn_big_tcp_on(&mut self, big: netlink::BigTcp) {
+    pub fn turn_big_tcp_on(&mut self, big: ferry_netlink::BigTcp) {
         self.switch.set_big_tcp(big);
         for n in self.nodes.iter_mut() {
             n.host.set_big_tcp("eth0", big);

@@ -299,7 +299,7 @@ pub fn rps_cpus(host: &Netns, veth: &str) -> String {
 /// Whether the pod's `eth0` carries ferry's flow-hash program on its egress.
 pub fn hashes_by_flow(pod: &Netns) -> bool {
     pod.sh("tc filter show dev eth0 egress")
-        .contains(netlink::flow_hash::PROG_NAME)
+        .contains(ferry_netlink::flow_hash::PROG_NAME)
 }
 
 /// `ferry-ipam` run as a runtime runs an IPAM plugin: `CNI_*` variables and nothing else
@@ -404,7 +404,7 @@ pub fn in_host_mounted(host: &File, mounts: &HostMounts, plugin: &Path) -> Comma
 }
 
 /// The link group DEL retires host veths into until its reaper deletes them.
-pub use node_ipam::attachment::TOMBSTONE_GROUP;
+pub use ferry_node_ipam::attachment::TOMBSTONE_GROUP;
 
 /// Veths in `host` waiting for DEL's reaper: retired into its group, or renamed to
 /// `fz…` by an ADD that needed the name.
@@ -417,7 +417,7 @@ pub fn tombstones(host: &Netns) -> Vec<String> {
 }
 
 /// The abstract socket name DEL's reaper listens on.
-pub use node_ipam::attachment::REAPER_SOCKET;
+pub use ferry_node_ipam::attachment::REAPER_SOCKET;
 
 /// How a process holds the reaper's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,10 +5,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use ferry_netlink::bpf::{TC_ACT_OK, TC_ACT_SHOT};
+use ferry_netlink::SourceGuard;
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
-use netlink::bpf::{TC_ACT_OK, TC_ACT_SHOT};
-use netlink::SourceGuard;
 
 const POD_MAC: [u8; 6] = [0x0a, 0x58, 10, 1, 2, 3];
 const OTHER_MAC: [u8; 6] = [0x0a, 0x58, 10, 1, 2, 4];
@@ -30,11 +30,11 @@ const UDP: u8 = 17;
 const ICMPV6: u8 = 58;
 
 fn pod_link_local() -> Ipv6Addr {
-    netlink::link_local(POD_MAC)
+    ferry_netlink::link_local(POD_MAC)
 }
 
 fn other_link_local() -> Ipv6Addr {
-    netlink::link_local(OTHER_MAC)
+    ferry_netlink::link_local(OTHER_MAC)
 }
 
 /// An Ethernet frame to the bridge.
@@ -475,7 +475,7 @@ fn verdict_name(v: u32) -> &'static str {
 /// Loads a program with `load` in a namespace of its own and runs every case through it;
 /// fails naming each wrong verdict.
 fn assert_verdicts(
-    load: impl FnOnce() -> netlink::bpf::Loaded + Send + 'static,
+    load: impl FnOnce() -> ferry_netlink::bpf::Loaded + Send + 'static,
     cases: Vec<(&'static str, Vec<u8>, bool)>,
 ) {
     let ns = Netns::new("fyb");
@@ -484,7 +484,10 @@ fn assert_verdicts(
 }
 
 /// Runs every case through `prog` (loaded inside `ns`); the mismatches, described.
-fn mismatches(prog: &netlink::bpf::Loaded, cases: &[(&'static str, Vec<u8>, bool)]) -> Vec<String> {
+fn mismatches(
+    prog: &ferry_netlink::bpf::Loaded,
+    cases: &[(&'static str, Vec<u8>, bool)],
+) -> Vec<String> {
     cases
         .iter()
         .filter_map(|(what, frame, pass)| {
@@ -564,7 +567,7 @@ fn the_flow_hash_passes_every_frame() {
         .map(|(what, frame, _)| (what, frame, true))
         .collect();
     assert_verdicts(
-        move || netlink::flow_hash::load().expect("load the flow hash"),
+        move || ferry_netlink::flow_hash::load().expect("load the flow hash"),
         all_pass,
     );
 }

@@ -163,7 +163,7 @@ fn a_pods_only_ipv6_addresses_are_the_ones_ferry_gives() {
         .split(':')
         .map(|b| u8::from_str_radix(b, 16).unwrap())
         .collect();
-    let ll = netlink::link_local(mac.try_into().unwrap());
+    let ll = ferry_netlink::link_local(mac.try_into().unwrap());
     let want = vec![format!("fd00:64::2/64"), format!("{ll}/64")];
     let mut have = ipv6_addrs(&pod);
     have.sort();

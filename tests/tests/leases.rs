@@ -3,10 +3,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use ferry_registry::{Acquired, ClusterConfig, ConfigFlags, EtcdOptions, LeaseError, Registry};
 use ferry_tests::cluster::{Etcd, Switch};
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
-use registry::{Acquired, ClusterConfig, ConfigFlags, EtcdOptions, LeaseError, Registry};
 
 fn opts(endpoint: &str) -> EtcdOptions {
     EtcdOptions {
@@ -59,7 +59,7 @@ fn race(
     client: &Netns,
     ep: String,
     flags: ConfigFlags,
-) -> Vec<Result<registry::Acquired, LeaseError>> {
+) -> Vec<Result<ferry_registry::Acquired, LeaseError>> {
     ferry_tests::inside::block_on(client, move || async move {
         let tasks = (0..50).map(|i| {
             let ep = ep.clone();
@@ -88,7 +88,7 @@ fn race(
 
 /// Fifty nodes leasing at once, then all started again: each gets its own record back (on
 /// the lease it has). The first leases.
-fn race_twice(client: &Netns, ep: String, flags: ConfigFlags) -> Vec<registry::Acquired> {
+fn race_twice(client: &Netns, ep: String, flags: ConfigFlags) -> Vec<ferry_registry::Acquired> {
     let first: Vec<_> = race(client, ep.clone(), flags.clone())
         .into_iter()
         .map(|r| r.expect("acquire"))

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ferry_netlink::BigTcp;
 use ferry_tests::cluster::{run_overlayd, Cluster, ClusterBuilder, OUTSIDE_IP};
 use ferry_tests::cni::host_veth;
 use ferry_tests::needs_root;
@@ -10,7 +11,6 @@ use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server, wait_until};
 use ferry_tests::services::Service;
 use ferry_tests::traffic::iperf;
-use netlink::BigTcp;
 
 #[test]
 fn pods_reach_each_other_across_nodes_keeping_their_addresses() {
@@ -499,7 +499,7 @@ fn big_tcp_follows_the_underlay_when_asked() {
         ipv4: 185_000,
         ipv6: 185_000,
     };
-    let legacy = netlink::big_tcp::Sizes::default();
+    let legacy = ferry_netlink::big_tcp::Sizes::default();
 
     // Without --big-tcp, a NIC's BIG TCP changes nothing of ferry's.
     let mut plain = Cluster::builder().build();
@@ -581,7 +581,10 @@ fn big_tcp_follows_the_underlay_when_asked() {
             );
         } else {
             // Directly routed, they cross the underlay whole, larger than 64 KiB.
-            assert!(per_packet > u64::from(netlink::big_tcp::LEGACY), "{shown}");
+            assert!(
+                per_packet > u64::from(ferry_netlink::big_tcp::LEGACY),
+                "{shown}"
+            );
         }
         c.nodes[0].del_pod(&a);
         c.nodes[1].del_pod(&b);

@@ -691,12 +691,12 @@ fn node_with_rps(subnet: &str, setting: Value) -> Node {
 fn receive_steering_on_the_host_veth() {
     needs_root!();
     let online = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online CPUs");
-    let online = netlink::rps::parse_cpu_list(&online).expect("parse online CPUs");
+    let online = ferry_netlink::rps::parse_cpu_list(&online).expect("parse online CPUs");
     assert!(
         online.len() >= 2,
         "this test needs two CPUs (online: {online:?}): with one, ferry steers nothing"
     );
-    let all = netlink::rps::cpu_mask(&online);
+    let all = ferry_netlink::rps::cpu_mask(&online);
     let veth_of = ferry_tests::cni::host_veth;
 
     // The default, from `ip netns exec` (whose /sys is the host's): every online CPU.
@@ -837,7 +837,7 @@ fn node_states_big_tcp_sizes_the_pods_links() {
         )
         .unwrap()
     };
-    let big = netlink::BigTcp {
+    let big = ferry_netlink::BigTcp {
         ipv4: 185_000,
         ipv6: 150_000,
     };

@@ -3,9 +3,9 @@
 //! prefix, of either family. The daemon relies on it so that, whatever it believes, it
 //! cannot remove a route it did not make (docs/security.md, "etcd records").
 
+use ferry_netlink::{Netlink, Route, ROUTE_PROTO_FERRY};
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
-use netlink::{Netlink, Route, ROUTE_PROTO_FERRY};
 
 /// `route` as ferry would name it to delete it, on `d0` (index `oif`).
 fn named(dst: &str, prefix: u8, via: &str, oif: u32, protocol: u8) -> Route {

@@ -7,7 +7,7 @@ mod mutate;
 
 use std::collections::HashMap;
 
-use cni::{Env, NetConf};
+use ferry_cni::{Env, NetConf};
 use mutate::check_error;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -20,8 +20,8 @@ proptest! {
         match NetConf::parse(&bytes) {
             Err(e) => check_error(&e),
             Ok(conf) => {
-                assert!(!conf.name.is_empty() && conf.name.len() <= cni::conf::MAX_NETWORK_NAME);
-                assert!(cni::version::is_supported(&conf.cni_version));
+                assert!(!conf.name.is_empty() && conf.name.len() <= ferry_cni::conf::MAX_NETWORK_NAME);
+                assert!(ferry_cni::version::is_supported(&conf.cni_version));
                 if let Err(e) = conf.valid_attachments() {
                     check_error(&e);
                 }
@@ -49,11 +49,11 @@ proptest! {
             Ok(env) => {
                 if matches!(
                     env.command,
-                    cni::Command::Add | cni::Command::Del | cni::Command::Check
+                    ferry_cni::Command::Add | ferry_cni::Command::Del | ferry_cni::Command::Check
                 ) {
-                    assert!(cni::env::validate_container_id(&env.container_id).is_ok());
-                    assert!(env.container_id.len() <= cni::env::MAX_CONTAINER_ID);
-                    assert!(cni::env::validate_ifname(&env.ifname).is_ok());
+                    assert!(ferry_cni::env::validate_container_id(&env.container_id).is_ok());
+                    assert!(env.container_id.len() <= ferry_cni::env::MAX_CONTAINER_ID);
+                    assert!(ferry_cni::env::validate_ifname(&env.ifname).is_ok());
                 }
             }
         }

@@ -16,7 +16,7 @@ use rtnetlink::RouteMessageBuilder;
 use crate::error::{Context, Error, Result};
 use crate::handle::Netlink;
 
-pub use family::Family;
+pub use ferry_family::Family;
 
 /// The kernel's name of a family, where a request is for one family.
 pub(crate) fn address_family(family: Family) -> AddressFamily {

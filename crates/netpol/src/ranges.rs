@@ -9,8 +9,8 @@ use ipnetwork::IpNetwork;
 use crate::model::Protocol;
 
 /// An address family: every set and rule of the table exists once per family.
-pub use family::Family;
-pub use family::{from_int, to_int};
+pub use ferry_family::Family;
+pub use ferry_family::{from_int, to_int};
 
 /// An inclusive address interval of one family, as integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -39,7 +39,7 @@ impl AddrRange {
     }
 
     pub fn of_net(net: IpNetwork) -> AddrRange {
-        let (lo, hi) = family::bounds(net);
+        let (lo, hi) = ferry_family::bounds(net);
         AddrRange {
             family: Family::of_net(net),
             lo,

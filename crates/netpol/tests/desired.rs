@@ -8,10 +8,10 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use netpol::desired::{Chain, ChainRef, Element, SetKind, MAX_NAME_LEN};
-use netpol::model::Protocol::{Tcp, Udp};
-use netpol::model::{Direction, PodKey};
-use netpol::{plan, Cluster, LocalPods, Ruleset, Script};
+use ferry_netpol::desired::{Chain, ChainRef, Element, SetKind, MAX_NAME_LEN};
+use ferry_netpol::model::Protocol::{Tcp, Udp};
+use ferry_netpol::model::{Direction, PodKey};
+use ferry_netpol::{plan, Cluster, LocalPods, Ruleset, Script};
 use serde_json::json;
 use support::{labels, policy, world};
 
@@ -382,7 +382,7 @@ fn elements_render_as_nft_writes_them() {
             "0.0.0.0/0 . tcp . 0-65535",
         ),
     ];
-    let dev = netpol::Ifname::new("fy0123456789abc").unwrap();
+    let dev = ferry_netpol::Ifname::new("fy0123456789abc").unwrap();
     let bridge = [
         (Element::Dev(dev), "\"fy0123456789abc\""),
         (
@@ -419,10 +419,10 @@ fn elements_render_as_nft_writes_them() {
     );
     // What no interface name can be, and nft's quotes could not hold.
     for bad in ["", "fy0123456789abcd", "a\"b", "a b", "a/b", "a\\b", "é"] {
-        assert!(netpol::Ifname::new(bad).is_none(), "{bad:?}");
+        assert!(ferry_netpol::Ifname::new(bad).is_none(), "{bad:?}");
     }
     assert_eq!(
-        SetKind::Ports(netpol::ranges::Family::V6).render(),
+        SetKind::Ports(ferry_netpol::ranges::Family::V6).render(),
         "type ipv6_addr . inet_proto . inet_service; flags interval;"
     );
 }

@@ -3,10 +3,10 @@
 
 mod support;
 
-use netpol::eval::Endpoint;
-use netpol::model::Protocol::{Sctp, Tcp, Udp};
-use netpol::model::{Direction, Pod};
-use netpol::{verdict, verdict_at, Peer};
+use ferry_netpol::eval::Endpoint;
+use ferry_netpol::model::Protocol::{Sctp, Tcp, Udp};
+use ferry_netpol::model::{Direction, Pod};
+use ferry_netpol::{verdict, verdict_at, Peer};
 use serde_json::json;
 use support::{check_probe, labels, pod, policy, world};
 
@@ -71,7 +71,7 @@ fn named_ports_resolve_against_the_destination_with_their_protocol() {
             .iter_mut()
             .find(|p| p.namespace == "x" && p.name == name)
             .unwrap();
-        p.ports.push(netpol::ContainerPort {
+        p.ports.push(ferry_netpol::ContainerPort {
             name: Some("web".into()),
             port,
             protocol: Tcp,

@@ -4,7 +4,7 @@
 
 mod support;
 
-use netpol::model::Protocol::{self, Tcp};
+use ferry_netpol::model::Protocol::{self, Tcp};
 use serde_json::json;
 use support::{check_probe, policy, world};
 

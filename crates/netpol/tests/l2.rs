@@ -8,9 +8,9 @@ mod support;
 
 use std::net::IpAddr;
 
-use netpol::eval::{is_group, verdict_at, Endpoint};
-use netpol::model::Protocol::{self, Tcp, Udp};
-use netpol::{Cluster, Ruleset};
+use ferry_netpol::eval::{is_group, verdict_at, Endpoint};
+use ferry_netpol::model::Protocol::{self, Tcp, Udp};
+use ferry_netpol::{Cluster, Ruleset};
 use serde_json::json;
 use support::{link_local_of, local_on, policy, port_of, seen_from, walk, world, Packet, NODES};
 

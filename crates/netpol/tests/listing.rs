@@ -1,7 +1,7 @@
 //! Reading `nft -j` listings: only what this crate makes is understood, anything else is
 //! an error (the caller then replaces the table), never a guess.
 
-use netpol::{Ruleset, Table, TableFamily};
+use ferry_netpol::{Ruleset, Table, TableFamily};
 use serde_json::json;
 
 const META: &str = r#"{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}"#;
@@ -9,14 +9,14 @@ const META: &str = r#"{"metainfo": {"version": "1.0.6", "json_schema_version": 1
 fn parse_in(
     family: TableFamily,
     items: serde_json::Value,
-) -> Result<Table, netpol::listing::ListingError> {
+) -> Result<Table, ferry_netpol::listing::ListingError> {
     let mut all = vec![serde_json::from_str::<serde_json::Value>(META).unwrap()];
     all.push(json!({"table": {"family": family.name(), "name": "ferry_policy", "handle": 1}}));
     all.extend(items.as_array().unwrap().iter().cloned());
     Table::parse_json(&json!({ "nftables": all }).to_string(), family)
 }
 
-fn parse(items: serde_json::Value) -> Result<Table, netpol::listing::ListingError> {
+fn parse(items: serde_json::Value) -> Result<Table, ferry_netpol::listing::ListingError> {
     parse_in(TableFamily::Inet, items)
 }
 

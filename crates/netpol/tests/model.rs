@@ -1,12 +1,12 @@
 //! Conversions from the Kubernetes objects: the API's defaulting, and validation that
 //! names the policy and the field, keeps the other policies, and fails closed.
 
-use k8s_openapi::api::core::v1::{Namespace, Pod as K8sPod};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use netpol::model::{
+use ferry_netpol::model::{
     namespace_from_k8s, Operator, PolicyPeer, PortSel, Protocol, NAMESPACE_NAME_LABEL,
 };
-use netpol::{Cluster, Pod, Policy};
+use ferry_netpol::{Cluster, Pod, Policy};
+use k8s_openapi::api::core::v1::{Namespace, Pod as K8sPod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
 
 fn np(name: &str, spec: Value) -> NetworkPolicy {
@@ -14,7 +14,7 @@ fn np(name: &str, spec: Value) -> NetworkPolicy {
         .unwrap()
 }
 
-fn convert(spec: Value) -> (Option<Policy>, Vec<netpol::ModelError>) {
+fn convert(spec: Value) -> (Option<Policy>, Vec<ferry_netpol::ModelError>) {
     Policy::from_k8s(&np("p", spec))
 }
 
@@ -204,7 +204,7 @@ fn a_broken_pod_selector_or_policy_type_isolates_the_namespace_and_keeps_the_oth
     assert_eq!(names, ["bad-sel", "good", "bad-type"]);
     // Every pod of the namespace, nothing allowed (the allow-all rules left out): for
     // ingress as written, for both directions when the types cannot be read.
-    let everyone = netpol::model::Selector::default();
+    let everyone = ferry_netpol::model::Selector::default();
     assert_eq!(c.policies[0].pod_selector, everyone);
     assert_eq!(c.policies[0].ingress, Some(vec![]));
     assert_eq!(c.policies[0].egress, None);

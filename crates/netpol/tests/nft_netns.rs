@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use ferry_netpol::model::Protocol::{Sctp, Tcp, Udp};
+use ferry_netpol::{plan, Ifname, LocalPods, Ruleset, Script, TableFamily};
 use ferry_testns::needs_root;
 use ferry_testns::netns::Netns;
-use netpol::model::Protocol::{Sctp, Tcp, Udp};
-use netpol::{plan, Ifname, LocalPods, Ruleset, Script, TableFamily};
 use serde_json::json;
 use support::{labels, local_on, policy, world};
 
@@ -133,7 +133,7 @@ fn plan_then_compare(
     normalised(&after_plan)
 }
 
-fn cluster_v1() -> netpol::Cluster {
+fn cluster_v1() -> ferry_netpol::Cluster {
     let mut c = world(
         &["x/a", "x/b", "x/c", "y/a", "y/b", "z/a"],
         &[80, 81],
@@ -301,10 +301,12 @@ fn full_load_then_plan_reach_the_desired_table() {
     // elements replaced by overlapping ones inside one transaction.
     let mut c3 = c2.clone();
     if let Some(rules) = c3.policies[0].ingress.as_mut() {
-        rules[1].peers.push(netpol::model::PolicyPeer::IpBlock {
-            cidr: "10.2.0.0/24".parse().unwrap(),
-            except: vec![],
-        });
+        rules[1]
+            .peers
+            .push(ferry_netpol::model::PolicyPeer::IpBlock {
+                cidr: "10.2.0.0/24".parse().unwrap(),
+                except: vec![],
+            });
     }
     let d3 = Ruleset::compute(&c3, &local_on(&c3, "n0"));
     let grown = plan_then_compare(&ns, &d2, &d3);
@@ -345,7 +347,7 @@ while True:
 
 /// Server x/a and client y/b on node n0 at the given addresses; x/a takes TCP 80 (by its
 /// port name) from y/b only, y/b may send to TCP 80-81 only.
-fn two_pods_on_n0(a: [&str; 2], b: [&str; 2]) -> netpol::Cluster {
+fn two_pods_on_n0(a: [&str; 2], b: [&str; 2]) -> ferry_netpol::Cluster {
     let mut c = world(&["x/a", "y/b"], &[80], &[Tcp]);
     for (p, ips) in c.pods.iter_mut().zip([a, b]) {
         p.ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
@@ -373,9 +375,9 @@ fn two_pods_on_n0(a: [&str; 2], b: [&str; 2]) -> netpol::Cluster {
 #[test]
 fn forwarded_connections_get_the_policy_verdict() {
     needs_root!();
+    use ferry_netpol::DENY_LOG_GROUP;
     use ferry_testns::netns::link;
     use ferry_testns::proc::{connect, echo_peer_server_on, wait_until, Bg};
-    use netpol::DENY_LOG_GROUP;
     use std::time::Duration;
 
     let node = Netns::new("npnd");

@@ -1,14 +1,14 @@
 //! How long computing and planning take for a large cluster. Ignored by default (it only
 //! measures); run with
-//! `cargo test -p netpol --release --test scale -- --ignored --nocapture`.
+//! `cargo test -p ferry-netpol --release --test scale -- --ignored --nocapture`.
 
 use std::net::IpAddr;
 use std::time::Instant;
 
-use netpol::model::{
+use ferry_netpol::model::{
     Labels, Pod, Policy, PolicyPeer, PolicyPort, PolicyRule, PortSel, Protocol, Selector,
 };
-use netpol::{plan, Cluster, LocalPods, Ruleset};
+use ferry_netpol::{plan, Cluster, LocalPods, Ruleset};
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
     pairs
@@ -71,7 +71,7 @@ fn cluster(pods: usize, policies: usize) -> Cluster {
 /// Measures, for 1 000 to 10 000 pods and 100 to 1 000 policies, how long computing one
 /// node's ruleset and planning the change of one relabelled pod take, and how large the
 /// full script is; asserts nothing (a benchmark). Run with
-/// `cargo test -p netpol --release --test scale -- --ignored --nocapture`.
+/// `cargo test -p ferry-netpol --release --test scale -- --ignored --nocapture`.
 #[test]
 #[ignore = "a benchmark: run with --ignored --nocapture"]
 fn compute_and_plan_at_scale() {

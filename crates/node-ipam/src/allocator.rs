@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use crate::config::Pool;
-use family::{from_int, to_int, Family};
+use ferry_family::{from_int, to_int, Family};
 
 /// The first free address after `last` (or from the start of the pool), wrapping once
 /// round; never the gateway. `used` is how many addresses `is_used` can say yes to.

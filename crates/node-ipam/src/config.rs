@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use cni::Route;
+use ferry_cni::Route;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Deserialize;
 
@@ -71,7 +71,7 @@ pub struct Pools {
     pub routes: Vec<Route>,
 }
 
-use family::{from_int, to_int, Family};
+use ferry_family::{from_int, to_int, Family};
 
 fn parse_ip(key: &str, s: &str) -> Result<IpAddr, IpamError> {
     s.parse()
@@ -114,14 +114,14 @@ pub fn parse_network(key: &str, s: &str) -> Result<IpNetwork, IpamError> {
 /// The plugin, the IPAM and the daemon all take it from here, so that the bridge's
 /// address, the pods' default route and the node state agree.
 pub fn gateway(net: IpNetwork) -> IpAddr {
-    let (first, _) = family::bounds(net);
+    let (first, _) = ferry_family::bounds(net);
     from_int(Family::of_net(net), first + 1)
 }
 
 /// The first and last host addresses of `net`: not the network address, and for IPv4
 /// not the broadcast (IPv6 has none).
 pub fn host_bounds(net: IpNetwork) -> (IpAddr, IpAddr) {
-    let (_, last) = family::bounds(net);
+    let (_, last) = ferry_family::bounds(net);
     // IPv4's last address is the broadcast; IPv6 has none.
     let last = if net.is_ipv4() { last - 1 } else { last };
     (gateway(net), from_int(Family::of_net(net), last))

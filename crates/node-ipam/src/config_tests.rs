@@ -38,7 +38,7 @@ fn rejects_bad_subnets_and_ranges() {
         "fd00::1/64",
     ] {
         let e = resolve(&conf(bad)).unwrap_err();
-        assert_eq!(e.code(), cni::Code::InvalidConfig, "{bad}");
+        assert_eq!(e.code(), ferry_cni::Code::InvalidConfig, "{bad}");
     }
     let mut c = conf("10.1.2.0/24");
     c.range_start = Some("10.1.3.1".into());
@@ -54,7 +54,7 @@ fn rejects_bad_subnets_and_ranges() {
 #[test]
 fn missing_node_state_is_try_again() {
     let e = resolve(&IpamConf::default()).unwrap_err();
-    assert_eq!(e.code(), cni::Code::TryAgainLater);
+    assert_eq!(e.code(), ferry_cni::Code::TryAgainLater);
     assert!(e.to_string().contains("ferry-overlayd"));
 }
 
@@ -108,7 +108,7 @@ fn hostile_ranges_are_invalid_config() {
         r#"{"subnet": "10.0.0.0/24", "routes": [{"dst": "::/0"}]}"#,
     ] {
         let e = ranges(bad).unwrap_err();
-        assert_eq!(e.code(), cni::Code::InvalidConfig, "{bad}: {e}");
+        assert_eq!(e.code(), ferry_cni::Code::InvalidConfig, "{bad}: {e}");
     }
 }
 

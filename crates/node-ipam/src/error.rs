@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use cni::Code;
+use ferry_cni::Code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -55,8 +55,8 @@ impl IpamError {
     }
 }
 
-impl From<IpamError> for cni::Error {
+impl From<IpamError> for ferry_cni::Error {
     fn from(e: IpamError) -> Self {
-        cni::Error::new(e.code(), e.to_string())
+        ferry_cni::Error::new(e.code(), e.to_string())
     }
 }

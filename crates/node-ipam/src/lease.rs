@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use cni::{CniResult, Code, Dns, Error, IpConfig, Route};
+use ferry_cni::{CniResult, Code, Dns, Error, IpConfig, Route};
 use ipnetwork::IpNetwork;
 
 use crate::config::Pools;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cni::{CniResult, NetConf};
+use ferry_cni::{CniResult, NetConf};
 
 use crate::allocator;
 use crate::config::{IpamConf, Pool, Pools};
@@ -26,7 +26,7 @@ pub struct Config {
 
 impl Config {
     /// The `ipam` section with a `stateDir` the caller has already read.
-    pub fn with_state_dir(conf: &NetConf, state_dir: PathBuf) -> Result<Self, cni::Error> {
+    pub fn with_state_dir(conf: &NetConf, state_dir: PathBuf) -> Result<Self, ferry_cni::Error> {
         let ipam: IpamConf = conf.parse_key("ipam")?;
         // A relative directory would be resolved against whatever directory the runtime
         // happened to start the plugin in: a different store on each call.
@@ -42,7 +42,7 @@ impl Config {
         Ok(Config { ipam, state_dir })
     }
 
-    pub fn from_netconf(conf: &NetConf) -> Result<Self, cni::Error> {
+    pub fn from_netconf(conf: &NetConf) -> Result<Self, ferry_cni::Error> {
         #[derive(serde::Deserialize, Default)]
         #[serde(rename_all = "camelCase")]
         struct Top {
@@ -76,12 +76,12 @@ pub struct Attachment<'a> {
     pub container_id: &'a str,
     pub ifname: &'a str,
     pub netns: Option<&'a Path>,
-    pub pod: Option<&'a cni::K8sPod>,
+    pub pod: Option<&'a ferry_cni::K8sPod>,
 }
 
 impl<'a> Attachment<'a> {
     /// The attachment a runtime's call is about.
-    pub fn of(conf: &'a NetConf, env: &'a cni::Env) -> Self {
+    pub fn of(conf: &'a NetConf, env: &'a ferry_cni::Env) -> Self {
         Attachment {
             network: &conf.name,
             container_id: &env.container_id,
@@ -280,7 +280,7 @@ mod tests {
         let (a, _) = allocate(&c, att("c1")).unwrap();
         assert_eq!(a, [ip("10.9.0.2")]);
         let e = allocate(&c, att("c1")).unwrap_err();
-        assert_eq!(e.code(), cni::Code::AlreadyAllocated);
+        assert_eq!(e.code(), ferry_cni::Code::AlreadyAllocated);
         assert_eq!(release(&c, "c1", "eth0").unwrap(), a);
         assert!(release(&c, "c1", "eth0").unwrap().is_empty());
         // Round-robin: the freed .2 is not handed out next.
@@ -294,9 +294,12 @@ mod tests {
         for i in 0..5 {
             allocate(&c, att(&format!("c{i}"))).unwrap();
         }
-        assert_eq!(status(&c).unwrap_err().code(), cni::Code::PoolExhausted);
+        assert_eq!(
+            status(&c).unwrap_err().code(),
+            ferry_cni::Code::PoolExhausted
+        );
         let e = allocate(&c, att("c9")).unwrap_err();
-        assert_eq!(e.code(), cni::Code::PoolExhausted);
+        assert_eq!(e.code(), ferry_cni::Code::PoolExhausted);
     }
 
     #[test]
@@ -352,7 +355,7 @@ mod tests {
         // The IPv6 range is full: the IPv4 address is not taken either.
         let before = c.store().snapshot().unwrap();
         let e = allocate(&c, att("c3")).unwrap_err();
-        assert_eq!(e.code(), cni::Code::PoolExhausted);
+        assert_eq!(e.code(), ferry_cni::Code::PoolExhausted);
         assert_eq!(c.store().snapshot().unwrap(), before);
         assert!(status(&c).is_err());
         assert_eq!(release(&c, "c1", "eth0").unwrap(), a);

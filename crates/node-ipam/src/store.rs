@@ -46,7 +46,7 @@ pub struct Allocation {
     pub netns: Option<String>,
     /// The Kubernetes pod the runtime named in `CNI_ARGS`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<cni::K8sPod>,
+    pub pod: Option<ferry_cni::K8sPod>,
     /// Unix seconds of the ADD.
     pub since: u64,
 }

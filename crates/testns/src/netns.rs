@@ -54,7 +54,7 @@ impl Netns {
 
     /// The GSO and GRO sizes of link `dev` here, IPv4's included (which this machine's
     /// `ip` does not print), read over netlink.
-    pub fn link_sizes(&self, dev: &str) -> netlink::big_tcp::Sizes {
+    pub fn link_sizes(&self, dev: &str) -> ferry_netlink::big_tcp::Sizes {
         self.with_netlink(|nl| async move {
             let l = nl.get_link(dev).await.expect("get link");
             l.unwrap_or_else(|| panic!("no link {dev} in {}", self.name))
@@ -64,7 +64,7 @@ impl Netns {
 
     /// Gives link `dev` here the GSO and GRO sizes `big`, as an operator turns BIG TCP on
     /// for a NIC.
-    pub fn set_big_tcp(&self, dev: &str, big: netlink::BigTcp) {
+    pub fn set_big_tcp(&self, dev: &str, big: ferry_netlink::BigTcp) {
         self.with_netlink(|nl| async move {
             let l = nl.get_link(dev).await.expect("get link");
             let l = l.unwrap_or_else(|| panic!("no link {dev} in {}", self.name));
@@ -77,7 +77,7 @@ impl Netns {
     fn with_netlink<T, F, Fut>(&self, f: F) -> T
     where
         T: Send,
-        F: FnOnce(netlink::Netlink) -> Fut + Send,
+        F: FnOnce(ferry_netlink::Netlink) -> Fut + Send,
         Fut: std::future::Future<Output = T>,
     {
         let file = std::fs::File::open(self.path()).expect("open the netns");
@@ -88,7 +88,9 @@ impl Netns {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                rt.block_on(async move { f(netlink::Netlink::open().expect("netlink")).await })
+                rt.block_on(
+                    async move { f(ferry_netlink::Netlink::open().expect("netlink")).await },
+                )
             })
             .join()
             .expect("netlink thread")

@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use ferry_node_ipam::attachment;
+use ferry_node_ipam::config::parse_network;
+use ferry_node_ipam::node_state;
 use ipnetwork::IpNetwork;
-use node_ipam::attachment;
-use node_ipam::config::parse_network;
-use node_ipam::node_state;
 use serde::{Deserialize, Serialize};
 
 use super::etcd::{block_on, EtcdArgs};

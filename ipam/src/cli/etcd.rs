@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-pub use registry::EtcdArgs;
+pub use ferry_registry::EtcdArgs;
 
 /// A runtime for one command's etcd requests.
 pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use policy_notice::Notice;
+use ferry_policy_notice::Notice;
 
 use super::Output;
 
@@ -26,7 +26,7 @@ pub struct Args {
     #[arg(long, default_value = "TCP")]
     protocol: String,
     /// ferry-overlayd's state directory, where its policy socket is.
-    #[arg(long, value_name = "DIR", default_value = node_ipam::node_state::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", default_value = ferry_node_ipam::node_state::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
@@ -34,8 +34,8 @@ pub struct Args {
 
 /// Exit 0 when the connection is allowed, 1 when denied.
 pub fn run(a: Args) -> Result<i32> {
-    let socket = a.state_dir.join(policy_notice::SOCKET_NAME);
-    let asked = policy_notice::ask(
+    let socket = a.state_dir.join(ferry_policy_notice::SOCKET_NAME);
+    let asked = ferry_policy_notice::ask(
         &socket,
         &Notice::Explain {
             from: a.from.clone(),
@@ -48,7 +48,7 @@ pub fn run(a: Args) -> Result<i32> {
     let reply = match asked {
         // No daemon there: most often one that runs with another --state-dir, which
         // nothing here can find out (its flags are its own), so say how to point at it.
-        Err(policy_notice::NoticeError::Connect { source, .. }) => anyhow::bail!(
+        Err(ferry_policy_notice::NoticeError::Connect { source, .. }) => anyhow::bail!(
             "explain {} -> {} port {}/{}: nothing answers on {} ({source}). explain asks \
              the ferry-overlayd whose state directory is {} (--state-dir; the default, as \
              ferry-overlayd's, is {}). A daemon started with --state-dir DIR or \
@@ -60,7 +60,7 @@ pub fn run(a: Args) -> Result<i32> {
             a.protocol,
             socket.display(),
             a.state_dir.display(),
-            node_ipam::node_state::DEFAULT_STATE_DIR,
+            ferry_node_ipam::node_state::DEFAULT_STATE_DIR,
         ),
         other => other.with_context(|| {
             format!(

@@ -74,11 +74,11 @@ pub fn run(args: Args) -> Result<i32> {
     // Read before etcd is asked anything: a bad directory is named at once.
     let local = match &args.state_dir {
         Some(dir) => Some(Local {
-            me: node_ipam::node_state::read(dir)?.map(|s| s.node_name),
-            paths: node_ipam::peer_paths::read(dir)?.with_context(|| {
+            me: ferry_node_ipam::node_state::read(dir)?.map(|s| s.node_name),
+            paths: ferry_node_ipam::peer_paths::read(dir)?.with_context(|| {
                 format!(
                     "{} is not there: is ferry-overlayd (with this --state-dir) running?",
-                    node_ipam::peer_paths::path(dir).display()
+                    ferry_node_ipam::peer_paths::path(dir).display()
                 )
             })?,
         }),
@@ -145,7 +145,7 @@ pub fn run(args: Args) -> Result<i32> {
 /// What one node's state directory says about its paths.
 struct Local {
     me: Option<String>,
-    paths: node_ipam::peer_paths::PeerPaths,
+    paths: ferry_node_ipam::peer_paths::PeerPaths,
 }
 
 impl Local {

@@ -58,21 +58,21 @@ enum Cmd {
 #[derive(clap::Args)]
 pub struct DataDir {
     /// The allocation store (the `dataDir` key of the network config).
-    #[arg(long, value_name = "DIR", default_value = node_ipam::config::DEFAULT_DATA_DIR)]
+    #[arg(long, value_name = "DIR", default_value = ferry_node_ipam::config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 }
 
 impl DataDir {
     /// The store, refusing a directory that does not exist (a typo should not look like an
     /// empty node).
-    pub fn store(&self) -> anyhow::Result<node_ipam::Store> {
+    pub fn store(&self) -> anyhow::Result<ferry_node_ipam::Store> {
         if !self.data_dir.is_dir() {
             anyhow::bail!(
                 "data dir {} does not exist (pass --data-dir with the network config's dataDir)",
                 self.data_dir.display()
             );
         }
-        Ok(node_ipam::Store::new(&self.data_dir))
+        Ok(ferry_node_ipam::Store::new(&self.data_dir))
     }
 }
 

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use node_ipam::attachment;
+use ferry_node_ipam::attachment;
 use serde::Serialize;
 
 use super::check::{Report, LEAKED};
@@ -95,7 +95,7 @@ pub fn run(args: Args) -> Result<i32> {
                 })
                 .collect();
             if !refused.is_empty() {
-                return Err(node_ipam::IpamError::Config(format!(
+                return Err(ferry_node_ipam::IpamError::Config(format!(
                     "refusing to free addresses still in use (nothing was freed; pass --force to free them anyway): {}",
                     refused.join("; ")
                 )));
@@ -110,7 +110,7 @@ pub fn run(args: Args) -> Result<i32> {
     });
     let freed = match freed {
         Ok(f) => f,
-        Err(node_ipam::IpamError::Config(msg)) => bail!(msg),
+        Err(ferry_node_ipam::IpamError::Config(msg)) => bail!(msg),
         Err(e) => return Err(e.into()),
     };
     if freed.is_empty() && from_report.is_none() {

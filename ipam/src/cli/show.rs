@@ -2,10 +2,10 @@ use std::net::IpAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
-use family::to_int;
+use ferry_family::to_int;
+use ferry_node_ipam::config::{host_bounds, parse_network, show_capacity};
+use ferry_node_ipam::node_state;
 use ipnetwork::IpNetwork;
-use node_ipam::config::{host_bounds, parse_network, show_capacity};
-use node_ipam::node_state;
 use serde::Serialize;
 
 use super::table::Table;
@@ -35,7 +35,7 @@ struct Row {
     network: String,
     netns: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pod: Option<cni::K8sPod>,
+    pod: Option<ferry_cni::K8sPod>,
     since: String,
 }
 
@@ -69,7 +69,7 @@ struct Report {
 type Bounds = (IpNetwork, IpAddr, IpAddr, IpAddr);
 
 /// The pools to describe: the flag, the node state, the store's own record, in that order.
-fn pools(args: &Args, data: &node_ipam::StoreData) -> anyhow::Result<Vec<Bounds>> {
+fn pools(args: &Args, data: &ferry_node_ipam::StoreData) -> anyhow::Result<Vec<Bounds>> {
     let bounds = |net: IpNetwork, gw: Option<IpAddr>| {
         let (first, last) = host_bounds(net);
         (net, gw.unwrap_or(first), first, last)

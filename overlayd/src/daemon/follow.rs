@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use registry::{Registry, WatchResponse, WatchStream};
+use ferry_registry::{Registry, WatchResponse, WatchStream};
 
 use super::view::log_refusal;
 use super::Node;

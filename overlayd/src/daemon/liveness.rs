@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry::{LeaseError, LeaseRecord, Liveness, Registry, Usage};
+use ferry_registry::{LeaseError, LeaseRecord, Liveness, Registry, Usage};
 use tokio::sync::oneshot;
 
 use crate::identity::ALIVE_TTL;
@@ -43,7 +43,7 @@ pub(super) struct Identity {
 
 /// Where the node's address usage comes from: the IPAM store's snapshot (no lock taken).
 pub(super) struct UsageSource {
-    pub(super) store: node_ipam::Store,
+    pub(super) store: ferry_node_ipam::Store,
     pub(super) capacity: u32,
 }
 
@@ -108,7 +108,7 @@ pub(super) async fn keep_alive(
         if refreshed.is_err() {
             published = None;
             match reg.set_alive(&node, &me.liveness, ALIVE_TTL, false).await {
-                Ok(registry::Claimed { lease: id, .. }) => {
+                Ok(ferry_registry::Claimed { lease: id, .. }) => {
                     alive = Some(id);
                     alive_lease.store(id, Relaxed);
                 }

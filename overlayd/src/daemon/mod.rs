@@ -13,10 +13,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use ferry_netlink::{Link, Netlink, VxlanSpec};
+use ferry_node_ipam::NodeState;
+use ferry_registry::{ClusterConfig, LeaseRecord, Refused};
 use ipnetwork::IpNetwork;
-use netlink::{Link, Netlink, VxlanSpec};
-use node_ipam::NodeState;
-use registry::{ClusterConfig, LeaseRecord, Refused};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
@@ -49,7 +49,7 @@ struct Node {
     /// The peers reached on-link (DirectRouting), as last asked of the kernel.
     reach: Reach,
     /// The path to each peer as last written to peers.json.
-    paths: Option<node_ipam::peer_paths::PeerPaths>,
+    paths: Option<ferry_node_ipam::peer_paths::PeerPaths>,
     /// Records refused at the last listing (each told once, when first refused).
     refused: BTreeSet<Refused>,
     /// How the refused records are told: named up to a bound, then summed up.
@@ -108,7 +108,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             lock: _lock,
         } = startup::start(&args, name, &metrics, &reg_slot, &alive_lease).await?;
         let usage = UsageSource {
-            store: node_ipam::Store::new(&args.ipam_data_dir),
+            store: ferry_node_ipam::Store::new(&args.ipam_data_dir),
             capacity: capacity(&node.me),
         };
         tokio::spawn(keep_alive(
@@ -162,7 +162,7 @@ impl Node {
     }
 
     /// The pods' BIG TCP sizes: the underlay's, when `--big-tcp` asks for them.
-    pub(super) fn big_tcp(&self) -> Option<netlink::BigTcp> {
+    pub(super) fn big_tcp(&self) -> Option<ferry_netlink::BigTcp> {
         self.args.big_tcp.then(|| self.underlay.big_tcp()).flatten()
     }
 
@@ -178,21 +178,21 @@ impl Node {
             gateway_v6: self.me.subnet_v6.map(datapath::gateway_v6),
             mtu: self.underlay.pod_mtu(),
             network_policy: self.args.network_policy,
-            big_tcp: self.big_tcp().map(|b| node_ipam::node_state::BigTcp {
+            big_tcp: self.big_tcp().map(|b| ferry_node_ipam::node_state::BigTcp {
                 ipv4: b.ipv4,
                 ipv6: b.ipv6,
             }),
         };
-        if node_ipam::node_state::read(&self.args.state_dir)
+        if ferry_node_ipam::node_state::read(&self.args.state_dir)
             .ok()
             .flatten()
             .as_ref()
             != Some(&st)
         {
-            node_ipam::node_state::write(&self.args.state_dir, &st).with_context(|| {
+            ferry_node_ipam::node_state::write(&self.args.state_dir, &st).with_context(|| {
                 format!(
                     "write {}",
-                    node_ipam::node_state::path(&self.args.state_dir).display()
+                    ferry_node_ipam::node_state::path(&self.args.state_dir).display()
                 )
             })?;
         }

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use anyhow::Result;
+use ferry_registry::ClusterConfig;
 use ipnetwork::IpNetwork;
-use registry::ClusterConfig;
 
 use super::Node;
 use crate::args::Args;
@@ -134,7 +134,12 @@ impl Node {
             let gw = datapath::gateway(s);
             bridge = Some(
                 self.nl
-                    .ensure_bridge(&self.args.bridge, netlink::bridge_mac(gw), gw, s.prefix())
+                    .ensure_bridge(
+                        &self.args.bridge,
+                        ferry_netlink::bridge_mac(gw),
+                        gw,
+                        s.prefix(),
+                    )
                     .await?,
             );
         }
@@ -144,7 +149,7 @@ impl Node {
                 let gw = IpAddr::V6(datapath::gateway_v6(s6));
                 bridge = Some(
                     self.nl
-                        .ensure_bridge_link(&self.args.bridge, netlink::bridge_mac_of(gw))
+                        .ensure_bridge_link(&self.args.bridge, ferry_netlink::bridge_mac_of(gw))
                         .await?,
                 );
             }
@@ -212,8 +217,8 @@ impl Node {
     /// device, or a hand change, comes back with it on).
     fn checksum_offload_off(&self) -> Result<()> {
         let name = &self.vx.name;
-        if netlink::ethtool::tx_checksum(name)? {
-            netlink::ethtool::set_tx_checksum(name, false)?;
+        if ferry_netlink::ethtool::tx_checksum(name)? {
+            ferry_netlink::ethtool::set_tx_checksum(name, false)?;
             tracing::info!(device = %name, "transmit checksum offload turned off (--vxlan-checksum-offload=false)");
         }
         Ok(())
@@ -237,7 +242,7 @@ impl Node {
     /// Writes peers.json (the path to each peer, for `ferry-ipam leases --state-dir`) when
     /// it changed, logging each peer whose path changed.
     pub(super) fn write_paths(&mut self, programmed: &Entries) {
-        use node_ipam::peer_paths::{self, PathKind, PeerPath, PeerPaths};
+        use ferry_node_ipam::peer_paths::{self, PathKind, PeerPath, PeerPaths};
         let peers: Vec<Peer> = self.view.peers.values().copied().collect();
         let hops = programmed.paths(&peers);
         let mut out = PeerPaths::default();

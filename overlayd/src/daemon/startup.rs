@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{ensure, Context, Result};
-use netlink::{Netlink, VxlanSpec};
-use registry::model::resolve;
-use registry::{ClusterConfig, ConfigFlags, Liveness, Registry};
+use ferry_netlink::{Netlink, VxlanSpec};
+use ferry_registry::model::resolve;
+use ferry_registry::{ClusterConfig, ConfigFlags, Liveness, Registry};
 
 use super::reconcile::filter_shape;
 use super::view::{peer_list, PeerList};
@@ -193,7 +193,9 @@ pub(super) async fn start(
 
     // The subnet this node had, so that its pods keep their addresses: node.json's, else
     // the one its lease names.
-    let state = node_ipam::node_state::read(&args.state_dir).ok().flatten();
+    let state = ferry_node_ipam::node_state::read(&args.state_dir)
+        .ok()
+        .flatten();
     let prefer = state
         .as_ref()
         .and_then(|s| s.pod_cidr.as_ref()?.parse().ok())
@@ -208,7 +210,7 @@ pub(super) async fn start(
             &cfg,
             &name,
             underlay.ip,
-            &netlink::format_mac(&mac),
+            &ferry_netlink::format_mac(&mac),
             args.lease_grace,
             prefer,
             prefer_v6,

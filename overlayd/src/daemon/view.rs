@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use anyhow::Result;
+use ferry_registry::model::{resolve, LeaseView};
+use ferry_registry::{LeaseRecord, Refused, Registry, StoredLease};
 use ipnetwork::IpNetwork;
-use registry::model::{resolve, LeaseView};
-use registry::{LeaseRecord, Refused, Registry, StoredLease};
 
 use super::Node;
 use crate::node_filter::Family;

@@ -19,7 +19,7 @@ pub struct Source {
 
 impl Source {
     pub fn of(node: IpAddr, net: IpNetwork) -> Source {
-        let (first, last) = family::bounds(net);
+        let (first, last) = ferry_family::bounds(net);
         Source {
             node,
             v6: net.is_ipv6(),

@@ -62,7 +62,7 @@ pub const INNER6: &str = "inner6";
 pub const LEGACY: [(&str, &str); 2] = [("ip", TABLE), ("ip6", TABLE)];
 
 /// A packet family (the underlay's, a cluster CIDR's): its protocol name in a rule.
-pub use family::Family;
+pub use ferry_family::Family;
 
 /// The inner frame's type, and where its source address is, counted in bits from the
 /// start of the UDP header.

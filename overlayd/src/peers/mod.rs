@@ -28,8 +28,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ferry_netlink::{Family, FdbEntry};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use netlink::{Family, FdbEntry};
 
 /// A remote node as the overlay needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,18 +86,18 @@ impl Route {
     pub fn ferry(path: Path) -> Route {
         Route {
             path,
-            proto: netlink::ROUTE_PROTO_FERRY,
+            proto: ferry_netlink::ROUTE_PROTO_FERRY,
         }
     }
 
     /// The kernel's route to `dst` this is, the VXLAN device being `vx`: what a delete
     /// names, so that it removes this route and no other to `dst`.
-    pub fn kernel(&self, dst: IpNetwork, vx: u32) -> netlink::Route {
+    pub fn kernel(&self, dst: IpNetwork, vx: u32) -> ferry_netlink::Route {
         let (via, dev) = match self.path {
             Path::Vxlan(gw) => (gw, vx),
             Path::Direct(h) => (h.via, h.dev),
         };
-        netlink::Route {
+        ferry_netlink::Route {
             dst: dst.network(),
             prefix: dst.prefix(),
             gateway: Some(via),
@@ -251,7 +251,7 @@ impl Entries {
 /// A route of the kernel's main table as one of ferry's entries, when it is one: on the
 /// VXLAN device (ferry's device, whoever made the route), or of ferry's protocol on
 /// another device (a direct route); with a gateway of its family either way.
-pub fn own_route(r: &netlink::Route, vx_index: u32) -> Option<(IpNetwork, Route)> {
+pub fn own_route(r: &ferry_netlink::Route, vx_index: u32) -> Option<(IpNetwork, Route)> {
     let (Some(gw), Some(dev)) = (r.gateway, r.oif) else {
         return None;
     };
@@ -261,7 +261,7 @@ pub fn own_route(r: &netlink::Route, vx_index: u32) -> Option<(IpNetwork, Route)
     }
     let path = if dev == vx_index {
         Path::Vxlan(gw)
-    } else if r.protocol == netlink::ROUTE_PROTO_FERRY {
+    } else if r.protocol == ferry_netlink::ROUTE_PROTO_FERRY {
         Path::Direct(Hop { via: gw, dev })
     } else {
         return None;
@@ -278,10 +278,10 @@ pub fn own_route(r: &netlink::Route, vx_index: u32) -> Option<(IpNetwork, Route)
 /// Main-table destinations, of either family, whose route ferry did not make (not on the
 /// VXLAN device, not tagged with ferry's protocol): ferry never replaces them, whatever a
 /// lease says.
-pub fn foreign_routes(routes: &[netlink::Route], vx_index: u32) -> BTreeSet<IpNetwork> {
+pub fn foreign_routes(routes: &[ferry_netlink::Route], vx_index: u32) -> BTreeSet<IpNetwork> {
     routes
         .iter()
-        .filter(|r| r.oif != Some(vx_index) && r.protocol != netlink::ROUTE_PROTO_FERRY)
+        .filter(|r| r.oif != Some(vx_index) && r.protocol != ferry_netlink::ROUTE_PROTO_FERRY)
         .filter_map(|r| IpNetwork::new(r.dst, r.prefix).ok())
         .collect()
 }

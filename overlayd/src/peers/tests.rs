@@ -41,9 +41,9 @@ fn vxlan(s: &str) -> Path {
 }
 
 /// A kernel route of the main table, as `Netlink::routes` reads it.
-fn kroute(dst: &str, gw: Option<&str>, oif: u32, protocol: u8) -> netlink::Route {
+fn kroute(dst: &str, gw: Option<&str>, oif: u32, protocol: u8) -> ferry_netlink::Route {
     let n = net(dst);
-    netlink::Route {
+    ferry_netlink::Route {
         dst: n.network(),
         prefix: n.prefix(),
         gateway: gw.map(|g| g.parse().unwrap()),
@@ -124,12 +124,12 @@ fn a_gone_peer_is_removed_routes_first_named_whole() {
     };
     assert_eq!(
         r.kernel(s2, 7),
-        netlink::Route {
+        ferry_netlink::Route {
             dst: Ipv4Addr::new(10, 244, 2, 0).into(),
             prefix: 24,
             gateway: Some(Ipv4Addr::new(10, 244, 2, 0).into()),
             oif: Some(7),
-            protocol: netlink::ROUTE_PROTO_FERRY,
+            protocol: ferry_netlink::ROUTE_PROTO_FERRY,
         }
     );
 }
@@ -183,7 +183,7 @@ fn a_route_ferry_did_not_make_is_never_replaced() {
             "10.244.2.0/24",
             Some("192.0.2.12"),
             2,
-            netlink::ROUTE_PROTO_FERRY,
+            ferry_netlink::ROUTE_PROTO_FERRY,
         ),
         kroute("10.244.3.0/24", Some("10.244.3.0"), 7, 3),
     ];
@@ -299,7 +299,7 @@ fn a_family_whose_routes_cannot_be_listed_makes_no_route_this_round() {
 
 #[test]
 fn the_kernel_routes_ferry_owns_are_read_with_their_protocol() {
-    let ferry = netlink::ROUTE_PROTO_FERRY;
+    let ferry = ferry_netlink::ROUTE_PROTO_FERRY;
     // On ferry.1 (7), any protocol: ferry's device. Elsewhere only ferry's protocol.
     let on_vx = kroute("10.244.3.0/24", Some("10.244.3.0"), 7, 3);
     assert_eq!(

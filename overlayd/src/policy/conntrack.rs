@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::process::Command;
 
-use netpol::eval::{verdict_at, Endpoint};
-use netpol::{Cluster, LocalPods, Pod, PodKey, Protocol};
+use ferry_netpol::eval::{verdict_at, Endpoint};
+use ferry_netpol::{Cluster, LocalPods, Pod, PodKey, Protocol};
 
 /// One conntrack entry: the original direction's tuple and the real server (the reply
 /// direction's source: after a Service's DNAT, the pod behind it).

@@ -1,20 +1,20 @@
 //! One log line per denied connection: the table's final drops send the first packet of a
-//! denied connection to NFLOG group `netpol::DENY_LOG_GROUP` (at most
-//! `netpol::DENY_LOG_RATE` a second per direction, limited in the kernel); this reads the
+//! denied connection to NFLOG group `ferry_netpol::DENY_LOG_GROUP` (at most
+//! `ferry_netpol::DENY_LOG_RATE` a second per direction, limited in the kernel); this reads the
 //! group and names the pods, the port and the policies that isolate the pod.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
+use ferry_netpol::eval::{verdict_at, Endpoint};
+use ferry_netpol::{Cluster, LocalPods, Pod, Protocol};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::nflog::{
     config_request, ConfigCmd, ConfigMode, PacketNla, ULogMessage,
 };
 use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use netlink_sys::{constants::NETLINK_NETFILTER, Socket};
-use netpol::eval::{verdict_at, Endpoint};
-use netpol::{Cluster, LocalPods, Pod, Protocol};
 
 /// The engine's last view of the cluster, shared with the log reader and explanations.
 pub type View = Arc<Mutex<Option<(Cluster, LocalPods)>>>;
@@ -38,7 +38,7 @@ fn listen(view: &View) -> Result<()> {
         .context("bind the netfilter netlink socket")?;
     let bind = config_request(
         NetfilterProtoFamily::Unspec,
-        netpol::DENY_LOG_GROUP,
+        ferry_netpol::DENY_LOG_GROUP,
         vec![
             ConfigCmd::Bind.into(),
             ConfigMode::new_packet(COPY_BYTES).into(),
@@ -56,7 +56,7 @@ fn listen(view: &View) -> Result<()> {
             if e.code.is_some() {
                 bail!(
                     "NFLOG group {} is taken or refused: {e:?}",
-                    netpol::DENY_LOG_GROUP
+                    ferry_netpol::DENY_LOG_GROUP
                 );
             }
         }

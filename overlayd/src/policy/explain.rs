@@ -3,9 +3,9 @@
 
 use std::net::IpAddr;
 
-use netpol::eval::{verdict_at, Endpoint};
-use netpol::{Cluster, LocalPods, Pod, Protocol};
-use policy_notice::Reply;
+use ferry_netpol::eval::{verdict_at, Endpoint};
+use ferry_netpol::{Cluster, LocalPods, Pod, Protocol};
+use ferry_policy_notice::Reply;
 
 pub fn explain(
     cluster: &Cluster,

@@ -10,7 +10,7 @@
 //! with nothing allowed, until its labels are known.
 //!
 //! A local pod is known by every address it can send from or be reached at: the API's,
-//! and its link-local address, which ferry derives from its MAC (`netlink::pod_link_local`,
+//! and its link-local address, which ferry derives from its MAC (`ferry_netlink::pod_link_local`,
 //! the one the plugin gives it); and by its port on the node bridge (found by the MAC its
 //! host-side veth carries), where multicast and broadcast reach it.
 

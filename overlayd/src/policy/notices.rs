@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use policy_notice::{Notice, Reply, MAX_LINE, SOCKET_NAME};
+use ferry_policy_notice::{Notice, Reply, MAX_LINE, SOCKET_NAME};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -71,7 +71,7 @@ async fn answer(stream: UnixStream, engine: mpsc::Sender<Request>) -> Result<()>
         .await
         .context("no line within 2 s")?
         .context("read")?;
-    let reply = match policy_notice::read_line::<Notice>(line.as_slice()) {
+    let reply = match ferry_policy_notice::read_line::<Notice>(line.as_slice()) {
         Ok(notice) => {
             let (tx, rx) = oneshot::channel();
             if engine.send((notice, tx)).await.is_err() {
@@ -89,7 +89,7 @@ async fn answer(stream: UnixStream, engine: mpsc::Sender<Request>) -> Result<()>
         Err(e) => Reply::refused(e.to_string()),
     };
     write
-        .write_all(&policy_notice::reply_line(&reply))
+        .write_all(&ferry_policy_notice::reply_line(&reply))
         .await
         .context("write the answer")?;
     Ok(())

@@ -33,16 +33,16 @@ pub struct Stores {
 /// A pod as policy needs it, converted when the watch delivers it.
 pub struct SlimPod {
     /// None when the object cannot be used at all (no namespace or name).
-    pub pod: Option<netpol::Pod>,
+    pub pod: Option<ferry_netpol::Pod>,
     /// What was wrong with the object (reported, and left out of `pod`).
-    pub errors: Vec<netpol::ModelError>,
+    pub errors: Vec<ferry_netpol::ModelError>,
     /// Being deleted (`metadata.deletionTimestamp` set).
     pub terminating: bool,
 }
 
 impl SlimPod {
     fn of(pod: &Pod) -> SlimPod {
-        let (p, errors) = netpol::Pod::from_k8s(pod);
+        let (p, errors) = ferry_netpol::Pod::from_k8s(pod);
         SlimPod {
             pod: p,
             errors,

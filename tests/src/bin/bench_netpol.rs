@@ -31,6 +31,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_netpol::desired::SetKind;
+use ferry_netpol::{LocalPods, Ruleset, Table, TableFamily, TABLE};
 use ferry_tests::cluster::{http_get, Cluster, Node, Pod as PodNs, ETCD_IP, HEALTH_ADDR};
 use ferry_tests::kapi::{KubeApi, Served};
 use ferry_tests::netns::Netns;
@@ -39,8 +41,6 @@ use ferry_tests::stats::{median, ms, percentile};
 use ferry_tests::traffic::{connect_rate, iperf};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use netpol::desired::SetKind;
-use netpol::{LocalPods, Ruleset, Table, TableFamily, TABLE};
 use serde_json::{json, Value};
 
 /// Where the API stand-in listens, in the etcd host's namespace (every cluster has its own
@@ -353,7 +353,7 @@ impl Api {
         let ns: Vec<Namespace> = self.namespaces.values().cloned().collect();
         let pods: Vec<Pod> = self.pods.values().cloned().collect();
         let pols: Vec<NetworkPolicy> = self.policies.values().cloned().collect();
-        let (cluster, errors) = netpol::Cluster::from_k8s(&ns, &pods, &pols);
+        let (cluster, errors) = ferry_netpol::Cluster::from_k8s(&ns, &pods, &pols);
         assert!(errors.is_empty(), "invalid objects: {errors:?}");
         // The inet table: the one that holds the policies' peers and pods. (The bridge
         // table's port sets need the node's bridge ports, which only the daemon lists.)
@@ -824,7 +824,7 @@ fn memory(s: Scale) {
 /// many rules that chain has: the rules a new connection to the server meets, in order.
 /// (0, 0) when it is nowhere.
 fn rule_position(rs: &Table) -> (usize, usize) {
-    let measured = |r: &netpol::desired::Rule| {
+    let measured = |r: &ferry_netpol::desired::Rule| {
         r.comment
             .as_deref()
             .is_some_and(|c| c.starts_with(&format!("{BENCH_NS}/measured")))

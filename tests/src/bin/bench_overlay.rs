@@ -44,9 +44,9 @@ fn summed(v: &[f64]) -> (f64, String) {
         .join(", ");
     (median(v), runs)
 }
+use ferry_netlink::BigTcp;
 use ferry_tests::traffic::{iperf, iperf_streams};
 use ipnetwork::Ipv4Network;
-use netlink::BigTcp;
 
 fn main() {
     if !ferry_tests::is_root() {
@@ -602,9 +602,9 @@ fn route_appears(
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let nl = netlink::Netlink::open().expect("netlink");
+            let nl = ferry_netlink::Netlink::open().expect("netlink");
             loop {
-                let routes = nl.routes(netlink::Family::V4).await.expect("routes");
+                let routes = nl.routes(ferry_netlink::Family::V4).await.expect("routes");
                 if routes.iter().any(|r| {
                     r.dst == std::net::IpAddr::V4(subnet.network()) && r.prefix == subnet.prefix()
                 }) {
@@ -638,7 +638,7 @@ fn join() {
             .collect();
         let (ep, prefix) = (ep.clone(), prefix.clone());
         let written = ferry_tests::inside::block_on(&client, move || async move {
-            let mut reg = registry::Registry::connect(&etcd_opts(&ep), &prefix)
+            let mut reg = ferry_registry::Registry::connect(&etcd_opts(&ep), &prefix)
                 .await
                 .expect("etcd");
             let cfg = reg
@@ -677,8 +677,8 @@ fn join() {
     println!("p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target: under 100 ms)\n");
 }
 
-fn etcd_opts(ep: &str) -> registry::EtcdOptions {
-    registry::EtcdOptions {
+fn etcd_opts(ep: &str) -> ferry_registry::EtcdOptions {
+    ferry_registry::EtcdOptions {
         endpoints: vec![ep.to_string()],
         cacert: None,
         cert: None,
@@ -693,7 +693,7 @@ fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
     ferry_tests::inside::block_on(client, move || async move {
         use etcd_client::{Client, Txn, TxnOp};
         let mut cl = Client::connect([ep.as_str()], None).await.expect("etcd");
-        let layout = registry::Layout::new(&prefix);
+        let layout = ferry_registry::Layout::new(&prefix);
         let cfg = serde_json::json!({"clusterCIDR": cidr, "subnetLen": 24, "vni": 1, "port": 4789});
         cl.put(layout.config(), cfg.to_string(), None)
             .await
@@ -703,7 +703,7 @@ fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
             .flat_map(|i| {
                 let subnet = Ipv4Network::new(Ipv4Addr::from(base + ((i as u32 + 1) << 8)), 24)
                     .expect("subnet");
-                let rec = registry::LeaseRecord {
+                let rec = ferry_registry::LeaseRecord {
                     node: format!("sim{i}"),
                     subnet: Some(subnet),
                     public_ip: Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8).into(),

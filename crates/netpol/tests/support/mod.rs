@@ -5,11 +5,11 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
+use ferry_netpol::desired::{Element, Expr, Field, Lookup, Ruleset, Table, Verdict as NftVerdict};
+use ferry_netpol::model::{ContainerPort, Labels, Pod, Policy, Protocol};
+use ferry_netpol::ranges::Family;
+use ferry_netpol::{verdict, Cluster, Ifname, LocalPods, Peer};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use netpol::desired::{Element, Expr, Field, Lookup, Ruleset, Table, Verdict as NftVerdict};
-use netpol::model::{ContainerPort, Labels, Pod, Policy, Protocol};
-use netpol::ranges::Family;
-use netpol::{verdict, Cluster, Ifname, LocalPods, Peer};
 
 pub const NODES: [&str; 3] = ["n0", "n1", "n2"];
 

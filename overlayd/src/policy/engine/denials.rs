@@ -2,10 +2,10 @@
 
 use std::net::IpAddr;
 
-use netpol::desired::denied_set;
-use netpol::model::Direction;
-use netpol::ranges::Family;
-use netpol::{Cluster, LocalPods, TABLE};
+use ferry_netpol::desired::denied_set;
+use ferry_netpol::model::Direction;
+use ferry_netpol::ranges::Family;
+use ferry_netpol::{Cluster, LocalPods, TABLE};
 
 use super::Engine;
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use netpol::{Cluster, Ifname, LocalPods, PodKey};
+use ferry_netpol::{Cluster, Ifname, LocalPods, PodKey};
 
 use super::Engine;
 
@@ -22,9 +22,9 @@ pub(super) struct Closed {
 impl Engine {
     /// The link-local address a pod holding `ips` has, and its port on the bridge.
     pub(super) fn pod_extras(&self, ips: &[IpAddr]) -> (Option<IpAddr>, Option<Ifname>) {
-        let ll = netlink::pod_link_local(ips).map(IpAddr::V6);
-        let dev = netlink::mac_source(ips)
-            .map(|ip| netlink::addr_mac(netlink::HOST_MAC_TAG, ip))
+        let ll = ferry_netlink::pod_link_local(ips).map(IpAddr::V6);
+        let dev = ferry_netlink::mac_source(ips)
+            .map(|ip| ferry_netlink::addr_mac(ferry_netlink::HOST_MAC_TAG, ip))
             .and_then(|mac| self.ports.get(&mac).copied());
         (ll, dev)
     }
@@ -98,8 +98,11 @@ impl Engine {
 /// A retired veth (a deleted pod's, down and waiting for the reaper, maybe renamed) can
 /// still be a port with the MAC a new pod of the same address has: it is left out, so the
 /// MAC names the new pod's port.
-pub(super) async fn bridge_ports(nl: &netlink::Netlink, bridge: &str) -> anyhow::Result<Ports> {
-    use node_ipam::attachment::{TOMBSTONE_GROUP, TOMBSTONE_PREFIX};
+pub(super) async fn bridge_ports(
+    nl: &ferry_netlink::Netlink,
+    bridge: &str,
+) -> anyhow::Result<Ports> {
+    use ferry_node_ipam::attachment::{TOMBSTONE_GROUP, TOMBSTONE_PREFIX};
     let links = nl.list_links().await?;
     let Some(br) = links.iter().find(|l| l.name == bridge) else {
         return Ok(Ports::new());

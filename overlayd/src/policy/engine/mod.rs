@@ -2,7 +2,7 @@
 //! computed from the API's objects and the plugin's notices, one diff transaction at a
 //! time.
 //!
-//! Each round: the stores' objects become a `netpol::Cluster`; this node's pods are the
+//! Each round: the stores' objects become a `ferry_netpol::Cluster`; this node's pods are the
 //! ones the API places here plus the ones the plugin announced (their addresses win, as
 //! the plugin knows them before the API does), each with its link-local address and its
 //! port on the node bridge; the desired tables are computed, planned against what the
@@ -20,8 +20,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use netpol::{plan, Cluster, LocalPods, PodKey, Ruleset, Script, TableFamily, TABLE};
-use policy_notice::{Notice, Reply};
+use ferry_netpol::{plan, Cluster, LocalPods, PodKey, Ruleset, Script, TableFamily, TABLE};
+use ferry_policy_notice::{Notice, Reply};
 use tokio::sync::{mpsc, oneshot};
 
 use super::denylog::View;
@@ -76,7 +76,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     view: View,
 ) {
-    let links = netlink::Netlink::open()
+    let links = ferry_netlink::Netlink::open()
         .map_err(|e| {
             tracing::error!("NetworkPolicy: no netlink socket to find the pods' bridge ports: {e}; multicast and broadcast to pods are not filtered")
         })
@@ -351,7 +351,7 @@ impl Engine {
     /// Logs each problem with the API's objects once while it lasts (at most
     /// `MAX_LOGGED` new ones a round): one fixed and broken again is logged again, and
     /// only the problems of now are remembered.
-    fn report(&mut self, errors: Vec<netpol::ModelError>) {
+    fn report(&mut self, errors: Vec<ferry_netpol::ModelError>) {
         let now: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
         let new: Vec<&String> = now.iter().filter(|t| !self.logged.contains(*t)).collect();
         for text in new.iter().take(MAX_LOGGED) {

@@ -1,4 +1,4 @@
-use netpol::Ifname;
+use ferry_netpol::Ifname;
 
 use super::denials::denied_counts;
 use super::*;
@@ -106,15 +106,19 @@ fn local_pods_carry_their_link_local_address_and_their_port() {
     let mut e = engine();
     let a4: IpAddr = "10.1.0.5".parse().unwrap();
     let port = Ifname::new("fy0123456789abc").unwrap();
-    e.ports
-        .insert(netlink::addr_mac(netlink::HOST_MAC_TAG, a4), port);
+    e.ports.insert(
+        ferry_netlink::addr_mac(ferry_netlink::HOST_MAC_TAG, a4),
+        port,
+    );
     // A pod the plugin announced without a name: closed, its link-local address and
     // its port too.
     let b4: IpAddr = "10.1.0.6".parse().unwrap();
     let b6: IpAddr = "fd00::6".parse().unwrap();
     let b_port = Ifname::new("fy0123456789abd").unwrap();
-    e.ports
-        .insert(netlink::addr_mac(netlink::HOST_MAC_TAG, b4), b_port);
+    e.ports.insert(
+        ferry_netlink::addr_mac(ferry_netlink::HOST_MAC_TAG, b4),
+        b_port,
+    );
     e.attached.insert(
         ("c2".into(), "eth0".into()),
         Attached {
