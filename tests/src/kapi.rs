@@ -136,21 +136,41 @@ pub enum Kind {
     NetworkPolicy,
 }
 
+/// What k8s-openapi's [`Resource`] says of a kind.
+struct ResourceNames {
+    kind: &'static str,
+    api_version: &'static str,
+    /// The resource's name in paths and RBAC rules.
+    plural: &'static str,
+    group: &'static str,
+}
+
+impl ResourceNames {
+    fn of<R: Resource>() -> ResourceNames {
+        ResourceNames {
+            kind: R::KIND,
+            api_version: R::API_VERSION,
+            plural: R::URL_PATH_SEGMENT,
+            group: R::GROUP,
+        }
+    }
+}
+
 impl Kind {
-    fn name(self) -> &'static str {
+    fn resource(self) -> ResourceNames {
         match self {
-            Kind::Namespace => Namespace::KIND,
-            Kind::Pod => Pod::KIND,
-            Kind::NetworkPolicy => NetworkPolicy::KIND,
+            Kind::Namespace => ResourceNames::of::<Namespace>(),
+            Kind::Pod => ResourceNames::of::<Pod>(),
+            Kind::NetworkPolicy => ResourceNames::of::<NetworkPolicy>(),
         }
     }
 
+    fn name(self) -> &'static str {
+        self.resource().kind
+    }
+
     fn api_version(self) -> &'static str {
-        match self {
-            Kind::Namespace => Namespace::API_VERSION,
-            Kind::Pod => Pod::API_VERSION,
-            Kind::NetworkPolicy => NetworkPolicy::API_VERSION,
-        }
+        self.resource().api_version
     }
 
     fn namespaced(self) -> bool {
@@ -159,19 +179,11 @@ impl Kind {
 
     /// The resource's name in paths and RBAC rules.
     fn plural(self) -> &'static str {
-        match self {
-            Kind::Namespace => Namespace::URL_PATH_SEGMENT,
-            Kind::Pod => Pod::URL_PATH_SEGMENT,
-            Kind::NetworkPolicy => NetworkPolicy::URL_PATH_SEGMENT,
-        }
+        self.resource().plural
     }
 
     fn group(self) -> &'static str {
-        match self {
-            Kind::Namespace => Namespace::GROUP,
-            Kind::Pod => Pod::GROUP,
-            Kind::NetworkPolicy => NetworkPolicy::GROUP,
-        }
+        self.resource().group
     }
 }
 

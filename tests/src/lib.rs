@@ -61,5 +61,41 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
+/// setsockopt(2) of the `SOL_SOCKET` option `name` on `sock`, to `value` (the C type the
+/// option takes).
+pub(crate) fn set_socket_option<T>(
+    sock: &impl std::os::fd::AsRawFd,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: a valid socket, and a value of exactly the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Runs `cmd` to its end and returns its output; panics, with its stderr, when it cannot
+/// be run or fails. `what` names it in the panic (`run {what}`, `{what}: {stderr}`).
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The reference plugins from Debian's containernetworking-plugins.
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";

@@ -2,7 +2,6 @@
 //! several) and the rate of new TCP connections (a connect-and-close loop in this process).
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,14 +101,5 @@ fn reset_on_close(s: &TcpStream) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: a valid socket and a correctly sized option value.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = crate::set_socket_option(s, libc::SO_LINGER, &linger);
 }

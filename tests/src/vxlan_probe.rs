@@ -150,6 +150,12 @@ impl Probe {
         );
     }
 
+    /// `frame` sent 3 times from `from` carrying `payload`: it must arrive.
+    pub fn assert_arrives(&self, from: &Netns, frame: &Frame, payload: &str) {
+        self.send(from, frame, payload, 3);
+        assert!(self.arrives(payload), "{payload}: {:?}", self.received());
+    }
+
     /// Waits until `payload` arrived.
     pub fn arrives(&self, payload: &str) -> bool {
         wait_until(Duration::from_secs(5), || self.received().contains(payload))
@@ -186,6 +192,18 @@ impl Probe {
         std::thread::sleep(Duration::from_millis(300));
         !self.received().contains(payload)
     }
+}
+
+/// After [`Probe::only_nodes_reach`]: `host`'s table lists each of `nodes` (the other
+/// nodes' underlay addresses) as a VXLAN sender, and counted the stranger's 20 frames among
+/// its drops.
+pub fn assert_only_nodes_listed(host: &Netns, nodes: &[&str]) {
+    let table = host.sh("nft list table inet ferry");
+    assert!(nodes.iter().all(|n| table.contains(n)), "{table}");
+    assert!(
+        dropped(host, "VXLAN only from ferry nodes") >= 20,
+        "drops are counted: {table}"
+    );
 }
 
 /// The packets `host`'s table inet ferry dropped by its rules whose comment starts with

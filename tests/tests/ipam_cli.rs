@@ -60,21 +60,23 @@ fn show_and_release_over_a_real_store() {
     let (rc, json, _) = cli(&["show", "--data-dir", &dir, "-o", "json"]);
     assert_eq!(rc, 0);
     let v: Value = serde_json::from_str(&json).unwrap();
-    for k in [
-        "subnet",
-        "gateway",
-        "capacity",
-        "used",
-        "free",
-        "allocations",
-    ] {
-        assert!(v.get(k).is_some(), "{k} missing: {v}");
-    }
+    assert_keys(
+        &v,
+        &[
+            "subnet",
+            "gateway",
+            "capacity",
+            "used",
+            "free",
+            "allocations",
+        ],
+    );
     assert_eq!(v["used"], 3);
     let first = &v["allocations"][0];
-    for k in ["ip", "containerId", "ifname", "network", "netns", "since"] {
-        assert!(first.get(k).is_some(), "{k} missing: {first}");
-    }
+    assert_keys(
+        first,
+        &["ip", "containerId", "ifname", "network", "netns", "since"],
+    );
 
     // By IP, JSON out (the pods are alive: --force).
     let (rc, out, _) = cli(&[
@@ -125,6 +127,20 @@ fn show_and_release_over_a_real_store() {
 }
 
 /// `ferry-ipam` run inside `ns` (where the host veths are), with its exit code and output.
+/// Each of `wants` in the table the CLI printed.
+fn assert_shows(table: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(table.contains(want), "{want} missing in\n{table}");
+    }
+}
+
+/// Each of `keys` in the JSON object `v`.
+fn assert_keys(v: &Value, keys: &[&str]) {
+    for k in keys {
+        assert!(v.get(k).is_some(), "{k} missing in {v}");
+    }
+}
+
 fn cli_in(ns: &Netns, args: &str) -> (i32, String, String) {
     let out = ns.try_sh(&format!("{} {args}", bin("ferry-ipam").display()));
     ferry_tests::netns::code_out_err(&out)
@@ -255,9 +271,7 @@ fn leases_and_check_against_a_cluster() {
     assert_eq!(v["leased"], 2);
     assert_eq!(v["subnets"], 256);
     for l in v["leases"].as_array().unwrap() {
-        for k in ["node", "subnet", "publicIp", "vtepMac", "alive"] {
-            assert!(l.get(k).is_some(), "{k} missing in {l}");
-        }
+        assert_keys(l, &["node", "subnet", "publicIp", "vtepMac", "alive"]);
         assert_eq!(l["alive"], true);
         assert_eq!(l["capacity"], 253);
     }
@@ -310,13 +324,14 @@ fn leases_and_check_against_a_cluster() {
     let n0 = &c.nodes[0];
     let (rc, table, _) = cli_in(&n0.host, &format!("check {local} {flags}"));
     assert_eq!(rc, 1);
-    for kind in [
-        "lease-unreadable",
-        "lease-outside-cluster",
-        "node-not-alive",
-    ] {
-        assert!(table.contains(kind), "{kind} missing:\n{table}");
-    }
+    assert_shows(
+        &table,
+        &[
+            "lease-unreadable",
+            "lease-outside-cluster",
+            "node-not-alive",
+        ],
+    );
     assert!(table.contains("never expires"), "{table}");
     // node.json disagreeing with the node's lease.
     let fake = tempfile::tempdir().unwrap();
@@ -402,17 +417,18 @@ fn show_check_and_release_handle_both_families() {
 
     let (rc, table, _) = cli_in(&node.host, &format!("show --data-dir {dir}"));
     assert_eq!(rc, 0);
-    for want in [
-        "subnet 10.47.0.0/24  gateway 10.47.0.1",
-        "capacity 253  used 2",
-        "subnet fd00:47::/64  gateway fd00:47::1",
-        "capacity ~2^64  used 2",
-        "fd00:47::2",
-        "fd00:47::3",
-        "10.47.0.3",
-    ] {
-        assert!(table.contains(want), "{want} missing in\n{table}");
-    }
+    assert_shows(
+        &table,
+        &[
+            "subnet 10.47.0.0/24  gateway 10.47.0.1",
+            "capacity 253  used 2",
+            "subnet fd00:47::/64  gateway fd00:47::1",
+            "capacity ~2^64  used 2",
+            "fd00:47::2",
+            "fd00:47::3",
+            "10.47.0.3",
+        ],
+    );
     let (_, json, _) = cli_in(&node.host, &format!("show --data-dir {dir} -o json"));
     let v: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["pools"].as_array().unwrap().len(), 2);

@@ -112,11 +112,19 @@ fn keys<K: kube::Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> BTreeS
         .collect()
 }
 
-/// The policyTypes of a stored policy.
-fn policy_types(store: &Store<NetworkPolicy>, ns: &str, name: &str) -> Option<Vec<String>> {
-    store
-        .get(&reflector::ObjectRef::new(name).within(ns))
-        .and_then(|p| p.spec.clone()?.policy_types)
+/// Waits for the stored policy x/deny's policyTypes to be `want`.
+async fn until_deny_types(what: &str, store: &Store<NetworkPolicy>, want: &[&str]) {
+    let want: Vec<String> = want.iter().map(|t| t.to_string()).collect();
+    until(
+        what,
+        || {
+            store
+                .get(&reflector::ObjectRef::new("deny").within("x"))
+                .and_then(|p| p.spec.clone()?.policy_types)
+        },
+        |t| t.as_ref() == Some(&want),
+    )
+    .await;
 }
 
 /// Waits for a store to hold exactly `want` (as `ns/name`).
@@ -187,21 +195,35 @@ fn seed(api: &KubeApi) {
     api.create(policy("x", "deny", &["Ingress"])).unwrap();
 }
 
-#[tokio::test]
-async fn list_then_watch_changes_for_each_kind() {
-    let api = start();
-    seed(&api);
-    let c = client(&api);
-    let namespaces = reflect::<Namespace>(&c);
-    let pods = reflect::<Pod>(&c);
-    let policies = reflect::<NetworkPolicy>(&c);
-
+/// Reflectors of the three kinds, once their initial lists (`what`) hold what [`seed`] made.
+async fn reflect_seeded(
+    c: &Client,
+    what: &str,
+) -> (Store<Namespace>, Store<Pod>, Store<NetworkPolicy>) {
+    let namespaces = reflect::<Namespace>(c);
+    let pods = reflect::<Pod>(c);
+    let policies = reflect::<NetworkPolicy>(c);
     until(
-        "the initial lists",
+        what,
         || (keys(&namespaces), keys(&pods), keys(&policies)),
         |s| *s == (set(&["x", "y"]), set(&["x/a", "x/b"]), set(&["x/deny"])),
     )
     .await;
+    (namespaces, pods, policies)
+}
+
+/// The stand-in holding what [`seed`] made, and a client of it.
+fn seeded() -> (KubeApi, Client) {
+    let api = start();
+    seed(&api);
+    let c = client(&api);
+    (api, c)
+}
+
+#[tokio::test]
+async fn list_then_watch_changes_for_each_kind() {
+    let (api, c) = seeded();
+    let (namespaces, pods, policies) = reflect_seeded(&c, "the initial lists").await;
     // What the server gave: its resource version, uid, creation time, the namespace label.
     let x = namespaces.get(&reflector::ObjectRef::new("x")).unwrap();
     assert_eq!(x.labels()["kubernetes.io/metadata.name"], "x");
@@ -269,12 +291,7 @@ async fn list_then_watch_changes_for_each_kind() {
     .await;
     until_keys("namespaces", &namespaces, &["x", "y", "z"]).await;
     until_keys("policies", &policies, &["x/deny", "y/allow"]).await;
-    until(
-        "the update of x/deny",
-        || policy_types(&policies, "x", "deny"),
-        |t| *t == Some(vec!["Ingress".into(), "Egress".into()]),
-    )
-    .await;
+    until_deny_types("the update of x/deny", &policies, &["Ingress", "Egress"]).await;
 
     // Deleting a namespace takes its pods and policies with it.
     api.delete::<Namespace>(None, "y").unwrap();
@@ -334,9 +351,7 @@ async fn bookmarks_do_not_disturb_the_store() {
 
 #[tokio::test]
 async fn an_expired_version_gets_410_and_the_watcher_relists() {
-    let api = start();
-    seed(&api);
-    let c = client(&api);
+    let (api, c) = seeded();
 
     // The wire: a watch from a version below the floor gets an ERROR event, 410 Expired.
     let old = api.resource_version();
@@ -378,9 +393,7 @@ async fn an_expired_version_gets_410_and_the_watcher_relists() {
 
 #[tokio::test]
 async fn an_outage_keeps_the_store_and_the_client_resyncs_after_it() {
-    let api = start();
-    seed(&api);
-    let c = client(&api);
+    let (api, c) = seeded();
     let pods = reflect::<Pod>(&c);
     let policies = reflect::<NetworkPolicy>(&c);
     until(
@@ -402,10 +415,10 @@ async fn an_outage_keeps_the_store_and_the_client_resyncs_after_it() {
 
     api.set_down(false);
     until_keys("pods after the outage", &pods, &["x/a", "x/c"]).await;
-    until(
+    until_deny_types(
         "the policy update made during the outage",
-        || policy_types(&policies, "x", "deny"),
-        |t| *t == Some(vec!["Egress".into()]),
+        &policies,
+        &["Egress"],
     )
     .await;
 
@@ -427,9 +440,7 @@ async fn an_outage_keeps_the_store_and_the_client_resyncs_after_it() {
 
 #[tokio::test]
 async fn field_selector_on_node_name() {
-    let api = start();
-    seed(&api);
-    let c = client(&api);
+    let (api, c) = seeded();
     let (reader, writer) = reflector::store::<Pod>();
     let cfg = watcher::Config::default().fields("spec.nodeName=n1");
     let stream =
@@ -502,9 +513,7 @@ fn bad_writes_are_refused_and_change_nothing() {
 
 #[tokio::test]
 async fn the_server_answers_what_it_does_not_serve_with_a_status() {
-    let api = start();
-    seed(&api);
-    let c = client(&api);
+    let (api, c) = seeded();
     // A write through the client: refused with a Status, nothing stored.
     let pods: Api<Pod> = Api::namespaced(c.clone(), "x");
     let err = pods
@@ -672,25 +681,12 @@ async fn over_tls_a_service_account_lists_and_watches_within_its_role() {
     assert!(api.url().starts_with("https://127.0.0.1:"), "{}", api.url());
     assert!(api.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
 
-    let namespaces = reflect::<Namespace>(&c);
-    let pods = reflect::<Pod>(&c);
-    let policies = reflect::<NetworkPolicy>(&c);
-    until(
-        "the initial lists over TLS",
-        || (keys(&namespaces), keys(&pods), keys(&policies)),
-        |s| *s == (set(&["x", "y"]), set(&["x/a", "x/b"]), set(&["x/deny"])),
-    )
-    .await;
+    let (_, pods, policies) = reflect_seeded(&c, "the initial lists over TLS").await;
     api.create(pod("y", "a", "n1")).unwrap();
     api.delete::<Pod>(Some("x"), "b").unwrap();
     api.update(policy("x", "deny", &["Egress"])).unwrap();
     until_keys("pods after changes", &pods, &["x/a", "y/a"]).await;
-    until(
-        "the policy update",
-        || policy_types(&policies, "x", "deny"),
-        |t| *t == Some(vec!["Egress".into()]),
-    )
-    .await;
+    until_deny_types("the policy update", &policies, &["Egress"]).await;
 
     // The manifest's verbs on each kind: get (an object, and a missing one), list, watch.
     let pods_x: Api<Pod> = Api::namespaced(c.clone(), "x");

@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use ferry_tests::kind::{image, Backend, Family, KindCluster};
-use ferry_tests::proc::{connect, echo_peer_server, wait_until};
+use ferry_tests::proc::{echo_peer_server, seen_from, wait_until};
 use serde_json::Value;
 
 const PORT: u16 = 7000;
@@ -39,19 +39,6 @@ fn leases(c: &KindCluster) -> Vec<String> {
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect()
-}
-
-/// `ferry-ipam leases -o json` run in node `i`'s ferry-overlayd container, as
-/// docs/troubleshooting.md has an operator run it.
-fn leases_json(c: &KindCluster, i: usize) -> Value {
-    let uid = c.ferry_pod(i).metadata.uid.unwrap_or_default();
-    let (code, out, err) = c.exec(
-        &uid,
-        "ferry-overlayd",
-        &["ferry-ipam", "leases", "-o", "json"],
-    );
-    assert_eq!(code, 0, "ferry-ipam leases in the container: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("leases JSON ({e}): {out}"))
 }
 
 fn readyz(c: &KindCluster, i: usize) -> (u16, String) {
@@ -147,7 +134,7 @@ fn the_underlay_is_the_kubelets_node_address_not_the_default_routes() {
         );
     }
     c.install(image::ferry(), READY);
-    let json = leases_json(&c, 1);
+    let json = c.ferry_ipam_json(1, "leases");
     let mut ips: Vec<String> = json["leases"]
         .as_array()
         .expect("leases")
@@ -163,9 +150,7 @@ fn the_underlay_is_the_kubelets_node_address_not_the_default_routes() {
     let (a_st, b_st) = (c.wait_ready(&a, READY), c.wait_ready(&b, READY));
     let (a_ns, b_ns) = (c.pod_netns(&a), c.pod_netns(&b));
     let _srv = echo_peer_server(&b_ns, PORT);
-    let seen = wait_until(Duration::from_secs(10), || {
-        connect(&a_ns, &b_st.ip, PORT).as_deref() == Some(a_st.ip.as_str())
-    });
+    let seen = seen_from(&a_ns, &a_st.ip, &b_st.ip, PORT);
     assert!(seen, "pods on two nodes do not talk:\n{}", c.describe());
 }
 
@@ -174,7 +159,7 @@ fn an_ipv6_only_cluster_has_an_ipv6_underlay_and_its_mtu() {
     ferry_tests::needs_root!();
     let mut c = KindCluster::create(Family::Ipv6, 1, Backend::Nft);
     c.install(image::ferry(), READY);
-    let json = leases_json(&c, 0);
+    let json = c.ferry_ipam_json(0, "leases");
     for l in json["leases"].as_array().expect("leases") {
         let ip = l["publicIp"].as_str().unwrap_or_default();
         assert!(ip.contains(':'), "an IPv4 underlay address: {json}");
@@ -200,9 +185,7 @@ fn an_ipv6_only_cluster_has_an_ipv6_underlay_and_its_mtu() {
     );
     let (a_ns, b_ns) = (c.pod_netns(&a), c.pod_netns(&b));
     let _srv = ferry_tests::proc::echo_peer_server_on(&b_ns, "::", PORT);
-    let seen = wait_until(Duration::from_secs(10), || {
-        connect(&a_ns, &b_st.ip, PORT).as_deref() == Some(a_st.ip.as_str())
-    });
+    let seen = seen_from(&a_ns, &a_st.ip, &b_st.ip, PORT);
     assert!(
         seen,
         "IPv6 pods on two nodes do not talk:\n{}",
@@ -308,10 +291,12 @@ fn on_a_legacy_iptables_node_ferrys_chains_are_in_legacy() {
     c.wait_ready(&uid, READY);
     let ns = c.pod_netns(&uid);
     let _srv = echo_peer_server(&c.outside, PORT);
-    let seen = wait_until(Duration::from_secs(10), || {
-        connect(&ns, ferry_tests::cluster::OUTSIDE_IP, PORT).as_deref()
-            == Some(c.nodes[1].ips[0].as_str())
-    });
+    let seen = seen_from(
+        &ns,
+        &c.nodes[1].ips[0],
+        ferry_tests::cluster::OUTSIDE_IP,
+        PORT,
+    );
     assert!(seen, "pod -> outside not masqueraded on a legacy node");
 }
 

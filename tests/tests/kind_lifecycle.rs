@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::kind::{image, Backend, Family, KindCluster};
 use ferry_tests::netns::Netns;
-use ferry_tests::proc::{connect, echo_peer_server, wait_until, Bg};
+use ferry_tests::proc::{connect, echo_peer_server, seen_from, wait_until};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 const PORT: u16 = 7000;
@@ -70,24 +70,8 @@ fn pod(
 
 /// Pods on every node reach each other, each seen with its own address.
 fn assert_pods_talk(pods: &[(String, Netns, String)]) {
-    let _servers: Vec<Bg> = pods
-        .iter()
-        .map(|(_, ns, _)| echo_peer_server(ns, PORT))
-        .collect();
-    for (_, a, a_ip) in pods {
-        for (_, _, b_ip) in pods {
-            if a_ip == b_ip {
-                continue;
-            }
-            let seen = wait_until(Duration::from_secs(10), || {
-                connect(a, b_ip, PORT).as_deref() == Some(a_ip.as_str())
-            });
-            assert!(
-                seen,
-                "{a_ip} -> {b_ip}: the server must see the client's own pod IP"
-            );
-        }
-    }
+    let pods: Vec<(&Netns, &str)> = pods.iter().map(|(_, ns, ip)| (ns, ip.as_str())).collect();
+    ferry_tests::proc::assert_pods_talk(&pods, PORT);
 }
 
 fn deny_all_ingress(ns: &str) -> NetworkPolicy {
@@ -247,9 +231,7 @@ fn a_rebooted_node_has_its_pods_networked_within_seconds_of_the_daemon() {
     let b_ns = c.pod_netns(&b_uid);
     let _srv = echo_peer_server(&b_ns, PORT);
     let b_ip = b.ip.split(',').next().unwrap_or_default().to_string();
-    let ok = wait_until(Duration::from_secs(10), || {
-        connect(&a, &b_ip, PORT).as_deref() == Some(a_ip.as_str())
-    });
+    let ok = seen_from(&a, &a_ip, &b_ip, PORT);
     assert!(ok, "a -> b after b's node rebooted:\n{}", c.describe());
     assert_api_allowed(&c);
 }

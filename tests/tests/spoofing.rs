@@ -7,7 +7,7 @@ use std::time::Duration;
 use ferry_tests::cni::{pod_ip, Node};
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
-use ferry_tests::proc::{wait_until, Bg};
+use ferry_tests::proc::{python_listener, socket_family, wait_until, Bg};
 
 const PORT: u16 = 7100;
 
@@ -18,11 +18,7 @@ fn udp_sources(ns: &Netns, log: &std::path::Path) -> Bg {
 
 /// `udp_sources` bound to `any` (`::` for IPv6).
 fn udp_sources_on(ns: &Netns, log: &std::path::Path, any: &str) -> Bg {
-    let family = if any.contains(':') {
-        "AF_INET6"
-    } else {
-        "AF_INET"
-    };
+    let family = socket_family(any);
     let script = format!(
         "import socket\n\
          s=socket.socket(socket.{family}, socket.SOCK_DGRAM)\n\
@@ -30,14 +26,12 @@ fn udp_sources_on(ns: &Netns, log: &std::path::Path, any: &str) -> Bg {
          while True:\n    d,a=s.recvfrom(100)\n    f=open('{}','a'); f.write(a[0]+'\\n'); f.close()\n",
         log.display()
     );
-    let bg = Bg::spawn(ns, &format!("python3 -c \"{script}\""));
-    let up = wait_until(Duration::from_secs(5), || {
-        ns.try_sh(&format!("ss -lun 'sport = :{PORT}' | grep -q UNCONN"))
-            .status
-            .success()
-    });
-    assert!(up, "UDP listener in {} did not start", ns.name);
-    bg
+    python_listener(
+        ns,
+        &script,
+        &format!("ss -lun 'sport = :{PORT}' | grep -q UNCONN"),
+        "UDP listener",
+    )
 }
 
 /// Sends three datagrams from `ns` to `dst`, from the source address `src` (IP_TRANSPARENT

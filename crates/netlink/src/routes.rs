@@ -128,18 +128,22 @@ fn delete_message(r: &Route) -> Result<RouteMessage> {
 }
 
 impl Netlink {
-    /// The main table's routes of `family`.
-    pub async fn routes(&self, family: Family) -> Result<Vec<Route>> {
-        let mut req = RouteMessageBuilder::<IpAddr>::new().build();
-        req.header.address_family = address_family(family);
-        let msgs: Vec<RouteMessage> = self
-            .handle
+    /// The routes the dump request `req` selects; `what` names them in an error.
+    async fn dump_routes(&self, req: RouteMessage, what: &str) -> Result<Vec<RouteMessage>> {
+        self.handle
             .route()
             .get(req)
             .execute()
             .try_collect()
             .await
-            .context(|| format!("list {family} routes in {}", self.place))?;
+            .context(|| format!("list {what} routes in {}", self.place))
+    }
+
+    /// The main table's routes of `family`.
+    pub async fn routes(&self, family: Family) -> Result<Vec<Route>> {
+        let mut req = RouteMessageBuilder::<IpAddr>::new().build();
+        req.header.address_family = address_family(family);
+        let msgs = self.dump_routes(req, &family.to_string()).await?;
         Ok(msgs.into_iter().filter_map(main_route).collect())
     }
 
@@ -332,14 +336,7 @@ impl Netlink {
             req.header.address_family = family;
             // Unspecified table: the dump covers all of them.
             req.header.table = 0;
-            let msgs: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(req)
-                .execute()
-                .try_collect()
-                .await
-                .context(|| format!("list {family:?} routes in {}", self.place))?;
+            let msgs = self.dump_routes(req, &format!("{family:?}")).await?;
             out.extend(
                 msgs.into_iter()
                     .map(TaggedRoute::from_message)

@@ -146,25 +146,65 @@ pub fn echo_peer_server(ns: &Netns, port: u16) -> Bg {
 /// namespace's own processes and nothing else). An IPv6 `addr` (`::` for any) makes it
 /// an IPv6 server.
 pub fn echo_peer_server_on(ns: &Netns, addr: &str, port: u16) -> Bg {
-    let family = if addr.contains(':') {
-        "AF_INET6"
-    } else {
-        "AF_INET"
-    };
+    let family = socket_family(addr);
     let script = format!(
         "import socket\n\
          s=socket.socket(socket.{family}); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
          s.bind(('{addr}',{port})); s.listen(64)\n\
          while True:\n    c,a=s.accept(); c.sendall((a[0]+'\\n').encode()); c.close()\n"
     );
+    python_listener(
+        ns,
+        &script,
+        &format!("ss -ltn 'sport = :{port}' | grep -q LISTEN"),
+        &format!("server on port {port}"),
+    )
+}
+
+/// Python's socket family for an address: `AF_INET6` for an IPv6 one, else `AF_INET`.
+pub fn socket_family(addr: &str) -> &'static str {
+    if addr.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    }
+}
+
+/// The Python `script` run in `ns` in the background, once the shell command `bound` (an
+/// `ss` query) says its socket is there; `what` names it when it never is.
+pub fn python_listener(ns: &Netns, script: &str, bound: &str, what: &str) -> Bg {
     let bg = Bg::spawn(ns, &format!("python3 -c \"{script}\""));
-    let ok = wait_until(Duration::from_secs(5), || {
-        ns.try_sh(&format!("ss -ltn 'sport = :{port}' | grep -q LISTEN"))
-            .status
-            .success()
-    });
-    assert!(ok, "server on port {port} in {} did not start", ns.name);
+    let up = wait_until(Duration::from_secs(5), || ns.try_sh(bound).status.success());
+    assert!(up, "{what} in {} did not start", ns.name);
     bg
+}
+
+/// Whether, within 10 s, a connection from `from` to the [`echo_peer_server`] at
+/// `to:port` is seen by it from `from_ip` (the client's own address, not masqueraded).
+pub fn seen_from(from: &Netns, from_ip: &str, to: &str, port: u16) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        connect(from, to, port).as_deref() == Some(from_ip)
+    })
+}
+
+/// Every pod of `pods` (its namespace and address) with an [`echo_peer_server`] on `port`,
+/// and each reaching every other, seen with its own address.
+pub fn assert_pods_talk(pods: &[(&Netns, &str)], port: u16) {
+    let _servers: Vec<Bg> = pods
+        .iter()
+        .map(|(ns, _)| echo_peer_server(ns, port))
+        .collect();
+    for (a, a_ip) in pods {
+        for (_, b_ip) in pods {
+            if a_ip == b_ip {
+                continue;
+            }
+            assert!(
+                seen_from(a, a_ip, b_ip, port),
+                "{a_ip} -> {b_ip}: the server must see the client's own pod IP"
+            );
+        }
+    }
 }
 
 /// Connects from `ns` to `addr:port` (either family) and returns what the echo server said (the source

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Pod, PodCondition, PodIP, PodSpec, PodStatus as K8sPodStatus, Secret,
-    Service,
+    ConfigMap, Namespace, Pod, PodCondition, PodIP, PodSpec, PodStatus as K8sPodStatus,
+    PodTemplateSpec, Secret, Service,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -287,13 +287,9 @@ impl KindCluster {
     pub fn install_with(&mut self, img: &Image, edit: impl FnOnce(&mut Vec<Value>)) {
         self.load(img, "ferry:dev");
         self.load(image::etcd(), "registry.k8s.io/etcd");
-        let out = std::process::Command::new(repo().join("deploy/etcd-certs.sh"))
-            .output()
-            .expect("run deploy/etcd-certs.sh");
-        assert!(
-            out.status.success(),
-            "deploy/etcd-certs.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = crate::run_ok(
+            &mut std::process::Command::new(repo().join("deploy/etcd-certs.sh")),
+            "deploy/etcd-certs.sh",
         );
         let secrets =
             kustomize::documents_of(&String::from_utf8_lossy(&out.stdout), "etcd-certs.sh");
@@ -432,12 +428,7 @@ impl KindCluster {
         self.sync_services();
         for o in of_kind(objects, "Deployment") {
             let d: Deployment = typed(o);
-            let template = d
-                .spec
-                .as_ref()
-                .map(|s| s.template.clone())
-                .unwrap_or_default();
-            let owner = d.metadata.name.clone().unwrap_or_default();
+            let (owner, template) = workload(&d.metadata, d.spec.map(|s| s.template));
             if let Some(i) = self
                 .nodes
                 .iter()
@@ -448,12 +439,7 @@ impl KindCluster {
         }
         for o in of_kind(objects, "DaemonSet") {
             let ds: DaemonSet = typed(o);
-            let template = ds
-                .spec
-                .as_ref()
-                .map(|s| s.template.clone())
-                .unwrap_or_default();
-            let owner = ds.metadata.name.clone().unwrap_or_default();
+            let (owner, template) = workload(&ds.metadata, ds.spec.map(|s| s.template));
             for i in 0..self.nodes.len() {
                 if schedulable(&self.nodes[i], template.spec.as_ref()) {
                     self.run_from(i, &owner, &template, ds.metadata.namespace.as_deref());
@@ -891,6 +877,19 @@ impl KindCluster {
             .started_at
     }
 
+    /// `ferry-ipam <command> -o json` run in node `i`'s ferry-overlayd container, as
+    /// docs/troubleshooting.md has an operator run it.
+    pub fn ferry_ipam_json(&self, i: usize, command: &str) -> Value {
+        let uid = self.ferry_pod(i).metadata.uid.unwrap_or_default();
+        let (code, out, err) = self.exec(
+            &uid,
+            "ferry-overlayd",
+            &["ferry-ipam", command, "-o", "json"],
+        );
+        assert_eq!(code, 0, "ferry-ipam {command} in the container: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{command} JSON ({e}): {out}"))
+    }
+
     /// The node `i`'s ferry pod (DaemonSet `ferry`).
     pub fn ferry_pod(&self, i: usize) -> Pod {
         self.pod_on("ferry", i).unwrap_or_else(|| {
@@ -932,6 +931,15 @@ fn owner_of(p: &Pod) -> Option<&str> {
 
 /// Whether the scheduler would place a pod of `spec` on `node` (nodeSelector; every
 /// shipped pod tolerates every taint).
+/// A Deployment's or DaemonSet's name (the owner of its pods) and its pod template (the
+/// default when it has no spec).
+fn workload(meta: &ObjectMeta, template: Option<PodTemplateSpec>) -> (String, PodTemplateSpec) {
+    (
+        meta.name.clone().unwrap_or_default(),
+        template.unwrap_or_default(),
+    )
+}
+
 fn schedulable(node: &KindNode, spec: Option<&PodSpec>) -> bool {
     spec.and_then(|s| s.node_selector.as_ref())
         .map(|sel| sel.iter().all(|(k, v)| node.labels.get(k) == Some(v)))

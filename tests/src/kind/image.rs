@@ -189,24 +189,20 @@ fn build_base(tar: &Path, suite: &str, pkgs: &[String]) {
     let tmp = tar.with_extension(format!("tmp.{}", std::process::id()));
     // GNU tar: owners, modes, links and device nodes as they are. /dev, /proc and /sys are
     // the runtime's, as in any image.
-    let out = Command::new("tar")
-        .args([
-            "--numeric-owner",
-            "--exclude=./dev/*",
-            "--exclude=./proc/*",
-            "--exclude=./sys/*",
-            "-C",
-        ])
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tmp)
-        .arg(".")
-        .output()
-        .expect("run tar");
-    assert!(
-        out.status.success(),
-        "tar the image's base: {}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::run_ok(
+        Command::new("tar")
+            .args([
+                "--numeric-owner",
+                "--exclude=./dev/*",
+                "--exclude=./proc/*",
+                "--exclude=./sys/*",
+                "-C",
+            ])
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tmp)
+            .arg("."),
+        "tar of the image's base",
     );
     std::fs::rename(&tmp, tar).expect("rename base tar");
     let _ = std::fs::remove_dir_all(&root);
@@ -216,15 +212,11 @@ fn build_base(tar: &Path, suite: &str, pkgs: &[String]) {
 /// `extra` files (path, content) beside them.
 fn top_layer(name: &str, extra: &[(&str, &str)]) -> Layer {
     let stage = tempfile::tempdir().expect("stage dir");
-    let out = Command::new(repo().join("deploy/image/stage.sh"))
-        .arg(stage.path())
-        .arg(crate::bin_dir())
-        .output()
-        .expect("run deploy/image/stage.sh");
-    assert!(
-        out.status.success(),
-        "deploy/image/stage.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::run_ok(
+        Command::new(repo().join("deploy/image/stage.sh"))
+            .arg(stage.path())
+            .arg(crate::bin_dir()),
+        "deploy/image/stage.sh",
     );
     for (path, content) in extra {
         let p = stage.path().join(path.trim_start_matches('/'));

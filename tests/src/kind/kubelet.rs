@@ -406,6 +406,17 @@ impl Pw {
         Ok(id)
     }
 
+    /// A tick of a startup or liveness probe (`kind`) of container `c`: its verdict, as
+    /// [`Prober::tick`] gives it, each failure an event "`kind` probe failed: why".
+    fn tick_probe(&self, p: &mut Prober, id: &str, c: &Container, kind: &str) -> Option<bool> {
+        let mut why = String::new();
+        let verdict = p.tick(|pr| self.run_probe(id, c, pr), &mut why);
+        if verdict == Some(false) || (verdict.is_none() && !why.is_empty()) {
+            self.event(format!("{kind} probe failed: {why}"));
+        }
+        verdict
+    }
+
     fn run_probe(&self, id: &str, c: &Container, p: &Probe) -> Result<(), String> {
         let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
         let port = |port: &IntOrString| -> Result<u16, String> {
@@ -780,34 +791,23 @@ impl Running {
             self.on_exit(w, code);
             return;
         }
-        let mut why = String::new();
         if !self.state.started {
             if let Some(p) = self.startup.as_mut() {
-                match p.tick(|pr| w.run_probe(&id, &self.c, pr), &mut why) {
+                match w.tick_probe(p, &id, &self.c, "Startup") {
                     Some(true) => self.state.started = true,
-                    Some(false) => {
-                        w.event(format!("Startup probe failed: {why}"));
-                        self.kill(w, &id, "failed startup probe");
-                        return;
-                    }
-                    None if !why.is_empty() => w.event(format!("Startup probe failed: {why}")),
+                    Some(false) => self.kill(w, &id, "failed startup probe"),
                     None => {}
                 }
             }
             return;
         }
         if let Some(p) = self.liveness.as_mut() {
-            match p.tick(|pr| w.run_probe(&id, &self.c, pr), &mut why) {
-                Some(false) => {
-                    w.event(format!("Liveness probe failed: {why}"));
-                    self.kill(w, &id, "failed liveness probe");
-                    return;
-                }
-                None if !why.is_empty() => w.event(format!("Liveness probe failed: {why}")),
-                _ => {}
+            if w.tick_probe(p, &id, &self.c, "Liveness") == Some(false) {
+                self.kill(w, &id, "failed liveness probe");
+                return;
             }
         }
-        why.clear();
+        let mut why = String::new();
         if let Some(p) = self.readiness.as_mut() {
             let before = self.state.ready;
             match p.tick(|pr| w.run_probe(&id, &self.c, pr), &mut why) {

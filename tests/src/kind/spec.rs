@@ -288,32 +288,30 @@ fn value(
     if let Some(f) = &from.field_ref {
         return field(pod, ctx, &f.field_path, pod_ip).map(Some);
     }
+    // A key missing from its ConfigMap or Secret (or the object itself): no variable when
+    // the reference is optional, else the container waits (kubelet's
+    // CreateContainerConfigError).
+    let key_ref =
+        |found: Option<String>, optional: Option<bool>, kind: &str, name: &str, key: &str| {
+            match found {
+                Some(v) => Ok(Some(v)),
+                None if optional.unwrap_or(false) => Ok(None),
+                None => Err(NotYet(format!(
+                    "{}: couldn't find key {key} in {kind} {ns}/{name}",
+                    c.name
+                ))),
+            }
+        };
     if let Some(k) = &from.config_map_key_ref {
-        let optional = k.optional.unwrap_or(false);
         let found =
             config_map(ctx, ns, &k.name).and_then(|cm| cm.data.as_ref()?.get(&k.key).cloned());
-        return match found {
-            Some(v) => Ok(Some(v)),
-            None if optional => Ok(None),
-            None => Err(NotYet(format!(
-                "{}: couldn't find key {} in ConfigMap {ns}/{}",
-                c.name, k.key, k.name
-            ))),
-        };
+        return key_ref(found, k.optional, "ConfigMap", &k.name, &k.key);
     }
     if let Some(k) = &from.secret_key_ref {
-        let optional = k.optional.unwrap_or(false);
         let found = secret(ctx, ns, &k.name)
             .and_then(|s| s.data.as_ref()?.get(&k.key).cloned())
             .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-        return match found {
-            Some(v) => Ok(Some(v)),
-            None if optional => Ok(None),
-            None => Err(NotYet(format!(
-                "{}: couldn't find key {} in Secret {ns}/{}",
-                c.name, k.key, k.name
-            ))),
-        };
+        return key_ref(found, k.optional, "Secret", &k.name, &k.key);
     }
     Err(NotYet(format!(
         "{}: env {} has a source not served here",

@@ -188,19 +188,7 @@ fn raw_sctp_socket(read_timeout: Option<Duration>) -> io::Result<OwnedFd> {
             tv_sec: t.as_secs() as libc::time_t,
             tv_usec: t.subsec_micros() as libc::suseconds_t,
         };
-        // SAFETY: setsockopt with a timeval of the right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::set_socket_option(&fd, libc::SO_RCVTIMEO, &tv)?;
     }
     Ok(fd)
 }
