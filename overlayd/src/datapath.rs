@@ -140,7 +140,7 @@ pub async fn guard(nl: &Netlink, vx_index: u32, ops: Vec<Op>) -> Guarded {
     let families: BTreeSet<Family> = ops
         .iter()
         .filter_map(|o| match o {
-            Op::SetRoute(net, _) => Some(peers::family(*net)),
+            Op::SetRoute(net, _) => Some(Family::of_net(*net)),
             _ => None,
         })
         .collect();

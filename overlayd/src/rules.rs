@@ -22,10 +22,6 @@ pub const CHAINS: [(&str, &str); 2] = [("nat", MASQ_CHAIN), ("filter", FWD_CHAIN
 /// kube-proxy marks packets it will masquerade itself with this bit.
 const KUBE_MARK_MASQ: &str = "0x4000/0x4000";
 
-fn family(cluster: IpNetwork) -> Family {
-    Family::of(cluster.ip())
-}
-
 /// The chains' rules, as `iptables -S` (or `ip6tables -S`) prints them.
 pub fn chain_rules(cluster: IpNetwork) -> (Vec<String>, Vec<String>) {
     let multicast = match cluster {
@@ -93,7 +89,7 @@ fn ensure_jump(
 /// Installs (or repairs) the masquerade and forward rules in `backend`; returns whether
 /// it changed anything.
 pub fn ensure_iptables(backend: Backend, cluster: IpNetwork) -> Result<bool> {
-    let f = family(cluster);
+    let f = Family::of_net(cluster);
     let (masq, fwd) = chain_rules(cluster);
     let mut changed = false;
     if !chain_is(backend, f, "nat", MASQ_CHAIN, &masq)

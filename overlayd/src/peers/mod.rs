@@ -317,7 +317,7 @@ pub fn spare_foreign(
     let mut g = Guarded::default();
     for op in ops {
         match op {
-            Op::SetRoute(net, _) if unlisted.contains(&family(net)) => {
+            Op::SetRoute(net, _) if unlisted.contains(&Family::of_net(net)) => {
                 g.postponed.insert(net);
             }
             Op::SetRoute(net, _) if foreign.contains(&net) => {
@@ -327,10 +327,6 @@ pub fn spare_foreign(
         }
     }
     g
-}
-
-pub fn family(net: IpNetwork) -> Family {
-    Family::of(net.network())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
