@@ -25,6 +25,11 @@ pub struct Args {
     /// Without a command: run the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Where the cluster's node state lives: `etcd` (ferry's own etcd: subnets leased by
+    /// ferry) or `kubernetes` (the API: subnets from each Node's spec.podCIDRs, the rest in
+    /// `ferry.dev/` annotations on the Nodes; docs/config.md).
+    #[arg(long, env = "FERRY_DATASTORE", value_enum, default_value = "etcd")]
+    pub datastore: Datastore,
     #[command(flatten)]
     pub etcd: ferry_registry::EtcdArgs,
     /// This node's name (default: the hostname).
@@ -155,7 +160,8 @@ pub struct Args {
     /// must say `"networkPolicy": true` so that ADD waits for the pod to be covered).
     #[arg(long, env = "FERRY_NETWORK_POLICY")]
     pub network_policy: bool,
-    /// The kubeconfig for the API (with --network-policy; default: in-cluster).
+    /// The kubeconfig for the API (with --network-policy or --datastore kubernetes;
+    /// default: in-cluster).
     #[arg(long, env = "FERRY_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Where ferry's iptables chains go: the backend kubelet and kube-proxy use on this
@@ -167,6 +173,13 @@ pub struct Args {
         default_value = "auto"
     )]
     pub iptables_backend: crate::iptables::Choice,
+}
+
+/// Where the cluster's node state lives.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datastore {
+    Etcd,
+    Kubernetes,
 }
 
 /// One-shot jobs of the image, run by the DaemonSet's init container and the uninstall.
@@ -185,8 +198,15 @@ impl Args {
     /// Every check a flag needs on its own, before anything is read from or written to
     /// etcd or the kernel.
     pub fn validate(&self) -> Result<()> {
-        if self.kubeconfig.is_some() && !self.network_policy {
-            bail!("--kubeconfig is for --network-policy, which is not given");
+        let kube = self.datastore == Datastore::Kubernetes;
+        if self.kubeconfig.is_some() && !self.network_policy && !kube {
+            bail!("--kubeconfig is for --network-policy or --datastore kubernetes, neither of which is given");
+        }
+        if kube {
+            ensure!(
+                self.cluster_cidr.is_some() || self.cluster_cidr_v6.is_some(),
+                "--datastore kubernetes needs the cluster's pod CIDR: --cluster-cidr, --cluster-cidr-v6 or both (the controller-manager's --cluster-cidr)"
+            );
         }
         let show = |d: Duration| humantime::format_duration(d).to_string();
         ensure!(

@@ -1,6 +1,7 @@
 //! `ferry-overlayd` as a library: the binary only parses its arguments and hands them here,
 //! so that the daemon's parts can be built and tested without its process.
 
+mod api_retry;
 pub mod args;
 mod cni_conf;
 mod daemon;

@@ -11,10 +11,32 @@ use super::etcd::{block_on, EtcdArgs};
 use super::table::Table;
 use super::Output;
 
+/// Where the leases are read.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Datastore {
+    Etcd,
+    Kubernetes,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
+    /// The cluster's datastore, as ferry-overlayd's `--datastore` (`--kubeconfig` implies
+    /// `kubernetes`).
+    #[arg(long, env = "FERRY_DATASTORE", value_enum, default_value = "etcd")]
+    pub(super) datastore: Datastore,
     #[command(flatten)]
     etcd: EtcdArgs,
+    /// The Kubernetes datastore's API (default: in-cluster, $KUBECONFIG, ~/.kube/config).
+    #[arg(long, env = "FERRY_KUBECONFIG", value_name = "FILE")]
+    pub(super) kubeconfig: Option<std::path::PathBuf>,
+    /// With the Kubernetes datastore: the cluster's IPv4 pod CIDR (ferry's ConfigMap
+    /// `cluster-cidr`), to check each Node as the daemons do; without it, Nodes are
+    /// listed unchecked.
+    #[arg(long, env = "FERRY_CLUSTER_CIDR")]
+    pub(super) cluster_cidr: Option<ipnetwork::Ipv4Network>,
+    /// The IPv6 pod CIDR, as --cluster-cidr.
+    #[arg(long, env = "FERRY_CLUSTER_CIDR_V6")]
+    pub(super) cluster_cidr_v6: Option<ipnetwork::Ipv6Network>,
     /// This node's state directory: adds, per remote node, the path its pods are reached
     /// by (`direct via <dev>` or `vxlan`), from the daemon's peers.json there.
     #[arg(long, value_name = "DIR")]
@@ -25,49 +47,61 @@ pub struct Args {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Row {
-    node: String,
+pub(super) struct Row {
+    pub(super) node: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    subnet: Option<Ipv4Network>,
+    pub(super) subnet: Option<Ipv4Network>,
     #[serde(rename = "subnetV6", skip_serializing_if = "Option::is_none")]
-    subnet_v6: Option<Ipv6Network>,
-    public_ip: IpAddr,
-    vtep_mac: String,
-    alive: bool,
+    pub(super) subnet_v6: Option<Ipv6Network>,
+    pub(super) public_ip: IpAddr,
+    pub(super) vtep_mac: String,
+    pub(super) alive: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    used: Option<u32>,
+    pub(super) used: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    capacity: Option<u32>,
+    pub(super) capacity: Option<u32>,
     /// Seconds until a silent node's subnet can be leased again; absent when it never expires.
     #[serde(skip_serializing_if = "Option::is_none")]
-    expires_in: Option<i64>,
+    pub(super) expires_in: Option<i64>,
     /// With `--state-dir`: `direct`, `vxlan`, or `local` for the node itself.
     #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<String>,
+    pub(super) path: Option<String>,
     /// The device a direct path leaves by.
     #[serde(skip_serializing_if = "Option::is_none")]
-    device: Option<String>,
+    pub(super) device: Option<String>,
+    /// Why a node that is not alive keeps its routes, when not for a lease's grace.
+    #[serde(skip)]
+    pub(super) kept_because: Option<&'static str>,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Report {
+pub(super) struct Report {
     #[serde(rename = "clusterCIDR", skip_serializing_if = "Option::is_none")]
-    cluster_cidr: Option<Ipv4Network>,
+    pub(super) cluster_cidr: Option<Ipv4Network>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    subnet_len: Option<u8>,
+    pub(super) subnet_len: Option<u8>,
     /// Node subnets the cluster CIDR holds.
     #[serde(skip_serializing_if = "Option::is_none")]
-    subnets: Option<u32>,
+    pub(super) subnets: Option<u32>,
     #[serde(rename = "clusterCIDRv6", skip_serializing_if = "Option::is_none")]
-    cluster_cidr_v6: Option<Ipv6Network>,
+    pub(super) cluster_cidr_v6: Option<Ipv6Network>,
     #[serde(rename = "subnetLenV6", skip_serializing_if = "Option::is_none")]
-    subnet_len_v6: Option<u8>,
+    pub(super) subnet_len_v6: Option<u8>,
     /// IPv6 node subnets the IPv6 cluster CIDR holds.
     #[serde(rename = "subnetsV6", skip_serializing_if = "Option::is_none")]
-    subnets_v6: Option<u32>,
-    leased: usize,
-    leases: Vec<Row>,
+    pub(super) subnets_v6: Option<u32>,
+    pub(super) leased: usize,
+    pub(super) leases: Vec<Row>,
+    /// Nodes that are not leases: refused, or not ready to be (Kubernetes datastore).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) problems: Vec<Problem>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Problem {
+    pub(super) node: String,
+    pub(super) detail: String,
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -84,7 +118,11 @@ pub fn run(args: Args) -> Result<i32> {
         }),
         None => None,
     };
-    let report = block_on(async {
+    let kube = args.kubeconfig.is_some() || args.datastore == Datastore::Kubernetes;
+    let mut report = block_on(async {
+        if kube {
+            return super::kube_leases::report(&args).await;
+        }
         let mut reg = args.etcd.connect().await?;
         let cfg = reg.read_config().await?;
         let entries = reg
@@ -109,6 +147,7 @@ pub fn run(args: Args) -> Result<i32> {
                 expires_in,
                 path: None,
                 device: None,
+                kept_because: None,
                 node: rec.node,
                 subnet: rec.subnet,
                 subnet_v6: rec.subnet_v6,
@@ -117,11 +156,6 @@ pub fn run(args: Args) -> Result<i32> {
             });
         }
         leases.sort_by_key(|r| (r.subnet, r.subnet_v6));
-        if let Some(local) = &local {
-            for row in &mut leases {
-                local.mark(row);
-            }
-        }
         let v4 = cfg.as_ref().and_then(|c| c.ipv4);
         let v6 = cfg.as_ref().and_then(|c| c.ipv6);
         Ok(Report {
@@ -133,8 +167,14 @@ pub fn run(args: Args) -> Result<i32> {
             subnets_v6: v6.map(|v| v.subnet_count()),
             leased: leases.len(),
             leases,
+            problems: Vec::new(),
         })
     })?;
+    if let Some(local) = &local {
+        for row in &mut report.leases {
+            local.mark(row);
+        }
+    }
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print_table(&report),
@@ -196,8 +236,18 @@ fn print_table(r: &Report) {
     }
     if r.leases.is_empty() {
         println!("\nno leases");
-        return;
+    } else {
+        print_leases(r);
     }
+    if !r.problems.is_empty() {
+        println!();
+        for p in &r.problems {
+            println!("{}: {}", p.node, p.detail);
+        }
+    }
+}
+
+fn print_leases(r: &Report) {
     // The PATH column only with --state-dir, the IPv6 one only where there is IPv6: an
     // IPv4 cluster's table is as it was.
     let with_paths = r.leases.iter().any(|l| l.path.is_some());
@@ -244,6 +294,9 @@ fn print_rows<const N: usize>(header: [&str; N], rows: impl Iterator<Item = [Str
 fn cells(l: &Row) -> [String; 6] {
     let alive = match (l.alive, l.expires_in) {
         (true, _) => "yes".to_string(),
+        (false, _) if l.kept_because.is_some() => {
+            format!("no ({})", l.kept_because.unwrap_or_default())
+        }
         (false, Some(s)) => format!(
             "no (kept {})",
             humantime::format_duration(std::time::Duration::from_secs(s as u64))

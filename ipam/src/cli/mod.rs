@@ -4,6 +4,7 @@
 mod check;
 mod etcd;
 mod explain;
+mod kube_leases;
 mod leases;
 mod release;
 mod show;

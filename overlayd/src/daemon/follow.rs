@@ -12,7 +12,7 @@ use crate::cni_conf::CniConf;
 use crate::etcd_retry::MAX_BACKOFF;
 
 /// How often the CNI config is looked at while it waits for the daemon to be ready.
-const CNI_CONF_POLL: Duration = Duration::from_millis(200);
+pub(super) const CNI_CONF_POLL: Duration = Duration::from_millis(200);
 
 impl Node {
     /// Follows the leases until the process is stopped (`run` ends this on SIGTERM or

@@ -48,7 +48,7 @@ pub(super) struct UsageSource {
 }
 
 impl UsageSource {
-    fn read(&self) -> Option<Usage> {
+    pub(super) fn read(&self) -> Option<Usage> {
         let data = self.store.snapshot().ok()?;
         Some(Usage {
             used: data.allocations.len() as u32,

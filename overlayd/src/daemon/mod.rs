@@ -1,6 +1,7 @@
 //! The daemon: set the node up once, then keep it true.
 
 mod follow;
+mod kube;
 mod liveness;
 mod reconcile;
 mod startup;
@@ -20,7 +21,7 @@ use ipnetwork::IpNetwork;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
-use crate::args::Args;
+use crate::args::{Args, Datastore};
 use crate::cni_conf::CniConf;
 use crate::datapath;
 use crate::health;
@@ -100,6 +101,15 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // Everything runs in here, so that the liveness key is given up on every way out but
     // a lost node's.
     let work = async {
+        if args.datastore == Datastore::Kubernetes {
+            let kube::Started {
+                mut node,
+                client,
+                lock: _lock,
+            } = kube::start(&args, name, &metrics).await?;
+            drop(lost_tx);
+            return node.follow_api(client).await;
+        }
         let startup::Started {
             mut node,
             reg,

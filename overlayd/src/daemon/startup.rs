@@ -148,48 +148,19 @@ pub(super) async fn start(
     metrics
         .status
         .step("starting: programming the data path and leasing the subnet");
-    // The VTEP MAC survives restarts: the device's own, else the one in our lease.
-    let vx_name = datapath::vxlan_name(cfg.vni);
-    let existing = nl.get_link(&vx_name).await?.filter(|l| l.vxlan.is_some());
     let previous = etcd!(retry, reg.lease_of(&name));
-    let mac = match (&existing, &previous) {
-        (Some(l), _) if l.mac.len() == 6 => l.mac.as_slice().try_into().expect("6 bytes"),
-        (_, Some(p)) => p.vtep_mac_bytes().unwrap_or(datapath::random_mac()?),
-        _ => datapath::random_mac()?,
-    };
-    let vx_spec = VxlanSpec {
-        name: vx_name,
-        vni: cfg.vni,
-        port: cfg.port,
-        local: underlay.ip,
-        dev: underlay.link.index,
-        mtu: underlay.pod_mtu(),
-        mac,
-    };
+    let (vx_spec, vx) = vxlan(
+        &nl,
+        &cfg,
+        &underlay,
+        previous.as_ref().and_then(|p| p.vtep_mac_bytes()),
+    )
+    .await?;
     // The device and the routes to every other node come first, the lease second: when
     // this node's address changed, the others switch to it only once it can answer there.
-    let vx = datapath::ensure_vxlan(&nl, &vx_spec).await?;
     let (stored, _) = etcd!(retry, reg.list(&cfg));
     let view = resolve(&cfg, &underlay.networks, &stored);
-    let first = peer_list(
-        &view,
-        &name,
-        None,
-        Family::of(underlay.ip),
-        &PeerList::default(),
-    );
-    let others: Vec<Peer> = first.peers.values().copied().collect();
-    let have = datapath::read(&nl, vx.index).await?;
-    let reach = if args.direct_routing {
-        datapath::reach(&nl, &others, underlay.link.index).await
-    } else {
-        Reach::new()
-    };
-    let early = diff(
-        &Entries::desired(&others, &reach).keeping(&first.held, &have),
-        &have,
-    );
-    datapath::apply_guarded(&nl, vx.index, early).await;
+    let reach = early_routes(&nl, args, &vx, &underlay, &view, &name).await?;
 
     // The subnet this node had, so that its pods keep their addresses: node.json's, else
     // the one its lease names.
@@ -210,7 +181,7 @@ pub(super) async fn start(
             &cfg,
             &name,
             underlay.ip,
-            &ferry_netlink::format_mac(&mac),
+            &ferry_netlink::format_mac(&vx_spec.mac),
             args.lease_grace,
             prefer,
             prefer_v6,
@@ -222,42 +193,152 @@ pub(super) async fn start(
         vtep_mac = %acquired.record.vtep_mac, reused = acquired.reused, "subnet leased"
     );
 
-    let filter = filter_shape(args, &cfg, underlay.ip);
-    let mut node = Node {
-        args: args.clone(),
-        name,
-        nl,
-        cfg,
-        underlay,
-        me: acquired.record,
-        vx_spec,
-        vx,
-        grace_lease: acquired.grace_lease,
-        view: PeerList::default(),
-        reach,
-        paths: None,
-        refused: BTreeSet::new(),
-        refusal_log: RefusalLog::default(),
-        spared: BTreeSet::new(),
-        programmed: Entries::default(),
-        filter,
-        filtered: None,
-        iptables: crate::iptables::Selection::choose(args.iptables_backend),
-        metrics: metrics.clone(),
-        node_check,
-        cni: CniConf::new(args.cni_conf_dir.as_deref(), args.cni_conflist.as_deref()),
+    let mut node = Node::new(
+        args,
+        Parts {
+            name,
+            nl,
+            cfg,
+            underlay,
+            me: acquired.record,
+            vx_spec,
+            vx,
+            grace_lease: acquired.grace_lease,
+            reach,
+            node_check,
+        },
+        metrics,
+    );
+    let rev = etcd!(retry, node.refresh(&mut reg));
+    go_ready(&mut node, args, metrics).await?;
+    metrics.etcd_connected.store(true, Relaxed);
+    Ok(Started {
+        node,
+        reg,
+        rev,
+        liveness,
+        lock,
+    })
+}
+
+/// The VXLAN device, its MAC kept across restarts: the device's own, else `previous`
+/// (the one this node last published), else a new one.
+pub(super) async fn vxlan(
+    nl: &Netlink,
+    cfg: &ClusterConfig,
+    underlay: &Underlay,
+    previous: Option<[u8; 6]>,
+) -> Result<(VxlanSpec, ferry_netlink::Link)> {
+    let vx_name = datapath::vxlan_name(cfg.vni);
+    let existing = nl.get_link(&vx_name).await?.filter(|l| l.vxlan.is_some());
+    let own: Option<[u8; 6]> = existing.and_then(|l| l.mac.as_slice().try_into().ok());
+    let mac = match own.or(previous) {
+        Some(m) => m,
+        None => datapath::random_mac()?,
     };
-    if args.big_tcp {
-        match node.big_tcp() {
-            Some(big) => {
-                tracing::info!(underlay = %node.underlay.link.name, sizes = %big, "BIG TCP: pods take the underlay's GSO/GRO sizes")
-            }
-            None => {
-                tracing::warn!(underlay = %node.underlay.link.name, "--big-tcp is on but the underlay's GSO/GRO sizes are the kernel's 64 KiB: pods keep them")
+    let vx_spec = VxlanSpec {
+        name: vx_name,
+        vni: cfg.vni,
+        port: cfg.port,
+        local: underlay.ip,
+        dev: underlay.link.index,
+        mtu: underlay.pod_mtu(),
+        mac,
+    };
+    let vx = datapath::ensure_vxlan(nl, &vx_spec).await?;
+    Ok((vx_spec, vx))
+}
+
+/// Routes, FDB and neighbour entries to every peer of `view`, made before this node
+/// publishes itself; what is reached on-link (DirectRouting).
+pub(super) async fn early_routes(
+    nl: &Netlink,
+    args: &Args,
+    vx: &ferry_netlink::Link,
+    underlay: &Underlay,
+    view: &ferry_registry::LeaseView,
+    name: &str,
+) -> Result<Reach> {
+    let first = peer_list(
+        view,
+        name,
+        None,
+        Family::of(underlay.ip),
+        &PeerList::default(),
+    );
+    let others: Vec<Peer> = first.peers.values().copied().collect();
+    let have = datapath::read(nl, vx.index).await?;
+    let reach = if args.direct_routing {
+        datapath::reach(nl, &others, underlay.link.index).await
+    } else {
+        Reach::new()
+    };
+    let early = diff(
+        &Entries::desired(&others, &reach).keeping(&first.held, &have),
+        &have,
+    );
+    datapath::apply_guarded(nl, vx.index, early).await;
+    Ok(reach)
+}
+
+/// What start-up has made of the node, whichever the datastore.
+pub(super) struct Parts {
+    pub(super) name: String,
+    pub(super) nl: Netlink,
+    pub(super) cfg: ClusterConfig,
+    pub(super) underlay: Underlay,
+    pub(super) me: ferry_registry::LeaseRecord,
+    pub(super) vx_spec: VxlanSpec,
+    pub(super) vx: ferry_netlink::Link,
+    /// 0 with the Kubernetes datastore.
+    pub(super) grace_lease: i64,
+    pub(super) reach: Reach,
+    pub(super) node_check: NodeCheck,
+}
+
+impl Node {
+    pub(super) fn new(args: &Args, p: Parts, metrics: &Arc<Metrics>) -> Node {
+        let filter = filter_shape(args, &p.cfg, p.underlay.ip);
+        let node = Node {
+            args: args.clone(),
+            name: p.name,
+            nl: p.nl,
+            cfg: p.cfg,
+            underlay: p.underlay,
+            me: p.me,
+            vx_spec: p.vx_spec,
+            vx: p.vx,
+            grace_lease: p.grace_lease,
+            view: PeerList::default(),
+            reach: p.reach,
+            paths: None,
+            refused: BTreeSet::new(),
+            refusal_log: RefusalLog::default(),
+            spared: BTreeSet::new(),
+            programmed: Entries::default(),
+            filter,
+            filtered: None,
+            iptables: crate::iptables::Selection::choose(args.iptables_backend),
+            metrics: metrics.clone(),
+            node_check: p.node_check,
+            cni: CniConf::new(args.cni_conf_dir.as_deref(), args.cni_conflist.as_deref()),
+        };
+        if args.big_tcp {
+            match node.big_tcp() {
+                Some(big) => {
+                    tracing::info!(underlay = %node.underlay.link.name, sizes = %big, "BIG TCP: pods take the underlay's GSO/GRO sizes")
+                }
+                None => {
+                    tracing::warn!(underlay = %node.underlay.link.name, "--big-tcp is on but the underlay's GSO/GRO sizes are the kernel's 64 KiB: pods keep them")
+                }
             }
         }
+        node
     }
-    let rev = etcd!(retry, node.refresh(&mut reg));
+}
+
+/// The node reconciled once, the policy started, node.json written: ready.
+pub(super) async fn go_ready(node: &mut Node, args: &Args, metrics: &Arc<Metrics>) -> Result<()> {
     node.full_reconcile().await?;
     // The plugin's notice socket exists before node.json does, so that no pod is
     // added on this node before NetworkPolicy can cover it.
@@ -281,17 +362,10 @@ pub(super) async fn start(
         );
     }
     metrics.ready.store(true, Relaxed);
-    metrics.etcd_connected.store(true, Relaxed);
     metrics.status.clear(Cause::Starting);
     node.keep_cni_conf();
     tracing::info!(peers = node.view.peers.len(), "ready");
-    Ok(Started {
-        node,
-        reg,
-        rev,
-        liveness,
-        lock,
-    })
+    Ok(())
 }
 
 /// A random ID of this process, held in the node's liveness key beside the machine's.

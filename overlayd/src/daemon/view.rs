@@ -93,7 +93,12 @@ impl Node {
     /// The peers from every stored record, checked and with conflicts settled (the same
     /// on every node), this node's own subnet left out.
     fn set_view(&mut self, stored: &[StoredLease]) {
-        let mut view = resolve(&self.cfg, &self.underlay.networks, stored);
+        self.take_view(resolve(&self.cfg, &self.underlay.networks, stored));
+    }
+
+    /// The peers from records already checked and settled (`view`), whichever datastore
+    /// they came from.
+    pub(super) fn take_view(&mut self, mut view: LeaseView) {
         let refused: BTreeSet<Refused> = std::mem::take(&mut view.refused).into_iter().collect();
         let lines = self
             .refusal_log

@@ -1,0 +1,346 @@
+//! The Kubernetes datastore (`--datastore kubernetes`): the node's subnets are its Node's
+//! `spec.podCIDRs`, what peers need is published as `ferry.dev/` annotations on it, and
+//! every other Node, judged as an etcd lease record is, is a peer. No name to claim and no
+//! lease to keep alive: the Node object is the node's identity, the controller-manager
+//! owns the subnets, and a Node stays a peer until it is deleted (NotReady included: its
+//! pods may still be running).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use ferry_kube_registry::client::{self, Change, USAGE_EVERY};
+use ferry_kube_registry::entry::{cluster_config, NO_POD_CIDR};
+use ferry_kube_registry::{judge_all, own_record, NodeEntry};
+use ferry_netlink::Netlink;
+use ferry_registry::model::{check_lease, ConfigFlags};
+use ferry_registry::Usage;
+use futures_util::{FutureExt, StreamExt};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+
+use super::liveness::{capacity, UsageSource};
+use super::startup::{early_routes, go_ready, vxlan, Parts};
+use super::view::log_refusal;
+use super::Node;
+use crate::api_retry::Retry;
+use crate::args::Args;
+use crate::cni_conf::CniConf;
+use crate::identity::{self, NodeLock};
+use crate::metrics::Metrics;
+use crate::node_check::NodeCheck;
+use crate::status::Status;
+use crate::underlay;
+
+/// How long a start-up request waits before it is asked again, at most.
+const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// What a started daemon goes on with.
+pub(super) struct Started {
+    pub(super) node: Node,
+    pub(super) client: Client,
+    /// Held for the life of the process.
+    pub(super) lock: NodeLock,
+}
+
+/// Everything from the node's lock to ready: its Node read (waited for until it has pod
+/// CIDRs), the data path to the other Nodes programmed, the address and VTEP MAC
+/// published, the node reconciled once, the policy started and node.json written.
+pub(super) async fn start(args: &Args, name: String, metrics: &Arc<Metrics>) -> Result<Started> {
+    let status = &metrics.status;
+    status.step("starting: taking the node's lock");
+    let lock = identity::lock(&args.state_dir, status).await?;
+    status.step("starting: finding the underlay");
+    let nl = Netlink::open().context("netlink")?;
+    let underlay = underlay::find(&nl, args.iface.as_deref(), args.public_ip, &args.bridge).await?;
+    status.step("starting: connecting to the Kubernetes API");
+    let client = client::connect(args.kubeconfig.as_deref()).await?;
+    let own = retried(status, || async {
+        match client::get(&client, &name).await {
+            Ok(Some(e)) if !e.pod_cidrs.is_empty() => Ok(e),
+            Ok(Some(_)) => Err(format!("Node {name} {NO_POD_CIDR}")),
+            Ok(None) => Err(format!(
+                "no Node {name} in the API (the kubelet registers it; is the node name right?)"
+            )),
+            Err(e) => Err(format!("the API: {e}")),
+        }
+    })
+    .await;
+    let flags = ConfigFlags {
+        cluster_cidr: args.cluster_cidr,
+        subnet_len: args.subnet_len,
+        cluster_cidr_v6: args.cluster_cidr_v6,
+        subnet_len_v6: args.subnet_len_v6,
+        vni: args.vni,
+        port: args.port,
+    };
+    let cfg = cluster_config(&flags, &own)
+        .and_then(|c| c.check_underlay(&underlay.networks).map(|()| c))
+        .map_err(|e| anyhow!("the cluster config (from the flags and Node {name}): {e}"))?;
+    let mut node_check = NodeCheck::new();
+    status.step("starting: checking the node's sysctls");
+    node_check.wait(cfg.ipv6.is_some(), status).await;
+
+    status.step("starting: programming the data path");
+    let previous = own
+        .vtep_mac
+        .as_deref()
+        .and_then(ferry_registry::model::parse_mac);
+    let (vx_spec, vx) = vxlan(&nl, &cfg, &underlay, previous).await?;
+    let mac = ferry_netlink::format_mac(&vx_spec.mac);
+    let me = own_record(&cfg, &own, underlay.ip, &mac).map_err(|e| anyhow!("{e}"))?;
+    // The Node's own subnets pass the checks every other node will make of them, or no
+    // other node would route to this one.
+    check_lease(&cfg, &underlay.networks, me.primary(), &me)
+        .map_err(|e| anyhow!("Node {name}'s spec.podCIDRs {:?}: {e}", own.pod_cidrs))?;
+    // The routes to every other Node first, the annotations second: when this node's
+    // address changed, the others switch to it only once it can answer there.
+    let nodes = retried(status, || async {
+        client::list(&client)
+            .await
+            .map_err(|e| format!("the API: {e}"))
+    })
+    .await;
+    let judged = judge_all(&cfg, &underlay.networks, &nodes);
+    let reach = early_routes(&nl, args, &vx, &underlay, &judged.view, &name).await?;
+    status.step("starting: publishing this node's address on its Node");
+    retried(status, || async {
+        client::publish(&client, &name, underlay.ip, &mac)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    tracing::info!(
+        node = %name, subnet = ?me.subnet, subnet_v6 = ?me.subnet_v6,
+        public_ip = %underlay.ip, vtep_mac = %mac, "pod CIDRs from the Node; address published"
+    );
+    let mut node = Node::new(
+        args,
+        Parts {
+            name,
+            nl,
+            cfg,
+            underlay,
+            me,
+            vx_spec,
+            vx,
+            grace_lease: 0,
+            reach,
+            node_check,
+        },
+        metrics,
+    );
+    node.take_nodes(&nodes);
+    go_ready(&mut node, args, metrics).await?;
+    Ok(Started { node, client, lock })
+}
+
+/// Asks `attempt` until it answers, saying in `/readyz` (and the log, once per reason)
+/// what it waits for.
+async fn retried<T, F, Fut>(status: &Status, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, String>>,
+{
+    let mut wait = Duration::from_millis(200);
+    let mut told = String::new();
+    loop {
+        match attempt().await {
+            Ok(v) => return v,
+            Err(why) => {
+                if why != told {
+                    tracing::warn!("waiting: {why}");
+                    told = why.clone();
+                }
+                status.step(format!("waiting: {why}"));
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_WAIT);
+    }
+}
+
+impl Node {
+    /// The peers from every Node (this node's own left out by `take_view`), and the
+    /// Nodes that are not peers yet, each said once.
+    fn take_nodes<'a>(&mut self, nodes: impl IntoIterator<Item = &'a NodeEntry>) {
+        let judged = judge_all(&self.cfg, &self.underlay.networks, nodes);
+        for (n, why) in &judged.pending {
+            if *n != self.name {
+                tracing::debug!(node = %n, "not a peer yet: Node {n} {why}");
+            }
+        }
+        self.take_view(judged.view);
+    }
+
+    /// Whether this node's Node still says what it published; when it does not (edited,
+    /// or the Node made again), the annotations are written back.
+    async fn defend_annotations(&self, client: &Client, own: Option<&NodeEntry>) {
+        let ip = self.underlay.ip.to_string();
+        let mac = ferry_netlink::format_mac(&self.vx_spec.mac);
+        let Some(own) = own else { return };
+        if own.public_ip.as_deref() == Some(ip.as_str())
+            && own.vtep_mac.as_deref() == Some(mac.as_str())
+        {
+            return;
+        }
+        tracing::warn!(node = %self.name, "this node's ferry.dev/ annotations were removed or changed; written back");
+        if let Err(e) = client::publish(client, &self.name, self.underlay.ip, &mac).await {
+            self.metrics.etcd_errors.fetch_add(1, Relaxed);
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Follows the Nodes until the process is stopped: changes are applied as they come
+    /// (a burst in one go), the data path is checked on a timer, the usage published at a
+    /// bounded rate. An API outage keeps the data path as it is; kube's watcher lists
+    /// again when the API is back.
+    pub(super) async fn follow_api(&mut self, client: Client) -> Result<()> {
+        let retry = Retry::default();
+        let contact = retry.contact.clone();
+        let mut changes = std::pin::pin!(client::changes(&client).backoff(retry));
+        let mut nodes: BTreeMap<String, NodeEntry> = BTreeMap::new();
+        let mut relist: Option<BTreeMap<String, NodeEntry>> = None;
+        let mut listed = false;
+        let mut up = true;
+        let mut resync = tokio::time::interval(self.args.resync_interval);
+        resync.tick().await;
+        let mut cni_poll = tokio::time::interval(super::follow::CNI_CONF_POLL);
+        let mut usage_tick = tokio::time::interval(USAGE_EVERY);
+        let usage = UsageSource {
+            store: ferry_node_ipam::Store::new(&self.args.ipam_data_dir),
+            capacity: capacity(&self.me),
+        };
+        let mut published: Option<Usage> = None;
+        loop {
+            tokio::select! {
+                first = changes.next() => {
+                    let Some(first) = first else {
+                        return Err(anyhow!("the Node watch ended"));
+                    };
+                    // The whole burst at once: a rollout patches every Node within
+                    // seconds, and one view of all of them is enough.
+                    let mut dirty = false;
+                    let mut next = Some(first);
+                    while let Some(ch) = next {
+                        match ch {
+                            Ok(ch) => {
+                                if !matches!(ch, Change::Relisting) {
+                                    contact.store(true, Relaxed);
+                                    if !up {
+                                        tracing::info!("the API is back: following the Nodes again");
+                                        up = true;
+                                    }
+                                }
+                                dirty |= self.note(ch, &mut nodes, &mut relist, &mut listed)?;
+                            }
+                            Err(e) => {
+                                self.metrics.etcd_errors.fetch_add(1, Relaxed);
+                                if up {
+                                    tracing::warn!("the API: {e}; keeping the data path as it is and retrying");
+                                    up = false;
+                                }
+                            }
+                        }
+                        next = changes.next().now_or_never().flatten();
+                    }
+                    if dirty && listed {
+                        self.take_nodes(nodes.values());
+                        self.apply_changes().await;
+                    }
+                }
+                _ = resync.tick() => {
+                    if up && listed {
+                        self.defend_annotations(&client, nodes.get(&self.name)).await;
+                    }
+                    if let Err(e) = self.full_reconcile().await {
+                        tracing::warn!("resync: {e:#}");
+                    }
+                    if let Some(line) = self.refusal_log.due(Instant::now()) {
+                        log_refusal(line, self.refused.len());
+                    }
+                    self.keep_cni_conf();
+                }
+                _ = usage_tick.tick() => {
+                    if let Some(now) = usage.read().filter(|u| published != Some(*u)) {
+                        match client::publish_usage(&client, &self.name, now).await {
+                            Ok(()) => published = Some(now),
+                            Err(e) => tracing::debug!("{e}"),
+                        }
+                    }
+                }
+                _ = cni_poll.tick(), if self.cni.as_ref().is_some_and(CniConf::waiting) => {
+                    self.keep_cni_conf();
+                }
+            }
+        }
+    }
+
+    /// Takes one change into `nodes` (or the listing in progress); whether the peers may
+    /// have changed. This node's pod CIDRs changing is an error: its pods hold addresses
+    /// of the old ones, and a restart is how the node takes the new ones.
+    fn note(
+        &self,
+        ch: Change,
+        nodes: &mut BTreeMap<String, NodeEntry>,
+        relist: &mut Option<BTreeMap<String, NodeEntry>>,
+        listed: &mut bool,
+    ) -> Result<bool> {
+        match ch {
+            Change::Relisting => {
+                *relist = Some(BTreeMap::new());
+                Ok(false)
+            }
+            Change::Seen(e) => {
+                if e.name == self.name {
+                    self.check_own(&e)?;
+                }
+                if let Some(r) = relist {
+                    r.insert(e.name.clone(), e);
+                    return Ok(false);
+                }
+                let changed = nodes.get(&e.name).is_none_or(|old| !old.routes_like(&e));
+                nodes.insert(e.name.clone(), e);
+                Ok(changed)
+            }
+            Change::Gone(name) => {
+                if name == self.name {
+                    tracing::warn!(node = %name, "this node's Node was deleted; its routes stay until it is back (the kubelet registers it again)");
+                }
+                if let Some(r) = relist {
+                    r.remove(&name);
+                    return Ok(false);
+                }
+                if nodes.remove(&name).is_some() {
+                    tracing::info!(node = %name, "Node deleted");
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            Change::Listed => {
+                if let Some(r) = relist.take() {
+                    *nodes = r;
+                }
+                *listed = true;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Fails when this node's Node names other pod CIDRs than the ones it runs with.
+    fn check_own(&self, e: &NodeEntry) -> Result<()> {
+        if e.pod_cidrs.is_empty() {
+            return Ok(());
+        }
+        let now = own_record(&self.cfg, e, self.me.public_ip, &self.me.vtep_mac);
+        match now {
+            Ok(r) if r.subnet == self.me.subnet && r.subnet_v6 == self.me.subnet_v6 => Ok(()),
+            _ => Err(anyhow!(
+                "Node {}'s spec.podCIDRs are now {:?}, not the {:?}/{:?} this daemon runs with; exiting so that a restart takes them (pods on this node must be restarted to get addresses of them)",
+                self.name, e.pod_cidrs, self.me.subnet, self.me.subnet_v6
+            )),
+        }
+    }
+}
