@@ -1,11 +1,11 @@
-//! A stand-in for the Kubernetes API server: the list and watch of Namespaces, Pods and
-//! NetworkPolicies, served over HTTP/1.1 (plain or HTTPS) from objects the test holds, so
-//! the real client (kube's reflector and watcher) can run against it where no API server
-//! can.
+//! A stand-in for the Kubernetes API server: the list and watch of Namespaces, Pods,
+//! NetworkPolicies and Nodes, and the merge patch of a Node, served over HTTP/1.1 (plain or
+//! HTTPS) from objects the test holds, so the real client (kube's reflector and watcher, a
+//! daemon publishing on its Node) can run against it where no API server can.
 //!
 //! What it serves, as the real server does:
-//! - `GET /api/v1/namespaces`, `/api/v1/pods`, `/api/v1/namespaces/{ns}/pods`,
-//!   `/apis/networking.k8s.io/v1/networkpolicies` and
+//! - `GET /api/v1/namespaces`, `/api/v1/nodes`, `/api/v1/pods`,
+//!   `/api/v1/namespaces/{ns}/pods`, `/apis/networking.k8s.io/v1/networkpolicies` and
 //!   `/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies`: a `…List` whose
 //!   `metadata.resourceVersion` is the current one (`resourceVersion` of a list is ignored:
 //!   the list is always current). `limit=N` pages it as the real server does: at most N
@@ -23,11 +23,23 @@
 //!   `!=`), `labelSelector` with `k=v`, `k==v`, `k!=v`, `k`, `!k`; anything else is a 400,
 //!   never silently ignored. A watch with a selector sees an object leave it as DELETED and
 //!   enter it as ADDED, as the real server reports.
-//! - `GET` of one Namespace, Pod or NetworkPolicy by its path: the object, or 404 `NotFound`.
+//! - `GET` of one Namespace, Node, Pod or NetworkPolicy by its path: the object, or 404
+//!   `NotFound`.
+//! - `PATCH /api/v1/nodes/{name}` with `application/merge-patch+json` (RFC 7386: maps merge,
+//!   `null` removes a key, anything else replaces) or `application/strategic-merge-patch+json`
+//!   (applied as a merge patch: right for maps such as annotations and labels; lists are
+//!   replaced whole, and `$patch` directives are not understood). The object keeps its
+//!   name, uid and creationTimestamp; a `metadata.resourceVersion` in the patch is a
+//!   precondition (409 `Conflict` when stale); a change gets the next resourceVersion and
+//!   watches see MODIFIED, while a patch that changes nothing writes nothing, as on the real
+//!   server. Another patch type gets 415 `UnsupportedMediaType`, a missing Node 404. Any
+//!   other write (`POST`, `PUT`, `DELETE`, `PATCH` of another kind) gets 405: the test
+//!   writes through [`KubeApi`]'s methods.
 //!
 //! The server assigns `metadata.resourceVersion` from one global counter, `uid` and
-//! `creationTimestamp`, and labels a Namespace `kubernetes.io/metadata.name`. Writes are last
-//! writer wins (no resourceVersion preconditions).
+//! `creationTimestamp`, and labels a Namespace `kubernetes.io/metadata.name`. The test's own
+//! writes ([`KubeApi::create`], `update`, `delete`, [`KubeApi::merge_patch`]) need no token
+//! and are last writer wins (only a patch's resourceVersion is a precondition).
 //!
 //! As a cluster serves an in-cluster client, when asked:
 //! - HTTPS ([`KubeApi::bind_tls`]) with a CA and certificate of its own ([`KubeApi::ca_pem`]),
@@ -60,7 +72,7 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request as HttpRequest, Response, StatusCode};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -78,6 +90,8 @@ pub enum KapiError {
     AlreadyExists { kind: &'static str, key: String },
     #[error("{kind} {key} not found")]
     NotFound { kind: &'static str, key: String },
+    #[error("{kind} {key}: the patch's resourceVersion is not the current one")]
+    Conflict { kind: &'static str, key: String },
     #[error("invalid {kind}: {msg}")]
     Invalid { kind: &'static str, msg: String },
     #[error("{kind} {key}: cannot convert: {source}")]
@@ -134,6 +148,7 @@ pub enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Node,
 }
 
 /// What k8s-openapi's [`Resource`] says of a kind.
@@ -162,6 +177,7 @@ impl Kind {
             Kind::Namespace => ResourceNames::of::<Namespace>(),
             Kind::Pod => ResourceNames::of::<Pod>(),
             Kind::NetworkPolicy => ResourceNames::of::<NetworkPolicy>(),
+            Kind::Node => ResourceNames::of::<Node>(),
         }
     }
 
@@ -174,7 +190,7 @@ impl Kind {
     }
 
     fn namespaced(self) -> bool {
-        self != Kind::Namespace
+        !matches!(self, Kind::Namespace | Kind::Node)
     }
 
     /// The resource's name in paths and RBAC rules.
@@ -185,9 +201,22 @@ impl Kind {
     fn group(self) -> &'static str {
         self.resource().group
     }
+
+    /// Whether `v` decodes as this kind's type, as the server decodes what it stores.
+    fn check(self, v: &Value) -> Result<(), serde_json::Error> {
+        fn decodes<K: DeserializeOwned>(v: &Value) -> Result<(), serde_json::Error> {
+            K::deserialize(v).map(drop)
+        }
+        match self {
+            Kind::Namespace => decodes::<Namespace>(v),
+            Kind::Pod => decodes::<Pod>(v),
+            Kind::NetworkPolicy => decodes::<NetworkPolicy>(v),
+            Kind::Node => decodes::<Node>(v),
+        }
+    }
 }
 
-/// A type the stand-in serves: `Namespace`, `Pod`, `NetworkPolicy`.
+/// A type the stand-in serves: `Namespace`, `Pod`, `NetworkPolicy`, `Node`.
 pub trait Served: Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned {
     const SERVED: Kind;
 }
@@ -199,6 +228,9 @@ impl Served for Pod {
 }
 impl Served for NetworkPolicy {
     const SERVED: Kind = Kind::NetworkPolicy;
+}
+impl Served for Node {
+    const SERVED: Kind = Kind::Node;
 }
 
 /// One request the server received.
@@ -607,6 +639,41 @@ impl KubeApi {
         })
     }
 
+    /// Applies a JSON merge patch (RFC 7386) to a stored object, as a client's `PATCH` with
+    /// `application/merge-patch+json` does (see the module's doc): a map merges, `null`
+    /// removes a key; the object's identity stays; a change bumps its resourceVersion and
+    /// watches see MODIFIED. `namespace` is `None` for a cluster-scoped kind.
+    pub fn merge_patch<K: Served>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<K, KapiError> {
+        let kind = K::SERVED;
+        let ns = namespace.unwrap_or("").to_string();
+        let shown = show_key(&ns, name);
+        let key = (kind, ns, name.to_string());
+        let value = apply_patch(&self.shared, key, patch).map_err(|r| match r.code {
+            StatusCode::NOT_FOUND => KapiError::NotFound {
+                kind: kind.name(),
+                key: shown.clone(),
+            },
+            StatusCode::CONFLICT => KapiError::Conflict {
+                kind: kind.name(),
+                key: shown.clone(),
+            },
+            _ => KapiError::Invalid {
+                kind: kind.name(),
+                msg: r.message,
+            },
+        })?;
+        serde_json::from_value(value).map_err(|source| KapiError::Encoding {
+            kind: kind.name(),
+            key: shown,
+            source,
+        })
+    }
+
     /// The stored object, as a client would read it.
     pub fn get<K: Served>(&self, namespace: Option<&str>, name: &str) -> Option<K> {
         let st = self.shared.lock();
@@ -709,7 +776,12 @@ fn key_of(kind: Kind, meta: &ObjectMeta) -> Result<(String, String), KapiError> 
         (true, Some(ns)) if !ns.is_empty() => ns.clone(),
         (true, _) => return Err(invalid(kind, "metadata.namespace is required")),
         (false, None) => String::new(),
-        (false, Some(_)) => return Err(invalid(kind, "a Namespace has no metadata.namespace")),
+        (false, Some(_)) => {
+            return Err(invalid(
+                kind,
+                "a cluster-scoped object has no metadata.namespace",
+            ))
+        }
     };
     Ok((ns, name))
 }
@@ -931,6 +1003,8 @@ fn route(path: &str) -> Option<Route> {
     match segs.as_slice() {
         ["api", "v1", "namespaces"] => r(Kind::Namespace, None, None),
         ["api", "v1", "namespaces", name] => r(Kind::Namespace, None, Some(name)),
+        ["api", "v1", "nodes"] => r(Kind::Node, None, None),
+        ["api", "v1", "nodes", name] => r(Kind::Node, None, Some(name)),
         ["api", "v1", "pods"] => r(Kind::Pod, None, None),
         ["api", "v1", "namespaces", ns, "pods"] => r(Kind::Pod, Some(ns), None),
         ["api", "v1", "namespaces", ns, "pods", name] => r(Kind::Pod, Some(ns), Some(name)),
@@ -1061,16 +1135,22 @@ async fn handle(
         user: None,
         status: None,
     };
-    let authorization = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let authorization = header(hyper::header::AUTHORIZATION);
+    let content_type = header(hyper::header::CONTENT_TYPE);
+    let method = req.method().clone();
+    let body = req.into_body();
     let judged = {
         let mut st = shared.lock();
         if st.down {
             None
         } else {
-            let (user, verdict) = judge(&st, &record, authorization);
+            let (user, verdict) = judge(&st, &record, authorization.as_deref());
             record.user = user;
             st.requests.push(record.clone());
             Some((st.requests.len() - 1, verdict))
@@ -1081,7 +1161,10 @@ async fn handle(
         return std::future::pending().await;
     };
     let response = match verdict {
-        Verdict::Allowed => respond(shared.clone(), req.method(), &record),
+        Verdict::Allowed if method == Method::PATCH && patchable(&record.path) => {
+            patch_request(&shared, &record, content_type.as_deref(), body).await
+        }
+        Verdict::Allowed => respond(shared.clone(), &method, &record),
         Verdict::Unauthorized => fail(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -1108,7 +1191,10 @@ fn respond(shared: Arc<Shared>, method: &Method, record: &Request) -> Response<B
         return fail(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!("{method} is not served by this stand-in; only get, list and watch"),
+            format!(
+                "{method} is not served by this stand-in; only get, list and watch (and patch \
+                 of a Node)"
+            ),
         );
     }
     let Some(Route {
@@ -1193,21 +1279,256 @@ fn get_one(shared: &Shared, kind: Kind, namespace: Option<&str>, name: &str) -> 
     if let Some(obj) = shared.lock().objects.get(&key) {
         return full(StatusCode::OK, obj);
     }
-    let qualified = match kind.group() {
+    refused(Refusal::not_found(kind, name))
+}
+
+/// The plural as the server qualifies it in messages: `nodes`, `networkpolicies.networking.k8s.io`.
+fn qualified(kind: Kind) -> String {
+    match kind.group() {
         "" => kind.plural().to_string(),
         group => format!("{}.{group}", kind.plural()),
-    };
-    let details = rbac::Details {
-        group: kind.group().into(),
-        kind: kind.plural().into(),
-        name: name.into(),
-    };
-    fail_about(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        format!("{qualified} {name:?} not found"),
-        &details,
+    }
+}
+
+/// Why the server refused a write, as its `Status` says it.
+#[derive(Debug)]
+struct Refusal {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+    /// The object's `details` (404 and 409 carry them).
+    about: Option<rbac::Details>,
+}
+
+impl Refusal {
+    fn new(code: StatusCode, reason: &'static str, message: String) -> Refusal {
+        Refusal {
+            code,
+            reason,
+            message,
+            about: None,
+        }
+    }
+
+    fn details(kind: Kind, name: &str) -> rbac::Details {
+        rbac::Details {
+            group: kind.group().into(),
+            kind: kind.plural().into(),
+            name: name.into(),
+        }
+    }
+
+    fn not_found(kind: Kind, name: &str) -> Refusal {
+        Refusal {
+            about: Some(Refusal::details(kind, name)),
+            ..Refusal::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{} {name:?} not found", qualified(kind)),
+            )
+        }
+    }
+}
+
+fn refused(r: Refusal) -> Response<Body> {
+    match &r.about {
+        Some(d) => fail_about(r.code, r.reason, r.message, d),
+        None => fail(r.code, r.reason, r.message),
+    }
+}
+
+/// Whether a PATCH of `path` is served: one Node, the only kind a client writes here.
+fn patchable(path: &str) -> bool {
+    matches!(
+        route(path),
+        Some(Route {
+            kind: Kind::Node,
+            name: Some(_),
+            ..
+        })
     )
+}
+
+/// The media types of a PATCH the stand-in applies, both as a JSON merge patch.
+const MERGE_PATCH: &str = "application/merge-patch+json";
+const STRATEGIC_MERGE_PATCH: &str = "application/strategic-merge-patch+json";
+
+/// `PATCH` of one object (see [`patchable`]): the body as a JSON merge patch.
+async fn patch_request(
+    shared: &Shared,
+    record: &Request,
+    content_type: Option<&str>,
+    body: Incoming,
+) -> Response<Body> {
+    let Some(Route {
+        kind,
+        namespace,
+        name: Some(name),
+    }) = route(&record.path)
+    else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "the server could not find the requested resource {}",
+                record.path
+            ),
+        );
+    };
+    // The media type without its parameters (`; charset=utf-8`), compared as the server does.
+    let media = content_type
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if media != MERGE_PATCH && media != STRATEGIC_MERGE_PATCH {
+        return fail(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format ({media:?}) - accepted media \
+                 types include: {MERGE_PATCH}, {STRATEGIC_MERGE_PATCH}"
+            ),
+        );
+    }
+    let bytes = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("reading the request body: {e}"),
+            )
+        }
+    };
+    let patch: Value = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("error decoding patch: {e}"),
+            )
+        }
+    };
+    let key = (kind, namespace.unwrap_or_default(), name);
+    match apply_patch(shared, key, &patch) {
+        Ok(obj) => full(StatusCode::OK, &obj),
+        Err(r) => refused(r),
+    }
+}
+
+/// RFC 7386: an object patch merges into the target key by key, `null` removing the key; any
+/// other patch value (a list too) replaces the target whole.
+pub fn merge_patch_json(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let Value::Object(t) = target else {
+        return;
+    };
+    for (k, v) in fields {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch_json(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// Applies a merge patch to a stored object, as the server does: `metadata.resourceVersion`
+/// in the patch is a precondition (409 when stale); the identity (`apiVersion`, `kind`,
+/// name, namespace, uid, creationTimestamp) is kept whatever the patch says; the result must
+/// still decode as its kind; a patch that changes nothing writes nothing (no new version, no
+/// event), and any other gets the next resourceVersion and a MODIFIED event.
+fn apply_patch(shared: &Shared, key: Key, patch: &Value) -> Result<Value, Refusal> {
+    let kind = key.0;
+    let name = key.2.clone();
+    if !patch.is_object() {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!(
+                "a merge patch of {} {name:?} must be a JSON object",
+                qualified(kind)
+            ),
+        ));
+    }
+    let mut st = shared.lock();
+    let Some(previous) = st.objects.get(&key).cloned() else {
+        return Err(Refusal::not_found(kind, &name));
+    };
+    let current = previous["metadata"]["resourceVersion"].clone();
+    if let Some(wanted) = patch["metadata"]["resourceVersion"].as_str() {
+        if Some(wanted) != current.as_str() {
+            return Err(Refusal {
+                about: Some(Refusal::details(kind, &name)),
+                ..Refusal::new(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {} {name:?}: the object has been \
+                         modified; please apply your changes to the latest version and try again",
+                        qualified(kind)
+                    ),
+                )
+            });
+        }
+    }
+    let mut merged = previous.clone();
+    merge_patch_json(&mut merged, patch);
+    for field in ["apiVersion", "kind"] {
+        merged[field] = previous[field].clone();
+    }
+    if !merged["metadata"].is_object() {
+        merged["metadata"] = json!({});
+    }
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "resourceVersion",
+    ] {
+        match previous["metadata"].get(field) {
+            Some(v) => merged["metadata"][field] = v.clone(),
+            None => {
+                if let Some(m) = merged["metadata"].as_object_mut() {
+                    m.remove(field);
+                }
+            }
+        }
+    }
+    if kind == Kind::Namespace {
+        merged["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+    }
+    if merged == previous {
+        return Ok(previous);
+    }
+    if let Err(e) = kind.check(&merged) {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("{} {name:?} after the patch: {e}", qualified(kind)),
+        ));
+    }
+    st.rv += 1;
+    let rv = st.rv;
+    merged["metadata"]["resourceVersion"] = json!(rv.to_string());
+    st.objects.insert(key, merged.clone());
+    st.events.push(Event {
+        rv,
+        kind,
+        ty: EventType::Modified,
+        object: merged.clone(),
+        previous: Some(previous),
+    });
+    drop(st);
+    shared.notify();
+    Ok(merged)
 }
 
 /// A continue token: `<resourceVersion>/<namespace>/<name>` of the last item served

@@ -1,20 +1,22 @@
 //! The Kubernetes API stand-in (`ferry_tests::kapi`) against the real client: kube's
-//! watcher and reflector for Namespaces, Pods and NetworkPolicies, as the daemon will run
-//! them; then over HTTPS with a service account's token and the shipped manifest's RBAC, as
-//! the daemon meets a cluster. No root needed: the server listens on 127.0.0.1 of the test's
+//! watcher and reflector for Namespaces, Pods, NetworkPolicies and Nodes, and a Node's merge
+//! patch, as the daemon runs them; then over HTTPS with a service account's token and the
+//! shipped manifest's RBAC, as the daemon meets a cluster. No root needed: the server listens on 127.0.0.1 of the test's
 //! own namespace.
 
 use std::collections::BTreeSet;
 use std::future::ready;
 use std::time::Duration;
 
-use ferry_tests::kapi::{rbac, write_service_account_dir, KapiError, KubeApi, Request};
+use ferry_tests::kapi::{
+    merge_patch_json, rbac, write_service_account_dir, KapiError, KubeApi, Request,
+};
 use ferry_tests::manifest;
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeSpec, Pod, PodSpec};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{WatchEvent, WatchParams};
+use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::Backoff;
@@ -67,6 +69,25 @@ fn pod(ns: &str, name: &str, node: &str) -> Pod {
         }),
         ..Default::default()
     }
+}
+
+/// A Node as the kit makes one: its pod CIDR, and the hostname label.
+fn node(name: &str, pod_cidr: &str) -> Node {
+    let mut m = meta(None, name);
+    m.labels = Some([("kubernetes.io/hostname".to_string(), name.to_string())].into());
+    Node {
+        metadata: m,
+        spec: Some(NodeSpec {
+            pod_cidr: Some(pod_cidr.into()),
+            pod_cidrs: Some(vec![pod_cidr.into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn annotations(n: &Node) -> std::collections::BTreeMap<String, String> {
+    n.metadata.annotations.clone().unwrap_or_default()
 }
 
 fn policy(ns: &str, name: &str, types: &[&str]) -> NetworkPolicy {
@@ -1076,7 +1097,8 @@ async fn the_service_account_files_are_what_an_in_cluster_client_reads() {
 }
 
 /// The manifest's RBAC, typed: the daemon's service account is bound, and granted reading
-/// (get, list, watch) of what NetworkPolicy needs and nothing else, as its comment promises.
+/// (get, list, watch) of what NetworkPolicy and the Kubernetes datastore need, and one
+/// write: patch of Nodes (its own Node's annotations).
 #[test]
 fn the_manifests_rbac_is_read_typed() {
     let (roles, bindings) = manifest::rbac();
@@ -1099,12 +1121,361 @@ fn the_manifests_rbac_is_read_typed() {
         assert!(can("GET", path, "watch=true"), "watch {path}");
     }
     assert!(can("GET", "/api/v1/namespaces/x/pods/a", ""));
+    assert!(can("GET", "/api/v1/nodes/n1", ""));
+    assert!(can("GET", "/api/v1/nodes", ""));
+    assert!(can("GET", "/api/v1/nodes", "watch=1"));
+    assert!(can("PATCH", "/api/v1/nodes/n1", ""));
+    // Nothing on the Node's status, nor any other write.
+    assert!(!can("PATCH", "/api/v1/nodes/n1/status", ""));
+    assert!(!can("PUT", "/api/v1/nodes/n1", ""));
+    assert!(!can("PATCH", "/api/v1/namespaces/x/pods/a", ""));
     for rule in roles.iter().flat_map(|r| r.rules.iter().flatten()) {
+        let nodes = rule.resources.as_deref() == Some(&["nodes".to_string()][..]);
         assert!(
             rule.verbs
                 .iter()
-                .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+                .all(|v| ["get", "list", "watch"].contains(&v.as_str()) || (nodes && v == "patch")),
             "the manifest grants a write: {rule:?}"
         );
     }
+}
+
+// ---- Nodes: the Kubernetes datastore's objects ----
+
+/// The RFC 7386 examples (its appendix A) that concern objects, and the replacement of
+/// what is not one.
+#[test]
+fn a_merge_patch_merges_maps_and_null_deletes() {
+    use serde_json::json;
+    let cases = [
+        (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+        (
+            json!({"a": "b"}),
+            json!({"b": "c"}),
+            json!({"a": "b", "b": "c"}),
+        ),
+        (json!({"a": "b"}), json!({"a": null}), json!({})),
+        (
+            json!({"a": "b", "b": "c"}),
+            json!({"a": null}),
+            json!({"b": "c"}),
+        ),
+        (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+        (
+            json!({"a": {"b": "c"}}),
+            json!({"a": {"b": "d", "c": null}}),
+            json!({"a": {"b": "d"}}),
+        ),
+        (
+            json!({"a": [{"b": "c"}]}),
+            json!({"a": [1]}),
+            json!({"a": [1]}),
+        ),
+        (
+            json!({"e": null}),
+            json!({"a": 1}),
+            json!({"e": null, "a": 1}),
+        ),
+        (
+            json!([1, 2]),
+            json!({"a": "b", "c": null}),
+            json!({"a": "b"}),
+        ),
+        (
+            json!({}),
+            json!({"a": {"bb": {"ccc": null}}}),
+            json!({"a": {"bb": {}}}),
+        ),
+        (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+    ];
+    for (target, patch, want) in cases {
+        let mut t = target.clone();
+        merge_patch_json(&mut t, &patch);
+        assert_eq!(t, want, "{target} + {patch}");
+    }
+}
+
+#[test]
+fn nodes_are_written_and_read_as_cluster_scoped_objects() {
+    let api = start();
+    let n = api.create(node("node0", "10.1.0.0/24")).unwrap();
+    assert!(n.metadata.uid.is_some() && n.metadata.creation_timestamp.is_some());
+    assert!(matches!(
+        api.create(node("node0", "10.1.1.0/24")),
+        Err(KapiError::AlreadyExists { .. })
+    ));
+    // A Node has no namespace, in either direction.
+    let mut bad = node("node1", "10.1.1.0/24");
+    bad.metadata.namespace = Some("x".into());
+    assert!(matches!(api.create(bad), Err(KapiError::Invalid { .. })));
+    assert!(matches!(
+        api.delete::<Node>(Some("x"), "node0"),
+        Err(KapiError::Invalid { .. })
+    ));
+    let mut n = api.get::<Node>(None, "node0").unwrap();
+    n.spec.as_mut().unwrap().unschedulable = Some(true);
+    let updated = api.update(n).unwrap();
+    assert_eq!(
+        updated.metadata.uid,
+        api.get::<Node>(None, "node0").unwrap().metadata.uid
+    );
+    assert_eq!(updated.spec.unwrap().unschedulable, Some(true));
+    // Deleting a namespace leaves Nodes alone.
+    api.create(namespace("x")).unwrap();
+    api.delete::<Namespace>(None, "x").unwrap();
+    assert!(api.get::<Node>(None, "node0").is_some());
+    api.delete::<Node>(None, "node0").unwrap();
+    assert!(api.get::<Node>(None, "node0").is_none());
+    assert!(matches!(
+        api.merge_patch::<Node>(None, "node0", &serde_json::json!({})),
+        Err(KapiError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn nodes_are_listed_watched_and_selected_as_the_other_kinds() {
+    let api = start();
+    api.create(node("node0", "10.1.0.0/24")).unwrap();
+    api.create(node("node1", "10.1.1.0/24")).unwrap();
+    let c = client(&api);
+    let nodes = reflect::<Node>(&c);
+    until_keys("the initial list of nodes", &nodes, &["node0", "node1"]).await;
+    api.create(node("node2", "10.1.2.0/24")).unwrap();
+    api.delete::<Node>(None, "node0").unwrap();
+    until_keys("nodes after the changes", &nodes, &["node1", "node2"]).await;
+    assert_eq!(lists(&api, "/api/v1/nodes"), 1);
+
+    let all: Api<Node> = Api::all(c.clone());
+    let one = all.get("node1").await.unwrap();
+    assert_eq!(
+        one.spec.unwrap().pod_cidrs,
+        Some(vec!["10.1.1.0/24".to_string()])
+    );
+    let missing = api_error(all.get("node0").await);
+    assert_eq!(
+        (missing.code, missing.message.as_str()),
+        (404, "nodes \"node0\" not found")
+    );
+    // Paged, and selected by name and by label.
+    let page = all
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert!(page.metadata.continue_.is_some());
+    let named = all
+        .list(&kube::api::ListParams::default().fields("metadata.name=node2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        named.items.iter().map(|n| n.name_any()).collect::<Vec<_>>(),
+        ["node2"]
+    );
+    let labelled = all
+        .list(&kube::api::ListParams::default().labels("kubernetes.io/hostname=node1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        labelled
+            .items
+            .iter()
+            .map(|n| n.name_any())
+            .collect::<Vec<_>>(),
+        ["node1"]
+    );
+}
+
+#[tokio::test]
+async fn a_merge_patch_of_a_node_changes_its_annotations_and_a_watch_sees_it() {
+    let api = start();
+    let made = api.create(node("node0", "10.1.0.0/24")).unwrap();
+    let c = client(&api);
+    let nodes: Api<Node> = Api::all(c.clone());
+    let store = reflect::<Node>(&c);
+    until_keys("the initial list", &store, &["node0"]).await;
+    let from = api.resource_version().to_string();
+    let mut w = nodes
+        .watch(&WatchParams::default().timeout(5), &from)
+        .await
+        .unwrap()
+        .boxed();
+
+    // What the daemon publishes, as it publishes it.
+    let publish = Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+        "ferry.dev/public-ip": "192.0.2.11",
+        "ferry.dev/vtep-mac": "aa:bb:cc:dd:ee:ff",
+    }}}));
+    let patched = nodes
+        .patch("node0", &PatchParams::default(), &publish)
+        .await
+        .unwrap();
+    assert_eq!(annotations(&patched)["ferry.dev/public-ip"], "192.0.2.11");
+    assert_eq!(patched.metadata.uid, made.metadata.uid);
+    assert_eq!(
+        patched.metadata.creation_timestamp,
+        made.metadata.creation_timestamp
+    );
+    assert_eq!(patched.labels()["kubernetes.io/hostname"], "node0");
+    assert_eq!(
+        patched.spec, made.spec,
+        "a patch of annotations leaves the spec"
+    );
+    assert_eq!(
+        patched.resource_version(),
+        Some(api.resource_version().to_string())
+    );
+    assert_ne!(patched.resource_version(), made.resource_version());
+    let req = api
+        .requests()
+        .into_iter()
+        .rfind(|r| r.method == "PATCH")
+        .unwrap();
+    assert_eq!(
+        (req.path.as_str(), req.status),
+        ("/api/v1/nodes/node0", Some(200))
+    );
+    match w.next().await {
+        Some(Ok(WatchEvent::Modified(n))) => {
+            assert_eq!(annotations(&n)["ferry.dev/vtep-mac"], "aa:bb:cc:dd:ee:ff");
+        }
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    until(
+        "the reflector to see the annotations",
+        || {
+            store
+                .get(&reflector::ObjectRef::new("node0"))
+                .map(|n| annotations(&n).len())
+        },
+        |n| *n == Some(2),
+    )
+    .await;
+
+    // null deletes one key, the others stay; a strategic merge patch merges maps the same.
+    let rv = api.resource_version();
+    let p = Patch::Strategic(serde_json::json!({"metadata": {"annotations": {
+        "ferry.dev/vtep-mac": null, "ferry.dev/usage": "{\"used\":1,\"capacity\":254}",
+    }}}));
+    let n = nodes
+        .patch("node0", &PatchParams::default(), &p)
+        .await
+        .unwrap();
+    assert_eq!(
+        annotations(&n).keys().collect::<Vec<_>>(),
+        ["ferry.dev/public-ip", "ferry.dev/usage"]
+    );
+    assert_eq!(api.resource_version(), rv + 1);
+    // The same patch again changes nothing, so writes nothing.
+    let again = nodes
+        .patch("node0", &PatchParams::default(), &p)
+        .await
+        .unwrap();
+    assert_eq!(again.resource_version(), n.resource_version());
+    assert_eq!(api.resource_version(), rv + 1);
+    // The identity stays whatever the patch says.
+    let rename =
+        Patch::Merge(serde_json::json!({"metadata": {"uid": "x", "creationTimestamp": null}}));
+    let n = nodes
+        .patch("node0", &PatchParams::default(), &rename)
+        .await
+        .unwrap();
+    assert_eq!(n.metadata.uid, made.metadata.uid);
+    assert_eq!(
+        n.metadata.creation_timestamp,
+        made.metadata.creation_timestamp
+    );
+    // A stale resourceVersion in the patch is a failed precondition.
+    let stale = Patch::Merge(serde_json::json!({"metadata": {
+        "resourceVersion": made.resource_version(), "annotations": {"a": "b"}}}));
+    let e = api_error(nodes.patch("node0", &PatchParams::default(), &stale).await);
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"), "{e:?}");
+    // A patch the result of which is no Node is refused, and changes nothing.
+    let bad = Patch::Merge(serde_json::json!({"spec": {"podCIDRs": "10.9.0.0/24"}}));
+    let e = api_error(nodes.patch("node0", &PatchParams::default(), &bad).await);
+    assert_eq!(e.code, 400, "{e:?}");
+    // Server-side apply is a patch type the stand-in does not serve: 415, as the real
+    // server answers a type it does not know.
+    let apply = Patch::Apply(serde_json::json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node0", "annotations": {"a": "b"}}}));
+    let e = api_error(
+        nodes
+            .patch("node0", &PatchParams::apply("ferry-test"), &apply)
+            .await,
+    );
+    assert_eq!(
+        (e.code, e.reason.as_str()),
+        (415, "UnsupportedMediaType"),
+        "{e:?}"
+    );
+    // A Node that does not exist.
+    let e = api_error(
+        nodes
+            .patch("node9", &PatchParams::default(), &publish)
+            .await,
+    );
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (404, "nodes \"node9\" not found")
+    );
+    let stored = api.get::<Node>(None, "node0").unwrap();
+    assert!(!annotations(&stored).contains_key("a"), "{stored:?}");
+    assert_eq!(stored.spec, made.spec);
+    // Any other kind is still not patched here.
+    api.create(namespace("x")).unwrap();
+    api.create(pod("x", "a", "node0")).unwrap();
+    let pods: Api<Pod> = Api::namespaced(c, "x");
+    let e = api_error(pods.patch("a", &PatchParams::default(), &publish).await);
+    assert_eq!(e.code, 405, "{e:?}");
+}
+
+#[tokio::test]
+async fn patching_a_node_under_rbac_needs_the_patch_verb() {
+    let (api, c) = ferry_cluster().await;
+    api.create(node("node0", "10.1.0.0/24")).unwrap();
+    let nodes: Api<Node> = Api::all(c.clone());
+    let publish = Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+        "ferry.dev/public-ip": "192.0.2.11"}}}));
+    // The manifest's role: the daemon reads every Node and patches its own.
+    let store = reflect::<Node>(&c);
+    until_keys("the nodes over TLS", &store, &["node0"]).await;
+    nodes.get("node0").await.unwrap();
+    nodes
+        .patch("node0", &PatchParams::default(), &publish)
+        .await
+        .unwrap();
+    assert_eq!(api.denied_requests(), Vec::<Request>::new());
+
+    // A role that reads Nodes but may not patch them.
+    let (mut roles, bindings) = manifest::rbac();
+    for rule in roles[0].rules.iter_mut().flatten() {
+        rule.verbs.retain(|v| v != "patch");
+    }
+    api.set_rbac(roles, bindings);
+    let other = Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+        "ferry.dev/public-ip": "192.0.2.12"}}}));
+    let e = api_error(nodes.patch("node0", &PatchParams::default(), &other).await);
+    assert_eq!(
+        (e.code, e.reason.as_str(), e.message.as_str()),
+        (
+            403,
+            "Forbidden",
+            format!(
+                "nodes \"node0\" is forbidden: User \"{FERRY}\" cannot patch resource \"nodes\" \
+                 in API group \"\" at the cluster scope"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        annotations(&api.get::<Node>(None, "node0").unwrap())["ferry.dev/public-ip"],
+        "192.0.2.11",
+        "the denied patch changed nothing"
+    );
+    nodes.get("node0").await.unwrap();
+    let denied = api.denied_requests();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(
+        (denied[0].method.as_str(), denied[0].user.as_deref()),
+        ("PATCH", Some(FERRY))
+    );
 }

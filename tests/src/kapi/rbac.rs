@@ -623,6 +623,26 @@ mod tests {
             attrs("DELETE", "/api/v1/namespaces/x/pods", "").verb,
             "deletecollection"
         );
+        // A Node is cluster-scoped: no namespace, whatever the verb.
+        for (method, path, query, verb, name) in [
+            ("PATCH", "/api/v1/nodes/n1", "", "patch", "n1"),
+            ("GET", "/api/v1/nodes/n1", "", "get", "n1"),
+            ("GET", "/api/v1/nodes", "", "list", ""),
+            ("GET", "/api/v1/nodes", "watch=1", "watch", ""),
+        ] {
+            let a = attrs(method, path, query);
+            assert_eq!(
+                (
+                    a.verb.as_str(),
+                    a.resource.as_str(),
+                    a.name.as_str(),
+                    a.namespace.as_str(),
+                    a.api_group.as_str()
+                ),
+                (verb, "nodes", name, "", ""),
+                "{method} {path}?{query}"
+            );
+        }
         // A namespace is its own namespace; its status is its subresource.
         let a = attrs("GET", "/api/v1/namespaces/x", "");
         assert_eq!(
