@@ -32,6 +32,7 @@ const KUSTOMIZATIONS: &[&str] = &[
     "deploy/kind/etcd",
     "deploy/kind/dual-etcd",
     "deploy/kind/ipv6-etcd",
+    "deploy/kubernetes/hardening",
     "deploy/uninstall",
 ];
 
@@ -395,6 +396,41 @@ fn the_etcd_component_is_a_component_the_installs_add_last() {
         })
         .collect();
     assert_eq!(added, ["Service/ferry-etcd", "Deployment/ferry-etcd"]);
+}
+
+#[test]
+fn the_hardening_policy_is_for_ferrys_service_account_and_its_annotations() {
+    let objects = built("deploy/kubernetes/hardening");
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
+        ]
+    );
+    let (policy, binding) = (&objects[0], &objects[1]);
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    // The service account the install runs ferry-overlayd as.
+    let (ds, _) = daemon("deploy/kubernetes");
+    let sa = ds.spec.unwrap().template.spec.unwrap().service_account_name;
+    let user = format!(
+        "system:serviceaccount:{}:{}",
+        ds.metadata.namespace.unwrap(),
+        sa.unwrap()
+    );
+    let text = policy.to_string();
+    assert!(text.contains(&format!("'{user}'")), "{text}");
+    for needed in [
+        "authentication.kubernetes.io/node-name",
+        "'ferry.dev/'",
+        "object.spec == oldObject.spec",
+        "object.metadata.labels",
+    ] {
+        assert!(text.contains(needed), "{needed}: {text}");
+    }
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
 }
 
 #[test]
