@@ -1,6 +1,7 @@
 #!/bin/sh
-# Makes the TLS material of ferry's own etcd (deploy/kubernetes/etcd.yaml) and prints it as
-# two Secrets for kube-system, to pipe into kubectl:
+# Makes the TLS material of ferry's own etcd (the etcd component,
+# deploy/kubernetes/components/etcd/) and prints it as two Secrets for kube-system, to pipe
+# into kubectl:
 #
 #   deploy/etcd-certs.sh | kubectl apply -f -
 #

@@ -193,7 +193,7 @@ const CRI_SECTIONS: [&str; 30] = [
     "creating the cluster: 3 nodes, each its own containerd",
     "building ferry's image",
     "ferry's image built: ferry.test/ferry:",
-    "installing ferry: etcd-certs.sh, apply -k deploy/kubernetes",
+    "installing ferry: apply -k deploy/kubernetes",
     "kind-control-plane 192.0.2.11: Ready, lease 10.244.",
     "kind-worker 192.0.2.12: Ready, lease 10.244.",
     "kind-worker2 192.0.2.13: Ready, lease 10.244.",

@@ -1,7 +1,8 @@
 //! What can be checked of the Kubernetes install without a cluster: every kustomization
 //! ferry ships, built as `kubectl apply -k` builds it, against the API schemas and against
-//! what a cluster operator needs of it (Linux nodes only, SELinux, etcd's TLS, the node's
-//! own address, the cleanup apart from the install); the scripts (shellcheck, and
+//! what a cluster operator needs of it (Linux nodes only, SELinux, no etcd in the default
+//! install and the etcd component's TLS, the RBAC, the node's own address, the cleanup
+//! apart from the install); the scripts (shellcheck, and
 //! deploy/kind's with stand-ins for docker, kind and kubectl, which cannot run here); the
 //! daemon's flags; the install script and the shipped conflist on the namespace harness.
 //! What runs the install for real is kind_lifecycle.rs and kind_install.rs.
@@ -28,8 +29,25 @@ const KUSTOMIZATIONS: &[&str] = &[
     "deploy/kubernetes",
     "deploy/kind/dual",
     "deploy/kind/ipv6",
+    "deploy/kind/etcd",
+    "deploy/kind/dual-etcd",
+    "deploy/kind/ipv6-etcd",
+    "deploy/kubernetes/hardening",
     "deploy/uninstall",
 ];
+
+/// The installs on the Kubernetes datastore (the default), and on ferry's etcd (the etcd
+/// component).
+const ON_KUBERNETES: &[&str] = &["deploy/kubernetes", "deploy/kind/dual", "deploy/kind/ipv6"];
+const ON_ETCD: &[&str] = &[
+    "deploy/kind/etcd",
+    "deploy/kind/dual-etcd",
+    "deploy/kind/ipv6-etcd",
+];
+
+fn installs() -> impl Iterator<Item = &'static str> {
+    ON_KUBERNETES.iter().chain(ON_ETCD).copied()
+}
 
 fn built(dir: &str) -> Vec<Value> {
     kustomize::build(&repo().join(dir))
@@ -279,7 +297,7 @@ fn env_field(c: &Container, name: &str) -> Option<String> {
 
 #[test]
 fn the_daemon_takes_its_node_address_from_the_kubelet() {
-    for k in KUSTOMIZATIONS.iter().filter(|k| !k.contains("uninstall")) {
+    for k in installs() {
         let (_, c) = daemon(k);
         assert_eq!(
             env_field(&c, "FERRY_PUBLIC_IP").as_deref(),
@@ -289,9 +307,135 @@ fn the_daemon_takes_its_node_address_from_the_kubelet() {
     }
 }
 
+fn env_from_config(c: &Container, name: &str) -> Option<String> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value_from.as_ref()?.config_map_key_ref.as_ref())
+        .map(|r| r.key.clone())
+}
+
+fn config_map(objects: &[Value]) -> &Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "ferry-config")
+        .expect("the ConfigMap ferry-config")
+}
+
+#[test]
+fn the_default_install_runs_no_etcd_and_takes_the_kubernetes_datastore() {
+    for k in ON_KUBERNETES {
+        let objects = built(k);
+        for o in &objects {
+            let text = o.to_string();
+            assert!(
+                !text.contains("etcd"),
+                "{k}: {} {} names etcd: {text}",
+                o["kind"],
+                o["metadata"]["name"]
+            );
+        }
+        assert_eq!(
+            config_map(&objects)["data"]["datastore"],
+            "kubernetes",
+            "{k}"
+        );
+        let (ds, c) = daemon(k);
+        assert_eq!(
+            env_from_config(&c, "FERRY_DATASTORE").as_deref(),
+            Some("datastore"),
+            "{k}"
+        );
+        let spec = ds.spec.unwrap().template.spec.unwrap();
+        assert!(
+            spec.volumes.iter().flatten().all(|v| v.secret.is_none()),
+            "{k}: a Secret mounted without etcd"
+        );
+    }
+    for k in ON_ETCD {
+        let objects = built(k);
+        assert_eq!(config_map(&objects)["data"]["datastore"], "etcd", "{k}");
+        let (_, c) = daemon(k);
+        assert_eq!(
+            env_from_config(&c, "FERRY_DATASTORE").as_deref(),
+            Some("datastore"),
+            "{k}"
+        );
+        assert_eq!(
+            env_from_config(&c, "FERRY_ETCD_ENDPOINTS").as_deref(),
+            Some("etcd-endpoints"),
+            "{k}"
+        );
+    }
+}
+
+#[test]
+fn the_etcd_component_is_a_component_the_installs_add_last() {
+    let dir = repo().join("deploy/kubernetes/components/etcd");
+    let k = &kustomize::documents_at(&dir.join("kustomization.yaml"))[0];
+    assert_eq!(k["kind"], "Component");
+    assert_eq!(k["apiVersion"], "kustomize.config.k8s.io/v1alpha1");
+    // The base with the component is the IPv4 kind install on etcd, object for object but
+    // the etcd ones.
+    let base = built("deploy/kubernetes");
+    let with = built("deploy/kind/etcd");
+    let added: Vec<String> = with
+        .iter()
+        .filter(|o| {
+            !base
+                .iter()
+                .any(|b| b["kind"] == o["kind"] && b["metadata"] == o["metadata"])
+        })
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(added, ["Service/ferry-etcd", "Deployment/ferry-etcd"]);
+}
+
+#[test]
+fn the_hardening_policy_is_for_ferrys_service_account_and_its_annotations() {
+    let objects = built("deploy/kubernetes/hardening");
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
+        ]
+    );
+    let (policy, binding) = (&objects[0], &objects[1]);
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    // The service account the install runs ferry-overlayd as.
+    let (ds, _) = daemon("deploy/kubernetes");
+    let sa = ds.spec.unwrap().template.spec.unwrap().service_account_name;
+    let user = format!(
+        "system:serviceaccount:{}:{}",
+        ds.metadata.namespace.unwrap(),
+        sa.unwrap()
+    );
+    let text = policy.to_string();
+    assert!(text.contains(&format!("'{user}'")), "{text}");
+    for needed in [
+        "authentication.kubernetes.io/node-name",
+        "'ferry.dev/'",
+        "object.spec == oldObject.spec",
+        "object.metadata.labels",
+    ] {
+        assert!(text.contains(needed), "{needed}: {text}");
+    }
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+}
+
 #[test]
 fn ferrys_etcd_takes_only_clients_with_its_certificates_and_compacts() {
-    for k in KUSTOMIZATIONS.iter().filter(|k| !k.contains("uninstall")) {
+    for k in ON_ETCD {
         let objects = built(k);
         let etcd: Deployment = objects
             .iter()
@@ -313,11 +457,9 @@ fn ferrys_etcd_takes_only_clients_with_its_certificates_and_compacts() {
             assert!(cmd.contains(needed), "{k}: etcd without {needed}: {cmd}");
         }
         assert!(!cmd.contains("--listen-client-urls=http://"), "{k}: {cmd}");
-        let cm = objects
-            .iter()
-            .find(|o| o["kind"] == "ConfigMap")
-            .expect("ConfigMap");
-        let ep = cm["data"]["etcd-endpoints"].as_str().unwrap_or_default();
+        let ep = config_map(&objects)["data"]["etcd-endpoints"]
+            .as_str()
+            .unwrap_or_default();
         assert!(ep.starts_with("https://"), "{k}: {ep}");
         let (_, c) = daemon(k);
         for v in ["FERRY_ETCD_CACERT", "FERRY_ETCD_CERT", "FERRY_ETCD_KEY"] {
@@ -327,13 +469,60 @@ fn ferrys_etcd_takes_only_clients_with_its_certificates_and_compacts() {
 }
 
 #[test]
+fn ferrys_clusterrole_reads_and_patches_nodes_and_writes_nothing_else() {
+    for k in installs() {
+        let objects = built(k);
+        let role: k8s_openapi::api::rbac::v1::ClusterRole = objects
+            .iter()
+            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "ferry")
+            .map(|o| serde_json::from_value(o.clone()).unwrap())
+            .expect("ferry's ClusterRole");
+        let mut rules: Vec<(String, String, Vec<String>)> = Vec::new();
+        for r in role.rules.unwrap_or_default() {
+            for g in r.api_groups.clone().unwrap_or_default() {
+                for res in r.resources.clone().unwrap_or_default() {
+                    rules.push((g.clone(), res, r.verbs.clone()));
+                }
+            }
+        }
+        let read = ["get", "list", "watch"].map(String::from).to_vec();
+        let mut node = read.clone();
+        node.push("patch".into());
+        let want: Vec<(String, String, Vec<String>)> = [
+            ("", "namespaces", &read),
+            ("", "pods", &read),
+            ("", "nodes", &node),
+            ("networking.k8s.io", "networkpolicies", &read),
+        ]
+        .into_iter()
+        .map(|(g, r, v)| (g.to_string(), r.to_string(), v.clone()))
+        .collect();
+        assert_eq!(rules, want, "{k}");
+    }
+}
+
+#[test]
 fn the_cleanup_is_apart_from_the_install() {
-    // `kubectl apply -f deploy/kubernetes/` applies every file of the directory.
-    for e in std::fs::read_dir(repo().join("deploy/kubernetes")).unwrap() {
-        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+    // `kubectl apply -R -f deploy/kubernetes/` applies every file under the directory.
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                files(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(&repo().join("deploy/kubernetes"), &mut all);
+    assert!(all.len() >= 5, "{all:?}");
+    for f in all {
+        let text = std::fs::read_to_string(&f).unwrap();
         assert!(
             !text.contains("ferry-cleanup"),
-            "the cleanup would start with the install"
+            "{}: the cleanup would start with the install",
+            f.display()
         );
     }
     let cleanup = built("deploy/uninstall");
@@ -441,21 +630,50 @@ fn up_sh_checks_its_tools_first_and_tags_the_image_by_what_was_built() {
         "up.sh acted before checking its tools"
     );
 
-    // Two builds that differ reach the cluster as two images.
+    // Two builds that differ reach the cluster as two images; the first on the Kubernetes
+    // datastore (the default: no etcd, its image or its certificates), the second on etcd.
     let mut images = Vec::new();
-    for id in ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"] {
+    for (id, datastore) in [
+        ("aaaaaaaaaaaaaaaa", None),
+        ("bbbbbbbbbbbbbbbb", Some("etcd")),
+    ] {
         let d = tempfile::tempdir().unwrap();
         let bin = stand_ins(d.path(), id, "");
-        run_ok(Command::new(repo().join("deploy/kind/up.sh")).env("PATH", path_with(&bin)));
+        let mut up = Command::new(repo().join("deploy/kind/up.sh"));
+        up.env("PATH", path_with(&bin));
+        if let Some(ds) = datastore {
+            up.env("FERRY_KIND_DATASTORE", ds);
+        }
+        run_ok(&mut up);
         let applied = std::fs::read_to_string(d.path().join("applied")).unwrap();
-        assert!(!applied.contains("image: ferry:dev"), "{applied}");
-        assert!(
-            applied.contains("image: registry.k8s.io/etcd:3.5.21-0"),
-            "{applied}"
-        );
-        // The etcd Secrets were made (no secret existed).
-        assert!(applied.contains("name: ferry-etcd-client"), "{applied}");
         let calls = std::fs::read_to_string(d.path().join("calls")).unwrap();
+        assert!(!applied.contains("image: ferry:dev"), "{applied}");
+        if datastore.is_some() {
+            assert!(
+                calls.contains("kubectl kustomize deploy/kind/etcd\n"),
+                "{calls}"
+            );
+            assert!(
+                applied.contains("image: registry.k8s.io/etcd:3.5.21-0"),
+                "{applied}"
+            );
+            // The etcd Secrets were made (no secret existed).
+            assert!(applied.contains("name: ferry-etcd-client"), "{applied}");
+            assert!(
+                calls.contains("rollout status deployment/ferry-etcd"),
+                "{calls}"
+            );
+        } else {
+            assert!(
+                calls.contains("kubectl kustomize deploy/kubernetes\n"),
+                "{calls}"
+            );
+            assert!(!applied.contains("ferry-etcd-client"), "{applied}");
+            assert!(
+                !calls.contains("crictl") && !calls.contains("ferry-etcd"),
+                "{calls}"
+            );
+        }
         let image = format!("ferry:{}", &id[..12]);
         assert!(applied.contains(&format!("image: {image}")), "{applied}");
         assert!(

@@ -4,11 +4,12 @@
 //!
 //! 1. bridge netfilter turned on by the privileged `prepare-node` init container (the
 //!    nodes start with it off), and a node that cannot be made ready publishes nothing;
-//! 3. ferry's etcd refuses every client without a certificate of its CA, pods included;
+//! 3. ferry's etcd (the etcd component) refuses every client without a certificate of its
+//!    CA, pods included;
 //! 4. the underlay address is the kubelet's (`status.hostIP`), not a guess from the default
 //!    route; an IPv6-only cluster runs its underlay over IPv6;
-//! 5. /healthz answers through a slow start, a daemon waits for etcd instead of crashing,
-//!    and a daemon killed with SIGKILL is back at once;
+//! 5. /healthz answers through a slow start, a daemon waits for etcd (the etcd component)
+//!    instead of crashing, and a daemon killed with SIGKILL is back at once;
 //! 6. ferry's iptables chains follow the node's backend (legacy or nft);
 //! 7. the CNI config sorts before any other CNI's leftovers and is written only once the
 //!    daemon is ready.
@@ -18,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_tests::kind::{image, Backend, Family, KindCluster};
+use ferry_tests::kind::{image, Backend, Family, Install, KindCluster};
 use ferry_tests::proc::{echo_peer_server, seen_from, wait_until};
 use serde_json::Value;
 
@@ -33,11 +34,30 @@ fn without_init_container(objects: &mut [Value], name: &str) {
     }
 }
 
-fn leases(c: &KindCluster) -> Vec<String> {
-    c.etcdctl("get --prefix --keys-only /ferry/v1/leases")
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
+const ETCD: Install = Install { etcd: true };
+
+/// What the nodes published, in the datastore of the install: the lease keys in ferry's
+/// etcd, or the Nodes that carry a `ferry.dev/` annotation.
+fn published(c: &KindCluster) -> Vec<String> {
+    if c.installed.etcd {
+        return c
+            .etcdctl("get --prefix --keys-only /ferry/v1/leases")
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    c.nodes
+        .iter()
+        .filter_map(|n| c.api.get::<k8s_openapi::api::core::v1::Node>(None, &n.name))
+        .filter(|node| {
+            node.metadata
+                .annotations
+                .iter()
+                .flatten()
+                .any(|(k, _)| k.starts_with("ferry.dev/"))
+        })
+        .filter_map(|node| node.metadata.name)
         .collect()
 }
 
@@ -49,7 +69,7 @@ fn readyz(c: &KindCluster, i: usize) -> (u16, String) {
 fn without_prepare_node_the_daemon_says_why_and_publishes_nothing() {
     ferry_tests::needs_root!();
     let mut c = KindCluster::create(Family::Ipv4, 1, Backend::Nft);
-    c.install_with(image::ferry(), |o| {
+    c.install_with(image::ferry(), Install::default(), |o| {
         without_init_container(o, "prepare-node")
     });
     // The daemons run but cannot become ready: bridge netfilter is off on these nodes.
@@ -59,9 +79,9 @@ fn without_prepare_node_the_daemon_says_why_and_publishes_nothing() {
     assert!(said, "/readyz must name the sysctl:\n{}", c.describe());
     std::thread::sleep(Duration::from_secs(5));
     assert!(
-        leases(&c).is_empty(),
-        "a node that is not ready leased: {:?}",
-        leases(&c)
+        published(&c).is_empty(),
+        "a node that is not ready published: {:?}",
+        published(&c)
     );
     for n in &c.nodes {
         let routes = n.host.sh("ip route show proto 102");
@@ -77,7 +97,7 @@ fn without_prepare_node_the_daemon_says_why_and_publishes_nothing() {
     c.nodes[1].host.sh("sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 net.ipv4.ip_forward=1");
     let ready = wait_until(Duration::from_secs(30), || readyz(&c, 1).0 == 200);
     assert!(ready, "{:?}\n{}", readyz(&c, 1), c.describe());
-    assert_eq!(leases(&c).len(), 1, "{:?}", leases(&c));
+    assert_eq!(published(&c).len(), 1, "{:?}", published(&c));
     for i in 0..c.nodes.len() {
         let uid = c.ferry_pod(i).metadata.uid.unwrap_or_default();
         assert_eq!(
@@ -93,7 +113,7 @@ fn without_prepare_node_the_daemon_says_why_and_publishes_nothing() {
 fn a_pod_cannot_reach_ferrys_etcd_without_its_certificate() {
     ferry_tests::needs_root!();
     let mut c = KindCluster::create(Family::Ipv4, 1, Backend::Nft);
-    c.install(image::ferry(), READY);
+    c.install_as(image::ferry(), ETCD, READY);
     let uid = c.run_pod(1, "default", "intruder", &[]);
     c.wait_ready(&uid, READY);
     let pod = c.pod_netns(&uid);
@@ -117,7 +137,7 @@ fn a_pod_cannot_reach_ferrys_etcd_without_its_certificate() {
         }
     }
     // The daemons, with the Secret's certificate, did.
-    assert_eq!(leases(&c).len(), 2);
+    assert_eq!(published(&c).len(), 2);
 }
 
 #[test]
@@ -199,7 +219,7 @@ fn a_slow_start_waits_for_etcd_without_restarts_and_a_killed_daemon_is_back_at_o
     let mut c = KindCluster::create(Family::Ipv4, 1, Backend::Nft);
     // etcd comes last: the daemons start with nothing to talk to.
     let mut held = Vec::new();
-    c.install_with(image::ferry(), |o| {
+    c.install_with(image::ferry(), ETCD, |o| {
         held = o
             .iter()
             .filter(|x| x["kind"] == "Deployment")

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use ferry_tests::kind::{image, Backend, Family, KindCluster};
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server, seen_from, wait_until};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 const PORT: u16 = 7000;
@@ -72,6 +73,17 @@ fn pod(
 fn assert_pods_talk(pods: &[(String, Netns, String)]) {
     let pods: Vec<(&Netns, &str)> = pods.iter().map(|(_, ns, ip)| (ns, ip.as_str())).collect();
     ferry_tests::proc::assert_pods_talk(&pods, PORT);
+}
+
+/// The `ferry.dev/` annotations of `node`.
+fn ferry_annotations(node: &Node) -> Vec<String> {
+    node.metadata
+        .annotations
+        .iter()
+        .flatten()
+        .map(|(k, _)| k.clone())
+        .filter(|k| k.starts_with("ferry.dev/"))
+        .collect()
 }
 
 fn deny_all_ingress(ns: &str) -> NetworkPolicy {
@@ -279,6 +291,18 @@ fn uninstall_leaves_nothing_and_a_reinstall_works() {
         );
     }
     c.delete(&cleanup);
+    // The cleanup has no API access: ferry's Node annotations stay, inert, until the
+    // command docs/install.md gives (`kubectl annotate node --all ferry.dev/public-ip- …`)
+    // removes them; after it, no ferry.dev/ annotation is left.
+    for n in &c.nodes {
+        let node: Node = c.api.get(None, &n.name).expect("the Node");
+        let ferry = ferry_annotations(&node);
+        assert!(!ferry.is_empty(), "{}: nothing was published", n.name);
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            "ferry.dev/public-ip": null, "ferry.dev/vtep-mac": null, "ferry.dev/usage": null}}});
+        let node: Node = c.api.merge_patch(None, &n.name, &patch).expect("annotate");
+        assert_eq!(ferry_annotations(&node), Vec::<String>::new(), "{}", n.name);
+    }
 
     // A reinstall on the cleaned nodes.
     c.api

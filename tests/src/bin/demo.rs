@@ -6,8 +6,8 @@
 //! everything, or with `--keep` leaves it running and says what to try by hand.
 //! With `--cri` the cluster is a kind-like one (`ferry_tests::kind`): each node its own
 //! containerd driven through the CRI by a kubelet stand-in, ferry's image built from
-//! deploy/Dockerfile's recipe, ferry installed as users install it (deploy/etcd-certs.sh,
-//! `kubectl apply -k deploy/kubernetes`: the DaemonSet, its etcd), every pod a
+//! deploy/Dockerfile's recipe, ferry installed as users install it (`kubectl apply -k
+//! deploy/kubernetes`: the DaemonSet, on the Kubernetes API as its datastore), every pod a
 //! RunPodSandbox, the Service a real object whose rules the stand-in kube-proxy writes;
 //! the same checks follow, then `ferry-ipam` exec'd in ferry's container and the
 //! runtime's own view of the network.
@@ -476,13 +476,11 @@ fn kind_cluster() -> Made {
     }
     let t = Instant::now();
     let img = image::ferry();
-    image::etcd();
     step_begin(&format!("ferry's image built: {}", img.name));
     step_end(t.elapsed().as_secs_f64());
-    step(
-        "installing ferry: etcd-certs.sh, apply -k deploy/kubernetes",
-        || c.install_with(img, |_| {}),
-    );
+    step("installing ferry: apply -k deploy/kubernetes", || {
+        c.install_with(img, Default::default(), |_| {})
+    });
     let t = Instant::now();
     for i in 0..NODES {
         let ready = wait_or_stop(READY, || {
@@ -846,7 +844,7 @@ fn operator(r: &mut Report, c: &Cluster) {
 
 /// `ferry-ipam leases` and `show` in ferry-overlayd's container on the first node, as
 /// `kubectl exec` runs them there (the CRI's ExecSync): the image's binary, the
-/// DaemonSet's env and defaults (etcd and its client certificate, the store). Then the
+/// DaemonSet's env and defaults (the datastore, the store). Then the
 /// runtime's view: its `NetworkReady` condition, and the address it reports for pod-00,
 /// which must be the one ferry recorded for that pod.
 fn operator_kind(r: &mut Report, c: &KindCluster, pods: &[KindPod]) {
@@ -959,8 +957,8 @@ fn print_keep_hints(made: &Made, nodes: &[NodeView], pods: &[PodView]) {
     let ipam = ferry_tests::bin("ferry-ipam");
     let h = format!("ip netns exec {}", n0.host.name);
     // Where ferry-ipam finds the store and the leases: the harness's flags, or (--cri) the
-    // installed binary and the DaemonSet's defaults inside the node, etcd through its
-    // ClusterIP with the client certificate of the daemon's Secret volume.
+    // installed binary and the DaemonSet's defaults inside the node (the Nodes, through
+    // the API with the pod's service account).
     let (health, rest) = match made {
         Made::Plugin(c, _) => {
             let ep = c.etcd.endpoint();
@@ -988,9 +986,6 @@ fn print_keep_hints(made: &Made, nodes: &[NodeView], pods: &[PodView]) {
                 .status(&uid)
                 .and_then(|s| s.containers.get("ferry-overlayd")?.id.clone())
                 .unwrap_or_default();
-            let certs = node.path(&format!(
-                "/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~secret/etcd-client"
-            ));
             let sock = node.sock();
             (
                 KIND_HEALTH_ADDR,
@@ -999,15 +994,10 @@ fn print_keep_hints(made: &Made, nodes: &[NodeView], pods: &[PodView]) {
                      \x20 nsenter -t {holder} -m -n cat /etc/cni/net.d/00-ferry.conflist\n\
                      \x20 ctr --address {sock} -n k8s.io containers ls   # the pods' sandboxes and containers\n\
                      \x20 nsenter -t {holder} -m -n ctr --address {sock} -n k8s.io tasks exec \\\n\
-                     \x20     --exec-id hint {daemon} ferry-ipam leases   # kubectl exec, without the API\n\
-                     \x20 d={d}   # ferry's etcd client certificate\n\
-                     \x20 ETCDCTL_API=3 {h} etcdctl --endpoints https://10.96.0.66:6666 \\\n\
-                     \x20     --cacert $d/ca.crt --cert $d/client.crt --key $d/client.key \\\n\
-                     \x20     get /ferry/ --prefix --keys-only\n",
+                     \x20     --exec-id hint {daemon} ferry-ipam leases   # kubectl exec, without the API\n",
                     holder = node.holder_pid(),
                     name = node.name,
                     sock = sock.display(),
-                    d = certs.display(),
                 ),
             )
         }

@@ -1,12 +1,15 @@
 //! A kind cluster made of [`KindNode`]s, with ferry installed the way its users install
-//! it: `kubectl apply -k` of the shipped kustomizations (read by [`kustomize`]), the etcd
-//! Secrets from `deploy/etcd-certs.sh`, the images "loaded" into every node. No Kubernetes
-//! control plane can run on these machines, so the test plays its part:
+//! it: `kubectl apply -k` of the shipped kustomizations (read by [`kustomize`]), the images
+//! "loaded" into every node; with the etcd component ([`Install`]), the etcd Secrets from
+//! `deploy/etcd-certs.sh` too. No Kubernetes control plane can run on these machines, so
+//! the test plays its part:
 //!
 //! - the API server is the stand-in ([`KubeApi`]) over HTTPS on a host of the switch,
 //!   reached by in-cluster clients through the `kubernetes` Service's ClusterIP; it
 //!   authenticates each service account's token and authorizes with the applied RBAC;
-//!   it holds every Namespace and Pod (status included, as kubelet reports it);
+//!   it holds every Namespace and Pod (status included, as kubelet reports it), and a Node
+//!   per node as kind's kubelets register them and its controller-manager allocates their
+//!   pod CIDRs ([`node_object`]);
 //! - the scheduler and the DaemonSet and Deployment controllers: one pod per node matching
 //!   a DaemonSet's nodeSelector, one for a Deployment, a RollingUpdate with its
 //!   `maxUnavailable` (a node's old pod deleted, its new one made Ready, then the next);
@@ -22,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Pod, PodCondition, PodIP, PodSpec, PodStatus as K8sPodStatus,
-    PodTemplateSpec, Secret, Service,
+    ConfigMap, Namespace, Node, NodeAddress, NodeSpec, NodeStatus, Pod, PodCondition, PodIP,
+    PodSpec, PodStatus as K8sPodStatus, PodTemplateSpec, Secret, Service,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -49,12 +52,16 @@ pub enum Family {
 }
 
 impl Family {
-    /// The kustomization `deploy/kind/up.sh` applies for this family.
-    pub fn kustomization(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "deploy/kubernetes",
-            Family::Dual => "deploy/kind/dual",
-            Family::Ipv6 => "deploy/kind/ipv6",
+    /// The kustomization `deploy/kind/up.sh` applies for this family: on the Kubernetes
+    /// datastore (the default), or with the etcd component (`FERRY_KIND_DATASTORE=etcd`).
+    pub fn kustomization(self, etcd: bool) -> &'static str {
+        match (self, etcd) {
+            (Family::Ipv4, false) => "deploy/kubernetes",
+            (Family::Dual, false) => "deploy/kind/dual",
+            (Family::Ipv6, false) => "deploy/kind/ipv6",
+            (Family::Ipv4, true) => "deploy/kind/etcd",
+            (Family::Dual, true) => "deploy/kind/dual-etcd",
+            (Family::Ipv6, true) => "deploy/kind/ipv6-etcd",
         }
     }
 
@@ -94,6 +101,90 @@ fn node_ips(family: Family, i: usize) -> Vec<String> {
     }
 }
 
+/// The addresses a node's kubelet reports as InternalIP (`--node-ip`, kind's Docker
+/// network): each family's in a dual-stack cluster, the IPv6 one alone in an IPv6-only one.
+fn internal_ips(family: Family, i: usize) -> Vec<String> {
+    let ips = node_ips(family, i);
+    match family {
+        Family::Ipv6 => ips[..1].to_vec(),
+        _ => ips,
+    }
+}
+
+/// Node `i`'s `spec.podCIDRs` as kind's controller-manager allocates them
+/// (`--allocate-node-cidrs`, `--cluster-cidr` = the kind config's podSubnet: 10.244.0.0/16
+/// and fd00:10:244::/56): the nodes in the order they registered, the control plane first,
+/// each the next /24 (IPv4) and /64 (IPv6, kubeadm's default mask), the primary family
+/// first.
+pub fn pod_cidrs(family: Family, i: usize) -> Vec<String> {
+    let octet = u8::try_from(i).expect("at most 256 nodes in 10.244.0.0/16");
+    let v4 = format!("{}/24", std::net::Ipv4Addr::new(10, 244, octet, 0));
+    let v6 = format!(
+        "{}/64",
+        std::net::Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(octet), 0, 0, 0, 0)
+    );
+    match family {
+        Family::Ipv4 => vec![v4],
+        Family::Dual => vec![v4, v6],
+        Family::Ipv6 => vec![v6],
+    }
+}
+
+/// The Node object of node `i` named `name`, as kind's kubelet registers it and its
+/// controller-manager completes it: kubelet's labels, `status.addresses` (its InternalIPs
+/// and Hostname), `spec.podCIDR(s)`, kind's providerID. `metadata.creationTimestamp` and
+/// `uid` are the API's.
+pub fn node_object(
+    family: Family,
+    i: usize,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Node {
+    let mut all = BTreeMap::from([
+        ("kubernetes.io/hostname".to_string(), name.to_string()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+        ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
+    ]);
+    all.extend(labels.clone());
+    let cidrs = pod_cidrs(family, i);
+    let mut addresses: Vec<NodeAddress> = internal_ips(family, i)
+        .into_iter()
+        .map(|address| NodeAddress {
+            type_: "InternalIP".into(),
+            address,
+        })
+        .collect();
+    addresses.push(NodeAddress {
+        type_: "Hostname".into(),
+        address: name.to_string(),
+    });
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(all),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: cidrs.first().cloned(),
+            pod_cidrs: Some(cidrs),
+            provider_id: Some(format!("kind://docker/kind/{name}")),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            addresses: Some(addresses),
+            ..Default::default()
+        }),
+    }
+}
+
+/// How ferry is installed: on the Kubernetes datastore (the default, `Install::default()`),
+/// or with the etcd component (`Install { etcd: true }`: its Secrets from
+/// `deploy/etcd-certs.sh`, its image loaded, the family's `-etcd` kustomization).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Install {
+    pub etcd: bool,
+}
+
 /// The objects the cluster holds, shared with the kubelets and their reports.
 #[derive(Default)]
 struct State {
@@ -123,6 +214,8 @@ pub struct KindCluster {
     state: Arc<Mutex<State>>,
     /// The objects of the last install (`kubectl apply -k`).
     pub applied: Vec<Value>,
+    /// How the last install was made.
+    pub installed: Install,
 }
 
 static UIDS: AtomicU64 = AtomicU64::new(1);
@@ -194,6 +287,7 @@ impl KindCluster {
             nodes: Vec::new(),
             state,
             applied: Vec::new(),
+            installed: Install::default(),
         };
         for (i, b) in backends.iter().enumerate() {
             let mut node = KindNode::boot(&c.switch, &node_name(i), &node_ips(family, i), *b);
@@ -203,6 +297,10 @@ impl KindCluster {
                     String::new(),
                 );
             }
+            // Registered by its kubelet, its pod CIDRs given by the controller-manager.
+            c.api
+                .create(node_object(family, i, &node.name, &node.labels))
+                .expect("the Node");
             c.nodes.push(node);
         }
         c.sync_proxies_list();
@@ -273,31 +371,41 @@ impl KindCluster {
             .insert(as_name.to_string(), img.name.clone());
     }
 
-    /// The install as docs/install.md gives it: the etcd Secrets
-    /// (`deploy/etcd-certs.sh | kubectl apply -f -`), then `kubectl apply -k` of the
-    /// family's kustomization with the image set to `img`. Returns once every pod it made
-    /// is Ready (or panics after `timeout`, with the pods' events).
+    /// The default install as docs/install.md gives it (the Kubernetes datastore, no
+    /// etcd): `kubectl apply -k` of the family's kustomization with the image set to `img`.
+    /// Returns once every pod it made is Ready (or panics after `timeout`, with the pods'
+    /// events).
     pub fn install(&mut self, img: &Image, timeout: Duration) {
-        self.install_with(img, |_| {});
+        self.install_as(img, Install::default(), timeout);
+    }
+
+    /// The install made `how`: with `Install { etcd: true }`, first the etcd Secrets
+    /// (`deploy/etcd-certs.sh | kubectl apply -f -`), then the family's kustomization with
+    /// the etcd component. Returns once every pod it made is Ready.
+    pub fn install_as(&mut self, img: &Image, how: Install, timeout: Duration) {
+        self.install_with(img, how, |_| {});
         self.wait_all_ready(timeout);
     }
 
-    /// The install with the kustomization's output changed by `edit` first (a user's own
-    /// patch, or a broken manifest), not waiting for anything.
-    pub fn install_with(&mut self, img: &Image, edit: impl FnOnce(&mut Vec<Value>)) {
+    /// The install made `how`, with the kustomization's output changed by `edit` first (a
+    /// user's own patch, or a broken manifest), not waiting for anything.
+    pub fn install_with(&mut self, img: &Image, how: Install, edit: impl FnOnce(&mut Vec<Value>)) {
         self.load(img, "ferry:dev");
-        self.load(image::etcd(), "registry.k8s.io/etcd");
-        let out = crate::run_ok(
-            &mut std::process::Command::new(repo().join("deploy/etcd-certs.sh")),
-            "deploy/etcd-certs.sh",
-        );
-        let secrets =
-            kustomize::documents_of(&String::from_utf8_lossy(&out.stdout), "etcd-certs.sh");
-        self.apply(&secrets);
-        let mut objects = kustomize::build(&repo().join(self.family.kustomization()));
+        if how.etcd {
+            self.load(image::etcd(), "registry.k8s.io/etcd");
+            let out = crate::run_ok(
+                &mut std::process::Command::new(repo().join("deploy/etcd-certs.sh")),
+                "deploy/etcd-certs.sh",
+            );
+            let secrets =
+                kustomize::documents_of(&String::from_utf8_lossy(&out.stdout), "etcd-certs.sh");
+            self.apply(&secrets);
+        }
+        let mut objects = kustomize::build(&repo().join(self.family.kustomization(how.etcd)));
         edit(&mut objects);
         self.apply(&objects);
         self.applied = objects;
+        self.installed = how;
     }
 
     /// `kubectl edit configmap`: the stored ConfigMap `namespace/name` with its data changed
@@ -366,6 +474,10 @@ impl KindCluster {
     /// host network, with the
     /// client certificate of the `ferry-etcd-client` Secret (as a daemon presents it).
     pub fn etcdctl(&self, args: &str) -> String {
+        assert!(
+            self.installed.etcd,
+            "etcdctl: ferry was installed without the etcd component (Install {{ etcd: true }})"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let s = self.state.lock().expect("state");
@@ -1092,6 +1204,89 @@ fn sync_services(state: &Mutex<State>) {
                     "kube-proxy rules on {ns}: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipnetwork::IpNetwork;
+
+    /// The podSubnet of the kind config `deploy/kind/up.sh` creates the family's cluster
+    /// from, one network per family.
+    fn kind_pod_subnet(family: Family) -> Vec<IpNetwork> {
+        let file = match family {
+            Family::Ipv4 => "deploy/kind/kind-config.yaml",
+            Family::Dual => "deploy/kind/kind-config-dual.yaml",
+            Family::Ipv6 => "deploy/kind/kind-config-ipv6.yaml",
+        };
+        let config = &kustomize::documents_at(&repo().join(file))[0];
+        config["networking"]["podSubnet"]
+            .as_str()
+            .expect("podSubnet")
+            .split(',')
+            .map(|n| n.parse().expect("a network"))
+            .collect()
+    }
+
+    #[test]
+    fn each_node_has_the_pod_cidrs_kinds_controller_manager_gives_it() {
+        assert_eq!(pod_cidrs(Family::Ipv4, 0), ["10.244.0.0/24"]);
+        assert_eq!(
+            pod_cidrs(Family::Dual, 2),
+            ["10.244.2.0/24", "fd00:10:244:2::/64"]
+        );
+        assert_eq!(pod_cidrs(Family::Ipv6, 0), ["fd00:10:244::/64"]);
+        for family in [Family::Ipv4, Family::Dual, Family::Ipv6] {
+            let subnet = kind_pod_subnet(family);
+            // The ConfigMap's cluster CIDRs are the kind config's podSubnet.
+            let objects = kustomize::build(&repo().join(family.kustomization(false)));
+            let data = &objects
+                .iter()
+                .find(|o| o["kind"] == "ConfigMap")
+                .expect("ConfigMap")["data"];
+            let cidrs: Vec<IpNetwork> = ["cluster-cidr", "cluster-cidr-v6"]
+                .iter()
+                .filter_map(|k| data[k].as_str())
+                .map(|n| n.parse().expect("a network"))
+                .collect();
+            assert_eq!(cidrs, subnet, "{family:?}");
+            let mut seen: Vec<IpNetwork> = Vec::new();
+            for i in 0..3 {
+                let node = node_object(family, i, &node_name(i), &BTreeMap::new());
+                let spec = node.spec.expect("spec");
+                let got: Vec<IpNetwork> = spec
+                    .pod_cidrs
+                    .iter()
+                    .flatten()
+                    .map(|n| n.parse().expect("a network"))
+                    .collect();
+                assert_eq!(got.len(), subnet.len(), "{family:?}: one per family");
+                for (n, s) in got.iter().zip(&subnet) {
+                    assert!(
+                        s.contains(n.network()) && n.prefix() > s.prefix(),
+                        "{n} in {s}"
+                    );
+                    assert!(!seen.iter().any(|x| x.contains(n.network())), "{n} twice");
+                    seen.push(*n);
+                }
+                assert_eq!(
+                    spec.pod_cidr,
+                    spec.pod_cidrs.and_then(|c| c.first().cloned())
+                );
+                let internal: Vec<String> = node
+                    .status
+                    .and_then(|s| s.addresses)
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .map(|a| a.address)
+                    .collect();
+                // status.hostIP, the underlay address ferry publishes, is among them.
+                assert_eq!(internal[0], node_ips(family, i)[0], "{family:?}");
+                assert_eq!(internal.len(), subnet.len(), "{family:?}: {internal:?}");
             }
         }
     }

@@ -11,5 +11,5 @@ pub mod node;
 pub mod proxy;
 pub mod spec;
 
-pub use cluster::{Family, KindCluster};
+pub use cluster::{Family, Install, KindCluster};
 pub use node::{Backend, KindNode};
