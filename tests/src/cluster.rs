@@ -3,14 +3,25 @@
 //! a host outside the cluster. Every cluster has its own switch namespace, so parallel
 //! tests reuse the 192.0.2.0/24 addresses without meeting. An IPv6 underlay
 //! (`Cluster::builder().v6_only()`) has every host on 2001:db8::/64 instead, with no IPv4 address.
+//!
+//! The daemons keep the cluster's state in etcd or in the Kubernetes API
+//! ([`Datastore`], from `FERRY_TEST_DATASTORE` unless the test pins one). With the API
+//! (the Kubernetes datastore, or `ClusterBuilder::kube_api`) the kit serves the API
+//! stand-in ([`KubeApi`]) on the etcd host over HTTPS, enforcing the shipped manifest's RBAC
+//! on the daemons, which reach it with the `ferry` service account's token; the test's own
+//! writes go through [`KubeApi`]'s methods and need none. In the Kubernetes datastore each
+//! node has a `Node` object, made before its daemon starts, with the pod CIDRs the
+//! controller-manager would have allocated it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Node as NodeObject;
 use serde_json::{json, Value};
 
 use crate::cni::{cni_path, pod_ip, Call, Reply};
+use crate::kapi::KubeApi;
 use crate::netns::{run_ok, Netns};
 use crate::proc::{wait_until, Bg};
 
@@ -589,6 +600,9 @@ impl Drop for Node {
 pub enum Progress<'a> {
     /// etcd answers.
     Etcd(&'a Etcd, Duration),
+    /// The API stand-in listens (with the Kubernetes datastore or `kube_api`; after etcd,
+    /// before any daemon starts).
+    Api(&'a KubeApi, Duration),
     /// The node's daemon wrote node.json (the time since the daemons were started).
     NodeReady(&'a Node, Duration),
     /// Every node routes to every other node's subnet.
@@ -611,6 +625,45 @@ pub struct Cluster {
     pub v6: bool,
     /// With `two_segments`: segment B and its router (`switch` is segment A).
     pub routed: Option<Routed>,
+    /// Where the daemons keep the cluster's state.
+    pub datastore: Datastore,
+    /// The API stand-in, with the Kubernetes datastore or `ClusterBuilder::kube_api`: in the
+    /// etcd host's namespace, at its underlay address. Declared after `nodes`, so the
+    /// daemons stop before it does.
+    pub api: Option<KubeApi>,
+    /// The daemons' kubeconfig (the `ferry` service account's token) in its own directory.
+    kubeconfig: Option<tempfile::TempDir>,
+    /// A dual-stack cluster's IPv6 cluster CIDR (`cidr` is the IPv4 one).
+    cidr6: Option<String>,
+    /// How many nodes were given pod CIDRs so far: the next one's index in the range.
+    pod_cidrs_given: u32,
+}
+
+/// Where the daemons keep the cluster's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datastore {
+    /// etcd (`--etcd-endpoints`, `--etcd-prefix`): leases under `Cluster::prefix`.
+    Etcd,
+    /// The Kubernetes API (`--datastore kubernetes --kubeconfig`): every node's `Node`
+    /// object, its `spec.podCIDRs` and ferry's annotations.
+    Kubernetes,
+}
+
+impl Datastore {
+    /// The variable choosing the datastore of every cluster a test does not pin.
+    pub const ENV: &'static str = "FERRY_TEST_DATASTORE";
+
+    /// `FERRY_TEST_DATASTORE`: `etcd` (also when unset or empty) or `kubernetes`. Any other
+    /// value panics, naming the variable: a typo must not quietly test etcd again.
+    pub fn from_env() -> Datastore {
+        match std::env::var(Self::ENV) {
+            Err(std::env::VarError::NotPresent) => Datastore::Etcd,
+            Ok(v) if v.is_empty() || v == "etcd" => Datastore::Etcd,
+            Ok(v) if v == "kubernetes" => Datastore::Kubernetes,
+            Ok(v) => panic!("{}={v:?}: expected etcd or kubernetes", Self::ENV),
+            Err(e) => panic!("{}: {e}", Self::ENV),
+        }
+    }
 }
 
 /// Which address families a cluster's pods get, and on which underlay.
@@ -639,6 +692,8 @@ pub struct ClusterBuilder {
     cidr: Option<String>,
     cidr6: Option<String>,
     flags: Vec<String>,
+    datastore: Datastore,
+    kube_api: bool,
 }
 
 /// A cluster CIDR pair no other cluster of this test process has: 10.128.0.0/16 to
@@ -724,6 +779,21 @@ impl ClusterBuilder {
         self
     }
 
+    /// Where the daemons keep the cluster's state; unset, `FERRY_TEST_DATASTORE`'s
+    /// (`Datastore::from_env`). A test that reads or writes etcd itself pins `Etcd`.
+    pub fn datastore(mut self, d: Datastore) -> Self {
+        self.datastore = d;
+        self
+    }
+
+    /// The API stand-in (`Cluster::api`) whatever the datastore, and `--kubeconfig` naming
+    /// it for every daemon: for a test of what the daemon reads from the API besides its
+    /// datastore (NetworkPolicy). The Kubernetes datastore has it anyway.
+    pub fn kube_api(mut self) -> Self {
+        self.kube_api = true;
+        self
+    }
+
     pub fn build(self) -> Cluster {
         self.build_reporting(&mut |_| {})
     }
@@ -744,21 +814,23 @@ impl ClusterBuilder {
             flags.push(format!("--direct-routing={on}"));
         }
         flags.extend(self.flags);
+        let dual = (self.family == Family::Dual).then(|| cidr6.clone());
         let cidr = if v6 { cidr6 } else { cidr4 };
+        let setup = Setup {
+            cidr,
+            cidr6: dual,
+            flags,
+            tls: self.tls,
+            v6,
+            datastore: self.datastore,
+            kube_api: self.kube_api || self.datastore == Datastore::Kubernetes,
+        };
         let Some((on_a, on_b)) = self.segments else {
-            return Cluster::build_with(
-                Switch::new(),
-                self.nodes,
-                &cidr,
-                flags,
-                self.tls,
-                v6,
-                report,
-            );
+            return Cluster::build_with(Switch::new(), self.nodes, setup, report);
         };
         assert!(!v6, "two segments are IPv4");
         let switch = Switch::segment(25, SEGMENT_A_GW);
-        let mut c = Cluster::build_with(switch, 0, &cidr, flags, self.tls, false, report);
+        let mut c = Cluster::build_with(switch, 0, setup, report);
         c.routed = Some(Routed::new(&c.switch));
         for _ in 0..on_a {
             c.add_node();
@@ -774,6 +846,109 @@ impl ClusterBuilder {
     }
 }
 
+/// What `ClusterBuilder` decided, for `Cluster::build_with`.
+struct Setup {
+    cidr: String,
+    cidr6: Option<String>,
+    flags: Vec<String>,
+    tls: bool,
+    v6: bool,
+    datastore: Datastore,
+    kube_api: bool,
+}
+
+/// The name of the kubeconfig in the kit's directory for it.
+const KUBECONFIG: &str = "kubeconfig";
+
+/// The API stand-in in `host`'s namespace at `ip` (any port), as a cluster serves its API:
+/// HTTPS, the shipped manifest's RBAC enforced; and the daemons' kubeconfig, carrying the
+/// `ferry` service account's token, in a directory of its own.
+fn start_api(host: &Netns, ip: &str) -> (KubeApi, tempfile::TempDir) {
+    let addr = std::net::SocketAddr::new(
+        ip.parse()
+            .unwrap_or_else(|e| panic!("the API's address {ip}: {e}")),
+        0,
+    );
+    let api = crate::inside::run(host, move || KubeApi::bind_tls(addr, &[]))
+        .unwrap_or_else(|e| panic!("the API stand-in in {} at {ip}: {e}", host.name));
+    let token = api.service_account_token("kube-system", "ferry");
+    let (roles, bindings) = crate::manifest::rbac();
+    api.set_rbac(roles, bindings);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(KUBECONFIG);
+    api.write_kubeconfig_with_token(&path, &token)
+        .unwrap_or_else(|e| panic!("the daemons' kubeconfig: {e}"));
+    (api, dir)
+}
+
+/// The Node object of node `name` at underlay address `ip`, as the kubelet registers it
+/// and the controller-manager gives it `pod_cidrs` (none: not allocated yet).
+fn new_node_object(name: &str, ip: &str, pod_cidrs: &[String]) -> NodeObject {
+    let mut v = json!({
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+        "spec": {},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": ip},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [ready_condition(true)],
+        },
+    });
+    if let Some(first) = pod_cidrs.first() {
+        v["spec"] = json!({"podCIDR": first, "podCIDRs": pod_cidrs});
+    }
+    serde_json::from_value(v).unwrap_or_else(|e| panic!("Node {name}: {e}"))
+}
+
+/// A node's `Ready` condition, as the kubelet posts it.
+fn ready_condition(ready: bool) -> Value {
+    // k8s-openapi's jiff has no clock of its own here.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let now = k8s_openapi::jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let (status, reason, message) = if ready {
+        ("True", "KubeletReady", "kubelet is posting ready status")
+    } else {
+        (
+            "False",
+            "KubeletNotReady",
+            "the kubelet stopped posting ready status",
+        )
+    };
+    json!({"type": "Ready", "status": status, "reason": reason, "message": message,
+           "lastHeartbeatTime": now, "lastTransitionTime": now})
+}
+
+/// Subnet `index` of length `len` of `cidr` (`a.b.c.d/n` or IPv6), counting from the
+/// range's first address, as the controller-manager's range allocator hands them out.
+fn nth_subnet(cidr: &str, len: u8, index: u32) -> String {
+    let (net, prefix) = cidr
+        .split_once('/')
+        .and_then(|(a, p)| Some((a.parse::<std::net::IpAddr>().ok()?, p.parse::<u8>().ok()?)))
+        .unwrap_or_else(|| panic!("cluster CIDR {cidr:?} is not address/length"));
+    let bits = if net.is_ipv4() { 32 } else { 128 };
+    assert!(
+        prefix <= len && u32::from(len - prefix) < 32 && index < 1 << (len - prefix),
+        "no subnet {index} of /{len} in {cidr}"
+    );
+    let step = u128::from(index) << (bits - u32::from(len));
+    match net {
+        std::net::IpAddr::V4(a) => {
+            let a = std::net::Ipv4Addr::from(u32::from(a) + step as u32);
+            format!("{a}/{len}")
+        }
+        std::net::IpAddr::V6(a) => {
+            let a = std::net::Ipv6Addr::from(u128::from(a) + step);
+            format!("{a}/{len}")
+        }
+    }
+}
+
 impl Cluster {
     /// A cluster to the test's order; see `ClusterBuilder`.
     pub fn builder() -> ClusterBuilder {
@@ -786,6 +961,8 @@ impl Cluster {
             cidr: None,
             cidr6: None,
             flags: Vec::new(),
+            datastore: Datastore::from_env(),
+            kube_api: false,
         }
     }
 
@@ -816,20 +993,37 @@ impl Cluster {
         n.host.sh("ip link del eth0");
         to.plug(&n.host, ip);
         n.ip = ip.to_string();
+        // Its kubelet reports the new address.
+        self.set_node_addresses(i, &[ip.to_string()]);
     }
 
     fn build_with(
         switch: Switch,
         n: usize,
-        cidr: &str,
-        flags: Vec<String>,
-        tls: bool,
-        v6: bool,
+        setup: Setup,
         report: &mut dyn FnMut(Progress),
     ) -> Cluster {
+        let Setup {
+            cidr,
+            cidr6,
+            flags,
+            tls,
+            v6,
+            datastore,
+            kube_api,
+        } = setup;
         let t = Instant::now();
-        let etcd = Etcd::start_on(&switch, tls, if v6 { ETCD_IP_V6 } else { ETCD_IP });
+        let etcd_ip = if v6 { ETCD_IP_V6 } else { ETCD_IP };
+        let etcd = Etcd::start_on(&switch, tls, etcd_ip);
         report(Progress::Etcd(&etcd, t.elapsed()));
+        let (api, kubeconfig) = if kube_api {
+            let t = Instant::now();
+            let (api, kubeconfig) = start_api(&etcd.host, etcd_ip);
+            report(Progress::Api(&api, t.elapsed()));
+            (Some(api), Some(kubeconfig))
+        } else {
+            (None, None)
+        };
         let outside = Netns::new("fyo");
         let outside_ip = match (v6, switch.prefix) {
             (true, _) => OUTSIDE_IP_V6,
@@ -842,11 +1036,16 @@ impl Cluster {
             etcd,
             nodes: Vec::new(),
             outside,
-            cidr: cidr.to_string(),
+            cidr,
             prefix: format!("/ferry-{}", crate::unique("t")),
             flags,
             v6,
             routed: None,
+            datastore,
+            api,
+            kubeconfig,
+            cidr6,
+            pod_cidrs_given: 0,
         };
         let t = Instant::now();
         for _ in 0..n {
@@ -890,6 +1089,108 @@ impl Cluster {
         self.add_node_stopped_in(host, ip)
     }
 
+    /// A node whose Node object has no pod CIDR (the controller-manager has not allocated
+    /// one, or allocates none: `--allocate-node-cidrs=false`), its daemon started (not
+    /// waited for). The Kubernetes datastore only.
+    pub fn add_node_without_pod_cidr(&mut self) -> &mut Node {
+        assert_eq!(
+            self.datastore,
+            Datastore::Kubernetes,
+            "a Node object without podCIDRs is the Kubernetes datastore's"
+        );
+        let (host, ip) = self.next_host();
+        let node = self.add_node_object_and_stopped_in(host, ip, false);
+        node.start_daemon();
+        node
+    }
+
+    /// The API stand-in; panics when the cluster has none (neither the Kubernetes
+    /// datastore nor `ClusterBuilder::kube_api`).
+    pub fn api(&self) -> &KubeApi {
+        self.api
+            .as_ref()
+            .expect("no API: the Kubernetes datastore or ClusterBuilder::kube_api starts it")
+    }
+
+    /// The daemons' kubeconfig (the `ferry` service account's), when the cluster has an API.
+    pub fn kubeconfig_path(&self) -> Option<PathBuf> {
+        self.kubeconfig.as_ref().map(|d| d.path().join(KUBECONFIG))
+    }
+
+    /// The next node's pod CIDRs, as the controller-manager allocates them: the next /24 of
+    /// the IPv4 cluster CIDR and /64 of the IPv6 one, of each family the cluster has.
+    fn allocate_pod_cidrs(&mut self) -> Vec<String> {
+        let i = self.pod_cidrs_given;
+        self.pod_cidrs_given += 1;
+        let len = |cidr: &str| if cidr.contains(':') { 64 } else { 24 };
+        std::iter::once(&self.cidr)
+            .chain(self.cidr6.as_ref())
+            .map(|c| nth_subnet(c, len(c), i))
+            .collect()
+    }
+
+    /// Node `i`'s Node object as the API holds it now.
+    pub fn node_object(&self, i: usize) -> NodeObject {
+        let name = &self.nodes[i].name;
+        self.api()
+            .get(None, name)
+            .unwrap_or_else(|| panic!("no Node {name} in the API"))
+    }
+
+    /// Sets (`Some`) or removes (`None`) annotations of node `i`'s Node object by a merge
+    /// patch, as an operator's `kubectl annotate` (or an intruder) would; returns the Node.
+    pub fn patch_node_annotations(
+        &self,
+        i: usize,
+        annotations: &[(&str, Option<&str>)],
+    ) -> NodeObject {
+        let map: serde_json::Map<String, Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map_or(Value::Null, |v| json!(v))))
+            .collect();
+        self.patch_node(i, &json!({"metadata": {"annotations": map}}))
+    }
+
+    /// A merge patch of node `i`'s Node object, through the API's own methods.
+    pub fn patch_node(&self, i: usize, patch: &Value) -> NodeObject {
+        let name = &self.nodes[i].name;
+        self.api()
+            .merge_patch(None, name, patch)
+            .unwrap_or_else(|e| panic!("patching Node {name} with {patch}: {e}"))
+    }
+
+    /// Deletes node `i`'s Node object, as `kubectl delete node` does (the node's namespace
+    /// and daemon stay).
+    pub fn delete_node_object(&self, i: usize) {
+        let name = &self.nodes[i].name;
+        self.api()
+            .delete::<NodeObject>(None, name)
+            .unwrap_or_else(|e| panic!("deleting Node {name}: {e}"));
+    }
+
+    /// Node `i`'s `Ready` condition, as the kubelet posts it (`false`: as the node
+    /// lifecycle controller marks a node that stopped posting).
+    pub fn set_node_ready(&self, i: usize, ready: bool) {
+        self.patch_node(
+            i,
+            &json!({"status": {"conditions": [ready_condition(ready)]}}),
+        );
+    }
+
+    /// Node `i`'s `status.addresses`: an InternalIP for each of `ips`, and its Hostname,
+    /// as its kubelet reports them (with the Kubernetes datastore; nothing otherwise).
+    fn set_node_addresses(&self, i: usize, ips: &[String]) {
+        if self.datastore != Datastore::Kubernetes {
+            return;
+        }
+        let mut addresses: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({"type": "InternalIP", "address": ip}))
+            .collect();
+        addresses.push(json!({"type": "Hostname", "address": self.nodes[i].name}));
+        self.patch_node(i, &json!({"status": {"addresses": addresses}}));
+    }
+
     /// The next node's namespace, plugged into the switch at the next node address.
     fn next_host(&self) -> (Netns, String) {
         let i = self.nodes.len();
@@ -904,6 +1205,17 @@ impl Cluster {
     }
 
     fn add_node_stopped_in(&mut self, host: Netns, ip: String) -> &mut Node {
+        self.add_node_object_and_stopped_in(host, ip, true)
+    }
+
+    /// The node (and, with the Kubernetes datastore, its Node object first, with pod CIDRs
+    /// when `pod_cidrs`), its daemon not started.
+    fn add_node_object_and_stopped_in(
+        &mut self,
+        host: Netns,
+        ip: String,
+        pod_cidrs: bool,
+    ) -> &mut Node {
         let name = format!("node{}", self.nodes.len());
         let cidr_flag = if self.v6 {
             "--cluster-cidr-v6"
@@ -911,13 +1223,35 @@ impl Cluster {
             "--cluster-cidr"
         };
         let dir = tempfile::tempdir().expect("tempdir");
+        let datastore = match self.datastore {
+            Datastore::Etcd => {
+                let mut f = format!("{} --etcd-prefix {}", self.etcd.client_flags(), self.prefix);
+                if let Some(kc) = self.kubeconfig_path() {
+                    f += &format!(" --kubeconfig {}", kc.display());
+                }
+                f
+            }
+            Datastore::Kubernetes => {
+                let cidrs = if pod_cidrs {
+                    self.allocate_pod_cidrs()
+                } else {
+                    Vec::new()
+                };
+                let object = new_node_object(&name, &ip, &cidrs);
+                self.api()
+                    .create(object)
+                    .unwrap_or_else(|e| panic!("creating Node {name}: {e}"));
+                let kc = self
+                    .kubeconfig_path()
+                    .expect("the Kubernetes datastore's kubeconfig");
+                format!("--datastore kubernetes --kubeconfig {}", kc.display())
+            }
+        };
         // Each node its own secret, in its own directory: a machine of its own, and the
         // host's /var/lib/ferry untouched.
         let daemon_args = format!(
-            "{} --etcd-prefix {} --node-name {name} --state-dir {} --node-secret {} \
+            "{datastore} --node-name {name} --state-dir {} --node-secret {} \
              --ipam-data-dir {} {cidr_flag} {} --health-addr {HEALTH_ADDR} --resync-interval 2s {}",
-            self.etcd.client_flags(),
-            self.prefix,
             dir.path().join("run").display(),
             dir.path().join("node-secret").display(),
             dir.path().join("ipam").display(),
@@ -1011,6 +1345,7 @@ impl Cluster {
     /// The temporary directories of this cluster.
     pub fn all_dirs(&self) -> Vec<PathBuf> {
         let mut v = vec![self.etcd.dir.path().to_path_buf()];
+        v.extend(self.kubeconfig.iter().map(|d| d.path().to_path_buf()));
         v.extend(self.nodes.iter().map(|n| n.dir.path().to_path_buf()));
         v
     }
@@ -1040,10 +1375,11 @@ impl Cluster {
     /// (`2001:db8::11`, … and `OUTSIDE_IP_V6`), for a dual-stack underlay.
     pub fn add_underlay_v6(&self) {
         for (i, n) in self.nodes.iter().enumerate() {
-            n.host.sh(&format!(
-                "ip -6 addr add 2001:db8::{:x}/64 dev eth0 nodad",
-                0x11 + i
-            ));
+            let ip6 = format!("2001:db8::{:x}", 0x11 + i);
+            n.host
+                .sh(&format!("ip -6 addr add {ip6}/64 dev eth0 nodad"));
+            // A dual-stack kubelet (`--node-ip` of both) reports both.
+            self.set_node_addresses(i, &[n.ip.clone(), ip6]);
         }
         self.outside
             .sh(&format!("ip -6 addr add {OUTSIDE_IP_V6}/64 dev eth0 nodad"));
@@ -1088,8 +1424,11 @@ impl Cluster {
             .map(|n| (n.subnet(), n.vtep_mac()))
             .collect();
         assert_eq!(before, after, "subnet or VTEP MAC moved across a restart");
-        for n in &self.nodes {
-            assert!(n.log().contains("reused=true"), "{}", n.log());
+        // A lease is etcd's; with the Kubernetes datastore the subnet is the Node's anyway.
+        if self.datastore == Datastore::Etcd {
+            for n in &self.nodes {
+                assert!(n.log().contains("reused=true"), "{}", n.log());
+            }
         }
     }
 
@@ -1104,14 +1443,23 @@ impl Cluster {
         self.nodes.iter().map(|n| n.ip.as_str()).collect()
     }
 
-    /// `ferry-ipam leases` of this cluster run on node 0, with `extra` flags (`-o json`).
+    /// `ferry-ipam leases` of this cluster run on node 0, with `extra` flags (`-o json`),
+    /// from the cluster's datastore (`--kubeconfig`: the daemons' own).
     pub fn ipam_leases(&self, extra: &str) -> String {
         self.nodes[0].host.sh(&format!(
-            "{} leases {} --etcd-prefix {} {extra}",
+            "{} leases {} {extra}",
             crate::bin("ferry-ipam").display(),
-            self.etcd.client_flags(),
-            self.prefix
+            self.datastore_flags()
         ))
+    }
+
+    /// The flags naming the cluster's datastore for ferry's tools: etcd's endpoint and
+    /// prefix, or `--kubeconfig`.
+    pub fn datastore_flags(&self) -> String {
+        match (self.datastore, self.kubeconfig_path()) {
+            (Datastore::Kubernetes, Some(kc)) => format!("--kubeconfig {}", kc.display()),
+            _ => format!("{} --etcd-prefix {}", self.etcd.client_flags(), self.prefix),
+        }
     }
 
     /// A host on the underlay that is not a node.

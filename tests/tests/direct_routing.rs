@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry_tests::cluster::{Cluster, Node};
+use ferry_tests::cluster::{Cluster, ClusterBuilder, Datastore, Node};
 use ferry_tests::needs_root;
 use ferry_tests::netpol::cases::{PodRef, Protocol};
 use ferry_tests::netpol::world::World;
@@ -68,10 +68,9 @@ fn exchange(from: &ferry_tests::cluster::Pod, to: &ferry_tests::cluster::Pod) {
 /// `ferry-ipam leases --state-dir` of node `i`, as JSON: (node, path, device), by node.
 fn paths_seen_by(c: &Cluster, i: usize) -> Vec<(String, String, String)> {
     let out = c.nodes[i].host.sh(&format!(
-        "{} leases {} --etcd-prefix {} --state-dir {} -o json",
+        "{} leases {} --state-dir {} -o json",
         ferry_tests::bin("ferry-ipam").display(),
-        c.etcd.client_flags(),
-        c.prefix,
+        c.datastore_flags(),
         c.nodes[i].state_dir().display()
     ));
     let v: Value = serde_json::from_str(&out).expect("leases JSON");
@@ -158,10 +157,9 @@ fn same_segment_is_direct_across_is_vxlan_and_a_moved_node_switches() {
         ],
     );
     let table = c.nodes[0].host.sh(&format!(
-        "{} leases {} --etcd-prefix {} --state-dir {}",
+        "{} leases {} --state-dir {}",
         ferry_tests::bin("ferry-ipam").display(),
-        c.etcd.client_flags(),
-        c.prefix,
+        c.datastore_flags(),
         c.nodes[0].state_dir().display()
     ));
     assert!(
@@ -199,10 +197,10 @@ fn same_segment_is_direct_across_is_vxlan_and_a_moved_node_switches() {
     }
 }
 
-/// Two nodes of cluster CIDR `cidr` on one segment, node 0 routing to node 1's subnet
-/// (returned with the cluster) directly.
-fn two_nodes_routing_directly(cidr: &str) -> (Cluster, String) {
-    let c = Cluster::builder().nodes(2).cluster_cidr(cidr).build();
+/// Two nodes of cluster CIDR `cidr` on one segment (`builder`'s cluster otherwise), node 0
+/// routing to node 1's subnet (returned with the cluster) directly.
+fn two_nodes_routing_directly(builder: ClusterBuilder, cidr: &str) -> (Cluster, String) {
+    let c = builder.nodes(2).cluster_cidr(cidr).build();
     let s1 = c.nodes[1].subnet();
     wait_direct(&c.nodes[0], &s1, &c.nodes[1].ip);
     (c, s1)
@@ -211,7 +209,7 @@ fn two_nodes_routing_directly(cidr: &str) -> (Cluster, String) {
 #[test]
 fn reconcile_mends_a_hand_deleted_direct_route_and_removes_a_stale_one() {
     needs_root!();
-    let (c, s1) = two_nodes_routing_directly("10.91.0.0/16");
+    let (c, s1) = two_nodes_routing_directly(Cluster::builder(), "10.91.0.0/16");
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     // Nothing of the peer on the VXLAN device's routes; its FDB entry is kept.
     assert!(
@@ -317,35 +315,22 @@ fn network_policy_holds_on_the_direct_path() {
 }
 
 /// NetworkPolicy on the direct path over IPv6: an IPv6-only cluster whose nodes share
-/// one segment (so pod packets between them are never in VXLAN), the API stand-in on the
-/// etcd host's IPv6 address. The target admits pods labelled `ok` only.
+/// one segment (so pod packets between them are never in VXLAN), the cluster's API
+/// stand-in on the etcd host's IPv6 address. The target admits pods labelled `ok` only.
 #[test]
 fn network_policy_holds_on_the_direct_path_over_ipv6() {
-    use ferry_tests::cluster::{Progress, ETCD_IP_V6};
-    use ferry_tests::kapi::KubeApi;
     use ferry_tests::netpol::l2::{self, TcpServer};
     use k8s_openapi::api::core::v1::{Namespace, Pod};
     use k8s_openapi::api::networking::v1::NetworkPolicy;
 
     needs_root!();
-    let kubeconfig = tempfile::tempdir().expect("tempdir");
-    let kc = kubeconfig.path().join("kubeconfig");
-    let mut api = None;
-    let kc_flag = kc.display().to_string();
     let c = Cluster::builder()
         .nodes(2)
         .v6_only()
-        .flags(["--network-policy", "--kubeconfig", &kc_flag])
-        .build_reporting(&mut |p| {
-            if let Progress::Etcd(etcd, _) = p {
-                let addr = std::net::SocketAddr::new(ETCD_IP_V6.parse().unwrap(), 0);
-                let served = ferry_tests::inside::run(&etcd.host, move || KubeApi::bind(addr))
-                    .expect("the API stand-in on the etcd host");
-                served.write_kubeconfig(&kc).expect("write the kubeconfig");
-                api = Some(served);
-            }
-        });
-    let api = api.expect("the API");
+        .kube_api()
+        .flags(["--network-policy"])
+        .build();
+    let api = c.api();
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     let s6 = |n: &Node| n.node_state()["podCIDRv6"].as_str().unwrap().to_string();
     wait_direct(n0, &s6(n1), &n1.ip);
@@ -418,7 +403,9 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
 #[test]
 fn a_lease_naming_an_on_link_stranger_gets_no_more_than_its_own_subnet() {
     needs_root!();
-    let (c, s1) = two_nodes_routing_directly("10.93.0.0/16");
+    // The lies are etcd records, written past the daemons.
+    let builder = Cluster::builder().datastore(Datastore::Etcd);
+    let (c, s1) = two_nodes_routing_directly(builder, "10.93.0.0/16");
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     let _stranger = c.stranger("192.0.2.50");
     // A lie: a "node" at the stranger's on-link address, with a subnet of its own, and a

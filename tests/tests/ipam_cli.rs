@@ -241,7 +241,9 @@ fn a_lost_del_is_found_by_check_and_fixed_by_release() {
 #[test]
 fn leases_and_check_against_a_cluster() {
     needs_root!();
+    // The CLI is given etcd's flags and its records are written past it.
     let mut c = ferry_tests::cluster::Cluster::builder()
+        .datastore(ferry_tests::cluster::Datastore::Etcd)
         .nodes(2)
         .cluster_cidr("10.73.0.0/16")
         .build();

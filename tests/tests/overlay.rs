@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ferry_netlink::BigTcp;
-use ferry_tests::cluster::{run_overlayd, Cluster, ClusterBuilder, OUTSIDE_IP};
+use ferry_tests::cluster::{run_overlayd, Cluster, ClusterBuilder, Datastore, OUTSIDE_IP};
 use ferry_tests::cni::host_veth;
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
@@ -167,7 +167,11 @@ fn overlayd_restart_drops_no_packet_and_keeps_subnet_and_mac() {
 #[test]
 fn etcd_outage_keeps_traffic_and_pods_starting() {
     needs_root!();
-    let mut c = Cluster::builder().nodes(2).build();
+    // etcd itself goes down and comes back.
+    let mut c = Cluster::builder()
+        .datastore(Datastore::Etcd)
+        .nodes(2)
+        .build();
     let (a, b) = c.pods_across("ea", "eb");
     c.etcd.stop();
     a.ns.sh(&format!("ping -c3 -i 0.2 -W2 {}", b.ip));
@@ -382,7 +386,11 @@ fn a_new_public_ip_is_followed_by_every_node() {
 #[test]
 fn startup_errors_name_the_problem() {
     needs_root!();
-    let c = Cluster::builder().cluster_cidr("10.68.0.0/16").build();
+    // The daemon is run against etcd's endpoint and prefix by hand.
+    let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
+        .cluster_cidr("10.68.0.0/16")
+        .build();
     let n = &c.nodes[0];
     let dir = tempfile::tempdir().unwrap();
     let run_for = |secs: u32, args: &str| {
@@ -437,7 +445,9 @@ fn startup_errors_name_the_problem() {
 #[test]
 fn etcd_with_tls_and_client_certificates() {
     needs_root!();
+    // etcd over TLS, reached by hand.
     let c = ferry_tests::cluster::Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(2)
         .tls()
         .build();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry_tests::cluster::{Cluster, Node, OUTSIDE_IP_V6};
+use ferry_tests::cluster::{Cluster, Datastore, Node, OUTSIDE_IP_V6};
 use ferry_tests::needs_root;
 use ferry_tests::proc::{connect, echo_peer_server_on, wait_until, Bg};
 use ferry_tests::services::Service;
@@ -22,7 +22,9 @@ fn an_ipv6_only_cluster_carries_every_traffic_kind_over_an_ipv6_underlay() {
     needs_root!();
     // About IPv6 VXLAN (its device, FDB, routes): the nodes share a segment, so
     // DirectRouting is off; direct_routing.rs covers the other path.
+    // The records are read from etcd itself.
     let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(3)
         .v6_only()
         .cluster_cidr_v6("fd00:66::/56")
@@ -172,7 +174,9 @@ fn an_ipv6_only_daemon_restart_loses_no_packet_and_keeps_subnet_and_mac() {
 #[test]
 fn ipv6_vxlan_from_an_underlay_host_that_is_no_node_is_dropped() {
     needs_root!();
+    // A lease is deleted from etcd by hand.
     let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(3)
         .v6_only()
         .direct_routing(false)

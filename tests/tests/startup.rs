@@ -7,7 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferry_tests::cluster::{http_get, run_overlayd, Cluster, Node, ETCD_IP, HEALTH_ADDR};
+use ferry_tests::cluster::{
+    http_get, run_overlayd, Cluster, Datastore, Node, ETCD_IP, HEALTH_ADDR,
+};
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{wait_until, Bg};
 use ferry_tests::{bin, needs_root};
@@ -95,7 +97,11 @@ fn installed(dir: &Path) -> Option<String> {
 #[test]
 fn health_is_served_at_once_and_etcd_is_waited_for() {
     needs_root!();
-    let mut c = Cluster::builder().nodes(0).build();
+    // etcd itself is down while the daemon starts.
+    let mut c = Cluster::builder()
+        .datastore(Datastore::Etcd)
+        .nodes(0)
+        .build();
     c.etcd.stop();
     let n = c.add_node_stopped();
     let (conf_dir, _) = with_cni_conf(n);
@@ -152,7 +158,11 @@ fn health_is_served_at_once_and_etcd_is_waited_for() {
 #[test]
 fn a_node_not_prepared_publishes_nothing_until_it_is() {
     needs_root!();
-    let mut c = Cluster::builder().nodes(0).build();
+    // etcd's keys are read to see that nothing was written.
+    let mut c = Cluster::builder()
+        .datastore(Datastore::Etcd)
+        .nodes(0)
+        .build();
     let root_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let n = c.add_node_stopped();
     n.host.sh("sysctl -qw net.ipv4.ip_forward=0");
@@ -271,7 +281,8 @@ fn prepare_node_sets_the_table_and_names_what_it_cannot() {
 #[test]
 fn a_killed_daemon_is_back_at_once_and_a_second_one_waits() {
     needs_root!();
-    let mut c = Cluster::builder().build();
+    // etcd's alive key is read directly.
+    let mut c = Cluster::builder().datastore(Datastore::Etcd).build();
     let alive_key = format!("{}/v1/alive/node0", c.prefix);
     let n = &mut c.nodes[0];
     n.wait_answering();
@@ -346,7 +357,8 @@ fn a_killed_daemon_is_back_at_once_and_a_second_one_waits() {
 #[test]
 fn a_name_held_by_another_machine_is_waited_for_then_refused() {
     needs_root!();
-    let c = Cluster::builder().build();
+    // A second daemon is run against etcd by hand.
+    let c = Cluster::builder().datastore(Datastore::Etcd).build();
     let stranger = c.stranger("192.0.2.50");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("impostor.log");
@@ -385,7 +397,11 @@ fn a_name_held_by_another_machine_is_waited_for_then_refused() {
 #[test]
 fn the_cni_config_is_installed_when_ready_and_kept() {
     needs_root!();
-    let mut c = Cluster::builder().nodes(0).build();
+    // A daemon is run against etcd by hand.
+    let mut c = Cluster::builder()
+        .datastore(Datastore::Etcd)
+        .nodes(0)
+        .build();
     let n = c.add_node_stopped();
     let (dir, src) = with_cni_conf(n);
     // What a node may hold from earlier: one config that sorts first, one after.

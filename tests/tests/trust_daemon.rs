@@ -3,14 +3,18 @@
 
 use std::time::Duration;
 
-use ferry_tests::cluster::{http_get, run_overlayd, Cluster, HEALTH_ADDR};
+use ferry_tests::cluster::{http_get, run_overlayd, Cluster, Datastore, HEALTH_ADDR};
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{wait_until, Bg};
 
 /// A bare etcd and a host at 192.0.2.11 with no daemon: (cluster, host, flags to etcd).
 fn bare() -> (Cluster, Netns, tempfile::TempDir) {
-    let c = Cluster::builder().nodes(0).build();
+    // The daemons are run against etcd by hand, and its keys read.
+    let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
+        .nodes(0)
+        .build();
     let host = c.stranger("192.0.2.11");
     (c, host, tempfile::tempdir().unwrap())
 }

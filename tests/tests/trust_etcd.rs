@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ferry_tests::cluster::{run_overlayd, Cluster, Node, ETCD_IP};
+use ferry_tests::cluster::{run_overlayd, Cluster, Datastore, Node, ETCD_IP};
 use ferry_tests::needs_root;
 use ferry_tests::proc::wait_until;
 
@@ -143,6 +143,7 @@ fn assert_underlay_intact(n: &Node) {
 fn a_lease_for_the_underlay_or_over_a_foreign_route_is_refused() {
     needs_root!();
     let mut c = Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(3)
         .cluster_cidr("10.80.0.0/16")
         .build();
@@ -190,6 +191,7 @@ fn a_lease_for_the_underlay_or_over_a_foreign_route_is_refused() {
 fn a_lease_claiming_a_live_nodes_subnet_is_refused() {
     needs_root!();
     let mut c = Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(3)
         .cluster_cidr("10.81.0.0/16")
         .build();
@@ -250,7 +252,10 @@ fn a_lease_claiming_a_live_nodes_subnet_is_refused() {
 #[test]
 fn an_impostor_with_a_live_nodes_name_is_refused() {
     needs_root!();
-    let c = Cluster::builder().nodes(3).build();
+    let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
+        .nodes(3)
+        .build();
     let (a, b) = c.pods_across("ia", "ib");
     let key1 = c.lease_key(&c.nodes[1].subnet());
     let before = c.etcd_get(&key1);
@@ -281,7 +286,10 @@ fn an_impostor_with_a_live_nodes_name_is_refused() {
 #[test]
 fn damaged_or_deleted_leases_cut_no_node_off() {
     needs_root!();
-    let mut c = Cluster::builder().nodes(3).build();
+    let mut c = Cluster::builder()
+        .datastore(Datastore::Etcd)
+        .nodes(3)
+        .build();
     let (a, b) = c.pods_across("da", "db");
     let d = c.nodes[2].add_pod("dd");
     let s1 = c.nodes[1].subnet();
@@ -329,7 +337,10 @@ fn damaged_or_deleted_leases_cut_no_node_off() {
 #[test]
 fn a_bad_cluster_cidr_is_refused_from_flags_and_from_etcd() {
     needs_root!();
-    let c = Cluster::builder().nodes(0).build();
+    let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
+        .nodes(0)
+        .build();
     let host = c.stranger("192.0.2.11");
     let dir = tempfile::tempdir().unwrap();
     let base = |prefix: &str| {
@@ -394,6 +405,7 @@ fn an_ipv6_lease_over_a_foreign_direct_route_neither_replaces_nor_removes_it() {
     needs_root!();
     // IPv6-only over an IPv6 underlay, DirectRouting on: the lease's route would be direct.
     let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(3)
         .v6_only()
         .cluster_cidr_v6("fd00:95::/56")
@@ -411,6 +423,7 @@ fn an_ipv6_lease_over_a_foreign_direct_route_neither_replaces_nor_removes_it() {
 fn an_ipv4_lease_over_a_foreign_direct_route_leaves_it_after_it_is_deleted() {
     needs_root!();
     let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(3)
         .cluster_cidr("10.86.0.0/16")
         .build();
@@ -427,6 +440,7 @@ fn an_ipv4_lease_over_a_foreign_direct_route_leaves_it_after_it_is_deleted() {
 fn an_ipv6_lease_over_a_foreign_route_on_the_vxlan_path_leaves_it() {
     needs_root!();
     let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(3)
         .v6_only()
         .cluster_cidr_v6("fd00:97::/56")
@@ -445,6 +459,7 @@ fn an_ipv6_lease_over_a_foreign_route_on_the_vxlan_path_leaves_it() {
 fn a_dual_stack_lease_over_foreign_routes_on_the_vxlan_path_leaves_both() {
     needs_root!();
     let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(3)
         .cluster_cidr("10.87.0.0/16")
         .cluster_cidr_v6("fd00:87::/56")

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ferry_tests::cluster::{url_host, Cluster, Node};
+use ferry_tests::cluster::{url_host, Cluster, Datastore, Node};
 use ferry_tests::needs_root;
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::wait_until;
@@ -117,12 +117,16 @@ fn a_pod_never_sends_vxlan(c: &Cluster, cluster_ips: [&str; 2], nowhere: &str) {
         "{:?}",
         here.received()
     );
-    // etcd, by the address the daemons were given: the node reaches it, its pods do not.
-    let etcd = c.etcd.ip.clone();
-    assert!(tcp_opens(&n1.host, &etcd, 2379));
+    // The datastore (etcd, or the API), by the address the daemons were given: the node
+    // reaches it, its pods do not.
+    let (store, port) = match (c.datastore, &c.api) {
+        (Datastore::Kubernetes, Some(api)) => (api.addr().ip().to_string(), api.addr().port()),
+        _ => (c.etcd.ip.clone(), 2379),
+    };
+    assert!(tcp_opens(&n1.host, &store, port));
     assert!(
-        !tcp_opens(&pod.ns, &etcd, 2379),
-        "a pod reached etcd at {etcd}"
+        !tcp_opens(&pod.ns, &store, port),
+        "a pod reached the datastore at {store} port {port}"
     );
     // Seen by the operator at the next resync.
     let counted = wait_until(Duration::from_secs(10), || {
@@ -195,7 +199,11 @@ fn an_ipv6_pod_never_sends_vxlan() {
 #[test]
 fn a_pod_never_reaches_etcd_through_its_cluster_ip() {
     needs_root!();
-    let mut c = Cluster::builder().nodes(0).build();
+    // A node's etcd endpoint is rewritten to a ClusterIP.
+    let mut c = Cluster::builder()
+        .datastore(Datastore::Etcd)
+        .nodes(0)
+        .build();
     let etcd = c.etcd.ip.clone();
     let given = c.etcd.endpoint();
     for _ in 0..2 {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry_tests::cluster::{Cluster, Node};
+use ferry_tests::cluster::{Cluster, Datastore, Node};
 use ferry_tests::needs_root;
 use ferry_tests::proc::wait_until;
 use ferry_tests::vxlan_probe::{assert_only_nodes_listed, Frame, Probe};
@@ -17,7 +17,11 @@ fn in_subnet(node: &Node, host: u8) -> String {
 #[test]
 fn vxlan_from_a_host_that_is_no_node_is_dropped() {
     needs_root!();
-    let mut c = Cluster::builder().nodes(3).build();
+    // A lease is deleted from etcd by hand.
+    let mut c = Cluster::builder()
+        .datastore(Datastore::Etcd)
+        .nodes(3)
+        .build();
     let (pod, other) = c.pods_across("vp", "vo");
     let probe = Probe::listen(&pod.ns);
     // An inner source inside the sending node's subnet: what a stranger would forge.

@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use ferry_netpol::desired::SetKind;
 use ferry_netpol::{LocalPods, Ruleset, Table, TableFamily, TABLE};
-use ferry_tests::cluster::{http_get, Cluster, Node, Pod as PodNs, ETCD_IP, HEALTH_ADDR};
+use ferry_tests::cluster::{
+    http_get, Cluster, Datastore, Node, Pod as PodNs, ETCD_IP, HEALTH_ADDR,
+};
 use ferry_tests::kapi::{KubeApi, Served};
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::wait_until;
@@ -493,7 +495,9 @@ impl Drop for Poller {
 /// A cluster of `n` nodes enforcing NetworkPolicy against the API stand-in.
 fn policy_cluster(n: usize, cidr: &str) -> (Cluster, Api) {
     let (kc_dir, kc) = Api::kubeconfig_for_later();
+    // Its own API stand-in, started after the daemons on a fixed port: etcd is the datastore.
     let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(n)
         .cluster_cidr(cidr)
         .flags([

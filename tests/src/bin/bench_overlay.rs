@@ -29,7 +29,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ferry_tests::cluster::{http_get, Cluster, Etcd, Node, Switch, HEALTH_ADDR};
+use ferry_tests::cluster::{http_get, Cluster, Datastore, Etcd, Node, Switch, HEALTH_ADDR};
 use ferry_tests::cni::{host_veth, rps_cpus};
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::wait_until;
@@ -619,7 +619,9 @@ fn route_appears(
 fn join() {
     const JOINS: usize = 40;
     println!("== join propagation: lease written to etcd -> route on every node (3 nodes, {JOINS} joins)");
+    // Joins are timed from etcd's records.
     let c = Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(3)
         .cluster_cidr("10.82.0.0/16")
         .build();

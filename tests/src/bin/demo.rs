@@ -20,7 +20,7 @@ use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use ferry_tests::cluster::{Cluster, Pod, Progress, ETCD_IP, HEALTH_ADDR, OUTSIDE_IP};
+use ferry_tests::cluster::{Cluster, Datastore, Pod, Progress, ETCD_IP, HEALTH_ADDR, OUTSIDE_IP};
 use ferry_tests::interrupt;
 use ferry_tests::kind::node::Leftovers;
 use ferry_tests::kind::{image, Backend, Family, KindCluster};
@@ -207,7 +207,7 @@ struct KindPod {
 /// The cluster and its pods: nodes of namespaces whose pods are added by exec'ing `ferry`,
 /// or a kind-like cluster whose kubelets make them through containerd's CRI.
 enum Made {
-    Plugin(Cluster, Vec<(usize, Pod)>),
+    Plugin(Box<Cluster>, Vec<(usize, Pod)>),
     Kind(KindCluster, Vec<KindPod>),
 }
 
@@ -415,14 +415,18 @@ fn plugin_cluster() -> Made {
     step_begin(&format!(
         "starting an underlay switch and etcd ({ETCD_IP}:2379)"
     ));
+    // The demo shows etcd (its endpoint, its keys): etcd is its datastore.
     let c = Cluster::builder()
         .nodes(NODES)
         .cluster_cidr(CIDR)
+        .datastore(Datastore::Etcd)
         .build_reporting(&mut |p| match p {
             Progress::Etcd(_, t) => {
                 step_end(t.as_secs_f64());
                 println!("  starting ferry-overlayd on {NODES} nodes (each leases a subnet)");
             }
+            // Neither the Kubernetes datastore nor `kube_api`: no API is started.
+            Progress::Api(..) => {}
             Progress::NodeReady(n, t) => {
                 step_begin(&format!(
                     "{} {}: ferry-overlayd ready, lease {}",
@@ -452,7 +456,7 @@ fn plugin_cluster() -> Made {
                 .collect()
         },
     );
-    Made::Plugin(c, pods)
+    Made::Plugin(Box::new(c), pods)
 }
 
 /// The kind-like cluster, as a user brings one up: the nodes (`kind create cluster`),

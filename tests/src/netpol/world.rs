@@ -1,7 +1,8 @@
 //! The world NetworkPolicy conformance cases run in: a 3-node cluster (the harness's
-//! namespaces, a real etcd) whose daemons enforce NetworkPolicy from a Kubernetes API
-//! stand-in (`KubeApi`, listening in the etcd host's namespace, reached by every node over
-//! the underlay), and the model's namespaces x, y, z with pods a, b, c each.
+//! namespaces, either datastore) whose daemons enforce NetworkPolicy from the cluster's
+//! Kubernetes API stand-in (`Cluster::api`, listening in the etcd host's namespace, reached
+//! by every node over the underlay), and the model's namespaces x, y, z with pods a, b, c
+//! each.
 //!
 //! Pods are made as a kubelet makes them: the Pod object first (labels `pod=<name>`,
 //! `spec.nodeName`, a container with a port `serve-<port>-<proto>` for every port and
@@ -21,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::cases::{Case, PodRef, Protocol, NAMESPACES, POD_NAMES};
 use super::probe::{self, Servers};
-use crate::cluster::{self, Cluster, Progress, ETCD_IP};
+use crate::cluster::{self, Cluster, Progress};
 use crate::kapi::{KubeApi, Served};
 use crate::services::ClusterIps;
 
@@ -44,9 +45,7 @@ pub struct World {
     /// Declared (so dropped) before the cluster: servers stop, pods go, then the nodes.
     pods: BTreeMap<PodRef, WorldPod>,
     pub cluster: Cluster,
-    api: KubeApi,
     policies: BTreeSet<(String, String)>,
-    _kubeconfig: tempfile::TempDir,
 }
 
 /// One probe: from a pod's namespace to an address, port and protocol.
@@ -85,43 +84,40 @@ impl World {
         daemon_args: &str,
         report: &mut dyn FnMut(&str),
     ) -> World {
-        let kubeconfig = tempfile::tempdir().expect("tempdir");
-        let kc_path = kubeconfig.path().join("kubeconfig");
-        let mut api = None;
-        let kc = kc_path.display().to_string();
-        let flags = ["--network-policy", "--kubeconfig", &kc]
-            .into_iter()
-            .chain(daemon_args.split_whitespace());
-        let builder = Cluster::builder().nodes(NODES).cluster_cidr(CLUSTER_CIDR);
-        let cluster = builder.flags(flags).build_reporting(&mut |p| {
-            match p {
-                // Before any daemon starts: the API, and the kubeconfig naming it.
-                Progress::Etcd(etcd, t) => {
-                    let addr =
-                        std::net::SocketAddr::new(ETCD_IP.parse().expect("an IPv4 address"), 0);
-                    let served = crate::inside::run(&etcd.host, move || KubeApi::bind(addr))
-                        .expect("the API stand-in listens in the etcd host's namespace");
-                    served
-                        .write_kubeconfig(&kc_path)
-                        .unwrap_or_else(|e| panic!("write {}: {e}", kc_path.display()));
-                    report(&format!("etcd and the API at {} ({t:.1?})", served.url()));
-                    api = Some(served);
-                }
-                Progress::NodeReady(n, t) => report(&format!("{} ready ({t:.1?})", n.name)),
-                Progress::Converged(t) => report(&format!("overlay converged ({t:.1?})")),
+        let mut builder = Cluster::builder()
+            .nodes(NODES)
+            .cluster_cidr(CLUSTER_CIDR)
+            .kube_api()
+            .flags(["--network-policy"]);
+        // The IPv6 cluster CIDR is the kit's to know (the Kubernetes datastore gives each
+        // Node an IPv6 pod CIDR of it), not a flag the kit passes on unread.
+        let mut words = daemon_args.split_whitespace();
+        let mut rest = Vec::new();
+        while let Some(w) = words.next() {
+            let cidr6 = match w.strip_prefix("--cluster-cidr-v6") {
+                Some("") => words.next(),
+                Some(v) => v.strip_prefix('='),
+                None => None,
+            };
+            match cidr6 {
+                Some(c) => builder = builder.cluster_cidr_v6(c),
+                None => rest.push(w),
             }
+        }
+        let cluster = builder.flags(rest).build_reporting(&mut |p| match p {
+            Progress::Etcd(_, t) => report(&format!("etcd ({t:.1?})")),
+            Progress::Api(api, t) => report(&format!("the API at {} ({t:.1?})", api.url())),
+            Progress::NodeReady(n, t) => report(&format!("{} ready ({t:.1?})", n.name)),
+            Progress::Converged(t) => report(&format!("overlay converged ({t:.1?})")),
         });
-        let api = api.expect("the API was started with etcd");
         let mut world = World {
             pods: BTreeMap::new(),
             cluster,
-            api,
             policies: BTreeSet::new(),
-            _kubeconfig: kubeconfig,
         };
         for ns in NAMESPACES {
             world
-                .api
+                .api()
                 .create(k8s::<Namespace>(json!({"metadata": {
                     "name": ns, "labels": Case::initial_namespace_labels(ns)}})))
                 .expect("create namespace");
@@ -184,7 +180,7 @@ impl World {
                 "name": "serve", "image": "registry.k8s.io/pause:3.10",
                 "ports": container_ports}]},
         }));
-        self.api.create(object).expect("create pod");
+        self.api().create(object).expect("create pod");
         let id = crate::unique("np");
         let args = format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={}", pod.ns, pod.name);
         let made = self.cluster.nodes[node].add_pod_as(&id, Some(&args));
@@ -196,12 +192,12 @@ impl World {
             .filter_map(|i| i["address"].as_str()?.split('/').next())
             .map(|a| json!({ "ip": a }))
             .collect();
-        let mut object: Pod = self.api.get(Some(&pod.ns), &pod.name).expect("the pod");
+        let mut object: Pod = self.api().get(Some(&pod.ns), &pod.name).expect("the pod");
         object.status = Some(k8s(json!({
             "phase": "Running", "podIP": ip.to_string(),
             "podIPs": all,
         })));
-        self.api.update(object).expect("set the pod's status");
+        self.api().update(object).expect("set the pod's status");
         let servers = Servers::start(&made.ns, ports, protocols)
             .unwrap_or_else(|e| panic!("servers in pod {pod}: {e}"));
         WorldPod {
@@ -232,8 +228,9 @@ impl World {
         &self.pods[pod]
     }
 
+    /// The cluster's API stand-in.
     pub fn api(&self) -> &KubeApi {
-        &self.api
+        self.cluster.api()
     }
 
     /// Every pod's IPv4 address, for `cases::substitute`.
@@ -253,9 +250,9 @@ impl World {
             "metadata": {"name": name, "namespace": ns}, "spec": spec}))
         .map_err(|e| format!("policy {ns}/{name}: {e}"))?;
         let r = if replace {
-            self.api.update(policy)
+            self.api().update(policy)
         } else {
-            self.api.create(policy)
+            self.api().create(policy)
         };
         r.map_err(|e| format!("policy {ns}/{name}: {e}"))?;
         self.policies.insert((ns.to_string(), name.to_string()));
@@ -264,7 +261,7 @@ impl World {
 
     pub fn delete_all_policies(&mut self) -> Result<(), String> {
         for (ns, name) in std::mem::take(&mut self.policies) {
-            self.api
+            self.api()
                 .delete::<NetworkPolicy>(Some(&ns), &name)
                 .map_err(|e| format!("delete policy {ns}/{name}: {e}"))?;
         }
@@ -296,7 +293,7 @@ impl World {
     }
 
     fn labels<K: Served>(&self, ns: Option<&str>, name: &str) -> BTreeMap<String, String> {
-        self.api
+        self.api()
             .get::<K>(ns, name)
             .and_then(|o| o.metadata().labels.clone())
             .unwrap_or_default()
@@ -312,14 +309,14 @@ impl World {
         let kind = K::KIND;
         let shown = ns.map_or(name.to_string(), |ns| format!("{ns}/{name}"));
         let mut object: K = self
-            .api
+            .api()
             .get(ns, name)
             .ok_or_else(|| format!("no {kind} {shown} in the API"))?;
         if object.metadata().labels.as_ref() == Some(&labels) {
             return Ok(());
         }
         object.metadata_mut().labels = Some(labels);
-        self.api
+        self.api()
             .update(object)
             .map(drop)
             .map_err(|e| format!("label {kind} {shown}: {e}"))
