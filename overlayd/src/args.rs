@@ -324,6 +324,43 @@ mod tests {
     }
 
     #[test]
+    fn the_datastore_is_etcd_unless_named_and_kubernetes_needs_the_cluster_cidr() {
+        assert_eq!(parse(&[]).datastore, Datastore::Etcd);
+        let kube = Args::try_parse_from([
+            "ferry-overlayd",
+            "--datastore",
+            "kubernetes",
+            "--kubeconfig",
+            "/k",
+        ])
+        .unwrap();
+        assert_eq!(kube.datastore, Datastore::Kubernetes);
+        let e = kube.validate().unwrap_err().to_string();
+        assert!(e.contains("--cluster-cidr"), "{e}");
+        let ok = Args::try_parse_from([
+            "ferry-overlayd",
+            "--datastore",
+            "kubernetes",
+            "--kubeconfig",
+            "/k",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+        ])
+        .unwrap();
+        assert!(ok.validate().is_ok());
+        let e = Args::try_parse_from(["ferry-overlayd", "--datastore", "consul"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--datastore"), "{e}");
+        // A kubeconfig with neither use is a mistake worth naming.
+        let e = parse(&["--kubeconfig", "/k"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--kubeconfig"), "{e}");
+    }
+
+    #[test]
     fn flags_are_checked_before_anything_runs() {
         assert!(parse(&[]).validate().is_ok());
         // An IPv6-only cluster: no IPv4 cluster CIDR at all.
