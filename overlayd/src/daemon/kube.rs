@@ -57,17 +57,41 @@ pub(super) async fn start(args: &Args, name: String, metrics: &Arc<Metrics>) -> 
     let underlay = underlay::find(&nl, args.iface.as_deref(), args.public_ip, &args.bridge).await?;
     status.step("starting: connecting to the Kubernetes API");
     let client = client::connect(args.kubeconfig.as_deref()).await?;
-    let own = retried(status, || async {
+    let own_node = || async {
         match client::get(&client, &name).await {
             Ok(Some(e)) if !e.pod_cidrs.is_empty() => Ok(e),
-            Ok(Some(_)) => Err(format!("Node {name} {NO_POD_CIDR}")),
-            Ok(None) => Err(format!(
-                "no Node {name} in the API (the kubelet registers it; is the node name right?)"
+            Ok(Some(_)) => Err((false, format!("Node {name} {NO_POD_CIDR}"))),
+            Ok(None) => Err((
+                false,
+                format!(
+                    "no Node {name} in the API (the kubelet registers it; is the node name right?)"
+                ),
             )),
-            Err(e) => Err(format!("the API: {e}")),
+            Err(e) => Err((true, format!("the API: {e}"))),
         }
-    })
-    .await;
+    };
+    // A restart while the API is away (an upgrade, an OOM kill during an outage) starts
+    // from this node's last state rather than leave the node unable to add pods: its
+    // subnets from node.json, the data path kept as the kernel has it until the Nodes are
+    // listed again.
+    let (own, cached) = match own_node().await {
+        Ok(e) => (e, false),
+        Err((api_away, why)) => match api_away.then(|| cached_entry(args, &name)).flatten() {
+            Some(e) => {
+                tracing::warn!(
+                    "{why}; starting from this node's last state in node.json, the data path kept as it is until the API answers"
+                );
+                (e, true)
+            }
+            None => (
+                retried(status, || async {
+                    own_node().await.map_err(|(_, why)| why)
+                })
+                .await,
+                false,
+            ),
+        },
+    };
     let flags = ConfigFlags {
         cluster_cidr: args.cluster_cidr,
         subnet_len: args.subnet_len,
@@ -95,26 +119,37 @@ pub(super) async fn start(args: &Args, name: String, metrics: &Arc<Metrics>) -> 
     // other node would route to this one.
     check_lease(&cfg, &underlay.networks, me.primary(), &me)
         .map_err(|e| anyhow!("Node {name}'s spec.podCIDRs {:?}: {e}", own.pod_cidrs))?;
-    // The routes to every other Node first, the annotations second: when this node's
-    // address changed, the others switch to it only once it can answer there.
-    let nodes = retried(status, || async {
-        client::list(&client)
-            .await
-            .map_err(|e| format!("the API: {e}"))
-    })
-    .await;
-    let judged = judge_all(&cfg, &underlay.networks, &nodes);
-    let reach = early_routes(&nl, args, &vx, &underlay, &judged.view, &name).await?;
-    status.step("starting: publishing this node's address on its Node");
-    retried(status, || async {
-        client::publish(&client, &name, underlay.ip, &mac)
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await;
+    let (nodes, reach) = if cached {
+        (Vec::new(), crate::peers::Reach::new())
+    } else {
+        // The routes to every other Node first, the annotations second: when this node's
+        // address changed, the others switch to it only once it can answer there.
+        let nodes = retried(status, || async {
+            client::list(&client)
+                .await
+                .map_err(|e| format!("the API: {e}"))
+        })
+        .await;
+        let judged = judge_all(&cfg, &underlay.networks, &nodes);
+        let reach = early_routes(&nl, args, &vx, &underlay, &judged.view, &name).await?;
+        status.step("starting: publishing this node's address on its Node");
+        retried(status, || async {
+            client::publish(&client, &name, underlay.ip, &mac)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        (nodes, reach)
+    };
     tracing::info!(
         node = %name, subnet = ?me.subnet, subnet_v6 = ?me.subnet_v6,
-        public_ip = %underlay.ip, vtep_mac = %mac, "pod CIDRs from the Node; address published"
+        public_ip = %underlay.ip, vtep_mac = %mac,
+        "{}",
+        if cached {
+            "pod CIDRs from node.json (the API is away); published once it answers"
+        } else {
+            "pod CIDRs from the Node; address published"
+        }
     );
     let mut node = Node::new(
         args,
@@ -132,9 +167,32 @@ pub(super) async fn start(args: &Args, name: String, metrics: &Arc<Metrics>) -> 
         },
         metrics,
     );
-    node.take_nodes(&nodes);
+    if cached {
+        // Every subnet the kernel routes now is kept as it is until the Nodes are listed.
+        let have = crate::datapath::read(&node.nl, node.vx.index).await?;
+        node.view.held = have.routes.keys().copied().collect();
+    } else {
+        node.take_nodes(&nodes);
+    }
     go_ready(&mut node, args, metrics).await?;
     Ok(Started { node, client, lock })
+}
+
+/// This node's Node as node.json last knew it (its subnets), when node.json is this
+/// node's.
+fn cached_entry(args: &Args, name: &str) -> Option<NodeEntry> {
+    let st = ferry_node_ipam::node_state::read(&args.state_dir).ok()??;
+    let pod_cidrs: Vec<String> = st.pod_cidr.into_iter().chain(st.pod_cidr_v6).collect();
+    (st.node_name == name && !pod_cidrs.is_empty()).then(|| NodeEntry {
+        name: name.to_string(),
+        created: 0,
+        pod_cidrs,
+        addresses: Vec::new(),
+        public_ip: None,
+        vtep_mac: None,
+        usage: None,
+        ready: None,
+    })
 }
 
 /// Asks `attempt` until it answers, saying in `/readyz` (and the log, once per reason)
