@@ -195,6 +195,18 @@ pub enum Command {
 }
 
 impl Args {
+    /// What the flags say of the cluster config.
+    pub fn config_flags(&self) -> ferry_registry::ConfigFlags {
+        ferry_registry::ConfigFlags {
+            cluster_cidr: self.cluster_cidr,
+            subnet_len: self.subnet_len,
+            cluster_cidr_v6: self.cluster_cidr_v6,
+            subnet_len_v6: self.subnet_len_v6,
+            vni: self.vni,
+            port: self.port,
+        }
+    }
+
     /// Every check a flag needs on its own, before anything is read from or written to
     /// etcd or the kernel.
     pub fn validate(&self) -> Result<()> {

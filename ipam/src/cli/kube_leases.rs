@@ -44,7 +44,7 @@ pub(super) async fn report(args: &Args) -> Result<Report> {
             .filter_map(|n| unchecked(n, &mut problems))
             .collect(),
     };
-    let mut leases: Vec<Row> = records
+    let leases: Vec<Row> = records
         .into_iter()
         .map(|rec| {
             let e = nodes.iter().find(|n| n.name == rec.node);
@@ -65,20 +65,7 @@ pub(super) async fn report(args: &Args) -> Result<Report> {
             }
         })
         .collect();
-    leases.sort_by_key(|r| (r.subnet, r.subnet_v6));
-    let v4 = cfg.as_ref().and_then(|c| c.ipv4);
-    let v6 = cfg.as_ref().and_then(|c| c.ipv6);
-    Ok(Report {
-        cluster_cidr: v4.map(|v| v.cluster_cidr),
-        subnet_len: v4.map(|v| v.subnet_len),
-        subnets: v4.map(|v| v.subnet_count()),
-        cluster_cidr_v6: v6.map(|v| v.cluster_cidr),
-        subnet_len_v6: v6.map(|v| v.subnet_len),
-        subnets_v6: v6.map(|v| v.subnet_count()),
-        leased: leases.len(),
-        leases,
-        problems,
-    })
+    Ok(Report::new(cfg.as_ref(), leases, problems))
 }
 
 /// A Node's record without the daemons' checks (no cluster CIDR given to check against);

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
+use ferry_registry::ClusterConfig;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Serialize;
 
@@ -98,6 +99,30 @@ pub(super) struct Report {
     pub(super) problems: Vec<Problem>,
 }
 
+impl Report {
+    /// The report of `leases` (sorted here) in a cluster of config `cfg`.
+    pub(super) fn new(
+        cfg: Option<&ClusterConfig>,
+        mut leases: Vec<Row>,
+        problems: Vec<Problem>,
+    ) -> Report {
+        leases.sort_by_key(|r| (r.subnet, r.subnet_v6));
+        let v4 = cfg.and_then(|c| c.ipv4);
+        let v6 = cfg.and_then(|c| c.ipv6);
+        Report {
+            cluster_cidr: v4.map(|v| v.cluster_cidr),
+            subnet_len: v4.map(|v| v.subnet_len),
+            subnets: v4.map(|v| v.subnet_count()),
+            cluster_cidr_v6: v6.map(|v| v.cluster_cidr),
+            subnet_len_v6: v6.map(|v| v.subnet_len),
+            subnets_v6: v6.map(|v| v.subnet_count()),
+            leased: leases.len(),
+            leases,
+            problems,
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub(super) struct Problem {
     pub(super) node: String,
@@ -155,20 +180,7 @@ pub fn run(args: Args) -> Result<i32> {
                 vtep_mac: rec.vtep_mac,
             });
         }
-        leases.sort_by_key(|r| (r.subnet, r.subnet_v6));
-        let v4 = cfg.as_ref().and_then(|c| c.ipv4);
-        let v6 = cfg.as_ref().and_then(|c| c.ipv6);
-        Ok(Report {
-            cluster_cidr: v4.map(|v| v.cluster_cidr),
-            subnet_len: v4.map(|v| v.subnet_len),
-            subnets: v4.map(|v| v.subnet_count()),
-            cluster_cidr_v6: v6.map(|v| v.cluster_cidr),
-            subnet_len_v6: v6.map(|v| v.subnet_len),
-            subnets_v6: v6.map(|v| v.subnet_count()),
-            leased: leases.len(),
-            leases,
-            problems: Vec::new(),
-        })
+        Ok(Report::new(cfg.as_ref(), leases, Vec::new()))
     })?;
     if let Some(local) = &local {
         for row in &mut report.leases {

@@ -15,7 +15,7 @@ use ferry_kube_registry::client::{self, Change, USAGE_EVERY};
 use ferry_kube_registry::entry::{cluster_config, NO_POD_CIDR};
 use ferry_kube_registry::{judge_all, own_record, NodeEntry};
 use ferry_netlink::Netlink;
-use ferry_registry::model::{check_lease, ConfigFlags};
+use ferry_registry::model::check_lease;
 use ferry_registry::Usage;
 use futures_util::{FutureExt, StreamExt};
 use kube::runtime::WatchStreamExt;
@@ -92,14 +92,7 @@ pub(super) async fn start(args: &Args, name: String, metrics: &Arc<Metrics>) -> 
             ),
         },
     };
-    let flags = ConfigFlags {
-        cluster_cidr: args.cluster_cidr,
-        subnet_len: args.subnet_len,
-        cluster_cidr_v6: args.cluster_cidr_v6,
-        subnet_len_v6: args.subnet_len_v6,
-        vni: args.vni,
-        port: args.port,
-    };
+    let flags = args.config_flags();
     let cfg = cluster_config(&flags, &own)
         .and_then(|c| c.check_underlay(&underlay.networks).map(|()| c))
         .map_err(|e| anyhow!("the cluster config (from the flags and Node {name}): {e}"))?;

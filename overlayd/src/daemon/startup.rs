@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{ensure, Context, Result};
 use ferry_netlink::{Netlink, VxlanSpec};
 use ferry_registry::model::resolve;
-use ferry_registry::{ClusterConfig, ConfigFlags, Liveness, Registry};
+use ferry_registry::{ClusterConfig, Liveness, Registry};
 
 use super::reconcile::filter_shape;
 use super::view::{peer_list, PeerList};
@@ -74,14 +74,7 @@ async fn prepare(
     let mut reg = etcd!(retry, args.etcd.connect());
     let _ = reg_slot.set(reg.clone());
 
-    let flags = ConfigFlags {
-        cluster_cidr: args.cluster_cidr,
-        subnet_len: args.subnet_len,
-        cluster_cidr_v6: args.cluster_cidr_v6,
-        subnet_len_v6: args.subnet_len_v6,
-        vni: args.vni,
-        port: args.port,
-    };
+    let flags = args.config_flags();
     let mut node_check = NodeCheck::new();
     let cfg = loop {
         status.step("starting: reading the cluster config");
