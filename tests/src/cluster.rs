@@ -1446,8 +1446,18 @@ impl Cluster {
     /// `ferry-ipam leases` of this cluster run on node 0, with `extra` flags (`-o json`),
     /// from the cluster's datastore (`--kubeconfig`: the daemons' own).
     pub fn ipam_leases(&self, extra: &str) -> String {
+        // With the Kubernetes datastore the cluster CIDRs come from the flags, as
+        // ferry's container has them from the ConfigMap.
+        let mut cidrs = String::new();
+        if self.datastore == Datastore::Kubernetes {
+            let v4 = if self.v6 { "-v6" } else { "" };
+            cidrs = format!("--cluster-cidr{v4} {}", self.cidr);
+            if let Some(c6) = &self.cidr6 {
+                cidrs += &format!(" --cluster-cidr-v6 {c6}");
+            }
+        }
         self.nodes[0].host.sh(&format!(
-            "{} leases {} {extra}",
+            "{} leases {} {cidrs} {extra}",
             crate::bin("ferry-ipam").display(),
             self.datastore_flags()
         ))

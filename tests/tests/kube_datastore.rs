@@ -138,7 +138,7 @@ fn a_node_without_pod_cidrs_waits_saying_which_flag_gives_them_then_starts() {
         n.log()
     );
     assert!(!n.state_dir().join("node.json").exists());
-    let table = c.ipam_leases("--cluster-cidr 10.0.0.0/8");
+    let table = c.ipam_leases("");
     assert!(table.contains(flag) && table.contains(&n.name), "{table}");
     // The controller-manager allocates one: the daemon starts with it.
     let cidr = c.nodes[0]
@@ -228,8 +228,8 @@ fn lying_nodes_are_refused_by_name_and_routes_stay_true() {
     a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
     b.ns.sh(&format!("ping -c1 -W2 {}", a.ip));
     // The CLI names the refused ones too.
-    let j: Value = serde_json::from_str(&c.ipam_leases("--cluster-cidr 10.0.0.0/8 -o json"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let j: Value =
+        serde_json::from_str(&c.ipam_leases("-o json")).unwrap_or_else(|e| panic!("{e}"));
     let problems = j["problems"].to_string();
     assert!(
         problems.contains("evil-overlap") && problems.contains("status.addresses"),
