@@ -1179,7 +1179,7 @@ impl Cluster {
 
     /// Node `i`'s `status.addresses`: an InternalIP for each of `ips`, and its Hostname,
     /// as its kubelet reports them (with the Kubernetes datastore; nothing otherwise).
-    fn set_node_addresses(&self, i: usize, ips: &[String]) {
+    pub fn set_node_addresses(&self, i: usize, ips: &[String]) {
         if self.datastore != Datastore::Kubernetes {
             return;
         }

@@ -320,7 +320,10 @@ fn vxlan_checksum_offload_can_be_turned_off_and_stays_off() {
 #[test]
 fn a_silent_node_keeps_its_subnet_for_the_grace_period() {
     needs_root!();
+    // The lease grace is etcd's: with the Kubernetes datastore a node is a peer until its
+    // Node is deleted (kube_datastore.rs).
     let mut c = Cluster::builder()
+        .datastore(Datastore::Etcd)
         .nodes(2)
         .flags(["--lease-grace", "10s"])
         .build();
@@ -349,6 +352,10 @@ fn a_new_public_ip_is_followed_by_every_node() {
     n1.stop_daemon();
     n1.host.sh("ip addr flush dev eth0 && ip addr add 192.0.2.77/24 dev eth0 && ip route add default via 192.0.2.254");
     n1.ip = "192.0.2.77".into();
+    // As its kubelet reports the new address (the Kubernetes datastore checks the published
+    // one against it).
+    c.set_node_addresses(1, &["192.0.2.77".to_string()]);
+    let n1 = &mut c.nodes[1];
     n1.start_daemon();
     n1.wait_ready();
     assert!(
