@@ -433,7 +433,7 @@ fn datapath(d: &Drift, state: Option<&NodeState>, r: &mut Report) {
         let whose = s
             .node
             .as_deref()
-            .map_or(String::new(), |n| format!(" (node {n}'s pod subnet)"));
+            .map_or(String::new(), |n| format!(" (the pod subnet of node {n})"));
         r.find(Finding::new(
             Severity::Error,
             Check::Datapath,

@@ -20,7 +20,13 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let mut raw = Vec::new();
     s.take(MAX_BODY)
         .read_to_end(&mut raw)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e.kind() {
+            // Connected but silent: a process that is stuck (or stopped), not one that is gone.
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("connected, but no answer within {}s", TIMEOUT.as_secs())
+            }
+            _ => e.to_string(),
+        })?;
     parse(&String::from_utf8_lossy(&raw))
 }
 
