@@ -42,14 +42,10 @@ pub struct Args {
         default_value = "/etc/cni/net.d"
     )]
     pub cni_conf_dir: PathBuf,
-    /// The runtime's CNI plugin directory.
-    #[arg(
-        long,
-        env = "FERRY_CNI_BIN_DIR",
-        value_name = "DIR",
-        default_value = "/opt/cni/bin"
-    )]
-    pub cni_bin_dir: PathBuf,
+    /// The runtime's CNI plugin directory (default /opt/cni/bin; in ferry's container,
+    /// where the node's is mounted at /host/opt/cni/bin, that one).
+    #[arg(long, env = "FERRY_CNI_BIN_DIR", value_name = "DIR")]
+    pub cni_bin_dir: Option<PathBuf>,
     /// Where kube-proxy serves /proxyMode (its --metrics-bind-address).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:10249")]
     pub kube_proxy_addr: SocketAddr,
@@ -162,6 +158,20 @@ impl Report {
     pub fn order(&mut self) {
         self.findings.sort_by_key(|f| (f.check, f.severity));
         self.notes.sort_by_key(|n| n.check);
+    }
+}
+
+/// The node's CNI bin dir as this process sees it: ferry's container mounts it under
+/// /host (the image has no /opt/cni/bin of its own).
+const BIN_DIRS: [&str; 2] = ["/opt/cni/bin", "/host/opt/cni/bin"];
+
+impl Args {
+    pub fn bin_dir(&self) -> PathBuf {
+        if let Some(d) = &self.cni_bin_dir {
+            return d.clone();
+        }
+        let found = BIN_DIRS.iter().find(|d| std::path::Path::new(d).is_dir());
+        PathBuf::from(found.unwrap_or(&BIN_DIRS[0]))
     }
 }
 

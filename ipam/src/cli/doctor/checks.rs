@@ -27,7 +27,7 @@ pub fn run(args: &Args) -> Report {
     let proxy = kube_proxy_facts(args);
     sysctls(v4, v6, &proxy, &mut r);
     rp_filter(drift.as_ref(), &mut r);
-    cni(&args.cni_conf_dir, &args.cni_bin_dir, &mut r);
+    cni(&args.cni_conf_dir, &args.bin_dir(), &mut r);
     if let Some(d) = &drift {
         mtu_check(d, state.as_ref(), &mut r);
         datapath(d, state.as_ref(), &mut r);
