@@ -16,12 +16,11 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::status::{Cause, Status};
 
+use ferry_cni::conf_dir::sorts_first;
 /// The installed config's name in the runtime's config directory.
-pub const CONFLIST_NAME: &str = "00-ferry.conflist";
+pub use ferry_cni::conf_dir::CONFLIST_NAME;
 /// Runtimes read the directory as whatever user they run as.
 const MODE: u32 = 0o644;
-/// The files a runtime takes for network configs (libcni's `ConfFiles`).
-const CONFIG_EXTENSIONS: [&str; 3] = ["conf", "conflist", "json"];
 
 pub struct CniConf {
     dir: PathBuf,
@@ -122,17 +121,6 @@ impl CniConf {
     }
 }
 
-/// Whether a file of this name is a network config that sorts before ferry's (runtimes
-/// sort the names bytewise).
-fn sorts_first(name: &std::ffi::OsStr) -> bool {
-    let name = name.to_string_lossy();
-    let config = Path::new(name.as_ref())
-        .extension()
-        .and_then(|x| x.to_str())
-        .is_some_and(|x| CONFIG_EXTENSIONS.contains(&x));
-    config && name.as_bytes() < CONFLIST_NAME.as_bytes()
-}
-
 /// A conflist whose first plugin is ferry: anything else, installed first, would take
 /// the node's pods.
 fn check(bytes: &[u8]) -> Result<()> {
@@ -193,30 +181,6 @@ mod tests {
         ] {
             let e = format!("{:#}", check(bad).unwrap_err());
             assert!(e.contains(why), "{e}");
-        }
-    }
-
-    #[test]
-    fn configs_that_sort_first_are_found() {
-        for first in [
-            "00-calico.conflist",
-            "0-x.conf",
-            ".hidden.json",
-            "00-ab.json",
-        ] {
-            assert!(sorts_first(first.as_ref()), "{first}");
-        }
-        for later in [
-            CONFLIST_NAME,
-            "05-cilium.conflist",
-            "10-calico.conflist",
-            "10-containerd-net.conflist",
-            "000-x.conf",
-            "00-calico.conflist.bak",
-            "README",
-            ".00-ferry.conflist.1.tmp",
-        ] {
-            assert!(!sorts_first(later.as_ref()), "{later}");
         }
     }
 }

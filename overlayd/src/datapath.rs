@@ -110,21 +110,21 @@ pub async fn read(nl: &Netlink, vx_index: u32) -> Result<Entries> {
     Ok(e)
 }
 
-/// Applies `ops` phase by phase, each phase's requests concurrently; returns how many
-/// failed (the next full reconcile retries them) after logging each.
-pub async fn apply(nl: &Netlink, vx_index: u32, ops: &[Op]) -> usize {
-    let mut failed = 0;
+/// Applies `ops` phase by phase, each phase's requests concurrently; returns the ones
+/// that failed, with why (the next full reconcile retries them), after logging each.
+pub async fn apply(nl: &Netlink, vx_index: u32, ops: &[Op]) -> Vec<(Op, String)> {
+    let mut failed = Vec::new();
     for phase in 0..4u8 {
         let this: Vec<&Op> = ops.iter().filter(|o| o.phase() == phase).collect();
-        let results: Vec<Result<()>> = stream::iter(this)
-            .map(|op| async move { apply_one(nl, vx_index, op).await })
+        let results: Vec<(Op, Result<()>)> = stream::iter(this)
+            .map(|op| async move { (*op, apply_one(nl, vx_index, op).await) })
             .buffer_unordered(IN_FLIGHT)
             .collect()
             .await;
-        for r in results {
+        for (op, r) in results {
             if let Err(e) = r {
                 tracing::warn!("reconcile: {e:#}");
-                failed += 1;
+                failed.push((op, format!("{e:#}")));
             }
         }
     }
@@ -161,7 +161,7 @@ pub async fn guard(nl: &Netlink, vx_index: u32, ops: Vec<Op>) -> Guarded {
 /// `guard`, then `apply`: the failures, and what was left out.
 pub async fn apply_guarded(nl: &Netlink, vx_index: u32, ops: Vec<Op>) -> (usize, Guarded) {
     let g = guard(nl, vx_index, ops).await;
-    (apply(nl, vx_index, &g.ops).await, g)
+    (apply(nl, vx_index, &g.ops).await.len(), g)
 }
 
 async fn apply_one(nl: &Netlink, vx: u32, op: &Op) -> Result<()> {

@@ -32,7 +32,7 @@ pub struct UninstallArgs {
 }
 
 /// ferry's files and directories, from the node's root: the daemon's state (node.json,
-/// peers.json, policy.sock), the IPAM store, the control-plane node's etcd data, the CNI
+/// peers.json, drift.json, policy.sock), the IPAM store, the control-plane node's etcd data, the CNI
 /// config under both names it has had, and ferry's two plugins (never the CNI
 /// directories' other files).
 const FILES: [&str; 7] = [

@@ -276,6 +276,9 @@ fn leases_and_check_against_a_cluster() {
         assert_keys(l, &["node", "subnet", "publicIp", "vtepMac", "alive"]);
         assert_eq!(l["alive"], true);
         assert_eq!(l["capacity"], 253);
+        // RFC 3339, in UTC.
+        let at = l["usedAt"].as_str().unwrap_or_default();
+        assert!(at.len() == 20 && at.ends_with('Z'), "{l}");
     }
     let (rc, table, _) = cli_in(&n0.host, &format!("leases {flags}"));
     assert_eq!(rc, 0);
@@ -285,7 +288,17 @@ fn leases_and_check_against_a_cluster() {
         ),
         "{table}"
     );
-    assert!(table.contains("3/253 (1%)"), "{table}");
+    println!("{table}");
+    // The figure with its age: published when it changed, seconds ago.
+    let used = table
+        .lines()
+        .find(|l| l.starts_with("node0"))
+        .and_then(|l| l.split("3/253 (1%, ").nth(1))
+        .unwrap_or_default();
+    assert!(
+        used.ends_with("s ago)") && used.trim_end_matches("s ago)").parse::<u64>().is_ok(),
+        "{table}"
+    );
 
     // A node stopped on purpose is not alive, its subnet kept; check says so.
     assert_eq!(c.nodes[1].stop_daemon(), Some(0));

@@ -2,6 +2,7 @@
 //! `ferry` plugin and the `ferry-ipam` IPAM plugin.
 
 pub mod conf;
+pub mod conf_dir;
 pub mod delegate;
 pub mod env;
 pub mod error;

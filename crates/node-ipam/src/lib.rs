@@ -8,6 +8,7 @@
 pub mod allocator;
 pub mod attachment;
 pub mod config;
+pub mod drift;
 pub mod durable;
 pub mod error;
 pub mod lease;

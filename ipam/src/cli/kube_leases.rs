@@ -53,6 +53,7 @@ pub(super) async fn report(args: &Args) -> Result<Report> {
                 alive: e.and_then(|e| e.ready).unwrap_or(false),
                 used: usage.map(|u| u.used),
                 capacity: usage.map(|u| u.capacity),
+                used_at: usage.and_then(|u| u.at),
                 expires_in: None,
                 path: None,
                 device: None,

@@ -61,6 +61,10 @@ pub(super) struct Row {
     pub(super) used: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) capacity: Option<u32>,
+    /// When the node's daemon published `used` (RFC 3339): it publishes a figure when it
+    /// changes, checking every few seconds.
+    #[serde(with = "used_at", skip_serializing_if = "Option::is_none")]
+    pub(super) used_at: Option<u64>,
     /// Seconds until a silent node's subnet can be leased again; absent when it never expires.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) expires_in: Option<i64>,
@@ -169,6 +173,7 @@ pub fn run(args: Args) -> Result<i32> {
                 alive: is_alive,
                 used: u.map(|u| u.used),
                 capacity: u.map(|u| u.capacity),
+                used_at: u.and_then(|u| u.at),
                 expires_in,
                 path: None,
                 device: None,
@@ -315,12 +320,7 @@ fn cells(l: &Row) -> [String; 6] {
         ),
         (false, None) => "no (never expires)".to_string(),
     };
-    let used = match (l.used, l.capacity) {
-        (Some(u), Some(c)) if c > 0 => {
-            format!("{u}/{c} ({:.0}%)", f64::from(u) * 100.0 / f64::from(c))
-        }
-        _ => "-".to_string(),
-    };
+    let used = used_cell(l.used, l.capacity, l.used_at, unix_now());
     [
         l.node.clone(),
         l.subnet.map_or("-".to_string(), |s| s.to_string()),
@@ -329,4 +329,77 @@ fn cells(l: &Row) -> [String; 6] {
         alive,
         used,
     ]
+}
+
+/// `2/253 (1%, 4s ago)`: the figure and how old it is (an older daemon's has no age).
+fn used_cell(used: Option<u32>, capacity: Option<u32>, at: Option<u64>, now: u64) -> String {
+    let (Some(u), Some(c)) = (used, capacity) else {
+        return "-".to_string();
+    };
+    if c == 0 {
+        return "-".to_string();
+    }
+    let pct = format!("{:.0}%", f64::from(u) * 100.0 / f64::from(c));
+    match at {
+        // A clock behind the daemon's reads as just now, not as the future.
+        Some(at) => format!("{u}/{c} ({pct}, {} ago)", age(now.saturating_sub(at))),
+        None => format!("{u}/{c} ({pct})"),
+    }
+}
+
+/// An age in its largest unit: `4s`, `3m`, `2h`, `5d`.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `usedAt` as RFC 3339; a time past what a date can show as the raw number.
+mod used_at {
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(at: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        let Some(at) = at else {
+            return s.serialize_none();
+        };
+        let t = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(*at));
+        match t.filter(|t| {
+            *t < std::time::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799)
+        }) {
+            Some(t) => s.serialize_str(&humantime::format_rfc3339_seconds(t).to_string()),
+            None => s.serialize_u64(*at),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_used_figure_says_its_age() {
+        assert_eq!(
+            used_cell(Some(2), Some(253), Some(96), 100),
+            "2/253 (1%, 4s ago)"
+        );
+        assert_eq!(used_cell(Some(2), Some(253), None, 100), "2/253 (1%)");
+        assert_eq!(
+            used_cell(Some(0), Some(253), Some(200), 100),
+            "0/253 (0%, 0s ago)"
+        );
+        assert_eq!(used_cell(Some(1), Some(0), Some(1), 100), "-");
+        assert_eq!(used_cell(None, Some(253), Some(1), 100), "-");
+        assert_eq!(age(3 * 3600 + 5), "3h");
+        assert_eq!(age(61), "1m");
+        assert_eq!(age(2 * 86400), "2d");
+    }
 }

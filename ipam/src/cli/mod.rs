@@ -1,7 +1,8 @@
-//! The operator's commands. Exit status: 0 done, 1 `check` found problems or `explain`
-//! found the connection denied, 2 an error (named on stderr).
+//! The operator's commands. Exit status: 0 done, 1 `check` found problems, `doctor`
+//! findings or `explain` the connection denied, 2 an error (named on stderr).
 
 mod check;
+mod doctor;
 mod etcd;
 mod explain;
 mod kube_leases;
@@ -43,6 +44,9 @@ enum Cmd {
     Leases(leases::Args),
     /// Find leaked or inconsistent allocations and leases; exit 1 when there are any.
     Check(check::Args),
+    /// This node against what ferry needs and what its daemon wants: findings in the
+    /// order to fix them; exit 1 when there are any.
+    Doctor(doctor::Args),
     /// Free addresses: by IP, by container, or every leak of a `check -o json` report.
     Release(release::Args),
     /// Whether NetworkPolicy allows a connection, and which policies and rules decide it
@@ -97,6 +101,7 @@ pub fn run() -> i32 {
         Cmd::Show(a) => show::run(a),
         Cmd::Leases(a) => leases::run(a),
         Cmd::Check(a) => check::run(a),
+        Cmd::Doctor(a) => doctor::run(a),
         Cmd::Release(a) => release::run(a),
         Cmd::Explain(a) => explain::run(a),
         Cmd::Completions { shell } => {

@@ -315,8 +315,9 @@ impl Node {
                     self.keep_cni_conf();
                 }
                 _ = usage_tick.tick() => {
-                    if let Some(now) = usage.read().filter(|u| published != Some(*u)) {
-                        match client::publish_usage(&client, &self.name, now).await {
+                    let changed = |u: &Usage| !published.is_some_and(|p| p.same_figure(u));
+                    if let Some(now) = usage.read().filter(changed) {
+                        match client::publish_usage(&client, &self.name, now.stamped()).await {
                             Ok(()) => published = Some(now),
                             Err(e) => tracing::debug!("{e}"),
                         }

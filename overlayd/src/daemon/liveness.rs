@@ -53,6 +53,7 @@ impl UsageSource {
         Some(Usage {
             used: data.allocations.len() as u32,
             capacity: self.capacity,
+            at: None,
         })
     }
 }
@@ -124,8 +125,8 @@ pub(super) async fn keep_alive(
             }
         }
         if let (Some(id), Some(now)) = (alive, usage.read()) {
-            if published != Some(now) {
-                match reg.set_usage(&node, now, id).await {
+            if !published.is_some_and(|p| p.same_figure(&now)) {
+                match reg.set_usage(&node, now.stamped(), id).await {
                     Ok(()) => published = Some(now),
                     Err(e) => {
                         metrics.etcd_errors.fetch_add(1, Relaxed);

@@ -51,6 +51,8 @@ struct Node {
     reach: Reach,
     /// The path to each peer as last written to peers.json.
     paths: Option<ferry_node_ipam::peer_paths::PeerPaths>,
+    /// What the last full check could not mend, as last written to drift.json.
+    drift: Option<ferry_node_ipam::drift::Drift>,
     /// Records refused at the last listing (each told once, when first refused).
     refused: BTreeSet<Refused>,
     /// How the refused records are told: named up to a bound, then summed up.

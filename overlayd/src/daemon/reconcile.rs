@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use ferry_registry::ClusterConfig;
 use ipnetwork::IpNetwork;
+
+use ferry_node_ipam::drift::{self, Device, Drift, MAX_LISTED};
 
 use super::Node;
 use crate::args::Args;
@@ -34,12 +36,13 @@ impl Node {
         self.set_programmed(now);
     }
 
-    /// Applies `ops` (guarded already), counting the failures.
-    async fn apply(&mut self, ops: &[Op]) {
+    /// Applies `ops` (guarded already), counting the failures; returns them.
+    async fn apply(&mut self, ops: &[Op]) -> Vec<(Op, String)> {
         let failed = datapath::apply(&self.nl, self.vx.index, ops).await;
         self.metrics
             .reconcile_errors
-            .fetch_add(failed as u64, Relaxed);
+            .fetch_add(failed.len() as u64, Relaxed);
+        failed
     }
 
     /// Takes this round's spared destinations as the spared ones, logging each newly
@@ -117,8 +120,42 @@ impl Node {
     }
 
     /// Checks everything against what it should be and mends what differs: the device,
-    /// its address, the bridge, the node-wide rules, and every peer's entries.
+    /// its address, the bridge, the node-wide rules, and every peer's entries. What it
+    /// found and could not mend goes to drift.json, for `ferry-ipam doctor`.
     pub(super) async fn full_reconcile(&mut self) -> Result<()> {
+        let mut drift = Drift {
+            underlay: Some(Device {
+                name: self.underlay.link.name.clone(),
+                mtu: self.underlay.link.mtu,
+            }),
+            overhead: self.underlay.overhead(),
+            vxlan: Some(Device {
+                name: self.vx_spec.name.clone(),
+                mtu: self.vx_spec.mtu,
+            }),
+            bridge: Some(self.args.bridge.clone()),
+            ..Drift::default()
+        };
+        let result = self.check_whole(&mut drift).await;
+        if let Err(e) = &result {
+            drift.error = Some(format!("{e:#}"));
+        }
+        let refused: Vec<&ferry_registry::Refused> = self.refused.iter().collect();
+        drift.refused_total = refused.len();
+        drift.refused = refused
+            .iter()
+            .take(MAX_LISTED)
+            .map(|r| drift::Refused {
+                key: r.key.clone(),
+                reason: r.reason.clone(),
+            })
+            .collect();
+        self.write_drift(drift);
+        result
+    }
+
+    /// The body of `full_reconcile`, noting in `drift` what it mends and what it cannot.
+    async fn check_whole(&mut self, drift: &mut Drift) -> Result<()> {
         let start = Instant::now();
         let vx = datapath::ensure_vxlan(&self.nl, &self.vx_spec).await?;
         if vx.index != self.vx.index {
@@ -201,9 +238,35 @@ impl Node {
             self.metrics.repairs.fetch_add(1, Relaxed);
             let shown: Vec<String> = ops.iter().take(5).map(|o| format!("{o:?}")).collect();
             tracing::warn!(ops = ops.len(), first = %shown.join(", "), "kernel differed from the leases; mending");
+            // Before ready, the ops are the node's first programming, not a mend.
+            drift.mended = ops
+                .iter()
+                .take(MAX_LISTED)
+                .map(|o| format!("{o:?}"))
+                .collect();
+            drift.mended_total = ops.len();
+            drift.mended_at = Some(unix_now());
         }
-        self.apply(ops).await;
+        let failed = self.apply(ops).await;
+        drift.failed_total = failed.len();
+        drift.failed = failed
+            .into_iter()
+            .take(MAX_LISTED)
+            .map(|(op, error)| drift::Failed {
+                op: format!("{op:?}"),
+                error,
+            })
+            .collect();
+        drift.postponed = guarded.postponed.iter().map(|n| n.to_string()).collect();
         self.note_spared(guarded);
+        drift.spared = self
+            .spared
+            .iter()
+            .map(|net| drift::Spared {
+                subnet: net.to_string(),
+                node: self.node_of(*net),
+            })
+            .collect();
         self.write_paths(&now);
         self.set_programmed(now);
         let micros = start.elapsed().as_micros() as u64;
@@ -211,6 +274,27 @@ impl Node {
         self.metrics.reconcile_micros_last.store(micros, Relaxed);
         self.metrics.reconcile_micros_sum.fetch_add(micros, Relaxed);
         Ok(())
+    }
+
+    /// The node whose subnet `net` is, of either family.
+    fn node_of(&self, net: IpNetwork) -> Option<String> {
+        let (key, _) = self
+            .view
+            .peers
+            .iter()
+            .find(|(_, p)| p.subnets().any(|s| s == net))?;
+        self.view.names.get(key).cloned()
+    }
+
+    /// Writes drift.json when it changed (a clean node's file stays as it is).
+    fn write_drift(&mut self, d: Drift) {
+        if self.drift.as_ref() == Some(&d) {
+            return;
+        }
+        match drift::write(&self.args.state_dir, &d) {
+            Ok(()) => self.drift = Some(d),
+            Err(e) => tracing::warn!("write {}: {e}", drift::path(&self.args.state_dir).display()),
+        }
     }
 
     /// Turns the VXLAN device's transmit checksum offload off when it is on (a recreated
@@ -310,4 +394,12 @@ pub(super) fn filter_shape(
         pods: pods.into_iter().flatten().collect(),
         node_only,
     }
+}
+
+/// Seconds since the epoch (0 on a clock before it: a date for a person, nothing decides
+/// by it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -305,6 +305,7 @@ impl Node {
             view: PeerList::default(),
             reach: p.reach,
             paths: None,
+            drift: None,
             refused: BTreeSet::new(),
             refusal_log: RefusalLog::default(),
             spared: BTreeSet::new(),

@@ -33,6 +33,28 @@ pub struct LeaseRecord {
 pub struct Usage {
     pub used: u32,
     pub capacity: u32,
+    /// When the daemon published this figure (unix seconds): it publishes a figure when
+    /// it changes, so a reader can say how old it is. Absent from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
+}
+
+impl Usage {
+    /// The same figure, whenever each was published.
+    pub fn same_figure(&self, other: &Usage) -> bool {
+        (self.used, self.capacity) == (other.used, other.capacity)
+    }
+
+    /// This figure as published now.
+    pub fn stamped(self) -> Usage {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Usage {
+            at: Some(now),
+            ..self
+        }
+    }
 }
 
 impl LeaseRecord {
