@@ -706,8 +706,7 @@ fn join() {
         times.push((done.saturating_sub(written_at)).as_secs_f64() * 1000.0);
         ktimes.push(kube::join_one(&kc, k));
     }
-    let stats =
-        |v: &mut Vec<f64>| (percentile(v, 0.5), percentile(v, 0.99), percentile(v, 1.0));
+    let stats = |v: &mut Vec<f64>| (percentile(v, 0.5), percentile(v, 0.99), percentile(v, 1.0));
     let (p50, p99, max) = stats(&mut times);
     let (k50, k99, kmax) = stats(&mut ktimes);
     println!(

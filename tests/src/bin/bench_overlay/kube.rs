@@ -457,11 +457,15 @@ pub fn rollout(n: usize) -> (Window, Window, Window) {
         &|since| since >= FIXED,
     );
     let unchanged = macs_of(&node, 0);
+    let perf = Profile::start(pid);
     let mac = window(
         &|i| json!({"metadata": {"annotations": {VTEP_MAC: sim_mac(1, i)}}}),
         &|_| macs_of(&node, 1) == (n, n),
     );
     let done = macs_of(&node, 1);
+    if let Some(p) = perf {
+        p.report("the daemon during the vtep-mac rollout");
+    }
     println!(
         "cold start before it: ready after {:.2} s, peak RSS {:.1} MiB",
         cold.ready_s, cold.hwm_mib
@@ -515,4 +519,50 @@ pub fn join_one(c: &Cluster, k: usize) -> f64 {
         .max()
         .unwrap_or_default();
     done.saturating_sub(created).as_secs_f64() * 1000.0
+}
+
+/// `perf record` of one process, with FERRY_BENCH_PROFILE=1 (needs perf).
+struct Profile {
+    child: std::process::Child,
+    data: std::path::PathBuf,
+}
+
+impl Profile {
+    fn start(pid: u32) -> Option<Profile> {
+        if !std::env::var("FERRY_BENCH_PROFILE").is_ok_and(|v| v == "1") {
+            return None;
+        }
+        let data = std::env::temp_dir().join(format!("ferry-bench-rollout-{pid}.data"));
+        let child = std::process::Command::new("perf")
+            .args(["record", "-q", "-F", "999", "-p", &pid.to_string(), "-o"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        std::thread::sleep(Duration::from_millis(300));
+        Some(Profile { child, data })
+    }
+
+    /// Stops the recording and prints the functions with the most samples.
+    fn report(mut self, what: &str) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let out = std::process::Command::new("perf")
+            .args(["report", "--stdio", "--sort", "sym", "-i"])
+            .arg(&self.data)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let _ = std::fs::remove_file(&self.data);
+        println!("profile, {what}: functions with the most samples, % of the process's samples");
+        for l in out
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .take(20)
+        {
+            println!("  {}", l.trim());
+        }
+    }
 }
