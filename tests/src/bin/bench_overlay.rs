@@ -109,6 +109,7 @@ fn main() {
     }
     if args.iter().any(|a| a == "rollout") {
         kube::rollout(5000);
+        etcd_rollout(5000);
     }
 }
 
@@ -730,7 +731,9 @@ fn etcd_opts(ep: &str) -> ferry_registry::EtcdOptions {
 }
 
 /// Writes `n` simulated nodes' leases (no etcd lease: they never expire) in batches.
-fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
+/// The leases' VTEP MACs are of generation `gen` ([`kube::sim_mac`]): a rollout writes
+/// them again with the next one.
+fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize, gen: u8) {
     let (ep, prefix, cidr) = (ep.to_string(), prefix.to_string(), cidr.to_string());
     ferry_tests::inside::block_on(client, move || async move {
         use etcd_client::{Client, Txn, TxnOp};
@@ -749,12 +752,7 @@ fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
                     node: format!("sim{i}"),
                     subnet: Some(subnet),
                     public_ip: Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8).into(),
-                    vtep_mac: format!(
-                        "0e:00:00:{:02x}:{:02x}:{:02x}",
-                        i >> 16 & 0xff,
-                        i >> 8 & 0xff,
-                        i & 0xff
-                    ),
+                    vtep_mac: kube::sim_mac(gen, i),
                     subnet_v6: None,
                 };
                 let key = layout.lease(subnet);
@@ -785,33 +783,93 @@ pub struct Cold {
 
 fn scale(n: usize) -> Cold {
     println!("== scale: {n} simulated nodes' leases in etcd, one daemon from a cold start");
-    let switch = Switch::new();
-    let etcd = Etcd::start(&switch);
-    let client = Netns::new("fyc");
-    switch.plug(&client, "192.0.2.3");
-    let prefix = format!("/ferry-scale-{n}");
-    let cidr = "10.0.0.0/8";
-    write_leases(&client, &etcd.endpoint(), &prefix, cidr, n);
-    let host = Netns::new("fyn");
-    switch.plug(&host, "192.0.2.11");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut node = Node {
-        name: "cold".into(),
-        host,
-        ip: "192.0.2.11".into(),
-        daemon: None,
-        daemon_args: format!(
-            "--etcd-endpoints {} --etcd-prefix {prefix} --node-name cold --state-dir {} --node-secret {} --health-addr {HEALTH_ADDR}",
-            etcd.endpoint(),
-            dir.path().join("run").display(),
-            dir.path().join("node-secret").display()
-        ),
-        dir,
-        conf_extra: serde_json::json!({}),
-    };
-    let cold = cold_start(&mut node);
-    drop(node);
+    let mut w = EtcdWorld::new(n);
+    let cold = cold_start(&mut w.node);
+    drop(w);
     cold
+}
+
+/// etcd holding `n` simulated nodes' leases, and the node `cold` whose daemon is not
+/// started.
+struct EtcdWorld {
+    node: Node,
+    client: Netns,
+    etcd: Etcd,
+    prefix: String,
+    _switch: Switch,
+}
+
+impl EtcdWorld {
+    fn new(n: usize) -> EtcdWorld {
+        let switch = Switch::new();
+        let etcd = Etcd::start(&switch);
+        let client = Netns::new("fyc");
+        switch.plug(&client, "192.0.2.3");
+        let prefix = format!("/ferry-scale-{n}");
+        write_leases(&client, &etcd.endpoint(), &prefix, "10.0.0.0/8", n, 0);
+        let host = Netns::new("fyn");
+        switch.plug(&host, "192.0.2.11");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = Node {
+            name: "cold".into(),
+            host,
+            ip: "192.0.2.11".into(),
+            daemon: None,
+            daemon_args: format!(
+                "--etcd-endpoints {} --etcd-prefix {prefix} --node-name cold --state-dir {} --node-secret {} --health-addr {HEALTH_ADDR}",
+                etcd.endpoint(),
+                dir.path().join("run").display(),
+                dir.path().join("node-secret").display()
+            ),
+            dir,
+            conf_extra: serde_json::json!({}),
+        };
+        EtcdWorld {
+            node,
+            client,
+            etcd,
+            prefix,
+            _switch: switch,
+        }
+    }
+}
+
+/// `rollout`'s etcd side: `n` leases and one daemon; every lease written again with a new
+/// VTEP MAC (100 leases a transaction, as fast as etcd takes them), until the daemon's FDB
+/// and neighbours carry every new MAC.
+fn etcd_rollout(n: usize) {
+    println!("== rollout, etcd: {n} leases, one daemon; every lease's VTEP MAC rewritten at once");
+    let mut w = EtcdWorld::new(n);
+    let cold = cold_start(&mut w.node);
+    let pid = w.node.daemon_pid().expect("the daemon's pid");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        kube::macs_of(&w.node, 0),
+        (n, n),
+        "every peer programmed first"
+    );
+    let cpu0 = kube::cpu_secs(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = kube::cpu_secs(pid) - cpu0;
+    let cpu0 = kube::cpu_secs(pid);
+    let t = Instant::now();
+    write_leases(&w.client, &w.etcd.endpoint(), &w.prefix, "10.0.0.0/8", n, 1);
+    let patching = t.elapsed();
+    while kube::macs_of(&w.node, 1) != (n, n) && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (wall, cpu) = (t.elapsed(), kube::cpu_secs(pid) - cpu0);
+    println!(
+        "cold start before it: ready after {:.2} s, peak RSS {:.1} MiB",
+        cold.ready_s, cold.hwm_mib
+    );
+    println!("idle, 3 s: CPU {idle:.2} s");
+    println!(
+        "vtep-mac rewritten in {n} leases (written in {:.2} s): settled (every new MAC in FDB and neighbours: {:?}) {:.2} s after the first write; CPU {cpu:.2} s (etcd requests not recorded)\n",
+        patching.as_secs_f64(),
+        kube::macs_of(&w.node, 1),
+        wall.as_secs_f64()
+    );
 }
 
 /// Starts `node`'s daemon and times it until ready; its entries, then (12 s of resyncs

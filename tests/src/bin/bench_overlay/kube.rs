@@ -359,7 +359,7 @@ fn by_verb(reqs: &[Request]) -> String {
 }
 
 /// The process's CPU time so far (utime + stime of /proc/PID/stat), in seconds.
-fn cpu_secs(pid: u32) -> f64 {
+pub fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<u64> = after
@@ -375,7 +375,7 @@ fn cpu_secs(pid: u32) -> f64 {
 
 /// How many of the daemon's FDB entries and neighbours on ferry.1 carry a MAC of
 /// generation `gen`.
-fn macs_of(node: &Node, gen: u8) -> (usize, usize) {
+pub fn macs_of(node: &Node, gen: u8) -> (usize, usize) {
     let count = |cmd: &str| {
         node.host
             .sh(&format!("{cmd} || true"))
