@@ -22,9 +22,20 @@
 //!   underlay - 70): its pod path against an IPv4 cluster's pod path and the IPv6
 //!   underlay, 5 alternating rounds in one run.
 //! - join: from a new node's lease written to etcd until every node of a 3-node cluster
-//!   routes to its subnet, p50 and p99 over repeated joins.
+//!   routes to its subnet, p50 and p99 over repeated joins; and side by side, alternating,
+//!   the same in a 3-node cluster of the Kubernetes datastore: from a new node's Node object
+//!   (pod CIDR, ferry's annotations) created in the API stand-in.
 //! - scale: 1,000 and 5,000 simulated nodes' leases in etcd, then one daemon from a cold
-//!   start: time until it is ready with every entry programmed, and its peak RSS.
+//!   start: time until it is ready with every entry programmed, and its peak RSS; and the
+//!   same with as many Node objects in the API stand-in (`--datastore kubernetes`), with
+//!   the stand-in's own list time.
+//! - rollout (not in the default set): 5,000 Nodes in the API stand-in and one daemon;
+//!   every Node's `ferry.dev/usage`, then every Node's `ferry.dev/vtep-mac`, rewritten at
+//!   once as a DaemonSet's rolling restart would: the daemon's CPU seconds, the time until
+//!   it settled, and the API requests it made.
+
+#[path = "bench_overlay/kube.rs"]
+mod kube;
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -81,9 +92,24 @@ fn main() {
         join();
     }
     if want("scale") {
+        let mut rows = Vec::new();
         for n in [1000, 5000] {
-            scale(n);
+            let etcd = scale(n);
+            let (k, list) = kube::scale(n);
+            rows.push((n, etcd, k, list));
         }
+        println!("== scale, side by side (ready after, peak RSS, routes / FDB / neighbours)");
+        for (n, e, k, list) in rows {
+            println!(
+                "{n} nodes: etcd {:.2} s, {:.1} MiB, {} / {} / {}; kubernetes {:.2} s, {:.1} MiB, {} / {} / {} (goal under 1 s and 30 MB)\n  {list}",
+                e.ready_s, e.hwm_mib, e.routes, e.fdb, e.neigh, k.ready_s, k.hwm_mib, k.routes, k.fdb, k.neigh
+            );
+        }
+        println!();
+    }
+    if args.iter().any(|a| a == "rollout") {
+        kube::rollout(5000);
+        etcd_rollout(5000);
     }
 }
 
@@ -616,20 +642,29 @@ fn route_appears(
     })
 }
 
+/// etcd's joins and the Kubernetes datastore's, alternating, each in a 3-node cluster of
+/// its own (both up for the whole run, so that the machine's load falls on both alike).
 fn join() {
     const JOINS: usize = 40;
-    println!("== join propagation: lease written to etcd -> route on every node (3 nodes, {JOINS} joins)");
+    println!(
+        "== join propagation, 3 nodes, {JOINS} joins each, alternating: etcd (lease committed) and Kubernetes (Node created) -> route on every node"
+    );
     // Joins are timed from etcd's records.
     let c = Cluster::builder()
         .datastore(Datastore::Etcd)
         .nodes(3)
         .cluster_cidr("10.82.0.0/16")
         .build();
+    let kc = Cluster::builder()
+        .datastore(Datastore::Kubernetes)
+        .nodes(3)
+        .cluster_cidr("10.83.0.0/16")
+        .build();
     let client = Netns::new("fyc");
     c.switch.plug(&client, "192.0.2.3");
     let ep = c.etcd.endpoint();
     let prefix = c.prefix.clone();
-    let mut times = Vec::new();
+    let (mut times, mut ktimes) = (Vec::new(), Vec::new());
     for k in 0..JOINS {
         let subnet: Ipv4Network = format!("10.82.{}.0/24", 200 + k).parse().unwrap();
         let start = Instant::now();
@@ -670,13 +705,19 @@ fn join() {
         // From the commit of the lease (the end of `acquire`) to the last node's route.
         let written_at = written.duration_since(start);
         times.push((done.saturating_sub(written_at)).as_secs_f64() * 1000.0);
+        ktimes.push(kube::join_one(&kc, k));
     }
-    let (p50, p99, max) = (
-        percentile(&mut times, 0.5),
-        percentile(&mut times, 0.99),
-        percentile(&mut times, 1.0),
+    let stats = |v: &mut Vec<f64>| (percentile(v, 0.5), percentile(v, 0.99), percentile(v, 1.0));
+    let (p50, p99, max) = stats(&mut times);
+    let (k50, k99, kmax) = stats(&mut ktimes);
+    println!(
+        "etcd:       p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target: under 100 ms)"
     );
-    println!("p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target: under 100 ms)\n");
+    println!("kubernetes: p50 {k50:.1} ms, p99 {k99:.1} ms, max {kmax:.1} ms");
+    println!(
+        "kubernetes p99 / etcd p99 = {:.2} (goal: at most 2)\n",
+        k99 / p99
+    );
 }
 
 fn etcd_opts(ep: &str) -> ferry_registry::EtcdOptions {
@@ -690,7 +731,9 @@ fn etcd_opts(ep: &str) -> ferry_registry::EtcdOptions {
 }
 
 /// Writes `n` simulated nodes' leases (no etcd lease: they never expire) in batches.
-fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
+/// The leases' VTEP MACs are of generation `gen` ([`kube::sim_mac`]): a rollout writes
+/// them again with the next one.
+fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize, gen: u8) {
     let (ep, prefix, cidr) = (ep.to_string(), prefix.to_string(), cidr.to_string());
     ferry_tests::inside::block_on(client, move || async move {
         use etcd_client::{Client, Txn, TxnOp};
@@ -709,12 +752,7 @@ fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
                     node: format!("sim{i}"),
                     subnet: Some(subnet),
                     public_ip: Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8).into(),
-                    vtep_mac: format!(
-                        "0e:00:00:{:02x}:{:02x}:{:02x}",
-                        i >> 16 & 0xff,
-                        i >> 8 & 0xff,
-                        i & 0xff
-                    ),
+                    vtep_mac: kube::sim_mac(gen, i),
                     subnet_v6: None,
                 };
                 let key = layout.lease(subnet);
@@ -732,32 +770,111 @@ fn write_leases(client: &Netns, ep: &str, prefix: &str, cidr: &str, n: usize) {
     });
 }
 
-fn scale(n: usize) {
+/// What a cold daemon came up to.
+pub struct Cold {
+    pub ready_s: f64,
+    pub routes: usize,
+    pub fdb: usize,
+    pub neigh: usize,
+    /// VmHWM and VmRSS after 12 s of resyncs.
+    pub hwm_mib: f64,
+    pub rss_mib: f64,
+}
+
+fn scale(n: usize) -> Cold {
     println!("== scale: {n} simulated nodes' leases in etcd, one daemon from a cold start");
-    let switch = Switch::new();
-    let etcd = Etcd::start(&switch);
-    let client = Netns::new("fyc");
-    switch.plug(&client, "192.0.2.3");
-    let prefix = format!("/ferry-scale-{n}");
-    let cidr = "10.0.0.0/8";
-    write_leases(&client, &etcd.endpoint(), &prefix, cidr, n);
-    let host = Netns::new("fyn");
-    switch.plug(&host, "192.0.2.11");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut node = Node {
-        name: "cold".into(),
-        host,
-        ip: "192.0.2.11".into(),
-        daemon: None,
-        daemon_args: format!(
-            "--etcd-endpoints {} --etcd-prefix {prefix} --node-name cold --state-dir {} --node-secret {} --health-addr {HEALTH_ADDR}",
-            etcd.endpoint(),
-            dir.path().join("run").display(),
-            dir.path().join("node-secret").display()
-        ),
-        dir,
-        conf_extra: serde_json::json!({}),
-    };
+    let mut w = EtcdWorld::new(n);
+    let cold = cold_start(&mut w.node);
+    drop(w);
+    cold
+}
+
+/// etcd holding `n` simulated nodes' leases, and the node `cold` whose daemon is not
+/// started.
+struct EtcdWorld {
+    node: Node,
+    client: Netns,
+    etcd: Etcd,
+    prefix: String,
+    _switch: Switch,
+}
+
+impl EtcdWorld {
+    fn new(n: usize) -> EtcdWorld {
+        let switch = Switch::new();
+        let etcd = Etcd::start(&switch);
+        let client = Netns::new("fyc");
+        switch.plug(&client, "192.0.2.3");
+        let prefix = format!("/ferry-scale-{n}");
+        write_leases(&client, &etcd.endpoint(), &prefix, "10.0.0.0/8", n, 0);
+        let host = Netns::new("fyn");
+        switch.plug(&host, "192.0.2.11");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = Node {
+            name: "cold".into(),
+            host,
+            ip: "192.0.2.11".into(),
+            daemon: None,
+            daemon_args: format!(
+                "--etcd-endpoints {} --etcd-prefix {prefix} --node-name cold --state-dir {} --node-secret {} --health-addr {HEALTH_ADDR}",
+                etcd.endpoint(),
+                dir.path().join("run").display(),
+                dir.path().join("node-secret").display()
+            ),
+            dir,
+            conf_extra: serde_json::json!({}),
+        };
+        EtcdWorld {
+            node,
+            client,
+            etcd,
+            prefix,
+            _switch: switch,
+        }
+    }
+}
+
+/// `rollout`'s etcd side: `n` leases and one daemon; every lease written again with a new
+/// VTEP MAC (100 leases a transaction, as fast as etcd takes them), until the daemon's FDB
+/// and neighbours carry every new MAC.
+fn etcd_rollout(n: usize) {
+    println!("== rollout, etcd: {n} leases, one daemon; every lease's VTEP MAC rewritten at once");
+    let mut w = EtcdWorld::new(n);
+    let cold = cold_start(&mut w.node);
+    let pid = w.node.daemon_pid().expect("the daemon's pid");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        kube::macs_of(&w.node, 0),
+        (n, n),
+        "every peer programmed first"
+    );
+    let cpu0 = kube::cpu_secs(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = kube::cpu_secs(pid) - cpu0;
+    let cpu0 = kube::cpu_secs(pid);
+    let t = Instant::now();
+    write_leases(&w.client, &w.etcd.endpoint(), &w.prefix, "10.0.0.0/8", n, 1);
+    let patching = t.elapsed();
+    while kube::macs_of(&w.node, 1) != (n, n) && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (wall, cpu) = (t.elapsed(), kube::cpu_secs(pid) - cpu0);
+    println!(
+        "cold start before it: ready after {:.2} s, peak RSS {:.1} MiB",
+        cold.ready_s, cold.hwm_mib
+    );
+    println!("idle, 3 s: CPU {idle:.2} s");
+    println!(
+        "vtep-mac rewritten in {n} leases (written in {:.2} s): settled (every new MAC in FDB and neighbours: {:?}) {:.2} s after the first write; CPU {cpu:.2} s (etcd requests not recorded)\n",
+        patching.as_secs_f64(),
+        kube::macs_of(&w.node, 1),
+        wall.as_secs_f64()
+    );
+}
+
+/// Starts `node`'s daemon and times it until ready; its entries, then (12 s of resyncs
+/// later) its peak and current RSS and its last full resync, printed and returned.
+fn cold_start(node: &mut Node) -> Cold {
     let start = Instant::now();
     node.start_daemon();
     let pid = node.daemon.as_ref().expect("daemon").pid();
@@ -766,9 +883,10 @@ fn scale(n: usize) {
     });
     let elapsed = start.elapsed();
     assert!(ready, "daemon not ready:\n{}", node.log());
+    // ferry's routes on either path (DirectRouting: on eth0 for peers on the same L2).
     let routes = node
         .host
-        .sh("ip route show dev ferry.1 | wc -l")
+        .sh("ip route show proto 102 | wc -l")
         .trim()
         .parse::<usize>()
         .unwrap_or(0);
@@ -818,5 +936,12 @@ fn scale(n: usize) {
             .to_string()
             + " s"
     );
-    drop(node);
+    Cold {
+        ready_s: elapsed.as_secs_f64(),
+        routes,
+        fdb,
+        neigh,
+        hwm_mib: field("VmHWM:") as f64 / 1024.0,
+        rss_mib: field("VmRSS:") as f64 / 1024.0,
+    }
 }
