@@ -17,7 +17,8 @@ use ferry_kube_registry::{judge_all, own_record, NodeEntry};
 use ferry_netlink::Netlink;
 use ferry_registry::model::check_lease;
 use ferry_registry::Usage;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
+use kube::runtime::watcher::Error as WatchError;
 use kube::runtime::WatchStreamExt;
 use kube::Client;
 
@@ -34,6 +35,65 @@ use crate::node_check::NodeCheck;
 use crate::status::Status;
 use crate::underlay;
 
+/// The Node watch as the daemon follows it, with what it has listed so far.
+pub(super) struct Watch {
+    changes: std::pin::Pin<Box<dyn Stream<Item = Result<Change, WatchError>> + Send>>,
+    /// Set when the API sent something: the retry delays start again.
+    contact: Arc<std::sync::atomic::AtomicBool>,
+    nodes: BTreeMap<String, NodeEntry>,
+    listed: bool,
+}
+
+impl Watch {
+    fn new(client: &Client) -> Watch {
+        let retry = Retry::default();
+        let contact = retry.contact.clone();
+        Watch {
+            changes: Box::pin(client::changes(client).backoff(retry)),
+            contact,
+            nodes: BTreeMap::new(),
+            listed: false,
+        }
+    }
+
+    /// Follows the watch until its first listing is complete, saying in `/readyz` what
+    /// keeps it: the one listing start-up and the follow loop share (a second would double
+    /// what every restarted daemon asks of the API server in a rollout).
+    async fn first_listing(&mut self, status: &Status) -> Result<()> {
+        let mut listing = BTreeMap::new();
+        let mut told = String::new();
+        while let Some(ch) = self.changes.next().await {
+            match ch {
+                Ok(Change::Relisting) => listing.clear(),
+                Ok(Change::Seen(e)) => {
+                    listing.insert(e.name.clone(), e);
+                }
+                Ok(Change::Gone(n)) => {
+                    listing.remove(&n);
+                }
+                Ok(Change::Listed) => {
+                    self.contact.store(true, Relaxed);
+                    self.nodes = listing;
+                    self.listed = true;
+                    return Ok(());
+                }
+                Err(e) => {
+                    let why = format!("listing the Nodes: {e}");
+                    if why != told {
+                        tracing::warn!("waiting: {why}");
+                        told = why.clone();
+                    }
+                    status.step(format!("waiting: {why}"));
+                }
+            }
+        }
+        Err(anyhow!("the Node watch ended"))
+    }
+}
+
+/// The least time between two views of the Nodes while changes keep coming.
+const MIN_VIEW_GAP: Duration = Duration::from_millis(50);
+
 /// How long a start-up request waits before it is asked again, at most.
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
@@ -41,6 +101,8 @@ const MAX_WAIT: Duration = Duration::from_secs(5);
 pub(super) struct Started {
     pub(super) node: Node,
     pub(super) client: Client,
+    /// The Node watch, listed once already (unless the start was from node.json).
+    pub(super) watch: Watch,
     /// Held for the life of the process.
     pub(super) lock: NodeLock,
 }
@@ -112,18 +174,15 @@ pub(super) async fn start(args: &Args, name: String, metrics: &Arc<Metrics>) -> 
     // other node would route to this one.
     check_lease(&cfg, &underlay.networks, me.primary(), &me)
         .map_err(|e| anyhow!("Node {name}'s spec.podCIDRs {:?}: {e}", own.pod_cidrs))?;
-    let (nodes, reach) = if cached {
-        (Vec::new(), crate::peers::Reach::new())
+    let mut watch = Watch::new(&client);
+    let reach = if cached {
+        crate::peers::Reach::new()
     } else {
         // The routes to every other Node first, the annotations second: when this node's
         // address changed, the others switch to it only once it can answer there.
-        let nodes = retried(status, || async {
-            client::list(&client)
-                .await
-                .map_err(|e| format!("the API: {e}"))
-        })
-        .await;
-        let judged = judge_all(&cfg, &underlay.networks, &nodes);
+        status.step("starting: listing the Nodes");
+        watch.first_listing(status).await?;
+        let judged = judge_all(&cfg, &underlay.networks, watch.nodes.values());
         let reach = early_routes(&nl, args, &vx, &underlay, &judged.view, &name).await?;
         status.step("starting: publishing this node's address on its Node");
         retried(status, || async {
@@ -132,7 +191,7 @@ pub(super) async fn start(args: &Args, name: String, metrics: &Arc<Metrics>) -> 
                 .map_err(|e| e.to_string())
         })
         .await;
-        (nodes, reach)
+        reach
     };
     tracing::info!(
         node = %name, subnet = ?me.subnet, subnet_v6 = ?me.subnet_v6,
@@ -165,10 +224,15 @@ pub(super) async fn start(args: &Args, name: String, metrics: &Arc<Metrics>) -> 
         let have = crate::datapath::read(&node.nl, node.vx.index).await?;
         node.view.held = have.routes.keys().copied().collect();
     } else {
-        node.take_nodes(&nodes);
+        node.take_nodes(watch.nodes.values());
     }
     go_ready(&mut node, args, metrics).await?;
-    Ok(Started { node, client, lock })
+    Ok(Started {
+        node,
+        client,
+        watch,
+        lock,
+    })
 }
 
 /// This node's Node as node.json last knew it (its subnets), when node.json is this
@@ -248,13 +312,14 @@ impl Node {
     /// (a burst in one go), the data path is checked on a timer, the usage published at a
     /// bounded rate. An API outage keeps the data path as it is; kube's watcher lists
     /// again when the API is back.
-    pub(super) async fn follow_api(&mut self, client: Client) -> Result<()> {
-        let retry = Retry::default();
-        let contact = retry.contact.clone();
-        let mut changes = std::pin::pin!(client::changes(&client).backoff(retry));
-        let mut nodes: BTreeMap<String, NodeEntry> = BTreeMap::new();
+    pub(super) async fn follow_api(&mut self, client: Client, watch: Watch) -> Result<()> {
+        let Watch {
+            mut changes,
+            contact,
+            mut nodes,
+            mut listed,
+        } = watch;
         let mut relist: Option<BTreeMap<String, NodeEntry>> = None;
-        let mut listed = false;
         let mut up = true;
         let mut resync = tokio::time::interval(self.args.resync_interval);
         resync.tick().await;
@@ -265,6 +330,10 @@ impl Node {
             capacity: capacity(&self.me),
         };
         let mut published: Option<Usage> = None;
+        let mut last_view = tokio::time::Instant::now()
+            .checked_sub(MIN_VIEW_GAP)
+            .unwrap_or_else(tokio::time::Instant::now);
+        let mut due = false;
         loop {
             tokio::select! {
                 first = changes.next() => {
@@ -298,9 +367,23 @@ impl Node {
                         next = changes.next().now_or_never().flatten();
                     }
                     if dirty && listed {
-                        self.take_nodes(nodes.values());
-                        self.apply_changes().await;
+                        // A lone change is applied at once; a storm (every Node patched
+                        // in a rollout) at most every MIN_VIEW_GAP, whatever its size.
+                        if last_view.elapsed() >= MIN_VIEW_GAP {
+                            self.take_nodes(nodes.values());
+                            self.apply_changes().await;
+                            last_view = tokio::time::Instant::now();
+                            due = false;
+                        } else {
+                            due = true;
+                        }
                     }
+                }
+                _ = tokio::time::sleep_until(last_view + MIN_VIEW_GAP), if due => {
+                    self.take_nodes(nodes.values());
+                    self.apply_changes().await;
+                    last_view = tokio::time::Instant::now();
+                    due = false;
                 }
                 _ = resync.tick() => {
                     if up && listed {

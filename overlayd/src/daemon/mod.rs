@@ -107,10 +107,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             let kube::Started {
                 mut node,
                 client,
+                watch,
                 lock: _lock,
             } = kube::start(&args, name, &metrics).await?;
             drop(lost_tx);
-            return node.follow_api(client).await;
+            return node.follow_api(client, watch).await;
         }
         let startup::Started {
             mut node,
