@@ -187,7 +187,12 @@ impl Health {
         let (_, sent) = self.pending[slot(kind)].take()?;
         match kind {
             Kind::Echo => {
-                self.push(false);
+                // Before the first answer a loss is no verdict yet: a peer that has just
+                // joined may not route back to this node for a moment (it learns of it
+                // by its own watch). Counted once it is one (`LOST_IN_A_ROW` of them).
+                if self.reachable.is_some() {
+                    self.push(false);
+                }
                 self.lost_total += 1;
                 self.lost_in_a_row += 1;
                 let first = *self.first_lost.get_or_insert(sent);
@@ -198,6 +203,11 @@ impl Health {
                 self.next[0] = sent + UNREACHABLE_EVERY;
                 if self.reachable == Some(false) {
                     return None;
+                }
+                if self.reachable.is_none() {
+                    for _ in 0..self.lost_in_a_row {
+                        self.push(false);
+                    }
                 }
                 self.reachable = Some(false);
                 self.unreachable_since = Some(first);

@@ -188,3 +188,21 @@ fn probes_of_100_peers_cost_under_10_kb_per_second() {
     assert!((bps - 9046.7).abs() < 1.0, "{bps}");
     assert!(bps < 10_000.0);
 }
+
+#[test]
+fn losses_before_the_first_answer_are_no_verdict_unless_three_in_a_row() {
+    let t0 = Instant::now();
+    let mut h = Health::new(t0);
+    // A peer that just joined answers once it routes back to this node.
+    assert_eq!(echo(&mut h, t0, false), None);
+    assert_eq!(echo(&mut h, t0 + RETRY, true), None);
+    assert_eq!((h.reachable, h.lost()), (Some(true), (0, 1)));
+    assert_eq!(h.lost_total, 1, "the metric counts every loss");
+    // One that never answers is unreachable, its window saying why.
+    let mut h = Health::new(t0);
+    for i in 0..LOST_IN_A_ROW {
+        let c = echo(&mut h, t0 + RETRY * i, false);
+        assert_eq!(c.is_some(), i + 1 == LOST_IN_A_ROW);
+    }
+    assert_eq!((h.reachable, h.lost()), (Some(false), (3, 3)));
+}

@@ -1,0 +1,232 @@
+//! Peer health: each daemon probes every peer's gateway over the pods' path, and
+//! `ferry-ipam leases --state-dir` shows what it saw. Failures are injected on the
+//! underlay (the switch's namespace, or a node's own), never in the root namespace.
+
+use std::time::{Duration, Instant};
+
+use ferry_tests::cluster::Cluster;
+use ferry_tests::needs_root;
+use ferry_tests::proc::wait_until;
+use serde_json::Value;
+
+/// How soon a change must show: the issue's bound.
+const TOLD_WITHIN: Duration = Duration::from_secs(10);
+
+/// Node `from`'s view of node `to`: its lease row of `ferry-ipam leases --state-dir -o
+/// json`, with `health` as peers.json has it.
+fn seen(c: &Cluster, from: usize, to: usize) -> Value {
+    let out = c.nodes[from].host.sh(&format!(
+        "{} leases {} --state-dir {} -o json",
+        ferry_tests::bin("ferry-ipam").display(),
+        c.datastore_flags(),
+        c.nodes[from].state_dir().display()
+    ));
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    let name = &c.nodes[to].name;
+    v["leases"]
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["node"] == name.as_str()).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// The HEALTH cell of node `to`'s row in node `from`'s table.
+fn cell(c: &Cluster, from: usize, to: usize) -> String {
+    let out = c.nodes[from].host.sh(&format!(
+        "{} leases {} --state-dir {}",
+        ferry_tests::bin("ferry-ipam").display(),
+        c.datastore_flags(),
+        c.nodes[from].state_dir().display()
+    ));
+    let mut lines = out.lines().skip_while(|l| !l.starts_with("NODE"));
+    let head = lines.next().unwrap_or_default();
+    let at = head.find("HEALTH").unwrap_or(head.len());
+    lines
+        .find(|l| l.split_whitespace().next() == Some(c.nodes[to].name.as_str()))
+        .map(|l| l.get(at..).unwrap_or_default().trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Waits up to `within` for `f`; how long it took, or a failure naming `what`.
+fn told(c: &Cluster, what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    let ok = wait_until(within, &mut f);
+    assert!(
+        ok,
+        "{what}: not within {within:?}\nnode0 sees node1: {}\nnode0 sees node2: {}\nnode1 sees node0: {}\n{}",
+        seen(c, 0, 1),
+        c.nodes.get(2).map_or(Value::Null, |_| seen(c, 0, 2)),
+        seen(c, 1, 0),
+        c.nodes[0].log()
+    );
+    t0.elapsed()
+}
+
+fn reachable(c: &Cluster, from: usize, to: usize) -> Option<bool> {
+    seen(c, from, to)["health"]["reachable"].as_bool()
+}
+
+/// Node 1's port on the switch (the other end of its `eth0`).
+fn switch_port_of(c: &Cluster, node: usize) -> String {
+    let idx = c.nodes[node]
+        .host
+        .sh("cat /sys/class/net/eth0/iflink")
+        .trim()
+        .to_string();
+    let links = c.switch.ns.sh("ip -o link show");
+    links
+        .lines()
+        .find_map(|l| {
+            let (i, rest) = l.split_once(": ")?;
+            (i == idx).then(|| {
+                rest.split(['@', ':'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+        })
+        .expect("node's switch port")
+}
+
+/// Every peer reads `ok` within 10 s of the cluster being up, in the table and the
+/// JSON, and the metrics are served with a label per peer, path and family.
+#[test]
+fn a_healthy_cluster_reads_ok_for_every_peer() {
+    needs_root!();
+    let c = Cluster::builder().nodes(3).build();
+    for from in 0..3 {
+        for to in (0..3).filter(|t| *t != from) {
+            let ok = wait_until(TOLD_WITHIN, || {
+                let v = seen(&c, from, to);
+                v["health"]["reachable"] == true && v["health"]["lost"] == 0
+            });
+            assert!(
+                ok,
+                "node{from} sees node{to}: {}\n{}",
+                seen(&c, from, to),
+                c.nodes[from].log()
+            );
+        }
+    }
+    assert_eq!(cell(&c, 0, 1), "ok");
+    assert_eq!(cell(&c, 0, 2), "ok");
+    assert_eq!(cell(&c, 0, 0), "-", "the node itself");
+    let h = &seen(&c, 0, 1)["health"];
+    for key in ["path", "reachable", "lost", "sent", "rttSeconds"] {
+        assert!(h.get(key).is_some(), "{key} missing from {h}");
+    }
+    let m = c.metrics(0);
+    let path = h["path"].as_str().unwrap_or_default();
+    let labels = format!("{{peer=\"node1\",path=\"{path}\",family=\"ipv4\"}}");
+    assert!(
+        m.contains(&format!("ferry_peer_reachable{labels} 1")),
+        "{m}"
+    );
+    for name in [
+        "ferry_peer_rtt_seconds",
+        "ferry_peer_probes_sent_total",
+        "ferry_peer_probes_lost_total",
+    ] {
+        assert!(m.contains(&format!("{name}{labels} ")), "{name}:\n{m}");
+    }
+}
+
+/// UDP 4789 dropped between node0 and node1 on the switch: node0 tells node1
+/// unreachable (node2 stays ok) within 10 s, logged once, and reachable again within
+/// 10 s of the rule going.
+#[test]
+fn vxlan_blocked_between_two_nodes_is_told_and_clears() {
+    needs_root!();
+    let c = Cluster::builder().nodes(3).direct_routing(false).build();
+    told(&c, "all reachable first", TOLD_WITHIN, || {
+        reachable(&c, 0, 1) == Some(true) && reachable(&c, 0, 2) == Some(true)
+    });
+    let (a, b) = (&c.nodes[0].ip, &c.nodes[1].ip);
+    c.switch.ns.sh(&format!(
+        "nft add table bridge fyblock && \
+         nft add chain bridge fyblock blk '{{ type filter hook forward priority 0; }}' && \
+         nft add rule bridge fyblock blk ip saddr {a} ip daddr {b} udp dport 4789 drop && \
+         nft add rule bridge fyblock blk ip saddr {b} ip daddr {a} udp dport 4789 drop"
+    ));
+    let took = told(&c, "node1 unreachable", TOLD_WITHIN, || {
+        cell(&c, 0, 1).starts_with("unreachable since")
+    });
+    eprintln!("unreachable told after {took:?}");
+    assert_eq!(reachable(&c, 0, 2), Some(true), "node2 is not blocked");
+    assert_eq!(seen(&c, 0, 1)["health"]["path"], "vxlan");
+    assert!(c
+        .metrics(0)
+        .contains("ferry_peer_reachable{peer=\"node1\",path=\"vxlan\",family=\"ipv4\"} 0"));
+    // Still down a few probes later: told once.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = c.nodes[0].log();
+    assert_eq!(log.matches("peer unreachable").count(), 1, "{log}");
+    c.switch.ns.sh("nft delete table bridge fyblock");
+    let took = told(&c, "node1 back", TOLD_WITHIN, || {
+        reachable(&c, 0, 1) == Some(true)
+    });
+    eprintln!("back told after {took:?}");
+    assert!(c.nodes[0].log().contains("peer reachable again"));
+    // What was lost stays in the window: the table says so rather than `ok`.
+    assert!(cell(&c, 0, 1).starts_with("lost "), "{}", cell(&c, 0, 1));
+}
+
+/// node1's switch port shrunk to 1400 bytes: full-size VXLAN packets to and from it are
+/// dropped, small ones cross. node0 tells `mtu fails` within the MTU probe period (5 s
+/// here) and a confirmation, and `ok` again once the port is mended.
+#[test]
+fn a_shrunk_underlay_mtu_is_told_as_mtu_fails() {
+    needs_root!();
+    let c = Cluster::builder()
+        .nodes(3)
+        .direct_routing(false)
+        .flags(["--health-mtu-interval", "5s"])
+        .build();
+    told(&c, "mtu ok first", TOLD_WITHIN, || {
+        seen(&c, 0, 1)["health"]["mtuOk"] == true
+    });
+    let port = switch_port_of(&c, 1);
+    c.switch.ns.sh(&format!("ip link set {port} mtu 1400"));
+    let took = told(&c, "mtu fails", Duration::from_secs(15), || {
+        cell(&c, 0, 1) == "mtu fails"
+    });
+    eprintln!("mtu fails told after {took:?}");
+    let h = seen(&c, 0, 1)["health"].clone();
+    assert_eq!(
+        (&h["reachable"], &h["mtuOk"]),
+        (&true.into(), &false.into())
+    );
+    assert_eq!(
+        seen(&c, 0, 2)["health"]["mtuOk"],
+        true,
+        "node2's port is whole"
+    );
+    assert!(c
+        .metrics(0)
+        .contains("ferry_peer_mtu_ok{peer=\"node1\",path=\"vxlan\",family=\"ipv4\"} 0"));
+    assert!(c.nodes[0].log().contains("mtu fails"));
+    c.switch.ns.sh(&format!("ip link set {port} mtu 1500"));
+    told(&c, "mtu ok again", Duration::from_secs(15), || {
+        seen(&c, 0, 1)["health"]["mtuOk"] == true
+    });
+}
+
+/// The probes are answered by the peer's kernel: a stopped daemon leaves its node
+/// reachable; a node whose underlay link is down is not.
+#[test]
+fn a_stopped_daemon_is_reachable_a_downed_link_is_not() {
+    needs_root!();
+    let mut c = Cluster::builder().nodes(2).build();
+    told(&c, "reachable first", TOLD_WITHIN, || {
+        reachable(&c, 0, 1) == Some(true)
+    });
+    assert_eq!(c.nodes[1].stop_daemon(), Some(0));
+    // Long enough for three probes at the default rate to go unanswered, were they.
+    std::thread::sleep(TOLD_WITHIN);
+    let v = seen(&c, 0, 1);
+    assert_eq!(v["health"]["reachable"], true, "{v}");
+    assert_eq!(cell(&c, 0, 1), "ok");
+    c.nodes[1].host.sh("ip link set eth0 down");
+    told(&c, "a downed link unreachable", TOLD_WITHIN, || {
+        reachable(&c, 0, 1) == Some(false)
+    });
+}
