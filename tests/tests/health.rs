@@ -230,3 +230,112 @@ fn a_stopped_daemon_is_reachable_a_downed_link_is_not() {
         reachable(&c, 0, 1) == Some(false)
     });
 }
+
+/// What probing 100 peers costs a node (a benchmark, `#[ignore]`d): 100 lease records of
+/// made-up nodes whose underlay addresses and gateways one stranger namespace holds
+/// (direct routing sends the probes to it unencapsulated; its kernel answers as a
+/// peer's would). Measured over 60 s at the default rates: the daemon's CPU time
+/// (utime + stime from /proc/<pid>/stat, its resyncs of the 100 peers included) and the
+/// bytes on node0's underlay link. The made-up peers do not probe node0 back: a real
+/// node carries as much again for the peers' probes of it.
+///
+/// `sudo -E cargo test -p ferry-tests --test health -- --ignored --nocapture probe_cost`
+#[test]
+#[ignore]
+fn probe_cost_at_100_peers() {
+    needs_root!();
+    // The same node with probes an hour apart: what the rest of the daemon costs.
+    let (base_cpu, base_bps) = cost_at_100_peers(&[
+        "--health-probe-interval",
+        "1h",
+        "--health-mtu-interval",
+        "1h",
+    ]);
+    let (cpu, bps) = cost_at_100_peers(&[]);
+    eprintln!(
+        "100 peers: probes cost {:.3}% of a core ({cpu:.3}% - {base_cpu:.3}% without them, debug build) and {:.0} B/s on the underlay in+out ({bps:.0} - {base_bps:.0})",
+        cpu - base_cpu,
+        bps - base_bps
+    );
+    assert!(bps - base_bps < 10_000.0);
+}
+
+/// One node with 100 answering made-up peers, run with `flags`: the daemon's CPU in % of
+/// a core and its underlay link's bytes per second, in and out, over 60 s.
+fn cost_at_100_peers(flags: &[&str]) -> (f64, f64) {
+    let c = Cluster::builder()
+        .datastore(ferry_tests::cluster::Datastore::Etcd)
+        .cluster_cidr("10.94.0.0/16")
+        .flags(flags)
+        .nodes(1)
+        .build();
+    let n0 = &c.nodes[0];
+    let mine = n0.subnet();
+    let thirds: Vec<u32> = (100..=250)
+        .filter(|t| !mine.starts_with(&format!("10.94.{t}.")))
+        .take(100)
+        .collect();
+    let stranger = c.stranger("192.0.2.150");
+    let mut script = format!("ip link set lo up && ip route add {mine} via {}", n0.ip);
+    for (i, t) in thirds.iter().enumerate() {
+        script += &format!(
+            " && ip addr add 192.0.2.{}/24 dev eth0 && ip addr add 10.94.{t}.1/32 dev lo",
+            151 + i
+        );
+    }
+    stranger.sh(&script);
+    for (i, t) in thirds.iter().enumerate() {
+        c.etcd_put(
+            &c.lease_key(&format!("10.94.{t}.0/24")),
+            &format!(
+                r#"{{"node":"fake{i}","subnet":"10.94.{t}.0/24","publicIp":"192.0.2.{}","vtepMac":"0e:00:00:00:01:{i:02x}"}}"#,
+                151 + i
+            ),
+        );
+    }
+    let all = wait_until(Duration::from_secs(30), || {
+        c.metrics(0)
+            .matches("ferry_peer_probes_sent_total{")
+            .count()
+            == 100
+    });
+    assert!(all, "{}\n{}", c.metrics(0), n0.log());
+    // Every peer probed once at least, and answered, before the measure.
+    std::thread::sleep(Duration::from_secs(6));
+    let pid = n0.daemon_pid().expect("daemon runs");
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(") ").map_or("", |(_, a)| a);
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // utime and stime, fields 14 and 15 of stat, 12 and 13 after the name.
+        f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)
+    };
+    let bytes = || {
+        let r = |f: &str| -> u64 {
+            n0.host
+                .sh(&format!("cat /sys/class/net/eth0/statistics/{f}"))
+                .trim()
+                .parse()
+                .unwrap_or(0)
+        };
+        r("tx_bytes") + r("rx_bytes")
+    };
+    let (c0, b0, t0) = (cpu(), bytes(), Instant::now());
+    std::thread::sleep(Duration::from_secs(60));
+    let (c1, b1, secs) = (cpu(), bytes(), t0.elapsed().as_secs_f64());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let core = (c1 - c0) as f64 / hz / secs * 100.0;
+    let bps = (b1 - b0) as f64 / secs;
+    eprintln!("100 peers, {flags:?}, {secs:.0}s: daemon CPU {core:.3}% of a core, underlay {bps:.0} B/s in+out");
+    let m = c.metrics(0);
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("ferry_peer_reachable{") && l.ends_with(" 0")),
+        "a made-up peer went unreachable:\n{m}"
+    );
+    (core, bps)
+}

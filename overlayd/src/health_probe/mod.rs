@@ -135,14 +135,17 @@ async fn run(
     let mut seq: u16 = 0;
     let mut socks: [Slot; 2] = Default::default();
     let mut written: Option<(Instant, Vec<Shown>)> = None;
+    // Something happened since the last publish: a probe went or came back.
+    let mut dirty = true;
+    let mut published_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let mut wake = now + WRITE_AT_LEAST;
         for p in paths.values() {
             wake = wake.min(p.health.wake_at());
         }
-        if let Some((at, _)) = &written {
-            wake = wake.min(*at + WRITE_AT_LEAST);
+        if let Some(at) = published_at {
+            wake = wake.min(at + if dirty { WRITE_AT_MOST } else { WRITE_AT_LEAST });
         }
         tokio::select! {
             r = rx.changed() => {
@@ -151,14 +154,16 @@ async fn run(
                 }
                 let targets = rx.borrow_and_update().clone();
                 take(&mut paths, targets, rates.echo, Instant::now());
+                dirty = true;
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
-            r = readable(&socks[0].sock) => read(r, &socks[0], false, id, &token, &mut seqs, &mut paths, rates),
-            r = readable(&socks[1].sock) => read(r, &socks[1], true, id, &token, &mut seqs, &mut paths, rates),
+            r = readable(&socks[0].sock) => dirty |= read(r, &socks[0], false, id, &token, &mut seqs, &mut paths, rates),
+            r = readable(&socks[1].sock) => dirty |= read(r, &socks[1], true, id, &token, &mut seqs, &mut paths, rates),
         }
         let now = Instant::now();
         for (key, p) in paths.iter_mut() {
             for kind in p.health.overdue(now) {
+                dirty = true;
                 let change = p.health.lost_one(kind, now, rates);
                 tell(&p.target, change, settings.mtu);
                 seqs.retain(|_, (k, kd)| !(k == key && *kd == kind));
@@ -179,6 +184,7 @@ async fn run(
                     Kind::Mtu => settings.mtu as usize,
                 };
                 p.health.sent(kind, seq, now);
+                dirty = true;
                 seqs.insert((v6, seq), (key.clone(), kind));
                 match s.send(p.target.dst, id, seq, &token, len) {
                     Ok(()) => {}
@@ -197,7 +203,18 @@ async fn run(
                 }
             }
         }
-        publish(&paths, &metrics, &file, &mut written, settings.mtu);
+        // At most once a second however many probes come and go: a hundred peers'
+        // replies are each their own wake-up, the health is not rebuilt for each.
+        let since = published_at.map(|at| now.saturating_duration_since(at));
+        let due = match since {
+            None => true,
+            Some(d) => d >= WRITE_AT_LEAST || (dirty && d >= WRITE_AT_MOST),
+        };
+        if due {
+            publish(&paths, &metrics, &file, &mut written, settings.mtu);
+            published_at = Some(now);
+            dirty = false;
+        }
     }
 }
 
@@ -219,17 +236,18 @@ fn read(
     seqs: &mut HashMap<(bool, u16), (Key, Kind)>,
     paths: &mut BTreeMap<Key, Path>,
     rates: Rates,
-) {
+) -> bool {
     let (Ok(()), Some(s)) = (r, &slot.sock) else {
-        return;
+        return false;
     };
     let replies = match s.drain(id, token) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!("peer health probes: read: {e}");
-            return;
+            return false;
         }
     };
+    let any = !replies.is_empty();
     let now = Instant::now();
     for reply in replies {
         let Some((key, kind)) = seqs.get(&(v6, reply.seq)).cloned() else {
@@ -246,6 +264,7 @@ fn read(
         let change = p.health.answered(kind, now, rates);
         tell(&p.target, change, 0);
     }
+    any
 }
 
 /// Takes the daemon's targets: a path already probed keeps its state (its label may
@@ -372,15 +391,12 @@ fn publish(
             }),
         })
         .collect();
-    let due = match written {
-        None => true,
-        Some((at, before)) => {
-            let since = now.saturating_duration_since(*at);
-            since >= WRITE_AT_LEAST || (since >= WRITE_AT_MOST && *before != shown)
+    // Written when what it shows changed, else every WRITE_AT_LEAST for the RTTs and
+    // `healthAt` (the caller calls at most every WRITE_AT_MOST).
+    if let Some((at, before)) = written {
+        if *before == shown && now.saturating_duration_since(*at) < WRITE_AT_LEAST {
+            return;
         }
-    };
-    if !due {
-        return;
     }
     let mut by_peer: BTreeMap<(String, IpAddr), [Option<PeerHealth>; 2]> = BTreeMap::new();
     for p in paths.values() {
