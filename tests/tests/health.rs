@@ -151,6 +151,11 @@ fn vxlan_blocked_between_two_nodes_is_told_and_clears() {
         cell(&c, 0, 1).starts_with("unreachable since")
     });
     eprintln!("unreachable told after {took:?}");
+    // The table as a person sees it (docs/ipam.md quotes it).
+    eprintln!(
+        "{}",
+        c.ipam_leases(&format!("--state-dir {}", c.nodes[0].state_dir().display()))
+    );
     assert_eq!(reachable(&c, 0, 2), Some(true), "node2 is not blocked");
     assert_eq!(seen(&c, 0, 1)["health"]["path"], "vxlan");
     assert!(c
