@@ -112,6 +112,20 @@ pub struct Args {
     /// How often the whole data path is checked against the leases and mended.
     #[arg(long, env = "FERRY_RESYNC_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
+    /// Probe every peer's gateway over the pods' path (ICMP echo and a pod-MTU probe,
+    /// needs CAP_NET_RAW) and report the health in peers.json and the metrics.
+    /// `--peer-health=false`: no probes.
+    #[arg(
+        long,
+        env = "FERRY_PEER_HEALTH",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub peer_health: bool,
     /// The peer health prober's echo period per healthy peer (docs/config.md, "Peer
     /// health"). Hidden: the default is what the cost figures there are for; tests
     /// shorten it.

@@ -304,17 +304,22 @@ impl Node {
         ));
         // Its own task from the start; it probes once the first reconcile gave it the
         // peers (the gateway addresses it sends from are in place by then).
-        let probe = crate::health_probe::spawn(
-            crate::health_probe::Settings {
-                rates: crate::health_probe::state::Rates {
-                    echo: args.health_probe_interval,
-                    mtu: args.health_mtu_interval,
+        let probe = if !args.peer_health {
+            // Nobody listens: the targets are kept and dropped.
+            tokio::sync::watch::channel(Vec::new()).0
+        } else {
+            crate::health_probe::spawn(
+                crate::health_probe::Settings {
+                    rates: crate::health_probe::state::Rates {
+                        echo: args.health_probe_interval,
+                        mtu: args.health_mtu_interval,
+                    },
+                    mtu: p.underlay.pod_mtu(),
                 },
-                mtu: p.underlay.pod_mtu(),
-            },
-            metrics.clone(),
-            peers_file.clone(),
-        );
+                metrics.clone(),
+                peers_file.clone(),
+            )
+        };
         let node = Node {
             args: args.clone(),
             name: p.name,
