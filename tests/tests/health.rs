@@ -236,6 +236,37 @@ fn a_stopped_daemon_is_reachable_a_downed_link_is_not() {
     });
 }
 
+/// Dual-stack: the IPv6 subnets are probed too (from the IPv6 gateway, over VXLAN), as
+/// `healthV6`; an IPv6-only cluster's only family is `health`.
+#[test]
+fn ipv6_subnets_are_probed_in_dual_stack_and_ipv6_only_clusters() {
+    needs_root!();
+    let c = Cluster::builder().nodes(2).dual_stack().build();
+    told(&c, "both families reachable", TOLD_WITHIN, || {
+        let v = seen(&c, 0, 1);
+        v["health"]["reachable"] == true && v["healthV6"]["reachable"] == true
+    });
+    let v = seen(&c, 0, 1);
+    assert_eq!(
+        (&v["health"]["family"], &v["healthV6"]["family"]),
+        (&"ipv4".into(), &"ipv6".into())
+    );
+    assert_eq!(
+        v["healthV6"]["path"], "vxlan",
+        "IPv6 pods cross an IPv4 underlay in VXLAN"
+    );
+    assert_eq!(cell(&c, 0, 1), "ok");
+    assert!(c
+        .metrics(0)
+        .contains("ferry_peer_reachable{peer=\"node1\",path=\"vxlan\",family=\"ipv6\"} 1"));
+    drop(c);
+    let c = Cluster::builder().nodes(2).v6_only().build();
+    told(&c, "IPv6-only reachable", TOLD_WITHIN, || {
+        let v = seen(&c, 0, 1);
+        v["health"]["reachable"] == true && v["health"]["family"] == "ipv6"
+    });
+}
+
 /// What probing 100 peers costs a node (a benchmark, `#[ignore]`d): 100 lease records of
 /// made-up nodes whose underlay addresses and gateways one stranger namespace holds
 /// (direct routing sends the probes to it unencapsulated; its kernel answers as a
