@@ -112,6 +112,28 @@ pub struct Args {
     /// How often the whole data path is checked against the leases and mended.
     #[arg(long, env = "FERRY_RESYNC_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
+    /// Probe every peer's gateway over the pods' path (ICMP echo and a pod-MTU probe,
+    /// needs CAP_NET_RAW) and report the health in peers.json and the metrics.
+    /// `--peer-health=false`: no probes.
+    #[arg(
+        long,
+        env = "FERRY_PEER_HEALTH",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub peer_health: bool,
+    /// The peer health prober's echo period per healthy peer (docs/config.md, "Peer
+    /// health"). Hidden: the default is what the cost figures there are for; tests
+    /// shorten it.
+    #[arg(long, env = "FERRY_HEALTH_PROBE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, hide = true)]
+    pub health_probe_interval: Duration,
+    /// The period of the probe at the pod MTU with DF set. Hidden, as above.
+    #[arg(long, env = "FERRY_HEALTH_MTU_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, hide = true)]
+    pub health_mtu_interval: Duration,
     /// DirectRouting: a node whose underlay address this node reaches on-link (no
     /// gateway, on the underlay device) gets its pods' packets routed to that address
     /// unencapsulated; VXLAN for the rest. `--direct-routing=false`: VXLAN for all.
@@ -227,6 +249,18 @@ impl Args {
             show(self.resync_interval),
             show(MIN_RESYNC)
         );
+        // A period under a second would keep a probe outstanding past the next one's
+        // time (each waits up to a second for its answer).
+        for (flag, d) in [
+            ("--health-probe-interval", self.health_probe_interval),
+            ("--health-mtu-interval", self.health_mtu_interval),
+        ] {
+            ensure!(
+                d >= Duration::from_secs(1),
+                "{flag} {} is too short: at least 1s",
+                show(d)
+            );
+        }
         ensure!(
             self.lease_grace >= MIN_GRACE,
             "--lease-grace {} is too short: at least {}",

@@ -8,6 +8,7 @@ mod daemon;
 mod datapath;
 mod etcd_retry;
 mod health;
+mod health_probe;
 mod identity;
 mod iptables;
 mod metrics;

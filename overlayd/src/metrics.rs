@@ -30,6 +30,21 @@ pub struct Metrics {
     pub dropped: std::sync::Mutex<BTreeMap<Check, u64>>,
     /// What holds readiness back, in words (`/readyz`'s body).
     pub status: crate::status::Status,
+    /// Each peer path's health, as the prober last saw it.
+    pub peer_health: std::sync::Mutex<Vec<PeerSeries>>,
+}
+
+/// One peer path's health (`ferry_peer_*{peer,path,family}`).
+pub struct PeerSeries {
+    pub peer: String,
+    pub path: String,
+    pub family: &'static str,
+    /// `None` before the first verdict.
+    pub reachable: Option<bool>,
+    pub rtt: Option<std::time::Duration>,
+    pub sent: u64,
+    pub lost: u64,
+    pub mtu_ok: Option<bool>,
 }
 
 /// NetworkPolicy's side (`--network-policy`), rendered only when it is on.
@@ -186,6 +201,7 @@ impl Metrics {
             self.etcd_errors.load(Relaxed),
         );
         self.render_dropped(&mut s);
+        self.render_peers(&mut s);
         if self.policy.enabled.load(Relaxed) {
             self.policy.render(&mut s);
         }
@@ -212,6 +228,63 @@ impl Metrics {
             header(s, metric, help, "counter");
             for (check, n) in dropped.iter().filter(|(c, _)| c.metric() == metric) {
                 let _ = writeln!(s, "{metric}{{{}}} {n}", check.labels());
+            }
+        }
+    }
+}
+
+impl Metrics {
+    /// The peer health series; a gauge whose value is not known yet is left out rather
+    /// than shown as 0 (which would read as "unreachable").
+    fn render_peers(&self, s: &mut String) {
+        let Ok(peers) = self.peer_health.lock() else {
+            return;
+        };
+        let labels = |p: &PeerSeries| {
+            format!(
+                "peer=\"{}\",path=\"{}\",family=\"{}\"",
+                p.peer, p.path, p.family
+            )
+        };
+        type Value = fn(&PeerSeries) -> Option<String>;
+        let metrics: [(&str, &str, &str, Value); 5] = [
+            (
+                "ferry_peer_reachable",
+                "1 while the peer's gateway answers this node's probes over the pods' path, 0 once 3 in a row went unanswered",
+                "gauge",
+                |p| p.reachable.map(|r| u8::from(r).to_string()),
+            ),
+            (
+                "ferry_peer_rtt_seconds",
+                "Round trip of the last answered probe",
+                "gauge",
+                |p| p.rtt.map(|d| format!("{:.6}", d.as_secs_f64())),
+            ),
+            (
+                "ferry_peer_probes_sent_total",
+                "Echo probes sent to the peer's gateway",
+                "counter",
+                |p| Some(p.sent.to_string()),
+            ),
+            (
+                "ferry_peer_probes_lost_total",
+                "Echo probes to the peer's gateway not answered within 1 s",
+                "counter",
+                |p| Some(p.lost.to_string()),
+            ),
+            (
+                "ferry_peer_mtu_ok",
+                "1 while a probe of the pod MTU with DF set crosses to the peer, 0 once it does not while small ones do",
+                "gauge",
+                |p| p.mtu_ok.map(|ok| u8::from(ok).to_string()),
+            ),
+        ];
+        for (name, help, kind, value) in metrics {
+            header(s, name, help, kind);
+            for p in peers.iter() {
+                if let Some(v) = value(p) {
+                    let _ = writeln!(s, "{name}{{{}}} {v}", labels(p));
+                }
             }
         }
     }
@@ -310,5 +383,50 @@ mod tests {
         let text = m.render();
         assert!(text.contains("# TYPE ferry_vxlan_dropped_packets_total counter\nferry_vxlan_dropped_packets_total{check=\"not-from-a-node\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE ferry_pod_to_node_dropped_packets_total counter\nferry_pod_to_node_dropped_packets_total{service=\"vxlan\",path=\"forward\"} 7\n"), "{text}");
+    }
+
+    #[test]
+    fn peer_health_is_rendered_per_peer_path_and_family() {
+        let m = Metrics::default();
+        *m.peer_health.lock().unwrap() = vec![
+            PeerSeries {
+                peer: "node1".into(),
+                path: "vxlan".into(),
+                family: "ipv4",
+                reachable: Some(false),
+                rtt: Some(std::time::Duration::from_micros(250)),
+                sent: 12,
+                lost: 3,
+                mtu_ok: None,
+            },
+            PeerSeries {
+                peer: "node2".into(),
+                path: "direct".into(),
+                family: "ipv4",
+                reachable: None,
+                rtt: None,
+                sent: 0,
+                lost: 0,
+                mtu_ok: Some(true),
+            },
+        ];
+        let text = m.render();
+        let l1 = "{peer=\"node1\",path=\"vxlan\",family=\"ipv4\"}";
+        let l2 = "{peer=\"node2\",path=\"direct\",family=\"ipv4\"}";
+        for line in [
+            format!("ferry_peer_reachable{l1} 0\n"),
+            format!("ferry_peer_rtt_seconds{l1} 0.000250\n"),
+            format!("ferry_peer_probes_sent_total{l1} 12\n"),
+            format!("ferry_peer_probes_lost_total{l1} 3\n"),
+            format!("ferry_peer_mtu_ok{l2} 1\n"),
+        ] {
+            assert!(text.contains(&line), "{line} not in:\n{text}");
+        }
+        // Not known yet: absent, not 0.
+        assert!(
+            !text.contains(&format!("ferry_peer_reachable{l2}")),
+            "{text}"
+        );
+        assert!(!text.contains(&format!("ferry_peer_mtu_ok{l1}")), "{text}");
     }
 }

@@ -11,6 +11,9 @@ use ferry_tests::netpol::world::World;
 use ferry_tests::proc::{connect, echo_peer_server, echo_peer_server_on, wait_until};
 use serde_json::{json, Value};
 
+/// These tests count the packets of the VXLAN devices: no peer health probes there.
+const QUIET: [&str; 1] = ["--peer-health=false"];
+
 /// Waits until `n` routes `subnet` directly (on eth0, ferry's protocol) via `via`.
 fn wait_direct(n: &Node, subnet: &str, via: &str) {
     let want = format!("{subnet} via {via} dev eth0");
@@ -101,7 +104,7 @@ fn wait_paths(c: &Cluster, i: usize, want: &[(String, String, String)]) {
 fn same_segment_is_direct_across_is_vxlan_and_a_moved_node_switches() {
     needs_root!();
     // node0, node1 on segment A; node2 on segment B, behind the router.
-    let mut c = Cluster::builder().two_segments(2, 1).build();
+    let mut c = Cluster::builder().flags(QUIET).two_segments(2, 1).build();
     // Strict reverse-path filtering on every node: a directly routed packet arrives on
     // the underlay with a pod source, which the receiver routes back the same way.
     for n in &c.nodes {
@@ -209,7 +212,7 @@ fn two_nodes_routing_directly(builder: ClusterBuilder, cidr: &str) -> (Cluster, 
 #[test]
 fn reconcile_mends_a_hand_deleted_direct_route_and_removes_a_stale_one() {
     needs_root!();
-    let (c, s1) = two_nodes_routing_directly(Cluster::builder(), "10.91.0.0/16");
+    let (c, s1) = two_nodes_routing_directly(Cluster::builder().flags(QUIET), "10.91.0.0/16");
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     // Nothing of the peer on the VXLAN device's routes; its FDB entry is kept.
     assert!(
@@ -246,7 +249,11 @@ fn reconcile_mends_a_hand_deleted_direct_route_and_removes_a_stale_one() {
 #[test]
 fn direct_routing_off_gives_vxlan_for_all() {
     needs_root!();
-    let c = Cluster::builder().nodes(2).direct_routing(false).build();
+    let c = Cluster::builder()
+        .flags(QUIET)
+        .nodes(2)
+        .direct_routing(false)
+        .build();
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     wait_vxlan(n0, &n1.subnet());
     wait_vxlan(n1, &n0.subnet());
@@ -325,6 +332,7 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
 
     needs_root!();
     let c = Cluster::builder()
+        .flags(QUIET)
         .nodes(2)
         .v6_only()
         .kube_api()
@@ -404,7 +412,7 @@ fn network_policy_holds_on_the_direct_path_over_ipv6() {
 fn a_lease_naming_an_on_link_stranger_gets_no_more_than_its_own_subnet() {
     needs_root!();
     // The lies are etcd records, written past the daemons.
-    let builder = Cluster::builder().datastore(Datastore::Etcd);
+    let builder = Cluster::builder().flags(QUIET).datastore(Datastore::Etcd);
     let (c, s1) = two_nodes_routing_directly(builder, "10.93.0.0/16");
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     let _stranger = c.stranger("192.0.2.50");
@@ -442,7 +450,7 @@ fn a_lease_naming_an_on_link_stranger_gets_no_more_than_its_own_subnet() {
 #[test]
 fn an_ipv6_underlay_routes_ipv6_pods_directly() {
     needs_root!();
-    let c = Cluster::builder().nodes(2).v6_only().build();
+    let c = Cluster::builder().flags(QUIET).nodes(2).v6_only().build();
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     let s6 = |n: &Node| n.node_state()["podCIDRv6"].as_str().unwrap().to_string();
     wait_direct(n0, &s6(n1), &n1.ip);

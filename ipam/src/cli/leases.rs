@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
+use ferry_node_ipam::peer_paths::PeerHealth;
 use ferry_registry::ClusterConfig;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Serialize;
@@ -74,6 +75,17 @@ pub(super) struct Row {
     /// The device a direct path leaves by.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) device: Option<String>,
+    /// With `--state-dir`: what this node's probes of that node saw (its first family),
+    /// as in peers.json.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) health: Option<PeerHealth>,
+    /// The same for a dual-stack node's IPv6 subnet.
+    #[serde(rename = "healthV6", skip_serializing_if = "Option::is_none")]
+    pub(super) health_v6: Option<PeerHealth>,
+    /// Seconds since the daemon last wrote the health, when that is long enough to mean
+    /// it no longer probes (stopped, or stuck).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) health_stale_seconds: Option<u64>,
     /// Why a node that is not alive keeps its routes, when not for a lease's grace.
     #[serde(skip)]
     pub(super) kept_because: Option<&'static str>,
@@ -177,6 +189,9 @@ pub fn run(args: Args) -> Result<i32> {
                 expires_in,
                 path: None,
                 device: None,
+                health: None,
+                health_v6: None,
+                health_stale_seconds: None,
                 kept_because: None,
                 node: rec.node,
                 subnet: rec.subnet,
@@ -188,8 +203,9 @@ pub fn run(args: Args) -> Result<i32> {
         Ok(Report::new(cfg.as_ref(), leases, Vec::new()))
     })?;
     if let Some(local) = &local {
+        let now = unix_now();
         for row in &mut report.leases {
-            local.mark(row);
+            local.mark(row, now);
         }
     }
     match args.output {
@@ -206,9 +222,9 @@ struct Local {
 }
 
 impl Local {
-    /// Sets `row`'s path: the node's own, or the one peers.json gives for that node at
-    /// that address (a record peers.json does not know, e.g. refused, gets none).
-    fn mark(&self, row: &mut Row) {
+    /// Sets `row`'s path and health: the node's own, or the ones peers.json gives for that
+    /// node at that address (a record peers.json does not know, e.g. refused, gets none).
+    fn mark(&self, row: &mut Row, now: u64) {
         if self.me.as_deref() == Some(row.node.as_str()) {
             row.path = Some("local".into());
             return;
@@ -221,7 +237,50 @@ impl Local {
         {
             row.path = Some(p.path.to_string());
             row.device = p.device.clone();
+            row.health = p.health.clone();
+            row.health_v6 = p.health_v6.clone();
+            row.health_stale_seconds = self
+                .paths
+                .health_at
+                .map(|at| now.saturating_sub(at))
+                .filter(|age| *age > HEALTH_STALE);
         }
+    }
+}
+
+/// How old the health may be before it is said to be stale: the daemon writes it every
+/// 5 s while its prober runs.
+const HEALTH_STALE: u64 = 30;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A row's health as the table shows it: `ok`, `lost 3/10`, `mtu fails`, `unreachable
+/// since 12:01:05 (20s)`; a dual-stack node's two families once when they agree, else
+/// each named; `probing` before the first verdict, `-` for this node, a refused record
+/// or a daemon without a prober.
+pub(super) fn health_cell(l: &Row, now: u64) -> String {
+    if l.path.is_none() || l.path.as_deref() == Some("local") {
+        return "-".to_string();
+    }
+    let cell = match (&l.health, &l.health_v6) {
+        (None, None) => "probing".to_string(),
+        (Some(a), None) | (None, Some(a)) => a.shown(now),
+        (Some(a), Some(b)) => {
+            let (a, b) = (a.shown(now), b.shown(now));
+            if a == b {
+                a
+            } else {
+                format!("ipv4 {a}, ipv6 {b}")
+            }
+        }
+    };
+    match l.health_stale_seconds {
+        Some(age) => format!("stale {age}s: {cell}"),
+        None => cell,
     }
 }
 
@@ -268,6 +327,7 @@ fn print_leases(r: &Report) {
     // The PATH column only with --state-dir, the IPv6 one only where there is IPv6: an
     // IPv4 cluster's table is as it was.
     let with_paths = r.leases.iter().any(|l| l.path.is_some());
+    let now = unix_now();
     let v6 = r.cluster_cidr_v6.is_some();
     let base = ["NODE", "SUBNET", "PUBLIC IP", "VTEP MAC", "ALIVE", "USED"];
     let rows = r.leases.iter().map(|l| (cells(l), l));
@@ -277,8 +337,10 @@ fn print_leases(r: &Report) {
         (false, true) => {
             let [a, b, c, d, e, f] = base;
             print_rows(
-                [a, b, c, d, e, f, "PATH"],
-                rows.map(|([a, b, c, d, e, f], l)| [a, b, c, d, e, f, path_cell(l)]),
+                [a, b, c, d, e, f, "PATH", "HEALTH"],
+                rows.map(|([a, b, c, d, e, f], l)| {
+                    [a, b, c, d, e, f, path_cell(l), health_cell(l, now)]
+                }),
             )
         }
         (true, false) => {
@@ -291,8 +353,20 @@ fn print_leases(r: &Report) {
         (true, true) => {
             let [a, b, c, d, e, f] = base;
             print_rows(
-                [a, b, "SUBNET V6", c, d, e, f, "PATH"],
-                rows.map(|([a, b, c, d, e, f], l)| [a, b, subnet_v6(l), c, d, e, f, path_cell(l)]),
+                [a, b, "SUBNET V6", c, d, e, f, "PATH", "HEALTH"],
+                rows.map(|([a, b, c, d, e, f], l)| {
+                    [
+                        a,
+                        b,
+                        subnet_v6(l),
+                        c,
+                        d,
+                        e,
+                        f,
+                        path_cell(l),
+                        health_cell(l, now),
+                    ]
+                }),
             )
         }
     }
@@ -357,12 +431,6 @@ fn age(secs: u64) -> String {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// `usedAt` as RFC 3339; a time past what a date can show as the raw number.
 mod used_at {
     use serde::Serializer;
@@ -384,6 +452,65 @@ mod used_at {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_node_ipam::peer_paths::PathKind;
+
+    fn row(health: Option<PeerHealth>, health_v6: Option<PeerHealth>) -> Row {
+        Row {
+            node: "node1".into(),
+            subnet: None,
+            subnet_v6: None,
+            public_ip: "192.0.2.12".parse().unwrap(),
+            vtep_mac: String::new(),
+            alive: true,
+            used: None,
+            used_at: None,
+            capacity: None,
+            expires_in: None,
+            path: Some("vxlan".into()),
+            device: None,
+            health,
+            health_v6,
+            health_stale_seconds: None,
+            kept_because: None,
+        }
+    }
+
+    fn h(family: &str, reachable: bool, lost: u32) -> PeerHealth {
+        PeerHealth {
+            family: family.into(),
+            path: PathKind::Vxlan,
+            reachable,
+            lost,
+            sent: 10,
+            rtt_seconds: Some(0.0002),
+            mtu_ok: Some(true),
+            mtu: Some(1450),
+            unreachable_since: (!reachable).then_some(3600),
+        }
+    }
+
+    #[test]
+    fn the_health_cell_says_the_worst_of_each_family_and_staleness() {
+        assert_eq!(health_cell(&row(None, None), 0), "probing");
+        assert_eq!(health_cell(&row(Some(h("ipv4", true, 0)), None), 0), "ok");
+        let both = row(Some(h("ipv4", true, 0)), Some(h("ipv6", true, 0)));
+        assert_eq!(health_cell(&both, 0), "ok", "agreeing families said once");
+        let mixed = row(Some(h("ipv4", true, 0)), Some(h("ipv6", false, 10)));
+        assert_eq!(
+            health_cell(&mixed, 3620),
+            "ipv4 ok, ipv6 unreachable since 01:00:00 (20s)"
+        );
+        let mut stale = row(Some(h("ipv4", true, 3)), None);
+        stale.health_stale_seconds = Some(45);
+        assert_eq!(health_cell(&stale, 0), "stale 45s: lost 3/10");
+        let mut local = row(None, None);
+        local.path = Some("local".into());
+        assert_eq!(health_cell(&local, 0), "-");
+        let v = serde_json::to_value(row(Some(h("ipv4", true, 3)), None)).unwrap();
+        for key in ["path", "reachable", "lost", "sent", "rttSeconds", "mtuOk"] {
+            assert!(v["health"].get(key).is_some(), "{key} missing: {v}");
+        }
+    }
 
     #[test]
     fn the_used_figure_says_its_age() {

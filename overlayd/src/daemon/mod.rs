@@ -53,6 +53,10 @@ struct Node {
     paths: Option<ferry_node_ipam::peer_paths::PeerPaths>,
     /// What the last full check could not mend, as last written to drift.json.
     drift: Option<ferry_node_ipam::drift::Drift>,
+    /// peers.json, which the health prober writes too.
+    peers_file: Arc<crate::health_probe::publish::PeersFile>,
+    /// The health prober's feed: the paths to probe, sent whenever they may change.
+    probe: tokio::sync::watch::Sender<Vec<crate::health_probe::Target>>,
     /// Records refused at the last listing (each told once, when first refused).
     refused: BTreeSet<Refused>,
     /// How the refused records are told: named up to a bound, then summed up.

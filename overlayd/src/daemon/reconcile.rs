@@ -324,25 +324,39 @@ impl Node {
     }
 
     /// Writes peers.json (the path to each peer, for `ferry-ipam leases --state-dir`) when
-    /// it changed, logging each peer whose path changed.
+    /// it changed, logging each peer whose path changed; gives the health prober the
+    /// paths to probe (it is told only when they differ).
     pub(super) fn write_paths(&mut self, programmed: &Entries) {
-        use ferry_node_ipam::peer_paths::{self, PathKind, PeerPath, PeerPaths};
+        use ferry_node_ipam::peer_paths::{PathKind, PeerPath, PeerPaths};
         let peers: Vec<Peer> = self.view.peers.values().copied().collect();
         let hops = programmed.paths(&peers);
         let mut out = PeerPaths::default();
+        let mut targets = Vec::new();
         for (s, p) in &self.view.peers {
             let hop: Option<Hop> = hops.get(&p.public_ip).copied().flatten();
+            let path = if hop.is_some() {
+                PathKind::Direct
+            } else {
+                PathKind::Vxlan
+            };
+            let node = self.view.names.get(s).cloned().unwrap_or_default();
+            targets.extend(self.probe_targets(&node, p, path));
             out.peers.push(PeerPath {
-                node: self.view.names.get(s).cloned().unwrap_or_default(),
+                node,
                 public_ip: p.public_ip,
-                path: if hop.is_some() {
-                    PathKind::Direct
-                } else {
-                    PathKind::Vxlan
-                },
+                path,
                 device: hop.map(|_| self.underlay.link.name.clone()),
+                health: None,
+                health_v6: None,
             });
         }
+        self.probe.send_if_modified(|t| {
+            let changed = *t != targets;
+            if changed {
+                *t = targets;
+            }
+            changed
+        });
         if self.paths.as_ref() == Some(&out) {
             return;
         }
@@ -362,13 +376,45 @@ impl Node {
             .filter(|p| p.path == PathKind::Direct)
             .count();
         self.metrics.direct_peers.store(direct as u64, Relaxed);
-        match peer_paths::write(&self.args.state_dir, &out) {
+        match self.peers_file.set_paths(out.clone()) {
             Ok(()) => self.paths = Some(out),
-            Err(e) => tracing::warn!(
-                "write {}: {e}",
-                peer_paths::path(&self.args.state_dir).display()
-            ),
+            Err(e) => tracing::warn!("write {}: {e}", self.peers_file.path().display()),
         }
+    }
+
+    /// The paths to probe to one peer: from this node's gateway to the peer's, in each
+    /// family both have. `path` is that of the underlay's family; the other family always
+    /// goes over VXLAN (`Entries::desired`).
+    fn probe_targets(
+        &self,
+        node: &str,
+        p: &Peer,
+        path: ferry_node_ipam::peer_paths::PathKind,
+    ) -> Vec<crate::health_probe::Target> {
+        use ferry_node_ipam::peer_paths::PathKind;
+        let underlay_v4 = p.public_ip.is_ipv4();
+        let mut out = Vec::new();
+        if let (Some(mine), Some(theirs)) = (self.me.subnet, p.subnet) {
+            out.push(crate::health_probe::Target {
+                peer: node.to_string(),
+                public_ip: p.public_ip,
+                path: if underlay_v4 { path } else { PathKind::Vxlan },
+                src: IpAddr::V4(datapath::gateway(mine)),
+                dst: IpAddr::V4(datapath::gateway(theirs)),
+                second: false,
+            });
+        }
+        if let (Some(mine), Some(theirs)) = (self.me.subnet_v6, p.subnet_v6) {
+            out.push(crate::health_probe::Target {
+                peer: node.to_string(),
+                public_ip: p.public_ip,
+                path: if underlay_v4 { PathKind::Vxlan } else { path },
+                src: IpAddr::V6(datapath::gateway_v6(mine)),
+                dst: IpAddr::V6(datapath::gateway_v6(theirs)),
+                second: p.subnet.is_some(),
+            });
+        }
+        out
     }
 }
 

@@ -292,6 +292,27 @@ pub(super) struct Parts {
 impl Node {
     pub(super) fn new(args: &Args, p: Parts, metrics: &Arc<Metrics>) -> Node {
         let filter = filter_shape(args, &p.cfg, p.underlay.ip);
+        let peers_file = Arc::new(crate::health_probe::publish::PeersFile::new(
+            &args.state_dir,
+        ));
+        // Its own task from the start; it probes once the first reconcile gave it the
+        // peers (the gateway addresses it sends from are in place by then).
+        let probe = if !args.peer_health {
+            // Nobody listens: the targets are kept and dropped.
+            tokio::sync::watch::channel(Vec::new()).0
+        } else {
+            crate::health_probe::spawn(
+                crate::health_probe::Settings {
+                    rates: crate::health_probe::state::Rates {
+                        echo: args.health_probe_interval,
+                        mtu: args.health_mtu_interval,
+                    },
+                    mtu: p.underlay.pod_mtu(),
+                },
+                metrics.clone(),
+                peers_file.clone(),
+            )
+        };
         let node = Node {
             args: args.clone(),
             name: p.name,
@@ -306,6 +327,8 @@ impl Node {
             reach: p.reach,
             paths: None,
             drift: None,
+            peers_file,
+            probe,
             refused: BTreeSet::new(),
             refusal_log: RefusalLog::default(),
             spared: BTreeSet::new(),
