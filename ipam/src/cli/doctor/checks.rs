@@ -544,52 +544,48 @@ fn ago(at: u64) -> String {
     format!("{}s", now.saturating_sub(at))
 }
 
-/// Each peer's `health` in peers.json, when the daemon writes one: any not ok.
+/// Each peer's health in peers.json, as the daemon's prober wrote it: any family of any
+/// peer not ok (unreachable or failing the MTU probe: an error; some probes lost: a
+/// warning).
 fn peer_health(state_dir: &Path, r: &mut Report) {
-    let path = ferry_node_ipam::peer_paths::path(state_dir);
-    let Ok(bytes) = std::fs::read(&path) else {
+    let Ok(Some(paths)) = ferry_node_ipam::peer_paths::read(state_dir) else {
         return;
     };
-    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
-        return;
-    };
-    for p in v["peers"].as_array().into_iter().flatten() {
-        let h = &p["health"];
-        if !h.is_object() || health_ok(h) {
-            continue;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for p in &paths.peers {
+        for h in p.health.iter().chain(&p.health_v6) {
+            let Some(severity) = health_severity(h) else {
+                continue;
+            };
+            r.find(Finding::new(
+                severity,
+                Check::PeerHealth,
+                format!(
+                    "node {} ({}), {} over {}: {}",
+                    p.node,
+                    p.public_ip,
+                    h.family,
+                    p.path,
+                    h.shown(now)
+                ),
+                "the daemon's probes cross the pods' path to that node (its pod subnet, over VXLAN or directly): what they lose, pods lose",
+                "unreachable: UDP 4789 (the VXLAN port) blocked between the nodes (a cloud security group, a host firewall), or the node down; mtu fails: the path carries less than the pods' MTU; some lost: a lossy or saturated link".into(),
+            ));
         }
-        let node = p["node"].as_str().unwrap_or("?");
-        r.find(Finding::new(
-            Severity::Error,
-            Check::PeerHealth,
-            format!("node {node} ({}): {}", p["publicIp"].as_str().unwrap_or("?"), health_text(h)),
-            "the daemon's probes cross the pods' path to that node (its pod subnet, over VXLAN or directly): what they lose, pods lose",
-            "lost everything: UDP 4789 (the VXLAN port) blocked between the nodes (a cloud security group, a host firewall); mtu fails: the path carries less than the pods' MTU; some lost: a lossy or saturated link".into(),
-        ));
     }
 }
 
-/// A health object is ok when it says so (`ok`, or `state`/`status` "ok"), else when it
-/// is reachable and lost nothing: read loosely, as the daemon's own format decides.
-pub fn health_ok(h: &Value) -> bool {
-    if let Some(ok) = h["ok"].as_bool() {
-        return ok;
+/// How bad a peer's health is; `None` when it is ok.
+pub fn health_severity(h: &ferry_node_ipam::peer_paths::PeerHealth) -> Option<Severity> {
+    if !h.reachable || h.mtu_ok == Some(false) {
+        Some(Severity::Error)
+    } else if h.lost > 0 {
+        Some(Severity::Warning)
+    } else {
+        None
     }
-    for k in ["state", "status"] {
-        if let Some(s) = h[k].as_str() {
-            return s == "ok";
-        }
-    }
-    h["reachable"].as_bool().unwrap_or(true) && h["lost"].as_u64().unwrap_or(0) == 0
-}
-
-fn health_text(h: &Value) -> String {
-    for k in ["shown", "state", "status"] {
-        if let Some(s) = h[k].as_str() {
-            return s.to_string();
-        }
-    }
-    h.to_string()
 }
 
 fn kube_proxy_facts(args: &Args) -> Proxy {
@@ -707,14 +703,34 @@ mod tests {
     }
 
     #[test]
-    fn health_is_read_loosely() {
-        let ok = |s: &str| health_ok(&serde_json::from_str(s).unwrap());
-        assert!(ok(r#"{"ok":true,"lost":3}"#));
-        assert!(!ok(r#"{"ok":false}"#));
-        assert!(ok(r#"{"state":"ok"}"#));
-        assert!(!ok(r#"{"state":"lost 3/10"}"#));
-        assert!(ok(r#"{"reachable":true,"lost":0,"sent":10}"#));
-        assert!(!ok(r#"{"reachable":true,"lost":3,"sent":10}"#));
-        assert!(!ok(r#"{"reachable":false}"#));
+    fn a_peer_unreachable_or_failing_mtu_is_an_error_some_loss_a_warning() {
+        use ferry_node_ipam::peer_paths::{PathKind, PeerHealth};
+        let ok = PeerHealth {
+            family: "ipv4".into(),
+            path: PathKind::Vxlan,
+            reachable: true,
+            lost: 0,
+            sent: 10,
+            rtt_seconds: Some(0.0002),
+            mtu_ok: Some(true),
+            mtu: Some(1450),
+            unreachable_since: None,
+        };
+        assert_eq!(health_severity(&ok), None);
+        let lossy = PeerHealth {
+            lost: 3,
+            ..ok.clone()
+        };
+        assert_eq!(health_severity(&lossy), Some(Severity::Warning));
+        let mtu = PeerHealth {
+            mtu_ok: Some(false),
+            ..ok.clone()
+        };
+        assert_eq!(health_severity(&mtu), Some(Severity::Error));
+        let down = PeerHealth {
+            reachable: false,
+            ..ok
+        };
+        assert_eq!(health_severity(&down), Some(Severity::Error));
     }
 }
