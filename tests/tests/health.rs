@@ -158,6 +158,17 @@ fn vxlan_blocked_between_two_nodes_is_told_and_clears() {
     );
     assert_eq!(reachable(&c, 0, 2), Some(true), "node2 is not blocked");
     assert_eq!(seen(&c, 0, 1)["health"]["path"], "vxlan");
+    // The node doctor names it too, from the same health.
+    let out = c.nodes[0].host.try_sh(&format!(
+        "{} doctor --state-dir {} -o json",
+        ferry_tests::bin("ferry-ipam").display(),
+        c.nodes[0].state_dir().display()
+    ));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let named = doc["findings"].as_array().into_iter().flatten().any(|f| {
+        f["check"] == "peer-health" && f["saw"].as_str().is_some_and(|s| s.contains("node1"))
+    });
+    assert!(named && out.status.code() == Some(1), "{doc}");
     assert!(c
         .metrics(0)
         .contains("ferry_peer_reachable{peer=\"node1\",path=\"vxlan\",family=\"ipv4\"} 0"));
