@@ -165,6 +165,21 @@ fn vxlan_blocked_between_two_nodes_is_told_and_clears() {
         c.nodes[0].state_dir().display()
     ));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    // As a person sees it (docs/troubleshooting.md quotes it).
+    eprintln!(
+        "{}",
+        c.nodes[0]
+            .host
+            .try_sh(&format!(
+                "{} doctor --state-dir {}",
+                ferry_tests::bin("ferry-ipam").display(),
+                c.nodes[0].state_dir().display()
+            ))
+            .stdout
+            .iter()
+            .map(|b| *b as char)
+            .collect::<String>()
+    );
     let named = doc["findings"].as_array().into_iter().flatten().any(|f| {
         f["check"] == "peer-health" && f["saw"].as_str().is_some_and(|s| s.contains("node1"))
     });
