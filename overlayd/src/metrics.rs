@@ -10,6 +10,10 @@ use crate::node_filter::Check;
 pub struct Metrics {
     pub ready: AtomicBool,
     pub etcd_connected: AtomicBool,
+    /// The Node watch is up (`--datastore kubernetes`).
+    pub api_connected: AtomicBool,
+    /// Failed Node requests and broken Node watches (`--datastore kubernetes`).
+    pub api_errors: AtomicU64,
     pub leases_known: AtomicU64,
     pub leases_refused: AtomicU64,
     pub neighs: AtomicU64,
@@ -115,6 +119,20 @@ impl Metrics {
             "1 while the etcd watch is up",
             "gauge",
             u8::from(self.etcd_connected.load(Relaxed)),
+        );
+        single(
+            &mut s,
+            "ferry_api_connected",
+            "1 while the Node watch is up (the Kubernetes datastore; 0 with etcd)",
+            "gauge",
+            u8::from(self.api_connected.load(Relaxed)),
+        );
+        single(
+            &mut s,
+            "ferry_api_errors_total",
+            "Failed Node requests and broken Node watches (the Kubernetes datastore)",
+            "counter",
+            self.api_errors.load(Relaxed),
         );
         single(
             &mut s,

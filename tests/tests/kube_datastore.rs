@@ -63,6 +63,7 @@ fn subnets_are_the_nodes_pod_cidrs_and_each_node_publishes_its_address() {
     let a = c.nodes[0].add_pod("a");
     let b = c.nodes[1].add_pod("b");
     a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
+    assert_eq!(c.metric(0, "ferry_api_connected"), 1, "{}", c.metrics(0));
     // ferry-ipam leases reads the Nodes: the same JSON as from etcd.
     let j: Value = serde_json::from_str(&c.ipam_leases("-o json")).unwrap();
     let leases = j["leases"].as_array().unwrap();

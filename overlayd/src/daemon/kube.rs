@@ -303,7 +303,7 @@ impl Node {
         }
         tracing::warn!(node = %self.name, "this node's ferry.dev/ annotations were removed or changed; written back");
         if let Err(e) = client::publish(client, &self.name, self.underlay.ip, &mac).await {
-            self.metrics.etcd_errors.fetch_add(1, Relaxed);
+            self.metrics.api_errors.fetch_add(1, Relaxed);
             tracing::warn!("{e}");
         }
     }
@@ -320,6 +320,7 @@ impl Node {
             mut listed,
         } = watch;
         let mut relist: Option<BTreeMap<String, NodeEntry>> = None;
+        self.metrics.api_connected.store(listed, Relaxed);
         let mut up = true;
         let mut resync = tokio::time::interval(self.args.resync_interval);
         resync.tick().await;
@@ -357,7 +358,7 @@ impl Node {
                                 dirty |= self.note(ch, &mut nodes, &mut relist, &mut listed)?;
                             }
                             Err(e) => {
-                                self.metrics.etcd_errors.fetch_add(1, Relaxed);
+                                self.metrics.api_errors.fetch_add(1, Relaxed);
                                 if up {
                                     tracing::warn!("the API: {e}; keeping the data path as it is and retrying");
                                     up = false;
@@ -366,6 +367,7 @@ impl Node {
                         }
                         next = changes.next().now_or_never().flatten();
                     }
+                    self.metrics.api_connected.store(up && listed, Relaxed);
                     if dirty && listed {
                         // A lone change is applied at once; a storm (every Node patched
                         // in a rollout) at most every MIN_VIEW_GAP, whatever its size.
