@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::annotations::{PUBLIC_IP, USAGE, VTEP_MAC};
 use crate::entry::NodeEntry;
+use crate::slim::SlimNode;
 use ferry_registry::Usage;
 
 /// How often, at most, a node's usage annotation is written: every write is a watch event
@@ -137,11 +138,12 @@ pub enum Change {
 /// (errors are yielded, the stream goes on).
 pub fn changes(client: &Client) -> impl Stream<Item = Result<Change, watcher::Error>> + Send {
     let cfg = watcher::Config::default().page_size(500);
-    watcher(Api::<Node>::all(client.clone()), cfg).map(|ev| {
+    watcher(Api::<SlimNode>::all(client.clone()), cfg).map(|ev| {
         Ok(match ev? {
             watcher::Event::Init => Change::Relisting,
             watcher::Event::InitDone => Change::Listed,
-            watcher::Event::Apply(n) | watcher::Event::InitApply(n) => match NodeEntry::of(&n) {
+            watcher::Event::Apply(n) | watcher::Event::InitApply(n) => match NodeEntry::of_slim(&n)
+            {
                 Some(e) => Change::Seen(e),
                 // Nameless: nothing to key it by; the API never sends one.
                 None => Change::Relisting,

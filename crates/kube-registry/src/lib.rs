@@ -10,5 +10,6 @@
 pub mod annotations;
 pub mod client;
 pub mod entry;
+pub mod slim;
 
 pub use entry::{judge_all, own_record, Judged, NodeEntry, NodesView, Pending};

@@ -38,6 +38,11 @@ pub struct NodeEntry {
 impl NodeEntry {
     /// The entry of `node`; `None` for a Node without a name (the API never serves one).
     pub fn of(node: &Node) -> Option<NodeEntry> {
+        NodeEntry::of_slim(&crate::slim::SlimNode::from(node))
+    }
+
+    /// The entry of a Node decoded slim (the watch's).
+    pub fn of_slim(node: &crate::slim::SlimNode) -> Option<NodeEntry> {
         let meta = &node.metadata;
         let name = meta.name.clone().filter(|n| !n.is_empty())?;
         let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k)).cloned();
@@ -46,6 +51,7 @@ impl NodeEntry {
             Some(v) if !v.is_empty() => v,
             _ => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
         };
+        let status = node.status.as_ref();
         Some(NodeEntry {
             name,
             created: meta
@@ -53,18 +59,14 @@ impl NodeEntry {
                 .as_ref()
                 .map_or(0, |t| t.0.as_second()),
             pod_cidrs,
-            addresses: node
-                .status
-                .as_ref()
+            addresses: status
                 .and_then(|s| s.addresses.as_ref())
                 .map(|a| a.iter().map(|a| a.address.clone()).collect())
                 .unwrap_or_default(),
             public_ip: annotation(PUBLIC_IP),
             vtep_mac: annotation(VTEP_MAC),
             usage: annotation(USAGE),
-            ready: node
-                .status
-                .as_ref()
+            ready: status
                 .and_then(|s| s.conditions.as_ref())
                 .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
                 .map(|c| c.status == "True"),
