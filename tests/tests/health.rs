@@ -315,8 +315,9 @@ fn probe_cost_at_100_peers() {
     ]);
     let (cpu, bps) = cost_at_100_peers(&[]);
     eprintln!(
-        "100 peers: probes cost {:.3}% of a core ({cpu:.3}% - {base_cpu:.3}% without them, debug build) and {:.0} B/s on the underlay in+out ({bps:.0} - {base_bps:.0})",
+        "100 peers: probes cost {:.3}% of a core ({cpu:.3}% - {base_cpu:.3}% without them, the daemon from {}) and {:.0} B/s on the underlay in+out ({bps:.0} - {base_bps:.0})",
         cpu - base_cpu,
+        ferry_tests::bin_dir().display(),
         bps - base_bps
     );
     assert!(bps - base_bps < 10_000.0);
