@@ -124,7 +124,7 @@ async fn run(
     file: Arc<PeersFile>,
     mut rx: watch::Receiver<Vec<Target>>,
 ) {
-    let rates = settings.rates;
+    let mut rates = settings.rates;
     // Tells this process's replies from any other pinger's on the node (a raw socket
     // sees every echo reply to its address).
     let token: [u8; sock::TOKEN] =
@@ -153,6 +153,7 @@ async fn run(
                     return; // The daemon is gone.
                 }
                 let targets = rx.borrow_and_update().clone();
+                rates = settings.rates.for_paths(targets.len());
                 take(&mut paths, targets, rates.echo, Instant::now());
                 dirty = true;
             }

@@ -32,6 +32,27 @@ pub struct Rates {
     pub mtu: Duration,
 }
 
+/// At most this many echo probes a second however many peers (at the default 5 s, the
+/// first 100 peer paths are probed at full rate): a 5,000-node cluster must not cost each
+/// node 1,000 probes a second. The MTU probe is slowed alike.
+pub const MAX_ECHO_PER_SEC: u32 = 20;
+
+impl Rates {
+    /// The rates for `paths` peer paths: these, or slower so that the echo probes stay
+    /// under [`MAX_ECHO_PER_SEC`] in all.
+    pub fn for_paths(self, paths: usize) -> Rates {
+        let floor = Duration::from_secs_f64(paths as f64 / f64::from(MAX_ECHO_PER_SEC));
+        if floor <= self.echo {
+            return self;
+        }
+        let scale = floor.as_secs_f64() / self.echo.as_secs_f64();
+        Rates {
+            echo: floor,
+            mtu: self.mtu.mul_f64(scale),
+        }
+    }
+}
+
 impl Default for Rates {
     fn default() -> Self {
         Rates {

@@ -206,3 +206,13 @@ fn losses_before_the_first_answer_are_no_verdict_unless_three_in_a_row() {
     }
     assert_eq!((h.reachable, h.lost()), (Some(false), (3, 3)));
 }
+
+#[test]
+fn many_peers_slow_the_probes_to_a_bounded_rate() {
+    let r = Rates::default();
+    assert_eq!(r.for_paths(100), r, "100 paths: the default rates");
+    let big = r.for_paths(5000);
+    assert_eq!(big.echo, Duration::from_secs(250));
+    assert_eq!(big.mtu, Duration::from_secs(3000));
+    assert!(5000.0 / big.echo.as_secs_f64() <= f64::from(MAX_ECHO_PER_SEC) + 1e-9);
+}
