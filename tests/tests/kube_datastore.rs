@@ -265,3 +265,46 @@ fn a_nodes_own_annotations_are_written_back_when_edited() {
     let b = c.nodes[1].add_pod("b");
     a.ns.sh(&format!("ping -c1 -W2 {}", b.ip));
 }
+
+#[test]
+fn a_nodes_pod_cidr_over_a_route_ferry_did_not_make_leaves_that_route_alone() {
+    needs_root!();
+    let c = Cluster::builder()
+        .datastore(Datastore::Kubernetes)
+        .nodes(2)
+        .build();
+    let free = c.nodes[1]
+        .subnet()
+        .replace(".1.0/24", ".201.0/24")
+        .replace(".0.0/24", ".201.0/24");
+    let n0 = &c.nodes[0];
+    n0.host.sh(&format!(
+        "ip route add {free} via 192.0.2.254 dev eth0 proto static"
+    ));
+    let before = n0.host.sh(&format!("ip -4 route show exact {free}"));
+    // A Node that passes every check, whose pod CIDR is where node0 has a route of its own.
+    std::thread::sleep(Duration::from_millis(1100));
+    c.api()
+        .create(fake_node(
+            "other",
+            &free,
+            &["192.0.2.95"],
+            "192.0.2.95",
+            "0e:00:00:00:00:95",
+        ))
+        .unwrap();
+    let used = wait_until(SETTLE, || c.nodes[1].ferry_routes().contains(&free));
+    assert!(used, "node1 never routed Node other:\n{}", c.nodes[1].log());
+    std::thread::sleep(SETTLE);
+    assert_eq!(
+        n0.host.sh(&format!("ip -4 route show exact {free}")),
+        before
+    );
+    let log = n0.log();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("left alone") && l.contains(&format!("subnet={free}")))
+        .count();
+    assert_eq!(said, 1, "spared, said once:\n{log}");
+    assert_eq!(c.metric(0, "ferry_routes_spared"), 1, "{}", c.metrics(0));
+}
