@@ -944,6 +944,15 @@ fn fail(code: StatusCode, reason: &str, message: String) -> Response<Body> {
     full(code, &status(code, reason, message))
 }
 
+/// A path the stand-in serves nothing at, worded as the real server words it.
+fn no_such_resource(path: &str) -> Response<Body> {
+    fail(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("the server could not find the requested resource {path}"),
+    )
+}
+
 /// A `Status` failure with `details` (the real server's `group`, `kind`, `name`, each left
 /// out when empty).
 fn fail_about(
@@ -1203,14 +1212,7 @@ fn respond(shared: Arc<Shared>, method: &Method, record: &Request) -> Response<B
         name,
     }) = route(&record.path)
     else {
-        return fail(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!(
-                "the server could not find the requested resource {}",
-                record.path
-            ),
-        );
+        return no_such_resource(&record.path);
     };
     if let Some(name) = name {
         return get_one(&shared, kind, namespace.as_deref(), &name);
@@ -1366,14 +1368,7 @@ async fn patch_request(
         name: Some(name),
     }) = route(&record.path)
     else {
-        return fail(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!(
-                "the server could not find the requested resource {}",
-                record.path
-            ),
-        );
+        return no_such_resource(&record.path);
     };
     // The media type without its parameters (`; charset=utf-8`), compared as the server does.
     let media = content_type
