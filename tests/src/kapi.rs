@@ -1,12 +1,14 @@
 //! A stand-in for the Kubernetes API server: the list and watch of Namespaces, Pods,
-//! NetworkPolicies and Nodes, and the merge patch of a Node, served over HTTP/1.1 (plain or
-//! HTTPS) from objects the test holds, so the real client (kube's reflector and watcher, a
+//! NetworkPolicies, ClusterNetworkPolicies and Nodes, and the merge patch of a Node, served
+//! over HTTP/1.1 (plain or HTTPS) from objects the test holds, so the real client (kube's reflector and watcher, a
 //! daemon publishing on its Node) can run against it where no API server can.
 //!
 //! What it serves, as the real server does:
 //! - `GET /api/v1/namespaces`, `/api/v1/nodes`, `/api/v1/pods`,
 //!   `/api/v1/namespaces/{ns}/pods`, `/apis/networking.k8s.io/v1/networkpolicies` and
-//!   `/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies`: a `…List` whose
+//!   `/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies`,
+//!   `/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies` (404 while
+//!   [`KubeApi::set_cnp_served`] says its CRD is absent): a `…List` whose
 //!   `metadata.resourceVersion` is the current one (`resourceVersion` of a list is ignored:
 //!   the list is always current). `limit=N` pages it as the real server does: at most N
 //!   items and a `metadata.continue` token while more remain; the next page (`continue=`)
@@ -69,6 +71,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_netpol::ClusterNetworkPolicy;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request as HttpRequest, Response, StatusCode};
@@ -149,6 +152,9 @@ pub enum Kind {
     Pod,
     NetworkPolicy,
     Node,
+    /// `policy.networking.k8s.io/v1alpha2`, served unless [`KubeApi::set_cnp_served`] says
+    /// its CRD is absent.
+    ClusterNetworkPolicy,
 }
 
 /// What k8s-openapi's [`Resource`] says of a kind.
@@ -178,6 +184,7 @@ impl Kind {
             Kind::Pod => ResourceNames::of::<Pod>(),
             Kind::NetworkPolicy => ResourceNames::of::<NetworkPolicy>(),
             Kind::Node => ResourceNames::of::<Node>(),
+            Kind::ClusterNetworkPolicy => ResourceNames::of::<ClusterNetworkPolicy>(),
         }
     }
 
@@ -190,7 +197,10 @@ impl Kind {
     }
 
     fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(
+            self,
+            Kind::Namespace | Kind::Node | Kind::ClusterNetworkPolicy
+        )
     }
 
     /// The resource's name in paths and RBAC rules.
@@ -212,6 +222,7 @@ impl Kind {
             Kind::Pod => decodes::<Pod>(v),
             Kind::NetworkPolicy => decodes::<NetworkPolicy>(v),
             Kind::Node => decodes::<Node>(v),
+            Kind::ClusterNetworkPolicy => decodes::<ClusterNetworkPolicy>(v),
         }
     }
 }
@@ -231,6 +242,9 @@ impl Served for NetworkPolicy {
 }
 impl Served for Node {
     const SERVED: Kind = Kind::Node;
+}
+impl Served for ClusterNetworkPolicy {
+    const SERVED: Kind = Kind::ClusterNetworkPolicy;
 }
 
 /// One request the server received.
@@ -314,6 +328,8 @@ struct State {
     tokens: HashMap<String, rbac::User>,
     /// While `None`, every request is allowed.
     policy: Option<rbac::Policy>,
+    /// Whether ClusterNetworkPolicy's CRD is installed (else its paths are 404).
+    cnp_served: bool,
 }
 
 struct Shared {
@@ -394,6 +410,7 @@ impl KubeApi {
                 requests: Vec::new(),
                 tokens: HashMap::new(),
                 policy: None,
+                cnp_served: true,
             }),
             changed: watch::channel(0).0,
         });
@@ -721,6 +738,13 @@ impl KubeApi {
         }
     }
 
+    /// Whether ClusterNetworkPolicy's CRD is installed: while not, its paths answer 404 as
+    /// the real server answers for a resource it does not know (default: installed).
+    pub fn set_cnp_served(&self, served: bool) {
+        self.shared.lock().cnp_served = served;
+        self.shared.notify();
+    }
+
     /// How often a watch that asked for bookmarks gets one (default 1 s).
     pub fn set_bookmark_interval(&self, every: Duration) {
         self.shared.lock().bookmark_every = every;
@@ -1026,6 +1050,12 @@ fn route(path: &str) -> Option<Route> {
         ["apis", "networking.k8s.io", "v1", "namespaces", ns, "networkpolicies", name] => {
             r(Kind::NetworkPolicy, Some(ns), Some(name))
         }
+        ["apis", "policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies"] => {
+            r(Kind::ClusterNetworkPolicy, None, None)
+        }
+        ["apis", "policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies", name] => {
+            r(Kind::ClusterNetworkPolicy, None, Some(name))
+        }
         _ => None,
     }
 }
@@ -1214,6 +1244,9 @@ fn respond(shared: Arc<Shared>, method: &Method, record: &Request) -> Response<B
     else {
         return no_such_resource(&record.path);
     };
+    if kind == Kind::ClusterNetworkPolicy && !shared.lock().cnp_served {
+        return no_such_resource(&record.path);
+    }
     if let Some(name) = name {
         return get_one(&shared, kind, namespace.as_deref(), &name);
     }

@@ -25,7 +25,9 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::model::{Cluster, Direction, Pod, Policy, PolicyPeer, PolicyRule, Protocol};
+use crate::model::{
+    Action, Cluster, ClusterPolicy, Direction, Pod, PolicyPeer, PolicyRule, Protocol, Tier,
+};
 
 /// The other end of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +73,34 @@ impl fmt::Display for RuleRef {
     }
 }
 
+/// A ClusterNetworkPolicy rule, as an explanation names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TierRule {
+    pub tier: Tier,
+    /// The ClusterNetworkPolicy's name.
+    pub policy: String,
+    pub priority: u32,
+    pub direction: Direction,
+    pub index: usize,
+    /// The rule's `name` (empty when it has none).
+    pub name: String,
+    pub action: Action,
+}
+
+impl fmt::Display for TierRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ClusterNetworkPolicy {} ({} tier, priority {}) {}[{}]",
+            self.policy, self.tier, self.priority, self.direction, self.index
+        )?;
+        if !self.name.is_empty() {
+            write!(f, " {:?}", self.name)?;
+        }
+        write!(f, ": {}", self.action)
+    }
+}
+
 /// The decision of one direction at one end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Side {
@@ -84,6 +114,24 @@ pub struct Side {
     /// The rules that match the connection.
     pub allowed_by: Vec<RuleRef>,
     pub allowed: bool,
+    /// The Admin-tier rule that decided (Accept, Deny) or passed the decision on (Pass).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<TierRule>,
+    /// The Baseline-tier rule that decided, when neither the Admin tier nor a
+    /// NetworkPolicy did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<TierRule>,
+}
+
+impl Side {
+    /// The ClusterNetworkPolicy rule that decided this side, if one did.
+    pub fn decided_by_tier(&self) -> Option<&TierRule> {
+        match &self.admin {
+            Some(r) if r.action != Action::Pass => Some(r),
+            _ if self.isolated => None,
+            _ => self.baseline.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -111,8 +159,30 @@ pub fn is_group(ip: IpAddr) -> bool {
 impl fmt::Display for Side {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let word = if self.allowed { "allowed" } else { "DENIED" };
+        if let (Some(pod), Some(rule)) = (&self.pod, self.decided_by_tier()) {
+            return write!(
+                f,
+                "{} of {pod}: {word} by the {} tier: {rule}",
+                self.direction, rule.tier
+            );
+        }
+        if let Some(pass) = &self.admin {
+            write!(f, "(passed on by {pass}) ")?;
+        }
         match &self.pod {
             None => write!(f, "{}: {word}: the endpoint is not a pod", self.direction),
+            Some(pod) if !self.isolated && self.baseline.is_some() => {
+                // A Baseline Pass: nothing decided.
+                write!(
+                    f,
+                    "{} of {pod}: {word}: no policy isolates it (passed by {})",
+                    self.direction,
+                    self.baseline
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                )
+            }
             Some(pod) if !self.isolated => {
                 write!(
                     f,
@@ -243,12 +313,28 @@ fn side(
             selected_by: Vec::new(),
             allowed_by: Vec::new(),
             allowed: true,
+            admin: None,
+            baseline: None,
         };
     };
     let peer = match direction {
         Direction::Ingress => src,
         Direction::Egress => dst,
     };
+    let tier_rule = |tier| first_match(cluster, tier, pod, direction, peer, dst, protocol, port);
+    let admin = tier_rule(Tier::Admin);
+    if let Some(r) = admin.as_ref().filter(|r| r.action != Action::Pass) {
+        return Side {
+            direction,
+            pod: Some(pod.key().to_string()),
+            isolated: false,
+            selected_by: Vec::new(),
+            allowed_by: Vec::new(),
+            allowed: r.action == Action::Accept,
+            admin,
+            baseline: None,
+        };
+    }
     let mut selected_by = Vec::new();
     let mut allowed_by = Vec::new();
     for policy in cluster.policies.iter().filter(|p| p.selects(pod)) {
@@ -257,7 +343,7 @@ fn side(
         };
         selected_by.push(policy.id());
         for rule in rules {
-            if rule_matches(cluster, policy, rule, peer, dst, protocol, port) {
+            if rule_matches(cluster, &policy.namespace, rule, peer, dst, protocol, port) {
                 allowed_by.push(RuleRef {
                     policy: policy.id(),
                     direction,
@@ -267,20 +353,75 @@ fn side(
         }
     }
     let isolated = !selected_by.is_empty();
+    let baseline = if isolated {
+        None
+    } else {
+        tier_rule(Tier::Baseline)
+    };
     Side {
         direction,
         pod: Some(pod.key().to_string()),
         isolated,
-        allowed: !isolated || !allowed_by.is_empty(),
+        allowed: if isolated {
+            !allowed_by.is_empty()
+        } else {
+            baseline.as_ref().is_none_or(|r| r.action != Action::Deny)
+        },
         selected_by,
         allowed_by,
+        admin,
+        baseline,
     }
 }
 
-/// Whether `rule` of `policy` matches traffic with `peer` at the other end, towards `dst`.
+/// The first rule of the ClusterNetworkPolicies of `tier` selecting `pod` that matches the
+/// traffic (policies in their order, rules in written order).
+#[allow(clippy::too_many_arguments)]
+fn first_match(
+    cluster: &Cluster,
+    tier: Tier,
+    pod: &Pod,
+    direction: Direction,
+    peer: Endpoint<'_>,
+    dst: Endpoint<'_>,
+    protocol: Protocol,
+    port: u16,
+) -> Option<TierRule> {
+    let selecting = cluster
+        .tier(tier)
+        .into_iter()
+        .filter(|p| cluster.cluster_policy_selects(p, pod));
+    for policy in selecting {
+        for r in policy.rules(direction) {
+            if rule_matches(cluster, "", &r.rule, peer, dst, protocol, port) {
+                return Some(tier_rule(policy, direction, r));
+            }
+        }
+    }
+    None
+}
+
+fn tier_rule(
+    policy: &ClusterPolicy,
+    direction: Direction,
+    r: &crate::model::ClusterRule,
+) -> TierRule {
+    TierRule {
+        tier: policy.tier,
+        policy: policy.name.clone(),
+        priority: policy.priority,
+        direction,
+        index: r.rule.index,
+        name: r.name.clone(),
+        action: r.action,
+    }
+}
+
+/// Whether `rule` (of a policy of namespace `home`) matches traffic with `peer` at the
+/// other end, towards `dst`.
 pub(crate) fn rule_matches(
     cluster: &Cluster,
-    policy: &Policy,
+    home: &str,
     rule: &PolicyRule,
     peer: Endpoint<'_>,
     dst: Endpoint<'_>,
@@ -290,12 +431,15 @@ pub(crate) fn rule_matches(
     let peer_ok = rule.peers.is_empty()
         || rule.peers.iter().any(|p| match p {
             PolicyPeer::IpBlock { .. } => peer.ip.is_some_and(|ip| p.ip_block_contains(ip)),
+            PolicyPeer::Nodes(sel) => peer
+                .ip
+                .is_some_and(|ip| cluster.node_ips(sel).any(|n| n == ip)),
             // A pod is a peer at its own addresses only: a packet to a group, or to an
             // address the pod does not hold, matches no selector (the rules match the
             // pods' addresses), wherever it is delivered.
             PolicyPeer::Pods { .. } => peer.pod.is_some_and(|pod| {
                 peer.ip.is_none_or(|ip| pod.ips.contains(&ip))
-                    && cluster.peer_matches_pod(policy, p, pod)
+                    && cluster.peer_matches_pod(home, p, pod)
             }),
         });
     let port_ok = rule.ports.is_empty()

@@ -119,6 +119,7 @@
 //! full table together, for each). It keeps the applied [`Ruleset`] in memory and from
 //! then on applies [`plan`]s.
 
+pub mod api;
 mod compile;
 pub mod desired;
 pub mod diff;
@@ -129,9 +130,13 @@ pub mod naming;
 pub mod nft;
 pub mod ranges;
 
+pub use api::ClusterNetworkPolicy;
 pub use desired::{
     Ifname, LocalPods, Ruleset, Table, TableFamily, DENY_LOG_GROUP, DENY_LOG_RATE, TABLE,
 };
 pub use diff::{plan, Script};
 pub use eval::{verdict, verdict_at, Endpoint, Peer, Verdict};
-pub use model::{Cluster, ContainerPort, ModelError, Pod, PodKey, Policy, Protocol};
+pub use model::{
+    Action, Cluster, ClusterPolicy, ContainerPort, ModelError, NodeInfo, Pod, PodKey, Policy,
+    Protocol, Tier,
+};

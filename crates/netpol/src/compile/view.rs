@@ -72,7 +72,7 @@ impl<'a> View<'a> {
                 None => Box::new(self.all()),
             };
         candidates
-            .filter(|p| self.cluster.peer_matches_pod(policy, peer, p))
+            .filter(|p| self.cluster.peer_matches_pod(&policy.namespace, peer, p))
             .collect()
     }
 
@@ -118,6 +118,12 @@ impl<'a> View<'a> {
                         out.extend(ranges::subtract(base, &ex));
                     }
                 }
+                PolicyPeer::Nodes(sel) => out.extend(
+                    self.cluster
+                        .node_ips(sel)
+                        .filter(|ip| Family::of(*ip) == family)
+                        .map(AddrRange::single),
+                ),
                 PolicyPeer::Pods { .. } => {}
             }
         }

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::*;
 
 impl Selector {
-    fn from_k8s(sel: &LabelSelector, field: &str) -> Result<Selector, (String, String)> {
+    pub(crate) fn from_k8s(sel: &LabelSelector, field: &str) -> Result<Selector, (String, String)> {
         let mut requirements = Vec::new();
         for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
             let f = format!("{field}.matchExpressions[{i}]");

@@ -14,6 +14,7 @@
 //!   source; fail closed all the same, since dropping the policy would open the pods it
 //!   was written to isolate.
 
+mod cluster_policy;
 mod convert;
 
 use std::borrow::Cow;
@@ -24,6 +25,9 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+pub use cluster_policy::{
+    node_from_k8s, Action, ClusterPolicy, ClusterRule, NodeInfo, Subject, Tier,
+};
 pub use convert::namespace_from_k8s;
 
 /// The label the API server puts on every namespace (since Kubernetes 1.21).
@@ -209,6 +213,9 @@ pub enum PolicyPeer {
         cidr: IpNetwork,
         except: Vec<IpNetwork>,
     },
+    /// The addresses of the Nodes the selector matches (a ClusterNetworkPolicy's egress
+    /// `nodes` peer; NetworkPolicy has none).
+    Nodes(Selector),
 }
 
 /// One ingress or egress rule. An empty `peers` means every peer; an empty `ports` means
@@ -277,6 +284,12 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<Pod>,
     pub policies: Vec<Policy>,
+    /// ClusterNetworkPolicies of both tiers, in any order.
+    #[serde(default)]
+    pub cluster_policies: Vec<ClusterPolicy>,
+    /// The Nodes, for `nodes` peers.
+    #[serde(default)]
+    pub nodes: Vec<NodeInfo>,
 }
 
 impl Cluster {
@@ -298,21 +311,77 @@ impl Cluster {
             .find(|p| p.namespace == namespace && p.name == name)
     }
 
-    /// Whether `peer` (of a rule of `policy`) matches the pod `pod`, ignoring addresses.
-    pub(crate) fn peer_matches_pod(&self, policy: &Policy, peer: &PolicyPeer, pod: &Pod) -> bool {
+    /// Whether `peer` (of a rule of a policy of namespace `home`: a ClusterNetworkPolicy's
+    /// peers always name their namespaces) matches the pod `pod`, ignoring addresses.
+    pub(crate) fn peer_matches_pod(&self, home: &str, peer: &PolicyPeer, pod: &Pod) -> bool {
         match peer {
             PolicyPeer::Pods { pods, namespaces } => {
                 if pod.host_network {
                     return false;
                 }
                 let ns_ok = match namespaces {
-                    None => pod.namespace == policy.namespace,
+                    None => pod.namespace == home,
                     Some(sel) => sel.matches(&self.namespace_labels(&pod.namespace)),
                 };
                 ns_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
             }
-            PolicyPeer::IpBlock { .. } => false,
+            PolicyPeer::IpBlock { .. } | PolicyPeer::Nodes(_) => false,
         }
+    }
+
+    /// Whether the ClusterNetworkPolicy selects `pod`.
+    pub fn cluster_policy_selects(&self, policy: &ClusterPolicy, pod: &Pod) -> bool {
+        policy.selects(pod, &self.namespace_labels(&pod.namespace))
+    }
+
+    /// The ClusterNetworkPolicies of `tier` in the order they apply.
+    pub fn tier(&self, tier: Tier) -> Vec<&ClusterPolicy> {
+        let mut out: Vec<&ClusterPolicy> = self
+            .cluster_policies
+            .iter()
+            .filter(|p| p.tier == tier)
+            .collect();
+        out.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        out
+    }
+
+    /// The addresses of the Nodes `sel` matches.
+    pub fn node_ips<'s>(&'s self, sel: &'s Selector) -> impl Iterator<Item = IpAddr> + 's {
+        self.nodes
+            .iter()
+            .filter(move |n| sel.matches(&n.labels))
+            .flat_map(|n| n.ips.iter().copied())
+    }
+
+    /// Adds ClusterNetworkPolicies (a second object of one name is reported and left out)
+    /// and returns their problems.
+    pub fn add_cluster_policies<'a>(
+        &mut self,
+        objects: impl IntoIterator<Item = &'a crate::api::ClusterNetworkPolicy>,
+    ) -> Vec<ModelError> {
+        let mut errors = Vec::new();
+        let mut seen: BTreeSet<String> = self
+            .cluster_policies
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        for obj in objects {
+            let (p, errs) = ClusterPolicy::from_api(obj);
+            errors.extend(errs);
+            if let Some(p) = p {
+                if seen.insert(p.name.clone()) {
+                    self.cluster_policies.push(p);
+                } else {
+                    errors.push(ModelError {
+                        kind: "ClusterNetworkPolicy",
+                        object: p.name,
+                        field: "metadata.name".into(),
+                        reason: "a second object of this name; the first one is used".into(),
+                    });
+                }
+            }
+        }
+        errors
     }
 }
 
@@ -323,7 +392,7 @@ impl PolicyPeer {
             PolicyPeer::IpBlock { cidr, except } => {
                 cidr.contains(ip) && !except.iter().any(|e| e.contains(ip))
             }
-            PolicyPeer::Pods { .. } => false,
+            PolicyPeer::Pods { .. } | PolicyPeer::Nodes(_) => false,
         }
     }
 }
