@@ -81,42 +81,60 @@ enum Socket {
 }
 
 impl Servers {
-    /// Opens the sockets inside `ns` and serves them.
+    /// Opens the sockets inside `ns` and serves them: every port of `ports` on every
+    /// protocol of `protocols`.
     pub fn start(ns: &Netns, ports: &[u16], protocols: &[Protocol]) -> io::Result<Servers> {
-        let (ports, protocols) = (ports.to_vec(), protocols.to_vec());
+        let each: Vec<(u16, Protocol)> = protocols
+            .iter()
+            .flat_map(|proto| ports.iter().map(move |p| (*p, *proto)))
+            .collect();
+        Servers::start_each(ns, &each)
+    }
+
+    /// Opens the sockets inside `ns` and serves them: each `(port, protocol)` of `served`.
+    /// SCTP INITs are counted for the SCTP ports of `served` only.
+    pub fn start_each(ns: &Netns, served: &[(u16, Protocol)]) -> io::Result<Servers> {
+        let served = served.to_vec();
+        let sctp_ports: HashSet<u16> = served
+            .iter()
+            .filter(|(_, p)| *p == Protocol::Sctp)
+            .map(|(port, _)| *port)
+            .collect();
         let sockets = crate::inside::run(ns, move || -> io::Result<Vec<Socket>> {
             let mut out = Vec::new();
-            for proto in &protocols {
+            let mut sctp = false;
+            for (port, proto) in &served {
                 match proto {
                     Protocol::Tcp => {
-                        for &p in &ports {
-                            let l = TcpListener::bind(("0.0.0.0", p))?;
-                            l.set_nonblocking(true)?;
-                            out.push(Socket::Tcp(l));
-                        }
+                        let l = TcpListener::bind(("0.0.0.0", *port))?;
+                        l.set_nonblocking(true)?;
+                        out.push(Socket::Tcp(l));
                     }
                     Protocol::Udp => {
-                        for &p in &ports {
-                            let s = UdpSocket::bind(("0.0.0.0", p))?;
-                            s.set_read_timeout(Some(STOP_POLL))?;
-                            out.push(Socket::Udp(s));
-                        }
+                        let s = UdpSocket::bind(("0.0.0.0", *port))?;
+                        s.set_read_timeout(Some(STOP_POLL))?;
+                        out.push(Socket::Udp(s));
                     }
-                    Protocol::Sctp => out.push(Socket::Sctp(raw_sctp_socket(Some(STOP_POLL))?)),
+                    Protocol::Sctp if !sctp => {
+                        sctp = true;
+                        out.push(Socket::Sctp(raw_sctp_socket(Some(STOP_POLL))?));
+                    }
+                    Protocol::Sctp => {}
                 }
             }
             Ok(out)
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let sctp = Arc::new(SctpLog::default());
+        let sctp_ports = Arc::new(sctp_ports);
         let threads = sockets
             .into_iter()
             .map(|s| {
-                let (stop, sctp) = (stop.clone(), sctp.clone());
+                let (stop, sctp, ports) = (stop.clone(), sctp.clone(), sctp_ports.clone());
                 std::thread::spawn(move || match s {
                     Socket::Tcp(l) => serve_tcp(&l, &stop),
                     Socket::Udp(u) => serve_udp(&u, &stop),
-                    Socket::Sctp(fd) => serve_sctp(&fd, &stop, &sctp),
+                    Socket::Sctp(fd) => serve_sctp(&fd, &stop, &sctp, &ports),
                 })
             })
             .collect();
@@ -156,28 +174,29 @@ fn serve_udp(u: &UdpSocket, stop: &AtomicBool) {
     }
 }
 
-fn serve_sctp(fd: &OwnedFd, stop: &AtomicBool, log: &SctpLog) {
+fn serve_sctp(fd: &OwnedFd, stop: &AtomicBool, log: &SctpLog, ports: &HashSet<u16>) {
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: recv into a buffer of the given length on a socket we own.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         let Ok(n) = usize::try_from(n) else { continue };
         if let Some((port, tag)) = parse_init(buf.get(..n).unwrap_or_default()) {
-            log.record(port, tag);
+            if ports.contains(&port) {
+                log.record(port, tag);
+            }
         }
     }
 }
 
 /// A raw IPv4 socket for protocol SCTP, in the calling thread's namespace.
 fn raw_sctp_socket(read_timeout: Option<Duration>) -> io::Result<OwnedFd> {
+    raw_socket(IPPROTO_SCTP, read_timeout)
+}
+
+/// A raw IPv4 socket for `protocol`, in the calling thread's namespace.
+fn raw_socket(protocol: i32, read_timeout: Option<Duration>) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            IPPROTO_SCTP,
-        )
-    };
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -246,13 +265,53 @@ pub fn crc32c(data: &[u8]) -> u32 {
 
 pub use ferry_testns::nonce;
 
+/// What one probe saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Connected (TCP), echoed (UDP), arrived (SCTP INIT).
+    Allowed,
+    /// Nothing came back in time (or a local failure that says nothing of the network).
+    TimedOut,
+    /// Refused: a TCP RST, an ICMP unreachable, an SCTP ABORT.
+    Refused,
+}
+
+impl Seen {
+    pub fn allowed(self) -> bool {
+        self == Seen::Allowed
+    }
+}
+
+/// Whether an error of a connect, send or receive is an answer refusing the connection.
+fn refusal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ECONNRESET)
+    )
+}
+
 /// A TCP connect from the calling thread's namespace: allowed when it completes.
 pub fn tcp(ip: Ipv4Addr, port: u16, timeout: Duration) -> bool {
-    TcpStream::connect_timeout(&SocketAddr::from((ip, port)), timeout).is_ok()
+    tcp_seen(ip, port, timeout).allowed()
+}
+
+/// A TCP connect: what it saw.
+pub fn tcp_seen(ip: Ipv4Addr, port: u16, timeout: Duration) -> Seen {
+    match TcpStream::connect_timeout(&SocketAddr::from((ip, port)), timeout) {
+        Ok(_) => Seen::Allowed,
+        Err(e) if refusal(&e) => Seen::Refused,
+        Err(_) => Seen::TimedOut,
+    }
 }
 
 /// A UDP datagram from the calling thread's namespace: allowed when its echo comes back.
 pub fn udp(ip: Ipv4Addr, port: u16, timeout: Duration) -> bool {
+    udp_seen(ip, port, timeout).allowed()
+}
+
+/// A UDP datagram: what it saw (an ICMP unreachable shows as an error of the connected
+/// socket).
+pub fn udp_seen(ip: Ipv4Addr, port: u16, timeout: Duration) -> Seen {
     let attempt = || -> io::Result<bool> {
         let s = UdpSocket::bind(("0.0.0.0", 0))?;
         s.connect((ip, port))?;
@@ -272,12 +331,101 @@ pub fn udp(ip: Ipv4Addr, port: u16, timeout: Duration) -> bool {
             }
         }
     };
-    attempt().unwrap_or(false)
+    match attempt() {
+        Ok(true) => Seen::Allowed,
+        Ok(false) => Seen::TimedOut,
+        Err(e) if refusal(&e) => Seen::Refused,
+        Err(_) => Seen::TimedOut,
+    }
+}
+
+/// An SCTP INIT from the calling thread's namespace to `ip`:`port`; `arrived` waits for
+/// the server's side to see it (by its initiate tag). When it did not arrive, an ABORT or
+/// an ICMP unreachable answering it (read on raw sockets opened before the INIT left)
+/// makes it refused.
+pub fn sctp_seen(ip: Ipv4Addr, port: u16, arrived: impl FnOnce(u32) -> bool) -> Seen {
+    let sctp = raw_sctp_socket(None).ok();
+    let icmp = raw_socket(libc::IPPROTO_ICMP, None).ok();
+    let (tag, src_port) = match sctp_init_from(ip, port) {
+        Ok(t) => t,
+        Err(_) => return Seen::TimedOut,
+    };
+    if arrived(tag) {
+        return Seen::Allowed;
+    }
+    let mut buf = [0u8; 2048];
+    let mut read = |fd: &OwnedFd, is_refusal: &dyn Fn(&[u8]) -> bool| -> bool {
+        loop {
+            // SAFETY: recv into a buffer of the given length on a socket we own.
+            let n = unsafe {
+                libc::recv(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            let Ok(n) = usize::try_from(n) else {
+                return false;
+            };
+            if is_refusal(buf.get(..n).unwrap_or_default()) {
+                return true;
+            }
+        }
+    };
+    let abort = |p: &[u8]| is_abort(p, ip, port, src_port);
+    let unreachable = |p: &[u8]| is_unreachable(p, ip, port, src_port);
+    let refused = sctp.as_ref().is_some_and(|fd| read(fd, &abort))
+        || icmp.as_ref().is_some_and(|fd| read(fd, &unreachable));
+    if refused {
+        Seen::Refused
+    } else {
+        Seen::TimedOut
+    }
+}
+
+/// An IPv4 packet from `server`:`server_port` to our `client_port` holding an SCTP ABORT.
+pub fn is_abort(packet: &[u8], server: Ipv4Addr, server_port: u16, client_port: u16) -> bool {
+    let check = || -> Option<bool> {
+        let src = Ipv4Addr::from(<[u8; 4]>::try_from(packet.get(12..16)?).ok()?);
+        let ihl = usize::from(packet.first()? & 0x0f) * 4;
+        let sctp = packet.get(ihl..)?;
+        let sport = u16::from_be_bytes(sctp.get(0..2)?.try_into().ok()?);
+        let dport = u16::from_be_bytes(sctp.get(2..4)?.try_into().ok()?);
+        Some(src == server && sport == server_port && dport == client_port && *sctp.get(12)? == 6)
+    };
+    check().unwrap_or(false)
+}
+
+/// An IPv4 ICMP destination unreachable whose quoted packet is our SCTP packet to
+/// `server`:`server_port` from `client_port`.
+pub fn is_unreachable(packet: &[u8], server: Ipv4Addr, server_port: u16, client_port: u16) -> bool {
+    let check = || -> Option<bool> {
+        let ihl = usize::from(packet.first()? & 0x0f) * 4;
+        let icmp = packet.get(ihl..)?;
+        if *icmp.first()? != 3 {
+            return Some(false);
+        }
+        let inner = icmp.get(8..)?;
+        let inner_ihl = usize::from(inner.first()? & 0x0f) * 4;
+        let proto = i32::from(*inner.get(9)?);
+        let dst = Ipv4Addr::from(<[u8; 4]>::try_from(inner.get(16..20)?).ok()?);
+        let l4 = inner.get(inner_ihl..)?;
+        let sport = u16::from_be_bytes(l4.get(0..2)?.try_into().ok()?);
+        let dport = u16::from_be_bytes(l4.get(2..4)?.try_into().ok()?);
+        Some(proto == IPPROTO_SCTP && dst == server && sport == client_port && dport == server_port)
+    };
+    check().unwrap_or(false)
 }
 
 /// Sends an SCTP INIT from the calling thread's namespace; its initiate tag, for
 /// [`SctpLog::wait`] on the server's side.
 pub fn sctp_init(ip: Ipv4Addr, port: u16) -> io::Result<u32> {
+    sctp_init_from(ip, port).map(|(tag, _)| tag)
+}
+
+/// [`sctp_init`]: the initiate tag and the source port used.
+fn sctp_init_from(ip: Ipv4Addr, port: u16) -> io::Result<(u32, u16)> {
     let n = nonce();
     // A fresh tag and source port each time: every INIT is a new association to conntrack.
     let tag = (n as u32).max(1);
@@ -306,7 +454,7 @@ pub fn sctp_init(ip: Ipv4Addr, port: u16) -> io::Result<u32> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(tag)
+    Ok((tag, src_port))
 }
 
 #[cfg(test)]

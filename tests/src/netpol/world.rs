@@ -1,29 +1,36 @@
 //! The world NetworkPolicy conformance cases run in: a 3-node cluster (the harness's
 //! namespaces, either datastore) whose daemons enforce NetworkPolicy from the cluster's
 //! Kubernetes API stand-in (`Cluster::api`, listening in the etcd host's namespace, reached
-//! by every node over the underlay), and the model's namespaces x, y, z with pods a, b, c
-//! each.
+//! by every node over the underlay), and the namespaces and pods of a world
+//! ([`WorldSpec`]): the model's x, y, z with pods a, b, c each ([`World::new`]), or a case
+//! file's declared world ([`World::declared`]).
 //!
-//! Pods are made as a kubelet makes them: the Pod object first (labels `pod=<name>`,
-//! `spec.nodeName`, a container with a port `serve-<port>-<proto>` for every port and
-//! protocol served), then the plugin's ADD naming the pod in `CNI_ARGS` (which returns once
-//! the node's rules cover the pod), then `status.podIPs` from the ADD's result. Each pod
-//! has a ClusterIP Service (`s-<ns>-<pod>`) as kube-proxy-style rules on every node, and
-//! servers for every port and protocol (see `probe`). The pods are spread so that every
-//! node holds one pod of each namespace: same-node and cross-node pairs both occur.
+//! Pods are made as a kubelet makes them: the Pod object first (its labels,
+//! `spec.nodeName`, a container with a port for every named port it serves: the model's
+//! `serve-<port>-<proto>`), then the plugin's ADD naming the pod in `CNI_ARGS` (which
+//! returns once the node's rules cover the pod), then `status.podIPs` from the ADD's
+//! result. A host-network pod (`host_network: true`) has no ADD: its object says
+//! `hostNetwork`, its address is its node's and its servers run in the node's namespace.
+//! Unless the world says `services: false`, each pod has a ClusterIP Service
+//! (`s-<ns>-<pod>`) as kube-proxy-style rules on every node. Every pod serves each of
+//! its ports (see `probe`). The pods of namespace i are spread from node i on, so that
+//! same-node and cross-node pairs both occur; host-network pods go round the nodes in
+//! turn.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use ferry_netpol::ClusterNetworkPolicy;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
 
-use super::cases::{Case, PodRef, Protocol, NAMESPACES, POD_NAMES};
-use super::probe::{self, Servers};
+use super::cases::{Case, PodRef, PortSpec, Protocol, WorldSpec};
+use super::probe::{self, Seen, Servers};
 use crate::cluster::{self, Cluster, Progress};
 use crate::kapi::{KubeApi, Served};
+use crate::netns::Netns;
 use crate::services::ClusterIps;
 
 pub const NODES: usize = 3;
@@ -36,7 +43,16 @@ pub struct WorldPod {
     pub pod: cluster::Pod,
     pub node: usize,
     pub ip: Ipv4Addr,
-    /// The ClusterIP of its Service `s-<ns>-<pod>`.
+    /// The ClusterIP of its Service `s-<ns>-<pod>` (reserved, no rules, without Services).
+    pub service_ip: Ipv4Addr,
+}
+
+/// A host-network pod of the world: its servers run in its node's namespace.
+pub struct HostPod {
+    pub servers: Servers,
+    pub node: usize,
+    /// Its node's address.
+    pub ip: Ipv4Addr,
     pub service_ip: Ipv4Addr,
 }
 
@@ -44,8 +60,12 @@ pub struct WorldPod {
 pub struct World {
     /// Declared (so dropped) before the cluster: servers stop, pods go, then the nodes.
     pods: BTreeMap<PodRef, WorldPod>,
+    host_pods: BTreeMap<PodRef, HostPod>,
     pub cluster: Cluster,
     policies: BTreeSet<(String, String)>,
+    cnps: BTreeSet<String>,
+    /// What the world was made of (its first labels, its ports).
+    spec: WorldSpec,
 }
 
 /// One probe: from a pod's namespace to an address, port and protocol.
@@ -84,44 +104,48 @@ impl World {
         daemon_args: &str,
         report: &mut dyn FnMut(&str),
     ) -> World {
-        let mut builder = Cluster::builder()
-            .nodes(NODES)
-            .cluster_cidr(CLUSTER_CIDR)
-            .kube_api()
-            .flags(["--network-policy"]);
-        // The IPv6 cluster CIDR is the kit's to know (the Kubernetes datastore gives each
-        // Node an IPv6 pod CIDR of it), not a flag the kit passes on unread.
-        let mut words = daemon_args.split_whitespace();
-        let mut rest = Vec::new();
-        while let Some(w) = words.next() {
-            let cidr6 = match w.strip_prefix("--cluster-cidr-v6") {
-                Some("") => words.next(),
-                Some(v) => v.strip_prefix('='),
-                None => None,
-            };
-            match cidr6 {
-                Some(c) => builder = builder.cluster_cidr_v6(c),
-                None => rest.push(w),
-            }
-        }
-        let cluster = builder.flags(rest).build_reporting(&mut |p| match p {
-            Progress::Etcd(_, t) => report(&format!("etcd ({t:.1?})")),
-            Progress::Api(api, t) => report(&format!("the API at {} ({t:.1?})", api.url())),
-            Progress::NodeReady(n, t) => report(&format!("{} ready ({t:.1?})", n.name)),
-            Progress::Converged(t) => report(&format!("overlay converged ({t:.1?})")),
-        });
+        let cluster = build_cluster(daemon_args, report);
+        World::populate(cluster, WorldSpec::model(ports, protocols), false, report)
+    }
+
+    /// A case file's declared world: its namespaces, its pods (host-network ones in their
+    /// nodes' namespaces), Services unless it says `services: false`, and a Node object
+    /// for every node carrying `node_labels` and its address.
+    pub fn declared(spec: &WorldSpec, report: &mut dyn FnMut(&str)) -> World {
+        let cluster = build_cluster("", report);
+        World::populate(cluster, spec.clone(), true, report)
+    }
+
+    fn populate(
+        cluster: Cluster,
+        spec: WorldSpec,
+        node_objects: bool,
+        report: &mut dyn FnMut(&str),
+    ) -> World {
         let mut world = World {
             pods: BTreeMap::new(),
+            host_pods: BTreeMap::new(),
             cluster,
             policies: BTreeSet::new(),
+            cnps: BTreeSet::new(),
+            spec,
         };
-        for ns in NAMESPACES {
+        if node_objects {
+            world.label_nodes(report);
+        }
+        for ns in world.spec.namespaces.keys() {
             world
                 .api()
                 .create(k8s::<Namespace>(json!({"metadata": {
-                    "name": ns, "labels": Case::initial_namespace_labels(ns)}})))
+                    "name": ns, "labels": world.spec.namespace_labels(ns)}})))
                 .expect("create namespace");
         }
+        let protocols: BTreeSet<Protocol> = world
+            .spec
+            .pods
+            .values()
+            .flat_map(|p| p.ports.iter().map(|s| s.protocol))
+            .collect();
         let mut services = ClusterIps {
             services: Vec::new(),
             protocols: protocols
@@ -129,29 +153,88 @@ impl World {
                 .map(|p| p.as_str().to_ascii_lowercase())
                 .collect(),
         };
-        for (i, ns) in NAMESPACES.iter().enumerate() {
-            for (j, name) in POD_NAMES.iter().enumerate() {
-                let pod = PodRef {
-                    ns: ns.to_string(),
-                    name: name.to_string(),
+        let namespaces: Vec<String> = world.spec.namespaces.keys().cloned().collect();
+        let mut index = 0usize;
+        let mut host_index = 0usize;
+        for (i, ns) in namespaces.iter().enumerate() {
+            let pods: Vec<(PodRef, super::cases::WorldPodSpec)> = world
+                .spec
+                .pods
+                .iter()
+                .filter(|(p, _)| p.ns == *ns)
+                .map(|(p, s)| (p.clone(), s.clone()))
+                .collect();
+            for (j, (pod, ps)) in pods.into_iter().enumerate() {
+                let n = u8::try_from(10 + index).expect("fewer than 246 pods");
+                let service_ip = Ipv4Addr::new(10, 96, 0, n);
+                index += 1;
+                let (ip, node, how) = if ps.host_network {
+                    let node = host_index % NODES;
+                    host_index += 1;
+                    let hp = world.add_host_pod(&pod, node, service_ip, &ps.labels, &ps.ports);
+                    let ip = hp.ip;
+                    world.host_pods.insert(pod.clone(), hp);
+                    (ip, node, " (host network)")
+                } else {
+                    let node = (i + j) % NODES;
+                    let wp = world.add_pod(&pod, node, service_ip, &ps.labels, &ps.ports);
+                    let ip = wp.ip;
+                    world.pods.insert(pod.clone(), wp);
+                    (ip, node, "")
                 };
-                let node = (i + j) % NODES;
-                let service_ip = Ipv4Addr::new(10, 96, 0, (10 + 3 * i + j) as u8);
-                let wp = world.add_pod(&pod, node, service_ip, ports, protocols);
-                services
-                    .services
-                    .push((service_ip.to_string(), wp.ip.to_string()));
-                report(&format!(
-                    "pod {pod} on node{node}: {} (Service s-{}-{} {service_ip})",
-                    wp.ip, pod.ns, pod.name
-                ));
-                world.pods.insert(pod, wp);
+                if world.spec.services {
+                    services
+                        .services
+                        .push((service_ip.to_string(), ip.to_string()));
+                    report(&format!(
+                        "pod {pod} on node{node}{how}: {ip} (Service s-{}-{} {service_ip})",
+                        pod.ns, pod.name
+                    ));
+                } else {
+                    report(&format!("pod {pod} on node{node}{how}: {ip}"));
+                }
             }
         }
-        for node in &world.cluster.nodes {
-            services.install(node);
+        if world.spec.services {
+            for node in &world.cluster.nodes {
+                services.install(node);
+            }
         }
         world
+    }
+
+    /// Every node's Node object carries the world's `node_labels` and its address in
+    /// `status.addresses`: the kit's object (the Kubernetes datastore) gets the labels,
+    /// and where there is none (etcd) one is made as the kubelet registers it.
+    fn label_nodes(&self, report: &mut dyn FnMut(&str)) {
+        for node in &self.cluster.nodes {
+            let name = &node.name;
+            match self.api().get::<Node>(None, name) {
+                Some(mut object) => {
+                    let labels = object.metadata.labels.get_or_insert_with(BTreeMap::new);
+                    labels.extend(self.spec.node_labels.clone());
+                    self.api()
+                        .update(object)
+                        .unwrap_or_else(|e| panic!("labelling Node {name}: {e}"));
+                }
+                None => {
+                    let mut labels = self.spec.node_labels.clone();
+                    labels.insert("kubernetes.io/hostname".into(), name.clone());
+                    let object: Node = k8s(json!({
+                        "metadata": {"name": name, "labels": labels},
+                        "spec": {},
+                        "status": {"addresses": [
+                            {"type": "InternalIP", "address": node.ip},
+                            {"type": "Hostname", "address": name},
+                        ]},
+                    }));
+                    self.api()
+                        .create(object)
+                        .unwrap_or_else(|e| panic!("creating Node {name}: {e}"));
+                }
+            }
+            report(&format!("Node {name} ({}) labelled", node.ip));
+        }
     }
 
     /// A pod as a kubelet makes it: the object, the ADD, the status.
@@ -160,25 +243,15 @@ impl World {
         pod: &PodRef,
         node: usize,
         service_ip: Ipv4Addr,
-        ports: &[u16],
-        protocols: &[Protocol],
+        labels: &BTreeMap<String, String>,
+        ports: &[PortSpec],
     ) -> WorldPod {
         let node_name = &self.cluster.nodes[node].name;
-        let container_ports: Vec<Value> = protocols
-            .iter()
-            .flat_map(|proto| {
-                ports.iter().map(move |port| {
-                    json!({"name": proto.port_name(*port), "containerPort": port,
-                           "protocol": proto.as_str()})
-                })
-            })
-            .collect();
         let object: Pod = k8s(json!({
-            "metadata": {"name": pod.name, "namespace": pod.ns,
-                         "labels": Case::initial_pod_labels(pod)},
+            "metadata": {"name": pod.name, "namespace": pod.ns, "labels": labels},
             "spec": {"nodeName": node_name, "containers": [{
                 "name": "serve", "image": "registry.k8s.io/pause:3.10",
-                "ports": container_ports}]},
+                "ports": container_ports(ports, false)}]},
         }));
         self.api().create(object).expect("create pod");
         let id = crate::unique("np");
@@ -198,11 +271,46 @@ impl World {
             "podIPs": all,
         })));
         self.api().update(object).expect("set the pod's status");
-        let servers = Servers::start(&made.ns, ports, protocols)
+        let servers = Servers::start_each(&made.ns, &served(ports))
             .unwrap_or_else(|e| panic!("servers in pod {pod}: {e}"));
         WorldPod {
             servers,
             pod: made,
+            node,
+            ip,
+            service_ip,
+        }
+    }
+
+    /// A host-network pod: the object (`hostNetwork`, its node's address as its own), no
+    /// ADD, its servers in the node's namespace.
+    fn add_host_pod(
+        &self,
+        pod: &PodRef,
+        node: usize,
+        service_ip: Ipv4Addr,
+        labels: &BTreeMap<String, String>,
+        ports: &[PortSpec],
+    ) -> HostPod {
+        let n = &self.cluster.nodes[node];
+        let ip: Ipv4Addr = n.ip.parse().expect("an IPv4 node address");
+        let object: Pod = k8s(json!({
+            "metadata": {"name": pod.name, "namespace": pod.ns, "labels": labels},
+            "spec": {"nodeName": n.name, "hostNetwork": true, "containers": [{
+                "name": "serve", "image": "registry.k8s.io/pause:3.10",
+                "ports": container_ports(ports, true)}]},
+        }));
+        self.api().create(object).expect("create pod");
+        let mut object: Pod = self.api().get(Some(&pod.ns), &pod.name).expect("the pod");
+        object.status = Some(k8s(json!({
+            "phase": "Running", "podIP": ip.to_string(), "hostIP": ip.to_string(),
+            "podIPs": [{"ip": ip.to_string()}],
+        })));
+        self.api().update(object).expect("set the pod's status");
+        let servers = Servers::start_each(&n.host, &served(ports))
+            .unwrap_or_else(|e| panic!("servers of host-network pod {pod} on {}: {e}", n.name));
+        HostPod {
+            servers,
             node,
             ip,
             service_ip,
@@ -220,7 +328,20 @@ impl World {
     ) -> &WorldPod {
         let n = u8::try_from(self.pods.len()).expect("fewer than 256 pods");
         let service_ip = Ipv4Addr::new(10, 96, 1, n);
-        let wp = self.add_pod(&pod, node, service_ip, ports, protocols);
+        let spec = WorldSpec::model(ports, protocols);
+        let ports = spec
+            .pods
+            .values()
+            .next()
+            .map(|p| p.ports.clone())
+            .unwrap_or_default();
+        let wp = self.add_pod(
+            &pod,
+            node,
+            service_ip,
+            &Case::initial_pod_labels(&pod),
+            &ports,
+        );
         self.pods.entry(pod).or_insert(wp)
     }
 
@@ -228,14 +349,56 @@ impl World {
         &self.pods[pod]
     }
 
+    /// A host-network pod of the world.
+    pub fn host_pod(&self, pod: &PodRef) -> Option<&HostPod> {
+        self.host_pods.get(pod)
+    }
+
+    /// What the world is made of.
+    pub fn spec(&self) -> &WorldSpec {
+        &self.spec
+    }
+
+    /// The address probes to `pod` go to (its node's for a host-network pod).
+    pub fn ip_of(&self, pod: &PodRef) -> Option<Ipv4Addr> {
+        self.pods
+            .get(pod)
+            .map(|p| p.ip)
+            .or_else(|| self.host_pods.get(pod).map(|p| p.ip))
+    }
+
+    /// The ClusterIP of `pod`'s Service (with Services).
+    pub fn service_ip_of(&self, pod: &PodRef) -> Option<Ipv4Addr> {
+        self.pods
+            .get(pod)
+            .map(|p| p.service_ip)
+            .or_else(|| self.host_pods.get(pod).map(|p| p.service_ip))
+    }
+
+    /// The network namespace `pod` runs in (its node's for a host-network pod).
+    fn netns_of(&self, pod: &PodRef) -> Option<&Netns> {
+        match self.pods.get(pod) {
+            Some(p) => Some(&p.pod.ns),
+            None => {
+                let hp = self.host_pods.get(pod)?;
+                Some(&self.cluster.nodes[hp.node].host)
+            }
+        }
+    }
+
     /// The cluster's API stand-in.
     pub fn api(&self) -> &KubeApi {
         self.cluster.api()
     }
 
-    /// Every pod's IPv4 address, for `cases::substitute`.
+    /// Every pod's IPv4 address (a host-network pod's is its node's), for
+    /// `cases::substitute`.
     pub fn pod_ips(&self) -> BTreeMap<PodRef, Ipv4Addr> {
-        self.pods.iter().map(|(k, p)| (k.clone(), p.ip)).collect()
+        self.pods
+            .iter()
+            .map(|(k, p)| (k.clone(), p.ip))
+            .chain(self.host_pods.iter().map(|(k, p)| (k.clone(), p.ip)))
+            .collect()
     }
 
     /// Creates (or, with `replace`, replaces the spec of) policy `ns/name`.
@@ -259,13 +422,60 @@ impl World {
         Ok(())
     }
 
+    /// Deletes NetworkPolicy `ns/name`.
+    pub fn delete_policy(&mut self, ns: &str, name: &str) -> Result<(), String> {
+        self.api()
+            .delete::<NetworkPolicy>(Some(ns), name)
+            .map_err(|e| format!("delete policy {ns}/{name}: {e}"))?;
+        self.policies.remove(&(ns.to_string(), name.to_string()));
+        Ok(())
+    }
+
+    /// Creates (or, with `replace`, replaces the whole spec of) ClusterNetworkPolicy `name`.
+    pub fn put_cnp(&mut self, name: &str, spec: &Value, replace: bool) -> Result<(), String> {
+        let r = if replace {
+            let mut object: ClusterNetworkPolicy = self
+                .api()
+                .get(None, name)
+                .ok_or_else(|| format!("update ClusterNetworkPolicy {name}: not in the API"))?;
+            object.spec = spec.clone();
+            self.api().update(object)
+        } else {
+            self.api()
+                .create(ClusterNetworkPolicy::new(name, spec.clone()))
+        };
+        r.map_err(|e| format!("ClusterNetworkPolicy {name}: {e}"))?;
+        self.cnps.insert(name.to_string());
+        Ok(())
+    }
+
+    /// Deletes ClusterNetworkPolicy `name`.
+    pub fn delete_cnp(&mut self, name: &str) -> Result<(), String> {
+        self.api()
+            .delete::<ClusterNetworkPolicy>(None, name)
+            .map_err(|e| format!("delete ClusterNetworkPolicy {name}: {e}"))?;
+        self.cnps.remove(name);
+        Ok(())
+    }
+
+    /// Deletes every ClusterNetworkPolicy made through this world.
+    pub fn delete_all_cnps(&mut self) -> Result<(), String> {
+        for name in std::mem::take(&mut self.cnps) {
+            self.api()
+                .delete::<ClusterNetworkPolicy>(None, &name)
+                .map_err(|e| format!("delete ClusterNetworkPolicy {name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every NetworkPolicy and ClusterNetworkPolicy made through this world.
     pub fn delete_all_policies(&mut self) -> Result<(), String> {
         for (ns, name) in std::mem::take(&mut self.policies) {
             self.api()
                 .delete::<NetworkPolicy>(Some(&ns), &name)
                 .map_err(|e| format!("delete policy {ns}/{name}: {e}"))?;
         }
-        Ok(())
+        self.delete_all_cnps()
     }
 
     pub fn pod_labels(&self, pod: &PodRef) -> BTreeMap<String, String> {
@@ -325,12 +535,18 @@ impl World {
     /// Back to the start of a case: no policy, every label as first made.
     pub fn reset(&mut self) -> Result<(), String> {
         self.delete_all_policies()?;
-        for ns in NAMESPACES {
-            self.set_namespace_labels(ns, Case::initial_namespace_labels(ns))?;
+        let namespaces: Vec<String> = self.spec.namespaces.keys().cloned().collect();
+        for ns in namespaces {
+            self.set_namespace_labels(&ns, self.spec.namespace_labels(&ns))?;
         }
-        let pods: Vec<PodRef> = self.pods.keys().cloned().collect();
-        for pod in pods {
-            self.set_pod_labels(&pod, Case::initial_pod_labels(&pod))?;
+        let pods: Vec<(PodRef, BTreeMap<String, String>)> = self
+            .spec
+            .pods
+            .iter()
+            .map(|(p, s)| (p.clone(), s.labels.clone()))
+            .collect();
+        for (pod, labels) in pods {
+            self.set_pod_labels(&pod, labels)?;
         }
         Ok(())
     }
@@ -349,6 +565,14 @@ impl World {
     /// The probes at once, each on a thread of its own inside its source pod; each waits
     /// at most `timeout` for its answer.
     pub fn probe_many(&self, jobs: &[ProbeJob], timeout: Duration) -> Vec<bool> {
+        self.probe_many_seen(jobs, timeout)
+            .into_iter()
+            .map(Seen::allowed)
+            .collect()
+    }
+
+    /// `probe_many`, telling a refusal from a timeout.
+    pub fn probe_many_seen(&self, jobs: &[ProbeJob], timeout: Duration) -> Vec<Seen> {
         std::thread::scope(|s| {
             let handles: Vec<_> = jobs
                 .iter()
@@ -356,35 +580,41 @@ impl World {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or(false))
+                .map(|h| h.join().unwrap_or(Seen::TimedOut))
                 .collect()
         })
     }
 
     /// One probe from a fresh thread: enters the source pod's namespace first.
-    fn probe_here(&self, job: &ProbeJob, timeout: Duration) -> bool {
-        let Some(from) = self.pods.get(&job.from) else {
-            return false;
+    fn probe_here(&self, job: &ProbeJob, timeout: Duration) -> Seen {
+        let Some(ns) = self.netns_of(&job.from) else {
+            return Seen::TimedOut;
         };
-        if crate::inside::enter(&from.pod.ns).is_err() {
-            return false;
+        if crate::inside::enter(ns).is_err() {
+            return Seen::TimedOut;
         }
         match job.protocol {
-            Protocol::Tcp => probe::tcp(job.to_ip, job.port, timeout),
-            Protocol::Udp => probe::udp(job.to_ip, job.port, timeout),
+            Protocol::Tcp => probe::tcp_seen(job.to_ip, job.port, timeout),
+            Protocol::Udp => probe::udp_seen(job.to_ip, job.port, timeout),
             Protocol::Sctp => {
                 // Only a pod of the world (by its address or its Service's) counts INITs.
-                let Some(target) = self
+                let target = self
                     .pods
                     .values()
                     .find(|p| p.ip == job.to_ip || p.service_ip == job.to_ip)
-                else {
-                    return false;
+                    .map(|p| &p.servers)
+                    .or_else(|| {
+                        self.host_pods
+                            .values()
+                            .find(|p| p.ip == job.to_ip || p.service_ip == job.to_ip)
+                            .map(|p| &p.servers)
+                    });
+                let Some(target) = target else {
+                    return Seen::TimedOut;
                 };
-                match probe::sctp_init(job.to_ip, job.port) {
-                    Ok(tag) => target.servers.sctp.wait(job.port, tag, timeout),
-                    Err(_) => false,
-                }
+                probe::sctp_seen(job.to_ip, job.port, |tag| {
+                    target.sctp.wait(job.port, tag, timeout)
+                })
             }
         }
     }
@@ -397,4 +627,57 @@ impl World {
             .map(|n| format!("--- {} ({})\n{}", n.name, n.log_path().display(), n.log()))
             .collect()
     }
+}
+
+/// The cluster a world runs in: `NODES` nodes, the API, `--network-policy`, and
+/// `daemon_args` (`--cluster-cidr-v6 …` makes it dual-stack).
+fn build_cluster(daemon_args: &str, report: &mut dyn FnMut(&str)) -> Cluster {
+    let mut builder = Cluster::builder()
+        .nodes(NODES)
+        .cluster_cidr(CLUSTER_CIDR)
+        .kube_api()
+        .flags(["--network-policy"]);
+    // The IPv6 cluster CIDR is the kit's to know (the Kubernetes datastore gives each
+    // Node an IPv6 pod CIDR of it), not a flag the kit passes on unread.
+    let mut words = daemon_args.split_whitespace();
+    let mut rest = Vec::new();
+    while let Some(w) = words.next() {
+        let cidr6 = match w.strip_prefix("--cluster-cidr-v6") {
+            Some("") => words.next(),
+            Some(v) => v.strip_prefix('='),
+            None => None,
+        };
+        match cidr6 {
+            Some(c) => builder = builder.cluster_cidr_v6(c),
+            None => rest.push(w),
+        }
+    }
+    builder.flags(rest).build_reporting(&mut |p| match p {
+        Progress::Etcd(_, t) => report(&format!("etcd ({t:.1?})")),
+        Progress::Api(api, t) => report(&format!("the API at {} ({t:.1?})", api.url())),
+        Progress::NodeReady(n, t) => report(&format!("{} ready ({t:.1?})", n.name)),
+        Progress::Converged(t) => report(&format!("overlay converged ({t:.1?})")),
+    })
+}
+
+/// The containerPorts of a pod serving `ports`: the named ones (a host-network pod's
+/// with the same hostPort, as the API defaults it).
+fn container_ports(ports: &[PortSpec], host_network: bool) -> Vec<Value> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            let name = p.name.as_ref()?;
+            let mut v = json!({"name": name, "containerPort": p.port,
+                               "protocol": p.protocol.as_str()});
+            if host_network {
+                v["hostPort"] = json!(p.port);
+            }
+            Some(v)
+        })
+        .collect()
+}
+
+/// What a pod serving `ports` listens on.
+fn served(ports: &[PortSpec]) -> Vec<(u16, Protocol)> {
+    ports.iter().map(|p| (p.port, p.protocol)).collect()
 }

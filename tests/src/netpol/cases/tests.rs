@@ -173,6 +173,7 @@ fn later_expect_entries_overwrite_earlier_ones() {
     let probe = Probe {
         port: 80,
         protocol: Protocol::Tcp,
+        scope: Scope::All,
         expect: vec![
             Expect {
                 from: PodSelector::Any,
@@ -243,7 +244,8 @@ fn substitution() {
     assert!(bad("${POD_IP:x/c}").contains("no address known for pod x/c"));
     assert!(bad("${POD_IP:x/b").contains("without its `}`"));
     assert!(bad("${NODE_IP:x/b}").contains("unknown placeholder \"NODE_IP\""));
-    assert!(bad("${POD_IP:q/b}").contains("namespace \"q\""));
+    assert!(bad("${POD_IP:q/b}").contains("no address known for pod q/b"));
+    assert!(bad("${POD_IP:Q/b}").contains("namespace \"Q\" is not a DNS label"));
     assert!(bad("${POD_IP}").contains("is not ${KIND:ns/pod}"));
 }
 
@@ -265,13 +267,16 @@ fn garbage_gets_a_clear_error() {
         ("", "not YAML: the file is empty"),
         (
             "- 1\n- 2",
-            "the file must be a mapping with one key, `cases`",
+            "the file must be a mapping with the key `cases`",
         ),
         (
             "cases: 3",
             "at cases: invalid type: integer `3`, expected a sequence",
         ),
-        ("kases: []", "unknown field `kases`, expected `cases`"),
+        (
+            "kases: []",
+            "unknown field `kases`, expected `worlds` or `cases`",
+        ),
         ("cases: []\n---\ncases: []", "more than one YAML document"),
         ("cases:\n\t- x", "not YAML: "),
         ("cases: []\ncases: []", "duplicated key in mapping"),
@@ -497,4 +502,272 @@ fn read_names_the_file() {
     );
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("netpol/ferry.yaml");
     assert!(!read(&path).unwrap().cases.is_empty());
+}
+
+// ---- ClusterNetworkPolicy cases: worlds, new actions, scope, features.
+
+const WORLD: &str = "worlds:
+  w:
+    services: false
+    denied: timeout
+    node_labels: {kubernetes.io/os: linux}
+    namespaces:
+      ns-a: {labels: {house: a}}
+      ns-b: {labels: {house: b}}
+    pods:
+      ns-a/p0:
+        labels: {house: a}
+        ports:
+        - {port: 80, protocol: TCP, name: web}
+        - {port: 53, protocol: UDP}
+      ns-b/p1:
+        labels: {house: b}
+        ports:
+        - {port: 80, protocol: TCP, name: web}
+        - {port: 53, protocol: UDP, name: dns}
+      ns-b/h0:
+        labels: {house: b}
+        host_network: true
+        ports:
+        - {port: 34345, protocol: TCP}
+";
+
+const WORLD_CASE: &str = "cases:
+- name: t
+  source: npa-conformance conformance/tests/x.go:T/sub
+  features: [ClusterNetworkPolicy]
+  world: w
+  pods: [ns-a/p0, ns-b/p1]
+  steps:
+  - actions:
+    - create_cnp:
+        name: c
+        spec:
+          tier: Admin
+          priority: 3
+          subject: {namespaces: {}}
+          egress:
+          - {name: r, action: Deny, to: [{networks: ['${POD_IP:ns-b/p1}/32']}]}
+    probes:
+    - port: 80
+      protocol: TCP
+      scope: listed
+      expect:
+      - {from: ns-a/p0, to: ns-b/p1, allow: false}
+";
+
+fn world_file(edit: (&str, &str)) -> String {
+    let text = format!("{WORLD}{WORLD_CASE}");
+    assert!(text.contains(edit.0), "{}", edit.0);
+    text.replacen(edit.0, edit.1, 1)
+}
+
+#[test]
+fn cnp_examples_parse() {
+    let f = parse(&file("cnp-examples.yaml")).unwrap();
+    assert_eq!(f.cases.len(), 6);
+    let w = &f.worlds["npa-conformance"];
+    assert!(!w.services);
+    assert_eq!(w.denied, Denied::Timeout);
+    assert_eq!(w.node_labels["kubernetes.io/os"], "linux");
+    assert_eq!(w.namespaces.len(), 5);
+    assert_eq!(w.pods.values().filter(|p| p.host_network).count(), 2);
+    for c in &f.cases {
+        assert!(matches!(c.source, Source::NpaConformance(_)), "{}", c.name);
+        assert_eq!(c.world_spec.as_ref(), Some(w), "{}", c.name);
+        assert!(c.server_ports.is_empty() && c.server_protocols.is_empty());
+        assert!(c.unclaimed_features(&claimed()).is_empty(), "{}", c.name);
+        for p in c.steps.iter().flat_map(|s| &s.probes) {
+            assert_eq!(p.scope, Scope::Listed);
+        }
+    }
+    let labels = w.namespace_labels("network-policy-conformance-gryffindor");
+    assert_eq!(labels.len(), 2);
+    assert_eq!(
+        labels["kubernetes.io/metadata.name"],
+        "network-policy-conformance-gryffindor"
+    );
+}
+
+fn claimed() -> Vec<String> {
+    CLAIMED_FEATURES.iter().map(|f| f.to_string()).collect()
+}
+
+#[test]
+fn a_world_case_parses_and_listed_probes_only_their_pairs() {
+    let f = parse(&world_file(("", ""))).unwrap();
+    let c = &f.cases[0];
+    assert_eq!(
+        c.source.to_string(),
+        "npa-conformance conformance/tests/x.go:T/sub"
+    );
+    let m = Matrix::expected(&c.pods, &c.steps[0].probes[0]);
+    assert_eq!(
+        m.pairs().collect::<Vec<_>>(),
+        vec![(&pod("ns-a/p0"), &pod("ns-b/p1"), false)]
+    );
+    assert_eq!(m.get(&pod("ns-b/p1"), &pod("ns-a/p0")), None, "not listed");
+    // The model still means what it meant, and an inline world works as a named one.
+    let inline = world_file(("  world: w\n", "")).replace("cases:\n", "");
+    let body = inline.split_once("- name: t").unwrap().1;
+    let world_yaml = WORLD.replace("worlds:\n  w:\n", "");
+    let indented: String = world_yaml.lines().map(|l| format!("  {l}\n")).collect();
+    let text = format!("cases:\n- name: t\n  world:\n{indented}{}", body);
+    let f2 = parse(&text).unwrap();
+    assert_eq!(f2.cases[0].world_spec, f.cases[0].world_spec);
+    // The model as a world: x, y, z with `ns=`, a, b, c with `pod=`, named ports.
+    let model = WorldSpec::model(&[80, 81], &[Protocol::Tcp, Protocol::Udp]);
+    assert_eq!(model.pods.len(), 9);
+    assert_eq!(
+        model.namespace_labels("y"),
+        Case::initial_namespace_labels("y")
+    );
+    let a = &model.pods[&pod("x/a")];
+    assert_eq!(a.labels, Case::initial_pod_labels(&pod("x/a")));
+    assert_eq!(a.ports.len(), 4);
+    assert_eq!(a.ports[0].name.as_deref(), Some("serve-80-tcp"));
+    assert_eq!(a.ports[3].name.as_deref(), Some("serve-81-udp"));
+}
+
+#[test]
+fn world_mistakes_are_named() {
+    let edits: &[((&str, &str), &str)] = &[
+        (("  world: w\n", "  world: v\n"), "case 1 (\"t\"): world \"v\" is not declared under `worlds`"),
+        (("  world: w\n", "  world: w\n  server_ports: [80]\n"), "`server_ports` is not allowed in a case with a world"),
+        (("  world: w\n", "  world: w\n  server_protocols: [UDP]\n"), "`server_protocols` is not allowed"),
+        (("pods: [ns-a/p0, ns-b/p1]", "pods: [ns-a/p0, ns-c/p1]"), "at cases[0].pods[1]: pod ns-c/p1 is not one of the world's pods"),
+        (("pods: [ns-a/p0, ns-b/p1]", "pods: [ns-a/p0, x/a]"), "pod x/a is not one of the world's pods"),
+        (("to: ns-b/p1, allow", "to: 'ns-c/*', allow"), "expect selector 'ns-c/*': namespace \"ns-c\" is not one of the world's (ns-a, ns-b)"),
+        (("to: ns-b/p1, allow", "to: ns-b/h0, allow"), "expect selector 'ns-b/h0' selects no pod of the case"),
+        (("port: 80\n      protocol: TCP", "port: 8080\n      protocol: TCP"), "probe 1: pod ns-b/p1 does not serve 8080/TCP"),
+        (("${POD_IP:ns-b/p1}", "${POD_IP:ns-b/h0}"), "a placeholder names pod ns-b/h0, which the case does not create"),
+        (("      expect:\n      - {from: ns-a/p0, to: ns-b/p1, allow: false}\n", "      expect: []\n"), "no pair to probe"),
+        (("tier: Admin", "tier: Root"), "ClusterNetworkPolicy c: spec.tier Some(\"Root\") is not Admin or Baseline"),
+        (("priority: 3", "priority: 3000"), "spec.priority must be an integer from 0 to 1000"),
+        (("action: Deny", "action: Drop"), "spec.egress[0].action Some(\"Drop\") is not Accept, Deny or Pass"),
+        (("action: Deny, to:", "action: Deny, from:"), "spec.egress[0].from is not a key of a ClusterNetworkPolicySpec"),
+        (("subject: {namespaces: {}}", "subjects: {namespaces: {}}"), "spec.subjects is not a key"),
+        (("    - create_cnp:", "    - delete_cnp: {name: c}\n    - create_cnp:"), "action 1: delete_cnp: there is no ClusterNetworkPolicy c"),
+        (("    - create_cnp:", "    - update_cnp: {name: c, spec: {tier: Admin, priority: 1, subject: {namespaces: {}}}}\n    - create_cnp:"), "update_cnp: there is no ClusterNetworkPolicy c"),
+        (("    - create_cnp:", "    - delete: {name: np, ns: ns-a}\n    - create_cnp:"), "delete: there is no policy ns-a/np"),
+        (("    - create_cnp:", "    - create: {name: np, ns: ns-z, spec: {podSelector: {}}}\n    - create_cnp:"), "namespace \"ns-z\" is not one of the world's"),
+        (("    - create_cnp:", "    - label_namespace: {ns: x, add: {k: v}}\n    - create_cnp:"), "namespace \"x\" is not one of the world's"),
+        (("features: [ClusterNetworkPolicy]", "features: [cnp]"), "features: \"cnp\" is not a feature's name"),
+        (("features: [ClusterNetworkPolicy]", "features: [A, A]"), "features: A is listed twice"),
+        (("scope: listed", "scope: some"), "unknown variant `some`, expected `all` or `listed`"),
+        (("source: npa-conformance conformance/tests/x.go:T/sub", "source: npa-conformance "), "unknown source"),
+        (("denied: timeout", "denied: reset"), "at worlds.w.denied: unknown variant `reset`"),
+        (("services: false", "services: no"), "at worlds.w.services: invalid type"),
+        (("      ns-b/h0:", "      ns-q/h0:"), "world \"w\": pod ns-q/h0: namespace \"ns-q\" is not one of the world's namespaces"),
+        (("      ns-b/h0:", "      nsb:"), "at worlds.w.pods.nsb: pod \"nsb\" is not of the form ns/pod"),
+        (("{port: 53, protocol: UDP}", "{port: 53, protocol: UDP, name: web}"), "pod ns-a/p0: ports[1]: port name \"web\" is used twice"),
+        (("{port: 53, protocol: UDP}", "{port: 80, protocol: TCP}"), "pod ns-a/p0: ports[1]: 80/TCP is listed twice"),
+        (("{port: 53, protocol: UDP}", "{port: 53, protocol: UDP, name: Domain_Name}"), "is not an IANA service name"),
+        (("{port: 53, protocol: UDP}", "{port: 0, protocol: UDP}"), "port 0 is not a port"),
+        (("{port: 53, protocol: UDP}", "{port: 53, proto: UDP}"), "at worlds.w.pods.ns-a/p0.ports[1].proto: unknown field `proto`"),
+        (("ns-a: {labels: {house: a}}", "ns-a: {labels: {kubernetes.io/metadata.name: other}}"), "the API server sets it"),
+        (("ns-a: {labels: {house: a}}", "ns-a: {labels: {'bad key!': a}}"), "\"bad key!\" is not a label key"),
+        (("      ns-a: {labels: {house: a}}\n      ns-b: {labels: {house: b}}\n", "      {}\n"), "world \"w\": `namespaces` is empty"),
+    ];
+    for ((from, to), want) in edits {
+        let e = err(&world_file((from, to)));
+        assert!(e.contains(want), "{from} -> {to}: {e}");
+    }
+    // Four host-network pods serving one port cannot be on three nodes.
+    let host = "      ns-b/h0:\n        labels: {house: b}\n        host_network: true\n        ports:\n        - {port: 34345, protocol: TCP}\n";
+    let more: String = (1..4)
+        .map(|i| host.replace("h0", &format!("h{i}")))
+        .collect();
+    let e = err(&world_file((host, &format!("{host}{more}"))));
+    assert!(e.contains("4 host-network pods serve 34345/TCP"), "{e}");
+    let e = err(&world_file(("  world: w\n", "  world: [w]\n")));
+    assert!(
+        e.contains("at cases[0].world: invalid type: sequence, expected a world's name or a world"),
+        "{e}"
+    );
+    let e = err(&world_file((
+        "  world: w\n",
+        "  world: {namespaces: {}, pods: {}}\n",
+    )));
+    assert!(
+        e.contains("case 1 (\"t\"): world: `namespaces` is empty"),
+        "{e}"
+    );
+}
+
+#[test]
+fn model_cases_still_refuse_world_only_things() {
+    // `scope: listed` and the new actions work in the model too; a world's pod does not.
+    let listed = one_case(&GOOD_BODY.replace(
+        "{port: 80, protocol: TCP,",
+        "{port: 80, protocol: TCP, scope: listed,",
+    ));
+    let f = parse(&listed).unwrap();
+    let m = Matrix::expected(&f.cases[0].pods, &f.cases[0].steps[0].probes[0]);
+    assert_eq!(m.pairs().count(), 1);
+    let with_delete = one_case(&GOOD_BODY.replace(
+        "    probes:",
+        "    - delete: {name: p, ns: x}\n    - create_cnp: {name: c, spec: {tier: Baseline, priority: 0, subject: {namespaces: {}}}}\n    - delete_all_policies: {}\n    probes:",
+    ));
+    parse(&with_delete).unwrap();
+    let e = err(&one_case(
+        &GOOD_BODY.replace("[x/a, x/b]", "[x/a, ns-a/p0]"),
+    ));
+    assert!(
+        e.contains("namespace \"ns-a\" is not one of [\"x\", \"y\", \"z\"]"),
+        "{e}"
+    );
+}
+
+/// Garbage of every kind gets an error, never a panic: truncations of real files, and
+/// bytes flipped in them.
+#[test]
+fn garbage_case_files_never_panic() {
+    let mut texts = vec![
+        file("cnp-examples.yaml"),
+        file("examples.yaml"),
+        format!("{WORLD}{WORLD_CASE}"),
+    ];
+    let junk = [
+        "worlds: 3\ncases: []",
+        "worlds: {w: 3}\ncases: []",
+        "worlds: {w: {namespaces: 1, pods: 2}}\ncases: []",
+        "worlds: {w: {namespaces: {a: {labels: 1}}, pods: {a/b: {ports: [{port: -1}]}}}}\ncases: []",
+        "cases:\n- {name: t, source: e2e, world: {}, pods: [], steps: []}",
+        "cases:\n- {name: t, source: e2e, world: 7, pods: [], steps: []}",
+        "cases:\n- {name: t, source: e2e, pods: [a/b], steps: [{actions: [{create_cnp: 1}]}]}",
+        "cases:\n- {name: t, source: e2e, pods: [x/a], steps: [{actions: [{create_cnp: {name: c, spec: [1]}}]}]}",
+        "cases:\n- {name: t, source: e2e, pods: [x/a], steps: [{actions: [{create_cnp: {name: c, spec: {tier: Admin, priority: 1, subject: {}, ingress: [1]}}}]}]}",
+        "cases:\n- {name: t, source: e2e, pods: [x/a], steps: [{actions: [{create_cnp: {name: c, spec: {tier: Admin, priority: 1, subject: {}, ingress: 'x'}}}]}]}",
+        "cases:\n- {name: t, source: e2e, pods: [x/a], steps: [{actions: [{create_cnp: {name: c, spec: {a: '${POD_IP:'}}}]}]}",
+    ];
+    texts.extend(junk.iter().map(|s| s.to_string()));
+    let mut n = 0;
+    for text in &texts {
+        for cut in (0..text.len()).step_by(397).chain([text.len()]) {
+            if let Some(t) = text.get(..cut) {
+                let _ = parse(t);
+                n += 1;
+            }
+        }
+        for (i, b) in text.bytes().enumerate().step_by(211) {
+            let flipped = match b {
+                b':' => " ",
+                b'-' => ":",
+                b' ' => "\t",
+                b'[' => "{",
+                _ => "}",
+            };
+            let mut t = text.clone();
+            if t.is_char_boundary(i) && t.is_char_boundary(i + 1) {
+                t.replace_range(i..i + 1, flipped);
+                let _ = parse(&t);
+                n += 1;
+            }
+        }
+    }
+    assert!(n > 100);
+    for j in junk {
+        assert!(parse(j).is_err(), "{j}");
+    }
 }
