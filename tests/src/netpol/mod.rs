@@ -3,6 +3,7 @@
 //! the cluster the cases run in (`world`).
 
 pub mod cases;
+pub mod oracle;
 pub use ferry_testns::l2;
 pub mod probe;
 pub mod world;
