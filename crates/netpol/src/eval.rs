@@ -1,5 +1,10 @@
-//! The reference semantics of NetworkPolicy: whether one connection is allowed, and why.
+//! The reference semantics of NetworkPolicy and ClusterNetworkPolicy: whether one
+//! connection is allowed, and why.
 //!
+//! - Each direction of a pod is decided tier by tier (see
+//!   [`crate::model::Tier`]'s module): the Admin tier's first matching rule (Accept and
+//!   Deny decide, Pass skips the rest of the tier), then NetworkPolicy as below, then the
+//!   Baseline tier's first matching rule (Pass decides nothing), then allowed.
 //! This is what the nftables rules must implement; an operator's "explain" command prints
 //! a [`Verdict`], and tests use it as the oracle.
 //!
