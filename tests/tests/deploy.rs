@@ -493,6 +493,7 @@ fn ferrys_clusterrole_reads_and_patches_nodes_and_writes_nothing_else() {
             ("", "pods", &read),
             ("", "nodes", &node),
             ("networking.k8s.io", "networkpolicies", &read),
+            ("policy.networking.k8s.io", "clusternetworkpolicies", &read),
         ]
         .into_iter()
         .map(|(g, r, v)| (g.to_string(), r.to_string(), v.clone()))

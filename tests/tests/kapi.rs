@@ -1116,6 +1116,7 @@ fn the_manifests_rbac_is_read_typed() {
         "/api/v1/namespaces",
         "/api/v1/pods",
         "/apis/networking.k8s.io/v1/networkpolicies",
+        "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies",
     ] {
         assert!(can("GET", path, ""), "list {path}");
         assert!(can("GET", path, "watch=true"), "watch {path}");
@@ -1129,6 +1130,12 @@ fn the_manifests_rbac_is_read_typed() {
     assert!(!can("PATCH", "/api/v1/nodes/n1/status", ""));
     assert!(!can("PUT", "/api/v1/nodes/n1", ""));
     assert!(!can("PATCH", "/api/v1/namespaces/x/pods/a", ""));
+    // ClusterNetworkPolicies are read, never written.
+    let cnp = "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies";
+    assert!(can("GET", &format!("{cnp}/tenants"), ""));
+    for method in ["POST", "PUT", "PATCH", "DELETE"] {
+        assert!(!can(method, &format!("{cnp}/tenants"), ""), "{method}");
+    }
     for rule in roles.iter().flat_map(|r| r.rules.iter().flatten()) {
         let nodes = rule.resources.as_deref() == Some(&["nodes".to_string()][..]);
         assert!(

@@ -1,4 +1,5 @@
-//! Kubernetes NetworkPolicy (networking.k8s.io/v1) for ferry, as pure logic:
+//! Kubernetes NetworkPolicy (networking.k8s.io/v1) and ClusterNetworkPolicy
+//! (policy.networking.k8s.io/v1alpha2, [`api`]) for ferry, as pure logic:
 //!
 //! - [`model`]: the normalised form of namespaces, pods and policies, converted from the
 //!   Kubernetes types with the API's defaulting and validated ([`Cluster::from_k8s`]);
@@ -81,6 +82,17 @@
 //!   cluster has. Pods with the same combination share a chain; a pod coming or going
 //!   changes map elements, and adds or removes a chain only when its combination is new
 //!   or was the last of its kind.
+//! - ClusterNetworkPolicy tiers (`cin_<name>_<i>_<src|dst><4|6>` and `ceg_…` sets, the
+//!   same shapes as a NetworkPolicy rule's): a pod that some ClusterNetworkPolicy selects
+//!   jumps to a chain of its combination of all three tiers. The Admin part holds its
+//!   rules in order (policies by priority, then name), each with its action as verdict:
+//!   Accept `return`s (egress) or `accept`s (ingress), Deny `goto <dir>_closed` (counted,
+//!   logged, dropped), Pass `goto`es the chain of the next tier; then that chain. The next
+//!   tier is the pod's NetworkPolicy chain (the same chain, by name and content, as
+//!   without ClusterNetworkPolicies: a NetworkPolicy always decides) or, when none isolates
+//!   the pod, a Baseline chain (Accept and Pass allow, Deny goes to the closed chain, then
+//!   allowed). Chain names hash the policy ids; a ClusterNetworkPolicy's id
+//!   (`cnp:<tier>:<priority>:<name>`) holds a `:`, which no NetworkPolicy id does.
 //! - Egress is decided on the source's node and ingress on the destination's node: the
 //!   `*_pods` maps and the sets of selected pods (`in_*_dst`, `eg_*_src`) hold only this
 //!   node's pods; the peer sets (`in_*_src`, `eg_*_dst`) hold addresses cluster-wide: pod

@@ -5,7 +5,7 @@
 
 use std::hash::Hasher as _;
 
-use crate::model::{Direction, Policy};
+use crate::model::{ClusterPolicy, Direction, Policy};
 use crate::nft::ChainRef;
 use crate::ranges::Family;
 
@@ -95,6 +95,48 @@ pub(crate) fn rule_set_name(
     } else {
         format!("{d}_h{:016x}_{tail}", fnv64(&policy.id()))
     }
+}
+
+/// `cin_<policy>_<rule>_<src|dst><4|6>` (`ceg_` for egress) for a rule of a
+/// ClusterNetworkPolicy: no namespace holds it, and `cin`/`ceg` are no NetworkPolicy
+/// prefix; `h<hash>` in place of the name as for a NetworkPolicy.
+pub(crate) fn cluster_rule_set_name(
+    policy: &ClusterPolicy,
+    dir: Direction,
+    index: usize,
+    end: End,
+    family: Family,
+) -> String {
+    let d = match dir {
+        Direction::Ingress => "cin",
+        Direction::Egress => "ceg",
+    };
+    let e = match end {
+        End::Src => "src",
+        End::Dst => "dst",
+    };
+    let tail = format!("{index}_{e}{}", family.digit());
+    let readable = format!("{d}_{}_{tail}", policy.name);
+    if plain_name(&policy.name) && readable.len() <= MAX_NAME_LEN {
+        readable
+    } else {
+        format!("{d}_h{:016x}_{tail}", fnv64(&policy.name))
+    }
+}
+
+/// `cnp <name> <dir>[<rule>] <rule name>`, when it fits and needs no quoting.
+pub(crate) fn cluster_rule_comment(
+    policy: &ClusterPolicy,
+    dir: Direction,
+    index: usize,
+    rule_name: &str,
+) -> Option<String> {
+    let c = format!("cnp {} {dir}[{index}] {rule_name}", policy.name);
+    let c = c.trim_end().to_string();
+    let printable = rule_name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_. ".contains(&b));
+    (plain_name(&policy.name) && printable && c.len() < MAX_COMMENT_LEN).then_some(c)
 }
 
 pub(crate) fn rule_comment(policy: &Policy, dir: Direction, index: usize) -> Option<String> {

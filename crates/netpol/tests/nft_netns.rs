@@ -584,3 +584,86 @@ fn bridged_pods_of_one_node_and_the_node_itself() {
         "{dropped}"
     );
 }
+
+fn cnp(name: &str, spec: serde_json::Value) -> ferry_netpol::ClusterPolicy {
+    let obj = ferry_netpol::ClusterNetworkPolicy::new(name, spec);
+    let (p, errors) = ferry_netpol::ClusterPolicy::from_api(&obj);
+    assert!(errors.is_empty(), "{errors:?}");
+    p.unwrap()
+}
+
+/// Both tiers around cluster_v1's NetworkPolicies: Admin Accept/Deny/Pass (goto the chain
+/// of the next tier), Baseline, a name that must reach nft only as a hash.
+fn cluster_tiers() -> ferry_netpol::Cluster {
+    let mut c = cluster_v1();
+    let x = json!({"matchLabels": {"kubernetes.io/metadata.name": "x"}});
+    c.cluster_policies.push(cnp(
+        "tenant-x",
+        json!({"tier": "Admin", "priority": 10, "subject": {"namespaces": x},
+               "ingress": [
+                 {"name": "pass-y", "action": "Pass", "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}]},
+                 {"name": "deny-others", "action": "Deny", "from": [{"namespaces": {}}],
+                  "protocols": [{"tcp": {"destinationPort": {"range": {"start": 1, "end": 1024}}}},
+                                {"destinationNamedPort": "serve-81-udp"}]}],
+               "egress": [
+                 {"name": "accept-dns", "action": "Accept", "to": [{"networks": ["192.0.2.53/32", "2001:db8::53/128"]}],
+                  "protocols": [{"udp": {"destinationPort": {"number": 53}}}]}]}),
+    ));
+    c.cluster_policies.push(cnp(
+        "default-deny",
+        json!({"tier": "Baseline", "priority": 0, "subject": {"pods": {"podSelector": {}}},
+               "ingress": [{"name": "deny", "action": "Deny", "from": [{"pods": {"podSelector": {}}}]}]}),
+    ));
+    let mut evil = cnp(
+        "ok",
+        json!({"tier": "Baseline", "priority": 1, "subject": {"namespaces": x},
+               "egress": [{"action": "Pass", "to": [{"nodes": {}}]}]}),
+    );
+    evil.name = "evil\" } ; flush ruleset ; #".into();
+    c.cluster_policies.push(evil);
+    c.nodes = vec![ferry_netpol::NodeInfo {
+        name: "n0".into(),
+        labels: Default::default(),
+        ips: vec!["192.0.2.1".parse().unwrap()],
+    }];
+    c
+}
+
+#[test]
+fn cluster_policies_load_read_back_and_plan_in_place() {
+    needs_root!();
+    let ns = Netns::new("npcnp");
+    let c1 = cluster_tiers();
+    let local = local_on(&c1, "n0");
+    let d1 = Ruleset::compute(&c1, &local);
+    nft_apply(&ns, &plan(&Ruleset::default(), &d1).render());
+    let listed = list(&ns);
+    for want in [
+        "set cin_tenant-x_0_src4",
+        "set cin_tenant-x_1_dst4",
+        "set ceg_tenant-x_0_dst6",
+        "comment \"cnp tenant-x ingress[1] deny-others\"",
+        "goto ingress_",
+        "goto ingress_closed",
+    ] {
+        assert!(listed.contains(want), "missing {want:?} in\n{listed}");
+    }
+    assert!(!listed.contains("flush ruleset"), "{listed}");
+    assert_eq!(
+        read_back(&ns),
+        d1,
+        "parse_json gives back the applied ruleset"
+    );
+    // Priority, tier and rule changes, a policy gone: planned in place.
+    let mut c2 = c1.clone();
+    c2.cluster_policies[0].priority = 900;
+    c2.cluster_policies[1].tier = ferry_netpol::Tier::Admin;
+    c2.cluster_policies.pop();
+    let d2 = Ruleset::compute(&c2, &local_on(&c2, "n0"));
+    plan_then_compare(&ns, &d1, &d2);
+    // Back, and then every ClusterNetworkPolicy gone: only NetworkPolicy's chains remain.
+    plan_then_compare(&ns, &d2, &d1);
+    let d0 = Ruleset::compute(&cluster_v1(), &local);
+    plan_then_compare(&ns, &d1, &d0);
+    assert!(!list(&ns).contains("goto"));
+}

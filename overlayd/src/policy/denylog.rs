@@ -1,14 +1,15 @@
 //! One log line per denied connection: the table's final drops send the first packet of a
 //! denied connection to NFLOG group `ferry_netpol::DENY_LOG_GROUP` (at most
 //! `ferry_netpol::DENY_LOG_RATE` a second per direction, limited in the kernel); this reads the
-//! group and names the pods, the port and the policies that isolate the pod.
+//! group and names the pods, the port and what denied: the ClusterNetworkPolicy rule (its
+//! tier, name and index) when a tier decided, else the NetworkPolicies that isolate the pod.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use ferry_netpol::eval::{verdict_at, Endpoint};
-use ferry_netpol::{Cluster, LocalPods, Pod, Protocol};
+use ferry_netpol::eval::{verdict_at, Endpoint, Side, TierRule};
+use ferry_netpol::{Action, Cluster, LocalPods, Pod, Protocol};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::nflog::{
     config_request, ConfigCmd, ConfigMode, PacketNla, ULogMessage,
@@ -102,11 +103,11 @@ fn log_one(view: &View, nlas: &[PacketNla]) {
     let Ok(guard) = view.lock() else {
         return;
     };
-    let (from, to, policies) = match guard.as_ref() {
+    let (from, to, decider) = match guard.as_ref() {
         Some((cluster, local)) => {
             let src = pod_of(cluster, local, h.src);
             let dst = pod_of(cluster, local, h.dst);
-            let policies = h
+            let decider = h
                 .protocol
                 .map(|p| {
                     let v = verdict_at(
@@ -122,26 +123,69 @@ fn log_one(view: &View, nlas: &[PacketNla]) {
                         p,
                         h.port,
                     );
-                    let side = if ingress { v.ingress } else { v.egress };
-                    side.selected_by.join(",")
+                    Decider::of(if ingress { &v.ingress } else { &v.egress })
                 })
-                .unwrap_or_default();
-            (name(src), name(dst), policies)
+                .unwrap_or_else(|| Decider::Policies(String::new()));
+            (name(src), name(dst), decider)
         }
-        None => (String::new(), String::new(), String::new()),
+        None => (
+            String::new(),
+            String::new(),
+            Decider::Policies(String::new()),
+        ),
     };
-    tracing::info!(
-        target: "ferry::policy::denied",
-        direction,
-        from = %from,
-        to = %to,
-        src = %h.src,
-        dst = %h.dst,
-        protocol = h.protocol.map_or("other", Protocol::nft),
-        port = h.port,
-        policies = %policies,
-        "connection denied by NetworkPolicy"
-    );
+    let protocol = h.protocol.map_or("other", Protocol::nft);
+    match decider {
+        Decider::Tier(r) => tracing::info!(
+            target: "ferry::policy::denied",
+            direction,
+            from = %from,
+            to = %to,
+            src = %h.src,
+            dst = %h.dst,
+            protocol,
+            port = h.port,
+            policy = %format_args!("ClusterNetworkPolicy {}", r.policy),
+            rule = ?r.name,
+            index = %format_args!("{}[{}]", r.direction, r.index),
+            tier = %r.tier,
+            "connection denied by ClusterNetworkPolicy"
+        ),
+        Decider::Policies(policies) => tracing::info!(
+            target: "ferry::policy::denied",
+            direction,
+            from = %from,
+            to = %to,
+            src = %h.src,
+            dst = %h.dst,
+            protocol,
+            port = h.port,
+            policies = %policies,
+            "connection denied by NetworkPolicy"
+        ),
+    }
+}
+
+/// What a log line names as the cause of a denial.
+#[derive(Debug, PartialEq, Eq)]
+enum Decider {
+    /// A ClusterNetworkPolicy rule that denies (Admin or Baseline tier).
+    Tier(TierRule),
+    /// The NetworkPolicies isolating the pod (`ns/name`, comma-separated), none of whose
+    /// rules allow the connection.
+    Policies(String),
+}
+
+impl Decider {
+    fn of(side: &Side) -> Decider {
+        // Only a Deny rule explains a denial: with a view older than the kernel's table
+        // the evaluator may find an Accept where the table dropped; the NetworkPolicies
+        // are then the better guess, as before tiers existed.
+        match side.decided_by_tier() {
+            Some(r) if r.action == Action::Deny => Decider::Tier(r.clone()),
+            _ => Decider::Policies(side.selected_by.join(",")),
+        }
+    }
 }
 
 fn name(p: Option<&Pod>) -> String {
@@ -216,6 +260,103 @@ impl Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tenants a and b (namespaces labelled `tenant`), one pod each, an Admin Deny between
+    /// them, and `policies` in namespace b.
+    fn tenants(policies: &[serde_json::Value], admin: bool) -> Cluster {
+        use k8s_openapi::api::core::v1::{Namespace, Pod as K8sPod};
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
+        let ns = |n: &str| -> Namespace {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": n,
+                "labels": {"tenant": n}}}))
+            .unwrap()
+        };
+        let pod = |n: &str, ip: &str| -> K8sPod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": n, "name": "p", "labels": {"app": "p"}},
+                "status": {"podIPs": [{"ip": ip}]}}))
+            .unwrap()
+        };
+        let nps: Vec<NetworkPolicy> = policies
+            .iter()
+            .map(|v| serde_json::from_value(v.clone()).unwrap())
+            .collect();
+        let (mut c, errors) = Cluster::from_k8s(
+            &[ns("a"), ns("b")],
+            &[pod("a", "10.1.0.2"), pod("b", "10.1.1.2")],
+            &nps,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let tier = if admin { "Admin" } else { "Baseline" };
+        let cnp = ferry_netpol::ClusterNetworkPolicy::new(
+            "tenants",
+            serde_json::json!({"tier": tier, "priority": 10,
+                "subject": {"namespaces": {"matchLabels": {"tenant": "b"}}},
+                "ingress": [
+                    {"name": "from-own", "action": "Accept",
+                     "from": [{"namespaces": {"matchLabels": {"tenant": "b"}}}]},
+                    {"name": "deny-other-tenants", "action": "Deny",
+                     "from": [{"namespaces": {"matchExpressions": [
+                        {"key": "tenant", "operator": "Exists"}]}}]}]}),
+        );
+        let errors = c.add_cluster_policies([&cnp]);
+        assert!(errors.is_empty(), "{errors:?}");
+        c
+    }
+
+    fn ingress_of_b(c: &Cluster) -> Side {
+        let from = c.pod("a", "p").unwrap();
+        let to = c.pod("b", "p").unwrap();
+        ferry_netpol::verdict(c, ferry_netpol::Peer::Pod(from), to, Protocol::Tcp, 80).ingress
+    }
+
+    #[test]
+    fn a_denial_names_the_tier_rule_that_decided_it() {
+        let c = tenants(&[], true);
+        let side = ingress_of_b(&c);
+        assert!(!side.allowed);
+        let Decider::Tier(r) = Decider::of(&side) else {
+            panic!("no tier rule in {side:?}");
+        };
+        assert_eq!(
+            (r.policy.as_str(), r.name.as_str(), r.index, r.tier),
+            (
+                "tenants",
+                "deny-other-tenants",
+                1,
+                ferry_netpol::Tier::Admin
+            )
+        );
+        // A namespace policy that allows everything does not change who denied.
+        let allow_all = serde_json::json!({"metadata": {"namespace": "b", "name": "all"},
+            "spec": {"podSelector": {}, "ingress": [{}]}});
+        let side = ingress_of_b(&tenants(std::slice::from_ref(&allow_all), true));
+        assert!(matches!(Decider::of(&side), Decider::Tier(_)), "{side:?}");
+        // In the Baseline tier, that policy decides: nothing to log as a tier denial.
+        let side = ingress_of_b(&tenants(&[allow_all], false));
+        assert!(side.allowed);
+        assert_eq!(Decider::of(&side), Decider::Policies("b/all".into()));
+        // Baseline with no NetworkPolicy: the tier decides.
+        let side = ingress_of_b(&tenants(&[], false));
+        assert!(
+            matches!(Decider::of(&side), Decider::Tier(r) if r.tier == ferry_netpol::Tier::Baseline)
+        );
+    }
+
+    #[test]
+    fn a_networkpolicy_denial_names_the_isolating_policies() {
+        let deny = serde_json::json!({"metadata": {"namespace": "a", "name": "deny"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}});
+        let mut c2 = tenants(&[], true);
+        c2.cluster_policies.clear();
+        let (np, _) = ferry_netpol::Policy::from_k8s(&serde_json::from_value(deny).unwrap());
+        c2.policies.push(np.unwrap());
+        let from = c2.pod("b", "p").unwrap();
+        let to = c2.pod("a", "p").unwrap();
+        let side = ferry_netpol::verdict(&c2, ferry_netpol::Peer::Pod(from), to, Protocol::Tcp, 80)
+            .ingress;
+        assert_eq!(Decider::of(&side), Decider::Policies("a/deny".into()));
+    }
 
     #[test]
     fn headers_of_both_families_and_garbage() {

@@ -90,3 +90,49 @@ fn endpoint<'a>(
         .map(|p| (Some(p), None))
         .ok_or_else(|| format!("no pod {ns}/{name} in the API's view of the cluster"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tier_rule_that_decided_is_in_the_text_and_the_json() {
+        use k8s_openapi::api::core::v1::{Namespace, Pod as K8sPod};
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "b", "labels": {"tenant": "b"}}}))
+        .unwrap();
+        let pod = |name: &str, ip: &str| -> K8sPod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "b", "name": name},
+                "status": {"podIPs": [{"ip": ip}]}}))
+            .unwrap()
+        };
+        let (mut cluster, errors) =
+            Cluster::from_k8s(&[ns], &[pod("x", "10.1.0.2"), pod("y", "10.1.0.3")], &[]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let cnp = ferry_netpol::ClusterNetworkPolicy::new(
+            "baseline-closed",
+            serde_json::json!({"tier": "Baseline", "priority": 5,
+                "subject": {"namespaces": {}},
+                "ingress": [{"name": "nothing-in", "action": "Deny",
+                    "from": [{"namespaces": {}}]}]}),
+        );
+        assert!(cluster.add_cluster_policies([&cnp]).is_empty());
+        let reply = explain(&cluster, &LocalPods::default(), "b/x", "b/y", "TCP", 80);
+        assert!(reply.ok, "{}", reply.error);
+        assert!(
+            reply.text.contains("Baseline tier")
+                && reply.text.contains("baseline-closed")
+                && reply.text.contains("nothing-in"),
+            "{}",
+            reply.text
+        );
+        assert_eq!(reply.detail["allowed"], false);
+        let rule = &reply.detail["ingress"]["baseline"];
+        assert_eq!(rule["tier"], "Baseline", "{}", reply.detail);
+        assert_eq!(rule["policy"], "baseline-closed");
+        assert_eq!(rule["name"], "nothing-in");
+        assert_eq!(rule["action"], "Deny");
+        assert!(reply.detail["ingress"].get("admin").is_none());
+    }
+}

@@ -1,5 +1,6 @@
 //! NetworkPolicy on this node (`--network-policy`): the Kubernetes API watched for
-//! NetworkPolicy, Namespace and Pod objects (`watch`), the node's nftables table kept equal
+//! NetworkPolicy, ClusterNetworkPolicy (when its CRD is installed), Namespace, Pod and Node
+//! objects (`watch`), the node's nftables table kept equal
 //! to the state computed from them by the `netpol` crate (`engine`), the plugin's notices
 //! of new pods answered once the table covers them (`notices`), connections a change no
 //! longer allows cut from conntrack (`conntrack`), and denials counted and logged.

@@ -6,7 +6,7 @@ mod view;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::model::{Cluster, Direction, Pod, PodKey, Policy};
+use crate::model::{Action, Cluster, ClusterPolicy, Direction, Pod, PodKey, Policy, Tier};
 use crate::naming::{
     denied_set, own_set, pods_map, self_set, FORWARD_CHAIN, INPUT_CHAIN, PORTS_MAP,
 };
@@ -15,6 +15,7 @@ use crate::nft::{
     Verdict,
 };
 use crate::ranges::Family;
+use rules::Owner;
 use view::{addrs, View};
 
 /// The NFLOG group denied connections are logged to (prefix `ferry-deny-ingress ` or
@@ -83,63 +84,149 @@ impl LocalPods {
     }
 }
 
-/// The local pods some policy isolates for `dir`, each with the chain of exactly the
-/// policies (by index) that select it.
-fn isolated<'v>(
+/// What decides one direction of a local pod, tier by tier: the ClusterNetworkPolicies
+/// of the Admin tier that select it (indexes into the ordered CNPs, in their order), the
+/// NetworkPolicies that isolate it (indexes into `cluster.policies`, by id), and those of
+/// the Baseline tier. Pods with equal layers share their chains.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Layers {
+    admin: Vec<usize>,
+    nps: Vec<usize>,
+    baseline: Vec<usize>,
+}
+
+impl Layers {
+    fn is_empty(&self) -> bool {
+        self.admin.is_empty() && self.nps.is_empty() && self.baseline.is_empty()
+    }
+}
+
+/// The policies and their rules for one direction, as the chains are built from them.
+struct Tiers<'r> {
+    dir: Direction,
+    /// Policy ids (chain names hash them): `cluster.policies`' ids, then the CNPs'.
+    np_ids: &'r [String],
+    cnp_ids: &'r [String],
+    /// Each NetworkPolicy's rules (verdict: allowed).
+    np_rules: &'r [Vec<Rule>],
+    /// Each CNP's rules with their actions (verdict to be set by the chain holding them).
+    cnp_rules: &'r [Vec<(Rule, Action)>],
+    /// What ends a chain that denies: count, log, drop (the closed chain holds only this).
+    tail: &'r [Rule],
+    /// What "allowed for this direction" is: `return` to the hook's chain for egress (the
+    /// ingress check comes next), `accept` for ingress.
+    allow: Verdict,
+}
+
+impl Tiers<'_> {
+    /// The chain of one combination, made (with the chains it hands over to) in `table`
+    /// if not there yet; `None` when nothing decides this direction.
+    ///
+    /// - NetworkPolicies: their rules, then the tail (a NetworkPolicy always decides); the
+    ///   same chain, by name and content, as a node without ClusterNetworkPolicies has.
+    /// - else the Baseline tier: its rules in order (Accept and Pass allow, Deny goes to
+    ///   the closed chain), then allowed;
+    /// - the Admin tier in front of either: its rules in order (Accept allows, Deny goes
+    ///   to the closed chain, Pass goes to the chain above), then that chain (or allowed).
+    fn chain(&self, table: &mut Table, layers: &Layers) -> Option<ChainRef> {
+        let closed = ChainRef::closed(self.dir).name();
+        let ids = |nps: &[usize], cnps: &[usize]| -> Vec<&str> {
+            nps.iter()
+                .filter_map(|i| self.np_ids.get(*i))
+                .chain(cnps.iter().filter_map(|i| self.cnp_ids.get(*i)))
+                .map(String::as_str)
+                .collect()
+        };
+        let cnp_rules = |policies: &[usize], pass: &Verdict| -> Vec<Rule> {
+            policies
+                .iter()
+                .filter_map(|i| self.cnp_rules.get(*i))
+                .flatten()
+                .map(|(rule, action)| {
+                    let mut rule = rule.clone();
+                    rule.verdict = Some(match action {
+                        Action::Accept => self.allow.clone(),
+                        Action::Deny => Verdict::Goto(closed.clone()),
+                        Action::Pass => pass.clone(),
+                    });
+                    rule
+                })
+                .collect()
+        };
+        let (rest, rest_ids) = if !layers.nps.is_empty() {
+            let to = ChainRef::of_policies(self.dir, &ids(&layers.nps, &[]));
+            table.chains.entry(to.name()).or_insert_with(|| {
+                let mut rules: Vec<Rule> = layers
+                    .nps
+                    .iter()
+                    .filter_map(|i| self.np_rules.get(*i))
+                    .flatten()
+                    .cloned()
+                    .collect();
+                rules.extend(self.tail.iter().cloned());
+                Chain { hook: None, rules }
+            });
+            (Some(to), ids(&layers.nps, &[]))
+        } else if !layers.baseline.is_empty() {
+            let to = ChainRef::of_policies(self.dir, &ids(&[], &layers.baseline));
+            table.chains.entry(to.name()).or_insert_with(|| {
+                let mut rules = cnp_rules(&layers.baseline, &self.allow);
+                rules.push(Rule::new(Vec::new(), self.allow.clone()));
+                Chain { hook: None, rules }
+            });
+            (Some(to), ids(&[], &layers.baseline))
+        } else {
+            (None, Vec::new())
+        };
+        if layers.admin.is_empty() {
+            return rest;
+        }
+        let mut all = ids(&[], &layers.admin);
+        all.extend(rest_ids);
+        let to = ChainRef::of_policies(self.dir, &all);
+        table.chains.entry(to.name()).or_insert_with(|| {
+            let next = rest.map_or(self.allow.clone(), |r| Verdict::Goto(r.name()));
+            let mut rules = cnp_rules(&layers.admin, &next);
+            rules.push(Rule::new(Vec::new(), next));
+            Chain { hook: None, rules }
+        });
+        Some(to)
+    }
+}
+
+/// The layers of each local pod for `dir` (pods that nothing decides left out). `cnps`
+/// are the ClusterNetworkPolicies in the order they apply, Admin tier first.
+fn layers_of<'v>(
     view: &'v View<'_>,
     cluster: &Cluster,
-    ids: &[String],
+    np_ids: &[String],
+    cnps: &[&ClusterPolicy],
     dir: Direction,
-) -> Vec<(&'v Pod, ChainRef, Vec<usize>)> {
+) -> Vec<(&'v Pod, Layers)> {
     let mut out = Vec::new();
     for pod in view.local() {
-        let mut selecting: Vec<usize> = cluster
+        let mut layers = Layers::default();
+        for (i, p) in cnps.iter().enumerate() {
+            if !p.rules(dir).is_empty() && cluster.cluster_policy_selects(p, pod) {
+                match p.tier {
+                    Tier::Admin => layers.admin.push(i),
+                    Tier::Baseline => layers.baseline.push(i),
+                }
+            }
+        }
+        layers.nps = cluster
             .policies
             .iter()
             .enumerate()
             .filter(|(_, pol)| pol.rules(dir).is_some() && pol.selects(pod))
             .map(|(i, _)| i)
             .collect();
-        if selecting.is_empty() {
-            continue;
+        layers.nps.sort_by_key(|i| np_ids.get(*i));
+        if !layers.is_empty() {
+            out.push((pod, layers));
         }
-        selecting.sort_by_key(|i| ids.get(*i));
-        let names: Vec<&str> = selecting
-            .iter()
-            .filter_map(|i| ids.get(*i).map(String::as_str))
-            .collect();
-        out.push((pod, ChainRef::of_policies(dir, &names), selecting));
     }
     out
-}
-
-/// The chains of `combos` (a chain and the policies whose rules it holds): each gets the
-/// rules of its policies (`rules_of`, by policy index), then `tail`. The closed chain of
-/// `dir` is always there, with the tail only.
-fn combination_chains(
-    table: &mut Table,
-    dir: Direction,
-    combos: BTreeMap<ChainRef, &[usize]>,
-    rules_of: &[Vec<Rule>],
-    tail: &[Rule],
-) {
-    table.chains.insert(
-        ChainRef::closed(dir).name(),
-        Chain {
-            hook: None,
-            rules: tail.to_vec(),
-        },
-    );
-    for (to, policies) in combos {
-        let mut rules: Vec<Rule> = policies
-            .iter()
-            .filter_map(|i| rules_of.get(*i))
-            .flatten()
-            .cloned()
-            .collect();
-        rules.extend(tail.iter().cloned());
-        table.chains.insert(to.name(), Chain { hook: None, rules });
-    }
 }
 
 impl Ruleset {
@@ -205,6 +292,9 @@ impl Ruleset {
             Rule::new(vec![Expr::NeighbourDiscovery], Verdict::Accept),
         ];
         let ids: Vec<String> = cluster.policies.iter().map(Policy::id).collect();
+        let mut cnps = cluster.tier(Tier::Admin);
+        cnps.extend(cluster.tier(Tier::Baseline));
+        let cnp_ids: Vec<String> = cnps.iter().map(|p| p.id()).collect();
         for dir in [Direction::Egress, Direction::Ingress] {
             // Each policy's rules for `dir` in both families, with their sets whether or
             // not the policy selects a local pod; for ingress the same rules for the
@@ -212,28 +302,55 @@ impl Ruleset {
             let mut rules_of: Vec<Vec<Rule>> = Vec::with_capacity(cluster.policies.len());
             let mut group_rules_of: Vec<Vec<Rule>> = Vec::new();
             for policy in &cluster.policies {
+                let owner = Owner::Np(policy);
                 let mut rules = Vec::new();
                 let mut group_rules = Vec::new();
                 for rule in policy.rules(dir).unwrap_or_default() {
-                    let matched = view.rule_matches(policy, rule);
+                    let matched = view.rule_matches(owner.home(), rule);
                     for family in Family::ALL {
                         let peers = view.peer_ranges(rule, &matched, family);
                         if dir == Direction::Ingress {
                             group_rules.push(bridge.group_rule(
                                 &view,
-                                policy,
+                                owner,
                                 rule,
                                 peers.clone(),
                                 family,
                             ));
                         }
                         rules.push(
-                            inet.policy_rule(&view, policy, dir, rule, &matched, peers, family),
+                            inet.policy_rule(&view, owner, dir, rule, &matched, peers, family),
                         );
                     }
                 }
                 rules_of.push(rules);
                 group_rules_of.push(group_rules);
+            }
+            // The same for the ClusterNetworkPolicies, each rule with its action.
+            let mut cnp_rules_of: Vec<Vec<(Rule, Action)>> = Vec::with_capacity(cnps.len());
+            let mut cnp_group_rules_of: Vec<Vec<(Rule, Action)>> = Vec::new();
+            for policy in &cnps {
+                let owner = Owner::Cnp(policy);
+                let mut rules = Vec::new();
+                let mut group_rules = Vec::new();
+                for r in policy.rules(dir) {
+                    let matched = view.rule_matches(owner.home(), &r.rule);
+                    for family in Family::ALL {
+                        let peers = view.peer_ranges(&r.rule, &matched, family);
+                        if dir == Direction::Ingress {
+                            group_rules.push((
+                                bridge.group_rule(&view, owner, &r.rule, peers.clone(), family),
+                                r.action,
+                            ));
+                        }
+                        rules.push((
+                            inet.policy_rule(&view, owner, dir, &r.rule, &matched, peers, family),
+                            r.action,
+                        ));
+                    }
+                }
+                cnp_rules_of.push(rules);
+                cnp_group_rules_of.push(group_rules);
             }
             let mut tail = Vec::new();
             for family in Family::ALL {
@@ -264,21 +381,49 @@ impl Ruleset {
             // Its own rule: a limit that is over its rate ends the rule above, and the
             // packet must be dropped all the same.
             tail.push(Rule::new(vec![Expr::Counter], Verdict::Drop));
-            // One chain per combination of policies that selects a local pod, so that a
+            // One chain per combination of policies that decides a local pod, so that a
             // new connection meets the rules of its own pod's policies only, whatever the
             // number of policies in the cluster.
-            let isolated = isolated(&view, cluster, &ids, dir);
+            let layers = layers_of(&view, cluster, &ids, &cnps, dir);
+            let allow = match dir {
+                Direction::Egress => Verdict::Return,
+                Direction::Ingress => Verdict::Accept,
+            };
+            let tiers = Tiers {
+                dir,
+                np_ids: &ids,
+                cnp_ids: &cnp_ids,
+                np_rules: &rules_of,
+                cnp_rules: &cnp_rules_of,
+                tail: &tail,
+                allow,
+            };
+            inet.chains.insert(
+                ChainRef::closed(dir).name(),
+                Chain {
+                    hook: None,
+                    rules: tail.clone(),
+                },
+            );
             let mut maps: BTreeMap<Family, BTreeSet<Element>> = BTreeMap::new();
-            let mut combos: BTreeMap<ChainRef, &[usize]> = BTreeMap::new();
-            for (pod, to, selecting) in &isolated {
+            let mut targets: BTreeMap<&Layers, ChainRef> = BTreeMap::new();
+            for (pod, l) in &layers {
+                let to = match targets.get(l) {
+                    Some(to) => *to,
+                    None => {
+                        let Some(to) = tiers.chain(&mut inet, l) else {
+                            continue;
+                        };
+                        targets.insert(l, to);
+                        to
+                    }
+                };
                 for ip in &pod.ips {
                     maps.entry(Family::of(*ip))
                         .or_default()
-                        .insert(Element::Jump { addr: *ip, to: *to });
+                        .insert(Element::Jump { addr: *ip, to });
                 }
-                combos.entry(*to).or_insert(selecting);
             }
-            combination_chains(&mut inet, dir, combos, &rules_of, &tail);
             for family in Family::ALL {
                 let field = pod_field(dir, family);
                 inet.sets.insert(
@@ -306,16 +451,38 @@ impl Ruleset {
                 // Group traffic is not tracked as a connection: every frame is judged,
                 // and counted where it is dropped (not logged: its destination names no
                 // pod).
-                let mut jumps = BTreeSet::new();
-                let mut combos: BTreeMap<ChainRef, &[usize]> = BTreeMap::new();
-                for (pod, to, selecting) in &isolated {
-                    if let Some(dev) = view.ports.get(&pod.key()) {
-                        jumps.insert(Element::DevJump { dev: *dev, to: *to });
-                        combos.entry(*to).or_insert(selecting);
-                    }
-                }
                 let tail = [Rule::new(vec![Expr::Counter], Verdict::Drop)];
-                combination_chains(&mut bridge, dir, combos, &group_rules_of, &tail);
+                let tiers = Tiers {
+                    np_rules: &group_rules_of,
+                    cnp_rules: &cnp_group_rules_of,
+                    tail: &tail,
+                    ..tiers
+                };
+                bridge.chains.insert(
+                    ChainRef::closed(dir).name(),
+                    Chain {
+                        hook: None,
+                        rules: tail.to_vec(),
+                    },
+                );
+                let mut jumps = BTreeSet::new();
+                let mut targets: BTreeMap<&Layers, ChainRef> = BTreeMap::new();
+                for (pod, l) in &layers {
+                    let Some(dev) = view.ports.get(&pod.key()) else {
+                        continue;
+                    };
+                    let to = match targets.get(l) {
+                        Some(to) => *to,
+                        None => {
+                            let Some(to) = tiers.chain(&mut bridge, l) else {
+                                continue;
+                            };
+                            targets.insert(l, to);
+                            to
+                        }
+                    };
+                    jumps.insert(Element::DevJump { dev: *dev, to });
+                }
                 bridge.sets.insert(
                     PORTS_MAP.into(),
                     Set {

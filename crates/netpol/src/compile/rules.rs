@@ -1,11 +1,59 @@
 //! One policy rule, in one family, as a rule of a table and the sets it matches.
 
-use crate::model::{Direction, Pod, Policy, PolicyRule, PortSel};
-use crate::naming::{rule_comment, rule_set_name, End};
+use crate::model::{Cluster, ClusterPolicy, Direction, Pod, Policy, PolicyRule, PortSel};
+use crate::naming::{
+    cluster_rule_comment, cluster_rule_set_name, rule_comment, rule_set_name, End,
+};
 use crate::nft::{Element, Expr, Field, Ifname, Rule, Set, SetKind, Table, Verdict};
 use crate::ranges::{AddrRange, Family};
 
 use super::view::{addr_set, addrs, dev_service_set, port_boxes, ports_set, range_set, View};
+
+/// Whose rule a rule of the tables is: a NetworkPolicy's or a ClusterNetworkPolicy's.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Owner<'a> {
+    Np(&'a Policy),
+    Cnp(&'a ClusterPolicy),
+}
+
+impl<'a> Owner<'a> {
+    /// The namespace a peer without a namespace selector means (a ClusterNetworkPolicy's
+    /// peers always name theirs).
+    pub(super) fn home(self) -> &'a str {
+        match self {
+            Owner::Np(p) => &p.namespace,
+            Owner::Cnp(_) => "",
+        }
+    }
+
+    pub(super) fn selects(self, cluster: &Cluster, pod: &Pod) -> bool {
+        match self {
+            Owner::Np(p) => p.selects(pod),
+            Owner::Cnp(p) => cluster.cluster_policy_selects(p, pod),
+        }
+    }
+
+    fn set_name(self, dir: Direction, index: usize, end: End, family: Family) -> String {
+        match self {
+            Owner::Np(p) => rule_set_name(p, dir, index, end, family),
+            Owner::Cnp(p) => cluster_rule_set_name(p, dir, index, end, family),
+        }
+    }
+
+    fn comment(self, dir: Direction, index: usize) -> Option<String> {
+        match self {
+            Owner::Np(p) => rule_comment(p, dir, index),
+            Owner::Cnp(p) => {
+                let name = p
+                    .rules(dir)
+                    .iter()
+                    .find(|r| r.rule.index == index)
+                    .map_or("", |r| r.name.as_str());
+                cluster_rule_comment(p, dir, index, name)
+            }
+        }
+    }
+}
 
 impl Table {
     /// The sets and the rule of one policy rule in one family. Ingress: the destination
@@ -17,15 +65,18 @@ impl Table {
     pub(super) fn policy_rule(
         &mut self,
         view: &View<'_>,
-        policy: &Policy,
+        owner: Owner<'_>,
         dir: Direction,
         rule: &PolicyRule,
         matched: &[&Pod],
         peers: Option<Vec<AddrRange>>,
         family: Family,
     ) -> Rule {
-        let name = |end| rule_set_name(policy, dir, rule.index, end, family);
-        let selected: Vec<&Pod> = view.local().filter(|p| policy.selects(p)).collect();
+        let name = |end| owner.set_name(dir, rule.index, end, family);
+        let selected: Vec<&Pod> = view
+            .local()
+            .filter(|p| owner.selects(view.cluster, p))
+            .collect();
         let mut exprs = Vec::new();
         let (src, dst) = match dir {
             Direction::Ingress => {
@@ -88,7 +139,7 @@ impl Table {
                 Direction::Egress => Verdict::Return,
                 Direction::Ingress => Verdict::Accept,
             }),
-            comment: rule_comment(policy, dir, rule.index),
+            comment: owner.comment(dir, rule.index),
         }
     }
 
@@ -100,15 +151,15 @@ impl Table {
     pub(super) fn group_rule(
         &mut self,
         view: &View<'_>,
-        policy: &Policy,
+        owner: Owner<'_>,
         rule: &PolicyRule,
         peers: Option<Vec<AddrRange>>,
         family: Family,
     ) -> Rule {
-        let name = |end| rule_set_name(policy, Direction::Ingress, rule.index, end, family);
+        let name = |end| owner.set_name(Direction::Ingress, rule.index, end, family);
         let selected: Vec<(&Pod, Ifname)> = view
             .local_ports()
-            .filter(|(p, _)| policy.selects(p))
+            .filter(|(p, _)| owner.selects(view.cluster, p))
             .collect();
         let (dst, field) = if rule.ports.is_empty() {
             let devs = selected.iter().map(|(_, d)| Element::Dev(*d)).collect();
@@ -151,7 +202,7 @@ impl Table {
         Rule {
             exprs,
             verdict: Some(Verdict::Accept),
-            comment: rule_comment(policy, Direction::Ingress, rule.index),
+            comment: owner.comment(Direction::Ingress, rule.index),
         }
     }
 }

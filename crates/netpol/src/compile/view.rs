@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use crate::model::{Cluster, Pod, PodKey, Policy, PolicyPeer, PolicyRule, PortSel, Protocol};
+use crate::model::{Cluster, Pod, PodKey, PolicyPeer, PolicyRule, PortSel, Protocol};
 use crate::nft::{Element, Ifname, Set, SetKind};
 use crate::ranges::{self, AddrRange, Family, PortBox};
 
@@ -55,8 +55,8 @@ impl<'a> View<'a> {
             .filter_map(|p| self.ports.get(&p.key()).map(|d| (p, *d)))
     }
 
-    /// The pods a selector peer of `policy` matches.
-    fn selector_matches(&self, policy: &Policy, peer: &PolicyPeer) -> Vec<&Pod> {
+    /// The pods a selector peer of a policy of namespace `home` matches.
+    fn selector_matches(&self, home: &str, peer: &PolicyPeer) -> Vec<&Pod> {
         let PolicyPeer::Pods { pods, .. } = peer else {
             return Vec::new();
         };
@@ -72,16 +72,17 @@ impl<'a> View<'a> {
                 None => Box::new(self.all()),
             };
         candidates
-            .filter(|p| self.cluster.peer_matches_pod(&policy.namespace, peer, p))
+            .filter(|p| self.cluster.peer_matches_pod(home, peer, p))
             .collect()
     }
 
-    /// The pods every selector peer of a rule matches, once for both families.
-    pub(super) fn rule_matches(&self, policy: &Policy, rule: &PolicyRule) -> Vec<&Pod> {
+    /// The pods every selector peer of a rule (of a policy of namespace `home`) matches,
+    /// once for both families.
+    pub(super) fn rule_matches(&self, home: &str, rule: &PolicyRule) -> Vec<&Pod> {
         let mut out: Vec<&Pod> = rule
             .peers
             .iter()
-            .flat_map(|peer| self.selector_matches(policy, peer))
+            .flat_map(|peer| self.selector_matches(home, peer))
             .collect();
         // Two peers may match one pod; its addresses count once.
         out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

@@ -243,6 +243,9 @@ pub enum Verdict {
     Drop,
     Return,
     Jump(String),
+    /// To a chain in place of this one: its `return` goes back to where this one was
+    /// jumped to from (a tier handing the decision to the next one).
+    Goto(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

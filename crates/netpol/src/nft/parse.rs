@@ -485,6 +485,10 @@ fn parse_rule(body: &Value) -> Result<Rule, ListingError> {
                 let target = v["target"].as_str().ok_or_else(bad)?;
                 rule.verdict = Some(Verdict::Jump(target.into()));
             }
+            "goto" => {
+                let target = v["target"].as_str().ok_or_else(bad)?;
+                rule.verdict = Some(Verdict::Goto(target.into()));
+            }
             _ => return Err(bad()),
         }
     }

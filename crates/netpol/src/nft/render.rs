@@ -20,6 +20,7 @@ impl Rule {
                 Verdict::Drop => "drop".into(),
                 Verdict::Return => "return".into(),
                 Verdict::Jump(c) => format!("jump {c}"),
+                Verdict::Goto(c) => format!("goto {c}"),
             });
         }
         if let Some(c) = &self.comment {

@@ -236,7 +236,7 @@ pub fn walk(rs: &Ruleset, pkt: &Packet) -> bool {
     match walk_chain(&rs.inet, "forward", pkt) {
         Some(NftVerdict::Drop) => false,
         Some(NftVerdict::Accept) | None | Some(NftVerdict::Return) => true,
-        Some(NftVerdict::Jump(_)) => unreachable!(),
+        Some(NftVerdict::Jump(_) | NftVerdict::Goto(_)) => unreachable!(),
     }
 }
 
@@ -291,6 +291,8 @@ fn walk_chain(t: &Table, chain: &str, pkt: &Packet) -> Option<NftVerdict> {
                 Some(NftVerdict::Return) | None => {}
                 v => return v,
             },
+            // In place of this chain: what it ends with is this chain's end.
+            Some(NftVerdict::Goto(c)) => return walk_chain(t, &c, pkt),
             Some(v) => return Some(v),
         }
     }

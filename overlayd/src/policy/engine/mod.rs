@@ -66,7 +66,16 @@ struct Engine {
     resyncs: u64,
     /// The node bridge's ports as last listed.
     ports: Ports,
+    /// The ClusterNetworkPolicies (by name) and Nodes the last round computed from.
+    tiers: Tiers,
 }
+
+/// What the ClusterNetworkPolicy tiers decide by: their policies, and the Nodes their
+/// `nodes` peers match.
+type Tiers = (
+    Vec<ferry_netpol::ClusterPolicy>,
+    Vec<ferry_netpol::NodeInfo>,
+);
 
 pub async fn run(
     node: String,
@@ -91,6 +100,7 @@ pub async fn run(
         view,
         resyncs: 0,
         ports: Ports::new(),
+        tiers: Tiers::default(),
     };
     let mut listed_ports = true;
     let mut tick = tokio::time::interval(RESYNC);
@@ -224,6 +234,17 @@ impl Engine {
             );
             drop((namespaces, policies));
             errors.extend(more);
+            let cluster_policies = stores.cluster_policies.state();
+            errors.extend(cluster.add_cluster_policies(cluster_policies.iter().map(|o| &**o)));
+            drop(cluster_policies);
+            stores.nodes.with(|all| {
+                for n in all {
+                    match n {
+                        Ok(node) => cluster.nodes.push(node.clone()),
+                        Err(e) => errors.push(e.clone()),
+                    }
+                }
+            });
             self.metrics
                 .policy
                 .invalid_objects
@@ -265,6 +286,10 @@ impl Engine {
             desired.close(&closed.ips, &closed.devs);
             (Cluster::default(), LocalPods::default(), desired)
         };
+        // A change of the tiers changes verdicts even where it changes no element of the
+        // table (a policy of pods elsewhere, a rule the table cannot hold): established
+        // connections are judged again all the same.
+        let tiers_changed = listed && self.tiers_changed(&cluster);
         let script = match &self.applied {
             Some(applied) => plan(applied, &desired),
             None => Script::replace(&desired),
@@ -290,7 +315,7 @@ impl Engine {
                 for w in self.waiting.drain(..) {
                     let _ = w.send(Reply::ok());
                 }
-                if changed && listed {
+                if (changed || tiers_changed) && listed {
                     let cut = super::conntrack::cut(&cluster, &local, &self.node_ips(&local));
                     self.metrics.policy.conntrack_cut.fetch_add(cut, Relaxed);
                 }
@@ -346,6 +371,21 @@ impl Engine {
                 None => !(dying && claims.get(ip).copied().unwrap_or(0) > 1),
             });
         }
+    }
+
+    /// Whether the cluster's ClusterNetworkPolicies or Nodes differ from the last round's;
+    /// remembers them.
+    fn tiers_changed(&mut self, cluster: &Cluster) -> bool {
+        let mut policies = cluster.cluster_policies.clone();
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut nodes = cluster.nodes.clone();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let now = (policies, nodes);
+        if now == self.tiers {
+            return false;
+        }
+        self.tiers = now;
+        true
     }
 
     /// Logs each problem with the API's objects once while it lasts (at most

@@ -27,6 +27,7 @@ fn engine() -> Engine {
         view: View::default(),
         resyncs: 0,
         ports: Ports::new(),
+        tiers: Tiers::default(),
     }
 }
 
