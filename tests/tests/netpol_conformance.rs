@@ -1,7 +1,10 @@
 //! `ferry-netpol-conformance` on every case file of `tests/netpol/`: each case passes
-//! against ferry's NetworkPolicy enforcement on a 3-node cluster (needs root: the runner
-//! makes network namespaces). These tests never skip: without root, or without the built
-//! binaries (`cargo build --workspace`), they fail.
+//! against ferry's NetworkPolicy and ClusterNetworkPolicy enforcement on a 3-node cluster
+//! (needs root: the runner makes network namespaces). `examples.yaml`, `ferry.yaml` and
+//! `upstream.yaml` each have a test; `cnp_files_pass` runs every `cnp-*.yaml` present and
+//! prints each one's counts; `every_case_file_is_run` sees that no file is left out. These
+//! tests never skip: without root, or without the built binaries (`cargo build
+//! --workspace`), they fail.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ferry_tests::netpol::cases::{self, PodRef, Protocol};
+use ferry_tests::netpol::cases::{self, PodRef, Protocol, CLAIMED_FEATURES};
 use ferry_tests::netpol::world::World;
 use ferry_tests::{inside, needs_root};
 use serde_json::{json, Value};
@@ -42,14 +45,27 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// Runs every case of `file`; all must pass.
-fn all_pass(file: &str, json: bool) {
+/// The counts of the runner's last line, `N passed, N failed, N skipped`.
+fn counts(line: &str) -> Option<(usize, usize, usize)> {
+    let mut n = line.split(", ").map(|part| part.split_once(' ')?.0.parse().ok());
+    let counts = (n.next()??, n.next()??, n.next()??);
+    let words: Vec<&str> = line.split(", ").filter_map(|p| p.split_once(' ')).map(|(_, w)| w).collect();
+    (words == ["passed", "failed", "skipped"]).then_some(counts)
+}
+
+/// Runs every case of `file`: none may fail, and only cases needing a feature ferry does
+/// not claim may be skipped. Returns (passed, failed, skipped).
+fn all_pass(file: &str, json: bool) -> (usize, usize, usize) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let path = case_file(file);
-    let n = cases::read(&path)
-        .expect("the case file parses")
+    let parsed = cases::read(&path).expect("the case file parses");
+    let n = parsed.cases.len();
+    let claimed: Vec<String> = CLAIMED_FEATURES.iter().map(|f| f.to_string()).collect();
+    let skipped = parsed
         .cases
-        .len();
+        .iter()
+        .filter(|c| !c.unclaimed_features(&claimed).is_empty())
+        .count();
     let path = path.display().to_string();
     let mut args = vec!["--cases", path.as_str()];
     if json {
@@ -57,25 +73,47 @@ fn all_pass(file: &str, json: bool) {
     }
     let out = runner(&args);
     let all = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{file}: {all}");
-    let summary = format!("{n} passed, 0 failed");
     let last = if json { &out.stderr } else { &out.stdout };
     let last = String::from_utf8_lossy(last);
+    let got = last.lines().last().and_then(counts);
+    println!("{file}: {got:?} (passed, failed, skipped) of {n}");
+    assert_eq!(out.status.code(), Some(0), "{file}: {all}");
     assert_eq!(
-        last.lines().last(),
-        Some(summary.as_str()),
+        got,
+        Some((n - skipped, 0, skipped)),
         "{file}: the last line: {all}"
     );
     if json {
         let doc: Value = serde_json::from_slice(&out.stdout).expect("-o json is JSON");
-        assert_eq!(doc["passed"], n, "{all}");
+        assert_eq!(doc["passed"], n - skipped, "{all}");
         assert_eq!(doc["failed"], 0, "{all}");
+        assert_eq!(doc["skipped"], skipped, "{all}");
         let cases = doc["cases"].as_array().expect("cases");
         assert_eq!(cases.len(), n);
-        assert!(cases
-            .iter()
-            .all(|c| c["passed"] == true && c["probes"].as_array().is_some_and(|p| !p.is_empty())));
+        assert!(cases.iter().all(|c| c["skipped"].is_string()
+            || (c["passed"] == true && c["probes"].as_array().is_some_and(|p| !p.is_empty()))));
     }
+    (n - skipped, 0, skipped)
+}
+
+/// The case files of `tests/netpol/` named `cnp-*.yaml`.
+fn cnp_files() -> Vec<String> {
+    let mut names: Vec<String> = case_files()
+        .into_iter()
+        .filter(|n| n.starts_with("cnp-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every `*.yaml` of `tests/netpol/`.
+fn case_files() -> Vec<String> {
+    let dir = case_file("");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect()
 }
 
 #[test]
@@ -94,6 +132,39 @@ fn ferry_cases_pass() {
 fn upstream_cases_pass() {
     needs_root!();
     all_pass("upstream.yaml", false);
+}
+
+/// Every `cnp-*.yaml` (ClusterNetworkPolicy cases: cnp-examples.yaml, and the upstream
+/// suite's translation cnp-upstream.yaml when present), one after the other; each file's
+/// counts are printed, then all must pass.
+#[test]
+fn cnp_files_pass() {
+    needs_root!();
+    let files = cnp_files();
+    assert!(files.contains(&"cnp-examples.yaml".to_string()), "{files:?}");
+    let mut failures = Vec::new();
+    let mut counts = Vec::new();
+    for f in &files {
+        match std::panic::catch_unwind(|| all_pass(f, true)) {
+            Ok(c) => counts.push(format!("{f}: {} passed, {} failed, {} skipped", c.0, c.1, c.2)),
+            Err(_) => failures.push(f.clone()),
+        }
+    }
+    println!("{}", counts.join("\n"));
+    assert!(failures.is_empty(), "failed: {failures:?} (their output above)");
+}
+
+/// No case file of `tests/netpol/` is left unrun.
+#[test]
+fn every_case_file_is_run() {
+    for f in case_files() {
+        let named = ["examples.yaml", "ferry.yaml", "upstream.yaml"].contains(&f.as_str());
+        assert!(
+            named || f.starts_with("cnp-"),
+            "tests/netpol/{f}: no test runs it (name it cnp-*.yaml or give it a test)"
+        );
+        cases::read(&case_file(&f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
 }
 
 /// The runner is no rubber stamp: cases expecting what ferry does not do fail, exit 1,
@@ -139,13 +210,115 @@ fn wrong_expectations_fail_and_are_marked() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().last(), Some("0 passed, 2 failed"), "{all}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some("0 passed, 2 failed, 0 skipped"),
+        "{all}"
+    );
     // Row y/b, column x/a: observed allowed (SCTP), then observed denied (UDP), both
     // to the pod IP and to the ClusterIP.
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("y/b")).collect();
     assert_eq!(rows.len(), 2, "{all}");
     assert_eq!(rows[0].matches(".!").count(), 2, "{all}");
     assert_eq!(rows[1].matches("X!").count(), 2, "{all}");
+}
+
+/// A case needing a feature ferry does not claim is skipped, counted, and builds no
+/// cluster; `--features` overrides the claimed set.
+#[test]
+fn unclaimed_features_are_skipped() {
+    needs_root!();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("features.yaml");
+    std::fs::write(
+        &file,
+        "cases:
+- name: needs a feature nobody claims
+  source: derived
+  features: [ClusterNetworkPolicy, SomethingElse]
+  pods: [x/a, y/b]
+  steps:
+  - actions: []
+    probes:
+    - {port: 80, expect: []}
+",
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let out = runner(&["--cases", &path]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("SKIP") && stdout.contains("needs SomethingElse"), "{all}");
+    assert_eq!(stdout.lines().last(), Some("0 passed, 0 failed, 1 skipped"), "{all}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("building"), "{all}");
+    let examples = case_file("cnp-examples.yaml").display().to_string();
+    let out = runner(&["--cases", &examples, "--features", "", "-o", "json"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("-o json is JSON");
+    assert_eq!(doc["skipped"], 6, "{all}");
+    assert_eq!(doc["features"], json!([]), "{all}");
+}
+
+/// A declared world: host-network pods (probed at, and probing from, their node's
+/// address), no Services, `scope: listed` (only the listed pairs, one line each). A
+/// wrong expectation there fails and is marked, and the pair not listed is not probed.
+#[test]
+fn a_world_case_probes_listed_pairs_and_marks_wrong_ones() {
+    needs_root!();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("world.yaml");
+    std::fs::write(
+        &file,
+        "worlds:
+  w:
+    services: false
+    denied: timeout
+    node_labels: {kubernetes.io/os: linux}
+    namespaces:
+      ns-a: {labels: {house: a}}
+      ns-h: {labels: {house: h}}
+    pods:
+      ns-a/p0: {labels: {house: a}, ports: [{port: 80, protocol: TCP, name: web}, {port: 53, protocol: UDP}]}
+      ns-a/p1: {labels: {house: a}, ports: [{port: 80, protocol: TCP, name: web}, {port: 53, protocol: UDP}]}
+      ns-h/h0: {labels: {house: h}, host_network: true, ports: [{port: 34345, protocol: TCP}, {port: 34347, protocol: UDP}]}
+cases:
+- name: right
+  source: derived
+  world: w
+  pods: [ns-a/p0, ns-a/p1, ns-h/h0]
+  steps:
+  - actions: []
+    probes:
+    - {port: 34345, protocol: TCP, scope: listed, expect: [{from: ns-a/p0, to: ns-h/h0, allow: true}]}
+    - {port: 80, protocol: TCP, scope: listed, expect: [{from: ns-h/h0, to: ns-a/p1, allow: true}]}
+    - {port: 53, protocol: UDP, scope: listed, expect: [{from: ns-a/p1, to: ns-a/p0, allow: true}]}
+- name: wrong
+  source: derived
+  world: w
+  pods: [ns-a/p0, ns-h/h0]
+  steps:
+  - actions: []
+    probes:
+    - {port: 34347, protocol: UDP, scope: listed, expect: [{from: ns-a/p0, to: ns-h/h0, allow: false}]}
+",
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let out = runner(&["--cases", &path, "--timeout", "2"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().last(), Some("1 passed, 1 failed, 0 skipped"), "{all}");
+    assert!(
+        stdout.contains("  ns-a/p0 -> ns-h/h0: expected denied; pod IP: allowed !\n"),
+        "{all}"
+    );
+    assert!(!stdout.contains("ClusterIP"), "no Services: {all}");
+    assert!(!stdout.contains("ns-h/h0 -> ns-a/p0"), "not listed: {all}");
 }
 
 /// A file it cannot use: exit 2, the case and the key named, nothing built (no root
@@ -193,7 +366,11 @@ fn help_says_what_is_probed_and_how() {
         "CRC32c",
         "Only the case's pods",
         "are probed",
-        "N passed, N failed",
+        "N passed, N failed, N skipped",
+        "--features",
+        "scope: listed",
+        "denied: timeout",
+        "host_network",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }

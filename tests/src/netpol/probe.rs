@@ -496,4 +496,58 @@ mod tests {
         assert_ne!(a, b);
         assert!(a != 0 && b != 0);
     }
+    #[test]
+    fn a_refusal_is_told_from_a_timeout() {
+        // A closed port on loopback: the kernel answers with a RST (TCP) and an ICMP
+        // port unreachable (UDP).
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let lo = Ipv4Addr::LOCALHOST;
+        assert_eq!(tcp_seen(lo, port, Duration::from_secs(1)), Seen::Refused);
+        let udp_port = {
+            let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+            u.local_addr().unwrap().port()
+        };
+        assert_eq!(udp_seen(lo, udp_port, Duration::from_secs(1)), Seen::Refused);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = l.local_addr().unwrap().port();
+        assert_eq!(tcp_seen(lo, open, Duration::from_secs(1)), Seen::Allowed);
+        assert!(!Seen::Refused.allowed() && !Seen::TimedOut.allowed());
+    }
+
+    #[test]
+    fn aborts_and_unreachables_are_recognised() {
+        let server = Ipv4Addr::new(10, 244, 1, 5);
+        // An SCTP ABORT from server:80 to client port 40000, after a 20-byte IP header.
+        let mut abort = vec![0x45u8, 0, 0, 0, 0, 0, 0, 0, 64, 132, 0, 0];
+        abort.extend_from_slice(&server.octets());
+        abort.extend_from_slice(&[10, 244, 2, 6]);
+        abort.extend_from_slice(&80u16.to_be_bytes());
+        abort.extend_from_slice(&40000u16.to_be_bytes());
+        abort.extend_from_slice(&[0; 8]);
+        abort.extend_from_slice(&[6, 0, 0, 4]);
+        assert!(is_abort(&abort, server, 80, 40000));
+        assert!(!is_abort(&abort, server, 81, 40000));
+        assert!(!is_abort(&abort, Ipv4Addr::new(10, 244, 1, 6), 80, 40000));
+        let mut init = abort.clone();
+        init[32] = 1;
+        assert!(!is_abort(&init, server, 80, 40000));
+        assert!(!is_abort(&abort[..25], server, 80, 40000));
+        // An ICMP port unreachable quoting our INIT (client 40000 -> server:80).
+        let mut icmp = vec![0x45u8, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 10, 244, 1, 1, 10, 244, 2, 6];
+        icmp.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
+        icmp.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, 132, 0, 0, 10, 244, 2, 6]);
+        icmp.extend_from_slice(&server.octets());
+        icmp.extend_from_slice(&40000u16.to_be_bytes());
+        icmp.extend_from_slice(&80u16.to_be_bytes());
+        icmp.extend_from_slice(&[0; 4]);
+        assert!(is_unreachable(&icmp, server, 80, 40000));
+        assert!(!is_unreachable(&icmp, server, 80, 40001));
+        let mut echo = icmp.clone();
+        echo[20] = 0;
+        assert!(!is_unreachable(&echo, server, 80, 40000));
+        assert!(!is_unreachable(&icmp[..30], server, 80, 40000));
+    }
 }
