@@ -47,9 +47,15 @@ fn text(out: &Output) -> String {
 
 /// The counts of the runner's last line, `N passed, N failed, N skipped`.
 fn counts(line: &str) -> Option<(usize, usize, usize)> {
-    let mut n = line.split(", ").map(|part| part.split_once(' ')?.0.parse().ok());
+    let mut n = line
+        .split(", ")
+        .map(|part| part.split_once(' ')?.0.parse().ok());
     let counts = (n.next()??, n.next()??, n.next()??);
-    let words: Vec<&str> = line.split(", ").filter_map(|p| p.split_once(' ')).map(|(_, w)| w).collect();
+    let words: Vec<&str> = line
+        .split(", ")
+        .filter_map(|p| p.split_once(' '))
+        .map(|(_, w)| w)
+        .collect();
     (words == ["passed", "failed", "skipped"]).then_some(counts)
 }
 
@@ -141,17 +147,26 @@ fn upstream_cases_pass() {
 fn cnp_files_pass() {
     needs_root!();
     let files = cnp_files();
-    assert!(files.contains(&"cnp-examples.yaml".to_string()), "{files:?}");
+    assert!(
+        files.contains(&"cnp-examples.yaml".to_string()),
+        "{files:?}"
+    );
     let mut failures = Vec::new();
     let mut counts = Vec::new();
     for f in &files {
         match std::panic::catch_unwind(|| all_pass(f, true)) {
-            Ok(c) => counts.push(format!("{f}: {} passed, {} failed, {} skipped", c.0, c.1, c.2)),
+            Ok(c) => counts.push(format!(
+                "{f}: {} passed, {} failed, {} skipped",
+                c.0, c.1, c.2
+            )),
             Err(_) => failures.push(f.clone()),
         }
     }
     println!("{}", counts.join("\n"));
-    assert!(failures.is_empty(), "failed: {failures:?} (their output above)");
+    assert!(
+        failures.is_empty(),
+        "failed: {failures:?} (their output above)"
+    );
 }
 
 /// No case file of `tests/netpol/` is left unrun.
@@ -250,9 +265,19 @@ fn unclaimed_features_are_skipped() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("SKIP") && stdout.contains("needs SomethingElse"), "{all}");
-    assert_eq!(stdout.lines().last(), Some("0 passed, 0 failed, 1 skipped"), "{all}");
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("building"), "{all}");
+    assert!(
+        stdout.contains("SKIP") && stdout.contains("needs SomethingElse"),
+        "{all}"
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("0 passed, 0 failed, 1 skipped"),
+        "{all}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("building"),
+        "{all}"
+    );
     let examples = case_file("cnp-examples.yaml").display().to_string();
     let out = runner(&["--cases", &examples, "--features", "", "-o", "json"]);
     let all = text(&out);
@@ -312,7 +337,11 @@ cases:
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().last(), Some("1 passed, 1 failed, 0 skipped"), "{all}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some("1 passed, 1 failed, 0 skipped"),
+        "{all}"
+    );
     assert!(
         stdout.contains("  ns-a/p0 -> ns-h/h0: expected denied; pod IP: allowed !\n"),
         "{all}"

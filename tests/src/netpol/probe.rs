@@ -94,6 +94,17 @@ impl Servers {
     /// Opens the sockets inside `ns` and serves them: each `(port, protocol)` of `served`.
     /// SCTP INITs are counted for the SCTP ports of `served` only.
     pub fn start_each(ns: &Netns, served: &[(u16, Protocol)]) -> io::Result<Servers> {
+        Servers::start_each_at(ns, Ipv4Addr::UNSPECIFIED, served)
+    }
+
+    /// `start_each` with the TCP and UDP sockets bound to `addr`: a host-network pod's
+    /// servers answer from its node's address (an unbound UDP socket would answer from
+    /// whichever address the route back picks, which the client's socket ignores).
+    pub fn start_each_at(
+        ns: &Netns,
+        addr: Ipv4Addr,
+        served: &[(u16, Protocol)],
+    ) -> io::Result<Servers> {
         let served = served.to_vec();
         let sctp_ports: HashSet<u16> = served
             .iter()
@@ -106,12 +117,12 @@ impl Servers {
             for (port, proto) in &served {
                 match proto {
                     Protocol::Tcp => {
-                        let l = TcpListener::bind(("0.0.0.0", *port))?;
+                        let l = TcpListener::bind((addr, *port))?;
                         l.set_nonblocking(true)?;
                         out.push(Socket::Tcp(l));
                     }
                     Protocol::Udp => {
-                        let s = UdpSocket::bind(("0.0.0.0", *port))?;
+                        let s = UdpSocket::bind((addr, *port))?;
                         s.set_read_timeout(Some(STOP_POLL))?;
                         out.push(Socket::Udp(s));
                     }
@@ -510,7 +521,10 @@ mod tests {
             let u = UdpSocket::bind("127.0.0.1:0").unwrap();
             u.local_addr().unwrap().port()
         };
-        assert_eq!(udp_seen(lo, udp_port, Duration::from_secs(1)), Seen::Refused);
+        assert_eq!(
+            udp_seen(lo, udp_port, Duration::from_secs(1)),
+            Seen::Refused
+        );
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let open = l.local_addr().unwrap().port();
         assert_eq!(tcp_seen(lo, open, Duration::from_secs(1)), Seen::Allowed);
@@ -536,7 +550,9 @@ mod tests {
         assert!(!is_abort(&init, server, 80, 40000));
         assert!(!is_abort(&abort[..25], server, 80, 40000));
         // An ICMP port unreachable quoting our INIT (client 40000 -> server:80).
-        let mut icmp = vec![0x45u8, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 10, 244, 1, 1, 10, 244, 2, 6];
+        let mut icmp = vec![
+            0x45u8, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 10, 244, 1, 1, 10, 244, 2, 6,
+        ];
         icmp.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
         icmp.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, 132, 0, 0, 10, 244, 2, 6]);
         icmp.extend_from_slice(&server.octets());

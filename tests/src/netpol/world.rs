@@ -307,7 +307,7 @@ impl World {
             "podIPs": [{"ip": ip.to_string()}],
         })));
         self.api().update(object).expect("set the pod's status");
-        let servers = Servers::start_each(&n.host, &served(ports))
+        let servers = Servers::start_each_at(&n.host, ip, &served(ports))
             .unwrap_or_else(|e| panic!("servers of host-network pod {pod} on {}: {e}", n.name));
         HostPod {
             servers,
