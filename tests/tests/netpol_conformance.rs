@@ -347,6 +347,12 @@ cases:
         "{all}"
     );
     assert!(!stdout.contains("ClusterIP"), "no Services: {all}");
+    assert!(
+        stdout.contains(
+            "  step 1 34347/UDP ns-a/p0 -> ns-h/h0: the evaluator DISAGREES with the case: allowed"
+        ),
+        "{all}"
+    );
     assert!(!stdout.contains("ns-h/h0 -> ns-a/p0"), "not listed: {all}");
 }
 
@@ -400,6 +406,7 @@ fn help_says_what_is_probed_and_how() {
         "scope: listed",
         "denied: timeout",
         "host_network",
+        "reference evaluator",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }

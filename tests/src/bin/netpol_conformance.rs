@@ -12,6 +12,7 @@ use ferry_tests::interrupt;
 use ferry_tests::netpol::cases::{
     self, Action, Case, Denied, Matrix, PodRef, Probe, Protocol, Scope, WorldSpec, CLAIMED_FEATURES,
 };
+use ferry_tests::netpol::oracle;
 use ferry_tests::netpol::probe::Seen;
 use ferry_tests::netpol::world::{ProbeJob, World};
 use serde_json::{json, Value};
@@ -60,7 +61,9 @@ the pod IP, to the ClusterIP), rows = clients, columns = servers, '.' allowed, '
 denied, '-' self; a mismatch is shown as '!' after the observed mark. The last line is
 'N passed, N failed, N skipped' (cases). -o json: one JSON document on stdout, that line on
 stderr. Pods with long names are numbered in the tables (the legend precedes them);
-a `scope: listed` probe is a list of its pairs.
+a `scope: listed` probe is a list of its pairs. Under a failed case, each wrong pair gets
+what ferry's reference evaluator says of it (ferry_netpol::verdict_at, with the pods'
+real addresses): whether it agrees with the case, and the rule that decided.
 --logs DIR: each node's ferry-overlayd log is copied to DIR/<node>.log at the end.
 
 Exit: 0 every case passed; 1 a case failed (or the cluster could not be built);
@@ -183,6 +186,8 @@ struct CaseOutcome {
     error: Option<String>,
     /// Why the case was not run (a feature ferry does not claim).
     skipped: Option<String>,
+    /// For each wrong observation, what the reference evaluator says of that pair.
+    explained: Vec<String>,
     /// Until the reset took effect.
     reset: Duration,
     took: Duration,
@@ -307,6 +312,7 @@ fn run(args: &Args, cases: &[Case]) -> bool {
                     "needs {}, which ferry does not claim (--features)",
                     case.unclaimed_features(&args.features).join(", ")
                 )),
+                explained: Vec::new(),
                 reset: Duration::ZERO,
                 took: Duration::ZERO,
             };
@@ -431,6 +437,7 @@ fn run_case(world: &mut World, case: &Case, timeout: Duration) -> CaseOutcome {
         probes: Vec::new(),
         error: None,
         skipped: None,
+        explained: Vec::new(),
         reset: Duration::ZERO,
         took: Duration::ZERO,
     };
@@ -474,8 +481,63 @@ fn run_case(world: &mut World, case: &Case, timeout: Duration) -> CaseOutcome {
     if let Err(e) = world.delete_all_cnps() {
         outcome.error.get_or_insert(e);
     }
+    if !outcome.passed() {
+        outcome.explained = explain(world, case, &outcome);
+    }
     outcome.took = start.elapsed();
     outcome
+}
+
+/// What the reference evaluator says of each pair observed wrong, with the pods where
+/// the world put them: whether it agrees with the case (then ferry's rules are wrong, or
+/// slow) and which rule decided.
+fn explain(world: &World, case: &Case, outcome: &CaseOutcome) -> Vec<String> {
+    let judged = match oracle::judge_placed(case, world.placement()) {
+        Ok(j) => j,
+        Err(e) => return vec![format!("the evaluator cannot judge the case: {e}")],
+    };
+    let mut out = Vec::new();
+    for p in outcome.probes.iter().filter(|p| p.step > 0 && !p.passed()) {
+        let Some(j) = judged
+            .iter()
+            .find(|j| (j.step, j.port, j.protocol) == (p.step, p.port, p.protocol))
+        else {
+            continue;
+        };
+        let mut wrong: BTreeSet<(PodRef, PodRef)> = BTreeSet::new();
+        for m in [Some(&p.observed.to_pod), p.observed.to_service.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            wrong.extend(
+                p.expected
+                    .mismatches(m)
+                    .into_iter()
+                    .map(|(f, t, _)| (f.clone(), t.clone())),
+            );
+        }
+        if p.strict {
+            wrong.extend(p.observed.refused_pod.iter().cloned());
+            wrong.extend(p.observed.refused_service.iter().cloned());
+        }
+        for (f, t) in wrong {
+            let agrees = j.evaluated.get(&f, &t) == p.expected.get(&f, &t);
+            let why = j.explanations.get(&(f.clone(), t.clone()));
+            out.push(format!(
+                "step {} {}/{} {f} -> {t}: the evaluator {} the case: {}",
+                p.step,
+                p.port,
+                p.protocol.as_str(),
+                if agrees {
+                    "agrees with"
+                } else {
+                    "DISAGREES with"
+                },
+                why.map_or("-".to_string(), |w| w.replace('\n', "\n    "))
+            ));
+        }
+    }
+    out
 }
 
 /// Back to no policy and the first labels, and waits until the pairs the case probes
@@ -850,6 +912,9 @@ fn render_case(i: usize, n: usize, case: &Case, o: &CaseOutcome) -> String {
             out += &render_columns(p, &names);
         }
     }
+    for e in &o.explained {
+        let _ = writeln!(out, "  {e}");
+    }
     out
 }
 
@@ -904,6 +969,7 @@ fn case_json(o: &CaseOutcome) -> Value {
         "passed": o.passed(),
         "skipped": o.skipped,
         "error": o.error,
+        "evaluator": o.explained,
         "seconds": o.took.as_secs_f64(),
         "reset_seconds": o.reset.as_secs_f64(),
         "probes": o.probes.iter().map(|p| json!({

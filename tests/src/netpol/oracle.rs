@@ -32,6 +32,8 @@ pub struct Judged {
     pub evaluated: Matrix,
     /// `(from, to, the evaluator's explanation)` of each pair where they differ.
     pub disagreements: Vec<(PodRef, PodRef, String)>,
+    /// The evaluator's explanation of every pair.
+    pub explanations: BTreeMap<(PodRef, PodRef), String>,
 }
 
 /// The addresses the oracle gives the world's pods, and the node each is on.
@@ -85,9 +87,8 @@ struct State {
 }
 
 impl State {
-    fn new(case: &Case) -> State {
+    fn new(case: &Case, place: BTreeMap<PodRef, (usize, Ipv4Addr)>) -> State {
         let world = case.world();
-        let place = placement(&world);
         State {
             ns_labels: world
                 .namespaces
@@ -234,7 +235,16 @@ impl State {
 /// Every probe of every step of `case`, judged by the evaluator. An error names what
 /// could not be converted (a spec the evaluator refuses).
 pub fn judge(case: &Case) -> Result<Vec<Judged>, String> {
-    let mut state = State::new(case);
+    judge_placed(case, placement(&case.world()))
+}
+
+/// [`judge`] with the pods where `place` puts them (node index, address), e.g. where a
+/// real cluster put them. Nodes are at 192.0.2.(11+n), as the test kit places them.
+pub fn judge_placed(
+    case: &Case,
+    place: BTreeMap<PodRef, (usize, Ipv4Addr)>,
+) -> Result<Vec<Judged>, String> {
+    let mut state = State::new(case, place);
     let mut out = Vec::new();
     for (s, step) in case.steps.iter().enumerate() {
         for (j, action) in step.actions.iter().enumerate() {
@@ -252,6 +262,7 @@ pub fn judge(case: &Case) -> Result<Vec<Judged>, String> {
             let expected = Matrix::expected(&case.pods, probe);
             let mut evaluated = expected.blank_like();
             let mut disagreements = Vec::new();
+            let mut explanations = BTreeMap::new();
             for (from, to, want) in expected.pairs() {
                 let endpoint = |p: &PodRef| Endpoint {
                     pod: cluster.pod(&p.ns, &p.name),
@@ -268,6 +279,7 @@ pub fn judge(case: &Case) -> Result<Vec<Judged>, String> {
                 if v.allowed != want {
                     disagreements.push((from.clone(), to.clone(), v.to_string()));
                 }
+                explanations.insert((from.clone(), to.clone()), v.to_string());
             }
             out.push(Judged {
                 step: s + 1,
@@ -276,6 +288,7 @@ pub fn judge(case: &Case) -> Result<Vec<Judged>, String> {
                 expected,
                 evaluated,
                 disagreements,
+                explanations,
             });
         }
     }

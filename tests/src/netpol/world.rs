@@ -354,6 +354,19 @@ impl World {
         self.host_pods.get(pod)
     }
 
+    /// Where each pod is: its node's index and its address.
+    pub fn placement(&self) -> BTreeMap<PodRef, (usize, Ipv4Addr)> {
+        self.pods
+            .iter()
+            .map(|(k, p)| (k.clone(), (p.node, p.ip)))
+            .chain(
+                self.host_pods
+                    .iter()
+                    .map(|(k, p)| (k.clone(), (p.node, p.ip))),
+            )
+            .collect()
+    }
+
     /// What the world is made of.
     pub fn spec(&self) -> &WorldSpec {
         &self.spec
