@@ -169,7 +169,10 @@ impl State {
                 .pods
                 .get(pod)
                 .ok_or_else(|| format!("pod {pod} is not the world's"))?;
-            let (node, ip) = self.place[pod];
+            let (node, ip) = *self
+                .place
+                .get(pod)
+                .ok_or_else(|| format!("pod {pod} has no place"))?;
             let ports: Vec<Value> = spec
                 .ports
                 .iter()

@@ -552,11 +552,19 @@ impl World {
         for ns in namespaces {
             self.set_namespace_labels(&ns, self.spec.namespace_labels(&ns))?;
         }
+        // The world's pods, and those added late (`add_late_pod`: the model's labels).
         let pods: Vec<(PodRef, BTreeMap<String, String>)> = self
-            .spec
             .pods
-            .iter()
-            .map(|(p, s)| (p.clone(), s.labels.clone()))
+            .keys()
+            .chain(self.host_pods.keys())
+            .map(|p| {
+                let labels = self
+                    .spec
+                    .pods
+                    .get(p)
+                    .map_or_else(|| Case::initial_pod_labels(p), |s| s.labels.clone());
+                (p.clone(), labels)
+            })
             .collect();
         for (pod, labels) in pods {
             self.set_pod_labels(&pod, labels)?;
