@@ -1,11 +1,14 @@
-//! NetworkPolicy conformance case files (format: `../shared/netpol/README.md`, copies of
-//! the cases in `tests/netpol/`): parsing, validation, `${...}` substitution in policy specs,
-//! and the expected reachability matrix of a probe.
+//! NetworkPolicy and ClusterNetworkPolicy conformance case files (format:
+//! `tests/netpol/README.md`, the cases in `tests/netpol/`): parsing, validation, `${...}`
+//! substitution in policy specs, the worlds cases run in (the x/y/z model, or a file's
+//! declared `worlds`), and the expected reachability matrix of a probe (every pair, or with
+//! `scope: listed` the pairs it lists).
 //!
 //! A file is read with yaml-rust2, turned into a `serde_json::Value` and typed with serde,
 //! so a wrong type or an unknown key is reported with its path (`steps[0].actions[1]...`)
-//! and the case it is in. Validation then checks what the types cannot: pods of the model,
-//! pods the case has, policies that exist when updated, ports the pods serve.
+//! and the case it is in. Validation then checks what the types cannot: a world's own
+//! consistency, pods and namespaces of the case's world, pods the case has, policies and
+//! ClusterNetworkPolicies that exist when updated or deleted, ports the pods serve.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
