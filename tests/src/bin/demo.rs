@@ -1214,10 +1214,7 @@ fn isolation(r: &mut Report, made: &Made, p0: &PodView) {
         }
         r.count(ok);
     }
-    r.look_at(
-        "docs/networkpolicy.md",
-        "ClusterNetworkPolicy: the administrator's tiers",
-    );
+    r.look_at(TROUBLESHOOTING, "5. It is blocked (NetworkPolicy)");
 }
 
 /// Each case (the client, its `namespace/pod`, whether it may connect, why) probed to
