@@ -1,13 +1,13 @@
 //! The reference semantics of NetworkPolicy and ClusterNetworkPolicy: whether one
 //! connection is allowed, and why.
 //!
-//! - Each direction of a pod is decided tier by tier (see
-//!   [`crate::model::Tier`]'s module): the Admin tier's first matching rule (Accept and
-//!   Deny decide, Pass skips the rest of the tier), then NetworkPolicy as below, then the
-//!   Baseline tier's first matching rule (Pass decides nothing), then allowed.
 //! This is what the nftables rules must implement; an operator's "explain" command prints
 //! a [`Verdict`], and tests use it as the oracle.
 //!
+//! - Each direction of a pod is decided tier by tier: the Admin tier's first matching
+//!   ClusterNetworkPolicy rule (Accept and Deny decide, Pass skips the rest of the tier),
+//!   then NetworkPolicy as below, then the Baseline tier's first matching rule (Pass
+//!   decides nothing), then allowed.
 //! - A pod is isolated for a direction iff some policy of its namespace selects it and
 //!   covers that direction. Traffic of an isolated direction is allowed iff some rule of
 //!   some selecting policy matches it (the union); a non-isolated direction allows all.

@@ -21,6 +21,10 @@
 //!   nodes and 1,000 policies, from a cold start: time until the table is applied, the
 //!   table's size and the daemon's peak RSS.
 //!
+//! `--cnps N` adds N ClusterNetworkPolicies (half Admin, half Baseline tier, every one
+//! selecting every pod, none matching the measured pair: each new connection of the
+//! measured pods meets all their rules before its NetworkPolicy decides); `latency --cnp`
+//! times changes of an Admin-tier ClusterNetworkPolicy instead of a NetworkPolicy.
 //! `--small` divides the API's objects by ten (a quick check that the mode works);
 //! `--pods N` and `--policies N` set them. `FERRY_BENCH_DAEMON_WRAPPER` is a command prefix
 //! for the daemon of the memory mode (`env MALLOC_ARENA_MAX=2`, `heaptrack -o FILE`).
@@ -32,7 +36,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_netpol::desired::SetKind;
-use ferry_netpol::{LocalPods, Ruleset, Table, TableFamily, TABLE};
+use ferry_netpol::{ClusterNetworkPolicy, LocalPods, Ruleset, Table, TableFamily, TABLE};
 use ferry_tests::cluster::{
     http_get, Cluster, Datastore, Node, Pod as PodNs, ETCD_IP, HEALTH_ADDR,
 };
@@ -68,6 +72,9 @@ fn main() {
     };
     scale.pods = flag("--pods").unwrap_or(scale.pods);
     scale.policies = flag("--policies").unwrap_or(scale.policies);
+    scale.cnps = flag("--cnps").unwrap_or(0);
+    // `--cnp`: the latency mode changes a ClusterNetworkPolicy instead of a NetworkPolicy.
+    let cnp_latency = rest.contains(&"--cnp");
     let mode = args.get(1).map(String::as_str).unwrap_or("");
     let header = || {
         println!("$ {}", args.join(" "));
@@ -82,8 +89,11 @@ fn main() {
             header();
             // With --pods or --policies the API also holds that many (as in `memory`),
             // so each change is computed against a large state.
-            let load = (flag("--pods").is_some() || flag("--policies").is_some()).then_some(scale);
-            latency(rounds, load);
+            let load = (flag("--pods").is_some()
+                || flag("--policies").is_some()
+                || flag("--cnps").is_some())
+            .then_some(scale);
+            latency(rounds, load, cnp_latency);
         }
         "datapath" => {
             header();
@@ -94,7 +104,7 @@ fn main() {
             memory(scale);
         }
         _ => {
-            eprintln!("usage: ferry-bench-netpol latency [ROUNDS] | datapath [--small] | memory [--small], each with [--pods N] [--policies N]");
+            eprintln!("usage: ferry-bench-netpol latency [ROUNDS] [--cnp] | datapath [--small] | memory [--small], each with [--pods N] [--policies N] [--cnps N]");
             std::process::exit(2);
         }
     }
@@ -114,6 +124,8 @@ struct Scale {
     namespaces: usize,
     policies: usize,
     fake_nodes: usize,
+    /// ClusterNetworkPolicies (`--cnps N`): half in each tier (see [`synthetic_cnps`]).
+    cnps: usize,
 }
 
 impl Scale {
@@ -122,12 +134,14 @@ impl Scale {
         namespaces: 100,
         policies: 1_000,
         fake_nodes: 100,
+        cnps: 0,
     };
     const SMALL: Scale = Scale {
         pods: 1_000,
         namespaces: 10,
         policies: 100,
         fake_nodes: 10,
+        cnps: 0,
     };
 }
 
@@ -246,6 +260,36 @@ fn synthetic(s: Scale, policies: usize) -> Synthetic {
     }
 }
 
+/// `n` ClusterNetworkPolicies, the first half in the Admin tier, the rest in the Baseline
+/// tier, each selecting every pod: Admin policy i denies ingress from the pods of group
+/// g<i> of namespace load<i> on TCP 80 and passes egress to a /30 of 172.17/16; Baseline
+/// policy i denies ingress from a /30 of 172.18/16. None matches the measured pods' traffic.
+fn synthetic_cnps(n: usize, s: Scale) -> Vec<ClusterNetworkPolicy> {
+    (0..n)
+        .map(|i| {
+            let spec = if i < n / 2 {
+                json!({
+                    "tier": "Admin", "priority": i % 1001, "subject": {"namespaces": {}},
+                    "ingress": [{"name": "deny-group", "action": "Deny",
+                                 "from": [{"pods": {
+                                     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": format!("load{}", i % s.namespaces)}},
+                                     "podSelector": {"matchLabels": {"grp": format!("g{}", i % 10)}}}}],
+                                 "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]}],
+                    "egress": [{"name": "pass-net", "action": "Pass",
+                                "to": [{"networks": [format!("172.17.{}.{}/30", i / 64, (i % 64) * 4)]}]}],
+                })
+            } else {
+                json!({
+                    "tier": "Baseline", "priority": i % 1001, "subject": {"namespaces": {}},
+                    "ingress": [{"name": "deny-net", "action": "Deny",
+                                 "from": [{"networks": [format!("172.18.{}.{}/30", i / 64, (i % 64) * 4)]}]}],
+                })
+            };
+            ClusterNetworkPolicy::new(&format!("cnp{i}"), spec)
+        })
+        .collect()
+}
+
 /// The API stand-in and what it holds, for computing what each node should enforce.
 struct Api {
     api: KubeApi,
@@ -254,6 +298,7 @@ struct Api {
     namespaces: BTreeMap<String, Namespace>,
     pods: BTreeMap<(String, String), Pod>,
     policies: BTreeMap<(String, String), NetworkPolicy>,
+    cnps: BTreeMap<(String, String), ClusterNetworkPolicy>,
 }
 
 fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
@@ -288,6 +333,7 @@ impl Api {
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
             policies: BTreeMap::new(),
+            cnps: BTreeMap::new(),
         }
     }
 
@@ -315,11 +361,20 @@ impl Api {
         put(&self.api, &mut self.policies, p);
     }
 
+    fn put_cnp(&mut self, p: ClusterNetworkPolicy) {
+        put(&self.api, &mut self.cnps, p);
+    }
+
     fn delete_policies(&mut self) {
         for (ns, name) in std::mem::take(&mut self.policies).into_keys() {
             self.api
                 .delete::<NetworkPolicy>(Some(&ns), &name)
                 .expect("delete policy");
+        }
+        for (_, name) in std::mem::take(&mut self.cnps).into_keys() {
+            self.api
+                .delete::<ClusterNetworkPolicy>(None, &name)
+                .expect("delete ClusterNetworkPolicy");
         }
     }
 
@@ -355,7 +410,8 @@ impl Api {
         let ns: Vec<Namespace> = self.namespaces.values().cloned().collect();
         let pods: Vec<Pod> = self.pods.values().cloned().collect();
         let pols: Vec<NetworkPolicy> = self.policies.values().cloned().collect();
-        let (cluster, errors) = ferry_netpol::Cluster::from_k8s(&ns, &pods, &pols);
+        let (mut cluster, mut errors) = ferry_netpol::Cluster::from_k8s(&ns, &pods, &pols);
+        errors.extend(cluster.add_cluster_policies(self.cnps.values()));
         assert!(errors.is_empty(), "invalid objects: {errors:?}");
         // The inet table: the one that holds the policies' peers and pods. (The bridge
         // table's port sets need the node's bridge ports, which only the daemon lists.)
@@ -511,8 +567,13 @@ fn policy_cluster(n: usize, cidr: &str) -> (Cluster, Api) {
     (c, api)
 }
 
-fn latency(rounds: usize, load: Option<Scale>) {
-    println!("== latency: a policy change written to the API -> committed in every node's table (3 nodes, {rounds} rounds)");
+fn latency(rounds: usize, load: Option<Scale>, cnp: bool) {
+    let what = if cnp {
+        "an Admin-tier ClusterNetworkPolicy"
+    } else {
+        "a NetworkPolicy"
+    };
+    println!("== latency: a change of what {what} allows written to the API -> committed in every node's table (3 nodes, {rounds} rounds)");
     let (c, mut api) = policy_cluster(3, "10.90.0.0/16");
     if let Some(s) = load {
         println!(
@@ -520,6 +581,10 @@ fn latency(rounds: usize, load: Option<Scale>) {
             s.pods, s.namespaces, s.fake_nodes, s.policies
         );
         api.load(synthetic(s, s.policies));
+        println!("and {} ClusterNetworkPolicies", s.cnps);
+        synthetic_cnps(s.cnps, s)
+            .into_iter()
+            .for_each(|p| api.put_cnp(p));
     }
     let server = labels(&[("app", "server")]);
     let client = labels(&[("app", "client")]);
@@ -540,8 +605,30 @@ fn latency(rounds: usize, load: Option<Scale>) {
             &[json!({"protocol": "TCP", "port": port})],
         )
     };
+    // The same allowance as an Admin-tier ClusterNetworkPolicy: its peer set is
+    // `cin_latency_0_src4`, its selected pods' ports `cin_latency_0_dst4`.
+    let latency_cnp = |port: u16| {
+        ClusterNetworkPolicy::new(
+            "latency",
+            json!({"tier": "Admin", "priority": 0,
+                   "subject": {"pods": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": BENCH_NS}},
+                                        "podSelector": {"matchLabels": {"app": "server"}}}},
+                   "ingress": [{"name": "clients", "action": "Accept",
+                                "from": [{"pods": {"podSelector": {"matchLabels": {"role": "client"}}}}],
+                                "protocols": [{"tcp": {"destinationPort": {"number": port}}}]}]}),
+        )
+    };
     let mut port = 8080;
-    api.put_policy(latency_policy(port));
+    if cnp {
+        api.put_cnp(latency_cnp(port));
+    } else {
+        api.put_policy(latency_policy(port));
+    }
+    let prefix = if cnp {
+        "cin_latency"
+    } else {
+        "in_bench_latency"
+    };
     api.enforced_everywhere(
         &c.nodes,
         Duration::from_millis(200),
@@ -555,10 +642,11 @@ fn latency(rounds: usize, load: Option<Scale>) {
     for r in 0..rounds {
         // A label selects the peers (the source set); the port is in the selected pods' set.
         let (kind, set) = if r % 2 == 0 {
-            ("label", "in_bench_latency_0_src4")
+            ("label", format!("{prefix}_0_src4"))
         } else {
-            ("port", "in_bench_latency_0_dst4")
+            ("port", format!("{prefix}_0_dst4"))
         };
+        let set = set.as_str();
         let before: Vec<String> = pollers.iter_mut().map(|p| p.list(set)).collect();
         let start = Instant::now();
         let seen: Vec<Option<Instant>> = std::thread::scope(|scope| {
@@ -579,7 +667,11 @@ fn latency(rounds: usize, load: Option<Scale>) {
                 api.put_pod(p);
             } else {
                 port = if port == 8080 { 8081 } else { 8080 };
-                api.put_policy(latency_policy(port));
+                if cnp {
+                    api.put_cnp(latency_cnp(port));
+                } else {
+                    api.put_policy(latency_policy(port));
+                }
             }
             watches
                 .into_iter()
@@ -644,9 +736,10 @@ fn datapath(s: Scale) {
     const ROUNDS: usize = 5;
     const SECS: u32 = 5;
     println!(
-        "== datapath: pod to pod across two nodes, no policy against {} policies and {} pods in the API ({ROUNDS} alternating rounds, medians)",
-        s.policies, s.pods
+        "== datapath: pod to pod across two nodes, no policy against {} policies, {} ClusterNetworkPolicies and {} pods in the API ({ROUNDS} alternating rounds, medians)",
+        s.policies, s.cnps, s.pods
     );
+    let cnps = synthetic_cnps(s.cnps, s);
     let (c, mut api) = policy_cluster(2, "10.91.0.0/16");
     let mut load = synthetic(s, s.policies - 1);
     let policies = std::mem::take(&mut load.policies);
@@ -688,6 +781,7 @@ fn datapath(s: Scale) {
         for (state, with) in [false, true].into_iter().enumerate() {
             if with {
                 policies.iter().cloned().for_each(|p| api.put_policy(p));
+                cnps.iter().cloned().for_each(|p| api.put_cnp(p));
                 api.put_policy(ours.clone());
             } else if round > 0 {
                 api.delete_policies();
@@ -722,7 +816,10 @@ fn datapath(s: Scale) {
     println!("{:<46} {:>14.2} {:>14.0}", "(a) no policy", t0, c0);
     println!(
         "{:<46} {:>14.2} {:>14.0}",
-        format!("(b) {} policies, {} pods in the API", s.policies, s.pods),
+        format!(
+            "(b) {} policies + {} CNPs, {} pods",
+            s.policies, s.cnps, s.pods
+        ),
         t1,
         c1
     );
