@@ -84,6 +84,23 @@ impl World {
         daemon_args: &str,
         report: &mut dyn FnMut(&str),
     ) -> World {
+        World::build(ports, protocols, daemon_args, &mut |_| {}, report)
+    }
+
+    /// The world of `new` serving TCP 80, `first` done to the API before any daemon
+    /// starts: what the daemons must meet from their start, such as a CRD not installed
+    /// (`KubeApi::set_cnp_served(false)`).
+    pub fn with_api_first(first: &mut dyn FnMut(&KubeApi)) -> World {
+        World::build(&[80], &[Protocol::Tcp], "", first, &mut |_| {})
+    }
+
+    fn build(
+        ports: &[u16],
+        protocols: &[Protocol],
+        daemon_args: &str,
+        first: &mut dyn FnMut(&KubeApi),
+        report: &mut dyn FnMut(&str),
+    ) -> World {
         let mut builder = Cluster::builder()
             .nodes(NODES)
             .cluster_cidr(CLUSTER_CIDR)
@@ -106,7 +123,10 @@ impl World {
         }
         let cluster = builder.flags(rest).build_reporting(&mut |p| match p {
             Progress::Etcd(_, t) => report(&format!("etcd ({t:.1?})")),
-            Progress::Api(api, t) => report(&format!("the API at {} ({t:.1?})", api.url())),
+            Progress::Api(api, t) => {
+                first(api);
+                report(&format!("the API at {} ({t:.1?})", api.url()))
+            }
             Progress::NodeReady(n, t) => report(&format!("{} ready ({t:.1?})", n.name)),
             Progress::Converged(t) => report(&format!("overlay converged ({t:.1?})")),
         });
