@@ -1,16 +1,20 @@
 //! `ferry-demo`: a 3-node cluster built out of namespaces on this machine, with a real
-//! etcd, `ferry-overlayd` on every node and pods added through `ferry`. It shows the job an
-//! operator cares about, one line per check: localhost inside a pod, pod to pod on one node
-//! and across, a Service's ClusterIP (hairpin included), a NodePort from outside, a pod
-//! reaching outside masqueraded; then `ferry-ipam` as an operator would run it. It removes
-//! everything, or with `--keep` leaves it running and says what to try by hand.
+//! etcd, the kit's Kubernetes API stand-in, `ferry-overlayd --network-policy` on every node
+//! and pods added through `ferry` (each known to the API first, as a kubelet makes it). It
+//! shows the job an operator cares about, one line per check: localhost inside a pod, pod
+//! to pod on one node and across, a Service's ClusterIP (hairpin included), a NodePort from
+//! outside, a pod reaching outside masqueraded; then `ferry-ipam` as an operator would run
+//! it; then isolation: ClusterNetworkPolicy's Admin tier keeping two tenants apart whatever
+//! their NetworkPolicies say, its Baseline tier a default a namespace's NetworkPolicy
+//! overrides, and `ferry-ipam explain` naming the deciding rule. It removes everything, or
+//! with `--keep` leaves it running and says what to try by hand.
 //! With `--cri` the cluster is a kind-like one (`ferry_tests::kind`): each node its own
 //! containerd driven through the CRI by a kubelet stand-in, ferry's image built from
 //! deploy/Dockerfile's recipe, ferry installed as users install it (`kubectl apply -k
 //! deploy/kubernetes`: the DaemonSet, on the Kubernetes API as its datastore), every pod a
 //! RunPodSandbox, the Service a real object whose rules the stand-in kube-proxy writes;
 //! the same checks follow, then `ferry-ipam` exec'd in ferry's container and the
-//! runtime's own view of the network.
+//! runtime's own view of the network, then the same isolation section.
 //! Exit status: 0 when every check passed, 1 otherwise, 2 when it cannot run here, 130
 //! when interrupted (after removing what it made).
 
