@@ -1299,10 +1299,13 @@ fn print_keep_hints(made: &Made, nodes: &[NodeView], pods: &[PodView]) {
                      \x20 {h} {ipam} show \\\n\
                      \x20     --data-dir {data}\n\
                      \x20 ETCDCTL_API=3 ip netns exec {e} etcdctl \\\n\
-                     \x20     --endpoints {ep} get {prefix}/ --prefix --keys-only\n",
+                     \x20     --endpoints {ep} get {prefix}/ --prefix --keys-only\n\
+                     \x20 {ipam} explain demo/pod-00 blue/web --port {PORT} \\\n\
+                     \x20     --state-dir {state}   # blue/web's node\n",
                     ipam = ipam.display(),
                     prefix = c.prefix,
                     data = c.nodes[0].dir.path().join("ipam").display(),
+                    state = c.nodes[TENANT_PODS[0].2].state_dir().display(),
                     e = c.etcd.host.name,
                 ),
             )
@@ -1332,7 +1335,10 @@ fn print_keep_hints(made: &Made, nodes: &[NodeView], pods: &[PodView]) {
         }
     };
     let gone = match made {
-        Made::Plugin(..) => "",
+        Made::Plugin(..) => {
+            "\nThe API was the demo's own stand-in and ended with it: each node keeps its \
+             policies as they were\n(its log says it cannot reach the API)."
+        }
         Made::Kind(..) => {
             "\nThe API server, kubelets and kube-proxy were the demo's own stand-ins and \
              ended with it:\nthe nodes, containerd, ferry and the pods run on, kube-proxy's \
