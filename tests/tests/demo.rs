@@ -17,18 +17,36 @@ fn demo(args: &[&str]) -> (Output, String) {
     (out, text)
 }
 
+/// Section 6, in either cluster: the tenants' verdicts before and after blue's allow-all
+/// NetworkPolicy, and `ferry-ipam explain` naming the tier and rule of each.
+const ISOLATION: [&str; 11] = [
+    "6. Isolation: ClusterNetworkPolicy's tiers around NetworkPolicy",
+    "ok   blue-dev/app -> blue/web: allowed (one tenant: Admin Accept)",
+    "ok   green/app -> blue/web: denied (another tenant: Admin Deny)",
+    "ok   demo/pod-00 -> blue/web: denied (no tenant: Baseline Deny)",
+    "blue adds NetworkPolicy allow-all",
+    "ok   demo/pod-00 -> blue/web: allowed (blue's NetworkPolicy overrides the Baseline)",
+    "ok   green/app -> blue/web: denied (NetworkPolicy cannot reopen the Admin tier)",
+    "ferry-ipam explain green/app blue/web --port 7000",
+    "denied\n  egress of green/app: allowed: no policy isolates it\n  ingress of blue/web: DENIED \
+     by the Admin tier: ClusterNetworkPolicy tenant-blue (Admin tier, priority 10) ingress[0] \
+     \"not-from-other-tenants\": Deny\n",
+    "ferry-ipam explain blue-dev/app blue/web --port 7000",
+    "allowed\n  egress of blue-dev/app: allowed: no policy isolates it\n  ingress of blue/web: \
+     allowed by the Admin tier: ClusterNetworkPolicy tenant-blue (Admin tier, priority 10) \
+     ingress[1] \"own-tenant\": Accept\n",
+];
+
 /// Every part the demo promises, in order, and a clean result.
 fn assert_every_section(out: &Output, text: &str) {
-    assert_in_order(
-        out,
-        text,
+    let sections = [
         &[
-            "starting an underlay switch and etcd",
+            "starting an underlay switch, etcd and an API",
             "node0 192.0.2.11: ferry-overlayd ready, lease 10.244.",
             "node1 192.0.2.12: ferry-overlayd ready, lease 10.244.",
             "node2 192.0.2.13: ferry-overlayd ready, lease 10.244.",
             "overlay converged",
-            "adding 6 pods through ferry",
+            "adding 6 pods and 3 tenants' pods through ferry",
             "1. Containers of one pod, over localhost",
             "ok   pod-00: client -> server on 127.0.0.1:8080: server saw 127.0.0.1\n",
             "2. Pod to pod, on one node and across nodes",
@@ -43,9 +61,12 @@ fn assert_every_section(out: &Output, text: &str) {
             "NODE   SUBNET",
             "$ ferry-ipam show --data-dir",
             "capacity 253  used 2",
-            "All 41 checks passed",
-        ],
-    );
+        ][..],
+        &ISOLATION,
+        &["All 48 checks passed"],
+    ]
+    .concat();
+    assert_in_order(out, text, &sections);
 }
 
 /// A clean exit, each of `expected` in order, and no failed check.
@@ -108,8 +129,9 @@ fn kept_script(text: &str) -> (String, Vec<String>, RunOnDrop) {
         .filter_map(|l| l.strip_prefix("ip netns del "))
         .map(str::to_string)
         .collect();
-    // The switch, etcd's host (--cri: the API's), the outside host, 3 nodes and 6 pods.
-    assert_eq!(namespaces.len(), 12, "{body}");
+    // The switch, etcd's host (--cri: the API's), the outside host, 3 nodes, 6 pods and the
+    // tenants' 3.
+    assert_eq!(namespaces.len(), 15, "{body}");
     for ns in &namespaces {
         assert!(Path::new("/run/netns").join(ns).exists(), "{ns} not kept");
     }
@@ -187,8 +209,8 @@ fn processes_holding(marks: &[&str]) -> Vec<String> {
     found
 }
 
-/// Every part `--cri` promises, in order.
-const CRI_SECTIONS: [&str; 30] = [
+/// Every part `--cri` promises, in order (then `ISOLATION`, and the total).
+const CRI_SECTIONS: [&str; 29] = [
     "a 3-node kind cluster on this machine",
     "creating the cluster: 3 nodes, each its own containerd",
     "building ferry's image",
@@ -197,7 +219,7 @@ const CRI_SECTIONS: [&str; 30] = [
     "kind-control-plane 192.0.2.11: Ready, lease 10.244.",
     "kind-worker 192.0.2.12: Ready, lease 10.244.",
     "kind-worker2 192.0.2.13: Ready, lease 10.244.",
-    "adding 6 pods through containerd's CRI (RunPodSandbox)",
+    "adding 6 pods and 3 tenants' pods through containerd's CRI",
     "a NodePort Service 10.96.0.10:80 -> pod-21",
     "1. Containers of one pod, over localhost",
     "ok   pod-00: client -> server on 127.0.0.1:8080: server saw 127.0.0.1\n",
@@ -218,8 +240,11 @@ const CRI_SECTIONS: [&str; 30] = [
     "The runtime's view",
     "ok   Status: NetworkReady=true",
     "ok   PodSandboxStatus of demo/pod-00: ip 10.244.",
-    "All 43 checks passed",
 ];
+
+fn cri_sections() -> Vec<&'static str> {
+    [&CRI_SECTIONS[..], &ISOLATION, &["All 50 checks passed"]].concat()
+}
 
 /// The control-plane node's sandboxes, as `ferry-ipam show` names them in `text` (its
 /// CONTAINER column), and the node's directory (where its containerd's socket is).
@@ -272,7 +297,7 @@ fn assert_cri_node_gone(sandboxes: &[&str], node_dir: &str) {
 fn the_demo_through_the_cri_passes_every_check_and_leaves_nothing() {
     needs_root!();
     let (out, text) = demo(&["--cri"]);
-    assert_in_order(&out, &text, &CRI_SECTIONS);
+    assert_in_order(&out, &text, &cri_sections());
     let (sandboxes, node_dir) = control_plane_sandboxes_and_dir(&text);
     assert_cri_node_gone(&sandboxes, node_dir);
 }
@@ -287,7 +312,7 @@ fn the_demo_through_the_cri_kept_is_removed_by_the_script_it_names() {
         .lines()
         .find_map(|l| l.strip_prefix("Remove it all: sh "))
         .map(|s| RunOnDrop(s.to_string()));
-    assert_in_order(&out, &text, &CRI_SECTIONS);
+    assert_in_order(&out, &text, &cri_sections());
     let (script, namespaces, _guard) = kept_script(&text);
     // The kept cluster still answers, and its first node still holds its pods: hints by
     // hand.

@@ -263,7 +263,8 @@ fn synthetic(s: Scale, policies: usize) -> Synthetic {
 /// `n` ClusterNetworkPolicies, the first half in the Admin tier, the rest in the Baseline
 /// tier, each selecting every pod: Admin policy i denies ingress from the pods of group
 /// g<i> of namespace load<i> on TCP 80 and passes egress to a /30 of 172.17/16; Baseline
-/// policy i denies ingress from a /30 of 172.18/16. None matches the measured pods' traffic.
+/// policy i denies ingress from the same group on TCP 8000-8100 and egress to a /30 of
+/// 172.18/16. None matches the measured pods' traffic.
 fn synthetic_cnps(n: usize, s: Scale) -> Vec<ClusterNetworkPolicy> {
     (0..n)
         .map(|i| {
@@ -281,8 +282,13 @@ fn synthetic_cnps(n: usize, s: Scale) -> Vec<ClusterNetworkPolicy> {
             } else {
                 json!({
                     "tier": "Baseline", "priority": i % 1001, "subject": {"namespaces": {}},
-                    "ingress": [{"name": "deny-net", "action": "Deny",
-                                 "from": [{"networks": [format!("172.18.{}.{}/30", i / 64, (i % 64) * 4)]}]}],
+                    "ingress": [{"name": "deny-group", "action": "Deny",
+                                 "from": [{"pods": {
+                                     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": format!("load{}", i % s.namespaces)}},
+                                     "podSelector": {"matchLabels": {"grp": format!("g{}", i % 10)}}}}],
+                                 "protocols": [{"tcp": {"destinationPort": {"range": {"start": 8000, "end": 8100}}}}]}],
+                    "egress": [{"name": "deny-net", "action": "Deny",
+                                "to": [{"networks": [format!("172.18.{}.{}/30", i / 64, (i % 64) * 4)]}]}],
                 })
             };
             ClusterNetworkPolicy::new(&format!("cnp{i}"), spec)

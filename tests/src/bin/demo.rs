@@ -1,16 +1,20 @@
 //! `ferry-demo`: a 3-node cluster built out of namespaces on this machine, with a real
-//! etcd, `ferry-overlayd` on every node and pods added through `ferry`. It shows the job an
-//! operator cares about, one line per check: localhost inside a pod, pod to pod on one node
-//! and across, a Service's ClusterIP (hairpin included), a NodePort from outside, a pod
-//! reaching outside masqueraded; then `ferry-ipam` as an operator would run it. It removes
-//! everything, or with `--keep` leaves it running and says what to try by hand.
+//! etcd, the kit's Kubernetes API stand-in, `ferry-overlayd --network-policy` on every node
+//! and pods added through `ferry` (each known to the API first, as a kubelet makes it). It
+//! shows the job an operator cares about, one line per check: localhost inside a pod, pod
+//! to pod on one node and across, a Service's ClusterIP (hairpin included), a NodePort from
+//! outside, a pod reaching outside masqueraded; then `ferry-ipam` as an operator would run
+//! it; then isolation: ClusterNetworkPolicy's Admin tier keeping two tenants apart whatever
+//! their NetworkPolicies say, its Baseline tier a default a namespace's NetworkPolicy
+//! overrides, and `ferry-ipam explain` naming the deciding rule. It removes everything, or
+//! with `--keep` leaves it running and says what to try by hand.
 //! With `--cri` the cluster is a kind-like one (`ferry_tests::kind`): each node its own
 //! containerd driven through the CRI by a kubelet stand-in, ferry's image built from
 //! deploy/Dockerfile's recipe, ferry installed as users install it (`kubectl apply -k
 //! deploy/kubernetes`: the DaemonSet, on the Kubernetes API as its datastore), every pod a
 //! RunPodSandbox, the Service a real object whose rules the stand-in kube-proxy writes;
 //! the same checks follow, then `ferry-ipam` exec'd in ferry's container and the
-//! runtime's own view of the network.
+//! runtime's own view of the network, then the same isolation section.
 //! Exit status: 0 when every check passed, 1 otherwise, 2 when it cannot run here, 130
 //! when interrupted (after removing what it made).
 
@@ -20,13 +24,18 @@ use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use ferry_netpol::ClusterNetworkPolicy;
 use ferry_tests::cluster::{Cluster, Datastore, Pod, Progress, ETCD_IP, HEALTH_ADDR, OUTSIDE_IP};
 use ferry_tests::interrupt;
+use ferry_tests::kapi::KubeApi;
 use ferry_tests::kind::node::Leftovers;
 use ferry_tests::kind::{image, Backend, Family, KindCluster};
 use ferry_tests::netns::Netns;
 use ferry_tests::proc::{connect, echo_peer_server_on};
 use ferry_tests::services::Service;
+use k8s_openapi::api::core::v1::{Namespace, Pod as PodObject};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::{json, Value};
 
 const CIDR: &str = "10.244.0.0/16";
 const NODES: usize = 3;
@@ -71,8 +80,19 @@ const CRI_TOOLS: [(&str, &str); 10] = [
 /// Needed only until the image's base is built once.
 const BASE_TOOL: (&str, &str) = ("debootstrap", "debootstrap debian-archive-keyring");
 
-/// The Kubernetes namespace of the pods `--cri` makes.
+/// The Kubernetes namespace of the demo's pods (a namespace of no tenant).
 const POD_NAMESPACE: &str = "demo";
+/// The tenants' namespaces and the tenant each belongs to (its label `tenant`).
+const TENANT_NAMESPACES: [(&str, &str); 3] =
+    [("blue", "blue"), ("blue-dev", "blue"), ("green", "green")];
+/// The tenants' pods (namespace, name, node): blue's server on the second node, a pod of
+/// blue's other namespace and one of green's on the third (the first node keeps two
+/// pods, as `ferry-ipam show` shows them there).
+const TENANT_PODS: [(&str, &str, usize); 3] = [
+    ("blue", "web", 1),
+    ("blue-dev", "app", 2),
+    ("green", "app", 2),
+];
 /// How long `--cri` waits for ferry's pods, and for each workload pod, to be Ready.
 const READY: Duration = Duration::from_secs(180);
 /// ferry-overlayd's health address in the DaemonSet (on each node's loopback).
@@ -204,17 +224,30 @@ struct KindPod {
     ns: Netns,
 }
 
+impl KindPod {
+    fn view(&self) -> PodView<'_> {
+        PodView {
+            name: &self.name,
+            node: self.node,
+            ip: &self.ip,
+            ns: &self.ns,
+        }
+    }
+}
+
 /// The cluster and its pods: nodes of namespaces whose pods are added by exec'ing `ferry`,
 /// or a kind-like cluster whose kubelets make them through containerd's CRI.
+/// Each with the tenants' pods apart (named `namespace/pod`): the sections before the
+/// isolation one do not see them.
 enum Made {
-    Plugin(Box<Cluster>, Vec<(usize, Pod)>),
-    Kind(KindCluster, Vec<KindPod>),
+    Plugin(Box<Cluster>, Vec<(usize, Pod)>, Vec<(usize, String, Pod)>),
+    Kind(KindCluster, Vec<KindPod>, Vec<KindPod>),
 }
 
 impl Made {
     fn nodes(&self) -> Vec<NodeView<'_>> {
         match self {
-            Made::Plugin(c, _) => c
+            Made::Plugin(c, ..) => c
                 .nodes
                 .iter()
                 .map(|n| NodeView {
@@ -223,7 +256,7 @@ impl Made {
                     host: &n.host,
                 })
                 .collect(),
-            Made::Kind(c, _) => c
+            Made::Kind(c, ..) => c
                 .nodes
                 .iter()
                 .map(|n| NodeView {
@@ -237,7 +270,7 @@ impl Made {
 
     fn pods(&self) -> Vec<PodView<'_>> {
         match self {
-            Made::Plugin(_, pods) => pods
+            Made::Plugin(_, pods, _) => pods
                 .iter()
                 .map(|(i, p)| PodView {
                     name: &p.id,
@@ -246,23 +279,80 @@ impl Made {
                     ns: &p.ns,
                 })
                 .collect(),
-            Made::Kind(_, pods) => pods
+            Made::Kind(_, pods, _) => pods.iter().map(KindPod::view).collect(),
+        }
+    }
+
+    /// The tenants' pods, in `TENANT_PODS`' order, named `namespace/pod`.
+    fn tenants(&self) -> Vec<PodView<'_>> {
+        match self {
+            Made::Plugin(_, _, pods) => pods
                 .iter()
-                .map(|p| PodView {
-                    name: &p.name,
-                    node: p.node,
+                .map(|(i, name, p)| PodView {
+                    name,
+                    node: *i,
                     ip: &p.ip,
                     ns: &p.ns,
                 })
                 .collect(),
+            Made::Kind(_, _, pods) => pods.iter().map(KindPod::view).collect(),
+        }
+    }
+
+    /// The cluster's Kubernetes API (the kit's stand-in).
+    fn api(&self) -> &KubeApi {
+        match self {
+            Made::Plugin(c, ..) => c.api(),
+            Made::Kind(c, ..) => &c.api,
+        }
+    }
+
+    /// `ferry-ipam explain FROM TO --port PORT` on node `i` as an operator runs it (as
+    /// root on the node, with the daemon's state directory; kind: in ferry's container,
+    /// as `kubectl exec` runs it): the command as shown, its exit code and output.
+    fn explain(&self, i: usize, from: &str, to: &str) -> (String, i32, String, String) {
+        let what = format!("explain {from} {to} --port {PORT}");
+        match self {
+            Made::Plugin(c, ..) => {
+                let n = &c.nodes[i];
+                let shown = format!(
+                    "ferry-ipam {what} \\\n    --state-dir {}",
+                    n.state_dir().display()
+                );
+                let out = n.host.try_sh(&format!(
+                    "{} {what} --state-dir {}",
+                    ferry_tests::bin("ferry-ipam").display(),
+                    n.state_dir().display()
+                ));
+                (
+                    shown,
+                    out.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            }
+            Made::Kind(c, ..) => {
+                let ferry = c.ferry_pod(i);
+                let name = ferry.metadata.name.clone().unwrap_or_default();
+                let uid = ferry.metadata.uid.clone().unwrap_or_default();
+                let shown =
+                    format!("kubectl -n kube-system exec {name} -c ferry-overlayd -- \\\n    ferry-ipam {what}");
+                let port = PORT.to_string();
+                let (code, out, err) = c.exec(
+                    &uid,
+                    "ferry-overlayd",
+                    &["ferry-ipam", "explain", from, to, "--port", &port],
+                );
+                (shown, code, out, err)
+            }
         }
     }
 
     /// The host outside the cluster, on its switch.
     fn outside(&self) -> &Netns {
         match self {
-            Made::Plugin(c, _) => &c.outside,
-            Made::Kind(c, _) => &c.outside,
+            Made::Plugin(c, ..) => &c.outside,
+            Made::Kind(c, ..) => &c.outside,
         }
     }
 
@@ -270,7 +360,7 @@ impl Made {
     /// or (kind) a Service object applied, whose rules the stand-in kube-proxy writes.
     fn add_service(&mut self, svc: &Service, backend: &str) {
         match self {
-            Made::Plugin(c, _) => step(
+            Made::Plugin(c, ..) => step(
                 &format!("kube-proxy-style rules: {CLUSTER_IP}:{SERVICE_PORT} -> {backend}"),
                 || {
                     for n in &c.nodes {
@@ -278,7 +368,7 @@ impl Made {
                     }
                 },
             ),
-            Made::Kind(c, _) => step(
+            Made::Kind(c, ..) => step(
                 &format!(
                     "a NodePort Service {CLUSTER_IP}:{SERVICE_PORT} -> {backend} (kubectl apply)"
                 ),
@@ -331,9 +421,13 @@ fn run(keep: bool, cri: bool, start: Instant) -> usize {
     };
     let servers = {
         let pods = made.pods();
+        let tenants = made.tenants();
         step("starting a TCP server in each pod and outside", || {
-            let mut at: Vec<(&Netns, &str, u16)> =
-                pods.iter().map(|p| (p.ns, "0.0.0.0", PORT)).collect();
+            let mut at: Vec<(&Netns, &str, u16)> = pods
+                .iter()
+                .chain(&tenants)
+                .map(|p| (p.ns, "0.0.0.0", PORT))
+                .collect();
             at.push((made.outside(), "0.0.0.0", PORT));
             at.push((pods[0].ns, "127.0.0.1", LOCAL_PORT));
             // All at once: each one's start is mostly Python's.
@@ -363,9 +457,10 @@ fn run(keep: bool, cri: bool, start: Instant) -> usize {
     services(&mut r, &nodes, &pods, &names);
     outside(&mut r, made.outside(), &nodes, &pods, &names);
     match &made {
-        Made::Plugin(c, _) => operator(&mut r, c),
-        Made::Kind(c, pods) => operator_kind(&mut r, c, pods),
+        Made::Plugin(c, ..) => operator(&mut r, c),
+        Made::Kind(c, pods, _) => operator_kind(&mut r, c, pods),
     }
+    isolation(&mut r, &made, &pods[0]);
 
     interrupt::stop_if_interrupted();
     let total = r.passed + r.failed;
@@ -391,12 +486,12 @@ fn run(keep: bool, cri: bool, start: Instant) -> usize {
                 // and the switch, etcd or API they hang on.
                 drop(servers);
                 match made {
-                    Made::Plugin(c, pods) => {
-                        drop(pods);
+                    Made::Plugin(c, pods, tenants) => {
+                        drop((pods, tenants));
                         drop(c);
                     }
-                    Made::Kind(mut c, pods) => {
-                        drop(pods);
+                    Made::Kind(mut c, pods, tenants) => {
+                        drop((pods, tenants));
                         // The nodes at once: each waits for init to reap its killed pods.
                         on_each(c.nodes.iter_mut(), |n| n.power_off());
                         drop(c);
@@ -408,25 +503,34 @@ fn run(keep: bool, cri: bool, start: Instant) -> usize {
     r.failed
 }
 
-/// The cluster of namespaces: a switch, etcd, ferry-overlayd on every node; then two pods
-/// per node added by exec'ing `ferry` as a runtime does.
+/// The cluster of namespaces: a switch, etcd, the kit's Kubernetes API stand-in (for
+/// NetworkPolicy and ClusterNetworkPolicy, the pods and their namespaces), ferry-overlayd
+/// on every node (`--network-policy`); then two pods per node and the tenants' pods, each
+/// as a kubelet makes it: its object, then `ferry` exec'd as a runtime does, then its
+/// status.
 fn plugin_cluster() -> Made {
     println!("ferry demo: a {NODES}-node cluster of network namespaces on this machine");
     step_begin(&format!(
-        "starting an underlay switch and etcd ({ETCD_IP}:2379)"
+        "starting an underlay switch, etcd and an API ({ETCD_IP})"
     ));
-    // The demo shows etcd (its endpoint, its keys): etcd is its datastore.
+    // The demo shows etcd (its endpoint, its keys): etcd is its datastore. The API serves
+    // the policies; with --network-policy a pod it does not show starts closed.
+    let mut etcd_time = 0.0;
     let c = Cluster::builder()
         .nodes(NODES)
         .cluster_cidr(CIDR)
         .datastore(Datastore::Etcd)
+        .kube_api()
+        .flags(["--network-policy"])
         .build_reporting(&mut |p| match p {
-            Progress::Etcd(_, t) => {
-                step_end(t.as_secs_f64());
-                println!("  starting ferry-overlayd on {NODES} nodes (each leases a subnet)");
+            Progress::Etcd(_, t) => etcd_time = t.as_secs_f64(),
+            Progress::Api(_, t) => {
+                step_end(etcd_time + t.as_secs_f64());
+                println!(
+                    "  starting ferry-overlayd on {NODES} nodes (each leases a subnet; \
+                     --network-policy)"
+                );
             }
-            // Neither the Kubernetes datastore nor `kube_api`: no API is started.
-            Progress::Api(..) => {}
             Progress::NodeReady(n, t) => {
                 step_begin(&format!(
                     "{} {}: ferry-overlayd ready, lease {}",
@@ -441,22 +545,71 @@ fn plugin_cluster() -> Made {
                 step_end(t.as_secs_f64());
             }
         });
-    let pods = step(
+    let (pods, tenants) = step(
         &format!(
-            "adding {} pods through ferry (CNI ADD)",
-            NODES * PODS_PER_NODE
+            "adding {} pods and {} tenants' pods through ferry (CNI ADD)",
+            NODES * PODS_PER_NODE,
+            TENANT_PODS.len()
         ),
         || {
-            c.nodes
+            make_namespaces(c.api());
+            let pods = (0..NODES)
+                .flat_map(|i| (0..PODS_PER_NODE).map(move |k| (i, format!("pod-{i}{k}"))))
+                .map(|(i, name)| (i, api_pod(&c, i, POD_NAMESPACE, &name, &name)))
+                .collect();
+            let tenants = TENANT_PODS
                 .iter()
-                .enumerate()
-                .flat_map(|(i, n)| {
-                    (0..PODS_PER_NODE).map(move |k| (i, n.add_pod(&format!("pod-{i}{k}"))))
+                .map(|&(ns, name, i)| {
+                    let pod = api_pod(&c, i, ns, name, &format!("{ns}-{name}"));
+                    (i, format!("{ns}/{name}"), pod)
                 })
-                .collect()
+                .collect();
+            (pods, tenants)
         },
     );
-    Made::Plugin(Box::new(c), pods)
+    Made::Plugin(Box::new(c), pods, tenants)
+}
+
+fn k8s<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("a well-formed object")
+}
+
+/// The demo's namespace and the tenants', labelled as `TENANT_NAMESPACES` says.
+fn make_namespaces(api: &KubeApi) {
+    let tenants = TENANT_NAMESPACES.iter().map(|&(ns, t)| (ns, Some(t)));
+    for (ns, tenant) in [(POD_NAMESPACE, None)].into_iter().chain(tenants) {
+        let mut labels = json!({ "kubernetes.io/metadata.name": ns });
+        if let Some(t) = tenant {
+            labels["tenant"] = json!(t);
+        }
+        api.create(k8s::<Namespace>(
+            json!({"metadata": {"name": ns, "labels": labels}}),
+        ))
+        .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
+    }
+}
+
+/// Pod `ns/name` on node `i` as a kubelet makes it: the object, the ADD (container `id`)
+/// naming it in CNI_ARGS, the status with its address.
+fn api_pod(c: &Cluster, i: usize, ns: &str, name: &str, id: &str) -> Pod {
+    let api = c.api();
+    api.create(k8s::<PodObject>(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+        "spec": {"nodeName": c.nodes[i].name,
+                 "containers": [{"name": "serve", "image": "registry.k8s.io/pause:3.10"}]},
+    })))
+    .unwrap_or_else(|e| panic!("create pod {ns}/{name}: {e}"));
+    let pod = c.nodes[i].add_pod_as(
+        id,
+        Some(&format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}")),
+    );
+    let mut object: PodObject = api.get(Some(ns), name).expect("the pod just made");
+    object.status = Some(k8s(json!({
+        "phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
+    })));
+    api.update(object)
+        .unwrap_or_else(|e| panic!("the status of pod {ns}/{name}: {e}"));
+    pod
 }
 
 /// The kind-like cluster, as a user brings one up: the nodes (`kind create cluster`),
@@ -510,12 +663,14 @@ fn kind_cluster() -> Made {
         ));
         step_end(t.elapsed().as_secs_f64());
     }
-    let pods = step(
+    let (pods, tenants) = step(
         &format!(
-            "adding {} pods through containerd's CRI (RunPodSandbox)",
-            NODES * PODS_PER_NODE
+            "adding {} pods and {} tenants' pods through containerd's CRI",
+            NODES * PODS_PER_NODE,
+            TENANT_PODS.len()
         ),
         || {
+            make_namespaces(&c.api);
             // The nodes at once, and on each node pod-N0 before pod-N1, so that each
             // node's first pod has its first address, as in the demo without --cri.
             let mut pods: Vec<KindPod> = Vec::new();
@@ -527,24 +682,41 @@ fn kind_cluster() -> Made {
                         (i, c.run_pod(i, POD_NAMESPACE, &name, &labels), name)
                     })
                     .collect();
-                for (node, uid, name) in uids {
-                    let ready = wait_or_stop(READY, || c.status(&uid).is_some_and(|s| s.ready()));
-                    assert!(ready, "{name} not Ready after {READY:?}:\n{}", c.describe());
-                    let st = c.status(&uid).expect("a Ready pod's status");
-                    pods.push(KindPod {
-                        node,
-                        ns: c.pod_netns(&uid),
-                        ip: st.ip,
-                        name,
-                        uid,
-                    });
-                }
+                pods.extend(kind_pods_ready(&c, uids));
             }
             pods.sort_by(|a, b| a.name.cmp(&b.name));
-            pods
+            let uids: Vec<(usize, String, String)> = TENANT_PODS
+                .iter()
+                .map(|&(ns, name, i)| {
+                    (
+                        i,
+                        c.run_pod(i, ns, name, &[("app", name)]),
+                        format!("{ns}/{name}"),
+                    )
+                })
+                .collect();
+            (pods, kind_pods_ready(&c, uids))
         },
     );
-    Made::Kind(c, pods)
+    Made::Kind(c, pods, tenants)
+}
+
+/// Each pod of `uids` (node, UID, name) once Ready.
+fn kind_pods_ready(c: &KindCluster, uids: Vec<(usize, String, String)>) -> Vec<KindPod> {
+    uids.into_iter()
+        .map(|(node, uid, name)| {
+            let ready = wait_or_stop(READY, || c.status(&uid).is_some_and(|s| s.ready()));
+            assert!(ready, "{name} not Ready after {READY:?}:\n{}", c.describe());
+            let st = c.status(&uid).expect("a Ready pod's status");
+            KindPod {
+                node,
+                ns: c.pod_netns(&uid),
+                ip: st.ip,
+                name,
+                uid,
+            }
+        })
+        .collect()
 }
 
 /// Waits until `f` holds (true) or `timeout` passed (false); unwinds at once on SIGINT or
@@ -928,23 +1100,176 @@ fn operator_kind(r: &mut Report, c: &KindCluster, pods: &[KindPod]) {
     r.look_at(TROUBLESHOOTING, "Running the demo");
 }
 
+/// How long the isolation section waits for a node to have a policy's verdict.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// An Admin-tier ClusterNetworkPolicy keeping tenant `t`'s namespaces from the other
+/// tenants' (what a namespace's own NetworkPolicy cannot reopen), its own let in.
+fn tenant_policy(t: &str) -> ClusterNetworkPolicy {
+    k8s(json!({
+        "metadata": {"name": format!("tenant-{t}")},
+        "spec": {
+            "tier": "Admin", "priority": 10,
+            "subject": {"namespaces": {"matchLabels": {"tenant": t}}},
+            "ingress": [
+                {"name": "not-from-other-tenants", "action": "Deny",
+                 "from": [{"namespaces": {"matchExpressions": [
+                     {"key": "tenant", "operator": "Exists"},
+                     {"key": "tenant", "operator": "NotIn", "values": [t]}]}}]},
+                {"name": "own-tenant", "action": "Accept",
+                 "from": [{"namespaces": {"matchLabels": {"tenant": t}}}]},
+            ],
+        },
+    }))
+}
+
+/// The Baseline-tier default: the tenants' namespaces closed to the namespaces of no
+/// tenant, until a namespace's own NetworkPolicy says otherwise.
+fn baseline_policy() -> ClusterNetworkPolicy {
+    k8s(json!({
+        "metadata": {"name": "tenants-closed"},
+        "spec": {
+            "tier": "Baseline", "priority": 10,
+            "subject": {"namespaces": {"matchExpressions": [
+                {"key": "tenant", "operator": "Exists"}]}},
+            "ingress": [
+                {"name": "not-from-outside-tenants", "action": "Deny",
+                 "from": [{"namespaces": {"matchExpressions": [
+                     {"key": "tenant", "operator": "DoesNotExist"}]}}]},
+            ],
+        },
+    }))
+}
+
+/// ClusterNetworkPolicy's tiers around NetworkPolicy, on the tenants' pods: the Admin
+/// tier keeps the tenants apart, which blue's allow-all NetworkPolicy cannot undo, while
+/// it does open blue to the namespaces of no tenant, which the Baseline tier closes by
+/// default; then `ferry-ipam explain` names the rule that decided, on the server's node.
+fn isolation(r: &mut Report, made: &Made, p0: &PodView) {
+    let tenants = made.tenants();
+    let [web, dev, green] = &tenants[..] else {
+        unreachable!("TENANT_PODS holds three pods")
+    };
+    let on = made.nodes()[web.node].name.to_string();
+    r.section(&format!(
+        "6. Isolation: ClusterNetworkPolicy's tiers around NetworkPolicy (on {on})"
+    ));
+    println!("   tenants by namespace label: blue (blue, blue-dev), green (green); demo has none");
+    println!("   Admin tier: tenant-blue, tenant-green; Baseline tier: tenants-closed");
+    let api = made.api();
+    for t in ["blue", "green"] {
+        api.create(tenant_policy(t))
+            .unwrap_or_else(|e| panic!("create ClusterNetworkPolicy tenant-{t}: {e}"));
+    }
+    api.create(baseline_policy())
+        .unwrap_or_else(|e| panic!("create ClusterNetworkPolicy tenants-closed: {e}"));
+    let p0_name = format!("{POD_NAMESPACE}/{}", p0.name);
+    verdicts(
+        r,
+        made,
+        web,
+        &[
+            (dev, dev.name, true, "one tenant: Admin Accept"),
+            (green, green.name, false, "another tenant: Admin Deny"),
+            (p0, &p0_name, false, "no tenant: Baseline Deny"),
+        ],
+    );
+    println!("   blue adds NetworkPolicy allow-all (ingress from everyone):");
+    api.create(k8s::<NetworkPolicy>(json!({
+        "metadata": {"name": "allow-all", "namespace": "blue"},
+        "spec": {"podSelector": {}, "ingress": [{}], "policyTypes": ["Ingress"]},
+    })))
+    .unwrap_or_else(|e| panic!("create NetworkPolicy blue/allow-all: {e}"));
+    verdicts(
+        r,
+        made,
+        web,
+        &[
+            (
+                p0,
+                &p0_name,
+                true,
+                "blue's NetworkPolicy overrides the Baseline",
+            ),
+            (
+                green,
+                green.name,
+                false,
+                "NetworkPolicy cannot reopen the Admin tier",
+            ),
+        ],
+    );
+    for (from, allowed) in [(green, false), (dev, true)] {
+        let (shown, code, out, err) = made.explain(web.node, from.name, web.name);
+        println!("$ {shown}");
+        print!("{out}");
+        let tier = if allowed {
+            "allowed by the Admin tier"
+        } else {
+            "DENIED by the Admin tier"
+        };
+        let ok = code == i32::from(!allowed) && out.contains(tier);
+        if !ok {
+            print!("{err}");
+            println!(
+                "FAIL exit code {code}, expected {}: {tier}",
+                i32::from(!allowed)
+            );
+        }
+        r.count(ok);
+    }
+    r.look_at(TROUBLESHOOTING, "5. It is blocked (NetworkPolicy)");
+}
+
+/// Each case (the client, its `namespace/pod`, whether it may connect, why) probed to
+/// `to`'s server, once `to`'s node has every case's verdict (its `explain` answers from
+/// the state its table was last written from); all probes at once (a denied one waits
+/// out its 3 s). One ok/FAIL line each.
+fn verdicts(r: &mut Report, made: &Made, to: &PodView, cases: &[(&PodView, &str, bool, &str)]) {
+    for &(_, from, allowed, _) in cases {
+        wait_or_stop(SETTLE, || {
+            made.explain(to.node, from, to.name).1 == i32::from(!allowed)
+        });
+    }
+    let seen = on_each(cases, |(p, ..)| connect(p.ns, to.ip, PORT));
+    for (&(p, from, allowed, why), seen) in cases.iter().zip(seen) {
+        let word = if allowed { "allowed" } else { "denied" };
+        // Allowed: the server saw the client's own address.
+        let ok = if allowed {
+            seen.as_deref() == Some(p.ip)
+        } else {
+            seen.is_none()
+        };
+        r.count(ok);
+        if ok {
+            println!("ok   {from} -> {}: {word} ({why})", to.name);
+        } else {
+            let got = seen.map_or("no answer within 3s".into(), |ip| {
+                format!("server saw {ip}")
+            });
+            println!("FAIL {from} -> {}: {got}; expected {word} ({why})", to.name);
+        }
+    }
+}
+
 /// How to look around a kept cluster, and the script that removes it.
 fn print_keep_hints(made: &Made, nodes: &[NodeView], pods: &[PodView]) {
     let path = std::env::temp_dir().join(format!("ferry-demo-cleanup-{}.sh", std::process::id()));
+    let tenants = made.tenants();
     let script = match made {
-        Made::Plugin(c, _) => {
+        Made::Plugin(c, ..) => {
             let namespaces: Vec<&Netns> = [&c.switch.ns, &c.etcd.host, &c.outside]
                 .into_iter()
                 .chain(nodes.iter().map(|n| n.host))
-                .chain(pods.iter().map(|p| p.ns))
+                .chain(pods.iter().chain(&tenants).map(|p| p.ns))
                 .collect();
             cleanup_script(&namespaces, &c.all_dirs(), &[])
         }
-        Made::Kind(c, _) => {
+        Made::Kind(c, ..) => {
             let namespaces: Vec<&Netns> = [&c.switch.ns, &c.api_host, &c.outside]
                 .into_iter()
                 .chain(nodes.iter().map(|n| n.host))
-                .chain(pods.iter().map(|p| p.ns))
+                .chain(pods.iter().chain(&tenants).map(|p| p.ns))
                 .collect();
             let kept: Vec<Leftovers> = c.nodes.iter().map(|n| n.leftovers()).collect();
             cleanup_script(&namespaces, &[], &kept)
@@ -964,7 +1289,7 @@ fn print_keep_hints(made: &Made, nodes: &[NodeView], pods: &[PodView]) {
     // installed binary and the DaemonSet's defaults inside the node (the Nodes, through
     // the API with the pod's service account).
     let (health, rest) = match made {
-        Made::Plugin(c, _) => {
+        Made::Plugin(c, ..) => {
             let ep = c.etcd.endpoint();
             (
                 HEALTH_ADDR,
@@ -974,15 +1299,18 @@ fn print_keep_hints(made: &Made, nodes: &[NodeView], pods: &[PodView]) {
                      \x20 {h} {ipam} show \\\n\
                      \x20     --data-dir {data}\n\
                      \x20 ETCDCTL_API=3 ip netns exec {e} etcdctl \\\n\
-                     \x20     --endpoints {ep} get {prefix}/ --prefix --keys-only\n",
+                     \x20     --endpoints {ep} get {prefix}/ --prefix --keys-only\n\
+                     \x20 {ipam} explain demo/pod-00 blue/web --port {PORT} \\\n\
+                     \x20     --state-dir {state}   # blue/web's node\n",
                     ipam = ipam.display(),
                     prefix = c.prefix,
                     data = c.nodes[0].dir.path().join("ipam").display(),
+                    state = c.nodes[TENANT_PODS[0].2].state_dir().display(),
                     e = c.etcd.host.name,
                 ),
             )
         }
-        Made::Kind(c, _) => {
+        Made::Kind(c, ..) => {
             let node = &c.nodes[0];
             let ferry = c.ferry_pod(0);
             let uid = ferry.metadata.uid.clone().unwrap_or_default();
@@ -1007,7 +1335,10 @@ fn print_keep_hints(made: &Made, nodes: &[NodeView], pods: &[PodView]) {
         }
     };
     let gone = match made {
-        Made::Plugin(..) => "",
+        Made::Plugin(..) => {
+            "\nThe API was the demo's own stand-in and ended with it: each node keeps its \
+             policies as they were\n(its log says it cannot reach the API)."
+        }
         Made::Kind(..) => {
             "\nThe API server, kubelets and kube-proxy were the demo's own stand-ins and \
              ended with it:\nthe nodes, containerd, ferry and the pods run on, kube-proxy's \

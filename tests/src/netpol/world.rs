@@ -104,15 +104,25 @@ impl World {
         daemon_args: &str,
         report: &mut dyn FnMut(&str),
     ) -> World {
-        let cluster = build_cluster(daemon_args, report);
+        let cluster = build_cluster(daemon_args, &mut |_| {}, report);
         World::populate(cluster, WorldSpec::model(ports, protocols), false, report)
+    }
+
+    /// The world of `new` serving TCP 80, `first` done to the API before any daemon
+    /// starts: what the daemons must meet from their start, such as a CRD not installed
+    /// (`KubeApi::set_cnp_served(false)`).
+    pub fn with_api_first(first: &mut dyn FnMut(&KubeApi)) -> World {
+        let report = &mut |_: &str| {};
+        let cluster = build_cluster("", first, report);
+        let spec = WorldSpec::model(&[80], &[Protocol::Tcp]);
+        World::populate(cluster, spec, false, report)
     }
 
     /// A case file's declared world: its namespaces, its pods (host-network ones in their
     /// nodes' namespaces), Services unless it says `services: false`, and a Node object
     /// for every node carrying `node_labels` and its address.
     pub fn declared(spec: &WorldSpec, report: &mut dyn FnMut(&str)) -> World {
-        let cluster = build_cluster("", report);
+        let cluster = build_cluster("", &mut |_| {}, report);
         World::populate(cluster, spec.clone(), true, report)
     }
 
@@ -650,9 +660,14 @@ impl World {
     }
 }
 
-/// The cluster a world runs in: `NODES` nodes, the API, `--network-policy`, and
-/// `daemon_args` (`--cluster-cidr-v6 …` makes it dual-stack).
-fn build_cluster(daemon_args: &str, report: &mut dyn FnMut(&str)) -> Cluster {
+/// The cluster a world runs in: `NODES` nodes, the API (`first` done to it before any
+/// daemon starts), `--network-policy`, and `daemon_args` (`--cluster-cidr-v6 …` makes it
+/// dual-stack).
+fn build_cluster(
+    daemon_args: &str,
+    first: &mut dyn FnMut(&KubeApi),
+    report: &mut dyn FnMut(&str),
+) -> Cluster {
     let mut builder = Cluster::builder()
         .nodes(NODES)
         .cluster_cidr(CLUSTER_CIDR)
@@ -675,7 +690,10 @@ fn build_cluster(daemon_args: &str, report: &mut dyn FnMut(&str)) -> Cluster {
     }
     builder.flags(rest).build_reporting(&mut |p| match p {
         Progress::Etcd(_, t) => report(&format!("etcd ({t:.1?})")),
-        Progress::Api(api, t) => report(&format!("the API at {} ({t:.1?})", api.url())),
+        Progress::Api(api, t) => {
+            first(api);
+            report(&format!("the API at {} ({t:.1?})", api.url()))
+        }
         Progress::NodeReady(n, t) => report(&format!("{} ready ({t:.1?})", n.name)),
         Progress::Converged(t) => report(&format!("overlay converged ({t:.1?})")),
     })
