@@ -21,9 +21,11 @@
 //!   nodes and 1,000 policies, from a cold start: time until the table is applied, the
 //!   table's size and the daemon's peak RSS.
 //!
-//! `--cnps N` adds N ClusterNetworkPolicies (half Admin, half Baseline tier, every one
-//! selecting every pod, none matching the measured pair: each new connection of the
-//! measured pods meets all their rules before its NetworkPolicy decides); `latency --cnp`
+//! `--cnps N` adds N ClusterNetworkPolicies (half Admin, half Baseline tier, each
+//! selecting its own namespace's pods, two of them the measured pods too, none matching
+//! the measured pair; `--cnps-everywhere`: each selecting every pod, so that each new
+//! connection of the measured pods meets all their rules before its NetworkPolicy
+//! decides); `latency --cnp`
 //! times changes of an Admin-tier ClusterNetworkPolicy instead of a NetworkPolicy.
 //! `--small` divides the API's objects by ten (a quick check that the mode works);
 //! `--pods N` and `--policies N` set them. `FERRY_BENCH_DAEMON_WRAPPER` is a command prefix
@@ -73,6 +75,7 @@ fn main() {
     scale.pods = flag("--pods").unwrap_or(scale.pods);
     scale.policies = flag("--policies").unwrap_or(scale.policies);
     scale.cnps = flag("--cnps").unwrap_or(0);
+    scale.cnps_everywhere = rest.contains(&"--cnps-everywhere");
     // `--cnp`: the latency mode changes a ClusterNetworkPolicy instead of a NetworkPolicy.
     let cnp_latency = rest.contains(&"--cnp");
     let mode = args.get(1).map(String::as_str).unwrap_or("");
@@ -126,6 +129,9 @@ struct Scale {
     fake_nodes: usize,
     /// ClusterNetworkPolicies (`--cnps N`): half in each tier (see [`synthetic_cnps`]).
     cnps: usize,
+    /// Whether every one of them selects every pod (`--cnps-everywhere`), not only its
+    /// own namespace's.
+    cnps_everywhere: bool,
 }
 
 impl Scale {
@@ -135,6 +141,7 @@ impl Scale {
         policies: 1_000,
         fake_nodes: 100,
         cnps: 0,
+        cnps_everywhere: false,
     };
     const SMALL: Scale = Scale {
         pods: 1_000,
@@ -142,6 +149,7 @@ impl Scale {
         policies: 100,
         fake_nodes: 10,
         cnps: 0,
+        cnps_everywhere: false,
     };
 }
 
@@ -261,16 +269,29 @@ fn synthetic(s: Scale, policies: usize) -> Synthetic {
 }
 
 /// `n` ClusterNetworkPolicies, the first half in the Admin tier, the rest in the Baseline
-/// tier, each selecting every pod: Admin policy i denies ingress from the pods of group
+/// tier. Each selects the pods of its own namespace load<i> and, the first of each tier,
+/// the measured pods' namespace too (a tenant's policies: a pod meets the rules of the
+/// few that select it); with `everywhere` each selects every pod (the worst case: a new
+/// connection meets all their rules). Admin policy i denies ingress from the pods of group
 /// g<i> of namespace load<i> on TCP 80 and passes egress to a /30 of 172.17/16; Baseline
 /// policy i denies ingress from the same group on TCP 8000-8100 and egress to a /30 of
 /// 172.18/16. None matches the measured pods' traffic.
 fn synthetic_cnps(n: usize, s: Scale) -> Vec<ClusterNetworkPolicy> {
     (0..n)
         .map(|i| {
+            let subject = if s.cnps_everywhere {
+                json!({"namespaces": {}})
+            } else {
+                let mut names = vec![format!("load{}", i % s.namespaces)];
+                if i == 0 || i == n / 2 {
+                    names.push(BENCH_NS.to_string());
+                }
+                json!({"namespaces": {"matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "In", "values": names}]}})
+            };
             let spec = if i < n / 2 {
                 json!({
-                    "tier": "Admin", "priority": i % 1001, "subject": {"namespaces": {}},
+                    "tier": "Admin", "priority": i % 1001, "subject": subject,
                     "ingress": [{"name": "deny-group", "action": "Deny",
                                  "from": [{"pods": {
                                      "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": format!("load{}", i % s.namespaces)}},
@@ -281,7 +302,7 @@ fn synthetic_cnps(n: usize, s: Scale) -> Vec<ClusterNetworkPolicy> {
                 })
             } else {
                 json!({
-                    "tier": "Baseline", "priority": i % 1001, "subject": {"namespaces": {}},
+                    "tier": "Baseline", "priority": i % 1001, "subject": subject,
                     "ingress": [{"name": "deny-group", "action": "Deny",
                                  "from": [{"pods": {
                                      "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": format!("load{}", i % s.namespaces)}},
