@@ -91,7 +91,10 @@
 //!   tier is the pod's NetworkPolicy chain (the same chain, by name and content, as
 //!   without ClusterNetworkPolicies: a NetworkPolicy always decides) or, when none isolates
 //!   the pod, a Baseline chain (Accept and Pass allow, Deny goes to the closed chain, then
-//!   allowed). Chain names hash the policy ids; a ClusterNetworkPolicy's id
+//!   allowed). Each tier's part starts with one rule per family,
+//!   `ip saddr != @<chain>_peers4 goto <next>` (`daddr` for egress): a peer that none of
+//!   the tier's rules names skips them all with one lookup, so a new connection meets the
+//!   rules of a tier only when one of them can match it. Chain names hash the policy ids; a ClusterNetworkPolicy's id
 //!   (`cnp:<tier>:<priority>:<name>`) holds a `:`, which no NetworkPolicy id does.
 //! - Egress is decided on the source's node and ingress on the destination's node: the
 //!   `*_pods` maps and the sets of selected pods (`in_*_dst`, `eg_*_src`) hold only this

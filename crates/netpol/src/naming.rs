@@ -47,6 +47,12 @@ pub fn self_set(family: Family) -> String {
     format!("self{}", family.digit())
 }
 
+/// The addresses every peer of the ClusterNetworkPolicy rules of tier chain `chain` covers,
+/// of `family`: a packet whose peer is not in it skips the tier's rules.
+pub fn prefilter_set(chain: ChainRef, family: Family) -> String {
+    format!("{}_peers{}", chain.name(), family.digit())
+}
+
 /// Which end of the packet a rule set holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum End {

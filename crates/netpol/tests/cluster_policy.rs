@@ -331,6 +331,26 @@ fn what_cannot_be_read_fails_closed() {
     assert_eq!(errs.len(), 2, "{errs:?}");
 }
 
+/// A rule failed closed (every peer) in a tier: no pre-filter can skip it, and it denies
+/// everyone, before and after the rules that can be skipped.
+#[test]
+fn a_deny_all_rule_is_never_skipped() {
+    let mut c = world(&["x/a", "y/a", "z/a"], &[80], &[Tcp]);
+    c.cluster_policies.push(cnp(
+        "first",
+        json!({"tier": "Admin", "priority": 1, "subject": {"namespaces": ns_sel("x")},
+               "ingress": [{"action": "Accept", "from": [{"namespaces": ns_sel("y")}]}]}),
+    ));
+    let (broken, errs) = ClusterPolicy::from_api(&ClusterNetworkPolicy::new(
+        "broken",
+        json!({"tier": "Admin", "priority": 2, "subject": {"namespaces": ns_sel("x")},
+               "ingress": [{"action": "Deny", "from": [{"serviceAccounts": {}}]}]}),
+    ));
+    assert_eq!(errs.len(), 1);
+    c.cluster_policies.push(broken.unwrap());
+    check_probe(&c, 80, Tcp, &[("z/a", "x/a", false)]);
+}
+
 /// A small deterministic generator (xorshift64*), so a failure names its seed.
 struct Rng(u64);
 

@@ -645,6 +645,9 @@ fn cluster_policies_load_read_back_and_plan_in_place() {
         "comment \"cnp tenant-x ingress[1] deny-others\"",
         "goto ingress_",
         "goto ingress_closed",
+        // The tier's pre-filter: a peer that no rule's peers hold skips the rules.
+        "_peers4 goto ingress_",
+        "ip saddr != @ingress_",
     ] {
         assert!(listed.contains(want), "missing {want:?} in\n{listed}");
     }

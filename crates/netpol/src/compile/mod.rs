@@ -8,15 +8,15 @@ use std::net::IpAddr;
 
 use crate::model::{Action, Cluster, ClusterPolicy, Direction, Pod, PodKey, Policy, Tier};
 use crate::naming::{
-    denied_set, own_set, pods_map, self_set, FORWARD_CHAIN, INPUT_CHAIN, PORTS_MAP,
+    denied_set, own_set, pods_map, prefilter_set, self_set, FORWARD_CHAIN, INPUT_CHAIN, PORTS_MAP,
 };
 use crate::nft::{
     Chain, ChainRef, Element, Expr, Field, Hook, Ifname, Rule, Ruleset, Set, SetKind, Table,
     Verdict,
 };
-use crate::ranges::Family;
+use crate::ranges::{merge_overlapping, AddrRange, Family};
 use rules::Owner;
-use view::{addrs, View};
+use view::{addrs, range_set, View};
 
 /// The NFLOG group denied connections are logged to (prefix `ferry-deny-ingress ` or
 /// `ferry-deny-egress `); the daemon reads it to log one line per denial.
@@ -101,6 +101,17 @@ impl Layers {
     }
 }
 
+/// One ClusterNetworkPolicy rule in one family, as a tier's chain takes it.
+#[derive(Debug, Clone)]
+struct CnpRule {
+    /// Its verdict is set by the chain that holds it.
+    rule: Rule,
+    action: Action,
+    family: Family,
+    /// The addresses of `family` its peers cover; `None`: every address.
+    peers: Option<Vec<AddrRange>>,
+}
+
 /// The policies and their rules for one direction, as the chains are built from them.
 struct Tiers<'r> {
     dir: Direction,
@@ -110,7 +121,7 @@ struct Tiers<'r> {
     /// Each NetworkPolicy's rules (verdict: allowed).
     np_rules: &'r [Vec<Rule>],
     /// Each CNP's rules with their actions (verdict to be set by the chain holding them).
-    cnp_rules: &'r [Vec<(Rule, Action)>],
+    cnp_rules: &'r [Vec<CnpRule>],
     /// What ends a chain that denies: count, log, drop (the closed chain holds only this).
     tail: &'r [Rule],
     /// What "allowed for this direction" is: `return` to the hook's chain for egress (the
@@ -137,21 +148,53 @@ impl Tiers<'_> {
                 .map(String::as_str)
                 .collect()
         };
-        let cnp_rules = |policies: &[usize], pass: &Verdict| -> Vec<Rule> {
-            policies
+        // A tier's rules in order, each with its action's verdict (`pass` for Pass), after
+        // one rule per family that sends a packet whose peer no rule's peers hold straight
+        // to `next` (what follows the tier): a new connection then meets one set lookup
+        // per family instead of every rule of the tier.
+        let cnp_rules = |table: &mut Table,
+                         chain: ChainRef,
+                         policies: &[usize],
+                         pass: &Verdict,
+                         next: &Verdict|
+         -> Vec<Rule> {
+            let rules: Vec<&CnpRule> = policies
                 .iter()
                 .filter_map(|i| self.cnp_rules.get(*i))
                 .flatten()
-                .map(|(rule, action)| {
-                    let mut rule = rule.clone();
-                    rule.verdict = Some(match action {
-                        Action::Accept => self.allow.clone(),
-                        Action::Deny => Verdict::Goto(closed.clone()),
-                        Action::Pass => pass.clone(),
-                    });
-                    rule
-                })
-                .collect()
+                .collect();
+            let mut out = Vec::new();
+            if rules.iter().all(|r| r.peers.is_some()) {
+                for family in Family::ALL {
+                    let held: Vec<AddrRange> = rules
+                        .iter()
+                        .filter(|r| r.family == family)
+                        .flat_map(|r| r.peers.iter().flatten().copied())
+                        .collect();
+                    let name = prefilter_set(chain, family);
+                    table
+                        .sets
+                        .insert(name.clone(), range_set(merge_overlapping(held), family));
+                    let field = match self.dir {
+                        Direction::Ingress => Field::Saddr(family),
+                        Direction::Egress => Field::Daddr(family),
+                    };
+                    out.push(Rule::new(
+                        vec![Expr::NotInSet { field, set: name }],
+                        next.clone(),
+                    ));
+                }
+            }
+            out.extend(rules.into_iter().map(|r| {
+                let mut rule = r.rule.clone();
+                rule.verdict = Some(match r.action {
+                    Action::Accept => self.allow.clone(),
+                    Action::Deny => Verdict::Goto(closed.clone()),
+                    Action::Pass => pass.clone(),
+                });
+                rule
+            }));
+            out
         };
         let (rest, rest_ids) = if !layers.nps.is_empty() {
             let to = ChainRef::of_policies(self.dir, &ids(&layers.nps, &[]));
@@ -169,11 +212,12 @@ impl Tiers<'_> {
             (Some(to), ids(&layers.nps, &[]))
         } else if !layers.baseline.is_empty() {
             let to = ChainRef::of_policies(self.dir, &ids(&[], &layers.baseline));
-            table.chains.entry(to.name()).or_insert_with(|| {
-                let mut rules = cnp_rules(&layers.baseline, &self.allow);
-                rules.push(Rule::new(Vec::new(), self.allow.clone()));
-                Chain { hook: None, rules }
-            });
+            if !table.chains.contains_key(&to.name()) {
+                let allow = self.allow.clone();
+                let mut rules = cnp_rules(table, to, &layers.baseline, &allow, &allow);
+                rules.push(Rule::new(Vec::new(), allow));
+                table.chains.insert(to.name(), Chain { hook: None, rules });
+            }
             (Some(to), ids(&[], &layers.baseline))
         } else {
             (None, Vec::new())
@@ -184,12 +228,12 @@ impl Tiers<'_> {
         let mut all = ids(&[], &layers.admin);
         all.extend(rest_ids);
         let to = ChainRef::of_policies(self.dir, &all);
-        table.chains.entry(to.name()).or_insert_with(|| {
+        if !table.chains.contains_key(&to.name()) {
             let next = rest.map_or(self.allow.clone(), |r| Verdict::Goto(r.name()));
-            let mut rules = cnp_rules(&layers.admin, &next);
+            let mut rules = cnp_rules(table, to, &layers.admin, &next, &next);
             rules.push(Rule::new(Vec::new(), next));
-            Chain { hook: None, rules }
-        });
+            table.chains.insert(to.name(), Chain { hook: None, rules });
+        }
         Some(to)
     }
 }
@@ -327,8 +371,8 @@ impl Ruleset {
                 group_rules_of.push(group_rules);
             }
             // The same for the ClusterNetworkPolicies, each rule with its action.
-            let mut cnp_rules_of: Vec<Vec<(Rule, Action)>> = Vec::with_capacity(cnps.len());
-            let mut cnp_group_rules_of: Vec<Vec<(Rule, Action)>> = Vec::new();
+            let mut cnp_rules_of: Vec<Vec<CnpRule>> = Vec::with_capacity(cnps.len());
+            let mut cnp_group_rules_of: Vec<Vec<CnpRule>> = Vec::new();
             for policy in &cnps {
                 let owner = Owner::Cnp(policy);
                 let mut rules = Vec::new();
@@ -337,16 +381,26 @@ impl Ruleset {
                     let matched = view.rule_matches(owner.home(), &r.rule);
                     for family in Family::ALL {
                         let peers = view.peer_ranges(&r.rule, &matched, family);
+                        let tier_rule = |rule| CnpRule {
+                            rule,
+                            action: r.action,
+                            family,
+                            peers: peers.clone(),
+                        };
                         if dir == Direction::Ingress {
-                            group_rules.push((
-                                bridge.group_rule(&view, owner, &r.rule, peers.clone(), family),
-                                r.action,
-                            ));
+                            let g = bridge.group_rule(&view, owner, &r.rule, peers.clone(), family);
+                            group_rules.push(tier_rule(g));
                         }
-                        rules.push((
-                            inet.policy_rule(&view, owner, dir, &r.rule, &matched, peers, family),
-                            r.action,
-                        ));
+                        let p = inet.policy_rule(
+                            &view,
+                            owner,
+                            dir,
+                            &r.rule,
+                            &matched,
+                            peers.clone(),
+                            family,
+                        );
+                        rules.push(tier_rule(p));
                     }
                 }
                 cnp_rules_of.push(rules);

@@ -216,6 +216,11 @@ pub enum Expr {
         field: Field,
         set: String,
     },
+    /// `<field> != @set`
+    NotInSet {
+        field: Field,
+        set: String,
+    },
     /// `<field> vmap @map`: the packet jumps to the chain the map gives its address, if
     /// any (the rule's verdict, so such a rule has none of its own).
     VerdictMap {
@@ -322,7 +327,9 @@ impl Rule {
     /// The sets the rule refers to.
     pub fn sets(&self) -> impl Iterator<Item = &str> {
         self.exprs.iter().filter_map(|e| match e {
-            Expr::InSet { set, .. } | Expr::Count { set, .. } => Some(set.as_str()),
+            Expr::InSet { set, .. } | Expr::NotInSet { set, .. } | Expr::Count { set, .. } => {
+                Some(set.as_str())
+            }
             Expr::VerdictMap { map, .. } => Some(map.as_str()),
             _ => None,
         })

@@ -451,6 +451,10 @@ fn parse_rule(body: &Value) -> Result<Rule, ListingError> {
                     let field = field_of(left).ok_or_else(bad)?;
                     let set = set_ref(right).ok_or_else(bad)?;
                     rule.exprs.push(Expr::InSet { field, set });
+                } else if v["op"] == "!=" {
+                    let field = field_of(left).ok_or_else(bad)?;
+                    let set = set_ref(right).ok_or_else(bad)?;
+                    rule.exprs.push(Expr::NotInSet { field, set });
                 } else {
                     return Err(bad());
                 }

@@ -61,6 +61,7 @@ impl Expr {
             Expr::L3(Some(Family::V6)) => "meta protocol ip6".into(),
             Expr::L3(None) => "meta protocol { ip, ip6 }".into(),
             Expr::InSet { field, set } => format!("{} @{set}", field.render()),
+            Expr::NotInSet { field, set } => format!("{} != @{set}", field.render()),
             Expr::VerdictMap { field, map } => format!("{} vmap @{map}", field.render()),
             Expr::Count { field, set } => format!("update @{set} {{ {} }}", field.render()),
             Expr::Limit(n) => format!("limit rate {n}/second"),

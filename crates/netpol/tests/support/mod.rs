@@ -259,6 +259,8 @@ fn walk_chain(t: &Table, chain: &str, pkt: &Packet) -> Option<NftVerdict> {
             Expr::CtEstablished | Expr::CtInvalid | Expr::NeighbourDiscovery => false,
             Expr::L3(f) => f.is_none_or(|f| Family::of(pkt.src) == f),
             Expr::InSet { field, set } => in_set(t, *field, set, pkt),
+            // Of the field's family, and not in the set.
+            Expr::NotInSet { field, set } => family_ok(*field, pkt) && !in_set(t, *field, set, pkt),
             Expr::VerdictMap { field, map } => {
                 let hit = family_ok(*field, pkt)
                     .then(|| {
