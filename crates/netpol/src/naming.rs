@@ -90,17 +90,9 @@ pub(crate) fn rule_set_name(
         Direction::Ingress => "in",
         Direction::Egress => "eg",
     };
-    let e = match end {
-        End::Src => "src",
-        End::Dst => "dst",
-    };
-    let tail = format!("{index}_{e}{}", family.digit());
-    let readable = format!("{d}_{}_{}_{tail}", policy.namespace, policy.name);
-    if plain_name(&policy.namespace) && plain_name(&policy.name) && readable.len() <= MAX_NAME_LEN {
-        readable
-    } else {
-        format!("{d}_h{:016x}_{tail}", fnv64(&policy.id()))
-    }
+    let readable = format!("{}_{}", policy.namespace, policy.name);
+    let plain = plain_name(&policy.namespace) && plain_name(&policy.name);
+    set_name(d, &readable, plain, &policy.id(), index, end, family)
 }
 
 /// `cin_<policy>_<rule>_<src|dst><4|6>` (`ceg_` for egress) for a rule of a
@@ -117,16 +109,31 @@ pub(crate) fn cluster_rule_set_name(
         Direction::Ingress => "cin",
         Direction::Egress => "ceg",
     };
+    let plain = plain_name(&policy.name);
+    set_name(d, &policy.name, plain, &policy.name, index, end, family)
+}
+
+/// `<prefix>_<owner>_<rule>_<src|dst><4|6>`, with `h<hash of hashed>` for `<owner>` when
+/// the owner's name is not `plain` or the whole would be too long.
+fn set_name(
+    prefix: &str,
+    owner: &str,
+    plain: bool,
+    hashed: &str,
+    index: usize,
+    end: End,
+    family: Family,
+) -> String {
     let e = match end {
         End::Src => "src",
         End::Dst => "dst",
     };
     let tail = format!("{index}_{e}{}", family.digit());
-    let readable = format!("{d}_{}_{tail}", policy.name);
-    if plain_name(&policy.name) && readable.len() <= MAX_NAME_LEN {
+    let readable = format!("{prefix}_{owner}_{tail}");
+    if plain && readable.len() <= MAX_NAME_LEN {
         readable
     } else {
-        format!("{d}_h{:016x}_{tail}", fnv64(&policy.name))
+        format!("{prefix}_h{:016x}_{tail}", fnv64(hashed))
     }
 }
 
