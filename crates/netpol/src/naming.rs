@@ -86,12 +86,9 @@ pub(crate) fn rule_set_name(
     end: End,
     family: Family,
 ) -> String {
-    let d = match dir {
-        Direction::Ingress => "in",
-        Direction::Egress => "eg",
-    };
     let readable = format!("{}_{}", policy.namespace, policy.name);
     let plain = plain_name(&policy.namespace) && plain_name(&policy.name);
+    let d = dir_prefix(dir);
     set_name(d, &readable, plain, &policy.id(), index, end, family)
 }
 
@@ -105,12 +102,17 @@ pub(crate) fn cluster_rule_set_name(
     end: End,
     family: Family,
 ) -> String {
-    let d = match dir {
-        Direction::Ingress => "cin",
-        Direction::Egress => "ceg",
-    };
+    let d = format!("c{}", dir_prefix(dir));
     let plain = plain_name(&policy.name);
-    set_name(d, &policy.name, plain, &policy.name, index, end, family)
+    set_name(&d, &policy.name, plain, &policy.name, index, end, family)
+}
+
+/// `in` or `eg`: how a rule set's name says its direction.
+fn dir_prefix(dir: Direction) -> &'static str {
+    match dir {
+        Direction::Ingress => "in",
+        Direction::Egress => "eg",
+    }
 }
 
 /// `<prefix>_<owner>_<rule>_<src|dst><4|6>`, with `h<hash of hashed>` for `<owner>` when

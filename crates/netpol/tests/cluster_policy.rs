@@ -4,9 +4,14 @@
 
 mod support;
 
+// The workspace's reproducible generator: a failure names its seed.
+#[path = "../../../fuzz/rng.rs"]
+mod rng;
+
 use ferry_netpol::model::Protocol::{Sctp, Tcp, Udp};
 use ferry_netpol::model::{Action, ClusterPolicy, NodeInfo, Protocol, Tier};
 use ferry_netpol::{verdict, verdict_at, Cluster, ClusterNetworkPolicy, Peer};
+use rng::Rng;
 use serde_json::{json, Value};
 use support::{check_probe, labels, pod, policy, world};
 
@@ -349,24 +354,6 @@ fn a_deny_all_rule_is_never_skipped() {
     assert_eq!(errs.len(), 1);
     c.cluster_policies.push(broken.unwrap());
     check_probe(&c, 80, Tcp, &[("z/a", "x/a", false)]);
-}
-
-/// A small deterministic generator (xorshift64*), so a failure names its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len())]
-    }
 }
 
 fn random_peer(r: &mut Rng, egress: bool) -> Value {

@@ -460,17 +460,11 @@ impl Ruleset {
                 },
             );
             let mut maps: BTreeMap<Family, BTreeSet<Element>> = BTreeMap::new();
-            let mut targets: BTreeMap<&Layers, ChainRef> = BTreeMap::new();
             for (pod, l) in &layers {
-                let to = match targets.get(l) {
-                    Some(to) => *to,
-                    None => {
-                        let Some(to) = tiers.chain(&mut inet, l) else {
-                            continue;
-                        };
-                        targets.insert(l, to);
-                        to
-                    }
+                // Pods of equal layers share their chain: made by the first, named again
+                // (a hash of the ids) for the others.
+                let Some(to) = tiers.chain(&mut inet, l) else {
+                    continue;
                 };
                 for ip in &pod.ips {
                     maps.entry(Family::of(*ip))
@@ -520,22 +514,13 @@ impl Ruleset {
                     },
                 );
                 let mut jumps = BTreeSet::new();
-                let mut targets: BTreeMap<&Layers, ChainRef> = BTreeMap::new();
                 for (pod, l) in &layers {
                     let Some(dev) = view.ports.get(&pod.key()) else {
                         continue;
                     };
-                    let to = match targets.get(l) {
-                        Some(to) => *to,
-                        None => {
-                            let Some(to) = tiers.chain(&mut bridge, l) else {
-                                continue;
-                            };
-                            targets.insert(l, to);
-                            to
-                        }
-                    };
-                    jumps.insert(Element::DevJump { dev: *dev, to });
+                    if let Some(to) = tiers.chain(&mut bridge, l) {
+                        jumps.insert(Element::DevJump { dev: *dev, to });
+                    }
                 }
                 bridge.sets.insert(
                     PORTS_MAP.into(),
