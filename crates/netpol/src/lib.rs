@@ -6,6 +6,9 @@
 //! - [`eval`]: the reference semantics, [`verdict`], which also explains itself;
 //! - [`desired`]: the node's nftables state as data, [`Ruleset::compute`] (the compiler,
 //!   `compile`, over the object model of [`nft`], with the names of [`naming`]);
+//!   [`Incremental`] keeps each policy's rules and sets between rounds and, after a
+//!   change, makes anew only those the change touches (always equal to
+//!   [`Ruleset::compute`] of the same inputs: `tests/incremental.rs`);
 //! - [`diff`]: the change from the applied state to the desired one as one atomic
 //!   `nft -f -` transaction, [`plan`];
 //! - [`nft::render`] and [`nft::parse`]: the objects written for `nft -f` and read back
@@ -146,6 +149,7 @@ pub mod nft;
 pub mod ranges;
 
 pub use api::ClusterNetworkPolicy;
+pub use compile::Incremental;
 pub use desired::{
     Ifname, LocalPods, Ruleset, Table, TableFamily, DENY_LOG_GROUP, DENY_LOG_RATE, TABLE,
 };

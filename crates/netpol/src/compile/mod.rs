@@ -1,9 +1,10 @@
 //! Compiling the cluster's policies into the node's desired tables: [`Ruleset::compute`].
 
+mod incremental;
 mod rules;
 mod view;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use crate::model::{Action, Cluster, ClusterPolicy, Direction, Pod, PodKey, Policy, Tier};
@@ -15,7 +16,8 @@ use crate::nft::{
     Verdict,
 };
 use crate::ranges::{merge_overlapping, AddrRange, Family};
-use rules::Owner;
+pub use incremental::Incremental;
+use incremental::{dir_index, Entry};
 use view::{addrs, range_set, View};
 
 /// The NFLOG group denied connections are logged to (prefix `ferry-deny-ingress ` or
@@ -119,9 +121,9 @@ struct Tiers<'r> {
     np_ids: &'r [String],
     cnp_ids: &'r [String],
     /// Each NetworkPolicy's rules (verdict: allowed).
-    np_rules: &'r [Vec<Rule>],
+    np_rules: &'r [&'r [Rule]],
     /// Each CNP's rules with their actions (verdict to be set by the chain holding them).
-    cnp_rules: &'r [Vec<CnpRule>],
+    cnp_rules: &'r [&'r [CnpRule]],
     /// What ends a chain that denies: count, log, drop (the closed chain holds only this).
     tail: &'r [Rule],
     /// What "allowed for this direction" is: `return` to the hook's chain for egress (the
@@ -161,7 +163,7 @@ impl Tiers<'_> {
             let rules: Vec<&CnpRule> = policies
                 .iter()
                 .filter_map(|i| self.cnp_rules.get(*i))
-                .flatten()
+                .flat_map(|r| r.iter())
                 .collect();
             let mut out = Vec::new();
             if rules.iter().all(|r| r.peers.is_some()) {
@@ -203,7 +205,7 @@ impl Tiers<'_> {
                     .nps
                     .iter()
                     .filter_map(|i| self.np_rules.get(*i))
-                    .flatten()
+                    .flat_map(|r| r.iter())
                     .cloned()
                     .collect();
                 rules.extend(self.tail.iter().cloned());
@@ -274,14 +276,20 @@ fn layers_of<'v>(
 }
 
 impl Ruleset {
-    /// The desired tables of the node whose pods are `local`.
+    /// The desired tables of the node whose pods are `local`, computed from nothing: the
+    /// reference [`Incremental::compute`] must always equal.
     ///
     /// Every policy rule gets its rule and sets whether or not it selects a local pod, so
     /// that pods coming, going or being relabelled change set elements only; a policy
     /// change touches its own sets, and the direction chain only when a rule's shape
     /// (which sets it matches) changes or rules come and go.
     pub fn compute(cluster: &Cluster, local: &LocalPods) -> Ruleset {
-        let view = View::new(cluster, local);
+        Incremental::default().compute(cluster, local)
+    }
+
+    /// The tables, from each policy's [`Piece`]s (one per policy id, made by the caller
+    /// for every policy of `cluster`).
+    fn assemble(cluster: &Cluster, view: &View<'_>, pieces: &HashMap<String, Entry>) -> Ruleset {
         let mut inet = Table::default();
         let mut bridge = Table::default();
         // Bridged between pods of the node (br_netfilter) and sent to the node's gateway
@@ -341,70 +349,33 @@ impl Ruleset {
         let cnp_ids: Vec<String> = cnps.iter().map(|p| p.id()).collect();
         for dir in [Direction::Egress, Direction::Ingress] {
             // Each policy's rules for `dir` in both families, with their sets whether or
-            // not the policy selects a local pod; for ingress the same rules for the
-            // bridge, by port.
-            let mut rules_of: Vec<Vec<Rule>> = Vec::with_capacity(cluster.policies.len());
-            let mut group_rules_of: Vec<Vec<Rule>> = Vec::new();
-            for policy in &cluster.policies {
-                let owner = Owner::Np(policy);
-                let mut rules = Vec::new();
-                let mut group_rules = Vec::new();
-                for rule in policy.rules(dir).unwrap_or_default() {
-                    let matched = view.rule_matches(owner.home(), rule);
-                    for family in Family::ALL {
-                        let peers = view.peer_ranges(rule, &matched, family);
-                        if dir == Direction::Ingress {
-                            group_rules.push(bridge.group_rule(
-                                &view,
-                                owner,
-                                rule,
-                                peers.clone(),
-                                family,
-                            ));
-                        }
-                        rules.push(
-                            inet.policy_rule(&view, owner, dir, rule, &matched, peers, family),
-                        );
-                    }
-                }
-                rules_of.push(rules);
-                group_rules_of.push(group_rules);
+            // not the policy selects a local pod (for ingress the same rules for the
+            // bridge, by port): made anew only for policies the change touched.
+            let d = dir_index(dir);
+            let mut np_rules: Vec<&[Rule]> = Vec::with_capacity(cluster.policies.len());
+            let mut np_group_rules: Vec<&[Rule]> = Vec::with_capacity(cluster.policies.len());
+            for id in &ids {
+                let Some(piece) = pieces.get(id).map(|e| &e.pieces[d]) else {
+                    np_rules.push(&[]);
+                    np_group_rules.push(&[]);
+                    continue;
+                };
+                piece.add_sets(&mut inet, &mut bridge);
+                np_rules.push(&piece.rules);
+                np_group_rules.push(&piece.group_rules);
             }
             // The same for the ClusterNetworkPolicies, each rule with its action.
-            let mut cnp_rules_of: Vec<Vec<CnpRule>> = Vec::with_capacity(cnps.len());
-            let mut cnp_group_rules_of: Vec<Vec<CnpRule>> = Vec::new();
-            for policy in &cnps {
-                let owner = Owner::Cnp(policy);
-                let mut rules = Vec::new();
-                let mut group_rules = Vec::new();
-                for r in policy.rules(dir) {
-                    let matched = view.rule_matches(owner.home(), &r.rule);
-                    for family in Family::ALL {
-                        let peers = view.peer_ranges(&r.rule, &matched, family);
-                        let tier_rule = |rule| CnpRule {
-                            rule,
-                            action: r.action,
-                            family,
-                            peers: peers.clone(),
-                        };
-                        if dir == Direction::Ingress {
-                            let g = bridge.group_rule(&view, owner, &r.rule, peers.clone(), family);
-                            group_rules.push(tier_rule(g));
-                        }
-                        let p = inet.policy_rule(
-                            &view,
-                            owner,
-                            dir,
-                            &r.rule,
-                            &matched,
-                            peers.clone(),
-                            family,
-                        );
-                        rules.push(tier_rule(p));
-                    }
-                }
-                cnp_rules_of.push(rules);
-                cnp_group_rules_of.push(group_rules);
+            let mut cnp_rules_of: Vec<&[CnpRule]> = Vec::with_capacity(cnps.len());
+            let mut cnp_group_rules_of: Vec<&[CnpRule]> = Vec::with_capacity(cnps.len());
+            for id in &cnp_ids {
+                let Some(piece) = pieces.get(id).map(|e| &e.pieces[d]) else {
+                    cnp_rules_of.push(&[]);
+                    cnp_group_rules_of.push(&[]);
+                    continue;
+                };
+                piece.add_sets(&mut inet, &mut bridge);
+                cnp_rules_of.push(&piece.cnp_rules);
+                cnp_group_rules_of.push(&piece.cnp_group_rules);
             }
             let mut tail = Vec::new();
             for family in Family::ALL {
@@ -438,7 +409,7 @@ impl Ruleset {
             // One chain per combination of policies that decides a local pod, so that a
             // new connection meets the rules of its own pod's policies only, whatever the
             // number of policies in the cluster.
-            let layers = layers_of(&view, cluster, &ids, &cnps, dir);
+            let layers = layers_of(view, cluster, &ids, &cnps, dir);
             let allow = match dir {
                 Direction::Egress => Verdict::Return,
                 Direction::Ingress => Verdict::Accept,
@@ -447,7 +418,7 @@ impl Ruleset {
                 dir,
                 np_ids: &ids,
                 cnp_ids: &cnp_ids,
-                np_rules: &rules_of,
+                np_rules: &np_rules,
                 cnp_rules: &cnp_rules_of,
                 tail: &tail,
                 allow,
@@ -501,7 +472,7 @@ impl Ruleset {
                 // pod).
                 let tail = [Rule::new(vec![Expr::Counter], Verdict::Drop)];
                 let tiers = Tiers {
-                    np_rules: &group_rules_of,
+                    np_rules: &np_group_rules,
                     cnp_rules: &cnp_group_rules_of,
                     tail: &tail,
                     ..tiers

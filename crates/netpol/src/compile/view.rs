@@ -1,6 +1,7 @@
 //! The cluster as one node sees it while compiling, and the sets built from it.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{Cluster, Pod, PodKey, PolicyPeer, PolicyRule, PortSel, Protocol};
@@ -16,7 +17,11 @@ pub(super) struct View<'a> {
     /// Each pod, and whether it is local; only a local pod whose addresses the caller
     /// knows better is copied, every other one borrowed from the cluster.
     pub(super) pods: Vec<(Cow<'a, Pod>, bool)>,
-    pub(super) by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
+    /// Made on first use: a round that makes no policy's rules anew never needs them.
+    by_label: OnceCell<HashMap<(&'a str, &'a str), Vec<usize>>>,
+    /// The same within one namespace, for peers without a namespace selector (most
+    /// NetworkPolicy peers): a label common in every namespace is no filter by itself.
+    by_ns_label: OnceCell<HashMap<(&'a str, &'a str, &'a str), Vec<usize>>>,
     pub(super) ports: &'a BTreeMap<PodKey, Ifname>,
 }
 
@@ -35,18 +40,37 @@ impl<'a> View<'a> {
                 None => (Cow::Borrowed(p), false),
             })
             .collect();
-        let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
-        for (i, p) in cluster.pods.iter().enumerate() {
-            for (k, v) in &p.labels {
-                by_label.entry((k, v)).or_default().push(i);
-            }
-        }
         View {
             cluster,
             pods,
-            by_label,
+            by_label: OnceCell::new(),
+            by_ns_label: OnceCell::new(),
             ports: &local.ports,
         }
+    }
+
+    fn by_label(&self) -> &HashMap<(&'a str, &'a str), Vec<usize>> {
+        self.by_label.get_or_init(|| {
+            let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+            for (i, p) in self.cluster.pods.iter().enumerate() {
+                for (k, v) in &p.labels {
+                    by_label.entry((k, v)).or_default().push(i);
+                }
+            }
+            by_label
+        })
+    }
+
+    fn by_ns_label(&self) -> &HashMap<(&'a str, &'a str, &'a str), Vec<usize>> {
+        self.by_ns_label.get_or_init(|| {
+            let mut by: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+            for (i, p) in self.cluster.pods.iter().enumerate() {
+                for (k, v) in &p.labels {
+                    by.entry((&p.namespace, k, v)).or_default().push(i);
+                }
+            }
+            by
+        })
     }
 
     /// The local pods whose port on the bridge is known, with it.
@@ -57,21 +81,25 @@ impl<'a> View<'a> {
 
     /// The pods a selector peer of a policy of namespace `home` matches.
     fn selector_matches(&self, home: &str, peer: &PolicyPeer) -> Vec<&Pod> {
-        let PolicyPeer::Pods { pods, .. } = peer else {
+        let PolicyPeer::Pods { pods, namespaces } = peer else {
             return Vec::new();
         };
-        let candidates: Box<dyn Iterator<Item = &Pod>> =
-            match pods.as_ref().and_then(|s| s.match_labels.iter().next()) {
-                Some((k, v)) => Box::new(
-                    self.by_label
-                        .get(&(k.as_str(), v.as_str()))
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|i| self.pods.get(*i).map(|(p, _)| &**p)),
-                ),
-                None => Box::new(self.all()),
-            };
+        let at = |is: Option<&'_ Vec<usize>>| -> Vec<&Pod> {
+            is.into_iter()
+                .flatten()
+                .filter_map(|i| self.pods.get(*i).map(|(p, _)| &**p))
+                .collect()
+        };
+        let candidates: Vec<&Pod> = match (
+            pods.as_ref().and_then(|s| s.match_labels.iter().next()),
+            namespaces,
+        ) {
+            (Some((k, v)), None) => at(self.by_ns_label().get(&(home, k.as_str(), v.as_str()))),
+            (Some((k, v)), Some(_)) => at(self.by_label().get(&(k.as_str(), v.as_str()))),
+            (None, _) => self.all().collect(),
+        };
         candidates
+            .into_iter()
             .filter(|p| self.cluster.peer_matches_pod(home, peer, p))
             .collect()
     }

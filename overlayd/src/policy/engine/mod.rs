@@ -20,7 +20,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_netpol::{plan, Cluster, LocalPods, PodKey, Ruleset, Script, TableFamily, TABLE};
+use ferry_netpol::{
+    plan, Cluster, Incremental, LocalPods, PodKey, Ruleset, Script, TableFamily, TABLE,
+};
 use ferry_policy_notice::{Notice, Reply};
 use tokio::sync::{mpsc, oneshot};
 
@@ -68,6 +70,9 @@ struct Engine {
     ports: Ports,
     /// The ClusterNetworkPolicies (by name) and Nodes the last round computed from.
     tiers: Tiers,
+    /// Each policy's rules and sets as the last round made them: a round makes anew only
+    /// those its changes touch.
+    incremental: Incremental,
 }
 
 /// What the ClusterNetworkPolicy tiers decide by: their policies, and the Nodes their
@@ -101,6 +106,7 @@ pub async fn run(
         resyncs: 0,
         ports: Ports::new(),
         tiers: Tiers::default(),
+        incremental: Incremental::default(),
     };
     let mut listed_ports = true;
     let mut tick = tokio::time::interval(RESYNC);
@@ -259,7 +265,12 @@ impl Engine {
                     p.ips.clone_from(ips);
                 }
             }
-            let mut desired = Ruleset::compute(&cluster, &local);
+            let mut desired = self.incremental.compute(&cluster, &local);
+            tracing::debug!(
+                "NetworkPolicy: {} of {} policies' rules made anew",
+                self.incremental.made(),
+                cluster.policies.len() + cluster.cluster_policies.len()
+            );
             desired.close(&closed.ips, &closed.devs);
             (cluster, local, desired)
         } else {

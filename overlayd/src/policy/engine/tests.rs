@@ -28,6 +28,7 @@ fn engine() -> Engine {
         resyncs: 0,
         ports: Ports::new(),
         tiers: Tiers::default(),
+        incremental: Default::default(),
     }
 }
 
