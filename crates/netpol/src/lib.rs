@@ -7,7 +7,8 @@
 //! - [`desired`]: the node's nftables state as data, [`Ruleset::compute`] (the compiler,
 //!   `compile`, over the object model of [`nft`], with the names of [`naming`]);
 //! - [`diff`]: the change from the applied state to the desired one as one atomic
-//!   `nft -f -` transaction, [`plan`];
+//!   `nft -f -` transaction, [`plan`], or, when only set elements change, the elements
+//!   alone ([`plan_elements`]), which the caller can write to the kernel without nft;
 //! - [`nft::render`] and [`nft::parse`]: the objects written for `nft -f` and read back
 //!   from `nft -j` ([`Ruleset::parse_json`]), side by side so that they stay each other's
 //!   mirror.
@@ -149,7 +150,7 @@ pub use api::ClusterNetworkPolicy;
 pub use desired::{
     Ifname, LocalPods, Ruleset, Table, TableFamily, DENY_LOG_GROUP, DENY_LOG_RATE, TABLE,
 };
-pub use diff::{plan, Script};
+pub use diff::{plan, plan_elements, Script, SetChange};
 pub use eval::{verdict, verdict_at, Endpoint, Peer, Verdict};
 pub use model::{
     Action, Cluster, ClusterPolicy, ContainerPort, ModelError, NodeInfo, Pod, PodKey, Policy,
