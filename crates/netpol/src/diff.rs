@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::naming::TABLE;
 use crate::nft::render::{element_lists, key_lists};
-use crate::nft::{Ruleset, SetKind, Table, TableFamily};
+use crate::nft::{Element, Ruleset, SetKind, Table, TableFamily};
 
 /// nft commands applied as one transaction by `nft -f -`: all or nothing, and no packet
 /// sees a state in between (a chain flushed and refilled here has no empty window).
@@ -150,5 +150,248 @@ fn plan_table(current: &Table, desired: &Table, family: TableFamily, cmds: &mut 
         if filled.contains(&name.as_str()) {
             cmds.extend(want.render_rules(family, name).lines().map(String::from));
         }
+    }
+}
+
+/// The element changes of one set, as [`plan_elements`] finds them: what to delete and
+/// what to add (a map's element with its value), each in the set's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetChange {
+    pub family: TableFamily,
+    pub set: String,
+    pub kind: SetKind,
+    pub removed: Vec<Element>,
+    pub added: Vec<Element>,
+}
+
+/// The changes from `current` to `desired` when they are set elements only: both tables
+/// have the same chains (same hooks, same rules) and the same sets of the same kinds on
+/// both sides. Then the change can bypass `nft -f` (whose 1.0.6 fetches every set's
+/// elements before any element command) and go to the kernel as one batch of element
+/// messages. `None` when anything else differs, or when a table of `current` is empty (not
+/// applied yet): the caller then applies [`plan`]. Counters sets' elements are the kernel's
+/// runtime state and never compared. An empty Vec: nothing to change.
+pub fn plan_elements(current: &Ruleset, desired: &Ruleset) -> Option<Vec<SetChange>> {
+    let mut changes = Vec::new();
+    for family in TableFamily::ALL {
+        let (cur, want) = (current.table(family), desired.table(family));
+        if cur.is_empty() || cur.chains != want.chains {
+            return None;
+        }
+        // Same names, same kinds: walk both maps in step (both are sorted by name).
+        if cur.sets.len() != want.sets.len() {
+            return None;
+        }
+        for ((name, c), (wname, w)) in cur.sets.iter().zip(&want.sets) {
+            if name != wname || c.kind != w.kind {
+                return None;
+            }
+            if matches!(c.kind, SetKind::Counters(_)) || c.elements == w.elements {
+                continue;
+            }
+            changes.push(SetChange {
+                family,
+                set: name.clone(),
+                kind: c.kind,
+                removed: c.elements.difference(&w.elements).copied().collect(),
+                added: w.elements.difference(&c.elements).copied().collect(),
+            });
+        }
+    }
+    Some(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::model::Direction;
+    use crate::nft::{Chain, ChainRef, Hook, Rule, Set, Verdict};
+    use crate::ranges::Family;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    fn set(kind: SetKind, elements: &[Element]) -> Set {
+        Set {
+            kind,
+            elements: elements.iter().copied().collect::<BTreeSet<_>>(),
+        }
+    }
+
+    /// A small applied state: a base chain, a regular chain, a range set, a verdict map and
+    /// a counters set in the inet table; a bridge table with one chain.
+    fn base() -> Ruleset {
+        let chain = ChainRef {
+            dir: Direction::Ingress,
+            sig: 7,
+        };
+        let mut inet = Table::default();
+        inet.chains.insert(
+            "forward".into(),
+            Chain {
+                hook: Some(Hook::Forward),
+                rules: vec![Rule::new(vec![], Verdict::Accept)],
+            },
+        );
+        inet.chains.insert(
+            chain.name(),
+            Chain {
+                hook: None,
+                rules: vec![],
+            },
+        );
+        inet.sets.insert(
+            "r4".into(),
+            set(
+                SetKind::Ranges(Family::V4),
+                &[Element::Range {
+                    lo: ip("10.0.0.0"),
+                    hi: ip("10.0.0.255"),
+                }],
+            ),
+        );
+        inet.sets.insert(
+            "v4".into(),
+            set(
+                SetKind::Verdicts(Family::V4),
+                &[Element::Jump {
+                    addr: ip("10.1.0.1"),
+                    to: chain,
+                }],
+            ),
+        );
+        inet.sets.insert(
+            "c4".into(),
+            set(
+                SetKind::Counters(Family::V4),
+                &[Element::Addr(ip("10.1.0.1"))],
+            ),
+        );
+        let mut bridge = Table::default();
+        bridge.chains.insert(
+            "forward".into(),
+            Chain {
+                hook: Some(Hook::Forward),
+                rules: vec![],
+            },
+        );
+        Ruleset { inet, bridge }
+    }
+
+    fn elements_mut<'a>(r: &'a mut Ruleset, name: &str) -> &'a mut BTreeSet<Element> {
+        &mut r.inet.sets.get_mut(name).expect("set").elements
+    }
+
+    #[test]
+    fn nothing_differs_is_an_empty_change() {
+        assert_eq!(plan_elements(&base(), &base()), Some(vec![]));
+    }
+
+    #[test]
+    fn element_changes_are_listed_per_set() {
+        let cur = base();
+        let mut want = base();
+        let old = Element::Range {
+            lo: ip("10.0.0.0"),
+            hi: ip("10.0.0.255"),
+        };
+        let new = Element::Range {
+            lo: ip("10.0.1.0"),
+            hi: ip("10.0.1.0"),
+        };
+        elements_mut(&mut want, "r4").remove(&old);
+        elements_mut(&mut want, "r4").insert(new);
+        // A map's value changing is a removal and an addition of the same key.
+        let v = elements_mut(&mut want, "v4");
+        let to = ChainRef {
+            dir: Direction::Ingress,
+            sig: 0,
+        };
+        v.clear();
+        v.insert(Element::Jump {
+            addr: ip("10.1.0.1"),
+            to,
+        });
+        let got = plan_elements(&cur, &want).expect("elements only");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].set, "r4");
+        assert_eq!(got[0].family, TableFamily::Inet);
+        assert_eq!(got[0].kind, SetKind::Ranges(Family::V4));
+        assert_eq!(got[0].removed, vec![old]);
+        assert_eq!(got[0].added, vec![new]);
+        assert_eq!(got[1].set, "v4");
+        assert_eq!(got[1].removed.len(), 1);
+        assert_eq!(
+            got[1].added,
+            vec![Element::Jump {
+                addr: ip("10.1.0.1"),
+                to
+            }]
+        );
+    }
+
+    #[test]
+    fn counters_elements_are_ignored() {
+        let cur = base();
+        let mut want = base();
+        elements_mut(&mut want, "c4").clear();
+        assert_eq!(plan_elements(&cur, &want), Some(vec![]));
+    }
+
+    #[test]
+    fn anything_but_elements_is_none() {
+        let cur = base();
+        // A rule changes.
+        let mut want = base();
+        want.inet
+            .chains
+            .get_mut("forward")
+            .expect("chain")
+            .rules
+            .clear();
+        assert_eq!(plan_elements(&cur, &want), None);
+        // A hook changes.
+        let mut want = base();
+        want.inet.chains.get_mut("forward").expect("chain").hook = Some(Hook::Input);
+        assert_eq!(plan_elements(&cur, &want), None);
+        // A chain comes.
+        let mut want = base();
+        want.bridge.chains.insert(
+            "ingress_closed".into(),
+            Chain {
+                hook: None,
+                rules: vec![],
+            },
+        );
+        assert_eq!(plan_elements(&cur, &want), None);
+        // A set goes, or comes, or changes its kind.
+        let mut want = base();
+        want.inet.sets.remove("r4");
+        assert_eq!(plan_elements(&cur, &want), None);
+        let mut want = base();
+        want.inet
+            .sets
+            .insert("a4".into(), set(SetKind::Addrs(Family::V4), &[]));
+        assert_eq!(plan_elements(&cur, &want), None);
+        let mut want = base();
+        want.inet.sets.get_mut("r4").expect("set").kind = SetKind::Ranges(Family::V6);
+        assert_eq!(plan_elements(&cur, &want), None);
+        // A set renamed, the count unchanged.
+        let mut want = base();
+        let r = want.inet.sets.remove("r4").expect("set");
+        want.inet.sets.insert("r5".into(), r);
+        assert_eq!(plan_elements(&cur, &want), None);
+    }
+
+    #[test]
+    fn a_table_never_applied_is_none() {
+        let mut cur = base();
+        cur.bridge = Table::default();
+        assert_eq!(plan_elements(&cur, &base()), None);
+        assert_eq!(plan_elements(&Ruleset::default(), &base()), None);
     }
 }

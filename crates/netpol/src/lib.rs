@@ -10,7 +10,8 @@
 //!   change, makes anew only those the change touches (always equal to
 //!   [`Ruleset::compute`] of the same inputs: `tests/incremental.rs`);
 //! - [`diff`]: the change from the applied state to the desired one as one atomic
-//!   `nft -f -` transaction, [`plan`];
+//!   `nft -f -` transaction, [`plan`], or, when only set elements change, the elements
+//!   alone ([`plan_elements`]), which the caller can write to the kernel without nft;
 //! - [`nft::render`] and [`nft::parse`]: the objects written for `nft -f` and read back
 //!   from `nft -j` ([`Ruleset::parse_json`]), side by side so that they stay each other's
 //!   mirror.
@@ -153,7 +154,7 @@ pub use compile::Incremental;
 pub use desired::{
     Ifname, LocalPods, Ruleset, Table, TableFamily, DENY_LOG_GROUP, DENY_LOG_RATE, TABLE,
 };
-pub use diff::{plan, Script};
+pub use diff::{plan, plan_elements, Script, SetChange};
 pub use eval::{verdict, verdict_at, Endpoint, Peer, Verdict};
 pub use model::{
     Action, Cluster, ClusterPolicy, ContainerPort, ModelError, NodeInfo, Pod, PodKey, Policy,
