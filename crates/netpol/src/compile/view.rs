@@ -10,6 +10,11 @@ use crate::ranges::{self, AddrRange, Family, PortBox};
 
 use super::LocalPods;
 
+/// Pods (indexes into [`View::pods`]) by one of their labels: `(key, value)`.
+type ByLabel<'a> = HashMap<(&'a str, &'a str), Vec<usize>>;
+/// The same within one namespace: `(namespace, key, value)`.
+type ByNsLabel<'a> = HashMap<(&'a str, &'a str, &'a str), Vec<usize>>;
+
 /// The cluster's pods with this node's view of local addresses, indexed by label so that
 /// a selector with `matchLabels` looks at the pods carrying one of them only.
 pub(super) struct View<'a> {
@@ -18,10 +23,10 @@ pub(super) struct View<'a> {
     /// knows better is copied, every other one borrowed from the cluster.
     pub(super) pods: Vec<(Cow<'a, Pod>, bool)>,
     /// Made on first use: a round that makes no policy's rules anew never needs them.
-    by_label: OnceCell<HashMap<(&'a str, &'a str), Vec<usize>>>,
+    by_label: OnceCell<ByLabel<'a>>,
     /// The same within one namespace, for peers without a namespace selector (most
     /// NetworkPolicy peers): a label common in every namespace is no filter by itself.
-    by_ns_label: OnceCell<HashMap<(&'a str, &'a str, &'a str), Vec<usize>>>,
+    by_ns_label: OnceCell<ByNsLabel<'a>>,
     pub(super) ports: &'a BTreeMap<PodKey, Ifname>,
 }
 
@@ -49,9 +54,9 @@ impl<'a> View<'a> {
         }
     }
 
-    fn by_label(&self) -> &HashMap<(&'a str, &'a str), Vec<usize>> {
+    fn by_label(&self) -> &ByLabel<'a> {
         self.by_label.get_or_init(|| {
-            let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+            let mut by_label = ByLabel::new();
             for (i, p) in self.cluster.pods.iter().enumerate() {
                 for (k, v) in &p.labels {
                     by_label.entry((k, v)).or_default().push(i);
@@ -61,9 +66,9 @@ impl<'a> View<'a> {
         })
     }
 
-    fn by_ns_label(&self) -> &HashMap<(&'a str, &'a str, &'a str), Vec<usize>> {
+    fn by_ns_label(&self) -> &ByNsLabel<'a> {
         self.by_ns_label.get_or_init(|| {
-            let mut by: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+            let mut by = ByNsLabel::new();
             for (i, p) in self.cluster.pods.iter().enumerate() {
                 for (k, v) in &p.labels {
                     by.entry((&p.namespace, k, v)).or_default().push(i);

@@ -29,6 +29,9 @@ fn engine() -> Engine {
         ports: Ports::new(),
         tiers: Tiers::default(),
         incremental: Default::default(),
+        reference: false,
+        writes: 0,
+        reader: None,
     }
 }
 
