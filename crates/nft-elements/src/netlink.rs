@@ -74,7 +74,7 @@ fn put_strz(buf: &mut Vec<u8>, ty: u16, s: &str) {
 }
 
 fn pad(buf: &mut Vec<u8>) {
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }
