@@ -318,10 +318,125 @@ fn random_ruleset(rng: &mut Rng, empty: bool) -> Ruleset {
     rs
 }
 
+/// The cases the random walks must have met, so that a generator change cannot quietly
+/// stop testing them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    /// A range to the family's last address added, and one removed.
+    open_added: bool,
+    open_removed: bool,
+    /// The whole family as one range.
+    everything: bool,
+    /// A range starting at the zero address kept while others are added beside it (nft's
+    /// zero end element added again next to that start).
+    zero_start_kept: bool,
+    /// Two ranges of one set where one ends right before the other starts.
+    adjacent: bool,
+    /// A range removed and another of the same start added in one batch.
+    same_start_replaced: bool,
+    /// A map's key getting another chain in one batch.
+    value_changed: bool,
+    /// Ports 0-65535 added.
+    all_ports: bool,
+}
+
+impl Seen {
+    fn merge(&mut self, o: Seen) {
+        self.open_added |= o.open_added;
+        self.open_removed |= o.open_removed;
+        self.everything |= o.everything;
+        self.zero_start_kept |= o.zero_start_kept;
+        self.adjacent |= o.adjacent;
+        self.same_start_replaced |= o.same_start_replaced;
+        self.value_changed |= o.value_changed;
+        self.all_ports |= o.all_ports;
+    }
+
+    fn all() -> Seen {
+        Seen {
+            open_added: true,
+            open_removed: true,
+            everything: true,
+            zero_start_kept: true,
+            adjacent: true,
+            same_start_replaced: true,
+            value_changed: true,
+            all_ports: true,
+        }
+    }
+
+    fn note(&mut self, c: &SetChange, desired: &Set) {
+        let is_last = |ip: IpAddr| ip == int_ip(Family::of(ip), last(Family::of(ip)));
+        let is_zero = |ip: IpAddr| ip.is_unspecified();
+        for e in &c.added {
+            match *e {
+                Element::Range { lo, hi } => {
+                    self.open_added |= is_last(hi);
+                    self.everything |= is_zero(lo) && is_last(hi);
+                }
+                Element::Ports {
+                    port_lo: 0,
+                    port_hi: 65535,
+                    ..
+                }
+                | Element::DevService {
+                    port_lo: 0,
+                    port_hi: 65535,
+                    ..
+                } => self.all_ports = true,
+                _ => {}
+            }
+        }
+        let starts = |v: &[Element]| -> BTreeSet<IpAddr> {
+            v.iter()
+                .filter_map(|e| match e {
+                    Element::Range { lo, .. } => Some(*lo),
+                    _ => None,
+                })
+                .collect()
+        };
+        self.open_removed |= c
+            .removed
+            .iter()
+            .any(|e| matches!(e, Element::Range { hi, .. } if is_last(*hi)));
+        self.same_start_replaced |= !starts(&c.removed).is_disjoint(&starts(&c.added));
+        if matches!(c.kind, SetKind::Ranges(_)) {
+            let ranges: Vec<(IpAddr, IpAddr)> = desired
+                .elements
+                .iter()
+                .filter_map(|e| match e {
+                    Element::Range { lo, hi } => Some((*lo, *hi)),
+                    _ => None,
+                })
+                .collect();
+            let kept_zero = ranges
+                .iter()
+                .any(|(lo, _)| is_zero(*lo) && !starts(&c.added).contains(lo));
+            self.zero_start_kept |= kept_zero
+                && c.added
+                    .iter()
+                    .any(|e| matches!(e, Element::Range { lo, .. } if !is_zero(*lo)));
+            self.adjacent |= ranges.windows(2).any(|w| {
+                let f = Family::of(w[0].1);
+                ferry_netpol::ranges::to_int(w[0].1) + 1 == ferry_netpol::ranges::to_int(w[1].0)
+                    && !is_last(int_ip(f, ferry_netpol::ranges::to_int(w[0].1)))
+            });
+        }
+        let key = |e: &Element| match e {
+            Element::Jump { addr, .. } => Some(addr.to_string()),
+            Element::DevJump { dev, .. } => Some(dev.to_string()),
+            _ => None,
+        };
+        let removed: BTreeSet<String> = c.removed.iter().filter_map(key).collect();
+        self.value_changed |= c.added.iter().filter_map(key).any(|k| removed.contains(&k));
+    }
+}
+
 /// Random states one after another, each reached by `apply` from the one before, and
 /// checked against the kernel's listing, read back and as nft shows it beside a full
 /// load by nft of the same state.
-fn walk(seed: u64, start_empty: bool, rounds: usize) {
+fn walk(seed: u64, start_empty: bool, rounds: usize) -> Seen {
+    let mut seen = Seen::default();
     let ns = Netns::new("fynl");
     let reference = Netns::new("fynl");
     let mut rng = Rng(seed);
@@ -330,6 +445,11 @@ fn walk(seed: u64, start_empty: bool, rounds: usize) {
     for round in 0..rounds {
         let desired = random_ruleset(&mut rng, false);
         let changes = plan_elements(&current, &desired).expect("elements only");
+        for c in &changes {
+            if let Some(set) = desired.table(c.family).sets.get(&c.set) {
+                seen.note(c, set);
+            }
+        }
         let what = format!("seed {seed} round {round}: {changes:#?}");
         if let Err(e) = in_ns(&ns, changes) {
             panic!("apply failed: {e}\n{what}");
@@ -345,14 +465,17 @@ fn walk(seed: u64, start_empty: bool, rounds: usize) {
         );
         current = desired;
     }
+    seen
 }
 
 #[test]
 fn random_changes_of_every_set_kind_reach_the_desired_tables() {
     needs_root!();
+    let mut seen = Seen::default();
     for seed in [1, 2, 3, 0x5eed] {
-        walk(seed, false, 30);
+        seen.merge(walk(seed, false, 30));
     }
+    assert_eq!(seen, Seen::all(), "cases the walks did not meet");
 }
 
 #[test]
