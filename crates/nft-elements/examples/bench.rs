@@ -3,6 +3,9 @@
 //! end). Needs root.
 //!
 //! `cargo run --release -p ferry-nft-elements --example bench [sets]`
+//!
+//! A deletion's commit waits in the kernel (about 10 ms on kernel 6.18, the same with nft
+//! on a table of one set): that, not the messages, is what `apply`'s delete time shows.
 
 use std::collections::BTreeSet;
 use std::io::Write;
