@@ -84,6 +84,39 @@ impl Op {
 /// namespace in one transaction: all deletions of every change, then all additions. On
 /// `Err` nothing changed, except for [`Error::Io`] after sending (see there).
 pub fn apply(changes: &[SetChange]) -> Result<(), Error> {
+    let batch = build(changes)?;
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let failures = batch.send()?;
+    match failures.first() {
+        None => Ok(()),
+        Some(f) => {
+            let c = &changes[f.change];
+            Err(Error::Kernel {
+                family: c.family,
+                set: c.set.clone(),
+                op: f.op,
+                errno: f.errno,
+                text: errno_text(f.errno),
+                others: failures.len() - 1,
+            })
+        }
+    }
+}
+
+/// The batch [`apply`] sends for `changes`, as bytes, from `NFNL_MSG_BATCH_BEGIN` to
+/// `NFNL_MSG_BATCH_END` (for tests and debugging: the messages can be set beside what
+/// `nft --debug=mnl` prints). Empty when there is nothing to change.
+pub fn batch(changes: &[SetChange]) -> Result<Vec<u8>, Error> {
+    let batch = build(changes)?;
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(batch.finish())
+}
+
+fn build(changes: &[SetChange]) -> Result<netlink::Batch, Error> {
     let mut batch = netlink::Batch::new();
     for op in [Op::Delete, Op::Add] {
         for (i, c) in changes.iter().enumerate() {
@@ -103,24 +136,7 @@ pub fn apply(changes: &[SetChange]) -> Result<(), Error> {
             batch.push(i, op, nfproto(c.family), &c.set, &wire);
         }
     }
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let failures = batch.send()?;
-    match failures.first() {
-        None => Ok(()),
-        Some(f) => {
-            let c = &changes[f.change];
-            Err(Error::Kernel {
-                family: c.family,
-                set: c.set.clone(),
-                op: f.op,
-                errno: f.errno,
-                text: errno_text(f.errno),
-                others: failures.len() - 1,
-            })
-        }
-    }
+    Ok(batch)
 }
 
 /// The table's family as nfnetlink numbers it.

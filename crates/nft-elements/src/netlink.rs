@@ -18,7 +18,6 @@ const NFT_MSG_DELSETELEM: u16 = 14;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
@@ -116,8 +115,10 @@ fn put_data_value(buf: &mut Vec<u8>, ty: u16, value: &[u8]) {
     nest_end(buf, n);
 }
 
-fn put_element(buf: &mut Vec<u8>, e: &WireElement) {
-    let n = nest_start(buf, NFTA_LIST_ELEM);
+/// The `index`th element of its message (from 1): libnftnl numbers each element's nest
+/// (the kernel reads any type there; `NFTA_LIST_ELEM` is 1).
+fn put_element(buf: &mut Vec<u8>, index: u16, e: &WireElement) {
+    let n = nest_start(buf, index);
     if e.flags != 0 {
         put_attr(buf, NFTA_SET_ELEM_FLAGS, &e.flags.to_be_bytes());
     }
@@ -182,8 +183,9 @@ impl Batch {
                 if n > 0 && self.buf.len() - list >= MAX_ELEMENTS_BYTES {
                     break;
                 }
-                put_element(&mut self.buf, e);
                 n += 1;
+                // At most a few hundred elements fit below MAX_ELEMENTS_BYTES.
+                put_element(&mut self.buf, n as u16, e);
             }
             nest_end(&mut self.buf, list);
             msg_end(&mut self.buf, m);
@@ -192,19 +194,34 @@ impl Batch {
         }
     }
 
-    /// Sends the batch as one datagram and reads an ack for every message; returns the
-    /// messages the kernel refused, in order.
-    pub fn send(mut self) -> Result<Vec<Failure>, Error> {
-        let end_seq = self.sent.len() as u32 + 1;
+    fn end_seq(&self) -> u32 {
+        self.sent.len() as u32 + 1
+    }
+
+    /// The bytes of the whole batch, its end included.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.close();
+        self.buf
+    }
+
+    fn close(&mut self) {
+        let seq = self.end_seq();
         let at = msg_start(
             &mut self.buf,
             NFNL_MSG_BATCH_END,
             libc::NLM_F_REQUEST as u16,
-            end_seq,
+            seq,
             libc::AF_UNSPEC as u8,
             NFNL_SUBSYS_NFTABLES,
         );
         msg_end(&mut self.buf, at);
+    }
+
+    /// Sends the batch as one datagram and reads an ack for every message; returns the
+    /// messages the kernel refused, in order.
+    pub fn send(mut self) -> Result<Vec<Failure>, Error> {
+        let end_seq = self.end_seq();
+        self.close();
 
         let sock = Socket::open(self.buf.len(), self.sent.len())?;
         sock.send(&self.buf)?;
