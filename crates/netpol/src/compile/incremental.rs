@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::model::{
-    Action, Cluster, ClusterPolicy, Direction, Labels, NodeInfo, Pod, PodKey, Policy, PolicyPeer,
+    Action, Cluster, ClusterPolicy, Direction, Labels, NodeInfo, Pod, Policy, PolicyPeer,
     PolicyRule, PortSel,
 };
 use crate::nft::{Rule, Ruleset, Set, Table};
@@ -235,8 +235,13 @@ impl Incremental {
         }
         let mut now = HashMap::with_capacity(view.pods.len());
         for (pod, local) in &view.pods {
-            let key = key_hash(&pod.key());
-            let print = fingerprint(pod, *local, view.ports.get(&pod.key()));
+            let key = key_hash(&pod.namespace, &pod.name);
+            let port = if *local {
+                view.ports.get(&pod.key())
+            } else {
+                None
+            };
+            let print = fingerprint(pod, *local, port);
             if self.pods.get(&key) != Some(&print) {
                 changes.pods.push((&**pod, *local));
                 changes.keys.insert(key);
@@ -273,7 +278,7 @@ fn make(view: &View<'_>, source: Source) -> Entry {
     let mut read: HashSet<u64> = view
         .local()
         .filter(|p| owner.selects(view.cluster, p))
-        .map(|p| key_hash(&p.key()))
+        .map(|p| key_hash(&p.namespace, &p.name))
         .collect();
     let mut pieces: [Piece; 2] = Default::default();
     for dir in [Direction::Egress, Direction::Ingress] {
@@ -282,7 +287,7 @@ fn make(view: &View<'_>, source: Source) -> Entry {
         let piece = &mut pieces[dir_index(dir)];
         for (rule, action) in source.rules(dir) {
             let matched = view.rule_matches(owner.home(), rule);
-            read.extend(matched.iter().map(|p| key_hash(&p.key())));
+            read.extend(matched.iter().map(|p| key_hash(&p.namespace, &p.name)));
             for family in Family::ALL {
                 let peers = view.peer_ranges(rule, &matched, family);
                 let group = (dir == Direction::Ingress)
@@ -320,9 +325,11 @@ fn make(view: &View<'_>, source: Source) -> Entry {
     }
 }
 
-fn key_hash(key: &PodKey) -> u64 {
+/// A pod's namespace and name as one number (no `PodKey` made: this runs for every pod
+/// of the cluster every round).
+fn key_hash(namespace: &str, name: &str) -> u64 {
     let mut h = DefaultHasher::new();
-    key.hash(&mut h);
+    (namespace, name).hash(&mut h);
     h.finish()
 }
 

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::model::{Cluster, Pod, PodKey, PolicyPeer, PolicyRule, PortSel, Protocol};
 use crate::nft::{Element, Ifname, Set, SetKind};
@@ -32,10 +32,25 @@ pub(super) struct View<'a> {
 
 impl<'a> View<'a> {
     pub(super) fn new(cluster: &'a Cluster, local: &'a LocalPods) -> View<'a> {
+        // Looked up by borrowed names first: most pods are not local, and a `PodKey` per
+        // pod would be two allocations each, every round.
+        let local_names: HashSet<(&str, &str)> = local
+            .pods
+            .keys()
+            .map(|k| (k.namespace.as_str(), k.name.as_str()))
+            .collect();
         let pods = cluster
             .pods
             .iter()
-            .map(|p| match local.pods.get(&p.key()) {
+            .map(|p| {
+                if local_names.contains(&(p.namespace.as_str(), p.name.as_str())) {
+                    local.pods.get(&p.key())
+                } else {
+                    None
+                }
+            })
+            .zip(&cluster.pods)
+            .map(|(l, p)| match l {
                 Some(ips) if !ips.is_empty() && *ips != p.ips => {
                     let mut p = p.clone();
                     p.ips = ips.clone();

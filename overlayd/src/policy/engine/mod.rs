@@ -439,14 +439,25 @@ impl Engine {
             .values()
             .flat_map(|a| a.ips.iter().map(move |ip| (*ip, a.key.as_ref())))
             .collect();
+        // Counted only for the addresses of terminating pods (few, often none): the
+        // count of every address of the cluster would cost each round a map of them all.
+        let contested: BTreeSet<IpAddr> = cluster
+            .pods
+            .iter()
+            .filter(|p| !terminating.is_empty() && terminating.contains(&p.key()))
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
+        if announced.is_empty() && contested.is_empty() {
+            return;
+        }
         let mut claims: BTreeMap<IpAddr, usize> = BTreeMap::new();
         for p in &cluster.pods {
-            for ip in &p.ips {
+            for ip in p.ips.iter().filter(|ip| contested.contains(*ip)) {
                 *claims.entry(*ip).or_default() += 1;
             }
         }
         for p in &mut cluster.pods {
-            let dying = terminating.contains(&p.key());
+            let dying = !contested.is_empty() && terminating.contains(&p.key());
             p.ips.retain(|ip| match announced.get(ip) {
                 Some(holder) => {
                     holder.is_some_and(|k| k.namespace == p.namespace && k.name == p.name)
