@@ -476,12 +476,19 @@ impl Cluster {
                 Err(e) => errors.push(e),
             }
         }
-        let mut seen = BTreeSet::new();
-        for p in pods {
-            if seen.insert(p.key()) {
-                cluster.pods.push(p);
-            } else {
+        // Checked by borrowed names: this runs every round over every pod of the cluster.
+        let all: Vec<Pod> = pods.into_iter().collect();
+        let mut seen = std::collections::HashSet::with_capacity(all.len());
+        let dup: Vec<bool> = all
+            .iter()
+            .map(|p| !seen.insert((p.namespace.as_str(), p.name.as_str())))
+            .collect();
+        drop(seen);
+        for (p, dup) in all.into_iter().zip(dup) {
+            if dup {
                 errors.push(duplicate("Pod", &p.key().to_string()));
+            } else {
+                cluster.pods.push(p);
             }
         }
         // Set names and explanations are keyed by `ns/name`: a second object of one key

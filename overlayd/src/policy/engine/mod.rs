@@ -282,8 +282,17 @@ impl Engine {
             let (local, closed) = self.local_pods(&cluster);
             // The node's view of its pods (their link-local addresses above all) is the one
             // explanations, denial logs and conntrack judge by, as the tables do.
+            let mut mine: BTreeMap<(&str, &str), &Vec<IpAddr>> = local
+                .pods
+                .iter()
+                .filter(|(_, ips)| !ips.is_empty())
+                .map(|(k, ips)| ((k.namespace.as_str(), k.name.as_str()), ips))
+                .collect();
             for p in &mut cluster.pods {
-                if let Some(ips) = local.pods.get(&p.key()).filter(|ips| !ips.is_empty()) {
+                if mine.is_empty() {
+                    break;
+                }
+                if let Some(ips) = mine.remove(&(p.namespace.as_str(), p.name.as_str())) {
                     p.ips.clone_from(ips);
                 }
             }
