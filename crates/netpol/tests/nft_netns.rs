@@ -5,8 +5,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 use ferry_netpol::model::Protocol::{Sctp, Tcp, Udp};
 use ferry_netpol::{plan, Ifname, LocalPods, Ruleset, Script, TableFamily};
@@ -14,30 +12,6 @@ use ferry_testns::needs_root;
 use ferry_testns::netns::Netns;
 use serde_json::json;
 use support::{labels, local_on, policy, world};
-
-/// Feeds `script` to `nft -f -` inside `ns`; panics with nft's message when it fails.
-fn nft_apply(ns: &Netns, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn nft");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft -f - in {} failed: {}\nscript:\n{script}",
-        ns.name,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn list(ns: &Netns) -> String {
     ns.sh("nft list table inet ferry_policy; nft list table bridge ferry_policy")
@@ -117,14 +91,14 @@ fn plan_then_compare(
         !text.contains("table"),
         "a plan never touches the table:\n{text}"
     );
-    nft_apply(ns, &text);
+    ns.nft_apply(&text);
     let after_plan = list_json(ns);
     let read = read_back(ns);
     assert!(
         &read == to,
         "the plan did not reach the desired ruleset:\n{text}"
     );
-    nft_apply(ns, &Script::replace(to).render());
+    ns.nft_apply(&Script::replace(to).render());
     assert_eq!(
         normalised(&after_plan),
         normalised(&list_json(ns)),
@@ -191,7 +165,7 @@ fn full_load_then_plan_reach_the_desired_table() {
 
     // First start: nothing applied yet, so a plan from the empty ruleset.
     let first = plan(&Ruleset::default(), &d1);
-    nft_apply(&ns, &first.render());
+    ns.nft_apply(&first.render());
     let listed = list(&ns);
     for want in [
         "chain forward",
@@ -257,7 +231,7 @@ fn full_load_then_plan_reach_the_desired_table() {
     assert_eq!(read, d1, "parse_json gives back the applied ruleset");
 
     // A restart that cannot trust the table replaces it in one go.
-    nft_apply(&ns, &Script::replace(&d1).render());
+    ns.nft_apply(&Script::replace(&d1).render());
     assert_eq!(list(&ns), listed, "replace gives what the first plan gave");
 
     // Churn: x/c relabelled so the egress selector drops it, a new pod y/c on this
@@ -412,7 +386,7 @@ fn forwarded_connections_get_the_policy_verdict() {
 
     let c = two_pods_on_n0(["10.1.0.1", "fd00::1:1"], ["10.2.0.1", "fd00::2:1"]);
     let d1 = Ruleset::compute(&c, &LocalPods::on_node(&c, "n0"));
-    nft_apply(&node, &plan(&Ruleset::default(), &d1).render());
+    node.nft_apply(&plan(&Ruleset::default(), &d1).render());
     let log = tempfile::NamedTempFile::new().unwrap();
     let _reader = Bg::spawn_logged(
         &node,
@@ -482,7 +456,7 @@ fn forwarded_connections_get_the_policy_verdict() {
         "{}",
         step.render()
     );
-    nft_apply(&node, &step.render());
+    node.nft_apply(&step.render());
     assert!(connect(&cli, "10.1.0.1", 80).is_none());
     assert!(connect(&cli, "fd00::1:1", 80).is_none());
 }
@@ -540,7 +514,7 @@ fn bridged_pods_of_one_node_and_the_node_itself() {
         local.ports.insert(k.clone(), Ifname::new(port).unwrap());
     }
     let d = Ruleset::compute(&c, &local);
-    nft_apply(&node, &plan(&Ruleset::default(), &d).render());
+    node.nft_apply(&plan(&Ruleset::default(), &d).render());
 
     for (a, gw) in [
         ("10.1.0.1", "10.1.0.254"),
@@ -636,7 +610,7 @@ fn cluster_policies_load_read_back_and_plan_in_place() {
     let c1 = cluster_tiers();
     let local = local_on(&c1, "n0");
     let d1 = Ruleset::compute(&c1, &local);
-    nft_apply(&ns, &plan(&Ruleset::default(), &d1).render());
+    ns.nft_apply(&plan(&Ruleset::default(), &d1).render());
     let listed = list(&ns);
     for want in [
         "set cin_tenant-x_0_src4",

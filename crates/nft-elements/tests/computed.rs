@@ -6,36 +6,12 @@
 #[path = "../../netpol/tests/support/mod.rs"]
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use ferry_netpol::model::Protocol::{Tcp, Udp};
 use ferry_netpol::{plan_elements, Cluster, Ruleset, TableFamily};
 use ferry_testns::needs_root;
 use ferry_testns::netns::Netns;
 use serde_json::json;
 use support::{local_on, policy, world};
-
-fn nft_apply(ns: &Netns, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write script");
-    let out = child.wait_with_output().expect("wait nft");
-    assert!(
-        out.status.success(),
-        "nft -f - failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn read_back(ns: &Netns) -> Ruleset {
     let l = |f: TableFamily| ns.sh(&format!("nft -j list table {} ferry_policy", f.name()));
@@ -104,7 +80,7 @@ fn computed_element_changes_apply() {
     let ns = Netns::new("fynl");
     let c1 = cluster("10.0.0.0/8", "10.2.0.0/16");
     let mut rs = compute(&c1);
-    nft_apply(&ns, &rs.render_replace());
+    ns.nft_apply(&rs.render_replace());
     assert_eq!(read_back(&ns), rs);
 
     let mut c2 = c1.clone();

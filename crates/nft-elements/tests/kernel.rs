@@ -7,9 +7,7 @@
 mod rng;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 use ferry_netpol::model::{Direction, Protocol};
 use ferry_netpol::nft::{Chain, ChainRef, Element, Ifname, Set, SetKind};
@@ -19,29 +17,6 @@ use ferry_nft_elements::{apply, Error, Op};
 use ferry_testns::needs_root;
 use ferry_testns::netns::Netns;
 use rng::Rng;
-
-fn nft_apply(ns: &Netns, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write script");
-    let out = child.wait_with_output().expect("wait nft");
-    assert!(
-        out.status.success(),
-        "nft -f - in {} failed: {}",
-        ns.name,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn listing(ns: &Netns, family: TableFamily) -> String {
     ns.sh(&format!("nft -j list table {} ferry_policy", family.name()))
@@ -441,7 +416,7 @@ fn walk(seed: u64, start_empty: bool, rounds: usize) -> Seen {
     let reference = Netns::new("fynl");
     let mut rng = Rng(seed);
     let mut current = random_ruleset(&mut rng, start_empty);
-    nft_apply(&ns, &current.render_replace());
+    ns.nft_apply(&current.render_replace());
     for round in 0..rounds {
         let desired = random_ruleset(&mut rng, false);
         let changes = plan_elements(&current, &desired).expect("elements only");
@@ -457,7 +432,7 @@ fn walk(seed: u64, start_empty: bool, rounds: usize) -> Seen {
         let read = read_back(&ns);
         // Counters sets hold nothing here.
         assert!(read == desired, "{what}\nread back: {read:#?}");
-        nft_apply(&reference, &desired.render_replace());
+        reference.nft_apply(&desired.render_replace());
         assert_eq!(
             shown(&ns),
             shown(&reference),
@@ -535,7 +510,7 @@ fn adjacent_ranges() {
         range("10.0.0.20", "10.0.0.20"),
     );
     let mut want = one_set(k, &[a, b]);
-    nft_apply(&ns, &want.render_replace());
+    ns.nft_apply(&want.render_replace());
     let steps = [
         (vec![a], vec![]),
         (vec![], vec![a]),
@@ -566,7 +541,7 @@ fn a_failing_batch_changes_nothing() {
     let k = SetKind::Ranges(Family::V4);
     let have = range("10.0.0.0", "10.0.0.9");
     let rs = one_set(k, &[have]);
-    nft_apply(&ns, &rs.render_replace());
+    ns.nft_apply(&rs.render_replace());
     let before = shown(&ns);
     let valid = change(
         "r4",
@@ -617,7 +592,7 @@ fn large_changes_split_into_messages() {
     let ns = Netns::new("fynl");
     let k = SetKind::Ranges(Family::V6);
     let mut want = one_set(k, &[]);
-    nft_apply(&ns, &want.render_replace());
+    ns.nft_apply(&want.render_replace());
     let base: u128 = 0xfd00 << 112;
     let many: Vec<Element> = (0..12_000u128)
         .map(|i| Element::Range {
@@ -786,7 +761,7 @@ fn the_messages_are_nfts() {
     for round in 0..6 {
         let empty = random_ruleset(&mut rng, true);
         let full = random_ruleset(&mut rng, false);
-        nft_apply(&ns, &empty.render_replace());
+        ns.nft_apply(&empty.render_replace());
         let mut adds = String::new();
         let mut dels = String::new();
         let mut changes = Vec::new();

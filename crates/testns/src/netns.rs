@@ -1,7 +1,7 @@
 //! Network namespaces made for one test and removed when dropped, on every path.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub struct Netns {
     pub name: String,
@@ -38,6 +38,32 @@ impl Netns {
             .args(["netns", "exec", &self.name, "sh", "-c", cmd])
             .output()
             .expect("run ip netns exec")
+    }
+
+    /// Feeds `script` to `nft -f -` inside; panics with nft's message and the script when
+    /// it fails.
+    pub fn nft_apply(&self, script: &str) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nft");
+        child
+            .stdin
+            .take()
+            .expect("nft's stdin")
+            .write_all(script.as_bytes())
+            .expect("write the script to nft");
+        let out = child.wait_with_output().expect("wait for nft");
+        assert!(
+            out.status.success(),
+            "nft -f - in {} failed: {}\nscript:\n{script}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Whether a link exists here.
