@@ -5,13 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// The policy engine turns over a cluster's worth of small objects every round (pods,
-/// labels, set elements); glibc's allocator spent more time than the computation itself
-/// on them in the daemon's threads (`malloc_consolidate`, `unlink_chunk` on top of the
-/// profile). mimalloc keeps them cheap.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
