@@ -45,6 +45,16 @@ pub(super) struct Piece {
     pub(super) cnp_group_rules: Vec<CnpRule>,
 }
 
+/// What a policy without pieces (none: every policy has its entry) contributes.
+pub(super) static EMPTY_PIECE: Piece = Piece {
+    inet_sets: Vec::new(),
+    bridge_sets: Vec::new(),
+    rules: Vec::new(),
+    group_rules: Vec::new(),
+    cnp_rules: Vec::new(),
+    cnp_group_rules: Vec::new(),
+};
+
 impl Piece {
     pub(super) fn add_sets(&self, inet: &mut Table, bridge: &mut Table) {
         for (name, set) in &self.inet_sets {

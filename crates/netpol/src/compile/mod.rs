@@ -17,7 +17,7 @@ use crate::nft::{
 };
 use crate::ranges::{merge_overlapping, AddrRange, Family};
 pub use incremental::Incremental;
-use incremental::{dir_index, Entry};
+use incremental::{dir_index, Entry, EMPTY_PIECE};
 use view::{addrs, range_set, View};
 
 /// The NFLOG group denied connections are logged to (prefix `ferry-deny-ingress ` or
@@ -352,31 +352,20 @@ impl Ruleset {
             // not the policy selects a local pod (for ingress the same rules for the
             // bridge, by port): made anew only for policies the change touched.
             let d = dir_index(dir);
-            let mut np_rules: Vec<&[Rule]> = Vec::with_capacity(cluster.policies.len());
-            let mut np_group_rules: Vec<&[Rule]> = Vec::with_capacity(cluster.policies.len());
-            for id in &ids {
-                let Some(piece) = pieces.get(id).map(|e| &e.pieces[d]) else {
-                    np_rules.push(&[]);
-                    np_group_rules.push(&[]);
-                    continue;
-                };
-                piece.add_sets(&mut inet, &mut bridge);
-                np_rules.push(&piece.rules);
-                np_group_rules.push(&piece.group_rules);
+            let piece = |id: &String| pieces.get(id).map_or(&EMPTY_PIECE, |e| &e.pieces[d]);
+            for id in ids.iter().chain(&cnp_ids) {
+                piece(id).add_sets(&mut inet, &mut bridge);
             }
+            let np_rules: Vec<&[Rule]> = ids.iter().map(|id| &piece(id).rules[..]).collect();
+            let np_group_rules: Vec<&[Rule]> =
+                ids.iter().map(|id| &piece(id).group_rules[..]).collect();
             // The same for the ClusterNetworkPolicies, each rule with its action.
-            let mut cnp_rules_of: Vec<&[CnpRule]> = Vec::with_capacity(cnps.len());
-            let mut cnp_group_rules_of: Vec<&[CnpRule]> = Vec::with_capacity(cnps.len());
-            for id in &cnp_ids {
-                let Some(piece) = pieces.get(id).map(|e| &e.pieces[d]) else {
-                    cnp_rules_of.push(&[]);
-                    cnp_group_rules_of.push(&[]);
-                    continue;
-                };
-                piece.add_sets(&mut inet, &mut bridge);
-                cnp_rules_of.push(&piece.cnp_rules);
-                cnp_group_rules_of.push(&piece.cnp_group_rules);
-            }
+            let cnp_rules_of: Vec<&[CnpRule]> =
+                cnp_ids.iter().map(|id| &piece(id).cnp_rules[..]).collect();
+            let cnp_group_rules_of: Vec<&[CnpRule]> = cnp_ids
+                .iter()
+                .map(|id| &piece(id).cnp_group_rules[..])
+                .collect();
             let mut tail = Vec::new();
             for family in Family::ALL {
                 let field = pod_field(dir, family);

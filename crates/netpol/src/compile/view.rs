@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{Cluster, Pod, PodKey, PolicyPeer, PolicyRule, PortSel, Protocol};
 use crate::nft::{Element, Ifname, Set, SetKind};
@@ -32,33 +32,27 @@ pub(super) struct View<'a> {
 
 impl<'a> View<'a> {
     pub(super) fn new(cluster: &'a Cluster, local: &'a LocalPods) -> View<'a> {
-        // Looked up by borrowed names first: most pods are not local, and a `PodKey` per
-        // pod would be two allocations each, every round.
-        let local_names: HashSet<(&str, &str)> = local
+        // Looked up by borrowed names: most pods are not local, and a `PodKey` per pod
+        // would be two allocations each, every round.
+        let local_ips: HashMap<(&str, &str), &Vec<std::net::IpAddr>> = local
             .pods
-            .keys()
-            .map(|k| (k.namespace.as_str(), k.name.as_str()))
+            .iter()
+            .map(|(k, ips)| ((k.namespace.as_str(), k.name.as_str()), ips))
             .collect();
         let pods = cluster
             .pods
             .iter()
-            .map(|p| {
-                if local_names.contains(&(p.namespace.as_str(), p.name.as_str())) {
-                    local.pods.get(&p.key())
-                } else {
-                    None
-                }
-            })
-            .zip(&cluster.pods)
-            .map(|(l, p)| match l {
-                Some(ips) if !ips.is_empty() && *ips != p.ips => {
-                    let mut p = p.clone();
-                    p.ips = ips.clone();
-                    (Cow::Owned(p), true)
-                }
-                Some(_) => (Cow::Borrowed(p), true),
-                None => (Cow::Borrowed(p), false),
-            })
+            .map(
+                |p| match local_ips.get(&(p.namespace.as_str(), p.name.as_str())) {
+                    Some(ips) if !ips.is_empty() && **ips != p.ips => {
+                        let mut p = p.clone();
+                        p.ips = (*ips).clone();
+                        (Cow::Owned(p), true)
+                    }
+                    Some(_) => (Cow::Borrowed(p), true),
+                    None => (Cow::Borrowed(p), false),
+                },
+            )
             .collect();
         View {
             cluster,
